@@ -1,0 +1,127 @@
+//! An application message as it travels inside the broker.
+//!
+//! A PUBLISH is decoded once into a [`Message`] and then shared as `Arc<Message>` by every
+//! subscriber it is routed to: the payload is [`Bytes`] and is never copied on fan-out. The
+//! per-subscriber parts of a delivery (QoS, packet id, retain flag, subscription identifiers,
+//! topic alias) live in the session, not here.
+
+use crate::topic::TopicName;
+use bytes::Bytes;
+use roost_codec::{Properties, Publish, QoS};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The v5 properties a broker passes through unchanged from publisher to subscribers
+/// (MQTT 5.0 §3.3.2.3: [MQTT-3.3.2-4], [MQTT-3.3.2-15], [MQTT-3.3.2-16], [MQTT-3.3.2-17],
+/// [MQTT-3.3.2-18], [MQTT-3.3.2-20]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PassThrough {
+    /// Payload Format Indicator.
+    pub payload_format_indicator: Option<u8>,
+    /// Content Type.
+    pub content_type: Option<String>,
+    /// Response Topic.
+    pub response_topic: Option<String>,
+    /// Correlation Data.
+    pub correlation_data: Option<Bytes>,
+    /// User Properties, order preserved.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl PassThrough {
+    /// Takes the pass-through properties out of a PUBLISH's (or will's) properties.
+    pub fn from_properties(p: &mut Properties) -> PassThrough {
+        PassThrough {
+            payload_format_indicator: p.payload_format_indicator.take(),
+            content_type: p.content_type.take(),
+            response_topic: p.response_topic.take(),
+            correlation_data: p.correlation_data.take(),
+            user_properties: std::mem::take(&mut p.user_properties),
+        }
+    }
+
+    /// Writes the pass-through properties into outgoing PUBLISH properties.
+    pub fn write_to(&self, p: &mut Properties) {
+        p.payload_format_indicator = self.payload_format_indicator;
+        p.content_type.clone_from(&self.content_type);
+        p.response_topic.clone_from(&self.response_topic);
+        p.correlation_data.clone_from(&self.correlation_data);
+        p.user_properties.clone_from(&self.user_properties);
+    }
+
+    /// Bytes these properties take on the wire (to size queues by bytes).
+    pub fn approx_len(&self) -> usize {
+        let mut n = 0;
+        n += self.content_type.as_ref().map_or(0, |s| s.len() + 3);
+        n += self.response_topic.as_ref().map_or(0, |s| s.len() + 3);
+        n += self.correlation_data.as_ref().map_or(0, |s| s.len() + 3);
+        for (k, v) in &self.user_properties {
+            n += k.len() + v.len() + 5;
+        }
+        n
+    }
+}
+
+/// An application message, shared by all its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic it was published to (after topic-alias resolution).
+    pub topic: TopicName,
+    /// The payload, shared.
+    pub payload: Bytes,
+    /// The QoS it was published with; each delivery uses min(this, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag it was published with.
+    pub retain: bool,
+    /// Properties forwarded unchanged.
+    pub properties: PassThrough,
+    /// When the Message Expiry Interval runs out; `None` = never. An expired message is not
+    /// delivered ([MQTT-3.3.2-5]); a delivered one carries the remaining interval ([MQTT-3.3.2-6]).
+    pub expires_at: Option<Instant>,
+    /// The publishing client's id, for No Local and for logs; `None` for broker-made messages.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Builds a message from a decoded PUBLISH whose topic has already been resolved.
+    pub fn from_publish(
+        mut publish: Publish,
+        topic: TopicName,
+        publisher: Option<Arc<str>>,
+        now: Instant,
+    ) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        Message {
+            topic,
+            properties: PassThrough::from_properties(&mut publish.properties),
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            expires_at,
+            publisher,
+        }
+    }
+
+    /// True if the message expiry interval has passed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        matches!(self.expires_at, Some(t) if t <= now)
+    }
+
+    /// The remaining expiry interval in whole seconds, rounded up, for the outgoing PUBLISH.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Payload plus topic plus properties: what a queued copy of this message costs a session
+    /// in its `max_queued_bytes` budget.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.as_str().len() + self.properties.approx_len()
+    }
+}

@@ -1,0 +1,674 @@
+//! The per-client session state machine.
+//!
+//! A [`Session`] is the part of a client's state that outlives one network connection (MQTT 5.0
+//! §4.1): its subscriptions, the outbound QoS 1/2 messages in flight and waiting, the inbound
+//! QoS 2 packet ids awaiting PUBREL, and, while a connection is attached, that connection's topic
+//! aliases and flow-control parameters. It performs no I/O and reads no clock: callers pass `now`
+//! and collect what must be sent with [`Session::take_outbox`].
+//!
+//! ```text
+//!          deliver(msg)                     puback / pubrec / pubcomp
+//!               │                                   │ frees a slot
+//!               ▼                                   ▼
+//!   ┌───────── queue ─────────┐  pump()   ┌──── inflight ────┐
+//!   │ waiting for the window  │ ────────▶ │ sent, not acked  │ ──▶ outbox ──▶ driver encodes
+//!   │ or for a reconnect      │           │ (resent with DUP │
+//!   │ bounded: count + bytes  │           │  on reconnect)   │
+//!   └─────────────────────────┘           └──────────────────┘
+//! ```
+//!
+//! Flow control: at most `min(client Receive Maximum, limits.max_inflight)` QoS 1/2 PUBLISHes are
+//! unacknowledged at once ([MQTT-3.3.4-7]); QoS 0 messages bypass the window while connected and
+//! are not kept for offline sessions (MQTT 5.0 §4.1 lets a server choose; Mosquitto does the same
+//! by default). The queue is bounded by message count and payload bytes; when full, the oldest or
+//! the newest message is dropped as configured, and every drop is counted in [`Drops`].
+//!
+//! Concurrency: none inside. `roost-node` keeps each session behind its own mutex; routing locks
+//! one session at a time, so there is no lock shared by all messages.
+
+use crate::message::Message;
+use crate::topic::{TopicFilter, TopicLimits, TopicName};
+use crate::index::Subscription;
+use roost_codec::{Ack, Packet, PacketId, Properties, Protocol, QoS, ReasonCode};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which message goes when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DropPolicy {
+    /// Drop the oldest queued message to make room (fresh data matters most: telemetry).
+    #[default]
+    Oldest,
+    /// Refuse the new message (what was queued first is kept: command streams).
+    Newest,
+}
+
+/// Per-session bounds, from the node's config.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Upper bound on outbound QoS 1/2 messages in flight, whatever the client allows.
+    pub max_inflight: u16,
+    /// The inbound window we announce in CONNACK (Receive Maximum): QoS 2 PUBLISHes from the
+    /// client awaiting PUBREL beyond this are a protocol violation ([MQTT-3.3.4-9]).
+    pub receive_maximum: u16,
+    /// Queue bound by count.
+    pub max_queued_messages: usize,
+    /// Queue bound by bytes (see [`Message::size`]).
+    pub max_queued_bytes: usize,
+    /// What to drop when the queue is full.
+    pub drop_policy: DropPolicy,
+    /// Client-to-server topic aliases we accept (announced in CONNACK).
+    pub topic_alias_maximum: u16,
+    /// Topic validation limits for alias resolution.
+    pub topic: TopicLimits,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_inflight: 32,
+            receive_maximum: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+            drop_policy: DropPolicy::Oldest,
+            topic_alias_maximum: 64,
+            topic: TopicLimits::default(),
+        }
+    }
+}
+
+/// What the client said in CONNECT that shapes what we send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientParams {
+    /// Protocol of the attached connection.
+    pub protocol: Protocol,
+    /// The client's Receive Maximum (65,535 when absent, [MQTT-3.1.2-?] §3.1.2.11.3).
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size, if it set one.
+    pub maximum_packet_size: Option<u32>,
+    /// How many server-to-client topic aliases the client accepts (0 when absent).
+    pub topic_alias_maximum: u16,
+}
+
+impl ClientParams {
+    /// v3.1.1 defaults.
+    pub fn v311() -> ClientParams {
+        ClientParams {
+            protocol: Protocol::V311,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: None,
+            topic_alias_maximum: 0,
+        }
+    }
+}
+
+/// A PUBLISH to write: the shared message plus this delivery's own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutPublish {
+    /// The message, shared with every other delivery.
+    pub msg: Arc<Message>,
+    /// Delivery QoS: min(published, granted).
+    pub qos: QoS,
+    /// Present when qos > 0.
+    pub packet_id: Option<PacketId>,
+    /// DUP: a redelivery after reconnect ([MQTT-3.3.1-1]).
+    pub dup: bool,
+    /// RETAIN as sent to this subscriber.
+    pub retain: bool,
+    /// Identifiers of the matching subscriptions (v5).
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Something the driver must send, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// An application message.
+    Publish(OutPublish),
+    /// Any other packet (acks, PUBREL).
+    Packet(Packet),
+}
+
+/// Messages this session dropped since the last [`Session::take_drops`], by cause. The node
+/// adds them to its metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Queue bound by count or bytes was hit.
+    pub queue_full: u64,
+    /// Message expiry interval ran out before delivery started.
+    pub expired: u64,
+    /// QoS 0 message for a session with no connection.
+    pub offline_qos0: u64,
+    /// Larger than the client's Maximum Packet Size ([MQTT-3.1.2-25]).
+    pub too_large: u64,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Put in the outbox (the driver must be woken).
+    Sent,
+    /// Queued until the window opens or the client reconnects.
+    Queued,
+    /// Dropped (see [`Drops`]).
+    Dropped,
+}
+
+/// A message waiting in the queue or in flight.
+#[derive(Debug, Clone)]
+struct Pending {
+    msg: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+    /// The shared subscription it came through, so it can be handed to another member of the
+    /// group when this session goes away.
+    shared: Option<TopicFilter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InflightState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    id: PacketId,
+    pending: Pending,
+    state: InflightState,
+}
+
+/// A message taken back from a session that ended, to redistribute to its shared group.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    /// The shared subscription it arrived through.
+    pub filter: TopicFilter,
+    /// The message.
+    pub msg: Arc<Message>,
+}
+
+/// One client's session. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    client_id: Arc<str>,
+    limits: SessionLimits,
+    subscriptions: BTreeMap<TopicFilter, Subscription>,
+    /// `Some` while a connection is attached.
+    client: Option<ClientParams>,
+    next_packet_id: u16,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Pending>,
+    queued_bytes: usize,
+    outbox: Vec<Outbound>,
+    /// Client packet ids of QoS 2 PUBLISHes received and acknowledged with PUBREC, not yet
+    /// released: a repeat is not routed again (exactly once, [MQTT-4.3.3-10]).
+    inbound_qos2: HashSet<u16>,
+    /// Client-to-server aliases of the current connection ([MQTT-3.3.2-7]: per connection).
+    inbound_aliases: HashMap<u16, TopicName>,
+    /// Server-to-client aliases of the current connection.
+    outbound_aliases: HashMap<TopicName, u16>,
+    drops: Drops,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, limits: SessionLimits) -> Session {
+        Session {
+            client_id,
+            limits,
+            subscriptions: BTreeMap::new(),
+            client: None,
+            next_packet_id: 0,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            outbox: Vec::new(),
+            inbound_qos2: HashSet::new(),
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            drops: Drops::default(),
+        }
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// The limits this session was created with.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// Attaches a connection: resends every unacknowledged PUBLISH with DUP set and every
+    /// unacknowledged PUBREL, in their original order ([MQTT-4.4.0-1], [MQTT-4.6.0-1]), then
+    /// fills the window from the queue.
+    pub fn connect(&mut self, client: ClientParams, now: Instant) {
+        self.client = Some(client);
+        self.inbound_aliases.clear();
+        self.outbound_aliases.clear();
+        self.outbox.clear();
+        for f in &self.inflight {
+            let out = match f.state {
+                InflightState::Published => Outbound::Publish(OutPublish {
+                    msg: f.pending.msg.clone(),
+                    qos: f.pending.qos,
+                    packet_id: Some(f.id),
+                    dup: true,
+                    retain: f.pending.retain,
+                    subscription_ids: f.pending.subscription_ids.clone(),
+                }),
+                InflightState::Released => Outbound::Packet(Packet::PubRel(Ack::new(f.id))),
+            };
+            self.outbox.push(out);
+        }
+        self.pump(now);
+    }
+
+    /// Detaches the connection. Unsent QoS 0 messages are discarded; QoS 1/2 state stays.
+    pub fn disconnect(&mut self) {
+        self.client = None;
+        self.outbox.clear();
+        self.inbound_aliases.clear();
+        self.outbound_aliases.clear();
+    }
+
+    /// True while a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// The attached connection's parameters.
+    pub fn client(&self) -> Option<&ClientParams> {
+        self.client.as_ref()
+    }
+
+    /// True if a QoS 1/2 message would be sent now rather than queued.
+    pub fn has_window(&self) -> bool {
+        self.client.is_some() && self.inflight.len() < self.send_quota() && self.queue.is_empty()
+    }
+
+    fn send_quota(&self) -> usize {
+        let client_max = self.client.map_or(u16::MAX, |c| c.receive_maximum);
+        // One id is kept free so allocation always finds one.
+        usize::from(client_max.min(self.limits.max_inflight).clamp(1, u16::MAX - 1))
+    }
+
+    /// Number of QoS 1/2 messages sent and not yet fully acknowledged.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Number of messages waiting.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Routes one message to this session. `qos` is the delivery QoS (already min'ed with the
+    /// subscription), `retain` the RETAIN flag to send, `shared` the shared subscription it came
+    /// through, if any.
+    pub fn deliver(
+        &mut self,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        shared: Option<TopicFilter>,
+        now: Instant,
+    ) -> Delivered {
+        if msg.is_expired(now) {
+            self.drops.expired += 1;
+            return Delivered::Dropped;
+        }
+        let pending = Pending {
+            msg,
+            qos,
+            retain,
+            subscription_ids,
+            shared,
+        };
+        if qos == QoS::AtMostOnce {
+            if self.client.is_none() {
+                self.drops.offline_qos0 += 1;
+                return Delivered::Dropped;
+            }
+            // A connected but slow reader: QoS 0 bypasses the window, so the outbox itself is
+            // bounded by the queue's count limit.
+            if self.outbox.len() >= self.limits.max_queued_messages {
+                self.drops.queue_full += 1;
+                return Delivered::Dropped;
+            }
+            self.outbox.push(Outbound::Publish(OutPublish {
+                msg: pending.msg,
+                qos,
+                packet_id: None,
+                dup: false,
+                retain,
+                subscription_ids: pending.subscription_ids,
+            }));
+            return Delivered::Sent;
+        }
+        if self.has_window() {
+            self.send_pending(pending);
+            return Delivered::Sent;
+        }
+        if self.enqueue(pending) {
+            Delivered::Queued
+        } else {
+            Delivered::Dropped
+        }
+    }
+
+    /// Appends to the queue, applying the bounds; false if the new message was the one dropped.
+    fn enqueue(&mut self, pending: Pending) -> bool {
+        let size = pending.msg.size();
+        let fits = |s: &Session| {
+            s.queue.len() < s.limits.max_queued_messages
+                && s.queued_bytes + size <= s.limits.max_queued_bytes
+        };
+        if size > self.limits.max_queued_bytes {
+            self.drops.queue_full += 1;
+            return false;
+        }
+        match self.limits.drop_policy {
+            DropPolicy::Newest => {
+                if !fits(self) {
+                    self.drops.queue_full += 1;
+                    return false;
+                }
+            }
+            DropPolicy::Oldest => {
+                while !fits(self) {
+                    match self.queue.pop_front() {
+                        Some(old) => {
+                            self.queued_bytes -= old.msg.size();
+                            self.drops.queue_full += 1;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(pending);
+        true
+    }
+
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if let Some(id) = PacketId::new(self.next_packet_id) {
+                if !self.inflight.iter().any(|f| f.id == id) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    fn send_pending(&mut self, pending: Pending) {
+        let id = self.allocate_packet_id();
+        self.outbox.push(Outbound::Publish(OutPublish {
+            msg: pending.msg.clone(),
+            qos: pending.qos,
+            packet_id: Some(id),
+            dup: false,
+            retain: pending.retain,
+            subscription_ids: pending.subscription_ids.clone(),
+        }));
+        self.inflight.push_back(Inflight {
+            id,
+            pending,
+            state: InflightState::Published,
+        });
+    }
+
+    /// Moves queued messages into the window while there is room. Messages that expired while
+    /// waiting are dropped here ([MQTT-3.3.2-5]).
+    pub fn pump(&mut self, now: Instant) {
+        if self.client.is_none() {
+            return;
+        }
+        while self.inflight.len() < self.send_quota() {
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= p.msg.size();
+            if p.msg.is_expired(now) {
+                self.drops.expired += 1;
+                continue;
+            }
+            self.send_pending(p);
+        }
+    }
+
+    fn position(&self, id: PacketId, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|f| f.id == id && f.state == state)
+    }
+
+    /// PUBACK from the client. Unknown ids are reported and otherwise ignored.
+    pub fn handle_puback(&mut self, id: PacketId, now: Instant) -> Result<(), ReasonCode> {
+        let pos = self
+            .position(id, InflightState::Published)
+            .filter(|&p| self.inflight[p].pending.qos == QoS::AtLeastOnce)
+            .ok_or(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)?;
+        self.inflight.remove(pos);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// PUBREC from the client: answer PUBREL, or end the flow if the reason is an error
+    /// (MQTT 5.0 §4.3.3).
+    pub fn handle_pubrec(
+        &mut self,
+        id: PacketId,
+        reason: ReasonCode,
+        now: Instant,
+    ) -> Result<(), ReasonCode> {
+        let Some(pos) = self
+            .position(id, InflightState::Published)
+            .filter(|&p| self.inflight[p].pending.qos == QoS::ExactlyOnce)
+        else {
+            // [MQTT-4.3.3-?]: answer a PUBREC we do not know with PUBREL 0x92 in v5.
+            if self.client.is_some_and(|c| c.protocol == Protocol::V5) {
+                self.outbox.push(Outbound::Packet(Packet::PubRel(Ack {
+                    packet_id: id,
+                    reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    properties: Properties::default(),
+                })));
+            }
+            return Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+        };
+        if reason.is_error() {
+            self.inflight.remove(pos);
+            self.pump(now);
+            return Ok(());
+        }
+        self.inflight[pos].state = InflightState::Released;
+        self.outbox
+            .push(Outbound::Packet(Packet::PubRel(Ack::new(id))));
+        Ok(())
+    }
+
+    /// PUBCOMP from the client.
+    pub fn handle_pubcomp(&mut self, id: PacketId, now: Instant) -> Result<(), ReasonCode> {
+        let pos = self
+            .position(id, InflightState::Released)
+            .ok_or(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)?;
+        self.inflight.remove(pos);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// A QoS 2 PUBLISH from the client. `Ok(true)`: new, route it; `Ok(false)`: a repeat of one
+    /// already received (DUP redelivery), do not route again. Either way the caller sends PUBREC.
+    /// `Err(0x93)` when the client exceeds our Receive Maximum ([MQTT-3.3.4-9]).
+    pub fn inbound_qos2(&mut self, id: PacketId) -> Result<bool, ReasonCode> {
+        if self.inbound_qos2.contains(&id.get()) {
+            return Ok(false);
+        }
+        if self.inbound_qos2.len() >= usize::from(self.limits.receive_maximum) {
+            return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+        }
+        self.inbound_qos2.insert(id.get());
+        Ok(true)
+    }
+
+    /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
+    pub fn handle_pubrel(&mut self, id: PacketId) {
+        let known = self.inbound_qos2.remove(&id.get());
+        let mut ack = Ack::new(id);
+        if !known && self.client.is_some_and(|c| c.protocol == Protocol::V5) {
+            ack.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+        }
+        self.outbox.push(Outbound::Packet(Packet::PubComp(ack)));
+    }
+
+    /// Queues any packet (acks) to be sent in order with the publishes.
+    pub fn send(&mut self, packet: Packet) {
+        self.outbox.push(Outbound::Packet(packet));
+    }
+
+    /// Resolves the topic of an inbound PUBLISH, learning or applying a topic alias
+    /// (MQTT 5.0 §3.3.2.3.4). Errors are the reason code to disconnect with.
+    pub fn resolve_topic(
+        &mut self,
+        topic: &str,
+        alias: Option<u16>,
+    ) -> Result<TopicName, ReasonCode> {
+        match alias {
+            None => TopicName::new(topic, &self.limits.topic).map_err(|e| e.reason_code()),
+            Some(a) => {
+                if a == 0 || a > self.limits.topic_alias_maximum {
+                    // [MQTT-3.3.2-8], [MQTT-3.3.2-9]
+                    return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+                }
+                if topic.is_empty() {
+                    self.inbound_aliases
+                        .get(&a)
+                        .cloned()
+                        .ok_or(ReasonCode::PROTOCOL_ERROR)
+                } else {
+                    let name =
+                        TopicName::new(topic, &self.limits.topic).map_err(|e| e.reason_code())?;
+                    self.inbound_aliases.insert(a, name.clone());
+                    Ok(name)
+                }
+            }
+        }
+    }
+
+    /// A server-to-client alias for `topic`: `Some((alias, first_use))`; when `first_use` the
+    /// topic must be sent along with the alias. Aliases are handed out to the first topics sent
+    /// until the client's Topic Alias Maximum is reached, and kept for the connection.
+    pub fn outbound_alias(&mut self, topic: &TopicName) -> Option<(u16, bool)> {
+        let max = self.client.map_or(0, |c| c.topic_alias_maximum);
+        if max == 0 {
+            return None;
+        }
+        if let Some(&a) = self.outbound_aliases.get(topic) {
+            return Some((a, false));
+        }
+        let used = self.outbound_aliases.len();
+        if used >= usize::from(max) {
+            return None;
+        }
+        let a = u16::try_from(used + 1).ok()?;
+        self.outbound_aliases.insert(topic.clone(), a);
+        Some((a, true))
+    }
+
+    /// Forgets a PUBLISH that cannot be sent to this client (too large for its Maximum Packet
+    /// Size, [MQTT-3.1.2-25]), freeing its window slot.
+    pub fn abandon(&mut self, id: Option<PacketId>, now: Instant) {
+        self.drops.too_large += 1;
+        if let Some(id) = id {
+            if let Some(pos) = self.position(id, InflightState::Published) {
+                self.inflight.remove(pos);
+                self.pump(now);
+            }
+        }
+    }
+
+    /// Takes everything to be sent, in order.
+    pub fn take_outbox(&mut self, into: &mut Vec<Outbound>) {
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.outbox);
+        } else {
+            into.append(&mut self.outbox);
+        }
+    }
+
+    /// True if there is something to send.
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Returns and resets the drop counters.
+    pub fn take_drops(&mut self) -> Drops {
+        std::mem::take(&mut self.drops)
+    }
+
+    /// Records a subscription; true if it is new for this session.
+    pub fn add_subscription(&mut self, filter: TopicFilter, sub: Subscription) -> bool {
+        self.subscriptions.insert(filter, sub).is_none()
+    }
+
+    /// Forgets a subscription; true if it existed.
+    pub fn remove_subscription(&mut self, filter: &TopicFilter) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    /// The session's subscriptions.
+    pub fn subscriptions(&self) -> &BTreeMap<TopicFilter, Subscription> {
+        &self.subscriptions
+    }
+
+    /// Takes queued (not yet sent) messages that came through shared subscriptions, so another
+    /// member of the group can have them. Called when a member disconnects: a member that is
+    /// gone must not strand its group's messages.
+    pub fn take_shared_queued(&mut self) -> Vec<Orphan> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        for p in self.queue.drain(..) {
+            match p.shared {
+                Some(filter) => {
+                    self.queued_bytes -= p.msg.size();
+                    out.push(Orphan { filter, msg: p.msg });
+                }
+                None => keep.push_back(p),
+            }
+        }
+        self.queue = keep;
+        out
+    }
+
+    /// Ends the session: every shared-subscription message it still holds (queued, or sent and
+    /// not acknowledged) is returned for redistribution; the rest is discarded.
+    pub fn end(&mut self) -> Vec<Orphan> {
+        let mut out = self.take_shared_queued();
+        for f in self.inflight.drain(..) {
+            if f.state == InflightState::Published {
+                if let Some(filter) = f.pending.shared {
+                    out.push(Orphan {
+                        filter,
+                        msg: f.pending.msg,
+                    });
+                }
+            }
+        }
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.subscriptions.clear();
+        self.inbound_qos2.clear();
+        self.client = None;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! The admin HTTP listener: health, readiness, Prometheus metrics and a small JSON admin API.
+//!
+//! | method | path                        | what                                            |
+//! |--------|-----------------------------|-------------------------------------------------|
+//! | GET    | `/healthz`                  | 200 while the process runs                      |
+//! | GET    | `/readyz`                   | 200 while accepting MQTT, 503 while draining    |
+//! | GET    | `/metrics`                  | Prometheus text format                          |
+//! | GET    | `/api/v1/stats`             | node counters (JSON)                            |
+//! | GET    | `/api/v1/clients`           | sessions, connected or not                      |
+//! | GET    | `/api/v1/clients/{id}`      | one session                                     |
+//! | DELETE | `/api/v1/clients/{id}`      | disconnect it (v5: DISCONNECT 0x98)             |
+//! | GET    | `/api/v1/subscriptions`     | every subscription                              |
+//! | GET    | `/api/v1/log-level`         | current filter                                  |
+//! | PUT    | `/api/v1/log-level`         | `{"level": "debug"}` changes it at run time     |
+//!
+//! The API has no authentication: the default listener is 127.0.0.1 and the sample config
+//! says to expose it only on a trusted network.
+
+use crate::broker::{Broker, SessionRef};
+use crate::telemetry::LogHandle;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use roost_codec::{Protocol, ReasonCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) log: Option<LogHandle>,
+}
+
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/clients", get(clients))
+        .route("/api/v1/clients/{id}", get(client).delete(kick))
+        .route("/api/v1/subscriptions", get(subscriptions))
+        .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics() -> Response {
+    match crate::telemetry::prometheus() {
+        Some(h) => (
+            [("content-type", "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
+    }
+}
+
+async fn stats(State(s): State<AdminState>) -> Json<Value> {
+    Json(crate::sys::stats_json(&s.broker))
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5.0",
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn describe(s: &SessionRef) -> Value {
+    let st = s.0.state.lock();
+    let conn = st.conn.as_ref().map(|c| &c.info);
+    json!({
+        "client_id": &*s.0.client_id,
+        "connected": conn.is_some(),
+        "connection_id": st.conn.as_ref().map(|c| c.id),
+        "protocol": conn.map(|c| protocol_name(c.protocol)),
+        "peer": conn.map(|c| c.peer.to_string()),
+        "username": conn.and_then(|c| c.username.clone()),
+        "keep_alive": conn.map(|c| c.keep_alive),
+        "connected_at": conn.map(|c| unix(c.connected_at)),
+        "disconnected_at": st.disconnected_at.map(unix),
+        "session_expiry_interval": st.expiry_interval,
+        "subscriptions": st.session.subscriptions().len(),
+        "inflight": st.session.inflight_len(),
+        "queued": st.session.queued_len(),
+    })
+}
+
+async fn clients(State(s): State<AdminState>) -> Json<Value> {
+    let mut list: Vec<Value> = s.broker.sessions().iter().map(describe).collect();
+    list.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+    Json(Value::Array(list))
+}
+
+async fn client(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    match s.broker.session(&id) {
+        Some(sess) => Json(describe(&sess)).into_response(),
+        None => not_found(&id),
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": format!("no session for client id {id:?}") })),
+    )
+        .into_response()
+}
+
+/// Disconnects a client (v5: DISCONNECT 0x98 Administrative action). Its session stays, subject
+/// to its expiry interval, as after any other disconnect.
+async fn kick(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    let Some(sess) = s.broker.session(&id) else {
+        return not_found(&id);
+    };
+    let conn = sess.0.state.lock().conn.clone();
+    match conn {
+        Some(c) => {
+            c.kick(ReasonCode::ADMINISTRATIVE_ACTION);
+            tracing::info!(client_id = %id, "client disconnected by admin API");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": format!("client {id:?} is not connected") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn subscriptions(State(s): State<AdminState>) -> Json<Value> {
+    let mut out = Vec::new();
+    for sess in s.broker.sessions() {
+        let st = sess.0.state.lock();
+        for (filter, sub) in st.session.subscriptions() {
+            out.push(json!({
+                "client_id": &*sess.0.client_id,
+                "filter": filter.as_str(),
+                "qos": sub.options.qos as u8,
+                "no_local": sub.options.no_local,
+                "retain_as_published": sub.options.retain_as_published,
+                "retain_handling": sub.options.retain_handling as u8,
+                "identifier": sub.identifier,
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+async fn get_log_level(State(s): State<AdminState>) -> Response {
+    match &s.log {
+        Some(h) => Json(json!({ "level": h.current() })).into_response(),
+        None => log_unavailable(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LevelBody {
+    level: String,
+}
+
+async fn put_log_level(State(s): State<AdminState>, Json(body): Json<LevelBody>) -> Response {
+    let Some(h) = &s.log else {
+        return log_unavailable();
+    };
+    match h.set(&body.level) {
+        Ok(()) => {
+            tracing::info!(level = %body.level, "log level changed");
+            Json(json!({ "level": body.level })).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+fn log_unavailable() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(json!({ "error": "this process did not install the roost log subscriber" })),
+    )
+        .into_response()
+}

@@ -1,0 +1,26 @@
+//! One Roost node: the MQTT listener, one driver task per connection, routing between sessions,
+//! configuration, `$SYS`, and the admin HTTP API.
+//!
+//! ```text
+//!  TcpListener ─accept─▶ driver::serve (task per connection)
+//!                            │ decode ─▶ roost_core::session::Session (behind a per-session lock)
+//!                            │ PUBLISH ─▶ broker::Broker::route ─▶ index (read lock) ─▶ sessions
+//!                            ◀─ wake ── other drivers' routing filled this session's outbox
+//!  axum ─▶ http (health, readiness, metrics, admin API)       sys ─▶ $SYS/ every interval
+//! ```
+//!
+//! Concurrency model: tokio multi-threaded runtime; the only tasks that await the network are
+//! the drivers and the HTTP server. Shared state lives in [`broker`](crate::broker): see its docs
+//! for the lock order and overflow policy.
+
+mod broker;
+pub mod config;
+mod driver;
+mod http;
+mod metrics;
+mod node;
+mod sys;
+pub mod telemetry;
+
+pub use config::Config;
+pub use node::Node;

@@ -1,0 +1,180 @@
+//! Starting and stopping one node: data directory, listeners, background tasks, graceful drain.
+//!
+//! ```text
+//!  Node::start(config) ── validate ── lock data dir ── bind MQTT ── bind HTTP
+//!        │                                  │
+//!        ├─ accept loop ── spawn driver::serve per connection
+//!        ├─ $SYS ticker
+//!        └─ admin HTTP (axum)
+//!  Node::shutdown() ── readyz 503 ── stop accepting ── DISCONNECT 0x8B to every client
+//!                   ── wait for drivers to flush (bounded) ── stop HTTP
+//! ```
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::http::{router, AdminState};
+use crate::telemetry::LogHandle;
+use anyhow::Context;
+use roost_codec::ReasonCode;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How long shutdown waits for connections to flush and close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running node.
+pub struct Node {
+    broker: Arc<Broker>,
+    mqtt_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    _data_lock: File,
+}
+
+impl Node {
+    /// Validates the config, locks the data directory, binds the listeners and starts serving.
+    /// Nothing is bound if the config is invalid.
+    pub async fn start(config: Config, log: Option<LogHandle>) -> anyhow::Result<Node> {
+        config.validate()?;
+        let data_lock = lock_data_dir(&config)?;
+        let _ = crate::telemetry::prometheus();
+        let config = Arc::new(config);
+        let broker = Arc::new(Broker::new(Arc::clone(&config)));
+
+        let listener = TcpListener::bind(config.mqtt.listen)
+            .await
+            .with_context(|| format!("cannot bind mqtt.listen {}", config.mqtt.listen))?;
+        let mqtt_addr = listener.local_addr()?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let (stop, stop_rx) = watch::channel(false);
+
+        let mut background = Vec::new();
+        let mut http_addr = None;
+        if config.http.enabled {
+            let http = TcpListener::bind(config.http.listen)
+                .await
+                .with_context(|| format!("cannot bind http.listen {}", config.http.listen))?;
+            http_addr = Some(http.local_addr()?);
+            let app = router(AdminState {
+                broker: Arc::clone(&broker),
+                ready: Arc::clone(&ready),
+                log,
+            });
+            let mut rx = stop_rx.clone();
+            background.push(tokio::spawn(async move {
+                let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "admin HTTP listener failed");
+                }
+            }));
+        }
+        if config.node.sys_interval_secs > 0 {
+            let interval = Duration::from_secs(config.node.sys_interval_secs);
+            background.push(tokio::spawn(crate::sys::run(Arc::clone(&broker), interval)));
+        }
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&broker), stop_rx));
+        info!(mqtt = %mqtt_addr, http = ?http_addr, data_dir = %config.node.data_dir.display(), "roost node started");
+        Ok(Node {
+            broker,
+            mqtt_addr,
+            http_addr,
+            ready,
+            stop,
+            accept_task,
+            background,
+            _data_lock: data_lock,
+        })
+    }
+
+    /// The bound MQTT address (useful with port 0).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The bound admin HTTP address, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Number of connected MQTT clients.
+    pub fn connection_count(&self) -> usize {
+        self.broker.connections.load(Ordering::Acquire)
+    }
+
+    /// Graceful stop: not ready, no new connections, v5 clients get DISCONNECT 0x8B, wait for
+    /// every connection to flush and close (bounded), then stop the background tasks.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        self.broker.kick_all(ReasonCode::SERVER_SHUTTING_DOWN);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.broker.connections.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    remaining = self.broker.connections.load(Ordering::Acquire),
+                    "connections still open after drain timeout"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.background {
+            t.abort();
+        }
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(crate::driver::serve(Arc::clone(&broker), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Creates the data directory and takes an exclusive lock on it, so two nodes never share one.
+fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
+    let dir = &config.node.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create node.data_dir {}", dir.display()))?;
+    let path = dir.join("roost.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "node.data_dir {} is in use by another roost process (lock {} held)",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    Ok(file)
+}

@@ -1,0 +1,151 @@
+//! The `roost` binary: sets the allocator, parses the command line, loads and validates the
+//! configuration (file < environment < flags), starts telemetry and the node, and stops it
+//! gracefully on SIGTERM/SIGINT.
+//!
+//! Exit codes: 0 after a clean stop, 64 (EX_USAGE) for an invalid configuration, 1 for any
+//! other start-up failure (port in use, data directory locked).
+
+use clap::{Parser, Subcommand};
+use roost_node::config::{CliOverrides, Config};
+use roost_node::Node;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for an invalid configuration (sysexits.h EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "roost", version, about = "Roost: a clustered MQTT 3.1.1 / 5.0 broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: MQTT on 127.0.0.1:1883, HTTP on 127.0.0.1:8080, anonymous
+    /// clients allowed, data in ./roost-data.
+    Serve(ServeArgs),
+    /// Validate a config file and exit: 0 if valid, 64 with the reason if not.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// MQTT listen address (mqtt.listen).
+    #[arg(long, value_name = "ADDR")]
+    mqtt: Option<SocketAddr>,
+    /// Admin HTTP listen address (http.listen).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Data directory (node.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `info,roost_node=debug` (log.level).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot read config file {}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match Config::from_toml_str(&text) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let cli = CliOverrides {
+        mqtt: args.mqtt,
+        http: args.http,
+        data_dir: args.data_dir,
+        log_level: args.log_level,
+    };
+    let config = match Config::load(args.config.as_deref(), std::env::vars(), &cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roost: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let log = match roost_node::telemetry::init_logging(&config.log) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("roost: cannot start logging: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let node = match Node::start(config, Some(log)).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start node");
+                eprintln!("roost: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        node.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,221 @@
+"""Sessions: persistence across reconnects, offline queue bounds, message and session expiry,
+session takeover and keep-alive enforcement."""
+
+import time
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+
+from helpers import (CONNACK, DISCONNECT, V5, V311, VERSION_IDS, VERSIONS, connack_rc, props,
+                     wait_until)
+
+
+def persistent(broker, version, client_id="persist", **kw):
+    """A client with a session that outlives its connection (clean_session=0 / clean_start=0 +
+    session expiry 60 s)."""
+    if version == V5:
+        kw.setdefault("session_expiry", 60)
+    return broker.client(client_id, version, clean=False, **kw)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+def test_persistent_session_queues_while_offline(broker, version):
+    c = persistent(broker, version)
+    assert c.session_present is False
+    c.subscribe("ps/t", 1)
+    c.disconnect()
+
+    pub = broker.client("pub", version)
+    for i in range(5):
+        pub.publish("ps/t", f"m{i}", qos=1)
+    pub.publish("ps/t", b"q0", qos=0)  # QoS 0 may or may not be queued; not asserted
+
+    c2 = persistent(broker, version)
+    assert c2.session_present is True
+    got = [m.payload for m in c2.get_n(5) if m.qos == 1]
+    assert got == [f"m{i}".encode() for i in range(5)]
+    # The subscription survived too: new messages arrive live.
+    pub.publish("ps/t", b"live", qos=1)
+    rest = [m.payload for m in c2.drain(0.3)] + [c2.get().payload]
+    assert rest[-1] == b"live"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+def test_clean_session_discards_state(broker, version):
+    c = persistent(broker, version)
+    c.subscribe("ps/t", 1)
+    c.disconnect()
+    fresh = broker.client("persist", version, clean=True)
+    assert fresh.session_present is False
+    broker.client("pub", version).publish("ps/t", b"x", qos=1)
+    fresh.expect_nothing(0.5)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+@pytest.mark.broker_config(max_queued_messages=3, max_inflight=1)
+def test_offline_queue_bound_drops(broker, version):
+    """With a bound of 3, five messages to an offline session leave at most 3 (Mosquitto and
+    Roost's default drop the newest; the exact survivors are checked in the roost_only test
+    below). Mosquitto counts its 1 in-flight slot separately, hence `max_inflight=1` and the
+    `<= 4` there."""
+    c = persistent(broker, version)
+    c.subscribe("qb/t", 1)
+    c.disconnect()
+    before = broker.metrics().get("roost_session_queue_dropped_total", 0) if broker.is_roost else 0
+    pub = broker.client("pub", version)
+    for i in range(5):
+        pub.publish("qb/t", str(i), qos=1)
+    c2 = persistent(broker, version)
+    got = [c2.get().payload] + [m.payload for m in c2.drain(0.7)]
+    if broker.is_roost:
+        assert len(got) == 3, got
+        after = wait_until(lambda: broker.metrics().get("roost_session_queue_dropped_total", 0)
+                           >= before + 2 and broker.metrics()["roost_session_queue_dropped_total"],
+                           2.0, what="roost_session_queue_dropped_total to grow by 2")
+        assert after >= before + 2
+    else:
+        assert 3 <= len(got) <= 4, got
+        assert got == sorted(got)
+
+
+@pytest.mark.roost_only
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+@pytest.mark.parametrize("drop,expected", [("oldest", [b"2", b"3", b"4"]),
+                                           ("newest", [b"0", b"1", b"2"])])
+def test_offline_queue_drop_policy(broker_factory, version, drop, expected):
+    broker = broker_factory(max_queued_messages=3, queue_drop=drop)
+    c = persistent(broker, version)
+    c.subscribe("qb/t", 1)
+    c.disconnect()
+    pub = broker.client("pub", version)
+    for i in range(5):
+        pub.publish("qb/t", str(i), qos=1)
+    c2 = persistent(broker, version)
+    assert [m.payload for m in c2.get_n(3)] == expected
+    c2.expect_nothing(0.5)
+    assert broker.metrics()["roost_session_queue_dropped_total"] >= 2
+
+
+def test_v5_message_expiry_while_queued(broker):
+    c = persistent(broker, V5)
+    c.subscribe("me/t", 1)
+    c.disconnect()
+    pub = broker.client("pub", V5)
+    pub.publish("me/t", b"short", qos=1,
+                properties=props(PacketTypes.PUBLISH, MessageExpiryInterval=1))
+    pub.publish("me/t", b"long", qos=1,
+                properties=props(PacketTypes.PUBLISH, MessageExpiryInterval=60))
+    time.sleep(2.5)
+    c2 = persistent(broker, V5)
+    assert c2.session_present
+    m = c2.get()
+    assert m.payload == b"long"
+    # The forwarded interval is the remaining lifetime [MQTT-3.3.2-6].
+    assert 0 < m.prop("MessageExpiryInterval") <= 60
+    c2.expect_nothing(0.5)
+
+
+def test_v5_retained_message_expiry(broker):
+    pub = broker.client("pub", V5)
+    pub.publish("rme/t", b"gone soon", qos=1, retain=True,
+                properties=props(PacketTypes.PUBLISH, MessageExpiryInterval=1))
+    time.sleep(2.2)
+    sub = broker.client("sub", V5)
+    sub.subscribe("rme/t", 1)
+    sub.expect_nothing(0.5)
+
+
+def test_v5_session_expiry(broker):
+    c = persistent(broker, V5, session_expiry=1)
+    c.subscribe("se/t", 1)
+    c.disconnect()
+    time.sleep(2.5)
+    c2 = persistent(broker, V5, session_expiry=1)
+    assert c2.session_present is False
+    broker.client("pub", V5).publish("se/t", b"x", qos=1)
+    c2.expect_nothing(0.5)
+
+
+def test_v5_session_expiry_zero_ends_at_disconnect(broker):
+    c = broker.client("zero", V5, clean=False, session_expiry=0)
+    c.subscribe("se/t", 1)
+    c.disconnect()
+    c2 = broker.client("zero", V5, clean=False, session_expiry=0)
+    assert c2.session_present is False
+
+
+def test_v5_session_takeover(broker):
+    first = persistent(broker, V5, "dup")
+    first.subscribe("to/t", 1)
+    second = persistent(broker, V5, "dup")
+    # [MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E Session taken over.
+    assert first.wait_disconnected() == 0x8E
+    assert second.session_present is True
+    broker.client("pub", V5).publish("to/t", b"after takeover", qos=1)
+    assert second.get().payload == b"after takeover"
+    first.expect_nothing(0.3)
+
+
+def test_v311_session_takeover_closes_old_connection(broker):
+    first = persistent(broker, V311, "dup")
+    first.subscribe("to/t", 1)
+    second = persistent(broker, V311, "dup")
+    first.wait_disconnected()
+    assert second.session_present is True
+    broker.client("pub", V311).publish("to/t", b"x", qos=1)
+    assert second.get().payload == b"x"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+def test_takeover_with_clean_start_drops_subscriptions(broker, version):
+    first = persistent(broker, version, "dup")
+    first.subscribe("to/t", 1)
+    second = broker.client("dup", version, clean=True)
+    first.wait_disconnected()
+    assert second.session_present is False
+    broker.client("pub", version).publish("to/t", b"x", qos=1)
+    second.expect_nothing(0.5)
+
+
+@pytest.mark.parametrize("wire_version", [4, 5], ids=VERSION_IDS)
+def test_keep_alive_enforced(broker, wire_version):
+    """CONNECT with keep-alive 1 s and then silence: closed after 1.5 s [MQTT-3.1.2-24] (we
+    allow up to 3.5 s), and the will is published."""
+    version = V5 if wire_version == 5 else V311
+    watcher = broker.client("watcher", version)
+    watcher.subscribe("ka/will", 1)
+    raw = broker.raw()
+    connack = raw.connect("silent", wire_version, keepalive=1,
+                          will={"topic": "ka/will", "payload": b"timed out", "qos": 1})
+    assert connack.ptype == CONNACK and connack_rc(connack) == 0
+    t0 = time.monotonic()
+    packets = raw.packets_until_close(timeout=4.0)
+    elapsed = time.monotonic() - t0
+    assert 1.0 <= elapsed <= 3.5, f"closed after {elapsed:.2f}s"
+    if wire_version == 5 and packets:
+        assert packets[-1].ptype == DISCONNECT and packets[-1].reason() == 0x8D
+    assert watcher.get().payload == b"timed out"
+
+
+def test_keep_alive_paho_frozen_client(broker):
+    """Same with paho: a client whose network loop stops sends no PINGREQ and is dropped."""
+    watcher = broker.client("watcher", V5)
+    watcher.subscribe("ka/will", 1)
+    frozen = broker.client("frozen", V5, keepalive=1,
+                           will={"topic": "ka/will", "payload": b"frozen"})
+    frozen.freeze()
+    assert watcher.get(timeout=4.0).payload == b"frozen"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
+def test_keep_alive_pings_keep_connection(broker, version):
+    c = broker.client("pinger", version, keepalive=1)
+    time.sleep(2.5)
+    assert c.connected.is_set() and not c.disconnected.is_set()
+
+
+@pytest.mark.roost_only
+@pytest.mark.broker_config(server_keep_alive=2)
+def test_v5_server_keep_alive_announced(broker):
+    c = broker.client("ka", V5, keepalive=60)
+    assert getattr(c.connack_props, "ServerKeepAlive", None) == 2
