@@ -307,8 +307,8 @@ pub struct Subscribe {
     pub packet_id: PacketId,
     /// v5 properties (subscription identifier, user properties).
     pub properties: Properties,
-    /// At least one (filter, options) pair ([MQTT-3.8.3-3]). Filters are syntactically checked
-    /// UTF-8 strings; wildcard placement is checked by the core's `TopicFilter`.
+    /// At least one (filter, options) pair ([MQTT-3.8.3-2]; 3.1.1 [MQTT-3.8.3-3]). The decoder
+    /// checks each filter's syntax (wildcard placement, `$share/{group}/{filter}` form).
     pub filters: Vec<(String, SubscriptionOptions)>,
 }
 

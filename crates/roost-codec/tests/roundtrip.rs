@@ -699,3 +699,43 @@ fn encoded_len_of_large_publish_uses_four_byte_length() {
     let mut decoder = Decoder::client(Protocol::V311, MAX);
     assert_eq!(decoder.decode(&mut buf.clone()), Ok(Some(packet)));
 }
+
+/// What the fuzz target checks, on stable: whatever decodes re-encodes to the same packet.
+fn decode_all_and_reencode(mut decoder: Decoder, data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(packet)) = decoder.decode(&mut buf) {
+        let protocol = match &packet {
+            Packet::Connect(c) => c.protocol,
+            _ => decoder.protocol().unwrap_or(Protocol::V5),
+        };
+        let mut out = encoded(protocol, &packet);
+        let mut again = decoder_for(protocol, &packet);
+        assert_eq!(again.decode(&mut out), Ok(Some(packet)));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn mutated_packets_never_panic(
+        (protocol, packet) in any_packet(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let mut bytes = encoded(protocol, &packet).to_vec();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        decode_all_and_reencode(Decoder::server(1 << 20), &bytes);
+        decode_all_and_reencode(Decoder::client(Protocol::V5, 1 << 20), &bytes);
+        decode_all_and_reencode(Decoder::client(Protocol::V311, 1 << 20), &bytes);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        decode_all_and_reencode(Decoder::server(1 << 20), &bytes);
+        decode_all_and_reencode(Decoder::client(Protocol::V5, 1 << 20), &bytes);
+        decode_all_and_reencode(Decoder::client(Protocol::V311, 1 << 20), &bytes);
+    }
+}

@@ -182,7 +182,7 @@ impl Broker {
             stats: Stats::default(),
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
-            started: Instant::now(),
+            started: crate::now(),
         }
     }
 
@@ -193,7 +193,7 @@ impl Broker {
     /// Routes a message to every matching session on this node. Returns how many sessions it
     /// was delivered or queued to.
     pub(crate) fn route(&self, msg: &Arc<Message>, publisher: Option<&SessionRef>) -> usize {
-        let now = Instant::now();
+        let now = crate::now();
         let mut matches = Matches::default();
         self.index.read().matches(&msg.topic, publisher, &mut matches);
         let mut n = 0;
@@ -224,7 +224,7 @@ impl Broker {
         if orphans.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = crate::now();
         for o in orphans {
             let mut matches = Matches::default();
             self.index.read().matches(&o.msg.topic, None, &mut matches);
@@ -365,7 +365,7 @@ impl Broker {
         conn: Arc<ConnCtl>,
         params: roost_core::session::ClientParams,
     ) -> Attached {
-        let now = Instant::now();
+        let now = crate::now();
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.0.state.lock();
@@ -543,7 +543,7 @@ impl Broker {
         let Ok(topic) = TopicName::new(&will.topic, &self.topic_limits) else {
             return;
         };
-        let now = Instant::now();
+        let now = crate::now();
         let msg = Arc::new(Message {
             topic,
             expires_at: will

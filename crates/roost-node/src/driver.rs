@@ -452,7 +452,7 @@ impl Conn {
     }
 
     fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Exit> {
-        let now = Instant::now();
+        let now = crate::now();
         match packet {
             Packet::Publish(p) => self.on_publish(st, p, now),
             Packet::PubAck(a) => {
@@ -706,7 +706,7 @@ impl Conn {
 
     /// Encodes everything the session has to send into the write buffer.
     fn encode_outbox(&mut self, st: &mut Live) {
-        let now = Instant::now();
+        let now = crate::now();
         let mut state = st.session.0.state.lock();
         if !state.session.has_outbox() {
             return;

@@ -24,3 +24,9 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use node::Node;
+
+/// The current time as the core wants it (`std::time::Instant`), read through tokio's clock so
+/// tests with `tokio::time::pause()` control message and session expiry too.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}

@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Publishes `$SYS` every `interval` and purges expired retained messages, until the broker is
 /// dropped by everyone else.
@@ -32,7 +32,7 @@ pub(crate) async fn run(broker: Arc<Broker>, interval: Duration) {
     loop {
         tick.tick().await;
         publish(&broker);
-        broker.purge_expired_retained(Instant::now());
+        broker.purge_expired_retained(crate::now());
     }
 }
 
