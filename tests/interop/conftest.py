@@ -51,6 +51,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "roost_only: Roost-specific behaviour (HTTP API, metrics, "
                             "exact reason codes); skipped when INTEROP_BROKER=mosquitto")
     config.addinivalue_line("markers", "broker_config(**settings): Roost config for this test")
+    config.addinivalue_line("markers", "mosquitto_deviation(reason): standard behaviour that "
+                            "Mosquitto 2.0 does not implement; skipped in the reference run")
 
 
 def pytest_report_header(config):
@@ -66,6 +68,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("roost_only"):
             item.add_marker(skip)
+        deviation = item.get_closest_marker("mosquitto_deviation")
+        if deviation and BROKER_KIND == "mosquitto":
+            item.add_marker(pytest.mark.skip(reason=f"mosquitto deviates: {deviation.args[0]}"))
 
 
 @pytest.hookimpl(hookwrapper=True)

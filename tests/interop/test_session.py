@@ -34,10 +34,12 @@ def test_persistent_session_queues_while_offline(broker, version):
     assert c2.session_present is True
     got = [m.payload for m in c2.get_n(5) if m.qos == 1]
     assert got == [f"m{i}".encode() for i in range(5)]
-    # The subscription survived too: new messages arrive live.
+    # The subscription survived too: new messages arrive live (after the optional QoS 0 one).
     pub.publish("ps/t", b"live", qos=1)
-    rest = [m.payload for m in c2.drain(0.3)] + [c2.get().payload]
-    assert rest[-1] == b"live"
+    m = c2.get()
+    if m.payload == b"q0":
+        m = c2.get()
+    assert m.payload == b"live"
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
@@ -148,8 +150,11 @@ def test_v5_session_takeover(broker):
     first = persistent(broker, V5, "dup")
     first.subscribe("to/t", 1)
     second = persistent(broker, V5, "dup")
-    # [MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E Session taken over.
-    assert first.wait_disconnected() == 0x8E
+    # [MQTT-3.1.4-3] closes the old connection; 5.0 4.13 / Roost: with DISCONNECT 0x8E Session
+    # taken over first. Mosquitto 2.0.11 closes it without a DISCONNECT (paho reports 0x80).
+    rc = first.wait_disconnected()
+    if broker.is_roost:
+        assert rc == 0x8E, f"old connection got reason {rc:#x}"
     assert second.session_present is True
     broker.client("pub", V5).publish("to/t", b"after takeover", qos=1)
     assert second.get().payload == b"after takeover"
@@ -180,7 +185,8 @@ def test_takeover_with_clean_start_drops_subscriptions(broker, version):
 @pytest.mark.parametrize("wire_version", [4, 5], ids=VERSION_IDS)
 def test_keep_alive_enforced(broker, wire_version):
     """CONNECT with keep-alive 1 s and then silence: closed after 1.5 s [MQTT-3.1.2-24] (we
-    allow up to 3.5 s), and the will is published."""
+    allow up to 3.5 s), and the will is published. Mosquitto 2.0.11 checks keep-alives only
+    every few seconds (closes after ~5 s), hence its looser limit."""
     version = V5 if wire_version == 5 else V311
     watcher = broker.client("watcher", version)
     watcher.subscribe("ka/will", 1)
@@ -189,9 +195,10 @@ def test_keep_alive_enforced(broker, wire_version):
                           will={"topic": "ka/will", "payload": b"timed out", "qos": 1})
     assert connack.ptype == CONNACK and connack_rc(connack) == 0
     t0 = time.monotonic()
-    packets = raw.packets_until_close(timeout=4.0)
+    limit = 3.5 if broker.is_roost else 7.0
+    packets = raw.packets_until_close(timeout=limit + 0.5)
     elapsed = time.monotonic() - t0
-    assert 1.0 <= elapsed <= 3.5, f"closed after {elapsed:.2f}s"
+    assert 1.0 <= elapsed <= limit, f"closed after {elapsed:.2f}s"
     if wire_version == 5 and packets:
         assert packets[-1].ptype == DISCONNECT and packets[-1].reason() == 0x8D
     assert watcher.get().payload == b"timed out"
@@ -204,7 +211,7 @@ def test_keep_alive_paho_frozen_client(broker):
     frozen = broker.client("frozen", V5, keepalive=1,
                            will={"topic": "ka/will", "payload": b"frozen"})
     frozen.freeze()
-    assert watcher.get(timeout=4.0).payload == b"frozen"
+    assert watcher.get(timeout=4.0 if broker.is_roost else 8.0).payload == b"frozen"
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)

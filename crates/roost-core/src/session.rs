@@ -125,8 +125,27 @@ pub struct OutPublish {
 pub enum Outbound {
     /// An application message.
     Publish(OutPublish),
-    /// Any other packet (acks, PUBREL).
-    Packet(Packet),
+    /// PUBREL for an outbound QoS 2 message (reason 0x92 when the PUBREC was for an unknown id).
+    PubRel(PacketId, ReasonCode),
+    /// PUBCOMP for an inbound QoS 2 message (reason 0x92 when the PUBREL was for an unknown id).
+    PubComp(PacketId, ReasonCode),
+}
+
+impl Outbound {
+    /// The packet to encode, for everything but PUBLISH (which the driver builds itself to
+    /// apply topic aliases and size limits).
+    pub fn ack_packet(&self) -> Option<Packet> {
+        let ack = |id: PacketId, reason: ReasonCode| Ack {
+            packet_id: id,
+            reason_code: reason,
+            properties: Properties::default(),
+        };
+        match *self {
+            Outbound::Publish(_) => None,
+            Outbound::PubRel(id, r) => Some(Packet::PubRel(ack(id, r))),
+            Outbound::PubComp(id, r) => Some(Packet::PubComp(ack(id, r))),
+        }
+    }
 }
 
 /// Messages this session dropped since the last [`Session::take_drops`], by cause. The node
@@ -261,7 +280,7 @@ impl Session {
                     retain: f.pending.retain,
                     subscription_ids: f.pending.subscription_ids.clone(),
                 }),
-                InflightState::Released => Outbound::Packet(Packet::PubRel(Ack::new(f.id))),
+                InflightState::Released => Outbound::PubRel(f.id, ReasonCode::SUCCESS),
             };
             self.outbox.push(out);
         }
@@ -475,11 +494,10 @@ impl Session {
         else {
             // [MQTT-4.3.3-?]: answer a PUBREC we do not know with PUBREL 0x92 in v5.
             if self.client.is_some_and(|c| c.protocol == Protocol::V5) {
-                self.outbox.push(Outbound::Packet(Packet::PubRel(Ack {
-                    packet_id: id,
-                    reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
-                    properties: Properties::default(),
-                })));
+                self.outbox.push(Outbound::PubRel(
+                    id,
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                ));
             }
             return Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
         };
@@ -489,8 +507,7 @@ impl Session {
             return Ok(());
         }
         self.inflight[pos].state = InflightState::Released;
-        self.outbox
-            .push(Outbound::Packet(Packet::PubRel(Ack::new(id))));
+        self.outbox.push(Outbound::PubRel(id, ReasonCode::SUCCESS));
         Ok(())
     }
 
@@ -521,16 +538,12 @@ impl Session {
     /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
     pub fn handle_pubrel(&mut self, id: PacketId) {
         let known = self.inbound_qos2.remove(&id.get());
-        let mut ack = Ack::new(id);
-        if !known && self.client.is_some_and(|c| c.protocol == Protocol::V5) {
-            ack.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-        }
-        self.outbox.push(Outbound::Packet(Packet::PubComp(ack)));
-    }
-
-    /// Queues any packet (acks) to be sent in order with the publishes.
-    pub fn send(&mut self, packet: Packet) {
-        self.outbox.push(Outbound::Packet(packet));
+        let reason = if !known && self.client.is_some_and(|c| c.protocol == Protocol::V5) {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        } else {
+            ReasonCode::SUCCESS
+        };
+        self.outbox.push(Outbound::PubComp(id, reason));
     }
 
     /// Resolves the topic of an inbound PUBLISH, learning or applying a topic alias

@@ -169,7 +169,7 @@ impl Broker {
                 QueueDrop::Newest => DropPolicy::Newest,
             },
             topic_alias_maximum: config.mqtt.topic_alias_maximum,
-            topic: topic_limits.clone(),
+            topic: topic_limits,
         };
         Broker {
             config,
@@ -616,10 +616,10 @@ fn will_delay(w: &LastWill) -> u32 {
 /// Chooses one member of a shared subscription: starting at `start`, the first connected member
 /// with room in its window, else the first connected one, else the one at `start` (its queue
 /// keeps the message until it returns or its session ends and the message is redistributed).
-fn pick_member<'a>(
-    members: &'a [(SessionRef, roost_core::index::Subscription)],
+fn pick_member(
+    members: &[(SessionRef, roost_core::index::Subscription)],
     start: usize,
-) -> (&'a SessionRef, &'a roost_core::index::Subscription) {
+) -> (&SessionRef, &roost_core::index::Subscription) {
     let n = members.len();
     let mut connected = None;
     for i in 0..n {

@@ -46,7 +46,7 @@ use tracing::{debug, info};
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 4096;
 /// A write buffer larger than this is freed after a flush instead of kept.
-const KEEP_WBUF: usize = 8 * 1024;
+const KEEP_WBUF: usize = 1024;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -57,6 +57,8 @@ struct Exit {
     why: &'static str,
     /// Publish the will (anything but a normal DISCONNECT 0x00).
     will: bool,
+    /// Reason String for the DISCONNECT (v5): what exactly was wrong, with the spec clause.
+    detail: Option<String>,
 }
 
 impl Exit {
@@ -65,6 +67,7 @@ impl Exit {
             send: Some(reason),
             why,
             will: true,
+            detail: None,
         }
     }
     fn closed(why: &'static str) -> Exit {
@@ -72,7 +75,12 @@ impl Exit {
             send: None,
             why,
             will: true,
+            detail: None,
         }
+    }
+    fn with_detail(mut self, detail: String) -> Exit {
+        self.detail = Some(detail);
+        self
     }
 }
 
@@ -369,7 +377,10 @@ impl Conn {
         if let (Some(reason), true) = (exit.send, v5) {
             let d = Disconnect {
                 reason_code: reason,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: exit.detail,
+                    ..Properties::default()
+                },
             };
             self.queue(&Packet::Disconnect(d), protocol);
         }
@@ -445,7 +456,7 @@ impl Conn {
                 Err(e) => {
                     crate::metrics::malformed();
                     debug!(client_id = %st.client_id, error = %e, "malformed packet");
-                    return Err(Exit::error(e.reason_code(), "malformed"));
+                    return Err(Exit::error(e.reason_code(), "malformed").with_detail(e.to_string()));
                 }
             }
         }
@@ -698,6 +709,7 @@ impl Conn {
         }
         Exit {
             send: None,
+            detail: None,
             why: "client_disconnect",
             // [MQTT-3.14.4-3]: a normal disconnect discards the will; 0x04 asks for it.
             will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
@@ -721,9 +733,11 @@ impl Conn {
         let mut sent = 0u64;
         for item in st.outbox.drain(..) {
             match item {
-                Outbound::Packet(p) => {
-                    if let Err(e) = encode(&p, st.protocol, &mut self.wbuf) {
-                        tracing::error!(error = %e, "failed to encode packet");
+                Outbound::PubRel(..) | Outbound::PubComp(..) => {
+                    if let Some(p) = item.ack_packet() {
+                        if let Err(e) = encode(&p, st.protocol, &mut self.wbuf) {
+                            tracing::error!(error = %e, "failed to encode packet");
+                        }
                     }
                 }
                 Outbound::Publish(o) => {
