@@ -30,10 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Client, RawConn, V5
+from helpers import BROKER_KIND, Client, RawConn, V5
 
 REPO = Path(__file__).resolve().parents[2]
-BROKER_KIND = os.environ.get("INTEROP_BROKER", "roost")
 START_TIMEOUT = 20.0
 STOP_GRACE = 5.0
 
@@ -191,19 +190,22 @@ class Broker:
                 time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> int | None:
-        """Signals the process, waits up to `grace` s, then SIGKILLs. Returns the exit code."""
+        """Signals the process, waits up to `grace` s, then SIGKILLs. Returns the exit code
+        (None if it had to be killed). Clients are closed afterwards, so they see the shutdown."""
+        code = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                code = self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elif self.proc is not None:
+            code = self.proc.returncode
         for c in self._clients:
             c.close()
         self._clients.clear()
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        return code
 
     def log_text(self) -> str:
         try:

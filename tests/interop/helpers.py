@@ -14,6 +14,7 @@ Every wait is bounded by `TIMEOUT` (or a shorter argument); nothing sleeps a fix
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import struct
@@ -27,6 +28,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+# "roost" (the default and CI) or "mosquitto" (reference run to check the tests themselves).
+BROKER_KIND = os.environ.get("INTEROP_BROKER", "roost")
 
 V311 = mqtt.MQTTv311
 V5 = mqtt.MQTTv5

@@ -173,6 +173,7 @@ def test_v5_request_response_properties_forwarded(broker):
     assert resp.prop("CorrelationData") == b"\x00\x01corr"
 
 
+@pytest.mark.broker_config(topic_alias_maximum=10)
 def test_v5_topic_alias_client_to_server(broker):
     sub = broker.client("sub", V5)
     sub.subscribe("alias/#", 1)

@@ -26,9 +26,9 @@
 //! Concurrency: none inside. `roost-node` keeps each session behind its own mutex; routing locks
 //! one session at a time, so there is no lock shared by all messages.
 
+use crate::index::Subscription;
 use crate::message::Message;
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
-use crate::index::Subscription;
 use roost_codec::{Ack, Packet, PacketId, Properties, Protocol, QoS, ReasonCode};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -198,6 +198,10 @@ struct Inflight {
     id: PacketId,
     pending: Pending,
     state: InflightState,
+    /// Carried over from an earlier connection and not yet resent on this one, because the
+    /// new connection's Receive Maximum is smaller than what was in flight (MQTT 5.0 §4.9:
+    /// the send quota starts afresh on every connection, [MQTT-4.9.0-2]).
+    awaiting_resend: bool,
 }
 
 /// A message taken back from a session that ended, to redistribute to its shared group.
@@ -264,27 +268,57 @@ impl Session {
 
     /// Attaches a connection: resends every unacknowledged PUBLISH with DUP set and every
     /// unacknowledged PUBREL, in their original order ([MQTT-4.4.0-1], [MQTT-4.6.0-1]), then
-    /// fills the window from the queue.
+    /// fills the window from the queue. PUBLISHes beyond the new connection's window wait
+    /// (marked `awaiting_resend`) and go out, still in order, as acknowledgements free room.
     pub fn connect(&mut self, client: ClientParams, now: Instant) {
         self.client = Some(client);
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
         self.outbox.clear();
-        for f in &self.inflight {
-            let out = match f.state {
-                InflightState::Published => Outbound::Publish(OutPublish {
-                    msg: f.pending.msg.clone(),
-                    qos: f.pending.qos,
-                    packet_id: Some(f.id),
-                    dup: true,
-                    retain: f.pending.retain,
-                    subscription_ids: f.pending.subscription_ids.clone(),
-                }),
-                InflightState::Released => Outbound::PubRel(f.id, ReasonCode::SUCCESS),
-            };
-            self.outbox.push(out);
+        for f in &mut self.inflight {
+            f.awaiting_resend = true;
         }
         self.pump(now);
+    }
+
+    /// In-flight entries this connection has actually sent (they use its send quota).
+    fn on_wire(&self) -> usize {
+        self.inflight.iter().filter(|f| !f.awaiting_resend).count()
+    }
+
+    /// Resends carried-over in-flight messages, oldest first, while the window allows.
+    fn resend_carried_over(&mut self) {
+        let quota = self.send_quota();
+        let mut on_wire = self.on_wire();
+        for f in &mut self.inflight {
+            if !f.awaiting_resend {
+                continue;
+            }
+            let out = match f.state {
+                InflightState::Published => {
+                    if on_wire >= quota {
+                        break;
+                    }
+                    on_wire += 1;
+                    Outbound::Publish(OutPublish {
+                        msg: f.pending.msg.clone(),
+                        qos: f.pending.qos,
+                        packet_id: Some(f.id),
+                        dup: true,
+                        retain: f.pending.retain,
+                        subscription_ids: f.pending.subscription_ids.clone(),
+                    })
+                }
+                // A PUBREL carries no message: it is always sent, and the flow it completes
+                // already counted against the quota when its PUBLISH went out.
+                InflightState::Released => {
+                    on_wire += 1;
+                    Outbound::PubRel(f.id, ReasonCode::SUCCESS)
+                }
+            };
+            f.awaiting_resend = false;
+            self.outbox.push(out);
+        }
     }
 
     /// Detaches the connection. Unsent QoS 0 messages are discarded; QoS 1/2 state stays.
@@ -313,7 +347,11 @@ impl Session {
     fn send_quota(&self) -> usize {
         let client_max = self.client.map_or(u16::MAX, |c| c.receive_maximum);
         // One id is kept free so allocation always finds one.
-        usize::from(client_max.min(self.limits.max_inflight).clamp(1, u16::MAX - 1))
+        usize::from(
+            client_max
+                .min(self.limits.max_inflight)
+                .clamp(1, u16::MAX - 1),
+        )
     }
 
     /// Number of QoS 1/2 messages sent and not yet fully acknowledged.
@@ -441,6 +479,7 @@ impl Session {
             id,
             pending,
             state: InflightState::Published,
+            awaiting_resend: false,
         });
     }
 
@@ -450,6 +489,7 @@ impl Session {
         if self.client.is_none() {
             return;
         }
+        self.resend_carried_over();
         while self.inflight.len() < self.send_quota() {
             let Some(p) = self.queue.pop_front() else {
                 break;
@@ -488,6 +528,11 @@ impl Session {
         reason: ReasonCode,
         now: Instant,
     ) -> Result<(), ReasonCode> {
+        if self.position(id, InflightState::Released).is_some() {
+            // A repeated PUBREC (our PUBREL crossed it, or was lost): answer it again.
+            self.outbox.push(Outbound::PubRel(id, ReasonCode::SUCCESS));
+            return Ok(());
+        }
         let Some(pos) = self
             .position(id, InflightState::Published)
             .filter(|&p| self.inflight[p].pending.qos == QoS::ExactlyOnce)

@@ -195,12 +195,22 @@ impl Broker {
     pub(crate) fn route(&self, msg: &Arc<Message>, publisher: Option<&SessionRef>) -> usize {
         let now = crate::now();
         let mut matches = Matches::default();
-        self.index.read().matches(&msg.topic, publisher, &mut matches);
+        self.index
+            .read()
+            .matches(&msg.topic, publisher, &mut matches);
         let mut n = 0;
         for d in matches.direct {
             let qos = msg.qos.min(d.qos);
             let retain = d.retain_as_published && msg.retain;
-            if self.deliver_to(&d.subscriber, msg.clone(), qos, retain, d.identifiers, None, now) {
+            if self.deliver_to(
+                &d.subscriber,
+                msg.clone(),
+                qos,
+                retain,
+                d.identifiers,
+                None,
+                now,
+            ) {
                 n += 1;
             }
         }
@@ -293,7 +303,11 @@ impl Broker {
     }
 
     /// Retained messages matching a filter, expired ones dropped ([MQTT-3.3.2-5]).
-    pub(crate) fn retained_matching(&self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
+    pub(crate) fn retained_matching(
+        &self,
+        filter: &TopicFilter,
+        now: Instant,
+    ) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
         self.retained.read().matching(filter, &mut out);
         out.retain(|m| !m.is_expired(now));
@@ -325,7 +339,10 @@ impl Broker {
             (new, idx.subscription_count())
         };
         self.metrics.subscriptions.set(count as f64);
-        s.0.state.lock().session.add_subscription(filter.clone(), sub);
+        s.0.state
+            .lock()
+            .session
+            .add_subscription(filter.clone(), sub);
         new
     }
 
@@ -522,10 +539,7 @@ impl Broker {
         let orphans = st.session.end();
         let will = st.pending_will.take();
         drop(st);
-        if sessions
-            .get(&s.0.client_id)
-            .is_some_and(|cur| cur == s)
-        {
+        if sessions.get(&s.0.client_id).is_some_and(|cur| cur == s) {
             sessions.remove(&s.0.client_id);
         }
         self.metrics.sessions.set(sessions.len() as f64);

@@ -26,9 +26,9 @@
 use crate::broker::{Broker, ConnCtl, ConnInfo, SessionRef};
 use bytes::{Bytes, BytesMut};
 use roost_codec::{
-    encode, encoded_len, Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, LastWill,
-    Packet, PacketId, Properties, Protocol, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    encode, encoded_len, Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, LastWill, Packet,
+    PacketId, Properties, Protocol, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 use roost_core::index::Subscription;
 use roost_core::message::Message;
@@ -235,7 +235,11 @@ impl Conn {
         if connect.properties.authentication_method.is_some() {
             // Enhanced authentication (AUTH exchange) is not offered.
             return self
-                .refuse(protocol, ReasonCode::BAD_AUTHENTICATION_METHOD, "auth_method")
+                .refuse(
+                    protocol,
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    "auth_method",
+                )
                 .await;
         }
         if !cfg.mqtt.allow_anonymous {
@@ -249,7 +253,11 @@ impl Conn {
             if !v5 && !connect.clean_start {
                 // [MQTT-3.1.3-8] (3.1.1): a zero-length id needs CleanSession=1.
                 return self
-                    .refuse(protocol, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id")
+                    .refuse(
+                        protocol,
+                        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                        "client_id",
+                    )
                     .await;
             }
             let id = format!("roost-{:016x}", self.broker.new_conn_id() ^ random_salt());
@@ -258,7 +266,11 @@ impl Conn {
         } else {
             if connect.client_id.len() > cfg.mqtt.max_client_id_length {
                 return self
-                    .refuse(protocol, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id")
+                    .refuse(
+                        protocol,
+                        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                        "client_id",
+                    )
                     .await;
             }
             connect.client_id.as_str().into()
@@ -416,9 +428,8 @@ impl Conn {
                 debug!(client_id = %st.client_id, error = %e, "write failed");
                 return Exit::closed("write_error");
             }
-            let deadline = (st.keep_alive > 0).then(|| {
-                st.last_packet + Duration::from_millis(u64::from(st.keep_alive) * 1500)
-            });
+            let deadline = (st.keep_alive > 0)
+                .then(|| st.last_packet + Duration::from_millis(u64::from(st.keep_alive) * 1500));
             tokio::select! {
                 biased;
                 _ = st.ctl.wake.notified() => {
@@ -456,7 +467,9 @@ impl Conn {
                 Err(e) => {
                     crate::metrics::malformed();
                     debug!(client_id = %st.client_id, error = %e, "malformed packet");
-                    return Err(Exit::error(e.reason_code(), "malformed").with_detail(e.to_string()));
+                    return Err(
+                        Exit::error(e.reason_code(), "malformed").with_detail(e.to_string())
+                    );
                 }
             }
         }
@@ -467,23 +480,33 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.on_publish(st, p, now),
             Packet::PubAck(a) => {
-                let r = st.session.0.state.lock().session.handle_puback(a.packet_id, now);
-                log_unknown_ack(st, "puback", r);
-                Ok(())
-            }
-            Packet::PubRec(a) => {
                 let r = st
                     .session
                     .0
                     .state
                     .lock()
                     .session
-                    .handle_pubrec(a.packet_id, a.reason_code, now);
+                    .handle_puback(a.packet_id, now);
+                log_unknown_ack(st, "puback", r);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let r = st.session.0.state.lock().session.handle_pubrec(
+                    a.packet_id,
+                    a.reason_code,
+                    now,
+                );
                 log_unknown_ack(st, "pubrec", r);
                 Ok(())
             }
             Packet::PubComp(a) => {
-                let r = st.session.0.state.lock().session.handle_pubcomp(a.packet_id, now);
+                let r = st
+                    .session
+                    .0
+                    .state
+                    .lock()
+                    .session
+                    .handle_pubcomp(a.packet_id, now);
                 log_unknown_ack(st, "pubcomp", r);
                 Ok(())
             }
@@ -518,15 +541,24 @@ impl Conn {
     fn on_publish(&mut self, st: &mut Live, mut p: Publish, now: Instant) -> Result<(), Exit> {
         let cfg = &self.broker.config.mqtt;
         self.broker.metrics.msg_received.increment(1);
-        self.broker.stats.msgs_received.fetch_add(1, Ordering::Relaxed);
+        self.broker
+            .stats
+            .msgs_received
+            .fetch_add(1, Ordering::Relaxed);
         if p.qos as u8 > cfg.max_qos {
             // [MQTT-3.2.2-11]
-            return Err(Exit::error(ReasonCode::QOS_NOT_SUPPORTED, "qos_not_supported"));
+            return Err(Exit::error(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "qos_not_supported",
+            ));
         }
         if p.retain && !cfg.retain_available {
             self.broker.metrics.retain_dropped.increment(1);
             // [MQTT-3.3.1-19]
-            return Err(Exit::error(ReasonCode::RETAIN_NOT_SUPPORTED, "retain_not_supported"));
+            return Err(Exit::error(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain_not_supported",
+            ));
         }
         let topic = {
             let alias = p.properties.topic_alias.take();
@@ -791,7 +823,10 @@ impl Conn {
         self.broker.metrics.record_drops(drops);
         if sent > 0 {
             self.broker.metrics.msg_sent.increment(sent);
-            self.broker.stats.msgs_sent.fetch_add(sent, Ordering::Relaxed);
+            self.broker
+                .stats
+                .msgs_sent
+                .fetch_add(sent, Ordering::Relaxed);
         }
         if more {
             st.ctl.wake.notify_one();

@@ -60,12 +60,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics() -> Response {
     match crate::telemetry::prometheus() {
-        Some(h) => (
-            [("content-type", "text/plain; version=0.0.4")],
-            h.render(),
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n",
         )
             .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
     }
 }
 

@@ -32,14 +32,23 @@ pub(crate) const WILLS: &str = "roost_wills_published_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
-    describe_gauge!(CONNECTIONS, "MQTT connections currently open (after CONNACK)");
-    describe_counter!(CONNECTIONS_ACCEPTED, "MQTT connections accepted (CONNACK 0x00)");
+    describe_gauge!(
+        CONNECTIONS,
+        "MQTT connections currently open (after CONNACK)"
+    );
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "MQTT connections accepted (CONNACK 0x00)"
+    );
     describe_counter!(
         CONNECTIONS_REJECTED,
         "CONNECTs refused, by reason (quota, not_authorized, client_id, protocol)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
-    describe_counter!(MALFORMED, "connections closed for a malformed or illegal packet");
+    describe_counter!(
+        MALFORMED,
+        "connections closed for a malformed or illegal packet"
+    );
     describe_counter!(MSG_RECEIVED, "PUBLISH packets received from clients");
     describe_counter!(MSG_SENT, "PUBLISH packets sent to clients");
     describe_counter!(BYTES_RECEIVED, "bytes read from client sockets");
@@ -65,7 +74,10 @@ pub(crate) fn describe() {
         "messages dropped for a client because they exceed its maximum packet size"
     );
     describe_gauge!(SESSIONS, "sessions held (connected and offline)");
-    describe_counter!(SESSIONS_EXPIRED, "sessions ended by their session expiry interval");
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "sessions ended by their session expiry interval"
+    );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
     describe_gauge!(SUBSCRIPTIONS, "subscriptions in the index");
     describe_gauge!(RETAINED, "retained messages stored");

@@ -40,7 +40,10 @@ fn publish(b: &Broker) {
     let s = &b.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
     let items = [
-        ("$SYS/broker/version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "$SYS/broker/version",
+            format!("roost {}", env!("CARGO_PKG_VERSION")),
+        ),
         (
             "$SYS/broker/uptime",
             format!("{} seconds", b.started.elapsed().as_secs()),

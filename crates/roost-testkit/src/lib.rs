@@ -97,7 +97,9 @@ impl RawClient {
         clean_start: bool,
     ) -> anyhow::Result<(RawClient, ConnAck)> {
         let mut c = Self::open(addr, protocol).await?;
-        let ack = c.handshake(connect_packet(protocol, client_id, clean_start)).await?;
+        let ack = c
+            .handshake(connect_packet(protocol, client_id, clean_start))
+            .await?;
         if ack.reason_code.is_error() {
             bail!("CONNACK refused: {:?}", ack.reason_code);
         }

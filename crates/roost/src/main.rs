@@ -19,7 +19,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "roost", version, about = "Roost: a clustered MQTT 3.1.1 / 5.0 broker")]
+#[command(
+    name = "roost",
+    version,
+    about = "Roost: a clustered MQTT 3.1.1 / 5.0 broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,7 +109,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("roost: cannot start the runtime: {e}");

@@ -1,0 +1,374 @@
+//! `idle`: how much broker memory one idle connection (with one subscription) costs, and how
+//! fast connections are accepted.
+//!
+//! ```text
+//!  read broker VmRSS ─▶ open N connections, at most --concurrency handshakes in flight
+//!     (CONNECT/CONNACK, then SUBSCRIBE idle/{i} / SUBACK with --subscribe)
+//!  ─▶ all established: settle 2 s ─▶ read broker VmRSS
+//!  ─▶ hold --hold-secs (each connection pings at keep-alive / 2) ─▶ DISCONNECT all
+//! ```
+//!
+//! Memory per connection = (RSS after − RSS before) / connections established, in KiB. It
+//! includes everything the broker allocates for a connection: socket buffers it owns, the
+//! driver task, the session, the subscription index entry. Kernel socket memory is not in RSS.
+//!
+//! Each connection needs one file descriptor here and one in the broker; the machine caps a
+//! process at 20,000 open files, hence the default of 5,000 connections and the check against
+//! our own limit before starting.
+
+use crate::client::{Client, ConnectOptions, Event, SETUP_TIMEOUT};
+use crate::procfs;
+use crate::target::UsageError;
+use crate::Common;
+use anyhow::{anyhow, bail, Result};
+use roost_codec::{Packet, QoS};
+use serde::Serialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Pause between the last connection established and the second RSS reading, so the broker's
+/// allocator and lazily allocated buffers settle.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// File descriptors kept free for everything that is not a benchmark connection.
+const SPARE_FDS: u64 = 64;
+
+/// Arguments of `roost-loadgen idle`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IdleArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Connections to open (each needs a file descriptor here and in the broker; the machine
+    /// caps a process at 20,000).
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) connections: usize,
+    /// Subscribe each connection to its own topic `idle/{i}` (QoS 0).
+    #[arg(long)]
+    pub(crate) subscribe: bool,
+    /// Seconds to keep the connections open once all are established.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) hold_secs: u64,
+    /// Most connection handshakes in flight at once during the ramp.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) concurrency: usize,
+    /// Keep-alive announced in CONNECT; a PINGREQ goes out every half of it.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) keep_alive_secs: u16,
+}
+
+/// What `idle` measured (one JSON object with `--json`).
+#[derive(Debug, Serialize)]
+pub(crate) struct IdleReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) label: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) connections_requested: usize,
+    pub(crate) connected: usize,
+    pub(crate) failed: usize,
+    pub(crate) first_error: Option<String>,
+    pub(crate) subscribe: bool,
+    /// Seconds from the first connect to the last established connection.
+    pub(crate) ramp_secs: f64,
+    pub(crate) connections_per_sec: f64,
+    pub(crate) broker_rss_before_kib: Option<u64>,
+    pub(crate) broker_rss_after_kib: Option<u64>,
+    /// (after − before) / connected.
+    pub(crate) broker_kib_per_connection: Option<f64>,
+    /// Broker RSS at the end of the hold, before disconnecting.
+    pub(crate) broker_rss_end_kib: Option<u64>,
+    pub(crate) hold_secs: u64,
+    /// Connections the broker closed during the hold (should be 0).
+    pub(crate) dropped_during_hold: usize,
+}
+
+/// Runs the scenario against `addr` and returns its report.
+pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport> {
+    if args.connections == 0 || args.concurrency == 0 {
+        return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
+    }
+    if let Some(limit) = procfs::open_files_limit() {
+        if args.connections as u64 + SPARE_FDS > limit {
+            return Err(UsageError(format!(
+                "--connections {} needs about {} open files but this process may open {limit} \
+                 (ulimit -n); lower --connections or raise the limit",
+                args.connections,
+                args.connections as u64 + SPARE_FDS
+            ))
+            .into());
+        }
+    }
+    let protocol = args.common.protocol();
+    let broker_pid = args.common.broker_pid;
+    let rss_before = broker_pid.map(procfs::rss_kib).transpose()?;
+
+    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let (established_tx, mut established_rx) = mpsc::channel::<Result<()>>(args.concurrency);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let run_tag = std::process::id();
+    let mut tasks = JoinSet::new();
+    let ramp_start = Instant::now();
+    for i in 0..args.connections {
+        let connection = IdleConnection {
+            addr,
+            options: ConnectOptions {
+                client_id: format!("roost-bench-{run_tag}-idle-{i}"),
+                protocol,
+                keep_alive: args.keep_alive_secs,
+                read_chunk: 256,
+            },
+            topic: args.subscribe.then(|| format!("idle/{i}")),
+            permits: permits.clone(),
+            established: established_tx.clone(),
+            stop: stop_rx.clone(),
+            dropped: dropped.clone(),
+        };
+        tasks.spawn(connection.run());
+    }
+    drop(established_tx);
+
+    // Every handshake is bounded by SETUP_TIMEOUT (twice: connect, then subscribe) and at most
+    // `concurrency` run at once, so the ramp is bounded too.
+    let waves = args.connections.div_ceil(args.concurrency) as u32;
+    let ramp_limit = 2 * SETUP_TIMEOUT * waves + Duration::from_secs(10);
+    let mut connected = 0;
+    let mut failed = 0;
+    let mut first_error = None;
+    let ramp = async {
+        while let Some(result) = established_rx.recv().await {
+            match result {
+                Ok(()) => connected += 1,
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+            let done = connected + failed;
+            if done % 1000 == 0 && done < args.connections {
+                eprintln!("idle: {connected} connected, {failed} failed");
+            }
+            if done == args.connections {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(ramp_limit, ramp).await.is_err() {
+        let _ = stop_tx.send(true);
+        bail!("ramp did not finish within {ramp_limit:?}");
+    }
+    let ramp_secs = ramp_start.elapsed().as_secs_f64();
+    eprintln!("idle: {connected} connected, {failed} failed in {ramp_secs:.2} s");
+    if connected == 0 {
+        let _ = stop_tx.send(true);
+        bail!(
+            "no connection succeeded: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+
+    let hold_start = Instant::now();
+    let mut rss_after = None;
+    if let Some(pid) = broker_pid {
+        tokio::time::sleep(SETTLE).await;
+        rss_after = Some(procfs::rss_kib(pid)?);
+    }
+    let hold = Duration::from_secs(args.hold_secs);
+    tokio::time::sleep(hold.saturating_sub(hold_start.elapsed())).await;
+    let rss_end = broker_pid.map(procfs::rss_kib).transpose()?;
+    let dropped_during_hold = dropped.load(Ordering::Relaxed);
+
+    let _ = stop_tx.send(true);
+    let close = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SETUP_TIMEOUT * 2, close).await.is_err() {
+        eprintln!("idle: some connections did not close within {:?}", SETUP_TIMEOUT * 2);
+        tasks.abort_all();
+    }
+
+    let per_connection = match (rss_before, rss_after) {
+        (Some(before), Some(after)) => Some((after as f64 - before as f64) / connected as f64),
+        _ => None,
+    };
+    Ok(IdleReport {
+        scenario: "idle",
+        label: args
+            .common
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("idle {}", args.connections)),
+        protocol: args.common.protocol_name(),
+        connections_requested: args.connections,
+        connected,
+        failed,
+        first_error,
+        subscribe: args.subscribe,
+        ramp_secs,
+        connections_per_sec: connected as f64 / ramp_secs.max(1e-9),
+        broker_rss_before_kib: rss_before,
+        broker_rss_after_kib: rss_after,
+        broker_kib_per_connection: per_connection,
+        broker_rss_end_kib: rss_end,
+        hold_secs: args.hold_secs,
+        dropped_during_hold,
+    })
+}
+
+/// One idle connection's task state.
+struct IdleConnection {
+    addr: SocketAddr,
+    options: ConnectOptions,
+    topic: Option<String>,
+    permits: Arc<Semaphore>,
+    /// Told once: established (connected and subscribed) or failed.
+    established: mpsc::Sender<Result<()>>,
+    stop: watch::Receiver<bool>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl IdleConnection {
+    async fn run(mut self) {
+        let client = {
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
+            self.establish().await
+        };
+        let client = match client {
+            Ok(c) => {
+                let _ = self.established.send(Ok(())).await;
+                c
+            }
+            Err(e) => {
+                let _ = self.established.send(Err(e)).await;
+                return;
+            }
+        };
+        drop(self.established);
+        if self.hold(client).await.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn establish(&self) -> Result<Client> {
+        let mut client = Client::connect(self.addr, &self.options).await?;
+        if let Some(topic) = &self.topic {
+            client
+                .subscribe(std::slice::from_ref(topic), QoS::AtMostOnce)
+                .await?;
+        }
+        Ok(client)
+    }
+
+    /// Pings until told to stop, then disconnects. An error means the connection was lost.
+    async fn hold(&mut self, mut client: Client) -> Result<()> {
+        let period = Duration::from_secs(u64::from(self.options.keep_alive.max(2)) / 2);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            if *self.stop.borrow() {
+                return client.disconnect().await;
+            }
+            tokio::select! {
+                event = client.next_event() => match event? {
+                    Event::Packet(Packet::PingResp) | Event::Wrote => {}
+                    // QoS 0 messages on our topic (nobody publishes there in this scenario).
+                    Event::Packet(Packet::Publish(_)) => {}
+                    Event::Packet(Packet::Disconnect(d)) => {
+                        bail!("broker sent DISCONNECT 0x{:02X}", d.reason_code.0)
+                    }
+                    Event::Packet(other) => bail!("unexpected {}", other.kind()),
+                    Event::Closed => return Err(anyhow!("broker closed the connection")),
+                },
+                _ = ping.tick() => client.queue(&Packet::PingReq)?,
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return client.disconnect().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for IdleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "idle connections ({})", self.label)?;
+        writeln!(
+            f,
+            "  connections    {} of {} ({}, subscribe: {}), {} failed",
+            self.connected, self.connections_requested, self.protocol, self.subscribe, self.failed
+        )?;
+        if let Some(e) = &self.first_error {
+            writeln!(f, "  first error    {e}")?;
+        }
+        writeln!(
+            f,
+            "  ramp           {:.2} s ({:.0} connections/s)",
+            self.ramp_secs, self.connections_per_sec
+        )?;
+        match (
+            self.broker_rss_before_kib,
+            self.broker_rss_after_kib,
+            self.broker_kib_per_connection,
+        ) {
+            (Some(before), Some(after), Some(per)) => {
+                writeln!(f, "  broker RSS     {before} KiB before, {after} KiB after")?;
+                writeln!(f, "  per connection {per:.2} KiB")?;
+            }
+            _ => writeln!(f, "  broker RSS     not measured (no --broker-pid)")?,
+        }
+        if let Some(end) = self.broker_rss_end_kib {
+            writeln!(f, "  broker RSS end {end} KiB after {} s hold", self.hold_secs)?;
+        }
+        write!(f, "  dropped        {} during the hold", self.dropped_during_hold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_testkit::TestNode;
+
+    #[tokio::test]
+    async fn opens_holds_and_closes_connections() -> Result<()> {
+        let node = TestNode::start().await?;
+        let args = IdleArgs {
+            common: Common::for_tests(),
+            connections: 50,
+            subscribe: true,
+            hold_secs: 1,
+            concurrency: 8,
+            keep_alive_secs: 2,
+        };
+        let report = run(&args, node.addr()).await?;
+        assert_eq!(report.connected, 50);
+        assert_eq!(report.failed, 0);
+        assert_eq!(report.dropped_during_hold, 0);
+        node.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn measures_the_rss_of_a_pid() -> Result<()> {
+        let node = TestNode::start().await?;
+        let mut common = Common::for_tests();
+        // The broker runs in this process; the number is meaningless but must be present.
+        common.broker_pid = Some(std::process::id());
+        let args = IdleArgs {
+            common,
+            connections: 5,
+            subscribe: false,
+            hold_secs: 0,
+            concurrency: 5,
+            keep_alive_secs: 30,
+        };
+        let report = run(&args, node.addr()).await?;
+        assert!(report.broker_kib_per_connection.is_some());
+        assert!(report.broker_rss_end_kib.is_some());
+        node.stop().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Wire tests of CONNECT handling: CONNACK fields, refusals (client id, protocol level,
+//! connection limit), CONNECT-first and CONNECT-once rules, and the connect timeout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use roost_codec::{Packet, Protocol, ReasonCode};
+use roost_testkit::{connect_packet, RawClient, TestNode};
+use std::time::Duration;
+
+#[tokio::test]
+async fn v5_connack_announces_limits_and_assigns_a_client_id() {
+    let node = TestNode::start_with(|c| {
+        c.mqtt.receive_maximum = 10;
+        c.mqtt.max_packet_size = 2048;
+        c.mqtt.topic_alias_maximum = 5;
+    })
+    .await
+    .unwrap();
+    let (_c, ack) = RawClient::connect(node.addr(), Protocol::V5, "", true)
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
+    let p = &ack.properties;
+    assert_eq!(p.receive_maximum, Some(10));
+    assert_eq!(p.maximum_packet_size, Some(2048));
+    assert_eq!(p.topic_alias_maximum, Some(5));
+    // Nothing is announced that the client did not need to hear.
+    assert_eq!(p.server_keep_alive, None);
+    assert_eq!(p.session_expiry_interval, None);
+    assert_eq!(p.maximum_qos, None);
+    assert_eq!(p.retain_available, None);
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.shared_subscription_available, None);
+    assert_eq!(p.subscription_identifiers_available, None);
+    let id = p.assigned_client_identifier.clone().unwrap();
+    assert!(!id.is_empty());
+
+    // The assigned id names the session.
+    let r = http(&node, "GET", &format!("/api/v1/clients/{id}"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["connected"], true);
+
+    // A second empty-id client gets a different id.
+    let (_c2, ack2) = RawClient::connect(node.addr(), Protocol::V5, "", true)
+        .await
+        .unwrap();
+    let id2 = ack2.properties.assigned_client_identifier.unwrap();
+    assert_ne!(id, id2);
+
+    // A client that chose its id is not assigned one.
+    let (_c3, ack3) = RawClient::connect(node.addr(), Protocol::V5, "chosen", true)
+        .await
+        .unwrap();
+    assert_eq!(ack3.properties.assigned_client_identifier, None);
+}
+
+#[tokio::test]
+async fn v5_connack_defaults_and_disabled_features() {
+    let node = TestNode::start().await.unwrap();
+    let (_c, ack) = RawClient::connect(node.addr(), Protocol::V5, "d", true)
+        .await
+        .unwrap();
+    let p = &ack.properties;
+    assert_eq!(p.receive_maximum, Some(32));
+    assert_eq!(p.maximum_packet_size, Some(1_048_576));
+    assert_eq!(p.topic_alias_maximum, Some(64));
+
+    let node = TestNode::start_with(|c| {
+        c.mqtt.max_qos = 1;
+        c.mqtt.retain_available = false;
+        c.mqtt.wildcard_subscriptions = false;
+        c.mqtt.shared_subscriptions = false;
+        c.mqtt.subscription_identifiers = false;
+        c.mqtt.topic_alias_maximum = 0;
+        c.mqtt.max_session_expiry_interval = 100;
+    })
+    .await
+    .unwrap();
+    let (_c, ack) = connect_with(node.addr(), persistent_packet(Protocol::V5, "d")).await;
+    let p = &ack.properties;
+    assert_eq!(p.maximum_qos, Some(1));
+    assert_eq!(p.retain_available, Some(0));
+    assert_eq!(p.wildcard_subscription_available, Some(0));
+    assert_eq!(p.shared_subscription_available, Some(0));
+    assert_eq!(p.subscription_identifiers_available, Some(0));
+    assert_eq!(p.topic_alias_maximum, None);
+    // Asked for 300, capped to 100 and told so.
+    assert_eq!(p.session_expiry_interval, Some(100));
+}
+
+#[tokio::test]
+async fn v311_empty_client_id_needs_clean_session() {
+    let node = TestNode::start().await.unwrap();
+    // Raw bytes: CONNACK return code 0x02 (identifier rejected), then close.
+    let mut body = s(b"MQTT");
+    body.extend_from_slice(&[4, 0x00, 0, 60]); // level 4, clean session 0, keep-alive 60
+    body.extend(s(b""));
+    let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x02]);
+
+    // Through the codec: 0x02 reads back as 0x85 Client Identifier not valid.
+    let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+    let ack = c
+        .handshake(connect_packet(Protocol::V311, "", false))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    assert!(!ack.session_present);
+    assert!(c.expect_closed().await.unwrap().is_empty());
+
+    // With clean session 1 an empty id is accepted (and no id is sent back: v3.1.1 cannot).
+    let (_c, ack) = RawClient::connect(node.addr(), Protocol::V311, "", true)
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+}
+
+#[tokio::test]
+async fn too_long_client_id_is_refused() {
+    let node = TestNode::start().await.unwrap();
+    let long = "x".repeat(257);
+    for protocol in BOTH {
+        let mut c = RawClient::open(node.addr(), protocol).await.unwrap();
+        let ack = c
+            .handshake(connect_packet(protocol, &long, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            ack.reason_code,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "{protocol:?}"
+        );
+        assert!(c.expect_closed().await.unwrap().is_empty());
+    }
+    // 256 bytes is the default limit and is fine.
+    let ok = "y".repeat(256);
+    RawClient::connect(node.addr(), Protocol::V5, &ok, true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn first_packet_not_connect_closes_without_connack() {
+    let node = TestNode::start().await.unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("PINGREQ", vec![0xC0, 0x00]),
+        ("PUBLISH", pkt(0x30, &[s(b"t").as_slice(), b"x"].concat())),
+        (
+            "SUBSCRIBE",
+            pkt(0x82, &[&[0, 1][..], &s(b"t"), &[0]].concat()),
+        ),
+        ("DISCONNECT", vec![0xE0, 0x00]),
+    ];
+    for (name, bytes) in cases {
+        let got = raw_exchange(node.addr(), &bytes).await;
+        assert!(got.is_empty(), "{name}: broker sent {got:02x?}");
+    }
+    assert_eq!(node.node().connection_count(), 0);
+    // The node still serves.
+    RawClient::connect(node.addr(), Protocol::V5, "ok", true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_connack_0x01_or_0x84() {
+    let node = TestNode::start().await.unwrap();
+    // MQTT 3.1 ("MQIsdp", level 3): v3.1.1-form CONNACK with return code 0x01.
+    let mut body = s(b"MQIsdp");
+    body.extend_from_slice(&[3, 0x02, 0, 60]);
+    body.extend(s(b"old"));
+    let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x01]);
+
+    // "MQTT" level 3 is the same answer.
+    let mut body = s(b"MQTT");
+    body.extend_from_slice(&[3, 0x02, 0, 60]);
+    body.extend(s(b"old"));
+    let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x01]);
+
+    // A level above 5: v5-form CONNACK 0x84 Unsupported Protocol Version, no properties.
+    let mut body = s(b"MQTT");
+    body.extend_from_slice(&[6, 0x02, 0, 60, 0]);
+    body.extend(s(b"new"));
+    let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+    assert_eq!(got, [0x20, 0x03, 0x00, 0x84, 0x00]);
+}
+
+#[tokio::test]
+async fn second_connect_is_a_protocol_error() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let id = format!("twice-{protocol:?}");
+        let (mut c, _) = RawClient::connect(node.addr(), protocol, &id, true)
+            .await
+            .unwrap();
+        c.send(&Packet::Connect(Box::new(connect_packet(
+            protocol, &id, true,
+        ))))
+        .await
+        .unwrap();
+        expect_disconnect(&mut c, ReasonCode::PROTOCOL_ERROR).await;
+    }
+    wait_connections(&node, 0).await;
+    RawClient::connect(node.addr(), Protocol::V311, "after", true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_quota_exceeded() {
+    let node = TestNode::start_with(|c| c.mqtt.max_connections = 1)
+        .await
+        .unwrap();
+    let (first, _) = RawClient::connect(node.addr(), Protocol::V5, "first", true)
+        .await
+        .unwrap();
+
+    let mut c = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    let ack = c
+        .handshake(connect_packet(Protocol::V5, "second", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    assert!(c.expect_closed().await.unwrap().is_empty());
+
+    // v3.1.1 has no quota code: return code 0x03 Server unavailable.
+    let mut body = s(b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    body.extend(s(b"third"));
+    let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x03]);
+
+    // A refused CONNECT does not hold the slot; a freed slot can be used again.
+    assert_eq!(node.node().connection_count(), 1);
+    first.disconnect().await.unwrap();
+    wait_connections(&node, 0).await;
+    RawClient::connect(node.addr(), Protocol::V311, "fourth", true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_closes_a_silent_socket() {
+    let node = TestNode::start_with(|c| c.mqtt.connect_timeout_secs = 4)
+        .await
+        .unwrap();
+    // Nothing sent at all.
+    let mut idle = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    // Half a CONNECT: the timeout covers the whole packet, not its first byte.
+    let mut partial = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    partial.send_bytes(&[0x10, 0x20, 0x00]).await.unwrap();
+
+    idle.expect_silence(Duration::from_millis(3900))
+        .await
+        .unwrap();
+    assert!(idle
+        .recv_within(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(partial
+        .recv_within(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    // A client that connects in time is not affected by the timer.
+    let (mut ok, _) = RawClient::connect(node.addr(), Protocol::V5, "ok", true)
+        .await
+        .unwrap();
+    ok.expect_silence(Duration::from_secs(10)).await.unwrap();
+}

@@ -1,0 +1,389 @@
+//! Wire tests of QoS 0/1/2 delivery, exactly-once for inbound QoS 2, and flow control in both
+//! directions (the client's Receive Maximum, our receive_maximum).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use roost_codec::{Ack, Packet, Properties, Protocol, QoS, ReasonCode};
+use roost_testkit::{RawClient, TestNode};
+use std::collections::HashSet;
+
+const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+
+#[tokio::test]
+async fn delivery_qos_is_min_of_publish_and_subscription() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let mut sub = connect_clean(node.addr(), protocol, "sub").await;
+        for (i, q) in QOS.iter().enumerate() {
+            let (ack, _) = sub.subscribe(&format!("q/{i}"), *q).await.unwrap();
+            assert_eq!(ack.reason_codes, [ReasonCode(*q as u8)]);
+        }
+        let mut publ = connect_clean(node.addr(), protocol, "pub").await;
+        let mut expected = Vec::new();
+        for (s, _) in QOS.iter().enumerate() {
+            for pq in QOS {
+                let payload = format!("s{s}-p{}", pq as u8);
+                let r = publ
+                    .publish(&format!("q/{s}"), payload.as_bytes(), pq, false)
+                    .await
+                    .unwrap();
+                assert_eq!(r, ReasonCode::SUCCESS);
+                expected.push((payload, pq.min(QOS[s])));
+            }
+        }
+        let mut ids = HashSet::new();
+        for (payload, qos) in expected {
+            let p = sub.next_publish().await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&p.payload), payload, "{protocol:?}");
+            assert_eq!(p.qos, qos, "{protocol:?} {payload}");
+            assert!(!p.dup && !p.retain);
+            match p.packet_id {
+                Some(id) => {
+                    assert_ne!(qos, QoS::AtMostOnce);
+                    assert_ne!(id.get(), 0);
+                    ids.insert(id.get());
+                }
+                None => assert_eq!(qos, QoS::AtMostOnce),
+            }
+        }
+        // Four QoS 1/2 deliveries (q/1 <- QoS 1, 2; q/2 <- QoS 1, 2), four distinct packet
+        // ids: each was acked before the next, but the broker allocates sequentially.
+        assert_eq!(ids.len(), 4);
+        assert!(collect(&mut sub, SILENCE).await.is_empty());
+        sub.disconnect().await.unwrap();
+        publ.disconnect().await.unwrap();
+        wait_connections(&node, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn v5_ack_reports_no_matching_subscribers() {
+    let node = TestNode::start().await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    let r = publ
+        .publish("nobody/here", b"x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(r, ReasonCode::NO_MATCHING_SUBSCRIBERS);
+    // QoS 2: the PUBREC says so; the PUBCOMP that ends the flow is a plain success.
+    publ.send(&publish_packet(
+        "nobody/here",
+        b"x",
+        QoS::ExactlyOnce,
+        false,
+        Some(pid(5)),
+        Properties::default(),
+    ))
+    .await
+    .unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason_code, ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    publ.send(&Packet::PubRel(Ack::new(pid(5)))).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubComp(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // v3.1.1 acks carry no reason.
+    let mut publ = connect_clean(node.addr(), Protocol::V311, "pub3").await;
+    let r = publ
+        .publish("nobody/here", b"x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(r, ReasonCode::SUCCESS);
+}
+
+#[tokio::test]
+async fn qos2_resent_before_pubrel_is_delivered_once() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let mut sub = connect_clean(node.addr(), protocol, "sub").await;
+        sub.subscribe("eo/t", QoS::ExactlyOnce).await.unwrap();
+        let mut publ = connect_clean(node.addr(), protocol, "pub").await;
+        let id = pid(7);
+        let first = publish_packet(
+            "eo/t",
+            b"once",
+            QoS::ExactlyOnce,
+            false,
+            Some(id),
+            Properties::default(),
+        );
+        publ.send(&first).await.unwrap();
+        let rec = publ.recv().await.unwrap();
+        assert!(
+            matches!(&rec, Some(Packet::PubRec(a)) if a.packet_id == id && a.reason_code == ReasonCode::SUCCESS),
+            "{rec:?}"
+        );
+        // The client did not see the PUBREC (say) and resends with DUP.
+        let Packet::Publish(mut again) = first.clone() else {
+            unreachable!()
+        };
+        again.dup = true;
+        publ.send(&Packet::Publish(again)).await.unwrap();
+        let rec = publ.recv().await.unwrap();
+        assert!(
+            matches!(&rec, Some(Packet::PubRec(a)) if a.packet_id == id && a.reason_code == ReasonCode::SUCCESS),
+            "{rec:?}"
+        );
+        publ.send(&Packet::PubRel(Ack::new(id))).await.unwrap();
+        let comp = publ.recv().await.unwrap();
+        assert!(
+            matches!(&comp, Some(Packet::PubComp(a)) if a.packet_id == id && a.reason_code == ReasonCode::SUCCESS),
+            "{comp:?}"
+        );
+
+        let got = collect(&mut sub, SILENCE).await;
+        assert_eq!(payloads(&got), ["once"], "{protocol:?}");
+        assert_eq!(got[0].qos, QoS::ExactlyOnce);
+
+        // After PUBREL the id is free again: the same id now carries a new message.
+        let next = publish_packet(
+            "eo/t",
+            b"twice",
+            QoS::ExactlyOnce,
+            false,
+            Some(id),
+            Properties::default(),
+        );
+        publ.send(&next).await.unwrap();
+        assert!(matches!(publ.recv().await.unwrap(), Some(Packet::PubRec(a)) if a.packet_id == id));
+        publ.send(&Packet::PubRel(Ack::new(id))).await.unwrap();
+        assert!(
+            matches!(publ.recv().await.unwrap(), Some(Packet::PubComp(a)) if a.packet_id == id)
+        );
+        assert_eq!(payloads(&collect(&mut sub, SILENCE).await), ["twice"]);
+
+        sub.disconnect().await.unwrap();
+        publ.disconnect().await.unwrap();
+        wait_connections(&node, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn pubrel_for_unknown_id_gets_pubcomp() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let mut c = connect_clean(node.addr(), protocol, "c").await;
+        c.send(&Packet::PubRel(Ack::new(pid(42)))).await.unwrap();
+        let expected = match protocol {
+            Protocol::V5 => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            Protocol::V311 => ReasonCode::SUCCESS,
+        };
+        match c.recv().await.unwrap() {
+            Some(Packet::PubComp(a)) => {
+                assert_eq!(a.packet_id, pid(42));
+                assert_eq!(a.reason_code, expected, "{protocol:?}");
+            }
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+        // The connection stays up.
+        c.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(c.recv().await.unwrap(), Some(Packet::PingResp));
+    }
+}
+
+#[tokio::test]
+async fn unknown_acks_are_ignored() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let mut c = connect_clean(node.addr(), protocol, "c").await;
+        c.send(&Packet::PubAck(Ack::new(pid(9)))).await.unwrap();
+        c.send(&Packet::PubComp(Ack::new(pid(9)))).await.unwrap();
+        c.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(
+            c.recv().await.unwrap(),
+            Some(Packet::PingResp),
+            "{protocol:?}"
+        );
+        // An unknown PUBREC is answered with PUBREL 0x92 in v5 (§4.3.3), ignored in v3.1.1.
+        c.send(&Packet::PubRec(Ack::new(pid(9)))).await.unwrap();
+        if protocol == Protocol::V5 {
+            match c.recv().await.unwrap() {
+                Some(Packet::PubRel(a)) => {
+                    assert_eq!(a.packet_id, pid(9));
+                    assert_eq!(a.reason_code, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+                }
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+        }
+        c.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(c.recv().await.unwrap(), Some(Packet::PingResp));
+    }
+}
+
+/// Publishes `n` QoS 1 messages `m1..mn` to `topic`.
+async fn publish_n(c: &mut RawClient, topic: &str, n: usize) {
+    for i in 1..=n {
+        publish_ok(c, topic, format!("m{i}").as_bytes()).await;
+    }
+}
+
+#[tokio::test]
+async fn client_receive_maximum_bounds_messages_in_flight() {
+    // v5: the client's Receive Maximum 2; v3.1.1: the node's max_inflight 2.
+    let node = TestNode::start_with(|c| c.mqtt.max_inflight = 2)
+        .await
+        .unwrap();
+    let node_v5 = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let (addr, connect) = match protocol {
+            Protocol::V5 => {
+                let props = Properties {
+                    receive_maximum: Some(2),
+                    ..Properties::default()
+                };
+                (node_v5.addr(), connect_v5("slow", true, props))
+            }
+            Protocol::V311 => (
+                node.addr(),
+                roost_testkit::connect_packet(protocol, "slow", true),
+            ),
+        };
+        let (mut sub, _) = connect_with(addr, connect).await;
+        sub.subscribe("fc/t", QoS::AtLeastOnce).await.unwrap();
+        let mut publ = connect_clean(addr, protocol, "pub").await;
+        publish_n(&mut publ, "fc/t", 3).await;
+
+        let a = recv_publish(&mut sub).await;
+        let b = recv_publish(&mut sub).await;
+        assert_eq!(
+            payloads(&[a.clone(), b.clone()]),
+            ["m1", "m2"],
+            "{protocol:?}"
+        );
+        sub.expect_silence(SILENCE).await.unwrap();
+        // One PUBACK opens one slot: exactly one more PUBLISH.
+        sub.send(&Packet::PubAck(Ack::new(a.packet_id.unwrap())))
+            .await
+            .unwrap();
+        let c = recv_publish(&mut sub).await;
+        assert_eq!(&c.payload[..], b"m3");
+        assert!(!c.dup);
+        sub.expect_silence(SILENCE).await.unwrap();
+        for p in [b, c] {
+            sub.send(&Packet::PubAck(Ack::new(p.packet_id.unwrap())))
+                .await
+                .unwrap();
+        }
+        sub.expect_silence(SILENCE).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn qos0_bypasses_a_full_window() {
+    let node = TestNode::start().await.unwrap();
+    let props = Properties {
+        receive_maximum: Some(1),
+        ..Properties::default()
+    };
+    let (mut sub, _) = connect_with(node.addr(), connect_v5("slow", true, props)).await;
+    sub.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    publish_ok(&mut publ, "w/1", b"q1").await;
+    publish_ok(&mut publ, "w/2", b"q1-queued").await;
+    publ.publish("w/3", b"q0", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    let first = recv_publish(&mut sub).await;
+    assert_eq!(&first.payload[..], b"q1");
+    let second = recv_publish(&mut sub).await;
+    assert_eq!(&second.payload[..], b"q0");
+    assert_eq!(second.qos, QoS::AtMostOnce);
+    sub.expect_silence(SILENCE).await.unwrap();
+    sub.send(&Packet::PubAck(Ack::new(first.packet_id.unwrap())))
+        .await
+        .unwrap();
+    assert_eq!(&recv_publish(&mut sub).await.payload[..], b"q1-queued");
+}
+
+#[tokio::test]
+async fn v5_client_exceeding_our_receive_maximum_is_disconnected() {
+    let node = TestNode::start_with(|c| c.mqtt.receive_maximum = 2)
+        .await
+        .unwrap();
+    let (mut c, ack) = RawClient::connect(node.addr(), Protocol::V5, "greedy", true)
+        .await
+        .unwrap();
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    for id in [1, 2] {
+        c.send(&publish_packet(
+            "rm/t",
+            b"x",
+            QoS::ExactlyOnce,
+            false,
+            Some(pid(id)),
+            Properties::default(),
+        ))
+        .await
+        .unwrap();
+        assert!(
+            matches!(c.recv().await.unwrap(), Some(Packet::PubRec(a)) if a.packet_id == pid(id))
+        );
+    }
+    // A resend of an unreleased id does not use a new slot.
+    let mut dup = publish_packet(
+        "rm/t",
+        b"x",
+        QoS::ExactlyOnce,
+        false,
+        Some(pid(1)),
+        Properties::default(),
+    );
+    if let Packet::Publish(p) = &mut dup {
+        p.dup = true;
+    }
+    c.send(&dup).await.unwrap();
+    assert!(matches!(c.recv().await.unwrap(), Some(Packet::PubRec(a)) if a.packet_id == pid(1)));
+    // A third unreleased QoS 2 PUBLISH exceeds the window.
+    c.send(&publish_packet(
+        "rm/t",
+        b"x",
+        QoS::ExactlyOnce,
+        false,
+        Some(pid(3)),
+        Properties::default(),
+    ))
+    .await
+    .unwrap();
+    expect_disconnect(&mut c, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED).await;
+}
+
+#[tokio::test]
+async fn released_qos2_ids_free_the_inbound_window() {
+    let node = TestNode::start_with(|c| c.mqtt.receive_maximum = 2)
+        .await
+        .unwrap();
+    let mut c = connect_clean(node.addr(), Protocol::V5, "steady").await;
+    // Ten QoS 2 publishes, each released: never more than one unreleased.
+    for _ in 0..10 {
+        let r = c
+            .publish("rm/t", b"x", QoS::ExactlyOnce, false)
+            .await
+            .unwrap();
+        assert_eq!(r, ReasonCode::SUCCESS);
+    }
+}
+
+#[tokio::test]
+async fn max_qos_downgrades_subscriptions_and_refuses_higher_publishes() {
+    let node = TestNode::start_with(|c| c.mqtt.max_qos = 1).await.unwrap();
+    let mut sub = connect_clean(node.addr(), Protocol::V5, "sub").await;
+    let (ack, _) = sub.subscribe("mq/t", QoS::ExactlyOnce).await.unwrap();
+    assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    publ.send(&publish_packet(
+        "mq/t",
+        b"x",
+        QoS::ExactlyOnce,
+        false,
+        Some(pid(1)),
+        Properties::default(),
+    ))
+    .await
+    .unwrap();
+    expect_disconnect(&mut publ, ReasonCode::QOS_NOT_SUPPORTED).await;
+}
