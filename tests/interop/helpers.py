@@ -40,6 +40,12 @@ VERSION_IDS = ["v311", "v5"]
 # Upper bound for anything that should happen "now" on a loopback broker.
 TIMEOUT = 5.0
 
+# After a client's DISCONNECT, how long to let the broker process it before the test acts on
+# another connection. The broker serves each connection in its own task, so a CONNECT or
+# PUBLISH on another socket can otherwise overtake the DISCONNECT (seen with Roost: a
+# reconnect racing a session-expiry-0 DISCONNECT found the old session still present).
+DISCONNECT_SETTLE = 0.2
+
 
 def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, interval: float = 0.02,
                what: str = "condition"):
@@ -219,12 +225,15 @@ class Client:
         return self.connack_rc
 
     def disconnect(self, reason: int | None = None, properties: Properties | None = None,
-                   timeout: float = TIMEOUT):
-        """Normal disconnect (sends DISCONNECT), optionally with a v5 reason code."""
+                   timeout: float = TIMEOUT, settle: float = DISCONNECT_SETTLE):
+        """Normal disconnect (sends DISCONNECT), optionally with a v5 reason code; then gives
+        the broker `settle` seconds to process it (see DISCONNECT_SETTLE)."""
         rc = reason_code(PacketTypes.DISCONNECT, reason) if reason is not None else None
         self.c.disconnect(reasoncode=rc, properties=properties)
         self.disconnected.wait(timeout)
         self.c.loop_stop()
+        if settle:
+            time.sleep(settle)
 
     def drop(self):
         """Abrupt disconnect: stop paho's thread and close the socket without DISCONNECT."""

@@ -50,7 +50,7 @@ def test_wildcards(broker, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
-def test_overlapping_subscriptions_single_copy_v5_or_max_qos(broker, version):
+def test_overlapping_subscriptions(broker, version):
     """Overlapping filters: a v5 server sends one copy per matching subscription or one at
     the maximum QoS [MQTT-3.3.4-2]; either way at least one copy at QoS 1 arrives."""
     sub = broker.client("sub", version)

@@ -7,8 +7,7 @@ import time
 import pytest
 
 from helpers import (CONNACK, DISCONNECT, PINGRESP, PROP_MESSAGE_EXPIRY, PUBACK, SUBACK, V5,
-                     V311, connack_rc, connect_packet, fixed, mqtt_str, prop, publish_packet,
-                     subscribe_packet)
+                     connack_rc, connect_packet, fixed, prop, publish_packet, subscribe_packet)
 
 MALFORMED, PROTOCOL_ERROR, TOPIC_NAME_INVALID, PACKET_TOO_LARGE = 0x81, 0x82, 0x90, 0x95
 WIRE = [4, 5]
@@ -21,7 +20,7 @@ def still_serving(broker):
     c.subscribe("alive/t", 1)
     c.publish("alive/t", b"ok", qos=1)
     assert c.get().payload == b"ok"
-    c.disconnect()
+    c.disconnect(settle=0)
 
 
 def assert_closed_with(broker, raw, wire, reasons):
@@ -36,10 +35,11 @@ def assert_closed_with(broker, raw, wire, reasons):
             f"DISCONNECT reason {packets[-1].reason():#x}, expected one of "
             f"{[hex(r) for r in reasons]}")
     else:
-        # Mosquitto 2.0 closes the socket on most malformed input without sending a DISCONNECT
-        # first (a SHOULD in 5.0 4.13.1), so for the reference run only the close is checked.
+        # Mosquitto 2.0.11 sends the expected DISCONNECT for most cases here but just closes on a
+        # bad remaining length, a duplicate property and a second CONNECT (the DISCONNECT is a
+        # SHOULD in 5.0 4.13.1), so the reference run checks the reason only when one came.
         disconnects = [p for p in packets if p.ptype == DISCONNECT]
-        assert all(p.reason() >= 0x80 for p in disconnects), packets
+        assert all(p.reason() in reasons for p in disconnects), packets
     still_serving(broker)
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from helpers import V5, V311, VERSION_IDS, VERSIONS
+from helpers import V5, VERSION_IDS, VERSIONS
 
 SYS_TOPICS = [
     "$SYS/broker/version",

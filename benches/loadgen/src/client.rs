@@ -34,6 +34,10 @@ pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 
 /// What one call to [`Client::next_event`] produced.
+///
+/// `Packet` is as large as [`Packet`] itself; boxing it would cost an allocation per received
+/// message, and an `Event` only lives from `next_event` to the `match` that consumes it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A whole packet from the broker.
@@ -115,7 +119,10 @@ impl Client {
         match client.recv().await? {
             Some(Packet::ConnAck(ack)) => {
                 if ack.reason_code.is_error() {
-                    bail!("CONNACK refused with reason code 0x{:02X}", ack.reason_code.0);
+                    bail!(
+                        "CONNACK refused with reason code 0x{:02X}",
+                        ack.reason_code.0
+                    );
                 }
                 if let Some(max) = ack.properties.receive_maximum {
                     client.server_receive_maximum = max;

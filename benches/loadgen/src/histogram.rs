@@ -93,7 +93,9 @@ fn upper_bound(i: usize) -> u64 {
     }
     let shift = (i / SUB_COUNT - 1) as u32;
     let sub = (i % SUB_COUNT + SUB_COUNT) as u64;
-    (((sub + 1) as u128) << shift).saturating_sub(1).min(u64::MAX as u128) as u64
+    (((sub + 1) as u128) << shift)
+        .saturating_sub(1)
+        .min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]
@@ -107,7 +109,16 @@ mod tests {
             assert_eq!(upper_bound(index(v)), v);
         }
         let mut last = index(127);
-        for v in [128u64, 129, 255, 256, 1_000, 1 << 20, u64::MAX / 3, u64::MAX] {
+        for v in [
+            128u64,
+            129,
+            255,
+            256,
+            1_000,
+            1 << 20,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
             let i = index(v);
             assert!(i >= last, "{v}");
             assert!(i < BUCKETS, "{v}");
@@ -115,7 +126,10 @@ mod tests {
             // Relative error at most 1/64.
             let lower = if i == 0 { 0 } else { upper_bound(i - 1) + 1 };
             assert!(lower <= v);
-            assert!((upper_bound(i) - lower) as f64 <= v as f64 / 64.0 + 1.0, "{v}");
+            assert!(
+                (upper_bound(i) - lower) as f64 <= v as f64 / 64.0 + 1.0,
+                "{v}"
+            );
             last = i;
         }
         assert_eq!(index(u64::MAX), BUCKETS - 1);
@@ -131,7 +145,11 @@ mod tests {
         assert_eq!(h.max(), 10_000_000);
         let within = |got: u64, want: f64| (got as f64 - want).abs() / want < 0.02;
         assert!(within(h.quantile(0.5), 5_000_000.0), "{}", h.quantile(0.5));
-        assert!(within(h.quantile(0.99), 9_900_000.0), "{}", h.quantile(0.99));
+        assert!(
+            within(h.quantile(0.99), 9_900_000.0),
+            "{}",
+            h.quantile(0.99)
+        );
         assert_eq!(h.quantile(1.0), 10_000_000);
         assert!(h.quantile(0.0) <= 1_016);
     }

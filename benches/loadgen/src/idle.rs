@@ -124,7 +124,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
             },
             topic: args.subscribe.then(|| format!("idle/{i}")),
             permits: permits.clone(),
-            established: established_tx.clone(),
+            established: Some(established_tx.clone()),
             stop: stop_rx.clone(),
             dropped: dropped.clone(),
         };
@@ -184,8 +184,14 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
 
     let _ = stop_tx.send(true);
     let close = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(SETUP_TIMEOUT * 2, close).await.is_err() {
-        eprintln!("idle: some connections did not close within {:?}", SETUP_TIMEOUT * 2);
+    if tokio::time::timeout(SETUP_TIMEOUT * 2, close)
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "idle: some connections did not close within {:?}",
+            SETUP_TIMEOUT * 2
+        );
         tasks.abort_all();
     }
 
@@ -223,8 +229,9 @@ struct IdleConnection {
     options: ConnectOptions,
     topic: Option<String>,
     permits: Arc<Semaphore>,
-    /// Told once: established (connected and subscribed) or failed.
-    established: mpsc::Sender<Result<()>>,
+    /// Told once: established (connected and subscribed) or failed; then dropped, so the
+    /// ramp sees the channel close if every task has reported or ended.
+    established: Option<mpsc::Sender<Result<()>>>,
     stop: watch::Receiver<bool>,
     dropped: Arc<AtomicUsize>,
 }
@@ -237,17 +244,20 @@ impl IdleConnection {
             };
             self.establish().await
         };
+        let Some(established) = self.established.take() else {
+            return;
+        };
         let client = match client {
             Ok(c) => {
-                let _ = self.established.send(Ok(())).await;
+                let _ = established.send(Ok(())).await;
                 c
             }
             Err(e) => {
-                let _ = self.established.send(Err(e)).await;
+                let _ = established.send(Err(e)).await;
                 return;
             }
         };
-        drop(self.established);
+        drop(established);
         if self.hold(client).await.is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -321,9 +331,17 @@ impl fmt::Display for IdleReport {
             _ => writeln!(f, "  broker RSS     not measured (no --broker-pid)")?,
         }
         if let Some(end) = self.broker_rss_end_kib {
-            writeln!(f, "  broker RSS end {end} KiB after {} s hold", self.hold_secs)?;
+            writeln!(
+                f,
+                "  broker RSS end {end} KiB after {} s hold",
+                self.hold_secs
+            )?;
         }
-        write!(f, "  dropped        {} during the hold", self.dropped_during_hold)
+        write!(
+            f,
+            "  dropped        {} during the hold",
+            self.dropped_during_hold
+        )
     }
 }
 

@@ -40,7 +40,9 @@ pub(crate) async fn resolve_loopback(host: &str) -> Result<SocketAddr, UsageErro
 
 fn check_loopback(host: &str, addrs: &[SocketAddr]) -> Result<SocketAddr, UsageError> {
     let Some(first) = addrs.first() else {
-        return Err(UsageError(format!("--host {host:?} resolves to no address")));
+        return Err(UsageError(format!(
+            "--host {host:?} resolves to no address"
+        )));
     };
     for addr in addrs {
         if !addr.ip().to_canonical().is_loopback() {
@@ -85,7 +87,10 @@ mod tests {
             "[::ffff:10.0.0.1]:1883",
         ] {
             let err = check(host).await.expect_err(host);
-            assert!(err.contains("only targets brokers on this machine"), "{err}");
+            assert!(
+                err.contains("only targets brokers on this machine"),
+                "{err}"
+            );
         }
     }
 

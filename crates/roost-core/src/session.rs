@@ -624,6 +624,17 @@ impl Session {
     /// topic must be sent along with the alias. Aliases are handed out to the first topics sent
     /// until the client's Topic Alias Maximum is reached, and kept for the connection.
     pub fn outbound_alias(&mut self, topic: &TopicName) -> Option<(u16, bool)> {
+        let alias = self.peek_outbound_alias(topic);
+        if let Some((a, true)) = alias {
+            self.outbound_aliases.insert(topic.clone(), a);
+        }
+        alias
+    }
+
+    /// What [`outbound_alias`](Self::outbound_alias) would return, without defining a new
+    /// alias: the caller first checks that the PUBLISH still fits the client's Maximum Packet
+    /// Size with the Topic Alias property added ([MQTT-3.1.2-24]).
+    pub fn peek_outbound_alias(&self, topic: &TopicName) -> Option<(u16, bool)> {
         let max = self.client.map_or(0, |c| c.topic_alias_maximum);
         if max == 0 {
             return None;
@@ -636,7 +647,6 @@ impl Session {
             return None;
         }
         let a = u16::try_from(used + 1).ok()?;
-        self.outbound_aliases.insert(topic.clone(), a);
         Some((a, true))
     }
 

@@ -140,8 +140,10 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Keep-alive imposed on every client, in seconds. Absent (the default): the client's
     /// requested keep-alive is used, capped by `max_keep_alive`. Set: v5 clients are told this
-    /// value via Server Keep Alive and v3.1.1 clients are held to it too. Lets an operator
-    /// detect dead connections on their own schedule. 1..=`max_keep_alive`; there is no way to
+    /// value via Server Keep Alive. v3.1.1 has no way to tell a client, so v3.1.1 clients are
+    /// held to the keep-alive they asked for (holding them to a shorter one would disconnect
+    /// well-behaved clients). Lets an operator detect dead v5 connections on their own
+    /// schedule. 1..=`max_keep_alive`; there is no way to
     /// write "absent" except by leaving the key out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_keep_alive: Option<u16>,

@@ -281,7 +281,12 @@ impl Conn {
             }
         }
         let current = self.broker.connections.fetch_add(1, Ordering::AcqRel);
-        if current >= cfg.mqtt.max_connections {
+        // A takeover replaces a connection rather than adding one: never refuse it for quota.
+        let takeover = self
+            .broker
+            .session(&client_id)
+            .is_some_and(|s| s.0.state.lock().conn.is_some());
+        if current >= cfg.mqtt.max_connections && !takeover {
             self.broker.connections.fetch_sub(1, Ordering::AcqRel);
             info!(peer = %self.peer, max = cfg.mqtt.max_connections, "connection limit reached");
             return self
@@ -789,20 +794,30 @@ impl Conn {
                         payload: o.msg.payload.clone(),
                     };
                     let mut packet = Packet::Publish(publish);
+                    if v5 {
+                        // The alias changes the size, so it is chosen before the size check: a
+                        // known alias replaces the topic, a new one adds 3 bytes. A new alias
+                        // that would push the packet over the client's Maximum Packet Size
+                        // ([MQTT-3.1.2-24]) is not defined; the topic goes out in full.
+                        let alias = state.session.peek_outbound_alias(&o.msg.topic);
+                        if let (Some((alias, first)), Packet::Publish(p)) = (alias, &mut packet) {
+                            p.properties.topic_alias = Some(alias);
+                            if !first {
+                                p.topic.clear();
+                            }
+                        }
+                        if matches!(alias, Some((_, true))) {
+                            if encoded_len(&packet, st.protocol) <= max_size {
+                                state.session.outbound_alias(&o.msg.topic);
+                            } else if let Packet::Publish(p) = &mut packet {
+                                p.properties.topic_alias = None;
+                            }
+                        }
+                    }
                     if encoded_len(&packet, st.protocol) > max_size {
                         // [MQTT-3.1.2-25]: drop it for this client, and count it.
                         state.session.abandon(o.packet_id, now);
                         continue;
-                    }
-                    if v5 {
-                        if let Some((alias, first)) = state.session.outbound_alias(&o.msg.topic) {
-                            if let Packet::Publish(p) = &mut packet {
-                                p.properties.topic_alias = Some(alias);
-                                if !first {
-                                    p.topic.clear();
-                                }
-                            }
-                        }
                     }
                     if let Err(e) = encode(&packet, st.protocol, &mut self.wbuf) {
                         tracing::error!(error = %e, "failed to encode publish");

@@ -274,3 +274,60 @@ async fn connect_timeout_closes_a_silent_socket() {
         .unwrap();
     ok.expect_silence(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn refusals_for_auth_and_will() {
+    let node = TestNode::start_with(|c| c.mqtt.allow_anonymous = false)
+        .await
+        .unwrap();
+    for protocol in BOTH {
+        let mut c = RawClient::open(node.addr(), protocol).await.unwrap();
+        let ack = c
+            .handshake(connect_packet(protocol, "anon", true))
+            .await
+            .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED, "{protocol:?}");
+        assert!(c.expect_closed().await.unwrap().is_empty());
+    }
+
+    let node = TestNode::start().await.unwrap();
+    // Enhanced authentication is not offered.
+    let props = roost_codec::Properties {
+        authentication_method: Some("SCRAM-SHA-1".to_owned()),
+        ..roost_codec::Properties::default()
+    };
+    let mut c = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    let ack = c.handshake(connect_v5("auth", true, props)).await.unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    assert!(c.expect_closed().await.unwrap().is_empty());
+
+    // A will into `$SYS` is refused.
+    let mut connect = connect_packet(Protocol::V5, "w", true);
+    connect.will = Some(will("$SYS/fake", b"x", roost_codec::Properties::default()));
+    let mut c = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    let ack = c.handshake(connect).await.unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::TOPIC_NAME_INVALID);
+    assert!(c.expect_closed().await.unwrap().is_empty());
+    assert_eq!(node.node().connection_count(), 0);
+}
+
+/// A takeover replaces a connection, so it is allowed even when the node is at its limit.
+#[tokio::test]
+async fn takeover_is_allowed_at_the_connection_limit() {
+    let node = TestNode::start_with(|c| c.mqtt.max_connections = 1)
+        .await
+        .unwrap();
+    let (mut first, _) = RawClient::connect(node.addr(), Protocol::V5, "same", false)
+        .await
+        .unwrap();
+    let (_second, ack) = RawClient::connect(node.addr(), Protocol::V5, "same", false)
+        .await
+        .unwrap();
+    assert!(ack.session_present);
+    let got = first.expect_closed().await.unwrap();
+    assert!(matches!(
+        got.as_slice(),
+        [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SESSION_TAKEN_OVER
+    ));
+    wait_connections(&node, 1).await;
+}

@@ -1,0 +1,181 @@
+//! `roost-loadgen`: the end-to-end load generator for Roost (and any MQTT 3.1.1 / 5.0 broker)
+//! running on this machine.
+//!
+//! Subcommands, each bounded in connections and time and stopping by itself:
+//!
+//! - `idle`: opens N connections (one subscription each with `--subscribe`) and reports the
+//!   broker's resident memory per connection ([`idle`]).
+//! - `throughput`: P publishers and S subscribers; messages per second published and
+//!   delivered, publish-to-delivery latency, loss and duplication per pair ([`throughput`]).
+//! - `table`: turns the `--json` lines of several brokers into one Markdown table ([`table`]).
+//!
+//! The client is our own, on `roost-codec` ([`client`]). Only loopback brokers may be targeted
+//! ([`target`]). The allocator is mimalloc, as in the `roost` binary (house style 12), so the
+//! load generator's own overhead is what a Roost node's would be.
+//!
+//! Exit codes: 0 when the scenario ran (its report says how well), 64 for a refused command line
+//! (a non-loopback `--host`, impossible numbers), 1 when the scenario could not run or was
+//! interrupted by a broker error.
+
+mod client;
+mod histogram;
+mod idle;
+mod procfs;
+mod table;
+mod target;
+mod throughput;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use roost_codec::Protocol;
+use std::process::ExitCode;
+use std::time::Duration;
+use target::UsageError;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for a refused command line (sysexits.h EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "roost-loadgen",
+    version,
+    about = "End-to-end MQTT load generator for brokers on this machine (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open many idle connections and measure broker memory per connection.
+    Idle(idle::IdleArgs),
+    /// Publish and subscribe as fast as the broker allows; rates, latency, loss.
+    Throughput(throughput::ThroughputArgs),
+    /// Print a Markdown table comparing brokers from their `--json` result lines.
+    Table(table::TableArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Common {
+    /// Broker address, HOST:PORT. Must be loopback (127.0.0.0/8 or ::1): other hosts are
+    /// refused.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub(crate) host: String,
+    /// Speak MQTT 3.1.1 instead of 5.0.
+    #[arg(long)]
+    pub(crate) v311: bool,
+    /// The broker's process id, to read its memory (and CPU) from /proc.
+    #[arg(long, value_name = "PID")]
+    pub(crate) broker_pid: Option<u32>,
+    /// Print one JSON object on stdout (the human summary goes to stderr).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Name of this run in the report (default: derived from the parameters).
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+}
+
+impl Common {
+    pub(crate) fn protocol(&self) -> Protocol {
+        if self.v311 {
+            Protocol::V311
+        } else {
+            Protocol::V5
+        }
+    }
+
+    pub(crate) fn protocol_name(&self) -> &'static str {
+        if self.v311 {
+            "v3.1.1"
+        } else {
+            "v5"
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Common {
+        Common {
+            host: "127.0.0.1:1883".to_owned(),
+            v311: false,
+            broker_pid: None,
+            json: false,
+            label: None,
+        }
+    }
+}
+
+/// Upper bound on a whole scenario, beyond the bounds each phase keeps: a last guard so the
+/// process always stops by itself.
+fn watchdog(secs: u64) -> Duration {
+    Duration::from_secs(secs + 300)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Table(args) = &cli.command {
+        return finish(table::run(args));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roost-loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    finish(runtime.block_on(run(cli.command)))
+}
+
+fn finish(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roost-loadgen: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Idle(args) => {
+            let addr = target::resolve_loopback(&args.common.host).await?;
+            let limit = watchdog(args.hold_secs + args.connections as u64 / 10);
+            let Ok(report) = tokio::time::timeout(limit, idle::run(&args, addr)).await else {
+                bail!("idle did not finish within {limit:?}");
+            };
+            emit(&args.common, &report?)
+        }
+        Command::Throughput(args) => {
+            let addr = target::resolve_loopback(&args.common.host).await?;
+            let limit = watchdog(args.warmup_secs + args.duration_secs + args.drain_secs);
+            let Ok(report) = tokio::time::timeout(limit, throughput::run(&args, addr)).await else {
+                bail!("throughput did not finish within {limit:?}");
+            };
+            emit(&args.common, &report?)
+        }
+        Command::Table(args) => table::run(&args),
+    }
+}
+
+/// Prints the report: human summary on stdout, or on stderr with the JSON line on stdout.
+fn emit<R: serde::Serialize + std::fmt::Display>(common: &Common, report: &R) -> Result<()> {
+    if common.json {
+        eprintln!("{report}");
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

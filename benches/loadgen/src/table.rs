@@ -1,0 +1,202 @@
+//! `table`: a Markdown comparison of brokers from the JSON lines `idle --json` and
+//! `throughput --json` printed.
+//!
+//! Each input is `NAME=FILE`, FILE holding one JSON report per line (a scenario that failed
+//! simply has no line). Rows follow the scenario labels in the order they first appear; one
+//! column per broker; a missing value is shown as `—`. Pure text processing: no network.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// Arguments of `roost-loadgen table`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TableArgs {
+    /// `NAME=FILE`: a broker's name and its JSON lines; one column each, in this order.
+    #[arg(long = "input", value_name = "NAME=FILE", required = true)]
+    pub(crate) inputs: Vec<String>,
+}
+
+/// Prints the table on stdout.
+pub(crate) fn run(args: &TableArgs) -> Result<()> {
+    let mut brokers = Vec::new();
+    for input in &args.inputs {
+        let Some((name, file)) = input.split_once('=') else {
+            bail!("--input {input:?}: expected NAME=FILE");
+        };
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+        brokers.push((name.to_owned(), parse_lines(&text)?));
+    }
+    print!("{}", render(&brokers));
+    Ok(())
+}
+
+fn parse_lines(text: &str) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(line).with_context(|| format!("line {}", n + 1))?);
+    }
+    Ok(out)
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(key)?;
+    }
+    cur.as_f64()
+}
+
+type Metric = (&'static str, fn(&Value) -> Option<String>);
+
+const IDLE_METRICS: &[Metric] = &[
+    ("connections established", |v| {
+        Some(format!(
+            "{} / {}",
+            num(v, &["connected"])?,
+            num(v, &["connections_requested"])?
+        ))
+    }),
+    ("connect rate (conn/s)", |v| {
+        Some(format!("{:.0}", num(v, &["connections_per_sec"])?))
+    }),
+    ("broker RSS before → after (MiB)", |v| {
+        Some(format!(
+            "{:.1} → {:.1}",
+            num(v, &["broker_rss_before_kib"])? / 1024.0,
+            num(v, &["broker_rss_after_kib"])? / 1024.0
+        ))
+    }),
+    ("**broker memory per connection (KiB)**", |v| {
+        Some(format!(
+            "**{:.2}**",
+            num(v, &["broker_kib_per_connection"])?
+        ))
+    }),
+];
+
+const THROUGHPUT_METRICS: &[Metric] = &[
+    ("published (msg/s)", |v| {
+        Some(format!("{:.0}", num(v, &["published_per_sec"])?))
+    }),
+    ("**delivered (msg/s)**", |v| {
+        Some(format!("**{:.0}**", num(v, &["delivered_per_sec"])?))
+    }),
+    ("latency p50 / p99 / max (ms)", |v| {
+        if num(v, &["latency_us", "samples"])? == 0.0 {
+            return None;
+        }
+        let ms = |k: &str| num(v, &["latency_us", k]).map(|us| us / 1000.0);
+        Some(format!(
+            "{:.2} / {:.2} / {:.2}",
+            ms("p50")?,
+            ms("p99")?,
+            ms("max")?
+        ))
+    }),
+    ("lost / duplicated / unacked", |v| {
+        Some(format!(
+            "{} / {} / {}",
+            num(v, &["lost"])?,
+            num(v, &["duplicated"])?,
+            num(v, &["unacked"])?
+        ))
+    }),
+    ("CPU broker / load generator (%)", |v| {
+        Some(format!(
+            "{:.0} / {:.0}",
+            num(v, &["broker_cpu_percent"])?,
+            num(v, &["loadgen_cpu_percent"])?
+        ))
+    }),
+    ("broker peak RSS (MiB)", |v| {
+        Some(format!("{:.1}", num(v, &["broker_peak_rss_kib"])? / 1024.0))
+    }),
+];
+
+fn render(brokers: &[(String, Vec<Value>)]) -> String {
+    let mut labels: Vec<(String, String)> = Vec::new(); // (label, scenario)
+    for (_, reports) in brokers {
+        for r in reports {
+            let label = r.get("label").and_then(Value::as_str).unwrap_or("?");
+            let scenario = r.get("scenario").and_then(Value::as_str).unwrap_or("?");
+            if !labels.iter().any(|(l, _)| l == label) {
+                labels.push((label.to_owned(), scenario.to_owned()));
+            }
+        }
+    }
+    let mut out = String::from("| scenario | metric |");
+    for (name, _) in brokers {
+        let _ = write!(out, " {name} |");
+    }
+    out.push_str("\n|---|---|");
+    for _ in brokers {
+        out.push_str("--:|");
+    }
+    out.push('\n');
+    for (label, scenario) in &labels {
+        let metrics = match scenario.as_str() {
+            "idle" => IDLE_METRICS,
+            "throughput" => THROUGHPUT_METRICS,
+            _ => continue,
+        };
+        for (i, (metric, get)) in metrics.iter().enumerate() {
+            let first = if i == 0 { label.as_str() } else { "" };
+            let _ = write!(out, "| {first} | {metric} |");
+            for (_, reports) in brokers {
+                let report = reports
+                    .iter()
+                    .find(|r| r.get("label").and_then(Value::as_str) == Some(label));
+                let cell = match report {
+                    Some(r) => get(r).unwrap_or_else(|| "—".to_owned()),
+                    None => "failed".to_owned(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_column_per_broker_and_marks_missing_runs() -> Result<()> {
+        let a = parse_lines(concat!(
+            r#"{"scenario":"idle","label":"idle 10","connected":10,"connections_requested":10,"#,
+            r#""connections_per_sec":500.0,"broker_rss_before_kib":1024,"broker_rss_after_kib":2048,"#,
+            r#""broker_kib_per_connection":102.4}"#,
+            "\n",
+            r#"{"scenario":"throughput","label":"qos0","published_per_sec":10.0,"delivered_per_sec":9.0,"#,
+            r#""latency_us":{"samples":9,"p50":1500.0,"p99":2000.0,"max":3000.0},"lost":1,"duplicated":0,"unacked":0}"#,
+            "\n",
+            r#"{"scenario":"throughput","label":"stalled","published_per_sec":10.0,"delivered_per_sec":0.0,"#,
+            r#""latency_us":{"samples":0,"p50":0.0,"p99":0.0,"max":0.0},"lost":9,"duplicated":0,"unacked":0}"#,
+            "\n"
+        ))?;
+        let b = parse_lines(concat!(
+            r#"{"scenario":"throughput","label":"qos0","published_per_sec":20.0,"delivered_per_sec":20.0,"#,
+            r#""latency_us":{"samples":20,"p50":500.0,"p99":900.0,"max":1000.0},"lost":0,"duplicated":0,"unacked":0}"#
+        ))?;
+        let table = render(&[("roost".into(), a), ("other".into(), b)]);
+        assert!(table.starts_with("| scenario | metric | roost | other |\n|---|---|--:|--:|\n"));
+        assert!(table.contains("| idle 10 | connections established | 10 / 10 | failed |"));
+        assert!(table.contains("| **broker memory per connection (KiB)** | **102.40** | failed |"));
+        assert!(table.contains("| qos0 | published (msg/s) | 10 | 20 |"));
+        assert!(table.contains(
+            "| latency p50 / p99 / max (ms) | 1.50 / 2.00 / 3.00 | 0.50 / 0.90 / 1.00 |"
+        ));
+        assert!(table.contains("| CPU broker / load generator (%) | — | — |"));
+        assert!(
+            table.contains("| latency p50 / p99 / max (ms) | — | failed |"),
+            "{table}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! Wire tests of the admin HTTP API, spoken as raw HTTP/1.1 over a `TcpStream`: health,
+//! readiness, Prometheus metrics, clients (list, show, kick), subscriptions, stats, and the
+//! log-level endpoints (501 in-process: no log subscriber is installed by `TestNode`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use roost_codec::{Properties, Protocol, QoS, ReasonCode, SubscriptionOptions};
+use roost_testkit::TestNode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let node = TestNode::start().await.unwrap();
+    let r = http(&node, "GET", "/healthz", None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    let r = http(&node, "GET", "/readyz", None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    let r = http(&node, "GET", "/nope", None).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_count_received_messages() {
+    let node = TestNode::start().await.unwrap();
+    let r = http(&node, "GET", "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(
+        r.body.contains("roost_mqtt_messages_received_total"),
+        "{}",
+        r.body
+    );
+
+    let received = metric(&node, "roost_mqtt_messages_received_total").await;
+    let accepted = metric(&node, "roost_mqtt_connections_accepted_total").await;
+    let mut c = connect_clean(node.addr(), Protocol::V5, "m").await;
+    for _ in 0..3 {
+        c.publish("m/t", b"x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    assert!(metric(&node, "roost_mqtt_messages_received_total").await - received >= 3.0);
+    assert!(metric(&node, "roost_mqtt_connections_accepted_total").await - accepted >= 1.0);
+}
+
+fn find<'a>(list: &'a Value, client_id: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == client_id)
+        .unwrap_or_else(|| panic!("{client_id} not in {list}"))
+}
+
+#[tokio::test]
+async fn clients_lists_connected_and_offline_sessions() {
+    let node = TestNode::start().await.unwrap();
+    let _v5 = connect_clean(node.addr(), Protocol::V5, "c-v5").await;
+    let _v3 = connect_clean(node.addr(), Protocol::V311, "c-v3").await;
+    let (off, _) = connect_persistent(node.addr(), Protocol::V5, "c-off").await;
+    off.disconnect().await.unwrap();
+    wait_connections(&node, 2).await;
+
+    let r = http(&node, "GET", "/api/v1/clients", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    let v5 = find(&list, "c-v5");
+    assert_eq!(v5["connected"], true);
+    assert_eq!(v5["protocol"], "5.0");
+    assert_eq!(v5["keep_alive"], 60);
+    assert!(v5["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let v3 = find(&list, "c-v3");
+    assert_eq!(v3["connected"], true);
+    assert_eq!(v3["protocol"], "3.1.1");
+    let off = find(&list, "c-off");
+    assert_eq!(off["connected"], false);
+    assert_eq!(off["protocol"], Value::Null);
+    assert_eq!(off["session_expiry_interval"], EXPIRY);
+
+    let r = http(&node, "GET", "/api/v1/clients/c-v3", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["client_id"], "c-v3");
+    let r = http(&node, "GET", "/api/v1/clients/nobody", None).await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("nobody"));
+}
+
+#[tokio::test]
+async fn delete_client_disconnects_it_with_administrative_action() {
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let id = format!("kick-{protocol:?}");
+        let (mut c, _) = connect_persistent(node.addr(), protocol, &id).await;
+        let r = http(&node, "DELETE", &format!("/api/v1/clients/{id}"), None).await;
+        assert_eq!(r.status, 204, "{r:?}");
+        assert!(r.body.is_empty());
+        expect_disconnect(&mut c, ReasonCode::ADMINISTRATIVE_ACTION).await;
+        wait_connections(&node, 0).await;
+        // The session stays (expiry as usual); kicking it again: not connected.
+        let r = http(&node, "DELETE", &format!("/api/v1/clients/{id}"), None).await;
+        assert_eq!(r.status, 409, "{r:?}");
+        let (_c, ack) = connect_persistent(node.addr(), protocol, &id).await;
+        assert!(ack.session_present);
+    }
+    let r = http(&node, "DELETE", "/api/v1/clients/nobody", None).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn subscriptions_are_listed() {
+    let node = TestNode::start().await.unwrap();
+    let mut c = connect_clean(node.addr(), Protocol::V5, "s").await;
+    let o = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: roost_codec::RetainHandling::SendIfNew,
+    };
+    let props = Properties {
+        subscription_identifiers: vec![7],
+        ..Properties::default()
+    };
+    c.subscribe_with("s/+", o, props).await.unwrap();
+    c.subscribe("$share/g/s/t", QoS::ExactlyOnce).await.unwrap();
+
+    let r = http(&node, "GET", "/api/v1/subscriptions", None).await;
+    assert_eq!(r.status, 200);
+    let list = r.json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let plain = list.iter().find(|s| s["filter"] == "s/+").unwrap();
+    assert_eq!(plain["client_id"], "s");
+    assert_eq!(plain["qos"], 1);
+    assert_eq!(plain["no_local"], true);
+    assert_eq!(plain["retain_as_published"], true);
+    assert_eq!(plain["retain_handling"], 1);
+    assert_eq!(plain["identifier"], 7);
+    let shared = list.iter().find(|s| s["filter"] == "$share/g/s/t").unwrap();
+    assert_eq!(shared["qos"], 2);
+    assert_eq!(shared["identifier"], Value::Null);
+}
+
+#[tokio::test]
+async fn stats_reflect_the_node() {
+    let node = TestNode::start().await.unwrap();
+    let mut sub = connect_clean(node.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("st/#", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V311, "pub").await;
+    publ.publish("st/a", b"1", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+    publ.publish("st/b", b"2", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(collect(&mut sub, SILENCE).await.len(), 2);
+
+    let r = http(&node, "GET", "/api/v1/stats", None).await;
+    assert_eq!(r.status, 200);
+    let s = r.json();
+    // Per-node counters (not the process-wide Prometheus ones): exact.
+    assert_eq!(s["connections"], 2, "{s}");
+    assert_eq!(s["sessions"], 2);
+    assert_eq!(s["subscriptions"], 1);
+    assert_eq!(s["retained"], 1);
+    assert_eq!(s["messages_received"], 2);
+    assert_eq!(s["messages_sent"], 2);
+    assert_eq!(s["messages_dropped"], 0);
+    assert!(s["bytes_received"].as_u64().unwrap() > 0);
+    assert!(s["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn log_level_is_unavailable_without_the_roost_subscriber() {
+    let node = TestNode::start().await.unwrap();
+    let r = http(&node, "GET", "/api/v1/log-level", None).await;
+    assert_eq!(r.status, 501, "{r:?}");
+    assert!(r.json()["error"].is_string());
+    let r = http(
+        &node,
+        "PUT",
+        "/api/v1/log-level",
+        Some(r#"{"level":"debug"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 501, "{r:?}");
+}
