@@ -205,8 +205,10 @@ MEM_GIB="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "throughput = 1 s warm-up then ${DURATION} s measured, publishers as fast as the window (16"
     echo "unacknowledged, QoS 1) or TCP (QoS 0) allow. Latency is publish-to-delivery on one"
     echo "monotonic clock; at QoS 0 under saturation it is mostly time spent queued in socket"
-    echo "buffers. CPU is % of one core over the measured window. QoS 0 loss is allowed by the"
-    echo "protocol (bounded queues); QoS 1 loss means the broker dropped acknowledged messages."
+    echo "buffers. CPU is % of one core over the measured window. \"lost\" counts messages a"
+    echo "subscriber had not received when it stopped (nothing for 0.5 s, or 5 s after the window):"
+    echo "at QoS 0 that is allowed (bounded queues) and includes backlog still in socket buffers;"
+    echo "at QoS 1 it means the broker dropped messages it had acknowledged."
     echo
     "$LOADGEN" table --input "roost=$WORK/roost.jsonl" --input "mosquitto=$WORK/mosquitto.jsonl"
     echo
