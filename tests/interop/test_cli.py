@@ -1,0 +1,118 @@
+"""The `roost` binary's command line: config validation exit codes and messages, layering
+(file < environment < flags), and start-up refusals. These run the binary directly."""
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, free_port, roost_bin
+
+pytestmark = pytest.mark.roost_only
+
+EX_CONFIG = 64
+
+
+def run(args, env=None, timeout=20):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_") or k == "ROOST_BIN"}
+    full_env.update(env or {})
+    return subprocess.run([str(roost_bin()), *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def test_check_config_accepts_the_sample(tmp_path):
+    sample = REPO / "deploy" / "roost.toml"
+    r = run(["check-config", str(sample)])
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[mqtt]\nlisen = \"127.0.0.1:1883\"\n", "lisen"),
+    ("[mqtt]\nmax_packet_size = 0\n", "mqtt.max_packet_size"),
+    ("[mqtt]\nqueue_drop = \"sideways\"\n", "queue_drop"),
+    ("[log]\nlevel = \"inof\"\n", "log.level"),
+    ("[mqtt\n", "line 1"),
+])
+def test_check_config_rejects_with_the_key_named(tmp_path, text, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    r = run(["check-config", str(f)])
+    assert r.returncode == EX_CONFIG
+    assert needle in r.stderr
+
+
+def test_check_config_missing_file(tmp_path):
+    r = run(["check-config", str(tmp_path / "nope.toml")])
+    assert r.returncode == EX_CONFIG
+    assert "nope.toml" in r.stderr
+
+
+def test_serve_with_bad_env_exits_64_naming_the_variable(tmp_path):
+    r = run(["serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+            env={"ROOST_MQTT__MAX_CONECTIONS": "5"})
+    assert r.returncode == EX_CONFIG
+    assert "ROOST_MQTT__MAX_CONECTIONS" in r.stderr
+
+
+def test_serve_with_bad_value_binds_nothing(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "roost.toml"
+    cfg.write_text(f"[mqtt]\nlisten = \"127.0.0.1:{port}\"\nreceive_maximum = 0\n")
+    r = run(["serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:0"])
+    assert r.returncode == EX_CONFIG
+    assert "mqtt.receive_maximum" in r.stderr
+    assert not (tmp_path / "d").exists(), "nothing may be created before the config is valid"
+
+
+def wait_port(port, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def test_layering_flag_beats_env_beats_file(tmp_path):
+    file_port, env_port, flag_port = free_port(), free_port(), free_port()
+    cfg = tmp_path / "roost.toml"
+    cfg.write_text(f"[mqtt]\nlisten = \"127.0.0.1:{file_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+    env["ROOST_MQTT__LISTEN"] = f"127.0.0.1:{env_port}"
+    cmd = [str(roost_bin()), "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d")]
+    # env beats file
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(env_port, p)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+    # flag beats env
+    p = subprocess.Popen(cmd + ["--mqtt", f"127.0.0.1:{flag_port}"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(flag_port, p)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+
+
+def test_second_node_on_the_same_data_dir_is_refused(tmp_path):
+    data = tmp_path / "shared"
+    port = free_port()
+    first = subprocess.Popen([str(roost_bin()), "serve", "--data-dir", str(data), "--mqtt", f"127.0.0.1:{port}",
+                              "--http", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(port, first)
+        r = run(["serve", "--data-dir", str(data), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        assert r.returncode == 1
+        assert "in use by another roost process" in r.stderr
+    finally:
+        first.terminate()
+        assert first.wait(timeout=10) == 0
