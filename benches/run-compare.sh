@@ -123,6 +123,9 @@ run_scenarios() {
         --duration-secs "$DURATION"
 }
 
+# Other work on the machine skews every number here: record the load around the runs.
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 # --- 2. roost --------------------------------------------------------------------------------
 NAME=roost
 PORT=$ROOST_PORT
@@ -181,6 +184,7 @@ run_scenarios
 stop_broker
 
 # --- 4. results ------------------------------------------------------------------------------
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 SHA="$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
 DIRTY=""
 if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then
@@ -197,6 +201,7 @@ MEM_GIB="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "- commit: \`$(git rev-parse HEAD 2>/dev/null || echo unknown)\`$DIRTY"
     echo "- CPU: $(lscpu | grep 'Model name' | sed 's/Model name:[[:space:]]*//' | head -1), $(nproc) cores available"
     echo "- memory: $MEM_GIB; kernel $(uname -r)"
+    echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- brokers: $ROOST_VERSION (release build, \$SYS off, log warn); $MOSQUITTO_VERSION"
     echo "  (\`max_queued_messages 1000\`, no persistence)"
     echo "- load generator: roost-loadgen (same machine, same cores as the broker), MQTT v5"
