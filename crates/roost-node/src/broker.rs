@@ -93,7 +93,8 @@ pub(crate) struct SessionState {
     pub(crate) expiry_interval: u32,
     /// Whether the latest attach started a clean session (decides the will on takeover).
     pub(crate) last_attach_clean: bool,
-    pub(crate) pending_will: Option<PendingWill>,
+    /// Boxed: rare, and large next to the rest of an idle session.
+    pub(crate) pending_will: Option<Box<PendingWill>>,
     /// Removed from the registry: deliveries to it are ignored.
     pub(crate) ended: bool,
     pub(crate) disconnected_at: Option<SystemTime>,
@@ -108,6 +109,20 @@ pub(crate) struct SessionRef(pub(crate) Arc<SessionEntry>);
 pub(crate) struct SessionEntry {
     pub(crate) client_id: Arc<str>,
     pub(crate) state: Mutex<SessionState>,
+    /// Notified (all waiters) when the session's queue drained below the low watermark:
+    /// publishers held back by [`Broker::wait_for_space`] wait on it.
+    pub(crate) space: Notify,
+}
+
+/// What [`Broker::deliver_to`] did.
+pub(crate) enum Delivery {
+    /// The session had ended; nothing delivered.
+    Ended,
+    /// Delivered or queued (or dropped and counted by the session's bounds).
+    Accepted {
+        /// A QoS 1/2 message to a connected session whose queue is at least half full.
+        congested: bool,
+    },
 }
 
 impl PartialEq for SessionRef {
@@ -191,8 +206,14 @@ impl Broker {
     }
 
     /// Routes a message to every matching session on this node. Returns how many sessions it
-    /// was delivered or queued to.
-    pub(crate) fn route(&self, msg: &Arc<Message>, publisher: Option<&SessionRef>) -> usize {
+    /// was delivered or queued to. Connected sessions whose queue is backing up are added to
+    /// `congested` (see [`Broker::wait_for_space`]); the publisher's own session never is.
+    pub(crate) fn route(
+        &self,
+        msg: &Arc<Message>,
+        publisher: Option<&SessionRef>,
+        congested: &mut Vec<SessionRef>,
+    ) -> usize {
         let now = crate::now();
         let mut matches = Matches::default();
         self.index
@@ -202,7 +223,7 @@ impl Broker {
         for d in matches.direct {
             let qos = msg.qos.min(d.qos);
             let retain = d.retain_as_published && msg.retain;
-            if self.deliver_to(
+            match self.deliver_to(
                 &d.subscriber,
                 msg.clone(),
                 qos,
@@ -211,7 +232,13 @@ impl Broker {
                 None,
                 now,
             ) {
-                n += 1;
+                Delivery::Ended => {}
+                Delivery::Accepted { congested: c } => {
+                    n += 1;
+                    if c && publisher != Some(&d.subscriber) {
+                        congested.push(d.subscriber);
+                    }
+                }
             }
         }
         for g in matches.shared {
@@ -222,11 +249,49 @@ impl Broker {
             let qos = msg.qos.min(sub.options.qos);
             let retain = sub.options.retain_as_published && msg.retain;
             let ids = sub.identifier.into_iter().collect();
-            if self.deliver_to(member, msg.clone(), qos, retain, ids, Some(g.filter), now) {
-                n += 1;
+            match self.deliver_to(member, msg.clone(), qos, retain, ids, Some(g.filter), now) {
+                Delivery::Ended => {}
+                Delivery::Accepted { congested: c } => {
+                    n += 1;
+                    if c && publisher != Some(member) {
+                        congested.push(member.clone());
+                    }
+                }
             }
         }
         n
+    }
+
+    /// Backpressure: waits until each congested session's queue has drained to a quarter of
+    /// `max_queued_messages`, it disconnected, or `mqtt.backpressure_timeout_ms` passed. The
+    /// publisher's driver calls this before reading more, so a publisher that outruns its
+    /// subscribers is slowed by TCP flow control instead of having its messages dropped.
+    ///
+    /// Cancel safety: stateless; dropping it only stops waiting.
+    pub(crate) async fn wait_for_space(&self, congested: &[SessionRef]) {
+        let limit = Duration::from_millis(self.config.mqtt.backpressure_timeout_ms);
+        if limit.is_zero() || congested.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let low = self.config.mqtt.max_queued_messages / 4;
+        for s in congested {
+            loop {
+                let notified = s.0.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = s.0.state.lock();
+                    if st.ended || st.conn.is_none() || st.session.queued_len() <= low {
+                        break;
+                    }
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    self.metrics.backpressure_timeouts.increment(1);
+                    return;
+                }
+            }
+        }
     }
 
     /// Hands messages of a departed shared-subscription member to the rest of its group.
@@ -256,11 +321,11 @@ impl Broker {
             let (member, sub) = pick_member(&candidates, g.start);
             let qos = o.msg.qos.min(sub.options.qos);
             let ids = sub.identifier.into_iter().collect();
-            self.deliver_to(member, o.msg, qos, false, ids, Some(o.filter), now);
+            let _ = self.deliver_to(member, o.msg, qos, false, ids, Some(o.filter), now);
         }
     }
 
-    /// Delivers to one session and wakes its connection. False if the session has ended.
+    /// Delivers to one session and wakes its connection.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver_to(
         &self,
@@ -271,10 +336,10 @@ impl Broker {
         ids: Vec<u32>,
         shared: Option<TopicFilter>,
         now: Instant,
-    ) -> bool {
+    ) -> Delivery {
         let mut st = target.0.state.lock();
         if st.ended {
-            return false;
+            return Delivery::Ended;
         }
         st.session.deliver(msg, qos, retain, ids, shared, now);
         let drops = st.session.take_drops();
@@ -288,7 +353,10 @@ impl Broker {
                 c.wake.notify_one();
             }
         }
-        true
+        let congested = qos != QoS::AtMostOnce
+            && st.conn.is_some()
+            && st.session.queued_len() >= self.config.mqtt.max_queued_messages / 2;
+        Delivery::Accepted { congested }
     }
 
     /// Stores or clears a retained message ([MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7]).
@@ -428,6 +496,7 @@ impl Broker {
         session.connect(params, now);
         let entry = SessionRef(Arc::new(SessionEntry {
             client_id: client_id.clone(),
+            space: Notify::new(),
             state: Mutex::new(SessionState {
                 session,
                 conn: Some(conn),
@@ -454,7 +523,7 @@ impl Broker {
         self: &Arc<Self>,
         s: &SessionRef,
         conn: &Arc<ConnCtl>,
-        will: Option<LastWill>,
+        will: Option<Box<LastWill>>,
         expiry_interval: u32,
     ) {
         let mut st = s.0.state.lock();
@@ -466,13 +535,15 @@ impl Broker {
             drop(st);
             if let Some(w) = will {
                 if will_delay(&w) == 0 || clean {
-                    self.publish_will(w, &s.0.client_id);
+                    self.publish_will(*w, &s.0.client_id);
                 }
             }
             return;
         }
         st.conn = None;
         st.session.disconnect();
+        // Publishers waiting for this session to drain stop waiting: it is offline now.
+        s.0.space.notify_waiters();
         st.expiry_interval = expiry_interval;
         st.disconnected_at = Some(SystemTime::now());
         let epoch = st.epoch;
@@ -483,7 +554,7 @@ impl Broker {
             if delay == 0 || expiry_interval == 0 {
                 will_now = Some(w);
             } else {
-                st.pending_will = Some(PendingWill { will: w });
+                st.pending_will = Some(Box::new(PendingWill { will: *w }));
                 let broker = Arc::clone(self);
                 let s2 = s.clone();
                 let d = Duration::from_secs(u64::from(delay.min(expiry_interval)));
@@ -496,7 +567,7 @@ impl Broker {
         drop(st);
         self.redistribute(orphans, s);
         if let Some(w) = will_now {
-            self.publish_will(w, &s.0.client_id);
+            self.publish_will(*w, &s.0.client_id);
         }
         if expiry_interval == 0 {
             self.end_session(s, Some(epoch));
@@ -575,7 +646,7 @@ impl Broker {
         if msg.retain {
             self.retain(&msg);
         }
-        self.route(&msg, None);
+        self.route(&msg, None, &mut Vec::new());
     }
 
     /// Publishes a broker-made message ($SYS): retained, QoS 0.
@@ -593,7 +664,7 @@ impl Broker {
             publisher: None,
         });
         self.retain(&msg);
-        self.route(&msg, None);
+        self.route(&msg, None, &mut Vec::new());
     }
 
     /// Sessions currently registered (snapshot).

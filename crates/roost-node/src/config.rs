@@ -175,6 +175,12 @@ pub struct MqttConfig {
     /// closed. Bounds how long an idle or malicious connection holds a slot. At least 1.
     /// Default 10.
     pub connect_timeout_secs: u64,
+    /// How long a publisher's connection waits for a connected subscriber whose queue is
+    /// backing up (half of `max_queued_messages`) to drain, before it reads more from its
+    /// socket. This is how a publisher faster than its subscribers is slowed down instead of
+    /// having its QoS 1/2 messages dropped. After the wait the publisher goes on, and what no
+    /// longer fits is dropped and counted. 0 disables waiting (drop at once). Milliseconds.
+    pub backpressure_timeout_ms: u64,
 }
 
 impl Default for MqttConfig {
@@ -202,6 +208,7 @@ impl Default for MqttConfig {
             subscription_identifiers: true,
             max_qos: 2,
             connect_timeout_secs: 10,
+            backpressure_timeout_ms: 5_000,
         }
     }
 }

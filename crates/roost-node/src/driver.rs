@@ -117,7 +117,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             return;
         }
     };
-    conn.run_session(*connect).await;
+    conn.run_session(connect).await;
 }
 
 impl Conn {
@@ -140,7 +140,12 @@ impl Conn {
                         .fetch_add(n as u64, Ordering::Relaxed);
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Stale readiness: give the buffer back before waiting again, or every idle
+                    // connection would sit on a read buffer.
+                    self.release_rbuf();
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -226,7 +231,9 @@ impl Conn {
         let _ = self.stream.shutdown().await;
     }
 
-    async fn run_session(mut self, connect: Connect) {
+    /// Everything after CONNECT. `connect` stays boxed: it lives across awaits, and the future
+    /// of every idle connection would otherwise carry its full size.
+    async fn run_session(mut self, mut connect: Box<Connect>) {
         let cfg = Arc::clone(&self.broker.config);
         let protocol = connect.protocol;
         let v5 = protocol == Protocol::V5;
@@ -383,12 +390,16 @@ impl Conn {
             ctl: Arc::clone(&ctl),
             protocol,
             client_id: client_id.clone(),
-            will: connect.will,
+            will: connect.will.take().map(Box::new),
             expiry,
             keep_alive,
             last_packet: tokio::time::Instant::now(),
             outbox: Vec::new(),
+            congested: Vec::new(),
         };
+        // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
+        // the connection.
+        drop(connect);
         let exit = self.session_loop(&mut state).await;
         crate::metrics::disconnected(exit.why);
         if let (Some(reason), true) = (exit.send, v5) {
@@ -445,9 +456,27 @@ impl Conn {
                 r = self.fill() => {
                     match r {
                         Ok(true) => {
-                            if let Err(exit) = self.drain_packets(st) {
-                                return exit;
+                            loop {
+                                if let Err(exit) = self.drain_packets(st) {
+                                    return exit;
+                                }
+                                self.signal_space(st);
+                                if st.congested.is_empty() {
+                                    break;
+                                }
+                                // Acks for what was routed go out first; then hold off decoding
+                                // until the slow subscribers catch up (bounded), and go on with
+                                // what is left in the read buffer.
+                                self.encode_outbox(st);
+                                if self.flush().await.is_err() {
+                                    return Exit::closed("write_error");
+                                }
+                                let congested = std::mem::take(&mut st.congested);
+                                self.broker.wait_for_space(&congested).await;
                             }
+                            // Let the drivers this batch woke run before reading more: a
+                            // publisher with a full socket must not starve its subscribers.
+                            tokio::task::yield_now().await;
                         }
                         Ok(false) => return Exit::closed("eof"),
                         Err(_) => return Exit::closed("read_error"),
@@ -461,12 +490,27 @@ impl Conn {
         }
     }
 
+    /// Wakes publishers waiting for this session's queue to drain (backpressure), once it is
+    /// down to a quarter of `max_queued_messages`.
+    fn signal_space(&self, st: &Live) {
+        let low = self.broker.config.mqtt.max_queued_messages / 4;
+        if st.session.0.state.lock().session.queued_len() <= low {
+            st.session.0.space.notify_waiters();
+        }
+    }
+
+    /// Decodes and handles the packets in the read buffer; stops early (leaving the rest in
+    /// the buffer) when routing found a congested subscriber, so backpressure applies per
+    /// message, not per read.
     fn drain_packets(&mut self, st: &mut Live) -> Result<(), Exit> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => {
                     st.last_packet = tokio::time::Instant::now();
                     self.handle(st, p)?;
+                    if !st.congested.is_empty() {
+                        return Ok(());
+                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -625,7 +669,9 @@ impl Conn {
         if msg.retain {
             self.broker.retain(&msg);
         }
-        let delivered = self.broker.route(&msg, Some(&st.session));
+        let delivered = self
+            .broker
+            .route(&msg, Some(&st.session), &mut st.congested);
         let reason = if delivered == 0 && v5 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -855,12 +901,15 @@ struct Live {
     ctl: Arc<ConnCtl>,
     protocol: Protocol,
     client_id: Arc<str>,
-    will: Option<LastWill>,
+    /// Boxed: most connections have none, and this lives in every connection's future.
+    will: Option<Box<LastWill>>,
     expiry: u32,
     keep_alive: u16,
     last_packet: tokio::time::Instant,
     /// Reused scratch vector for the outbox.
     outbox: Vec<Outbound>,
+    /// Subscribers found congested while routing the current read batch.
+    congested: Vec<SessionRef>,
 }
 
 fn log_unknown_ack(st: &Live, kind: &'static str, r: Result<(), ReasonCode>) {

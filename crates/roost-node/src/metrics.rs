@@ -29,6 +29,7 @@ pub(crate) const TAKEOVERS: &str = "roost_sessions_taken_over_total";
 pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
 pub(crate) const WILLS: &str = "roost_wills_published_total";
+pub(crate) const BACKPRESSURE_TIMEOUTS: &str = "roost_mqtt_backpressure_timeouts_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
@@ -82,6 +83,10 @@ pub(crate) fn describe() {
     describe_gauge!(SUBSCRIPTIONS, "subscriptions in the index");
     describe_gauge!(RETAINED, "retained messages stored");
     describe_counter!(WILLS, "will messages published");
+    describe_counter!(
+        BACKPRESSURE_TIMEOUTS,
+        "publisher waits for a congested subscriber that ran out their timeout"
+    );
 }
 
 /// Handles used on hot paths, resolved once.
@@ -105,6 +110,7 @@ pub(crate) struct Metrics {
     pub(crate) subscriptions: Gauge,
     pub(crate) retained: Gauge,
     pub(crate) wills: Counter,
+    pub(crate) backpressure_timeouts: Counter,
 }
 
 impl Metrics {
@@ -128,6 +134,7 @@ impl Metrics {
             subscriptions: gauge!(SUBSCRIPTIONS),
             retained: gauge!(RETAINED),
             wills: counter!(WILLS),
+            backpressure_timeouts: counter!(BACKPRESSURE_TIMEOUTS),
         }
     }
 
