@@ -1,0 +1,18 @@
+//! Roost's cluster layer: the Raft-replicated metadata every node keeps a full copy of, and the
+//! gRPC services nodes use to talk to each other (docs/rfcs/0002).
+//!
+//! ```text
+//!   roost-node ──propose(Command)──▶ Cluster ──(follower: Cluster.Propose to leader)──▶ openraft
+//!        ▲                              │                                               │
+//!        │ reads (routes, sessions,     │ apply committed entries                       │ log +
+//!        │ retained) — no network hop   ▼                                               │ snapshot
+//!        └──────────────────── Arc<RwLock<ClusterState>> ◀── store::StateMachine ◀──────┘ (redb)
+//! ```
+//!
+//! - [`types`]: the Raft type configuration, node records, commands and their responses.
+//! - [`state`]: the replicated state machine's data and its deterministic `apply`.
+//! - [`store`]: openraft log storage and state machine on redb (`DATA_DIR/raft.redb`).
+
+pub mod state;
+pub mod store;
+pub mod types;

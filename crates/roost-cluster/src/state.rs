@@ -1,0 +1,405 @@
+//! The replicated state machine's data and its deterministic `apply`.
+//!
+//! Every node holds a full copy behind an `RwLock`: routing reads the route index and the
+//! retained store locally, with no network hop, so publishes keep flowing during elections.
+//!
+//! ```text
+//!   committed entry ─▶ ClusterState::apply(cmd) ─▶ CommandResponse (to the proposer)
+//!                                │
+//!                                └─▶ Event (to the node: e.g. "client X is now owned by node N
+//!                                    at generation G" so the old owner closes its connection)
+//! ```
+//!
+//! Apply is pure: same entries in the same order give the same state on every node. Snapshots
+//! are [`Snapshot`]: the canonical maps; the route index and the retained trie are derived from
+//! them on install.
+
+use crate::types::{Command, CommandResponse, NodeId, RetainedMessage};
+use roost_core::index::{Subscription, SubscriptionIndex};
+use roost_core::retained::RetainedStore;
+use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Who owns a client's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOwner {
+    /// The owning node.
+    pub node: NodeId,
+    /// Bumped by every claim: the fence that tells a stale owner it lost the session.
+    pub generation: u64,
+}
+
+/// Something a node must react to after an entry was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `client_id` is now owned by `owner`. A node serving that client at an older generation
+    /// must close the connection (DISCONNECT 0x8E).
+    SessionClaimed {
+        /// Client id.
+        client_id: String,
+        /// New owner.
+        owner: SessionOwner,
+    },
+}
+
+/// The serialisable form of the state (snapshots).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// filter → nodes with local subscribers.
+    pub routes: BTreeMap<String, BTreeSet<NodeId>>,
+    /// client id → owner.
+    pub sessions: BTreeMap<String, SessionOwner>,
+    /// The last generation handed out per client survives release, so a generation is never
+    /// reused for the same client id.
+    pub generations: BTreeMap<String, u64>,
+    /// topic → retained message.
+    pub retained: BTreeMap<String, RetainedMessage>,
+}
+
+/// The replicated metadata, with derived indexes for fast reads.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    data: Snapshot,
+    /// Derived from `data.routes`: which nodes to forward a topic to.
+    route_index: SubscriptionIndex<NodeId>,
+    /// Derived from `data.retained`.
+    retained_index: RetainedStore<Arc<RetainedMessage>>,
+}
+
+/// Topic limits for parsing replicated filters and topics: the widest MQTT allows, since every
+/// node already validated them against its own configured limits before proposing.
+fn wide_limits() -> TopicLimits {
+    TopicLimits {
+        max_levels: usize::MAX,
+        max_length: 65_535,
+    }
+}
+
+impl ClusterState {
+    /// An empty state.
+    pub fn new() -> ClusterState {
+        ClusterState::default()
+    }
+
+    /// Rebuilds the state from a snapshot.
+    pub fn from_snapshot(data: Snapshot) -> ClusterState {
+        let limits = wide_limits();
+        let mut route_index = SubscriptionIndex::new();
+        for (filter, nodes) in &data.routes {
+            if let Ok(f) = TopicFilter::new(filter, &limits) {
+                for n in nodes {
+                    route_index.subscribe(&f, *n, route_subscription());
+                }
+            }
+        }
+        let mut retained_index = RetainedStore::new();
+        for (topic, m) in &data.retained {
+            if let Ok(t) = TopicName::new(topic, &limits) {
+                retained_index.set(&t, Some(Arc::new(m.clone())));
+            }
+        }
+        ClusterState {
+            data,
+            route_index,
+            retained_index,
+        }
+    }
+
+    /// The canonical data (for snapshots and status).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.data
+    }
+
+    /// Nodes with subscribers matching a topic (for forwarding).
+    pub fn routes(&self) -> &SubscriptionIndex<NodeId> {
+        &self.route_index
+    }
+
+    /// Retained messages, indexed by topic.
+    pub fn retained(&self) -> &RetainedStore<Arc<RetainedMessage>> {
+        &self.retained_index
+    }
+
+    /// The owner of a client's session, if any.
+    pub fn session_owner(&self, client_id: &str) -> Option<SessionOwner> {
+        self.data.sessions.get(client_id).copied()
+    }
+
+    /// Applies one command. Returns the proposer's response and any event for the node.
+    pub fn apply(&mut self, cmd: &Command) -> (CommandResponse, Option<Event>) {
+        match cmd {
+            Command::UpdateRoutes { node, add, remove } => {
+                let limits = wide_limits();
+                for filter in add {
+                    let Ok(f) = TopicFilter::new(filter, &limits) else {
+                        continue;
+                    };
+                    if self
+                        .data
+                        .routes
+                        .entry(filter.clone())
+                        .or_default()
+                        .insert(*node)
+                    {
+                        self.route_index.subscribe(&f, *node, route_subscription());
+                    }
+                }
+                for filter in remove {
+                    self.remove_route(filter, *node);
+                }
+                (CommandResponse::Done, None)
+            }
+            Command::ClaimSession { client_id, node } => {
+                let previous = self.data.sessions.get(client_id).copied();
+                let last = self.data.generations.get(client_id).copied().unwrap_or(0);
+                let generation = last + 1;
+                let owner = SessionOwner {
+                    node: *node,
+                    generation,
+                };
+                self.data.generations.insert(client_id.clone(), generation);
+                self.data.sessions.insert(client_id.clone(), owner);
+                (
+                    CommandResponse::Claimed {
+                        generation,
+                        previous: previous.map(|p| (p.node, p.generation)),
+                    },
+                    Some(Event::SessionClaimed {
+                        client_id: client_id.clone(),
+                        owner,
+                    }),
+                )
+            }
+            Command::ReleaseSession {
+                client_id,
+                node,
+                generation,
+            } => {
+                let current = self.data.sessions.get(client_id).copied();
+                let matches =
+                    current.is_some_and(|o| o.node == *node && o.generation == *generation);
+                if matches {
+                    self.data.sessions.remove(client_id);
+                }
+                (CommandResponse::Released(matches), None)
+            }
+            Command::SetRetained { topic, message } => {
+                let Ok(t) = TopicName::new(topic, &wide_limits()) else {
+                    return (CommandResponse::Done, None);
+                };
+                match message {
+                    Some(m) => {
+                        self.data.retained.insert(topic.clone(), m.clone());
+                        self.retained_index.set(&t, Some(Arc::new(m.clone())));
+                    }
+                    None => {
+                        self.data.retained.remove(topic);
+                        self.retained_index.set(&t, None);
+                    }
+                }
+                (CommandResponse::Done, None)
+            }
+            Command::ForgetNode { node } => {
+                let filters: Vec<String> = self
+                    .data
+                    .routes
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains(node))
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                for f in filters {
+                    self.remove_route(&f, *node);
+                }
+                self.data.sessions.retain(|_, o| o.node != *node);
+                (CommandResponse::Done, None)
+            }
+        }
+    }
+
+    fn remove_route(&mut self, filter: &str, node: NodeId) {
+        let Some(nodes) = self.data.routes.get_mut(filter) else {
+            return;
+        };
+        if nodes.remove(&node) {
+            if let Ok(f) = TopicFilter::new(filter, &wide_limits()) {
+                self.route_index.unsubscribe(&f, &node);
+            }
+        }
+        if nodes.is_empty() {
+            self.data.routes.remove(filter);
+        }
+    }
+}
+
+/// Routes carry no per-subscriber options: the receiving node applies its own subscriptions'.
+fn route_subscription() -> Subscription {
+    Subscription {
+        options: roost_codec::SubscriptionOptions::default(),
+        identifier: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use roost_core::index::Matches;
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::new(s, &TopicLimits::default()).unwrap()
+    }
+
+    fn nodes_for(state: &ClusterState, t: &str) -> (Vec<NodeId>, Vec<(String, Vec<NodeId>)>) {
+        let mut m = Matches::default();
+        state.routes().matches(&topic(t), None, &mut m);
+        let mut direct: Vec<_> = m.direct.iter().map(|d| d.subscriber).collect();
+        direct.sort_unstable();
+        let mut shared: Vec<_> = m
+            .shared
+            .iter()
+            .map(|s| {
+                let mut n: Vec<_> = s.members.iter().map(|(k, _)| *k).collect();
+                n.sort_unstable();
+                (s.filter.as_str().to_owned(), n)
+            })
+            .collect();
+        shared.sort();
+        (direct, shared)
+    }
+
+    fn routes(node: NodeId, add: &[&str], remove: &[&str]) -> Command {
+        Command::UpdateRoutes {
+            node,
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: remove.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn routes_aggregate_per_node_and_match_wildcards() {
+        let mut s = ClusterState::new();
+        s.apply(&routes(1, &["a/+", "$share/g/a/b"], &[]));
+        s.apply(&routes(2, &["a/#", "$share/g/a/b"], &[]));
+        s.apply(&routes(3, &["b"], &[]));
+        assert_eq!(
+            nodes_for(&s, "a/b"),
+            (vec![1, 2], vec![("$share/g/a/b".to_owned(), vec![1, 2])])
+        );
+        s.apply(&routes(1, &[], &["a/+", "$share/g/a/b"]));
+        assert_eq!(
+            nodes_for(&s, "a/b"),
+            (vec![2], vec![("$share/g/a/b".to_owned(), vec![2])])
+        );
+        assert!(!s.snapshot().routes.contains_key("a/+"));
+    }
+
+    #[test]
+    fn claims_bump_the_generation_and_name_the_previous_owner() {
+        let mut s = ClusterState::new();
+        let claim = |n| Command::ClaimSession {
+            client_id: "c".into(),
+            node: n,
+        };
+        let (r, e) = s.apply(&claim(1));
+        assert_eq!(
+            r,
+            CommandResponse::Claimed {
+                generation: 1,
+                previous: None
+            }
+        );
+        assert!(matches!(e, Some(Event::SessionClaimed { owner, .. }) if owner.node == 1));
+        let (r, _) = s.apply(&claim(2));
+        assert_eq!(
+            r,
+            CommandResponse::Claimed {
+                generation: 2,
+                previous: Some((1, 1))
+            }
+        );
+        // A stale release from node 1 does not remove node 2's ownership.
+        let (r, _) = s.apply(&Command::ReleaseSession {
+            client_id: "c".into(),
+            node: 1,
+            generation: 1,
+        });
+        assert_eq!(r, CommandResponse::Released(false));
+        assert_eq!(s.session_owner("c").unwrap().node, 2);
+        let (r, _) = s.apply(&Command::ReleaseSession {
+            client_id: "c".into(),
+            node: 2,
+            generation: 2,
+        });
+        assert_eq!(r, CommandResponse::Released(true));
+        // Generations are never reused for a client id.
+        let (r, _) = s.apply(&claim(3));
+        assert_eq!(
+            r,
+            CommandResponse::Claimed {
+                generation: 3,
+                previous: None
+            }
+        );
+    }
+
+    fn retained(t: &str, p: &str) -> RetainedMessage {
+        RetainedMessage {
+            topic: t.into(),
+            payload: p.as_bytes().to_vec(),
+            qos: 1,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+            expires_at_unix_ms: None,
+            publisher: None,
+        }
+    }
+
+    #[test]
+    fn retained_set_clear_and_snapshot_round_trip() {
+        let mut s = ClusterState::new();
+        for (t, p) in [("a/1", "x"), ("a/2", "y"), ("b", "z")] {
+            s.apply(&Command::SetRetained {
+                topic: t.into(),
+                message: Some(retained(t, p)),
+            });
+        }
+        s.apply(&Command::SetRetained {
+            topic: "a/2".into(),
+            message: None,
+        });
+        s.apply(&routes(4, &["x/#"], &[]));
+        s.apply(&Command::ClaimSession {
+            client_id: "c".into(),
+            node: 4,
+        });
+        let bytes = postcard::to_allocvec(s.snapshot()).unwrap();
+        let back: Snapshot = postcard::from_bytes(&bytes).unwrap();
+        let s2 = ClusterState::from_snapshot(back);
+        assert_eq!(s2.snapshot(), s.snapshot());
+        let f = TopicFilter::new("a/#", &TopicLimits::default()).unwrap();
+        let mut out = Vec::new();
+        s2.retained().matching(&f, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload, b"x");
+        assert_eq!(nodes_for(&s2, "x/y").0, vec![4]);
+    }
+
+    #[test]
+    fn forget_node_drops_its_routes_and_sessions() {
+        let mut s = ClusterState::new();
+        s.apply(&routes(1, &["a"], &[]));
+        s.apply(&routes(2, &["a"], &[]));
+        s.apply(&Command::ClaimSession {
+            client_id: "c".into(),
+            node: 1,
+        });
+        s.apply(&Command::ForgetNode { node: 1 });
+        assert_eq!(nodes_for(&s, "a").0, vec![2]);
+        assert_eq!(s.session_owner("c"), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Types shared by the Raft layer: node records, the commands the state machine applies and
+//! their responses, and openraft's type configuration.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Cursor;
+
+/// A node's id, chosen by the operator (`--node-id`), unique in the cluster, never reused for a
+/// different machine's data.
+pub type NodeId = u64;
+
+/// What the cluster records about a member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address of its cluster gRPC listener (`host:port`).
+    pub cluster_addr: String,
+    /// Address of its MQTT listener, for operators and client redirection.
+    pub mqtt_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cluster={} mqtt={}", self.cluster_addr, self.mqtt_addr)
+    }
+}
+
+/// A retained message as the replicated state holds it. Times are wall-clock (milliseconds
+/// since the Unix epoch) because the entry is applied on other machines and after restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedMessage {
+    /// Topic name.
+    pub topic: String,
+    /// Payload (postcard writes a `Vec<u8>` as a length and the raw bytes).
+    pub payload: Vec<u8>,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Payload Format Indicator.
+    pub payload_format_indicator: Option<u8>,
+    /// Content Type.
+    pub content_type: Option<String>,
+    /// Response Topic.
+    pub response_topic: Option<String>,
+    /// Correlation Data.
+    pub correlation_data: Option<Vec<u8>>,
+    /// User Properties.
+    pub user_properties: Vec<(String, String)>,
+    /// When the Message Expiry Interval ends, if set.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Client id of the publisher.
+    pub publisher: Option<String>,
+}
+
+/// A change to the replicated metadata (docs/rfcs/0002). Applied identically on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `node` gained its first local subscriber for each filter in `add` and lost its last for
+    /// each in `remove`. Filters are full strings (`$share/g/f` included).
+    UpdateRoutes {
+        /// The node whose routes change.
+        node: NodeId,
+        /// Filters it now has subscribers for.
+        add: Vec<String>,
+        /// Filters it no longer has subscribers for.
+        remove: Vec<String>,
+    },
+    /// `node` now owns `client_id`'s session; the generation is bumped (the fence).
+    ClaimSession {
+        /// Client id.
+        client_id: String,
+        /// The new owner.
+        node: NodeId,
+    },
+    /// The session ended on `node` (expired, or clean disconnect with expiry 0). Ignored unless
+    /// `node` and `generation` still match: a stale release never removes a newer owner.
+    ReleaseSession {
+        /// Client id.
+        client_id: String,
+        /// Who releases.
+        node: NodeId,
+        /// The generation it owned.
+        generation: u64,
+    },
+    /// Stores (`Some`) or clears (`None`) the retained message of a topic.
+    SetRetained {
+        /// Topic name.
+        topic: String,
+        /// The message, `None` to clear.
+        message: Option<RetainedMessage>,
+    },
+    /// A node left the cluster: forget its routes and the sessions it owned.
+    ForgetNode {
+        /// The node that left.
+        node: NodeId,
+    },
+}
+
+/// What applying a [`Command`] returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Nothing to report (also the response to membership entries).
+    #[default]
+    Done,
+    /// Answer to [`Command::ClaimSession`].
+    Claimed {
+        /// The generation the claimant now owns.
+        generation: u64,
+        /// The owner and generation before this claim, if any.
+        previous: Option<(NodeId, u64)>,
+    },
+    /// Answer to [`Command::ReleaseSession`]: whether it removed the entry.
+    Released(bool),
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for Roost.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
