@@ -12,7 +12,16 @@
 //! - [`types`]: the Raft type configuration, node records, commands and their responses.
 //! - [`state`]: the replicated state machine's data and its deterministic `apply`.
 //! - [`store`]: openraft log storage and state machine on redb (`DATA_DIR/raft.redb`).
+//! - [`cluster`]: the running node's Raft, gRPC server, peer clients and publish forwarders.
+//! - [`convert`]: wire (prost) types to ours and back; prost types stop here.
+//! - `network`: Raft RPCs over gRPC.
 
+pub mod cluster;
+pub mod convert;
+mod network;
 pub mod state;
 pub mod store;
 pub mod types;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterError, ClusterStatus, LocalNode};
+pub use convert::SessionTransfer;

@@ -213,6 +213,39 @@ pub struct Orphan {
     pub msg: Arc<Message>,
 }
 
+/// A message of a session image: queued, or in flight with its packet id and stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageMessage {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Delivery QoS.
+    pub qos: QoS,
+    /// RETAIN as sent to this subscriber.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription it came through.
+    pub shared: Option<TopicFilter>,
+    /// In flight only: its packet id.
+    pub packet_id: Option<PacketId>,
+    /// In flight only: PUBREL already sent (QoS 2, second half).
+    pub released: bool,
+}
+
+/// Everything a session holds that must move with it when another node takes it over
+/// (docs/rfcs/0002): subscriptions, in-flight and queued messages, inbound QoS 2 ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionImage {
+    /// Subscriptions.
+    pub subscriptions: Vec<(TopicFilter, Subscription)>,
+    /// In flight, oldest first.
+    pub inflight: Vec<ImageMessage>,
+    /// Queued, oldest first.
+    pub queued: Vec<ImageMessage>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: Vec<u16>,
+}
+
 /// One client's session. See the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -713,6 +746,85 @@ impl Session {
         }
         self.queue = keep;
         out
+    }
+
+    /// Takes the whole session out, leaving it empty and detached (the node hands the image to
+    /// the node that took the client over).
+    pub fn export(&mut self) -> SessionImage {
+        let image_of = |p: Pending, id: Option<PacketId>, released: bool| ImageMessage {
+            msg: p.msg,
+            qos: p.qos,
+            retain: p.retain,
+            subscription_ids: p.subscription_ids,
+            shared: p.shared,
+            packet_id: id,
+            released,
+        };
+        let inflight = self
+            .inflight
+            .drain(..)
+            .map(|f| image_of(f.pending, Some(f.id), f.state == InflightState::Released))
+            .collect();
+        let queued = self
+            .queue
+            .drain(..)
+            .map(|p| image_of(p, None, false))
+            .collect();
+        self.queued_bytes = 0;
+        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.drain().collect();
+        inbound_qos2.sort_unstable();
+        self.client = None;
+        self.outbox.clear();
+        SessionImage {
+            subscriptions: std::mem::take(&mut self.subscriptions)
+                .into_iter()
+                .collect(),
+            inflight,
+            queued,
+            inbound_qos2,
+        }
+    }
+
+    /// Rebuilds a session from an image (taken over from another node). The queue bounds of
+    /// this node apply: what does not fit is dropped and counted. In-flight messages keep their
+    /// packet ids and are resent (DUP) when a connection attaches.
+    pub fn import(client_id: Arc<str>, limits: SessionLimits, image: SessionImage) -> Session {
+        let mut s = Session::new(client_id, limits);
+        s.subscriptions = image.subscriptions.into_iter().collect();
+        for m in image.inflight {
+            let Some(id) = m.packet_id else { continue };
+            if s.inflight.iter().any(|f| f.id == id) {
+                continue;
+            }
+            s.inflight.push_back(Inflight {
+                id,
+                pending: Pending {
+                    msg: m.msg,
+                    qos: m.qos,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids,
+                    shared: m.shared,
+                },
+                state: if m.released {
+                    InflightState::Released
+                } else {
+                    InflightState::Published
+                },
+                awaiting_resend: true,
+            });
+            s.next_packet_id = s.next_packet_id.max(id.get());
+        }
+        for m in image.queued {
+            s.enqueue(Pending {
+                msg: m.msg,
+                qos: m.qos,
+                retain: m.retain,
+                subscription_ids: m.subscription_ids,
+                shared: m.shared,
+            });
+        }
+        s.inbound_qos2 = image.inbound_qos2.into_iter().collect();
+        s
     }
 
     /// Ends the session: every shared-subscription message it still holds (queued, or sent and

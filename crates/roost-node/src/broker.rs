@@ -24,23 +24,29 @@
 //! counting every drop; the publisher itself is slowed by TCP backpressure because its driver
 //! routes each PUBLISH before it reads the next one.
 
+use crate::clustering::{RouteResult, Routes};
 use crate::config::{Config, QueueDrop};
 use crate::metrics::Metrics;
 use parking_lot::{Mutex, RwLock};
+use roost_cluster::state::Event;
+use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
+use roost_cluster::{Cluster, ClusterError, SessionTransfer};
 use roost_codec::{LastWill, Protocol, QoS, ReasonCode};
 use roost_core::index::{Matches, SubscriptionIndex};
 use roost_core::message::{Message, PassThrough};
 use roost_core::retained::RetainedStore;
 use roost_core::session::{DropPolicy, Orphan, Session, SessionLimits};
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
 use tokio::sync::Notify;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// One network connection's control block: how routing wakes it and how the broker tells it to
 /// go away (takeover, admin kick, shutdown).
@@ -98,6 +104,9 @@ pub(crate) struct SessionState {
     /// Removed from the registry: deliveries to it are ignored.
     pub(crate) ended: bool,
     pub(crate) disconnected_at: Option<SystemTime>,
+    /// The cluster registry generation this node owns, if the session was claimed. A claim by
+    /// another node fences it out.
+    pub(crate) generation: Option<u64>,
 }
 
 /// A session as the index and registry hold it. Equality is identity: a session that ended and
@@ -166,6 +175,29 @@ pub(crate) struct Broker {
     /// Connections past CONNACK.
     pub(crate) connections: AtomicUsize,
     pub(crate) started: Instant,
+    /// The cluster layer (set once at start, before any client connects).
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Local subscriber counts per filter and pending route changes.
+    pub(crate) routes: Arc<Routes>,
+}
+
+/// A message the publisher's driver must hand to a peer.
+#[derive(Debug)]
+pub(crate) struct RemoteSend {
+    pub(crate) node: NodeId,
+    /// Deliver to the peer's matching non-shared subscriptions.
+    pub(crate) direct: bool,
+    /// Shared subscriptions this peer was chosen to serve.
+    pub(crate) shared: Vec<String>,
+}
+
+/// What routing a message did.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Local sessions it was delivered or queued to.
+    pub(crate) local: usize,
+    /// Peers that must get it.
+    pub(crate) remote: Vec<RemoteSend>,
 }
 
 impl Broker {
@@ -198,7 +230,22 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             started: crate::now(),
+            cluster: OnceLock::new(),
+            routes: Arc::new(Routes::default()),
         }
+    }
+
+    /// Connects the broker to its cluster layer (once, at start).
+    pub(crate) fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    fn node_id(&self) -> Option<NodeId> {
+        self.cluster.get().map(|c| c.node_id())
     }
 
     pub(crate) fn new_conn_id(&self) -> u64 {
@@ -213,12 +260,96 @@ impl Broker {
         msg: &Arc<Message>,
         publisher: Option<&SessionRef>,
         congested: &mut Vec<SessionRef>,
+    ) -> Routed {
+        // Cluster routes: which peers have subscribers, and which node serves each shared
+        // group this time (round robin over the nodes that have members).
+        let mut remote: BTreeMap<NodeId, RemoteSend> = BTreeMap::new();
+        let mut shared_policy: Option<(HashSet<String>, HashSet<String>)> = None;
+        if let Some(c) = self.cluster.get() {
+            let me = c.node_id();
+            let mut m = Matches::default();
+            c.state().read().routes().matches(&msg.topic, None, &mut m);
+            for d in m.direct {
+                if d.subscriber != me {
+                    remote
+                        .entry(d.subscriber)
+                        .or_insert_with(|| RemoteSend {
+                            node: d.subscriber,
+                            direct: false,
+                            shared: Vec::new(),
+                        })
+                        .direct = true;
+                }
+            }
+            let mut known = HashSet::new();
+            let mut mine = HashSet::new();
+            for g in m.shared {
+                let Some((node, _)) = g.members.get(g.start % g.members.len().max(1)) else {
+                    continue;
+                };
+                let filter = g.filter.as_str().to_owned();
+                known.insert(filter.clone());
+                if *node == me {
+                    mine.insert(filter);
+                } else {
+                    remote
+                        .entry(*node)
+                        .or_insert_with(|| RemoteSend {
+                            node: *node,
+                            direct: false,
+                            shared: Vec::new(),
+                        })
+                        .shared
+                        .push(filter);
+                }
+            }
+            shared_policy = Some((known, mine));
+        }
+        let local = self.route_local(msg, publisher, congested, true, &|f: &TopicFilter| {
+            match &shared_policy {
+                // A group the cluster routes is served here only when this node was picked; a
+                // group not (yet) in the replicated table is served locally.
+                Some((known, mine)) => !known.contains(f.as_str()) || mine.contains(f.as_str()),
+                None => true,
+            }
+        });
+        Routed {
+            local,
+            remote: remote.into_values().collect(),
+        }
+    }
+
+    /// A message forwarded by a peer: local sessions only, never forwarded again.
+    pub(crate) fn deliver_forwarded(
+        &self,
+        msg: &Arc<Message>,
+        direct: bool,
+        shared_filters: &[String],
+    ) {
+        let mut congested = Vec::new();
+        self.route_local(msg, None, &mut congested, direct, &|f: &TopicFilter| {
+            shared_filters.iter().any(|s| s == f.as_str())
+        });
+    }
+
+    /// Delivers to matching local sessions: non-shared ones if `direct`, and one member of each
+    /// matching shared group that `serve_shared` accepts.
+    fn route_local(
+        &self,
+        msg: &Arc<Message>,
+        publisher: Option<&SessionRef>,
+        congested: &mut Vec<SessionRef>,
+        direct: bool,
+        serve_shared: &dyn Fn(&TopicFilter) -> bool,
     ) -> usize {
         let now = crate::now();
         let mut matches = Matches::default();
         self.index
             .read()
             .matches(&msg.topic, publisher, &mut matches);
+        if !direct {
+            matches.direct.clear();
+        }
         let mut n = 0;
         for d in matches.direct {
             let qos = msg.qos.min(d.qos);
@@ -242,7 +373,7 @@ impl Broker {
             }
         }
         for g in matches.shared {
-            if g.members.is_empty() {
+            if g.members.is_empty() || !serve_shared(&g.filter) {
                 continue;
             }
             let (member, sub) = pick_member(&g.members, g.start);
@@ -360,7 +491,28 @@ impl Broker {
     }
 
     /// Stores or clears a retained message ([MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7]).
-    pub(crate) fn retain(&self, msg: &Arc<Message>) {
+    /// Client topics go through the replicated state (so a subscriber on any node, or after a
+    /// restart, sees it); the node's own `$SYS` topics stay local.
+    pub(crate) async fn retain(&self, msg: &Arc<Message>) -> Result<(), ClusterError> {
+        match self.cluster.get() {
+            Some(c) if !msg.topic.is_system() => {
+                let message = (!msg.payload.is_empty()).then(|| to_retained(msg));
+                c.propose(Command::SetRetained {
+                    topic: msg.topic.as_str().to_owned(),
+                    message,
+                })
+                .await?;
+                Ok(())
+            }
+            _ => {
+                self.retain_local(msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores a retained message in the node-local store (`$SYS`).
+    pub(crate) fn retain_local(&self, msg: &Arc<Message>) {
         let mut r = self.retained.write();
         if msg.payload.is_empty() {
             r.set(&msg.topic, None);
@@ -378,12 +530,29 @@ impl Broker {
     ) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
         self.retained.read().matching(filter, &mut out);
+        if let Some(c) = self.cluster.get() {
+            let mut replicated = Vec::new();
+            c.state()
+                .read()
+                .retained()
+                .matching(filter, &mut replicated);
+            let unix_now = unix_millis();
+            for r in replicated {
+                if let Some(m) = from_retained(&r, now, unix_now, &self.topic_limits) {
+                    out.push(Arc::new(m));
+                }
+            }
+        }
         out.retain(|m| !m.is_expired(now));
         out
     }
 
     pub(crate) fn retained_count(&self) -> usize {
-        self.retained.read().len()
+        let replicated = self
+            .cluster
+            .get()
+            .map_or(0, |c| c.state().read().retained().len());
+        self.retained.read().len() + replicated
     }
 
     /// Drops retained messages whose expiry has passed (called periodically).
@@ -394,18 +563,24 @@ impl Broker {
         }
     }
 
-    /// Adds a subscription to the index and the session; true if it is new.
+    /// Adds a subscription to the index and the session; true if it is new. When it is this
+    /// node's first subscriber for the filter, the route is proposed and `route` receives the
+    /// commit to wait for.
     pub(crate) fn subscribe(
         &self,
         s: &SessionRef,
         filter: &TopicFilter,
         sub: roost_core::index::Subscription,
+        route: &mut Option<oneshot::Receiver<RouteResult>>,
     ) -> bool {
         let (new, count) = {
             let mut idx = self.index.write();
             let new = idx.subscribe(filter, s.clone(), sub.clone());
             (new, idx.subscription_count())
         };
+        if new && self.cluster.get().is_some() {
+            *route = self.routes.acquire(filter);
+        }
         self.metrics.subscriptions.set(count as f64);
         s.0.state
             .lock()
@@ -421,6 +596,9 @@ impl Broker {
             let existed = idx.unsubscribe(filter, s);
             (existed, idx.subscription_count())
         };
+        if existed && self.cluster.get().is_some() {
+            self.routes.release(filter);
+        }
         self.metrics.subscriptions.set(count as f64);
         s.0.state.lock().session.remove_subscription(filter);
         existed
@@ -430,10 +608,13 @@ impl Broker {
         if filters.is_empty() {
             return;
         }
+        let clustered = self.cluster.get().is_some();
         let count = {
             let mut idx = self.index.write();
             for f in filters {
-                idx.unsubscribe(f, s);
+                if idx.unsubscribe(f, s) && clustered {
+                    self.routes.release(f);
+                }
             }
             idx.subscription_count()
         };
@@ -442,14 +623,80 @@ impl Broker {
 
     /// Attaches a new connection to the client's session, creating, resuming or replacing it
     /// (clean start). An existing connection is told to leave with 0x8E (takeover).
-    pub(crate) fn attach(
+    ///
+    /// In a cluster the session is first claimed in the replicated registry (one live session
+    /// per client id, cluster-wide); if another node owned it, that node hands it over
+    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum).
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        expiry_interval: u32,
+        conn: Arc<ConnCtl>,
+        params: roost_core::session::ClientParams,
+    ) -> Result<Attached, ClusterError> {
+        let mut generation = None;
+        let mut transfer = None;
+        if let Some(c) = self.cluster.get() {
+            // A lone node needs no claim for a session that ends with its connection; anything
+            // persistent, or any session in a cluster of several, is registered.
+            let needs_claim = c.voter_count() > 1 || !clean_start || expiry_interval > 0;
+            if needs_claim {
+                let cmd = Command::ClaimSession {
+                    client_id: client_id.to_string(),
+                    node: c.node_id(),
+                };
+                let (_, resp) = c.propose(cmd).await?;
+                if let CommandResponse::Claimed {
+                    generation: g,
+                    previous,
+                } = resp
+                {
+                    generation = Some(g);
+                    if let Some((owner, _)) = previous.filter(|(n, _)| *n != c.node_id()) {
+                        match c.take_session(owner, client_id, g).await {
+                            Ok(t) => transfer = t,
+                            Err(e) => warn!(
+                                client_id = %client_id, owner, error = %e,
+                                "previous owner did not hand the session over; starting a new one"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        let (attached, routes) = self.attach_local(
+            client_id,
+            clean_start,
+            expiry_interval,
+            conn,
+            params,
+            generation,
+            transfer,
+        );
+        // Subscriptions that arrived with a session from another node: their routes must be in
+        // place before the client hears CONNACK.
+        for rx in routes {
+            let _ = tokio::time::timeout(self.commit_timeout(), rx).await;
+        }
+        Ok(attached)
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.cluster.commit_timeout_ms)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attach_local(
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
         expiry_interval: u32,
         conn: Arc<ConnCtl>,
         params: roost_core::session::ClientParams,
-    ) -> Attached {
+        generation: Option<u64>,
+        transfer: Option<SessionTransfer>,
+    ) -> (Attached, Vec<oneshot::Receiver<RouteResult>>) {
         let now = crate::now();
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
@@ -479,6 +726,9 @@ impl Broker {
             st.expiry_interval = expiry_interval;
             st.last_attach_clean = clean_start;
             st.disconnected_at = None;
+            if generation.is_some() {
+                st.generation = generation;
+            }
             st.session.connect(params, now);
             drop(st);
             drop(sessions);
@@ -487,12 +737,32 @@ impl Broker {
             if let Some(w) = will_now {
                 self.publish_will(w.will, client_id);
             }
-            return Attached {
+            let attached = Attached {
                 session: existing,
                 session_present: present,
             };
+            return (attached, Vec::new());
         }
-        let mut session = Session::new(client_id.clone(), self.limits.clone());
+        // A session handed over by another node continues here unless the client asked for a
+        // clean start (then it ended there, and a will it was holding is due now).
+        let mut will_now = None;
+        let mut imported = None;
+        if let Some(t) = transfer {
+            if clean_start {
+                will_now = t.pending_will;
+            } else {
+                imported = Some(t.image);
+            }
+        }
+        let present = imported.is_some();
+        let subscriptions = imported
+            .as_ref()
+            .map(|i| i.subscriptions.clone())
+            .unwrap_or_default();
+        let mut session = match imported {
+            Some(image) => Session::import(client_id.clone(), self.limits.clone(), image),
+            None => Session::new(client_id.clone(), self.limits.clone()),
+        };
         session.connect(params, now);
         let entry = SessionRef(Arc::new(SessionEntry {
             client_id: client_id.clone(),
@@ -506,13 +776,105 @@ impl Broker {
                 pending_will: None,
                 ended: false,
                 disconnected_at: None,
+                generation,
             }),
         }));
         sessions.insert(client_id.clone(), entry.clone());
         self.metrics.sessions.set(sessions.len() as f64);
-        Attached {
+        drop(sessions);
+        let mut routes = Vec::new();
+        if !subscriptions.is_empty() {
+            let clustered = self.cluster.get().is_some();
+            let mut idx = self.index.write();
+            for (f, sub) in &subscriptions {
+                if idx.subscribe(f, entry.clone(), sub.clone()) && clustered {
+                    routes.extend(self.routes.acquire(f));
+                }
+            }
+            self.metrics
+                .subscriptions
+                .set(idx.subscription_count() as f64);
+        }
+        if let Some(w) = will_now {
+            self.publish_will(w, client_id);
+        }
+        let attached = Attached {
             session: entry,
-            session_present: false,
+            session_present: present,
+        };
+        (attached, routes)
+    }
+
+    /// Another node claimed `client_id`: hand its session over and forget it here. The local
+    /// connection (if any) is closed with 0x8E first and given a moment to detach.
+    pub(crate) async fn hand_over(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Option<SessionTransfer> {
+        let s = self.session(client_id)?;
+        {
+            let st = s.0.state.lock();
+            if st.generation.is_some_and(|g| g >= generation) {
+                // We own a newer claim than the requester: it lost the race.
+                return None;
+            }
+            if let Some(c) = &st.conn {
+                c.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
+        }
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.cluster.forward_timeout_ms) / 2;
+        while s.0.state.lock().conn.is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut sessions = self.sessions.lock();
+        let mut st = s.0.state.lock();
+        if st.ended {
+            return None;
+        }
+        st.ended = true;
+        if let Some(c) = st.conn.take() {
+            c.kick(ReasonCode::SESSION_TAKEN_OVER);
+        }
+        let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
+        let image = st.session.export();
+        let pending_will = st.pending_will.take().map(|w| w.will);
+        let expiry_interval = st.expiry_interval;
+        drop(st);
+        if sessions.get(client_id).is_some_and(|cur| cur == &s) {
+            sessions.remove(client_id);
+        }
+        self.metrics.sessions.set(sessions.len() as f64);
+        drop(sessions);
+        self.unindex_all(&s, &filters);
+        self.metrics.takeovers.increment(1);
+        debug!(client_id, generation, "session handed over to another node");
+        Some(SessionTransfer {
+            image,
+            pending_will,
+            expiry_interval,
+        })
+    }
+
+    /// Reacts to an applied cluster entry. A claim of a client this node serves, by another
+    /// node, fences the local connection out (0x8E); the session itself waits for the new
+    /// owner's TakeSession call.
+    pub(crate) fn on_cluster_event(&self, event: &Event) {
+        let Event::SessionClaimed { client_id, owner } = event;
+        if Some(owner.node) == self.node_id() {
+            return;
+        }
+        let Some(s) = self.session(client_id) else {
+            return;
+        };
+        let st = s.0.state.lock();
+        if st.generation.is_some_and(|g| g >= owner.generation) {
+            return;
+        }
+        if let Some(c) = &st.conn {
+            debug!(client_id = %client_id, owner = owner.node, "session claimed by another node");
+            c.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
     }
 
@@ -609,7 +971,21 @@ impl Broker {
         let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
         let orphans = st.session.end();
         let will = st.pending_will.take();
+        let generation = st.generation;
         drop(st);
+        if let (Some(c), Some(generation)) = (self.cluster.get(), generation) {
+            let c = Arc::clone(c);
+            let cmd = Command::ReleaseSession {
+                client_id: s.0.client_id.to_string(),
+                node: c.node_id(),
+                generation,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = c.propose(cmd).await {
+                    debug!(error = %e, "session release not committed (it stays registered)");
+                }
+            });
+        }
         if sessions.get(&s.0.client_id).is_some_and(|cur| cur == s) {
             sessions.remove(&s.0.client_id);
         }
@@ -643,10 +1019,44 @@ impl Broker {
         });
         self.metrics.wills.increment(1);
         debug!(client_id = %client_id, topic = msg.topic.as_str(), "publishing will");
-        if msg.retain {
-            self.retain(&msg);
+        self.publish_detached(msg);
+    }
+
+    /// Publishes a message made by the broker itself (a will): routed at once; its retained
+    /// copy commits and its forwards go out on a task of their own, without holding up the
+    /// caller (a driver closing, or an expiry timer).
+    fn publish_detached(&self, msg: Arc<Message>) {
+        let routed = self.route(&msg, None, &mut Vec::new());
+        let Some(cluster) = self.cluster.get().cloned() else {
+            if msg.retain {
+                self.retain_local(&msg);
+            }
+            return;
+        };
+        let replicate = msg.retain && !msg.topic.is_system();
+        if msg.retain && msg.topic.is_system() {
+            self.retain_local(&msg);
         }
-        self.route(&msg, None, &mut Vec::new());
+        if !replicate && routed.remote.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            if replicate {
+                let message = (!msg.payload.is_empty()).then(|| to_retained(&msg));
+                let cmd = Command::SetRetained {
+                    topic: msg.topic.as_str().to_owned(),
+                    message,
+                };
+                if let Err(e) = cluster.propose(cmd).await {
+                    warn!(error = %e, "retained will message not stored");
+                }
+            }
+            for r in routed.remote {
+                let _ = cluster
+                    .forward(r.node, msg.clone(), r.direct, r.shared)
+                    .await;
+            }
+        });
     }
 
     /// Publishes a broker-made message ($SYS): retained, QoS 0.
@@ -663,8 +1073,9 @@ impl Broker {
             expires_at: None,
             publisher: None,
         });
-        self.retain(&msg);
-        self.route(&msg, None, &mut Vec::new());
+        // `$SYS` is this node's own: retained locally, delivered to local subscribers only.
+        self.retain_local(&msg);
+        self.route_local(&msg, None, &mut Vec::new(), true, &|_| true);
     }
 
     /// Sessions currently registered (snapshot).
@@ -723,5 +1134,69 @@ fn pick_member(
     connected.unwrap_or_else(|| {
         let (m, sub) = &members[start % n];
         (m, sub)
+    })
+}
+
+/// Wall-clock milliseconds, advanced by tokio's clock from an anchor taken once: the same as
+/// the system clock in production, and under control of tests that pause tokio's clock.
+fn unix_millis() -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (unix, at) = *ANCHOR.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        (unix, crate::now())
+    });
+    let since = crate::now().saturating_duration_since(at);
+    unix.saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A retained message for the replicated store (expiry as wall-clock time: it is applied on
+/// other machines and after restarts).
+fn to_retained(m: &Message) -> RetainedMessage {
+    let now = crate::now();
+    RetainedMessage {
+        topic: m.topic.as_str().to_owned(),
+        payload: m.payload.to_vec(),
+        qos: m.qos as u8,
+        payload_format_indicator: m.properties.payload_format_indicator,
+        content_type: m.properties.content_type.clone(),
+        response_topic: m.properties.response_topic.clone(),
+        correlation_data: m.properties.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: m.properties.user_properties.clone(),
+        expires_at_unix_ms: m.expires_at.map(|t| {
+            let left = u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(0);
+            unix_millis().saturating_add(left)
+        }),
+        publisher: m.publisher.as_deref().map(str::to_owned),
+    }
+}
+
+/// A replicated retained message as a routable message; `None` if it expired or is invalid.
+fn from_retained(
+    r: &RetainedMessage,
+    now: Instant,
+    unix_now: u64,
+    limits: &TopicLimits,
+) -> Option<Message> {
+    let expires_at = match r.expires_at_unix_ms {
+        Some(at) if at <= unix_now => return None,
+        Some(at) => Some(now + Duration::from_millis(at - unix_now)),
+        None => None,
+    };
+    Some(Message {
+        topic: TopicName::new(&r.topic, limits).ok()?,
+        payload: bytes::Bytes::from(r.payload.clone()),
+        qos: QoS::from_u8(r.qos)?,
+        retain: true,
+        properties: PassThrough {
+            payload_format_indicator: r.payload_format_indicator,
+            content_type: r.content_type.clone(),
+            response_topic: r.response_topic.clone(),
+            correlation_data: r.correlation_data.clone().map(bytes::Bytes::from),
+            user_properties: r.user_properties.clone(),
+        },
+        expires_at,
+        publisher: r.publisher.as_deref().map(Arc::from),
     })
 }

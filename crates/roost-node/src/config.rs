@@ -55,6 +55,79 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[log]`: what is logged and how it is formatted.
     pub log: LogConfig,
+    /// `[cluster]`: this node's identity in the cluster and how it reaches its peers.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: Raft membership and inter-node traffic (docs/rfcs/0002). A node with no seeds
+/// is a cluster of one: its metadata (retained messages, sessions, routes) still goes through
+/// its on-disk Raft log, so it survives restarts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster and never reused for another machine's data.
+    /// At least 1. Default 1.
+    pub node_id: u64,
+    /// Address of the cluster gRPC listener (Raft, forwarding, takeover). No authentication:
+    /// keep it on a private network. Default `127.0.0.1:7946`.
+    pub listen: SocketAddr,
+    /// Address peers use to reach this node, when it differs from `listen` (NAT, `0.0.0.0`).
+    /// Default: `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Initial members as `ID@HOST:PORT` (this node may be among them). The lowest id among
+    /// the seeds and this node initialises the cluster; a node whose data directory already
+    /// holds Raft state ignores seeds and rejoins. A node started with seeds that do not make
+    /// it the lowest waits until a member adds it (`roost ctl join`). Default: none.
+    pub seeds: Vec<String>,
+    /// Leader heartbeat interval. Milliseconds. Default 200.
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (the maximum is twice this); must exceed 2 × heartbeat.
+    /// Bounds how long a leader loss goes unnoticed. Milliseconds. Default 1000.
+    pub election_timeout_ms: u64,
+    /// How long a publisher's PUBACK waits for peers to accept a forwarded message, and a
+    /// takeover waits for the previous owner to hand the session over. After it the publisher
+    /// is acknowledged anyway (the peer gets the message when it reconnects) and the wait is
+    /// counted. Milliseconds. Default 5000.
+    pub forward_timeout_ms: u64,
+    /// How long a CONNECT, SUBSCRIBE or retained PUBLISH waits for its metadata change to
+    /// commit; after it the client gets 0x88 Server unavailable (CONNACK) or 0x80 (SUBACK,
+    /// PUBACK): a node cut off from the quorum answers instead of hanging. Milliseconds.
+    /// Default 5000.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            heartbeat_ms: 200,
+            election_timeout_ms: 1000,
+            forward_timeout_ms: 5000,
+            commit_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Parses a seed `ID@HOST:PORT`.
+pub fn parse_seed(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} is not of the form ID@HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err(format!("{s:?}: node ids start at 1"));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(format!("{s:?}: {addr:?} is not HOST:PORT")),
+    }
+    Ok((id, addr.to_owned()))
 }
 
 /// `[node]`: settings of the node itself rather than of one protocol.
@@ -288,6 +361,12 @@ pub struct CliOverrides {
     pub data_dir: Option<PathBuf>,
     /// Overrides `log.level`.
     pub log_level: Option<String>,
+    /// Overrides `cluster.node_id`.
+    pub node_id: Option<u64>,
+    /// Overrides `cluster.listen`.
+    pub cluster: Option<SocketAddr>,
+    /// Replaces `cluster.seeds` when not empty.
+    pub seeds: Vec<String>,
 }
 
 /// Why a configuration could not be loaded. Each variant displays as one line, suitable to
@@ -425,6 +504,36 @@ impl Config {
             ));
         }
 
+        let c = &self.cluster;
+        at_least("cluster.node_id", c.node_id, 1)?;
+        for seed in &c.seeds {
+            if let Err(reason) = parse_seed(seed) {
+                return Err(invalid("cluster.seeds", format!("{seed:?}"), reason));
+            }
+        }
+        at_least("cluster.heartbeat_ms", c.heartbeat_ms, 1)?;
+        if c.election_timeout_ms <= 2 * c.heartbeat_ms {
+            return Err(invalid(
+                "cluster.election_timeout_ms",
+                c.election_timeout_ms.to_string(),
+                format!(
+                    "must be more than twice cluster.heartbeat_ms ({})",
+                    c.heartbeat_ms
+                ),
+            ));
+        }
+        at_least("cluster.forward_timeout_ms", c.forward_timeout_ms, 1)?;
+        at_least("cluster.commit_timeout_ms", c.commit_timeout_ms, 1)?;
+        if listeners_collide(c.listen, m.listen)
+            || (self.http.enabled && listeners_collide(c.listen, self.http.listen))
+        {
+            return Err(invalid(
+                "cluster.listen",
+                format!("\"{}\"", c.listen),
+                "must not use the same port as mqtt.listen or http.listen",
+            ));
+        }
+
         validate_log_level(&self.log.level)
     }
 
@@ -451,6 +560,15 @@ impl CliOverrides {
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();
+        }
+        if let Some(id) = self.node_id {
+            config.cluster.node_id = id;
+        }
+        if let Some(addr) = self.cluster {
+            config.cluster.listen = addr;
+        }
+        if !self.seeds.is_empty() {
+            config.cluster.seeds.clone_from(&self.seeds);
         }
     }
 }
@@ -1051,12 +1169,49 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_from_file_env_and_flags() {
+        let config = load_str(
+            "[cluster]\nnode_id = 2\nseeds = [\"1@10.0.0.1:7946\"]\n",
+            &[("ROOST_CLUSTER__FORWARD_TIMEOUT_MS", "250")],
+            &CliOverrides {
+                seeds: vec!["3@h:1".into(), "4@h:2".into()],
+                ..CliOverrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.cluster.node_id, 2);
+        assert_eq!(config.cluster.forward_timeout_ms, 250);
+        assert_eq!(config.cluster.seeds, ["3@h:1", "4@h:2"]);
+        for (text, want) in [
+            (
+                "[cluster]\nseeds = [\"x@h:1\"]",
+                "cluster.seeds = \"x@h:1\": \"x@h:1\": node id \"x\" is not a number",
+            ),
+            ("[cluster]\nnode_id = 0", "cluster.node_id = 0: must be at least 1"),
+            (
+                "[cluster]\nheartbeat_ms = 500",
+                "cluster.election_timeout_ms = 1000: must be more than twice cluster.heartbeat_ms (500)",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        assert_eq!(
+            parse_seed("2@127.0.0.1:7001").unwrap(),
+            (2, "127.0.0.1:7001".into())
+        );
+        assert!(parse_seed("2@nohost").is_err());
+        assert!(parse_seed("0@h:1").is_err());
+    }
+
+    #[test]
     fn cli_overrides_env() {
         let cli = CliOverrides {
             mqtt: Some("10.0.0.1:1884".parse().unwrap()),
             http: Some("10.0.0.1:9090".parse().unwrap()),
             data_dir: Some(PathBuf::from("/srv/roost")),
             log_level: Some("trace".to_owned()),
+            ..CliOverrides::default()
         };
         let config = load_str(
             "[mqtt]\nlisten = \"127.0.0.1:1000\"\n",

@@ -334,13 +334,31 @@ impl Conn {
                 username: connect.username.clone(),
             },
         });
-        let attached = self.broker.attach(
-            &client_id,
-            connect.clean_start,
-            expiry,
-            Arc::clone(&ctl),
-            params,
-        );
+        let attached = match self
+            .broker
+            .attach(
+                &client_id,
+                connect.clean_start,
+                expiry,
+                Arc::clone(&ctl),
+                params,
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // No quorum to register the session: say so instead of hanging.
+                self.broker.connections.fetch_sub(1, Ordering::AcqRel);
+                info!(client_id = %client_id, error = %e, "cannot register session");
+                return self
+                    .refuse(
+                        protocol,
+                        ReasonCode::SERVER_UNAVAILABLE,
+                        "cluster_unavailable",
+                    )
+                    .await;
+            }
+        };
         let session = attached.session;
 
         let mut ack = ConnAck {
@@ -457,7 +475,7 @@ impl Conn {
                     match r {
                         Ok(true) => {
                             loop {
-                                if let Err(exit) = self.drain_packets(st) {
+                                if let Err(exit) = self.drain_packets(st).await {
                                     return exit;
                                 }
                                 self.signal_space(st);
@@ -502,12 +520,12 @@ impl Conn {
     /// Decodes and handles the packets in the read buffer; stops early (leaving the rest in
     /// the buffer) when routing found a congested subscriber, so backpressure applies per
     /// message, not per read.
-    fn drain_packets(&mut self, st: &mut Live) -> Result<(), Exit> {
+    async fn drain_packets(&mut self, st: &mut Live) -> Result<(), Exit> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => {
                     st.last_packet = tokio::time::Instant::now();
-                    self.handle(st, p)?;
+                    self.handle(st, p).await?;
                     if !st.congested.is_empty() {
                         return Ok(());
                     }
@@ -524,10 +542,10 @@ impl Conn {
         }
     }
 
-    fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Exit> {
+    async fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Exit> {
         let now = crate::now();
         match packet {
-            Packet::Publish(p) => self.on_publish(st, p, now),
+            Packet::Publish(p) => self.on_publish(st, p, now).await,
             Packet::PubAck(a) => {
                 let r = st
                     .session
@@ -563,7 +581,7 @@ impl Conn {
                 st.session.0.state.lock().session.handle_pubrel(a.packet_id);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(st, s, now),
+            Packet::Subscribe(s) => self.on_subscribe(st, s).await,
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(st, u);
                 Ok(())
@@ -587,7 +605,15 @@ impl Conn {
         }
     }
 
-    fn on_publish(&mut self, st: &mut Live, mut p: Publish, now: Instant) -> Result<(), Exit> {
+    /// A PUBLISH from the client. It is acknowledged after it is in every local subscriber's
+    /// session, every peer with subscribers accepted it (at most `cluster.forward_timeout_ms`)
+    /// and, when retained, the retained copy committed.
+    async fn on_publish(
+        &mut self,
+        st: &mut Live,
+        mut p: Publish,
+        now: Instant,
+    ) -> Result<(), Exit> {
         let cfg = &self.broker.config.mqtt;
         self.broker.metrics.msg_received.increment(1);
         self.broker
@@ -666,13 +692,23 @@ impl Conn {
             Some(st.client_id.clone()),
             now,
         ));
+        let mut failed = false;
         if msg.retain {
-            self.broker.retain(&msg);
+            if let Err(e) = self.broker.retain(&msg).await {
+                info!(client_id = %st.client_id, error = %e, "retained message not stored");
+                failed = true;
+            }
         }
-        let delivered = self
+        let routed = self
             .broker
             .route(&msg, Some(&st.session), &mut st.congested);
-        let reason = if delivered == 0 && v5 {
+        let matched = routed.local > 0 || !routed.remote.is_empty();
+        if !routed.remote.is_empty() {
+            self.forward(&msg, routed.remote).await;
+        }
+        let reason = if failed && v5 {
+            ReasonCode::UNSPECIFIED_ERROR
+        } else if !matched && v5 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
@@ -685,13 +721,47 @@ impl Conn {
         Ok(())
     }
 
+    /// Hands a message to the peers that have subscribers and, for QoS 1/2, waits until they
+    /// accepted it, at most `cluster.forward_timeout_ms` (then the publisher is acknowledged
+    /// anyway: the peers' forwarders keep the message and resend it when they reconnect).
+    async fn forward(&self, msg: &Arc<Message>, remote: Vec<crate::broker::RemoteSend>) {
+        let Some(cluster) = self.broker.cluster() else {
+            return;
+        };
+        let mut acks = Vec::new();
+        for r in remote {
+            if let Some(rx) = cluster
+                .forward(r.node, msg.clone(), r.direct, r.shared)
+                .await
+            {
+                acks.push(rx);
+            }
+        }
+        if acks.is_empty() {
+            return;
+        }
+        let limit = Duration::from_millis(self.broker.config.cluster.forward_timeout_ms);
+        let all = async {
+            for rx in acks {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            self.broker.metrics.forward_timeouts.increment(1);
+        }
+    }
+
     fn ack(&mut self, st: &Live, kind: fn(Ack) -> Packet, id: PacketId, reason: ReasonCode) {
         let mut a = Ack::new(id);
         a.reason_code = reason;
         self.queue(&kind(a), st.protocol);
     }
 
-    fn on_subscribe(&mut self, st: &mut Live, s: Subscribe, now: Instant) -> Result<(), Exit> {
+    /// SUBSCRIBE. When a filter is this node's first subscriber for it, the SUBACK waits until
+    /// the route committed and reached the other members (docs/rfcs/0002), so a message
+    /// published anywhere after the SUBACK reaches this subscriber. A route that cannot commit
+    /// within `cluster.commit_timeout_ms` gets reason 0x80 and the subscription is undone.
+    async fn on_subscribe(&mut self, st: &mut Live, s: Subscribe) -> Result<(), Exit> {
         let cfg = &self.broker.config.mqtt;
         let identifier = s.properties.subscription_identifiers.first().copied();
         if identifier.is_some() && !cfg.subscription_identifiers {
@@ -702,7 +772,8 @@ impl Conn {
         }
         let max_qos = QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce);
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
+        // (index in codes, filter, granted options, new, route commit to wait for)
+        let mut accepted = Vec::new();
         for (raw, mut opts) in s.filters {
             let filter = match TopicFilter::new(&raw, &self.broker.topic_limits) {
                 Ok(f) => f,
@@ -724,8 +795,22 @@ impl Conn {
                 options: opts,
                 identifier,
             };
-            let new = self.broker.subscribe(&st.session, &filter, sub);
+            let mut route = None;
+            let new = self.broker.subscribe(&st.session, &filter, sub, &mut route);
+            accepted.push((codes.len(), filter, opts, new, route));
             codes.push(ReasonCode(opts.qos as u8));
+        }
+        let limit = Duration::from_millis(self.broker.config.cluster.commit_timeout_ms);
+        let mut retained = Vec::new();
+        for (i, filter, opts, new, route) in accepted {
+            if let Some(rx) = route {
+                let committed = matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(Ok(_))));
+                if !committed {
+                    self.broker.unsubscribe(&st.session, &filter);
+                    codes[i] = ReasonCode::UNSPECIFIED_ERROR;
+                    continue;
+                }
+            }
             // Retained messages are not sent for shared subscriptions (MQTT 5.0 §4.8.2).
             let send_retained = filter.share_group().is_none()
                 && match opts.retain_handling {
@@ -734,11 +819,12 @@ impl Conn {
                     roost_codec::RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for m in self.broker.retained_matching(&filter, now) {
+                for m in self.broker.retained_matching(&filter, crate::now()) {
                     retained.push((m, opts.qos));
                 }
             }
         }
+        let now = crate::now();
         let ack = SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),

@@ -12,6 +12,9 @@
 //! | GET    | `/api/v1/subscriptions`     | every subscription                              |
 //! | GET    | `/api/v1/log-level`         | current filter                                  |
 //! | PUT    | `/api/v1/log-level`         | `{"level": "debug"}` changes it at run time     |
+//! | GET    | `/api/v1/cluster`           | leader, term, log indexes, members and health   |
+//! | POST   | `/api/v1/cluster/members`   | `{"node_id","cluster_addr","mqtt_addr"}`: join  |
+//! | DELETE | `/api/v1/cluster/members/{id}` | remove a member                              |
 //!
 //! The API has no authentication: the default listener is 127.0.0.1 and the sample config
 //! says to expose it only on a trusted network.
@@ -47,11 +50,18 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/api/v1/clients/{id}", get(client).delete(kick))
         .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/members", axum::routing::post(cluster_join))
+        .route(
+            "/api/v1/cluster/members/{id}",
+            axum::routing::delete(cluster_leave),
+        )
         .with_state(state)
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
+    let leader = s.broker.cluster().is_none_or(|c| c.has_leader());
+    if s.ready.load(Ordering::Acquire) && leader {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -196,4 +206,73 @@ fn log_unavailable() -> Response {
         Json(json!({ "error": "this process did not install the roost log subscriber" })),
     )
         .into_response()
+}
+
+fn cluster_unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": "cluster layer not running" })),
+    )
+        .into_response()
+}
+
+async fn cluster_status(State(s): State<AdminState>) -> Response {
+    match s.broker.cluster() {
+        Some(c) => Json(c.status().await).into_response(),
+        None => cluster_unavailable(),
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    node_id: u64,
+    cluster_addr: String,
+    #[serde(default)]
+    mqtt_addr: String,
+}
+
+/// Adds a node as a voter; the node forwards the change to the leader itself.
+async fn cluster_join(State(s): State<AdminState>, Json(body): Json<JoinBody>) -> Response {
+    let Some(c) = s.broker.cluster() else {
+        return cluster_unavailable();
+    };
+    if body.node_id == 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "node ids start at 1" })),
+        )
+            .into_response();
+    }
+    match c
+        .join(body.node_id, body.cluster_addr, body.mqtt_addr)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(node_id = body.node_id, "node joined the cluster");
+            Json(json!({ "ok": true })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// Removes a member and forgets its routes and sessions.
+async fn cluster_leave(State(s): State<AdminState>, Path(id): Path<u64>) -> Response {
+    let Some(c) = s.broker.cluster() else {
+        return cluster_unavailable();
+    };
+    match c.leave(id).await {
+        Ok(()) => {
+            tracing::info!(node_id = id, "node removed from the cluster");
+            Json(json!({ "ok": true })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
 }

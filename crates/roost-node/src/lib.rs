@@ -14,6 +14,7 @@
 //! for the lock order and overflow policy.
 
 mod broker;
+mod clustering;
 pub mod config;
 mod driver;
 mod http;

@@ -30,6 +30,7 @@ pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
 pub(crate) const WILLS: &str = "roost_wills_published_total";
 pub(crate) const BACKPRESSURE_TIMEOUTS: &str = "roost_mqtt_backpressure_timeouts_total";
+pub(crate) const FORWARD_TIMEOUTS: &str = "roost_cluster_forward_timeouts_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
@@ -84,6 +85,10 @@ pub(crate) fn describe() {
     describe_gauge!(RETAINED, "retained messages stored");
     describe_counter!(WILLS, "will messages published");
     describe_counter!(
+        FORWARD_TIMEOUTS,
+        "publishes acknowledged before every peer accepted the forwarded message (timeout)"
+    );
+    describe_counter!(
         BACKPRESSURE_TIMEOUTS,
         "publisher waits for a congested subscriber that ran out their timeout"
     );
@@ -111,6 +116,7 @@ pub(crate) struct Metrics {
     pub(crate) retained: Gauge,
     pub(crate) wills: Counter,
     pub(crate) backpressure_timeouts: Counter,
+    pub(crate) forward_timeouts: Counter,
 }
 
 impl Metrics {
@@ -135,6 +141,7 @@ impl Metrics {
             retained: gauge!(RETAINED),
             wills: counter!(WILLS),
             backpressure_timeouts: counter!(BACKPRESSURE_TIMEOUTS),
+            forward_timeouts: counter!(FORWARD_TIMEOUTS),
         }
     }
 

@@ -11,10 +11,12 @@
 //! ```
 
 use crate::broker::Broker;
+use crate::clustering::NodeHooks;
 use crate::config::Config;
 use crate::http::{router, AdminState};
 use crate::telemetry::LogHandle;
 use anyhow::Context;
+use roost_cluster::{Cluster, ClusterConfig};
 use roost_codec::ReasonCode;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running node.
 pub struct Node {
+    cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     mqtt_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
@@ -59,6 +62,10 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
 
         let mut background = Vec::new();
+        let cluster = start_cluster(&config, &broker, mqtt_addr).await?;
+        background.push(tokio::spawn(
+            Arc::clone(&broker.routes).run_batcher(Arc::clone(&cluster)),
+        ));
         let mut http_addr = None;
         if config.http.enabled {
             let http = TcpListener::bind(config.http.listen)
@@ -85,8 +92,16 @@ impl Node {
             background.push(tokio::spawn(crate::sys::run(Arc::clone(&broker), interval)));
         }
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&broker), stop_rx));
-        info!(mqtt = %mqtt_addr, http = ?http_addr, data_dir = %config.node.data_dir.display(), "roost node started");
+        info!(
+            mqtt = %mqtt_addr,
+            http = ?http_addr,
+            cluster = cluster.advertise(),
+            node_id = cluster.node_id(),
+            data_dir = %config.node.data_dir.display(),
+            "roost node started"
+        );
         Ok(Node {
+            cluster,
             broker,
             mqtt_addr,
             http_addr,
@@ -106,6 +121,28 @@ impl Node {
     /// The bound admin HTTP address, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The cluster gRPC address peers use.
+    pub fn cluster_addr(&self) -> &str {
+        self.cluster.advertise()
+    }
+
+    /// True once the node accepts clients and the cluster has a leader.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.cluster.has_leader()
+    }
+
+    /// Waits (bounded) until [`Node::is_ready`]; false on timeout.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Number of connected MQTT clients.
@@ -135,6 +172,7 @@ impl Node {
         for t in self.background {
             t.abort();
         }
+        self.cluster.shutdown().await;
         info!("stopped");
     }
 }
@@ -177,4 +215,49 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
         )
     })?;
     Ok(file)
+}
+
+/// Starts this node's cluster layer (a cluster of one without seeds) and connects the broker
+/// to it. Routes this node held before a restart are queued for removal: its sessions start
+/// empty.
+async fn start_cluster(
+    config: &Config,
+    broker: &Arc<Broker>,
+    mqtt_addr: SocketAddr,
+) -> anyhow::Result<Arc<Cluster>> {
+    let c = &config.cluster;
+    let mut seeds = Vec::new();
+    for s in &c.seeds {
+        seeds
+            .push(crate::config::parse_seed(s).map_err(|e| anyhow::anyhow!("cluster.seeds: {e}"))?);
+    }
+    let cfg = ClusterConfig {
+        node_id: c.node_id,
+        listen: c.listen,
+        advertise: c.advertise.clone().unwrap_or_default(),
+        mqtt_addr: mqtt_addr.to_string(),
+        seeds,
+        data_dir: config.node.data_dir.clone(),
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        election_timeout: Duration::from_millis(c.election_timeout_ms),
+        forward_timeout: Duration::from_millis(c.forward_timeout_ms),
+        commit_timeout: Duration::from_millis(c.commit_timeout_ms),
+    };
+    let hooks = Arc::new(NodeHooks {
+        broker: Arc::downgrade(broker),
+    });
+    let cluster = Cluster::start(cfg, hooks).await?;
+    broker.set_cluster(Arc::clone(&cluster));
+    let me = cluster.node_id();
+    let stale: Vec<String> = cluster
+        .state()
+        .read()
+        .snapshot()
+        .routes
+        .iter()
+        .filter(|(_, nodes)| nodes.contains(&me))
+        .map(|(f, _)| f.clone())
+        .collect();
+    broker.routes.forget_stale(stale);
+    Ok(cluster)
 }

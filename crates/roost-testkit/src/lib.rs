@@ -40,8 +40,15 @@ impl TestNode {
         config.http.listen = "127.0.0.1:0".parse()?;
         config.node.data_dir = dir.path().to_path_buf();
         config.node.sys_interval_secs = 0;
+        // A cluster of one on an ephemeral port, with fast elections so tests start quickly.
+        config.cluster.listen = "127.0.0.1:0".parse()?;
+        config.cluster.heartbeat_ms = 50;
+        config.cluster.election_timeout_ms = 300;
         tweak(&mut config);
         let node = Node::start(config, None).await?;
+        if !node.wait_ready(Duration::from_secs(10)).await {
+            anyhow::bail!("node did not become ready (no Raft leader) within 10 s");
+        }
         Ok(TestNode { node, _dir: dir })
     }
 

@@ -5,6 +5,9 @@
 //! Exit codes: 0 after a clean stop, 64 (EX_USAGE) for an invalid configuration, 1 for any
 //! other start-up failure (port in use, data directory locked).
 
+mod ctl;
+mod dev_cluster;
+
 use clap::{Parser, Subcommand};
 use roost_node::config::{CliOverrides, Config};
 use roost_node::Node;
@@ -39,6 +42,10 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Inspect or change a running cluster through a member's admin HTTP API.
+    Ctl(ctl::CtlArgs),
+    /// Run a local N-node cluster in the foreground (for trying it out); Ctrl-C stops it.
+    DevCluster(dev_cluster::DevClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +65,15 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `info,roost_node=debug` (log.level).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// This node's id in the cluster (cluster.node_id).
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    /// Cluster gRPC listen address (cluster.listen).
+    #[arg(long, value_name = "ADDR")]
+    cluster: Option<SocketAddr>,
+    /// An initial member as ID@HOST:PORT; repeat for each (cluster.seeds).
+    #[arg(long = "seed", value_name = "ID@ADDR")]
+    seeds: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +81,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve(args) => serve(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::DevCluster(args) => dev_cluster::run(args),
     }
 }
 
@@ -94,6 +112,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         http: args.http,
         data_dir: args.data_dir,
         log_level: args.log_level,
+        node_id: args.node_id,
+        cluster: args.cluster,
+        seeds: args.seeds,
     };
     let config = match Config::load(args.config.as_deref(), std::env::vars(), &cli) {
         Ok(c) => c,

@@ -1642,3 +1642,55 @@ fn repeated_pubrec_resends_pubrel() {
     s.handle_pubcomp(pid(1), t0).unwrap();
     assert_eq!(s.inflight_len(), 0);
 }
+
+/// export() then import() on another node gives the same subscriptions, in-flight messages
+/// (same packet ids, resent with DUP in order on connect) and queue.
+#[test]
+fn export_import_round_trip() {
+    let t0 = Instant::now();
+    let mut s = connected(2, t0);
+    let f = TopicFilter::new("a/#", &TopicLimits::default()).unwrap();
+    s.add_subscription(
+        f.clone(),
+        Subscription {
+            options: Default::default(),
+            identifier: Some(7),
+        },
+    );
+    let ms: Vec<_> = (1..=4).map(|i| msg("a/b", &i.to_string())).collect();
+    deliver(&mut s, &ms[0], QoS::ExactlyOnce, t0);
+    for m in &ms[1..] {
+        deliver(&mut s, m, QoS::AtLeastOnce, t0);
+    }
+    take(&mut s);
+    s.handle_pubrec(pid(1), ReasonCode::SUCCESS, t0).unwrap();
+    take(&mut s);
+    s.inbound_qos2(pid(9)).unwrap();
+    s.disconnect();
+
+    let image = s.export();
+    assert_eq!(image.subscriptions.len(), 1);
+    assert_eq!(image.inflight.len(), 2);
+    assert_eq!(image.queued.len(), 2);
+    assert_eq!(image.inbound_qos2, vec![9]);
+    assert_eq!(s.inflight_len(), 0);
+    assert!(s.subscriptions().is_empty());
+
+    let mut t = Session::import("c".into(), SessionLimits::default(), image);
+    assert_eq!(t.subscriptions().get(&f).unwrap().identifier, Some(7));
+    assert_eq!(
+        t.inbound_qos2(pid(9)),
+        Ok(false),
+        "inbound QoS 2 id moved along"
+    );
+    t.connect(v5(10), t0);
+    assert_eq!(
+        take(&mut t),
+        vec![
+            Outbound::PubRel(pid(1), ReasonCode::SUCCESS),
+            publish(&ms[1], QoS::AtLeastOnce, Some(2), true),
+            q1(&ms[2], 3),
+            q1(&ms[3], 4),
+        ]
+    );
+}

@@ -1,0 +1,403 @@
+//! Conversions between the wire types of `roost.cluster.v1` and Roost's own types. prost types
+//! stop here: nothing outside roost-cluster sees them (house style).
+//!
+//! Decoding is defensive: a peer is trusted to run the same version, but a bad field still gives
+//! an error (and the message is dropped and counted), never a panic.
+
+use bytes::Bytes;
+use roost_codec::{LastWill, PacketId, Properties, QoS, SubscriptionOptions};
+use roost_core::index::Subscription;
+use roost_core::message::{Message, PassThrough};
+use roost_core::session::{ImageMessage, SessionImage};
+use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_proto::v1 as pb;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a peer sent that cannot be turned into our types.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {field} from peer: {reason}")]
+pub struct WireError {
+    /// Which field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl ToString) -> WireError {
+    WireError {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// Topic limits for data from peers: they validated it against their own limits already.
+fn limits() -> TopicLimits {
+    TopicLimits {
+        max_levels: usize::MAX,
+        max_length: 65_535,
+    }
+}
+
+fn qos(v: u32) -> Result<QoS, WireError> {
+    u8::try_from(v)
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| bad("qos", v))
+}
+
+/// Our message to the wire; the expiry becomes the time remaining now.
+pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
+    pb::Message {
+        topic: m.topic.as_str().to_owned(),
+        payload: m.payload.to_vec(),
+        qos: m.qos as u32,
+        retain: m.retain,
+        payload_format_indicator: m.properties.payload_format_indicator.map(u32::from),
+        content_type: m.properties.content_type.clone(),
+        response_topic: m.properties.response_topic.clone(),
+        correlation_data: m.properties.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: m
+            .properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| pb::UserProperty {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        expiry_ms: m.expires_at.map(|t| {
+            u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        }),
+        publisher: m.publisher.as_deref().unwrap_or_default().to_owned(),
+    }
+}
+
+/// A wire message to ours.
+pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireError> {
+    let topic = TopicName::new(&m.topic, &limits()).map_err(|e| bad("topic", e))?;
+    let payload_format_indicator = match m.payload_format_indicator {
+        None => None,
+        Some(v) => Some(u8::try_from(v).map_err(|_| bad("payload_format_indicator", v))?),
+    };
+    Ok(Message {
+        topic,
+        payload: Bytes::from(m.payload),
+        qos: qos(m.qos)?,
+        retain: m.retain,
+        properties: PassThrough {
+            payload_format_indicator,
+            content_type: m.content_type,
+            response_topic: m.response_topic,
+            correlation_data: m.correlation_data.map(Bytes::from),
+            user_properties: m
+                .user_properties
+                .into_iter()
+                .map(|p| (p.key, p.value))
+                .collect(),
+        },
+        expires_at: m.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
+        publisher: (!m.publisher.is_empty()).then(|| Arc::from(m.publisher.as_str())),
+    })
+}
+
+/// A will to the wire (its delay travels beside it).
+pub fn will_to_wire(w: &LastWill) -> pb::Will {
+    let p = &w.properties;
+    pb::Will {
+        message: Some(pb::Message {
+            topic: w.topic.clone(),
+            payload: w.payload.to_vec(),
+            qos: w.qos as u32,
+            retain: w.retain,
+            payload_format_indicator: p.payload_format_indicator.map(u32::from),
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(k, v)| pb::UserProperty {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            expiry_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
+            publisher: String::new(),
+        }),
+        delay_secs: p.will_delay_interval.unwrap_or(0),
+    }
+}
+
+/// A wire will to ours.
+pub fn will_from_wire(w: pb::Will) -> Result<LastWill, WireError> {
+    let m = w.message.ok_or_else(|| bad("will.message", "missing"))?;
+    let payload_format_indicator = match m.payload_format_indicator {
+        None => None,
+        Some(v) => Some(u8::try_from(v).map_err(|_| bad("payload_format_indicator", v))?),
+    };
+    Ok(LastWill {
+        topic: m.topic,
+        payload: Bytes::from(m.payload),
+        qos: qos(m.qos)?,
+        retain: m.retain,
+        properties: Properties {
+            payload_format_indicator,
+            content_type: m.content_type,
+            response_topic: m.response_topic,
+            correlation_data: m.correlation_data.map(Bytes::from),
+            user_properties: m
+                .user_properties
+                .into_iter()
+                .map(|p| (p.key, p.value))
+                .collect(),
+            message_expiry_interval: m
+                .expiry_ms
+                .map(|ms| u32::try_from(ms / 1000).unwrap_or(u32::MAX)),
+            will_delay_interval: (w.delay_secs > 0).then_some(w.delay_secs),
+            ..Properties::default()
+        },
+    })
+}
+
+/// A session handed from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionTransfer {
+    /// Subscriptions, in-flight and queued messages, inbound QoS 2 ids.
+    pub image: SessionImage,
+    /// A will waiting for its delay when the session moved.
+    pub pending_will: Option<LastWill>,
+    /// Session expiry interval in seconds.
+    pub expiry_interval: u32,
+}
+
+fn image_message_to_wire(m: &ImageMessage, now: Instant) -> pb::PendingMessage {
+    pb::PendingMessage {
+        message: Some(message_to_wire(&m.msg, now)),
+        qos: m.qos as u32,
+        retain: m.retain,
+        subscription_ids: m.subscription_ids.clone(),
+        shared_filter: m.shared.as_ref().map(|f| f.as_str().to_owned()),
+        packet_id: m.packet_id.map_or(0, |p| u32::from(p.get())),
+        released: m.released,
+    }
+}
+
+fn image_message_from_wire(m: pb::PendingMessage, now: Instant) -> Result<ImageMessage, WireError> {
+    let msg = message_from_wire(m.message.ok_or_else(|| bad("message", "missing"))?, now)?;
+    let shared = match m.shared_filter {
+        None => None,
+        Some(f) => Some(TopicFilter::new(&f, &limits()).map_err(|e| bad("shared_filter", e))?),
+    };
+    let packet_id = if m.packet_id == 0 {
+        None
+    } else {
+        let id = u16::try_from(m.packet_id).map_err(|_| bad("packet_id", m.packet_id))?;
+        Some(PacketId::new(id).ok_or_else(|| bad("packet_id", 0))?)
+    };
+    Ok(ImageMessage {
+        msg: Arc::new(msg),
+        qos: qos(m.qos)?,
+        retain: m.retain,
+        subscription_ids: m.subscription_ids,
+        shared,
+        packet_id,
+        released: m.released,
+    })
+}
+
+/// A session transfer to the wire.
+pub fn transfer_to_wire(t: &SessionTransfer, now: Instant) -> pb::SessionState {
+    pb::SessionState {
+        subscriptions: t
+            .image
+            .subscriptions
+            .iter()
+            .map(|(f, s)| pb::Subscription {
+                filter: f.as_str().to_owned(),
+                qos: s.options.qos as u32,
+                no_local: s.options.no_local,
+                retain_as_published: s.options.retain_as_published,
+                retain_handling: s.options.retain_handling as u32,
+                identifier: s.identifier,
+            })
+            .collect(),
+        inflight: t
+            .image
+            .inflight
+            .iter()
+            .map(|m| image_message_to_wire(m, now))
+            .collect(),
+        queued: t
+            .image
+            .queued
+            .iter()
+            .map(|m| image_message_to_wire(m, now))
+            .collect(),
+        inbound_qos2: t.image.inbound_qos2.iter().map(|&i| u32::from(i)).collect(),
+        pending_will: t.pending_will.as_ref().map(will_to_wire),
+        expiry_interval: t.expiry_interval,
+    }
+}
+
+/// A wire session transfer to ours.
+pub fn transfer_from_wire(s: pb::SessionState, now: Instant) -> Result<SessionTransfer, WireError> {
+    let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
+    for sub in s.subscriptions {
+        let filter = TopicFilter::new(&sub.filter, &limits()).map_err(|e| bad("filter", e))?;
+        let retain_handling = match sub.retain_handling {
+            0 => roost_codec::RetainHandling::SendAtSubscribe,
+            1 => roost_codec::RetainHandling::SendIfNew,
+            2 => roost_codec::RetainHandling::DoNotSend,
+            v => return Err(bad("retain_handling", v)),
+        };
+        subscriptions.push((
+            filter,
+            Subscription {
+                options: SubscriptionOptions {
+                    qos: qos(sub.qos)?,
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    retain_handling,
+                },
+                identifier: sub.identifier,
+            },
+        ));
+    }
+    let mut inflight = Vec::with_capacity(s.inflight.len());
+    for m in s.inflight {
+        inflight.push(image_message_from_wire(m, now)?);
+    }
+    let mut queued = Vec::with_capacity(s.queued.len());
+    for m in s.queued {
+        queued.push(image_message_from_wire(m, now)?);
+    }
+    let mut inbound_qos2 = Vec::with_capacity(s.inbound_qos2.len());
+    for id in s.inbound_qos2 {
+        inbound_qos2.push(u16::try_from(id).map_err(|_| bad("inbound_qos2", id))?);
+    }
+    Ok(SessionTransfer {
+        image: SessionImage {
+            subscriptions,
+            inflight,
+            queued,
+            inbound_qos2,
+        },
+        pending_will: match s.pending_will {
+            Some(w) => Some(will_from_wire(w)?),
+            None => None,
+        },
+        expiry_interval: s.expiry_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn msg() -> Message {
+        let now = Instant::now();
+        Message {
+            topic: TopicName::new("a/b", &TopicLimits::default()).unwrap(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: PassThrough {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("r".into()),
+                correlation_data: Some(Bytes::from_static(b"c")),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+            expires_at: Some(now + Duration::from_secs(30)),
+            publisher: Some("pub".into()),
+        }
+    }
+
+    #[test]
+    fn message_round_trip_keeps_everything_and_the_remaining_expiry() {
+        let now = Instant::now();
+        let m = msg();
+        let back = message_from_wire(message_to_wire(&m, now), now).unwrap();
+        assert_eq!(back.topic, m.topic);
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(back.properties, m.properties);
+        assert_eq!(back.publisher, m.publisher);
+        let left = back.expires_at.unwrap().duration_since(now);
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
+    }
+
+    #[test]
+    fn bad_fields_are_errors_not_panics() {
+        let now = Instant::now();
+        let mut w = message_to_wire(&msg(), now);
+        w.qos = 3;
+        assert_eq!(message_from_wire(w.clone(), now).unwrap_err().field, "qos");
+        w.qos = 1;
+        w.topic = "a/+".into();
+        assert_eq!(message_from_wire(w, now).unwrap_err().field, "topic");
+    }
+
+    #[test]
+    fn transfer_round_trip() {
+        let now = Instant::now();
+        let m = Arc::new(msg());
+        let t = SessionTransfer {
+            image: SessionImage {
+                subscriptions: vec![(
+                    TopicFilter::new("$share/g/a/#", &TopicLimits::default()).unwrap(),
+                    Subscription {
+                        options: SubscriptionOptions {
+                            qos: QoS::ExactlyOnce,
+                            no_local: false,
+                            retain_as_published: true,
+                            retain_handling: roost_codec::RetainHandling::SendIfNew,
+                        },
+                        identifier: Some(5),
+                    },
+                )],
+                inflight: vec![ImageMessage {
+                    msg: m.clone(),
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    subscription_ids: vec![5],
+                    shared: None,
+                    packet_id: PacketId::new(7),
+                    released: true,
+                }],
+                queued: vec![ImageMessage {
+                    msg: m,
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    subscription_ids: vec![],
+                    shared: Some(
+                        TopicFilter::new("$share/g/a/#", &TopicLimits::default()).unwrap(),
+                    ),
+                    packet_id: None,
+                    released: false,
+                }],
+                inbound_qos2: vec![3, 9],
+            },
+            pending_will: Some(LastWill {
+                topic: "w".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties {
+                    will_delay_interval: Some(30),
+                    ..Properties::default()
+                },
+            }),
+            expiry_interval: 300,
+        };
+        let back = transfer_from_wire(transfer_to_wire(&t, now), now).unwrap();
+        assert_eq!(back.image.subscriptions, t.image.subscriptions);
+        assert_eq!(back.image.inbound_qos2, t.image.inbound_qos2);
+        assert_eq!(back.image.inflight[0].packet_id, PacketId::new(7));
+        assert!(back.image.inflight[0].released);
+        assert_eq!(back.image.queued[0].shared, t.image.queued[0].shared);
+        assert_eq!(back.pending_will, t.pending_will);
+        assert_eq!(back.expiry_interval, 300);
+    }
+}
