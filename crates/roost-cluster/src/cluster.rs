@@ -429,37 +429,41 @@ impl Cluster {
             .map_err(|_| ClusterError::Timeout(limit))
     }
 
-    /// Waits until every reachable member has replicated `index` (known on the leader); used
-    /// so a SUBACK is sent only when a publish on any node will see the route. Bounded by
-    /// `forward_timeout`; members that do not catch up in time are skipped (they are down or
-    /// partitioned, and apply the entry when they return).
+    /// Waits until every reachable member has applied `index`, so a SUBACK is sent only when
+    /// a publish on any node will see the route. Each peer is asked once (`Cluster.Applied`,
+    /// the peer waits on its side); a peer that cannot be reached or does not catch up within
+    /// `forward_timeout` is skipped: it is down or partitioned, and applies the entry when it
+    /// returns.
     pub async fn wait_replicated(&self, index: u64) {
-        let deadline = tokio::time::Instant::now() + self.cfg.forward_timeout;
-        let mut rx = self.raft.metrics();
-        loop {
-            let done = {
-                let m = rx.borrow();
-                match &m.replication {
-                    Some(rep) => rep
-                        .values()
-                        .all(|matched| matched.as_ref().is_some_and(|l| l.index >= index)),
-                    // Not the leader: ask the leader's view through our own applied index, the
-                    // best we know locally.
-                    None => m.last_applied.is_some_and(|l| l.index >= index),
+        let members: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.cfg.node_id)
+                .collect()
+        };
+        let wait_ms = u64::try_from(self.cfg.forward_timeout.as_millis()).unwrap_or(5_000);
+        let mut calls = Vec::new();
+        for id in members {
+            let Some(peer) = self.peer(id) else { continue };
+            let mut client = peer.client.clone();
+            calls.push(async move {
+                let mut req = Request::new(pb::AppliedRequest {
+                    min_index: index,
+                    wait_ms,
+                });
+                req.set_timeout(Duration::from_millis(wait_ms + 500));
+                if let Err(e) = client.applied(req).await {
+                    debug!(peer = id, error = %e, "peer did not confirm a route entry");
                 }
-            };
-            if done {
-                // Followers apply what they replicated once the next heartbeat carries the
-                // commit index.
-                tokio::time::sleep(self.cfg.heartbeat).await;
-                return;
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return;
-            }
+            });
+        }
+        let handles: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+        for h in handles {
+            let _ = h.await;
         }
     }
 
@@ -1031,6 +1035,28 @@ impl cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::MembershipReply {
             error,
             leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
+        }))
+    }
+
+    async fn applied(
+        &self,
+        request: Request<pb::AppliedRequest>,
+    ) -> Result<Response<pb::AppliedReply>, Status> {
+        let r = request.into_inner();
+        let limit = Duration::from_millis(r.wait_ms.min(60_000));
+        let _ = self
+            .raft
+            .wait(Some(limit))
+            .applied_index_at_least(Some(r.min_index), "peer asked")
+            .await;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Ok(Response::new(pb::AppliedReply {
+            applied_index: applied,
         }))
     }
 

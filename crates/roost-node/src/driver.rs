@@ -800,7 +800,9 @@ impl Conn {
             accepted.push((codes.len(), filter, opts, new, route));
             codes.push(ReasonCode(opts.qos as u8));
         }
-        let limit = Duration::from_millis(self.broker.config.cluster.commit_timeout_ms);
+        // Commit, then every reachable member applying it (bounded by the forward timeout).
+        let c = &self.broker.config.cluster;
+        let limit = Duration::from_millis(c.commit_timeout_ms + c.forward_timeout_ms);
         let mut retained = Vec::new();
         for (i, filter, opts, new, route) in accepted {
             if let Some(rx) = route {
