@@ -109,6 +109,13 @@ impl Cluster for StatusOnly {
         Err(Status::unimplemented("leave"))
     }
 
+    async fn applied(
+        &self,
+        _: Request<roost_proto::v1::AppliedRequest>,
+    ) -> Result<Response<roost_proto::v1::AppliedReply>, Status> {
+        Err(Status::unimplemented("applied"))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
