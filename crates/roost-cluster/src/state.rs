@@ -14,7 +14,7 @@
 //! are [`Snapshot`]: the canonical maps; the route index and the retained trie are derived from
 //! them on install.
 
-use crate::types::{Command, CommandResponse, NodeId, RetainedMessage};
+use crate::types::{Command, CommandResponse, NodeId, RetainedMessage, StoredSubscription};
 use roost_core::index::{Subscription, SubscriptionIndex};
 use roost_core::retained::RetainedStore;
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
@@ -56,6 +56,10 @@ pub struct Snapshot {
     pub generations: BTreeMap<String, u64>,
     /// topic → retained message.
     pub retained: BTreeMap<String, RetainedMessage>,
+    /// client id → subscriptions of its persistent session.
+    pub subscriptions: BTreeMap<String, Vec<StoredSubscription>>,
+    /// client id → session expiry interval (seconds) given at its last claim.
+    pub expiry: BTreeMap<String, u32>,
 }
 
 /// The replicated metadata, with derived indexes for fast reads.
@@ -122,6 +126,18 @@ impl ClusterState {
         &self.retained_index
     }
 
+    /// The stored subscriptions and expiry interval of a client's persistent session.
+    pub fn stored_session(&self, client_id: &str) -> (Vec<StoredSubscription>, u32) {
+        (
+            self.data
+                .subscriptions
+                .get(client_id)
+                .cloned()
+                .unwrap_or_default(),
+            self.data.expiry.get(client_id).copied().unwrap_or(0),
+        )
+    }
+
     /// The owner of a client's session, if any.
     pub fn session_owner(&self, client_id: &str) -> Option<SessionOwner> {
         self.data.sessions.get(client_id).copied()
@@ -151,8 +167,17 @@ impl ClusterState {
                 }
                 (CommandResponse::Done, None)
             }
-            Command::ClaimSession { client_id, node } => {
+            Command::ClaimSession {
+                client_id,
+                node,
+                clean,
+                expiry_interval,
+            } => {
                 let previous = self.data.sessions.get(client_id).copied();
+                if *clean {
+                    self.data.subscriptions.remove(client_id);
+                }
+                self.data.expiry.insert(client_id.clone(), *expiry_interval);
                 let last = self.data.generations.get(client_id).copied().unwrap_or(0);
                 let generation = last + 1;
                 let owner = SessionOwner {
@@ -182,8 +207,28 @@ impl ClusterState {
                     current.is_some_and(|o| o.node == *node && o.generation == *generation);
                 if matches {
                     self.data.sessions.remove(client_id);
+                    self.data.subscriptions.remove(client_id);
+                    self.data.expiry.remove(client_id);
                 }
                 (CommandResponse::Released(matches), None)
+            }
+            Command::SetSubscriptions {
+                client_id,
+                node,
+                generation,
+                subscriptions,
+            } => {
+                let owner = self.data.sessions.get(client_id).copied();
+                if owner.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                    if subscriptions.is_empty() {
+                        self.data.subscriptions.remove(client_id);
+                    } else {
+                        self.data
+                            .subscriptions
+                            .insert(client_id.clone(), subscriptions.clone());
+                    }
+                }
+                (CommandResponse::Done, None)
             }
             Command::SetRetained { topic, message } => {
                 let Ok(t) = TopicName::new(topic, &wide_limits()) else {
@@ -212,7 +257,18 @@ impl ClusterState {
                 for f in filters {
                     self.remove_route(&f, *node);
                 }
-                self.data.sessions.retain(|_, o| o.node != *node);
+                let gone: Vec<String> = self
+                    .data
+                    .sessions
+                    .iter()
+                    .filter(|(_, o)| o.node == *node)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for c in gone {
+                    self.data.sessions.remove(&c);
+                    self.data.subscriptions.remove(&c);
+                    self.data.expiry.remove(&c);
+                }
                 (CommandResponse::Done, None)
             }
         }
@@ -301,6 +357,8 @@ mod tests {
         let claim = |n| Command::ClaimSession {
             client_id: "c".into(),
             node: n,
+            clean: false,
+            expiry_interval: 60,
         };
         let (r, e) = s.apply(&claim(1));
         assert_eq!(
@@ -376,6 +434,8 @@ mod tests {
         s.apply(&Command::ClaimSession {
             client_id: "c".into(),
             node: 4,
+            clean: false,
+            expiry_interval: 60,
         });
         let bytes = postcard::to_allocvec(s.snapshot()).unwrap();
         let back: Snapshot = postcard::from_bytes(&bytes).unwrap();
@@ -390,6 +450,49 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_are_kept_per_owner_generation_and_dropped_on_clean_claims() {
+        let mut s = ClusterState::new();
+        let claim = |n, clean| Command::ClaimSession {
+            client_id: "c".into(),
+            node: n,
+            clean,
+            expiry_interval: 300,
+        };
+        let sub = StoredSubscription {
+            filter: "a/#".into(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            identifier: Some(3),
+        };
+        let set = |n, generation| Command::SetSubscriptions {
+            client_id: "c".into(),
+            node: n,
+            generation,
+            subscriptions: vec![sub.clone()],
+        };
+        s.apply(&claim(1, false));
+        s.apply(&set(2, 1));
+        assert!(s.stored_session("c").0.is_empty(), "not the owner");
+        s.apply(&set(1, 1));
+        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 300));
+        // A takeover keeps them (the new owner restores them if the old one is gone)...
+        s.apply(&claim(2, false));
+        assert_eq!(s.stored_session("c").0.len(), 1);
+        // ...a stale owner cannot overwrite them, and a clean start drops them.
+        s.apply(&Command::SetSubscriptions {
+            client_id: "c".into(),
+            node: 1,
+            generation: 1,
+            subscriptions: vec![],
+        });
+        assert_eq!(s.stored_session("c").0.len(), 1);
+        s.apply(&claim(3, true));
+        assert!(s.stored_session("c").0.is_empty());
+    }
+
+    #[test]
     fn forget_node_drops_its_routes_and_sessions() {
         let mut s = ClusterState::new();
         s.apply(&routes(1, &["a"], &[]));
@@ -397,6 +500,8 @@ mod tests {
         s.apply(&Command::ClaimSession {
             client_id: "c".into(),
             node: 1,
+            clean: false,
+            expiry_interval: 60,
         });
         s.apply(&Command::ForgetNode { node: 1 });
         assert_eq!(nodes_for(&s, "a").0, vec![2]);

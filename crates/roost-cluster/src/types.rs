@@ -50,6 +50,23 @@ pub struct RetainedMessage {
     pub publisher: Option<String>,
 }
 
+/// A subscription of a persistent session as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSubscription {
+    /// Topic filter (`$share/g/f` included).
+    pub filter: String,
+    /// Granted QoS.
+    pub qos: u8,
+    /// No Local.
+    pub no_local: bool,
+    /// Retain As Published.
+    pub retain_as_published: bool,
+    /// Retain Handling (0..=2).
+    pub retain_handling: u8,
+    /// Subscription identifier.
+    pub identifier: Option<u32>,
+}
+
 /// A change to the replicated metadata (docs/rfcs/0002). Applied identically on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -69,6 +86,25 @@ pub enum Command {
         client_id: String,
         /// The new owner.
         node: NodeId,
+        /// Clean start: the stored subscriptions of the previous session are dropped.
+        #[serde(default)]
+        clean: bool,
+        /// Session expiry interval in seconds (kept so a restarted owner can restore it).
+        #[serde(default)]
+        expiry_interval: u32,
+    },
+    /// The subscriptions of a persistent session, replaced whole. Ignored unless `node` and
+    /// `generation` still own the session. Kept so the session's subscriptions survive a
+    /// restart of its node, or the loss of it.
+    SetSubscriptions {
+        /// Client id.
+        client_id: String,
+        /// The owner writing them.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+        /// Every subscription of the session.
+        subscriptions: Vec<StoredSubscription>,
     },
     /// The session ended on `node` (expired, or clean disconnect with expiry 0). Ignored unless
     /// `node` and `generation` still match: a stale release never removes a newer owner.

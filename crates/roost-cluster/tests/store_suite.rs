@@ -91,6 +91,8 @@ fn claim(client_id: &str, node: NodeId) -> Command {
     Command::ClaimSession {
         client_id: client_id.to_string(),
         node,
+        clean: false,
+        expiry_interval: 0,
     }
 }
 

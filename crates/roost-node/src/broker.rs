@@ -29,7 +29,7 @@ use crate::config::{Config, QueueDrop};
 use crate::metrics::Metrics;
 use parking_lot::{Mutex, RwLock};
 use roost_cluster::state::Event;
-use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
+use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage, StoredSubscription};
 use roost_cluster::{Cluster, ClusterError, SessionTransfer};
 use roost_codec::{LastWill, Protocol, QoS, ReasonCode};
 use roost_core::index::{Matches, SubscriptionIndex};
@@ -645,6 +645,8 @@ impl Broker {
                 let cmd = Command::ClaimSession {
                     client_id: client_id.to_string(),
                     node: c.node_id(),
+                    clean: clean_start,
+                    expiry_interval,
                 };
                 let (_, resp) = c.propose(cmd).await?;
                 if let CommandResponse::Claimed {
@@ -658,9 +660,15 @@ impl Broker {
                             Ok(t) => transfer = t,
                             Err(e) => warn!(
                                 client_id = %client_id, owner, error = %e,
-                                "previous owner did not hand the session over; starting a new one"
+                                "previous owner did not hand the session over; \
+                                 restoring its subscriptions from the registry"
                             ),
                         }
+                    }
+                    if transfer.is_none() && !clean_start && self.session(client_id).is_none() {
+                        // The owner is gone (or restarted): its queued messages are lost, its
+                        // subscriptions are in the registry.
+                        transfer = self.stored_transfer(c, client_id);
                     }
                 }
             }
@@ -680,6 +688,138 @@ impl Broker {
             let _ = tokio::time::timeout(self.commit_timeout(), rx).await;
         }
         Ok(attached)
+    }
+
+    /// A session rebuilt from the registry: subscriptions only.
+    fn stored_transfer(&self, c: &Cluster, client_id: &str) -> Option<SessionTransfer> {
+        let (subs, expiry_interval) = c.state().read().stored_session(client_id);
+        if subs.is_empty() {
+            return None;
+        }
+        let mut image = roost_core::session::SessionImage::default();
+        for s in subs {
+            if let Some(sub) = stored_to_subscription(&s, &self.topic_limits) {
+                image.subscriptions.push(sub);
+            }
+        }
+        Some(SessionTransfer {
+            image,
+            pending_will: None,
+            expiry_interval,
+        })
+    }
+
+    /// Records a persistent session's subscriptions in the registry, so they survive a restart
+    /// of this node or its loss. Waits for the commit (bounded); false if it did not commit.
+    pub(crate) async fn persist_subscriptions(&self, s: &SessionRef) -> bool {
+        let Some(c) = self.cluster.get() else {
+            return true;
+        };
+        let cmd = {
+            let st = s.0.state.lock();
+            let Some(generation) = st.generation else {
+                return true;
+            };
+            if st.expiry_interval == 0 {
+                return true;
+            }
+            Command::SetSubscriptions {
+                client_id: s.0.client_id.to_string(),
+                node: c.node_id(),
+                generation,
+                subscriptions: st
+                    .session
+                    .subscriptions()
+                    .iter()
+                    .map(|(f, sub)| subscription_to_stored(f, sub))
+                    .collect(),
+            }
+        };
+        match c.propose(cmd).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(client_id = %s.0.client_id, error = %e, "subscriptions not persisted");
+                false
+            }
+        }
+    }
+
+    /// After a restart: rebuilds, as offline sessions, the persistent sessions the registry
+    /// says this node owns, with their subscriptions (their queued messages were in memory and
+    /// are lost). Their expiry starts again from now.
+    pub(crate) fn restore_sessions(self: &Arc<Self>) {
+        let Some(c) = self.cluster.get() else {
+            return;
+        };
+        let me = c.node_id();
+        let owned: Vec<(String, u64)> = c
+            .state()
+            .read()
+            .snapshot()
+            .sessions
+            .iter()
+            .filter(|(_, o)| o.node == me)
+            .map(|(id, o)| (id.clone(), o.generation))
+            .collect();
+        let mut restored = 0;
+        for (client_id, generation) in owned {
+            let Some(t) = self.stored_transfer(c, &client_id) else {
+                continue;
+            };
+            let id: Arc<str> = client_id.as_str().into();
+            let expiry = t.expiry_interval;
+            let mut session = Session::new(id.clone(), self.limits.clone());
+            let entry = SessionRef(Arc::new(SessionEntry {
+                client_id: id.clone(),
+                space: Notify::new(),
+                state: Mutex::new(SessionState {
+                    session: {
+                        for (f, sub) in &t.image.subscriptions {
+                            session.add_subscription(f.clone(), sub.clone());
+                        }
+                        session
+                    },
+                    conn: None,
+                    epoch: 1,
+                    expiry_interval: expiry,
+                    last_attach_clean: false,
+                    pending_will: None,
+                    ended: false,
+                    disconnected_at: Some(SystemTime::now()),
+                    generation: Some(generation),
+                }),
+            }));
+            {
+                let mut idx = self.index.write();
+                for (f, sub) in &t.image.subscriptions {
+                    if idx.subscribe(f, entry.clone(), sub.clone()) {
+                        // Fire and forget: nothing waits for a restored route.
+                        drop(self.routes.acquire(f));
+                    }
+                }
+                self.metrics
+                    .subscriptions
+                    .set(idx.subscription_count() as f64);
+            }
+            self.sessions.lock().insert(id, entry.clone());
+            restored += 1;
+            if expiry != u32::MAX {
+                let broker = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                    if broker.end_session(&entry, Some(1)) {
+                        broker.metrics.sessions_expired.increment(1);
+                    }
+                });
+            }
+        }
+        self.metrics.sessions.set(self.sessions.lock().len() as f64);
+        if restored > 0 {
+            tracing::info!(
+                sessions = restored,
+                "restored persistent sessions from the registry"
+            );
+        }
     }
 
     fn commit_timeout(&self) -> Duration {
@@ -1199,4 +1339,42 @@ fn from_retained(
         expires_at,
         publisher: r.publisher.as_deref().map(Arc::from),
     })
+}
+
+fn subscription_to_stored(
+    f: &TopicFilter,
+    sub: &roost_core::index::Subscription,
+) -> StoredSubscription {
+    StoredSubscription {
+        filter: f.as_str().to_owned(),
+        qos: sub.options.qos as u8,
+        no_local: sub.options.no_local,
+        retain_as_published: sub.options.retain_as_published,
+        retain_handling: sub.options.retain_handling as u8,
+        identifier: sub.identifier,
+    }
+}
+
+fn stored_to_subscription(
+    s: &StoredSubscription,
+    limits: &TopicLimits,
+) -> Option<(TopicFilter, roost_core::index::Subscription)> {
+    let filter = TopicFilter::new(&s.filter, limits).ok()?;
+    let retain_handling = match s.retain_handling {
+        0 => roost_codec::RetainHandling::SendAtSubscribe,
+        1 => roost_codec::RetainHandling::SendIfNew,
+        _ => roost_codec::RetainHandling::DoNotSend,
+    };
+    Some((
+        filter,
+        roost_core::index::Subscription {
+            options: roost_codec::SubscriptionOptions {
+                qos: QoS::from_u8(s.qos)?,
+                no_local: s.no_local,
+                retain_as_published: s.retain_as_published,
+                retain_handling,
+            },
+            identifier: s.identifier,
+        },
+    ))
 }

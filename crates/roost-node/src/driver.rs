@@ -583,7 +583,7 @@ impl Conn {
             }
             Packet::Subscribe(s) => self.on_subscribe(st, s).await,
             Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(st, u);
+                self.on_unsubscribe(st, u).await;
                 Ok(())
             }
             Packet::PingReq => {
@@ -827,6 +827,13 @@ impl Conn {
             }
         }
         let now = crate::now();
+        // A persistent session's subscriptions go into the registry before the SUBACK, so
+        // they survive a restart of this node (or its loss).
+        if !self.broker.persist_subscriptions(&st.session).await {
+            for c in codes.iter_mut().filter(|c| !c.is_error()) {
+                *c = ReasonCode::UNSPECIFIED_ERROR;
+            }
+        }
         let ack = SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
@@ -848,7 +855,7 @@ impl Conn {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, st: &mut Live, u: Unsubscribe) {
+    async fn on_unsubscribe(&mut self, st: &mut Live, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in u.filters {
             match TopicFilter::new(&raw, &self.broker.topic_limits) {
@@ -862,6 +869,7 @@ impl Conn {
                 Err(e) => codes.push(e.reason_code()),
             }
         }
+        self.broker.persist_subscriptions(&st.session).await;
         let ack = UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),

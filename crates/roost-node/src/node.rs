@@ -259,5 +259,6 @@ async fn start_cluster(
         .map(|(f, _)| f.clone())
         .collect();
     broker.routes.forget_stale(stale);
+    broker.restore_sessions();
     Ok(cluster)
 }
