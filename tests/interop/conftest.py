@@ -52,6 +52,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "broker_config(**settings): Roost config for this test")
     config.addinivalue_line("markers", "mosquitto_deviation(reason): standard behaviour that "
                             "Mosquitto 2.0 does not implement; skipped in the reference run")
+    config.addinivalue_line("markers", "cluster: multi-process cluster tests (cluster.py harness)")
 
 
 def pytest_report_header(config):
@@ -115,6 +116,7 @@ class Broker:
         self.log_path = workdir / f"{kind}.log"
         self.port = free_port()
         self.http_port = free_port()
+        self.cluster_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._clients: list = []
 
@@ -133,13 +135,15 @@ class Broker:
         mqtt = {k: v for k, v in self.settings.items() if k in MQTT_KEYS}
         lines = ["[node]"] + [f"{k} = {toml_value(v)}" for k, v in node.items()]
         lines += ["", "[mqtt]"] + [f"{k} = {toml_value(v)}" for k, v in mqtt.items()]
+        # A cluster of one with fast elections: tests start in well under a second.
+        lines += ["", "[cluster]", "heartbeat_ms = 50", "election_timeout_ms = 300"]
         config = self.workdir / "roost.toml"
         config.write_text("\n".join(lines) + "\n")
         data_dir = self.workdir / "data"
         data_dir.mkdir(exist_ok=True)
         return [str(binary), "serve", "--mqtt", f"{self.host}:{self.port}",
                 "--http", f"{self.host}:{self.http_port}", "--data-dir", str(data_dir),
-                "--config", str(config)]
+                "--cluster", f"{self.host}:{self.cluster_port}", "--config", str(config)]
 
     def _mosquitto_cmd(self) -> list[str]:
         binary = os.environ.get("MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -181,6 +185,8 @@ class Broker:
                             f"{self.log_text()}", pytrace=False)
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
+                if self.is_roost and not self._ready():
+                    raise OSError("not ready yet (no Raft leader)")
                 return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -188,6 +194,14 @@ class Broker:
                     pytest.fail(f"{self.kind} did not accept MQTT connections on port "
                                 f"{self.port} within {START_TIMEOUT}s", pytrace=False)
                 time.sleep(0.02)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/readyz",
+                                        timeout=0.5) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> int | None:
         """Signals the process, waits up to `grace` s, then SIGKILLs. Returns the exit code

@@ -50,7 +50,8 @@ def test_check_config_missing_file(tmp_path):
 
 
 def test_serve_with_bad_env_exits_64_naming_the_variable(tmp_path):
-    r = run(["serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+    r = run(["serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
+            "--cluster", "127.0.0.1:0"],
             env={"ROOST_MQTT__MAX_CONECTIONS": "5"})
     assert r.returncode == EX_CONFIG
     assert "ROOST_MQTT__MAX_CONECTIONS" in r.stderr
@@ -85,7 +86,8 @@ def test_layering_flag_beats_env_beats_file(tmp_path):
     cfg.write_text(f"[mqtt]\nlisten = \"127.0.0.1:{file_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
     env["ROOST_MQTT__LISTEN"] = f"127.0.0.1:{env_port}"
-    cmd = [str(roost_bin()), "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d")]
+    cmd = [str(roost_bin()), "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
+           "--cluster", "127.0.0.1:0"]
     # env beats file
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -107,10 +109,12 @@ def test_second_node_on_the_same_data_dir_is_refused(tmp_path):
     data = tmp_path / "shared"
     port = free_port()
     first = subprocess.Popen([str(roost_bin()), "serve", "--data-dir", str(data), "--mqtt", f"127.0.0.1:{port}",
-                              "--http", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--http", "127.0.0.1:0", "--cluster", "127.0.0.1:0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_port(port, first)
-        r = run(["serve", "--data-dir", str(data), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        r = run(["serve", "--data-dir", str(data), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
+            "--cluster", "127.0.0.1:0"])
         assert r.returncode == 1
         assert "in use by another roost process" in r.stderr
     finally:

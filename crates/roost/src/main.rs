@@ -141,6 +141,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Listen for SIGTERM/SIGINT before anything starts: a signal during start-up then
+        // stops the node cleanly once it is up, instead of killing the process half-way.
+        let signal = wait_for_signal();
         let node = match Node::start(config, Some(log)).await {
             Ok(n) => n,
             Err(e) => {
@@ -149,31 +152,41 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        signal.await;
         node.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT now; the returned future resolves when one arrives.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut t), None) => {
+                    t.recv().await;
+                }
+                (None, Some(mut i)) => {
+                    i.recv().await;
+                }
+                (None, None) => std::future::pending::<()>().await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
