@@ -6,6 +6,7 @@ them (`--node-id`, `--mqtt`, `--http`, `--cluster`, `--data-dir`, `--seed ID@ADD
     sub = b.client("sub")                   # helpers.Client on that node, closed at teardown
     cluster.leader()                        # the Node every live member names as leader
     cluster.kill(0); cluster.stop(1)        # SIGKILL / SIGTERM
+    cluster.pause(2); cluster.resume(2)     # SIGSTOP / SIGCONT (a node cut off, then back)
     cluster.restart(1)                      # same ports and data dir; waits until it rejoined
     d = cluster.add_node()                  # fresh node, joined through a member's HTTP API
     cluster.remove_node(d)                  # DELETE through another member, then stopped
@@ -18,6 +19,10 @@ members) or by the `Node` itself. Every wait is bounded (polls with short sleeps
 Fixtures (import them into a test module: `from cluster import cluster_factory`):
 
 * `cluster_factory(n, **kw)`: a fresh cluster for this test, stopped at teardown.
+
+A paused node (SIGSTOP) still runs but answers nothing: `alive_nodes()`, `leader()` and
+`wait_ready()` leave it out, `describe()` only says it is paused, and teardown resumes it before
+stopping it (a stopped process does not act on SIGTERM).
 
 Every node writes to its own log file; on a failing test the conftest report hook attaches each
 node's log tail (the nodes are registered in the item's stash under conftest's key, the same
@@ -128,6 +133,8 @@ class Node:
         self.cluster_flags = cluster_flags
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        # SIGSTOPped by pause() and not yet resumed.
+        self.paused = False
         self._clients: list = []
 
     # the conftest report hook reads these two and log_text()
@@ -136,7 +143,7 @@ class Node:
         return f"roost node {self.node_id}"
 
     def __repr__(self):
-        state = "running" if self.alive else "stopped"
+        state = ("paused" if self.paused else "running") if self.alive else "stopped"
         return (f"Node({self.node_id}, mqtt={self.mqtt_port}, http={self.http_port}, "
                 f"cluster={self.cluster_port}, {state})")
 
@@ -198,6 +205,8 @@ class Node:
         code, None if it had to be killed or was not running."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        if sig != signal.SIGKILL:
+            self.resume()
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(grace)
@@ -213,6 +222,31 @@ class Node:
         if self.alive:
             self.proc.kill()
             self.proc.wait()
+        self.paused = False
+
+    def _proc_state(self) -> str | None:
+        """The state letter in /proc/PID/stat ('T' once stopped); None where unreadable."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    def pause(self, timeout: float = 5.0):
+        """SIGSTOP: the process keeps its sockets (peers' connects still succeed in the
+        kernel) but answers nothing, as a node behind a partition or in a long GC pause.
+        Returns once the kernel reports it stopped (where /proc tells)."""
+        assert self.alive, f"{self} is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+        _poll(lambda: self._proc_state() in ("T", "t", None), timeout,
+              f"node {self.node_id} (pid {self.proc.pid}) to stop")
+
+    def resume(self):
+        """SIGCONT (a no-op unless paused)."""
+        if self.paused and self.alive:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def close_clients(self):
         for c in self._clients:
@@ -328,7 +362,8 @@ class Cluster:
         raise KeyError(f"no node with id {node_id} in {self.nodes}")
 
     def alive_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if n.alive]
+        """Running nodes that are not paused (those are the ones that can answer)."""
+        return [n for n in self.nodes if n.alive and not n.paused]
 
     def status(self, which: int | Node) -> dict:
         return self.node(which).status()
@@ -402,6 +437,9 @@ class Cluster:
                 code = None if n.proc is None else n.proc.returncode
                 lines.append(f"  node {n.node_id}: not running (exit {code})")
                 continue
+            if n.paused:
+                lines.append(f"  node {n.node_id}: paused (SIGSTOP, pid {n.proc.pid})")
+                continue
             try:
                 s = n.status()
                 members = [(m.get("node_id"), m.get("healthy"), m.get("matched_index"))
@@ -440,6 +478,18 @@ class Cluster:
         if not self.cluster_flags:
             return None
         return {n.node_id for n in self.nodes}
+
+    def pause(self, which: int | Node) -> Node:
+        """SIGSTOP (see `Node.pause`); the node is left out of waits until resumed."""
+        node = self.node(which)
+        node.pause()
+        return node
+
+    def resume(self, which: int | Node) -> Node:
+        """SIGCONT; returns at once (wait_ready() to see the cluster heal)."""
+        node = self.node(which)
+        node.resume()
+        return node
 
     # ---- membership ----
 
@@ -520,7 +570,10 @@ class Cluster:
             n.close_clients()
 
     def close(self):
-        """Stops every process: SIGTERM to all at once, then a bounded wait, then SIGKILL."""
+        """Stops every process: SIGCONT to paused ones (a stopped process leaves SIGTERM
+        pending), SIGTERM to all at once, then a bounded wait, then SIGKILL."""
+        for n in self.all_nodes():
+            n.resume()
         for n in self.all_nodes():
             if n.alive:
                 n.proc.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@
 //! over a session, and reacting to applied events (a claim that fences a local session).
 
 use crate::convert::{self, SessionTransfer};
+use crate::metrics::ClusterStats;
 use crate::network::{channel, RaftNet, RaftService};
 use crate::state::{ClusterState, Event};
 use crate::store::{self, StateHooks};
@@ -136,21 +137,6 @@ struct Peer {
     addr: String,
     client: ClusterClient<Channel>,
     forward: mpsc::Sender<Outgoing>,
-}
-
-/// Counters of the cluster layer, read by the node's metrics.
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// Forwarded QoS 0 messages dropped because a peer's queue was full.
-    pub forward_dropped: std::sync::atomic::AtomicU64,
-    /// QoS 1/2 forwards given up after `MAX_UNACKED` unacknowledged messages.
-    pub forward_given_up: std::sync::atomic::AtomicU64,
-    /// Messages forwarded (all QoS).
-    pub forwarded: std::sync::atomic::AtomicU64,
-    /// Messages received from peers.
-    pub received: std::sync::atomic::AtomicU64,
-    /// Messages from peers that could not be decoded.
-    pub received_invalid: std::sync::atomic::AtomicU64,
 }
 
 /// One member's view for `roost ctl status` and `/api/v1/cluster`.
@@ -517,7 +503,6 @@ impl Cluster {
         direct: bool,
         shared: Vec<String>,
     ) -> Option<oneshot::Receiver<()>> {
-        use std::sync::atomic::Ordering::Relaxed;
         let peer = self.peer(node)?;
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
         let (ack, rx) = if qos0 {
@@ -532,10 +517,10 @@ impl Cluster {
             shared,
             ack,
         };
-        self.stats.forwarded.fetch_add(1, Relaxed);
+        self.stats.forwarded.increment(1);
         if qos0 {
             if peer.forward.try_send(item).is_err() {
-                self.stats.forward_dropped.fetch_add(1, Relaxed);
+                self.stats.forward_dropped.increment(1);
             }
             return None;
         }
@@ -803,7 +788,6 @@ async fn run_forwarder(
     stats: Arc<ClusterStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut unacked: BTreeMap<u64, Outgoing> = BTreeMap::new();
     let mut seq: u64 = 0;
     let mut backoff = Duration::from_millis(50);
@@ -857,7 +841,7 @@ async fn run_forwarder(
                             unacked.insert(seq, o);
                             if unacked.len() > MAX_UNACKED {
                                 unacked.pop_first();
-                                stats.forward_given_up.fetch_add(1, Relaxed);
+                                stats.forward_given_up.increment(1);
                             }
                         }
                         if messages.len() < MAX_BATCH {
@@ -945,7 +929,6 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        use std::sync::atomic::Ordering::Relaxed;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let local = self.local.clone();
@@ -956,17 +939,17 @@ impl cluster_server::Cluster for ClusterService {
                 let mut seqs = Vec::new();
                 for fm in batch.messages {
                     let Some(m) = fm.message else {
-                        stats.received_invalid.fetch_add(1, Relaxed);
+                        stats.received_invalid.increment(1);
                         continue;
                     };
                     let qos = m.qos;
                     match convert::message_from_wire(m, now) {
                         Ok(msg) => {
-                            stats.received.fetch_add(1, Relaxed);
+                            stats.received.increment(1);
                             local.deliver(Arc::new(msg), fm.direct, &fm.shared_filters);
                         }
                         Err(e) => {
-                            stats.received_invalid.fetch_add(1, Relaxed);
+                            stats.received_invalid.increment(1);
                             warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
                         }
                     }

@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod metrics;
 mod network;
 pub mod state;
 pub mod store;

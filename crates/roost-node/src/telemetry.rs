@@ -68,6 +68,7 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new().install_recorder().ok()?;
             crate::metrics::describe();
+            roost_cluster::metrics::describe();
             Some(handle)
         })
         .as_ref()

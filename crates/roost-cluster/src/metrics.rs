@@ -1,0 +1,58 @@
+//! The cluster layer's metrics, declared once (house style, convention 7). Handles are resolved
+//! once into [`ClusterStats`]; every message a forwarder drops or gives up is counted.
+
+use metrics::{counter, describe_counter, Counter};
+
+const FORWARDED: &str = "roost_cluster_forwarded_total";
+const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
+const FORWARD_GIVEN_UP: &str = "roost_cluster_forward_given_up_total";
+const RECEIVED: &str = "roost_cluster_received_total";
+const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
+
+/// Describes the metrics to the recorder (called once by the node at start-up).
+pub fn describe() {
+    describe_counter!(FORWARDED, "messages handed to peers' forwarders");
+    describe_counter!(
+        FORWARD_DROPPED,
+        "QoS 0 messages dropped because a peer's forward queue was full"
+    );
+    describe_counter!(
+        FORWARD_GIVEN_UP,
+        "QoS 1/2 messages a forwarder stopped keeping for resend (too many unacknowledged)"
+    );
+    describe_counter!(
+        RECEIVED,
+        "messages received from peers and delivered locally"
+    );
+    describe_counter!(
+        RECEIVED_INVALID,
+        "messages from peers that could not be decoded (dropped)"
+    );
+}
+
+/// Counter handles used by the forwarders and the Forward service.
+#[derive(Debug, Clone)]
+pub struct ClusterStats {
+    /// Messages handed to peers' forwarders.
+    pub forwarded: Counter,
+    /// QoS 0 dropped on a full peer queue.
+    pub forward_dropped: Counter,
+    /// QoS 1/2 no longer kept for resend.
+    pub forward_given_up: Counter,
+    /// Received from peers.
+    pub received: Counter,
+    /// Undecodable messages from peers.
+    pub received_invalid: Counter,
+}
+
+impl Default for ClusterStats {
+    fn default() -> Self {
+        ClusterStats {
+            forwarded: counter!(FORWARDED),
+            forward_dropped: counter!(FORWARD_DROPPED),
+            forward_given_up: counter!(FORWARD_GIVEN_UP),
+            received: counter!(RECEIVED),
+            received_invalid: counter!(RECEIVED_INVALID),
+        }
+    }
+}

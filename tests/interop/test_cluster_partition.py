@@ -1,0 +1,257 @@
+"""Minority partitions (docs/rfcs/0002-cluster-metadata-and-forwarding.md, "Minority
+partitions"; issue 3): a node cut off from the quorum cannot commit, so it answers a CONNECT
+that claims a session with CONNACK 0x88 (3.1.1: return code 3) and a SUBSCRIBE whose filter is
+new on that node with SUBACK 0x80, within `cluster.commit_timeout_ms`, instead of hanging; it
+keeps serving its local subscribers; and it heals by itself when the partition ends. On the
+majority side, commits and publishes between existing subscribers keep flowing.
+
+A partition is made with SIGSTOP (`Cluster.pause`): the stopped nodes keep their sockets, so
+peers' connects still succeed in the kernel and only time tells them apart from slow ones (the
+hardest case for "answer instead of hang"). Each test runs its own cluster; the quiet phase
+after SIGCONT must end with the cluster healed without help.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from cluster import WAIT, cluster_factory  # noqa: F401 (fixture)
+from helpers import (CONNACK, PROP_SESSION_EXPIRY, V311, V5, connack_rc, connect_packet, prop,
+                     wait_until)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.roost_only]
+
+COMMIT_TIMEOUT_MS = 1500
+# Short forward timeout: a SUBACK on the majority side also waits (bounded by it) for every
+# member, the paused one included, to confirm the new route.
+FORWARD_TIMEOUT_MS = 1000
+CONFIG = {"cluster": {"commit_timeout_ms": COMMIT_TIMEOUT_MS,
+                      "forward_timeout_ms": FORWARD_TIMEOUT_MS}}
+# Default [cluster] election_timeout_ms: a follower notices a silent leader within 2x this.
+ELECTION_TIMEOUT_S = 1.0
+# A refused CONNECT/SUBSCRIBE must be answered within the commit timeout plus this slack.
+ANSWER_SLACK_S = 2.5
+
+SERVER_UNAVAILABLE = 0x88        # CONNACK reason (5.0)
+V311_SERVER_UNAVAILABLE = 3      # CONNACK return code (3.1.1)
+UNSPECIFIED_ERROR = 0x80         # SUBACK reason (5.0 and 3.1.1 "Failure")
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}/{uuid.uuid4().hex[:10]}"
+
+
+def cid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def answer_limit() -> float:
+    return COMMIT_TIMEOUT_MS / 1000 + ANSWER_SLACK_S
+
+
+def refused_connect(node, version: int, what: str, **kw) -> tuple[int, float]:
+    """Sends CONNECT on a raw connection; returns (CONNACK code, seconds it took) and asserts
+    the server then closes the connection. Fails if no CONNACK comes within answer_limit()."""
+    conn = node.raw()
+    t0 = time.monotonic()
+    conn.send(connect_packet(cid(what), version, **kw))
+    try:
+        p = conn.read_packet(answer_limit())
+    except TimeoutError:
+        raise AssertionError(
+            f"{what}: no CONNACK from node {node.node_id} within {answer_limit():.1f}s "
+            f"(commit_timeout_ms={COMMIT_TIMEOUT_MS}): the CONNECT hangs") from None
+    took = time.monotonic() - t0
+    assert p is not None and p.ptype == CONNACK, f"{what}: expected CONNACK, got {p}"
+    rest = conn.packets_until_close(answer_limit())
+    assert rest == [], f"{what}: packets after a refusing CONNACK: {rest}"
+    return connack_rc(p), took
+
+
+def timed_subscribe(client, topic: str, qos: int = 1) -> tuple[list[int], float]:
+    t0 = time.monotonic()
+    codes = client.subscribe(topic, qos, timeout=answer_limit())
+    return codes, time.monotonic() - t0
+
+
+def wait_healed(cluster, node):
+    """The quiet phase: every node ready with one leader and all members, `node` healthy in
+    the leader's view and caught up to its applied index."""
+    cluster.wait_ready(cluster.nodes, timeout=WAIT)
+
+    def caught_up():
+        mine = node.status()
+        lead = cluster.by_id(mine["leader_id"]).status()
+        seen = {m["node_id"]: m for m in lead["members"]}
+        return (seen.get(node.node_id, {}).get("healthy") is True
+                and mine["applied_index"] is not None
+                and mine["applied_index"] >= lead["applied_index"])
+
+    wait_until(caught_up, WAIT, interval=0.1,
+               what=f"node {node.node_id} healthy and caught up with the leader")
+
+
+@pytest.mark.parametrize("isolated", ["follower", "leader"])
+def test_minority_node_refuses_commits_then_heals(cluster_factory, isolated):
+    """`follower`: the leader and the other follower stop, so the lone node loses its leader.
+    `leader`: both followers stop, so the lone node still leads but has no quorum."""
+    cluster = cluster_factory(3, config=CONFIG)
+    leader = cluster.leader()
+    followers = [n for n in cluster.nodes if n is not leader]
+    lone = leader if isolated == "leader" else followers[0]
+    others = [n for n in cluster.nodes if n is not lone]
+    print(f"isolating node {lone.node_id} ({isolated}; leader {leader.node_id}); ports: "
+          + ", ".join(f"node {n.node_id} mqtt={n.mqtt_port} http={n.http_port} "
+                      f"cluster={n.cluster_port}" for n in cluster.nodes))
+
+    # Before the partition: a subscriber and a publisher on the lone node (their routes and
+    # sessions committed), and a client that will subscribe during the partition.
+    local_topic = uniq("local")
+    local_sub = lone.client(cid("local-sub"))
+    assert local_sub.subscribe(local_topic, 1) == [1]
+    local_pub = lone.client(cid("local-pub"))
+    during = lone.client(cid("during"))
+    # A raw CONNECT is accepted now, so a refusal below is the partition's doing.
+    assert connack_rc(lone.raw().connect(cid("pre"), 5)) == 0
+
+    for n in others:
+        cluster.pause(n)
+    t_cut = time.monotonic()
+
+    if isolated == "follower":
+        # It may believe in the stopped leader for up to an election timeout; after that it
+        # knows it has none and says so.
+        wait_until(lambda: not lone.ready(), 2 * ELECTION_TIMEOUT_S + 3, interval=0.05,
+                   what=f"/readyz 503 on node {lone.node_id} after losing its leader")
+        print(f"node {lone.node_id} not ready {time.monotonic() - t_cut:.2f}s after the cut")
+    else:
+        print(f"isolated leader {lone.node_id}: /readyz "
+              f"{'200' if lone.ready() else '503'} {time.monotonic() - t_cut:.2f}s after the cut")
+
+    # CONNECTs that need a registry claim: any CONNECT in a multi-node cluster, and a
+    # persistent session.
+    results = {}
+    results["v5 clean"] = refused_connect(lone, 5, "v5-clean", clean=True)
+    results["v5 persistent"] = refused_connect(
+        lone, 5, "v5-persistent", clean=False,
+        properties=prop(PROP_SESSION_EXPIRY, (300).to_bytes(4, "big")))
+    results["v3.1.1"] = refused_connect(lone, 4, "v311", clean=True)
+    # SUBSCRIBE whose filter is new on this node: its route cannot commit.
+    new_topic = uniq("new")
+    results["subscribe new filter"] = timed_subscribe(during, new_topic)
+    print("during the partition: " + ", ".join(
+        f"{k}: {v[0]} in {v[1]:.2f}s" for k, v in results.items()))
+    assert results["v5 clean"][0] == SERVER_UNAVAILABLE, results
+    assert results["v5 persistent"][0] == SERVER_UNAVAILABLE, results
+    assert results["v3.1.1"][0] == V311_SERVER_UNAVAILABLE, results
+    assert results["subscribe new filter"][0] == [UNSPECIFIED_ERROR], results
+
+    # The minority keeps serving its local subscribers: an existing route needs no commit.
+    assert during.subscribe(local_topic, 1, timeout=answer_limit()) == [1], (
+        "a SUBSCRIBE to a filter this node already routes needs no commit")
+    rc = local_pub.publish(local_topic, b"inside the minority", qos=1, timeout=answer_limit())
+    assert rc is not None and rc < 0x80, f"local publish refused with {rc:#x}"
+    assert local_sub.get().payload == b"inside the minority"
+    assert during.get().payload == b"inside the minority"
+    # The refused filter was undone: nothing routed to it locally.
+    local_pub.publish(new_topic, b"not subscribed", qos=1, timeout=answer_limit())
+    during.expect_nothing(0.3)
+
+    # The partition ends; nobody helps.
+    for n in others:
+        cluster.resume(n)
+    t_heal = time.monotonic()
+    wait_healed(cluster, lone)
+    print(f"healed {time.monotonic() - t_heal:.2f}s after SIGCONT; "
+          f"leader {cluster.leader().node_id}")
+
+    # The formerly isolated node commits again: fresh CONNECTs (session claims) and the
+    # SUBSCRIBE that was refused.
+    fresh = lone.client(cid("fresh"), V5, clean=False, session_expiry=300)
+    lone.client(cid("fresh311"), V311)
+    assert fresh.subscribe(new_topic, 1) == [1]
+    assert during.subscribe(new_topic, 1) == [1]
+    # A message published on another node reaches it (the route reached the others).
+    remote_pub = others[0].client(cid("remote-pub"))
+    rc = remote_pub.publish(new_topic, b"after the partition", qos=1)
+    assert rc == 0, f"publish on node {others[0].node_id} after healing: {rc:#x}"
+    assert fresh.get().payload == b"after the partition"
+    assert during.get().payload == b"after the partition"
+    # And the other way: its existing subscriber gets messages from the majority again.
+    remote_pub.publish(local_topic, b"from the majority", qos=1)
+    assert local_sub.get().payload == b"from the majority"
+
+
+def test_majority_keeps_committing_while_a_follower_is_paused(cluster_factory):
+    cluster = cluster_factory(3, config=CONFIG)
+    leader = cluster.leader()
+    live, paused = [n for n in cluster.nodes if n is not leader]
+    majority = [leader, live]
+    print(f"pausing follower {paused.node_id} (leader {leader.node_id}); ports: "
+          + ", ".join(f"node {n.node_id} mqtt={n.mqtt_port} http={n.http_port} "
+                      f"cluster={n.cluster_port}" for n in cluster.nodes))
+
+    # Existing subscribers on both majority nodes, and a subscriber on the node to be paused.
+    topic = uniq("flow")
+    subs = [n.client(cid(f"sub{n.node_id}")) for n in majority]
+    for s in subs:
+        assert s.subscribe(topic, 1) == [1]
+    pubs = [n.client(cid(f"pub{n.node_id}")) for n in majority]
+    back_topic = uniq("back")
+    on_paused = paused.client(cid("on-paused"))
+    assert on_paused.subscribe(back_topic, 1) == [1]
+
+    cluster.pause(paused)
+
+    # Publishes between existing subscribers keep flowing: QoS 1 both ways, all received.
+    n_msgs = 20
+    for i in range(n_msgs):
+        for pub in pubs:
+            rc = pub.publish(topic, f"{pub.client_id}:{i}".encode(), qos=1)
+            assert rc == 0, f"{pub.client_id}: publish {i} refused with {rc:#x}"
+    expected = {f"{p.client_id}:{i}" for p in pubs for i in range(n_msgs)}
+    for s in subs:
+        got = {m.payload.decode() for m in s.get_n(len(expected), timeout=10)}
+        assert got == expected, f"{s.client_id}: missing {sorted(expected - got)[:10]}"
+
+    # New CONNECTs (claims) and SUBSCRIBEs (new routes) commit on both majority nodes.
+    new_topic = uniq("new")
+    fresh = []
+    for n in majority:
+        c = n.client(cid(f"fresh{n.node_id}"), V5, clean=False, session_expiry=300)
+        n.client(cid(f"fresh311-{n.node_id}"), V311)
+        codes, took = timed_subscribe(c, new_topic)
+        print(f"node {n.node_id}: SUBSCRIBE of a new filter with node {paused.node_id} "
+              f"paused: {codes} in {took:.2f}s")
+        assert codes == [1], f"node {n.node_id}: SUBACK {codes} while a majority is up"
+        fresh.append(c)
+    rc = pubs[1].publish(new_topic, b"new route", qos=1)
+    assert rc == 0, f"publish to the new route: {rc:#x}"
+    for c in fresh:
+        assert c.get().payload == b"new route"
+    committed = leader.status()["applied_index"]
+
+    cluster.resume(paused)
+    t_resume = time.monotonic()
+    wait_healed(cluster, paused)
+    mine = paused.status()["applied_index"]
+    print(f"node {paused.node_id} caught up ({mine} >= {committed}) "
+          f"{time.monotonic() - t_resume:.2f}s after SIGCONT")
+    assert mine >= committed
+
+    # It serves again: a fresh claim and route on it, messages both ways, and its
+    # pre-existing subscriber is reached.
+    late = paused.client(cid("late"), V5, clean=False, session_expiry=300)
+    assert late.subscribe(new_topic, 1) == [1]
+    pubs[0].publish(new_topic, b"to the resumed node", qos=1)
+    assert late.get().payload == b"to the resumed node"
+    for c in fresh:
+        assert c.get().payload == b"to the resumed node"
+    late.publish(topic, b"from the resumed node", qos=1)
+    for s in subs:
+        assert s.get().payload == b"from the resumed node"
+    pubs[1].publish(back_topic, b"to its old subscriber", qos=1)
+    assert on_paused.get().payload == b"to its old subscriber"
