@@ -7,6 +7,10 @@
 //!   broker's resident memory per connection ([`idle`]).
 //! - `throughput`: P publishers and S subscribers; messages per second published and
 //!   delivered, publish-to-delivery latency, loss and duplication per pair ([`throughput`]).
+//! - `subscribe-latency`: C clients each SUBSCRIBE to N new (or, `--existing`, already routed)
+//!   filters one after another; SUBACK latency, subscribes per second, and with
+//!   `--publish-host` whether a publish on another node right after each SUBACK arrives
+//!   ([`subscribe_latency`]).
 //! - `table`: turns the `--json` lines of several brokers into one Markdown table ([`table`]).
 //!
 //! The client is our own, on `roost-codec` ([`client`]). Only loopback brokers may be targeted
@@ -21,6 +25,7 @@ mod client;
 mod histogram;
 mod idle;
 mod procfs;
+mod subscribe_latency;
 mod table;
 mod target;
 mod throughput;
@@ -55,6 +60,9 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Publish and subscribe as fast as the broker allows; rates, latency, loss.
     Throughput(throughput::ThroughputArgs),
+    /// SUBSCRIBE-to-SUBACK latency when every SUBSCRIBE is a route change (or, `--existing`,
+    /// none is); with `--publish-host`, that a publish on another node right after arrives.
+    SubscribeLatency(subscribe_latency::SubscribeLatencyArgs),
     /// Print a Markdown table comparing brokers from their `--json` result lines.
     Table(table::TableArgs),
 }
@@ -162,6 +170,16 @@ async fn run(command: Command) -> Result<()> {
             let limit = watchdog(args.warmup_secs + args.duration_secs + args.drain_secs);
             let Ok(report) = tokio::time::timeout(limit, throughput::run(&args, addr)).await else {
                 bail!("throughput did not finish within {limit:?}");
+            };
+            emit(&args.common, &report?)
+        }
+        Command::SubscribeLatency(args) => {
+            let addr = target::resolve_loopback(&args.common.host).await?;
+            // Set-up (holders, connections) is bounded by the client's own timeouts.
+            let limit = watchdog(args.max_secs);
+            let Ok(report) = tokio::time::timeout(limit, subscribe_latency::run(&args, addr)).await
+            else {
+                bail!("subscribe-latency did not finish within {limit:?}");
             };
             emit(&args.common, &report?)
         }

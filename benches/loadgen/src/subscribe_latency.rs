@@ -112,10 +112,7 @@ impl SubscribeLatencyArgs {
             ));
         }
         if self.max_secs == 0 || self.max_secs > 3_600 {
-            return bad(format!(
-                "--max-secs {} must be 1..=3600",
-                self.max_secs
-            ));
+            return bad(format!("--max-secs {} must be 1..=3600", self.max_secs));
         }
         if let Some(limit) = procfs::open_files_limit() {
             let needed = 3 * self.clients as u64 + 64;
@@ -560,8 +557,8 @@ impl Measurer {
                 let limit = suback_by.min(self.deadline);
                 tokio::select! {
                     _ = tokio::time::sleep_until(limit.into()) => {
-                        bail!("no SUBACK for {} within {:?}", self.filters[i].0,
-                              limit.saturating_duration_since(t.waiting.map_or(limit, |w| w.1)));
+                        bail!("no SUBACK for {} in time (at most {SETUP_TIMEOUT:?} each, \
+                               --max-secs in all)", self.filters[i].0);
                     }
                     _ = ping.tick() => self.ping()?,
                     event = next_event(&mut self.sub, &mut self.publisher) => {
@@ -575,7 +572,11 @@ impl Measurer {
         // The last publishes get DELIVERY_LIMIT to arrive (and be acknowledged).
         let drain_until = (t.result.finished + DELIVERY_LIMIT).min(self.deadline);
         while self.publisher.is_some()
-            && (!t.inflight.is_empty() || t.sent.iter().zip(&t.received).any(|(s, r)| s.is_some() && r.is_none()))
+            && (!t.inflight.is_empty()
+                || t.sent
+                    .iter()
+                    .zip(&t.received)
+                    .any(|(s, r)| s.is_some() && r.is_none()))
         {
             tokio::select! {
                 _ = tokio::time::sleep_until(drain_until.into()) => break,
@@ -612,10 +613,17 @@ impl Measurer {
             (_, Event::Wrote | Event::Packet(Packet::PingResp)) => {}
             (Side::Sub, Event::Packet(Packet::SubAck(ack))) => {
                 let Some((id, at)) = t.waiting else {
-                    bail!("SUBACK for packet id {} while none is awaited", ack.packet_id.get());
+                    bail!(
+                        "SUBACK for packet id {} while none is awaited",
+                        ack.packet_id.get()
+                    );
                 };
                 if ack.packet_id != id {
-                    bail!("SUBACK for packet id {}, expected {}", ack.packet_id.get(), id.get());
+                    bail!(
+                        "SUBACK for packet id {}, expected {}",
+                        ack.packet_id.get(),
+                        id.get()
+                    );
                 }
                 t.waiting = None;
                 let (filter, shared) = &self.filters[i];
@@ -625,7 +633,11 @@ impl Measurer {
                 } else {
                     t.result.fresh.record(elapsed);
                 }
-                let code = ack.reason_codes.first().copied().unwrap_or(ReasonCode(0x80));
+                let code = ack
+                    .reason_codes
+                    .first()
+                    .copied()
+                    .unwrap_or(ReasonCode(0x80));
                 if code.is_error() {
                     t.result.refused += 1;
                     return Ok(());
@@ -667,7 +679,10 @@ impl Measurer {
             }
             (Side::Pub, Event::Packet(Packet::PubAck(ack))) => {
                 let Some(pos) = t.inflight.iter().position(|&id| id == ack.packet_id) else {
-                    bail!("PUBACK for packet id {} that is not in flight", ack.packet_id.get());
+                    bail!(
+                        "PUBACK for packet id {} that is not in flight",
+                        ack.packet_id.get()
+                    );
                 };
                 t.inflight.swap_remove(pos);
                 if ack.reason_code == ReasonCode::NO_MATCHING_SUBSCRIBERS {

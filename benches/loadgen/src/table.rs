@@ -1,5 +1,6 @@
-//! `table`: a Markdown comparison of brokers from the JSON lines `idle --json` and
-//! `throughput --json` printed.
+//! `table`: a Markdown comparison of brokers from the JSON lines `idle --json`,
+//! `throughput --json` and `subscribe-latency --json` printed. A column need not be a broker:
+//! any name for a set of runs with the same labels (e.g. `new=` and `existing=` filters).
 //!
 //! Each input is `NAME=FILE`, FILE holding one JSON report per line (a scenario that failed
 //! simply has no line). Rows follow the scenario labels in the order they first appear; one
@@ -117,6 +118,53 @@ const THROUGHPUT_METRICS: &[Metric] = &[
     }),
 ];
 
+const SUBSCRIBE_LATENCY_METRICS: &[Metric] = &[
+    ("subscribes/s", |v| {
+        Some(format!("{:.0}", num(v, &["subscribes_per_sec"])?))
+    }),
+    ("**SUBACK p50 / p90 / p99 / max (ms)**", |v| {
+        let ms = |k: &str| num(v, &["suback_us", k]).map(|us| us / 1000.0);
+        Some(format!(
+            "**{:.2} / {:.2} / {:.2} / {:.2}**",
+            ms("p50")?,
+            ms("p90")?,
+            ms("p99")?,
+            ms("max")?
+        ))
+    }),
+    ("SUBACKs (refused)", |v| {
+        Some(format!(
+            "{} ({})",
+            num(v, &["subscribes"])?,
+            num(v, &["refused"])?
+        ))
+    }),
+    ("cross-node lost / published", |v| {
+        Some(format!(
+            "{} / {}",
+            num(v, &["cross_node", "lost"])?,
+            num(v, &["cross_node", "published"])?
+        ))
+    }),
+    ("cross-node delivery p50 / p99 (ms)", |v| {
+        let ms = |k: &str| num(v, &["cross_node", "delivery_us", k]).map(|us| us / 1000.0);
+        Some(format!("{:.2} / {:.2}", ms("p50")?, ms("p99")?))
+    }),
+    ("PUBACK 0x10 no matching subscribers", |v| {
+        Some(format!(
+            "{}",
+            num(v, &["cross_node", "puback_no_matching_subscribers"])?
+        ))
+    }),
+    ("CPU broker / load generator (%)", |v| {
+        Some(format!(
+            "{:.0} / {:.0}",
+            num(v, &["broker_cpu_percent"])?,
+            num(v, &["loadgen_cpu_percent"])?
+        ))
+    }),
+];
+
 fn render(brokers: &[(String, Vec<Value>)]) -> String {
     let mut labels: Vec<(String, String)> = Vec::new(); // (label, scenario)
     for (_, reports) in brokers {
@@ -141,6 +189,7 @@ fn render(brokers: &[(String, Vec<Value>)]) -> String {
         let metrics = match scenario.as_str() {
             "idle" => IDLE_METRICS,
             "throughput" => THROUGHPUT_METRICS,
+            "subscribe-latency" => SUBSCRIBE_LATENCY_METRICS,
             _ => continue,
         };
         for (i, (metric, get)) in metrics.iter().enumerate() {
@@ -197,6 +246,37 @@ mod tests {
             table.contains("| latency p50 / p99 / max (ms) | — | failed |"),
             "{table}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn renders_subscribe_latency_runs_side_by_side() -> Result<()> {
+        let new = parse_lines(concat!(
+            r#"{"scenario":"subscribe-latency","label":"follower","subscribes_per_sec":250.4,"#,
+            r#""subscribes":1000,"refused":0,"#,
+            r#""suback_us":{"samples":1000,"p50":4000.0,"p90":6000.0,"p99":9000.0,"max":12000.0},"#,
+            r#""cross_node":{"published":1000,"lost":0,"puback_no_matching_subscribers":0,"#,
+            r#""delivery_us":{"p50":500.0,"p99":1500.0}}}"#
+        ))?;
+        let existing = parse_lines(concat!(
+            r#"{"scenario":"subscribe-latency","label":"follower","subscribes_per_sec":9000.0,"#,
+            r#""subscribes":1000,"refused":0,"cross_node":null,"#,
+            r#""suback_us":{"samples":1000,"p50":100.0,"p90":200.0,"p99":300.0,"max":400.0}}"#
+        ))?;
+        let table = render(&[("new".into(), new), ("existing".into(), existing)]);
+        assert!(
+            table.contains("| follower | subscribes/s | 250 | 9000 |"),
+            "{table}"
+        );
+        assert!(table.contains(
+            "| **SUBACK p50 / p90 / p99 / max (ms)** | **4.00 / 6.00 / 9.00 / 12.00** | \
+             **0.10 / 0.20 / 0.30 / 0.40** |"
+        ));
+        assert!(
+            table.contains("| cross-node lost / published | 0 / 1000 | — |"),
+            "{table}"
+        );
+        assert!(table.contains("| cross-node delivery p50 / p99 (ms) | 0.50 / 1.50 | — |"));
         Ok(())
     }
 }

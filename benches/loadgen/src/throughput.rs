@@ -837,7 +837,7 @@ fn summarize(
 }
 
 /// Formats microseconds as µs or ms.
-fn duration_us(us: f64) -> String {
+pub(crate) fn duration_us(us: f64) -> String {
     if us < 1_000.0 {
         format!("{us:.0} µs")
     } else {

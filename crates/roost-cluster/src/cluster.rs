@@ -137,6 +137,8 @@ struct Peer {
     addr: String,
     client: ClusterClient<Channel>,
     forward: mpsc::Sender<Outgoing>,
+    /// The forwarder's stream to it is established (false while it reconnects).
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One member's view for `roost ctl status` and `/api/v1/cluster`.
@@ -476,10 +478,12 @@ impl Cluster {
             }
         };
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let peer = Arc::new(Peer {
             addr: addr.clone(),
             client: ClusterClient::new(ch.clone()),
             forward: tx,
+            up: up.clone(),
         });
         tokio::spawn(run_forwarder(
             self.cfg.node_id,
@@ -488,9 +492,19 @@ impl Cluster {
             rx,
             self.stats.clone(),
             self.stop.subscribe(),
+            up,
         ));
         peers.insert(id, peer.clone());
         Some(peer)
+    }
+
+    /// False while this node's forwarder cannot reach `node` (shared groups skip it). A peer
+    /// never forwarded to is presumed up.
+    pub fn peer_up(&self, node: NodeId) -> bool {
+        self.peers
+            .lock()
+            .get(&node)
+            .is_none_or(|p| p.up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Hands a message to `node`'s forwarder. For QoS 1/2 the returned receiver resolves when
@@ -787,7 +801,9 @@ async fn run_forwarder(
     mut rx: mpsc::Receiver<Outgoing>,
     stats: Arc<ClusterStats>,
     mut stop: watch::Receiver<bool>,
+    up: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut unacked: BTreeMap<u64, Outgoing> = BTreeMap::new();
     let mut seq: u64 = 0;
     let mut backoff = Duration::from_millis(50);
@@ -800,6 +816,7 @@ async fn run_forwarder(
         let mut acks = match c.forward(ReceiverStream::new(brx)).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
+                up.store(false, Relaxed);
                 debug!(peer, error = %e, "forward stream not established");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -810,6 +827,7 @@ async fn run_forwarder(
             }
         };
         backoff = Duration::from_millis(50);
+        up.store(true, Relaxed);
         // Resend what the previous stream left unacknowledged, in order.
         if !unacked.is_empty() {
             let now = Instant::now();
@@ -875,6 +893,7 @@ async fn run_forwarder(
             unacked = unacked.len(),
             "forward stream closed; reconnecting"
         );
+        up.store(false, Relaxed);
     }
 }
 

@@ -284,7 +284,14 @@ impl Broker {
             let mut known = HashSet::new();
             let mut mine = HashSet::new();
             for g in m.shared {
-                let Some((node, _)) = g.members.get(g.start % g.members.len().max(1)) else {
+                // Round robin from `start`, skipping members this node cannot reach: a node
+                // that is down must not strand its turn of the group's messages.
+                let n = g.members.len();
+                let pick = (0..n)
+                    .map(|i| g.members[(g.start + i) % n].0)
+                    .find(|node| *node == me || c.peer_up(*node))
+                    .or_else(|| g.members.get(g.start % n.max(1)).map(|(node, _)| *node));
+                let Some(node) = pick.as_ref() else {
                     continue;
                 };
                 let filter = g.filter.as_str().to_owned();
