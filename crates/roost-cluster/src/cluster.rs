@@ -237,6 +237,7 @@ impl Cluster {
             raft: raft.clone(),
             local,
             stats,
+            stop: stop_rx.clone(),
         };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
@@ -540,7 +541,12 @@ impl Cluster {
         }
         match tokio::time::timeout(self.cfg.forward_timeout, peer.forward.send(item)).await {
             Ok(Ok(())) => rx,
-            _ => None,
+            _ => {
+                // The peer's queue stayed full for the whole forward timeout: this message is
+                // not kept for it. Counted, never silent.
+                self.stats.forward_given_up.increment(1);
+                None
+            }
         }
     }
 
@@ -912,6 +918,11 @@ struct ClusterService {
     raft: Raft<TypeConfig>,
     local: Arc<dyn LocalNode>,
     stats: Arc<ClusterStats>,
+    /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
+    /// instead of ending them, so each Forward stream watches this itself: a stopped node must
+    /// not go on delivering and acknowledging, or the origin would never resend to its
+    /// successor (a restart in the same process).
+    stop: watch::Receiver<bool>,
 }
 
 type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardAck, Status>> + Send>>;
@@ -948,12 +959,25 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut stop = self.stop.clone();
+        if *stop.borrow_and_update() {
+            return Err(Status::unavailable("shutting down"));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let local = self.local.clone();
         let stats = self.stats.clone();
         tokio::spawn(async move {
-            while let Ok(Some(batch)) = inbound.message().await {
+            loop {
+                // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
+                // on stop the stream is dropped anyway and the origin resends what it lacks.
+                let batch = tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = stop.changed() => break,
+                };
                 let now = Instant::now();
                 let mut seqs = Vec::new();
                 for fm in batch.messages {

@@ -1,0 +1,879 @@
+//! The cluster layer end to end, in one process: 1–4 `Cluster`s on `127.0.0.1` cluster ports,
+//! each with its own data directory and a recording [`LocalNode`], talking real gRPC to each
+//! other. Covers election, proposals from followers, session claims and their fence events,
+//! publish forwarding (flags, properties, acks, resend after a peer restart), session takeover
+//! over the wire, join/leave, and a restart from the data directory.
+//!
+//! Timing: heartbeat 50 ms, election timeout 300 ms, forward/commit timeouts 2 s. Every wait is
+//! bounded ([`eventually`]); every test shuts down every cluster it started.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use roost_cluster::cluster::BoxFuture;
+use roost_cluster::state::{Event, SessionOwner};
+use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
+use roost_cluster::{Cluster, ClusterConfig, LocalNode, SessionTransfer};
+use roost_codec::{LastWill, PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
+use roost_core::index::{Matches, Subscription};
+use roost_core::message::{Message, PassThrough};
+use roost_core::session::{ImageMessage, SessionImage};
+use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// Upper bound for anything that needs an election or a few commits.
+const SETTLE: Duration = Duration::from_secs(10);
+/// The cluster's forward and commit timeouts.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One message a peer forwarded to this node.
+#[derive(Debug, Clone)]
+struct Delivered {
+    msg: Arc<Message>,
+    direct: bool,
+    shared: Vec<String>,
+}
+
+/// The node side of the cluster layer, recording what it is handed.
+#[derive(Default)]
+struct TestNode {
+    delivered: Mutex<Vec<Delivered>>,
+    events: Mutex<Vec<Event>>,
+    /// Sessions `take_session` hands over (removed when taken).
+    sessions: Mutex<HashMap<String, SessionTransfer>>,
+    /// Every `take_session` call: (client id, generation).
+    takes: Mutex<Vec<(String, u64)>>,
+}
+
+impl LocalNode for TestNode {
+    fn deliver(&self, msg: Arc<Message>, direct: bool, shared_filters: &[String]) {
+        self.delivered.lock().push(Delivered {
+            msg,
+            direct,
+            shared: shared_filters.to_vec(),
+        });
+    }
+
+    fn take_session(
+        &self,
+        client_id: String,
+        generation: u64,
+    ) -> BoxFuture<Option<SessionTransfer>> {
+        let t = self.sessions.lock().remove(&client_id);
+        self.takes.lock().push((client_id, generation));
+        Box::pin(async move { t })
+    }
+
+    fn on_event(&self, event: &Event) {
+        self.events.lock().push(event.clone());
+    }
+}
+
+/// A running `Cluster` with its recorder and data directory.
+struct Node {
+    id: NodeId,
+    cluster: Arc<Cluster>,
+    local: Arc<TestNode>,
+    dir: TempDir,
+    addr: SocketAddr,
+}
+
+fn config(
+    id: NodeId,
+    listen: SocketAddr,
+    seeds: Vec<(NodeId, String)>,
+    dir: &Path,
+) -> ClusterConfig {
+    ClusterConfig {
+        node_id: id,
+        listen,
+        advertise: String::new(),
+        mqtt_addr: format!("127.0.0.1:{}", 18830 + id),
+        seeds,
+        data_dir: dir.to_path_buf(),
+        heartbeat: Duration::from_millis(50),
+        election_timeout: Duration::from_millis(300),
+        forward_timeout: OP_TIMEOUT,
+        commit_timeout: OP_TIMEOUT,
+    }
+}
+
+/// A port that was free a moment ago (bound to `127.0.0.1:0`, then released), so seeds can name
+/// every member before any of them starts.
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Starts a cluster, retrying for a while when the port or the data directory is still held by
+/// a previous instance that is shutting down (the gRPC listener and the redb file are released
+/// by tasks that finish after `shutdown()` returns).
+async fn start(cfg: ClusterConfig, local: Arc<TestNode>) -> Arc<Cluster> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match Cluster::start(cfg.clone(), local.clone()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("start of node {} failed, retrying: {e:#}", cfg.node_id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node {} did not start: {e:#}", cfg.node_id),
+        }
+    }
+}
+
+async fn start_node(id: NodeId, addr: SocketAddr, seeds: Vec<(NodeId, String)>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(TestNode::default());
+    let cluster = start(config(id, addr, seeds, dir.path()), local.clone()).await;
+    let addr = cluster.advertise().parse().unwrap();
+    Node {
+        id,
+        cluster,
+        local,
+        dir,
+        addr,
+    }
+}
+
+/// Three nodes seeded with each other; node 1 (the lowest id) initialises the cluster.
+async fn three_nodes() -> Vec<Node> {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let seeds: Vec<(NodeId, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as NodeId + 1, a.to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes.push(start_node(i as NodeId + 1, *a, seeds.clone()).await);
+    }
+    let leader = wait_for_leader(&nodes).await;
+    eprintln!("three nodes up, leader {leader}");
+    nodes
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every node knows the same leader and it is a member of them; returns it.
+async fn wait_for_leader(nodes: &[Node]) -> NodeId {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut leaders = Vec::new();
+        for n in nodes {
+            leaders.push(n.cluster.status().await.leader_id);
+        }
+        if let Some(Some(l)) = leaders.first().copied() {
+            if leaders.iter().all(|x| *x == Some(l)) && nodes.iter().any(|n| n.id == l) {
+                return l;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader within {SETTLE:?}: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn shutdown_all(nodes: &[Node]) {
+    for n in nodes {
+        n.cluster.shutdown().await;
+    }
+}
+
+fn node(nodes: &[Node], id: NodeId) -> &Node {
+    nodes.iter().find(|n| n.id == id).unwrap()
+}
+
+fn a_follower(nodes: &[Node], leader: NodeId) -> &Node {
+    nodes.iter().find(|n| n.id != leader).unwrap()
+}
+
+fn topic(s: &str) -> TopicName {
+    TopicName::new(s, &TopicLimits::default()).unwrap()
+}
+
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::new(s, &TopicLimits::default()).unwrap()
+}
+
+/// Nodes the replicated route table sends `t` to: (direct, shared groups' members).
+fn routed(c: &Cluster, t: &str) -> (Vec<NodeId>, Vec<(String, Vec<NodeId>)>) {
+    let mut m = Matches::default();
+    c.state().read().routes().matches(&topic(t), None, &mut m);
+    let mut direct: Vec<NodeId> = m.direct.iter().map(|d| d.subscriber).collect();
+    direct.sort_unstable();
+    let mut shared: Vec<(String, Vec<NodeId>)> = m
+        .shared
+        .iter()
+        .map(|s| {
+            let mut ns: Vec<NodeId> = s.members.iter().map(|(k, _)| *k).collect();
+            ns.sort_unstable();
+            (s.filter.as_str().to_owned(), ns)
+        })
+        .collect();
+    shared.sort();
+    (direct, shared)
+}
+
+fn update_routes(node: NodeId, add: &[&str]) -> Command {
+    Command::UpdateRoutes {
+        node,
+        add: add.iter().map(|s| s.to_string()).collect(),
+        remove: vec![],
+    }
+}
+
+fn claim(client_id: &str, node: NodeId) -> Command {
+    Command::ClaimSession {
+        client_id: client_id.to_owned(),
+        node,
+        clean: false,
+        expiry_interval: 600,
+    }
+}
+
+fn message(t: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic(t),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: PassThrough {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/to".into()),
+            correlation_data: Some(Bytes::from_static(b"corr")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
+        },
+        expires_at: None,
+        publisher: Some(Arc::from("pub-1")),
+    })
+}
+
+fn payloads(local: &TestNode) -> Vec<Bytes> {
+    local
+        .delivered
+        .lock()
+        .iter()
+        .map(|d| d.msg.payload.clone())
+        .collect()
+}
+
+/// (1) Three seeded nodes elect one leader, and every node's status agrees on it, the term
+/// and the membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_one_leader_and_agree() {
+    let nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    let mut statuses = Vec::new();
+    for n in &nodes {
+        statuses.push(n.cluster.status().await);
+    }
+    let leaders: Vec<_> = statuses.iter().filter(|s| s.state == "Leader").collect();
+    assert_eq!(leaders.len(), 1, "{statuses:#?}");
+    assert_eq!(leaders[0].node_id, leader);
+    for s in &statuses {
+        assert_eq!(s.leader_id, Some(leader), "{s:#?}");
+        let ids: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
+        assert_eq!(ids, vec![1, 2, 3], "{s:#?}");
+        assert!(s.members.iter().all(|m| m.voter && m.healthy), "{s:#?}");
+        if s.node_id != leader {
+            assert_eq!(s.state, "Follower", "{s:#?}");
+        }
+    }
+    // With a stable leader every node is in its term.
+    for s in &statuses {
+        assert_eq!(s.term, leaders[0].term, "{statuses:#?}");
+    }
+    // Each member reports its own MQTT address; the leader knows everyone's matched index.
+    let ls = statuses.iter().find(|s| s.node_id == leader).unwrap();
+    for m in &ls.members {
+        assert_eq!(m.mqtt_addr, format!("127.0.0.1:{}", 18830 + m.node_id));
+        assert!(m.matched_index.is_some(), "{m:?}");
+    }
+    for n in &nodes {
+        assert!(n.cluster.has_leader());
+        assert_eq!(n.cluster.voter_count(), 3);
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// (2) A follower's proposal goes through the leader, commits, and is applied on all three:
+/// each node's local route table sends the topic to the proposing node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_proposal_is_applied_everywhere() {
+    let nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    let f = a_follower(&nodes, leader);
+    let (index, resp) = f
+        .cluster
+        .propose(update_routes(
+            f.id,
+            &["sensors/+/temp", "$share/g/sensors/#"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp, CommandResponse::Done);
+    // propose() returns after the proposer applied it.
+    assert_eq!(
+        routed(&f.cluster, "sensors/a/temp"),
+        (
+            vec![f.id],
+            vec![("$share/g/sensors/#".to_owned(), vec![f.id])]
+        )
+    );
+    // wait_replicated returns once every reachable member applied it.
+    f.cluster.wait_replicated(index).await;
+    for n in &nodes {
+        assert!(
+            n.cluster.status().await.applied_index >= index,
+            "node {} did not apply {index}",
+            n.id
+        );
+        n.cluster.wait_applied(index, OP_TIMEOUT).await.unwrap();
+        assert_eq!(
+            routed(&n.cluster, "sensors/a/temp"),
+            (
+                vec![f.id],
+                vec![("$share/g/sensors/#".to_owned(), vec![f.id])]
+            ),
+            "node {}",
+            n.id
+        );
+        assert_eq!(routed(&n.cluster, "other"), (vec![], vec![]));
+        assert_eq!(n.cluster.status().await.routes, 2);
+    }
+    // A second proposal from the other follower, aggregated per filter.
+    let other = nodes
+        .iter()
+        .find(|n| n.id != leader && n.id != f.id)
+        .unwrap();
+    let (index, _) = other
+        .cluster
+        .propose(update_routes(other.id, &["sensors/#"]))
+        .await
+        .unwrap();
+    for n in &nodes {
+        n.cluster.wait_applied(index, OP_TIMEOUT).await.unwrap();
+        let mut want = vec![f.id, other.id];
+        want.sort_unstable();
+        assert_eq!(routed(&n.cluster, "sensors/a/temp").0, want);
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// (3) Two nodes claim the same client: generations 1 then 2, the second names the first
+/// owner, and the first owner is told (the fence event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_claims_bump_generation_and_fence_the_first_owner() {
+    let nodes = three_nodes().await;
+    let (a, b) = (node(&nodes, 2), node(&nodes, 3));
+    let (_, r1) = a.cluster.propose(claim("dev-1", a.id)).await.unwrap();
+    assert_eq!(
+        r1,
+        CommandResponse::Claimed {
+            generation: 1,
+            previous: None
+        }
+    );
+    let (index, r2) = b.cluster.propose(claim("dev-1", b.id)).await.unwrap();
+    assert_eq!(
+        r2,
+        CommandResponse::Claimed {
+            generation: 2,
+            previous: Some((a.id, 1))
+        }
+    );
+    let second = Event::SessionClaimed {
+        client_id: "dev-1".into(),
+        owner: SessionOwner {
+            node: b.id,
+            generation: 2,
+        },
+    };
+    eventually(SETTLE, "first owner sees the second claim", || {
+        a.local.events.lock().contains(&second)
+    })
+    .await;
+    // Every node applied both claims, in log order.
+    for n in &nodes {
+        n.cluster.wait_applied(index, OP_TIMEOUT).await.unwrap();
+        let ev = n.local.events.lock().clone();
+        assert_eq!(
+            ev,
+            vec![
+                Event::SessionClaimed {
+                    client_id: "dev-1".into(),
+                    owner: SessionOwner {
+                        node: a.id,
+                        generation: 1
+                    },
+                },
+                second.clone(),
+            ],
+            "node {}",
+            n.id
+        );
+        assert_eq!(
+            n.cluster.state().read().session_owner("dev-1"),
+            Some(SessionOwner {
+                node: b.id,
+                generation: 2
+            })
+        );
+    }
+    // A stale release from the first owner does not remove the second.
+    let (_, r) = a
+        .cluster
+        .propose(Command::ReleaseSession {
+            client_id: "dev-1".into(),
+            node: a.id,
+            generation: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, CommandResponse::Released(false));
+    shutdown_all(&nodes).await;
+}
+
+/// (4) Forwarding from node 1 to node 2: QoS 1 arrives with its flags and properties and its
+/// ack resolves; QoS 0 has no ack and arrives too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_delivers_with_flags_and_acks_qos1() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    let m1 = message("a/b", b"one", QoS::AtLeastOnce);
+    let ack = n1
+        .cluster
+        .forward(n2.id, m1.clone(), true, vec!["$share/g/a/#".into()])
+        .await
+        .expect("a QoS 1 forward returns an ack receiver");
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .expect("ack within the forward timeout")
+        .expect("ack sender not dropped");
+    {
+        let got = n2.local.delivered.lock().clone();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].direct);
+        assert_eq!(got[0].shared, vec!["$share/g/a/#".to_owned()]);
+        assert_eq!(*got[0].msg, *m1, "message and properties intact");
+    }
+
+    let m0 = message("a/c", b"zero", QoS::AtMostOnce);
+    assert!(n1
+        .cluster
+        .forward(n2.id, m0.clone(), false, vec![])
+        .await
+        .is_none());
+    eventually(OP_TIMEOUT, "QoS 0 arrives", || {
+        n2.local.delivered.lock().len() == 2
+    })
+    .await;
+    let got = n2.local.delivered.lock()[1].clone();
+    assert!(!got.direct);
+    assert!(got.shared.is_empty());
+    assert_eq!(*got.msg, *m0);
+
+    // A message expiry travels as the time remaining.
+    let mut m = (*message("a/d", b"expiring", QoS::ExactlyOnce)).clone();
+    m.expires_at = Some(Instant::now() + Duration::from_secs(60));
+    let ack = n1
+        .cluster
+        .forward(n2.id, Arc::new(m), true, vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+    let got = n2.local.delivered.lock()[2].clone();
+    assert_eq!(got.msg.qos, QoS::ExactlyOnce);
+    let left = got.msg.expires_at.unwrap().duration_since(Instant::now());
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    // Nothing went anywhere else, and the forwarder to node 2 is up.
+    assert!(node(&nodes, 3).local.delivered.lock().is_empty());
+    assert!(n1.local.delivered.lock().is_empty());
+    assert!(n1.cluster.peer_up(n2.id));
+    shutdown_all(&nodes).await;
+}
+
+/// (5) A QoS 1 message forwarded to a peer that is down is not acknowledged; when the peer
+/// comes back on the same data directory and port, the forwarder resends it (at-least-once)
+/// and the ack resolves. The stopped instance must get nothing more: `shutdown` ends the open
+/// Forward streams (the gRPC server's graceful shutdown alone leaves them running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
+    let mut nodes = three_nodes().await;
+    let (id1, id2) = (1, 2);
+    // Establish the forward stream first, so the test covers a stream that breaks.
+    let ack = node(&nodes, id1)
+        .cluster
+        .forward(id2, message("t", b"before", QoS::AtLeastOnce), true, vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        payloads(&node(&nodes, id2).local),
+        vec![Bytes::from_static(b"before")]
+    );
+
+    let pos = nodes.iter().position(|n| n.id == id2).unwrap();
+    let old = nodes.remove(pos);
+    old.cluster.shutdown().await;
+    let Node {
+        cluster: old_cluster,
+        local: old_local,
+        dir,
+        addr,
+        ..
+    } = old;
+    let c1 = node(&nodes, id1).cluster.clone();
+    eventually(SETTLE, "forwarder to the stopped peer goes down", || {
+        !c1.peer_up(id2)
+    })
+    .await;
+
+    let ack = c1
+        .forward(
+            id2,
+            message("t", b"while-down", QoS::AtLeastOnce),
+            true,
+            vec![],
+        )
+        .await
+        .expect("the queue has room, so QoS 1 gets an ack receiver");
+    let mut ack = Box::pin(ack);
+    assert!(
+        tokio::time::timeout(OP_TIMEOUT, &mut ack).await.is_err(),
+        "a stopped peer must not acknowledge"
+    );
+    assert_eq!(
+        payloads(&old_local),
+        vec![Bytes::from_static(b"before")],
+        "the stopped instance must not receive anything more"
+    );
+    drop(old_cluster);
+
+    // Same data directory, same port: the membership still names this address.
+    let seeds = vec![(id1, node(&nodes, id1).addr.to_string())];
+    let local = Arc::new(TestNode::default());
+    let cluster = start(config(id2, addr, seeds, dir.path()), local.clone()).await;
+    nodes.push(Node {
+        id: id2,
+        cluster,
+        local: local.clone(),
+        dir,
+        addr,
+    });
+    tokio::time::timeout(SETTLE, &mut ack)
+        .await
+        .expect("resent and acknowledged after the peer restarted")
+        .unwrap();
+    assert!(payloads(&local).contains(&Bytes::from_static(b"while-down")));
+    assert!(c1.peer_up(id2));
+    // The restarted node is a member again and follows the leader.
+    wait_for_leader(&nodes).await;
+    shutdown_all(&nodes).await;
+}
+
+fn transfer() -> SessionTransfer {
+    let msg = message("a/b", b"queued", QoS::AtLeastOnce);
+    let sub = |qos, rh, id| Subscription {
+        options: SubscriptionOptions {
+            qos,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: rh,
+        },
+        identifier: id,
+    };
+    SessionTransfer {
+        image: SessionImage {
+            subscriptions: vec![
+                (
+                    filter("a/#"),
+                    sub(QoS::AtLeastOnce, RetainHandling::SendIfNew, Some(7)),
+                ),
+                (
+                    filter("$share/g/b/+"),
+                    sub(QoS::ExactlyOnce, RetainHandling::DoNotSend, None),
+                ),
+            ],
+            inflight: vec![
+                ImageMessage {
+                    msg: msg.clone(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: vec![7],
+                    shared: None,
+                    packet_id: PacketId::new(11),
+                    released: false,
+                },
+                ImageMessage {
+                    msg: message("b/c", b"qos2", QoS::ExactlyOnce),
+                    qos: QoS::ExactlyOnce,
+                    retain: true,
+                    subscription_ids: vec![],
+                    shared: Some(filter("$share/g/b/+")),
+                    packet_id: PacketId::new(12),
+                    released: true,
+                },
+            ],
+            queued: vec![ImageMessage {
+                msg,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                subscription_ids: vec![1, 7],
+                shared: None,
+                packet_id: None,
+                released: false,
+            }],
+            inbound_qos2: vec![3, 65_535],
+        },
+        pending_will: Some(LastWill {
+            topic: "will/dev-1".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                message_expiry_interval: Some(120),
+                will_delay_interval: Some(30),
+                user_properties: vec![("w".into(), "1".into())],
+                ..Properties::default()
+            },
+        }),
+        expiry_interval: 3600,
+    }
+}
+
+/// (6) `take_session` carries the whole session across the wire: subscriptions with their
+/// options, in-flight and queued messages, inbound QoS 2 ids, the pending will, the expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_session_hands_over_the_whole_session() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    let want = transfer();
+    n2.local
+        .sessions
+        .lock()
+        .insert("dev-1".into(), want.clone());
+    let got = n1
+        .cluster
+        .take_session(n2.id, "dev-1", 5)
+        .await
+        .unwrap()
+        .expect("the owner had the session");
+    assert_eq!(got, want);
+    assert_eq!(*n2.local.takes.lock(), vec![("dev-1".to_owned(), 5)]);
+    // Taken once: the owner forgot it.
+    assert_eq!(
+        n1.cluster.take_session(n2.id, "dev-1", 6).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        n1.cluster.take_session(n2.id, "nobody", 1).await.unwrap(),
+        None
+    );
+    // A node that is not a member is an error, not a hang.
+    let err = n1.cluster.take_session(42, "dev-1", 1).await.unwrap_err();
+    assert!(err.to_string().contains("42"), "{err}");
+    shutdown_all(&nodes).await;
+}
+
+/// (7) A fourth node started with node 1 as its only seed waits to be added; `join` makes it
+/// a voter that applies the whole log; `leave` shrinks the membership again and forgets its
+/// routes and sessions everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_leave_a_fourth_node() {
+    let mut nodes = three_nodes().await;
+    let n1_addr = node(&nodes, 1).addr.to_string();
+    let (before, _) = node(&nodes, 2)
+        .cluster
+        .propose(update_routes(2, &["before/join"]))
+        .await
+        .unwrap();
+
+    let n4 = start_node(4, "127.0.0.1:0".parse().unwrap(), vec![(1, n1_addr)]).await;
+    // It waits to be added: no leader, not initialised by itself.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let s4 = n4.cluster.status().await;
+    assert_eq!(s4.leader_id, None, "{s4:#?}");
+    assert!(s4.members.is_empty(), "{s4:#?}");
+
+    // Joined through a member that is not necessarily the leader.
+    node(&nodes, 3)
+        .cluster
+        .join(
+            4,
+            n4.cluster.advertise().to_owned(),
+            "127.0.0.1:18834".into(),
+        )
+        .await
+        .unwrap();
+    let c4 = n4.cluster.clone();
+    eventually(SETTLE, "node 4 is a voter in its own view", || {
+        c4.voter_count() == 4
+    })
+    .await;
+    for n in &nodes {
+        let c = n.cluster.clone();
+        eventually(SETTLE, "every node counts 4 voters", || {
+            c.voter_count() == 4
+        })
+        .await;
+    }
+    c4.wait_applied(before, SETTLE).await.unwrap();
+    assert_eq!(routed(&c4, "before/join").0, vec![2]);
+
+    // The new member proposes like any other.
+    let (index, _) = c4
+        .propose(update_routes(4, &["x/#", "before/join"]))
+        .await
+        .unwrap();
+    let (_, r) = c4.propose(claim("dev-4", 4)).await.unwrap();
+    assert!(matches!(r, CommandResponse::Claimed { generation: 1, .. }));
+    nodes.push(n4);
+    for n in &nodes {
+        n.cluster.wait_applied(index, OP_TIMEOUT).await.unwrap();
+        assert_eq!(routed(&n.cluster, "before/join").0, vec![2, 4]);
+    }
+    let leader = wait_for_leader(&nodes).await;
+
+    // Leave, asked through a non-leader member.
+    let asker = nodes
+        .iter()
+        .find(|n| n.id != leader && n.id != 4)
+        .unwrap()
+        .cluster
+        .clone();
+    asker.leave(4).await.unwrap();
+    let n4 = nodes.pop().unwrap();
+    n4.cluster.shutdown().await;
+    let applied = asker.status().await.applied_index;
+    for n in &nodes {
+        n.cluster.wait_applied(applied, OP_TIMEOUT).await.unwrap();
+        let c = n.cluster.clone();
+        eventually(SETTLE, "3 voters again", || c.voter_count() == 3).await;
+        let s = n.cluster.status().await;
+        let ids: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
+        assert_eq!(ids, vec![1, 2, 3], "node {}", n.id);
+        assert_eq!(routed(&n.cluster, "x/y"), (vec![], vec![]), "node {}", n.id);
+        assert_eq!(
+            routed(&n.cluster, "before/join").0,
+            vec![2],
+            "node {}",
+            n.id
+        );
+        assert_eq!(n.cluster.state().read().session_owner("dev-4"), None);
+    }
+    // The cluster still commits without node 4.
+    nodes[0]
+        .cluster
+        .propose(update_routes(nodes[0].id, &["after/leave"]))
+        .await
+        .unwrap();
+    shutdown_all(&nodes).await;
+}
+
+/// (8) A single node restarted on its data directory comes back with its retained messages,
+/// routes and session registry, and leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_restart_keeps_state_and_leads_again() {
+    let n = start_node(1, "127.0.0.1:0".parse().unwrap(), vec![]).await;
+    let c = n.cluster.clone();
+    eventually(SETTLE, "a lone node leads", || c.has_leader()).await;
+    let retained = RetainedMessage {
+        topic: "status/1".into(),
+        payload: b"online".to_vec(),
+        qos: 1,
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain".into()),
+        response_topic: None,
+        correlation_data: Some(b"c".to_vec()),
+        user_properties: vec![("k".into(), "v".into())],
+        expires_at_unix_ms: None,
+        publisher: Some("dev-1".into()),
+    };
+    c.propose(Command::SetRetained {
+        topic: "status/1".into(),
+        message: Some(retained.clone()),
+    })
+    .await
+    .unwrap();
+    c.propose(update_routes(1, &["status/+", "$share/g/cmd/#"]))
+        .await
+        .unwrap();
+    c.propose(claim("dev-1", 1)).await.unwrap();
+    c.propose(claim("dev-1", 1)).await.unwrap();
+    let (last, _) = c.propose(claim("dev-2", 1)).await.unwrap();
+    let want = c.state().read().snapshot().clone();
+    assert_eq!(want.sessions["dev-1"].generation, 2);
+    c.shutdown().await;
+    let Node { dir, local, .. } = n;
+    drop(c);
+    drop(local);
+
+    let local = Arc::new(TestNode::default());
+    let c = start(
+        config(1, "127.0.0.1:0".parse().unwrap(), vec![], dir.path()),
+        local.clone(),
+    )
+    .await;
+    c.wait_applied(last, SETTLE).await.unwrap();
+    assert_eq!(c.state().read().snapshot(), &want);
+    let mut out = Vec::new();
+    c.state()
+        .read()
+        .retained()
+        .matching(&filter("status/#"), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(*out[0], retained);
+    assert_eq!(
+        routed(&c, "status/1"),
+        (vec![1], vec![]),
+        "routes survive the restart"
+    );
+    eventually(SETTLE, "leader again", || c.has_leader()).await;
+    let s = c.status().await;
+    assert_eq!(s.leader_id, Some(1));
+    assert_eq!(s.state, "Leader");
+    assert_eq!((s.routes, s.sessions, s.retained), (2, 2, 1));
+    // The registry continues where it was: the next claim is generation 3.
+    let (_, r) = c.propose(claim("dev-1", 1)).await.unwrap();
+    assert_eq!(
+        r,
+        CommandResponse::Claimed {
+            generation: 3,
+            previous: Some((1, 2))
+        }
+    );
+    c.shutdown().await;
+    drop(dir);
+}
