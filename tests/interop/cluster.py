@@ -8,6 +8,7 @@ them (`--node-id`, `--mqtt`, `--http`, `--cluster`, `--data-dir`, `--seed ID@ADD
     cluster.kill(0); cluster.stop(1)        # SIGKILL / SIGTERM
     cluster.pause(2); cluster.resume(2)     # SIGSTOP / SIGCONT (a node cut off, then back)
     cluster.restart(1)                      # same ports and data dir; waits until it rejoined
+    cluster.wait_caught_up(1)               # it applied up to its leader's index
     d = cluster.add_node()                  # fresh node, joined through a member's HTTP API
     cluster.remove_node(d)                  # DELETE through another member, then stopped
     cluster.status(0)                       # GET /api/v1/cluster of that node
@@ -472,6 +473,34 @@ class Cluster:
         node.start()
         self.wait_ready(timeout=timeout, members=self.member_ids())
         return node
+
+    def wait_caught_up(self, which: int | Node, timeout: float = WAIT) -> int:
+        """Waits until `which` and the node it names as leader agree on that leader, the
+        leader reports it healthy, and its applied index reached the leader's (e.g. after a
+        restart or a resume). Returns the leader's applied index."""
+        node = self.node(which)
+
+        def check():
+            mine = node.status()
+            leader_id = mine.get("leader_id")
+            if leader_id is None:
+                return None
+            lead = self.by_id(leader_id).status()
+            if lead.get("leader_id") != leader_id:
+                return None
+            seen = {m["node_id"]: m for m in lead.get("members", [])}
+            if seen.get(node.node_id, {}).get("healthy") is not True:
+                return None
+            applied = mine.get("applied_index")
+            if applied is None or applied < lead["applied_index"]:
+                return None
+            return (lead["applied_index"],)
+
+        try:
+            return _poll(check, timeout, f"node {node.node_id} healthy and applied up to its "
+                         f"leader's index", self._diagnosis)[0]
+        except _NodeDied as e:
+            pytest.fail(str(e), pytrace=False)
 
     def member_ids(self) -> set[int] | None:
         """The ids every node should list as members; None (do not check) for a plain node."""

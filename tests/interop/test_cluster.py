@@ -219,6 +219,32 @@ def test_publish_right_after_suback_on_another_node_is_never_lost(cluster3):
     assert not lost, "first message after SUBACK lost:\n" + "\n".join(lost)
 
 
+def test_second_subscriber_to_a_route_in_flight_waits_for_it_too(cluster3):
+    """Two clients on one node subscribe to the same new filter at nearly the same time: the
+    second SUBACK must also wait for the route, so a publish on another node right after it
+    is delivered (found by benches' subscribe-latency --shared-filter-fraction)."""
+    sub_node, pub_node = cluster3.nodes[1], cluster3.nodes[2]
+    pub = pub_node.client(cid("pub2nd"))
+    lost = []
+    for i in range(10):
+        topic = uniq(f"second/{i}")
+        first = sub_node.client(cid("first"))
+        second = sub_node.client(cid("second"))
+        t = threading.Thread(target=first.subscribe, args=(topic, 1))
+        t.start()
+        assert second.subscribe(topic, 1) == [1]
+        pub.publish(topic, f"m{i}".encode(), qos=1)
+        try:
+            m = second.get(timeout=5)
+            assert m.payload == f"m{i}".encode()
+        except AssertionError as e:
+            lost.append(f"#{i}: {e}")
+        t.join(10)
+        first.disconnect()
+        second.disconnect()
+    assert not lost, "publish after the second SUBACK lost:\n" + "\n".join(lost)
+
+
 # ---- session takeover between nodes --------------------------------------------------------
 
 def test_takeover_moves_queued_messages_to_the_new_node_once_in_order(cluster3):

@@ -611,6 +611,30 @@ impl Broker {
         existed
     }
 
+    /// Indexes a session's subscriptions (one that arrived from another node); returns the
+    /// route commits to wait for.
+    fn index_all(
+        &self,
+        s: &SessionRef,
+        subscriptions: &[(TopicFilter, roost_core::index::Subscription)],
+    ) -> Vec<oneshot::Receiver<RouteResult>> {
+        let mut routes = Vec::new();
+        if subscriptions.is_empty() {
+            return routes;
+        }
+        let clustered = self.cluster.get().is_some();
+        let mut idx = self.index.write();
+        for (f, sub) in subscriptions {
+            if idx.subscribe(f, s.clone(), sub.clone()) && clustered {
+                routes.extend(self.routes.acquire(f));
+            }
+        }
+        self.metrics
+            .subscriptions
+            .set(idx.subscription_count() as f64);
+        routes
+    }
+
     fn unindex_all(&self, s: &SessionRef, filters: &[TopicFilter]) {
         if filters.is_empty() {
             return;
@@ -684,11 +708,21 @@ impl Broker {
             client_id,
             clean_start,
             expiry_interval,
-            conn,
+            Arc::clone(&conn),
             params,
             generation,
             transfer,
         );
+        // Fence: another node may have claimed the client after our claim but before this
+        // session existed here, so its claim event found nothing to close. Whichever way the
+        // race went, the later claim wins: if ours is no longer current, leave at once.
+        if let (Some(c), Some(g)) = (self.cluster.get(), generation) {
+            let current = c.state().read().session_owner(client_id);
+            if current.is_some_and(|o| o.generation > g) {
+                debug!(client_id = %client_id, "claimed by another node meanwhile");
+                conn.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
+        }
         // Subscriptions that arrived with a session from another node: their routes must be in
         // place before the client hears CONNACK.
         for rx in routes {
@@ -856,7 +890,18 @@ impl Broker {
             let mut will_now = None;
             let mut orphans = Vec::new();
             let mut old_filters = Vec::new();
-            let present = if clean_start {
+            // A copy left here from before the client moved to another node is stale: the
+            // session that node handed back replaces it.
+            let handed_back = transfer.filter(|_| !clean_start).map(|t| t.image);
+            let mut new_subscriptions = Vec::new();
+            let present = if let Some(image) = handed_back {
+                old_filters = st.session.subscriptions().keys().cloned().collect();
+                orphans = st.session.end();
+                new_subscriptions = image.subscriptions.clone();
+                st.session = Session::import(client_id.clone(), self.limits.clone(), image);
+                st.pending_will = None;
+                true
+            } else if clean_start {
                 old_filters = st.session.subscriptions().keys().cloned().collect();
                 orphans = st.session.end();
                 st.session = Session::new(client_id.clone(), self.limits.clone());
@@ -881,6 +926,7 @@ impl Broker {
             drop(sessions);
             self.unindex_all(&existing, &old_filters);
             self.redistribute(orphans, &existing);
+            let routes = self.index_all(&existing, &new_subscriptions);
             if let Some(w) = will_now {
                 self.publish_will(w.will, client_id);
             }
@@ -888,7 +934,7 @@ impl Broker {
                 session: existing,
                 session_present: present,
             };
-            return (attached, Vec::new());
+            return (attached, routes);
         }
         // A session handed over by another node continues here unless the client asked for a
         // clean start (then it ended there, and a will it was holding is due now).
@@ -929,19 +975,7 @@ impl Broker {
         sessions.insert(client_id.clone(), entry.clone());
         self.metrics.sessions.set(sessions.len() as f64);
         drop(sessions);
-        let mut routes = Vec::new();
-        if !subscriptions.is_empty() {
-            let clustered = self.cluster.get().is_some();
-            let mut idx = self.index.write();
-            for (f, sub) in &subscriptions {
-                if idx.subscribe(f, entry.clone(), sub.clone()) && clustered {
-                    routes.extend(self.routes.acquire(f));
-                }
-            }
-            self.metrics
-                .subscriptions
-                .set(idx.subscription_count() as f64);
-        }
+        let routes = self.index_all(&entry, &subscriptions);
         if let Some(w) = will_now {
             self.publish_will(w, client_id);
         }
@@ -1007,7 +1041,7 @@ impl Broker {
     /// Reacts to an applied cluster entry. A claim of a client this node serves, by another
     /// node, fences the local connection out (0x8E); the session itself waits for the new
     /// owner's TakeSession call.
-    pub(crate) fn on_cluster_event(&self, event: &Event) {
+    pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
         let Event::SessionClaimed { client_id, owner } = event;
         if Some(owner.node) == self.node_id() {
             return;
@@ -1015,14 +1049,37 @@ impl Broker {
         let Some(s) = self.session(client_id) else {
             return;
         };
-        let st = s.0.state.lock();
-        if st.generation.is_some_and(|g| g >= owner.generation) {
-            return;
+        {
+            let st = s.0.state.lock();
+            if st.generation.is_some_and(|g| g >= owner.generation) {
+                return;
+            }
+            if let Some(c) = &st.conn {
+                debug!(client_id = %client_id, owner = owner.node, "session claimed by another node");
+                c.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
         }
-        if let Some(c) = &st.conn {
-            debug!(client_id = %client_id, owner = owner.node, "session claimed by another node");
-            c.kick(ReasonCode::SESSION_TAKEN_OVER);
-        }
+        // The new owner normally fetches the session (TakeSession) right away. If it has not
+        // within twice the forward timeout, the copy left here is stale: drop it, so it does not
+        // collect messages for a client that lives elsewhere now. Its will went with the claim.
+        let broker = Arc::clone(self);
+        let generation = owner.generation;
+        let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let stale = {
+                let mut st = s.0.state.lock();
+                let stale =
+                    !st.ended && st.conn.is_none() && st.generation.is_none_or(|g| g < generation);
+                if stale {
+                    st.pending_will = None;
+                }
+                stale
+            };
+            if stale {
+                broker.end_session(&s, None);
+            }
+        });
     }
 
     /// Called by a driver when its connection ends. `will` is the connection's will if it must

@@ -61,58 +61,81 @@ pub(crate) type RouteResult = Result<u64, String>;
 
 struct RouteOp {
     filter: String,
+    /// Set for adds: the key of the filter's entry, to resolve its waiters.
+    key: Option<TopicFilter>,
     add: bool,
-    done: Option<oneshot::Sender<RouteResult>>,
+}
+
+/// One filter with local subscribers.
+#[derive(Default)]
+struct FilterRoute {
+    /// Local subscriptions to it.
+    count: usize,
+    /// The route is committed (and was applied by the reachable members).
+    committed: bool,
+    /// An add is queued or being proposed.
+    pending: bool,
+    /// Subscribers waiting for that add (every one, not only the first: a second subscriber
+    /// arriving while the first's route is in flight must not get its SUBACK earlier).
+    waiters: Vec<oneshot::Sender<RouteResult>>,
+}
+
+#[derive(Default)]
+struct RoutesInner {
+    filters: HashMap<TopicFilter, FilterRoute>,
+    /// Changes to propose, in the order they happened.
+    queue: Vec<RouteOp>,
 }
 
 /// This node's local subscriber counts per filter, and the queue of route changes to propose.
 #[derive(Default)]
 pub(crate) struct Routes {
-    /// Filter → number of local sessions subscribed to it. A change from 0 to 1 or 1 to 0 is a
-    /// route change; the queue is appended under the same lock, so changes to one filter are
-    /// proposed in the order they happened.
-    counts: Mutex<(HashMap<TopicFilter, usize>, Vec<RouteOp>)>,
+    inner: Mutex<RoutesInner>,
     wake: Notify,
 }
 
 impl Routes {
-    /// A local session subscribed to `filter`. Returns a receiver when this is the node's first
-    /// subscriber for it (the SUBACK waits for the route to commit).
+    /// A local session subscribed to `filter`. Returns a receiver while the node's route for it
+    /// is not committed yet (the SUBACK waits for it); `None` once it is.
     pub(crate) fn acquire(&self, filter: &TopicFilter) -> Option<oneshot::Receiver<RouteResult>> {
-        let mut g = self.counts.lock();
-        let (counts, queue) = &mut *g;
-        let n = counts.entry(filter.clone()).or_insert(0);
-        *n += 1;
-        if *n != 1 {
+        let mut g = self.inner.lock();
+        let RoutesInner { filters, queue } = &mut *g;
+        let route = filters.entry(filter.clone()).or_default();
+        route.count += 1;
+        if route.committed {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        queue.push(RouteOp {
-            filter: filter.as_str().to_owned(),
-            add: true,
-            done: Some(tx),
-        });
-        drop(g);
-        self.wake.notify_one();
+        route.waiters.push(tx);
+        if !route.pending {
+            route.pending = true;
+            queue.push(RouteOp {
+                filter: filter.as_str().to_owned(),
+                key: Some(filter.clone()),
+                add: true,
+            });
+            drop(g);
+            self.wake.notify_one();
+        }
         Some(rx)
     }
 
     /// A local session no longer subscribes to `filter`.
     pub(crate) fn release(&self, filter: &TopicFilter) {
-        let mut g = self.counts.lock();
-        let (counts, queue) = &mut *g;
-        let Some(n) = counts.get_mut(filter) else {
+        let mut g = self.inner.lock();
+        let RoutesInner { filters, queue } = &mut *g;
+        let Some(route) = filters.get_mut(filter) else {
             return;
         };
-        *n -= 1;
-        if *n > 0 {
+        route.count -= 1;
+        if route.count > 0 {
             return;
         }
-        counts.remove(filter);
+        filters.remove(filter);
         queue.push(RouteOp {
             filter: filter.as_str().to_owned(),
+            key: None,
             add: false,
-            done: None,
         });
         drop(g);
         self.wake.notify_one();
@@ -125,12 +148,12 @@ impl Routes {
         if filters.is_empty() {
             return;
         }
-        let mut g = self.counts.lock();
+        let mut g = self.inner.lock();
         for filter in filters {
-            g.1.push(RouteOp {
+            g.queue.push(RouteOp {
                 filter,
+                key: None,
                 add: false,
-                done: None,
             });
         }
         drop(g);
@@ -142,7 +165,7 @@ impl Routes {
         loop {
             let ops = loop {
                 let notified = self.wake.notified();
-                let ops = std::mem::take(&mut self.counts.lock().1);
+                let ops = std::mem::take(&mut self.inner.lock().queue);
                 if !ops.is_empty() {
                     break ops;
                 }
@@ -150,19 +173,25 @@ impl Routes {
             };
             // The last change per filter wins: add-then-remove proposes a remove, and the
             // other way round an add.
-            let mut last: BTreeMap<String, bool> = BTreeMap::new();
-            let mut waiters = Vec::new();
+            let mut last: BTreeMap<String, (bool, Option<TopicFilter>)> = BTreeMap::new();
             for op in ops {
-                last.insert(op.filter, op.add);
-                if let Some(tx) = op.done {
-                    waiters.push(tx);
+                last.insert(op.filter, (op.add, op.key));
+            }
+            let mut add = Vec::new();
+            let mut added = Vec::new();
+            let mut remove = Vec::new();
+            for (filter, (is_add, key)) in last {
+                if is_add {
+                    add.push(filter);
+                    added.extend(key);
+                } else {
+                    remove.push(filter);
                 }
             }
-            let (add, remove): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, a)| *a);
             let cmd = Command::UpdateRoutes {
                 node: cluster.node_id(),
-                add: add.into_iter().map(|(f, _)| f).collect(),
-                remove: remove.into_iter().map(|(f, _)| f).collect(),
+                add,
+                remove,
             };
             let result = match cluster.propose(cmd).await {
                 Ok((index, _)) => {
@@ -174,8 +203,16 @@ impl Routes {
                     Err(e.to_string())
                 }
             };
-            for tx in waiters {
-                let _ = tx.send(result.clone());
+            let mut g = self.inner.lock();
+            for key in added {
+                let Some(route) = g.filters.get_mut(&key) else {
+                    continue;
+                };
+                route.pending = false;
+                route.committed = result.is_ok();
+                for tx in route.waiters.drain(..) {
+                    let _ = tx.send(result.clone());
+                }
             }
         }
     }
