@@ -121,6 +121,9 @@ pub enum StoreError {
     },
 }
 
+/// redb page cache for `raft.redb`.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// Receives the [`Event`]s that applying committed entries produces.
 pub trait StateHooks: Send + Sync + 'static {
     /// Called synchronously in `apply`, in log order, for every event `ClusterState::apply`
@@ -196,7 +199,12 @@ fn open_blocking(dir: &Path, path: PathBuf) -> Result<(Db, Option<SnapshotFile>)
         path: path.to_path_buf(),
         source: e,
     };
-    let db = Database::create(&path).map_err(|e| open_err(&path, e.into()))?;
+    // redb's default page cache is 1 GiB; the Raft log is written sequentially and read back
+    // mostly at its tail, so a small cache keeps the node's memory bounded at no real cost.
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| open_err(&path, e.into()))?;
 
     // Create the tables so that read transactions can always open them.
     let txn = db.begin_write().map_err(|e| open_err(&path, e.into()))?;

@@ -334,17 +334,15 @@ impl Conn {
                 username: connect.username.clone(),
             },
         });
-        let attached = match self
-            .broker
-            .attach(
-                &client_id,
-                connect.clean_start,
-                expiry,
-                Arc::clone(&ctl),
-                params,
-            )
-            .await
-        {
+        // Boxed: the claim/takeover future is large, and the connection's task lives on.
+        let attach = Box::pin(self.broker.attach(
+            &client_id,
+            connect.clean_start,
+            expiry,
+            Arc::clone(&ctl),
+            params,
+        ));
+        let attached = match attach.await {
             Ok(a) => a,
             Err(e) => {
                 // No quorum to register the session: say so instead of hanging.
@@ -475,7 +473,10 @@ impl Conn {
                     match r {
                         Ok(true) => {
                             loop {
-                                if let Err(exit) = self.drain_packets(st).await {
+                                // Boxed: handling packets nests the futures of every packet
+                                // kind (several KiB); an idle connection's task must not
+                                // carry that, and one allocation per read batch is cheap.
+                                if let Err(exit) = Box::pin(self.drain_packets(st)).await {
                                     return exit;
                                 }
                                 self.signal_space(st);
@@ -490,7 +491,7 @@ impl Conn {
                                     return Exit::closed("write_error");
                                 }
                                 let congested = std::mem::take(&mut st.congested);
-                                self.broker.wait_for_space(&congested).await;
+                                Box::pin(self.broker.wait_for_space(&congested)).await;
                             }
                             // Let the drivers this batch woke run before reading more: a
                             // publisher with a full socket must not starve its subscribers.
@@ -581,9 +582,10 @@ impl Conn {
                 st.session.0.state.lock().session.handle_pubrel(a.packet_id);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(st, s).await,
+            // Boxed: rare next to PUBLISH, and its future (route commits) is large.
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(st, s)).await,
             Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(st, u).await;
+                Box::pin(self.on_unsubscribe(st, u)).await;
                 Ok(())
             }
             Packet::PingReq => {
@@ -694,7 +696,9 @@ impl Conn {
         ));
         let mut failed = false;
         if msg.retain {
-            if let Err(e) = self.broker.retain(&msg).await {
+            // Boxed (here and below for the other cluster round trips): these futures are large
+            // and rare, and every idle connection's task would otherwise be sized for them.
+            if let Err(e) = Box::pin(self.broker.retain(&msg)).await {
                 info!(client_id = %st.client_id, error = %e, "retained message not stored");
                 failed = true;
             }
@@ -704,7 +708,7 @@ impl Conn {
             .route(&msg, Some(&st.session), &mut st.congested);
         let matched = routed.local > 0 || !routed.remote.is_empty();
         if !routed.remote.is_empty() {
-            self.forward(&msg, routed.remote).await;
+            Box::pin(self.forward(&msg, routed.remote)).await;
         }
         let reason = if failed && v5 {
             ReasonCode::UNSPECIFIED_ERROR
@@ -829,7 +833,7 @@ impl Conn {
         let now = crate::now();
         // A persistent session's subscriptions go into the registry before the SUBACK, so
         // they survive a restart of this node (or its loss).
-        if !self.broker.persist_subscriptions(&st.session).await {
+        if !Box::pin(self.broker.persist_subscriptions(&st.session)).await {
             for c in codes.iter_mut().filter(|c| !c.is_error()) {
                 *c = ReasonCode::UNSPECIFIED_ERROR;
             }
@@ -869,7 +873,7 @@ impl Conn {
                 Err(e) => codes.push(e.reason_code()),
             }
         }
-        self.broker.persist_subscriptions(&st.session).await;
+        Box::pin(self.broker.persist_subscriptions(&st.session)).await;
         let ack = UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
