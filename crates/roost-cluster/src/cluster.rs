@@ -196,6 +196,9 @@ pub struct Cluster {
     /// Peers that recently did not confirm an entry in time, until when to stop waiting for
     /// them (`wait_replicated`).
     slow: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Members in the current membership, kept up to date by a watcher so the publish path
+    /// can ask "any peers?" without touching Raft's metrics.
+    members: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Cluster {
@@ -235,6 +238,7 @@ impl Cluster {
             state,
             peers: Mutex::new(HashMap::new()),
             slow: Arc::new(Mutex::new(HashMap::new())),
+            members: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             stats: stats.clone(),
             stop,
         });
@@ -260,6 +264,22 @@ impl Cluster {
                 .await;
             if let Err(e) = r {
                 warn!(error = %e, "cluster gRPC server stopped");
+            }
+        });
+        let members = Arc::clone(&cluster.members);
+        let mut metrics = cluster.raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let n = metrics
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .count();
+                members.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
             }
         });
         cluster.bootstrap().await?;
@@ -330,6 +350,11 @@ impl Cluster {
     /// Counters for metrics.
     pub fn stats(&self) -> &ClusterStats {
         &self.stats
+    }
+
+    /// True when the cluster has members besides this node (cheap: no Raft call).
+    pub fn has_peers(&self) -> bool {
+        self.members.load(std::sync::atomic::Ordering::Relaxed) > 1
     }
 
     /// Number of voting members.

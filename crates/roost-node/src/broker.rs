@@ -265,7 +265,8 @@ impl Broker {
         // group this time (round robin over the nodes that have members).
         let mut remote: BTreeMap<NodeId, RemoteSend> = BTreeMap::new();
         let mut shared_policy: Option<(HashSet<String>, HashSet<String>)> = None;
-        if let Some(c) = self.cluster.get() {
+        // A lone node has no peers to forward to: skip the replicated route table.
+        if let Some(c) = self.cluster.get().filter(|c| c.has_peers()) {
             let me = c.node_id();
             let mut m = Matches::default();
             c.state().read().routes().matches(&msg.topic, None, &mut m);
@@ -671,7 +672,7 @@ impl Broker {
         if let Some(c) = self.cluster.get() {
             // A lone node needs no claim for a session that ends with its connection; anything
             // persistent, or any session in a cluster of several, is registered.
-            let needs_claim = c.voter_count() > 1 || !clean_start || expiry_interval > 0;
+            let needs_claim = c.has_peers() || !clean_start || expiry_interval > 0;
             if needs_claim {
                 let cmd = Command::ClaimSession {
                     client_id: client_id.to_string(),
