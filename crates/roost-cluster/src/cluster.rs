@@ -352,6 +352,11 @@ impl Cluster {
         &self.stats
     }
 
+    /// True if this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.cfg.node_id)
+    }
+
     /// True when the cluster has members besides this node (cheap: no Raft call).
     pub fn has_peers(&self) -> bool {
         self.members.load(std::sync::atomic::Ordering::Relaxed) > 1

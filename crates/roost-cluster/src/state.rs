@@ -138,6 +138,21 @@ impl ClusterState {
         )
     }
 
+    /// Retained messages whose expiry is at or before `unix_ms`: (topic, expiry), at most
+    /// `limit` of them.
+    pub fn expired_retained(&self, unix_ms: u64, limit: usize) -> Vec<(String, u64)> {
+        self.data
+            .retained
+            .iter()
+            .filter_map(|(t, m)| {
+                m.expires_at_unix_ms
+                    .filter(|at| *at <= unix_ms)
+                    .map(|at| (t.clone(), at))
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// The owner of a client's session, if any.
     pub fn session_owner(&self, client_id: &str) -> Option<SessionOwner> {
         self.data.sessions.get(client_id).copied()
@@ -241,6 +256,19 @@ impl ClusterState {
                     }
                     None => {
                         self.data.retained.remove(topic);
+                        self.retained_index.set(&t, None);
+                    }
+                }
+                (CommandResponse::Done, None)
+            }
+            Command::ExpireRetained {
+                topic,
+                expires_at_unix_ms,
+            } => {
+                let current = self.data.retained.get(topic);
+                if current.is_some_and(|m| m.expires_at_unix_ms == Some(*expires_at_unix_ms)) {
+                    self.data.retained.remove(topic);
+                    if let Ok(t) = TopicName::new(topic, &wide_limits()) {
                         self.retained_index.set(&t, None);
                     }
                 }
@@ -490,6 +518,37 @@ mod tests {
         assert_eq!(s.stored_session("c").0.len(), 1);
         s.apply(&claim(3, true));
         assert!(s.stored_session("c").0.is_empty());
+    }
+
+    #[test]
+    fn expire_retained_removes_only_the_message_it_names() {
+        let mut s = ClusterState::new();
+        let mut m = retained("a", "old");
+        m.expires_at_unix_ms = Some(1_000);
+        s.apply(&Command::SetRetained {
+            topic: "a".into(),
+            message: Some(m),
+        });
+        assert_eq!(s.expired_retained(999, 10), vec![]);
+        assert_eq!(s.expired_retained(1_000, 10), vec![("a".to_owned(), 1_000)]);
+        // A newer message arrived before the purge committed: it stays.
+        let mut newer = retained("a", "new");
+        newer.expires_at_unix_ms = Some(5_000);
+        s.apply(&Command::SetRetained {
+            topic: "a".into(),
+            message: Some(newer),
+        });
+        s.apply(&Command::ExpireRetained {
+            topic: "a".into(),
+            expires_at_unix_ms: 1_000,
+        });
+        assert_eq!(s.retained().len(), 1);
+        s.apply(&Command::ExpireRetained {
+            topic: "a".into(),
+            expires_at_unix_ms: 5_000,
+        });
+        assert_eq!(s.retained().len(), 0);
+        assert!(s.snapshot().retained.is_empty());
     }
 
     #[test]

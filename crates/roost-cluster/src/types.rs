@@ -123,6 +123,15 @@ pub enum Command {
         /// The message, `None` to clear.
         message: Option<RetainedMessage>,
     },
+    /// Removes the retained message of `topic` if it is still the one that expires at
+    /// `expires_at_unix_ms` (a newer retained message on the topic is kept). Proposed by the
+    /// leader for retained messages whose Message Expiry Interval ran out.
+    ExpireRetained {
+        /// Topic name.
+        topic: String,
+        /// The expiry of the message to remove.
+        expires_at_unix_ms: u64,
+    },
     /// A node left the cluster: forget its routes and the sessions it owned.
     ForgetNode {
         /// The node that left.

@@ -1344,7 +1344,7 @@ fn pick_member(
 
 /// Wall-clock milliseconds, advanced by tokio's clock from an anchor taken once: the same as
 /// the system clock in production, and under control of tests that pause tokio's clock.
-fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
     let (unix, at) = *ANCHOR.get_or_init(|| {
         let unix = SystemTime::now()

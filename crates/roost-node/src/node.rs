@@ -260,5 +260,38 @@ async fn start_cluster(
         .collect();
     broker.routes.forget_stale(stale);
     broker.restore_sessions();
+    tokio::spawn(purge_expired_retained(Arc::downgrade(&cluster)));
     Ok(cluster)
+}
+
+/// How often the leader looks for retained messages whose expiry ran out.
+const RETAINED_PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// On the leader: removes retained messages whose Message Expiry Interval ran out (they are
+/// already filtered on read; this frees them). Each removal names the message it removes, so a
+/// newer retained message published meanwhile is kept. Ends when the node is dropped.
+async fn purge_expired_retained(cluster: std::sync::Weak<Cluster>) {
+    let mut tick = tokio::time::interval(RETAINED_PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        if !cluster.is_leader() {
+            continue;
+        }
+        let now = crate::broker::unix_millis();
+        let expired = cluster.state().read().expired_retained(now, 1_000);
+        for (topic, expires_at_unix_ms) in expired {
+            let cmd = roost_cluster::types::Command::ExpireRetained {
+                topic,
+                expires_at_unix_ms,
+            };
+            if let Err(e) = cluster.propose(cmd).await {
+                tracing::debug!(error = %e, "retained purge deferred");
+                break;
+            }
+        }
+    }
 }

@@ -970,3 +970,40 @@ async fn resubscribing_replaces_the_subscription() {
         wait_connections(&node, 0).await;
     }
 }
+
+/// Paused clock: the leader removes expired retained messages from the replicated state (they
+/// were already hidden from subscribers); a retained message without expiry stays.
+#[tokio::test(start_paused = true)]
+async fn expired_retained_messages_are_purged_from_the_replicated_state() {
+    let node = TestNode::start().await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    let props = Properties {
+        message_expiry_interval: Some(2),
+        ..Properties::default()
+    };
+    publish_with(
+        &mut publ,
+        "purge/short",
+        b"x",
+        QoS::AtLeastOnce,
+        true,
+        props,
+    )
+    .await;
+    publish_with(
+        &mut publ,
+        "purge/keep",
+        b"y",
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    )
+    .await;
+    let retained = |v: serde_json::Value| v["retained"].as_u64().unwrap();
+    let r = http(&node, "GET", "/api/v1/cluster", None).await;
+    assert_eq!(retained(r.json()), 2);
+    // The purge runs every 30 s on the leader.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    let r = http(&node, "GET", "/api/v1/cluster", None).await;
+    assert_eq!(retained(r.json()), 1);
+}
