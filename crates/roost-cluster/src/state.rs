@@ -232,9 +232,13 @@ impl ClusterState {
                 node,
                 generation,
                 subscriptions,
+                expiry_interval,
             } => {
                 let owner = self.data.sessions.get(client_id).copied();
                 if owner.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                    if let Some(e) = expiry_interval {
+                        self.data.expiry.insert(client_id.clone(), *e);
+                    }
                     if subscriptions.is_empty() {
                         self.data.subscriptions.remove(client_id);
                     } else {
@@ -499,6 +503,7 @@ mod tests {
             node: n,
             generation,
             subscriptions: vec![sub.clone()],
+            expiry_interval: None,
         };
         s.apply(&claim(1, false));
         s.apply(&set(2, 1));
@@ -514,8 +519,18 @@ mod tests {
             node: 1,
             generation: 1,
             subscriptions: vec![],
+            expiry_interval: Some(1),
         });
-        assert_eq!(s.stored_session("c").0.len(), 1);
+        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 300));
+        // The owner may change the expiry (v5 DISCONNECT).
+        s.apply(&Command::SetSubscriptions {
+            client_id: "c".into(),
+            node: 2,
+            generation: 2,
+            subscriptions: vec![sub.clone()],
+            expiry_interval: Some(30),
+        });
+        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 30));
         s.apply(&claim(3, true));
         assert!(s.stored_session("c").0.is_empty());
     }

@@ -105,6 +105,10 @@ pub enum Command {
         generation: u64,
         /// Every subscription of the session.
         subscriptions: Vec<StoredSubscription>,
+        /// The session expiry interval, when it changed since the claim (a v5 DISCONNECT may
+        /// change it).
+        #[serde(default)]
+        expiry_interval: Option<u32>,
     },
     /// The session ended on `node` (expired, or clean disconnect with expiry 0). Ignored unless
     /// `node` and `generation` still match: a stale release never removes a newer owner.

@@ -775,6 +775,7 @@ impl Broker {
                     .iter()
                     .map(|(f, sub)| subscription_to_stored(f, sub))
                     .collect(),
+                expiry_interval: Some(st.expiry_interval),
             }
         };
         match c.propose(cmd).await {
@@ -1109,6 +1110,15 @@ impl Broker {
         }
         st.conn = None;
         st.session.disconnect();
+        // A v5 DISCONNECT changed the expiry of a registered persistent session: record it, so
+        // a restart of this node restores the right one.
+        if expiry_interval != st.expiry_interval && expiry_interval > 0 && st.generation.is_some() {
+            let broker = Arc::clone(self);
+            let s2 = s.clone();
+            tokio::spawn(async move {
+                broker.persist_subscriptions(&s2).await;
+            });
+        }
         // Publishers waiting for this session to drain stop waiting: it is offline now.
         s.0.space.notify_waiters();
         st.expiry_interval = expiry_interval;
