@@ -999,6 +999,16 @@ struct ClusterService {
     stop: watch::Receiver<bool>,
 }
 
+impl ClusterService {
+    /// A membership change's outcome, with the leader as this node knows it.
+    fn membership_reply(&self, result: Result<(), ClusterError>) -> Response<pb::MembershipReply> {
+        Response::new(pb::MembershipReply {
+            error: result.err().map(|e| e.to_string()).unwrap_or_default(),
+            leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
+        })
+    }
+}
+
 type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardAck, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -1110,14 +1120,8 @@ impl cluster_server::Cluster for ClusterService {
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
-        let error = match c.join(r.node_id, r.cluster_addr, r.mqtt_addr).await {
-            Ok(()) => String::new(),
-            Err(e) => e.to_string(),
-        };
-        Ok(Response::new(pb::MembershipReply {
-            error,
-            leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
-        }))
+        let result = c.join(r.node_id, r.cluster_addr, r.mqtt_addr).await;
+        Ok(self.membership_reply(result))
     }
 
     async fn leave(
@@ -1128,14 +1132,8 @@ impl cluster_server::Cluster for ClusterService {
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
-        let error = match c.leave_local(r.node_id).await {
-            Ok(()) => String::new(),
-            Err(e) => e.to_string(),
-        };
-        Ok(Response::new(pb::MembershipReply {
-            error,
-            leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
-        }))
+        let result = c.leave_local(r.node_id).await;
+        Ok(self.membership_reply(result))
     }
 
     async fn applied(

@@ -46,6 +46,25 @@ fn qos(v: u32) -> Result<QoS, WireError> {
         .ok_or_else(|| bad("qos", v))
 }
 
+fn user_properties_to_wire(props: &[(String, String)]) -> Vec<pb::UserProperty> {
+    props
+        .iter()
+        .map(|(k, v)| pb::UserProperty {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn user_properties_from_wire(props: Vec<pb::UserProperty>) -> Vec<(String, String)> {
+    props.into_iter().map(|p| (p.key, p.value)).collect()
+}
+
+fn payload_format_from_wire(v: Option<u32>) -> Result<Option<u8>, WireError> {
+    v.map(|v| u8::try_from(v).map_err(|_| bad("payload_format_indicator", v)))
+        .transpose()
+}
+
 /// Our message to the wire; the expiry becomes the time remaining now.
 pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
     pb::Message {
@@ -57,15 +76,7 @@ pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
         content_type: m.properties.content_type.clone(),
         response_topic: m.properties.response_topic.clone(),
         correlation_data: m.properties.correlation_data.as_ref().map(|b| b.to_vec()),
-        user_properties: m
-            .properties
-            .user_properties
-            .iter()
-            .map(|(k, v)| pb::UserProperty {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        user_properties: user_properties_to_wire(&m.properties.user_properties),
         expiry_ms: m.expires_at.map(|t| {
             u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
         }),
@@ -76,10 +87,7 @@ pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
 /// A wire message to ours.
 pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireError> {
     let topic = TopicName::new(&m.topic, &limits()).map_err(|e| bad("topic", e))?;
-    let payload_format_indicator = match m.payload_format_indicator {
-        None => None,
-        Some(v) => Some(u8::try_from(v).map_err(|_| bad("payload_format_indicator", v))?),
-    };
+    let payload_format_indicator = payload_format_from_wire(m.payload_format_indicator)?;
     Ok(Message {
         topic,
         payload: Bytes::from(m.payload),
@@ -90,11 +98,7 @@ pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireEr
             content_type: m.content_type,
             response_topic: m.response_topic,
             correlation_data: m.correlation_data.map(Bytes::from),
-            user_properties: m
-                .user_properties
-                .into_iter()
-                .map(|p| (p.key, p.value))
-                .collect(),
+            user_properties: user_properties_from_wire(m.user_properties),
         },
         expires_at: m.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         publisher: (!m.publisher.is_empty()).then(|| Arc::from(m.publisher.as_str())),
@@ -114,14 +118,7 @@ pub fn will_to_wire(w: &LastWill) -> pb::Will {
             content_type: p.content_type.clone(),
             response_topic: p.response_topic.clone(),
             correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
-            user_properties: p
-                .user_properties
-                .iter()
-                .map(|(k, v)| pb::UserProperty {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            user_properties: user_properties_to_wire(&p.user_properties),
             expiry_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
             publisher: String::new(),
         }),
@@ -132,10 +129,7 @@ pub fn will_to_wire(w: &LastWill) -> pb::Will {
 /// A wire will to ours.
 pub fn will_from_wire(w: pb::Will) -> Result<LastWill, WireError> {
     let m = w.message.ok_or_else(|| bad("will.message", "missing"))?;
-    let payload_format_indicator = match m.payload_format_indicator {
-        None => None,
-        Some(v) => Some(u8::try_from(v).map_err(|_| bad("payload_format_indicator", v))?),
-    };
+    let payload_format_indicator = payload_format_from_wire(m.payload_format_indicator)?;
     Ok(LastWill {
         topic: m.topic,
         payload: Bytes::from(m.payload),
@@ -146,11 +140,7 @@ pub fn will_from_wire(w: pb::Will) -> Result<LastWill, WireError> {
             content_type: m.content_type,
             response_topic: m.response_topic,
             correlation_data: m.correlation_data.map(Bytes::from),
-            user_properties: m
-                .user_properties
-                .into_iter()
-                .map(|p| (p.key, p.value))
-                .collect(),
+            user_properties: user_properties_from_wire(m.user_properties),
             message_expiry_interval: m
                 .expiry_ms
                 .map(|ms| u32::try_from(ms / 1000).unwrap_or(u32::MAX)),
