@@ -412,6 +412,7 @@ impl Conn {
             last_packet: tokio::time::Instant::now(),
             outbox: Vec::new(),
             congested: Vec::new(),
+            pending_acks: std::collections::VecDeque::new(),
         };
         // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
         // the connection.
@@ -454,6 +455,7 @@ impl Conn {
 
     async fn session_loop(&mut self, st: &mut Live) -> Exit {
         loop {
+            self.release_acks(st);
             self.encode_outbox(st);
             self.release_rbuf();
             if let Err(e) = self.flush().await {
@@ -500,6 +502,10 @@ impl Conn {
                         Ok(false) => return Exit::closed("eof"),
                         Err(_) => return Exit::closed("read_error"),
                     }
+                }
+                _ = front_done(&mut st.pending_acks),
+                    if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => {
+                    // Released at the top of the loop.
                 }
                 _ = sleep_opt(deadline) => {
                     debug!(client_id = %st.client_id, "keep-alive timeout");
@@ -707,9 +713,11 @@ impl Conn {
             .broker
             .route(&msg, Some(&st.session), &mut st.congested);
         let matched = routed.local > 0 || !routed.remote.is_empty();
-        if !routed.remote.is_empty() {
-            Box::pin(self.forward(&msg, routed.remote)).await;
-        }
+        let peers_accept = if routed.remote.is_empty() {
+            None
+        } else {
+            Box::pin(self.forward(&msg, routed.remote)).await
+        };
         let reason = if failed && v5 {
             ReasonCode::UNSPECIFIED_ERROR
         } else if !matched && v5 {
@@ -717,21 +725,30 @@ impl Conn {
         } else {
             ReasonCode::SUCCESS
         };
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.ack(st, Packet::PubAck, id, reason),
-            (QoS::ExactlyOnce, Some(id)) => self.ack(st, Packet::PubRec, id, reason),
-            _ => {}
+        let kind: fn(Ack) -> Packet = match qos {
+            QoS::ExactlyOnce => Packet::PubRec,
+            _ => Packet::PubAck,
+        };
+        if let (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) = (qos, packet_id) {
+            match peers_accept {
+                Some(wait) => self.ack_after(st, kind, id, reason, wait).await,
+                None => self.ack(st, kind, id, reason),
+            }
         }
         Ok(())
     }
 
-    /// Hands a message to the peers that have subscribers and, for QoS 1/2, waits until they
-    /// accepted it, at most `cluster.forward_timeout_ms` (then the publisher is acknowledged
-    /// anyway: the peers' forwarders keep the message and resend it when they reconnect).
-    async fn forward(&self, msg: &Arc<Message>, remote: Vec<crate::broker::RemoteSend>) {
-        let Some(cluster) = self.broker.cluster() else {
-            return;
-        };
+    /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
+    /// returns a task that ends when every peer accepted it, or after `cluster.forward_timeout_ms`
+    /// (then the publisher is acknowledged anyway: the peers' forwarders keep the message and
+    /// resend it when they reconnect; the timeout is counted). The PUBACK waits for that task
+    /// while the connection goes on reading: acknowledgements are pipelined, in order.
+    async fn forward(
+        &self,
+        msg: &Arc<Message>,
+        remote: Vec<crate::broker::RemoteSend>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let cluster = self.broker.cluster()?;
         let mut acks = Vec::new();
         for r in remote {
             if let Some(rx) = cluster
@@ -742,23 +759,71 @@ impl Conn {
             }
         }
         if acks.is_empty() {
-            return;
+            return None;
         }
         let limit = Duration::from_millis(self.broker.config.cluster.forward_timeout_ms);
-        let all = async {
-            for rx in acks {
-                let _ = rx.await;
+        let timeouts = self.broker.metrics.forward_timeouts.clone();
+        Some(tokio::spawn(async move {
+            let all = async {
+                for rx in acks {
+                    let _ = rx.await;
+                }
+            };
+            if tokio::time::timeout(limit, all).await.is_err() {
+                timeouts.increment(1);
             }
-        };
-        if tokio::time::timeout(limit, all).await.is_err() {
-            self.broker.metrics.forward_timeouts.increment(1);
+        }))
+    }
+
+    /// Sends an acknowledgement now, or after those still waiting for peers: PUBACKs and
+    /// PUBRECs leave in the order the PUBLISHes came ([MQTT-4.6.0-2], [MQTT-4.6.0-3]).
+    fn ack(&mut self, st: &mut Live, kind: fn(Ack) -> Packet, id: PacketId, reason: ReasonCode) {
+        let mut a = Ack::new(id);
+        a.reason_code = reason;
+        if st.pending_acks.is_empty() {
+            self.queue(&kind(a), st.protocol);
+        } else {
+            st.pending_acks.push_back(PendingAck {
+                wait: None,
+                ack: kind(a),
+            });
         }
     }
 
-    fn ack(&mut self, st: &Live, kind: fn(Ack) -> Packet, id: PacketId, reason: ReasonCode) {
+    /// Queues an acknowledgement that waits for peers to accept the message. At most
+    /// `mqtt.receive_maximum` wait at once; beyond that the connection stops reading until the
+    /// oldest is released (a client that ignores our Receive Maximum is slowed, not buffered).
+    async fn ack_after(
+        &mut self,
+        st: &mut Live,
+        kind: fn(Ack) -> Packet,
+        id: PacketId,
+        reason: ReasonCode,
+        wait: tokio::task::JoinHandle<()>,
+    ) {
+        let max = usize::from(self.broker.config.mqtt.receive_maximum);
+        while st.pending_acks.len() >= max {
+            front_done(&mut st.pending_acks).await;
+            self.release_acks(st);
+        }
         let mut a = Ack::new(id);
         a.reason_code = reason;
-        self.queue(&kind(a), st.protocol);
+        st.pending_acks.push_back(PendingAck {
+            wait: Some(wait),
+            ack: kind(a),
+        });
+    }
+
+    /// Sends the acknowledgements at the front of the queue whose peers have answered.
+    fn release_acks(&mut self, st: &mut Live) {
+        while let Some(front) = st.pending_acks.front() {
+            if front.wait.as_ref().is_some_and(|h| !h.is_finished()) {
+                break;
+            }
+            if let Some(p) = st.pending_acks.pop_front() {
+                self.queue(&p.ack, st.protocol);
+            }
+        }
     }
 
     /// SUBSCRIBE. When a filter is this node's first subscriber for it, the SUBACK waits until
@@ -1010,6 +1075,26 @@ struct Live {
     outbox: Vec<Outbound>,
     /// Subscribers found congested while routing the current read batch.
     congested: Vec<SessionRef>,
+    /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
+    pending_acks: std::collections::VecDeque<PendingAck>,
+}
+
+/// An acknowledgement held back until peers accepted the message (see `Conn::ack_after`).
+struct PendingAck {
+    /// Ends when the peers answered (or timed out); `None`: ready, waiting only for its turn.
+    wait: Option<tokio::task::JoinHandle<()>>,
+    ack: Packet,
+}
+
+/// Waits for the oldest held acknowledgement's peers.
+///
+/// Cancel safety: awaiting a `JoinHandle` by reference takes nothing from it.
+async fn front_done(q: &mut std::collections::VecDeque<PendingAck>) {
+    if let Some(PendingAck { wait: Some(h), .. }) = q.front_mut() {
+        if !h.is_finished() {
+            let _ = h.await;
+        }
+    }
 }
 
 fn log_unknown_ack(st: &Live, kind: &'static str, r: Result<(), ReasonCode>) {
