@@ -29,6 +29,8 @@
 #   DURATION=10  IDLE_CONNECTIONS=5000  IDLE_HOLD=5  RESULTS_DIR=benches/results  SKIP_BUILD=0
 
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -185,22 +187,15 @@ stop_broker
 
 # --- 4. results ------------------------------------------------------------------------------
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
-SHA="$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
-DIRTY=""
-if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then
-    DIRTY=" plus uncommitted changes in the working tree"
-fi
+SHA="$(bench_sha)"
 mkdir -p "$RESULTS_DIR"
 RESULT="$RESULTS_DIR/$(date -u +%Y-%m-%d)-$SHA.md"
-MEM_GIB="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 {
     echo "# Roost vs Mosquitto, $(date -u +%Y-%m-%d) (commit $SHA)"
     echo
     echo "Written by \`benches/run-compare.sh\`; numbers from one run, nothing edited by hand."
     echo
-    echo "- commit: \`$(git rev-parse HEAD 2>/dev/null || echo unknown)\`$DIRTY"
-    echo "- CPU: $(lscpu | grep 'Model name' | sed 's/Model name:[[:space:]]*//' | head -1), $(nproc) cores available"
-    echo "- memory: $MEM_GIB; kernel $(uname -r)"
+    bench_provenance
     echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- brokers: $ROOST_VERSION (release build, \$SYS off, log warn); $MOSQUITTO_VERSION"
     echo "  (\`max_queued_messages 1000\`, no persistence)"

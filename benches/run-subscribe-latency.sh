@@ -25,6 +25,8 @@
 # Environment overrides: CLIENTS=4 SUBS=250 RESULTS_DIR=benches/results SKIP_BUILD=0
 
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -178,22 +180,15 @@ stop INT
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- results -------------------------------------------------------------------------------------
-SHA="$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
-DIRTY=""
-if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then
-    DIRTY=" plus uncommitted changes in the working tree: $(git status --porcelain | awk '{ print $2 }' | paste -sd, -)"
-fi
+SHA="$(bench_sha)"
 mkdir -p "$RESULTS_DIR"
 RESULT="$RESULTS_DIR/$(date -u +%Y-%m-%d)-$SHA-subscribe-latency.md"
-MEM_GIB="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 {
     echo "# SUBACK after commit: subscribe latency, $(date -u +%Y-%m-%d) (commit $SHA)"
     echo
     echo "Written by \`benches/run-subscribe-latency.sh\`; numbers from one run, nothing edited by hand."
     echo
-    echo "- commit: \`$(git rev-parse HEAD 2>/dev/null || echo unknown)\`$DIRTY"
-    echo "- CPU: $(lscpu | grep 'Model name' | sed 's/Model name:[[:space:]]*//' | head -1), $(nproc) cores available"
-    echo "- memory: $MEM_GIB; kernel $(uname -r)"
+    bench_provenance
     echo "- disk: $FS; fsync: $FSYNC (dd oflag=dsync)"
     echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- roost $("$ROOST" --version 2>/dev/null | awk '{ print $2 }') release build; roost-loadgen on the same machine and cores, MQTT v5"

@@ -30,12 +30,13 @@ mod table;
 mod target;
 mod throughput;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 use roost_codec::Protocol;
 use std::process::ExitCode;
 use std::time::Duration;
 use target::UsageError;
+use tokio::task::JoinHandle;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -196,4 +197,25 @@ fn emit<R: serde::Serialize + std::fmt::Display>(common: &Common, report: &R) ->
         println!("{report}");
     }
     Ok(())
+}
+
+/// Awaits every task in order; the first error (or panic) wins.
+pub(crate) async fn join_all<T>(tasks: Vec<JoinHandle<Result<T>>>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(v)) => out.push(v),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow!("task panicked: {e}"));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }

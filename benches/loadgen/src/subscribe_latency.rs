@@ -37,11 +37,12 @@
 
 use crate::client::{Client, ConnectOptions, Event, SETUP_TIMEOUT};
 use crate::histogram::Histogram;
+use crate::join_all;
 use crate::procfs;
 use crate::target::{self, UsageError};
 use crate::throughput::{duration_us, LatencyReport};
 use crate::Common;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use roost_codec::{
     Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
@@ -51,7 +52,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A cross-node publish not received this long after it was sent counts as lost.
 pub(crate) const DELIVERY_LIMIT: Duration = Duration::from_secs(2);
@@ -421,27 +421,6 @@ pub(crate) async fn run(
             .map(|(a, b)| percent(a, b)),
         percent(self_cpu_start, self_cpu_end),
     ))
-}
-
-/// Awaits every task in order; the first error (or panic) wins.
-async fn join_all<T>(tasks: Vec<JoinHandle<Result<T>>>) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(tasks.len());
-    let mut first_error = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok(v)) => out.push(v),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(anyhow!("task panicked: {e}"));
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
 }
 
 /// A holder (`--existing`): keeps its subscriptions, acknowledges what it receives and pings

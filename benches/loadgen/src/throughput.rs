@@ -33,10 +33,11 @@
 
 use crate::client::{Client, ConnectOptions, Event};
 use crate::histogram::Histogram;
+use crate::join_all;
 use crate::procfs;
 use crate::target::UsageError;
 use crate::Common;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use roost_codec::{Ack, Packet, PacketId, Properties, Publish, QoS};
 use serde::Serialize;
@@ -44,7 +45,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 /// Bytes of the payload header (time, sequence, publisher, run tag).
 const HEADER_LEN: usize = 24;
@@ -438,27 +438,6 @@ pub(crate) async fn run(args: &ThroughputArgs, addr: SocketAddr) -> Result<Throu
         &received,
         usage,
     ))
-}
-
-/// Awaits every task in order; the first error (or panic) wins.
-async fn join_all<T>(tasks: Vec<JoinHandle<Result<T>>>) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(tasks.len());
-    let mut first_error = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok(v)) => out.push(v),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(anyhow!("task panicked: {e}"));
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
 }
 
 /// Reads CPU time at `warm` and at `end`, and memory at `end`.

@@ -337,19 +337,9 @@ impl Cluster {
         &self.cfg.advertise
     }
 
-    /// The settings it runs with.
-    pub fn config(&self) -> &ClusterConfig {
-        &self.cfg
-    }
-
     /// The local copy of the replicated state.
     pub fn state(&self) -> &Arc<RwLock<ClusterState>> {
         &self.state
-    }
-
-    /// Counters for metrics.
-    pub fn stats(&self) -> &ClusterStats {
-        &self.stats
     }
 
     /// True if this node is the leader.
@@ -592,8 +582,17 @@ impl Cluster {
         direct: bool,
         shared: Vec<String>,
     ) -> Option<oneshot::Receiver<()>> {
-        let peer = self.peer(node)?;
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
+        let Some(peer) = self.peer(node) else {
+            // The route names a node that is no longer a member (its routes are being
+            // forgotten): the message cannot go there. Counted, never silent.
+            if qos0 {
+                self.stats.forward_dropped.increment(1);
+            } else {
+                self.stats.forward_given_up.increment(1);
+            }
+            return None;
+        };
         let (ack, rx) = if qos0 {
             (None, None)
         } else {

@@ -235,12 +235,10 @@ pub fn transfer_from_wire(s: pb::SessionState, now: Instant) -> Result<SessionTr
     let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
     for sub in s.subscriptions {
         let filter = TopicFilter::new(&sub.filter, &limits()).map_err(|e| bad("filter", e))?;
-        let retain_handling = match sub.retain_handling {
-            0 => roost_codec::RetainHandling::SendAtSubscribe,
-            1 => roost_codec::RetainHandling::SendIfNew,
-            2 => roost_codec::RetainHandling::DoNotSend,
-            v => return Err(bad("retain_handling", v)),
-        };
+        let retain_handling = u8::try_from(sub.retain_handling)
+            .ok()
+            .and_then(roost_codec::RetainHandling::from_u8)
+            .ok_or_else(|| bad("retain_handling", sub.retain_handling))?;
         subscriptions.push((
             filter,
             Subscription {

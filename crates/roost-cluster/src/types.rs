@@ -1,6 +1,9 @@
 //! Types shared by the Raft layer: node records, the commands the state machine applies and
 //! their responses, and openraft's type configuration.
 
+use roost_codec::{QoS, RetainHandling, SubscriptionOptions};
+use roost_core::index::Subscription;
+use roost_core::topic::{TopicFilter, TopicLimits};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Cursor;
@@ -65,6 +68,41 @@ pub struct StoredSubscription {
     pub retain_handling: u8,
     /// Subscription identifier.
     pub identifier: Option<u32>,
+}
+
+impl StoredSubscription {
+    /// A session's subscription as the registry keeps it.
+    pub fn new(filter: &TopicFilter, sub: &Subscription) -> StoredSubscription {
+        StoredSubscription {
+            filter: filter.as_str().to_owned(),
+            qos: sub.options.qos as u8,
+            no_local: sub.options.no_local,
+            retain_as_published: sub.options.retain_as_published,
+            retain_handling: sub.options.retain_handling as u8,
+            identifier: sub.identifier,
+        }
+    }
+
+    /// Back to a subscription; `None` if the stored values are not valid (they were checked
+    /// when stored, so only a corrupted entry gives `None`).
+    pub fn to_subscription(&self) -> Option<(TopicFilter, Subscription)> {
+        let limits = TopicLimits {
+            max_levels: usize::MAX,
+            max_length: 65_535,
+        };
+        Some((
+            TopicFilter::new(&self.filter, &limits).ok()?,
+            Subscription {
+                options: SubscriptionOptions {
+                    qos: QoS::from_u8(self.qos)?,
+                    no_local: self.no_local,
+                    retain_as_published: self.retain_as_published,
+                    retain_handling: RetainHandling::from_u8(self.retain_handling)?,
+                },
+                identifier: self.identifier,
+            },
+        ))
+    }
 }
 
 /// A change to the replicated metadata (docs/rfcs/0002). Applied identically on every node.

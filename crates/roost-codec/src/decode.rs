@@ -716,12 +716,8 @@ fn subscription_options(byte: u8, protocol: Protocol) -> Result<SubscriptionOpti
         return Err(DecodeError::SubscriptionOptionsReserved(byte));
     }
     let qos = QoS::from_u8(byte & 0b11).ok_or(DecodeError::InvalidSubscriptionQoS)?;
-    let retain_handling = match (byte >> 4) & 0b11 {
-        0 => RetainHandling::SendAtSubscribe,
-        1 => RetainHandling::SendIfNew,
-        2 => RetainHandling::DoNotSend,
-        _ => return Err(DecodeError::InvalidRetainHandling),
-    };
+    let retain_handling =
+        RetainHandling::from_u8((byte >> 4) & 0b11).ok_or(DecodeError::InvalidRetainHandling)?;
     Ok(SubscriptionOptions {
         qos,
         no_local: byte & 0b0100 != 0,

@@ -287,6 +287,18 @@ pub enum RetainHandling {
     DoNotSend = 2,
 }
 
+impl RetainHandling {
+    /// Parses the two Retain Handling bits; 3 is not a value (v5 §3.8.3.1).
+    pub fn from_u8(v: u8) -> Option<RetainHandling> {
+        match v {
+            0 => Some(RetainHandling::SendAtSubscribe),
+            1 => Some(RetainHandling::SendIfNew),
+            2 => Some(RetainHandling::DoNotSend),
+            _ => None,
+        }
+    }
+}
+
 /// Subscription options byte (v3.1.1 only uses `qos`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SubscriptionOptions {

@@ -504,12 +504,7 @@ impl Broker {
     pub(crate) async fn retain(&self, msg: &Arc<Message>) -> Result<(), ClusterError> {
         match self.cluster.get() {
             Some(c) if !msg.topic.is_system() => {
-                let message = (!msg.payload.is_empty()).then(|| to_retained(msg));
-                c.propose(Command::SetRetained {
-                    topic: msg.topic.as_str().to_owned(),
-                    message,
-                })
-                .await?;
+                c.propose(set_retained(msg)).await?;
                 Ok(())
             }
             _ => {
@@ -527,7 +522,6 @@ impl Broker {
         } else {
             r.set(&msg.topic, Some(msg.clone()));
         }
-        self.metrics.retained.set(r.len() as f64);
     }
 
     /// Retained messages matching a filter, expired ones dropped ([MQTT-3.3.2-5]).
@@ -565,10 +559,13 @@ impl Broker {
 
     /// Drops retained messages whose expiry has passed (called periodically).
     pub(crate) fn purge_expired_retained(&self, now: Instant) {
-        let mut r = self.retained.write();
-        if r.retain(|m| !m.is_expired(now)) > 0 {
-            self.metrics.retained.set(r.len() as f64);
-        }
+        self.retained.write().retain(|m| !m.is_expired(now));
+    }
+
+    /// Sets the gauges whose source of truth changes outside this node (the replicated
+    /// state is applied from other nodes' proposals). Called when metrics are scraped.
+    pub(crate) fn refresh_gauges(&self) {
+        self.metrics.retained.set(self.retained_count() as f64);
     }
 
     /// Adds a subscription to the index and the session; true if it is new. When it is this
@@ -740,7 +737,7 @@ impl Broker {
         }
         let mut image = roost_core::session::SessionImage::default();
         for s in subs {
-            if let Some(sub) = stored_to_subscription(&s, &self.topic_limits) {
+            if let Some(sub) = s.to_subscription() {
                 image.subscriptions.push(sub);
             }
         }
@@ -773,7 +770,7 @@ impl Broker {
                     .session
                     .subscriptions()
                     .iter()
-                    .map(|(f, sub)| subscription_to_stored(f, sub))
+                    .map(|(f, sub)| StoredSubscription::new(f, sub))
                     .collect(),
                 expiry_interval: Some(st.expiry_interval),
             }
@@ -1257,12 +1254,7 @@ impl Broker {
         }
         tokio::spawn(async move {
             if replicate {
-                let message = (!msg.payload.is_empty()).then(|| to_retained(&msg));
-                let cmd = Command::SetRetained {
-                    topic: msg.topic.as_str().to_owned(),
-                    message,
-                };
-                if let Err(e) = cluster.propose(cmd).await {
+                if let Err(e) = cluster.propose(set_retained(&msg)).await {
                     warn!(error = %e, "retained will message not stored");
                 }
             }
@@ -1366,6 +1358,15 @@ pub(crate) fn unix_millis() -> u64 {
     unix.saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Stores a retained message in the replicated state, or clears it for an empty payload
+/// ([MQTT-3.3.1-6]).
+fn set_retained(msg: &Message) -> Command {
+    Command::SetRetained {
+        topic: msg.topic.as_str().to_owned(),
+        message: (!msg.payload.is_empty()).then(|| to_retained(msg)),
+    }
+}
+
 /// A retained message for the replicated store (expiry as wall-clock time: it is applied on
 /// other machines and after restarts).
 fn to_retained(m: &Message) -> RetainedMessage {
@@ -1414,42 +1415,4 @@ fn from_retained(
         expires_at,
         publisher: r.publisher.as_deref().map(Arc::from),
     })
-}
-
-fn subscription_to_stored(
-    f: &TopicFilter,
-    sub: &roost_core::index::Subscription,
-) -> StoredSubscription {
-    StoredSubscription {
-        filter: f.as_str().to_owned(),
-        qos: sub.options.qos as u8,
-        no_local: sub.options.no_local,
-        retain_as_published: sub.options.retain_as_published,
-        retain_handling: sub.options.retain_handling as u8,
-        identifier: sub.identifier,
-    }
-}
-
-fn stored_to_subscription(
-    s: &StoredSubscription,
-    limits: &TopicLimits,
-) -> Option<(TopicFilter, roost_core::index::Subscription)> {
-    let filter = TopicFilter::new(&s.filter, limits).ok()?;
-    let retain_handling = match s.retain_handling {
-        0 => roost_codec::RetainHandling::SendAtSubscribe,
-        1 => roost_codec::RetainHandling::SendIfNew,
-        _ => roost_codec::RetainHandling::DoNotSend,
-    };
-    Some((
-        filter,
-        roost_core::index::Subscription {
-            options: roost_codec::SubscriptionOptions {
-                qos: QoS::from_u8(s.qos)?,
-                no_local: s.no_local,
-                retain_as_published: s.retain_as_published,
-                retain_handling,
-            },
-            identifier: s.identifier,
-        },
-    ))
 }

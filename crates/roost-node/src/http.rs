@@ -68,7 +68,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(s): State<AdminState>) -> Response {
+    s.broker.refresh_gauges();
     match crate::telemetry::prometheus() {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
         None => (

@@ -82,7 +82,10 @@ pub(crate) fn describe() {
     );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
     describe_gauge!(SUBSCRIPTIONS, "subscriptions in the index");
-    describe_gauge!(RETAINED, "retained messages stored");
+    describe_gauge!(
+        RETAINED,
+        "retained messages held (replicated, plus this node's $SYS); refreshed when scraped"
+    );
     describe_counter!(WILLS, "will messages published");
     describe_counter!(
         FORWARD_TIMEOUTS,
