@@ -10,6 +10,7 @@
 //!                     ──topic──▶ retained::RetainedStore
 //! ```
 //!
+//! - [`ClientId`]: the client identifier, one type from CONNECT to the cluster registry.
 //! - [`topic`]: validated topic names and filters (`$share` included) and matching.
 //! - [`index`]: the subscription trie (`+`, `#`, `$`-topics, shared groups, overlap aggregation).
 //! - [`retained`]: retained messages by topic.
@@ -17,8 +18,11 @@
 //! - [`session`]: the per-client session state machine (QoS flows, packet ids, windows,
 //!   offline queue, topic aliases, expiry).
 
+mod client_id;
 pub mod index;
 pub mod message;
 pub mod retained;
 pub mod session;
 pub mod topic;
+
+pub use client_id::ClientId;
