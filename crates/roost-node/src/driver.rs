@@ -23,7 +23,7 @@
 //! the socket becomes readable and released when it has been drained; the write buffer is
 //! released after each flush if it grew beyond a few KiB.
 
-use crate::broker::{Broker, ConnCtl, ConnInfo, SessionRef};
+use crate::broker::{Broker, ConnCtl, ConnInfo, Origin, SessionRef};
 use bytes::{Bytes, BytesMut};
 use roost_codec::{
     encode, encoded_len, Ack, ConnAck, Connect, DecodeError, Decoder, Disconnect, LastWill, Packet,
@@ -34,6 +34,7 @@ use roost_core::index::Subscription;
 use roost_core::message::Message;
 use roost_core::session::{ClientParams, Outbound};
 use roost_core::topic::{TopicFilter, TopicName};
+use roost_core::ClientId;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -134,10 +135,6 @@ impl Conn {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.broker.metrics.bytes_received.increment(n as u64);
-                    self.broker
-                        .stats
-                        .bytes_received
-                        .fetch_add(n as u64, Ordering::Relaxed);
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -165,7 +162,6 @@ impl Conn {
         self.stream.write_all(&self.wbuf).await?;
         let n = self.wbuf.len() as u64;
         self.broker.metrics.bytes_sent.increment(n);
-        self.broker.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
         if self.wbuf.capacity() > KEEP_WBUF {
             self.wbuf = BytesMut::new();
         } else {
@@ -256,7 +252,7 @@ impl Conn {
                 .await;
         }
         let mut assigned = None;
-        let client_id: Arc<str> = if connect.client_id.is_empty() {
+        let client_id: ClientId = if connect.client_id.is_empty() {
             if !v5 && !connect.clean_start {
                 // [MQTT-3.1.3-8] (3.1.1): a zero-length id needs CleanSession=1.
                 return self
@@ -291,8 +287,8 @@ impl Conn {
         // A takeover replaces a connection rather than adding one: never refuse it for quota.
         let takeover = self
             .broker
-            .session(&client_id)
-            .is_some_and(|s| s.0.state.lock().conn.is_some());
+            .session(client_id.as_str())
+            .is_some_and(|s| s.conn().is_some());
         if current >= cfg.mqtt.max_connections && !takeover {
             self.broker.connections.fetch_sub(1, Ordering::AcqRel);
             info!(peer = %self.peer, max = cfg.mqtt.max_connections, "connection limit reached");
@@ -322,18 +318,16 @@ impl Conn {
                 0
             },
         };
-        let ctl = Arc::new(ConnCtl {
-            id: self.broker.new_conn_id(),
-            wake: tokio::sync::Notify::new(),
-            kick: parking_lot::Mutex::new(None),
-            info: ConnInfo {
+        let ctl = Arc::new(ConnCtl::new(
+            self.broker.new_conn_id(),
+            ConnInfo {
                 peer: self.peer,
                 protocol,
                 keep_alive,
                 connected_at: SystemTime::now(),
                 username: connect.username.clone(),
             },
-        });
+        ));
         // Boxed: the claim/takeover future is large, and the connection's task lives on.
         let attach = Box::pin(self.broker.attach(
             &client_id,
@@ -398,7 +392,6 @@ impl Conn {
         }
         self.queue(&Packet::ConnAck(ack), protocol);
         self.broker.metrics.accepted.increment(1);
-        self.broker.metrics.connections.increment(1.0);
         debug!(client_id = %client_id, peer = %self.peer, ?protocol, "client connected");
 
         let mut state = Live {
@@ -434,7 +427,6 @@ impl Conn {
         let will = if exit.will { state.will.take() } else { None };
         self.broker.detach(&session, &ctl, will, state.expiry);
         self.broker.connections.fetch_sub(1, Ordering::AcqRel);
-        self.broker.metrics.connections.decrement(1.0);
         debug!(client_id = %client_id, why = exit.why, "client disconnected");
     }
 
@@ -467,7 +459,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = st.ctl.wake.notified() => {
-                    if let Some(reason) = st.ctl.kick.lock().take() {
+                    if let Some(reason) = st.ctl.take_kick() {
                         return Exit::error(reason, kick_label(reason));
                     }
                 }
@@ -518,10 +510,8 @@ impl Conn {
     /// Wakes publishers waiting for this session's queue to drain (backpressure), once it is
     /// down to a quarter of `max_queued_messages`.
     fn signal_space(&self, st: &Live) {
-        let low = self.broker.config.mqtt.max_queued_messages / 4;
-        if st.session.0.state.lock().session.queued_len() <= low {
-            st.session.0.space.notify_waiters();
-        }
+        st.session
+            .signal_space(self.broker.config.mqtt.max_queued_messages / 4);
     }
 
     /// Decodes and handles the packets in the read buffer; stops early (leaving the rest in
@@ -554,38 +544,24 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.on_publish(st, p, now).await,
             Packet::PubAck(a) => {
-                let r = st
-                    .session
-                    .0
-                    .state
-                    .lock()
-                    .session
-                    .handle_puback(a.packet_id, now);
+                let r = st.session.with(|s| s.handle_puback(a.packet_id, now));
                 log_unknown_ack(st, "puback", r);
                 Ok(())
             }
             Packet::PubRec(a) => {
-                let r = st.session.0.state.lock().session.handle_pubrec(
-                    a.packet_id,
-                    a.reason_code,
-                    now,
-                );
+                let r = st
+                    .session
+                    .with(|s| s.handle_pubrec(a.packet_id, a.reason_code, now));
                 log_unknown_ack(st, "pubrec", r);
                 Ok(())
             }
             Packet::PubComp(a) => {
-                let r = st
-                    .session
-                    .0
-                    .state
-                    .lock()
-                    .session
-                    .handle_pubcomp(a.packet_id, now);
+                let r = st.session.with(|s| s.handle_pubcomp(a.packet_id, now));
                 log_unknown_ack(st, "pubcomp", r);
                 Ok(())
             }
             Packet::PubRel(a) => {
-                st.session.0.state.lock().session.handle_pubrel(a.packet_id);
+                st.session.with(|s| s.handle_pubrel(a.packet_id));
                 Ok(())
             }
             // Boxed: rare next to PUBLISH, and its future (route commits) is large.
@@ -624,10 +600,6 @@ impl Conn {
     ) -> Result<(), Exit> {
         let cfg = &self.broker.config.mqtt;
         self.broker.metrics.msg_received.increment(1);
-        self.broker
-            .stats
-            .msgs_received
-            .fetch_add(1, Ordering::Relaxed);
         if p.qos as u8 > cfg.max_qos {
             // [MQTT-3.2.2-11]
             return Err(Exit::error(
@@ -645,16 +617,14 @@ impl Conn {
         }
         let topic = {
             let alias = p.properties.topic_alias.take();
-            let mut s = st.session.0.state.lock();
-            s.session
-                .resolve_topic(&p.topic, alias)
+            st.session
+                .with(|s| s.resolve_topic(&p.topic, alias))
                 .map_err(|r| Exit::error(r, "bad_topic"))?
         };
         let v5 = st.protocol == Protocol::V5;
         if topic.is_system() {
             // Clients may not publish into the `$` namespace; the message is refused and counted.
             self.broker.metrics.dollar_dropped.increment(1);
-            self.broker.stats.dropped.fetch_add(1, Ordering::Relaxed);
             let reason = if v5 {
                 ReasonCode::TOPIC_NAME_INVALID
             } else {
@@ -665,7 +635,7 @@ impl Conn {
                 (QoS::ExactlyOnce, Some(id)) => {
                     if !v5 {
                         // v3.1.1 has no way to refuse: complete the handshake, route nothing.
-                        let _ = st.session.0.state.lock().session.inbound_qos2(id);
+                        let _ = st.session.with(|s| s.inbound_qos2(id));
                     }
                     self.ack(st, Packet::PubRec, id, reason);
                 }
@@ -677,11 +647,7 @@ impl Conn {
             if let Some(id) = p.packet_id {
                 let first = st
                     .session
-                    .0
-                    .state
-                    .lock()
-                    .session
-                    .inbound_qos2(id)
+                    .with(|s| s.inbound_qos2(id))
                     .map_err(|r| Exit::error(r, "receive_maximum"))?;
                 if !first {
                     self.ack(st, Packet::PubRec, id, ReasonCode::SUCCESS);
@@ -697,27 +663,14 @@ impl Conn {
         let msg = Arc::new(Message::from_publish(
             p,
             topic,
-            Some(st.client_id.clone()),
+            Some(st.client_id.as_arc().clone()),
             now,
         ));
-        let mut failed = false;
-        if msg.retain {
-            // Boxed (here and below for the other cluster round trips): these futures are large
-            // and rare, and every idle connection's task would otherwise be sized for them.
-            if let Err(e) = Box::pin(self.broker.retain(&msg)).await {
-                info!(client_id = %st.client_id, error = %e, "retained message not stored");
-                failed = true;
-            }
-        }
-        let routed = self
-            .broker
-            .route(&msg, Some(&st.session), &mut st.congested);
-        let matched = routed.local > 0 || !routed.remote.is_empty();
-        let peers_accept = if routed.remote.is_empty() {
-            None
-        } else {
-            Box::pin(self.forward(&msg, routed.remote)).await
-        };
+        // Boxed: the publish future (retained commit, forwarding) is large; every idle
+        // connection's task would otherwise be sized for it.
+        let out = Box::pin(self.broker.publish(&msg, Origin::Client(&st.session))).await;
+        st.congested.extend(out.congested);
+        let (failed, matched, peers_accept) = (out.retain_failed, out.matched, out.peers);
         let reason = if failed && v5 {
             ReasonCode::UNSPECIFIED_ERROR
         } else if !matched && v5 {
@@ -736,43 +689,6 @@ impl Conn {
             }
         }
         Ok(())
-    }
-
-    /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
-    /// returns a task that ends when every peer accepted it, or after `cluster.forward_timeout_ms`
-    /// (then the publisher is acknowledged anyway: the peers' forwarders keep the message and
-    /// resend it when they reconnect; the timeout is counted). The PUBACK waits for that task
-    /// while the connection goes on reading: acknowledgements are pipelined, in order.
-    async fn forward(
-        &self,
-        msg: &Arc<Message>,
-        remote: Vec<crate::broker::RemoteSend>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let cluster = self.broker.cluster()?;
-        let mut acks = Vec::new();
-        for r in remote {
-            if let Some(rx) = cluster
-                .forward(r.node, msg.clone(), r.direct, r.shared)
-                .await
-            {
-                acks.push(rx);
-            }
-        }
-        if acks.is_empty() {
-            return None;
-        }
-        let limit = Duration::from_millis(self.broker.config.cluster.forward_timeout_ms);
-        let timeouts = self.broker.metrics.forward_timeouts.clone();
-        Some(tokio::spawn(async move {
-            let all = async {
-                for rx in acks {
-                    let _ = rx.await;
-                }
-            };
-            if tokio::time::timeout(limit, all).await.is_err() {
-                timeouts.increment(1);
-            }
-        }))
     }
 
     /// Sends an acknowledgement now, or after those still waiting for peers: PUBACKs and
@@ -911,14 +827,15 @@ impl Conn {
         // SUBACK goes out before the retained messages it releases.
         self.queue(&Packet::SubAck(ack), st.protocol);
         if !retained.is_empty() {
-            let mut state = st.session.0.state.lock();
-            for (m, granted) in retained {
-                let qos = m.qos.min(granted);
-                // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN=1.
-                let ids = identifier.into_iter().collect();
-                state.session.deliver(m, qos, true, ids, None, now);
-            }
-            let drops = state.session.take_drops();
+            let drops = st.session.with(|session| {
+                for (m, granted) in retained {
+                    let qos = m.qos.min(granted);
+                    // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN=1.
+                    let ids = identifier.into_iter().collect();
+                    session.deliver(m, qos, true, ids, None, now);
+                }
+                session.take_drops()
+            });
             self.broker.metrics.record_drops(drops);
         }
         Ok(())
@@ -967,92 +884,15 @@ impl Conn {
     /// Encodes everything the session has to send into the write buffer.
     fn encode_outbox(&mut self, st: &mut Live) {
         let now = crate::now();
-        let mut state = st.session.0.state.lock();
-        if !state.session.has_outbox() {
-            return;
-        }
-        state.session.take_outbox(&mut st.outbox);
-        let max_size = state
+        let wbuf = &mut self.wbuf;
+        let protocol = st.protocol;
+        let outbox = &mut st.outbox;
+        let (sent, more, drops) = st
             .session
-            .client()
-            .and_then(|c| c.maximum_packet_size)
-            .map_or(usize::MAX, |m| m as usize);
-        let v5 = st.protocol == Protocol::V5;
-        let mut sent = 0u64;
-        for item in st.outbox.drain(..) {
-            match item {
-                Outbound::PubRel(..) | Outbound::PubComp(..) => {
-                    if let Some(p) = item.ack_packet() {
-                        if let Err(e) = encode(&p, st.protocol, &mut self.wbuf) {
-                            tracing::error!(error = %e, "failed to encode packet");
-                        }
-                    }
-                }
-                Outbound::Publish(o) => {
-                    let mut properties = Properties::default();
-                    if v5 {
-                        o.msg.properties.write_to(&mut properties);
-                        properties.message_expiry_interval = o.msg.remaining_expiry(now);
-                        properties.subscription_identifiers = o.subscription_ids;
-                    }
-                    let mut publish = Publish {
-                        dup: o.dup,
-                        qos: o.qos,
-                        retain: o.retain,
-                        topic: o.msg.topic.as_str().to_owned(),
-                        packet_id: o.packet_id,
-                        properties,
-                        payload: o.msg.payload.clone(),
-                    };
-                    let mut packet = Packet::Publish(publish);
-                    if v5 {
-                        // The alias changes the size, so it is chosen before the size check: a
-                        // known alias replaces the topic, a new one adds 3 bytes. A new alias
-                        // that would push the packet over the client's Maximum Packet Size
-                        // ([MQTT-3.1.2-24]) is not defined; the topic goes out in full.
-                        let alias = state.session.peek_outbound_alias(&o.msg.topic);
-                        if let (Some((alias, first)), Packet::Publish(p)) = (alias, &mut packet) {
-                            p.properties.topic_alias = Some(alias);
-                            if !first {
-                                p.topic.clear();
-                            }
-                        }
-                        if matches!(alias, Some((_, true))) {
-                            if encoded_len(&packet, st.protocol) <= max_size {
-                                state.session.outbound_alias(&o.msg.topic);
-                            } else if let Packet::Publish(p) = &mut packet {
-                                p.properties.topic_alias = None;
-                            }
-                        }
-                    }
-                    if encoded_len(&packet, st.protocol) > max_size {
-                        // [MQTT-3.1.2-25]: drop it for this client, and count it.
-                        state.session.abandon(o.packet_id, now);
-                        continue;
-                    }
-                    if let Err(e) = encode(&packet, st.protocol, &mut self.wbuf) {
-                        tracing::error!(error = %e, "failed to encode publish");
-                        continue;
-                    }
-                    if let Packet::Publish(p) = packet {
-                        publish = p;
-                        drop(publish);
-                    }
-                    sent += 1;
-                }
-            }
-        }
-        // `abandon` may have opened the window: anything it released goes out next round.
-        let more = state.session.has_outbox();
-        let drops = state.session.take_drops();
-        drop(state);
+            .with(|session| encode_session_outbox(session, outbox, wbuf, protocol, now));
         self.broker.metrics.record_drops(drops);
         if sent > 0 {
             self.broker.metrics.msg_sent.increment(sent);
-            self.broker
-                .stats
-                .msgs_sent
-                .fetch_add(sent, Ordering::Relaxed);
         }
         if more {
             st.ctl.wake.notify_one();
@@ -1060,12 +900,98 @@ impl Conn {
     }
 }
 
+/// Encodes what the session has to send into `wbuf`; returns (PUBLISHes encoded, more to send,
+/// drops). Runs under the session's lock.
+fn encode_session_outbox(
+    session: &mut roost_core::session::Session,
+    outbox: &mut Vec<Outbound>,
+    wbuf: &mut BytesMut,
+    protocol: Protocol,
+    now: Instant,
+) -> (u64, bool, roost_core::session::Drops) {
+    if !session.has_outbox() {
+        return (0, false, Default::default());
+    }
+    session.take_outbox(outbox);
+    let max_size = session
+        .client()
+        .and_then(|c| c.maximum_packet_size)
+        .map_or(usize::MAX, |m| m as usize);
+    let v5 = protocol == Protocol::V5;
+    let mut sent = 0u64;
+    for item in outbox.drain(..) {
+        match item {
+            Outbound::PubRel(..) | Outbound::PubComp(..) => {
+                if let Some(p) = item.ack_packet() {
+                    if let Err(e) = encode(&p, protocol, wbuf) {
+                        tracing::error!(error = %e, "failed to encode packet");
+                    }
+                }
+            }
+            Outbound::Publish(o) => {
+                let mut properties = Properties::default();
+                if v5 {
+                    o.msg.properties.write_to(&mut properties);
+                    properties.message_expiry_interval = o.msg.remaining_expiry(now);
+                    properties.subscription_identifiers = o.subscription_ids;
+                }
+                let mut publish = Publish {
+                    dup: o.dup,
+                    qos: o.qos,
+                    retain: o.retain,
+                    topic: o.msg.topic.as_str().to_owned(),
+                    packet_id: o.packet_id,
+                    properties,
+                    payload: o.msg.payload.clone(),
+                };
+                let mut packet = Packet::Publish(publish);
+                if v5 {
+                    // The alias changes the size, so it is chosen before the size check: a
+                    // known alias replaces the topic, a new one adds 3 bytes. A new alias
+                    // that would push the packet over the client's Maximum Packet Size
+                    // ([MQTT-3.1.2-24]) is not defined; the topic goes out in full.
+                    let alias = session.peek_outbound_alias(&o.msg.topic);
+                    if let (Some((alias, first)), Packet::Publish(p)) = (alias, &mut packet) {
+                        p.properties.topic_alias = Some(alias);
+                        if !first {
+                            p.topic.clear();
+                        }
+                    }
+                    if matches!(alias, Some((_, true))) {
+                        if encoded_len(&packet, protocol) <= max_size {
+                            session.outbound_alias(&o.msg.topic);
+                        } else if let Packet::Publish(p) = &mut packet {
+                            p.properties.topic_alias = None;
+                        }
+                    }
+                }
+                if encoded_len(&packet, protocol) > max_size {
+                    // [MQTT-3.1.2-25]: drop it for this client, and count it.
+                    session.abandon(o.packet_id, now);
+                    continue;
+                }
+                if let Err(e) = encode(&packet, protocol, wbuf) {
+                    tracing::error!(error = %e, "failed to encode publish");
+                    continue;
+                }
+                if let Packet::Publish(p) = packet {
+                    publish = p;
+                    drop(publish);
+                }
+                sent += 1;
+            }
+        }
+    }
+    // `abandon` may have opened the window: anything it released goes out next round.
+    (sent, session.has_outbox(), session.take_drops())
+}
+
 /// The state of a connection after CONNACK.
 struct Live {
     session: SessionRef,
     ctl: Arc<ConnCtl>,
     protocol: Protocol,
-    client_id: Arc<str>,
+    client_id: ClientId,
     /// Boxed: most connections have none, and this lives in every connection's future.
     will: Option<Box<LastWill>>,
     expiry: u32,

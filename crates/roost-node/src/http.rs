@@ -60,7 +60,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let leader = s.broker.cluster().is_none_or(|c| c.has_leader());
+    let leader = s.broker.cluster().has_leader();
     if s.ready.load(Ordering::Acquire) && leader {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -96,22 +96,22 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 fn describe(s: &SessionRef) -> Value {
-    let st = s.0.state.lock();
-    let conn = st.conn.as_ref().map(|c| &c.info);
+    let v = s.view();
+    let conn = v.conn.as_ref().map(|(_, info)| info);
     json!({
-        "client_id": &*s.0.client_id,
+        "client_id": s.client_id().as_str(),
         "connected": conn.is_some(),
-        "connection_id": st.conn.as_ref().map(|c| c.id),
+        "connection_id": v.conn.as_ref().map(|(id, _)| *id),
         "protocol": conn.map(|c| protocol_name(c.protocol)),
         "peer": conn.map(|c| c.peer.to_string()),
         "username": conn.and_then(|c| c.username.clone()),
         "keep_alive": conn.map(|c| c.keep_alive),
         "connected_at": conn.map(|c| unix(c.connected_at)),
-        "disconnected_at": st.disconnected_at.map(unix),
-        "session_expiry_interval": st.expiry_interval,
-        "subscriptions": st.session.subscriptions().len(),
-        "inflight": st.session.inflight_len(),
-        "queued": st.session.queued_len(),
+        "disconnected_at": v.disconnected_at.map(unix),
+        "session_expiry_interval": v.expiry_interval,
+        "subscriptions": v.subscriptions.len(),
+        "inflight": v.inflight,
+        "queued": v.queued,
     })
 }
 
@@ -142,8 +142,7 @@ async fn kick(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     let Some(sess) = s.broker.session(&id) else {
         return not_found(&id);
     };
-    let conn = sess.0.state.lock().conn.clone();
-    match conn {
+    match sess.conn() {
         Some(c) => {
             c.kick(ReasonCode::ADMINISTRATIVE_ACTION);
             tracing::info!(client_id = %id, "client disconnected by admin API");
@@ -160,10 +159,9 @@ async fn kick(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
 async fn subscriptions(State(s): State<AdminState>) -> Json<Value> {
     let mut out = Vec::new();
     for sess in s.broker.sessions() {
-        let st = sess.0.state.lock();
-        for (filter, sub) in st.session.subscriptions() {
+        for (filter, sub) in sess.view().subscriptions {
             out.push(json!({
-                "client_id": &*sess.0.client_id,
+                "client_id": sess.client_id().as_str(),
                 "filter": filter.as_str(),
                 "qos": sub.options.qos as u8,
                 "no_local": sub.options.no_local,
@@ -209,19 +207,8 @@ fn log_unavailable() -> Response {
         .into_response()
 }
 
-fn cluster_unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "error": "cluster layer not running" })),
-    )
-        .into_response()
-}
-
 async fn cluster_status(State(s): State<AdminState>) -> Response {
-    match s.broker.cluster() {
-        Some(c) => Json(c.status().await).into_response(),
-        None => cluster_unavailable(),
-    }
+    Json(s.broker.cluster().status().await).into_response()
 }
 
 #[derive(Deserialize)]
@@ -234,9 +221,7 @@ struct JoinBody {
 
 /// Adds a node as a voter; the node forwards the change to the leader itself.
 async fn cluster_join(State(s): State<AdminState>, Json(body): Json<JoinBody>) -> Response {
-    let Some(c) = s.broker.cluster() else {
-        return cluster_unavailable();
-    };
+    let c = s.broker.cluster();
     if body.node_id == 0 {
         return (
             StatusCode::BAD_REQUEST,
@@ -262,9 +247,7 @@ async fn cluster_join(State(s): State<AdminState>, Json(body): Json<JoinBody>) -
 
 /// Removes a member and forgets its routes and sessions.
 async fn cluster_leave(State(s): State<AdminState>, Path(id): Path<u64>) -> Response {
-    let Some(c) = s.broker.cluster() else {
-        return cluster_unavailable();
-    };
+    let c = s.broker.cluster();
     match c.leave(id).await {
         Ok(()) => {
             tracing::info!(node_id = id, "node removed from the cluster");

@@ -14,12 +14,13 @@
 //! for the lock order and overflow policy.
 
 mod broker;
-mod clustering;
 pub mod config;
 mod driver;
+mod hooks;
 mod http;
 mod metrics;
 mod node;
+mod routes;
 mod sys;
 pub mod telemetry;
 

@@ -4,10 +4,18 @@
 //! without looking up a name or labels. The Prometheus text is rendered by the exporter's handle
 //! on `GET /metrics`.
 //!
+//! One source per fact: the counters that `$SYS` and `GET /api/v1/stats` also show (messages,
+//! bytes, drops) are [`NodeCounter`]s: the hot path adds to the node's own atomic, and a scrape
+//! of `/metrics` first exports what was added since the last scrape to the registry
+//! ([`Metrics::export`]), so both views read the same number. The registry is process-wide
+//! (several in-process nodes in a test binary add up there); a node's `$SYS` shows its own.
+//! Gauges are set at scrape time from their source (registry, index, replicated state).
+//!
 //! Names follow `roost_<subsystem>_<thing>_<unit>`; every dropped message is counted under
 //! `roost_session_*dropped_total` or `roost_mqtt_publish_dropped_total` with a `reason` label.
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) const CONNECTIONS: &str = "roost_mqtt_connections";
 pub(crate) const CONNECTIONS_ACCEPTED: &str = "roost_mqtt_connections_accepted_total";
@@ -31,6 +39,7 @@ pub(crate) const RETAINED: &str = "roost_retained_messages";
 pub(crate) const WILLS: &str = "roost_wills_published_total";
 pub(crate) const BACKPRESSURE_TIMEOUTS: &str = "roost_mqtt_backpressure_timeouts_total";
 pub(crate) const FORWARD_TIMEOUTS: &str = "roost_cluster_forward_timeouts_total";
+pub(crate) const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
@@ -92,26 +101,63 @@ pub(crate) fn describe() {
         "publishes acknowledged before every peer accepted the forwarded message (timeout)"
     );
     describe_counter!(
+        FORWARD_DROPPED,
+        "messages forwarded by a peer that this node could not take, by reason (not_started)"
+    );
+    describe_counter!(
         BACKPRESSURE_TIMEOUTS,
         "publisher waits for a congested subscriber that ran out their timeout"
     );
 }
 
+/// A counter the node reads back (for `$SYS` and the stats API) as well as exports: see the
+/// module docs.
+pub(crate) struct NodeCounter {
+    value: AtomicU64,
+    /// What [`NodeCounter::export`] already added to the registry.
+    exported: AtomicU64,
+    handle: Counter,
+}
+
+impl NodeCounter {
+    fn new(handle: Counter) -> NodeCounter {
+        NodeCounter {
+            value: AtomicU64::new(0),
+            exported: AtomicU64::new(0),
+            handle,
+        }
+    }
+
+    pub(crate) fn increment(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Adds what was counted since the last export to the registry.
+    fn export(&self) {
+        let now = self.get();
+        let before = self.exported.swap(now, Ordering::Relaxed);
+        self.handle.increment(now.saturating_sub(before));
+    }
+}
+
 /// Handles used on hot paths, resolved once.
-#[derive(Clone)]
 pub(crate) struct Metrics {
     pub(crate) connections: Gauge,
     pub(crate) accepted: Counter,
-    pub(crate) msg_received: Counter,
-    pub(crate) msg_sent: Counter,
-    pub(crate) bytes_received: Counter,
-    pub(crate) bytes_sent: Counter,
-    pub(crate) queue_dropped: Counter,
-    pub(crate) expired_dropped: Counter,
-    pub(crate) offline_qos0_dropped: Counter,
-    pub(crate) too_large_dropped: Counter,
-    pub(crate) dollar_dropped: Counter,
-    pub(crate) retain_dropped: Counter,
+    pub(crate) msg_received: NodeCounter,
+    pub(crate) msg_sent: NodeCounter,
+    pub(crate) bytes_received: NodeCounter,
+    pub(crate) bytes_sent: NodeCounter,
+    pub(crate) queue_dropped: NodeCounter,
+    pub(crate) expired_dropped: NodeCounter,
+    pub(crate) offline_qos0_dropped: NodeCounter,
+    pub(crate) too_large_dropped: NodeCounter,
+    pub(crate) dollar_dropped: NodeCounter,
+    pub(crate) retain_dropped: NodeCounter,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
@@ -127,16 +173,18 @@ impl Metrics {
         Metrics {
             connections: gauge!(CONNECTIONS),
             accepted: counter!(CONNECTIONS_ACCEPTED),
-            msg_received: counter!(MSG_RECEIVED),
-            msg_sent: counter!(MSG_SENT),
-            bytes_received: counter!(BYTES_RECEIVED),
-            bytes_sent: counter!(BYTES_SENT),
-            queue_dropped: counter!(SESSION_DROPPED),
-            expired_dropped: counter!(SESSION_EXPIRED_MSGS),
-            offline_qos0_dropped: counter!(SESSION_OFFLINE_QOS0),
-            too_large_dropped: counter!(SESSION_TOO_LARGE),
-            dollar_dropped: counter!(PUBLISH_DROPPED, "reason" => "dollar_topic"),
-            retain_dropped: counter!(PUBLISH_DROPPED, "reason" => "retain_unavailable"),
+            msg_received: NodeCounter::new(counter!(MSG_RECEIVED)),
+            msg_sent: NodeCounter::new(counter!(MSG_SENT)),
+            bytes_received: NodeCounter::new(counter!(BYTES_RECEIVED)),
+            bytes_sent: NodeCounter::new(counter!(BYTES_SENT)),
+            queue_dropped: NodeCounter::new(counter!(SESSION_DROPPED)),
+            expired_dropped: NodeCounter::new(counter!(SESSION_EXPIRED_MSGS)),
+            offline_qos0_dropped: NodeCounter::new(counter!(SESSION_OFFLINE_QOS0)),
+            too_large_dropped: NodeCounter::new(counter!(SESSION_TOO_LARGE)),
+            dollar_dropped: NodeCounter::new(counter!(PUBLISH_DROPPED, "reason" => "dollar_topic")),
+            retain_dropped: NodeCounter::new(
+                counter!(PUBLISH_DROPPED, "reason" => "retain_unavailable"),
+            ),
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
@@ -146,6 +194,44 @@ impl Metrics {
             backpressure_timeouts: counter!(BACKPRESSURE_TIMEOUTS),
             forward_timeouts: counter!(FORWARD_TIMEOUTS),
         }
+    }
+
+    /// The counters shared with `$SYS`, exported to the registry (called on scrape).
+    pub(crate) fn export(&self) {
+        for c in self.node_counters() {
+            c.export();
+        }
+    }
+
+    fn node_counters(&self) -> [&NodeCounter; 10] {
+        [
+            &self.msg_received,
+            &self.msg_sent,
+            &self.bytes_received,
+            &self.bytes_sent,
+            &self.queue_dropped,
+            &self.expired_dropped,
+            &self.offline_qos0_dropped,
+            &self.too_large_dropped,
+            &self.dollar_dropped,
+            &self.retain_dropped,
+        ]
+    }
+
+    /// Every message this node dropped, all causes (`$SYS/broker/messages/dropped`): the sum of
+    /// the drop counters exported by reason.
+    pub(crate) fn dropped_total(&self) -> u64 {
+        [
+            &self.queue_dropped,
+            &self.expired_dropped,
+            &self.offline_qos0_dropped,
+            &self.too_large_dropped,
+            &self.dollar_dropped,
+            &self.retain_dropped,
+        ]
+        .iter()
+        .map(|c| c.get())
+        .sum()
     }
 
     /// Adds a session's drop counters.
@@ -173,6 +259,11 @@ pub(crate) fn rejected(reason: &'static str) {
 /// Counts a closed connection by why it closed.
 pub(crate) fn disconnected(reason: &'static str) {
     counter!(DISCONNECTS, "reason" => reason).increment(1);
+}
+
+/// Counts a message forwarded by a peer before this node's broker was up.
+pub(crate) fn forward_dropped_not_started() {
+    counter!(FORWARD_DROPPED, "reason" => "not_started").increment(1);
 }
 
 /// Counts a connection closed for a malformed packet.

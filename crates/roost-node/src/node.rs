@@ -11,8 +11,8 @@
 //! ```
 
 use crate::broker::Broker;
-use crate::clustering::NodeHooks;
 use crate::config::Config;
+use crate::hooks::NodeHooks;
 use crate::http::{router, AdminState};
 use crate::telemetry::LogHandle;
 use anyhow::Context;
@@ -52,7 +52,6 @@ impl Node {
         let data_lock = lock_data_dir(&config)?;
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
-        let broker = Arc::new(Broker::new(Arc::clone(&config)));
 
         let listener = TcpListener::bind(config.mqtt.listen)
             .await
@@ -62,10 +61,8 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
 
         let mut background = Vec::new();
-        let cluster = start_cluster(&config, &broker, mqtt_addr).await?;
-        background.push(tokio::spawn(
-            Arc::clone(&broker.routes).run_batcher(Arc::clone(&cluster)),
-        ));
+        let broker = start_broker(&config, mqtt_addr).await?;
+        let cluster = Arc::clone(broker.cluster());
         let mut http_addr = None;
         if config.http.enabled {
             let http = TcpListener::bind(config.http.listen)
@@ -172,6 +169,7 @@ impl Node {
         for t in self.background {
             t.abort();
         }
+        self.broker.close(DRAIN_TIMEOUT).await;
         self.cluster.shutdown().await;
         info!("stopped");
     }
@@ -217,14 +215,10 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// Starts this node's cluster layer (a cluster of one without seeds) and connects the broker
-/// to it. Routes this node held before a restart are queued for removal: its sessions start
-/// empty.
-async fn start_cluster(
-    config: &Config,
-    broker: &Arc<Broker>,
-    mqtt_addr: SocketAddr,
-) -> anyhow::Result<Arc<Cluster>> {
+/// Starts this node's cluster layer (a cluster of one without seeds) and the broker on it.
+/// Routes this node held before a restart are queued for removal: its sessions start empty,
+/// apart from the persistent ones the registry restores.
+async fn start_broker(config: &Arc<Config>, mqtt_addr: SocketAddr) -> anyhow::Result<Arc<Broker>> {
     let c = &config.cluster;
     let mut seeds = Vec::new();
     for s in &c.seeds {
@@ -243,11 +237,11 @@ async fn start_cluster(
         forward_timeout: Duration::from_millis(c.forward_timeout_ms),
         commit_timeout: Duration::from_millis(c.commit_timeout_ms),
     };
-    let hooks = Arc::new(NodeHooks {
-        broker: Arc::downgrade(broker),
-    });
-    let cluster = Cluster::start(cfg, hooks).await?;
-    broker.set_cluster(Arc::clone(&cluster));
+    let hooks = Arc::new(NodeHooks::default());
+    let cluster =
+        Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>).await?;
+    let broker = Broker::new(Arc::clone(config), Arc::clone(&cluster));
+    hooks.set_broker(&broker);
     let me = cluster.node_id();
     let stale: Vec<String> = cluster
         .state()
@@ -258,10 +252,10 @@ async fn start_cluster(
         .filter(|(_, nodes)| nodes.contains(&me))
         .map(|(f, _)| f.clone())
         .collect();
-    broker.routes.forget_stale(stale);
+    broker.forget_stale_routes(stale);
     broker.restore_sessions();
     tokio::spawn(purge_expired_retained(Arc::downgrade(&cluster)));
-    Ok(cluster)
+    Ok(broker)
 }
 
 /// How often the leader looks for retained messages whose expiry ran out.

@@ -11,7 +11,7 @@
 //! | `$SYS/broker/retained messages/count` | retained messages                   |
 //! | `$SYS/broker/messages/received`   | PUBLISH packets received                |
 //! | `$SYS/broker/messages/sent`       | PUBLISH packets sent                    |
-//! | `$SYS/broker/messages/dropped`    | messages dropped (all causes)           |
+//! | `$SYS/broker/messages/dropped`    | messages dropped (all causes: the sum of the `*dropped_total` counters) |
 //! | `$SYS/broker/bytes/received`      | bytes read from clients                 |
 //! | `$SYS/broker/bytes/sent`          | bytes written to clients                |
 //!
@@ -37,8 +37,7 @@ pub(crate) async fn run(broker: Arc<Broker>, interval: Duration) {
 }
 
 fn publish(b: &Broker) {
-    let s = &b.stats;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let m = &b.metrics;
     let items = [
         (
             "$SYS/broker/version",
@@ -61,11 +60,20 @@ fn publish(b: &Broker) {
             "$SYS/broker/retained messages/count",
             b.retained_count().to_string(),
         ),
-        ("$SYS/broker/messages/received", load(&s.msgs_received)),
-        ("$SYS/broker/messages/sent", load(&s.msgs_sent)),
-        ("$SYS/broker/messages/dropped", load(&s.dropped)),
-        ("$SYS/broker/bytes/received", load(&s.bytes_received)),
-        ("$SYS/broker/bytes/sent", load(&s.bytes_sent)),
+        (
+            "$SYS/broker/messages/received",
+            m.msg_received.get().to_string(),
+        ),
+        ("$SYS/broker/messages/sent", m.msg_sent.get().to_string()),
+        (
+            "$SYS/broker/messages/dropped",
+            m.dropped_total().to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/received",
+            m.bytes_received.get().to_string(),
+        ),
+        ("$SYS/broker/bytes/sent", m.bytes_sent.get().to_string()),
     ];
     for (topic, value) in items {
         b.publish_internal(topic, value);
@@ -74,7 +82,7 @@ fn publish(b: &Broker) {
 
 /// The same numbers as JSON, for `GET /api/v1/stats`.
 pub(crate) fn stats_json(b: &Broker) -> Value {
-    let s = &b.stats;
+    let m = &b.metrics;
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": b.started.elapsed().as_secs(),
@@ -82,10 +90,10 @@ pub(crate) fn stats_json(b: &Broker) -> Value {
         "sessions": b.session_count(),
         "subscriptions": b.subscription_count(),
         "retained": b.retained_count(),
-        "messages_received": s.msgs_received.load(Ordering::Relaxed),
-        "messages_sent": s.msgs_sent.load(Ordering::Relaxed),
-        "messages_dropped": s.dropped.load(Ordering::Relaxed),
-        "bytes_received": s.bytes_received.load(Ordering::Relaxed),
-        "bytes_sent": s.bytes_sent.load(Ordering::Relaxed),
+        "messages_received": m.msg_received.get(),
+        "messages_sent": m.msg_sent.get(),
+        "messages_dropped": m.dropped_total(),
+        "bytes_received": m.bytes_received.get(),
+        "bytes_sent": m.bytes_sent.get(),
     })
 }

@@ -1,63 +1,28 @@
-//! The node's side of the cluster (docs/rfcs/0002): what it tells the cluster layer and what
-//! it does when the cluster tells it something.
+//! The route table: this node's local subscriber count per filter, and the batcher that
+//! proposes changes to the replicated route table (docs/rfcs/0002).
 //!
 //! ```text
-//!  SUBSCRIBE ─▶ Routes::acquire (first local subscriber of a filter?) ─▶ batcher ─▶ UpdateRoutes
-//!  last UNSUBSCRIBE / session end ─▶ Routes::release ─────────────────▶ batcher ─▶ UpdateRoutes
-//!  peer's Forward stream ─▶ NodeHooks::deliver ─▶ Broker::deliver_forwarded (local sessions only)
-//!  peer's TakeSession ─▶ NodeHooks::take_session ─▶ Broker::hand_over
-//!  applied SessionClaimed for another node ─▶ NodeHooks::on_event ─▶ close that client here (0x8E)
+//!  SUBSCRIBE ─▶ RouteTable::acquire (first local subscriber of a filter?) ─▶ batcher ─▶ UpdateRoutes
+//!  last UNSUBSCRIBE / session end ─▶ RouteTable::release ─────────────────▶ batcher ─▶ UpdateRoutes
 //! ```
 //!
 //! The batcher turns every route change queued while the previous proposal was in flight into
 //! one `UpdateRoutes` entry, so a burst of SUBSCRIBEs costs one Raft round trip, not one each.
+//! It depends on the cluster only; the broker owns one table and nothing here knows the broker.
 
-use crate::broker::Broker;
 use parking_lot::Mutex;
-use roost_cluster::cluster::BoxFuture;
-use roost_cluster::state::Event;
 use roost_cluster::types::Command;
-use roost_cluster::{Cluster, LocalNode, SessionTransfer};
-use roost_core::message::Message;
+use roost_cluster::{Cluster, ClusterError};
 use roost_core::topic::TopicFilter;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 use tracing::warn;
 
-/// The cluster layer's handle on the node. Weak: the cluster must not keep the broker alive.
-pub(crate) struct NodeHooks {
-    pub(crate) broker: Weak<Broker>,
-}
-
-impl LocalNode for NodeHooks {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared_filters: &[String]) {
-        if let Some(b) = self.broker.upgrade() {
-            b.deliver_forwarded(&msg, direct, shared_filters);
-        }
-    }
-
-    fn take_session(
-        &self,
-        client_id: String,
-        generation: u64,
-    ) -> BoxFuture<Option<SessionTransfer>> {
-        let broker = self.broker.clone();
-        Box::pin(async move {
-            let b = broker.upgrade()?;
-            b.hand_over(&client_id, generation).await
-        })
-    }
-
-    fn on_event(&self, event: &Event) {
-        if let Some(b) = self.broker.upgrade() {
-            b.on_cluster_event(event);
-        }
-    }
-}
-
-/// Result of waiting for a route to commit: the log index, or why it failed.
-pub(crate) type RouteResult = Result<u64, String>;
+/// Result of waiting for a route to commit: the log index, or why it failed (shared by every
+/// subscriber that waited for the same proposal).
+pub(crate) type RouteResult = Result<u64, Arc<ClusterError>>;
 
 struct RouteOp {
     filter: String,
@@ -89,12 +54,13 @@ struct RoutesInner {
 
 /// This node's local subscriber counts per filter, and the queue of route changes to propose.
 #[derive(Default)]
-pub(crate) struct Routes {
+pub(crate) struct RouteTable {
     inner: Mutex<RoutesInner>,
     wake: Notify,
+    stopped: AtomicBool,
 }
 
-impl Routes {
+impl RouteTable {
     /// A local session subscribed to `filter`. Returns a receiver while the node's route for it
     /// is not committed yet (the SUBACK waits for it); `None` once it is.
     pub(crate) fn acquire(&self, filter: &TopicFilter) -> Option<oneshot::Receiver<RouteResult>> {
@@ -160,11 +126,21 @@ impl Routes {
         self.wake.notify_one();
     }
 
-    /// Proposes queued route changes, one batch at a time, until the cluster stops.
+    /// Ends the batcher (shutdown): changes still queued are not proposed (the next start of
+    /// the node forgets its stale routes).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Proposes queued route changes, one batch at a time, until [`RouteTable::stop`].
     pub(crate) async fn run_batcher(self: Arc<Self>, cluster: Arc<Cluster>) {
         loop {
             let ops = loop {
                 let notified = self.wake.notified();
+                if self.stopped.load(Ordering::Acquire) {
+                    return;
+                }
                 let ops = std::mem::take(&mut self.inner.lock().queue);
                 if !ops.is_empty() {
                     break ops;
@@ -200,7 +176,7 @@ impl Routes {
                 }
                 Err(e) => {
                     warn!(error = %e, "route change not committed");
-                    Err(e.to_string())
+                    Err(Arc::new(e))
                 }
             };
             let mut g = self.inner.lock();

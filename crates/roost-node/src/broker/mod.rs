@@ -1,0 +1,298 @@
+//! The node's broker: everything shared between the connection drivers, split by concern.
+//!
+//! ```text
+//!                       ┌──────────────────────────── Broker ─────────────────────────────┐
+//!  driver ─ publish ───▶│ publish(msg, origin) ─▶ retained::store ─▶ routing::route ──────▶│─ local sessions
+//!  will / expiry ──────▶│      (one path for clients, wills; peers enter at route)  └─ forward ─▶ cluster
+//!  cluster hooks ──────▶│ routing::route (Origin::Peer: local only, never re-forwarded)    │
+//!  driver ─ CONNECT ───▶│ registry::attach / detach / hand_over ─▶ timers (one task)        │
+//!  driver ─ SUBSCRIBE ─▶│ subscriptions::subscribe ─▶ index + RouteTable (batched to Raft)  │
+//!                       └──────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! - [`session`]: [`SessionRef`], the opaque handle on one session, and [`ConnCtl`].
+//! - [`registry`]: the session registry: attach, resume, takeover (local and across nodes),
+//!   detach, expiry, restore after a restart. The one place that builds a session.
+//! - [`timers`]: the one task that owns every session timer (will delay, expiry, stale copies).
+//! - [`routing`]: where a message goes: local sessions, shared groups, peers; backpressure.
+//! - [`retained`]: retained messages (replicated; this node's `$SYS` ones kept locally).
+//! - [`subscriptions`]: the subscription index and this node's routes in the cluster.
+//!
+//! Locks and their order (never two at once except as listed):
+//! - the registry map may be held while taking one session's state lock (attach, expiry).
+//!   Never the other way round.
+//! - `index` is a read lock on the publish path, released before any session is locked; the
+//!   matches hold [`SessionRef`]s, so no registry lookup happens per message.
+//! - `retained` (local) and the cluster's state lock are taken alone.
+//!
+//! Overflow policy (house style, convention 2): delivery never drops a QoS 1/2 message to a
+//! connected subscriber to make room: a congested subscriber holds its publisher back
+//! (backpressure, bounded by `mqtt.backpressure_timeout_ms`); each session's queue is bounded
+//! by count and bytes and drops per its policy, counting every drop.
+
+mod registry;
+mod retained;
+mod routing;
+mod session;
+mod subscriptions;
+mod timers;
+
+pub(crate) use retained::unix_millis;
+pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
+
+use crate::config::{Config, QueueDrop};
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use parking_lot::{Mutex, RwLock};
+use roost_cluster::Cluster;
+use roost_codec::ReasonCode;
+use roost_core::index::SubscriptionIndex;
+use roost_core::message::Message;
+use roost_core::retained::RetainedStore;
+use roost_core::session::{DropPolicy, SessionLimits};
+use roost_core::topic::{TopicFilter, TopicLimits};
+use roost_core::ClientId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+/// Where a message comes from: decides what [`Broker::publish`] does with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin<'a> {
+    /// A client's PUBLISH, through its session (never delivered back to it with No Local).
+    Client(&'a SessionRef),
+    /// A will, published on behalf of a client that is gone.
+    Will,
+    /// Forwarded by a peer: delivered to local subscribers only (never re-forwarded, never
+    /// retained again: the publisher's node did that), the non-shared ones if `direct`, and the
+    /// shared groups in `shared` (this node was picked to serve them).
+    Peer {
+        direct: bool,
+        shared: &'a [TopicFilter],
+    },
+    /// Made by this node (`$SYS`): retained locally, delivered to local subscribers only.
+    System,
+}
+
+/// What [`Broker::publish`] did with a message.
+#[derive(Debug, Default)]
+pub(crate) struct PublishOutcome {
+    /// Some subscriber, here or on a peer, matched.
+    pub(crate) matched: bool,
+    /// The retained copy could not be stored (no quorum): the client hears 0x80 (v5).
+    pub(crate) retain_failed: bool,
+    /// For QoS 1/2 forwarded to peers: ends when every peer accepted it or the forward timeout
+    /// ran out (counted). The publisher's acknowledgement waits for it.
+    pub(crate) peers: Option<JoinHandle<()>>,
+    /// Connected local subscribers whose queue is backing up (backpressure on the publisher).
+    pub(crate) congested: Vec<SessionRef>,
+}
+
+pub(crate) struct Broker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) limits: SessionLimits,
+    pub(crate) topic_limits: TopicLimits,
+    index: RwLock<SubscriptionIndex<SessionRef>>,
+    /// This node's own retained messages (`$SYS`); client ones are in the replicated state.
+    local_retained: RwLock<RetainedStore<Arc<Message>>>,
+    sessions: Mutex<HashMap<ClientId, SessionRef>>,
+    timers: timers::Timers,
+    /// Background work the broker starts (will publishes, registry updates, route waits):
+    /// shutdown waits for it, bounded.
+    tasks: TaskTracker,
+    pub(crate) metrics: Metrics,
+    next_conn_id: AtomicU64,
+    /// Connections past CONNACK.
+    pub(crate) connections: AtomicUsize,
+    pub(crate) started: Instant,
+    cluster: Arc<Cluster>,
+    /// Local subscriber counts per filter and pending route changes.
+    routes: Arc<RouteTable>,
+}
+
+impl Broker {
+    /// A broker for one node, on its cluster layer (a lone node is a cluster of one).
+    pub(crate) fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Arc<Broker> {
+        let topic_limits = TopicLimits {
+            max_levels: config.mqtt.max_topic_levels,
+            max_length: config.mqtt.max_topic_length,
+        };
+        let limits = SessionLimits {
+            max_inflight: config.mqtt.max_inflight,
+            receive_maximum: config.mqtt.receive_maximum,
+            max_queued_messages: config.mqtt.max_queued_messages,
+            max_queued_bytes: config.mqtt.max_queued_bytes,
+            drop_policy: match config.mqtt.queue_drop {
+                QueueDrop::Oldest => DropPolicy::Oldest,
+                QueueDrop::Newest => DropPolicy::Newest,
+            },
+            topic_alias_maximum: config.mqtt.topic_alias_maximum,
+            topic: topic_limits,
+        };
+        let routes = Arc::new(RouteTable::default());
+        let broker = Arc::new(Broker {
+            config,
+            limits,
+            topic_limits,
+            index: RwLock::new(SubscriptionIndex::new()),
+            local_retained: RwLock::new(RetainedStore::new()),
+            sessions: Mutex::new(HashMap::new()),
+            timers: timers::Timers::default(),
+            tasks: TaskTracker::new(),
+            metrics: Metrics::new(),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            started: crate::now(),
+            cluster: Arc::clone(&cluster),
+            routes: Arc::clone(&routes),
+        });
+        broker
+            .tasks
+            .spawn(Arc::clone(&routes).run_batcher(Arc::clone(&cluster)));
+        broker
+            .tasks
+            .spawn(timers::run(Arc::downgrade(&broker), broker.timers.wake()));
+        broker
+    }
+
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    pub(crate) fn new_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `fut` as a task that [`Broker::close`] waits for.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// The one publish path for messages that start on this node: a client's PUBLISH and a
+    /// will. Stores the retained copy (replicated, or local for `$SYS`), delivers to local
+    /// subscribers, and hands the message to the peers with subscribers, in that order. Messages
+    /// from peers enter at [`Broker::deliver_from_peer`]: they are never retained or forwarded
+    /// again.
+    ///
+    /// Cancel safety: not cancel safe once it started forwarding (a peer may have the message
+    /// and the caller not know); the driver never cancels it.
+    pub(crate) async fn publish(&self, msg: &Arc<Message>, origin: Origin<'_>) -> PublishOutcome {
+        let mut out = PublishOutcome::default();
+        if msg.retain {
+            // Boxed: the proposal's future is large and rare; every idle connection's task
+            // would otherwise be sized for it.
+            if let Err(e) = Box::pin(self.store_retained(msg)).await {
+                info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
+                out.retain_failed = true;
+            }
+        }
+        let routed = self.route(msg, origin, &mut out.congested);
+        out.matched = routed.local > 0 || !routed.remote.is_empty();
+        if !routed.remote.is_empty() {
+            out.peers = Box::pin(self.forward(msg, routed.remote)).await;
+        }
+        out
+    }
+
+    /// A message forwarded by a peer: local subscribers only.
+    pub(crate) fn deliver_from_peer(
+        &self,
+        msg: &Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) {
+        self.route(msg, Origin::Peer { direct, shared }, &mut Vec::new());
+    }
+
+    /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.
+    pub(crate) fn publish_internal(&self, topic: &str, payload: String) {
+        let Ok(topic) = roost_core::topic::TopicName::new(topic, &self.topic_limits) else {
+            return;
+        };
+        let msg = Arc::new(Message {
+            topic,
+            payload: payload.into(),
+            qos: roost_codec::QoS::AtMostOnce,
+            retain: true,
+            properties: roost_core::message::PassThrough::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        self.retain_local(&msg);
+        self.route(&msg, Origin::System, &mut Vec::new());
+    }
+
+    /// Sessions currently registered (snapshot).
+    pub(crate) fn sessions(&self) -> Vec<SessionRef> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn session(&self, client_id: &str) -> Option<SessionRef> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.index.read().subscription_count()
+    }
+
+    /// Sets the gauges whose source of truth is elsewhere (the registry, the index, the
+    /// replicated state applied from other nodes' proposals). Called when metrics are scraped.
+    pub(crate) fn refresh_gauges(&self) {
+        self.metrics.export();
+        self.metrics.retained.set(self.retained_count() as f64);
+        self.metrics.sessions.set(self.session_count() as f64);
+        self.metrics
+            .subscriptions
+            .set(self.subscription_count() as f64);
+        self.metrics
+            .connections
+            .set(self.connections.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Tells every connected client to leave with `reason` (shutdown).
+    pub(crate) fn kick_all(&self, reason: ReasonCode) {
+        for s in self.sessions() {
+            if let Some(c) = s.conn() {
+                c.kick(reason);
+            }
+        }
+    }
+
+    /// Stops the broker's background work: waits (at most `limit`) for the tasks it started
+    /// (will publishes, registry updates), then stops the timers and the route batcher.
+    pub(crate) async fn close(&self, limit: Duration) {
+        self.tasks.close();
+        self.timers.stop();
+        self.routes.stop();
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "broker tasks still running after the drain timeout"
+            );
+        }
+    }
+
+    /// Queues the removal of routes this node held before it restarted (see
+    /// [`RouteTable::forget_stale`]).
+    pub(crate) fn forget_stale_routes(&self, filters: Vec<String>) {
+        self.routes.forget_stale(filters);
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.cluster.commit_timeout_ms)
+    }
+}

@@ -1,0 +1,372 @@
+//! Where a message goes: local subscribers (direct and one member per shared group), and the
+//! peers that have subscribers for it; backpressure on a publisher whose subscribers fall
+//! behind; redistribution of a departed shared member's messages.
+//!
+//! ```text
+//!  route(msg, origin) ─▶ cluster route table (skipped on a lone node) ─▶ remote: peers to forward to
+//!                     └▶ index.read().matches ─▶ SessionRef::deliver (one session lock at a time)
+//!  forward(msg, remote) ─▶ Cluster::forward per peer ─▶ task: all peers accepted | timeout (counted)
+//! ```
+
+use super::session::Delivery;
+use super::{Broker, Origin, SessionRef};
+use roost_cluster::types::NodeId;
+use roost_core::index::{Matches, Subscription};
+use roost_core::message::Message;
+use roost_core::session::Orphan;
+use roost_core::topic::TopicFilter;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// A message the publisher's node must hand to a peer.
+#[derive(Debug)]
+pub(crate) struct RemoteSend {
+    pub(crate) node: NodeId,
+    /// Deliver to the peer's matching non-shared subscriptions.
+    pub(crate) direct: bool,
+    /// Shared subscriptions this peer was chosen to serve.
+    pub(crate) shared: Vec<TopicFilter>,
+}
+
+/// What routing a message did.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Local sessions it was delivered or queued to.
+    pub(crate) local: usize,
+    /// Peers that must get it.
+    pub(crate) remote: Vec<RemoteSend>,
+}
+
+/// Which shared groups this node serves for one message.
+enum SharedPolicy<'a> {
+    /// Every local group (a lone node, `$SYS`).
+    All,
+    /// Groups the cluster routes are served here only when this node was picked; a group not
+    /// (yet) in the replicated table is served locally.
+    Picked {
+        known: HashSet<TopicFilter>,
+        mine: HashSet<TopicFilter>,
+    },
+    /// Only these (a peer picked this node for them).
+    Only(&'a [TopicFilter]),
+}
+
+impl SharedPolicy<'_> {
+    fn serves(&self, f: &TopicFilter) -> bool {
+        match self {
+            SharedPolicy::All => true,
+            SharedPolicy::Picked { known, mine } => !known.contains(f) || mine.contains(f),
+            SharedPolicy::Only(list) => list.contains(f),
+        }
+    }
+}
+
+impl Broker {
+    /// Routes a message: delivers it to every matching local session and, for messages that
+    /// start here on a node with peers, decides which peers get it. Connected sessions whose
+    /// queue is backing up are added to `congested` (see [`Broker::wait_for_space`]); the
+    /// publisher's own session never is.
+    pub(super) fn route(
+        &self,
+        msg: &Arc<Message>,
+        origin: Origin<'_>,
+        congested: &mut Vec<SessionRef>,
+    ) -> Routed {
+        let mut remote = Vec::new();
+        let (publisher, direct, policy) = match origin {
+            Origin::Client(s) => {
+                let (r, p) = self.plan_remote(msg);
+                remote = r;
+                (Some(s), true, p)
+            }
+            Origin::Will => {
+                let (r, p) = self.plan_remote(msg);
+                remote = r;
+                (None, true, p)
+            }
+            Origin::Peer { direct, shared } => (None, direct, SharedPolicy::Only(shared)),
+            Origin::System => (None, true, SharedPolicy::All),
+        };
+        let local = self.route_local(msg, publisher, congested, direct, &policy);
+        Routed { local, remote }
+    }
+
+    /// Which peers have subscribers, and which node serves each shared group this time (round
+    /// robin over the nodes that have members). A lone node has no peers: the replicated route
+    /// table is skipped.
+    fn plan_remote(&self, msg: &Arc<Message>) -> (Vec<RemoteSend>, SharedPolicy<'static>) {
+        let c = &self.cluster;
+        if !c.has_peers() {
+            return (Vec::new(), SharedPolicy::All);
+        }
+        let me = c.node_id();
+        let mut remote: BTreeMap<NodeId, RemoteSend> = BTreeMap::new();
+        let entry = |remote: &mut BTreeMap<NodeId, RemoteSend>, node: NodeId| {
+            remote.entry(node).or_insert_with(|| RemoteSend {
+                node,
+                direct: false,
+                shared: Vec::new(),
+            });
+        };
+        let mut m = Matches::default();
+        c.state().read().routes().matches(&msg.topic, None, &mut m);
+        for d in m.direct {
+            if d.subscriber != me {
+                entry(&mut remote, d.subscriber);
+                if let Some(r) = remote.get_mut(&d.subscriber) {
+                    r.direct = true;
+                }
+            }
+        }
+        let mut known = HashSet::new();
+        let mut mine = HashSet::new();
+        for g in m.shared {
+            // Round robin from `start`, skipping members this node cannot reach: a node that is
+            // down must not strand its turn of the group's messages.
+            let n = g.members.len();
+            let pick = (0..n)
+                .map(|i| g.members[(g.start + i) % n].0)
+                .find(|node| *node == me || c.peer_up(*node))
+                .or_else(|| g.members.get(g.start % n.max(1)).map(|(node, _)| *node));
+            let Some(node) = pick else {
+                continue;
+            };
+            known.insert(g.filter.clone());
+            if node == me {
+                mine.insert(g.filter);
+            } else {
+                entry(&mut remote, node);
+                if let Some(r) = remote.get_mut(&node) {
+                    r.shared.push(g.filter);
+                }
+            }
+        }
+        (
+            remote.into_values().collect(),
+            SharedPolicy::Picked { known, mine },
+        )
+    }
+
+    /// Delivers to matching local sessions: non-shared ones if `direct`, and one member of each
+    /// matching shared group that `policy` serves here.
+    fn route_local(
+        &self,
+        msg: &Arc<Message>,
+        publisher: Option<&SessionRef>,
+        congested: &mut Vec<SessionRef>,
+        direct: bool,
+        policy: &SharedPolicy<'_>,
+    ) -> usize {
+        let now = crate::now();
+        let mut matches = Matches::default();
+        self.index
+            .read()
+            .matches(&msg.topic, publisher, &mut matches);
+        if !direct {
+            matches.direct.clear();
+        }
+        let mut n = 0;
+        for d in matches.direct {
+            let qos = msg.qos.min(d.qos);
+            let retain = d.retain_as_published && msg.retain;
+            let ids = d.identifiers;
+            if self.deliver_to(
+                &d.subscriber,
+                msg,
+                qos,
+                retain,
+                ids,
+                None,
+                now,
+                publisher,
+                congested,
+            ) {
+                n += 1;
+            }
+        }
+        for g in matches.shared {
+            if g.members.is_empty() || !policy.serves(&g.filter) {
+                continue;
+            }
+            let (member, sub) = pick_member(&g.members, g.start);
+            let qos = msg.qos.min(sub.options.qos);
+            let retain = sub.options.retain_as_published && msg.retain;
+            let ids = sub.identifier.into_iter().collect();
+            let member = member.clone();
+            if self.deliver_to(
+                &member,
+                msg,
+                qos,
+                retain,
+                ids,
+                Some(g.filter),
+                now,
+                publisher,
+                congested,
+            ) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivers to one session, counting its drops; true if the session took it. A congested
+    /// subscriber other than the publisher is added to `congested`.
+    #[allow(clippy::too_many_arguments)] // one delivery's fields, named at the two call sites
+    fn deliver_to(
+        &self,
+        target: &SessionRef,
+        msg: &Arc<Message>,
+        qos: roost_codec::QoS,
+        retain: bool,
+        ids: Vec<u32>,
+        shared: Option<TopicFilter>,
+        now: Instant,
+        publisher: Option<&SessionRef>,
+        congested: &mut Vec<SessionRef>,
+    ) -> bool {
+        let congested_at = self.config.mqtt.max_queued_messages / 2;
+        match target.deliver(msg.clone(), qos, retain, ids, shared, now, congested_at) {
+            Delivery::Ended => false,
+            Delivery::Accepted {
+                congested: c,
+                drops,
+            } => {
+                self.metrics.record_drops(drops);
+                if c && publisher != Some(target) {
+                    congested.push(target.clone());
+                }
+                true
+            }
+        }
+    }
+
+    /// Backpressure: waits until each congested session's queue has drained to a quarter of
+    /// `max_queued_messages`, it disconnected, or `mqtt.backpressure_timeout_ms` passed. The
+    /// publisher's driver calls this before reading more, so a publisher that outruns its
+    /// subscribers is slowed by TCP flow control instead of having its messages dropped.
+    ///
+    /// Cancel safety: stateless; dropping it only stops waiting.
+    pub(crate) async fn wait_for_space(&self, congested: &[SessionRef]) {
+        let limit = Duration::from_millis(self.config.mqtt.backpressure_timeout_ms);
+        if limit.is_zero() || congested.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let low = self.config.mqtt.max_queued_messages / 4;
+        for s in congested {
+            while s.backed_up(low) {
+                let wait = s.wait_changed(|s| !s.backed_up(low));
+                if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                    self.metrics.backpressure_timeouts.increment(1);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands messages of a departed shared-subscription member to the rest of its group.
+    pub(super) fn redistribute(&self, orphans: Vec<Orphan>, departed: &SessionRef) {
+        let now = crate::now();
+        for o in orphans {
+            let mut matches = Matches::default();
+            self.index.read().matches(&o.msg.topic, None, &mut matches);
+            let Some(g) = matches.shared.into_iter().find(|g| g.filter == o.filter) else {
+                self.metrics.queue_dropped.increment(1);
+                continue;
+            };
+            let start = g.start;
+            let members: Vec<_> = g
+                .members
+                .into_iter()
+                .filter(|(m, _)| m != departed)
+                .collect();
+            if members.is_empty() {
+                self.metrics.queue_dropped.increment(1);
+                continue;
+            }
+            let (member, sub) = pick_member(&members, start);
+            let qos = o.msg.qos.min(sub.options.qos);
+            let ids = sub.identifier.into_iter().collect();
+            let member = member.clone();
+            self.deliver_to(
+                &member,
+                &o.msg,
+                qos,
+                false,
+                ids,
+                Some(o.filter),
+                now,
+                None,
+                &mut Vec::new(),
+            );
+        }
+    }
+
+    /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
+    /// returns a task that ends when every peer accepted it, or after
+    /// `cluster.forward_timeout_ms` (then the publisher is acknowledged anyway: the peers'
+    /// forwarders keep the message and resend it when they reconnect; the timeout is counted).
+    pub(super) async fn forward(
+        &self,
+        msg: &Arc<Message>,
+        remote: Vec<RemoteSend>,
+    ) -> Option<JoinHandle<()>> {
+        let mut acks = Vec::new();
+        for r in remote {
+            let shared: Vec<String> = r.shared.iter().map(|f| f.as_str().to_owned()).collect();
+            if let Some(rx) = self
+                .cluster
+                .forward(r.node, msg.clone(), r.direct, shared)
+                .await
+            {
+                acks.push(rx);
+            }
+        }
+        if acks.is_empty() {
+            return None;
+        }
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+        let timeouts = self.metrics.forward_timeouts.clone();
+        Some(tokio::spawn(async move {
+            let all = async {
+                for rx in acks {
+                    let _ = rx.await;
+                }
+            };
+            if tokio::time::timeout(limit, all).await.is_err() {
+                timeouts.increment(1);
+            }
+        }))
+    }
+}
+
+/// Chooses one member of a shared subscription: starting at `start`, the first connected member
+/// with room in its window, else the first connected one, else the one at `start` (its queue
+/// keeps the message until it returns or its session ends and the message is redistributed).
+fn pick_member(
+    members: &[(SessionRef, Subscription)],
+    start: usize,
+) -> (&SessionRef, &Subscription) {
+    let n = members.len();
+    let mut connected = None;
+    for i in 0..n {
+        let (m, sub) = &members[(start + i) % n];
+        let (ended, window, is_connected) = m.availability();
+        if ended {
+            continue;
+        }
+        if window {
+            return (m, sub);
+        }
+        if connected.is_none() && is_connected {
+            connected = Some((m, sub));
+        }
+    }
+    connected.unwrap_or_else(|| {
+        let (m, sub) = &members[start % n];
+        (m, sub)
+    })
+}

@@ -1,0 +1,268 @@
+//! One session as the node holds it: the core [`Session`] state machine behind its own mutex,
+//! plus what only the node knows (the attached connection, timers' epoch, the cluster
+//! generation it owns). [`SessionRef`] is the handle everyone else holds; it is opaque: callers
+//! ask it for what they need and never see the lock, so the lock order is kept in this module
+//! and in [`super::registry`] alone.
+//!
+//! ```text
+//!   SessionRef ──Arc──▶ SessionEntry { client_id, state: Mutex<SessionState>, changed: Notify }
+//!                                             │
+//!                          SessionState { session: core Session, conn: Option<Arc<ConnCtl>>,
+//!                                         epoch, expiry, pending will, generation, ended }
+//! ```
+//!
+//! Lock order: the registry map, then one session's `state`; never two sessions' states at
+//! once; no `.await` while a state lock is held (it is a `parking_lot` mutex).
+
+use parking_lot::{Mutex, MutexGuard};
+use roost_codec::{LastWill, Protocol, QoS, ReasonCode};
+use roost_core::index::Subscription;
+use roost_core::message::Message;
+use roost_core::session::{Drops, Session};
+use roost_core::topic::TopicFilter;
+use roost_core::ClientId;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::Notify;
+
+/// One network connection's control block: how routing wakes it and how the broker tells it to
+/// go away (takeover, admin kick, shutdown).
+#[derive(Debug)]
+pub(crate) struct ConnCtl {
+    pub(crate) id: u64,
+    /// Woken when the session's outbox has something to send or `kick` was set.
+    pub(crate) wake: Notify,
+    /// Set once to make the driver send DISCONNECT with this reason and close.
+    kick: Mutex<Option<ReasonCode>>,
+    pub(crate) info: ConnInfo,
+}
+
+impl ConnCtl {
+    pub(crate) fn new(id: u64, info: ConnInfo) -> ConnCtl {
+        ConnCtl {
+            id,
+            wake: Notify::new(),
+            kick: Mutex::new(None),
+            info,
+        }
+    }
+
+    /// Tells the connection to leave with `reason` (the first reason wins).
+    pub(crate) fn kick(&self, reason: ReasonCode) {
+        let mut k = self.kick.lock();
+        if k.is_none() {
+            *k = Some(reason);
+        }
+        drop(k);
+        self.wake.notify_one();
+    }
+
+    /// The reason the connection was told to leave, if it was.
+    pub(crate) fn take_kick(&self) -> Option<ReasonCode> {
+        self.kick.lock().take()
+    }
+}
+
+/// What the admin API shows about a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) keep_alive: u16,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) username: Option<String>,
+}
+
+/// Mutable per-session state, behind the entry's mutex. Only this module and the registry
+/// touch it.
+#[derive(Debug)]
+pub(super) struct SessionState {
+    pub(super) session: Session,
+    /// The attached connection, if any.
+    pub(super) conn: Option<Arc<ConnCtl>>,
+    /// Bumped on every attach: timers armed at detach compare it to know they are still due.
+    pub(super) epoch: u64,
+    /// Seconds; u32::MAX = never expires.
+    pub(super) expiry_interval: u32,
+    /// Whether the latest attach started a clean session (decides the will on takeover).
+    pub(super) last_attach_clean: bool,
+    /// A will waiting for its delay (MQTT 5.0 §3.1.3.2.2). Boxed: rare, and large next to the
+    /// rest of an idle session.
+    pub(super) pending_will: Option<Box<LastWill>>,
+    /// Removed from the registry: deliveries to it are ignored.
+    pub(super) ended: bool,
+    pub(super) disconnected_at: Option<SystemTime>,
+    /// The cluster registry generation this node owns, if the session was claimed. A claim by
+    /// another node fences it out.
+    pub(super) generation: Option<u64>,
+}
+
+/// A session as the index and registry hold it. Equality is identity: a session that ended and
+/// a new one with the same client id are different keys.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRef(Arc<SessionEntry>);
+
+#[derive(Debug)]
+struct SessionEntry {
+    client_id: ClientId,
+    state: Mutex<SessionState>,
+    /// Notified (all waiters) when the session's queue drained below the low watermark or its
+    /// connection detached: publishers held back by backpressure and a hand-over waiting for
+    /// the connection to go wait on it.
+    changed: Notify,
+}
+
+impl PartialEq for SessionRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for SessionRef {}
+impl Hash for SessionRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// What [`SessionRef::deliver`] did.
+pub(crate) enum Delivery {
+    /// The session had ended; nothing delivered.
+    Ended,
+    /// Delivered or queued (or dropped and counted by the session's bounds).
+    Accepted {
+        /// A QoS 1/2 message to a connected session whose queue is at least `congested_at`.
+        congested: bool,
+        /// What the session dropped doing it.
+        drops: Drops,
+    },
+}
+
+/// A read-only view of a session for the admin API.
+#[derive(Debug)]
+pub(crate) struct SessionView {
+    pub(crate) conn: Option<(u64, ConnInfo)>,
+    pub(crate) disconnected_at: Option<SystemTime>,
+    pub(crate) expiry_interval: u32,
+    pub(crate) subscriptions: Vec<(TopicFilter, Subscription)>,
+    pub(crate) inflight: usize,
+    pub(crate) queued: usize,
+}
+
+impl SessionRef {
+    pub(super) fn new(client_id: ClientId, state: SessionState) -> SessionRef {
+        SessionRef(Arc::new(SessionEntry {
+            client_id,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+        }))
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.0.state.lock()
+    }
+
+    pub(super) fn changed(&self) -> &Notify {
+        &self.0.changed
+    }
+
+    /// The client id.
+    pub(crate) fn client_id(&self) -> &ClientId {
+        &self.0.client_id
+    }
+
+    /// Runs `f` on the core session. The closure runs under the session's lock: it must not
+    /// block or take another session's lock (it cannot `.await`).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
+        f(&mut self.0.state.lock().session)
+    }
+
+    /// Delivers one message and wakes the connection if something is ready to send.
+    /// `congested_at`: queue length from which a QoS 1/2 delivery to a connected session
+    /// reports congestion (backpressure).
+    #[allow(clippy::too_many_arguments)] // the fields of one delivery, named at the call site
+    pub(crate) fn deliver(
+        &self,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        ids: Vec<u32>,
+        shared: Option<TopicFilter>,
+        now: Instant,
+        congested_at: usize,
+    ) -> Delivery {
+        let mut st = self.0.state.lock();
+        if st.ended {
+            return Delivery::Ended;
+        }
+        st.session.deliver(msg, qos, retain, ids, shared, now);
+        let drops = st.session.take_drops();
+        if st.session.has_outbox() {
+            if let Some(c) = &st.conn {
+                c.wake.notify_one();
+            }
+        }
+        let congested =
+            qos != QoS::AtMostOnce && st.conn.is_some() && st.session.queued_len() >= congested_at;
+        Delivery::Accepted { congested, drops }
+    }
+
+    /// True while the session is live, connected and its queue is longer than `low`
+    /// (backpressure keeps waiting).
+    pub(crate) fn backed_up(&self, low: usize) -> bool {
+        let st = self.0.state.lock();
+        !st.ended && st.conn.is_some() && st.session.queued_len() > low
+    }
+
+    /// Wakes publishers waiting for this session's queue once it is down to `low`.
+    pub(crate) fn signal_space(&self, low: usize) {
+        if self.0.state.lock().session.queued_len() <= low {
+            self.0.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until [`changed`](Self::changed) fires; the permit is registered before `check`
+    /// runs, so a notification between the check and the wait is not lost. Returns at once
+    /// when `check` is true.
+    ///
+    /// Cancel safety: stateless; dropping it only stops waiting.
+    pub(crate) async fn wait_changed(&self, check: impl Fn(&SessionRef) -> bool) {
+        let notified = self.0.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if check(self) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The attached connection's control block.
+    pub(crate) fn conn(&self) -> Option<Arc<ConnCtl>> {
+        self.0.state.lock().conn.clone()
+    }
+
+    /// For shared-group member choice: (ended, has window, connected).
+    pub(crate) fn availability(&self) -> (bool, bool, bool) {
+        let st = self.0.state.lock();
+        (st.ended, st.session.has_window(), st.session.is_connected())
+    }
+
+    /// A snapshot for the admin API.
+    pub(crate) fn view(&self) -> SessionView {
+        let st = self.0.state.lock();
+        SessionView {
+            conn: st.conn.as_ref().map(|c| (c.id, c.info.clone())),
+            disconnected_at: st.disconnected_at,
+            expiry_interval: st.expiry_interval,
+            subscriptions: st
+                .session
+                .subscriptions()
+                .iter()
+                .map(|(f, s)| (f.clone(), s.clone()))
+                .collect(),
+            inflight: st.session.inflight_len(),
+            queued: st.session.queued_len(),
+        }
+    }
+}

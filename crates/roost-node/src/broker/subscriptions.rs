@@ -1,0 +1,108 @@
+//! The subscription index and what it tells the cluster: a session's SUBSCRIBE goes into the
+//! local index (matched by every local publish) and, when it is this node's first subscriber
+//! for the filter, into the [`RouteTable`](crate::routes::RouteTable) whose batcher proposes
+//! the route; a persistent session's subscriptions are also written to the replicated session
+//! registry so they survive a restart of this node.
+
+use super::{Broker, SessionRef};
+use crate::routes::RouteResult;
+use roost_cluster::types::{Command, StoredSubscription};
+use roost_core::index::Subscription;
+use roost_core::topic::TopicFilter;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+impl Broker {
+    /// Adds a subscription to the index and the session; true if it is new. When it is this
+    /// node's first subscriber for the filter, `route` receives the route commit to wait for.
+    pub(crate) fn subscribe(
+        &self,
+        s: &SessionRef,
+        filter: &TopicFilter,
+        sub: Subscription,
+        route: &mut Option<oneshot::Receiver<RouteResult>>,
+    ) -> bool {
+        let new = self.index.write().subscribe(filter, s.clone(), sub.clone());
+        if new {
+            *route = self.routes.acquire(filter);
+        }
+        s.with(|session| session.add_subscription(filter.clone(), sub));
+        new
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub(crate) fn unsubscribe(&self, s: &SessionRef, filter: &TopicFilter) -> bool {
+        let existed = self.index.write().unsubscribe(filter, s);
+        if existed {
+            self.routes.release(filter);
+        }
+        s.with(|session| session.remove_subscription(filter));
+        existed
+    }
+
+    /// Indexes a session's subscriptions (one that arrived from another node, or was restored);
+    /// returns the route commits to wait for.
+    pub(super) fn index_all(
+        &self,
+        s: &SessionRef,
+        subscriptions: &[(TopicFilter, Subscription)],
+    ) -> Vec<oneshot::Receiver<RouteResult>> {
+        let mut routes = Vec::new();
+        if subscriptions.is_empty() {
+            return routes;
+        }
+        let mut idx = self.index.write();
+        for (f, sub) in subscriptions {
+            if idx.subscribe(f, s.clone(), sub.clone()) {
+                routes.extend(self.routes.acquire(f));
+            }
+        }
+        routes
+    }
+
+    /// Removes a session's subscriptions from the index (the session ended or left).
+    pub(super) fn unindex_all(&self, s: &SessionRef, filters: &[TopicFilter]) {
+        if filters.is_empty() {
+            return;
+        }
+        let mut idx = self.index.write();
+        for f in filters {
+            if idx.unsubscribe(f, s) {
+                self.routes.release(f);
+            }
+        }
+    }
+
+    /// Records a persistent session's subscriptions in the registry, so they survive a restart
+    /// of this node or its loss. Waits for the commit (bounded); false if it did not commit.
+    pub(crate) async fn persist_subscriptions(&self, s: &SessionRef) -> bool {
+        let cmd = {
+            let st = s.lock();
+            let Some(generation) = st.generation else {
+                return true;
+            };
+            if st.expiry_interval == 0 {
+                return true;
+            }
+            Command::SetSubscriptions {
+                client_id: s.client_id().to_string(),
+                node: self.cluster.node_id(),
+                generation,
+                subscriptions: st
+                    .session
+                    .subscriptions()
+                    .iter()
+                    .map(|(f, sub)| StoredSubscription::new(f, sub))
+                    .collect(),
+                expiry_interval: Some(st.expiry_interval),
+            }
+        };
+        match self.cluster.propose(cmd).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(client_id = %s.client_id(), error = %e, "subscriptions not persisted");
+                false
+            }
+        }
+    }
+}

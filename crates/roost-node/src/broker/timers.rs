@@ -1,0 +1,127 @@
+//! The one owner of every session timer: will delay (MQTT 5.0 §3.1.3.2.2), session expiry
+//! (§3.1.2.11.2) and the clean-up of a session copy left behind when another node claimed the
+//! client. One task sleeps until the earliest deadline instead of a task per timer; a timer is
+//! armed with the session's epoch and does nothing if the session was attached again since.
+//!
+//! ```text
+//!  registry::detach / restore / claim event ─ arm(at, session, epoch, kind) ─▶ BTreeMap by deadline
+//!  timer task: sleep_until(first) | woken by arm ─▶ pop due ─▶ Broker::fire_timer
+//! ```
+
+use super::{Broker, SessionRef};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TimerKind {
+    /// Publish the pending will, if the session is still detached in the same epoch.
+    Will,
+    /// End the session, if it is still detached in the same epoch.
+    Expiry,
+    /// Another node claimed the client with this generation: if it has not taken the session
+    /// over by now, the copy here is stale and is dropped.
+    StaleCopy { generation: u64 },
+}
+
+/// A timer due to fire.
+pub(super) struct Due {
+    pub(super) session: SessionRef,
+    pub(super) epoch: u64,
+    pub(super) kind: TimerKind,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// By deadline; the sequence number keeps equal deadlines apart.
+    queue: BTreeMap<(Instant, u64), Due>,
+    seq: u64,
+}
+
+/// The timer queue. See the module docs.
+#[derive(Default)]
+pub(super) struct Timers {
+    inner: Mutex<Inner>,
+    wake: Arc<Notify>,
+    stopped: AtomicBool,
+}
+
+impl Timers {
+    /// Arms a timer.
+    pub(super) fn arm(&self, at: Instant, session: SessionRef, epoch: u64, kind: TimerKind) {
+        let mut g = self.inner.lock();
+        g.seq += 1;
+        let key = (at, g.seq);
+        let first = g.queue.keys().next().is_none_or(|k| *k > key);
+        g.queue.insert(
+            key,
+            Due {
+                session,
+                epoch,
+                kind,
+            },
+        );
+        drop(g);
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Ends the timer task (shutdown); armed timers are dropped.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn pop_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+        let mut g = self.inner.lock();
+        let mut due = Vec::new();
+        while let Some(entry) = g.queue.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        let next = g.queue.keys().next().map(|k| k.0);
+        (due, next)
+    }
+}
+
+/// The timer task. Holds the broker weakly: it ends when the broker is dropped or stopped.
+pub(super) async fn run(broker: Weak<Broker>, wake: Arc<Notify>) {
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next = {
+            let Some(b) = broker.upgrade() else {
+                return;
+            };
+            if b.timers.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let (due, next) = b.timers.pop_due(Instant::now());
+            for d in due {
+                b.fire_timer(d);
+            }
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
