@@ -19,6 +19,7 @@
 //!   offline queue, topic aliases, expiry).
 
 mod client_id;
+pub mod connect;
 pub mod index;
 pub mod message;
 pub mod retained;
