@@ -93,7 +93,7 @@ impl Session {
         let mut inbound_qos2: Vec<u16> = self.inbound_qos2.drain().collect();
         inbound_qos2.sort_unstable();
         self.client = None;
-        self.clock = super::timers::Clock::Idle;
+        self.clock = None;
         self.outbox.clear();
         SessionImage {
             subscriptions: std::mem::take(&mut self.subscriptions)
@@ -166,7 +166,7 @@ impl Session {
         self.subscriptions.clear();
         self.inbound_qos2.clear();
         self.client = None;
-        self.clock = super::timers::Clock::Idle;
+        self.clock = None;
         out
     }
 }

@@ -43,13 +43,13 @@ pub enum Handled {
     Publish(Inbound),
     /// Send this acknowledgement in PUBLISH order and route nothing: a QoS 2 PUBLISH repeated
     /// before its PUBREL (PUBREC 0x00, exactly once, [MQTT-4.3.3-10]).
-    Ack(Packet),
+    Ack(ReadyAck),
     /// A PUBLISH refused without closing: count it as a drop, send `ack` in PUBLISH order.
     Dropped {
         /// Why (the drop metric's label).
         reason: DropReason,
         /// PUBACK/PUBREC to send, for QoS 1/2.
-        ack: Option<Packet>,
+        ack: Option<ReadyAck>,
     },
     /// SUBSCRIBE: commit the accepted entries, then send [`suback`] (in the outbox through
     /// [`Session::reply`], before any retained message it releases).
@@ -99,6 +99,24 @@ pub struct PendingAck {
     pub packet_id: PacketId,
     /// The connection's protocol (v3.1.1 acknowledgements carry no reason).
     pub protocol: Protocol,
+}
+
+/// An acknowledgement whose reason is decided: send [`ReadyAck::packet`] in PUBLISH order.
+/// (Small on purpose: a [`Packet`] is hundreds of bytes, and [`Handled`] is returned for every
+/// packet.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyAck {
+    /// Which acknowledgement, for which PUBLISH.
+    pub ack: PendingAck,
+    /// Its reason code.
+    pub reason: ReasonCode,
+}
+
+impl ReadyAck {
+    /// The packet to send.
+    pub fn packet(&self) -> Packet {
+        self.ack.with_reason(self.reason)
+    }
 }
 
 /// What happened to a routed PUBLISH, for its acknowledgement.
@@ -322,7 +340,8 @@ impl Session {
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
-                self.outbox.push(Outbound::Packet(Box::new(Packet::PingResp)));
+                self.outbox
+                    .push(Outbound::Packet(Box::new(Packet::PingResp)));
                 Handled::Done
             }
             Packet::Disconnect(d) => Handled::Close(self.on_disconnect(&d)),
@@ -400,13 +419,18 @@ impl Session {
             };
             return Handled::Dropped {
                 reason: DropReason::SystemTopic,
-                ack: ack.map(|a| a.with_reason(reason)),
+                ack: ack.map(|ack| ReadyAck { ack, reason }),
             };
         }
         if let Some(a) = ack.filter(|a| a.kind == AckKind::PubRec) {
             match self.inbound_qos2(a.packet_id) {
                 Err(r) => return Handled::Close(Close::error(r, "receive_maximum")),
-                Ok(false) => return Handled::Ack(a.with_reason(ReasonCode::SUCCESS)),
+                Ok(false) => {
+                    return Handled::Ack(ReadyAck {
+                        ack: a,
+                        reason: ReasonCode::SUCCESS,
+                    })
+                }
                 Ok(true) => {}
             }
         }

@@ -57,7 +57,7 @@ mod timers;
 pub use image::{ImageMessage, SessionImage};
 pub use inbound::{
     retained_on_subscribe, suback, unsuback, AckKind, Close, DropReason, Handled, Inbound,
-    PendingAck, PublishOutcome, SubscribeRequest, Tally,
+    PendingAck, PublishOutcome, ReadyAck, SubscribeRequest, Tally,
 };
 pub use timers::{takeover_will, will_delay, Detached, Ended, Timeout};
 
@@ -297,8 +297,14 @@ pub struct Session {
     /// Session Expiry Interval in seconds (u32::MAX = never): set at attach, changed by a v5
     /// DISCONNECT ([MQTT-3.14.2-2]); decides what happens at detach.
     expiry_interval: u32,
-    /// Keep-alive while connected, expiry while detached (see `timers.rs`).
-    clock: timers::Clock,
+    /// The one timer's base (see `timers.rs`). Connected: when the last packet arrived (the
+    /// keep-alive deadline is 1.5 × `keep_alive` later). Detached: when the session expires.
+    /// `None`: no timer (never attached, attached with the older `connect`/`disconnect`, a
+    /// session that never expires, or one that ended). One field for both: 16 bytes per
+    /// session instead of an enum's 24.
+    clock: Option<Instant>,
+    /// Keep-alive of the attached connection, seconds (0 = none, [MQTT-3.1.2-22]).
+    keep_alive: u16,
     /// A will waiting for its delay while detached (MQTT 5.0 §3.1.3.2.2). Boxed: rare.
     pending_will: Option<Box<timers::PendingWill>>,
 }
@@ -321,7 +327,8 @@ impl Session {
             outbound_aliases: HashMap::new(),
             drops: Drops::default(),
             expiry_interval: 0,
-            clock: timers::Clock::Idle,
+            clock: None,
+            keep_alive: 0,
             pending_will: None,
         }
     }
@@ -345,10 +352,8 @@ impl Session {
     /// (MQTT 5.0 §3.1.3.2.2). The keep-alive is 0 (none) until [`attach`](Self::attach) sets it.
     pub fn connect(&mut self, client: ClientParams, now: Instant) {
         self.client = Some(client);
-        self.clock = timers::Clock::Connected {
-            last_packet: now,
-            keep_alive: 0,
-        };
+        self.clock = Some(now);
+        self.keep_alive = 0;
         self.pending_will = None;
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
@@ -404,7 +409,7 @@ impl Session {
     /// expiry rules).
     pub fn disconnect(&mut self) {
         self.client = None;
-        self.clock = timers::Clock::Idle;
+        self.clock = None;
         self.outbox.clear();
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
@@ -683,4 +688,12 @@ impl Session {
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_handle;
+#[cfg(test)]
+mod tests_publish;
+#[cfg(test)]
+mod tests_timers;

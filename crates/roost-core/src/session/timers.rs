@@ -25,23 +25,6 @@ use crate::topic::TopicFilter;
 use roost_codec::LastWill;
 use std::time::{Duration, Instant};
 
-/// What the session's timer is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Clock {
-    /// No timer: never attached, or attached and detached through the older
-    /// `connect`/`disconnect` pair (the caller keeps its own timers), or ended.
-    Idle,
-    /// A connection is attached.
-    Connected {
-        /// When the last packet arrived (any packet resets keep-alive, [MQTT-3.1.2-22]).
-        last_packet: Instant,
-        /// Seconds; 0 = no keep-alive.
-        keep_alive: u16,
-    },
-    /// No connection; the session ends at `expires_at` (`None`: never).
-    Detached { expires_at: Option<Instant> },
-}
-
 /// A will waiting for its delay.
 #[derive(Debug)]
 pub(super) struct PendingWill {
@@ -118,10 +101,7 @@ impl Session {
 
     fn connect_with(&mut self, params: ClientParams, keep_alive: u16, now: Instant) {
         self.connect(params, now);
-        self.clock = Clock::Connected {
-            last_packet: now,
-            keep_alive,
-        };
+        self.keep_alive = keep_alive;
     }
 
     /// Ends the session now and says what is left to do; the session is fresh afterwards.
@@ -175,55 +155,46 @@ impl Session {
             out.ended = Some(self.end_now());
             return out;
         }
-        let expires_at = (expiry != u32::MAX).then(|| now + secs(expiry));
-        self.clock = Clock::Detached { expires_at };
+        self.clock = (expiry != u32::MAX).then(|| now + secs(expiry));
         out
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.clock {
-            Clock::Idle => None,
-            Clock::Connected {
-                last_packet,
-                keep_alive,
-            } => (keep_alive > 0)
-                .then(|| last_packet + Duration::from_millis(u64::from(keep_alive) * 1500)),
-            Clock::Detached { expires_at } => {
-                let will = self.pending_will.as_ref().map(|p| p.due);
-                match (will, expires_at) {
-                    (Some(w), Some(e)) => Some(w.min(e)),
-                    (w, e) => w.or(e),
-                }
-            }
+        if self.client.is_some() {
+            let keep_alive = Duration::from_millis(u64::from(self.keep_alive) * 1500);
+            return self
+                .clock
+                .filter(|_| self.keep_alive > 0)
+                .map(|t| t + keep_alive);
+        }
+        let will = self.pending_will.as_ref().map(|p| p.due);
+        match (will, self.clock) {
+            (Some(w), Some(e)) => Some(w.min(e)),
+            (w, e) => w.or(e),
         }
     }
 
     /// The timer fired (or the caller checks): what is due at `now`, if anything. Expiry wins
     /// when both are due, and carries the will with it.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Timeout> {
-        match self.clock {
-            Clock::Idle => None,
-            Clock::Connected { .. } => {
-                let due = self.poll_timeout()?;
-                (now >= due).then_some(Timeout::KeepAlive)
-            }
-            Clock::Detached { expires_at } => {
-                if expires_at.is_some_and(|e| now >= e) {
-                    return Some(Timeout::Expired(self.end_now()));
-                }
-                if self.pending_will.as_ref().is_some_and(|p| now >= p.due) {
-                    return self.pending_will.take().map(|p| Timeout::Will(p.will));
-                }
-                None
-            }
+        if self.client.is_some() {
+            let due = self.poll_timeout()?;
+            return (now >= due).then_some(Timeout::KeepAlive);
         }
+        if self.clock.is_some_and(|e| now >= e) {
+            return Some(Timeout::Expired(self.end_now()));
+        }
+        if self.pending_will.as_ref().is_some_and(|p| now >= p.due) {
+            return self.pending_will.take().map(|p| Timeout::Will(p.will));
+        }
+        None
     }
 
     /// Records that a packet arrived (keep-alive, [MQTT-3.1.2-22]).
     pub(super) fn touch(&mut self, now: Instant) {
-        if let Clock::Connected { last_packet, .. } = &mut self.clock {
-            *last_packet = now;
+        if self.client.is_some() {
+            self.clock = Some(now);
         }
     }
 }
