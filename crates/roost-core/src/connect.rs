@@ -17,7 +17,7 @@
 use crate::client_id::ClientId;
 use crate::session::ClientParams;
 use crate::topic::{TopicLimits, TopicName};
-use roost_codec::{ConnAck, Connect, LastWill, Properties, Protocol, QoS, ReasonCode};
+use roost_codec::{ConnAck, Connect, DecodeError, LastWill, Properties, Protocol, QoS, ReasonCode};
 
 /// What this node offers its clients: limits and optional features, announced in the v5
 /// CONNACK and enforced on every packet. Built once from the node's config.
@@ -98,6 +98,26 @@ impl Refusal {
             ..ConnAck::default()
         }
     }
+}
+
+/// The CONNACK answering a CONNECT that could not be decoded, and the protocol to encode it
+/// in, where the client can understand one: an unsupported protocol level gets 0x84 (v5) /
+/// return code 0x01 (v3.1.1) ([MQTT-3.1.2-2]); any other error is answered only when the
+/// decoder already knew the client speaks v5 (`sniffed`); v3.1.1 has no return code for it.
+pub fn connect_error_reply(
+    e: &DecodeError,
+    sniffed: Option<Protocol>,
+) -> Option<(Protocol, ConnAck)> {
+    let protocol = match e {
+        DecodeError::UnsupportedProtocolVersion(level) if *level >= 5 => Protocol::V5,
+        DecodeError::UnsupportedProtocolVersion(_) => Protocol::V311,
+        _ => sniffed.filter(|p| *p == Protocol::V5)?,
+    };
+    let ack = ConnAck {
+        reason_code: e.reason_code(),
+        ..ConnAck::default()
+    };
+    Some((protocol, ack))
 }
 
 /// What a CONNECT that was let in runs with.

@@ -295,3 +295,23 @@ fn refusal_connack_carries_only_the_reason() {
         }
     );
 }
+
+// (error, protocol the decoder sniffed) -> protocol of the CONNACK, if any
+#[test_case(DecodeError::UnsupportedProtocolVersion(6), None => Some(Protocol::V5); "future level answered as v5")]
+#[test_case(DecodeError::UnsupportedProtocolVersion(3), None => Some(Protocol::V311); "old level answered as v3")]
+#[test_case(DecodeError::SecondConnect, Some(Protocol::V5) => Some(Protocol::V5); "v5 malformed")]
+#[test_case(DecodeError::SecondConnect, Some(Protocol::V311) => None; "v3 malformed not answered")]
+#[test_case(DecodeError::SecondConnect, None => None; "unknown protocol not answered")]
+fn connect_decode_error_reply(e: DecodeError, sniffed: Option<Protocol>) -> Option<Protocol> {
+    let reply = connect_error_reply(&e, sniffed);
+    if let Some((_, ack)) = &reply {
+        assert_eq!(
+            *ack,
+            ConnAck {
+                reason_code: e.reason_code(),
+                ..ConnAck::default()
+            }
+        );
+    }
+    reply.map(|(p, _)| p)
+}

@@ -2,17 +2,18 @@
 //! expiry while none is ([MQTT-3.1.2-22], MQTT 5.0 §3.1.2.11.2, §3.1.3.2.2).
 //!
 //! ```text
-//!   attach(&n, now) ──▶ Connected { last_packet, keep_alive } ── handle(_, now) moves last_packet
-//!        ▲                  │ poll_timeout = last_packet + 1.5 × keep_alive (0: none)
+//!   attach(&n, now) ──▶ connected: clock = last packet (handle(_, now) moves it)
+//!        ▲                  │ poll_timeout = clock + 1.5 × keep_alive (keep_alive 0: none)
 //!        │                  │ handle_timeout ─▶ Timeout::KeepAlive (node closes with 0x8D)
 //!        │            detach(now, will)
 //!        │                  ▼
-//!        └──────────── Detached { expires_at } + pending will (due = now + min(delay, expiry))
-//!       (cancels the        │ poll_timeout = min(will due, expires_at)
-//!        pending will)      │ handle_timeout ─▶ Timeout::Will(w)       (delay passed)
+//!        └──────────── detached: clock = now + expiry (u32::MAX: none)
+//!       (cancels a          │        pending will due = now + min(delay, expiry)
+//!        pending will)      │ poll_timeout = min(will due, clock)
+//!                           │ handle_timeout ─▶ Timeout::Will(w)         (delay passed)
 //!                           │                 ─▶ Timeout::Expired(Ended) (session over; a will
 //!                           ▼                    still pending goes with it)
-//!                         Idle (no timer)
+//!                         ended: no timer (expiry 0 at detach, expired, clean-start attach)
 //! ```
 //!
 //! The session only decides *when*; the node does what needs the whole broker: publishing a
