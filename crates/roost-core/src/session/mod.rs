@@ -694,6 +694,8 @@ mod tests;
 #[cfg(test)]
 mod tests_handle;
 #[cfg(test)]
+mod tests_lifecycle;
+#[cfg(test)]
 mod tests_publish;
 #[cfg(test)]
 mod tests_timers;

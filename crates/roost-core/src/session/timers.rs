@@ -136,6 +136,10 @@ impl Session {
     /// or DISCONNECT 0x04). The will goes out now if it has no delay or the session ends now,
     /// else when `now + min(delay, expiry)` passes; the session ends now if its expiry interval
     /// is 0, else at `now + expiry` (never for u32::MAX) unless a connection attaches first.
+    ///
+    /// Only the connection still attached calls this. One that was taken over (a newer
+    /// connection attached to this session meanwhile) leaves the session alone and settles its
+    /// will with [`takeover_will`].
     pub fn detach(&mut self, now: Instant, will: Option<LastWill>) -> Detached {
         self.disconnect();
         let expiry = self.expiry_interval;
