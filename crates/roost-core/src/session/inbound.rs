@@ -15,6 +15,9 @@
 //!   DISCONNECT ─▶ expiry updated ─▶ Close{will: reason == 0x04}
 //! ```
 //!
+//! Metrics stay with the node: it counts every PUBLISH it reads (`msg_received`) before
+//! calling `handle`, and what a [`Handled::Dropped`] or a [`Close`] (its `why` and `tally`) says.
+//!
 //! Acknowledgements of PUBLISHes are returned, never put in the outbox: the node sends them in
 //! PUBLISH order behind those still waiting for peers to accept a forwarded message
 //! ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), which only it can see.
