@@ -5,20 +5,33 @@
 //! feeding inputs and asserting the exact outputs.
 //!
 //! ```text
-//!   roost-node driver ──packet, now──▶ session::Session ──actions──▶ driver (send / route / close)
-//!   roost-node router ──topic──▶ index::SubscriptionIndex ──matches──▶ sessions' outbound queues
-//!                     ──topic──▶ retained::RetainedStore
+//!   driver ──CONNECT──▶ connect::negotiate(policy) ──▶ Negotiated | Refusal (CONNACK)
+//!          ──Negotiated, now──▶ Session::attach
+//!          ──packet, now──▶ Session::handle ──▶ Handled: Done | Publish | Ack | Dropped |
+//!                                               Subscribe | Unsubscribe | Close | ...
+//!                                    outbox ──▶ take_outbox ──▶ prepare_publish ──▶ encode
+//!          ──arm poll_timeout()──▶ fires ──▶ Session::handle_timeout(now) ──▶ Timeout
+//!          ──close, will──▶ Session::detach(now) ──▶ will now / pending, expiry, orphans
+//!   router ──topic──▶ index::SubscriptionIndex ──matches──▶ Session::deliver (outbound queues)
+//!          ──topic──▶ retained::RetainedStore
 //! ```
 //!
+//! The driver only reads, decodes, calls `handle`, acts on what it is told (route, commit a
+//! subscription, close), encodes and writes, and arms the one timer `poll_timeout` names (quinn-
+//! proto's `handle` / `poll_timeout` / `handle_timeout`; openraft's engine: events in, commands
+//! out).
+//!
 //! - [`ClientId`]: the client identifier, one type from CONNECT to the cluster registry.
+//! - [`connect`]: CONNECT negotiation against the node's [`connect::ServerPolicy`], and CONNACK.
 //! - [`topic`]: validated topic names and filters (`$share` included) and matching.
 //! - [`index`]: the subscription trie (`+`, `#`, `$`-topics, shared groups, overlap aggregation).
 //! - [`retained`]: retained messages by topic.
 //! - [`message`]: an application message as it travels inside the broker (payload shared).
-//! - [`session`]: the per-client session state machine (QoS flows, packet ids, windows,
-//!   offline queue, topic aliases, expiry).
+//! - [`session`]: the per-client session state machine (client packets, QoS flows, packet ids,
+//!   windows, offline queue, topic aliases, keep-alive, will delay, expiry).
 
 mod client_id;
+pub mod connect;
 pub mod index;
 pub mod message;
 pub mod retained;

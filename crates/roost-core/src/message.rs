@@ -5,9 +5,10 @@
 //! per-subscriber parts of a delivery (QoS, packet id, retain flag, subscription identifiers,
 //! topic alias) live in the session, not here.
 
-use crate::topic::TopicName;
+use crate::client_id::ClientId;
+use crate::topic::{TopicLimits, TopicName};
 use bytes::Bytes;
-use roost_codec::{Properties, Publish, QoS};
+use roost_codec::{LastWill, Properties, Publish, QoS};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,31 @@ impl Message {
         }
     }
 
+    /// Builds the message a will becomes when it is published, as if its client had published
+    /// it (MQTT 5.0 §3.1.2.5): its Message Expiry Interval counts from `now`, its properties
+    /// pass through. `None` if its topic is not valid under `limits` (checked at CONNECT
+    /// already; the limits may have changed since).
+    pub fn from_will(
+        mut will: LastWill,
+        publisher: ClientId,
+        limits: &TopicLimits,
+        now: Instant,
+    ) -> Option<Message> {
+        let topic = TopicName::new(&will.topic, limits).ok()?;
+        Some(Message {
+            topic,
+            expires_at: will
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            properties: PassThrough::from_properties(&mut will.properties),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            publisher: Some(publisher.as_arc().clone()),
+        })
+    }
+
     /// True if the message expiry interval has passed.
     pub fn is_expired(&self, now: Instant) -> bool {
         matches!(self.expires_at, Some(t) if t <= now)
@@ -123,5 +149,53 @@ impl Message {
     /// in its `max_queued_bytes` budget.
     pub fn size(&self) -> usize {
         self.payload.len() + self.topic.as_str().len() + self.properties.approx_len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_will_becomes_a_message_from_its_client() {
+        let t0 = Instant::now();
+        let will = LastWill {
+            topic: "status/c1".into(),
+            payload: Bytes::from_static(b"offline"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                message_expiry_interval: Some(60),
+                will_delay_interval: Some(5),
+                content_type: Some("text/plain".into()),
+                ..Properties::default()
+            },
+        };
+        let limits = TopicLimits::default();
+        assert_eq!(
+            Message::from_will(will.clone(), ClientId::from("c1"), &limits, t0),
+            Some(Message {
+                topic: TopicName::new("status/c1", &limits).unwrap(),
+                payload: Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: PassThrough {
+                    content_type: Some("text/plain".into()),
+                    ..PassThrough::default()
+                },
+                expires_at: Some(t0 + Duration::from_secs(60)),
+                publisher: Some("c1".into()),
+            })
+        );
+        let short = TopicLimits {
+            max_levels: 1,
+            ..TopicLimits::default()
+        };
+        assert_eq!(
+            Message::from_will(will, ClientId::from("c1"), &short, t0),
+            None
+        );
     }
 }

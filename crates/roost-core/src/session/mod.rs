@@ -25,7 +25,43 @@
 //!
 //! Concurrency: none inside. `roost-node` keeps each session behind its own mutex; routing locks
 //! one session at a time, so there is no lock shared by all messages.
+//!
+//! ## Packets and time (quinn-proto style)
+//!
+//! The connection driver only moves bytes: it decodes a packet, hands it to [`Session::handle`],
+//! acts on the [`Handled`] it gets back (route a PUBLISH, commit a SUBSCRIBE, close), encodes
+//! what [`Session::take_outbox`] gives (PUBLISHes through [`Session::prepare_publish`]), and arms
+//! the one timer [`Session::poll_timeout`] names, calling [`Session::handle_timeout`] when it
+//! fires.
+//!
+//! ```text
+//!   CONNECT ─▶ connect::negotiate ─▶ Negotiated ─▶ attach(&n, now) ──▶ Option<Ended> (clean start)
+//!   packet  ─▶ handle(packet, now) ─▶ Handled::{Done, Publish, Ack, Dropped, Subscribe,
+//!                    │                         Unsubscribe, UnknownPacketId, Close}
+//!                    └─▶ outbox: PUBREL, PUBCOMP, PINGRESP, SUBACK (reply) ─▶ take_outbox
+//!   close   ─▶ detach(now, will) ─▶ Detached { will_now, orphans, ended }
+//!   timer   ─▶ poll_timeout() = connected: last packet + 1.5 × keep-alive
+//!                               detached:  min(will due, session expiry)
+//!              handle_timeout(now) ─▶ Timeout::{KeepAlive, Will, Expired}
+//! ```
+//!
+//! Files: `mod.rs` (state, delivery, outbound QoS flows), `inbound.rs` (`handle`, client
+//! packets), `outbound.rs` (PUBLISH encoding policy: aliases, Maximum Packet Size),
+//! `timers.rs` (attach/detach, keep-alive, will delay, expiry), `image.rs` (export/import/end).
 
+mod image;
+mod inbound;
+mod outbound;
+mod timers;
+
+pub use image::{ImageMessage, SessionImage};
+pub use inbound::{
+    retained_on_subscribe, suback, unsuback, AckKind, Close, DropReason, Handled, Inbound,
+    PendingAck, PublishOutcome, ReadyAck, SubscribeRequest, Tally,
+};
+pub use timers::{takeover_will, will_delay, Detached, Ended, Timeout};
+
+use crate::connect::ServerPolicy;
 use crate::index::Subscription;
 use crate::message::Message;
 use crate::topic::{TopicFilter, TopicLimits, TopicName};
@@ -62,6 +98,24 @@ pub struct SessionLimits {
     pub topic_alias_maximum: u16,
     /// Topic validation limits for alias resolution.
     pub topic: TopicLimits,
+    /// What the node offers: checked by [`Session::handle`] (QoS, retain, subscription
+    /// features) and by DISCONNECT (expiry cap). Shared by every session of a node.
+    pub policy: Arc<ServerPolicy>,
+}
+
+impl SessionLimits {
+    /// Limits whose announced values (Receive Maximum, Topic Alias Maximum, topic limits) are
+    /// the policy's, so what CONNACK says and what the session enforces cannot differ; the
+    /// queue and window bounds are the defaults (set them with struct update syntax).
+    pub fn new(policy: Arc<ServerPolicy>) -> SessionLimits {
+        SessionLimits {
+            receive_maximum: policy.receive_maximum,
+            topic_alias_maximum: policy.topic_alias_maximum,
+            topic: policy.topic,
+            policy,
+            ..SessionLimits::default()
+        }
+    }
 }
 
 impl Default for SessionLimits {
@@ -74,6 +128,7 @@ impl Default for SessionLimits {
             drop_policy: DropPolicy::Oldest,
             topic_alias_maximum: 64,
             topic: TopicLimits::default(),
+            policy: Arc::new(ServerPolicy::default()),
         }
     }
 }
@@ -129,11 +184,15 @@ pub enum Outbound {
     PubRel(PacketId, ReasonCode),
     /// PUBCOMP for an inbound QoS 2 message (reason 0x92 when the PUBREL was for an unknown id).
     PubComp(PacketId, ReasonCode),
+    /// Any other packet, sent as is, in its place: PINGRESP, and SUBACK / UNSUBACK given to
+    /// [`Session::reply`] (so a SUBACK leaves before the retained messages it releases).
+    /// Boxed: a packet is several times larger than the other variants.
+    Packet(Box<Packet>),
 }
 
 impl Outbound {
-    /// The packet to encode, for everything but PUBLISH (which the driver builds itself to
-    /// apply topic aliases and size limits).
+    /// The packet to encode, for everything but PUBLISH (built by
+    /// [`Session::prepare_publish`], which applies topic aliases and size limits).
     pub fn ack_packet(&self) -> Option<Packet> {
         let ack = |id: PacketId, reason: ReasonCode| Ack {
             packet_id: id,
@@ -144,6 +203,7 @@ impl Outbound {
             Outbound::Publish(_) => None,
             Outbound::PubRel(id, r) => Some(Packet::PubRel(ack(id, r))),
             Outbound::PubComp(id, r) => Some(Packet::PubComp(ack(id, r))),
+            Outbound::Packet(ref p) => Some((**p).clone()),
         }
     }
 }
@@ -205,45 +265,12 @@ struct Inflight {
 }
 
 /// A message taken back from a session that ended, to redistribute to its shared group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     /// The shared subscription it arrived through.
     pub filter: TopicFilter,
     /// The message.
     pub msg: Arc<Message>,
-}
-
-/// A message of a session image: queued, or in flight with its packet id and stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageMessage {
-    /// The message.
-    pub msg: Arc<Message>,
-    /// Delivery QoS.
-    pub qos: QoS,
-    /// RETAIN as sent to this subscriber.
-    pub retain: bool,
-    /// Subscription identifiers.
-    pub subscription_ids: Vec<u32>,
-    /// The shared subscription it came through.
-    pub shared: Option<TopicFilter>,
-    /// In flight only: its packet id.
-    pub packet_id: Option<PacketId>,
-    /// In flight only: PUBREL already sent (QoS 2, second half).
-    pub released: bool,
-}
-
-/// Everything a session holds that must move with it when another node takes it over
-/// (docs/rfcs/0002): subscriptions, in-flight and queued messages, inbound QoS 2 ids.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SessionImage {
-    /// Subscriptions.
-    pub subscriptions: Vec<(TopicFilter, Subscription)>,
-    /// In flight, oldest first.
-    pub inflight: Vec<ImageMessage>,
-    /// Queued, oldest first.
-    pub queued: Vec<ImageMessage>,
-    /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub inbound_qos2: Vec<u16>,
 }
 
 /// One client's session. See the module docs.
@@ -267,6 +294,19 @@ pub struct Session {
     /// Server-to-client aliases of the current connection.
     outbound_aliases: HashMap<TopicName, u16>,
     drops: Drops,
+    /// Session Expiry Interval in seconds (u32::MAX = never): set at attach, changed by a v5
+    /// DISCONNECT ([MQTT-3.14.2-2]); decides what happens at detach.
+    expiry_interval: u32,
+    /// The one timer's base (see `timers.rs`). Connected: when the last packet arrived (the
+    /// keep-alive deadline is 1.5 × `keep_alive` later). Detached: when the session expires.
+    /// `None`: no timer (never attached, attached with the older `connect`/`disconnect`, a
+    /// session that never expires, or one that ended). One field for both: 16 bytes per
+    /// session instead of an enum's 24.
+    clock: Option<Instant>,
+    /// Keep-alive of the attached connection, seconds (0 = none, [MQTT-3.1.2-22]).
+    keep_alive: u16,
+    /// A will waiting for its delay while detached (MQTT 5.0 §3.1.3.2.2). Boxed: rare.
+    pending_will: Option<Box<timers::PendingWill>>,
 }
 
 impl Session {
@@ -286,6 +326,10 @@ impl Session {
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
             drops: Drops::default(),
+            expiry_interval: 0,
+            clock: None,
+            keep_alive: 0,
+            pending_will: None,
         }
     }
 
@@ -303,8 +347,14 @@ impl Session {
     /// unacknowledged PUBREL, in their original order ([MQTT-4.4.0-1], [MQTT-4.6.0-1]), then
     /// fills the window from the queue. PUBLISHes beyond the new connection's window wait
     /// (marked `awaiting_resend`) and go out, still in order, as acknowledgements free room.
+    ///
+    /// A will still waiting for its delay is cancelled: the client is back in time
+    /// (MQTT 5.0 §3.1.3.2.2). The keep-alive is 0 (none) until [`attach`](Self::attach) sets it.
     pub fn connect(&mut self, client: ClientParams, now: Instant) {
         self.client = Some(client);
+        self.clock = Some(now);
+        self.keep_alive = 0;
+        self.pending_will = None;
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
         self.outbox.clear();
@@ -355,8 +405,11 @@ impl Session {
     }
 
     /// Detaches the connection. Unsent QoS 0 messages are discarded; QoS 1/2 state stays.
+    /// No timer is armed (see [`detach`](Self::detach) for the one that applies the will and
+    /// expiry rules).
     pub fn disconnect(&mut self) {
         self.client = None;
+        self.clock = None;
         self.outbox.clear();
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
@@ -599,102 +652,6 @@ impl Session {
         Ok(())
     }
 
-    /// A QoS 2 PUBLISH from the client. `Ok(true)`: new, route it; `Ok(false)`: a repeat of one
-    /// already received (DUP redelivery), do not route again. Either way the caller sends PUBREC.
-    /// `Err(0x93)` when the client exceeds our Receive Maximum ([MQTT-3.3.4-9]).
-    pub fn inbound_qos2(&mut self, id: PacketId) -> Result<bool, ReasonCode> {
-        if self.inbound_qos2.contains(&id.get()) {
-            return Ok(false);
-        }
-        if self.inbound_qos2.len() >= usize::from(self.limits.receive_maximum) {
-            return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
-        }
-        self.inbound_qos2.insert(id.get());
-        Ok(true)
-    }
-
-    /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
-    pub fn handle_pubrel(&mut self, id: PacketId) {
-        let known = self.inbound_qos2.remove(&id.get());
-        let reason = if !known && self.client.is_some_and(|c| c.protocol == Protocol::V5) {
-            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-        } else {
-            ReasonCode::SUCCESS
-        };
-        self.outbox.push(Outbound::PubComp(id, reason));
-    }
-
-    /// Resolves the topic of an inbound PUBLISH, learning or applying a topic alias
-    /// (MQTT 5.0 §3.3.2.3.4). Errors are the reason code to disconnect with.
-    pub fn resolve_topic(
-        &mut self,
-        topic: &str,
-        alias: Option<u16>,
-    ) -> Result<TopicName, ReasonCode> {
-        match alias {
-            None => TopicName::new(topic, &self.limits.topic).map_err(|e| e.reason_code()),
-            Some(a) => {
-                if a == 0 || a > self.limits.topic_alias_maximum {
-                    // [MQTT-3.3.2-8], [MQTT-3.3.2-9]
-                    return Err(ReasonCode::TOPIC_ALIAS_INVALID);
-                }
-                if topic.is_empty() {
-                    self.inbound_aliases
-                        .get(&a)
-                        .cloned()
-                        .ok_or(ReasonCode::PROTOCOL_ERROR)
-                } else {
-                    let name =
-                        TopicName::new(topic, &self.limits.topic).map_err(|e| e.reason_code())?;
-                    self.inbound_aliases.insert(a, name.clone());
-                    Ok(name)
-                }
-            }
-        }
-    }
-
-    /// A server-to-client alias for `topic`: `Some((alias, first_use))`; when `first_use` the
-    /// topic must be sent along with the alias. Aliases are handed out to the first topics sent
-    /// until the client's Topic Alias Maximum is reached, and kept for the connection.
-    pub fn outbound_alias(&mut self, topic: &TopicName) -> Option<(u16, bool)> {
-        let alias = self.peek_outbound_alias(topic);
-        if let Some((a, true)) = alias {
-            self.outbound_aliases.insert(topic.clone(), a);
-        }
-        alias
-    }
-
-    /// What [`outbound_alias`](Self::outbound_alias) would return, without defining a new
-    /// alias: the caller first checks that the PUBLISH still fits the client's Maximum Packet
-    /// Size with the Topic Alias property added ([MQTT-3.1.2-24]).
-    pub fn peek_outbound_alias(&self, topic: &TopicName) -> Option<(u16, bool)> {
-        let max = self.client.map_or(0, |c| c.topic_alias_maximum);
-        if max == 0 {
-            return None;
-        }
-        if let Some(&a) = self.outbound_aliases.get(topic) {
-            return Some((a, false));
-        }
-        let used = self.outbound_aliases.len();
-        if used >= usize::from(max) {
-            return None;
-        }
-        let a = u16::try_from(used + 1).ok()?;
-        Some((a, true))
-    }
-
-    /// Forgets a PUBLISH that cannot be sent to this client (too large for its Maximum Packet
-    /// Size, [MQTT-3.1.2-25]), freeing its window slot.
-    pub fn abandon(&mut self, id: Option<PacketId>, now: Instant) {
-        self.drops.too_large += 1;
-        if let Some(id) = id {
-            if let Some(pos) = self.position(id, InflightState::Published) {
-                self.inflight.remove(pos);
-                self.pump(now);
-            }
-        }
-    }
-
     /// Takes everything to be sent, in order.
     pub fn take_outbox(&mut self, into: &mut Vec<Outbound>) {
         if into.is_empty() {
@@ -728,127 +685,17 @@ impl Session {
     pub fn subscriptions(&self) -> &BTreeMap<TopicFilter, Subscription> {
         &self.subscriptions
     }
-
-    /// Takes queued (not yet sent) messages that came through shared subscriptions, so another
-    /// member of the group can have them. Called when a member disconnects: a member that is
-    /// gone must not strand its group's messages.
-    pub fn take_shared_queued(&mut self) -> Vec<Orphan> {
-        let mut out = Vec::new();
-        let mut keep = VecDeque::with_capacity(self.queue.len());
-        for p in self.queue.drain(..) {
-            match p.shared {
-                Some(filter) => {
-                    self.queued_bytes -= p.msg.size();
-                    out.push(Orphan { filter, msg: p.msg });
-                }
-                None => keep.push_back(p),
-            }
-        }
-        self.queue = keep;
-        out
-    }
-
-    /// Takes the whole session out, leaving it empty and detached (the node hands the image to
-    /// the node that took the client over).
-    pub fn export(&mut self) -> SessionImage {
-        let image_of = |p: Pending, id: Option<PacketId>, released: bool| ImageMessage {
-            msg: p.msg,
-            qos: p.qos,
-            retain: p.retain,
-            subscription_ids: p.subscription_ids,
-            shared: p.shared,
-            packet_id: id,
-            released,
-        };
-        let inflight = self
-            .inflight
-            .drain(..)
-            .map(|f| image_of(f.pending, Some(f.id), f.state == InflightState::Released))
-            .collect();
-        let queued = self
-            .queue
-            .drain(..)
-            .map(|p| image_of(p, None, false))
-            .collect();
-        self.queued_bytes = 0;
-        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.drain().collect();
-        inbound_qos2.sort_unstable();
-        self.client = None;
-        self.outbox.clear();
-        SessionImage {
-            subscriptions: std::mem::take(&mut self.subscriptions)
-                .into_iter()
-                .collect(),
-            inflight,
-            queued,
-            inbound_qos2,
-        }
-    }
-
-    /// Rebuilds a session from an image (taken over from another node). The queue bounds of
-    /// this node apply: what does not fit is dropped and counted. In-flight messages keep their
-    /// packet ids and are resent (DUP) when a connection attaches.
-    pub fn import(client_id: Arc<str>, limits: SessionLimits, image: SessionImage) -> Session {
-        let mut s = Session::new(client_id, limits);
-        s.subscriptions = image.subscriptions.into_iter().collect();
-        for m in image.inflight {
-            let Some(id) = m.packet_id else { continue };
-            if s.inflight.iter().any(|f| f.id == id) {
-                continue;
-            }
-            s.inflight.push_back(Inflight {
-                id,
-                pending: Pending {
-                    msg: m.msg,
-                    qos: m.qos,
-                    retain: m.retain,
-                    subscription_ids: m.subscription_ids,
-                    shared: m.shared,
-                },
-                state: if m.released {
-                    InflightState::Released
-                } else {
-                    InflightState::Published
-                },
-                awaiting_resend: true,
-            });
-            s.next_packet_id = s.next_packet_id.max(id.get());
-        }
-        for m in image.queued {
-            s.enqueue(Pending {
-                msg: m.msg,
-                qos: m.qos,
-                retain: m.retain,
-                subscription_ids: m.subscription_ids,
-                shared: m.shared,
-            });
-        }
-        s.inbound_qos2 = image.inbound_qos2.into_iter().collect();
-        s
-    }
-
-    /// Ends the session: every shared-subscription message it still holds (queued, or sent and
-    /// not acknowledged) is returned for redistribution; the rest is discarded.
-    pub fn end(&mut self) -> Vec<Orphan> {
-        let mut out = self.take_shared_queued();
-        for f in self.inflight.drain(..) {
-            if f.state == InflightState::Published {
-                if let Some(filter) = f.pending.shared {
-                    out.push(Orphan {
-                        filter,
-                        msg: f.pending.msg,
-                    });
-                }
-            }
-        }
-        self.queue.clear();
-        self.queued_bytes = 0;
-        self.subscriptions.clear();
-        self.inbound_qos2.clear();
-        self.client = None;
-        out
-    }
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_handle;
+#[cfg(test)]
+mod tests_lifecycle;
+#[cfg(test)]
+mod tests_publish;
+#[cfg(test)]
+mod tests_timers;

@@ -1,0 +1,299 @@
+//! CONNECT negotiation: what the server offers ([`ServerPolicy`]), whether a CONNECT is let in
+//! ([`negotiate`]), and the parameters the connection then runs with ([`Negotiated`]), including
+//! the v5 CONNACK that tells the client about every difference (MQTT 5.0 §3.2.2.3).
+//!
+//! ```text
+//!   Connect ──negotiate(policy, assign_id)──┬─▶ Err(Refusal)  ──▶ CONNACK with reason, close
+//!                                            └─▶ Ok(Negotiated) ──▶ node: quota, cluster claim
+//!                                                   │                 Session::attach(&n, now)
+//!                                                   └─ connack(policy, session_present) ──▶ CONNACK
+//! ```
+//!
+//! Pure functions: no clock, no I/O. The node builds one [`ServerPolicy`] from its config and
+//! shares it (`Arc`) with every session, which checks PUBLISH and SUBSCRIBE against it. What
+//! needs the whole node stays there: the connection quota (`mqtt.max_connections`, skipped for a
+//! takeover) and registering the session in the cluster (0x88 when there is no quorum).
+
+use crate::client_id::ClientId;
+use crate::session::ClientParams;
+use crate::topic::{TopicLimits, TopicName};
+use roost_codec::{ConnAck, Connect, DecodeError, LastWill, Properties, Protocol, QoS, ReasonCode};
+
+/// What this node offers its clients: limits and optional features, announced in the v5
+/// CONNACK and enforced on every packet. Built once from the node's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPolicy {
+    /// Without it nobody is let in (no credential store exists yet): 0x87.
+    pub allow_anonymous: bool,
+    /// Longest client id accepted, in bytes (0x85 beyond it).
+    pub max_client_id_length: usize,
+    /// Highest QoS accepted in PUBLISH, granted in SUBSCRIBE and allowed for a will
+    /// ([MQTT-3.2.2-11]; CONNACK Maximum QoS).
+    pub max_qos: QoS,
+    /// Whether RETAIN=1 is accepted ([MQTT-3.3.1-19]; CONNACK Retain Available).
+    pub retain_available: bool,
+    /// Whether filters with `+`/`#` are accepted (SUBACK 0xA2 otherwise).
+    pub wildcard_subscriptions: bool,
+    /// Whether SUBSCRIBE may carry a Subscription Identifier (DISCONNECT 0xA1 otherwise).
+    pub subscription_identifiers: bool,
+    /// Whether `$share/...` filters are accepted (SUBACK 0x9E otherwise).
+    pub shared_subscriptions: bool,
+    /// Largest packet accepted; always announced to v5 clients (CONNACK Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Inbound QoS 1/2 window announced to v5 clients (CONNACK Receive Maximum).
+    pub receive_maximum: u16,
+    /// Client-to-server topic aliases accepted (CONNACK Topic Alias Maximum; 0 = none).
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive a v5 client is held to; 0 requested is raised to it unless 65,535.
+    pub max_keep_alive: u16,
+    /// Keep-alive imposed on every v5 client (CONNACK Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
+    /// Cap on the Session Expiry Interval (u32::MAX: no cap).
+    pub max_session_expiry_interval: u32,
+    /// Topic validation limits.
+    pub topic: TopicLimits,
+}
+
+impl Default for ServerPolicy {
+    /// The defaults of roost-node's `MqttConfig`.
+    fn default() -> Self {
+        ServerPolicy {
+            allow_anonymous: true,
+            max_client_id_length: 256,
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            max_packet_size: 1_048_576,
+            receive_maximum: 32,
+            topic_alias_maximum: 64,
+            max_keep_alive: u16::MAX,
+            server_keep_alive: None,
+            max_session_expiry_interval: u32::MAX,
+            topic: TopicLimits::default(),
+        }
+    }
+}
+
+/// A CONNECT that is not let in: the CONNACK reason code and the metric label
+/// (`roost_connections_rejected_total{why}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// CONNACK reason code (v3.1.1 return codes are mapped by the encoder).
+    pub reason: ReasonCode,
+    /// Metric label.
+    pub why: &'static str,
+}
+
+impl Refusal {
+    fn new(reason: ReasonCode, why: &'static str) -> Refusal {
+        Refusal { reason, why }
+    }
+
+    /// The CONNACK to send before closing.
+    pub fn connack(&self) -> ConnAck {
+        ConnAck {
+            reason_code: self.reason,
+            ..ConnAck::default()
+        }
+    }
+}
+
+/// The CONNACK answering a CONNECT that could not be decoded, and the protocol to encode it
+/// in, where the client can understand one: an unsupported protocol level gets 0x84 (v5) /
+/// return code 0x01 (v3.1.1) ([MQTT-3.1.2-2]); any other error is answered only when the
+/// decoder already knew the client speaks v5 (`sniffed`); v3.1.1 has no return code for it.
+pub fn connect_error_reply(
+    e: &DecodeError,
+    sniffed: Option<Protocol>,
+) -> Option<(Protocol, ConnAck)> {
+    let protocol = match e {
+        DecodeError::UnsupportedProtocolVersion(level) if *level >= 5 => Protocol::V5,
+        DecodeError::UnsupportedProtocolVersion(_) => Protocol::V311,
+        _ => sniffed.filter(|p| *p == Protocol::V5)?,
+    };
+    let ack = ConnAck {
+        reason_code: e.reason_code(),
+        ..ConnAck::default()
+    };
+    Some((protocol, ack))
+}
+
+/// What a CONNECT that was let in runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The client id: the one given, or the assigned one.
+    pub client_id: ClientId,
+    /// True if the server assigned the id (CONNACK Assigned Client Identifier, v5).
+    pub assigned: bool,
+    /// Protocol of the connection.
+    pub protocol: Protocol,
+    /// Clean Start / CleanSession.
+    pub clean_start: bool,
+    /// Session Expiry Interval in effect: requested, capped by the policy. Seconds;
+    /// u32::MAX = never.
+    pub expiry_interval: u32,
+    /// What the client asked for (v5 property; v3.1.1: 0 when clean, u32::MAX when not).
+    pub expiry_requested: u32,
+    /// Keep-alive the connection is held to, seconds (0 = none).
+    pub keep_alive: u16,
+    /// Keep-alive the client asked for.
+    pub keep_alive_requested: u16,
+    /// What the client said that shapes what we send it.
+    pub params: ClientParams,
+    /// The will, already checked against the policy. Boxed: most clients have none.
+    pub will: Option<Box<LastWill>>,
+    /// User Name, for the admin API.
+    pub username: Option<String>,
+}
+
+/// Decides whether `connect` is let in and with what parameters, in this order: enhanced
+/// authentication (not offered: 0x8C), anonymous access (0x87), the client id (empty: assigned
+/// with `assign_id`, except a v3.1.1 CleanSession=0 client [MQTT-3.1.3-8]; too long: 0x85), the
+/// will (topic valid and not `$`: 0x90, QoS: 0x9B, retain: 0x9A).
+pub fn negotiate(
+    connect: &Connect,
+    policy: &ServerPolicy,
+    assign_id: impl FnOnce() -> String,
+) -> Result<Negotiated, Refusal> {
+    let v5 = connect.protocol == Protocol::V5;
+    let props = &connect.properties;
+    if props.authentication_method.is_some() {
+        // Enhanced authentication (AUTH exchange) is not offered.
+        return Err(Refusal::new(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "auth_method",
+        ));
+    }
+    if !policy.allow_anonymous {
+        return Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "not_authorized"));
+    }
+    let bad_id = Refusal::new(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id");
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            // [MQTT-3.1.3-8] (3.1.1): a zero-length id needs CleanSession=1.
+            return Err(bad_id);
+        }
+        (ClientId::from(assign_id()), true)
+    } else {
+        if connect.client_id.len() > policy.max_client_id_length {
+            return Err(bad_id);
+        }
+        (ClientId::from(connect.client_id.as_str()), false)
+    };
+    if let Some(w) = &connect.will {
+        check_will(w, policy).map_err(|reason| Refusal::new(reason, "will"))?;
+    }
+    let expiry_requested = if v5 {
+        props.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    Ok(Negotiated {
+        client_id,
+        assigned,
+        protocol: connect.protocol,
+        clean_start: connect.clean_start,
+        expiry_interval: expiry_requested.min(policy.max_session_expiry_interval),
+        expiry_requested,
+        keep_alive: effective_keep_alive(connect.keep_alive, policy, v5),
+        keep_alive_requested: connect.keep_alive,
+        params: ClientParams {
+            protocol: connect.protocol,
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            maximum_packet_size: props.maximum_packet_size,
+            topic_alias_maximum: if v5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+        },
+        will: connect.will.clone().map(Box::new),
+        username: connect.username.clone(),
+    })
+}
+
+/// A will must be publishable by this client under this policy (MQTT 5.0 §3.1.2.5-§3.1.2.7).
+fn check_will(w: &LastWill, policy: &ServerPolicy) -> Result<(), ReasonCode> {
+    let name = TopicName::new(&w.topic, &policy.topic).map_err(|e| e.reason_code())?;
+    if name.is_system() {
+        return Err(ReasonCode::TOPIC_NAME_INVALID);
+    }
+    if w.qos > policy.max_qos {
+        return Err(ReasonCode::QOS_NOT_SUPPORTED);
+    }
+    if w.retain && !policy.retain_available {
+        return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+    }
+    Ok(())
+}
+
+/// The keep-alive the connection is held to (MQTT 5.0 §3.1.2.10, §3.2.2.3.14). v5 clients are
+/// told about an override through Server Keep Alive; v3.1.1 has no way to tell a client, so a
+/// v3.1.1 client is held to what it asked for.
+fn effective_keep_alive(requested: u16, policy: &ServerPolicy, v5: bool) -> u16 {
+    if !v5 {
+        return requested;
+    }
+    if let Some(k) = policy.server_keep_alive {
+        return k;
+    }
+    if requested > policy.max_keep_alive || (requested == 0 && policy.max_keep_alive < u16::MAX) {
+        return policy.max_keep_alive;
+    }
+    requested
+}
+
+impl Negotiated {
+    /// The CONNACK accepting this connection. v5 carries every property that differs from
+    /// what the client would otherwise assume (MQTT 5.0 §3.2.2.3); v3.1.1 has none.
+    pub fn connack(&self, policy: &ServerPolicy, session_present: bool) -> ConnAck {
+        let mut ack = ConnAck {
+            session_present,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        };
+        if self.protocol != Protocol::V5 {
+            return ack;
+        }
+        let p = &mut ack.properties;
+        if self.expiry_interval != self.expiry_requested {
+            p.session_expiry_interval = Some(self.expiry_interval);
+        }
+        if policy.receive_maximum != u16::MAX {
+            p.receive_maximum = Some(policy.receive_maximum);
+        }
+        if policy.max_qos < QoS::ExactlyOnce {
+            p.maximum_qos = Some(policy.max_qos as u8);
+        }
+        if !policy.retain_available {
+            p.retain_available = Some(0);
+        }
+        p.maximum_packet_size = Some(policy.max_packet_size);
+        if self.assigned {
+            p.assigned_client_identifier = Some(self.client_id.as_str().to_owned());
+        }
+        if policy.topic_alias_maximum > 0 {
+            p.topic_alias_maximum = Some(policy.topic_alias_maximum);
+        }
+        if !policy.wildcard_subscriptions {
+            p.wildcard_subscription_available = Some(0);
+        }
+        if !policy.subscription_identifiers {
+            p.subscription_identifiers_available = Some(0);
+        }
+        if !policy.shared_subscriptions {
+            p.shared_subscription_available = Some(0);
+        }
+        if self.keep_alive != self.keep_alive_requested {
+            p.server_keep_alive = Some(self.keep_alive);
+        }
+        ack
+    }
+}
+
+#[cfg(test)]
+mod tests;

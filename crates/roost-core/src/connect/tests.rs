@@ -1,0 +1,317 @@
+//! Negotiation tests: one CONNECT in, the exact `Negotiated`, `Refusal` or CONNACK out.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use bytes::Bytes;
+use test_case::test_case;
+
+fn connect(protocol: Protocol, client_id: &str) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn will(topic: &str, qos: QoS, retain: bool) -> LastWill {
+    LastWill {
+        topic: topic.to_owned(),
+        payload: Bytes::from_static(b"gone"),
+        qos,
+        retain,
+        properties: Properties::default(),
+    }
+}
+
+fn assign() -> String {
+    "roost-0000000000000001".to_owned()
+}
+
+fn refusal(c: &Connect, policy: &ServerPolicy) -> Refusal {
+    negotiate(c, policy, assign).unwrap_err()
+}
+
+fn ok(c: &Connect, policy: &ServerPolicy) -> Negotiated {
+    negotiate(c, policy, assign).unwrap()
+}
+
+#[test]
+fn authentication_method_is_refused_first() {
+    let mut c = connect(Protocol::V5, "c");
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let policy = ServerPolicy {
+        allow_anonymous: false,
+        ..ServerPolicy::default()
+    };
+    assert_eq!(
+        refusal(&c, &policy),
+        Refusal {
+            reason: ReasonCode::BAD_AUTHENTICATION_METHOD,
+            why: "auth_method"
+        }
+    );
+}
+
+#[test]
+fn anonymous_off_refuses_everyone() {
+    let policy = ServerPolicy {
+        allow_anonymous: false,
+        ..ServerPolicy::default()
+    };
+    assert_eq!(
+        refusal(&connect(Protocol::V5, "c"), &policy),
+        Refusal {
+            reason: ReasonCode::NOT_AUTHORIZED,
+            why: "not_authorized"
+        }
+    );
+}
+
+#[test]
+fn empty_id_with_persistent_v311_session_is_refused() {
+    let mut c = connect(Protocol::V311, "");
+    c.clean_start = false;
+    assert_eq!(
+        refusal(&c, &ServerPolicy::default()),
+        Refusal {
+            reason: ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            why: "client_id"
+        }
+    );
+}
+
+#[test]
+fn too_long_id_is_refused() {
+    let policy = ServerPolicy {
+        max_client_id_length: 3,
+        ..ServerPolicy::default()
+    };
+    assert!(negotiate(&connect(Protocol::V5, "abc"), &policy, assign).is_ok());
+    assert_eq!(
+        refusal(&connect(Protocol::V5, "abcd"), &policy),
+        Refusal {
+            reason: ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            why: "client_id"
+        }
+    );
+}
+
+#[test_case("a/+", QoS::AtMostOnce, false, ServerPolicy::default(), ReasonCode::TOPIC_NAME_INVALID; "wildcard topic")]
+#[test_case("$SYS/x", QoS::AtMostOnce, false, ServerPolicy::default(), ReasonCode::TOPIC_NAME_INVALID; "system topic")]
+#[test_case("a", QoS::ExactlyOnce, false, ServerPolicy { max_qos: QoS::AtLeastOnce, ..ServerPolicy::default() }, ReasonCode::QOS_NOT_SUPPORTED; "qos")]
+#[test_case("a", QoS::AtMostOnce, true, ServerPolicy { retain_available: false, ..ServerPolicy::default() }, ReasonCode::RETAIN_NOT_SUPPORTED; "retain")]
+fn bad_will_is_refused(
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    policy: ServerPolicy,
+    reason: ReasonCode,
+) {
+    let mut c = connect(Protocol::V5, "c");
+    c.will = Some(will(topic, qos, retain));
+    assert_eq!(
+        refusal(&c, &policy),
+        Refusal {
+            reason,
+            why: "will"
+        }
+    );
+}
+
+#[test]
+fn empty_id_is_assigned_and_everything_else_copied() {
+    let mut c = connect(Protocol::V5, "");
+    c.username = Some("u".into());
+    c.will = Some(will("w", QoS::AtLeastOnce, true));
+    c.properties.receive_maximum = Some(10);
+    c.properties.maximum_packet_size = Some(2000);
+    c.properties.topic_alias_maximum = Some(5);
+    c.properties.session_expiry_interval = Some(30);
+    assert_eq!(
+        ok(&c, &ServerPolicy::default()),
+        Negotiated {
+            client_id: ClientId::from("roost-0000000000000001"),
+            assigned: true,
+            protocol: Protocol::V5,
+            clean_start: true,
+            expiry_interval: 30,
+            expiry_requested: 30,
+            keep_alive: 60,
+            keep_alive_requested: 60,
+            params: ClientParams {
+                protocol: Protocol::V5,
+                receive_maximum: 10,
+                maximum_packet_size: Some(2000),
+                topic_alias_maximum: 5,
+            },
+            will: Some(Box::new(will("w", QoS::AtLeastOnce, true))),
+            username: Some("u".into()),
+        }
+    );
+}
+
+#[test]
+fn v311_params_ignore_v5_properties() {
+    let mut c = connect(Protocol::V311, "c");
+    c.properties.topic_alias_maximum = Some(5);
+    assert_eq!(
+        ok(&c, &ServerPolicy::default()).params,
+        ClientParams::v311()
+    );
+}
+
+// (protocol, requested, server_keep_alive, max_keep_alive) -> effective
+#[test_case(Protocol::V311, 60, Some(10), 30 => 60; "v3 keeps what it asked for")]
+#[test_case(Protocol::V311, 0, None, 30 => 0; "v3 zero stays zero")]
+#[test_case(Protocol::V5, 60, Some(10), 30 => 10; "v5 server keep alive wins")]
+#[test_case(Protocol::V5, 60, None, 30 => 30; "v5 over max is capped")]
+#[test_case(Protocol::V5, 0, None, 30 => 30; "v5 zero raised to max")]
+#[test_case(Protocol::V5, 0, None, u16::MAX => 0; "v5 zero kept without a max")]
+#[test_case(Protocol::V5, 20, None, 30 => 20; "v5 within max kept")]
+fn keep_alive(protocol: Protocol, requested: u16, server: Option<u16>, max: u16) -> u16 {
+    let mut c = connect(protocol, "c");
+    c.keep_alive = requested;
+    let policy = ServerPolicy {
+        server_keep_alive: server,
+        max_keep_alive: max,
+        ..ServerPolicy::default()
+    };
+    let n = ok(&c, &policy);
+    assert_eq!(n.keep_alive_requested, requested);
+    n.keep_alive
+}
+
+// (protocol, clean, property, cap) -> (effective, requested)
+#[test_case(Protocol::V5, true, Some(100), u32::MAX => (100, 100); "v5 property")]
+#[test_case(Protocol::V5, false, None, u32::MAX => (0, 0); "v5 absent is zero")]
+#[test_case(Protocol::V5, true, Some(u32::MAX), 3600 => (3600, u32::MAX); "v5 capped")]
+#[test_case(Protocol::V311, true, Some(100), u32::MAX => (0, 0); "v3 clean ends with the connection")]
+#[test_case(Protocol::V311, false, None, u32::MAX => (u32::MAX, u32::MAX); "v3 persistent never expires")]
+#[test_case(Protocol::V311, false, None, 3600 => (3600, u32::MAX); "v3 persistent capped")]
+fn expiry(protocol: Protocol, clean: bool, property: Option<u32>, cap: u32) -> (u32, u32) {
+    let mut c = connect(protocol, "c");
+    c.clean_start = clean;
+    c.properties.session_expiry_interval = property;
+    let policy = ServerPolicy {
+        max_session_expiry_interval: cap,
+        ..ServerPolicy::default()
+    };
+    let n = ok(&c, &policy);
+    (n.expiry_interval, n.expiry_requested)
+}
+
+#[test]
+fn v5_connack_with_defaults_announces_size_window_and_aliases() {
+    let n = ok(&connect(Protocol::V5, "c"), &ServerPolicy::default());
+    assert_eq!(
+        n.connack(&ServerPolicy::default(), true),
+        ConnAck {
+            session_present: true,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties {
+                receive_maximum: Some(32),
+                maximum_packet_size: Some(1_048_576),
+                topic_alias_maximum: Some(64),
+                ..Properties::default()
+            },
+        }
+    );
+}
+
+#[test]
+fn v5_connack_announces_every_difference() {
+    let policy = ServerPolicy {
+        max_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        wildcard_subscriptions: false,
+        subscription_identifiers: false,
+        shared_subscriptions: false,
+        max_packet_size: 4096,
+        receive_maximum: u16::MAX,
+        topic_alias_maximum: 0,
+        server_keep_alive: Some(15),
+        max_session_expiry_interval: 600,
+        ..ServerPolicy::default()
+    };
+    let mut c = connect(Protocol::V5, "");
+    c.properties.session_expiry_interval = Some(7200);
+    let n = ok(&c, &policy);
+    assert_eq!(
+        n.connack(&policy, false),
+        ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties {
+                session_expiry_interval: Some(600),
+                maximum_qos: Some(1),
+                retain_available: Some(0),
+                maximum_packet_size: Some(4096),
+                assigned_client_identifier: Some("roost-0000000000000001".into()),
+                wildcard_subscription_available: Some(0),
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: Some(0),
+                server_keep_alive: Some(15),
+                ..Properties::default()
+            },
+        }
+    );
+}
+
+#[test]
+fn v311_connack_has_no_properties() {
+    let policy = ServerPolicy {
+        max_qos: QoS::AtMostOnce,
+        max_session_expiry_interval: 600,
+        ..ServerPolicy::default()
+    };
+    let mut c = connect(Protocol::V311, "");
+    c.clean_start = true;
+    let n = ok(&c, &policy);
+    assert_eq!(
+        n.connack(&policy, false),
+        ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }
+    );
+}
+
+#[test]
+fn refusal_connack_carries_only_the_reason() {
+    let r = Refusal::new(ReasonCode::NOT_AUTHORIZED, "not_authorized");
+    assert_eq!(
+        r.connack(),
+        ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::NOT_AUTHORIZED,
+            properties: Properties::default(),
+        }
+    );
+}
+
+// (error, protocol the decoder sniffed) -> protocol of the CONNACK, if any
+#[test_case(DecodeError::UnsupportedProtocolVersion(6), None => Some(Protocol::V5); "future level answered as v5")]
+#[test_case(DecodeError::UnsupportedProtocolVersion(3), None => Some(Protocol::V311); "old level answered as v3")]
+#[test_case(DecodeError::SecondConnect, Some(Protocol::V5) => Some(Protocol::V5); "v5 malformed")]
+#[test_case(DecodeError::SecondConnect, Some(Protocol::V311) => None; "v3 malformed not answered")]
+#[test_case(DecodeError::SecondConnect, None => None; "unknown protocol not answered")]
+fn connect_decode_error_reply(e: DecodeError, sniffed: Option<Protocol>) -> Option<Protocol> {
+    let reply = connect_error_reply(&e, sniffed);
+    if let Some((_, ack)) = &reply {
+        assert_eq!(
+            *ack,
+            ConnAck {
+                reason_code: e.reason_code(),
+                ..ConnAck::default()
+            }
+        );
+    }
+    reply.map(|(p, _)| p)
+}

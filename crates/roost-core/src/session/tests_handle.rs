@@ -1,0 +1,526 @@
+//! `Session::handle` tests: one packet in, the exact `Handled` and outbox out (house style,
+//! conventions 1 and 10). Time is `t0 + n seconds`.
+
+#![allow(clippy::unwrap_used)]
+
+use super::test_support::*;
+use super::*;
+use crate::connect::ServerPolicy;
+use crate::message::PassThrough;
+use bytes::Bytes;
+use roost_codec::{
+    Connect, DecodeError, Disconnect, Publish, Subscribe, SubscriptionOptions, Unsubscribe,
+};
+use test_case::test_case;
+
+fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id.map(pid),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"hi"),
+    }
+}
+
+fn ack(kind: fn(Ack) -> Packet, id: u16, reason: ReasonCode) -> Packet {
+    let mut a = Ack::new(pid(id));
+    a.reason_code = reason;
+    kind(a)
+}
+
+/// The message `handle` builds for a PUBLISH "hi" from c1 at `now`.
+fn from_c1(topic: &str, qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: name(topic),
+        payload: Bytes::from_static(b"hi"),
+        qos,
+        retain: false,
+        properties: PassThrough::default(),
+        expires_at: None,
+        publisher: Some("c1".into()),
+    })
+}
+
+fn pending(kind: AckKind, id: u16, protocol: Protocol) -> Option<PendingAck> {
+    Some(PendingAck {
+        kind,
+        packet_id: pid(id),
+        protocol,
+    })
+}
+
+fn close(reason: ReasonCode, why: &'static str) -> Handled {
+    Handled::Close(Close::error(reason, why))
+}
+
+#[test]
+fn qos0_publish_is_routed_without_ack() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let p = publish("a/b", QoS::AtMostOnce, None);
+    assert_eq!(
+        s.handle(Packet::Publish(p), t0),
+        Handled::Publish(Inbound {
+            msg: from_c1("a/b", QoS::AtMostOnce),
+            ack: None
+        })
+    );
+    assert_eq!(take(&mut s), vec![]);
+}
+
+#[test]
+fn publish_properties_and_expiry_carry_into_the_message() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let mut p = publish("a/b", QoS::AtLeastOnce, Some(7));
+    p.properties.message_expiry_interval = Some(30);
+    p.properties.content_type = Some("json".into());
+    let Handled::Publish(inbound) = s.handle(Packet::Publish(p), secs(t0, 1)) else {
+        panic!("not routed");
+    };
+    let mut want = (*from_c1("a/b", QoS::AtLeastOnce)).clone();
+    want.expires_at = Some(secs(t0, 31));
+    want.properties.content_type = Some("json".into());
+    assert_eq!(*inbound.msg, want);
+    assert_eq!(inbound.ack, pending(AckKind::PubAck, 7, Protocol::V5));
+}
+
+// (protocol, retain_failed, matched) -> reason
+#[test_case(Protocol::V5, false, true => ReasonCode::SUCCESS; "v5 delivered")]
+#[test_case(Protocol::V5, false, false => ReasonCode::NO_MATCHING_SUBSCRIBERS; "v5 nobody")]
+#[test_case(Protocol::V5, true, false => ReasonCode::UNSPECIFIED_ERROR; "v5 retain failed wins")]
+#[test_case(Protocol::V311, true, false => ReasonCode::SUCCESS; "v3 always success")]
+fn ack_reason_for_outcome(protocol: Protocol, retain_failed: bool, matched: bool) -> ReasonCode {
+    let a = PendingAck {
+        kind: AckKind::PubRec,
+        packet_id: pid(3),
+        protocol,
+    };
+    let outcome = PublishOutcome {
+        retain_failed,
+        matched,
+    };
+    let reason = outcome.reason(protocol);
+    assert_eq!(a.packet(outcome), ack(Packet::PubRec, 3, reason));
+    reason
+}
+
+#[test]
+fn qos2_flow_routes_once_and_completes_on_pubrel() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    assert_eq!(
+        s.handle(Packet::Publish(p.clone()), t0),
+        Handled::Publish(Inbound {
+            msg: from_c1("a", QoS::ExactlyOnce),
+            ack: pending(AckKind::PubRec, 5, Protocol::V5),
+        })
+    );
+    // The DUP repeat before PUBREL: PUBREC again, nothing routed.
+    assert_eq!(
+        s.handle(Packet::Publish(p), t0),
+        Handled::Ack(ReadyAck {
+            ack: pending(AckKind::PubRec, 5, Protocol::V5).unwrap(),
+            reason: ReasonCode::SUCCESS
+        })
+    );
+    assert_eq!(
+        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        Handled::Done
+    );
+    assert_eq!(
+        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        Handled::Done
+    );
+    assert_eq!(
+        take(&mut s),
+        vec![
+            Outbound::PubComp(pid(5), ReasonCode::SUCCESS),
+            Outbound::PubComp(pid(5), ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+        ]
+    );
+}
+
+#[test_case(ServerPolicy { max_qos: QoS::AtLeastOnce, ..ServerPolicy::default() }, publish("a", QoS::ExactlyOnce, Some(1))
+    => close(ReasonCode::QOS_NOT_SUPPORTED, "qos_not_supported"); "qos over maximum")]
+#[test_case(ServerPolicy { retain_available: false, ..ServerPolicy::default() }, Publish { retain: true, ..publish("a", QoS::AtMostOnce, None) }
+    => Handled::Close(Close { tally: Some(Tally::RetainDropped), ..Close::error(ReasonCode::RETAIN_NOT_SUPPORTED, "retain_not_supported") }); "retain unavailable")]
+#[test_case(ServerPolicy::default(), publish("a/+", QoS::AtMostOnce, None)
+    => close(ReasonCode::TOPIC_NAME_INVALID, "bad_topic"); "wildcard in topic")]
+#[test_case(ServerPolicy::default(), { let mut p = publish("a", QoS::AtMostOnce, None); p.properties.topic_alias = Some(65); p }
+    => close(ReasonCode::TOPIC_ALIAS_INVALID, "bad_topic"); "alias over maximum")]
+#[test_case(ServerPolicy::default(), { let mut p = publish("", QoS::AtMostOnce, None); p.properties.topic_alias = Some(1); p }
+    => close(ReasonCode::PROTOCOL_ERROR, "bad_topic"); "unknown alias")]
+fn publish_that_closes(policy: ServerPolicy, p: Publish) -> Handled {
+    let t0 = Instant::now();
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    s.handle(Packet::Publish(p), t0)
+}
+
+#[test]
+fn qos2_beyond_receive_maximum_closes() {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        receive_maximum: 1,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    let first = s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(1))), t0);
+    assert!(matches!(first, Handled::Publish(_)));
+    assert_eq!(
+        s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(2))), t0),
+        close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive_maximum")
+    );
+}
+
+#[test]
+fn alias_learned_then_applied() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let mut p = publish("a/b", QoS::AtMostOnce, None);
+    p.properties.topic_alias = Some(3);
+    let mut again = publish("", QoS::AtMostOnce, None);
+    again.properties.topic_alias = Some(3);
+    let want = Handled::Publish(Inbound {
+        msg: from_c1("a/b", QoS::AtMostOnce),
+        ack: None,
+    });
+    assert_eq!(s.handle(Packet::Publish(p), t0), want);
+    assert_eq!(s.handle(Packet::Publish(again), t0), want);
+}
+
+// (protocol, qos, id) -> (Handled, PUBCOMP reason for a PUBREL of id 1 afterwards)
+#[test_case(Protocol::V5, QoS::AtMostOnce, None => (None, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND); "v5 qos0")]
+#[test_case(Protocol::V5, QoS::AtLeastOnce, Some(1) => (Some(ack(Packet::PubAck, 1, ReasonCode::TOPIC_NAME_INVALID)), ReasonCode::PACKET_IDENTIFIER_NOT_FOUND); "v5 qos1")]
+#[test_case(Protocol::V5, QoS::ExactlyOnce, Some(1) => (Some(ack(Packet::PubRec, 1, ReasonCode::TOPIC_NAME_INVALID)), ReasonCode::PACKET_IDENTIFIER_NOT_FOUND); "v5 qos2 refused")]
+#[test_case(Protocol::V311, QoS::AtLeastOnce, Some(1) => (Some(ack(Packet::PubAck, 1, ReasonCode::SUCCESS)), ReasonCode::SUCCESS); "v3 qos1")]
+#[test_case(Protocol::V311, QoS::ExactlyOnce, Some(1) => (Some(ack(Packet::PubRec, 1, ReasonCode::SUCCESS)), ReasonCode::SUCCESS); "v3 qos2 handshake completes")]
+fn system_topic_is_dropped(
+    protocol: Protocol,
+    qos: QoS,
+    id: Option<u16>,
+) -> (Option<Packet>, ReasonCode) {
+    let t0 = Instant::now();
+    let mut s = attached(protocol, t0);
+    let Handled::Dropped { reason, ack } =
+        s.handle(Packet::Publish(publish("$SYS/x", qos, id)), t0)
+    else {
+        panic!("not dropped");
+    };
+    assert_eq!(reason, DropReason::SystemTopic);
+    let ack = ack.map(|a| a.packet());
+    assert_eq!(
+        s.handle(Packet::PubRel(Ack::new(pid(1))), t0),
+        Handled::Done
+    );
+    let [Outbound::PubComp(_, comp)] = take(&mut s)[..] else {
+        panic!("no PUBCOMP");
+    };
+    (ack, comp)
+}
+
+#[test]
+fn pingreq_answers_in_the_outbox() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V311, t0);
+    assert_eq!(s.handle(Packet::PingReq, t0), Handled::Done);
+    assert_eq!(
+        take(&mut s),
+        vec![Outbound::Packet(Box::new(Packet::PingResp))]
+    );
+}
+
+#[test]
+fn acks_free_the_window_and_unknown_ids_are_reported() {
+    let t0 = Instant::now();
+    let c = Connect {
+        properties: Properties {
+            receive_maximum: Some(1),
+            ..Properties::default()
+        },
+        ..connect_packet(Protocol::V5, true, 0)
+    };
+    let mut s = attached_with(ServerPolicy::default(), &c, t0);
+    let (m1, m2) = (msg("a", "1"), msg("a", "2"));
+    s.deliver(m1.clone(), QoS::AtLeastOnce, false, vec![], None, t0);
+    s.deliver(m2.clone(), QoS::AtLeastOnce, false, vec![], None, t0);
+    let out = |m: &Arc<Message>, id| {
+        Outbound::Publish(OutPublish {
+            msg: m.clone(),
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(pid(id)),
+            dup: false,
+            retain: false,
+            subscription_ids: vec![],
+        })
+    };
+    assert_eq!(take(&mut s), vec![out(&m1, 1)]);
+    assert_eq!(
+        s.handle(Packet::PubAck(Ack::new(pid(9))), t0),
+        Handled::UnknownPacketId {
+            kind: "puback",
+            packet_id: pid(9)
+        }
+    );
+    assert_eq!(
+        s.handle(Packet::PubAck(Ack::new(pid(1))), t0),
+        Handled::Done
+    );
+    assert_eq!(take(&mut s), vec![out(&m2, 2)]);
+    assert_eq!(
+        s.handle(Packet::PubComp(Ack::new(pid(2))), t0),
+        Handled::UnknownPacketId {
+            kind: "pubcomp",
+            packet_id: pid(2)
+        }
+    );
+    // An unknown PUBREC is answered with PUBREL 0x92 in v5 and reported.
+    assert_eq!(
+        s.handle(Packet::PubRec(Ack::new(pid(4))), t0),
+        Handled::UnknownPacketId {
+            kind: "pubrec",
+            packet_id: pid(4)
+        }
+    );
+    assert_eq!(
+        take(&mut s),
+        vec![Outbound::PubRel(
+            pid(4),
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        )]
+    );
+}
+
+fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    }
+}
+
+fn subscribe(filters: &[(&str, QoS)], identifier: Option<u32>) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: pid(4),
+        properties: Properties {
+            subscription_identifiers: identifier.into_iter().collect(),
+            ..Properties::default()
+        },
+        filters: filters
+            .iter()
+            .map(|(f, q)| ((*f).into(), opts(*q)))
+            .collect(),
+    })
+}
+
+#[test]
+fn subscribe_entries_follow_the_policy() {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        max_qos: QoS::AtLeastOnce,
+        shared_subscriptions: false,
+        wildcard_subscriptions: false,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    let packet = subscribe(
+        &[
+            ("a/b", QoS::ExactlyOnce),
+            ("a/#/b", QoS::AtMostOnce),
+            ("$share/g/a", QoS::AtMostOnce),
+            ("a/+", QoS::AtMostOnce),
+            ("c", QoS::AtMostOnce),
+        ],
+        Some(12),
+    );
+    let sub = |qos| Subscription {
+        options: opts(qos),
+        identifier: Some(12),
+    };
+    let want = SubscribeRequest {
+        packet_id: pid(4),
+        identifier: Some(12),
+        entries: vec![
+            Ok((filter("a/b"), sub(QoS::AtLeastOnce))),
+            Err(ReasonCode::TOPIC_FILTER_INVALID),
+            Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
+            Err(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED),
+            Ok((filter("c"), sub(QoS::AtMostOnce))),
+        ],
+    };
+    assert_eq!(s.handle(packet, t0), Handled::Subscribe(want.clone()));
+    let codes = want.codes();
+    assert_eq!(
+        codes,
+        vec![
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::TOPIC_FILTER_INVALID,
+            ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+            ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+            ReasonCode::GRANTED_QOS_0,
+        ]
+    );
+    s.reply(suback(pid(4), codes.clone()));
+    assert_eq!(
+        take(&mut s),
+        vec![Outbound::Packet(Box::new(Packet::SubAck(
+            roost_codec::SubAck {
+                packet_id: pid(4),
+                properties: Properties::default(),
+                reason_codes: codes,
+            }
+        )))]
+    );
+}
+
+#[test]
+fn subscription_identifier_when_off_closes() {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        subscription_identifiers: false,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    assert_eq!(
+        s.handle(subscribe(&[("a", QoS::AtMostOnce)], Some(1)), t0),
+        close(
+            ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+            "subscription_identifiers"
+        )
+    );
+}
+
+#[test]
+fn unsubscribe_checks_each_filter() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let packet = Packet::Unsubscribe(Unsubscribe {
+        packet_id: pid(8),
+        properties: Properties::default(),
+        filters: vec!["a/+".into(), "a/#/b".into()],
+    });
+    assert_eq!(
+        s.handle(packet, t0),
+        Handled::Unsubscribe {
+            packet_id: pid(8),
+            filters: vec![Ok(filter("a/+")), Err(ReasonCode::TOPIC_FILTER_INVALID)],
+        }
+    );
+    assert_eq!(
+        unsuback(pid(8), vec![ReasonCode::NO_SUBSCRIPTION_EXISTED]),
+        Packet::UnsubAck(roost_codec::UnsubAck {
+            packet_id: pid(8),
+            properties: Properties::default(),
+            reason_codes: vec![ReasonCode::NO_SUBSCRIPTION_EXISTED],
+        })
+    );
+}
+
+// (expiry at CONNECT, DISCONNECT reason, its Session Expiry Interval) -> (close, expiry after)
+#[test_case(0, ReasonCode::SUCCESS, None => (Close { reason: None, will: false, ..Close::error(ReasonCode::SUCCESS, "client_disconnect") }, 0); "normal, will discarded")]
+#[test_case(0, ReasonCode::DISCONNECT_WITH_WILL, None => (Close { reason: None, will: true, ..Close::error(ReasonCode::SUCCESS, "client_disconnect") }, 0); "with will")]
+#[test_case(0, ReasonCode::SUCCESS, Some(60) => (Close::error(ReasonCode::PROTOCOL_ERROR, "protocol_error"), 0); "expiry from zero is a protocol error")]
+#[test_case(30, ReasonCode::SUCCESS, Some(0) => (Close { reason: None, will: false, ..Close::error(ReasonCode::SUCCESS, "client_disconnect") }, 0); "expiry set to zero")]
+#[test_case(30, ReasonCode::SUCCESS, Some(u32::MAX) => (Close { reason: None, will: false, ..Close::error(ReasonCode::SUCCESS, "client_disconnect") }, 3600); "expiry capped")]
+fn disconnect(expiry: u32, reason: ReasonCode, new: Option<u32>) -> (Close, u32) {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        max_session_expiry_interval: 3600,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, expiry), t0);
+    let d = Disconnect {
+        reason_code: reason,
+        properties: Properties {
+            session_expiry_interval: new,
+            ..Properties::default()
+        },
+    };
+    let Handled::Close(c) = s.handle(Packet::Disconnect(d), t0) else {
+        panic!("not closed");
+    };
+    (c, s.expiry_interval())
+}
+
+#[test_case(Packet::PingResp; "pingresp")]
+#[test_case(Packet::ConnAck(roost_codec::ConnAck::default()); "connack")]
+#[test_case(Packet::Auth(roost_codec::Auth::default()); "auth")]
+fn packets_a_client_may_not_send_close(p: Packet) {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    assert_eq!(
+        s.handle(p, t0),
+        Handled::Close(Close {
+            tally: Some(Tally::Malformed),
+            ..Close::error(ReasonCode::PROTOCOL_ERROR, "protocol_error")
+        })
+    );
+}
+
+#[test]
+fn malformed_close_carries_the_decoder_error() {
+    let e = DecodeError::UnsupportedProtocolVersion(9);
+    let c = Close::malformed(&e);
+    assert_eq!(
+        c,
+        Close {
+            reason: Some(e.reason_code()),
+            why: "malformed",
+            will: true,
+            detail: Some(e.to_string()),
+            tally: Some(Tally::Malformed),
+        }
+    );
+    assert_eq!(
+        c.disconnect_packet(Protocol::V5),
+        Some(Packet::Disconnect(Disconnect {
+            reason_code: e.reason_code(),
+            properties: Properties {
+                reason_string: Some(e.to_string()),
+                ..Properties::default()
+            },
+        }))
+    );
+    assert_eq!(c.disconnect_packet(Protocol::V311), None);
+    assert_eq!(Close::closed("eof").disconnect_packet(Protocol::V5), None);
+}
+
+#[test_case(ReasonCode::SESSION_TAKEN_OVER => "taken_over")]
+#[test_case(ReasonCode::SERVER_SHUTTING_DOWN => "shutdown")]
+#[test_case(ReasonCode::ADMINISTRATIVE_ACTION => "kicked")]
+#[test_case(ReasonCode::SERVER_BUSY => "server_disconnect")]
+fn server_close_labels(reason: ReasonCode) -> &'static str {
+    Close::server(reason).why
+}
+
+// (filter, retain handling, new) -> sends retained
+#[test_case("a", RetainHandlingCase::At, false => true)]
+#[test_case("a", RetainHandlingCase::IfNew, true => true)]
+#[test_case("a", RetainHandlingCase::IfNew, false => false)]
+#[test_case("a", RetainHandlingCase::Never, true => false)]
+#[test_case("$share/g/a", RetainHandlingCase::At, true => false)]
+fn retained_sent_on_subscribe(f: &str, h: RetainHandlingCase, new: bool) -> bool {
+    let retain_handling = match h {
+        RetainHandlingCase::At => roost_codec::RetainHandling::SendAtSubscribe,
+        RetainHandlingCase::IfNew => roost_codec::RetainHandling::SendIfNew,
+        RetainHandlingCase::Never => roost_codec::RetainHandling::DoNotSend,
+    };
+    let sub = Subscription {
+        options: SubscriptionOptions {
+            retain_handling,
+            ..SubscriptionOptions::default()
+        },
+        identifier: None,
+    };
+    retained_on_subscribe(&filter(f), &sub, new)
+}
+
+#[derive(Debug)]
+enum RetainHandlingCase {
+    At,
+    IfNew,
+    Never,
+}
