@@ -256,6 +256,32 @@ pub struct MqttConfig {
     pub backpressure_timeout_ms: u64,
 }
 
+impl MqttConfig {
+    /// What the node offers its clients, for the core's CONNECT negotiation and packet checks.
+    pub(crate) fn server_policy(&self) -> roost_core::connect::ServerPolicy {
+        roost_core::connect::ServerPolicy {
+            allow_anonymous: self.allow_anonymous,
+            max_client_id_length: self.max_client_id_length,
+            max_qos: roost_codec::QoS::from_u8(self.max_qos)
+                .unwrap_or(roost_codec::QoS::ExactlyOnce),
+            retain_available: self.retain_available,
+            wildcard_subscriptions: self.wildcard_subscriptions,
+            subscription_identifiers: self.subscription_identifiers,
+            shared_subscriptions: self.shared_subscriptions,
+            max_packet_size: self.max_packet_size,
+            receive_maximum: self.receive_maximum,
+            topic_alias_maximum: self.topic_alias_maximum,
+            max_keep_alive: self.max_keep_alive,
+            server_keep_alive: self.server_keep_alive,
+            max_session_expiry_interval: self.max_session_expiry_interval,
+            topic: roost_core::topic::TopicLimits {
+                max_levels: self.max_topic_levels,
+                max_length: self.max_topic_length,
+            },
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {

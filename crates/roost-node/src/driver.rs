@@ -921,7 +921,7 @@ fn encode_session_outbox(
     let mut sent = 0u64;
     for item in outbox.drain(..) {
         match item {
-            Outbound::PubRel(..) | Outbound::PubComp(..) => {
+            Outbound::PubRel(..) | Outbound::PubComp(..) | Outbound::Packet(_) => {
                 if let Some(p) = item.ack_packet() {
                     if let Err(e) = encode(&p, protocol, wbuf) {
                         tracing::error!(error = %e, "failed to encode packet");

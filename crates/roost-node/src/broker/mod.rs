@@ -117,21 +117,17 @@ pub(crate) struct Broker {
 impl Broker {
     /// A broker for one node, on its cluster layer (a lone node is a cluster of one).
     pub(crate) fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Arc<Broker> {
-        let topic_limits = TopicLimits {
-            max_levels: config.mqtt.max_topic_levels,
-            max_length: config.mqtt.max_topic_length,
-        };
+        let policy = Arc::new(config.mqtt.server_policy());
+        let topic_limits = policy.topic;
         let limits = SessionLimits {
             max_inflight: config.mqtt.max_inflight,
-            receive_maximum: config.mqtt.receive_maximum,
             max_queued_messages: config.mqtt.max_queued_messages,
             max_queued_bytes: config.mqtt.max_queued_bytes,
             drop_policy: match config.mqtt.queue_drop {
                 QueueDrop::Oldest => DropPolicy::Oldest,
                 QueueDrop::Newest => DropPolicy::Newest,
             },
-            topic_alias_maximum: config.mqtt.topic_alias_maximum,
-            topic: topic_limits,
+            ..SessionLimits::new(policy)
         };
         let routes = Arc::new(RouteTable::default());
         let broker = Arc::new(Broker {
