@@ -105,6 +105,19 @@ impl Session {
         self.keep_alive = keep_alive;
     }
 
+    /// Ends the session now (the node removes it: a stale copy, a copy replaced by one handed
+    /// back from another node) and says what is left to do. A will still waiting for its delay
+    /// is in the result: the caller decides whether it is due.
+    pub fn terminate(&mut self) -> Ended {
+        self.end_now()
+    }
+
+    /// Takes the will waiting for its delay, if any (it moves with the session to the node
+    /// that takes the client over).
+    pub fn take_pending_will(&mut self) -> Option<LastWill> {
+        self.pending_will.take().map(|p| p.will)
+    }
+
     /// Ends the session now and says what is left to do; the session is fresh afterwards.
     fn end_now(&mut self) -> Ended {
         let will = self.pending_will.take().map(|p| p.will);

@@ -20,10 +20,11 @@ use roost_cluster::state::Event;
 use roost_cluster::types::{Command, CommandResponse};
 use roost_cluster::{ClusterError, SessionTransfer};
 use roost_codec::{LastWill, ReasonCode};
-use roost_core::message::{Message, PassThrough};
-use roost_core::session::{ClientParams, Session, SessionImage};
-use roost_core::topic::TopicName;
+use roost_core::connect::Negotiated;
+use roost_core::message::Message;
+use roost_core::session::{takeover_will, Ended, Session, SessionImage, Timeout};
 use roost_core::ClientId;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -35,10 +36,6 @@ pub(crate) struct Attached {
     pub(crate) session_present: bool,
 }
 
-fn will_delay(w: &LastWill) -> u32 {
-    w.properties.will_delay_interval.unwrap_or(0)
-}
-
 impl Broker {
     /// Builds a session entry: the only constructor of [`SessionState`].
     fn new_entry(
@@ -46,7 +43,6 @@ impl Broker {
         client_id: &ClientId,
         session: Session,
         conn: Option<Arc<ConnCtl>>,
-        expiry_interval: u32,
         clean: bool,
         generation: Option<u64>,
     ) -> SessionRef {
@@ -54,12 +50,11 @@ impl Broker {
         SessionRef::new(
             client_id.clone(),
             SessionState {
+                registered_expiry: session.expiry_interval(),
                 session,
                 conn,
                 epoch: 1,
-                expiry_interval,
                 last_attach_clean: clean,
-                pending_will: None,
                 ended: false,
                 disconnected_at,
                 generation,
@@ -67,11 +62,15 @@ impl Broker {
         )
     }
 
-    /// Arms the expiry timer of a detached session (none for u32::MAX: never expires).
-    fn arm_expiry(&self, s: &SessionRef, epoch: u64, expiry_interval: u32) {
-        if expiry_interval != u32::MAX {
-            let at = tokio::time::Instant::now() + Duration::from_secs(u64::from(expiry_interval));
-            self.timers.arm(at, s.clone(), epoch, TimerKind::Expiry);
+    /// Arms the session's next timer (will delay or expiry), if the core session has one.
+    fn arm_session_timer(&self, s: &SessionRef, epoch: u64, at: Option<std::time::Instant>) {
+        if let Some(at) = at {
+            self.timers.arm(
+                tokio::time::Instant::from_std(at),
+                s.clone(),
+                epoch,
+                TimerKind::Session,
+            );
         }
     }
 
@@ -83,12 +82,11 @@ impl Broker {
     /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum).
     pub(crate) async fn attach(
         self: &Arc<Self>,
-        client_id: &ClientId,
-        clean_start: bool,
-        expiry_interval: u32,
+        n: &Negotiated,
         conn: Arc<ConnCtl>,
-        params: ClientParams,
     ) -> Result<Attached, ClusterError> {
+        let (client_id, clean_start, expiry_interval) =
+            (&n.client_id, n.clean_start, n.expiry_interval);
         let mut generation = None;
         let mut transfer = None;
         let c = Arc::clone(&self.cluster);
@@ -127,15 +125,7 @@ impl Broker {
                 }
             }
         }
-        let (attached, routes) = self.attach_local(
-            client_id,
-            clean_start,
-            expiry_interval,
-            Arc::clone(&conn),
-            params,
-            generation,
-            transfer,
-        );
+        let (attached, routes) = self.attach_local(n, Arc::clone(&conn), generation, transfer);
         // Fence: another node may have claimed the client after our claim but before this
         // session existed here, so its claim event found nothing to close. Whichever way the
         // race went, the later claim wins: if ours is no longer current, leave at once.
@@ -198,18 +188,15 @@ impl Broker {
             for (f, sub) in &t.image.subscriptions {
                 session.add_subscription(f.clone(), sub.clone());
             }
-            let entry = self.new_entry(
-                &id,
-                session,
-                None,
-                t.expiry_interval,
-                false,
-                Some(generation),
-            );
+            session.set_expiry_interval(t.expiry_interval);
+            // Offline from now: its expiry runs from the restart.
+            session.detach(crate::now(), None);
+            let next = session.poll_timeout();
+            let entry = self.new_entry(&id, session, None, false, Some(generation));
             // Fire and forget: nothing waits for a restored route.
             drop(self.index_all(&entry, &t.image.subscriptions));
             self.sessions.lock().insert(id, entry.clone());
-            self.arm_expiry(&entry, 1, t.expiry_interval);
+            self.arm_session_timer(&entry, 1, next);
             restored += 1;
         }
         if restored > 0 {
@@ -220,18 +207,16 @@ impl Broker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // attach's inputs plus what the claim produced
     fn attach_local(
         self: &Arc<Self>,
-        client_id: &ClientId,
-        clean_start: bool,
-        expiry_interval: u32,
+        n: &Negotiated,
         conn: Arc<ConnCtl>,
-        params: ClientParams,
         generation: Option<u64>,
         transfer: Option<SessionTransfer>,
     ) -> (Attached, Vec<oneshot::Receiver<RouteResult>>) {
         let now = crate::now();
+        let client_id = &n.client_id;
+        let clean_start = n.clean_start;
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.lock();
@@ -240,50 +225,45 @@ impl Broker {
                 self.metrics.takeovers.increment(1);
                 debug!(client_id = %client_id, "session taken over");
             }
-            let mut will_now = None;
-            let mut orphans = Vec::new();
-            let mut old_filters = Vec::new();
+            let mut ended: Option<Ended> = None;
             // A copy left here from before the client moved to another node is stale: the
-            // session that node handed back replaces it.
+            // session that node handed back replaces it (and its will went with the claim).
             let handed_back = transfer.filter(|_| !clean_start).map(|t| t.image);
             let mut new_subscriptions = Vec::new();
             let present = if let Some(image) = handed_back {
-                old_filters = st.session.subscriptions().keys().cloned().collect();
-                orphans = st.session.end();
+                let mut stale = st.session.terminate();
+                stale.will = None;
+                ended = Some(stale);
                 new_subscriptions = image.subscriptions.clone();
                 st.session =
                     Session::import(client_id.as_arc().clone(), self.limits.clone(), image);
-                st.pending_will = None;
                 true
-            } else if clean_start {
-                old_filters = st.session.subscriptions().keys().cloned().collect();
-                orphans = st.session.end();
-                st.session = Session::new(client_id.as_arc().clone(), self.limits.clone());
-                // The old session ended: its delayed will is due now (§3.1.3.2.2).
-                will_now = st.pending_will.take();
-                false
             } else {
-                // Reconnected within the will delay: the will is not sent.
-                st.pending_will = None;
-                true
+                !clean_start
             };
             st.epoch += 1;
             st.conn = Some(conn);
-            st.expiry_interval = expiry_interval;
+            st.registered_expiry = n.expiry_interval;
             st.last_attach_clean = clean_start;
             st.disconnected_at = None;
             if generation.is_some() {
                 st.generation = generation;
             }
-            st.session.connect(params, now);
+            // A clean start ends what the session held; a will waiting for its delay is due
+            // now (§3.1.3.2.2). A resumed session cancels that will: the client came back.
+            if let Some(e) = st.session.attach(n, now) {
+                ended = Some(e);
+            }
             drop(st);
             drop(sessions);
-            self.unindex_all(&existing, &old_filters);
-            self.redistribute(orphans, &existing);
-            let routes = self.index_all(&existing, &new_subscriptions);
-            if let Some(w) = will_now {
-                self.publish_will(*w, client_id);
+            if let Some(e) = ended {
+                self.unindex_all(&existing, &e.filters);
+                self.redistribute(e.orphans, &existing);
+                if let Some(w) = e.will {
+                    self.publish_will(w, client_id);
+                }
             }
+            let routes = self.index_all(&existing, &new_subscriptions);
             let attached = Attached {
                 session: existing,
                 session_present: present,
@@ -311,15 +291,9 @@ impl Broker {
             Some(image) => Session::import(id, self.limits.clone(), image),
             None => Session::new(id, self.limits.clone()),
         };
-        session.connect(params, now);
-        let entry = self.new_entry(
-            client_id,
-            session,
-            Some(conn),
-            expiry_interval,
-            clean_start,
-            generation,
-        );
+        // A fresh or imported session holds no will and nothing a clean start would end.
+        let _ = session.attach(n, now);
+        let entry = self.new_entry(client_id, session, Some(conn), clean_start, generation);
         sessions.insert(client_id.clone(), entry.clone());
         drop(sessions);
         let routes = self.index_all(&entry, &subscriptions);
@@ -369,9 +343,9 @@ impl Broker {
             c.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
         let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
+        let pending_will = st.session.take_pending_will();
+        let expiry_interval = st.session.expiry_interval();
         let image = st.session.export();
-        let pending_will = st.pending_will.take().map(|w| *w);
-        let expiry_interval = st.expiry_interval;
         drop(st);
         if sessions.get(client_id).is_some_and(|cur| cur == &s) {
             sessions.remove(client_id);
@@ -419,34 +393,36 @@ impl Broker {
     }
 
     /// Called by a driver when its connection ends. `will` is the connection's will if it must
-    /// be published (abnormal close or DISCONNECT 0x04); `expiry_interval` the final value
-    /// (DISCONNECT may change it).
+    /// be published (abnormal close or DISCONNECT 0x04). The core session decides what is due
+    /// now and arms its timer (will delay, expiry); the registry carries it out.
     pub(crate) fn detach(
         self: &Arc<Self>,
         s: &SessionRef,
         conn: &Arc<ConnCtl>,
         will: Option<Box<LastWill>>,
-        expiry_interval: u32,
     ) {
+        // Registry first (lock order): a session that ends now leaves the map under the same
+        // locks that saw it end, so no connection can attach to it in between.
+        let mut sessions = self.sessions.lock();
         let mut st = s.lock();
         let ours = st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn));
         if !ours {
-            // Taken over: the session lives on with the new connection. The old connection's
-            // will goes out now unless it has a delay and the session continued (§3.1.4).
+            // Taken over: the session lives on with the new connection.
             let clean = st.last_attach_clean;
             drop(st);
-            if let Some(w) = will {
-                if will_delay(&w) == 0 || clean {
-                    self.publish_will(*w, s.client_id());
-                }
+            drop(sessions);
+            if let Some(w) = will.and_then(|w| takeover_will(*w, clean)) {
+                self.publish_will(w, s.client_id());
             }
             return;
         }
         st.conn = None;
-        st.session.disconnect();
+        let now = crate::now();
         // A v5 DISCONNECT changed the expiry of a registered persistent session: record it, so
         // a restart of this node restores the right one.
-        if expiry_interval != st.expiry_interval && expiry_interval > 0 && st.generation.is_some() {
+        let expiry = st.session.expiry_interval();
+        if expiry != st.registered_expiry && expiry > 0 && st.generation.is_some() {
+            st.registered_expiry = expiry;
             let broker = Arc::clone(self);
             let s2 = s.clone();
             self.spawn(async move {
@@ -456,91 +432,101 @@ impl Broker {
         // Publishers waiting for this session to drain, and a hand-over waiting for the
         // connection to go, stop waiting: it is offline now.
         s.changed().notify_waiters();
-        st.expiry_interval = expiry_interval;
         st.disconnected_at = Some(SystemTime::now());
         let epoch = st.epoch;
-        let orphans = st.session.take_shared_queued();
-        let mut will_now = None;
-        if let Some(w) = will {
-            let delay = will_delay(&w);
-            if delay == 0 || expiry_interval == 0 {
-                will_now = Some(w);
-            } else {
-                st.pending_will = Some(w);
-                let d = Duration::from_secs(u64::from(delay.min(expiry_interval)));
-                self.timers.arm(
-                    tokio::time::Instant::now() + d,
-                    s.clone(),
-                    epoch,
-                    TimerKind::Will,
-                );
-            }
-        }
+        let detached = st.session.detach(now, will.map(|w| *w));
+        let next = st.session.poll_timeout();
+        let generation = detached
+            .ended
+            .is_some()
+            .then(|| self.retire(&mut sessions, s, &mut st));
         drop(st);
-        self.redistribute(orphans, s);
-        if let Some(w) = will_now {
-            self.publish_will(*w, s.client_id());
+        drop(sessions);
+        self.redistribute(detached.orphans, s);
+        if let Some(w) = detached.will_now {
+            self.publish_will(w, s.client_id());
         }
-        if expiry_interval == 0 {
-            self.end_session(s, Some(epoch));
-        } else {
-            self.arm_expiry(s, epoch, expiry_interval);
+        match (detached.ended, generation) {
+            (Some(ended), Some(generation)) => self.after_end(s, ended, generation),
+            _ => self.arm_session_timer(s, epoch, next),
         }
     }
 
     /// A timer from [`super::timers`] is due.
     pub(super) fn fire_timer(self: &Arc<Self>, due: Due) {
         let s = &due.session;
+        let mut sessions = self.sessions.lock();
+        let mut st = s.lock();
+        if st.ended {
+            return;
+        }
         match due.kind {
-            TimerKind::Will => {
-                let will = {
-                    let mut st = s.lock();
-                    if st.epoch != due.epoch || st.conn.is_some() {
-                        return;
-                    }
-                    st.pending_will.take()
-                };
-                if let Some(w) = will {
-                    self.publish_will(*w, s.client_id());
+            TimerKind::Session => {
+                // Armed for an earlier detach: a connection attached since (and the driver owns
+                // the keep-alive while one is attached).
+                if st.epoch != due.epoch || st.conn.is_some() {
+                    return;
                 }
-            }
-            TimerKind::Expiry => {
-                if self.end_session(s, Some(due.epoch)) {
-                    self.metrics.sessions_expired.increment(1);
+                match st.session.handle_timeout(crate::now()) {
+                    Some(Timeout::Will(w)) => {
+                        let next = st.session.poll_timeout();
+                        drop(st);
+                        drop(sessions);
+                        self.publish_will(w, s.client_id());
+                        self.arm_session_timer(s, due.epoch, next);
+                    }
+                    Some(Timeout::Expired(ended)) => {
+                        let generation = self.retire(&mut sessions, s, &mut st);
+                        drop(st);
+                        drop(sessions);
+                        self.metrics.sessions_expired.increment(1);
+                        self.after_end(s, ended, generation);
+                    }
+                    // Not due yet (an earlier deadline of the same epoch) or a keep-alive
+                    // (never while detached): look again when the session says.
+                    Some(Timeout::KeepAlive) | None => {
+                        let next = st.session.poll_timeout();
+                        drop(st);
+                        drop(sessions);
+                        self.arm_session_timer(s, due.epoch, next);
+                    }
                 }
             }
             TimerKind::StaleCopy { generation } => {
-                let stale = {
-                    let mut st = s.lock();
-                    let stale = !st.ended
-                        && st.conn.is_none()
-                        && st.generation.is_none_or(|g| g < generation);
-                    if stale {
-                        st.pending_will = None;
-                    }
-                    stale
-                };
-                if stale {
-                    self.end_session(s, None);
+                let stale = st.conn.is_none() && st.generation.is_none_or(|g| g < generation);
+                if !stale {
+                    return;
                 }
+                let mut ended = st.session.terminate();
+                // Its will went with the claim to the new owner.
+                ended.will = None;
+                let generation = self.retire(&mut sessions, s, &mut st);
+                drop(st);
+                drop(sessions);
+                self.after_end(s, ended, generation);
             }
         }
     }
 
-    /// Removes a session from the registry and the index. With `epoch`, only if no connection
-    /// attached since (expiry timers). Returns true if it ended the session.
-    pub(crate) fn end_session(self: &Arc<Self>, s: &SessionRef, epoch: Option<u64>) -> bool {
-        let mut sessions = self.sessions.lock();
-        let mut st = s.lock();
-        if st.ended || epoch.is_some_and(|e| e != st.epoch || st.conn.is_some()) {
-            return false;
-        }
+    /// Marks a session ended and removes it from the registry map (both locks held by the
+    /// caller, in order). Returns the cluster generation it held, to release.
+    fn retire(
+        &self,
+        sessions: &mut HashMap<ClientId, SessionRef>,
+        s: &SessionRef,
+        st: &mut SessionState,
+    ) -> Option<u64> {
         st.ended = true;
-        let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
-        let orphans = st.session.end();
-        let will = st.pending_will.take();
-        let generation = st.generation;
-        drop(st);
+        if sessions.get(s.client_id()).is_some_and(|cur| cur == s) {
+            sessions.remove(s.client_id());
+        }
+        st.generation
+    }
+
+    /// What is left after a session ended, outside its locks: release its claim in the
+    /// cluster registry, unindex its subscriptions, hand its shared messages to the rest of
+    /// their groups, publish a will that became due.
+    fn after_end(self: &Arc<Self>, s: &SessionRef, ended: Ended, generation: Option<u64>) {
         if let Some(generation) = generation {
             let c = Arc::clone(&self.cluster);
             let cmd = Command::ReleaseSession {
@@ -554,37 +540,22 @@ impl Broker {
                 }
             });
         }
-        if sessions.get(s.client_id()).is_some_and(|cur| cur == s) {
-            sessions.remove(s.client_id());
+        self.unindex_all(s, &ended.filters);
+        self.redistribute(ended.orphans, s);
+        if let Some(w) = ended.will {
+            self.publish_will(w, s.client_id());
         }
-        drop(sessions);
-        self.unindex_all(s, &filters);
-        self.redistribute(orphans, s);
-        if let Some(w) = will {
-            self.publish_will(*w, s.client_id());
-        }
-        true
     }
 
     /// Publishes a will message as if its client had published it, on a tracked task: the
     /// caller (a driver closing, a timer) is not held up by the retained commit or forwarding.
-    pub(crate) fn publish_will(self: &Arc<Self>, mut will: LastWill, client_id: &ClientId) {
-        let Ok(topic) = TopicName::new(&will.topic, &self.topic_limits) else {
+    pub(crate) fn publish_will(self: &Arc<Self>, will: LastWill, client_id: &ClientId) {
+        let Some(msg) =
+            Message::from_will(will, client_id.clone(), &self.topic_limits, crate::now())
+        else {
             return;
         };
-        let now = crate::now();
-        let msg = Arc::new(Message {
-            topic,
-            expires_at: will
-                .properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
-            properties: PassThrough::from_properties(&mut will.properties),
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            publisher: Some(client_id.as_arc().clone()),
-        });
+        let msg = Arc::new(msg);
         self.metrics.wills.increment(1);
         debug!(client_id = %client_id, topic = msg.topic.as_str(), "publishing will");
         let broker = Arc::clone(self);

@@ -8,14 +8,14 @@
 //!   SessionRef ──Arc──▶ SessionEntry { client_id, state: Mutex<SessionState>, changed: Notify }
 //!                                             │
 //!                          SessionState { session: core Session, conn: Option<Arc<ConnCtl>>,
-//!                                         epoch, expiry, pending will, generation, ended }
+//!                                         epoch, registered expiry, generation, ended }
 //! ```
 //!
 //! Lock order: the registry map, then one session's `state`; never two sessions' states at
 //! once; no `.await` while a state lock is held (it is a `parking_lot` mutex).
 
 use parking_lot::{Mutex, MutexGuard};
-use roost_codec::{LastWill, Protocol, QoS, ReasonCode};
+use roost_codec::{Protocol, QoS, ReasonCode};
 use roost_core::index::Subscription;
 use roost_core::message::Message;
 use roost_core::session::{Drops, Session};
@@ -84,13 +84,11 @@ pub(super) struct SessionState {
     pub(super) conn: Option<Arc<ConnCtl>>,
     /// Bumped on every attach: timers armed at detach compare it to know they are still due.
     pub(super) epoch: u64,
-    /// Seconds; u32::MAX = never expires.
-    pub(super) expiry_interval: u32,
+    /// The Session Expiry Interval recorded in the cluster's registry (the session's own, in
+    /// the core session, may have been changed since by a v5 DISCONNECT).
+    pub(super) registered_expiry: u32,
     /// Whether the latest attach started a clean session (decides the will on takeover).
     pub(super) last_attach_clean: bool,
-    /// A will waiting for its delay (MQTT 5.0 §3.1.3.2.2). Boxed: rare, and large next to the
-    /// rest of an idle session.
-    pub(super) pending_will: Option<Box<LastWill>>,
     /// Removed from the registry: deliveries to it are ignored.
     pub(super) ended: bool,
     pub(super) disconnected_at: Option<SystemTime>,
@@ -254,7 +252,7 @@ impl SessionRef {
         SessionView {
             conn: st.conn.as_ref().map(|c| (c.id, c.info.clone())),
             disconnected_at: st.disconnected_at,
-            expiry_interval: st.expiry_interval,
+            expiry_interval: st.session.expiry_interval(),
             subscriptions: st
                 .session
                 .subscriptions()

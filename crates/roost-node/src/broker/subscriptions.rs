@@ -81,7 +81,8 @@ impl Broker {
             let Some(generation) = st.generation else {
                 return true;
             };
-            if st.expiry_interval == 0 {
+            let expiry = st.session.expiry_interval();
+            if expiry == 0 {
                 return true;
             }
             Command::SetSubscriptions {
@@ -94,7 +95,7 @@ impl Broker {
                     .iter()
                     .map(|(f, sub)| StoredSubscription::new(f, sub))
                     .collect(),
-                expiry_interval: Some(st.expiry_interval),
+                expiry_interval: Some(expiry),
             }
         };
         match self.cluster.propose(cmd).await {

@@ -19,10 +19,9 @@ use tokio::time::Instant;
 /// What a timer does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TimerKind {
-    /// Publish the pending will, if the session is still detached in the same epoch.
-    Will,
-    /// End the session, if it is still detached in the same epoch.
-    Expiry,
+    /// The core session's own timer (will delay, expiry: `Session::poll_timeout`), if the
+    /// session is still detached in the same epoch.
+    Session,
     /// Another node claimed the client with this generation: if it has not taken the session
     /// over by now, the copy here is stale and is dropped.
     StaleCopy { generation: u64 },
