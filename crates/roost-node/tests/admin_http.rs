@@ -3,11 +3,8 @@
 //! log-level endpoints (501 in-process: no log subscriber is installed by `TestNode`).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Properties, Protocol, QoS, ReasonCode, SubscriptionOptions};
-use roost_testkit::TestNode;
+use roost_testkit::*;
 use serde_json::Value;
 
 #[tokio::test]
