@@ -1,13 +1,11 @@
-//! Wire tests of the admin HTTP API, spoken as raw HTTP/1.1 over a `TcpStream`: health,
-//! readiness, Prometheus metrics, clients (list, show, kick), subscriptions, stats, and the
-//! log-level endpoints (501 in-process: no log subscriber is installed by `TestNode`).
+//! Wire tests of the admin HTTP API, through the test kit's HTTP/1.1 client
+//! (`roost_testkit::http`): health, readiness, Prometheus metrics, clients (list, show, kick),
+//! subscriptions, stats, and the log-level endpoints (501 in-process: no log subscriber is
+//! installed by `TestNode`).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Properties, Protocol, QoS, ReasonCode, SubscriptionOptions};
-use roost_testkit::TestNode;
+use roost_testkit::*;
 use serde_json::Value;
 
 #[tokio::test]

@@ -2,11 +2,8 @@
 //! connection limit), CONNECT-first and CONNECT-once rules, and the connect timeout.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Packet, Protocol, ReasonCode};
-use roost_testkit::{connect_packet, RawClient, TestNode};
+use roost_testkit::*;
 use std::time::Duration;
 
 #[tokio::test]

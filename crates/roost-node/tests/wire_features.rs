@@ -4,13 +4,10 @@
 //! client's Maximum Packet Size, `$`-topics, and graceful shutdown.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{
     Packet, Properties, Protocol, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
-use roost_testkit::{RawClient, TestNode};
+use roost_testkit::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -4,11 +4,8 @@
 //! new clients.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Protocol, QoS, ReasonCode};
-use roost_testkit::{RawClient, TestNode};
+use roost_testkit::*;
 
 const MALFORMED: ReasonCode = ReasonCode::MALFORMED_PACKET;
 const PROTOCOL_ERROR: ReasonCode = ReasonCode::PROTOCOL_ERROR;

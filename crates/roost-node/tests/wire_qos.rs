@@ -2,11 +2,8 @@
 //! directions (the client's Receive Maximum, our receive_maximum).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Ack, Packet, Properties, Protocol, QoS, ReasonCode};
-use roost_testkit::{RawClient, TestNode};
+use roost_testkit::*;
 use std::collections::HashSet;
 
 const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];

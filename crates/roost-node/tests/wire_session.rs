@@ -10,11 +10,8 @@
 //! "idle" before the reply exists.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use roost_codec::{Ack, Connect, Disconnect, Packet, Properties, Protocol, QoS, ReasonCode};
-use roost_testkit::{connect_packet, RawClient, TestNode};
+use roost_testkit::*;
 use std::time::Duration;
 
 fn ms(n: u64) -> Duration {

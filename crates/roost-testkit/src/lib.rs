@@ -1,9 +1,29 @@
-//! Dev-only test support: an in-process node on `127.0.0.1:0` ([`TestNode`]) and a raw MQTT
-//! client built on our own codec ([`RawClient`]) that can send any packet, or any bytes, and
-//! observe exactly what the broker answers.
+//! The test kit, dev-only: everything the wire, admin and load tests share.
 //!
-//! Every wait is bounded ([`RECV_TIMEOUT`]) so a broken broker fails a test instead of hanging
-//! it.
+//! - [`TestNode`]: an in-process node on `127.0.0.1:0` with its own data directory.
+//! - [`RawClient`]: a raw MQTT client built on our own codec that can send any packet, or any
+//!   bytes, and observe exactly what the broker answers; [`connect_packet`] for its CONNECTs.
+//! - [`packets`]: packet builders (persistent CONNECTs, wills, PUBLISHes with properties) and
+//!   hand-assembled bytes for malformed-input tests.
+//! - [`steps`]: asserting steps over `RawClient` (connect, publish, collect, expect a
+//!   disconnect, wait for the node to settle) that panic on anything unexpected.
+//! - [`admin`]: the admin HTTP API ([`http`], [`http_at`]) on hyper, and [`metric`] to read a
+//!   Prometheus counter.
+//!
+//! Everything is re-exported here, so a test file starts with `use roost_testkit::*;`. Every
+//! wait is bounded ([`RECV_TIMEOUT`], [`HTTP_TIMEOUT`]) so a broken broker fails a test instead
+//! of hanging it.
+
+pub mod admin;
+pub mod packets;
+pub mod steps;
+
+pub use admin::{http, http_at, metric, HttpResponse, HTTP_TIMEOUT};
+pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
+pub use steps::{
+    collect, connect_clean, connect_persistent, connect_with, expect_disconnect, payloads,
+    publish_ok, publish_with, raw_exchange, recv_publish, wait_connections, SILENCE,
+};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
