@@ -1,0 +1,436 @@
+//! Node configuration: the typed settings one Roost node runs with, where they come from, and
+//! the bounds they must satisfy before any port is bound (house style, convention 9).
+//!
+//! ```text
+//!   roost.toml ──parse──▶ toml::Table ◀── ROOST_<SECTION>__<KEY> variables (merged, override)
+//!                              │
+//!                       deserialize (deny_unknown_fields, defaults for the rest)
+//!                              │
+//!                           Config ◀── CliOverrides (--mqtt, --http, --data-dir, --log-level)
+//!                              │
+//!                          validate() ──▶ Ok: start telemetry, bind listeners
+//!                                     └─▶ Err(ConfigError): one line on stderr, exit 64
+//! ```
+//!
+//! Precedence is file < environment < command line. Every key has a default, so an empty
+//! file (or no file) is a working configuration that, like Mosquitto 2, only listens on
+//! 127.0.0.1.
+//!
+//! Who calls it: the `roost` binary, once at start-up ([`Config::load`]), and
+//! `roost check-config FILE` ([`Config::from_toml_str`]). Nothing here is async or shared
+//! between tasks: the binary hands each subsystem the part of the [`Config`] it needs.
+//!
+//! Every value is checked twice. Its *type* is checked per key while layering, so an error
+//! names the dotted key and the place it came from (`file roost.toml`,
+//! `environment ROOST_MQTT__LISTEN`); its *bounds* are checked by [`Config::validate`], whose
+//! error names the key and the bad value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+
+/// Largest packet MQTT can express: a 1-byte fixed header, a 4-byte Remaining Length and
+/// 268,435,455 bytes of remaining length (MQTT 5.0 §2.1.4 / §3.1.2.11.4).
+pub const MQTT_MAX_PACKET_SIZE: u32 = 268_435_460;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "ROOST_";
+
+/// Separator between section and key in an environment variable name.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration of one node. Every section and field has a default, so any subset
+/// of keys may be given.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`: where the node keeps its state and how it reports about itself.
+    pub node: NodeConfig,
+    /// `[mqtt]`: the MQTT listener and the limits it enforces on clients.
+    pub mqtt: MqttConfig,
+    /// `[http]`: the admin HTTP listener (health, readiness, metrics).
+    pub http: HttpConfig,
+    /// `[log]`: what is logged and how it is formatted.
+    pub log: LogConfig,
+    /// `[cluster]`: this node's identity in the cluster and how it reaches its peers.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: Raft membership and inter-node traffic (docs/rfcs/0002). A node with no seeds
+/// is a cluster of one: its metadata (retained messages, sessions, routes) still goes through
+/// its on-disk Raft log, so it survives restarts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster and never reused for another machine's data.
+    /// At least 1. Default 1.
+    pub node_id: u64,
+    /// Address of the cluster gRPC listener (Raft, forwarding, takeover). No authentication:
+    /// keep it on a private network. Default `127.0.0.1:7946`.
+    pub listen: SocketAddr,
+    /// Address peers use to reach this node, when it differs from `listen` (NAT, `0.0.0.0`).
+    /// Default: `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Initial members as `ID@HOST:PORT` (this node may be among them). The lowest id among
+    /// the seeds and this node initialises the cluster; a node whose data directory already
+    /// holds Raft state ignores seeds and rejoins. A node started with seeds that do not make
+    /// it the lowest waits until a member adds it (`roost ctl join`). Default: none.
+    pub seeds: Vec<String>,
+    /// Leader heartbeat interval. Milliseconds. Default 200.
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (the maximum is twice this); must exceed 2 × heartbeat.
+    /// Bounds how long a leader loss goes unnoticed. Milliseconds. Default 1000.
+    pub election_timeout_ms: u64,
+    /// How long a publisher's PUBACK waits for peers to accept a forwarded message, and a
+    /// takeover waits for the previous owner to hand the session over. After it the publisher
+    /// is acknowledged anyway (the peer gets the message when it reconnects) and the wait is
+    /// counted. Milliseconds. Default 5000.
+    pub forward_timeout_ms: u64,
+    /// How long a CONNECT, SUBSCRIBE or retained PUBLISH waits for its metadata change to
+    /// commit; after it the client gets 0x88 Server unavailable (CONNACK) or 0x80 (SUBACK,
+    /// PUBACK): a node cut off from the quorum answers instead of hanging. Milliseconds.
+    /// Default 5000.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            heartbeat_ms: 200,
+            election_timeout_ms: 1000,
+            forward_timeout_ms: 5000,
+            commit_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Parses a seed `ID@HOST:PORT`.
+pub fn parse_seed(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} is not of the form ID@HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err(format!("{s:?}: node ids start at 1"));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(format!("{s:?}: {addr:?} is not HOST:PORT")),
+    }
+    Ok((id, addr.to_owned()))
+}
+
+/// `[node]`: settings of the node itself rather than of one protocol.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Directory for persistent state (sessions, retained messages, later the cluster log).
+    /// Relative paths are relative to the working directory. Must not be empty. Default
+    /// `./roost-data`.
+    pub data_dir: PathBuf,
+    /// Seconds between publications of the `$SYS/...` broker statistics topics; `0` disables
+    /// `$SYS` entirely. A bound exists because every publication fans out to every `$SYS`
+    /// subscriber. Default 10.
+    pub sys_interval_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./roost-data"),
+            sys_interval_secs: 10,
+        }
+    }
+}
+
+/// `[mqtt]`: the MQTT listener and every per-client limit. Each limit bounds the memory or
+/// work one client (or all clients together) can make the node spend; several are also
+/// announced to v5 clients in CONNACK properties.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Address the MQTT (TCP) listener binds. Default `127.0.0.1:1883`: like Mosquitto 2, a
+    /// node without configuration is reachable only from the local machine; set `0.0.0.0:1883`
+    /// to serve the network.
+    pub listen: SocketAddr,
+    /// Whether clients may connect without credentials. Default true, because authentication
+    /// is not implemented yet; when it is, a client refused here gets CONNACK 0x87 Not
+    /// authorized (v5) / 0x05 (v3.1.1).
+    pub allow_anonymous: bool,
+    /// Most concurrent client connections on this node. Bounds file descriptors and
+    /// per-connection memory; a client beyond it gets CONNACK 0x97 Quota exceeded (v5) or
+    /// 0x03 Server unavailable (v3.1.1) and is disconnected. At least 1. Default 100,000.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes (fixed header included). Bounds the
+    /// buffer one packet can make us allocate; announced as Maximum Packet Size in a v5
+    /// CONNACK, and a larger packet closes the connection with 0x95 Packet too large.
+    /// 1..=268,435,460 (the MQTT maximum). Default 1,048,576 (1 MiB).
+    pub max_packet_size: u32,
+    /// Receive Maximum we announce to v5 clients: how many QoS 1/2 PUBLISHes a client may have
+    /// unacknowledged towards us. Bounds the inbound QoS 2 state kept per session; exceeding
+    /// it is a protocol error (0x93 Receive Maximum exceeded). 1..=65535. Default 32.
+    pub receive_maximum: u16,
+    /// Most QoS 1/2 messages in flight from us to one client, before the client's own Receive
+    /// Maximum is applied (the smaller of the two wins). Bounds per-session retransmission
+    /// state and how far a slow client can fall behind before messages queue. At least 1.
+    /// Default 32.
+    pub max_inflight: u16,
+    /// Most messages queued for one session: the offline queue of a persistent session plus
+    /// messages waiting for the in-flight window. Bounds memory a slow or absent client can
+    /// pin; when full, [`MqttConfig::queue_drop`] decides which message is dropped (and the
+    /// drop is counted). At least 1. Default 1000.
+    pub max_queued_messages: usize,
+    /// Most payload bytes queued for one session (same queue as `max_queued_messages`; the
+    /// first limit reached applies). Not required to be at least `max_packet_size`: a message
+    /// larger than this limit is simply never queued. At least 1. Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// Which message is dropped when a session queue is full: `oldest` keeps the freshest
+    /// data (telemetry), `newest` keeps arrival order intact (commands). Default `oldest`.
+    pub queue_drop: QueueDrop,
+    /// Most `/`-separated levels in a topic name or filter. Bounds the depth of the
+    /// subscription index and the work of matching one publish. At least 1. Default 128.
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter, in bytes. MQTT strings cannot exceed 65,535 bytes
+    /// (§1.5.4); a lower value bounds index memory per subscription. 1..=65535. Default 65535.
+    pub max_topic_length: usize,
+    /// Longest client identifier accepted, in bytes; longer ones get CONNACK 0x85 Client
+    /// Identifier not valid (v5) / 0x02 (v3.1.1). At least 23 because servers must accept
+    /// 1..=23 bytes ([MQTT-3.1.3-5]); at most 65535 (an MQTT string). Default 256.
+    pub max_client_id_length: usize,
+    /// Topic Alias Maximum we announce to v5 clients: how many client-to-server topic aliases
+    /// one connection may define. Bounds the per-connection alias table; 0 disables aliases.
+    /// Default 64.
+    pub topic_alias_maximum: u16,
+    /// Keep-alive imposed on every client, in seconds. Absent (the default): the client's
+    /// requested keep-alive is used, capped by `max_keep_alive`. Set: v5 clients are told this
+    /// value via Server Keep Alive. v3.1.1 has no way to tell a client, so v3.1.1 clients are
+    /// held to the keep-alive they asked for (holding them to a shorter one would disconnect
+    /// well-behaved clients). Lets an operator detect dead v5 connections on their own
+    /// schedule. 1..=`max_keep_alive`; there is no way to
+    /// write "absent" except by leaving the key out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_keep_alive: Option<u16>,
+    /// Largest keep-alive a client may ask for, in seconds. A client asking more, or 0 (no
+    /// keep-alive at all), gets this value via Server Keep Alive (v5). Bounds how long a dead
+    /// connection keeps its session and slot. 1..=65535. Default 65535.
+    pub max_keep_alive: u16,
+    /// Largest Session Expiry Interval accepted, in seconds; larger requests are lowered to it
+    /// and v5 clients are told via the CONNACK property. Also the expiry given to v3.1.1
+    /// clean-session=0 sessions. Bounds how long an absent client's session and queue stay in
+    /// memory. Default `u32::MAX` (4294967295: never expires, no cap).
+    pub max_session_expiry_interval: u32,
+    /// Whether retained messages are supported (v5 Retain Available). When false, a PUBLISH
+    /// with RETAIN=1 is refused with 0x9A Retain not supported. Default true.
+    pub retain_available: bool,
+    /// Whether subscriptions may use `+` and `#` (v5 Wildcard Subscription Available). When
+    /// false, such a SUBSCRIBE gets 0xA2. Default true.
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/{group}/{filter}` subscriptions are supported (v5 Shared Subscription
+    /// Available). When false, such a SUBSCRIBE gets 0x9E. Default true.
+    pub shared_subscriptions: bool,
+    /// Whether v5 Subscription Identifiers are supported (v5 Subscription Identifiers
+    /// Available). When false, a SUBSCRIBE carrying one gets 0xA1. Default true.
+    pub subscription_identifiers: bool,
+    /// Highest QoS the node grants (v5 Maximum QoS). Subscriptions are downgraded to it; a v5
+    /// PUBLISH above it is refused with 0x9B QoS not supported. 0..=2. Default 2.
+    pub max_qos: u8,
+    /// Seconds allowed between TCP accept and a complete CONNECT packet; then the socket is
+    /// closed. Bounds how long an idle or malicious connection holds a slot. At least 1.
+    /// Default 10.
+    pub connect_timeout_secs: u64,
+    /// How long a publisher's connection waits for a connected subscriber whose queue is
+    /// backing up (half of `max_queued_messages`) to drain, before it reads more from its
+    /// socket. This is how a publisher faster than its subscribers is slowed down instead of
+    /// having its QoS 1/2 messages dropped. After the wait the publisher goes on, and what no
+    /// longer fits is dropped and counted. 0 disables waiting (drop at once). Milliseconds.
+    pub backpressure_timeout_ms: u64,
+}
+
+impl MqttConfig {
+    /// What the node offers its clients, for the core's CONNECT negotiation and packet checks.
+    pub(crate) fn server_policy(&self) -> roost_core::connect::ServerPolicy {
+        roost_core::connect::ServerPolicy {
+            allow_anonymous: self.allow_anonymous,
+            max_client_id_length: self.max_client_id_length,
+            max_qos: roost_codec::QoS::from_u8(self.max_qos)
+                .unwrap_or(roost_codec::QoS::ExactlyOnce),
+            retain_available: self.retain_available,
+            wildcard_subscriptions: self.wildcard_subscriptions,
+            subscription_identifiers: self.subscription_identifiers,
+            shared_subscriptions: self.shared_subscriptions,
+            max_packet_size: self.max_packet_size,
+            receive_maximum: self.receive_maximum,
+            topic_alias_maximum: self.topic_alias_maximum,
+            max_keep_alive: self.max_keep_alive,
+            server_keep_alive: self.server_keep_alive,
+            max_session_expiry_interval: self.max_session_expiry_interval,
+            topic: roost_core::topic::TopicLimits {
+                max_levels: self.max_topic_levels,
+                max_length: self.max_topic_length,
+            },
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            allow_anonymous: true,
+            max_connections: 100_000,
+            max_packet_size: 1_048_576,
+            receive_maximum: 32,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_drop: QueueDrop::Oldest,
+            max_topic_levels: 128,
+            max_topic_length: 65_535,
+            max_client_id_length: 256,
+            topic_alias_maximum: 64,
+            server_keep_alive: None,
+            max_keep_alive: 65_535,
+            max_session_expiry_interval: u32::MAX,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_qos: 2,
+            connect_timeout_secs: 10,
+            backpressure_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Which message a full session queue gives up (`mqtt.queue_drop`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueDrop {
+    /// Drop the oldest queued message to make room for the new one.
+    #[default]
+    Oldest,
+    /// Drop the new message and keep the queue as it is.
+    Newest,
+}
+
+/// `[http]`: the admin HTTP listener (health, readiness, Prometheus metrics, admin API).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whether the admin HTTP listener runs at all. Default true.
+    pub enabled: bool,
+    /// Address the admin HTTP listener binds. Default `127.0.0.1:8080`, because the admin API
+    /// is unauthenticated: expose it only on a trusted network. Must not be the MQTT address.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[log]`: logging filter and format.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` `EnvFilter` directive list such as `info` or `info,roost_node=debug`.
+    /// Validated by parsing it, and additionally every directive without `=` must be a level
+    /// (`trace`, `debug`, `info`, `warn`, `error`, `off`): `EnvFilter` would accept a typo
+    /// like `inof` as a target name and silently log almost nothing. Default `info`.
+    pub level: String,
+    /// Output format. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format (`log.format`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+/// Values given on the command line; they override the file and the environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CliOverrides {
+    /// Overrides `mqtt.listen`.
+    pub mqtt: Option<SocketAddr>,
+    /// Overrides `http.listen`.
+    pub http: Option<SocketAddr>,
+    /// Overrides `node.data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `log.level`.
+    pub log_level: Option<String>,
+    /// Overrides `cluster.node_id`.
+    pub node_id: Option<u64>,
+    /// Overrides `cluster.listen`.
+    pub cluster: Option<SocketAddr>,
+    /// Replaces `cluster.seeds` when not empty.
+    pub seeds: Vec<String>,
+}
+
+/// Why a configuration could not be loaded. Each variant displays as one line, suitable to
+/// print before exiting with code 64.
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// A value is not valid TOML, names an unknown key, or has the wrong type.
+    #[error("invalid config in {origin}: {message}")]
+    Parse {
+        /// Where the value came from: `file roost.toml`, `environment ROOST_MQTT__LISTEN`,
+        /// or `TOML input` (for [`Config::from_toml_str`]).
+        origin: String,
+        /// What is wrong, starting with the dotted key when one is known, e.g.
+        /// ``mqtt.lisen: unknown field `lisen`, expected one of ...``.
+        message: String,
+    },
+    /// A value has the right type but is outside its bounds.
+    #[error("invalid config: {key} = {value}: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `mqtt.max_packet_size`.
+        key: &'static str,
+        /// The bad value, written as in TOML (strings quoted).
+        value: String,
+        /// The bound it breaks.
+        reason: String,
+    },
+}
+
+mod load;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use load::validate_log_level;

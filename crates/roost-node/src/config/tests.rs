@@ -1,0 +1,510 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const SAMPLE: &str = include_str!("../../../deploy/roost.toml");
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load_str(file: &str, vars: &[(&str, &str)], cli: &CliOverrides) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!(
+        "roost-config-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("roost.toml");
+    std::fs::write(&path, file).unwrap();
+    let result = Config::load(Some(&path), env(vars), cli);
+    std::fs::remove_dir_all(&dir).unwrap();
+    result
+}
+
+fn err_string(result: Result<Config, ConfigError>) -> String {
+    let e = result.unwrap_err();
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "error spans several lines: {s}");
+    s
+}
+
+#[test]
+fn defaults_validate() {
+    let config = Config::default();
+    config.validate().unwrap();
+    assert_eq!(
+        config.mqtt.listen,
+        "127.0.0.1:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(config.mqtt.server_keep_alive, None);
+    assert_eq!(Config::from_toml_str("").unwrap(), config);
+    assert_eq!(
+        Config::load(None, Vec::new(), &CliOverrides::default()).unwrap(),
+        config
+    );
+}
+
+#[test]
+fn sample_parses_and_validates() {
+    let config = Config::from_toml_str(SAMPLE).unwrap();
+    assert_eq!(
+        config.mqtt.listen,
+        "0.0.0.0:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        config.http.listen,
+        "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(config.node.data_dir, PathBuf::from("/var/lib/roost"));
+    assert!(config.mqtt.allow_anonymous);
+}
+
+#[test]
+fn sample_sets_every_key() {
+    // The sample documents every key: it must mention each one the effective config has.
+    let mut full = Config::default();
+    full.mqtt.server_keep_alive = Some(60);
+    let table: toml::Table = toml::from_str(&full.to_toml_string()).unwrap();
+    for (section, entries) in &table {
+        assert!(SAMPLE.contains(&format!("[{section}]")), "[{section}]");
+        for key in entries.as_table().unwrap().keys() {
+            assert!(
+                SAMPLE.contains(&format!("\n{key} =")) || SAMPLE.contains(&format!("# {key} =")),
+                "sample does not document {section}.{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn to_toml_string_round_trips() {
+    let mut config = Config::from_toml_str(SAMPLE).unwrap();
+    config.mqtt.server_keep_alive = Some(30);
+    config.mqtt.queue_drop = QueueDrop::Newest;
+    config.log.format = LogFormat::Json;
+    let text = config.to_toml_string();
+    assert_eq!(Config::from_toml_str(&text).unwrap(), config);
+    let defaults = Config::default().to_toml_string();
+    assert!(!defaults.contains("server_keep_alive"));
+    assert!(defaults.contains("queue_drop = \"oldest\""));
+}
+
+#[test]
+fn unknown_key_in_file_names_the_key() {
+    let s = err_string(load_str(
+        "[mqtt]\nlisen = \"0.0.0.0:1883\"\n",
+        &[],
+        &CliOverrides::default(),
+    ));
+    assert!(s.starts_with("invalid config in file "), "{s}");
+    assert!(
+        s.contains("roost.toml: mqtt.lisen = \"0.0.0.0:1883\": unknown field `lisen`"),
+        "{s}"
+    );
+
+    let s = err_string(Config::from_toml_str("[mqt]\nlisten = \"0.0.0.0:1883\"\n"));
+    assert!(
+        s.starts_with(
+            "invalid config in TOML input: mqt.listen = \"0.0.0.0:1883\": unknown field `mqt`"
+        ),
+        "{s}"
+    );
+    let s = err_string(Config::from_toml_str("[mqt]\n"));
+    assert!(s.contains("mqt: unknown field `mqt`"), "{s}");
+    let s = err_string(Config::from_toml_str("verbose = true\n"));
+    assert!(s.contains("verbose = true: unknown field `verbose`"), "{s}");
+}
+
+#[test]
+fn wrong_type_in_file_names_the_key() {
+    let s = err_string(Config::from_toml_str(
+        "[mqtt]\nmax_connections = \"many\"\n",
+    ));
+    assert!(
+        s.starts_with(
+            "invalid config in TOML input: mqtt.max_connections = \"many\": invalid type"
+        ),
+        "{s}"
+    );
+    let s = err_string(Config::from_toml_str("[mqtt]\nreceive_maximum = 70000\n"));
+    assert!(s.contains("mqtt.receive_maximum = 70000: "), "{s}");
+    let s = err_string(Config::from_toml_str("[mqtt]\nlisten = \"localhost\"\n"));
+    assert!(s.contains("mqtt.listen = \"localhost\": "), "{s}");
+    let s = err_string(Config::from_toml_str("[mqtt]\nqueue_drop = \"random\"\n"));
+    assert!(
+        s.contains("mqtt.queue_drop = \"random\": unknown variant `random`"),
+        "{s}"
+    );
+    let s = err_string(Config::from_toml_str("mqtt = 5\n"));
+    assert!(s.contains("mqtt = 5: invalid type"), "{s}");
+}
+
+#[test]
+fn syntax_error_gives_line_and_column() {
+    let s = err_string(Config::from_toml_str("[mqtt]\nmax_connections = = 5\n"));
+    assert!(
+        s.starts_with("invalid config in TOML input: line 2, column "),
+        "{s}"
+    );
+}
+
+#[test]
+fn bad_value_per_bound_names_the_key() {
+    // (TOML to add under its section, dotted key, expected Display).
+    let cases: &[(&str, &str)] = &[
+        (
+            "[node]\ndata_dir = \"\"",
+            "invalid config: node.data_dir = \"\": must not be empty",
+        ),
+        (
+            "[mqtt]\nmax_connections = 0",
+            "invalid config: mqtt.max_connections = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_packet_size = 0",
+            "invalid config: mqtt.max_packet_size = 0: must be between 1 and 268435460",
+        ),
+        (
+            "[mqtt]\nmax_packet_size = 268435461",
+            "invalid config: mqtt.max_packet_size = 268435461: must be between 1 and 268435460",
+        ),
+        (
+            "[mqtt]\nreceive_maximum = 0",
+            "invalid config: mqtt.receive_maximum = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_inflight = 0",
+            "invalid config: mqtt.max_inflight = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_queued_messages = 0",
+            "invalid config: mqtt.max_queued_messages = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_queued_bytes = 0",
+            "invalid config: mqtt.max_queued_bytes = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_topic_levels = 0",
+            "invalid config: mqtt.max_topic_levels = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nmax_topic_length = 0",
+            "invalid config: mqtt.max_topic_length = 0: must be between 1 and 65535",
+        ),
+        (
+            "[mqtt]\nmax_topic_length = 65536",
+            "invalid config: mqtt.max_topic_length = 65536: must be between 1 and 65535",
+        ),
+        (
+            "[mqtt]\nmax_client_id_length = 22",
+            "invalid config: mqtt.max_client_id_length = 22: must be between 23 and 65535",
+        ),
+        (
+            "[mqtt]\nmax_client_id_length = 65536",
+            "invalid config: mqtt.max_client_id_length = 65536: must be between 23 and 65535",
+        ),
+        (
+            "[mqtt]\nmax_keep_alive = 0",
+            "invalid config: mqtt.max_keep_alive = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nserver_keep_alive = 0",
+            "invalid config: mqtt.server_keep_alive = 0: must be between 1 and mqtt.max_keep_alive (65535)",
+        ),
+        (
+            "[mqtt]\nmax_keep_alive = 60\nserver_keep_alive = 61",
+            "invalid config: mqtt.server_keep_alive = 61: must be between 1 and mqtt.max_keep_alive (60)",
+        ),
+        (
+            "[mqtt]\nmax_qos = 3",
+            "invalid config: mqtt.max_qos = 3: must be between 0 and 2",
+        ),
+        (
+            "[mqtt]\nconnect_timeout_secs = 0",
+            "invalid config: mqtt.connect_timeout_secs = 0: must be at least 1",
+        ),
+        (
+            "[mqtt]\nlisten = \"0.0.0.0:1883\"\n[http]\nlisten = \"127.0.0.1:1883\"",
+            "invalid config: http.listen = \"127.0.0.1:1883\": must not use the same port as mqtt.listen (\"0.0.0.0:1883\")",
+        ),
+        (
+            "[log]\nlevel = \"\"",
+            "invalid config: log.level = \"\": must not be empty",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let e = Config::from_toml_str(toml).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{toml}: {e:?}");
+        assert_eq!(e.to_string(), *expected, "{toml}");
+    }
+}
+
+#[test]
+fn limits_at_their_bounds_are_accepted() {
+    let toml = "[mqtt]\nmax_packet_size = 268435460\nmax_client_id_length = 23\n\
+                max_topic_length = 65535\nmax_qos = 0\nmax_keep_alive = 60\n\
+                server_keep_alive = 60\ntopic_alias_maximum = 0\n\
+                [node]\nsys_interval_secs = 0\n\
+                [http]\nenabled = false\nlisten = \"127.0.0.1:1883\"\n";
+    Config::from_toml_str(toml).unwrap();
+    // Ephemeral ports never collide (tests bind both listeners to port 0).
+    Config::from_toml_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        .unwrap();
+}
+
+#[test]
+fn env_overrides_file() {
+    let file =
+        "[mqtt]\nmax_connections = 10\nlisten = \"127.0.0.1:1000\"\n[log]\nlevel = \"warn\"\n";
+    let config = load_str(
+        file,
+        &[
+            ("ROOST_MQTT__MAX_CONNECTIONS", "5000"),
+            ("ROOST_MQTT__LISTEN", "0.0.0.0:1883"),
+            ("ROOST_MQTT__ALLOW_ANONYMOUS", "false"),
+            ("ROOST_MQTT__QUEUE_DROP", "newest"),
+            ("ROOST_MQTT__SERVER_KEEP_ALIVE", "30"),
+            ("ROOST_LOG__LEVEL", "debug"),
+            ("ROOST_NODE__DATA_DIR", "/var/lib/roost"),
+            ("ROOST_HTTP__ENABLED", "false"),
+            ("PATH", "/usr/bin"),
+        ],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.mqtt.max_connections, 5000);
+    assert_eq!(
+        config.mqtt.listen,
+        "0.0.0.0:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert!(!config.mqtt.allow_anonymous);
+    assert_eq!(config.mqtt.queue_drop, QueueDrop::Newest);
+    assert_eq!(config.mqtt.server_keep_alive, Some(30));
+    assert_eq!(config.log.level, "debug");
+    assert_eq!(config.node.data_dir, PathBuf::from("/var/lib/roost"));
+    assert!(!config.http.enabled);
+}
+
+#[test]
+fn env_values_that_look_like_toml_still_fit_string_keys() {
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOST_NODE__DATA_DIR", "123"),
+            ("ROOST_LOG__LEVEL", "\"info,roost_node=trace\""),
+            ("ROOST_LOG__FORMAT", "json"),
+        ]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.node.data_dir, PathBuf::from("123"));
+    assert_eq!(config.log.level, "info,roost_node=trace");
+    assert_eq!(config.log.format, LogFormat::Json);
+
+    // A log level that TOML reads as a number is still checked as a log level.
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_LOG__LEVEL", "7")]),
+        &CliOverrides::default(),
+    ));
+    assert!(s.starts_with("invalid config: log.level = \"7\": "), "{s}");
+}
+
+#[test]
+fn env_bad_value_names_the_variable_and_key() {
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_MQTT__MAX_CONNECTIONS", "lots")]),
+        &CliOverrides::default(),
+    ));
+    assert!(
+        s.starts_with(
+            "invalid config in environment ROOST_MQTT__MAX_CONNECTIONS: mqtt.max_connections = \"lots\": invalid type: string \"lots\""
+        ),
+        "{s}"
+    );
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_MQTT__RECEIVE_MAXIMUM", "70000")]),
+        &CliOverrides::default(),
+    ));
+    assert!(
+        s.starts_with(
+            "invalid config in environment ROOST_MQTT__RECEIVE_MAXIMUM: mqtt.receive_maximum = 70000: "
+        ),
+        "{s}"
+    );
+    assert!(s.contains("70000"), "{s}");
+    // Bounds are checked after layering, like values from the file.
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_MQTT__MAX_QOS", "3")]),
+        &CliOverrides::default(),
+    ));
+    assert_eq!(
+        s,
+        "invalid config: mqtt.max_qos = 3: must be between 0 and 2"
+    );
+}
+
+#[test]
+fn cluster_settings_from_file_env_and_flags() {
+    let config = load_str(
+        "[cluster]\nnode_id = 2\nseeds = [\"1@10.0.0.1:7946\"]\n",
+        &[("ROOST_CLUSTER__FORWARD_TIMEOUT_MS", "250")],
+        &CliOverrides {
+            seeds: vec!["3@h:1".into(), "4@h:2".into()],
+            ..CliOverrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(config.cluster.node_id, 2);
+    assert_eq!(config.cluster.forward_timeout_ms, 250);
+    assert_eq!(config.cluster.seeds, ["3@h:1", "4@h:2"]);
+    for (text, want) in [
+        (
+            "[cluster]\nseeds = [\"x@h:1\"]",
+            "cluster.seeds = \"x@h:1\": \"x@h:1\": node id \"x\" is not a number",
+        ),
+        ("[cluster]\nnode_id = 0", "cluster.node_id = 0: must be at least 1"),
+        (
+            "[cluster]\nheartbeat_ms = 500",
+            "cluster.election_timeout_ms = 1000: must be more than twice cluster.heartbeat_ms (500)",
+        ),
+    ] {
+        let e = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(
+        parse_seed("2@127.0.0.1:7001").unwrap(),
+        (2, "127.0.0.1:7001".into())
+    );
+    assert!(parse_seed("2@nohost").is_err());
+    assert!(parse_seed("0@h:1").is_err());
+}
+
+#[test]
+fn cli_overrides_env() {
+    let cli = CliOverrides {
+        mqtt: Some("10.0.0.1:1884".parse().unwrap()),
+        http: Some("10.0.0.1:9090".parse().unwrap()),
+        data_dir: Some(PathBuf::from("/srv/roost")),
+        log_level: Some("trace".to_owned()),
+        ..CliOverrides::default()
+    };
+    let config = load_str(
+        "[mqtt]\nlisten = \"127.0.0.1:1000\"\n",
+        &[
+            ("ROOST_MQTT__LISTEN", "0.0.0.0:1883"),
+            ("ROOST_HTTP__LISTEN", "0.0.0.0:8080"),
+            ("ROOST_NODE__DATA_DIR", "/var/lib/roost"),
+            ("ROOST_LOG__LEVEL", "debug"),
+        ],
+        &cli,
+    )
+    .unwrap();
+    assert_eq!(config.mqtt.listen, cli.mqtt.unwrap());
+    assert_eq!(config.http.listen, cli.http.unwrap());
+    assert_eq!(config.node.data_dir, PathBuf::from("/srv/roost"));
+    assert_eq!(config.log.level, "trace");
+
+    // CLI values are validated too.
+    let cli = CliOverrides {
+        log_level: Some("inof".to_owned()),
+        ..CliOverrides::default()
+    };
+    let s = err_string(Config::load(None, Vec::new(), &cli));
+    assert!(
+        s.starts_with("invalid config: log.level = \"inof\": "),
+        "{s}"
+    );
+}
+
+#[test]
+fn unknown_env_variable_names_it() {
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_MQTT__LISEN", "0.0.0.0:1883")]),
+        &CliOverrides::default(),
+    ));
+    assert!(
+        s.starts_with(
+            "invalid config in environment ROOST_MQTT__LISEN: mqtt.lisen = \"0.0.0.0:1883\": unknown field `lisen`"
+        ),
+        "{s}"
+    );
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST_X__Y", "1")]),
+        &CliOverrides::default(),
+    ));
+    assert!(
+        s.starts_with("invalid config in environment ROOST_X__Y: x.y = 1: unknown field `x`"),
+        "{s}"
+    );
+    let s = err_string(Config::load(
+        None,
+        env(&[("ROOST___LISTEN", "1")]),
+        &CliOverrides::default(),
+    ));
+    assert!(
+        s.starts_with("invalid config in environment ROOST___LISTEN: expected a name"),
+        "{s}"
+    );
+}
+
+#[test]
+fn env_without_separator_is_ignored() {
+    let config = Config::load(
+        None,
+        env(&[
+            ("ROOST_BIN", "/usr/local/bin/roost"),
+            ("ROOST_MQTT_LISTEN", "nonsense"),
+            ("roost_mqtt__listen", "nonsense"),
+        ]),
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn bad_log_level_rejected() {
+    for level in ["info,roost=loud", "inof", "warn,,=", "[{"] {
+        let toml = format!("[log]\nlevel = {level:?}\n");
+        let e = Config::from_toml_str(&toml).unwrap_err();
+        match &e {
+            ConfigError::Invalid { key, value, .. } => {
+                assert_eq!(*key, "log.level");
+                assert_eq!(*value, format!("{level:?}"));
+            }
+            other => panic!("{level}: {other:?}"),
+        }
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+    for level in [
+        "info",
+        "warn,roost_node=debug",
+        "roost_core[session]=trace",
+        "OFF",
+    ] {
+        let toml = format!("[log]\nlevel = {level:?}\n");
+        Config::from_toml_str(&toml).unwrap();
+    }
+}
+
+#[test]
+fn read_error_names_the_path() {
+    let path = Path::new("/nonexistent/roost.toml");
+    let e = Config::load(Some(path), Vec::new(), &CliOverrides::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("cannot read config file /nonexistent/roost.toml: "),
+        "{e}"
+    );
+}
