@@ -14,15 +14,19 @@
 //! over a session, and reacting to applied events (a claim that fences a local session).
 
 use crate::convert::{self, SessionTransfer};
+use crate::error::{ClusterError, StartError};
 use crate::metrics::ClusterStats;
 use crate::network::{channel, RaftNet, RaftService};
 use crate::state::{ClusterState, Event};
 use crate::store::{self, StateHooks};
 use crate::types::{Command, CommandResponse, NodeId, NodeInfo, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::metrics::WaitError;
 use openraft::{ChangeMembers, Raft, ServerState};
 use parking_lot::{Mutex, RwLock};
 use roost_core::message::Message;
+use roost_core::topic::TopicFilter;
+use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
 use roost_proto::v1::cluster_server::{self, ClusterServer};
@@ -34,8 +38,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -76,28 +81,6 @@ pub struct ClusterConfig {
     pub commit_timeout: Duration,
 }
 
-/// Why a cluster operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// No quorum answered in time (minority partition, or an election in progress).
-    #[error("no commit within {0:?}: the cluster has no reachable quorum or leader")]
-    Timeout(Duration),
-    /// The proposal was refused.
-    #[error("proposal failed: {0}")]
-    Rejected(String),
-    /// A peer could not be reached or answered with an error.
-    #[error("peer {node}: {reason}")]
-    Peer {
-        /// The peer.
-        node: NodeId,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The local Raft stopped.
-    #[error("raft stopped: {0}")]
-    Fatal(String),
-}
-
 /// A boxed future, for [`LocalNode`]'s async method.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -105,13 +88,14 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait LocalNode: Send + Sync + 'static {
     /// Delivers a message forwarded by a peer to local sessions only (never re-forwards):
     /// matching non-shared subscriptions if `direct`, and one local member of each shared
-    /// subscription in `shared_filters`.
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared_filters: &[String]);
+    /// subscription in `shared` (filters from the peer that failed to parse were dropped and
+    /// counted before this call).
+    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]);
     /// Hands over a local session to the node that now owns `generation` of it: the old
     /// connection is closed with DISCONNECT 0x8E and the session removed here.
     fn take_session(
         &self,
-        client_id: String,
+        client_id: ClientId,
         generation: u64,
     ) -> BoxFuture<Option<SessionTransfer>>;
     /// Reacts to an applied entry (called in log order; must not block).
@@ -130,7 +114,7 @@ impl StateHooks for Hooks {
 struct Outgoing {
     msg: Arc<Message>,
     direct: bool,
-    shared: Vec<String>,
+    shared: Vec<TopicFilter>,
     /// Resolved when the peer accepted it into its sessions (QoS 1/2 only).
     ack: Option<oneshot::Sender<()>>,
 }
@@ -206,12 +190,16 @@ impl Cluster {
     pub async fn start(
         mut cfg: ClusterConfig,
         local: Arc<dyn LocalNode>,
-    ) -> anyhow::Result<Arc<Cluster>> {
+    ) -> Result<Arc<Cluster>, StartError> {
+        let bind_err = |source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot bind cluster.listen {}: {e}", cfg.listen))?;
+            .map_err(bind_err)?;
         if cfg.advertise.is_empty() {
-            cfg.advertise = listener.local_addr()?.to_string();
+            cfg.advertise = listener.local_addr().map_err(bind_err)?.to_string();
         }
         let (log, sm) = store::open(&cfg.data_dir, Arc::new(Hooks(local.clone()))).await?;
         let state = sm.state();
@@ -228,7 +216,12 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), RaftNet, log, sm).await?;
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), RaftNet, log, sm)
+            .await
+            .map_err(|source| StartError::Raft {
+                node: cfg.node_id,
+                source: Box::new(source),
+            })?;
 
         let (stop, mut stop_rx) = watch::channel(false);
         let stats = Arc::new(ClusterStats::default());
@@ -286,10 +279,18 @@ impl Cluster {
         Ok(cluster)
     }
 
-    async fn bootstrap(&self) -> anyhow::Result<()> {
-        if self.raft.is_initialized().await? {
+    async fn bootstrap(&self) -> Result<(), StartError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|source| StartError::Raft {
+                node: self.cfg.node_id,
+                source: Box::new(source),
+            })?;
+        if initialized {
             info!(
-                node_id = self.cfg.node_id,
+                node_id = %self.cfg.node_id,
                 "rejoining the cluster from the data directory"
             );
             return Ok(());
@@ -311,16 +312,21 @@ impl Cluster {
         }
         let lowest = members.keys().next().copied().unwrap_or(me);
         if lowest == me {
-            info!(node_id = me, members = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
+            info!(node_id = %me, members = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
             match self.raft.initialize(members).await {
                 Ok(()) => {}
                 Err(RaftError::APIError(e)) => debug!(error = %e, "already initialised"),
-                Err(e) => return Err(e.into()),
+                Err(RaftError::Fatal(source)) => {
+                    return Err(StartError::Raft {
+                        node: me,
+                        source: Box::new(source),
+                    })
+                }
             }
         } else {
             info!(
-                node_id = me,
-                initialiser = lowest,
+                node_id = %me,
+                initialiser = %lowest,
                 "waiting to be added by the cluster (node {lowest} initialises it)"
             );
         }
@@ -386,7 +392,7 @@ impl Cluster {
         let r = tokio::time::timeout(limit, self.propose_inner(cmd)).await;
         let (index, resp) = match r {
             Ok(r) => r?,
-            Err(_) => return Err(ClusterError::Timeout(limit)),
+            Err(_) => return Err(ClusterError::timeout(limit)),
         };
         self.wait_applied(index, limit).await?;
         Ok((index, resp))
@@ -401,10 +407,7 @@ impl Cluster {
                 {
                     Ok(r) => return Ok((r.log_id.index, r.data)),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                    Err(RaftError::APIError(e)) => {
-                        return Err(ClusterError::Rejected(e.to_string()))
-                    }
-                    Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
+                    Err(e) => return Err(ClusterError::from_raft(e)),
                 },
                 Some(l) => {
                     if let Some(r) = self.propose_remote(l, &cmd).await? {
@@ -428,24 +431,21 @@ impl Cluster {
             return Ok(None);
         };
         let command = postcard::to_allocvec(cmd)
-            .map_err(|e| ClusterError::Rejected(format!("cannot encode command: {e}")))?;
+            .map_err(|e| ClusterError::rejected(format!("cannot encode command: {e}")))?;
         let mut client = peer.client.clone();
         let reply = match client.propose(pb::ProposeRequest { command }).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
-                debug!(leader, error = %s, "propose to leader failed");
+                debug!(leader = %leader, error = %s, "propose to leader failed");
                 return Ok(None);
             }
         };
         if !reply.error.is_empty() {
-            debug!(leader, error = %reply.error, "leader refused proposal");
+            debug!(leader = %leader, error = %reply.error, "leader refused proposal");
             return Ok(None);
         }
-        let resp: CommandResponse =
-            postcard::from_bytes(&reply.response).map_err(|e| ClusterError::Peer {
-                node: leader,
-                reason: format!("undecodable response: {e}"),
-            })?;
+        let resp: CommandResponse = postcard::from_bytes(&reply.response)
+            .map_err(|e| ClusterError::peer(leader, format!("undecodable response: {e}")))?;
         Ok(Some((reply.log_index, resp)))
     }
 
@@ -456,7 +456,12 @@ impl Cluster {
             .applied_index_at_least(Some(index), "proposal applied locally")
             .await
             .map(|_| ())
-            .map_err(|_| ClusterError::Timeout(limit))
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => ClusterError::timeout(limit),
+                WaitError::ShuttingDown => {
+                    ClusterError::Fatal(Box::new(openraft::error::Fatal::Stopped))
+                }
+            })
     }
 
     /// Waits until every reachable member has applied `index`, so a SUBACK is sent only when
@@ -502,7 +507,7 @@ impl Cluster {
                 let caught_up = match client.applied(req).await {
                     Ok(r) => r.into_inner().applied_index >= index,
                     Err(e) => {
-                        debug!(peer = id, error = %e, "peer did not confirm a route entry");
+                        debug!(peer = %id, error = %e, "peer did not confirm a route entry");
                         false
                     }
                 };
@@ -538,7 +543,7 @@ impl Cluster {
         let ch = match channel(&addr) {
             Ok(c) => c,
             Err(e) => {
-                warn!(peer = id, addr, error = %e, "bad peer address");
+                warn!(peer = %id, addr, error = %e, "bad peer address");
                 return None;
             }
         };
@@ -580,7 +585,7 @@ impl Cluster {
         node: NodeId,
         msg: Arc<Message>,
         direct: bool,
-        shared: Vec<String>,
+        shared: Vec<TopicFilter>,
     ) -> Option<oneshot::Receiver<()>> {
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
         let Some(peer) = self.peer(node) else {
@@ -627,38 +632,31 @@ impl Cluster {
     pub async fn take_session(
         &self,
         owner: NodeId,
-        client_id: &str,
+        client_id: &ClientId,
         generation: u64,
     ) -> Result<Option<SessionTransfer>, ClusterError> {
-        let peer = self.peer(owner).ok_or_else(|| ClusterError::Peer {
-            node: owner,
-            reason: "not a member".to_owned(),
-        })?;
+        let peer = self
+            .peer(owner)
+            .ok_or_else(|| ClusterError::peer(owner, "not a member"))?;
         let mut client = peer.client.clone();
         let mut req = Request::new(pb::TakeSessionRequest {
-            client_id: client_id.to_owned(),
+            client_id: client_id.as_str().to_owned(),
             generation,
-            requester: self.cfg.node_id,
+            requester: self.cfg.node_id.get(),
         });
         req.set_timeout(self.cfg.forward_timeout);
         let reply = client
             .take_session(req)
             .await
-            .map_err(|s| ClusterError::Peer {
-                node: owner,
-                reason: s.message().to_owned(),
-            })?
+            .map_err(|s| ClusterError::peer(owner, s.message()))?
             .into_inner();
         if !reply.found {
             return Ok(None);
         }
         let state = reply.session.unwrap_or_default();
-        convert::transfer_from_wire(state, Instant::now())
+        convert::transfer_from_wire(state, Instant::now().into_std())
             .map(Some)
-            .map_err(|e| ClusterError::Peer {
-                node: owner,
-                reason: e.to_string(),
-            })
+            .map_err(|e| ClusterError::peer(owner, e))
     }
 
     /// Adds a node as a voter (through the leader).
@@ -672,27 +670,23 @@ impl Cluster {
         if leader == self.cfg.node_id {
             return self.join_local(id, cluster_addr, mqtt_addr).await;
         }
-        let peer = self.peer(leader).ok_or(ClusterError::Peer {
-            node: leader,
-            reason: "leader unknown".into(),
-        })?;
+        let peer = self
+            .peer(leader)
+            .ok_or_else(|| ClusterError::peer(leader, "leader unknown"))?;
         let mut client = peer.client.clone();
         let reply = client
             .join(pb::JoinRequest {
-                node_id: id,
+                node_id: id.get(),
                 cluster_addr,
                 mqtt_addr,
             })
             .await
-            .map_err(|s| ClusterError::Peer {
-                node: leader,
-                reason: s.message().to_owned(),
-            })?
+            .map_err(|s| ClusterError::peer(leader, s.message()))?
             .into_inner();
         if reply.error.is_empty() {
             Ok(())
         } else {
-            Err(ClusterError::Rejected(reply.error))
+            Err(ClusterError::rejected(reply.error))
         }
     }
 
@@ -711,17 +705,17 @@ impl Cluster {
             self.raft
                 .add_learner(id, node, true)
                 .await
-                .map_err(|e| ClusterError::Rejected(e.to_string()))?;
+                .map_err(ClusterError::from_raft)?;
             let voters = BTreeSet::from([id]);
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(voters), false)
                 .await
-                .map_err(|e| ClusterError::Rejected(e.to_string()))?;
+                .map_err(ClusterError::from_raft)?;
             Ok(())
         };
         match tokio::time::timeout(limit, work).await {
             Ok(r) => r,
-            Err(_) => Err(ClusterError::Timeout(limit)),
+            Err(_) => Err(ClusterError::timeout(limit)),
         }
     }
 
@@ -731,21 +725,17 @@ impl Cluster {
         if leader == self.cfg.node_id {
             self.leave_local(id).await?;
         } else {
-            let peer = self.peer(leader).ok_or(ClusterError::Peer {
-                node: leader,
-                reason: "leader unknown".into(),
-            })?;
+            let peer = self
+                .peer(leader)
+                .ok_or_else(|| ClusterError::peer(leader, "leader unknown"))?;
             let mut client = peer.client.clone();
             let reply = client
-                .leave(pb::LeaveRequest { node_id: id })
+                .leave(pb::LeaveRequest { node_id: id.get() })
                 .await
-                .map_err(|s| ClusterError::Peer {
-                    node: leader,
-                    reason: s.message().to_owned(),
-                })?
+                .map_err(|s| ClusterError::peer(leader, s.message()))?
                 .into_inner();
             if !reply.error.is_empty() {
-                return Err(ClusterError::Rejected(reply.error));
+                return Err(ClusterError::rejected(reply.error));
             }
         }
         self.propose(Command::ForgetNode { node: id }).await?;
@@ -764,8 +754,8 @@ impl Cluster {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ClusterError::Rejected(e.to_string())),
-            Err(_) => Err(ClusterError::Timeout(limit)),
+            Ok(Err(e)) => Err(ClusterError::from_raft(e)),
+            Err(_) => Err(ClusterError::timeout(limit)),
         }
     }
 
@@ -774,7 +764,7 @@ impl Cluster {
             .metrics()
             .borrow()
             .current_leader
-            .ok_or(ClusterError::Timeout(Duration::ZERO))
+            .ok_or(ClusterError::timeout(Duration::ZERO))
     }
 
     /// This node's view, with each member's health checked by a short status call.
@@ -843,7 +833,7 @@ impl Cluster {
                 let mqtt = r
                     .members
                     .iter()
-                    .find(|m| m.node_id == id)
+                    .find(|m| m.node_id == id.get())
                     .map(|m| m.mqtt_addr.clone())
                     .unwrap_or_default();
                 (true, mqtt)
@@ -896,7 +886,7 @@ async fn run_forwarder(
             Ok(r) => r.into_inner(),
             Err(e) => {
                 up.store(false, Relaxed);
-                debug!(peer, error = %e, "forward stream not established");
+                debug!(peer = %peer, error = %e, "forward stream not established");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
@@ -916,7 +906,7 @@ async fn run_forwarder(
                 .collect::<Vec<_>>();
             for chunk in messages.chunks(MAX_BATCH) {
                 let batch = pb::ForwardBatch {
-                    origin_node: origin,
+                    origin_node: origin.get(),
                     messages: chunk.to_vec(),
                 };
                 if btx.send(batch).await.is_err() {
@@ -945,7 +935,7 @@ async fn run_forwarder(
                             next = rx.try_recv().ok();
                         }
                     }
-                    let batch = pb::ForwardBatch { origin_node: origin, messages };
+                    let batch = pb::ForwardBatch { origin_node: origin.get(), messages };
                     if btx.send(batch).await.is_err() {
                         break;
                     }
@@ -968,7 +958,7 @@ async fn run_forwarder(
             }
         }
         debug!(
-            peer,
+            peer = %peer,
             unacked = unacked.len(),
             "forward stream closed; reconnecting"
         );
@@ -979,9 +969,9 @@ async fn run_forwarder(
 fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
     pb::ForwardedMessage {
         seq,
-        message: Some(convert::message_to_wire(&o.msg, now)),
+        message: Some(convert::message_to_wire(&o.msg, now.into_std())),
         direct: o.direct,
-        shared_filters: o.shared.clone(),
+        shared_filters: convert::shared_filters_to_wire(&o.shared),
     }
 }
 
@@ -1003,7 +993,12 @@ impl ClusterService {
     fn membership_reply(&self, result: Result<(), ClusterError>) -> Response<pb::MembershipReply> {
         Response::new(pb::MembershipReply {
             error: result.err().map(|e| e.to_string()).unwrap_or_default(),
-            leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
+            leader_id: self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .map_or(0, NodeId::get),
         })
     }
 }
@@ -1024,13 +1019,23 @@ impl cluster_server::Cluster for ClusterService {
                 response: postcard::to_allocvec(&r.data)
                     .map_err(|e| Status::internal(e.to_string()))?,
                 error: String::new(),
-                leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
+                leader_id: self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .map_or(0, NodeId::get),
             },
             Err(e) => pb::ProposeReply {
                 log_index: 0,
                 response: Vec::new(),
                 error: e.to_string(),
-                leader_id: self.raft.metrics().borrow().current_leader.unwrap_or(0),
+                leader_id: self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .map_or(0, NodeId::get),
             },
         };
         Ok(Response::new(reply))
@@ -1069,10 +1074,12 @@ impl cluster_server::Cluster for ClusterService {
                         continue;
                     };
                     let qos = m.qos;
-                    match convert::message_from_wire(m, now) {
+                    match convert::message_from_wire(m, now.into_std()) {
                         Ok(msg) => {
                             stats.received.increment(1);
-                            local.deliver(Arc::new(msg), fm.direct, &fm.shared_filters);
+                            let shared =
+                                convert::shared_filters_from_wire(fm.shared_filters, &stats);
+                            local.deliver(Arc::new(msg), fm.direct, &shared);
                         }
                         Err(e) => {
                             stats.received_invalid.increment(1);
@@ -1098,11 +1105,14 @@ impl cluster_server::Cluster for ClusterService {
         request: Request<pb::TakeSessionRequest>,
     ) -> Result<Response<pb::TakeSessionReply>, Status> {
         let r = request.into_inner();
-        let t = self.local.take_session(r.client_id, r.generation).await;
+        let t = self
+            .local
+            .take_session(ClientId::from(r.client_id), r.generation)
+            .await;
         Ok(Response::new(match t {
             Some(t) => pb::TakeSessionReply {
                 found: true,
-                session: Some(convert::transfer_to_wire(&t, Instant::now())),
+                session: Some(convert::transfer_to_wire(&t, Instant::now().into_std())),
             },
             None => pb::TakeSessionReply {
                 found: false,
@@ -1119,7 +1129,9 @@ impl cluster_server::Cluster for ClusterService {
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
-        let result = c.join(r.node_id, r.cluster_addr, r.mqtt_addr).await;
+        let result = c
+            .join(NodeId::new(r.node_id), r.cluster_addr, r.mqtt_addr)
+            .await;
         Ok(self.membership_reply(result))
     }
 
@@ -1131,7 +1143,7 @@ impl cluster_server::Cluster for ClusterService {
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
-        let result = c.leave_local(r.node_id).await;
+        let result = c.leave_local(NodeId::new(r.node_id)).await;
         Ok(self.membership_reply(result))
     }
 
@@ -1175,13 +1187,13 @@ impl cluster_server::Cluster for ClusterService {
             )
         };
         Ok(Response::new(pb::StatusReply {
-            node_id: c.cfg.node_id,
-            leader_id: m.current_leader,
+            node_id: c.cfg.node_id.get(),
+            leader_id: m.current_leader.map(NodeId::get),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             members: vec![pb::Member {
-                node_id: c.cfg.node_id,
+                node_id: c.cfg.node_id.get(),
                 cluster_addr: c.cfg.advertise.clone(),
                 mqtt_addr: c.cfg.mqtt_addr.clone(),
                 voter: true,

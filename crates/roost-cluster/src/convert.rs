@@ -4,6 +4,7 @@
 //! Decoding is defensive: a peer is trusted to run the same version, but a bad field still gives
 //! an error (and the message is dropped and counted), never a panic.
 
+use crate::metrics::ClusterStats;
 use bytes::Bytes;
 use roost_codec::{LastWill, PacketId, Properties, QoS, SubscriptionOptions};
 use roost_core::index::Subscription;
@@ -103,6 +104,42 @@ pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireEr
         expires_at: m.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         publisher: (!m.publisher.is_empty()).then(|| Arc::from(m.publisher.as_str())),
     })
+}
+
+/// The shared-subscription filters a forwarded message is for, to the wire.
+pub fn shared_filters_to_wire(filters: &[TopicFilter]) -> Vec<String> {
+    filters.iter().map(|f| f.as_str().to_owned()).collect()
+}
+
+/// One shared-subscription filter from a peer: it must parse and be a `$share/…` filter.
+pub fn shared_filter_from_wire(f: &str) -> Result<TopicFilter, WireError> {
+    let filter = TopicFilter::new(f, &limits()).map_err(|e| bad("shared_filters", e))?;
+    if filter.share_group().is_none() {
+        return Err(bad(
+            "shared_filters",
+            format!("{f:?} is not a $share filter"),
+        ));
+    }
+    Ok(filter)
+}
+
+/// A forwarded message's shared filters from a peer. One that does not parse is left out,
+/// counted and logged: the message still reaches the other groups and direct subscribers.
+pub(crate) fn shared_filters_from_wire(
+    filters: Vec<String>,
+    stats: &ClusterStats,
+) -> Vec<TopicFilter> {
+    let mut out = Vec::with_capacity(filters.len());
+    for f in filters {
+        match shared_filter_from_wire(&f) {
+            Ok(filter) => out.push(filter),
+            Err(e) => {
+                stats.received_invalid_filters.increment(1);
+                tracing::warn!(error = %e, "skipping an invalid shared filter from a peer");
+            }
+        }
+    }
+    out
 }
 
 /// A will to the wire (its delay travels beside it).
@@ -325,6 +362,25 @@ mod tests {
         w.qos = 1;
         w.topic = "a/+".into();
         assert_eq!(message_from_wire(w, now).unwrap_err().field, "topic");
+    }
+
+    #[test]
+    fn shared_filters_round_trip_and_bad_ones_are_left_out() {
+        let good = TopicFilter::new("$share/g/a/+", &TopicLimits::default()).unwrap();
+        let wire = shared_filters_to_wire(std::slice::from_ref(&good));
+        assert_eq!(wire, vec!["$share/g/a/+".to_owned()]);
+        assert_eq!(shared_filter_from_wire(&wire[0]).unwrap(), good);
+        for bad in ["a/#/b", "a/+", "$share/g", ""] {
+            assert_eq!(
+                shared_filter_from_wire(bad).unwrap_err().field,
+                "shared_filters",
+                "{bad:?}"
+            );
+        }
+        let stats = ClusterStats::default();
+        let mut input = wire;
+        input.push("a/#/b".to_owned());
+        assert_eq!(shared_filters_from_wire(input, &stats), vec![good]);
     }
 
     #[test]

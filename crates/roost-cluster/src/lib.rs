@@ -13,16 +13,24 @@
 //! - [`state`]: the replicated state machine's data and its deterministic `apply`.
 //! - [`store`]: openraft log storage and state machine on redb (`DATA_DIR/raft.redb`).
 //! - [`cluster`]: the running node's Raft, gRPC server, peer clients and publish forwarders.
+//! - [`error`]: [`ClusterError`] (a refused request vs. a broken node) and [`StartError`].
 //! - [`convert`]: wire (prost) types to ours and back; prost types stop here.
 //! - `network`: Raft RPCs over gRPC.
+//!
+//! Ids and filters are typed across the seam with the node: [`types::NodeId`],
+//! `roost_core::ClientId`, `roost_core::topic::TopicFilter`. Strings remain only in the wire
+//! (prost) types and in the replicated [`types::Command`]s, whose postcard encoding is the
+//! on-disk format. All timing uses tokio's clock, so `tokio::time::pause()` drives it.
 
 pub mod cluster;
 pub mod convert;
+pub mod error;
 pub mod metrics;
 mod network;
 pub mod state;
 pub mod store;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterError, ClusterStatus, LocalNode};
+pub use cluster::{Cluster, ClusterConfig, ClusterStatus, LocalNode};
 pub use convert::SessionTransfer;
+pub use error::{ClusterError, Refusal, StartError};

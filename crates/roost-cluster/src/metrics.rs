@@ -8,6 +8,7 @@ const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
 const FORWARD_GIVEN_UP: &str = "roost_cluster_forward_given_up_total";
 const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
+const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
 pub fn describe() {
@@ -28,6 +29,10 @@ pub fn describe() {
         RECEIVED_INVALID,
         "messages from peers that could not be decoded (dropped)"
     );
+    describe_counter!(
+        RECEIVED_INVALID_FILTERS,
+        "shared-subscription filters from peers that did not parse (the message skipped them)"
+    );
 }
 
 /// Counter handles used by the forwarders and the Forward service.
@@ -43,6 +48,8 @@ pub struct ClusterStats {
     pub received: Counter,
     /// Undecodable messages from peers.
     pub received_invalid: Counter,
+    /// Shared filters from peers that did not parse (left out of the delivery).
+    pub received_invalid_filters: Counter,
 }
 
 impl Default for ClusterStats {
@@ -53,6 +60,7 @@ impl Default for ClusterStats {
             forward_given_up: counter!(FORWARD_GIVEN_UP),
             received: counter!(RECEIVED),
             received_invalid: counter!(RECEIVED_INVALID),
+            received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::types::{Command, CommandResponse, NodeId, RetainedMessage, StoredSubs
 use roost_core::index::{Subscription, SubscriptionIndex};
 use roost_core::retained::RetainedStore;
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_core::ClientId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub enum Event {
     /// must close the connection (DISCONNECT 0x8E).
     SessionClaimed {
         /// Client id.
-        client_id: String,
+        client_id: ClientId,
         /// New owner.
         owner: SessionOwner,
     },
@@ -127,14 +128,18 @@ impl ClusterState {
     }
 
     /// The stored subscriptions and expiry interval of a client's persistent session.
-    pub fn stored_session(&self, client_id: &str) -> (Vec<StoredSubscription>, u32) {
+    pub fn stored_session(&self, client_id: &ClientId) -> (Vec<StoredSubscription>, u32) {
         (
             self.data
                 .subscriptions
-                .get(client_id)
+                .get(client_id.as_str())
                 .cloned()
                 .unwrap_or_default(),
-            self.data.expiry.get(client_id).copied().unwrap_or(0),
+            self.data
+                .expiry
+                .get(client_id.as_str())
+                .copied()
+                .unwrap_or(0),
         )
     }
 
@@ -154,8 +159,8 @@ impl ClusterState {
     }
 
     /// The owner of a client's session, if any.
-    pub fn session_owner(&self, client_id: &str) -> Option<SessionOwner> {
-        self.data.sessions.get(client_id).copied()
+    pub fn session_owner(&self, client_id: &ClientId) -> Option<SessionOwner> {
+        self.data.sessions.get(client_id.as_str()).copied()
     }
 
     /// Applies one command. Returns the proposer's response and any event for the node.
@@ -207,7 +212,7 @@ impl ClusterState {
                         previous: previous.map(|p| (p.node, p.generation)),
                     },
                     Some(Event::SessionClaimed {
-                        client_id: client_id.clone(),
+                        client_id: ClientId::from(client_id.as_str()),
                         owner,
                     }),
                 )
@@ -335,20 +340,24 @@ mod tests {
     use super::*;
     use roost_core::index::Matches;
 
+    fn cid() -> ClientId {
+        ClientId::from("c")
+    }
+
     fn topic(s: &str) -> TopicName {
         TopicName::new(s, &TopicLimits::default()).unwrap()
     }
 
-    fn nodes_for(state: &ClusterState, t: &str) -> (Vec<NodeId>, Vec<(String, Vec<NodeId>)>) {
+    fn nodes_for(state: &ClusterState, t: &str) -> (Vec<u64>, Vec<(String, Vec<u64>)>) {
         let mut m = Matches::default();
         state.routes().matches(&topic(t), None, &mut m);
-        let mut direct: Vec<_> = m.direct.iter().map(|d| d.subscriber).collect();
+        let mut direct: Vec<_> = m.direct.iter().map(|d| d.subscriber.get()).collect();
         direct.sort_unstable();
         let mut shared: Vec<_> = m
             .shared
             .iter()
             .map(|s| {
-                let mut n: Vec<_> = s.members.iter().map(|(k, _)| *k).collect();
+                let mut n: Vec<_> = s.members.iter().map(|(k, _)| k.get()).collect();
                 n.sort_unstable();
                 (s.filter.as_str().to_owned(), n)
             })
@@ -357,9 +366,9 @@ mod tests {
         (direct, shared)
     }
 
-    fn routes(node: NodeId, add: &[&str], remove: &[&str]) -> Command {
+    fn routes(node: u64, add: &[&str], remove: &[&str]) -> Command {
         Command::UpdateRoutes {
-            node,
+            node: NodeId::new(node),
             add: add.iter().map(|s| s.to_string()).collect(),
             remove: remove.iter().map(|s| s.to_string()).collect(),
         }
@@ -388,7 +397,7 @@ mod tests {
         let mut s = ClusterState::new();
         let claim = |n| Command::ClaimSession {
             client_id: "c".into(),
-            node: n,
+            node: NodeId::new(n),
             clean: false,
             expiry_interval: 60,
         };
@@ -400,26 +409,28 @@ mod tests {
                 previous: None
             }
         );
-        assert!(matches!(e, Some(Event::SessionClaimed { owner, .. }) if owner.node == 1));
+        assert!(
+            matches!(e, Some(Event::SessionClaimed { owner, .. }) if owner.node == NodeId::new(1))
+        );
         let (r, _) = s.apply(&claim(2));
         assert_eq!(
             r,
             CommandResponse::Claimed {
                 generation: 2,
-                previous: Some((1, 1))
+                previous: Some((NodeId::new(1), 1))
             }
         );
         // A stale release from node 1 does not remove node 2's ownership.
         let (r, _) = s.apply(&Command::ReleaseSession {
             client_id: "c".into(),
-            node: 1,
+            node: NodeId::new(1),
             generation: 1,
         });
         assert_eq!(r, CommandResponse::Released(false));
-        assert_eq!(s.session_owner("c").unwrap().node, 2);
+        assert_eq!(s.session_owner(&cid()).unwrap().node, NodeId::new(2));
         let (r, _) = s.apply(&Command::ReleaseSession {
             client_id: "c".into(),
-            node: 2,
+            node: NodeId::new(2),
             generation: 2,
         });
         assert_eq!(r, CommandResponse::Released(true));
@@ -465,7 +476,7 @@ mod tests {
         s.apply(&routes(4, &["x/#"], &[]));
         s.apply(&Command::ClaimSession {
             client_id: "c".into(),
-            node: 4,
+            node: NodeId::new(4),
             clean: false,
             expiry_interval: 60,
         });
@@ -486,7 +497,7 @@ mod tests {
         let mut s = ClusterState::new();
         let claim = |n, clean| Command::ClaimSession {
             client_id: "c".into(),
-            node: n,
+            node: NodeId::new(n),
             clean,
             expiry_interval: 300,
         };
@@ -500,39 +511,39 @@ mod tests {
         };
         let set = |n, generation| Command::SetSubscriptions {
             client_id: "c".into(),
-            node: n,
+            node: NodeId::new(n),
             generation,
             subscriptions: vec![sub.clone()],
             expiry_interval: None,
         };
         s.apply(&claim(1, false));
         s.apply(&set(2, 1));
-        assert!(s.stored_session("c").0.is_empty(), "not the owner");
+        assert!(s.stored_session(&cid()).0.is_empty(), "not the owner");
         s.apply(&set(1, 1));
-        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 300));
+        assert_eq!(s.stored_session(&cid()), (vec![sub.clone()], 300));
         // A takeover keeps them (the new owner restores them if the old one is gone)...
         s.apply(&claim(2, false));
-        assert_eq!(s.stored_session("c").0.len(), 1);
+        assert_eq!(s.stored_session(&cid()).0.len(), 1);
         // ...a stale owner cannot overwrite them, and a clean start drops them.
         s.apply(&Command::SetSubscriptions {
             client_id: "c".into(),
-            node: 1,
+            node: NodeId::new(1),
             generation: 1,
             subscriptions: vec![],
             expiry_interval: Some(1),
         });
-        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 300));
+        assert_eq!(s.stored_session(&cid()), (vec![sub.clone()], 300));
         // The owner may change the expiry (v5 DISCONNECT).
         s.apply(&Command::SetSubscriptions {
             client_id: "c".into(),
-            node: 2,
+            node: NodeId::new(2),
             generation: 2,
             subscriptions: vec![sub.clone()],
             expiry_interval: Some(30),
         });
-        assert_eq!(s.stored_session("c"), (vec![sub.clone()], 30));
+        assert_eq!(s.stored_session(&cid()), (vec![sub.clone()], 30));
         s.apply(&claim(3, true));
-        assert!(s.stored_session("c").0.is_empty());
+        assert!(s.stored_session(&cid()).0.is_empty());
     }
 
     #[test]
@@ -573,12 +584,14 @@ mod tests {
         s.apply(&routes(2, &["a"], &[]));
         s.apply(&Command::ClaimSession {
             client_id: "c".into(),
-            node: 1,
+            node: NodeId::new(1),
             clean: false,
             expiry_interval: 60,
         });
-        s.apply(&Command::ForgetNode { node: 1 });
+        s.apply(&Command::ForgetNode {
+            node: NodeId::new(1),
+        });
         assert_eq!(nodes_for(&s, "a").0, vec![2]);
-        assert_eq!(s.session_owner("c"), None);
+        assert_eq!(s.session_owner(&cid()), None);
     }
 }

@@ -49,6 +49,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use roost_core::ClientId;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -810,9 +811,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 fn ownership_changes(old: &ClusterState, new: &ClusterState) -> Vec<Event> {
     let mut events = Vec::new();
     for (client_id, owner) in &new.snapshot().sessions {
-        if old.session_owner(client_id) != Some(*owner) {
+        if old.snapshot().sessions.get(client_id) != Some(owner) {
             events.push(Event::SessionClaimed {
-                client_id: client_id.clone(),
+                client_id: ClientId::from(client_id.as_str()),
                 owner: *owner,
             });
         }

@@ -10,7 +10,54 @@ use std::io::Cursor;
 
 /// A node's id, chosen by the operator (`--node-id`), unique in the cluster, never reused for a
 /// different machine's data.
-pub type NodeId = u64;
+///
+/// `#[serde(transparent)]`: it is written exactly as the `u64` it wraps, so Raft logs and
+/// snapshots (postcard) written before it was a newtype read back unchanged, and the admin API's
+/// JSON keeps `"node_id": 2`. On the wire (`roost.cluster.v1`) it is a plain `uint64`, converted
+/// with [`NodeId::new`] / [`NodeId::get`] at the edge.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    /// Wraps an id (0 is not a valid member id; config validation rejects it).
+    pub const fn new(id: u64) -> NodeId {
+        NodeId(id)
+    }
+
+    /// The number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<NodeId, Self::Err> {
+        s.parse().map(NodeId)
+    }
+}
+
+impl From<u64> for NodeId {
+    fn from(id: u64) -> NodeId {
+        NodeId(id)
+    }
+}
+
+impl From<NodeId> for u64 {
+    fn from(id: NodeId) -> u64 {
+        id.0
+    }
+}
 
 /// What the cluster records about a member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +153,11 @@ impl StoredSubscription {
 }
 
 /// A change to the replicated metadata (docs/rfcs/0002). Applied identically on every node.
+///
+/// Client ids and filters stay `String` here on purpose: these entries are the on-disk Raft log
+/// and snapshot format (postcard), and a `String` is what every existing log holds. The typed
+/// API (`ClientId`, `TopicFilter`) is converted to and from them at [`crate::Cluster`]'s and
+/// [`crate::state::ClusterState`]'s edges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// `node` gained its first local subscriber for each filter in `add` and lost its last for
@@ -209,3 +261,61 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn node_id_serializes_exactly_like_the_u64_it_replaced() {
+        for raw in [0u64, 1, 7, 300, u64::MAX] {
+            let id = NodeId::new(raw);
+            assert_eq!(
+                postcard::to_allocvec(&id).unwrap(),
+                postcard::to_allocvec(&raw).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_string(&id).unwrap(),
+                serde_json::to_string(&raw).unwrap()
+            );
+            let back: NodeId = postcard::from_bytes(&postcard::to_allocvec(&raw).unwrap()).unwrap();
+            assert_eq!(back, id);
+            let back: NodeId = serde_json::from_str(&raw.to_string()).unwrap();
+            assert_eq!(back, id);
+            assert_eq!(id.to_string(), raw.to_string());
+            assert_eq!(raw.to_string().parse::<NodeId>().unwrap(), id);
+        }
+        // Inside a logged command, too: a ClaimSession written with `node: u64` reads back.
+        #[derive(Serialize)]
+        enum OldCommand {
+            #[allow(dead_code)]
+            UpdateRoutes {
+                node: u64,
+                add: Vec<String>,
+                remove: Vec<String>,
+            },
+            ClaimSession {
+                client_id: String,
+                node: u64,
+                clean: bool,
+                expiry_interval: u32,
+            },
+        }
+        let old = postcard::to_allocvec(&OldCommand::ClaimSession {
+            client_id: "c".into(),
+            node: 3,
+            clean: true,
+            expiry_interval: 60,
+        })
+        .unwrap();
+        let new = Command::ClaimSession {
+            client_id: "c".into(),
+            node: NodeId::new(3),
+            clean: true,
+            expiry_interval: 60,
+        };
+        assert_eq!(postcard::to_allocvec(&new).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Command>(&old).unwrap(), new);
+    }
+}

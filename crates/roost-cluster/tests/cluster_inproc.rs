@@ -20,6 +20,7 @@ use roost_core::index::{Matches, Subscription};
 use roost_core::message::{Message, PassThrough};
 use roost_core::session::{ImageMessage, SessionImage};
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_core::ClientId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +38,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 struct Delivered {
     msg: Arc<Message>,
     direct: bool,
-    shared: Vec<String>,
+    shared: Vec<TopicFilter>,
 }
 
 /// The node side of the cluster layer, recording what it is handed.
@@ -46,23 +47,23 @@ struct TestNode {
     delivered: Mutex<Vec<Delivered>>,
     events: Mutex<Vec<Event>>,
     /// Sessions `take_session` hands over (removed when taken).
-    sessions: Mutex<HashMap<String, SessionTransfer>>,
+    sessions: Mutex<HashMap<ClientId, SessionTransfer>>,
     /// Every `take_session` call: (client id, generation).
-    takes: Mutex<Vec<(String, u64)>>,
+    takes: Mutex<Vec<(ClientId, u64)>>,
 }
 
 impl LocalNode for TestNode {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared_filters: &[String]) {
+    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]) {
         self.delivered.lock().push(Delivered {
             msg,
             direct,
-            shared: shared_filters.to_vec(),
+            shared: shared.to_vec(),
         });
     }
 
     fn take_session(
         &self,
-        client_id: String,
+        client_id: ClientId,
         generation: u64,
     ) -> BoxFuture<Option<SessionTransfer>> {
         let t = self.sessions.lock().remove(&client_id);
@@ -84,17 +85,23 @@ struct Node {
     addr: SocketAddr,
 }
 
+/// Node ids from numbers (tests name nodes 1, 2, 3...).
+fn ids(v: &[u64]) -> Vec<NodeId> {
+    v.iter().copied().map(NodeId::new).collect()
+}
+
 fn config(
-    id: NodeId,
+    id: impl Into<NodeId>,
     listen: SocketAddr,
     seeds: Vec<(NodeId, String)>,
     dir: &Path,
 ) -> ClusterConfig {
+    let id = id.into();
     ClusterConfig {
         node_id: id,
         listen,
         advertise: String::new(),
-        mqtt_addr: format!("127.0.0.1:{}", 18830 + id),
+        mqtt_addr: format!("127.0.0.1:{}", 18830 + id.get()),
         seeds,
         data_dir: dir.to_path_buf(),
         heartbeat: Duration::from_millis(50),
@@ -128,7 +135,8 @@ async fn start(cfg: ClusterConfig, local: Arc<TestNode>) -> Arc<Cluster> {
     }
 }
 
-async fn start_node(id: NodeId, addr: SocketAddr, seeds: Vec<(NodeId, String)>) -> Node {
+async fn start_node(id: impl Into<NodeId>, addr: SocketAddr, seeds: Vec<(NodeId, String)>) -> Node {
+    let id = id.into();
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(TestNode::default());
     let cluster = start(config(id, addr, seeds, dir.path()), local.clone()).await;
@@ -148,11 +156,11 @@ async fn three_nodes() -> Vec<Node> {
     let seeds: Vec<(NodeId, String)> = addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| (i as NodeId + 1, a.to_string()))
+        .map(|(i, a)| (NodeId::new(i as u64 + 1), a.to_string()))
         .collect();
     let mut nodes = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
-        nodes.push(start_node(i as NodeId + 1, *a, seeds.clone()).await);
+        nodes.push(start_node(i as u64 + 1, *a, seeds.clone()).await);
     }
     let leader = wait_for_leader(&nodes).await;
     eprintln!("three nodes up, leader {leader}");
@@ -198,7 +206,8 @@ async fn shutdown_all(nodes: &[Node]) {
     }
 }
 
-fn node(nodes: &[Node], id: NodeId) -> &Node {
+fn node(nodes: &[Node], id: impl Into<NodeId>) -> &Node {
+    let id = id.into();
     nodes.iter().find(|n| n.id == id).unwrap()
 }
 
@@ -233,18 +242,18 @@ fn routed(c: &Cluster, t: &str) -> (Vec<NodeId>, Vec<(String, Vec<NodeId>)>) {
     (direct, shared)
 }
 
-fn update_routes(node: NodeId, add: &[&str]) -> Command {
+fn update_routes(node: impl Into<NodeId>, add: &[&str]) -> Command {
     Command::UpdateRoutes {
-        node,
+        node: node.into(),
         add: add.iter().map(|s| s.to_string()).collect(),
         remove: vec![],
     }
 }
 
-fn claim(client_id: &str, node: NodeId) -> Command {
+fn claim(client_id: &str, node: impl Into<NodeId>) -> Command {
     Command::ClaimSession {
         client_id: client_id.to_owned(),
-        node,
+        node: node.into(),
         clean: false,
         expiry_interval: 600,
     }
@@ -292,8 +301,8 @@ async fn three_nodes_elect_one_leader_and_agree() {
     assert_eq!(leaders[0].node_id, leader);
     for s in &statuses {
         assert_eq!(s.leader_id, Some(leader), "{s:#?}");
-        let ids: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
-        assert_eq!(ids, vec![1, 2, 3], "{s:#?}");
+        let members: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
+        assert_eq!(members, ids(&[1, 2, 3]), "{s:#?}");
         assert!(s.members.iter().all(|m| m.voter && m.healthy), "{s:#?}");
         if s.node_id != leader {
             assert_eq!(s.state, "Follower", "{s:#?}");
@@ -306,7 +315,10 @@ async fn three_nodes_elect_one_leader_and_agree() {
     // Each member reports its own MQTT address; the leader knows everyone's matched index.
     let ls = statuses.iter().find(|s| s.node_id == leader).unwrap();
     for m in &ls.members {
-        assert_eq!(m.mqtt_addr, format!("127.0.0.1:{}", 18830 + m.node_id));
+        assert_eq!(
+            m.mqtt_addr,
+            format!("127.0.0.1:{}", 18830 + m.node_id.get())
+        );
         assert!(m.matched_index.is_some(), "{m:?}");
     }
     for n in &nodes {
@@ -433,7 +445,10 @@ async fn session_claims_bump_generation_and_fence_the_first_owner() {
             n.id
         );
         assert_eq!(
-            n.cluster.state().read().session_owner("dev-1"),
+            n.cluster
+                .state()
+                .read()
+                .session_owner(&ClientId::from("dev-1")),
             Some(SessionOwner {
                 node: b.id,
                 generation: 2
@@ -463,7 +478,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     let m1 = message("a/b", b"one", QoS::AtLeastOnce);
     let ack = n1
         .cluster
-        .forward(n2.id, m1.clone(), true, vec!["$share/g/a/#".into()])
+        .forward(n2.id, m1.clone(), true, vec![filter("$share/g/a/#")])
         .await
         .expect("a QoS 1 forward returns an ack receiver");
     tokio::time::timeout(OP_TIMEOUT, ack)
@@ -474,7 +489,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         let got = n2.local.delivered.lock().clone();
         assert_eq!(got.len(), 1);
         assert!(got[0].direct);
-        assert_eq!(got[0].shared, vec!["$share/g/a/#".to_owned()]);
+        assert_eq!(got[0].shared, vec![filter("$share/g/a/#")]);
         assert_eq!(*got[0].msg, *m1, "message and properties intact");
     }
 
@@ -526,7 +541,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
     let mut nodes = three_nodes().await;
-    let (id1, id2) = (1, 2);
+    let (id1, id2) = (NodeId::new(1), NodeId::new(2));
     // Establish the forward stream first, so the test covers a stream that breaks.
     let ack = node(&nodes, id1)
         .cluster
@@ -686,24 +701,38 @@ async fn take_session_hands_over_the_whole_session() {
         .insert("dev-1".into(), want.clone());
     let got = n1
         .cluster
-        .take_session(n2.id, "dev-1", 5)
+        .take_session(n2.id, &ClientId::from("dev-1"), 5)
         .await
         .unwrap()
         .expect("the owner had the session");
     assert_eq!(got, want);
-    assert_eq!(*n2.local.takes.lock(), vec![("dev-1".to_owned(), 5)]);
+    assert_eq!(*n2.local.takes.lock(), vec![(ClientId::from("dev-1"), 5)]);
     // Taken once: the owner forgot it.
     assert_eq!(
-        n1.cluster.take_session(n2.id, "dev-1", 6).await.unwrap(),
+        n1.cluster
+            .take_session(n2.id, &ClientId::from("dev-1"), 6)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        n1.cluster.take_session(n2.id, "nobody", 1).await.unwrap(),
+        n1.cluster
+            .take_session(n2.id, &ClientId::from("nobody"), 1)
+            .await
+            .unwrap(),
         None
     );
     // A node that is not a member is an error, not a hang.
-    let err = n1.cluster.take_session(42, "dev-1", 1).await.unwrap_err();
+    let err = n1
+        .cluster
+        .take_session(NodeId::new(42), &ClientId::from("dev-1"), 1)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("42"), "{err}");
+    assert!(
+        !err.is_fatal(),
+        "a missing peer refuses this request only: {err:?}"
+    );
     shutdown_all(&nodes).await;
 }
 
@@ -720,7 +749,12 @@ async fn join_and_leave_a_fourth_node() {
         .await
         .unwrap();
 
-    let n4 = start_node(4, "127.0.0.1:0".parse().unwrap(), vec![(1, n1_addr)]).await;
+    let n4 = start_node(
+        4,
+        "127.0.0.1:0".parse().unwrap(),
+        vec![(NodeId::new(1), n1_addr)],
+    )
+    .await;
     // It waits to be added: no leader, not initialised by itself.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let s4 = n4.cluster.status().await;
@@ -731,7 +765,7 @@ async fn join_and_leave_a_fourth_node() {
     node(&nodes, 3)
         .cluster
         .join(
-            4,
+            NodeId::new(4),
             n4.cluster.advertise().to_owned(),
             "127.0.0.1:18834".into(),
         )
@@ -750,7 +784,7 @@ async fn join_and_leave_a_fourth_node() {
         .await;
     }
     c4.wait_applied(before, SETTLE).await.unwrap();
-    assert_eq!(routed(&c4, "before/join").0, vec![2]);
+    assert_eq!(routed(&c4, "before/join").0, ids(&[2]));
 
     // The new member proposes like any other.
     let (index, _) = c4
@@ -762,18 +796,18 @@ async fn join_and_leave_a_fourth_node() {
     nodes.push(n4);
     for n in &nodes {
         n.cluster.wait_applied(index, OP_TIMEOUT).await.unwrap();
-        assert_eq!(routed(&n.cluster, "before/join").0, vec![2, 4]);
+        assert_eq!(routed(&n.cluster, "before/join").0, ids(&[2, 4]));
     }
     let leader = wait_for_leader(&nodes).await;
 
     // Leave, asked through a non-leader member.
     let asker = nodes
         .iter()
-        .find(|n| n.id != leader && n.id != 4)
+        .find(|n| n.id != leader && n.id != NodeId::new(4))
         .unwrap()
         .cluster
         .clone();
-    asker.leave(4).await.unwrap();
+    asker.leave(NodeId::new(4)).await.unwrap();
     let n4 = nodes.pop().unwrap();
     n4.cluster.shutdown().await;
     let applied = asker.status().await.applied_index;
@@ -782,16 +816,22 @@ async fn join_and_leave_a_fourth_node() {
         let c = n.cluster.clone();
         eventually(SETTLE, "3 voters again", || c.voter_count() == 3).await;
         let s = n.cluster.status().await;
-        let ids: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
-        assert_eq!(ids, vec![1, 2, 3], "node {}", n.id);
+        let members: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
+        assert_eq!(members, ids(&[1, 2, 3]), "node {}", n.id);
         assert_eq!(routed(&n.cluster, "x/y"), (vec![], vec![]), "node {}", n.id);
         assert_eq!(
             routed(&n.cluster, "before/join").0,
-            vec![2],
+            ids(&[2]),
             "node {}",
             n.id
         );
-        assert_eq!(n.cluster.state().read().session_owner("dev-4"), None);
+        assert_eq!(
+            n.cluster
+                .state()
+                .read()
+                .session_owner(&ClientId::from("dev-4")),
+            None
+        );
     }
     // The cluster still commits without node 4.
     nodes[0]
@@ -857,12 +897,12 @@ async fn single_node_restart_keeps_state_and_leads_again() {
     assert_eq!(*out[0], retained);
     assert_eq!(
         routed(&c, "status/1"),
-        (vec![1], vec![]),
+        (ids(&[1]), vec![]),
         "routes survive the restart"
     );
     eventually(SETTLE, "leader again", || c.has_leader()).await;
     let s = c.status().await;
-    assert_eq!(s.leader_id, Some(1));
+    assert_eq!(s.leader_id, Some(NodeId::new(1)));
     assert_eq!(s.state, "Leader");
     assert_eq!((s.routes, s.sessions, s.retained), (2, 2, 1));
     // The registry continues where it was: the next claim is generation 3.
@@ -871,7 +911,7 @@ async fn single_node_restart_keeps_state_and_leads_again() {
         r,
         CommandResponse::Claimed {
             generation: 3,
-            previous: Some((1, 2))
+            previous: Some((NodeId::new(1), 2))
         }
     );
     c.shutdown().await;

@@ -23,6 +23,7 @@ use roost_cluster::store::{open, LogStore, StateHooks, StateMachineStore, StoreE
 use roost_cluster::types::{
     Command, CommandResponse, NodeId, NodeInfo, RetainedMessage, TypeConfig,
 };
+use roost_core::ClientId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -60,7 +61,7 @@ fn openraft_storage_suite() {
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
-    LogId::new(CommittedLeaderId::new(term, 1), index)
+    LogId::new(CommittedLeaderId::new(term, NodeId::new(1)), index)
 }
 
 fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
@@ -77,8 +78,8 @@ fn normal(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
     }
 }
 
-fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry<TypeConfig> {
-    let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+fn membership(term: u64, index: u64, voters: &[u64]) -> Entry<TypeConfig> {
+    let voters: BTreeSet<NodeId> = voters.iter().copied().map(NodeId::new).collect();
     let nodes: BTreeMap<NodeId, NodeInfo> =
         voters.iter().map(|id| (*id, NodeInfo::default())).collect();
     Entry {
@@ -87,10 +88,10 @@ fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry<TypeConfig> {
     }
 }
 
-fn claim(client_id: &str, node: NodeId) -> Command {
+fn claim(client_id: &str, node: u64) -> Command {
     Command::ClaimSession {
         client_id: client_id.to_string(),
-        node,
+        node: NodeId::new(node),
         clean: false,
         expiry_interval: 0,
     }
@@ -114,9 +115,9 @@ fn retained(topic: &str, payload: &[u8]) -> Command {
     }
 }
 
-fn routes(node: NodeId, add: &[&str]) -> Command {
+fn routes(node: u64, add: &[&str]) -> Command {
     Command::UpdateRoutes {
-        node,
+        node: NodeId::new(node),
         add: add.iter().map(|s| s.to_string()).collect(),
         remove: Vec::new(),
     }
@@ -139,7 +140,9 @@ async fn reopen_keeps_log_vote_and_committed() {
         }
         entries.push(normal(2, 11, claim("c1", 1)));
         log.blocking_append(entries).await.unwrap();
-        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.save_vote(&Vote::new_committed(2, NodeId::new(1)))
+            .await
+            .unwrap();
         log.save_committed(Some(log_id(1, 8))).await.unwrap();
         log.purge(log_id(1, 3)).await.unwrap();
         log.truncate(log_id(1, 10)).await.unwrap();
@@ -158,7 +161,7 @@ async fn reopen_keeps_log_vote_and_committed() {
     assert_eq!(log.get_log_state().await.unwrap(), want_state);
     assert_eq!(
         log.read_vote().await.unwrap(),
-        Some(Vote::new_committed(2, 1))
+        Some(Vote::new_committed(2, NodeId::new(1)))
     );
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 8)));
     assert_eq!(log.try_get_log_entries(..).await.unwrap(), want_entries);
@@ -215,10 +218,10 @@ async fn apply_reports_responses_and_events_in_log_order() {
         replies[4],
         CommandResponse::Claimed {
             generation: 2,
-            previous: Some((1, 1)),
+            previous: Some((NodeId::new(1), 1)),
         }
     );
-    let owners: Vec<(String, SessionOwner)> = hooks
+    let owners: Vec<(ClientId, SessionOwner)> = hooks
         .events
         .lock()
         .iter()
@@ -230,23 +233,23 @@ async fn apply_reports_responses_and_events_in_log_order() {
         owners,
         vec![
             (
-                "a".to_string(),
+                ClientId::from("a"),
                 SessionOwner {
-                    node: 1,
+                    node: NodeId::new(1),
                     generation: 1
                 }
             ),
             (
-                "b".to_string(),
+                ClientId::from("b"),
                 SessionOwner {
-                    node: 2,
+                    node: NodeId::new(2),
                     generation: 1
                 }
             ),
             (
-                "a".to_string(),
+                ClientId::from("a"),
                 SessionOwner {
-                    node: 2,
+                    node: NodeId::new(2),
                     generation: 2
                 }
             ),
@@ -256,9 +259,9 @@ async fn apply_reports_responses_and_events_in_log_order() {
     assert_eq!(applied, Some(log_id(1, 5)));
     assert_eq!(mem.log_id(), &Some(log_id(1, 2)));
     assert_eq!(
-        sm.state().read().session_owner("a"),
+        sm.state().read().session_owner(&ClientId::from("a")),
         Some(SessionOwner {
-            node: 2,
+            node: NodeId::new(2),
             generation: 2
         })
     );
@@ -300,8 +303,8 @@ async fn snapshot_survives_reopen_and_installs_elsewhere() {
         StoredMembership::new(
             Some(log_id(1, 1)),
             Membership::new(
-                vec![BTreeSet::from([1])],
-                BTreeMap::from([(1, NodeInfo::default())])
+                vec![BTreeSet::from([NodeId::new(1)])],
+                BTreeMap::from([(NodeId::new(1), NodeInfo::default())])
             )
         )
     );
@@ -310,13 +313,13 @@ async fn snapshot_survives_reopen_and_installs_elsewhere() {
         let state = state.read();
         assert_eq!(state.snapshot(), &want_data);
         assert_eq!(
-            state.session_owner("c1"),
+            state.session_owner(&ClientId::from("c1")),
             Some(SessionOwner {
-                node: 1,
+                node: NodeId::new(1),
                 generation: 1
             })
         );
-        assert_eq!(state.session_owner("c2"), None);
+        assert_eq!(state.session_owner(&ClientId::from("c2")), None);
         assert_eq!(state.routes().filter_count(), 2, "route index rebuilt");
         assert_eq!(state.retained().len(), 1, "retained index rebuilt");
     }
@@ -340,9 +343,9 @@ async fn snapshot_survives_reopen_and_installs_elsewhere() {
     assert_eq!(
         *hooks2.events.lock(),
         vec![Event::SessionClaimed {
-            client_id: "c1".to_string(),
+            client_id: ClientId::from("c1"),
             owner: SessionOwner {
-                node: 1,
+                node: NodeId::new(1),
                 generation: 1
             },
         }]
@@ -411,7 +414,7 @@ async fn start_raft(dir: &Path) -> (Raft<TypeConfig>, StateMachineStore, Arc<Rec
         ..Config::default()
     };
     let raft = Raft::new(
-        1,
+        NodeId::new(1),
         Arc::new(config.validate().unwrap()),
         NoPeers,
         log,
@@ -430,11 +433,11 @@ async fn single_node_raft_restarts_from_snapshot_and_log() {
     let timeout = Some(Duration::from_secs(10));
     let want = {
         let (raft, sm, _) = start_raft(dir.path()).await;
-        raft.initialize(BTreeMap::from([(1, NodeInfo::default())]))
+        raft.initialize(BTreeMap::from([(NodeId::new(1), NodeInfo::default())]))
             .await
             .unwrap();
         raft.wait(timeout)
-            .current_leader(1, "leader")
+            .current_leader(NodeId::new(1), "leader")
             .await
             .unwrap();
         let r = raft.client_write(claim("c1", 1)).await.unwrap();
@@ -478,7 +481,7 @@ async fn single_node_raft_restarts_from_snapshot_and_log() {
         "only the claim after the snapshot is re-applied"
     );
     raft.wait(timeout)
-        .current_leader(1, "leader again")
+        .current_leader(NodeId::new(1), "leader again")
         .await
         .unwrap();
     let r = raft.client_write(claim("c1", 1)).await.unwrap();
@@ -486,7 +489,7 @@ async fn single_node_raft_restarts_from_snapshot_and_log() {
         r.data,
         CommandResponse::Claimed {
             generation: 3,
-            previous: Some((1, 2)),
+            previous: Some((NodeId::new(1), 2)),
         }
     );
     raft.shutdown().await.unwrap();
@@ -584,7 +587,7 @@ async fn undecodable_vote_is_an_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, _sm, _) = open_in(dir.path()).await;
-        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        log.save_vote(&Vote::new(1, NodeId::new(1))).await.unwrap();
     }
     let path = dir.path().join("raft.redb");
     overwrite(&path, "meta", "vote");

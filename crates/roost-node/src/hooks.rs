@@ -20,6 +20,7 @@ use roost_cluster::state::Event;
 use roost_cluster::{LocalNode, SessionTransfer};
 use roost_core::message::Message;
 use roost_core::topic::TopicFilter;
+use roost_core::ClientId;
 use std::sync::{Arc, OnceLock, Weak};
 
 #[derive(Default)]
@@ -39,25 +40,21 @@ impl NodeHooks {
 }
 
 impl LocalNode for NodeHooks {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared_filters: &[String]) {
+    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]) {
         let Some(b) = self.broker() else {
             crate::metrics::forward_dropped_not_started();
             return;
         };
-        let shared: Vec<TopicFilter> = shared_filters
-            .iter()
-            .filter_map(|f| TopicFilter::new(f, &b.topic_limits).ok())
-            .collect();
-        b.deliver_from_peer(&msg, direct, &shared);
+        b.deliver_from_peer(&msg, direct, shared);
     }
 
     fn take_session(
         &self,
-        client_id: String,
+        client_id: ClientId,
         generation: u64,
     ) -> BoxFuture<Option<SessionTransfer>> {
         let broker = self.broker();
-        Box::pin(async move { broker?.hand_over(&client_id, generation).await })
+        Box::pin(async move { broker?.hand_over(client_id.as_str(), generation).await })
     }
 
     fn on_event(&self, event: &Event) {

@@ -230,7 +230,11 @@ async fn cluster_join(State(s): State<AdminState>, Json(body): Json<JoinBody>) -
             .into_response();
     }
     match c
-        .join(body.node_id, body.cluster_addr, body.mqtt_addr)
+        .join(
+            roost_cluster::types::NodeId::new(body.node_id),
+            body.cluster_addr,
+            body.mqtt_addr,
+        )
         .await
     {
         Ok(()) => {
@@ -248,7 +252,7 @@ async fn cluster_join(State(s): State<AdminState>, Json(body): Json<JoinBody>) -
 /// Removes a member and forgets its routes and sessions.
 async fn cluster_leave(State(s): State<AdminState>, Path(id): Path<u64>) -> Response {
     let c = s.broker.cluster();
-    match c.leave(id).await {
+    match c.leave(roost_cluster::types::NodeId::new(id)).await {
         Ok(()) => {
             tracing::info!(node_id = id, "node removed from the cluster");
             Json(json!({ "ok": true })).into_response()

@@ -16,6 +16,7 @@ use crate::hooks::NodeHooks;
 use crate::http::{router, AdminState};
 use crate::telemetry::LogHandle;
 use anyhow::Context;
+use roost_cluster::types::NodeId;
 use roost_cluster::{Cluster, ClusterConfig};
 use roost_codec::ReasonCode;
 use std::fs::File;
@@ -93,7 +94,7 @@ impl Node {
             mqtt = %mqtt_addr,
             http = ?http_addr,
             cluster = cluster.advertise(),
-            node_id = cluster.node_id(),
+            node_id = %cluster.node_id(),
             data_dir = %config.node.data_dir.display(),
             "roost node started"
         );
@@ -222,11 +223,12 @@ async fn start_broker(config: &Arc<Config>, mqtt_addr: SocketAddr) -> anyhow::Re
     let c = &config.cluster;
     let mut seeds = Vec::new();
     for s in &c.seeds {
-        seeds
-            .push(crate::config::parse_seed(s).map_err(|e| anyhow::anyhow!("cluster.seeds: {e}"))?);
+        let (id, addr) =
+            crate::config::parse_seed(s).map_err(|e| anyhow::anyhow!("cluster.seeds: {e}"))?;
+        seeds.push((NodeId::new(id), addr));
     }
     let cfg = ClusterConfig {
-        node_id: c.node_id,
+        node_id: NodeId::new(c.node_id),
         listen: c.listen,
         advertise: c.advertise.clone().unwrap_or_default(),
         mqtt_addr: mqtt_addr.to_string(),

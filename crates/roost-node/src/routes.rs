@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Result of waiting for a route to commit: the log index, or why it failed (shared by every
 /// subscriber that waited for the same proposal).
@@ -175,7 +175,11 @@ impl RouteTable {
                     Ok(index)
                 }
                 Err(e) => {
-                    warn!(error = %e, "route change not committed");
+                    if e.is_fatal() {
+                        error!(error = %e, "route change not committed: this node's raft stopped");
+                    } else {
+                        warn!(error = %e, "route change not committed");
+                    }
                     Err(Arc::new(e))
                 }
             };

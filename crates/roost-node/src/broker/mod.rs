@@ -185,7 +185,11 @@ impl Broker {
             // Boxed: the proposal's future is large and rare; every idle connection's task
             // would otherwise be sized for it.
             if let Err(e) = Box::pin(self.store_retained(msg)).await {
-                info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
+                if e.is_fatal() {
+                    tracing::error!(topic = msg.topic.as_str(), error = %e, "retained message not stored: this node's raft stopped");
+                } else {
+                    info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
+                }
                 out.retain_failed = true;
             }
         }

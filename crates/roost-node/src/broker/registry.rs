@@ -108,10 +108,10 @@ impl Broker {
             {
                 generation = Some(g);
                 if let Some((owner, _)) = previous.filter(|(n, _)| *n != c.node_id()) {
-                    match c.take_session(owner, client_id.as_str(), g).await {
+                    match c.take_session(owner, client_id, g).await {
                         Ok(t) => transfer = t,
                         Err(e) => warn!(
-                            client_id = %client_id, owner, error = %e,
+                            client_id = %client_id, owner = %owner, error = %e,
                             "previous owner did not hand the session over; \
                              restoring its subscriptions from the registry"
                         ),
@@ -130,7 +130,7 @@ impl Broker {
         // session existed here, so its claim event found nothing to close. Whichever way the
         // race went, the later claim wins: if ours is no longer current, leave at once.
         if let Some(g) = generation {
-            let current = c.state().read().session_owner(client_id.as_str());
+            let current = c.state().read().session_owner(client_id);
             if current.is_some_and(|o| o.generation > g) {
                 debug!(client_id = %client_id, "claimed by another node meanwhile");
                 conn.kick(ReasonCode::SESSION_TAKEN_OVER);
@@ -146,7 +146,11 @@ impl Broker {
 
     /// A session rebuilt from the registry: subscriptions only.
     fn stored_transfer(&self, client_id: &str) -> Option<SessionTransfer> {
-        let (subs, expiry_interval) = self.cluster.state().read().stored_session(client_id);
+        let (subs, expiry_interval) = self
+            .cluster
+            .state()
+            .read()
+            .stored_session(&ClientId::from(client_id));
         if subs.is_empty() {
             return None;
         }
@@ -371,7 +375,7 @@ impl Broker {
         if owner.node == self.cluster.node_id() {
             return;
         }
-        let Some(s) = self.session(client_id) else {
+        let Some(s) = self.session(client_id.as_str()) else {
             return;
         };
         {
@@ -380,7 +384,7 @@ impl Broker {
                 return;
             }
             if let Some(c) = &st.conn {
-                debug!(client_id = %client_id, owner = owner.node, "session claimed by another node");
+                debug!(client_id = %client_id, owner = %owner.node, "session claimed by another node");
                 c.kick(ReasonCode::SESSION_TAKEN_OVER);
             }
         }

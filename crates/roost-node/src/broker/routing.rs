@@ -316,10 +316,9 @@ impl Broker {
     ) -> Option<JoinHandle<()>> {
         let mut acks = Vec::new();
         for r in remote {
-            let shared: Vec<String> = r.shared.iter().map(|f| f.as_str().to_owned()).collect();
             if let Some(rx) = self
                 .cluster
-                .forward(r.node, msg.clone(), r.direct, shared)
+                .forward(r.node, msg.clone(), r.direct, r.shared)
                 .await
             {
                 acks.push(rx);

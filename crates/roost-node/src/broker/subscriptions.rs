@@ -10,7 +10,7 @@ use roost_cluster::types::{Command, StoredSubscription};
 use roost_core::index::Subscription;
 use roost_core::topic::TopicFilter;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{error, warn};
 
 impl Broker {
     /// Adds a subscription to the index and the session; true if it is new. When it is this
@@ -100,6 +100,10 @@ impl Broker {
         };
         match self.cluster.propose(cmd).await {
             Ok(_) => true,
+            Err(e) if e.is_fatal() => {
+                error!(client_id = %s.client_id(), error = %e, "subscriptions not persisted: this node's raft stopped");
+                false
+            }
             Err(e) => {
                 warn!(client_id = %s.client_id(), error = %e, "subscriptions not persisted");
                 false
