@@ -2,7 +2,7 @@
 
 use super::*;
 
-const SAMPLE: &str = include_str!("../../../deploy/roost.toml");
+const SAMPLE: &str = include_str!("../../../../deploy/roost.toml");
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter()
