@@ -272,9 +272,14 @@ impl Conn {
         match Box::pin(self.broker.attach(n, Arc::clone(&ctl))).await {
             Ok(a) => Some(((a.session, a.session_present), ctl)),
             Err(e) => {
-                // No quorum to register the session: say so instead of hanging.
+                // No quorum to register the session: say so instead of hanging. A fatal error
+                // (this node's Raft stopped) needs a human; a refusal is the cluster's state.
                 self.broker.connections.fetch_sub(1, Ordering::AcqRel);
-                info!(client_id = %n.client_id, error = %e, "cannot register session");
+                if e.is_fatal() {
+                    tracing::error!(client_id = %n.client_id, error = %e, "cannot register session");
+                } else {
+                    info!(client_id = %n.client_id, error = %e, "cannot register session");
+                }
                 self.refuse(
                     n.protocol,
                     ReasonCode::SERVER_UNAVAILABLE,

@@ -25,7 +25,7 @@ mod sys;
 pub mod telemetry;
 
 pub use config::Config;
-pub use node::Node;
+pub use node::{Node, StartError};
 
 /// The current time as the core wants it (`std::time::Instant`), read through tokio's clock so
 /// tests with `tokio::time::pause()` control message and session expiry too.

@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::hooks::NodeHooks;
 use crate::http::{router, AdminState};
 use crate::telemetry::LogHandle;
-use anyhow::Context;
 use roost_cluster::types::NodeId;
 use roost_cluster::{Cluster, ClusterConfig};
 use roost_codec::ReasonCode;
@@ -28,6 +27,52 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+/// Why a node did not start. Each message names the setting or path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (nothing was bound).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be created or its lock file opened.
+    #[error("cannot {what} {}: {source}", path.display())]
+    DataDir {
+        /// What was being done ("create node.data_dir", "open").
+        what: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "node.data_dir {} is in use by another roost process (lock {} held)",
+        dir.display(),
+        lock.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Its lock file.
+        lock: std::path::PathBuf,
+    },
+    /// A listener could not be bound (or its address read).
+    #[error("cannot bind {key} {addr}: {source}")]
+    Bind {
+        /// The setting (`mqtt.listen`, `http.listen`).
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A seed in `cluster.seeds` is not `ID@HOST:PORT`.
+    #[error("cluster.seeds: {0}")]
+    Seed(String),
+    /// The cluster layer did not start (boxed: it is large, and start-up errors are rare).
+    #[error(transparent)]
+    Cluster(#[from] Box<roost_cluster::StartError>),
+}
 
 /// How long shutdown waits for connections to flush and close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,16 +93,13 @@ pub struct Node {
 impl Node {
     /// Validates the config, locks the data directory, binds the listeners and starts serving.
     /// Nothing is bound if the config is invalid.
-    pub async fn start(config: Config, log: Option<LogHandle>) -> anyhow::Result<Node> {
+    pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Node, StartError> {
         config.validate()?;
         let data_lock = lock_data_dir(&config)?;
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
 
-        let listener = TcpListener::bind(config.mqtt.listen)
-            .await
-            .with_context(|| format!("cannot bind mqtt.listen {}", config.mqtt.listen))?;
-        let mqtt_addr = listener.local_addr()?;
+        let (listener, mqtt_addr) = bind("mqtt.listen", config.mqtt.listen).await?;
         let ready = Arc::new(AtomicBool::new(true));
         let (stop, stop_rx) = watch::channel(false);
 
@@ -66,10 +108,8 @@ impl Node {
         let cluster = Arc::clone(broker.cluster());
         let mut http_addr = None;
         if config.http.enabled {
-            let http = TcpListener::bind(config.http.listen)
-                .await
-                .with_context(|| format!("cannot bind http.listen {}", config.http.listen))?;
-            http_addr = Some(http.local_addr()?);
+            let (http, addr) = bind("http.listen", config.http.listen).await?;
+            http_addr = Some(addr);
             let app = router(AdminState {
                 broker: Arc::clone(&broker),
                 ready: Arc::clone(&ready),
@@ -194,24 +234,39 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch
     }
 }
 
+/// Binds a listener; the error names the setting.
+async fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { key, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
 /// Creates the data directory and takes an exclusive lock on it, so two nodes never share one.
-fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
+fn lock_data_dir(config: &Config) -> Result<File, StartError> {
     let dir = &config.node.data_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create node.data_dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        what: "create node.data_dir",
+        path: dir.clone(),
+        source,
+    })?;
     let path = dir.join("roost.lock");
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    file.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "node.data_dir {} is in use by another roost process (lock {} held)",
-            dir.display(),
-            path.display()
-        )
+        .map_err(|source| StartError::DataDir {
+            what: "open",
+            path: path.clone(),
+            source,
+        })?;
+    file.try_lock().map_err(|_| StartError::DataDirLocked {
+        dir: dir.clone(),
+        lock: path,
     })?;
     Ok(file)
 }
@@ -219,12 +274,14 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
 /// Starts this node's cluster layer (a cluster of one without seeds) and the broker on it.
 /// Routes this node held before a restart are queued for removal: its sessions start empty,
 /// apart from the persistent ones the registry restores.
-async fn start_broker(config: &Arc<Config>, mqtt_addr: SocketAddr) -> anyhow::Result<Arc<Broker>> {
+async fn start_broker(
+    config: &Arc<Config>,
+    mqtt_addr: SocketAddr,
+) -> Result<Arc<Broker>, StartError> {
     let c = &config.cluster;
     let mut seeds = Vec::new();
     for s in &c.seeds {
-        let (id, addr) =
-            crate::config::parse_seed(s).map_err(|e| anyhow::anyhow!("cluster.seeds: {e}"))?;
+        let (id, addr) = crate::config::parse_seed(s).map_err(StartError::Seed)?;
         seeds.push((NodeId::new(id), addr));
     }
     let cfg = ClusterConfig {
@@ -240,8 +297,9 @@ async fn start_broker(config: &Arc<Config>, mqtt_addr: SocketAddr) -> anyhow::Re
         commit_timeout: Duration::from_millis(c.commit_timeout_ms),
     };
     let hooks = Arc::new(NodeHooks::default());
-    let cluster =
-        Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>).await?;
+    let cluster = Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>)
+        .await
+        .map_err(Box::new)?;
     let broker = Broker::new(Arc::clone(config), Arc::clone(&cluster));
     hooks.set_broker(&broker);
     let me = cluster.node_id();

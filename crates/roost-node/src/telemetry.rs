@@ -37,9 +37,28 @@ impl LogHandle {
     }
 }
 
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogInitError {
+    /// `log.level` is not a valid filter.
+    #[error("log.level {level:?}: {source}")]
+    Level {
+        /// The directives.
+        level: String,
+        /// Why they were rejected.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A global subscriber was installed already.
+    #[error("a global log subscriber is already installed: {0}")]
+    Installed(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// Installs the global subscriber. Call once, after the config validated.
-pub fn init_logging(cfg: &LogConfig) -> anyhow::Result<LogHandle> {
-    let filter = EnvFilter::try_new(&cfg.level)?;
+pub fn init_logging(cfg: &LogConfig) -> Result<LogHandle, LogInitError> {
+    let filter = EnvFilter::try_new(&cfg.level).map_err(|source| LogInitError::Level {
+        level: cfg.level.clone(),
+        source,
+    })?;
     let (layer, reload) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(layer);
     match cfg.format {

@@ -174,6 +174,40 @@ async fn stats_reflect_the_node() {
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// One source per fact: every drop is counted once, and `$SYS`/stats and the Prometheus
+/// registry read the same number (the registry is process-wide, so it is compared before and
+/// after). A drop for a client's Maximum Packet Size used to be missing from the stats.
+#[tokio::test]
+async fn stats_and_metrics_read_the_same_counters() {
+    let node = TestNode::start().await.unwrap();
+    let too_large_before = metric(&node, "roost_session_too_large_dropped_total").await;
+    let dollar_before = metric(&node, "roost_mqtt_publish_dropped_total").await;
+    let props = Properties {
+        maximum_packet_size: Some(100),
+        ..Properties::default()
+    };
+    let (mut small, _) = connect_with(node.addr(), connect_v5("small", true, props)).await;
+    small.subscribe("same/t", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    publ.publish("same/t", &[b'L'; 500], QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let reason = publ
+        .publish("$SYS/forged", b"x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(reason, ReasonCode::TOPIC_NAME_INVALID);
+    small.expect_silence(SILENCE).await.unwrap();
+
+    let s = http(&node, "GET", "/api/v1/stats", None).await.json();
+    assert_eq!(s["messages_dropped"], 2, "{s}");
+    assert_eq!(s["messages_received"], 2, "{s}");
+    let too_large = metric(&node, "roost_session_too_large_dropped_total").await;
+    let dollar = metric(&node, "roost_mqtt_publish_dropped_total").await;
+    assert_eq!(too_large - too_large_before, 1.0);
+    assert_eq!(dollar - dollar_before, 1.0);
+}
+
 #[tokio::test]
 async fn log_level_is_unavailable_without_the_roost_subscriber() {
     let node = TestNode::start().await.unwrap();
