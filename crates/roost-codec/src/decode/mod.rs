@@ -14,15 +14,26 @@
 //! A server decoder starts without a protocol: the first packet must be CONNECT, whose protocol
 //! name and level select v3.1.1 or v5 for the rest of the connection. On `Err` the connection
 //! must be closed: the erroneous packet's bytes may or may not have been consumed.
+//!
+//! This file holds the framing and one parser per packet type; the body cursor is in
+//! `reader.rs` and v5 property blocks (which property may appear where) in `properties.rs`.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 use crate::packet::{
-    Ack, Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties, Protocol,
-    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-    Unsubscribe,
+    Ack, Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
+
+mod properties;
+mod reader;
+
+use properties::{
+    read_properties, PropCtx, CTX_AUTH, CTX_CONNACK, CTX_CONNECT, CTX_DISCONNECT, CTX_PUBLISH,
+    CTX_SUBACK, CTX_SUBSCRIBE, CTX_UNSUBACK, CTX_UNSUBSCRIBE, CTX_WILL,
+};
+use reader::Reader;
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
@@ -126,7 +137,7 @@ impl Decoder {
 
         let mut frame = buf.split_to(size).freeze();
         frame.advance(1 + vbi_len);
-        let mut r = Reader { buf: frame };
+        let mut r = Reader::new(frame);
         let packet = match packet_type {
             1 => Packet::Connect(Box::new(connect(&mut r)?)),
             2 => Packet::ConnAck(connack(&mut r, protocol)?),
@@ -197,265 +208,6 @@ pub(crate) fn decode_vbi(bytes: &[u8]) -> Result<Option<(u32, usize)>> {
         }
     }
     Err(DecodeError::MalformedVariableByteInteger)
-}
-
-/// A cursor over one packet's body (or one property block). Every read is bounds-checked;
-/// running past the end is [`DecodeError::LengthOverrun`].
-struct Reader {
-    buf: Bytes,
-}
-
-impl Reader {
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    fn u8(&mut self) -> Result<u8> {
-        if self.buf.is_empty() {
-            return Err(DecodeError::LengthOverrun);
-        }
-        Ok(self.buf.get_u8())
-    }
-
-    fn u16(&mut self) -> Result<u16> {
-        if self.buf.len() < 2 {
-            return Err(DecodeError::LengthOverrun);
-        }
-        Ok(self.buf.get_u16())
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        if self.buf.len() < 4 {
-            return Err(DecodeError::LengthOverrun);
-        }
-        Ok(self.buf.get_u32())
-    }
-
-    fn vbi(&mut self) -> Result<u32> {
-        match decode_vbi(&self.buf)? {
-            Some((value, len)) => {
-                self.buf.advance(len);
-                Ok(value)
-            }
-            None => Err(DecodeError::LengthOverrun),
-        }
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<Bytes> {
-        if self.buf.len() < n {
-            return Err(DecodeError::LengthOverrun);
-        }
-        Ok(self.buf.split_to(n))
-    }
-
-    /// Binary Data: 2-byte length then bytes (shares the packet buffer).
-    fn binary(&mut self) -> Result<Bytes> {
-        let n = self.u16()?;
-        self.bytes(usize::from(n))
-    }
-
-    /// UTF-8 Encoded String ([MQTT-1.5.4-1/2]).
-    fn string(&mut self) -> Result<String> {
-        let n = usize::from(self.u16()?);
-        if self.buf.len() < n {
-            return Err(DecodeError::LengthOverrun);
-        }
-        let s = std::str::from_utf8(&self.buf[..n]).map_err(|_| DecodeError::InvalidUtf8)?;
-        if s.contains('\0') {
-            return Err(DecodeError::NullCharacter);
-        }
-        let s = s.to_owned();
-        self.buf.advance(n);
-        Ok(s)
-    }
-
-    fn packet_id(&mut self) -> Result<PacketId> {
-        PacketId::new(self.u16()?).ok_or(DecodeError::ZeroPacketId)
-    }
-
-    fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.buf)
-    }
-
-    fn finish(self) -> Result<()> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes(self.buf.len()))
-        }
-    }
-}
-
-// Where each property may appear (v5 §2.2.2.2, table 2-4).
-const P_CONNECT: u16 = 1 << 0;
-const P_CONNACK: u16 = 1 << 1;
-const P_PUBLISH: u16 = 1 << 2;
-const P_WILL: u16 = 1 << 3;
-const P_ACK: u16 = 1 << 4;
-const P_SUBSCRIBE: u16 = 1 << 5;
-const P_SUBACK: u16 = 1 << 6;
-const P_UNSUBSCRIBE: u16 = 1 << 7;
-const P_UNSUBACK: u16 = 1 << 8;
-const P_DISCONNECT: u16 = 1 << 9;
-const P_AUTH: u16 = 1 << 10;
-const P_ALL: u16 = (1 << 11) - 1;
-
-/// The packets a property identifier may appear in; `None` for an unknown identifier.
-fn property_mask(id: u8) -> Option<u16> {
-    Some(match id {
-        0x01 | 0x02 | 0x03 | 0x08 | 0x09 => P_PUBLISH | P_WILL,
-        0x0B => P_PUBLISH | P_SUBSCRIBE,
-        0x11 => P_CONNECT | P_CONNACK | P_DISCONNECT,
-        0x12 | 0x13 | 0x1A | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => P_CONNACK,
-        0x15 | 0x16 => P_CONNECT | P_CONNACK | P_AUTH,
-        0x17 | 0x19 => P_CONNECT,
-        0x18 => P_WILL,
-        0x1C => P_CONNACK | P_DISCONNECT,
-        0x1F => P_CONNACK | P_ACK | P_SUBACK | P_UNSUBACK | P_DISCONNECT | P_AUTH,
-        0x21 | 0x22 | 0x27 => P_CONNECT | P_CONNACK,
-        0x23 => P_PUBLISH,
-        0x26 => P_ALL,
-        _ => return None,
-    })
-}
-
-/// Which packet a property block belongs to.
-#[derive(Clone, Copy)]
-struct PropCtx {
-    mask: u16,
-    name: &'static str,
-}
-
-const CTX_CONNECT: PropCtx = PropCtx {
-    mask: P_CONNECT,
-    name: "CONNECT",
-};
-const CTX_WILL: PropCtx = PropCtx {
-    mask: P_WILL,
-    name: "will properties",
-};
-const CTX_CONNACK: PropCtx = PropCtx {
-    mask: P_CONNACK,
-    name: "CONNACK",
-};
-const CTX_PUBLISH: PropCtx = PropCtx {
-    mask: P_PUBLISH,
-    name: "PUBLISH",
-};
-const CTX_SUBSCRIBE: PropCtx = PropCtx {
-    mask: P_SUBSCRIBE,
-    name: "SUBSCRIBE",
-};
-const CTX_SUBACK: PropCtx = PropCtx {
-    mask: P_SUBACK,
-    name: "SUBACK",
-};
-const CTX_UNSUBSCRIBE: PropCtx = PropCtx {
-    mask: P_UNSUBSCRIBE,
-    name: "UNSUBSCRIBE",
-};
-const CTX_UNSUBACK: PropCtx = PropCtx {
-    mask: P_UNSUBACK,
-    name: "UNSUBACK",
-};
-const CTX_DISCONNECT: PropCtx = PropCtx {
-    mask: P_DISCONNECT,
-    name: "DISCONNECT",
-};
-const CTX_AUTH: PropCtx = PropCtx {
-    mask: P_AUTH,
-    name: "AUTH",
-};
-
-/// A property that may only be 0 or 1.
-fn flag_property(id: u8, value: u8) -> Result<u8> {
-    if value > 1 {
-        return Err(DecodeError::InvalidPropertyValue {
-            id,
-            value: u32::from(value),
-        });
-    }
-    Ok(value)
-}
-
-/// A property for which 0 is a protocol error.
-fn nonzero_property<T: Into<u32> + Copy>(id: u8, value: T) -> Result<T> {
-    if value.into() == 0 {
-        return Err(DecodeError::InvalidPropertyValue { id, value: 0 });
-    }
-    Ok(value)
-}
-
-/// Reads a v5 property block: Property Length (VBI) then properties, each allowed in `ctx`
-/// and, except User Property (and Subscription Identifier in PUBLISH), present at most once.
-fn read_properties(r: &mut Reader, ctx: PropCtx) -> Result<Properties> {
-    let len = r.vbi()? as usize;
-    let mut p = Reader { buf: r.bytes(len)? };
-    let mut props = Properties::default();
-    let mut seen: u64 = 0;
-    while !p.is_empty() {
-        let id = p.u8()?;
-        let mask = property_mask(id).ok_or(DecodeError::UnknownProperty(id))?;
-        if mask & ctx.mask == 0 {
-            return Err(DecodeError::PropertyNotAllowed {
-                id,
-                packet: ctx.name,
-            });
-        }
-        let repeatable = id == 0x26 || (id == 0x0B && ctx.mask == P_PUBLISH);
-        if !repeatable {
-            // Known ids are all below 64.
-            let bit = 1u64 << id;
-            if seen & bit != 0 {
-                return Err(DecodeError::DuplicateProperty(id));
-            }
-            seen |= bit;
-        }
-        match id {
-            0x01 => props.payload_format_indicator = Some(flag_property(id, p.u8()?)?),
-            0x02 => props.message_expiry_interval = Some(p.u32()?),
-            0x03 => props.content_type = Some(p.string()?),
-            0x08 => {
-                let topic = p.string()?;
-                if topic.contains(['+', '#']) {
-                    return Err(DecodeError::ResponseTopicWildcard);
-                }
-                props.response_topic = Some(topic);
-            }
-            0x09 => props.correlation_data = Some(p.binary()?),
-            0x0B => {
-                let v = nonzero_property(id, p.vbi()?)?;
-                props.subscription_identifiers.push(v);
-            }
-            0x11 => props.session_expiry_interval = Some(p.u32()?),
-            0x12 => props.assigned_client_identifier = Some(p.string()?),
-            0x13 => props.server_keep_alive = Some(p.u16()?),
-            0x15 => props.authentication_method = Some(p.string()?),
-            0x16 => props.authentication_data = Some(p.binary()?),
-            0x17 => props.request_problem_information = Some(flag_property(id, p.u8()?)?),
-            0x18 => props.will_delay_interval = Some(p.u32()?),
-            0x19 => props.request_response_information = Some(flag_property(id, p.u8()?)?),
-            0x1A => props.response_information = Some(p.string()?),
-            0x1C => props.server_reference = Some(p.string()?),
-            0x1F => props.reason_string = Some(p.string()?),
-            0x21 => props.receive_maximum = Some(nonzero_property(id, p.u16()?)?),
-            0x22 => props.topic_alias_maximum = Some(p.u16()?),
-            0x23 => props.topic_alias = Some(nonzero_property(id, p.u16()?)?),
-            0x24 => props.maximum_qos = Some(flag_property(id, p.u8()?)?),
-            0x25 => props.retain_available = Some(flag_property(id, p.u8()?)?),
-            0x26 => {
-                let key = p.string()?;
-                let value = p.string()?;
-                props.user_properties.push((key, value));
-            }
-            0x27 => props.maximum_packet_size = Some(nonzero_property(id, p.u32()?)?),
-            0x28 => props.wildcard_subscription_available = Some(flag_property(id, p.u8()?)?),
-            0x29 => props.subscription_identifiers_available = Some(flag_property(id, p.u8()?)?),
-            0x2A => props.shared_subscription_available = Some(flag_property(id, p.u8()?)?),
-            _ => return Err(DecodeError::UnknownProperty(id)),
-        }
-    }
-    Ok(props)
 }
 
 /// A topic name (PUBLISH or will): no wildcards ([MQTT-3.3.2-2]); empty only when allowed.
@@ -698,7 +450,7 @@ fn ack(r: &mut Reader, protocol: Protocol, codes: &[u8], name: &'static str) -> 
     let properties = if r.is_empty() {
         Properties::default()
     } else {
-        read_properties(r, PropCtx { mask: P_ACK, name })?
+        read_properties(r, PropCtx::ack(name))?
     };
     Ok(Ack {
         packet_id,
@@ -758,7 +510,7 @@ fn suback(r: &mut Reader, protocol: Protocol) -> Result<SubAck> {
         Protocol::V5 => (read_properties(r, CTX_SUBACK)?, SUBACK_CODES),
         Protocol::V311 => (Properties::default(), SUBACK_CODES_V311),
     };
-    let mut reason_codes = Vec::with_capacity(r.buf.len());
+    let mut reason_codes = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         reason_codes.push(read_reason_code(r, codes, "SUBACK")?);
     }
@@ -804,7 +556,7 @@ fn unsuback(r: &mut Reader, protocol: Protocol) -> Result<UnsubAck> {
         });
     }
     let properties = read_properties(r, CTX_UNSUBACK)?;
-    let mut reason_codes = Vec::with_capacity(r.buf.len());
+    let mut reason_codes = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         reason_codes.push(read_reason_code(r, UNSUBACK_CODES, "UNSUBACK")?);
     }
@@ -852,54 +604,4 @@ fn auth(r: &mut Reader) -> Result<Auth> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use test_case::test_case;
-
-    #[test_case(&[0x00] => Ok(Some((0, 1))); "zero")]
-    #[test_case(&[0x7F] => Ok(Some((127, 1))); "one byte max")]
-    #[test_case(&[0x80, 0x01] => Ok(Some((128, 2))); "two bytes min")]
-    #[test_case(&[0xFF, 0x7F] => Ok(Some((16_383, 2))); "two bytes max")]
-    #[test_case(&[0x80, 0x80, 0x01] => Ok(Some((16_384, 3))); "three bytes min")]
-    #[test_case(&[0xFF, 0xFF, 0xFF, 0x7F] => Ok(Some((268_435_455, 4))); "four bytes max")]
-    #[test_case(&[0x80] => Ok(None); "incomplete")]
-    #[test_case(&[0xFF, 0xFF, 0xFF] => Ok(None); "incomplete three")]
-    #[test_case(&[0x80, 0x00] => Err(DecodeError::MalformedVariableByteInteger); "non minimal zero")]
-    #[test_case(&[0xFF, 0x80, 0x00] => Err(DecodeError::MalformedVariableByteInteger); "non minimal three")]
-    #[test_case(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01] => Err(DecodeError::MalformedVariableByteInteger); "five bytes")]
-    #[test_case(&[0xFF, 0xFF, 0xFF, 0xFF] => Err(DecodeError::MalformedVariableByteInteger); "fourth byte continues")]
-    fn vbi(bytes: &[u8]) -> Result<Option<(u32, usize)>> {
-        decode_vbi(bytes)
-    }
-
-    #[test_case("a/b" => Ok(false); "plain")]
-    #[test_case("#" => Ok(false); "hash")]
-    #[test_case("a/+/#" => Ok(false); "both wildcards")]
-    #[test_case("$share/g/a/+" => Ok(true); "shared")]
-    #[test_case("$share/g/#" => Ok(true); "shared hash")]
-    #[test_case("$share" => Ok(false); "share prefix without slash")]
-    #[test_case("" => Err(DecodeError::EmptyTopicFilter); "empty")]
-    #[test_case("#/a" => Err(DecodeError::MisplacedMultiLevelWildcard); "hash first")]
-    #[test_case("a/+b" => Err(DecodeError::MisplacedSingleLevelWildcard); "plus joined")]
-    #[test_case("$share/a+/b" => Err(DecodeError::InvalidShareName); "plus in group")]
-    #[test_case("$share/" => Err(DecodeError::InvalidShareName); "share nothing")]
-    #[test_case("$share/g/" => Err(DecodeError::MissingSharedFilter); "share no filter")]
-    fn topic_filter(filter: &str) -> Result<bool> {
-        check_topic_filter(filter)
-    }
-
-    #[test_case(3, 0b0110 => Err(DecodeError::InvalidQoS); "publish qos 3")]
-    #[test_case(3, 0b1000 => Err(DecodeError::DupWithQoS0); "publish dup qos 0")]
-    #[test_case(3, 0b1101 => Ok(()); "publish dup qos 2 retain")]
-    #[test_case(6, 0b0010 => Ok(()); "pubrel")]
-    #[test_case(8, 0b0010 => Ok(()); "subscribe")]
-    #[test_case(10, 0b0010 => Ok(()); "unsubscribe")]
-    #[test_case(10, 0b0000 => Err(DecodeError::InvalidFixedHeaderFlags { packet_type: 10, flags: 0 }); "unsubscribe 0")]
-    #[test_case(1, 0b0010 => Err(DecodeError::InvalidFixedHeaderFlags { packet_type: 1, flags: 2 }); "connect 2")]
-    #[test_case(15, 0b0001 => Err(DecodeError::InvalidFixedHeaderFlags { packet_type: 15, flags: 1 }); "auth 1")]
-    fn flags(packet_type: u8, flags: u8) -> Result<()> {
-        check_flags(packet_type, flags)
-    }
-}
+mod tests;
