@@ -2,12 +2,18 @@
 //! configuration, `$SYS`, and the admin HTTP API.
 //!
 //! ```text
-//!  TcpListener ─accept─▶ driver::serve (task per connection)
-//!                            │ decode ─▶ roost_core::session::Session (behind a per-session lock)
-//!                            │ PUBLISH ─▶ broker::Broker::route ─▶ index (read lock) ─▶ sessions
+//!  TcpListener ─accept─▶ driver::serve (task per connection: I/O only)
+//!                            │ decode ─▶ Session::handle (roost-core, behind the SessionRef's lock)
+//!                            │ PUBLISH ─▶ broker::Broker::publish ─▶ retained, route, forward
 //!                            ◀─ wake ── other drivers' routing filled this session's outbox
+//!  cluster ─▶ hooks (forwarded messages, hand-over, claims) ─▶ broker
+//!  broker ─▶ routes (RouteTable: batched route proposals) ─▶ cluster
 //!  axum ─▶ http (health, readiness, metrics, admin API)       sys ─▶ $SYS/ every interval
 //! ```
+//!
+//! Modules depend one way: `node` wires `broker`, `hooks`, `http`, `sys`; `driver`, `hooks`,
+//! `http` and `sys` use `broker`; `broker` uses `routes`, `metrics` and `config`, none of which
+//! know the broker.
 //!
 //! Concurrency model: tokio multi-threaded runtime; the only tasks that await the network are
 //! the drivers and the HTTP server. Shared state lives in [`broker`](crate::broker): see its docs
