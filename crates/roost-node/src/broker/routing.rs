@@ -329,7 +329,7 @@ impl Broker {
         }
         let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
         let timeouts = self.metrics.forward_timeouts.clone();
-        Some(tokio::spawn(async move {
+        Some(self.tasks.spawn(async move {
             let all = async {
                 for rx in acks {
                     let _ = rx.await;
