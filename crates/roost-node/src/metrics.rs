@@ -198,17 +198,20 @@ impl Metrics {
 
     /// The counters shared with `$SYS`, exported to the registry (called on scrape).
     pub(crate) fn export(&self) {
-        for c in self.node_counters() {
-            c.export();
-        }
-    }
-
-    fn node_counters(&self) -> [&NodeCounter; 10] {
-        [
+        let traffic = [
             &self.msg_received,
             &self.msg_sent,
             &self.bytes_received,
             &self.bytes_sent,
+        ];
+        for c in traffic.into_iter().chain(self.drop_counters()) {
+            c.export();
+        }
+    }
+
+    /// Every counter of a dropped message, by reason.
+    fn drop_counters(&self) -> [&NodeCounter; 6] {
+        [
             &self.queue_dropped,
             &self.expired_dropped,
             &self.offline_qos0_dropped,
@@ -221,17 +224,7 @@ impl Metrics {
     /// Every message this node dropped, all causes (`$SYS/broker/messages/dropped`): the sum of
     /// the drop counters exported by reason.
     pub(crate) fn dropped_total(&self) -> u64 {
-        [
-            &self.queue_dropped,
-            &self.expired_dropped,
-            &self.offline_qos0_dropped,
-            &self.too_large_dropped,
-            &self.dollar_dropped,
-            &self.retain_dropped,
-        ]
-        .iter()
-        .map(|c| c.get())
-        .sum()
+        self.drop_counters().iter().map(|c| c.get()).sum()
     }
 
     /// Adds a session's drop counters.
