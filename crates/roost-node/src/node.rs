@@ -106,7 +106,9 @@ impl Node {
         let mut background = Vec::new();
         let broker = start_broker(&config, mqtt_addr).await?;
         let cluster = Arc::clone(broker.cluster());
-        background.push(tokio::spawn(purge_expired_retained(Arc::downgrade(&cluster))));
+        background.push(tokio::spawn(purge_expired_retained(Arc::downgrade(
+            &cluster,
+        ))));
         let mut http_addr = None;
         if config.http.enabled {
             let (http, addr) = bind("http.listen", config.http.listen).await?;

@@ -254,3 +254,30 @@ fn session_stays_small() {
     assert!(std::mem::size_of::<Session>() <= 408);
     assert!(std::mem::size_of::<Handled>() <= 48);
 }
+
+#[test]
+fn a_pending_will_moves_with_the_session_and_stops_its_timer() {
+    // Will delay 30 s, expiry 100 s: detached at t0 + 1 s, the will is due at t0 + 31 s.
+    let (mut s, _, t0) = detached(100, Some(will("w", Some(30))));
+    assert_eq!(s.poll_timeout(), Some(secs(t0, 31)));
+    // Handed over to another node: the will goes with the image, and only expiry is left here.
+    assert_eq!(s.take_pending_will(), Some(will("w", Some(30))));
+    assert_eq!(s.take_pending_will(), None);
+    assert_eq!(s.poll_timeout(), Some(secs(t0, 101)));
+}
+
+#[test]
+fn terminate_ends_the_session_and_returns_what_is_left() {
+    let (mut s, _, _) = detached(100, Some(will("w", Some(30))));
+    let ended = s.terminate();
+    assert_eq!(
+        ended,
+        Ended {
+            will: Some(will("w", Some(30))),
+            orphans: vec![],
+            filters: vec![],
+        }
+    );
+    assert_eq!(s.poll_timeout(), None);
+    assert!(s.subscriptions().is_empty());
+}
