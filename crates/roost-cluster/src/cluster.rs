@@ -24,7 +24,8 @@
 //! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its maps (peers,
 //! slow peers) sit behind `parking_lot` mutexes held for a lookup or an insert, never across an
 //! await. `start` spawns the gRPC server and a watcher that keeps the member count current; each
-//! peer gets a forwarder task when first needed. `shutdown` ends them through the `stop` watch.
+//! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
+//! through the `stop` watch, and the watcher when Raft's metrics channel closes.
 
 mod forwarder;
 mod membership;
