@@ -12,27 +12,46 @@
 //!
 //! The node implements [`LocalNode`]: delivering forwarded messages into its sessions, handing
 //! over a session, and reacting to applied events (a claim that fences a local session).
+//!
+//! Split by concern, all of it `impl Cluster` or owned by it:
+//! - this file: [`Cluster`] and [`Cluster::start`], proposals (`propose`, `wait_applied`,
+//!   `wait_replicated`), the cache of peer clients, the `forward` and `take_session` entries,
+//!   and `shutdown`;
+//! - `forwarder`: the per-peer outgoing queue and the task that batches it onto a stream;
+//! - `service`: the gRPC `Cluster.*` service peers call;
+//! - `membership`: bootstrap on first start, join / leave, status and its health probes.
+//!
+//! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its maps (peers,
+//! slow peers) sit behind `parking_lot` mutexes held for a lookup or an insert, never across an
+//! await. `start` spawns the gRPC server and a watcher that keeps the member count current; each
+//! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
+//! through the `stop` watch, and the watcher when Raft's metrics channel closes.
 
+mod forwarder;
+mod membership;
+mod service;
+
+use self::forwarder::{run_forwarder, Outgoing};
+use self::service::ClusterService;
 use crate::convert::{self, SessionTransfer};
 use crate::error::{ClusterError, StartError};
 use crate::metrics::ClusterStats;
 use crate::network::{channel, RaftNet, RaftService};
 use crate::state::{ClusterState, Event};
 use crate::store::{self, StateHooks};
-use crate::types::{Command, CommandResponse, NodeId, NodeInfo, TypeConfig};
+use crate::types::{Command, CommandResponse, NodeId, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{ChangeMembers, Raft, ServerState};
+use openraft::Raft;
 use parking_lot::{Mutex, RwLock};
 use roost_core::message::Message;
 use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
-use roost_proto::v1::cluster_server::{self, ClusterServer};
+use roost_proto::v1::cluster_server::ClusterServer;
 use roost_proto::v1::raft_server::RaftServer;
-use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,20 +60,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tonic::Request;
+use tracing::{debug, warn};
+
+pub use membership::{ClusterStatus, MemberStatus};
 
 /// How long `wait_replicated` skips a peer that did not confirm an entry in time.
 const SLOW_PEER_BACKOFF: Duration = Duration::from_secs(10);
-/// Messages per forwarded batch, at most.
-const MAX_BATCH: usize = 256;
 /// Messages waiting for one peer's forwarder. Beyond it QoS 0 is dropped, QoS 1/2 waits.
 const FORWARD_QUEUE: usize = 8192;
-/// QoS 1/2 messages sent to a peer and not yet acknowledged, kept for resending after a
-/// reconnect. Beyond it the oldest are given up (and counted).
-const MAX_UNACKED: usize = 65_536;
 
 /// Settings of the cluster layer (from `[cluster]` in the node's config).
 #[derive(Debug, Clone)]
@@ -110,63 +125,12 @@ impl StateHooks for Hooks {
     }
 }
 
-/// A message waiting for a peer's forwarder.
-struct Outgoing {
-    msg: Arc<Message>,
-    direct: bool,
-    shared: Vec<TopicFilter>,
-    /// Resolved when the peer accepted it into its sessions (QoS 1/2 only).
-    ack: Option<oneshot::Sender<()>>,
-}
-
 struct Peer {
     addr: String,
     client: ClusterClient<Channel>,
     forward: mpsc::Sender<Outgoing>,
     /// The forwarder's stream to it is established (false while it reconnects).
     up: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// One member's view for `roost ctl status` and `/api/v1/cluster`.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberStatus {
-    /// Id.
-    pub node_id: NodeId,
-    /// Cluster address.
-    pub cluster_addr: String,
-    /// MQTT address (as it last reported it).
-    pub mqtt_addr: String,
-    /// Voter (false: learner).
-    pub voter: bool,
-    /// Answered a status call just now.
-    pub healthy: bool,
-    /// Last log index the leader knows it has (only on the leader).
-    pub matched_index: Option<u64>,
-}
-
-/// This node's view of the cluster.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    /// This node.
-    pub node_id: NodeId,
-    /// The leader, if known.
-    pub leader_id: Option<NodeId>,
-    /// Current term.
-    pub term: u64,
-    /// Last log index held.
-    pub last_log_index: u64,
-    /// Last log index applied to the state machine.
-    pub applied_index: u64,
-    /// Leader, Follower, Candidate or Learner.
-    pub state: String,
-    /// Members.
-    pub members: Vec<MemberStatus>,
-    /// Route entries (filter, node) in the replicated table.
-    pub routes: usize,
-    /// Sessions in the registry.
-    pub sessions: usize,
-    /// Retained messages.
-    pub retained: usize,
 }
 
 /// This node's membership in the cluster. See the module docs.
@@ -277,60 +241,6 @@ impl Cluster {
         });
         cluster.bootstrap().await?;
         Ok(cluster)
-    }
-
-    async fn bootstrap(&self) -> Result<(), StartError> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|source| StartError::Raft {
-                node: self.cfg.node_id,
-                source: Box::new(source),
-            })?;
-        if initialized {
-            info!(
-                node_id = %self.cfg.node_id,
-                "rejoining the cluster from the data directory"
-            );
-            return Ok(());
-        }
-        let me = self.cfg.node_id;
-        let mut members = BTreeMap::new();
-        members.insert(
-            me,
-            NodeInfo {
-                cluster_addr: self.cfg.advertise.clone(),
-                mqtt_addr: self.cfg.mqtt_addr.clone(),
-            },
-        );
-        for (id, addr) in &self.cfg.seeds {
-            members.entry(*id).or_insert_with(|| NodeInfo {
-                cluster_addr: addr.clone(),
-                mqtt_addr: String::new(),
-            });
-        }
-        let lowest = members.keys().next().copied().unwrap_or(me);
-        if lowest == me {
-            info!(node_id = %me, members = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
-            match self.raft.initialize(members).await {
-                Ok(()) => {}
-                Err(RaftError::APIError(e)) => debug!(error = %e, "already initialised"),
-                Err(RaftError::Fatal(source)) => {
-                    return Err(StartError::Raft {
-                        node: me,
-                        source: Box::new(source),
-                    })
-                }
-            }
-        } else {
-            info!(
-                node_id = %me,
-                initialiser = %lowest,
-                "waiting to be added by the cluster (node {lowest} initialises it)"
-            );
-        }
-        Ok(())
     }
 
     /// This node's id.
@@ -659,550 +569,11 @@ impl Cluster {
             .map_err(|e| ClusterError::peer(owner, e))
     }
 
-    /// Adds a node as a voter (through the leader).
-    pub async fn join(
-        &self,
-        id: NodeId,
-        cluster_addr: String,
-        mqtt_addr: String,
-    ) -> Result<(), ClusterError> {
-        let leader = self.leader_or_err()?;
-        if leader == self.cfg.node_id {
-            return self.join_local(id, cluster_addr, mqtt_addr).await;
-        }
-        let peer = self
-            .peer(leader)
-            .ok_or_else(|| ClusterError::peer(leader, "leader unknown"))?;
-        let mut client = peer.client.clone();
-        let reply = client
-            .join(pb::JoinRequest {
-                node_id: id.get(),
-                cluster_addr,
-                mqtt_addr,
-            })
-            .await
-            .map_err(|s| ClusterError::peer(leader, s.message()))?
-            .into_inner();
-        if reply.error.is_empty() {
-            Ok(())
-        } else {
-            Err(ClusterError::rejected(reply.error))
-        }
-    }
-
-    async fn join_local(
-        &self,
-        id: NodeId,
-        cluster_addr: String,
-        mqtt_addr: String,
-    ) -> Result<(), ClusterError> {
-        let node = NodeInfo {
-            cluster_addr,
-            mqtt_addr,
-        };
-        let limit = self.cfg.commit_timeout * 4;
-        let work = async {
-            self.raft
-                .add_learner(id, node, true)
-                .await
-                .map_err(ClusterError::from_raft)?;
-            let voters = BTreeSet::from([id]);
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                .await
-                .map_err(ClusterError::from_raft)?;
-            Ok(())
-        };
-        match tokio::time::timeout(limit, work).await {
-            Ok(r) => r,
-            Err(_) => Err(ClusterError::timeout(limit)),
-        }
-    }
-
-    /// Removes a node (through the leader) and forgets its routes and sessions.
-    pub async fn leave(&self, id: NodeId) -> Result<(), ClusterError> {
-        let leader = self.leader_or_err()?;
-        if leader == self.cfg.node_id {
-            self.leave_local(id).await?;
-        } else {
-            let peer = self
-                .peer(leader)
-                .ok_or_else(|| ClusterError::peer(leader, "leader unknown"))?;
-            let mut client = peer.client.clone();
-            let reply = client
-                .leave(pb::LeaveRequest { node_id: id.get() })
-                .await
-                .map_err(|s| ClusterError::peer(leader, s.message()))?
-                .into_inner();
-            if !reply.error.is_empty() {
-                return Err(ClusterError::rejected(reply.error));
-            }
-        }
-        self.propose(Command::ForgetNode { node: id }).await?;
-        self.peers.lock().remove(&id);
-        Ok(())
-    }
-
-    async fn leave_local(&self, id: NodeId) -> Result<(), ClusterError> {
-        let voters = BTreeSet::from([id]);
-        let limit = self.cfg.commit_timeout * 2;
-        match tokio::time::timeout(
-            limit,
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(voters), false),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ClusterError::from_raft(e)),
-            Err(_) => Err(ClusterError::timeout(limit)),
-        }
-    }
-
-    fn leader_or_err(&self) -> Result<NodeId, ClusterError> {
-        self.raft
-            .metrics()
-            .borrow()
-            .current_leader
-            .ok_or(ClusterError::timeout(Duration::ZERO))
-    }
-
-    /// This node's view, with each member's health checked by a short status call.
-    pub async fn status(&self) -> ClusterStatus {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership().clone();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let mut members = Vec::new();
-        for (id, node) in membership.nodes() {
-            let (healthy, mqtt_addr) = if *id == self.cfg.node_id {
-                (true, self.cfg.mqtt_addr.clone())
-            } else {
-                self.probe(*id).await
-            };
-            let mqtt_addr = if mqtt_addr.is_empty() {
-                node.mqtt_addr.clone()
-            } else {
-                mqtt_addr
-            };
-            members.push(MemberStatus {
-                node_id: *id,
-                cluster_addr: node.cluster_addr.clone(),
-                mqtt_addr,
-                voter: voters.contains(id),
-                healthy,
-                matched_index: m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .and_then(|l| l.as_ref().map(|l| l.index)),
-            });
-        }
-        let (routes, sessions, retained) = {
-            let s = self.state.read();
-            let snap = s.snapshot();
-            (
-                snap.routes.values().map(|n| n.len()).sum(),
-                snap.sessions.len(),
-                snap.retained.len(),
-            )
-        };
-        ClusterStatus {
-            node_id: self.cfg.node_id,
-            leader_id: m.current_leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            state: server_state(m.state).to_owned(),
-            members,
-            routes,
-            sessions,
-            retained,
-        }
-    }
-
-    async fn probe(&self, id: NodeId) -> (bool, String) {
-        let Some(peer) = self.peer(id) else {
-            return (false, String::new());
-        };
-        let mut client = peer.client.clone();
-        let mut req = Request::new(pb::StatusRequest {});
-        req.set_timeout(Duration::from_millis(500));
-        match client.status(req).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                let mqtt = r
-                    .members
-                    .iter()
-                    .find(|m| m.node_id == id.get())
-                    .map(|m| m.mqtt_addr.clone())
-                    .unwrap_or_default();
-                (true, mqtt)
-            }
-            Err(_) => (false, String::new()),
-        }
-    }
-
     /// Stops the gRPC server, the forwarders and Raft.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }
-    }
-}
-
-fn server_state(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "Leader",
-        ServerState::Follower => "Follower",
-        ServerState::Candidate => "Candidate",
-        ServerState::Learner => "Learner",
-        ServerState::Shutdown => "Shutdown",
-    }
-}
-
-/// Sends one peer its forwarded messages: batches on one long-lived stream, resends what was not
-/// acknowledged after a reconnect.
-async fn run_forwarder(
-    origin: NodeId,
-    peer: NodeId,
-    client: ClusterClient<Channel>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    stats: Arc<ClusterStats>,
-    mut stop: watch::Receiver<bool>,
-    up: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut unacked: BTreeMap<u64, Outgoing> = BTreeMap::new();
-    let mut seq: u64 = 0;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let (btx, brx) = mpsc::channel::<pb::ForwardBatch>(16);
-        let mut c = client.clone();
-        let mut acks = match c.forward(ReceiverStream::new(brx)).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                up.store(false, Relaxed);
-                debug!(peer = %peer, error = %e, "forward stream not established");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        up.store(true, Relaxed);
-        // Resend what the previous stream left unacknowledged, in order.
-        if !unacked.is_empty() {
-            let now = Instant::now();
-            let messages = unacked
-                .iter()
-                .map(|(s, o)| forwarded(*s, o, now))
-                .collect::<Vec<_>>();
-            for chunk in messages.chunks(MAX_BATCH) {
-                let batch = pb::ForwardBatch {
-                    origin_node: origin.get(),
-                    messages: chunk.to_vec(),
-                };
-                if btx.send(batch).await.is_err() {
-                    break;
-                }
-            }
-        }
-        loop {
-            tokio::select! {
-                item = rx.recv() => {
-                    let Some(first) = item else { return };
-                    let now = Instant::now();
-                    let mut messages = Vec::with_capacity(8);
-                    let mut next = Some(first);
-                    while let Some(o) = next.take() {
-                        seq += 1;
-                        messages.push(forwarded(seq, &o, now));
-                        if o.ack.is_some() {
-                            unacked.insert(seq, o);
-                            if unacked.len() > MAX_UNACKED {
-                                unacked.pop_first();
-                                stats.forward_given_up.increment(1);
-                            }
-                        }
-                        if messages.len() < MAX_BATCH {
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                    let batch = pb::ForwardBatch { origin_node: origin.get(), messages };
-                    if btx.send(batch).await.is_err() {
-                        break;
-                    }
-                }
-                ack = acks.message() => {
-                    match ack {
-                        Ok(Some(a)) => {
-                            for s in a.seqs {
-                                if let Some(o) = unacked.remove(&s) {
-                                    if let Some(tx) = o.ack {
-                                        let _ = tx.send(());
-                                    }
-                                }
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                _ = stop.changed() => return,
-            }
-        }
-        debug!(
-            peer = %peer,
-            unacked = unacked.len(),
-            "forward stream closed; reconnecting"
-        );
-        up.store(false, Relaxed);
-    }
-}
-
-fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
-    pb::ForwardedMessage {
-        seq,
-        message: Some(convert::message_to_wire(&o.msg, now.into_std())),
-        direct: o.direct,
-        shared_filters: convert::shared_filters_to_wire(&o.shared),
-    }
-}
-
-/// Serves peers' `Cluster.*` calls.
-struct ClusterService {
-    cluster: std::sync::Weak<Cluster>,
-    raft: Raft<TypeConfig>,
-    local: Arc<dyn LocalNode>,
-    stats: Arc<ClusterStats>,
-    /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
-    /// instead of ending them, so each Forward stream watches this itself: a stopped node must
-    /// not go on delivering and acknowledging, or the origin would never resend to its
-    /// successor (a restart in the same process).
-    stop: watch::Receiver<bool>,
-}
-
-impl ClusterService {
-    /// A membership change's outcome, with the leader as this node knows it.
-    fn membership_reply(&self, result: Result<(), ClusterError>) -> Response<pb::MembershipReply> {
-        Response::new(pb::MembershipReply {
-            error: result.err().map(|e| e.to_string()).unwrap_or_default(),
-            leader_id: self
-                .raft
-                .metrics()
-                .borrow()
-                .current_leader
-                .map_or(0, NodeId::get),
-        })
-    }
-}
-
-type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardAck, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl cluster_server::Cluster for ClusterService {
-    async fn propose(
-        &self,
-        request: Request<pb::ProposeRequest>,
-    ) -> Result<Response<pb::ProposeReply>, Status> {
-        let cmd: Command = postcard::from_bytes(&request.into_inner().command)
-            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
-        let reply = match self.raft.client_write(cmd).await {
-            Ok(r) => pb::ProposeReply {
-                log_index: r.log_id.index,
-                response: postcard::to_allocvec(&r.data)
-                    .map_err(|e| Status::internal(e.to_string()))?,
-                error: String::new(),
-                leader_id: self
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .current_leader
-                    .map_or(0, NodeId::get),
-            },
-            Err(e) => pb::ProposeReply {
-                log_index: 0,
-                response: Vec::new(),
-                error: e.to_string(),
-                leader_id: self
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .current_leader
-                    .map_or(0, NodeId::get),
-            },
-        };
-        Ok(Response::new(reply))
-    }
-
-    type ForwardStream = AckStream;
-
-    async fn forward(
-        &self,
-        request: Request<Streaming<pb::ForwardBatch>>,
-    ) -> Result<Response<Self::ForwardStream>, Status> {
-        let mut stop = self.stop.clone();
-        if *stop.borrow_and_update() {
-            return Err(Status::unavailable("shutting down"));
-        }
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let local = self.local.clone();
-        let stats = self.stats.clone();
-        tokio::spawn(async move {
-            loop {
-                // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
-                // on stop the stream is dropped anyway and the origin resends what it lacks.
-                let batch = tokio::select! {
-                    m = inbound.message() => match m {
-                        Ok(Some(batch)) => batch,
-                        Ok(None) | Err(_) => break,
-                    },
-                    _ = stop.changed() => break,
-                };
-                let now = Instant::now();
-                let mut seqs = Vec::new();
-                for fm in batch.messages {
-                    let Some(m) = fm.message else {
-                        stats.received_invalid.increment(1);
-                        continue;
-                    };
-                    let qos = m.qos;
-                    match convert::message_from_wire(m, now.into_std()) {
-                        Ok(msg) => {
-                            stats.received.increment(1);
-                            let shared =
-                                convert::shared_filters_from_wire(fm.shared_filters, &stats);
-                            local.deliver(Arc::new(msg), fm.direct, &shared);
-                        }
-                        Err(e) => {
-                            stats.received_invalid.increment(1);
-                            warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
-                        }
-                    }
-                    // Acknowledge even an undecodable QoS 1/2 message: it will never decode,
-                    // and the origin must not resend it forever (it is counted here).
-                    if qos > 0 {
-                        seqs.push(fm.seq);
-                    }
-                }
-                if !seqs.is_empty() && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn take_session(
-        &self,
-        request: Request<pb::TakeSessionRequest>,
-    ) -> Result<Response<pb::TakeSessionReply>, Status> {
-        let r = request.into_inner();
-        let t = self
-            .local
-            .take_session(ClientId::from(r.client_id), r.generation)
-            .await;
-        Ok(Response::new(match t {
-            Some(t) => pb::TakeSessionReply {
-                found: true,
-                session: Some(convert::transfer_to_wire(&t, Instant::now().into_std())),
-            },
-            None => pb::TakeSessionReply {
-                found: false,
-                session: None,
-            },
-        }))
-    }
-
-    async fn join(
-        &self,
-        request: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::MembershipReply>, Status> {
-        let r = request.into_inner();
-        let Some(c) = self.cluster.upgrade() else {
-            return Err(Status::unavailable("shutting down"));
-        };
-        let result = c
-            .join(NodeId::new(r.node_id), r.cluster_addr, r.mqtt_addr)
-            .await;
-        Ok(self.membership_reply(result))
-    }
-
-    async fn leave(
-        &self,
-        request: Request<pb::LeaveRequest>,
-    ) -> Result<Response<pb::MembershipReply>, Status> {
-        let r = request.into_inner();
-        let Some(c) = self.cluster.upgrade() else {
-            return Err(Status::unavailable("shutting down"));
-        };
-        let result = c.leave_local(NodeId::new(r.node_id)).await;
-        Ok(self.membership_reply(result))
-    }
-
-    async fn applied(
-        &self,
-        request: Request<pb::AppliedRequest>,
-    ) -> Result<Response<pb::AppliedReply>, Status> {
-        let r = request.into_inner();
-        let limit = Duration::from_millis(r.wait_ms.min(60_000));
-        let _ = self
-            .raft
-            .wait(Some(limit))
-            .applied_index_at_least(Some(r.min_index), "peer asked")
-            .await;
-        let applied = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index);
-        Ok(Response::new(pb::AppliedReply {
-            applied_index: applied,
-        }))
-    }
-
-    async fn status(
-        &self,
-        _request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
-        let Some(c) = self.cluster.upgrade() else {
-            return Err(Status::unavailable("shutting down"));
-        };
-        let m = self.raft.metrics().borrow().clone();
-        let (routes, sessions, retained) = {
-            let s = c.state.read();
-            let snap = s.snapshot();
-            (
-                snap.routes.values().map(|n| n.len() as u64).sum(),
-                snap.sessions.len() as u64,
-                snap.retained.len() as u64,
-            )
-        };
-        Ok(Response::new(pb::StatusReply {
-            node_id: c.cfg.node_id.get(),
-            leader_id: m.current_leader.map(NodeId::get),
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            members: vec![pb::Member {
-                node_id: c.cfg.node_id.get(),
-                cluster_addr: c.cfg.advertise.clone(),
-                mqtt_addr: c.cfg.mqtt_addr.clone(),
-                voter: true,
-                matched_index: None,
-            }],
-            routes,
-            sessions,
-            retained,
-            state: server_state(m.state).to_owned(),
-        }))
     }
 }

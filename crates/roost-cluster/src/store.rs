@@ -17,6 +17,10 @@
 //! - `snapshot`: `"meta"` → postcard `SnapshotMeta`, `"data"` → the snapshot bytes (a postcard
 //!   `{last_applied, last_membership, state}`).
 //!
+//! Files: this one opens the store and holds the tables, the types and the redb helpers;
+//! `store/log_store.rs` implements openraft's log traits on [`LogStore`], and
+//! `store/state_machine.rs` its state-machine and snapshot traits on [`StateMachineStore`].
+//!
 //! Every mutation is one redb write transaction committed with `Durability::Immediate` (fsync)
 //! before the call returns (or before `append` reports the entries flushed). Disk work runs on
 //! tokio's blocking pool (`spawn_blocking`), never on the async worker threads.
@@ -37,25 +41,22 @@
 // on a broken disk, where openraft stops the node: its size costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+mod log_store;
+mod state_machine;
+
 use crate::state::{ClusterState, Event};
-use crate::types::{CommandResponse, NodeId, NodeInfo, TypeConfig};
-use openraft::storage::{
-    LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
-    Snapshot,
-};
+use crate::types::{NodeId, NodeInfo, TypeConfig};
 use openraft::{
-    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, SnapshotMeta,
-    StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, SnapshotMeta, StorageIOError,
+    StoredMembership, Vote,
 };
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use roost_core::ClientId;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
-use std::io::Cursor;
-use std::ops::{Bound, RangeBounds};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// openraft's storage error for our node id type.
@@ -433,167 +434,6 @@ pub struct LogStore {
     db: Arc<Db>,
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
-        let lo = match range.start_bound() {
-            Bound::Included(x) => *x,
-            Bound::Excluded(x) => match x.checked_add(1) {
-                Some(x) => x,
-                None => return Ok(Vec::new()),
-            },
-            Bound::Unbounded => 0,
-        };
-        let hi = match range.end_bound() {
-            Bound::Included(x) => x.checked_add(1),
-            Bound::Excluded(x) => Some(*x),
-            Bound::Unbounded => None,
-        };
-        if hi.is_some_and(|h| h <= lo) {
-            return Ok(Vec::new());
-        }
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Read, move || {
-            db.read_logs(lo, hi)
-        })
-        .await
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Read, move || {
-            let last_purged_log_id: Option<LogId<NodeId>> =
-                db.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?.flatten();
-            // An empty log (everything purged) ends at the last purged id.
-            let last_log_id = db.last_log_id()?.or(last_purged_log_id);
-            Ok(LogState {
-                last_purged_log_id,
-                last_log_id,
-            })
-        })
-        .await
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        let vote = *vote;
-        blocking(ErrorSubject::Vote, ErrorVerb::Write, move || {
-            db.write_meta(KEY_VOTE, Some(&vote), ErrorSubject::Vote)
-        })
-        .await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftStorageError> {
-        let db = self.db.clone();
-        blocking(ErrorSubject::Vote, ErrorVerb::Read, move || {
-            db.read_meta(KEY_VOTE, ErrorSubject::Vote)
-        })
-        .await
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        blocking(ErrorSubject::Store, ErrorVerb::Write, move || {
-            db.write_meta(KEY_COMMITTED, Some(&committed), ErrorSubject::Store)
-        })
-        .await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, RaftStorageError> {
-        let db = self.db.clone();
-        blocking(ErrorSubject::Store, ErrorVerb::Read, move || {
-            let c: Option<Option<LogId<NodeId>>> =
-                db.read_meta(KEY_COMMITTED, ErrorSubject::Store)?;
-            Ok(c.flatten())
-        })
-        .await
-    }
-
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), RaftStorageError>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
-            let txn = db.db.begin_write().map_err(err_logs(ErrorVerb::Write))?;
-            {
-                let mut table = txn.open_table(LOG).map_err(err_logs(ErrorVerb::Write))?;
-                for entry in &entries {
-                    let bytes = postcard::to_allocvec(entry).map_err(|e| {
-                        RaftStorageError::from(StorageIOError::write_log_entry(
-                            entry.log_id,
-                            AnyError::new(&e),
-                        ))
-                    })?;
-                    table
-                        .insert(entry.log_id.index, bytes.as_slice())
-                        .map_err(err_logs(ErrorVerb::Write))?;
-                }
-            }
-            // Durability::Immediate (the default): fsync before returning.
-            txn.commit().map_err(err_logs(ErrorVerb::Write))
-        })
-        .await?;
-        callback.log_io_completed(Ok(()));
-        Ok(())
-    }
-
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        tracing::debug!(%log_id, "truncating raft log");
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
-            let txn = db.db.begin_write().map_err(err_logs(ErrorVerb::Delete))?;
-            {
-                let mut table = txn.open_table(LOG).map_err(err_logs(ErrorVerb::Delete))?;
-                table
-                    .retain_in::<u64, _>(log_id.index.., |_, _| false)
-                    .map_err(err_logs(ErrorVerb::Delete))?;
-            }
-            txn.commit().map_err(err_logs(ErrorVerb::Delete))
-        })
-        .await
-    }
-
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        tracing::debug!(%log_id, "purging raft log");
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
-            let bytes = postcard::to_allocvec(&Some(log_id)).map_err(err_logs(ErrorVerb::Write))?;
-            let txn = db.db.begin_write().map_err(err_logs(ErrorVerb::Delete))?;
-            {
-                let mut meta = txn.open_table(META).map_err(err_logs(ErrorVerb::Write))?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice())
-                    .map_err(err_logs(ErrorVerb::Write))?;
-                let mut table = txn.open_table(LOG).map_err(err_logs(ErrorVerb::Delete))?;
-                table
-                    .retain_in::<u64, _>(..=log_id.index, |_, _| false)
-                    .map_err(err_logs(ErrorVerb::Delete))?;
-            }
-            txn.commit().map_err(err_logs(ErrorVerb::Delete))
-        })
-        .await
-    }
-}
-
 /// What the state machine has applied: reported by `applied_state()` and stored in snapshots.
 #[derive(Default)]
 struct Applied {
@@ -626,197 +466,4 @@ impl StateMachineStore {
     pub fn state(&self) -> Arc<RwLock<ClusterState>> {
         self.inner.state.clone()
     }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let inner = self.inner.clone();
-        blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
-            // Serialise under the read lock: apply waits, readers do not.
-            let (data, meta) = {
-                let state = inner.state.read();
-                let applied = inner.applied.lock();
-                let file = SnapshotFileRef {
-                    last_applied: &applied.last_applied,
-                    last_membership: &applied.last_membership,
-                    state: state.snapshot(),
-                };
-                let data =
-                    postcard::to_allocvec(&file).map_err(err_snapshot(None, ErrorVerb::Write))?;
-                let seq = inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-                let snapshot_id = match &applied.last_applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
-                    None => format!("none-{seq}"),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.last_membership.clone(),
-                    snapshot_id,
-                };
-                (data, meta)
-            };
-            write_snapshot(&inner.db, &meta, &data)?;
-            tracing::info!(
-                snapshot_id = %meta.snapshot_id,
-                bytes = data.len(),
-                "built raft snapshot"
-            );
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })
-        })
-        .await
-    }
-}
-
-/// Durably replaces the stored snapshot.
-fn write_snapshot(
-    db: &Db,
-    meta: &SnapshotMeta<NodeId, NodeInfo>,
-    data: &[u8],
-) -> Result<(), RaftStorageError> {
-    let err = err_snapshot::<redb::Error>(Some(meta), ErrorVerb::Write);
-    let meta_bytes =
-        postcard::to_allocvec(meta).map_err(err_snapshot(Some(meta), ErrorVerb::Write))?;
-    let txn = db.db.begin_write().map_err(|e| err(e.into()))?;
-    {
-        let mut table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
-        table
-            .insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())
-            .map_err(|e| err(e.into()))?;
-        table
-            .insert(KEY_SNAPSHOT_DATA, data)
-            .map_err(|e| err(e.into()))?;
-    }
-    txn.commit().map_err(|e| err(e.into()))
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = StateMachineStore;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), RaftStorageError> {
-        let applied = self.inner.applied.lock();
-        Ok((applied.last_applied, applied.last_membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, RaftStorageError>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut responses = Vec::new();
-        for entry in entries {
-            let event = {
-                let mut state = self.inner.state.write();
-                let (response, event) = match &entry.payload {
-                    EntryPayload::Blank => (CommandResponse::default(), None),
-                    EntryPayload::Normal(cmd) => state.apply(cmd),
-                    EntryPayload::Membership(_) => (CommandResponse::default(), None),
-                };
-                let mut applied = self.inner.applied.lock();
-                applied.last_applied = Some(entry.log_id);
-                if let EntryPayload::Membership(m) = entry.payload {
-                    applied.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                }
-                responses.push(response);
-                event
-            };
-            if let Some(event) = event {
-                self.inner.hooks.on_event(&event);
-            }
-        }
-        Ok(responses)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), RaftStorageError> {
-        let data = snapshot.into_inner();
-        let inner = self.inner.clone();
-        let meta = meta.clone();
-        let events = blocking(
-            ErrorSubject::Snapshot(Some(meta.signature())),
-            ErrorVerb::Write,
-            move || {
-                let file: SnapshotFile = postcard::from_bytes(&data)
-                    .map_err(err_snapshot(Some(&meta), ErrorVerb::Read))?;
-                // Durable first: if this fails, the in-memory state is left as it was.
-                write_snapshot(&inner.db, &meta, &data)?;
-                let new_state = ClusterState::from_snapshot(file.state);
-                let mut state = inner.state.write();
-                let events = ownership_changes(&state, &new_state);
-                *state = new_state;
-                let mut applied = inner.applied.lock();
-                applied.last_applied = meta.last_log_id;
-                applied.last_membership = meta.last_membership.clone();
-                tracing::info!(snapshot_id = %meta.snapshot_id, "installed raft snapshot");
-                Ok(events)
-            },
-        )
-        .await?;
-        for event in &events {
-            self.inner.hooks.on_event(event);
-        }
-        Ok(())
-    }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let db = self.inner.db.clone();
-        blocking(ErrorSubject::Snapshot(None), ErrorVerb::Read, move || {
-            let err = err_snapshot::<redb::Error>(None, ErrorVerb::Read);
-            let txn = db.db.begin_read().map_err(|e| err(e.into()))?;
-            let table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
-            let Some(m) = table.get(KEY_SNAPSHOT_META).map_err(|e| err(e.into()))? else {
-                return Ok(None);
-            };
-            let meta: SnapshotMeta<NodeId, NodeInfo> =
-                postcard::from_bytes(m.value()).map_err(err_snapshot(None, ErrorVerb::Read))?;
-            let Some(d) = table.get(KEY_SNAPSHOT_DATA).map_err(|e| err(e.into()))? else {
-                return Err(io_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Read,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "snapshot meta is stored but its data is missing",
-                    ),
-                ));
-            };
-            let data = d.value().to_vec();
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
-        })
-        .await
-    }
-}
-
-/// The events a node would have seen had it applied the entries a snapshot replaces: one
-/// `SessionClaimed` per client whose owner differs in `new`.
-fn ownership_changes(old: &ClusterState, new: &ClusterState) -> Vec<Event> {
-    let mut events = Vec::new();
-    for (client_id, owner) in &new.snapshot().sessions {
-        if old.snapshot().sessions.get(client_id) != Some(owner) {
-            events.push(Event::SessionClaimed {
-                client_id: ClientId::from(client_id.as_str()),
-                owner: *owner,
-            });
-        }
-    }
-    events
 }

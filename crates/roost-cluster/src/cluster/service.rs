@@ -1,0 +1,265 @@
+//! The gRPC `roost.cluster.v1.Cluster` service a node serves to its peers: `Propose` (a
+//! follower's command, written through this node's Raft; a node that is not the leader answers
+//! with the error and the leader it knows), `Forward` (batches of published messages, delivered
+//! to local sessions only and acknowledged), `TakeSession`, `Join`, `Leave`, `Applied` (what
+//! `Cluster::wait_replicated` asks) and `Status` (what `Cluster::status` probes).
+//!
+//! Who calls it: peers' `Cluster` through their `ClusterClient`; `Cluster::start` mounts it on
+//! the node's gRPC server beside the Raft service.
+//!
+//! Concurrency: tonic runs each call in its own task; no call holds a lock across an await. Each
+//! Forward stream gets a spawned task that reads batches, delivers them through
+//! [`LocalNode::deliver`] and sends acks on a bounded channel (64; when full the reader waits,
+//! which pushes back on the peer's stream). The service holds the `Cluster` only weakly (a call
+//! after it is gone answers `unavailable`) and watches `stop` itself, see the field.
+
+use super::membership::server_state;
+use super::{Cluster, LocalNode};
+use crate::convert;
+use crate::error::ClusterError;
+use crate::metrics::ClusterStats;
+use crate::types::{Command, NodeId, TypeConfig};
+use openraft::Raft;
+use roost_core::ClientId;
+use roost_proto::v1 as pb;
+use roost_proto::v1::cluster_server;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+
+/// Serves peers' `Cluster.*` calls.
+pub(super) struct ClusterService {
+    pub(super) cluster: std::sync::Weak<Cluster>,
+    pub(super) raft: Raft<TypeConfig>,
+    pub(super) local: Arc<dyn LocalNode>,
+    pub(super) stats: Arc<ClusterStats>,
+    /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
+    /// instead of ending them, so each Forward stream watches this itself: a stopped node must
+    /// not go on delivering and acknowledging, or the origin would never resend to its
+    /// successor (a restart in the same process).
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+impl ClusterService {
+    /// A membership change's outcome, with the leader as this node knows it.
+    fn membership_reply(&self, result: Result<(), ClusterError>) -> Response<pb::MembershipReply> {
+        Response::new(pb::MembershipReply {
+            error: result.err().map(|e| e.to_string()).unwrap_or_default(),
+            leader_id: self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .map_or(0, NodeId::get),
+        })
+    }
+}
+
+type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for ClusterService {
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeReply>, Status> {
+        let cmd: Command = postcard::from_bytes(&request.into_inner().command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let reply = match self.raft.client_write(cmd).await {
+            Ok(r) => pb::ProposeReply {
+                log_index: r.log_id.index,
+                response: postcard::to_allocvec(&r.data)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+                error: String::new(),
+                leader_id: self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .map_or(0, NodeId::get),
+            },
+            Err(e) => pb::ProposeReply {
+                log_index: 0,
+                response: Vec::new(),
+                error: e.to_string(),
+                leader_id: self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .map_or(0, NodeId::get),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    type ForwardStream = AckStream;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut stop = self.stop.clone();
+        if *stop.borrow_and_update() {
+            return Err(Status::unavailable("shutting down"));
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let local = self.local.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            loop {
+                // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
+                // on stop the stream is dropped anyway and the origin resends what it lacks.
+                let batch = tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = stop.changed() => break,
+                };
+                let now = Instant::now();
+                let mut seqs = Vec::new();
+                for fm in batch.messages {
+                    let Some(m) = fm.message else {
+                        stats.received_invalid.increment(1);
+                        continue;
+                    };
+                    let qos = m.qos;
+                    match convert::message_from_wire(m, now.into_std()) {
+                        Ok(msg) => {
+                            stats.received.increment(1);
+                            let shared =
+                                convert::shared_filters_from_wire(fm.shared_filters, &stats);
+                            local.deliver(Arc::new(msg), fm.direct, &shared);
+                        }
+                        Err(e) => {
+                            stats.received_invalid.increment(1);
+                            warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
+                        }
+                    }
+                    // Acknowledge even an undecodable QoS 1/2 message: it will never decode,
+                    // and the origin must not resend it forever (it is counted here).
+                    if qos > 0 {
+                        seqs.push(fm.seq);
+                    }
+                }
+                if !seqs.is_empty() && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn take_session(
+        &self,
+        request: Request<pb::TakeSessionRequest>,
+    ) -> Result<Response<pb::TakeSessionReply>, Status> {
+        let r = request.into_inner();
+        let t = self
+            .local
+            .take_session(ClientId::from(r.client_id), r.generation)
+            .await;
+        Ok(Response::new(match t {
+            Some(t) => pb::TakeSessionReply {
+                found: true,
+                session: Some(convert::transfer_to_wire(&t, Instant::now().into_std())),
+            },
+            None => pb::TakeSessionReply {
+                found: false,
+                session: None,
+            },
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = request.into_inner();
+        let Some(c) = self.cluster.upgrade() else {
+            return Err(Status::unavailable("shutting down"));
+        };
+        let result = c
+            .join(NodeId::new(r.node_id), r.cluster_addr, r.mqtt_addr)
+            .await;
+        Ok(self.membership_reply(result))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = request.into_inner();
+        let Some(c) = self.cluster.upgrade() else {
+            return Err(Status::unavailable("shutting down"));
+        };
+        let result = c.leave_local(NodeId::new(r.node_id)).await;
+        Ok(self.membership_reply(result))
+    }
+
+    async fn applied(
+        &self,
+        request: Request<pb::AppliedRequest>,
+    ) -> Result<Response<pb::AppliedReply>, Status> {
+        let r = request.into_inner();
+        let limit = Duration::from_millis(r.wait_ms.min(60_000));
+        let _ = self
+            .raft
+            .wait(Some(limit))
+            .applied_index_at_least(Some(r.min_index), "peer asked")
+            .await;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Ok(Response::new(pb::AppliedReply {
+            applied_index: applied,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let Some(c) = self.cluster.upgrade() else {
+            return Err(Status::unavailable("shutting down"));
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let (routes, sessions, retained) = {
+            let s = c.state.read();
+            let snap = s.snapshot();
+            (
+                snap.routes.values().map(|n| n.len() as u64).sum(),
+                snap.sessions.len() as u64,
+                snap.retained.len() as u64,
+            )
+        };
+        Ok(Response::new(pb::StatusReply {
+            node_id: c.cfg.node_id.get(),
+            leader_id: m.current_leader.map(NodeId::get),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members: vec![pb::Member {
+                node_id: c.cfg.node_id.get(),
+                cluster_addr: c.cfg.advertise.clone(),
+                mqtt_addr: c.cfg.mqtt_addr.clone(),
+                voter: true,
+                matched_index: None,
+            }],
+            routes,
+            sessions,
+            retained,
+            state: server_state(m.state).to_owned(),
+        }))
+    }
+}
