@@ -216,7 +216,9 @@ impl Conn {
             congested: Vec::new(),
             outbox: Vec::new(),
             pending_acks: VecDeque::new(),
+            deadline: None,
         };
+        live.refresh_deadline();
         drop(n);
         let close = self.session_loop(&mut live).await;
         crate::metrics::disconnected(close.why);
@@ -300,10 +302,7 @@ impl Conn {
                 debug!(client_id = %st.session.client_id(), error = %e, "write failed");
                 return Close::closed("write_error");
             }
-            let deadline = st
-                .session
-                .with(|s| s.poll_timeout())
-                .map(tokio::time::Instant::from_std);
+            let deadline = st.deadline;
             tokio::select! {
                 biased;
                 _ = st.ctl.wake.notified() => {
@@ -336,6 +335,8 @@ impl Conn {
                                 let congested = std::mem::take(&mut st.congested);
                                 Box::pin(self.broker.wait_for_space(&congested)).await;
                             }
+                            // Packets moved the keep-alive deadline.
+                            st.refresh_deadline();
                             // Let the drivers this batch woke run before reading more: a
                             // publisher with a full socket must not starve its subscribers.
                             tokio::task::yield_now().await;
@@ -354,6 +355,7 @@ impl Conn {
                         debug!(client_id = %st.session.client_id(), "keep-alive timeout");
                         return Close::keep_alive();
                     }
+                    st.refresh_deadline();
                 }
             }
         }
@@ -626,6 +628,18 @@ struct Live {
     congested: Vec<SessionRef>,
     /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
     pending_acks: VecDeque<PendingAck>,
+    /// The session's timer while connected (keep-alive): it only moves when packets arrive,
+    /// so it is asked for after reading, not on every wake-up.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Live {
+    fn refresh_deadline(&mut self) {
+        self.deadline = self
+            .session
+            .with(|s| s.poll_timeout())
+            .map(tokio::time::Instant::from_std);
+    }
 }
 
 /// An acknowledgement held back until peers accepted the message (see `Conn::ack_after`).
