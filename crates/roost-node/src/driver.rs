@@ -581,8 +581,8 @@ impl Conn {
             for item in outbox.drain(..) {
                 match item {
                     Outbound::Publish(o) => {
-                        if let Some(p) = session.prepare_publish(o, now) {
-                            encode_into(wbuf, &Packet::Publish(p), protocol);
+                        if let Some(p) = session.prepare_publish_packet(o, now) {
+                            encode_into(wbuf, &p, protocol);
                             sent += 1;
                         }
                     }

@@ -24,6 +24,16 @@ impl Session {
     /// replaces the topic, a new one adds 3 bytes and is only defined if the packet still fits
     /// ([MQTT-3.1.2-24]); otherwise the topic goes out in full.
     pub fn prepare_publish(&mut self, o: OutPublish, now: Instant) -> Option<Publish> {
+        match self.prepare_publish_packet(o, now)? {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// [`prepare_publish`](Self::prepare_publish), returning the PUBLISH already wrapped as
+    /// the [`Packet`] the encoder takes: the driver's hot path encodes it where it was built
+    /// instead of moving a large value out and back in for every delivery.
+    pub fn prepare_publish_packet(&mut self, o: OutPublish, now: Instant) -> Option<Packet> {
         let protocol = self.protocol();
         let v5 = protocol == Protocol::V5;
         let max_size = self
@@ -65,10 +75,7 @@ impl Session {
             self.abandon(o.packet_id, now);
             return None;
         }
-        match packet {
-            Packet::Publish(p) => Some(p),
-            _ => None,
-        }
+        Some(packet)
     }
 
     /// A server-to-client alias for `topic`: `Some((alias, first_use))`; when `first_use` the
