@@ -28,13 +28,13 @@
 //! the socket becomes readable and released when it has been drained; the write buffer is
 //! released after each flush if it grew beyond a few KiB.
 
-use crate::broker::{Broker, ConnCtl, ConnInfo, Origin, SessionRef};
+use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, SessionRef};
 use bytes::BytesMut;
 use roost_codec::{encode, Connect, Decoder, LastWill, Packet, Protocol, ReasonCode};
 use roost_core::connect::{connect_error_reply, negotiate, Negotiated};
 use roost_core::session::{
-    retained_on_subscribe, suback, unsuback, Close, Handled, Inbound, Outbound, PublishOutcome,
-    ReadyAck, SubscribeRequest, Tally, Timeout,
+    retained_on_subscribe, suback, unsuback, Close, DropReason, Handled, Inbound, Outbound,
+    PublishOutcome, ReadyAck, SubscribeRequest, Tally, Timeout,
 };
 use roost_core::topic::TopicFilter;
 use std::collections::VecDeque;
@@ -198,11 +198,11 @@ impl Conn {
         // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
         // the connection.
         drop(connect);
-        let Some((session, ctl)) = self.admit(&n, conn_id, username).await else {
+        let Some((attached, ctl)) = self.admit(&n, conn_id, username).await else {
             return;
         };
-        let ack = n.connack(&policy, session.1);
-        let session = session.0;
+        let ack = n.connack(&policy, attached.session_present);
+        let session = attached.session;
         self.queue(&Packet::ConnAck(ack), protocol);
         self.broker.metrics.accepted.increment(1);
         let client_id = n.client_id.clone();
@@ -239,13 +239,13 @@ impl Conn {
     }
 
     /// The connection quota and the session registry: `None` if the client was refused (the
-    /// CONNACK is sent). Returns the session, whether it was present, and the control block.
+    /// CONNACK is sent). Returns the attached session and the connection's control block.
     async fn admit(
         &mut self,
         n: &Negotiated,
         conn_id: u64,
         username: Option<String>,
-    ) -> Option<((SessionRef, bool), Arc<ConnCtl>)> {
+    ) -> Option<(Attached, Arc<ConnCtl>)> {
         let cfg = &self.broker.config.mqtt;
         let current = self.broker.connections.fetch_add(1, Ordering::AcqRel);
         // A takeover replaces a connection rather than adding one: never refuse it for quota.
@@ -272,7 +272,7 @@ impl Conn {
         ));
         // Boxed: the claim/takeover future is large, and the connection's task lives on.
         match Box::pin(self.broker.attach(n, Arc::clone(&ctl))).await {
-            Ok(a) => Some(((a.session, a.session_present), ctl)),
+            Ok(attached) => Some((attached, ctl)),
             Err(e) => {
                 // No quorum to register the session: say so instead of hanging. A fatal error
                 // (this node's Raft stopped) needs a human; a refusal is the cluster's state.
@@ -320,8 +320,7 @@ impl Conn {
                                 if let Err(close) = Box::pin(self.drain_packets(st)).await {
                                     return close;
                                 }
-                                st.session
-                                    .signal_space(self.broker.config.mqtt.max_queued_messages / 4);
+                                st.session.signal_space(self.broker.low_watermark());
                                 if st.congested.is_empty() {
                                     break;
                                 }
@@ -398,9 +397,11 @@ impl Conn {
                 self.ack(st, ack);
                 Ok(())
             }
-            Handled::Dropped { reason: _, ack } => {
-                // Clients may not publish into the `$` namespace: refused and counted.
-                self.broker.metrics.dollar_dropped.increment(1);
+            Handled::Dropped { reason, ack } => {
+                match reason {
+                    // Clients may not publish into the `$` namespace: refused and counted.
+                    DropReason::SystemTopic => self.broker.metrics.dollar_dropped.increment(1),
+                }
                 if let Some(ack) = ack {
                     self.ack(st, ack);
                 }

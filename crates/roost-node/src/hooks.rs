@@ -54,7 +54,7 @@ impl LocalNode for NodeHooks {
         generation: u64,
     ) -> BoxFuture<Option<SessionTransfer>> {
         let broker = self.broker();
-        Box::pin(async move { broker?.hand_over(client_id.as_str(), generation).await })
+        Box::pin(async move { broker?.hand_over(&client_id, generation).await })
     }
 
     fn on_event(&self, event: &Event) {

@@ -109,7 +109,7 @@ fn describe(s: &SessionRef) -> Value {
         "connected_at": conn.map(|c| unix(c.connected_at)),
         "disconnected_at": v.disconnected_at.map(unix),
         "session_expiry_interval": v.expiry_interval,
-        "subscriptions": v.subscriptions.len(),
+        "subscriptions": v.subscriptions,
         "inflight": v.inflight,
         "queued": v.queued,
     })
@@ -159,7 +159,7 @@ async fn kick(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
 async fn subscriptions(State(s): State<AdminState>) -> Json<Value> {
     let mut out = Vec::new();
     for sess in s.broker.sessions() {
-        for (filter, sub) in sess.view().subscriptions {
+        for (filter, sub) in sess.subscriptions() {
             out.push(json!({
                 "client_id": sess.client_id().as_str(),
                 "filter": filter.as_str(),

@@ -37,6 +37,7 @@ mod session;
 mod subscriptions;
 mod timers;
 
+pub(crate) use registry::Attached;
 pub(crate) use retained::unix_millis;
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
@@ -290,6 +291,18 @@ impl Broker {
     /// [`RouteTable::forget_stale`]).
     pub(crate) fn forget_stale_routes(&self, filters: Vec<String>) {
         self.routes.forget_stale(filters);
+    }
+
+    /// Queue length from which a connected subscriber holds its publishers back (half of
+    /// `mqtt.max_queued_messages`).
+    pub(crate) fn congested_at(&self) -> usize {
+        self.config.mqtt.max_queued_messages / 2
+    }
+
+    /// Queue length a congested subscriber must drain to before its publishers go on (a
+    /// quarter of `mqtt.max_queued_messages`).
+    pub(crate) fn low_watermark(&self) -> usize {
+        self.config.mqtt.max_queued_messages / 4
     }
 
     fn commit_timeout(&self) -> Duration {

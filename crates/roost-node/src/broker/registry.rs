@@ -316,10 +316,10 @@ impl Broker {
     /// to detach (woken by the detach itself, no polling).
     pub(crate) async fn hand_over(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         generation: u64,
     ) -> Option<SessionTransfer> {
-        let s = self.session(client_id)?;
+        let s = self.session(client_id.as_str())?;
         {
             let st = s.lock();
             if st.generation.is_some_and(|g| g >= generation) {
@@ -342,7 +342,6 @@ impl Broker {
         if st.ended {
             return None;
         }
-        st.ended = true;
         if let Some(c) = st.conn.take() {
             c.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
@@ -350,14 +349,13 @@ impl Broker {
         let pending_will = st.session.take_pending_will();
         let expiry_interval = st.session.expiry_interval();
         let image = st.session.export();
+        // The claim is the new owner's now: nothing to release.
+        let _ = self.retire(&mut sessions, &s, &mut st);
         drop(st);
-        if sessions.get(client_id).is_some_and(|cur| cur == &s) {
-            sessions.remove(client_id);
-        }
         drop(sessions);
         self.unindex_all(&s, &filters);
         self.metrics.takeovers.increment(1);
-        debug!(client_id, generation, "session handed over to another node");
+        debug!(client_id = %client_id, generation, "session handed over to another node");
         Some(SessionTransfer {
             image,
             pending_will,
@@ -563,11 +561,9 @@ impl Broker {
         self.metrics.wills.increment(1);
         debug!(client_id = %client_id, topic = msg.topic.as_str(), "publishing will");
         let broker = Arc::clone(self);
+        // Its forwards' acknowledgements are waited for on a tracked task of their own.
         self.spawn(async move {
-            let out = broker.publish(&msg, Origin::Will).await;
-            if let Some(peers) = out.peers {
-                let _ = peers.await;
-            }
+            broker.publish(&msg, Origin::Will).await;
         });
     }
 }

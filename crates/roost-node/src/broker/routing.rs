@@ -8,7 +8,7 @@
 //!  forward(msg, remote) ─▶ Cluster::forward per peer ─▶ task: all peers accepted | timeout (counted)
 //! ```
 
-use super::session::Delivery;
+use super::session::{Delivery, Grant};
 use super::{Broker, Origin, SessionRef};
 use roost_cluster::types::NodeId;
 use roost_core::index::{Matches, Subscription};
@@ -74,20 +74,13 @@ impl Broker {
         origin: Origin<'_>,
         congested: &mut Vec<SessionRef>,
     ) -> Routed {
-        let mut remote = Vec::new();
-        let (publisher, direct, policy) = match origin {
-            Origin::Client(s) => {
-                let (r, p) = self.plan_remote(msg);
-                remote = r;
-                (Some(s), true, p)
+        let (publisher, direct, (remote, policy)) = match origin {
+            Origin::Client(s) => (Some(s), true, self.plan_remote(msg)),
+            Origin::Will => (None, true, self.plan_remote(msg)),
+            Origin::Peer { direct, shared } => {
+                (None, direct, (Vec::new(), SharedPolicy::Only(shared)))
             }
-            Origin::Will => {
-                let (r, p) = self.plan_remote(msg);
-                remote = r;
-                (None, true, p)
-            }
-            Origin::Peer { direct, shared } => (None, direct, SharedPolicy::Only(shared)),
-            Origin::System => (None, true, SharedPolicy::All),
+            Origin::System => (None, true, (Vec::new(), SharedPolicy::All)),
         };
         let local = self.route_local(msg, publisher, congested, direct, &policy);
         Routed { local, remote }
@@ -103,21 +96,18 @@ impl Broker {
         }
         let me = c.node_id();
         let mut remote: BTreeMap<NodeId, RemoteSend> = BTreeMap::new();
-        let entry = |remote: &mut BTreeMap<NodeId, RemoteSend>, node: NodeId| {
+        fn entry(remote: &mut BTreeMap<NodeId, RemoteSend>, node: NodeId) -> &mut RemoteSend {
             remote.entry(node).or_insert_with(|| RemoteSend {
                 node,
                 direct: false,
                 shared: Vec::new(),
-            });
-        };
+            })
+        }
         let mut m = Matches::default();
         c.state().read().routes().matches(&msg.topic, None, &mut m);
         for d in m.direct {
             if d.subscriber != me {
-                entry(&mut remote, d.subscriber);
-                if let Some(r) = remote.get_mut(&d.subscriber) {
-                    r.direct = true;
-                }
+                entry(&mut remote, d.subscriber).direct = true;
             }
         }
         let mut known = HashSet::new();
@@ -137,10 +127,7 @@ impl Broker {
             if node == me {
                 mine.insert(g.filter);
             } else {
-                entry(&mut remote, node);
-                if let Some(r) = remote.get_mut(&node) {
-                    r.shared.push(g.filter);
-                }
+                entry(&mut remote, node).shared.push(g.filter);
             }
         }
         (
@@ -169,20 +156,13 @@ impl Broker {
         }
         let mut n = 0;
         for d in matches.direct {
-            let qos = msg.qos.min(d.qos);
-            let retain = d.retain_as_published && msg.retain;
-            let ids = d.identifiers;
-            if self.deliver_to(
-                &d.subscriber,
-                msg,
-                qos,
-                retain,
-                ids,
-                None,
-                now,
-                publisher,
-                congested,
-            ) {
+            let grant = Grant {
+                qos: msg.qos.min(d.qos),
+                retain: d.retain_as_published && msg.retain,
+                ids: d.identifiers,
+                shared: None,
+            };
+            if self.deliver_to(&d.subscriber, msg, grant, now, publisher, congested) {
                 n += 1;
             }
         }
@@ -191,21 +171,13 @@ impl Broker {
                 continue;
             }
             let (member, sub) = pick_member(&g.members, g.start);
-            let qos = msg.qos.min(sub.options.qos);
-            let retain = sub.options.retain_as_published && msg.retain;
-            let ids = sub.identifier.into_iter().collect();
-            let member = member.clone();
-            if self.deliver_to(
-                &member,
-                msg,
-                qos,
-                retain,
-                ids,
-                Some(g.filter),
-                now,
-                publisher,
-                congested,
-            ) {
+            let grant = Grant {
+                qos: msg.qos.min(sub.options.qos),
+                retain: sub.options.retain_as_published && msg.retain,
+                ids: sub.identifier.into_iter().collect(),
+                shared: Some(g.filter.clone()),
+            };
+            if self.deliver_to(member, msg, grant, now, publisher, congested) {
                 n += 1;
             }
         }
@@ -214,21 +186,16 @@ impl Broker {
 
     /// Delivers to one session, counting its drops; true if the session took it. A congested
     /// subscriber other than the publisher is added to `congested`.
-    #[allow(clippy::too_many_arguments)] // one delivery's fields, named at the two call sites
     fn deliver_to(
         &self,
         target: &SessionRef,
         msg: &Arc<Message>,
-        qos: roost_codec::QoS,
-        retain: bool,
-        ids: Vec<u32>,
-        shared: Option<TopicFilter>,
+        grant: Grant,
         now: Instant,
         publisher: Option<&SessionRef>,
         congested: &mut Vec<SessionRef>,
     ) -> bool {
-        let congested_at = self.config.mqtt.max_queued_messages / 2;
-        match target.deliver(msg.clone(), qos, retain, ids, shared, now, congested_at) {
+        match target.deliver(msg.clone(), grant, now, self.congested_at()) {
             Delivery::Ended => false,
             Delivery::Accepted {
                 congested: c,
@@ -255,7 +222,7 @@ impl Broker {
             return;
         }
         let deadline = tokio::time::Instant::now() + limit;
-        let low = self.config.mqtt.max_queued_messages / 4;
+        let low = self.low_watermark();
         for s in congested {
             while s.backed_up(low) {
                 let wait = s.wait_changed(|s| !s.backed_up(low));
@@ -288,20 +255,16 @@ impl Broker {
                 continue;
             }
             let (member, sub) = pick_member(&members, start);
-            let qos = o.msg.qos.min(sub.options.qos);
-            let ids = sub.identifier.into_iter().collect();
-            let member = member.clone();
-            self.deliver_to(
-                &member,
-                &o.msg,
-                qos,
-                false,
-                ids,
-                Some(o.filter),
-                now,
-                None,
-                &mut Vec::new(),
-            );
+            let grant = Grant {
+                qos: o.msg.qos.min(sub.options.qos),
+                retain: false,
+                ids: sub.identifier.into_iter().collect(),
+                shared: Some(o.filter),
+            };
+            // A member that ended meanwhile takes nothing: the message is dropped, and counted.
+            if !self.deliver_to(member, &o.msg, grant, now, None, &mut Vec::new()) {
+                self.metrics.queue_dropped.increment(1);
+            }
         }
     }
 

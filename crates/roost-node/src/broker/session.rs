@@ -137,13 +137,27 @@ pub(crate) enum Delivery {
     },
 }
 
+/// What one subscriber gets of a message: the fields that differ per delivery.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    /// Delivery QoS: min(published, granted).
+    pub(crate) qos: QoS,
+    /// RETAIN as sent to this subscriber.
+    pub(crate) retain: bool,
+    /// Identifiers of the matching subscriptions (v5).
+    pub(crate) ids: Vec<u32>,
+    /// The shared subscription it came through, if any.
+    pub(crate) shared: Option<TopicFilter>,
+}
+
 /// A read-only view of a session for the admin API.
 #[derive(Debug)]
 pub(crate) struct SessionView {
     pub(crate) conn: Option<(u64, ConnInfo)>,
     pub(crate) disconnected_at: Option<SystemTime>,
     pub(crate) expiry_interval: u32,
-    pub(crate) subscriptions: Vec<(TopicFilter, Subscription)>,
+    /// Number of subscriptions (the list is [`SessionRef::subscriptions`]).
+    pub(crate) subscriptions: usize,
     pub(crate) inflight: usize,
     pub(crate) queued: usize,
 }
@@ -179,17 +193,19 @@ impl SessionRef {
     /// Delivers one message and wakes the connection if something is ready to send.
     /// `congested_at`: queue length from which a QoS 1/2 delivery to a connected session
     /// reports congestion (backpressure).
-    #[allow(clippy::too_many_arguments)] // the fields of one delivery, named at the call site
     pub(crate) fn deliver(
         &self,
         msg: Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        ids: Vec<u32>,
-        shared: Option<TopicFilter>,
+        grant: Grant,
         now: Instant,
         congested_at: usize,
     ) -> Delivery {
+        let Grant {
+            qos,
+            retain,
+            ids,
+            shared,
+        } = grant;
         let mut st = self.0.state.lock();
         if st.ended {
             return Delivery::Ended;
@@ -246,6 +262,13 @@ impl SessionRef {
         (st.ended, st.session.has_window(), st.session.is_connected())
     }
 
+    /// The session's subscriptions (a copy, for the admin API).
+    pub(crate) fn subscriptions(&self) -> Vec<(TopicFilter, Subscription)> {
+        let st = self.0.state.lock();
+        let subs = st.session.subscriptions();
+        subs.iter().map(|(f, s)| (f.clone(), s.clone())).collect()
+    }
+
     /// A snapshot for the admin API.
     pub(crate) fn view(&self) -> SessionView {
         let st = self.0.state.lock();
@@ -253,12 +276,7 @@ impl SessionRef {
             conn: st.conn.as_ref().map(|c| (c.id, c.info.clone())),
             disconnected_at: st.disconnected_at,
             expiry_interval: st.session.expiry_interval(),
-            subscriptions: st
-                .session
-                .subscriptions()
-                .iter()
-                .map(|(f, s)| (f.clone(), s.clone()))
-                .collect(),
+            subscriptions: st.session.subscriptions().len(),
             inflight: st.session.inflight_len(),
             queued: st.session.queued_len(),
         }
