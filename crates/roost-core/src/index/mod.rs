@@ -81,6 +81,18 @@ pub struct Delivery<K> {
     pub retain_as_published: bool,
 }
 
+impl<K: Clone> Delivery<K> {
+    /// The delivery for a subscriber's first matching subscription.
+    fn new(subscriber: &K, sub: &Subscription) -> Self {
+        Delivery {
+            subscriber: subscriber.clone(),
+            qos: sub.options.qos,
+            identifiers: sub.identifier.into_iter().collect(),
+            retain_as_published: sub.options.retain_as_published,
+        }
+    }
+}
+
 /// One matching shared subscription (one share group on one filter): the caller delivers the
 /// message to exactly one of its members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,8 +118,12 @@ pub struct Matches<K> {
     pub direct: Vec<Delivery<K>>,
     /// Matching shared subscriptions.
     pub shared: Vec<SharedMatch<K>>,
-    /// Subscriber -> position in `direct`, for aggregation.
+    /// Subscriber -> position in `direct`, for aggregation. Built only once a second trie
+    /// node contributes direct subscribers: one node's subscribers are distinct already, and
+    /// most topics match a single filter, so the common case hashes nothing.
     seen: HashMap<K, usize>,
+    /// True once `seen` indexes every entry of `direct`.
+    indexed: bool,
 }
 
 impl<K> Default for Matches<K> {
@@ -116,6 +132,7 @@ impl<K> Default for Matches<K> {
             direct: Vec::new(),
             shared: Vec::new(),
             seen: HashMap::new(),
+            indexed: false,
         }
     }
 }
@@ -126,6 +143,7 @@ impl<K> Matches<K> {
         self.direct.clear();
         self.shared.clear();
         self.seen.clear();
+        self.indexed = false;
     }
 
     /// True if nothing matched.
@@ -256,8 +274,23 @@ impl<K: Clone + Eq + Hash> Node<K> {
 
     /// Adds every subscriber at this node to `out`.
     fn collect(&self, publisher: Option<&K>, out: &mut Matches<K>) {
+        let first = out.direct.is_empty();
+        if !first && !out.indexed && !self.direct.entries.is_empty() {
+            out.seen.extend(
+                out.direct
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.subscriber.clone(), i)),
+            );
+            out.indexed = true;
+        }
         for (key, sub) in &self.direct.entries {
             if sub.options.no_local && publisher == Some(key) {
+                continue;
+            }
+            if first {
+                // A node's subscribers are distinct: nothing to aggregate yet.
+                out.direct.push(Delivery::new(key, sub));
                 continue;
             }
             match out.seen.get(key).and_then(|&i| out.direct.get_mut(i)) {
@@ -270,12 +303,7 @@ impl<K: Clone + Eq + Hash> Node<K> {
                 }
                 None => {
                     out.seen.insert(key.clone(), out.direct.len());
-                    out.direct.push(Delivery {
-                        subscriber: key.clone(),
-                        qos: sub.options.qos,
-                        identifiers: sub.identifier.into_iter().collect(),
-                        retain_as_published: sub.options.retain_as_published,
-                    });
+                    out.direct.push(Delivery::new(key, sub));
                 }
             }
         }
@@ -497,6 +525,7 @@ impl<K: Clone + Eq + Hash> SubscriptionIndex<K> {
         self.root
             .walk(Some(topic.as_str()), topic.is_system(), publisher, out);
         out.seen.clear();
+        out.indexed = false;
         for delivery in &mut out.direct {
             if delivery.identifiers.len() > 1 {
                 delivery.identifiers.sort_unstable();

@@ -70,7 +70,7 @@ impl Session {
                 }
             }
         }
-        if encoded_len(&packet, protocol) > max_size {
+        if max_size != usize::MAX && encoded_len(&packet, protocol) > max_size {
             // [MQTT-3.1.2-25]: drop it for this client, and count it.
             self.abandon(o.packet_id, now);
             return None;

@@ -20,6 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
+thread_local! {
+    /// Scratch match lists for [`Broker::route_local`], reused so a fan-out to many
+    /// subscribers does not grow fresh vectors for every message.
+    static MATCHES: std::cell::Cell<Matches<SessionRef>> = std::cell::Cell::new(Matches::default());
+}
+
 /// A message the publisher's node must hand to a peer.
 #[derive(Debug)]
 pub(crate) struct RemoteSend {
@@ -147,7 +153,8 @@ impl Broker {
         policy: &SharedPolicy<'_>,
     ) -> usize {
         let now = crate::now();
-        let mut matches = Matches::default();
+        // The match lists keep their capacity from one message to the next on this thread.
+        let mut matches = MATCHES.take();
         self.index
             .read()
             .matches(&msg.topic, publisher, &mut matches);
@@ -155,7 +162,7 @@ impl Broker {
             matches.direct.clear();
         }
         let mut n = 0;
-        for d in matches.direct {
+        for d in matches.direct.drain(..) {
             let grant = Grant {
                 qos: msg.qos.min(d.qos),
                 retain: d.retain_as_published && msg.retain,
@@ -166,7 +173,7 @@ impl Broker {
                 n += 1;
             }
         }
-        for g in matches.shared {
+        for g in matches.shared.drain(..) {
             if g.members.is_empty() || !policy.serves(&g.filter) {
                 continue;
             }
@@ -181,6 +188,9 @@ impl Broker {
                 n += 1;
             }
         }
+        // Cleared before it is put back: no session is kept alive by the scratch lists.
+        matches.clear();
+        MATCHES.set(matches);
         n
     }
 
