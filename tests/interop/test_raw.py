@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from helpers import (CONNACK, DISCONNECT, PINGRESP, PROP_MESSAGE_EXPIRY, PUBACK, SUBACK, V5,
+from helpers import (CONNACK, DISCONNECT, PINGRESP, PROP_MESSAGE_EXPIRY, PUBACK, PUBLISH, SUBACK, V5,
                      connack_rc, connect_packet, fixed, prop, publish_packet, subscribe_packet)
 
 MALFORMED, PROTOCOL_ERROR, TOPIC_NAME_INVALID, PACKET_TOO_LARGE = 0x81, 0x82, 0x90, 0x95
@@ -207,3 +207,36 @@ def test_v5_client_id_with_nul_rejected(broker):
     packets = raw.packets_until_close()
     assert all(p.ptype != CONNACK or connack_rc(p) >= 0x80 for p in packets), packets
     still_serving(broker)
+
+
+@pytest.mark.parametrize("wire", WIRE, ids=WIRE_IDS)
+def test_item10_subscribe_then_publish_without_gap(broker, wire):
+    """Issue 7 item 10: client B sends SUBSCRIBE and client A sends a PUBLISH to that topic right
+    after, with no gap: the subscription was read first, so B gets the message. (Roost used to
+    route the PUBLISH before indexing the SUBSCRIBE in about half of the tries: the scheduler
+    ran the connection woken last first.) 30 tries; at most 3 may miss: on a loaded machine the
+    kernel itself may hand the two sockets' bytes over out of order (Mosquitto, single-threaded,
+    missed 2 of 30 here while four compilers ran; none on an idle machine, nor Roost)."""
+    missed = []
+    for i in range(30):
+        b = connected(broker, wire, f"item10-b{i}")
+        a = connected(broker, wire, f"item10-a{i}")
+        topic = f"item10/{i}"
+        sub = subscribe_packet(1, [(topic, 0)], version=wire)
+        pub = publish_packet(topic, b"x", qos=0, version=wire)
+        b.send(sub)
+        a.send(pub)
+        got = []
+        try:
+            while True:
+                p = b.read_packet(timeout=0.5)
+                if p is None:
+                    break
+                got.append(p.ptype)
+        except TimeoutError:
+            pass
+        if PUBLISH not in got:
+            missed.append(i)
+        a.close()
+        b.close()
+    assert len(missed) <= 3, f"missed the PUBLISH in tries {missed} of 30"

@@ -214,6 +214,7 @@ impl Conn {
             protocol,
             will: n.will.take(),
             congested: Vec::new(),
+            yielded: false,
             outbox: Vec::new(),
             pending_acks: VecDeque::new(),
             deadline: None,
@@ -313,6 +314,7 @@ impl Conn {
                 r = self.fill() => {
                     match r {
                         Ok(true) => {
+                            st.yielded = false;
                             loop {
                                 // Boxed: handling packets nests the futures of every packet
                                 // kind (several KiB); an idle connection's task must not
@@ -336,9 +338,6 @@ impl Conn {
                             }
                             // Packets moved the keep-alive deadline.
                             st.refresh_deadline();
-                            // Let the drivers this batch woke run before reading more: a
-                            // publisher with a full socket must not starve its subscribers.
-                            tokio::task::yield_now().await;
                         }
                         Ok(false) => return Close::closed("eof"),
                         Err(_) => return Close::closed("read_error"),
@@ -390,6 +389,18 @@ impl Conn {
         match st.session.with(|s| s.handle(packet, now)) {
             Handled::Done => Ok(()),
             Handled::Publish(inbound) => {
+                if !st.yielded {
+                    // Once per read batch, before the first PUBLISH is routed, the tasks woken
+                    // with this one run first (a yield goes behind the run queue). The I/O
+                    // driver wakes connections in the order their bytes arrived, but the
+                    // scheduler runs the last one woken first: without this, a SUBSCRIBE read
+                    // on another connection just before this PUBLISH would be indexed after
+                    // the PUBLISH was routed, and miss it. A SUBSCRIBE never yields before it
+                    // is indexed. The same yield lets the drivers the previous batch woke run
+                    // before we route more: a publisher must not starve its subscribers.
+                    tokio::task::yield_now().await;
+                    st.yielded = true;
+                }
                 self.on_publish(st, inbound).await;
                 Ok(())
             }
@@ -627,6 +638,8 @@ struct Live {
     outbox: Vec<Outbound>,
     /// Subscribers found congested while routing the current read batch.
     congested: Vec<SessionRef>,
+    /// True once this read batch yielded before routing its first PUBLISH.
+    yielded: bool,
     /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
     pending_acks: VecDeque<PendingAck>,
     /// The session's timer while connected (keep-alive): it only moves when packets arrive,
