@@ -487,3 +487,76 @@ async fn backpressure_wait_is_bounded() {
     assert!(metric(&node, "roost_session_queue_dropped_total").await > dropped_before);
     drop(sub);
 }
+
+/// Issue 7, item 13: an acknowledgement of the wrong type for a message in flight closes the
+/// connection as a protocol error (v5: DISCONNECT 0x82; v3.1.1: a bare close)
+/// ([MQTT-4.8.0-1], [MQTT-4.13.1-1]); the message stays in flight and is resent with DUP when
+/// the client comes back. A late ack for a finished flow is ignored (see
+/// `unknown_acks_are_ignored`).
+#[tokio::test]
+async fn item13_ack_of_the_wrong_type_closes_the_connection() {
+    type Wrong = fn(Ack) -> Packet;
+    // (delivery QoS, PUBREC first, the wrong ack)
+    let cases: [(QoS, bool, Wrong); 5] = [
+        (QoS::AtLeastOnce, false, Packet::PubComp),
+        (QoS::AtLeastOnce, false, Packet::PubRec),
+        (QoS::ExactlyOnce, false, Packet::PubAck),
+        (QoS::ExactlyOnce, false, Packet::PubComp),
+        (QoS::ExactlyOnce, true, Packet::PubAck),
+    ];
+    let node = TestNode::start().await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    for protocol in BOTH {
+        for (i, (qos, released, wrong)) in cases.into_iter().enumerate() {
+            let id = format!("wrong-{i}");
+            let (mut sub, _) = connect_persistent(node.addr(), protocol, &id).await;
+            sub.subscribe("wrong/t", qos).await.unwrap();
+            let r = publish_with(
+                &mut publ,
+                "wrong/t",
+                b"m",
+                qos,
+                false,
+                Properties::default(),
+            )
+            .await;
+            assert_eq!(r, ReasonCode::SUCCESS);
+            let p = recv_publish(&mut sub).await;
+            let packet_id = p.packet_id.unwrap();
+            if released {
+                sub.send(&Packet::PubRec(Ack::new(packet_id)))
+                    .await
+                    .unwrap();
+                match sub.recv().await.unwrap() {
+                    Some(Packet::PubRel(a)) => assert_eq!(a.packet_id, packet_id),
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+            }
+            let ack = wrong(Ack::new(packet_id));
+            let what = format!("{protocol:?} case {i}: {ack:?}");
+            sub.send(&ack).await.unwrap();
+            expect_disconnect(&mut sub, ReasonCode::PROTOCOL_ERROR).await;
+
+            // Still in flight: resent on reconnect (PUBLISH with DUP, or the PUBREL).
+            let (mut sub, ack) = connect_persistent(node.addr(), protocol, &id).await;
+            assert!(ack.session_present, "{what}");
+            match sub.recv().await.unwrap() {
+                Some(Packet::Publish(again)) if !released => {
+                    assert!(again.dup, "{what}");
+                    assert_eq!(again.packet_id, Some(packet_id), "{what}");
+                }
+                Some(Packet::PubRel(a)) if released => assert_eq!(a.packet_id, packet_id),
+                other => panic!("{what}: expected the flow resent, got {other:?}"),
+            }
+            // Clean up: the session ends with this clean connection.
+            sub.disconnect().await.unwrap();
+            connect_clean(node.addr(), protocol, &id)
+                .await
+                .disconnect()
+                .await
+                .unwrap();
+        }
+    }
+    publ.disconnect().await.unwrap();
+    wait_connections(&node, 0).await;
+}

@@ -10,6 +10,8 @@
 //!                                              └─▶ Publish(Inbound{msg, ack}) ─▶ node routes,
 //!                                                    then ack.packet(PublishOutcome{..})
 //!   PUBACK/PUBREC/PUBCOMP ─▶ window freed (outbox: next PUBLISHes, PUBREL) ─▶ Done
+//!                         ├─▶ UnknownPacketId (nothing in flight with that id: ignored)
+//!                         └─▶ Close 0x82 (wrong type for an id in flight [MQTT-4.8.0-1])
 //!   PUBREL ─▶ outbox: PUBCOMP ─▶ Done           PINGREQ ─▶ outbox: PINGRESP ─▶ Done
 //!   SUBSCRIBE / UNSUBSCRIBE ─▶ per-filter verdicts ─▶ node commits, then suback()/unsuback()
 //!   DISCONNECT ─▶ expiry updated ─▶ Close{will: reason == 0x04}
@@ -64,7 +66,9 @@ pub enum Handled {
         /// Each filter, or the reason it is not valid.
         filters: Vec<Result<TopicFilter, ReasonCode>>,
     },
-    /// An acknowledgement for a packet id with nothing in flight: ignored (log at DEBUG).
+    /// An acknowledgement for a packet id with nothing in flight: ignored (log at DEBUG). An
+    /// acknowledgement of the wrong type for an id that *is* in flight is a [`Handled::Close`]
+    /// with 0x82 instead ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
     UnknownPacketId {
         /// `puback`, `pubrec` or `pubcomp`.
         kind: &'static str,
@@ -570,9 +574,17 @@ impl Session {
     }
 }
 
+/// What an acknowledgement from the client comes to: done; an id with nothing in flight,
+/// reported and ignored; or, for an id in flight at another stage, a protocol error
+/// ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
 fn known(r: Result<(), ReasonCode>, kind: &'static str, packet_id: PacketId) -> Handled {
     match r {
         Ok(()) => Handled::Done,
-        Err(_) => Handled::UnknownPacketId { kind, packet_id },
+        Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND) => {
+            Handled::UnknownPacketId { kind, packet_id }
+        }
+        Err(reason) => {
+            Handled::Close(Close::error(reason, "protocol_error").tallied(Tally::Malformed))
+        }
     }
 }
