@@ -456,7 +456,7 @@ impl Conn {
     /// PUBRECs leave in the order the PUBLISHes came ([MQTT-4.6.0-2], [MQTT-4.6.0-3]).
     fn ack(&mut self, st: &mut Live, ack: ReadyAck) {
         if st.pending_acks.is_empty() {
-            self.queue(&ack.packet(), st.protocol);
+            self.send_ack(st, &ack);
         } else {
             st.pending_acks.push_back(PendingAck { wait: None, ack });
         }
@@ -484,9 +484,18 @@ impl Conn {
                 break;
             }
             if let Some(p) = st.pending_acks.pop_front() {
-                self.queue(&p.ack.packet(), st.protocol);
+                self.send_ack(st, &p.ack);
             }
         }
+    }
+
+    /// Encodes an acknowledgement; a PUBREC with a failure reason ends its QoS 2 flow, which
+    /// the session must learn so the packet id is free again ([MQTT-4.3.3-9]).
+    fn send_ack(&mut self, st: &Live, ack: &ReadyAck) {
+        if ack.ends_qos2_flow() {
+            st.session.with(|s| s.ack_sent(ack));
+        }
+        self.queue(&ack.packet(), st.protocol);
     }
 
     /// SUBSCRIBE, checked by the session. When a filter is this node's first subscriber for

@@ -8,7 +8,8 @@
 //!                                              ├─▶ Dropped{SystemTopic, ack 0x90 | 0x00}
 //!                                              ├─▶ Ack(PUBREC) (QoS 2 repeat: not routed again)
 //!                                              └─▶ Publish(Inbound{msg, ack}) ─▶ node routes,
-//!                                                    then ack.packet(PublishOutcome{..})
+//!                                                    then ack.packet(PublishOutcome{..});
+//!                                                    a PUBREC ≥ 0x80 sent ─▶ ack_sent (id freed)
 //!   PUBACK/PUBREC/PUBCOMP ─▶ window freed (outbox: next PUBLISHes, PUBREL) ─▶ Done
 //!                         ├─▶ UnknownPacketId (nothing in flight with that id: ignored)
 //!                         └─▶ Close 0x82 (wrong type for an id in flight [MQTT-4.8.0-1])
@@ -123,6 +124,13 @@ impl ReadyAck {
     /// The packet to send.
     pub fn packet(&self) -> Packet {
         self.ack.with_reason(self.reason)
+    }
+
+    /// True for a PUBREC with a failure reason (0x80 or above): sending it ends the QoS 2 flow
+    /// ([MQTT-4.3.3-9]), so the node tells the session ([`Session::ack_sent`]) when it sends
+    /// it. Every other acknowledgement needs no word back.
+    pub fn ends_qos2_flow(&self) -> bool {
+        self.ack.kind == AckKind::PubRec && self.reason.is_error()
     }
 }
 
@@ -531,6 +539,18 @@ impl Session {
         }
         self.inbound_qos2.insert(id.get());
         Ok(true)
+    }
+
+    /// The node sent `ack` to the client. A PUBREC with a failure reason (0x80 or above, e.g.
+    /// the retained copy could not be stored) ends the QoS 2 flow: the packet id is released,
+    /// and the next PUBLISH with it is a new message, routed ([MQTT-4.3.3-9]). Without this
+    /// the id would stay registered until a PUBREL that never comes, and every later message
+    /// with that id would be taken for a repeat and never routed. Other acknowledgements
+    /// change nothing (see [`ReadyAck::ends_qos2_flow`]).
+    pub fn ack_sent(&mut self, ack: &ReadyAck) {
+        if ack.ends_qos2_flow() {
+            self.inbound_qos2.remove(&ack.ack.packet_id.get());
+        }
     }
 
     /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).

@@ -617,3 +617,85 @@ fn item13_acks_for_ids_not_in_flight_are_only_reported() {
     assert_eq!(take(&mut s), vec![]);
     assert_eq!(s.inflight_len(), 0);
 }
+
+/// Issue 7, item 5: a PUBREC with a failure reason (here 0x80: the retained copy could not be
+/// stored) ends the QoS 2 flow ([MQTT-4.3.3-9]): once the node has sent it, the packet id is
+/// released, the next PUBLISH with that id is a new message (routed), and a PUBREL for it is
+/// unknown. A PUBREC below 0x80 (0x00, 0x10) keeps the id until the PUBREL.
+// (PUBREC reason) -> the id is released
+#[test_case(ReasonCode::UNSPECIFIED_ERROR => true ; "0x80 releases")]
+#[test_case(ReasonCode::TOPIC_NAME_INVALID => true ; "0x90 releases")]
+#[test_case(ReasonCode::SUCCESS => false ; "0x00 keeps")]
+#[test_case(ReasonCode::NO_MATCHING_SUBSCRIBERS => false ; "0x10 keeps")]
+fn item5_pubrec_with_a_failure_reason_releases_the_packet_id(reason: ReasonCode) -> bool {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        receive_maximum: 1,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    let routed = Handled::Publish(Inbound {
+        msg: from_c1("a", QoS::ExactlyOnce),
+        ack: pending(AckKind::PubRec, 5, Protocol::V5),
+    });
+    assert_eq!(s.handle(Packet::Publish(p.clone()), t0), routed);
+    let sent = ReadyAck {
+        ack: pending(AckKind::PubRec, 5, Protocol::V5).unwrap(),
+        reason,
+    };
+    s.ack_sent(&sent);
+
+    let again = s.handle(Packet::Publish(p), t0);
+    let released = again == routed;
+    if !released {
+        // Still registered: the repeat gets PUBREC 0x00 and is not routed.
+        assert_eq!(
+            again,
+            Handled::Ack(ReadyAck {
+                ack: sent.ack,
+                reason: ReasonCode::SUCCESS
+            })
+        );
+    }
+    // The inbound window (Receive Maximum 1) holds only the new flow: another id is refused,
+    // and the PUBREL of the new flow completes it.
+    assert_eq!(
+        s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(6))), t0),
+        close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive_maximum")
+    );
+    assert_eq!(
+        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        Handled::Done
+    );
+    assert_eq!(take(&mut s), vec![pubcomp(5, ReasonCode::SUCCESS)]);
+    // The node asks the session only about the acks that end a flow.
+    assert_eq!(sent.ends_qos2_flow(), released);
+    released
+}
+
+/// Issue 7, item 5: only a failed PUBREC ends a flow; PUBACKs (QoS 1 keeps no id) and a
+/// PUBREC for an id the session does not hold change nothing.
+#[test]
+fn item5_other_acks_sent_release_nothing() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    assert!(matches!(
+        s.handle(Packet::Publish(p.clone()), t0),
+        Handled::Publish(_)
+    ));
+    for (kind, id, reason) in [
+        (AckKind::PubAck, 5, ReasonCode::UNSPECIFIED_ERROR),
+        (AckKind::PubRec, 5, ReasonCode::SUCCESS),
+        (AckKind::PubRec, 6, ReasonCode::UNSPECIFIED_ERROR),
+    ] {
+        let ack = ReadyAck {
+            ack: pending(kind, id, Protocol::V5).unwrap(),
+            reason,
+        };
+        assert!(!ack.ends_qos2_flow() || id == 6);
+        s.ack_sent(&ack);
+    }
+    assert!(matches!(s.handle(Packet::Publish(p), t0), Handled::Ack(_)));
+}
