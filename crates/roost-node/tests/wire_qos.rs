@@ -560,3 +560,95 @@ async fn item13_ack_of_the_wrong_type_closes_the_connection() {
     publ.disconnect().await.unwrap();
     wait_connections(&node, 0).await;
 }
+
+/// Two free loopback ports (bound, read, released: a small window in which another test
+/// could take one).
+fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// Issue 7, item 5: a PUBREC with reason 0x80 ends the QoS 2 flow ([MQTT-4.3.3-9]), so the
+/// client may reuse the packet id at once and the next PUBLISH with it is a new message,
+/// routed. The 0x80 comes from a retained copy that cannot commit: a cluster of two whose
+/// other member is stopped has no quorum.
+#[tokio::test]
+async fn item5_pubrec_0x80_releases_the_packet_id() {
+    let (p1, p2) = two_free_ports();
+    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
+    let member = |id: u64, port: u16| {
+        let seeds = seeds.clone();
+        move |c: &mut roost_node::Config| {
+            c.cluster.node_id = id;
+            c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.cluster.seeds = seeds;
+            c.cluster.commit_timeout_ms = 500;
+        }
+    };
+    let (a, b) = tokio::join!(
+        TestNode::start_with(member(1, p1)),
+        TestNode::start_with(member(2, p2))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut sub = connect_clean(a.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("r/t", QoS::ExactlyOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    b.stop().await;
+
+    let id = pid(7);
+    let first = publish_packet(
+        "r/t",
+        b"first",
+        QoS::ExactlyOnce,
+        true,
+        Some(id),
+        Properties::default(),
+    );
+    publ.send(&first).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubRec(r)) => {
+            assert_eq!(r.packet_id, id);
+            assert_eq!(
+                r.reason_code,
+                ReasonCode::UNSPECIFIED_ERROR,
+                "retained copy stored?"
+            );
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    // The flow is over: the same id, no DUP, carries a new message.
+    let second = publish_packet(
+        "r/t",
+        b"second",
+        QoS::ExactlyOnce,
+        false,
+        Some(id),
+        Properties::default(),
+    );
+    publ.send(&second).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubRec(r)) => {
+            assert_eq!(r.packet_id, id);
+            assert_eq!(r.reason_code, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    publ.send(&Packet::PubRel(Ack::new(id))).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubComp(c)) => {
+            assert_eq!(c.packet_id, id);
+            assert_eq!(c.reason_code, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // The subscriber got both: the first was routed although its retained copy failed.
+    assert_eq!(
+        payloads(&collect(&mut sub, SILENCE).await),
+        ["first", "second"]
+    );
+    a.stop().await;
+}
