@@ -3,7 +3,9 @@
 //! the v5 CONNACK that tells the client about every difference (MQTT 5.0 §3.2.2.3).
 //!
 //! ```text
-//!   Connect ──negotiate(policy, assign_id)──┬─▶ Err(Refusal)  ──▶ CONNACK with reason, close
+//!   Connect ──negotiate(policy, assign_id)──┬─▶ Err(Refusal)  ──▶ CONNACK with reason (if it
+//!                                            │                    fits the client's Maximum
+//!                                            │                    Packet Size), close
 //!                                            └─▶ Ok(Negotiated) ──▶ node: quota, cluster claim
 //!                                                   │                 Session::attach(&n, now)
 //!                                                   └─ connack(policy, session_present) ──▶ CONNACK
@@ -17,7 +19,10 @@
 use crate::client_id::ClientId;
 use crate::session::ClientParams;
 use crate::topic::{TopicLimits, TopicName};
-use roost_codec::{ConnAck, Connect, DecodeError, LastWill, Properties, Protocol, QoS, ReasonCode};
+use roost_codec::{
+    encoded_len, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, Protocol, QoS,
+    ReasonCode,
+};
 
 /// What this node offers its clients: limits and optional features, announced in the v5
 /// CONNACK and enforced on every packet. Built once from the node's config.
@@ -151,7 +156,10 @@ pub struct Negotiated {
 /// Decides whether `connect` is let in and with what parameters, in this order: enhanced
 /// authentication (not offered: 0x8C), anonymous access (0x87), the client id (empty: assigned
 /// with `assign_id`, except a v3.1.1 CleanSession=0 client [MQTT-3.1.3-8]; too long: 0x85), the
-/// will (topic valid and not `$`: 0x90, QoS: 0x9B, retain: 0x9A).
+/// will (topic valid and not `$`: 0x90, QoS: 0x9B, retain: 0x9A), and last the client's
+/// Maximum Packet Size: when even the smallest CONNACK we may send exceeds it
+/// ([`Negotiated::connack`]), 0x95 `connack_too_large` ([MQTT-3.1.2-24]; the node sends the
+/// refusal's CONNACK only if that fits, see [`within_maximum_packet_size`]).
 pub fn negotiate(
     connect: &Connect,
     policy: &ServerPolicy,
@@ -192,7 +200,7 @@ pub fn negotiate(
     } else {
         u32::MAX
     };
-    Ok(Negotiated {
+    let n = Negotiated {
         client_id,
         assigned,
         protocol: connect.protocol,
@@ -213,7 +221,58 @@ pub fn negotiate(
         },
         will: connect.will.clone().map(Box::new),
         username: connect.username.clone(),
-    })
+    };
+    if let Some(max) = n.params.maximum_packet_size {
+        if !connack_fits(&n.connack(policy, false), n.protocol, max) {
+            return Err(Refusal::new(
+                ReasonCode::PACKET_TOO_LARGE,
+                "connack_too_large",
+            ));
+        }
+    }
+    Ok(n)
+}
+
+/// True if `packet`, encoded for `protocol`, is within a client's Maximum Packet Size
+/// (`None`: the client set none). The server must not send a larger packet
+/// ([MQTT-3.1.2-24]).
+pub fn within_maximum_packet_size(packet: &Packet, protocol: Protocol, max: Option<u32>) -> bool {
+    max.is_none_or(|max| encoded_len(packet, protocol) <= max as usize)
+}
+
+/// The CONNACK properties [`Negotiated::connack`] leaves out, one at a time and in this
+/// order, while the CONNACK exceeds the client's Maximum Packet Size ([MQTT-3.1.2-24]).
+/// First what the spec itself says to leave out (Reason String, User Properties:
+/// [MQTT-3.2.2-19], [MQTT-3.2.2-20]) and what only informs or grants (Response Information,
+/// Server Reference, Topic Alias Maximum: without it the client uses no aliases; Session
+/// Expiry Interval); then the limits and unavailable features, roughly from the gentlest
+/// consequence of a client not knowing them (it sends a packet that is too large: 0x95;
+/// too many QoS 2: 0x93; a refused filter in SUBACK) to the harshest (DISCONNECT for a
+/// Subscription Identifier, RETAIN or QoS); Server Keep Alive last, as a client that does
+/// not know it may be disconnected while doing nothing wrong. The Assigned Client Identifier
+/// is never left out: a client that connected with an empty id must get it
+/// ([MQTT-3.2.2-16]).
+const LEAVE_OUT: [fn(&mut Properties); 14] = [
+    |p| p.reason_string = None,
+    |p| p.user_properties.clear(),
+    |p| p.response_information = None,
+    |p| p.server_reference = None,
+    |p| p.topic_alias_maximum = None,
+    |p| p.session_expiry_interval = None,
+    |p| p.maximum_packet_size = None,
+    |p| p.receive_maximum = None,
+    |p| p.shared_subscription_available = None,
+    |p| p.wildcard_subscription_available = None,
+    |p| p.subscription_identifiers_available = None,
+    |p| p.retain_available = None,
+    |p| p.maximum_qos = None,
+    |p| p.server_keep_alive = None,
+];
+
+/// Whether a CONNACK is within `max` bytes. (A clone to measure it: only for clients that set
+/// a Maximum Packet Size, once per connection.)
+fn connack_fits(ack: &ConnAck, protocol: Protocol, max: u32) -> bool {
+    within_maximum_packet_size(&Packet::ConnAck(ack.clone()), protocol, Some(max))
 }
 
 /// A will must be publishable by this client under this policy (MQTT 5.0 §3.1.2.5-§3.1.2.7).
@@ -249,8 +308,27 @@ fn effective_keep_alive(requested: u16, policy: &ServerPolicy, v5: bool) -> u16 
 
 impl Negotiated {
     /// The CONNACK accepting this connection. v5 carries every property that differs from
-    /// what the client would otherwise assume (MQTT 5.0 §3.2.2.3); v3.1.1 has none.
+    /// what the client would otherwise assume (MQTT 5.0 §3.2.2.3); v3.1.1 has none. When that
+    /// exceeds the client's Maximum Packet Size, properties are left out in the order of
+    /// `LEAVE_OUT` (in this module) until it fits ([MQTT-3.1.2-24]); [`negotiate`] already
+    /// refused a client for which even the smallest (5 bytes, plus the Assigned Client
+    /// Identifier) does not.
     pub fn connack(&self, policy: &ServerPolicy, session_present: bool) -> ConnAck {
+        let mut ack = self.full_connack(policy, session_present);
+        let Some(max) = self.params.maximum_packet_size else {
+            return ack;
+        };
+        for leave_out in LEAVE_OUT {
+            if connack_fits(&ack, self.protocol, max) {
+                break;
+            }
+            leave_out(&mut ack.properties);
+        }
+        ack
+    }
+
+    /// The CONNACK with every property that applies.
+    fn full_connack(&self, policy: &ServerPolicy, session_present: bool) -> ConnAck {
         let mut ack = ConnAck {
             session_present,
             reason_code: ReasonCode::SUCCESS,

@@ -31,7 +31,7 @@
 use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, SessionRef};
 use bytes::BytesMut;
 use roost_codec::{encode, Connect, Decoder, LastWill, Packet, Protocol, ReasonCode};
-use roost_core::connect::{connect_error_reply, negotiate, Negotiated};
+use roost_core::connect::{connect_error_reply, negotiate, within_maximum_packet_size, Negotiated};
 use roost_core::session::{
     retained_on_subscribe, suback, unsuback, Close, DropReason, Handled, Inbound, Outbound,
     PublishOutcome, ReadyAck, SubscribeRequest, Tally, Timeout,
@@ -171,14 +171,27 @@ impl Conn {
         }
     }
 
-    async fn refuse(&mut self, protocol: Protocol, reason: ReasonCode, why: &'static str) {
+    /// Refuses the CONNECT: counts it, sends a CONNACK with `reason` unless even that exceeds
+    /// the client's Maximum Packet Size `max` (then the connection just closes,
+    /// [MQTT-3.1.2-24]), and closes.
+    async fn refuse(
+        &mut self,
+        protocol: Protocol,
+        max: Option<u32>,
+        reason: ReasonCode,
+        why: &'static str,
+    ) {
         crate::metrics::rejected(why);
-        let ack = roost_codec::ConnAck {
+        let ack = Packet::ConnAck(roost_codec::ConnAck {
             reason_code: reason,
             ..roost_codec::ConnAck::default()
-        };
-        self.queue(&Packet::ConnAck(ack), protocol);
-        let _ = self.flush().await;
+        });
+        if within_maximum_packet_size(&ack, protocol, max) {
+            self.queue(&ack, protocol);
+            let _ = self.flush().await;
+        } else {
+            debug!(peer = %self.peer, ?max, why, "refused without CONNACK: larger than the client's maximum packet size");
+        }
         let _ = self.stream.shutdown().await;
     }
 
@@ -192,7 +205,10 @@ impl Conn {
             format!("roost-{:016x}", conn_id ^ random_salt())
         }) {
             Ok(n) => n,
-            Err(r) => return self.refuse(protocol, r.reason, r.why).await,
+            Err(r) => {
+                let max = connect.properties.maximum_packet_size;
+                return self.refuse(protocol, max, r.reason, r.why).await;
+            }
         };
         let username = connect.username.clone();
         // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
@@ -257,7 +273,8 @@ impl Conn {
         if current >= cfg.max_connections && !takeover {
             self.broker.connections.fetch_sub(1, Ordering::AcqRel);
             info!(peer = %self.peer, max = cfg.max_connections, "connection limit reached");
-            self.refuse(n.protocol, ReasonCode::QUOTA_EXCEEDED, "quota")
+            let max = n.params.maximum_packet_size;
+            self.refuse(n.protocol, max, ReasonCode::QUOTA_EXCEEDED, "quota")
                 .await;
             return None;
         }
@@ -285,6 +302,7 @@ impl Conn {
                 }
                 self.refuse(
                     n.protocol,
+                    n.params.maximum_packet_size,
                     ReasonCode::SERVER_UNAVAILABLE,
                     "cluster_unavailable",
                 )
@@ -467,7 +485,7 @@ impl Conn {
     /// PUBRECs leave in the order the PUBLISHes came ([MQTT-4.6.0-2], [MQTT-4.6.0-3]).
     fn ack(&mut self, st: &mut Live, ack: ReadyAck) {
         if st.pending_acks.is_empty() {
-            self.queue(&ack.packet(), st.protocol);
+            self.send_ack(st, &ack);
         } else {
             st.pending_acks.push_back(PendingAck { wait: None, ack });
         }
@@ -495,9 +513,18 @@ impl Conn {
                 break;
             }
             if let Some(p) = st.pending_acks.pop_front() {
-                self.queue(&p.ack.packet(), st.protocol);
+                self.send_ack(st, &p.ack);
             }
         }
+    }
+
+    /// Encodes an acknowledgement; a PUBREC with a failure reason ends its QoS 2 flow, which
+    /// the session must learn so the packet id is free again ([MQTT-4.3.3-9]).
+    fn send_ack(&mut self, st: &Live, ack: &ReadyAck) {
+        if ack.ends_qos2_flow() {
+            st.session.with(|s| s.ack_sent(ack));
+        }
+        self.queue(&ack.packet(), st.protocol);
     }
 
     /// SUBSCRIBE, checked by the session. When a filter is this node's first subscriber for

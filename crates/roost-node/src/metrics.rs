@@ -53,7 +53,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "CONNECTs refused, by reason (quota, not_authorized, client_id, protocol)"
+        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, connack_too_large)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
     describe_counter!(

@@ -328,3 +328,69 @@ async fn takeover_is_allowed_at_the_connection_limit() {
     ));
     wait_connections(&node, 1).await;
 }
+
+/// A v5 CONNECT (clean start, keep-alive 60) announcing Maximum Packet Size `max`, as bytes.
+fn connect_with_maximum_packet_size(client_id: &str, max: u32) -> Vec<u8> {
+    let c = connect_v5(
+        client_id,
+        true,
+        roost_codec::Properties {
+            maximum_packet_size: Some(max),
+            ..roost_codec::Properties::default()
+        },
+    );
+    let mut buf = bytes::BytesMut::new();
+    roost_codec::encode(&Packet::Connect(Box::new(c)), Protocol::V5, &mut buf).unwrap();
+    buf.to_vec()
+}
+
+/// Sends a CONNECT and reads exactly `expect.len()` bytes back; then checks the connection
+/// is open (PINGREQ answered) with nothing else sent before the PINGRESP.
+async fn connack_bytes_then_ping(node: &TestNode, connect: &[u8], expect: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    stream.write_all(connect).await.unwrap();
+    let mut got = vec![0; expect.len()];
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut got))
+        .await
+        .expect("CONNACK in time")
+        .unwrap();
+    assert_eq!(got, expect);
+    stream.write_all(&[0xC0, 0x00]).await.unwrap();
+    let mut pong = [0; 2];
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut pong))
+        .await
+        .expect("PINGRESP in time")
+        .unwrap();
+    assert_eq!(pong, [0xD0, 0x00], "connection not open, or more was sent");
+}
+
+/// Issue 7, item 12: the CONNACK never exceeds the client's Maximum Packet Size
+/// [MQTT-3.1.2-24]. Properties are left out until it fits (the default full CONNACK is 16
+/// bytes); a client for which even the smallest does not fit is refused: 0x95 when that
+/// CONNACK fits (an assigned client id that does not), else closed without a byte; each
+/// refusal counted as `connack_too_large`.
+#[tokio::test]
+async fn item12_connack_never_exceeds_the_client_maximum_packet_size() {
+    let node = TestNode::start().await.unwrap();
+    let counted = r#"roost_mqtt_connections_rejected_total{reason="connack_too_large"}"#;
+    let before = metric(&node, counted).await;
+
+    // Below 5 bytes nothing fits: closed without a CONNACK.
+    for max in [2, 3, 4] {
+        let got = raw_exchange(node.addr(), &connect_with_maximum_packet_size("tiny", max)).await;
+        assert!(got.is_empty(), "max {max}: broker sent {got:02x?}");
+    }
+    // 5: the bare CONNACK (flags 0, reason 0, no properties), and the connection is open.
+    let bare = connect_with_maximum_packet_size("five", 5);
+    connack_bytes_then_ping(&node, &bare, &[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+    // 10: Topic Alias Maximum and Maximum Packet Size left out, Receive Maximum 32 kept.
+    let ten = connect_with_maximum_packet_size("ten", 10);
+    let rm = [0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x20];
+    connack_bytes_then_ping(&node, &ten, &rm).await;
+    // An assigned client id must be in the CONNACK: with 20 bytes it cannot be, so 0x95.
+    let got = raw_exchange(node.addr(), &connect_with_maximum_packet_size("", 20)).await;
+    assert_eq!(got, [0x20, 0x03, 0x00, 0x95, 0x00]);
+
+    assert_eq!(metric(&node, counted).await - before, 4.0);
+}

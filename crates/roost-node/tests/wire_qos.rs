@@ -487,3 +487,168 @@ async fn backpressure_wait_is_bounded() {
     assert!(metric(&node, "roost_session_queue_dropped_total").await > dropped_before);
     drop(sub);
 }
+
+/// Issue 7, item 13: an acknowledgement of the wrong type for a message in flight closes the
+/// connection as a protocol error (v5: DISCONNECT 0x82; v3.1.1: a bare close)
+/// ([MQTT-4.8.0-1], [MQTT-4.13.1-1]); the message stays in flight and is resent with DUP when
+/// the client comes back. A late ack for a finished flow is ignored (see
+/// `unknown_acks_are_ignored`).
+#[tokio::test]
+async fn item13_ack_of_the_wrong_type_closes_the_connection() {
+    type Wrong = fn(Ack) -> Packet;
+    // (delivery QoS, PUBREC first, the wrong ack)
+    let cases: [(QoS, bool, Wrong); 5] = [
+        (QoS::AtLeastOnce, false, Packet::PubComp),
+        (QoS::AtLeastOnce, false, Packet::PubRec),
+        (QoS::ExactlyOnce, false, Packet::PubAck),
+        (QoS::ExactlyOnce, false, Packet::PubComp),
+        (QoS::ExactlyOnce, true, Packet::PubAck),
+    ];
+    let node = TestNode::start().await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    for protocol in BOTH {
+        for (i, (qos, released, wrong)) in cases.into_iter().enumerate() {
+            let id = format!("wrong-{i}");
+            let (mut sub, _) = connect_persistent(node.addr(), protocol, &id).await;
+            sub.subscribe("wrong/t", qos).await.unwrap();
+            let r = publish_with(
+                &mut publ,
+                "wrong/t",
+                b"m",
+                qos,
+                false,
+                Properties::default(),
+            )
+            .await;
+            assert_eq!(r, ReasonCode::SUCCESS);
+            let p = recv_publish(&mut sub).await;
+            let packet_id = p.packet_id.unwrap();
+            if released {
+                sub.send(&Packet::PubRec(Ack::new(packet_id)))
+                    .await
+                    .unwrap();
+                match sub.recv().await.unwrap() {
+                    Some(Packet::PubRel(a)) => assert_eq!(a.packet_id, packet_id),
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+            }
+            let ack = wrong(Ack::new(packet_id));
+            let what = format!("{protocol:?} case {i}: {ack:?}");
+            sub.send(&ack).await.unwrap();
+            expect_disconnect(&mut sub, ReasonCode::PROTOCOL_ERROR).await;
+
+            // Still in flight: resent on reconnect (PUBLISH with DUP, or the PUBREL).
+            let (mut sub, ack) = connect_persistent(node.addr(), protocol, &id).await;
+            assert!(ack.session_present, "{what}");
+            match sub.recv().await.unwrap() {
+                Some(Packet::Publish(again)) if !released => {
+                    assert!(again.dup, "{what}");
+                    assert_eq!(again.packet_id, Some(packet_id), "{what}");
+                }
+                Some(Packet::PubRel(a)) if released => assert_eq!(a.packet_id, packet_id),
+                other => panic!("{what}: expected the flow resent, got {other:?}"),
+            }
+            // Clean up: the session ends with this clean connection.
+            sub.disconnect().await.unwrap();
+            connect_clean(node.addr(), protocol, &id)
+                .await
+                .disconnect()
+                .await
+                .unwrap();
+        }
+    }
+    publ.disconnect().await.unwrap();
+    wait_connections(&node, 0).await;
+}
+
+/// Two free loopback ports (bound, read, released: a small window in which another test
+/// could take one).
+fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// Issue 7, item 5: a PUBREC with reason 0x80 ends the QoS 2 flow ([MQTT-4.3.3-9]), so the
+/// client may reuse the packet id at once and the next PUBLISH with it is a new message,
+/// routed. The 0x80 comes from a retained copy that cannot commit: a cluster of two whose
+/// other member is stopped has no quorum.
+#[tokio::test]
+async fn item5_pubrec_0x80_releases_the_packet_id() {
+    let (p1, p2) = two_free_ports();
+    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
+    let member = |id: u64, port: u16| {
+        let seeds = seeds.clone();
+        move |c: &mut roost_node::Config| {
+            c.cluster.node_id = id;
+            c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.cluster.seeds = seeds;
+            c.cluster.commit_timeout_ms = 500;
+        }
+    };
+    let (a, b) = tokio::join!(
+        TestNode::start_with(member(1, p1)),
+        TestNode::start_with(member(2, p2))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut sub = connect_clean(a.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("r/t", QoS::ExactlyOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    b.stop().await;
+
+    let id = pid(7);
+    let first = publish_packet(
+        "r/t",
+        b"first",
+        QoS::ExactlyOnce,
+        true,
+        Some(id),
+        Properties::default(),
+    );
+    publ.send(&first).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubRec(r)) => {
+            assert_eq!(r.packet_id, id);
+            assert_eq!(
+                r.reason_code,
+                ReasonCode::UNSPECIFIED_ERROR,
+                "retained copy stored?"
+            );
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    // The flow is over: the same id, no DUP, carries a new message.
+    let second = publish_packet(
+        "r/t",
+        b"second",
+        QoS::ExactlyOnce,
+        false,
+        Some(id),
+        Properties::default(),
+    );
+    publ.send(&second).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubRec(r)) => {
+            assert_eq!(r.packet_id, id);
+            assert_eq!(r.reason_code, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    publ.send(&Packet::PubRel(Ack::new(id))).await.unwrap();
+    match publ.recv().await.unwrap() {
+        Some(Packet::PubComp(c)) => {
+            assert_eq!(c.packet_id, id);
+            assert_eq!(c.reason_code, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // The subscriber got both: the first was routed although its retained copy failed.
+    assert_eq!(
+        payloads(&collect(&mut sub, SILENCE).await),
+        ["first", "second"]
+    );
+    a.stop().await;
+}

@@ -4,6 +4,7 @@
 
 use super::*;
 use bytes::Bytes;
+use roost_codec::Packet;
 use test_case::test_case;
 
 fn connect(protocol: Protocol, client_id: &str) -> Connect {
@@ -314,4 +315,128 @@ fn connect_decode_error_reply(e: DecodeError, sniffed: Option<Protocol>) -> Opti
         );
     }
     reply.map(|(p, _)| p)
+}
+
+/// Bytes the CONNACK takes on the wire (v5).
+fn connack_len(ack: &ConnAck) -> usize {
+    roost_codec::encoded_len(&Packet::ConnAck(ack.clone()), Protocol::V5)
+}
+
+fn with_maximum_packet_size(client_id: &str, max: Option<u32>) -> Connect {
+    let mut c = connect(Protocol::V5, client_id);
+    c.properties.maximum_packet_size = max;
+    c
+}
+
+/// Issue 7, item 12, with the default policy (a full CONNACK of 16 bytes: Receive Maximum 3,
+/// Maximum Packet Size 5, Topic Alias Maximum 3): properties are left out, in a fixed order,
+/// until the CONNACK fits the client's Maximum Packet Size [MQTT-3.1.2-24]; 5 bytes (no
+/// properties) is the smallest.
+// (client's Maximum Packet Size) -> (CONNACK size, properties kept)
+#[test_case(None => (16, Properties { receive_maximum: Some(32), maximum_packet_size: Some(1_048_576), topic_alias_maximum: Some(64), ..Properties::default() }) ; "no limit: everything")]
+#[test_case(Some(16) => (16, Properties { receive_maximum: Some(32), maximum_packet_size: Some(1_048_576), topic_alias_maximum: Some(64), ..Properties::default() }) ; "16 fits everything")]
+#[test_case(Some(15) => (13, Properties { receive_maximum: Some(32), maximum_packet_size: Some(1_048_576), ..Properties::default() }) ; "15 leaves out topic alias maximum")]
+#[test_case(Some(10) => (8, Properties { receive_maximum: Some(32), ..Properties::default() }) ; "10 leaves out maximum packet size too")]
+#[test_case(Some(7) => (5, Properties::default()) ; "7 leaves out receive maximum too")]
+#[test_case(Some(5) => (5, Properties::default()) ; "5 is the smallest")]
+fn item12_connack_fits_the_client_maximum_packet_size(max: Option<u32>) -> (usize, Properties) {
+    let policy = ServerPolicy::default();
+    let n = ok(&with_maximum_packet_size("c", max), &policy);
+    let ack = n.connack(&policy, true);
+    assert!(ack.session_present);
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    (connack_len(&ack), ack.properties)
+}
+
+/// Issue 7, item 12: the order in which properties are left out, with a policy that
+/// announces every restriction (a full CONNACK of 28 bytes): first what only informs or
+/// grants (Session Expiry Interval), then the limits and unavailable features, Server Keep
+/// Alive last.
+// (client's Maximum Packet Size) -> (CONNACK size, properties kept)
+#[test_case(28 => (28, every_difference(&[])) ; "28 fits everything")]
+#[test_case(27 => (23, every_difference(&["session_expiry_interval"])) ; "session expiry first")]
+#[test_case(22 => (18, every_difference(&["session_expiry_interval", "maximum_packet_size"])) ; "then maximum packet size")]
+#[test_case(17 => (16, every_difference(&["session_expiry_interval", "maximum_packet_size", "shared"])) ; "then shared")]
+#[test_case(12 => (12, every_difference(&["session_expiry_interval", "maximum_packet_size", "shared", "wildcard", "subscription_identifiers"])) ; "then wildcard and identifiers")]
+#[test_case(9 => (8, every_difference(&["session_expiry_interval", "maximum_packet_size", "shared", "wildcard", "subscription_identifiers", "retain", "maximum_qos"])) ; "then retain and qos")]
+#[test_case(7 => (5, Properties::default()) ; "server keep alive last")]
+fn item12_connack_leaves_out_properties_in_order(max: u32) -> (usize, Properties) {
+    let policy = every_difference_policy();
+    let mut c = with_maximum_packet_size("c", Some(max));
+    c.properties.session_expiry_interval = Some(7200);
+    let ack = ok(&c, &policy).connack(&policy, false);
+    (connack_len(&ack), ack.properties)
+}
+
+fn every_difference_policy() -> ServerPolicy {
+    ServerPolicy {
+        max_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        wildcard_subscriptions: false,
+        subscription_identifiers: false,
+        shared_subscriptions: false,
+        max_packet_size: 4096,
+        receive_maximum: u16::MAX,
+        topic_alias_maximum: 0,
+        server_keep_alive: Some(15),
+        max_session_expiry_interval: 600,
+        ..ServerPolicy::default()
+    }
+}
+
+/// The CONNACK properties of [`every_difference_policy`] without those named.
+fn every_difference(without: &[&str]) -> Properties {
+    let keep = |name: &str| !without.contains(&name);
+    Properties {
+        session_expiry_interval: keep("session_expiry_interval").then_some(600),
+        maximum_qos: keep("maximum_qos").then_some(1),
+        retain_available: keep("retain").then_some(0),
+        maximum_packet_size: keep("maximum_packet_size").then_some(4096),
+        wildcard_subscription_available: keep("wildcard").then_some(0),
+        subscription_identifiers_available: keep("subscription_identifiers").then_some(0),
+        shared_subscription_available: keep("shared").then_some(0),
+        server_keep_alive: keep("server_keep_alive").then_some(15),
+        ..Properties::default()
+    }
+}
+
+/// Issue 7, item 12: a client whose Maximum Packet Size is below the smallest CONNACK (5
+/// bytes; more when the server assigned the client id, which the CONNACK must carry,
+/// [MQTT-3.2.2-16]) is refused before anything is registered: 0x95, counted as
+/// `connack_too_large`. (The node sends that refusal's CONNACK only where it fits.)
+// (client id, client's Maximum Packet Size) -> refused
+#[test_case("c", 2 => true ; "2")]
+#[test_case("c", 4 => true ; "4")]
+#[test_case("c", 5 => false ; "5 fits")]
+#[test_case("", 29 => true ; "assigned id does not fit in 29")]
+#[test_case("", 30 => false ; "assigned id alone fits in 30")]
+fn item12_client_too_small_for_any_connack_is_refused(client_id: &str, max: u32) -> bool {
+    let policy = ServerPolicy::default();
+    let c = with_maximum_packet_size(client_id, Some(max));
+    match negotiate(&c, &policy, assign) {
+        Err(r) => {
+            assert_eq!(
+                r,
+                Refusal {
+                    reason: ReasonCode::PACKET_TOO_LARGE,
+                    why: "connack_too_large"
+                }
+            );
+            true
+        }
+        Ok(n) => {
+            let ack = n.connack(&policy, false);
+            assert!(connack_len(&ack) <= max as usize, "{ack:?}");
+            if client_id.is_empty() {
+                assert_eq!(
+                    ack.properties,
+                    Properties {
+                        assigned_client_identifier: Some(assign()),
+                        ..Properties::default()
+                    }
+                );
+            }
+            false
+        }
+    }
 }

@@ -8,8 +8,11 @@
 //!                                              ├─▶ Dropped{SystemTopic, ack 0x90 | 0x00}
 //!                                              ├─▶ Ack(PUBREC) (QoS 2 repeat: not routed again)
 //!                                              └─▶ Publish(Inbound{msg, ack}) ─▶ node routes,
-//!                                                    then ack.packet(PublishOutcome{..})
+//!                                                    then ack.packet(PublishOutcome{..});
+//!                                                    a PUBREC ≥ 0x80 sent ─▶ ack_sent (id freed)
 //!   PUBACK/PUBREC/PUBCOMP ─▶ window freed (outbox: next PUBLISHes, PUBREL) ─▶ Done
+//!                         ├─▶ UnknownPacketId (nothing in flight with that id: ignored)
+//!                         └─▶ Close 0x82 (wrong type for an id in flight [MQTT-4.8.0-1])
 //!   PUBREL ─▶ outbox: PUBCOMP ─▶ Done           PINGREQ ─▶ outbox: PINGRESP ─▶ Done
 //!   SUBSCRIBE / UNSUBSCRIBE ─▶ per-filter verdicts ─▶ node commits, then suback()/unsuback()
 //!   DISCONNECT ─▶ expiry updated ─▶ Close{will: reason == 0x04}
@@ -64,7 +67,9 @@ pub enum Handled {
         /// Each filter, or the reason it is not valid.
         filters: Vec<Result<TopicFilter, ReasonCode>>,
     },
-    /// An acknowledgement for a packet id with nothing in flight: ignored (log at DEBUG).
+    /// An acknowledgement for a packet id with nothing in flight: ignored (log at DEBUG). An
+    /// acknowledgement of the wrong type for an id that *is* in flight is a [`Handled::Close`]
+    /// with 0x82 instead ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
     UnknownPacketId {
         /// `puback`, `pubrec` or `pubcomp`.
         kind: &'static str,
@@ -119,6 +124,13 @@ impl ReadyAck {
     /// The packet to send.
     pub fn packet(&self) -> Packet {
         self.ack.with_reason(self.reason)
+    }
+
+    /// True for a PUBREC with a failure reason (0x80 or above): sending it ends the QoS 2 flow
+    /// ([MQTT-4.3.3-9]), so the node tells the session ([`Session::ack_sent`]) when it sends
+    /// it. Every other acknowledgement needs no word back.
+    pub fn ends_qos2_flow(&self) -> bool {
+        self.ack.kind == AckKind::PubRec && self.reason.is_error()
     }
 }
 
@@ -529,6 +541,18 @@ impl Session {
         Ok(true)
     }
 
+    /// The node sent `ack` to the client. A PUBREC with a failure reason (0x80 or above, e.g.
+    /// the retained copy could not be stored) ends the QoS 2 flow: the packet id is released,
+    /// and the next PUBLISH with it is a new message, routed ([MQTT-4.3.3-9]). Without this
+    /// the id would stay registered until a PUBREL that never comes, and every later message
+    /// with that id would be taken for a repeat and never routed. Other acknowledgements
+    /// change nothing (see [`ReadyAck::ends_qos2_flow`]).
+    pub fn ack_sent(&mut self, ack: &ReadyAck) {
+        if ack.ends_qos2_flow() {
+            self.inbound_qos2.remove(&ack.ack.packet_id.get());
+        }
+    }
+
     /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
     pub fn handle_pubrel(&mut self, id: PacketId) {
         let known = self.inbound_qos2.remove(&id.get());
@@ -570,9 +594,17 @@ impl Session {
     }
 }
 
+/// What an acknowledgement from the client comes to: done; an id with nothing in flight,
+/// reported and ignored; or, for an id in flight at another stage, a protocol error
+/// ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
 fn known(r: Result<(), ReasonCode>, kind: &'static str, packet_id: PacketId) -> Handled {
     match r {
         Ok(()) => Handled::Done,
-        Err(_) => Handled::UnknownPacketId { kind, packet_id },
+        Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND) => {
+            Handled::UnknownPacketId { kind, packet_id }
+        }
+        Err(reason) => {
+            Handled::Close(Close::error(reason, "protocol_error").tallied(Tally::Malformed))
+        }
     }
 }

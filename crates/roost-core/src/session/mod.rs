@@ -510,19 +510,43 @@ impl Session {
             .position(|f| f.id == id && f.state == state)
     }
 
-    /// PUBACK from the client. Unknown ids are reported and otherwise ignored.
-    pub fn handle_puback(&mut self, id: PacketId, now: Instant) -> Result<(), ReasonCode> {
+    /// Where the flow with packet id `id` is, if one is in flight: `Ok(position)` when it is
+    /// of `qos` and at `state`. An id with nothing in flight is `Err(0x92)`, which the caller
+    /// may ignore (a late repeat after a reconnect, as Mosquitto does); an id in flight at
+    /// another stage or of the other QoS is `Err(0x82)`: an acknowledgement of the wrong type,
+    /// a protocol error ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
+    fn expect_stage(
+        &self,
+        id: PacketId,
+        qos: QoS,
+        state: InflightState,
+    ) -> Result<usize, ReasonCode> {
         let pos = self
-            .position(id, InflightState::Published)
-            .filter(|&p| self.inflight[p].pending.qos == QoS::AtLeastOnce)
+            .inflight
+            .iter()
+            .position(|f| f.id == id)
             .ok_or(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)?;
+        let f = &self.inflight[pos];
+        if f.pending.qos == qos && f.state == state {
+            Ok(pos)
+        } else {
+            Err(ReasonCode::PROTOCOL_ERROR)
+        }
+    }
+
+    /// PUBACK from the client. `Err(0x92)`: nothing in flight with that id (ignorable);
+    /// `Err(0x82)`: the id is a QoS 2 flow (a protocol error, see `expect_stage`).
+    pub fn handle_puback(&mut self, id: PacketId, now: Instant) -> Result<(), ReasonCode> {
+        let pos = self.expect_stage(id, QoS::AtLeastOnce, InflightState::Published)?;
         self.inflight.remove(pos);
         self.pump(now);
         Ok(())
     }
 
     /// PUBREC from the client: answer PUBREL, or end the flow if the reason is an error
-    /// (MQTT 5.0 §4.3.3).
+    /// (MQTT 5.0 §4.3.3). A repeated PUBREC for a flow already released gets its PUBREL again;
+    /// one for an unknown id `Err(0x92)` (and PUBREL 0x92 in v5); one for a QoS 1 message in
+    /// flight `Err(0x82)`, a protocol error.
     pub fn handle_pubrec(
         &mut self,
         id: PacketId,
@@ -534,18 +558,19 @@ impl Session {
             self.outbox.push(Outbound::PubRel(id, ReasonCode::SUCCESS));
             return Ok(());
         }
-        let Some(pos) = self
-            .position(id, InflightState::Published)
-            .filter(|&p| self.inflight[p].pending.qos == QoS::ExactlyOnce)
-        else {
-            // [MQTT-4.3.3-?]: answer a PUBREC we do not know with PUBREL 0x92 in v5.
-            if self.client.is_some_and(|c| c.protocol == Protocol::V5) {
-                self.outbox.push(Outbound::PubRel(
-                    id,
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
-                ));
+        let pos = match self.expect_stage(id, QoS::ExactlyOnce, InflightState::Published) {
+            Ok(pos) => pos,
+            Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND) => {
+                // MQTT 5.0 §4.3.3: answer a PUBREC we do not know with PUBREL 0x92 in v5.
+                if self.client.is_some_and(|c| c.protocol == Protocol::V5) {
+                    self.outbox.push(Outbound::PubRel(
+                        id,
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    ));
+                }
+                return Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
             }
-            return Err(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+            Err(e) => return Err(e),
         };
         if reason.is_error() {
             self.inflight.remove(pos);
@@ -557,11 +582,10 @@ impl Session {
         Ok(())
     }
 
-    /// PUBCOMP from the client.
+    /// PUBCOMP from the client. `Err(0x92)`: nothing in flight with that id (ignorable);
+    /// `Err(0x82)`: the id is a QoS 1 message or a QoS 2 flow still waiting for PUBREC.
     pub fn handle_pubcomp(&mut self, id: PacketId, now: Instant) -> Result<(), ReasonCode> {
-        let pos = self
-            .position(id, InflightState::Released)
-            .ok_or(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)?;
+        let pos = self.expect_stage(id, QoS::ExactlyOnce, InflightState::Released)?;
         self.inflight.remove(pos);
         self.pump(now);
         Ok(())

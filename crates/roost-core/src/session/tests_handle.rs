@@ -271,11 +271,13 @@ fn acks_free_the_window_and_unknown_ids_are_reported() {
         Handled::Done
     );
     assert_eq!(take(&mut s), vec![out(&m2, 2)]);
+    // A late PUBCOMP for a flow that is over (id 2 is in flight, but as a QoS 1 message: that
+    // would be a protocol error, see `item13_...` below).
     assert_eq!(
-        s.handle(Packet::PubComp(Ack::new(pid(2))), t0),
+        s.handle(Packet::PubComp(Ack::new(pid(1))), t0),
         Handled::UnknownPacketId {
             kind: "pubcomp",
-            packet_id: pid(2)
+            packet_id: pid(1)
         }
     );
     // An unknown PUBREC is answered with PUBREL 0x92 in v5 and reported.
@@ -523,4 +525,177 @@ enum RetainHandlingCase {
     At,
     IfNew,
     Never,
+}
+
+/// The close for an acknowledgement of the wrong type ([MQTT-4.8.0-1], [MQTT-4.13.1-1]).
+fn wrong_ack_close() -> Handled {
+    Handled::Close(Close {
+        tally: Some(Tally::Malformed),
+        ..Close::error(ReasonCode::PROTOCOL_ERROR, "protocol_error")
+    })
+}
+
+/// Issue 7, item 13: an acknowledgement of the wrong type for a packet id that *is* in flight
+/// (PUBREC or PUBCOMP for a QoS 1 message, PUBACK or PUBCOMP where a QoS 2 flow waits for
+/// PUBREC, PUBACK where it waits for PUBCOMP) is a protocol error: the connection closes with
+/// 0x82 and the message stays in flight, untouched. (An id with nothing in flight is only
+/// reported, see `acks_free_the_window_and_unknown_ids_are_reported`.)
+// (the in-flight message's QoS, whether its PUBREC already came, the ack sent)
+#[test_case(QoS::AtLeastOnce, false, Packet::PubComp ; "pubcomp for qos 1")]
+#[test_case(QoS::AtLeastOnce, false, Packet::PubRec ; "pubrec for qos 1")]
+#[test_case(QoS::ExactlyOnce, false, Packet::PubAck ; "puback for qos 2 awaiting pubrec")]
+#[test_case(QoS::ExactlyOnce, false, Packet::PubComp ; "pubcomp for qos 2 awaiting pubrec")]
+#[test_case(QoS::ExactlyOnce, true, Packet::PubAck ; "puback for qos 2 awaiting pubcomp")]
+fn item13_ack_of_the_wrong_type_for_an_id_in_flight_is_a_protocol_error(
+    qos: QoS,
+    released: bool,
+    kind: fn(Ack) -> Packet,
+) {
+    let t0 = Instant::now();
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut s = attached(protocol, t0);
+        let m = msg("a", "1");
+        s.deliver(m.clone(), qos, false, vec![], None, t0);
+        take(&mut s);
+        if released {
+            assert_eq!(
+                s.handle(Packet::PubRec(Ack::new(pid(1))), t0),
+                Handled::Done
+            );
+            assert_eq!(take(&mut s), vec![pubrel(1, ReasonCode::SUCCESS)]);
+        }
+        assert_eq!(
+            s.handle(kind(Ack::new(pid(1))), secs(t0, 1)),
+            wrong_ack_close(),
+            "{protocol:?}"
+        );
+        // Nothing answered (no PUBREL 0x92 for a PUBREC), nothing freed.
+        assert_eq!(take(&mut s), vec![], "{protocol:?}");
+        assert_eq!(inflight_ids(&s), vec![1], "{protocol:?}");
+    }
+}
+
+/// Issue 7, item 13, the lenient side: acknowledgements for an id with nothing in flight (a
+/// late repeat after the flow completed, or an id never used) are only reported, as Mosquitto
+/// does; the connection stays.
+#[test]
+fn item13_acks_for_ids_not_in_flight_are_only_reported() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let (m1, m2) = (msg("a", "1"), msg("a", "2"));
+    s.deliver(m1, QoS::AtLeastOnce, false, vec![], None, t0); // id 1
+    s.deliver(m2, QoS::ExactlyOnce, false, vec![], None, t0); // id 2
+    take(&mut s);
+    assert_eq!(
+        s.handle(Packet::PubAck(Ack::new(pid(1))), t0),
+        Handled::Done
+    );
+    assert_eq!(
+        s.handle(Packet::PubRec(Ack::new(pid(2))), t0),
+        Handled::Done
+    );
+    assert_eq!(
+        s.handle(Packet::PubComp(Ack::new(pid(2))), t0),
+        Handled::Done
+    );
+    assert_eq!(take(&mut s), vec![pubrel(2, ReasonCode::SUCCESS)]);
+    for (packet, kind, id) in [
+        (Packet::PubAck(Ack::new(pid(1))), "puback", 1),
+        (Packet::PubComp(Ack::new(pid(1))), "pubcomp", 1),
+        (Packet::PubAck(Ack::new(pid(2))), "puback", 2),
+        (Packet::PubComp(Ack::new(pid(2))), "pubcomp", 2),
+        (Packet::PubComp(Ack::new(pid(9))), "pubcomp", 9),
+    ] {
+        assert_eq!(
+            s.handle(packet, t0),
+            Handled::UnknownPacketId {
+                kind,
+                packet_id: pid(id)
+            }
+        );
+    }
+    assert_eq!(take(&mut s), vec![]);
+    assert_eq!(s.inflight_len(), 0);
+}
+
+/// Issue 7, item 5: a PUBREC with a failure reason (here 0x80: the retained copy could not be
+/// stored) ends the QoS 2 flow ([MQTT-4.3.3-9]): once the node has sent it, the packet id is
+/// released, the next PUBLISH with that id is a new message (routed), and a PUBREL for it is
+/// unknown. A PUBREC below 0x80 (0x00, 0x10) keeps the id until the PUBREL.
+// (PUBREC reason) -> the id is released
+#[test_case(ReasonCode::UNSPECIFIED_ERROR => true ; "0x80 releases")]
+#[test_case(ReasonCode::TOPIC_NAME_INVALID => true ; "0x90 releases")]
+#[test_case(ReasonCode::SUCCESS => false ; "0x00 keeps")]
+#[test_case(ReasonCode::NO_MATCHING_SUBSCRIBERS => false ; "0x10 keeps")]
+fn item5_pubrec_with_a_failure_reason_releases_the_packet_id(reason: ReasonCode) -> bool {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        receive_maximum: 1,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    let routed = Handled::Publish(Inbound {
+        msg: from_c1("a", QoS::ExactlyOnce),
+        ack: pending(AckKind::PubRec, 5, Protocol::V5),
+    });
+    assert_eq!(s.handle(Packet::Publish(p.clone()), t0), routed);
+    let sent = ReadyAck {
+        ack: pending(AckKind::PubRec, 5, Protocol::V5).unwrap(),
+        reason,
+    };
+    s.ack_sent(&sent);
+
+    let again = s.handle(Packet::Publish(p), t0);
+    let released = again == routed;
+    if !released {
+        // Still registered: the repeat gets PUBREC 0x00 and is not routed.
+        assert_eq!(
+            again,
+            Handled::Ack(ReadyAck {
+                ack: sent.ack,
+                reason: ReasonCode::SUCCESS
+            })
+        );
+    }
+    // The inbound window (Receive Maximum 1) holds only the new flow: another id is refused,
+    // and the PUBREL of the new flow completes it.
+    assert_eq!(
+        s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(6))), t0),
+        close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive_maximum")
+    );
+    assert_eq!(
+        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        Handled::Done
+    );
+    assert_eq!(take(&mut s), vec![pubcomp(5, ReasonCode::SUCCESS)]);
+    // The node asks the session only about the acks that end a flow.
+    assert_eq!(sent.ends_qos2_flow(), released);
+    released
+}
+
+/// Issue 7, item 5: only a failed PUBREC ends a flow; PUBACKs (QoS 1 keeps no id) and a
+/// PUBREC for an id the session does not hold change nothing.
+#[test]
+fn item5_other_acks_sent_release_nothing() {
+    let t0 = Instant::now();
+    let mut s = attached(Protocol::V5, t0);
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    assert!(matches!(
+        s.handle(Packet::Publish(p.clone()), t0),
+        Handled::Publish(_)
+    ));
+    for (kind, id, reason) in [
+        (AckKind::PubAck, 5, ReasonCode::UNSPECIFIED_ERROR),
+        (AckKind::PubRec, 5, ReasonCode::SUCCESS),
+        (AckKind::PubRec, 6, ReasonCode::UNSPECIFIED_ERROR),
+    ] {
+        let ack = ReadyAck {
+            ack: pending(kind, id, Protocol::V5).unwrap(),
+            reason,
+        };
+        assert!(!ack.ends_qos2_flow() || id == 6);
+        s.ack_sent(&ack);
+    }
+    assert!(matches!(s.handle(Packet::Publish(p), t0), Handled::Ack(_)));
 }
