@@ -407,6 +407,19 @@ impl Conn {
         match st.session.with(|s| s.handle(packet, now)) {
             Handled::Done => Ok(()),
             Handled::Publish(inbound) => {
+                let max = usize::from(self.broker.config.mqtt.receive_maximum);
+                if inbound.ack.is_some()
+                    && st.protocol == Protocol::V5
+                    && st.pending_acks.len() >= max
+                {
+                    // Every held acknowledgement is a QoS 1/2 PUBLISH the client has not had
+                    // a PUBACK/PUBREC for: one more exceeds the Receive Maximum our CONNACK
+                    // announced ([MQTT-3.3.4-9]).
+                    return Err(Close::error(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "receive_maximum",
+                    ));
+                }
                 if !st.yielded {
                     // Once per read batch, before the first PUBLISH is routed, the tasks woken
                     // with this one run first (a yield goes behind the run queue). The I/O
@@ -419,11 +432,10 @@ impl Conn {
                     tokio::task::yield_now().await;
                     st.yielded = true;
                 }
-                self.on_publish(st, inbound).await;
-                Ok(())
+                self.on_publish(st, inbound).await
             }
             Handled::Ack(ack) => {
-                self.ack(st, ack);
+                self.hold(st, ack, None).await;
                 Ok(())
             }
             Handled::Dropped { reason, ack } => {
@@ -432,7 +444,7 @@ impl Conn {
                     DropReason::SystemTopic => self.broker.metrics.dollar_dropped.increment(1),
                 }
                 if let Some(ack) = ack {
-                    self.ack(st, ack);
+                    self.hold(st, ack, None).await;
                 }
                 Ok(())
             }
@@ -457,7 +469,7 @@ impl Conn {
     /// after it is in every local subscriber's session, every peer with subscribers accepted
     /// it (at most `cluster.forward_timeout_ms`) and, when retained, the retained copy
     /// committed.
-    async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) {
+    async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) -> Result<(), Close> {
         let out = Box::pin(
             self.broker
                 .publish(&inbound.msg, Origin::Client(&st.session)),
@@ -465,7 +477,7 @@ impl Conn {
         .await;
         st.congested.extend(out.congested);
         let Some(pending) = inbound.ack else {
-            return;
+            return Ok(());
         };
         let ack = ReadyAck {
             ack: pending,
@@ -475,35 +487,41 @@ impl Conn {
             }
             .reason(st.protocol),
         };
-        match out.peers {
-            Some(wait) => self.ack_after(st, ack, wait).await,
-            None => self.ack(st, ack),
+        if out.retain_failed && st.protocol == Protocol::V311 {
+            // 3.1.1 has no failure code in PUBACK/PUBREC: the message was not taken, so it is
+            // not acknowledged; the connection closes and the client sends it again when it
+            // reconnects. A QoS 2 id is released first, so that resend is a new message.
+            st.session.with(|s| s.not_taken(&ack));
+            return Err(Close::error(
+                ReasonCode::UNSPECIFIED_ERROR,
+                "retain_not_stored",
+            ));
         }
+        self.hold(st, ack, out.peers).await;
+        Ok(())
     }
 
-    /// Sends an acknowledgement now, or after those still waiting for peers: PUBACKs and
-    /// PUBRECs leave in the order the PUBLISHes came ([MQTT-4.6.0-2], [MQTT-4.6.0-3]).
-    fn ack(&mut self, st: &mut Live, ack: ReadyAck) {
-        if st.pending_acks.is_empty() {
+    /// Sends an acknowledgement now, or queues it behind those still held: PUBACKs and PUBRECs
+    /// leave in the order the PUBLISHes came ([MQTT-4.6.0-2], [MQTT-4.6.0-3]). `wait` holds it
+    /// until peers accepted the message. At most `mqtt.receive_maximum` are held at once;
+    /// beyond that the connection stops reading until the oldest is released, so a client that
+    /// ignores our Receive Maximum (v3.1.1 has none), or sends PUBRELs for ids it never used,
+    /// is slowed instead of buffered.
+    async fn hold(&mut self, st: &mut Live, ack: ReadyAck, wait: Option<JoinHandle<()>>) {
+        if wait.is_none() && st.pending_acks.is_empty() {
             self.send_ack(st, &ack);
-        } else {
-            st.pending_acks.push_back(PendingAck { wait: None, ack });
+            return;
         }
-    }
-
-    /// Queues an acknowledgement that waits for peers to accept the message. At most
-    /// `mqtt.receive_maximum` wait at once; beyond that the connection stops reading until the
-    /// oldest is released (a client that ignores our Receive Maximum is slowed, not buffered).
-    async fn ack_after(&mut self, st: &mut Live, ack: ReadyAck, wait: JoinHandle<()>) {
-        let max = usize::from(self.broker.config.mqtt.receive_maximum);
+        let max = usize::from(self.broker.config.mqtt.receive_maximum).max(1);
         while st.pending_acks.len() >= max {
             front_done(&mut st.pending_acks).await;
             self.release_acks(st);
         }
-        st.pending_acks.push_back(PendingAck {
-            wait: Some(wait),
-            ack,
-        });
+        if wait.is_none() && st.pending_acks.is_empty() {
+            self.send_ack(st, &ack);
+        } else {
+            st.pending_acks.push_back(PendingAck { wait, ack });
+        }
     }
 
     /// Sends the acknowledgements at the front of the queue whose peers have answered.
@@ -683,7 +701,7 @@ impl Live {
     }
 }
 
-/// An acknowledgement held back until peers accepted the message (see `Conn::ack_after`).
+/// An acknowledgement held back until peers accepted the message (see `Conn::hold`).
 struct PendingAck {
     /// Ends when the peers answered (or timed out); `None`: ready, waiting only for its turn.
     wait: Option<JoinHandle<()>>,

@@ -66,7 +66,7 @@ pub(crate) fn describe() {
     describe_counter!(BYTES_SENT, "bytes written to client sockets");
     describe_counter!(
         PUBLISH_DROPPED,
-        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable)"
+        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, retain_not_stored)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -158,6 +158,7 @@ pub(crate) struct Metrics {
     pub(crate) too_large_dropped: NodeCounter,
     pub(crate) dollar_dropped: NodeCounter,
     pub(crate) retain_dropped: NodeCounter,
+    pub(crate) retain_not_stored: NodeCounter,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
@@ -185,6 +186,9 @@ impl Metrics {
             retain_dropped: NodeCounter::new(
                 counter!(PUBLISH_DROPPED, "reason" => "retain_unavailable"),
             ),
+            retain_not_stored: NodeCounter::new(
+                counter!(PUBLISH_DROPPED, "reason" => "retain_not_stored"),
+            ),
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
@@ -210,7 +214,7 @@ impl Metrics {
     }
 
     /// Every counter of a dropped message, by reason.
-    fn drop_counters(&self) -> [&NodeCounter; 6] {
+    fn drop_counters(&self) -> [&NodeCounter; 7] {
         [
             &self.queue_dropped,
             &self.expired_dropped,
@@ -218,6 +222,7 @@ impl Metrics {
             &self.too_large_dropped,
             &self.dollar_dropped,
             &self.retain_dropped,
+            &self.retain_not_stored,
         ]
     }
 

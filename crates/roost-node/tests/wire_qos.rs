@@ -563,6 +563,27 @@ async fn item13_ack_of_the_wrong_type_closes_the_connection() {
 
 /// Two free loopback ports (bound, read, released: a small window in which another test
 /// could take one).
+/// Two in-process nodes forming one cluster (commit timeout 500 ms); `tweak` adjusts both.
+async fn two_nodes(tweak: impl Fn(&mut roost_node::Config) + Copy) -> (TestNode, TestNode) {
+    let (p1, p2) = two_free_ports();
+    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
+    let member = |id: u64, port: u16| {
+        let seeds = seeds.clone();
+        move |c: &mut roost_node::Config| {
+            c.cluster.node_id = id;
+            c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.cluster.seeds = seeds;
+            c.cluster.commit_timeout_ms = 500;
+            tweak(c);
+        }
+    };
+    let (a, b) = tokio::join!(
+        TestNode::start_with(member(1, p1)),
+        TestNode::start_with(member(2, p2))
+    );
+    (a.unwrap(), b.unwrap())
+}
+
 fn two_free_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -578,22 +599,7 @@ fn two_free_ports() -> (u16, u16) {
 /// other member is stopped has no quorum.
 #[tokio::test]
 async fn item5_pubrec_0x80_releases_the_packet_id() {
-    let (p1, p2) = two_free_ports();
-    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
-    let member = |id: u64, port: u16| {
-        let seeds = seeds.clone();
-        move |c: &mut roost_node::Config| {
-            c.cluster.node_id = id;
-            c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
-            c.cluster.seeds = seeds;
-            c.cluster.commit_timeout_ms = 500;
-        }
-    };
-    let (a, b) = tokio::join!(
-        TestNode::start_with(member(1, p1)),
-        TestNode::start_with(member(2, p2))
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = two_nodes(|_| {}).await;
     let mut sub = connect_clean(a.addr(), Protocol::V5, "sub").await;
     sub.subscribe("r/t", QoS::ExactlyOnce).await.unwrap();
     let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
@@ -645,10 +651,121 @@ async fn item5_pubrec_0x80_releases_the_packet_id() {
         }
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
-    // The subscriber got both: the first was routed although its retained copy failed.
-    assert_eq!(
-        payloads(&collect(&mut sub, SILENCE).await),
-        ["first", "second"]
-    );
+    // Only the second was delivered: 0x80 means not accepted, so the first, whose retained
+    // copy failed, was not routed either (issue 7 item 9).
+    assert_eq!(payloads(&collect(&mut sub, SILENCE).await), ["second"]);
+    a.stop().await;
+}
+
+/// Issue 7 item 9: a v3.1.1 retained QoS 1/2 PUBLISH whose retained copy cannot commit is not
+/// acknowledged (3.1.1 has no failure code): the connection closes without PUBACK/PUBREC and
+/// the message is not delivered, so the client's resend is neither lost nor a duplicate.
+#[tokio::test]
+async fn item9_v3_retained_publish_not_stored_is_not_acknowledged() {
+    let (a, b) = two_nodes(|_| {}).await;
+    let mut sub = connect_clean(a.addr(), Protocol::V311, "sub").await;
+    sub.subscribe("r/t", QoS::ExactlyOnce).await.unwrap();
+    // Connected while the cluster has a quorum (a CONNECT needs one).
+    let mut pubs = Vec::new();
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let c = connect_clean(a.addr(), Protocol::V311, &format!("pub{}", qos as u8)).await;
+        pubs.push((qos, c));
+    }
+    b.stop().await;
+    for (qos, mut publ) in pubs {
+        let p = publish_packet(
+            "r/t",
+            b"kept?",
+            qos,
+            true,
+            Some(pid(3)),
+            Properties::default(),
+        );
+        publ.send(&p).await.unwrap();
+        // Closed without any acknowledgement.
+        assert_eq!(publ.recv().await.ok().flatten(), None, "{qos:?}");
+    }
+    assert!(collect(&mut sub, SILENCE).await.is_empty());
+    a.stop().await;
+}
+
+/// Issue 7 item 17: acknowledgements held behind one that waits for a peer are bounded by
+/// `mqtt.receive_maximum`. A v5 client sending one QoS 1 PUBLISH more than that while they are
+/// held is disconnected with 0x93 ([MQTT-3.3.4-9]); a v3.1.1 client (no Receive Maximum in its
+/// protocol) is no longer read until the oldest is released, so its acks and a PINGRESP come
+/// in order, after the held one.
+#[tokio::test]
+async fn item17_held_acknowledgements_are_bounded() {
+    let (a, b) = two_nodes(|c| {
+        c.mqtt.receive_maximum = 4;
+        c.cluster.forward_timeout_ms = 1500;
+    })
+    .await;
+    // A persistent subscriber on b (its route outlives the node's shutdown): a's PUBLISHes to
+    // far/t wait for b, which is stopped below.
+    let (mut far, _) = connect_persistent(b.addr(), Protocol::V5, "far").await;
+    far.subscribe("far/t", QoS::AtLeastOnce).await.unwrap();
+    // Connected while the cluster has a quorum (a CONNECT needs one).
+    let mut pubs = Vec::new();
+    for protocol in BOTH {
+        pubs.push((
+            protocol,
+            connect_clean(a.addr(), protocol, &format!("pub{protocol:?}")).await,
+        ));
+    }
+    b.stop().await;
+    for (protocol, mut publ) in pubs {
+        let held = publish_packet(
+            "far/t",
+            b"h",
+            QoS::AtLeastOnce,
+            false,
+            Some(pid(1)),
+            Properties::default(),
+        );
+        publ.send(&held).await.unwrap();
+        for id in 2..=5 {
+            let p = publish_packet(
+                "near/t",
+                b"n",
+                QoS::AtLeastOnce,
+                false,
+                Some(pid(id)),
+                Properties::default(),
+            );
+            publ.send(&p).await.unwrap();
+        }
+        publ.send(&Packet::PingReq).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(p)) = publ.recv().await {
+            let done = matches!(p, Packet::PingResp | Packet::Disconnect(_));
+            got.push(p);
+            if done {
+                break;
+            }
+        }
+        match protocol {
+            Protocol::V5 => {
+                // The fifth arrived while four were unacknowledged.
+                let Some(Packet::Disconnect(d)) = got.last() else {
+                    panic!("expected DISCONNECT 0x93, got {got:?}");
+                };
+                assert_eq!(d.reason_code, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            }
+            Protocol::V311 => {
+                let order: Vec<String> = got
+                    .iter()
+                    .map(|p| match p {
+                        Packet::PubAck(a) => format!("puback {}", a.packet_id.get()),
+                        other => other.kind().to_string(),
+                    })
+                    .collect();
+                assert_eq!(
+                    order,
+                    ["puback 1", "puback 2", "puback 3", "puback 4", "puback 5", "pingresp"]
+                );
+            }
+        }
+    }
     a.stop().await;
 }

@@ -553,6 +553,15 @@ impl Session {
         }
     }
 
+    /// The node did not take the PUBLISH `ack` belongs to and will not acknowledge it (v3.1.1
+    /// has no failure code: the connection closes instead). A QoS 2 id is released, so the
+    /// client's resend after reconnecting is a new message, routed, not taken for a repeat.
+    pub fn not_taken(&mut self, ack: &ReadyAck) {
+        if ack.ack.kind == AckKind::PubRec {
+            self.inbound_qos2.remove(&ack.ack.packet_id.get());
+        }
+    }
+
     /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
     pub fn handle_pubrel(&mut self, id: PacketId) {
         let known = self.inbound_qos2.remove(&id.get());

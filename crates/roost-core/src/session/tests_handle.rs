@@ -699,3 +699,31 @@ fn item5_other_acks_sent_release_nothing() {
     }
     assert!(matches!(s.handle(Packet::Publish(p), t0), Handled::Ack(_)));
 }
+
+/// Issue 7 item 9: a v3.1.1 QoS 2 PUBLISH the node did not take (its retained copy failed) is
+/// not acknowledged; its id is released, so the client's resend after reconnecting is routed.
+#[test]
+fn item9_v3_publish_not_taken_releases_its_qos2_id() {
+    let t0 = Instant::now();
+    let mut s = attached_with(
+        ServerPolicy::default(),
+        &connect_packet(Protocol::V311, false, 0),
+        t0,
+    );
+    let p = publish("a", QoS::ExactlyOnce, Some(5));
+    let routed = Handled::Publish(Inbound {
+        msg: from_c1("a", QoS::ExactlyOnce),
+        ack: pending(AckKind::PubRec, 5, Protocol::V311),
+    });
+    assert_eq!(s.handle(Packet::Publish(p.clone()), t0), routed);
+    let Handled::Publish(Inbound { ack: Some(ack), .. }) = routed.clone() else {
+        unreachable!()
+    };
+    s.not_taken(&ReadyAck {
+        ack,
+        reason: ReasonCode::SUCCESS,
+    });
+    let mut resend = p;
+    resend.dup = true;
+    assert_eq!(s.handle(Packet::Publish(resend), t0), routed);
+}

@@ -84,7 +84,8 @@ pub(crate) enum Origin<'a> {
 pub(crate) struct PublishOutcome {
     /// Some subscriber, here or on a peer, matched.
     pub(crate) matched: bool,
-    /// The retained copy could not be stored (no quorum): the client hears 0x80 (v5).
+    /// The retained copy could not be stored (no quorum): a client's QoS 1/2 PUBLISH was not
+    /// delivered either; the client hears 0x80 (v5) or the connection closes (v3.1.1).
     pub(crate) retain_failed: bool,
     /// For QoS 1/2 forwarded to peers: ends when every peer accepted it or the forward timeout
     /// ran out (counted). The publisher's acknowledgement waits for it.
@@ -174,7 +175,8 @@ impl Broker {
 
     /// The one publish path for messages that start on this node: a client's PUBLISH and a
     /// will. Stores the retained copy (replicated, or local for `$SYS`), delivers to local
-    /// subscribers, and hands the message to the peers with subscribers, in that order. Messages
+    /// subscribers, and hands the message to the peers with subscribers, in that order; a
+    /// client's QoS 1/2 message whose retained copy failed goes no further. Messages
     /// from peers enter at [`Broker::deliver_from_peer`]: they are never retained or forwarded
     /// again.
     ///
@@ -192,6 +194,14 @@ impl Broker {
                     info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
                 }
                 out.retain_failed = true;
+                if msg.qos != roost_codec::QoS::AtMostOnce && matches!(origin, Origin::Client(_)) {
+                    // A client's QoS 1/2 PUBLISH is accepted whole or not at all: its
+                    // acknowledgement says it failed (v5: 0x80; v3.1.1: the connection closes
+                    // unacknowledged), so delivering it anyway would make the retry a
+                    // duplicate. QoS 0 and wills, which nobody retries, are still delivered.
+                    self.metrics.retain_not_stored.increment(1);
+                    return out;
+                }
             }
         }
         let routed = self.route(msg, origin, &mut out.congested);
