@@ -16,19 +16,45 @@
 //! | POST   | `/api/v1/cluster/members`   | `{"node_id","cluster_addr","mqtt_addr"}`: join  |
 //! | DELETE | `/api/v1/cluster/members/{id}` | remove a member                              |
 //!
-//! The API has no authentication: the default listener is 127.0.0.1 and the sample config
-//! says to expose it only on a trusted network.
+//! Who may call what ([`guard`], configured by `[http]`, see `HttpConfig`):
+//!
+//! ```text
+//!  request ─▶ /healthz or /readyz? ─yes──────────────────────────────────────────▶ handler
+//!                   │ no
+//!  Host an IP literal, localhost or in allowed_hosts? ─no─▶ 403 (400: no Host on HTTP/1.1,
+//!                   │ yes                                         two of them, malformed)
+//!  token configured, and the path is not /metrics
+//!  (or metrics_require_token is set)? ─no────────────────────────────────────────▶ handler
+//!                   │ yes
+//!  Authorization: Bearer <token> matches? ─no─▶ 401 + WWW-Authenticate: Bearer
+//!                   │ yes
+//!                   ▼
+//!                handler
+//! ```
+//!
+//! The `Host` check defeats DNS rebinding: a web page whose own name is made to resolve to
+//! 127.0.0.1 still sends its own name as `Host`, so the operator's browser cannot be used to
+//! join, remove or kick anything on a node listening on loopback. The probes stay open
+//! because kubelet and load balancers send no credentials and pick their own `Host`. The
+//! token is required by the config wherever the listener is not loopback. Refusals are
+//! counted in `roost_http_requests_refused_total{reason}` and logged at DEBUG only (an
+//! attacker could otherwise fill the log).
 
 use crate::broker::{Broker, SessionRef};
+use crate::config::{AdminToken, HttpConfig};
 use crate::telemetry::LogHandle;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
+use axum::http::uri::Authority;
+use axum::http::{StatusCode, Version};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use roost_codec::{Protocol, ReasonCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,7 +66,155 @@ pub(crate) struct AdminState {
     pub(crate) log: Option<LogHandle>,
 }
 
-pub(crate) fn router(state: AdminState) -> Router {
+/// Who may call the API: built once at start from `[http]` and the token read then.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    /// `None`: no token configured (allowed only on loopback, see `Config::validate`).
+    token: Option<AdminToken>,
+    /// `http.allowed_hosts`, lower-cased; entries starting with `.` match a whole domain.
+    allowed_hosts: Vec<String>,
+    /// `http.metrics_require_token`.
+    metrics_require_token: bool,
+}
+
+impl Guard {
+    pub(crate) fn new(http: &HttpConfig, token: Option<AdminToken>) -> Guard {
+        Guard {
+            token,
+            allowed_hosts: http
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            metrics_require_token: http.metrics_require_token,
+        }
+    }
+
+    /// Whether `host` (the host part of `Host`, IPv6 in brackets) names this node: an IP
+    /// literal, `localhost`, or an entry of `http.allowed_hosts`.
+    fn host_allowed(&self, host: &str) -> bool {
+        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return v6.parse::<Ipv6Addr>().is_ok();
+        }
+        if host.parse::<Ipv4Addr>().is_ok() {
+            return true;
+        }
+        let name = host.to_ascii_lowercase();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        if name == "localhost" {
+            return true;
+        }
+        self.allowed_hosts
+            .iter()
+            .any(|allowed| match allowed.strip_prefix('.') {
+                Some(domain) => name == domain || name.ends_with(allowed.as_str()),
+                None => name == allowed,
+            })
+    }
+}
+
+/// Paths open to anyone who reaches the port: the probes (see the module docs for why).
+fn is_probe(path: &str) -> bool {
+    path == "/healthz" || path == "/readyz"
+}
+
+/// The middleware in front of every route: the `Host` check, then the bearer token.
+pub(crate) async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if is_probe(path) {
+        return next.run(req).await;
+    }
+    let host = match request_host(&req) {
+        Ok(Some(host)) => host,
+        Ok(None) if req.version() <= Version::HTTP_10 => String::new(),
+        Ok(None) => return refuse(StatusCode::BAD_REQUEST, "no_host", "missing Host header"),
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, "no_host", why),
+    };
+    if !host.is_empty() && !g.host_allowed(&host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "host",
+            &format!(
+                "Host {host:?} is not allowed; if this node is reached by that name, \
+                 add it to http.allowed_hosts"
+            ),
+        );
+    }
+    let needs_token = path != "/metrics" || g.metrics_require_token;
+    if let (true, Some(token)) = (needs_token, &g.token) {
+        match bearer(&req) {
+            Some(presented) if token.matches(presented) => {}
+            Some(_) => return unauthorized(true),
+            None => return unauthorized(false),
+        }
+    }
+    next.run(req).await
+}
+
+/// The host the request is for, without port: from an absolute-form target
+/// (`GET http://host/...`, which RFC 9112 §3.2.2 says wins over `Host`), else from the one
+/// `Host` header. `Ok(None)`: no host given. `Err`: several `Host` headers or a malformed one.
+fn request_host(req: &Request) -> Result<Option<String>, &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(Some(authority.host().to_owned()));
+    }
+    let mut values = req.headers().get_all(HOST).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(v), None) => v,
+        (Some(_), Some(_)) => return Err("more than one Host header"),
+    };
+    let text = value.to_str().map_err(|_| "malformed Host header")?;
+    if text.contains('@') {
+        return Err("malformed Host header");
+    }
+    let authority: Authority = text.parse().map_err(|_| "malformed Host header")?;
+    if authority.host().is_empty() {
+        return Err("malformed Host header");
+    }
+    Ok(Some(authority.host().to_owned()))
+}
+
+/// The credentials of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110
+/// §11.1), or `None` when the header is absent or uses another scheme.
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let value = req.headers().get(AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
+fn refuse(status: StatusCode, reason: &'static str, message: &str) -> Response {
+    metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => reason).increment(1);
+    tracing::debug!(reason, message, "admin HTTP request refused");
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// 401 with the challenge RFC 6750 §3 asks for; `invalid_token` when a token was sent.
+fn unauthorized(token_sent: bool) -> Response {
+    let (challenge, message) = if token_sent {
+        (
+            r#"Bearer realm="roost", error="invalid_token""#,
+            "wrong admin token",
+        )
+    } else {
+        (
+            r#"Bearer realm="roost""#,
+            "this node requires an admin token: Authorization: Bearer <token>",
+        )
+    };
+    let mut resp = refuse(StatusCode::UNAUTHORIZED, "token", message);
+    resp.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
+pub(crate) fn router(state: AdminState, guard_state: Arc<Guard>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -56,6 +230,7 @@ pub(crate) fn router(state: AdminState) -> Router {
             "/api/v1/cluster/members/{id}",
             axum::routing::delete(cluster_leave),
         )
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .with_state(state)
 }
 

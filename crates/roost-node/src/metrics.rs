@@ -40,12 +40,18 @@ pub(crate) const WILLS: &str = "roost_wills_published_total";
 pub(crate) const BACKPRESSURE_TIMEOUTS: &str = "roost_mqtt_backpressure_timeouts_total";
 pub(crate) const FORWARD_TIMEOUTS: &str = "roost_cluster_forward_timeouts_total";
 pub(crate) const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
+pub(crate) const HTTP_REFUSED: &str = "roost_http_requests_refused_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
     describe_gauge!(
         CONNECTIONS,
         "MQTT connections currently open (after CONNACK)"
+    );
+    describe_counter!(
+        HTTP_REFUSED,
+        "admin HTTP requests refused, by reason (host: foreign Host, no_host: missing or \
+         malformed Host, token: missing or wrong admin token)"
     );
     describe_counter!(
         CONNECTIONS_ACCEPTED,

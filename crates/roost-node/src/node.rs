@@ -13,7 +13,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hooks::NodeHooks;
-use crate::http::{router, AdminState};
+use crate::http::{router, AdminState, Guard};
 use crate::telemetry::LogHandle;
 use roost_cluster::types::NodeId;
 use roost_cluster::{Cluster, ClusterConfig};
@@ -95,6 +95,12 @@ impl Node {
     /// Nothing is bound if the config is invalid.
     pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Node, StartError> {
         config.validate()?;
+        // Read before anything is bound or locked: a missing token file stops the start here.
+        let admin_token = if config.http.enabled {
+            config.http.admin_token()?
+        } else {
+            None
+        };
         let data_lock = lock_data_dir(&config)?;
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
@@ -113,11 +119,14 @@ impl Node {
         if config.http.enabled {
             let (http, addr) = bind("http.listen", config.http.listen).await?;
             http_addr = Some(addr);
-            let app = router(AdminState {
-                broker: Arc::clone(&broker),
-                ready: Arc::clone(&ready),
-                log,
-            });
+            let app = router(
+                AdminState {
+                    broker: Arc::clone(&broker),
+                    ready: Arc::clone(&ready),
+                    log,
+                },
+                Arc::new(Guard::new(&config.http, admin_token)),
+            );
             let mut rx = stop_rx.clone();
             background.push(tokio::spawn(async move {
                 let serve = axum::serve(http, app).with_graceful_shutdown(async move {

@@ -223,3 +223,260 @@ async fn log_level_is_unavailable_without_the_roost_subscriber() {
     .await;
     assert_eq!(r.status, 501, "{r:?}");
 }
+
+// ---- item 23 (issue 7): Host check against DNS rebinding, bearer token --------------------
+
+const TOKEN: &str = "item23-test-token-0123456789abcdef";
+
+fn with_token(config: &mut roost_node::Config) {
+    config.http.token = Some(roost_node::config::AdminToken::new(TOKEN).unwrap());
+}
+
+/// One request with exactly these headers (no token unless given).
+async fn call(node: &TestNode, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let body = (method == "POST").then_some(r#"{"node_id":9,"cluster_addr":"127.0.0.1:1"}"#);
+    http_with(node.http_addr().unwrap(), method, path, body, headers)
+        .await
+        .unwrap()
+}
+
+/// The admin endpoints an attacker would want: the sessions list, kick, join, leave.
+const ADMIN: [(&str, &str); 4] = [
+    ("GET", "/api/v1/clients"),
+    ("DELETE", "/api/v1/clients/victim"),
+    ("POST", "/api/v1/cluster/members"),
+    ("DELETE", "/api/v1/cluster/members/9"),
+];
+
+/// Raw bytes in, the status line out: for requests hyper's client would not send.
+async fn raw_status(node: &TestNode, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(node.http_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(HTTP_TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn item23_foreign_host_is_refused_and_ip_literals_and_localhost_accepted() {
+    let node = TestNode::start().await.unwrap();
+    let mut victim = connect_clean(node.addr(), Protocol::V5, "victim").await;
+    // A page at evil.example rebound to 127.0.0.1 sends its own name as Host.
+    for (method, path) in ADMIN.iter().copied().chain([("GET", "/metrics")]) {
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+        ] {
+            let r = call(&node, method, path, &[("host", host)]).await;
+            assert_eq!(r.status, 403, "{method} {path} Host {host}: {r:?}");
+            assert!(r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("http.allowed_hosts"));
+        }
+    }
+    victim.expect_silence(SILENCE).await.unwrap();
+    // The probes stay open whatever the Host.
+    for path in ["/healthz", "/readyz"] {
+        let r = call(&node, "GET", path, &[("host", "evil.example")]).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    let port = node.http_addr().unwrap().port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+        "10.1.2.3:8080".to_owned(),
+        "[::1]".to_owned(),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+        format!("LocalHost:{port}"),
+        "localhost.".to_owned(),
+    ] {
+        let r = call(&node, "GET", "/api/v1/clients", &[("host", &host)]).await;
+        assert_eq!(r.status, 200, "Host {host}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn item23_allowed_hosts_admit_names_and_domains() {
+    let node = TestNode::start_with(|c| {
+        c.http.allowed_hosts = vec!["roost-0.roost".to_owned(), ".svc.example".to_owned()];
+    })
+    .await
+    .unwrap();
+    for (host, status) in [
+        ("roost-0.roost:8080", 200),
+        ("ROOST-0.roost", 200),
+        ("svc.example", 200),
+        ("a.b.svc.example:80", 200),
+        ("roost-1.roost", 403),
+        ("evilsvc.example", 403),
+    ] {
+        let r = call(&node, "GET", "/api/v1/clients", &[("host", host)]).await;
+        assert_eq!(r.status, status, "Host {host}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn item23_missing_or_doubled_host_on_http11_is_400() {
+    let node = TestNode::start().await.unwrap();
+    let status = raw_status(
+        &node,
+        "GET /api/v1/clients HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let status = raw_status(
+        &node,
+        "GET /api/v1/clients HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    // An absolute-form target names the host, and wins over Host (RFC 9112 §3.2.2).
+    let status = raw_status(
+        &node,
+        "GET http://evil.example/api/v1/clients HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    // HTTP/1.0 has no Host requirement; a browser always sends one.
+    let status = raw_status(&node, "GET /api/v1/clients HTTP/1.0\r\n\r\n").await;
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+}
+
+#[tokio::test]
+async fn item23_token_required_on_admin_endpoints() {
+    let node = TestNode::start_with(with_token).await.unwrap();
+    let mut victim = connect_clean(node.addr(), Protocol::V5, "victim").await;
+    let wrong = format!("Bearer {TOKEN}x");
+    let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let basic = format!("Basic {TOKEN}");
+    for (method, path) in ADMIN {
+        let r = call(&node, method, path, &[]).await;
+        assert_eq!(r.status, 401, "{method} {path} without a token: {r:?}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Bearer realm="roost""#)
+        );
+        for auth in [wrong.as_str(), prefix.as_str(), "Bearer ", basic.as_str()] {
+            let r = call(&node, method, path, &[("authorization", auth)]).await;
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {r:?}");
+            assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        }
+    }
+    // Nothing happened: the victim is still connected, no member was added.
+    victim.expect_silence(SILENCE).await.unwrap();
+    let r = http(&node, "GET", "/api/v1/cluster", None).await;
+    assert_eq!(r.json()["members"].as_array().unwrap().len(), 1, "{r:?}");
+
+    // Right token (scheme in any case): the calls go through.
+    let right = format!("bearer {TOKEN}");
+    let r = call(
+        &node,
+        "GET",
+        "/api/v1/clients",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()[0]["client_id"], "victim");
+    let r = call(
+        &node,
+        "DELETE",
+        "/api/v1/clients/victim",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    expect_disconnect(&mut victim, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    // Join and leave get past the guard: their handlers answer (node 0 is refused by the
+    // join handler; node 9 is no member to remove).
+    let r = http_with(
+        node.http_addr().unwrap(),
+        "POST",
+        "/api/v1/cluster/members",
+        Some(r#"{"node_id":0,"cluster_addr":"127.0.0.1:1"}"#),
+        &[("authorization", &right)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "node ids start at 1");
+    let r = call(
+        &node,
+        "DELETE",
+        "/api/v1/cluster/members/9",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert!(![401, 403].contains(&r.status), "{r:?}");
+    // The token does not excuse a foreign Host.
+    let r = call(
+        &node,
+        "GET",
+        "/api/v1/clients",
+        &[("authorization", &right), ("host", "evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    // Probes and (by default) metrics need no token.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = call(&node, "GET", path, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn item23_metrics_can_require_the_token() {
+    let node = TestNode::start_with(|c| {
+        with_token(c);
+        c.http.metrics_require_token = true;
+    })
+    .await
+    .unwrap();
+    let r = call(&node, "GET", "/metrics", &[]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = http(&node, "GET", "/metrics", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(&node, "GET", "/healthz", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn item23_token_file_is_read_at_start_and_a_missing_one_stops_it() {
+    let dir = std::env::temp_dir().join(format!("roost-item23-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin-token");
+    // `echo token > file` leaves a newline: ignored.
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let path = file.clone();
+    let node = TestNode::start_with(move |c| c.http.token_file = Some(path))
+        .await
+        .unwrap();
+    assert_eq!(node.admin_token(), Some(TOKEN));
+    assert_eq!(call(&node, "GET", "/api/v1/clients", &[]).await.status, 401);
+    assert_eq!(
+        http(&node, "GET", "/api/v1/clients", None).await.status,
+        200
+    );
+
+    let missing = dir.join("nope");
+    let err = TestNode::start_with(move |c| c.http.token_file = Some(missing))
+        .await
+        .err()
+        .expect("a missing token file stops the start");
+    let text = format!("{err:#}");
+    assert!(text.contains("http.token_file"), "{text}");
+    assert!(text.contains("cannot read it"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,5 +1,9 @@
-//! The admin HTTP API from a test: [`http`] / [`http_at`] send one request and read the whole
-//! answer, [`metric`] sums a Prometheus metric from `GET /metrics`.
+//! The admin HTTP API from a test: [`http`] / [`http_at`] / [`http_with`] send one request and
+//! read the whole answer, [`metric`] sums a Prometheus metric from `GET /metrics`.
+//!
+//! [`http`] sends the node's admin token (`Authorization: Bearer`) when it has one, so tests
+//! of other features need not care; [`http_at`] sends none; [`http_with`] sends exactly the
+//! headers the test gives (`Host` included, which otherwise is the address).
 //!
 //! The client is hyper's connection API (`hyper::client::conn::http1`) over a tokio
 //! `TcpStream`, one request per connection (`Connection: close`), the same library `roost ctl`
@@ -51,23 +55,42 @@ impl HttpResponse {
 
 /// Sends one request to `node`'s admin API; panics (failing the test) if there is no complete
 /// answer within [`HTTP_TIMEOUT`]. `body`, when given, is sent as `application/json`.
+/// The node's admin token, if it has one, is sent as `Authorization: Bearer`.
 pub async fn http(node: &TestNode, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
     let addr = node.http_addr().expect("admin HTTP enabled");
-    match http_at(addr, method, path, body).await {
+    let auth = node.admin_token().map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    match http_with(addr, method, path, body, &headers).await {
         Ok(r) => r,
         Err(e) => panic!("{method} {path} on {addr}: {e:#}"),
     }
 }
 
 /// Sends one request to the admin API at `addr` and reads the whole response, within
-/// [`HTTP_TIMEOUT`]. `body`, when given, is sent as `application/json`.
+/// [`HTTP_TIMEOUT`]. `body`, when given, is sent as `application/json`. No credentials.
 pub async fn http_at(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(HTTP_TIMEOUT, exchange(addr, method, path, body))
+    http_with(addr, method, path, body, &[]).await
+}
+
+/// [`http_at`] with extra `headers` (name, value). A `host` among them replaces the default
+/// `Host: <addr>`.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(HTTP_TIMEOUT, exchange(addr, method, path, body, headers))
         .await
         .map_err(|_| anyhow!("HTTP response not finished within {HTTP_TIMEOUT:?}"))?
 }
@@ -77,12 +100,21 @@ async fn exchange(
     method: &str,
     path: &str,
     body: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> anyhow::Result<HttpResponse> {
     let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes())?)
         .uri(path)
-        .header(HOST, addr.to_string())
         .header(CONNECTION, "close");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        req = req.header(HOST, addr.to_string());
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(b) = body {
         req = req
             .header(CONTENT_TYPE, "application/json")

@@ -7,8 +7,8 @@
 //!   hand-assembled bytes for malformed-input tests.
 //! - [`steps`]: asserting steps over `RawClient` (connect, publish, collect, expect a
 //!   disconnect, wait for the node to settle) that panic on anything unexpected.
-//! - [`admin`]: the admin HTTP API ([`http`], [`http_at`]) on hyper, and [`metric`] to read a
-//!   Prometheus counter.
+//! - [`admin`]: the admin HTTP API ([`http`], [`http_at`], [`http_with`]) on hyper, and
+//!   [`metric`] to read a Prometheus counter.
 //!
 //! Everything is re-exported here, so a test file starts with `use roost_testkit::*;`. Every
 //! wait is bounded ([`RECV_TIMEOUT`], [`HTTP_TIMEOUT`]) so a broken broker fails a test instead
@@ -18,7 +18,7 @@ pub mod admin;
 pub mod packets;
 pub mod steps;
 
-pub use admin::{http, http_at, metric, HttpResponse, HTTP_TIMEOUT};
+pub use admin::{http, http_at, http_with, metric, HttpResponse, HTTP_TIMEOUT};
 pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
 pub use steps::{
     collect, connect_clean, connect_persistent, connect_with, expect_disconnect, payloads,
@@ -43,6 +43,8 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// A node running inside the test process, with its own temporary data directory.
 pub struct TestNode {
     node: Node,
+    /// The admin token the node was configured with, sent by [`http`].
+    admin_token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -65,11 +67,22 @@ impl TestNode {
         config.cluster.heartbeat_ms = 50;
         config.cluster.election_timeout_ms = 300;
         tweak(&mut config);
+        // An unreadable token file is reported by `Node::start` below.
+        let admin_token = config
+            .http
+            .admin_token()
+            .ok()
+            .flatten()
+            .map(|t| t.expose().to_owned());
         let node = Node::start(config, None).await?;
         if !node.wait_ready(Duration::from_secs(10)).await {
             anyhow::bail!("node did not become ready (no Raft leader) within 10 s");
         }
-        Ok(TestNode { node, _dir: dir })
+        Ok(TestNode {
+            node,
+            admin_token,
+            _dir: dir,
+        })
     }
 
     /// The MQTT address.
@@ -80,6 +93,11 @@ impl TestNode {
     /// The admin HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.node.http_addr()
+    }
+
+    /// The admin API token the node requires, if one was configured.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// The node itself.

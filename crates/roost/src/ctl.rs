@@ -10,6 +10,12 @@
 //! on success, 1 with one line on stderr otherwise ("cannot reach roost at ADDR: ..." when
 //! nothing listens there, "roost at ADDR answered 409 Conflict: ..." when the node refused).
 //!
+//! The admin token, when the node requires one (`http.token_file` / `ROOST_HTTP__TOKEN`), is
+//! sent as `Authorization: Bearer`. It comes from `--token-file PATH` (or the variable
+//! `ROOST_HTTP__TOKEN_FILE`), else from `ROOST_HTTP__TOKEN`: the same names the node reads, so
+//! one environment serves both. There is no `--token` flag: a command line is visible to every
+//! user of the machine (`ps`).
+//!
 //! The HTTP/1.1 client is hyper's own connection API (`hyper::client::conn::http1`) over a
 //! tokio `TcpStream`, one request per connection (`Connection: close`), on a current-thread
 //! runtime made for the call. Why hyper and not a client crate such as `ureq`: hyper 1,
@@ -24,12 +30,15 @@
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::header::{
+    ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT,
+};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -45,6 +54,10 @@ pub(crate) struct CtlArgs {
     /// caught up with the log and become a voter, so it can take a while on a large state.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout_secs: u64,
+    /// File holding the node's admin token (surrounding whitespace ignored). Without it the
+    /// token is taken from the variable ROOST_HTTP__TOKEN, if set.
+    #[arg(long, value_name = "PATH", env = "ROOST_HTTP__TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -133,13 +146,47 @@ pub(crate) fn run(args: CtlArgs) -> ExitCode {
     }
 }
 
+/// The variable `roost ctl` (like the node) takes the admin token from.
+const TOKEN_ENV: &str = "ROOST_HTTP__TOKEN";
+
+/// The admin token to send: the contents of `token_file`, else `env_token` (the value of
+/// [`TOKEN_ENV`]), else none. Surrounding whitespace is removed; an empty token is an error
+/// rather than a request that is sure to be refused.
+fn admin_token(
+    token_file: Option<&std::path::Path>,
+    env_token: Option<String>,
+) -> Result<Option<String>, String> {
+    let (token, from) = match token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
+            (text, format!("--token-file {}", path.display()))
+        }
+        None => match env_token {
+            Some(t) => (t, TOKEN_ENV.to_owned()),
+            None => return Ok(None),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("the admin token in {from} is empty"));
+    }
+    Ok(Some(token.to_owned()))
+}
+
 /// Performs the command and returns what to print.
 fn execute(args: &CtlArgs) -> Result<String, String> {
     let addr = normalize_addr(&args.http)?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let token = admin_token(args.token_file.as_deref(), std::env::var(TOKEN_ENV).ok())?;
+    let target = Target {
+        addr: &addr,
+        token: token.as_deref(),
+        timeout,
+    };
     match &args.command {
         CtlCommand::Status { json } => {
-            let resp = call(&addr, "GET", "/api/v1/cluster", None, timeout)?;
+            let resp = call(&target, "GET", "/api/v1/cluster", None)?;
             if *json {
                 let mut text = String::from_utf8_lossy(&resp.body).into_owned();
                 if !text.ends_with('\n') {
@@ -154,11 +201,10 @@ fn execute(args: &CtlArgs) -> Result<String, String> {
         CtlCommand::Join { member, mqtt } => {
             let body = join_body(member, mqtt.as_deref());
             call(
-                &addr,
+                &target,
                 "POST",
                 "/api/v1/cluster/members",
                 Some(body.as_bytes()),
-                timeout,
             )?;
             Ok(format!(
                 "node {} ({}) joined the cluster as a voter\n",
@@ -167,7 +213,7 @@ fn execute(args: &CtlArgs) -> Result<String, String> {
         }
         CtlCommand::Leave { node_id } => {
             let path = format!("/api/v1/cluster/members/{node_id}");
-            call(&addr, "DELETE", &path, None, timeout)?;
+            call(&target, "DELETE", &path, None)?;
             Ok(format!("node {node_id} left the cluster\n"))
         }
     }
@@ -185,20 +231,32 @@ fn join_body(member: &MemberSpec, mqtt: Option<&str>) -> String {
     body.to_string()
 }
 
+/// The member a command talks to: its address, the token to send, the time allowed.
+struct Target<'a> {
+    addr: &'a str,
+    token: Option<&'a str>,
+    timeout: Duration,
+}
+
 /// One request; any answer but 2xx becomes an error line naming the node and its reason.
 fn call(
-    addr: &str,
+    target: &Target<'_>,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
-    timeout: Duration,
 ) -> Result<HttpResponse, String> {
-    let resp = http_request(addr, method, path, body, timeout).map_err(|e| e.to_string())?;
+    let addr = target.addr;
+    let resp = http_request(addr, method, path, body, target.token, target.timeout)
+        .map_err(|e| e.to_string())?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
+    let hint = match (resp.status, target.token) {
+        (401, None) => format!(" (pass --token-file or set {TOKEN_ENV})"),
+        _ => String::new(),
+    };
     Err(format!(
-        "roost at {addr} answered {} {}: {}",
+        "roost at {addr} answered {} {}: {}{hint}",
         resp.status,
         resp.reason,
         error_text(&resp.body)
@@ -414,14 +472,15 @@ impl std::fmt::Display for HttpError {
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Sends one request to `addr` (`host:port`) and reads the whole response, all within
-/// `timeout`. `body`, when given, is sent as `application/json`. Blocking: it runs the
-/// exchange on a current-thread runtime of its own, so call it from a plain thread, never
-/// from inside a tokio runtime.
+/// `timeout`. `body`, when given, is sent as `application/json`; `token`, when given, as
+/// `Authorization: Bearer`. Blocking: it runs the exchange on a current-thread runtime of its
+/// own, so call it from a plain thread, never from inside a tokio runtime.
 pub(crate) fn http_request(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -431,7 +490,7 @@ pub(crate) fn http_request(
             addr: addr.to_owned(),
             reason: format!("cannot start the I/O runtime: {e}"),
         })?;
-    runtime.block_on(request(addr, method, path, body, timeout))
+    runtime.block_on(request(addr, method, path, body, token, timeout))
 }
 
 /// [`http_request`]'s body: connect (names resolved, each address tried in turn), then the
@@ -441,6 +500,7 @@ async fn request(
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -460,7 +520,9 @@ async fn request(
         }
     };
     let reason =
-        match tokio::time::timeout_at(deadline, exchange(stream, addr, method, path, body)).await {
+        match tokio::time::timeout_at(deadline, exchange(stream, addr, method, path, body, token))
+            .await
+        {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(reason)) => reason,
             Err(_) => format!("no complete response within {:.1}s", timeout.as_secs_f64()),
@@ -478,6 +540,7 @@ async fn exchange(
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    token: Option<&str>,
 ) -> Result<HttpResponse, String> {
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|e| format!("invalid method {method:?}: {e}"))?;
@@ -488,6 +551,9 @@ async fn exchange(
         .header(USER_AGENT, "roost-ctl")
         .header(ACCEPT, "application/json, text/plain")
         .header(CONNECTION, "close");
+    if let Some(t) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
     if let Some(b) = body {
         req = req
             .header(CONTENT_TYPE, "application/json")

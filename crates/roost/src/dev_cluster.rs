@@ -394,9 +394,15 @@ fn probe_readiness(
     while !pending.is_empty() && !stop.load(Ordering::Acquire) {
         let mut still = Vec::with_capacity(pending.len());
         for i in pending {
-            let ok =
-                crate::ctl::http_request(&addrs[i], "GET", "/readyz", None, Duration::from_secs(1))
-                    .is_ok_and(|r| r.status == 200);
+            let ok = crate::ctl::http_request(
+                &addrs[i],
+                "GET",
+                "/readyz",
+                None,
+                None,
+                Duration::from_secs(1),
+            )
+            .is_ok_and(|r| r.status == 200);
             if ok {
                 // Capacity is the node count and each index is sent once: never full.
                 if ready_tx.try_send(i).is_err() {

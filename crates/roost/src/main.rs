@@ -146,6 +146,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         let signal = wait_for_signal();
         let node = match Node::start(config, Some(log)).await {
             Ok(n) => n,
+            // A config problem found only at start (an unreadable http.token_file).
+            Err(e @ roost_node::StartError::Config(_)) => {
+                tracing::error!(error = %e, "cannot start node");
+                eprintln!("roost: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot start node");
                 eprintln!("roost: {e:#}");

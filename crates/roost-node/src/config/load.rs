@@ -105,6 +105,8 @@ impl Config {
             ));
         }
 
+        validate_http(&self.http)?;
+
         let c = &self.cluster;
         at_least("cluster.node_id", c.node_id, 1)?;
         for seed in &c.seeds {
@@ -146,6 +148,87 @@ impl Config {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot render the configuration as TOML: {e}\n"))
     }
+}
+
+impl HttpConfig {
+    /// The admin token the listener requires, if any: `token`, or the contents of
+    /// `token_file` with surrounding whitespace removed. Reads the file, so the node calls it
+    /// once at start, before binding; [`Config::validate`] only checks that a token is
+    /// configured where one is required. An unreadable file or a malformed token is an
+    /// [`ConfigError::Invalid`] naming the key (the token itself is never shown).
+    pub fn admin_token(&self) -> Result<Option<AdminToken>, ConfigError> {
+        if let Some(token) = &self.token {
+            return AdminToken::new(token.expose())
+                .map(Some)
+                .map_err(|reason| invalid("http.token", "<redacted>".to_owned(), reason));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let shown = format!("{:?}", path.display().to_string());
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "http.token_file",
+                shown.clone(),
+                format!("cannot read it: {e}"),
+            )
+        })?;
+        AdminToken::new(text.trim())
+            .map(Some)
+            .map_err(|reason| invalid("http.token_file", shown, reason))
+    }
+}
+
+/// The `[http]` rules beyond types: token sources exclusive and well-formed, a token wherever
+/// the listener is reachable from other machines, `allowed_hosts` entries that are host names.
+fn validate_http(h: &HttpConfig) -> Result<(), ConfigError> {
+    if let (Some(path), Some(_)) = (&h.token_file, &h.token) {
+        return Err(invalid(
+            "http.token_file",
+            format!("{:?}", path.display().to_string()),
+            "cannot be set together with http.token (ROOST_HTTP__TOKEN): choose one",
+        ));
+    }
+    if let Some(path) = &h.token_file {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(
+                "http.token_file",
+                "\"\"".to_owned(),
+                "must not be empty",
+            ));
+        }
+    }
+    if let Some(token) = &h.token {
+        AdminToken::new(token.expose())
+            .map_err(|reason| invalid("http.token", "<redacted>".to_owned(), reason))?;
+    }
+    if h.enabled && !h.listen.ip().is_loopback() && h.token.is_none() && h.token_file.is_none() {
+        return Err(invalid(
+            "http.token_file",
+            "(not set)".to_owned(),
+            format!(
+                "an admin token is required because http.listen (\"{}\") is not a loopback \
+                 address: set http.token_file (or ROOST_HTTP__TOKEN), or listen on 127.0.0.1",
+                h.listen
+            ),
+        ));
+    }
+    for host in &h.allowed_hosts {
+        let name = host.strip_prefix('.').unwrap_or(host);
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(invalid(
+                "http.allowed_hosts",
+                format!("{host:?}"),
+                "each entry must be a host name without port (letters, digits, '-', '.', '_'), \
+                 optionally starting with '.' to allow every name under a domain",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl CliOverrides {

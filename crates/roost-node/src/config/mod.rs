@@ -68,8 +68,10 @@ pub struct ClusterSettings {
     /// This node's id, unique in the cluster and never reused for another machine's data.
     /// At least 1. Default 1.
     pub node_id: u64,
-    /// Address of the cluster gRPC listener (Raft, forwarding, takeover). No authentication:
-    /// keep it on a private network. Default `127.0.0.1:7946`.
+    /// Address of the cluster gRPC listener (Raft, forwarding, takeover, membership). No
+    /// authentication and no encryption until mutual TLS between nodes lands: whoever reaches
+    /// it is trusted as a member (it can take over any session), so keep it on a private
+    /// network. Default `127.0.0.1:7946`.
     pub listen: SocketAddr,
     /// Address peers use to reach this node, when it differs from `listen` (NAT, `0.0.0.0`).
     /// Default: `listen`.
@@ -324,14 +326,50 @@ pub enum QueueDrop {
 }
 
 /// `[http]`: the admin HTTP listener (health, readiness, Prometheus metrics, admin API).
+///
+/// Who may use it (the checks themselves are in the node's `http` module):
+///
+/// - `/healthz` and `/readyz` are always open: probes (kubelet, load balancers) carry no secret
+///   and choose their own `Host`, and the answer is one bit.
+/// - Every other path must name this node in `Host` (an IP literal, `localhost`, or a name in
+///   [`HttpConfig::allowed_hosts`]), else 403: a web page that rebinds its own DNS name to
+///   127.0.0.1 cannot reach the API through the operator's browser.
+/// - With a token configured ([`HttpConfig::token`] or [`HttpConfig::token_file`]), every
+///   admin path, and `/metrics` when [`HttpConfig::metrics_require_token`], needs
+///   `Authorization: Bearer <token>`, else 401.
+///
+/// A listener on a non-loopback address must have a token: [`Config::validate`] refuses it
+/// otherwise, naming `http.token_file`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Whether the admin HTTP listener runs at all. Default true.
     pub enabled: bool,
-    /// Address the admin HTTP listener binds. Default `127.0.0.1:8080`, because the admin API
-    /// is unauthenticated: expose it only on a trusted network. Must not be the MQTT address.
+    /// Address the admin HTTP listener binds. Default `127.0.0.1:8080`. Any address that is
+    /// not loopback requires a token (`token_file` or `token`). Must not be the MQTT address.
     pub listen: SocketAddr,
+    /// File holding the admin API bearer token (surrounding whitespace, such as the newline
+    /// `echo` adds, is ignored). Read once at start; a missing, unreadable or empty file
+    /// stops the start naming this key. Use the same token on every node so that `roost ctl`
+    /// works against any member. Exclusive with `token`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The admin API bearer token itself, for environments that hand secrets over as variables
+    /// (`ROOST_HTTP__TOKEN`). Prefer `token_file` in a file on disk. At least
+    /// [`MIN_TOKEN_LENGTH`] characters, visible ASCII without spaces. Never printed:
+    /// [`Config::to_toml_string`] leaves it out and `Debug` shows `<redacted>`. Exclusive with
+    /// `token_file`. Default: none.
+    #[serde(skip_serializing)]
+    pub token: Option<AdminToken>,
+    /// Host names, besides IP literals and `localhost`, that clients may put in the `Host`
+    /// header (no port; case-insensitive). An entry starting with `.` allows that domain and
+    /// every name under it (`.roost.svc.cluster.local`). Needed when the API is reached by a
+    /// DNS name, e.g. `roost ctl --http roost-0.roost:8080`. Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// Whether `/metrics` needs the token too (when one is configured). Default false: metrics
+    /// hold counts, not client data, and most Prometheus set-ups scrape without credentials;
+    /// set it when even counts must stay private (Prometheus: `authorization.credentials_file`).
+    pub metrics_require_token: bool,
 }
 
 impl Default for HttpConfig {
@@ -339,7 +377,65 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_file: None,
+            token: None,
+            allowed_hosts: Vec::new(),
+            metrics_require_token: false,
         }
+    }
+}
+
+/// Shortest admin token accepted: 16 characters. `openssl rand -hex 32` gives 64.
+pub const MIN_TOKEN_LENGTH: usize = 16;
+
+/// The admin API bearer token. Its `Debug` does not show it, so a logged [`Config`] leaks
+/// nothing; compare it with [`AdminToken::matches`], which takes the same time however many
+/// leading characters of a guess are right.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Checks a token's shape: at least [`MIN_TOKEN_LENGTH`] characters, all visible ASCII
+    /// (it travels in an HTTP header). The error says what is wrong, never the token.
+    pub fn new(token: impl Into<String>) -> Result<AdminToken, String> {
+        let token = token.into();
+        if token.len() < MIN_TOKEN_LENGTH {
+            return Err(format!(
+                "the token must be at least {MIN_TOKEN_LENGTH} characters long (got {})",
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the token must be visible ASCII without spaces (it travels in an HTTP header)"
+                    .to_owned(),
+            );
+        }
+        Ok(AdminToken(token))
+    }
+
+    /// The token, for a client that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token. The time taken depends on the length of this token
+    /// only, not on where `presented` first differs, so the token cannot be guessed one
+    /// character at a time by timing answers.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut diff = u8::from(expected.len() != presented.len());
+        for (i, e) in expected.iter().enumerate() {
+            diff |= e ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
     }
 }
 

@@ -67,6 +67,7 @@ fn sample_sets_every_key() {
     // The sample documents every key: it must mention each one the effective config has.
     let mut full = Config::default();
     full.mqtt.server_keep_alive = Some(60);
+    full.http.token_file = Some(PathBuf::from("/etc/roost/admin-token"));
     let table: toml::Table = toml::from_str(&full.to_toml_string()).unwrap();
     for (section, entries) in &table {
         assert!(SAMPLE.contains(&format!("[{section}]")), "[{section}]");
@@ -401,6 +402,7 @@ fn cli_overrides_env() {
         &[
             ("ROOST_MQTT__LISTEN", "0.0.0.0:1883"),
             ("ROOST_HTTP__LISTEN", "0.0.0.0:8080"),
+            ("ROOST_HTTP__TOKEN", "0123456789abcdef"),
             ("ROOST_NODE__DATA_DIR", "/var/lib/roost"),
             ("ROOST_LOG__LEVEL", "debug"),
         ],
@@ -507,4 +509,154 @@ fn read_error_names_the_path() {
             .starts_with("cannot read config file /nonexistent/roost.toml: "),
         "{e}"
     );
+}
+
+// ---- item 23 (issue 7): the admin token and allowed hosts -------------------------------
+
+const TOKEN: &str = "0123456789abcdef-item23";
+
+#[test]
+fn item23_non_loopback_http_without_token_is_refused_naming_the_key() {
+    for listen in ["0.0.0.0:8080", "10.0.0.5:8080", "[::]:8080"] {
+        let s = err_string(load_str(
+            &format!("[http]\nlisten = \"{listen}\"\n"),
+            &[],
+            &CliOverrides::default(),
+        ));
+        assert!(
+            s.starts_with("invalid config: http.token_file = (not set): "),
+            "{s}"
+        );
+        assert!(s.contains("not a loopback address"), "{s}");
+        assert!(s.contains("ROOST_HTTP__TOKEN"), "{s}");
+    }
+    // The --http flag is checked the same way.
+    let cli = CliOverrides {
+        http: Some("0.0.0.0:8080".parse().unwrap()),
+        ..CliOverrides::default()
+    };
+    let s = err_string(Config::load(None, Vec::new(), &cli));
+    assert!(s.contains("http.token_file"), "{s}");
+
+    // Loopback without a token, or no HTTP listener at all: allowed.
+    for file in [
+        "[http]\nlisten = \"127.0.0.1:8080\"\n",
+        "[http]\nlisten = \"[::1]:8080\"\n",
+        "[http]\nenabled = false\nlisten = \"0.0.0.0:8080\"\n",
+    ] {
+        load_str(file, &[], &CliOverrides::default()).unwrap();
+    }
+    // A token from the file, the environment or a token file: allowed.
+    let config = load_str(
+        "[http]\nlisten = \"0.0.0.0:8080\"\n",
+        &[("ROOST_HTTP__TOKEN", TOKEN)],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.http.admin_token().unwrap().unwrap().expose(), TOKEN);
+    load_str(
+        &format!("[http]\nlisten = \"0.0.0.0:8080\"\ntoken = \"{TOKEN}\"\n"),
+        &[],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    load_str(
+        "[http]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"/run/secrets/admin-token\"\n",
+        &[],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn item23_token_is_never_printed() {
+    let config = load_str(
+        "",
+        &[("ROOST_HTTP__TOKEN", TOKEN)],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert!(config.http.token.is_some());
+    assert!(!config.to_toml_string().contains(TOKEN));
+    assert!(!format!("{config:?}").contains(TOKEN));
+}
+
+#[test]
+fn item23_bad_token_settings_name_the_key() {
+    /// (file, environment, what the error must say)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            "[http]\ntoken_file = \"/etc/roost/admin-token\"\n",
+            &[("ROOST_HTTP__TOKEN", TOKEN)],
+            "http.token_file = \"/etc/roost/admin-token\": cannot be set together with http.token",
+        ),
+        (
+            "",
+            &[("ROOST_HTTP__TOKEN", "short")],
+            "http.token = <redacted>: the token must be at least 16",
+        ),
+        (
+            "",
+            &[("ROOST_HTTP__TOKEN", "has a space in the middle")],
+            "http.token = <redacted>: the token must be visible ASCII",
+        ),
+        (
+            "[http]\ntoken_file = \"\"\n",
+            &[],
+            "http.token_file = \"\": must not be empty",
+        ),
+        (
+            "[http]\nallowed_hosts = [\"roost-0.roost:8080\"]\n",
+            &[],
+            "http.allowed_hosts = \"roost-0.roost:8080\": each entry must be a host name",
+        ),
+        (
+            "[http]\nallowed_hosts = [\".\"]\n",
+            &[],
+            "http.allowed_hosts = \".\"",
+        ),
+    ];
+    for (file, vars, want) in cases {
+        let s = err_string(load_str(file, vars, &CliOverrides::default()));
+        assert!(s.contains(want), "{file:?} {vars:?}: {s}");
+        assert!(!s.contains("has a space"), "the token is shown: {s}");
+    }
+}
+
+#[test]
+fn item23_token_file_is_read_and_trimmed() {
+    let dir = std::env::temp_dir().join(format!("roost-item23-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("  {TOKEN}\n")).unwrap();
+    let mut http = HttpConfig {
+        token_file: Some(path.clone()),
+        ..HttpConfig::default()
+    };
+    assert_eq!(http.admin_token().unwrap().unwrap().expose(), TOKEN);
+    std::fs::write(&path, "\n").unwrap();
+    let s = http.admin_token().unwrap_err().to_string();
+    assert!(s.starts_with("invalid config: http.token_file = "), "{s}");
+    assert!(s.contains("at least 16"), "{s}");
+    http.token_file = Some(dir.join("missing"));
+    let s = http.admin_token().unwrap_err().to_string();
+    assert!(
+        s.contains("http.token_file") && s.contains("cannot read it"),
+        "{s}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(HttpConfig::default().admin_token().unwrap(), None);
+}
+
+#[test]
+fn item23_token_compare() {
+    let t = AdminToken::new(TOKEN).unwrap();
+    assert!(t.matches(TOKEN.as_bytes()));
+    assert!(!t.matches(&TOKEN.as_bytes()[..TOKEN.len() - 1]));
+    assert!(!t.matches(format!("{TOKEN}x").as_bytes()));
+    assert!(!t.matches(b""));
+    let mut flipped = TOKEN.as_bytes().to_vec();
+    flipped[0] ^= 1;
+    assert!(!t.matches(&flipped));
 }

@@ -131,6 +131,7 @@ fn unreachable_address_says_so() {
         "GET",
         "/readyz",
         None,
+        None,
         Duration::from_secs(2),
     )
     .expect_err("nothing listens on port 1");
@@ -168,6 +169,7 @@ fn request_against_a_local_server() {
         "POST",
         "/api/v1/cluster/members",
         Some(b"{\"x\":1}"),
+        None,
         Duration::from_secs(5),
     )
     .expect("response");
@@ -207,14 +209,13 @@ fn refusal_names_the_node_status_and_reason() {
         .expect("write");
         String::from_utf8(req).expect("utf8")
     });
-    let err = call(
-        &addr,
-        "DELETE",
-        "/api/v1/cluster/members/4",
-        None,
-        Duration::from_secs(5),
-    )
-    .expect_err("409 is an error");
+    let target = Target {
+        addr: &addr,
+        token: None,
+        timeout: Duration::from_secs(5),
+    };
+    let err =
+        call(&target, "DELETE", "/api/v1/cluster/members/4", None).expect_err("409 is an error");
     let req = server.join().expect("server thread").to_ascii_lowercase();
     assert!(
         req.starts_with("delete /api/v1/cluster/members/4 http/1.1\r\n"),
@@ -225,4 +226,88 @@ fn refusal_names_the_node_status_and_reason() {
         err,
         format!("roost at {addr} answered 409 Conflict: node 4 is a member")
     );
+}
+
+/// A one-shot server on `127.0.0.1:0` that answers `response` and hands back the request.
+fn one_shot(response: &'static [u8]) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut req = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).expect("read");
+            assert!(n > 0, "client closed early");
+            req.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(response).expect("write");
+        String::from_utf8(req).expect("utf8")
+    });
+    (addr, server)
+}
+
+#[test]
+fn item23_token_is_sent_as_bearer() {
+    let (addr, server) = one_shot(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+    let target = Target {
+        addr: &addr,
+        token: Some("item23-token-0123456789"),
+        timeout: Duration::from_secs(5),
+    };
+    call(&target, "GET", "/api/v1/cluster", None).expect("200");
+    let req = server.join().expect("server thread");
+    assert!(
+        req.contains("\r\nauthorization: Bearer item23-token-0123456789\r\n"),
+        "{req}"
+    );
+
+    // Without a token: no Authorization header, and a 401 says how to give one.
+    let (addr, server) = one_shot(
+        b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"roost\"\r\n\
+          content-length: 17\r\n\r\n{\"error\":\"token\"}",
+    );
+    let target = Target {
+        addr: &addr,
+        token: None,
+        timeout: Duration::from_secs(5),
+    };
+    let err = call(&target, "GET", "/api/v1/cluster", None).expect_err("401");
+    let req = server.join().expect("server thread").to_ascii_lowercase();
+    assert!(!req.contains("authorization"), "{req}");
+    assert_eq!(
+        err,
+        format!(
+            "roost at {addr} answered 401 Unauthorized: token \
+             (pass --token-file or set ROOST_HTTP__TOKEN)"
+        )
+    );
+}
+
+#[test]
+fn item23_token_from_file_else_environment() {
+    let dir = std::env::temp_dir().join(format!("roost-ctl-item23-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("admin-token");
+    std::fs::write(&file, "from-file-0123456789\n").expect("write");
+    let env = || Some(" from-env-0123456789 ".to_owned());
+    assert_eq!(
+        admin_token(Some(&file), env()),
+        Ok(Some("from-file-0123456789".to_owned()))
+    );
+    assert_eq!(
+        admin_token(None, env()),
+        Ok(Some("from-env-0123456789".to_owned()))
+    );
+    assert_eq!(admin_token(None, None), Ok(None));
+    assert_eq!(
+        admin_token(None, Some(" ".to_owned())),
+        Err("the admin token in ROOST_HTTP__TOKEN is empty".to_owned())
+    );
+    let missing = dir.join("missing");
+    let err = admin_token(Some(&missing), env()).expect_err("missing file");
+    assert!(err.starts_with("cannot read --token-file "), "{err}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
