@@ -62,8 +62,68 @@ struct Conn {
     broker: Arc<Broker>,
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// A socket's place among those that have not sent CONNECT yet, and the read-buffer bytes it
+/// is charged for; both are given back when it is dropped (CONNECT read, or the socket closed).
+pub(crate) struct Pending {
+    broker: Arc<Broker>,
+    bytes: usize,
+}
+
+impl Pending {
+    /// Takes a place for a socket just accepted; `None` when `mqtt.max_pending_connections`
+    /// are already waiting for their CONNECT (the caller closes the socket, counted).
+    pub(crate) fn admit(broker: &Arc<Broker>) -> Option<Pending> {
+        let max = broker.config.mqtt.max_pending_connections;
+        let took = broker
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        took.then(|| Pending {
+            broker: Arc::clone(broker),
+            bytes: 0,
+        })
+    }
+
+    /// Charges the socket for a read buffer of `capacity` bytes; false when all pending sockets
+    /// together would pass `mqtt.pending_connect_bytes` (nothing is charged then).
+    fn charge(&mut self, capacity: usize) -> bool {
+        let Some(more) = capacity.checked_sub(self.bytes).filter(|m| *m > 0) else {
+            return true;
+        };
+        let max = self.broker.config.mqtt.pending_connect_bytes;
+        let ok = self
+            .broker
+            .pending_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                n.checked_add(more).filter(|t| *t <= max)
+            })
+            .is_ok();
+        if ok {
+            self.bytes = capacity;
+        }
+        ok
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.broker.pending.fetch_sub(1, Ordering::AcqRel);
+        self.broker
+            .pending_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Serves one accepted TCP connection until it closes. `pending` is its place among the
+/// sockets that have not sent CONNECT yet, given back once the CONNECT is read.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut pending: Pending,
+) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         stream,
@@ -74,7 +134,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         broker,
     };
     let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
-    let connect = match tokio::time::timeout(timeout, conn.read_connect()).await {
+    let connect = match tokio::time::timeout(timeout, conn.read_connect(&mut pending)).await {
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             crate::metrics::disconnected(why);
@@ -86,6 +146,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             return;
         }
     };
+    drop(pending);
     conn.run_session(connect).await;
 }
 
@@ -147,7 +208,7 @@ impl Conn {
 
     /// Waits for the first packet, which must be CONNECT. `Err`: the metric label of why the
     /// connection closed instead.
-    async fn read_connect(&mut self) -> Result<Box<Connect>, &'static str> {
+    async fn read_connect(&mut self, pending: &mut Pending) -> Result<Box<Connect>, &'static str> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(c))) => return Ok(c),
@@ -167,6 +228,11 @@ impl Conn {
             match self.fill().await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return Err("eof_before_connect"),
+            }
+            if !pending.charge(self.rbuf.capacity()) {
+                debug!(peer = %self.peer, "pending CONNECT bytes exhausted");
+                crate::metrics::rejected("pending_bytes");
+                return Err("pending_bytes");
             }
         }
     }

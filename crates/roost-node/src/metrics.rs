@@ -18,6 +18,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) const CONNECTIONS: &str = "roost_mqtt_connections";
+pub(crate) const CONNECTIONS_PENDING: &str = "roost_mqtt_connections_pending";
 pub(crate) const CONNECTIONS_ACCEPTED: &str = "roost_mqtt_connections_accepted_total";
 pub(crate) const CONNECTIONS_REJECTED: &str = "roost_mqtt_connections_rejected_total";
 pub(crate) const DISCONNECTS: &str = "roost_mqtt_disconnects_total";
@@ -47,6 +48,10 @@ pub(crate) fn describe() {
     describe_gauge!(
         CONNECTIONS,
         "MQTT connections currently open (after CONNACK)"
+    );
+    describe_gauge!(
+        CONNECTIONS_PENDING,
+        "sockets accepted whose CONNECT has not arrived yet"
     );
     describe_counter!(
         HTTP_REFUSED,
@@ -153,6 +158,7 @@ impl NodeCounter {
 /// Handles used on hot paths, resolved once.
 pub(crate) struct Metrics {
     pub(crate) connections: Gauge,
+    pub(crate) pending: Gauge,
     pub(crate) accepted: Counter,
     pub(crate) msg_received: NodeCounter,
     pub(crate) msg_sent: NodeCounter,
@@ -179,6 +185,7 @@ impl Metrics {
     pub(crate) fn new() -> Metrics {
         Metrics {
             connections: gauge!(CONNECTIONS),
+            pending: gauge!(CONNECTIONS_PENDING),
             accepted: counter!(CONNECTIONS_ACCEPTED),
             msg_received: NodeCounter::new(counter!(MSG_RECEIVED)),
             msg_sent: NodeCounter::new(counter!(MSG_SENT)),

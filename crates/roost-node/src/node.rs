@@ -232,9 +232,16 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    tokio::spawn(crate::driver::serve(Arc::clone(&broker), stream, peer));
-                }
+                Ok((stream, peer)) => match crate::driver::Pending::admit(&broker) {
+                    Some(pending) => {
+                        tokio::spawn(crate::driver::serve(Arc::clone(&broker), stream, peer, pending));
+                    }
+                    None => {
+                        // Too many sockets still owe their CONNECT: close this one at once.
+                        drop(stream);
+                        crate::metrics::rejected("pending_limit");
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!(error = %e, "accept failed");

@@ -394,3 +394,68 @@ async fn item12_connack_never_exceeds_the_client_maximum_packet_size() {
 
     assert_eq!(metric(&node, counted).await - before, 4.0);
 }
+
+/// Issue 7 item 19: sockets that have not sent CONNECT are bounded in number
+/// (`mqtt.max_pending_connections`: one more is closed at accept) and in the bytes their
+/// partial CONNECTs may buffer (`mqtt.pending_connect_bytes`), not only by the connect timeout.
+#[tokio::test]
+async fn item19_sockets_without_connect_are_bounded() {
+    let node = TestNode::start_with(|c| {
+        c.mqtt.max_pending_connections = 2;
+        c.mqtt.pending_connect_bytes = 65_536;
+        c.mqtt.connect_timeout_secs = 60;
+    })
+    .await
+    .unwrap();
+    // Two silent sockets take both places; the third is closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(RawClient::open(node.addr(), Protocol::V5).await.unwrap());
+    }
+    let mut third = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    assert!(third.expect_closed().await.unwrap().is_empty());
+    // A place given back (the socket closed) can be used again, and a CONNECT frees its place.
+    drop(silent.pop());
+    let mut ok = None;
+    for _ in 0..50 {
+        match RawClient::connect(node.addr(), Protocol::V5, "fits", true).await {
+            Ok((c, _)) => {
+                ok = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert!(ok.is_some(), "no place freed");
+    drop(silent);
+
+    // A CONNECT announcing 512 KiB, sent slowly: once the pending sockets' buffers pass 64 KiB
+    // the socket is closed, long before the connect timeout.
+    let mut big = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    let mut head = vec![0x10, 0x80, 0x80, 0x20];
+    head.extend(std::iter::repeat_n(0u8, 1024));
+    big.send_bytes(&head).await.unwrap();
+    let chunk = vec![0u8; 8192];
+    let mut closed = false;
+    for _ in 0..16 {
+        if big.send_bytes(&chunk).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if !closed {
+        closed = big.expect_closed().await.is_ok();
+    }
+    assert!(closed, "a 128 KiB partial CONNECT was buffered");
+    let metrics = http(&node, "GET", "/metrics", None).await.body;
+    for reason in ["pending_limit", "pending_bytes"] {
+        let prefix = format!("roost_mqtt_connections_rejected_total{{reason=\"{reason}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "{reason} not counted:\n{metrics}");
+    }
+}

@@ -564,24 +564,39 @@ async fn item13_ack_of_the_wrong_type_closes_the_connection() {
 /// Two free loopback ports (bound, read, released: a small window in which another test
 /// could take one).
 /// Two in-process nodes forming one cluster (commit timeout 500 ms); `tweak` adjusts both.
+/// The cluster ports are picked free and released before the nodes bind them, so another test
+/// may take one meanwhile: a failed start is retried with fresh ports.
 async fn two_nodes(tweak: impl Fn(&mut roost_node::Config) + Copy) -> (TestNode, TestNode) {
-    let (p1, p2) = two_free_ports();
-    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
-    let member = |id: u64, port: u16| {
-        let seeds = seeds.clone();
-        move |c: &mut roost_node::Config| {
-            c.cluster.node_id = id;
-            c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
-            c.cluster.seeds = seeds;
-            c.cluster.commit_timeout_ms = 500;
-            tweak(c);
+    let mut last = None;
+    for _ in 0..5 {
+        let (p1, p2) = two_free_ports();
+        let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
+        let member = |id: u64, port: u16| {
+            let seeds = seeds.clone();
+            move |c: &mut roost_node::Config| {
+                c.cluster.node_id = id;
+                c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+                c.cluster.seeds = seeds;
+                c.cluster.commit_timeout_ms = 500;
+                tweak(c);
+            }
+        };
+        match tokio::join!(
+            TestNode::start_with(member(1, p1)),
+            TestNode::start_with(member(2, p2))
+        ) {
+            (Ok(a), Ok(b)) => return (a, b),
+            (a, b) => {
+                for n in [a, b] {
+                    match n {
+                        Ok(n) => n.stop().await,
+                        Err(e) => last = Some(e),
+                    }
+                }
+            }
         }
-    };
-    let (a, b) = tokio::join!(
-        TestNode::start_with(member(1, p1)),
-        TestNode::start_with(member(2, p2))
-    );
-    (a.unwrap(), b.unwrap())
+    }
+    panic!("two nodes did not start: {last:?}");
 }
 
 fn two_free_ports() -> (u16, u16) {

@@ -110,6 +110,10 @@ pub(crate) struct Broker {
     next_conn_id: AtomicU64,
     /// Connections past CONNACK.
     pub(crate) connections: AtomicUsize,
+    /// Sockets accepted whose CONNECT has not arrived yet (`mqtt.max_pending_connections`).
+    pub(crate) pending: AtomicUsize,
+    /// Bytes those sockets' read buffers hold (`mqtt.pending_connect_bytes`).
+    pub(crate) pending_bytes: AtomicUsize,
     pub(crate) started: Instant,
     cluster: Arc<Cluster>,
     /// Local subscriber counts per filter and pending route changes.
@@ -144,6 +148,8 @@ impl Broker {
             metrics: Metrics::new(),
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
             started: crate::now(),
             cluster: Arc::clone(&cluster),
             routes: Arc::clone(&routes),
@@ -269,6 +275,9 @@ impl Broker {
         self.metrics
             .connections
             .set(self.connections.load(Ordering::Relaxed) as f64);
+        self.metrics
+            .pending
+            .set(self.pending.load(Ordering::Relaxed) as f64);
     }
 
     /// Tells every connected client to leave with `reason` (shutdown).

@@ -60,6 +60,12 @@ impl Config {
 
         let m = &self.mqtt;
         at_least("mqtt.max_connections", m.max_connections, 1)?;
+        at_least("mqtt.max_pending_connections", m.max_pending_connections, 1)?;
+        at_least(
+            "mqtt.pending_connect_bytes",
+            m.pending_connect_bytes,
+            65_536,
+        )?;
         between(
             "mqtt.max_packet_size",
             m.max_packet_size,

@@ -250,6 +250,17 @@ pub struct MqttConfig {
     /// closed. Bounds how long an idle or malicious connection holds a slot. At least 1.
     /// Default 10.
     pub connect_timeout_secs: u64,
+    /// Sockets accepted that have not yet sent a complete CONNECT, at most. One more is closed
+    /// at accept and counted (`roost_mqtt_connections_rejected_total{reason="pending_limit"}`).
+    /// Counted apart from `max_connections` so a client at that limit still hears 0x97 and a
+    /// takeover is still admitted; open sockets never exceed `max_connections` plus this.
+    /// At least 1. Default 1000.
+    pub max_pending_connections: usize,
+    /// Bytes all not-yet-CONNECTed sockets together may buffer while a CONNECT arrives (a
+    /// CONNECT may be up to `max_packet_size`). A socket whose partial CONNECT would take the
+    /// total past it is closed and counted (`reason="pending_bytes"`). At least 65536.
+    /// Default 67108864 (64 MiB).
+    pub pending_connect_bytes: usize,
     /// How long a publisher's connection waits for a connected subscriber whose queue is
     /// backing up (half of `max_queued_messages`) to drain, before it reads more from its
     /// socket. This is how a publisher faster than its subscribers is slowed down instead of
@@ -309,6 +320,8 @@ impl Default for MqttConfig {
             subscription_identifiers: true,
             max_qos: 2,
             connect_timeout_secs: 10,
+            max_pending_connections: 1000,
+            pending_connect_bytes: 64 * 1024 * 1024,
             backpressure_timeout_ms: 5_000,
         }
     }
