@@ -6,6 +6,8 @@ use metrics::{counter, describe_counter, Counter};
 const FORWARDED: &str = "roost_cluster_forwarded_total";
 const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
 const FORWARD_GIVEN_UP: &str = "roost_cluster_forward_given_up_total";
+const FORWARD_TOO_LARGE: &str = "roost_cluster_forward_too_large_total";
+const TRANSFER_DROPPED: &str = "roost_cluster_transfer_dropped_total";
 const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
@@ -20,6 +22,16 @@ pub fn describe() {
     describe_counter!(
         FORWARD_GIVEN_UP,
         "QoS 1/2 messages a forwarder stopped keeping for resend (too many unacknowledged)"
+    );
+    describe_counter!(
+        FORWARD_TOO_LARGE,
+        "messages not forwarded because their encoding is over the per-message byte bound \
+         (derived from mqtt.max_packet_size); QoS 1/2 publishers see them refused"
+    );
+    describe_counter!(
+        TRANSFER_DROPPED,
+        "queued or in-flight messages left out of a session hand-over (TakeSession) because \
+         the whole session was over the transfer byte bound"
     );
     describe_counter!(
         RECEIVED,
@@ -44,6 +56,10 @@ pub struct ClusterStats {
     pub forward_dropped: Counter,
     /// QoS 1/2 no longer kept for resend.
     pub forward_given_up: Counter,
+    /// Not forwarded: over the per-message byte bound.
+    pub forward_too_large: Counter,
+    /// Left out of a session hand-over: over the transfer byte bound.
+    pub transfer_dropped: Counter,
     /// Received from peers.
     pub received: Counter,
     /// Undecodable messages from peers.
@@ -58,6 +74,8 @@ impl Default for ClusterStats {
             forwarded: counter!(FORWARDED),
             forward_dropped: counter!(FORWARD_DROPPED),
             forward_given_up: counter!(FORWARD_GIVEN_UP),
+            forward_too_large: counter!(FORWARD_TOO_LARGE),
+            transfer_dropped: counter!(TRANSFER_DROPPED),
             received: counter!(RECEIVED),
             received_invalid: counter!(RECEIVED_INVALID),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),

@@ -17,6 +17,7 @@ use super::membership::server_state;
 use super::{Cluster, LocalNode};
 use crate::convert;
 use crate::error::ClusterError;
+use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
 use crate::types::{Command, NodeId, TypeConfig};
 use openraft::Raft;
@@ -38,6 +39,8 @@ pub(super) struct ClusterService {
     pub(super) raft: Raft<TypeConfig>,
     pub(super) local: Arc<dyn LocalNode>,
     pub(super) stats: Arc<ClusterStats>,
+    /// Byte bounds: a too large command is refused, a TakeSession reply is made to fit.
+    pub(super) limits: WireLimits,
     /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
     /// instead of ending them, so each Forward stream watches this itself: a stopped node must
     /// not go on delivering and acknowledging, or the origin would never resend to its
@@ -70,6 +73,9 @@ impl cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ProposeReply>, Status> {
         let cmd: Command = postcard::from_bytes(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        // The proposer checked this already; a peer with a larger `max_packet_size` may not have.
+        super::check_command_size(&cmd, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reply = match self.raft.client_write(cmd).await {
             Ok(r) => pb::ProposeReply {
                 log_index: r.log_id.index,
@@ -164,13 +170,45 @@ impl cluster_server::Cluster for ClusterService {
         let r = request.into_inner();
         let t = self
             .local
-            .take_session(ClientId::from(r.client_id), r.generation)
+            .take_session(ClientId::from(r.client_id.clone()), r.generation)
             .await;
         Ok(Response::new(match t {
-            Some(t) => pb::TakeSessionReply {
-                found: true,
-                session: Some(convert::transfer_to_wire(&t, Instant::now().into_std())),
-            },
+            Some(t) => {
+                let mut session = convert::transfer_to_wire(&t, Instant::now().into_std());
+                // The reply is bounded like every other message between nodes: what does not
+                // fit is left out (newest queued messages first) and counted, never sent as a
+                // reply the requester would refuse whole.
+                let messages = session.queued.len() + session.inflight.len();
+                match convert::fit_transfer(&mut session, self.limits.session_transfer) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        self.stats.transfer_dropped.increment(dropped as u64);
+                        warn!(
+                            client_id = %r.client_id,
+                            dropped,
+                            limit = self.limits.session_transfer,
+                            "session over the transfer bound: newest messages left out"
+                        );
+                    }
+                    Err(size) => {
+                        self.stats.transfer_dropped.increment(messages as u64);
+                        warn!(
+                            client_id = %r.client_id,
+                            size,
+                            limit = self.limits.session_transfer,
+                            "session over the transfer bound without its messages: not handed over"
+                        );
+                        return Err(Status::resource_exhausted(format!(
+                            "session of {size} bytes is over the transfer bound of {}",
+                            self.limits.session_transfer
+                        )));
+                    }
+                }
+                pb::TakeSessionReply {
+                    found: true,
+                    session: Some(session),
+                }
+            }
             None => pb::TakeSessionReply {
                 found: false,
                 session: None,
