@@ -18,6 +18,7 @@
 //!   `wait_replicated`), the cache of peer clients, the `forward` and `take_session` entries,
 //!   and `shutdown`;
 //! - `forwarder`: the per-peer outgoing queue and the task that batches it onto a stream;
+//! - `dedup`: what peers' streams delivered here, so a resend is not delivered twice;
 //! - `service`: the gRPC `Cluster.*` service peers call;
 //! - `membership`: bootstrap on first start, join / leave, status and its health probes.
 //!
@@ -27,6 +28,7 @@
 //! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
 //! through the `stop` watch, and the watcher when Raft's metrics channel closes.
 
+mod dedup;
 mod forwarder;
 mod membership;
 mod service;
@@ -224,6 +226,7 @@ impl Cluster {
             local,
             stats,
             limits,
+            dedup: Arc::new(Mutex::new(dedup::Dedup::default())),
             stop: stop_rx.clone(),
         };
         // No Nagle on accepted connections either: forwarded batches, acks and Raft RPCs are

@@ -10,6 +10,7 @@ const FORWARD_TOO_LARGE: &str = "roost_cluster_forward_too_large_total";
 const TRANSFER_DROPPED: &str = "roost_cluster_transfer_dropped_total";
 const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
+const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
@@ -42,6 +43,11 @@ pub fn describe() {
         "messages from peers that could not be decoded (dropped)"
     );
     describe_counter!(
+        RECEIVED_DUPLICATE,
+        "messages from peers not delivered because that stream had delivered them already \
+         (a resend after a lost ack; also a late QoS 0 message from a replaced stream)"
+    );
+    describe_counter!(
         RECEIVED_INVALID_FILTERS,
         "shared-subscription filters from peers that did not parse (the message skipped them)"
     );
@@ -64,6 +70,8 @@ pub struct ClusterStats {
     pub received: Counter,
     /// Undecodable messages from peers.
     pub received_invalid: Counter,
+    /// Resends from peers not delivered again.
+    pub received_duplicate: Counter,
     /// Shared filters from peers that did not parse (left out of the delivery).
     pub received_invalid_filters: Counter,
 }
@@ -78,6 +86,7 @@ impl Default for ClusterStats {
             transfer_dropped: counter!(TRANSFER_DROPPED),
             received: counter!(RECEIVED),
             received_invalid: counter!(RECEIVED_INVALID),
+            received_duplicate: counter!(RECEIVED_DUPLICATE),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
         }
     }

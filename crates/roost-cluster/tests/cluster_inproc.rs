@@ -1111,3 +1111,199 @@ async fn item1_take_session_with_a_5mb_queue_is_handed_over() {
     assert_eq!(got, want);
     shutdown_all(&nodes).await;
 }
+
+// ---- Issue 7, item 2: a resend after a reconnect is not delivered twice ----
+
+/// A TCP proxy in front of one node's cluster listener, so a test can lose the replies on the
+/// connections through it and then cut them: a forward stream that breaks after the receiver
+/// delivered a batch but before its ack reached the sender.
+struct Proxy {
+    addr: SocketAddr,
+    /// While set, bytes from the node back to its callers are discarded (acks, Raft replies).
+    drop_replies: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped to close every connection open at that moment.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drop_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let drop_flag = drop_replies.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                let drop_flag = drop_flag.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = ci.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            so.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = si.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            if !drop_flag.load(Relaxed) {
+                                co.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    // Both halves end together: when either side closes, or on a cut.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            drop_replies,
+            cut,
+        }
+    }
+
+    fn drop_replies(&self, on: bool) {
+        self.drop_replies
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes every connection open now (later ones pass normally).
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+/// Item 2: node 2 delivers three QoS 2 messages, their ack is lost, the forward stream breaks;
+/// node 1 reconnects and resends them (it never saw the ack), and node 2 acknowledges the resend
+/// without delivering the messages a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item2_resend_after_lost_ack_is_delivered_once() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    // Node 2 is reached through the proxy: it advertises the proxy's address.
+    let proxy = Proxy::start(addrs[1]).await;
+    let seeds = vec![
+        (NodeId::new(1), addrs[0].to_string()),
+        (NodeId::new(2), proxy.addr.to_string()),
+        (NodeId::new(3), addrs[2].to_string()),
+    ];
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        if i == 1 {
+            cfg.advertise = proxy.addr.to_string();
+        }
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
+    }
+    wait_for_leader(&nodes).await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+
+    // The stream is up and acknowledging.
+    let ack = n1
+        .cluster
+        .forward(n2.id, message("t", b"warm", QoS::ExactlyOnce), true, vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Node 2 gets and delivers three messages; their acks are lost on the way back.
+    proxy.drop_replies(true);
+    let mut acks = Vec::new();
+    for p in [&b"m1"[..], b"m2", b"m3"] {
+        let m = Arc::new(Message {
+            payload: Bytes::copy_from_slice(p),
+            ..(*message("t", b"", QoS::ExactlyOnce)).clone()
+        });
+        acks.push(Box::pin(
+            n1.cluster.forward(n2.id, m, true, vec![]).await.unwrap(),
+        ));
+    }
+    eventually(SETTLE, "node 2 delivered the three messages", || {
+        n2.local.delivered.lock().len() == 4
+    })
+    .await;
+    for ack in &mut acks {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), ack)
+                .await
+                .is_err(),
+            "the ack was lost: node 1 must not have seen it"
+        );
+    }
+
+    // The stream breaks; node 1 reconnects and resends what it did not see acknowledged.
+    proxy.drop_replies(false);
+    proxy.cut();
+    for (i, ack) in acks.into_iter().enumerate() {
+        tokio::time::timeout(SETTLE, ack)
+            .await
+            .unwrap_or_else(|_| panic!("message {i} not acknowledged after the reconnect"))
+            .unwrap();
+    }
+    assert_eq!(
+        payloads(&n2.local),
+        vec![
+            Bytes::from_static(b"warm"),
+            Bytes::from_static(b"m1"),
+            Bytes::from_static(b"m2"),
+            Bytes::from_static(b"m3"),
+        ],
+        "each message delivered exactly once"
+    );
+    // New messages after the reconnect are delivered as usual.
+    let ack = n1
+        .cluster
+        .forward(
+            n2.id,
+            message("t", b"after", QoS::ExactlyOnce),
+            true,
+            vec![],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payloads(&n2.local).len(), 5);
+    assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
+    shutdown_all(&nodes).await;
+}

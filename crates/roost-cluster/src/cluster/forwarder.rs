@@ -19,6 +19,10 @@
 //! its ack sender dropped, which the publisher's side reads as "not delivered". Any other
 //! message fits a batch on its own, so a batch the peer refuses is never built.
 //!
+//! Once: every batch carries this forwarder's random `epoch`, and a message keeps its sequence
+//! number when it is resent on a new stream, so the receiver (`dedup`) acknowledges a resend of
+//! a message it delivered before the stream broke without delivering it again.
+//!
 //! Reconnects back off: a stream that ended is reopened after an exponentially growing delay
 //! with jitter (`RECONNECT_MIN` doubling up to `RECONNECT_MAX`, each delay between half and all
 //! of it), reset once a stream got an ack or stayed up `RECONNECT_MAX`. A peer that ends every
@@ -72,6 +76,9 @@ pub(super) struct Outgoing {
 pub(super) struct Forwarder {
     origin: NodeId,
     peer: NodeId,
+    /// Names this forwarder's sequence numbers for the receiver's deduplication (`dedup`):
+    /// random and non-zero, the same on every stream this forwarder opens.
+    epoch: u64,
     limits: WireLimits,
     stats: Arc<ClusterStats>,
 }
@@ -86,6 +93,7 @@ impl Forwarder {
         Forwarder {
             origin,
             peer,
+            epoch: random_u64(origin.get() ^ peer.get().rotate_left(32)) | 1,
             limits,
             stats,
         }
@@ -95,6 +103,7 @@ impl Forwarder {
         pb::ForwardBatch {
             origin_node: self.origin.get(),
             messages,
+            epoch: self.epoch,
         }
     }
 }
@@ -269,10 +278,9 @@ struct Backoff {
 
 impl Backoff {
     fn new(peer: NodeId) -> Backoff {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(peer.get());
         Backoff {
             step: RECONNECT_MIN,
-            rng: seed | 1,
+            rng: random_u64(peer.get()) | 1,
         }
     }
 
@@ -290,6 +298,12 @@ impl Backoff {
         self.step = (self.step * 2).min(RECONNECT_MAX);
         delay
     }
+}
+
+/// A random number without a rand crate: std's `RandomState` keys are random per process and
+/// differ per instance.
+fn random_u64(salt: u64) -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(salt)
 }
 
 fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {

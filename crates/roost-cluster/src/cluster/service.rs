@@ -9,10 +9,12 @@
 //!
 //! Concurrency: tonic runs each call in its own task; no call holds a lock across an await. Each
 //! Forward stream gets a spawned task that reads batches, delivers them through
-//! [`LocalNode::deliver`] and sends acks on a bounded channel (64; when full the reader waits,
+//! [`LocalNode::deliver`] (once per (origin, epoch, seq): a resend after a reconnect is only
+//! acknowledged, see `dedup`) and sends acks on a bounded channel (64; when full the reader waits,
 //! which pushes back on the peer's stream). The service holds the `Cluster` only weakly (a call
 //! after it is gone answers `unavailable`) and watches `stop` itself, see the field.
 
+use super::dedup::Dedup;
 use super::membership::server_state;
 use super::{Cluster, LocalNode};
 use crate::convert;
@@ -21,6 +23,7 @@ use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
 use crate::types::{Command, NodeId, TypeConfig};
 use openraft::Raft;
+use parking_lot::Mutex;
 use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_server;
@@ -41,6 +44,9 @@ pub(super) struct ClusterService {
     pub(super) stats: Arc<ClusterStats>,
     /// Byte bounds: a too large command is refused, a TakeSession reply is made to fit.
     pub(super) limits: WireLimits,
+    /// What each origin's forward streams delivered, shared by all streams (a resend arrives
+    /// on a new stream).
+    pub(super) dedup: Arc<Mutex<Dedup>>,
     /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
     /// instead of ending them, so each Forward stream watches this itself: a stopped node must
     /// not go on delivering and acknowledging, or the origin would never resend to its
@@ -118,6 +124,7 @@ impl cluster_server::Cluster for ClusterService {
         let (tx, rx) = mpsc::channel(64);
         let local = self.local.clone();
         let stats = self.stats.clone();
+        let dedup = self.dedup.clone();
         tokio::spawn(async move {
             loop {
                 // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
@@ -137,16 +144,26 @@ impl cluster_server::Cluster for ClusterService {
                         continue;
                     };
                     let qos = m.qos;
-                    match convert::message_from_wire(m, now.into_std()) {
-                        Ok(msg) => {
-                            stats.received.increment(1);
-                            let shared =
-                                convert::shared_filters_from_wire(fm.shared_filters, &stats);
-                            local.deliver(Arc::new(msg), fm.direct, &shared);
-                        }
-                        Err(e) => {
-                            stats.received_invalid.increment(1);
-                            warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
+                    // A resend of what this node delivered before the stream broke (its ack was
+                    // lost): acknowledged below, not delivered again. The lock is held for the
+                    // check only.
+                    let first = dedup
+                        .lock()
+                        .first_delivery(batch.origin_node, batch.epoch, fm.seq);
+                    if !first {
+                        stats.received_duplicate.increment(1);
+                    } else {
+                        match convert::message_from_wire(m, now.into_std()) {
+                            Ok(msg) => {
+                                stats.received.increment(1);
+                                let shared =
+                                    convert::shared_filters_from_wire(fm.shared_filters, &stats);
+                                local.deliver(Arc::new(msg), fm.direct, &shared);
+                            }
+                            Err(e) => {
+                                stats.received_invalid.increment(1);
+                                warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
+                            }
                         }
                     }
                     // Acknowledge even an undecodable QoS 1/2 message: it will never decode,
