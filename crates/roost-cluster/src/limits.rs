@@ -17,6 +17,9 @@
 //!   session_transfer = max(SESSION_TRANSFER_FLOOR,             one TakeSession reply (the newest
 //!                          4 × max_message)                    queued messages beyond it are
 //!                                                              dropped and counted)
+//!   unacked         = max(UNACKED_FLOOR, 4 × max_message)      QoS 1/2 kept for resending to one
+//!                                                              peer (the oldest beyond it are
+//!                                                              given up and counted)
 //! ```
 //!
 //! Every node of a cluster must run with the same `mqtt.max_packet_size`: a node decodes what
@@ -52,6 +55,10 @@ pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// messages (the queue is bounded by the node's `mqtt.max_queued_bytes`, 16 MiB by default).
 pub const SESSION_TRANSFER_FLOOR: usize = 64 * 1024 * 1024;
 
+/// Lower bound of the bytes of QoS 1/2 messages one forwarder keeps for resending (besides
+/// `MAX_UNACKED` messages): what a peer that is down or slow can pin on this node.
+pub const UNACKED_FLOOR: usize = 256 * 1024 * 1024;
+
 /// Slack for gRPC and protobuf framing around a bounded body (the 5-byte gRPC header, field
 /// tags and lengths, a batch's origin and epoch).
 pub const FRAMING: usize = 1024;
@@ -67,6 +74,8 @@ pub struct WireLimits {
     pub raft_payload: usize,
     /// Most bytes in one TakeSession reply.
     pub session_transfer: usize,
+    /// Most bytes of messages one forwarder keeps for resending to its peer.
+    pub unacked: usize,
 }
 
 impl WireLimits {
@@ -81,6 +90,7 @@ impl WireLimits {
                 .max(max_message)
                 .saturating_add(RAFT_REQUEST_OVERHEAD),
             session_transfer: SESSION_TRANSFER_FLOOR.max(max_message.saturating_mul(4)),
+            unacked: UNACKED_FLOOR.max(max_message.saturating_mul(4)),
         }
     }
 
@@ -111,6 +121,7 @@ mod tests {
         assert_eq!(l.forward_batch, 1_048_576 + 131_072);
         assert_eq!(l.raft_payload, 1_048_576 + 131_072 + 65_536);
         assert_eq!(l.session_transfer, 67_108_864);
+        assert_eq!(l.unacked, 268_435_456);
         assert_eq!(l.raft_grpc(), 1_048_576 + 131_072 + 65_536 + 1024);
         assert_eq!(l.cluster_grpc(), 67_108_864 + 1024);
         // Small packets: the targets apply.
@@ -124,6 +135,7 @@ mod tests {
         assert_eq!(l.forward_batch, l.max_message);
         assert_eq!(l.raft_payload, l.max_message + RAFT_REQUEST_OVERHEAD);
         assert_eq!(l.session_transfer, 4 * l.max_message);
+        assert_eq!(l.unacked, 4 * l.max_message);
         // A snapshot chunk always fits a Raft request.
         assert!(SNAPSHOT_CHUNK + RAFT_REQUEST_OVERHEAD <= WireLimits::new(1).raft_payload);
     }

@@ -55,7 +55,8 @@ use tracing::{debug, warn};
 /// Messages per forwarded batch, at most.
 const MAX_BATCH: usize = 256;
 /// QoS 1/2 messages sent to a peer and not yet acknowledged, kept for resending after a
-/// reconnect. Beyond it the oldest are given up (and counted).
+/// reconnect. Beyond it, or beyond `WireLimits::unacked` bytes, the oldest are given up (and
+/// counted).
 const MAX_UNACKED: usize = 65_536;
 /// First delay before reopening a forward stream (then doubled per failure, with jitter).
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -125,7 +126,7 @@ pub(super) async fn run_forwarder(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let (peer, stats) = (f.peer, f.stats.clone());
-    let mut unacked: BTreeMap<u64, Outgoing> = BTreeMap::new();
+    let mut unacked = Unacked::new(MAX_UNACKED, f.limits.unacked);
     let mut seq: u64 = 0;
     let mut backoff = Backoff::new(peer);
     // A message taken from the queue that did not fit the batch being built: it opens the next.
@@ -151,29 +152,30 @@ pub(super) async fn run_forwarder(
         let opened = Instant::now();
         let mut acked = false;
         up.store(true, Relaxed);
-        // Resend what the previous stream left unacknowledged, in order, in bounded batches.
+        // Resend what the previous stream left unacknowledged, in order, in bounded batches,
+        // each built when the stream has room for it.
         if !unacked.is_empty() {
             let now = Instant::now();
             let mut messages = Vec::new();
             let mut bytes = 0;
-            let mut batches = Vec::new();
-            for (s, o) in &unacked {
-                let fm = forwarded(*s, o, now);
-                let size = wire_size(&fm);
+            for (s, (o, size)) in &unacked.by_seq {
                 if !messages.is_empty()
                     && (messages.len() >= MAX_BATCH || bytes + size > f.limits.forward_batch)
                 {
-                    batches.push(f.batch(std::mem::take(&mut messages)));
+                    if btx
+                        .send(f.batch(std::mem::take(&mut messages)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                     bytes = 0;
                 }
                 bytes += size;
-                messages.push(fm);
+                messages.push(forwarded(*s, o, now));
             }
-            batches.push(f.batch(messages));
-            for batch in batches {
-                if btx.send(batch).await.is_err() {
-                    break;
-                }
+            if !messages.is_empty() {
+                let _ = btx.send(f.batch(messages)).await;
             }
         }
         loop {
@@ -191,10 +193,8 @@ pub(super) async fn run_forwarder(
                             Ok(Some(a)) => {
                                 acked = true;
                                 for s in a.seqs {
-                                    if let Some(o) = unacked.remove(&s) {
-                                        if let Some(tx) = o.ack {
-                                            let _ = tx.send(());
-                                        }
+                                    if let Some(tx) = unacked.ack(s).and_then(|o| o.ack) {
+                                        let _ = tx.send(());
                                     }
                                 }
                                 continue;
@@ -232,11 +232,8 @@ pub(super) async fn run_forwarder(
                     bytes += size;
                     messages.push(fm);
                     if o.ack.is_some() {
-                        unacked.insert(seq, o);
-                        if unacked.len() > MAX_UNACKED {
-                            unacked.pop_first();
-                            stats.forward_given_up.increment(1);
-                        }
+                        let given_up = unacked.insert(seq, o, size);
+                        stats.forward_given_up.increment(given_up);
                     }
                 }
                 if messages.len() < MAX_BATCH {
@@ -257,7 +254,7 @@ pub(super) async fn run_forwarder(
         let delay = backoff.next_delay();
         debug!(
             peer = %peer,
-            unacked = unacked.len(),
+            unacked = unacked.by_seq.len(),
             delay_ms = delay.as_millis() as u64,
             "forward stream closed; reconnecting"
         );
@@ -265,6 +262,56 @@ pub(super) async fn run_forwarder(
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// QoS 1/2 messages sent and not acknowledged, by sequence number, with the bytes each took in
+/// its batch: what is resent after a reconnect. Bounded by count and by bytes; beyond either the
+/// oldest are given up.
+struct Unacked {
+    by_seq: BTreeMap<u64, (Outgoing, usize)>,
+    bytes: usize,
+    max_len: usize,
+    max_bytes: usize,
+}
+
+impl Unacked {
+    fn new(max_len: usize, max_bytes: usize) -> Unacked {
+        Unacked {
+            by_seq: BTreeMap::new(),
+            bytes: 0,
+            max_len,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `o` (sent as `seq`, `size` bytes); returns how many of the oldest were given up
+    /// to stay within the bounds (never `o` itself, which is at most `max_message` bytes).
+    fn insert(&mut self, seq: u64, o: Outgoing, size: usize) -> u64 {
+        self.by_seq.insert(seq, (o, size));
+        self.bytes += size;
+        let mut given_up = 0;
+        while self.by_seq.len() > 1
+            && (self.by_seq.len() > self.max_len || self.bytes > self.max_bytes)
+        {
+            let Some((_, (_, size))) = self.by_seq.pop_first() else {
+                break;
+            };
+            self.bytes -= size;
+            given_up += 1;
+        }
+        given_up
+    }
+
+    /// The message acknowledged as `seq`, if it was still kept.
+    fn ack(&mut self, seq: u64) -> Option<Outgoing> {
+        let (o, size) = self.by_seq.remove(&seq)?;
+        self.bytes -= size;
+        Some(o)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
     }
 }
 
@@ -317,7 +364,57 @@ fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use roost_core::topic::{TopicLimits, TopicName};
+
+    fn outgoing() -> (Outgoing, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let msg = Message {
+            topic: TopicName::new("t", &TopicLimits::default()).unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: roost_codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        };
+        let o = Outgoing {
+            msg: Arc::new(msg),
+            direct: true,
+            shared: vec![],
+            ack: Some(tx),
+        };
+        (o, rx)
+    }
+
+    #[test]
+    fn unacked_gives_up_the_oldest_beyond_its_count_or_bytes() {
+        let mut u = Unacked::new(3, 100);
+        let mut rxs = Vec::new();
+        let mut given_up = Vec::new();
+        for (seq, size) in [(1, 10), (2, 20), (3, 30), (4, 10), (5, 50), (6, 100)] {
+            let (o, rx) = outgoing();
+            rxs.push(rx);
+            given_up.push(u.insert(seq, o, size));
+        }
+        // 4th: over the count (seq 1 goes). 5th: 20+30+10+50 = 110 bytes (seq 2 goes).
+        // 6th: 100 bytes alone fill it (seqs 3, 4, 5 go).
+        assert_eq!(given_up, vec![0, 0, 0, 1, 1, 3]);
+        assert_eq!(u.by_seq.keys().copied().collect::<Vec<_>>(), vec![6]);
+        assert_eq!(u.bytes, 100);
+        // A given-up message's waiter sees the sender dropped; the kept one is acked.
+        assert!(rxs[0].try_recv().is_err());
+        assert!(u.ack(1).is_none());
+        u.ack(6).unwrap().ack.unwrap().send(()).unwrap();
+        assert_eq!(rxs[5].try_recv(), Ok(()));
+        assert!(u.is_empty());
+        assert_eq!(u.bytes, 0);
+        // One message larger than the byte bound is still kept (it was sent).
+        let (o, _rx) = outgoing();
+        assert_eq!(u.insert(7, o, 1000), 0);
+        assert_eq!(u.by_seq.len(), 1);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
