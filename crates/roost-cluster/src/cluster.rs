@@ -18,6 +18,7 @@
 //!   `wait_replicated`), the cache of peer clients, the `forward` and `take_session` entries,
 //!   and `shutdown`;
 //! - `forwarder`: the per-peer outgoing queue and the task that batches it onto a stream;
+//! - `dedup`: what peers' streams delivered here, so a resend is not delivered twice;
 //! - `service`: the gRPC `Cluster.*` service peers call;
 //! - `membership`: bootstrap on first start, join / leave, status and its health probes.
 //!
@@ -27,14 +28,16 @@
 //! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
 //! through the `stop` watch, and the watcher when Raft's metrics channel closes.
 
+mod dedup;
 mod forwarder;
 mod membership;
 mod service;
 
-use self::forwarder::{run_forwarder, Outgoing};
+use self::forwarder::{run_forwarder, Forwarder, Outgoing};
 use self::service::ClusterService;
 use crate::convert::{self, SessionTransfer};
-use crate::error::{ClusterError, StartError};
+use crate::error::{ClusterError, Refusal, StartError};
+use crate::limits::{WireLimits, SNAPSHOT_CHUNK};
 use crate::metrics::ClusterStats;
 use crate::network::{channel, RaftNet, RaftService};
 use crate::state::{ClusterState, Event};
@@ -94,6 +97,10 @@ pub struct ClusterConfig {
     pub forward_timeout: Duration,
     /// Upper bound on waiting for a proposal to commit.
     pub commit_timeout: Duration,
+    /// The node's `mqtt.max_packet_size`: the largest message a client can hand this node.
+    /// Every byte bound on what nodes send each other is derived from it ([`WireLimits`]), so
+    /// all members must use the same value.
+    pub max_packet_size: u32,
 }
 
 /// A boxed future, for [`LocalNode`]'s async method.
@@ -136,6 +143,8 @@ struct Peer {
 /// This node's membership in the cluster. See the module docs.
 pub struct Cluster {
     cfg: ClusterConfig,
+    /// Byte bounds derived from `cfg.max_packet_size`.
+    limits: WireLimits,
     raft: Raft<TypeConfig>,
     state: Arc<RwLock<ClusterState>>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
@@ -169,6 +178,7 @@ impl Cluster {
         let state = sm.state();
         let heartbeat = u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(100);
         let election = u64::try_from(cfg.election_timeout.as_millis()).unwrap_or(1000);
+        let limits = WireLimits::new(cfg.max_packet_size);
         let raft_config = openraft::Config {
             cluster_name: "roost".to_owned(),
             heartbeat_interval: heartbeat,
@@ -177,20 +187,31 @@ impl Cluster {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
             max_in_snapshot_log_to_keep: 1_000,
+            // Entries per AppendEntries by count (openraft's default, written down); by bytes
+            // the network splits a request over `limits.raft_payload` (PayloadTooLarge).
+            max_payload_entries: 300,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), RaftNet, log, sm)
-            .await
-            .map_err(|source| StartError::Raft {
-                node: cfg.node_id,
-                source: Box::new(source),
-            })?;
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(raft_config),
+            RaftNet::new(limits),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|source| StartError::Raft {
+            node: cfg.node_id,
+            source: Box::new(source),
+        })?;
 
         let (stop, mut stop_rx) = watch::channel(false);
         let stats = Arc::new(ClusterStats::default());
         let cluster = Arc::new(Cluster {
             cfg: cfg.clone(),
+            limits,
             raft: raft.clone(),
             state,
             peers: Mutex::new(HashMap::new()),
@@ -204,6 +225,8 @@ impl Cluster {
             raft: raft.clone(),
             local,
             stats,
+            limits,
+            dedup: Arc::new(Mutex::new(dedup::Dedup::default())),
             stop: stop_rx.clone(),
         };
         // No Nagle on accepted connections either: forwarded batches, acks and Raft RPCs are
@@ -213,8 +236,16 @@ impl Cluster {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
-                .add_service(RaftServer::new(RaftService::new(raft)))
-                .add_service(ClusterServer::new(service))
+                .add_service(
+                    RaftServer::new(RaftService::new(raft))
+                        .max_decoding_message_size(limits.raft_grpc())
+                        .max_encoding_message_size(limits.raft_grpc()),
+                )
+                .add_service(
+                    ClusterServer::new(service)
+                        .max_decoding_message_size(limits.cluster_grpc())
+                        .max_encoding_message_size(limits.cluster_grpc()),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.changed().await;
                 })
@@ -297,7 +328,11 @@ impl Cluster {
 
     /// Commits a command (on the leader, or through it) and waits until this node applied it.
     /// Returns the log index and the state machine's response.
+    ///
+    /// A command whose encoding is over [`WireLimits::max_message`] is refused
+    /// ([`Refusal::TooLarge`]) before it enters the log: no AppendEntries could carry it.
     pub async fn propose(&self, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
+        check_command_size(&cmd, &self.limits)?;
         let limit = self.cfg.commit_timeout;
         let r = tokio::time::timeout(limit, self.propose_inner(cmd)).await;
         let (index, resp) = match r {
@@ -459,18 +494,19 @@ impl Cluster {
         };
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let client = ClusterClient::new(ch)
+            .max_decoding_message_size(self.limits.cluster_grpc())
+            .max_encoding_message_size(self.limits.cluster_grpc());
         let peer = Arc::new(Peer {
             addr: addr.clone(),
-            client: ClusterClient::new(ch.clone()),
+            client: client.clone(),
             forward: tx,
             up: up.clone(),
         });
         tokio::spawn(run_forwarder(
-            self.cfg.node_id,
-            id,
-            ClusterClient::new(ch),
+            Forwarder::new(self.cfg.node_id, id, self.limits, self.stats.clone()),
+            client,
             rx,
-            self.stats.clone(),
             self.stop.subscribe(),
             up,
         ));
@@ -489,7 +525,9 @@ impl Cluster {
 
     /// Hands a message to `node`'s forwarder. For QoS 1/2 the returned receiver resolves when
     /// the peer accepted it into its sessions. When the peer's queue is full, QoS 0 is dropped
-    /// (counted) and QoS 1/2 waits for room, at most `forward_timeout`.
+    /// (counted) and QoS 1/2 waits for room, at most `forward_timeout`. A message over
+    /// [`WireLimits::max_message`] is refused by the forwarder (counted): the receiver then
+    /// resolves with `RecvError`, at once, instead of the message being resent forever.
     pub async fn forward(
         &self,
         node: NodeId,
@@ -576,4 +614,17 @@ impl Cluster {
             warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// Refuses a command no Raft entry may carry: its encoding is over `limits.max_message`.
+pub(crate) fn check_command_size(cmd: &Command, limits: &WireLimits) -> Result<(), ClusterError> {
+    let size = postcard::experimental::serialized_size(cmd)
+        .map_err(|e| ClusterError::rejected(format!("cannot encode command: {e}")))?;
+    if size > limits.max_message {
+        return Err(ClusterError::Refused(Refusal::TooLarge {
+            size,
+            limit: limits.max_message,
+        }));
+    }
+    Ok(())
 }

@@ -267,6 +267,26 @@ pub fn transfer_to_wire(t: &SessionTransfer, now: Instant) -> pb::SessionState {
     }
 }
 
+/// Makes a session's wire form fit in `limit` bytes (the TakeSession reply bound): leaves out
+/// queued messages, newest first, then in-flight ones, newest first, until it fits. Returns
+/// how many were left out (the caller counts them), or `Err` with the size when even the
+/// subscriptions, QoS 2 ids and will alone are over the limit.
+pub fn fit_transfer(s: &mut pb::SessionState, limit: usize) -> Result<usize, usize> {
+    use prost::Message as _;
+    let mut size = s.encoded_len();
+    let mut dropped = 0;
+    while size > limit {
+        let Some(m) = s.queued.pop().or_else(|| s.inflight.pop()) else {
+            return Err(size);
+        };
+        dropped += 1;
+        // A repeated field's element costs its tag (1 byte), its length and itself.
+        let len = m.encoded_len();
+        size = size.saturating_sub(1 + prost::encoding::encoded_len_varint(len as u64) + len);
+    }
+    Ok(dropped)
+}
+
 /// A wire session transfer to ours.
 pub fn transfer_from_wire(s: pb::SessionState, now: Instant) -> Result<SessionTransfer, WireError> {
     let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
@@ -443,5 +463,64 @@ mod tests {
         assert_eq!(back.image.queued[0].shared, t.image.queued[0].shared);
         assert_eq!(back.pending_will, t.pending_will);
         assert_eq!(back.expiry_interval, 300);
+    }
+
+    #[test]
+    fn fit_transfer_leaves_out_the_newest_queued_then_in_flight() {
+        use prost::Message as _;
+        let pending = |n: u8| pb::PendingMessage {
+            message: Some(pb::Message {
+                topic: "t".into(),
+                payload: vec![n; 1000],
+                ..pb::Message::default()
+            }),
+            qos: 1,
+            ..pb::PendingMessage::default()
+        };
+        let session = pb::SessionState {
+            subscriptions: vec![pb::Subscription {
+                filter: "a/#".into(),
+                qos: 1,
+                ..pb::Subscription::default()
+            }],
+            inflight: vec![pending(1), pending(2)],
+            queued: vec![pending(3), pending(4), pending(5)],
+            ..pb::SessionState::default()
+        };
+        let full = session.encoded_len();
+        let payloads = |s: &pb::SessionState| -> (Vec<u8>, Vec<u8>) {
+            let first = |m: &pb::PendingMessage| m.message.as_ref().unwrap().payload[0];
+            (
+                s.inflight.iter().map(first).collect(),
+                s.queued.iter().map(first).collect(),
+            )
+        };
+        // Fits: untouched.
+        let mut s = session.clone();
+        assert_eq!(fit_transfer(&mut s, full), Ok(0));
+        assert_eq!(s, session);
+        // One byte over: the newest queued message goes.
+        let mut s = session.clone();
+        assert_eq!(fit_transfer(&mut s, full - 1), Ok(1));
+        assert_eq!(payloads(&s), (vec![1, 2], vec![3, 4]));
+        assert!(s.encoded_len() < full);
+        // Room for about two messages: the queue, then the newest in-flight one go.
+        let mut s = session.clone();
+        let one = pending(1).encoded_len();
+        let per = 1 + prost::encoding::encoded_len_varint(one as u64) + one;
+        let limit = full - 3 * per - 1;
+        assert_eq!(fit_transfer(&mut s, limit), Ok(4));
+        assert_eq!(payloads(&s), (vec![1], vec![]));
+        assert_eq!(s.encoded_len(), full - 4 * per);
+        assert!(s.encoded_len() <= limit);
+        // The subscriptions alone are over: refused with the size left.
+        let mut s = session.clone();
+        let bare = pb::SessionState {
+            inflight: vec![],
+            queued: vec![],
+            ..session.clone()
+        }
+        .encoded_len();
+        assert_eq!(fit_transfer(&mut s, bare - 1), Err(bare));
     }
 }

@@ -76,6 +76,15 @@ pub enum Refusal {
     /// The proposal or membership change was refused by Raft (or could not be encoded).
     #[error("proposal failed: {0}")]
     Rejected(String),
+    /// The command or message is larger than anything nodes may send each other (derived from
+    /// `mqtt.max_packet_size`, see [`crate::limits`]); it was not logged or sent.
+    #[error("too large for the cluster: {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Its encoded size.
+        size: usize,
+        /// The limit it is over.
+        limit: usize,
+    },
     /// A peer could not be reached or answered with an error.
     #[error("peer {node}: {reason}")]
     Peer {

@@ -15,6 +15,7 @@
 //! - [`cluster`]: the running node's Raft, gRPC server, peer clients and publish forwarders.
 //! - [`error`]: [`ClusterError`] (a refused request vs. a broken node) and [`StartError`].
 //! - [`convert`]: wire (prost) types to ours and back; prost types stop here.
+//! - [`limits`]: the byte bounds on every batch and gRPC message, from `mqtt.max_packet_size`.
 //! - `network`: Raft RPCs over gRPC.
 //!
 //! Ids and filters are typed across the seam with the node: [`types::NodeId`],
@@ -25,6 +26,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 mod network;
 pub mod state;
@@ -34,3 +36,4 @@ pub mod types;
 pub use cluster::{Cluster, ClusterConfig, ClusterStatus, LocalNode};
 pub use convert::SessionTransfer;
 pub use error::{ClusterError, Refusal, StartError};
+pub use limits::WireLimits;

@@ -6,8 +6,11 @@ use metrics::{counter, describe_counter, Counter};
 const FORWARDED: &str = "roost_cluster_forwarded_total";
 const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
 const FORWARD_GIVEN_UP: &str = "roost_cluster_forward_given_up_total";
+const FORWARD_TOO_LARGE: &str = "roost_cluster_forward_too_large_total";
+const TRANSFER_DROPPED: &str = "roost_cluster_transfer_dropped_total";
 const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
+const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
@@ -22,12 +25,27 @@ pub fn describe() {
         "QoS 1/2 messages a forwarder stopped keeping for resend (too many unacknowledged)"
     );
     describe_counter!(
+        FORWARD_TOO_LARGE,
+        "messages not forwarded because their encoding is over the per-message byte bound \
+         (derived from mqtt.max_packet_size); QoS 1/2 publishers see them refused"
+    );
+    describe_counter!(
+        TRANSFER_DROPPED,
+        "queued or in-flight messages left out of a session hand-over (TakeSession) because \
+         the whole session was over the transfer byte bound"
+    );
+    describe_counter!(
         RECEIVED,
         "messages received from peers and delivered locally"
     );
     describe_counter!(
         RECEIVED_INVALID,
         "messages from peers that could not be decoded (dropped)"
+    );
+    describe_counter!(
+        RECEIVED_DUPLICATE,
+        "messages from peers not delivered because that stream had delivered them already \
+         (a resend after a lost ack; also a late QoS 0 message from a replaced stream)"
     );
     describe_counter!(
         RECEIVED_INVALID_FILTERS,
@@ -44,10 +62,16 @@ pub struct ClusterStats {
     pub forward_dropped: Counter,
     /// QoS 1/2 no longer kept for resend.
     pub forward_given_up: Counter,
+    /// Not forwarded: over the per-message byte bound.
+    pub forward_too_large: Counter,
+    /// Left out of a session hand-over: over the transfer byte bound.
+    pub transfer_dropped: Counter,
     /// Received from peers.
     pub received: Counter,
     /// Undecodable messages from peers.
     pub received_invalid: Counter,
+    /// Resends from peers not delivered again.
+    pub received_duplicate: Counter,
     /// Shared filters from peers that did not parse (left out of the delivery).
     pub received_invalid_filters: Counter,
 }
@@ -58,8 +82,11 @@ impl Default for ClusterStats {
             forwarded: counter!(FORWARDED),
             forward_dropped: counter!(FORWARD_DROPPED),
             forward_given_up: counter!(FORWARD_GIVEN_UP),
+            forward_too_large: counter!(FORWARD_TOO_LARGE),
+            transfer_dropped: counter!(TRANSFER_DROPPED),
             received: counter!(RECEIVED),
             received_invalid: counter!(RECEIVED_INVALID),
+            received_duplicate: counter!(RECEIVED_DUPLICATE),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
         }
     }

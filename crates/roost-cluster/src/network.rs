@@ -4,13 +4,21 @@
 //! Payloads are openraft's own serde types encoded with postcard inside a `RaftPayload`; a
 //! response carries `Result<Response, RaftError>` so a remote Raft error comes back as
 //! `RPCError::RemoteError`, and a transport failure as `Unreachable` (openraft backs off).
+//!
+//! Bytes: an AppendEntries whose encoding is over [`WireLimits::raft_payload`] is not sent; the
+//! peer answers openraft with `PayloadTooLarge` and a hint of how many entries fit, and openraft
+//! sends that many (for its next ten requests). One entry always fits: `Cluster::propose`
+//! refuses a command over `max_message`. The gRPC limits on both sides are
+//! [`WireLimits::raft_grpc`], so a request the peer sends is one the server decodes.
 
 // openraft's RPCError is large, and the trait fixes the return type: boxing it is not an option.
 #![allow(clippy::result_large_err)]
 
+use crate::limits::WireLimits;
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -26,6 +34,7 @@ use serde::Serialize;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use tracing::debug;
 
 /// How long to wait for a TCP connection to a peer.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -41,17 +50,31 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 /// Creates one [`RaftPeer`] per target for openraft.
-#[derive(Clone, Default)]
-pub(crate) struct RaftNet;
+#[derive(Clone)]
+pub(crate) struct RaftNet {
+    limits: WireLimits,
+}
+
+impl RaftNet {
+    pub(crate) fn new(limits: WireLimits) -> RaftNet {
+        RaftNet { limits }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for RaftNet {
     type Network = RaftPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> RaftPeer {
+        let grpc = self.limits.raft_grpc();
         RaftPeer {
             target,
-            client: channel(&node.cluster_addr).ok().map(RaftClient::new),
+            client: channel(&node.cluster_addr).ok().map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(grpc)
+                    .max_encoding_message_size(grpc)
+            }),
             addr: node.cluster_addr.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -61,6 +84,7 @@ pub(crate) struct RaftPeer {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    limits: WireLimits,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
@@ -116,8 +140,22 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let mut c = self.client()?;
+        let payload = encode(&rpc)?;
+        if payload.data.len() > self.limits.raft_payload && rpc.entries.len() > 1 {
+            let fit = entries_that_fit(&rpc, payload.data.len(), self.limits.raft_payload);
+            debug!(
+                peer = %self.target,
+                bytes = payload.data.len(),
+                entries = rpc.entries.len(),
+                fit,
+                "append entries over the byte bound: split"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         let reply = c
-            .append_entries(with_ttl(encode(&rpc)?, &option))
+            .append_entries(with_ttl(payload, &option))
             .await
             .map_err(transport)?;
         decode_reply(self.target, reply.into_inner())
@@ -148,6 +186,28 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             .map_err(transport)?;
         decode_reply(self.target, reply.into_inner())
     }
+}
+
+/// How many of `rpc`'s first entries fit in `limit` bytes once encoded (at least 1), given that
+/// all of them take `total` bytes.
+fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>, total: usize, limit: usize) -> u64 {
+    let sizes: Vec<usize> = rpc
+        .entries
+        .iter()
+        .map(|e| postcard::experimental::serialized_size(e).unwrap_or(usize::MAX))
+        .collect();
+    let entries: usize = sizes.iter().fold(0, |a, b| a.saturating_add(*b));
+    // Everything but the entries: the vote, log ids, the length prefix.
+    let mut used = total.saturating_sub(entries);
+    let mut fit = 0u64;
+    for size in sizes {
+        used = used.saturating_add(size);
+        if used > limit {
+            break;
+        }
+        fit += 1;
+    }
+    fit.max(1)
 }
 
 /// Serves peers' Raft RPCs.
@@ -193,5 +253,51 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::types::Command;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    fn entry(index: u64, payload: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, NodeId::new(1)), index),
+            payload: EntryPayload::Normal(Command::UpdateRoutes {
+                node: NodeId::new(1),
+                add: vec!["x".repeat(payload)],
+                remove: vec![],
+            }),
+        }
+    }
+
+    fn request(payloads: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, NodeId::new(1)),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| entry(i as u64 + 1, *p))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn entries_that_fit_counts_a_prefix_and_never_zero() {
+        let rpc = request(&[1000, 1000, 1000, 1000]);
+        let total = postcard::to_allocvec(&rpc).unwrap().len();
+        let one = postcard::experimental::serialized_size(&rpc.entries[0]).unwrap();
+        let fixed = total - 4 * one;
+        assert_eq!(entries_that_fit(&rpc, total, total), 4);
+        assert_eq!(entries_that_fit(&rpc, total, fixed + 3 * one), 3);
+        assert_eq!(entries_that_fit(&rpc, total, fixed + 3 * one - 1), 2);
+        assert_eq!(entries_that_fit(&rpc, total, fixed + one), 1);
+        // Not even one fits: still one (`propose` keeps single entries under the limit).
+        assert_eq!(entries_that_fit(&rpc, total, 10), 1);
     }
 }

@@ -108,6 +108,8 @@ fn config(
         election_timeout: Duration::from_millis(300),
         forward_timeout: OP_TIMEOUT,
         commit_timeout: OP_TIMEOUT,
+        // roost-node's default `mqtt.max_packet_size` (1 MiB).
+        max_packet_size: 1_048_576,
     }
 }
 
@@ -916,4 +918,392 @@ async fn single_node_restart_keeps_state_and_leads_again() {
     );
     c.shutdown().await;
     drop(dir);
+}
+
+// ---- Issue 7, item 1: every batch bounded by bytes, gRPC limits set from the packet size ----
+
+/// A payload as large as the brief's worst case: close to `mqtt.max_packet_size` (1 MiB).
+const BIG: usize = 900 * 1024;
+
+/// A message with a `len`-byte payload of `fill`.
+fn big_message(t: &str, len: usize, fill: u8, qos: QoS) -> Arc<Message> {
+    let mut m = (*message(t, b"", qos)).clone();
+    m.payload = Bytes::from(vec![fill; len]);
+    Arc::new(m)
+}
+
+fn big_retained(t: &str, len: usize, fill: u8) -> Command {
+    Command::SetRetained {
+        topic: t.to_owned(),
+        message: Some(RetainedMessage {
+            topic: t.to_owned(),
+            payload: vec![fill; len],
+            qos: 1,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+            expires_at_unix_ms: None,
+            publisher: Some("dev-1".into()),
+        }),
+    }
+}
+
+/// Item 1: six pipelined 900 KiB QoS 1 messages from node 1 to node 2 (together more than
+/// gRPC's default 4 MiB) all arrive once, in order, and are acknowledged.
+///
+/// One thread on purpose: the six `forward` calls queue their messages without yielding, so the
+/// forwarder task finds all six waiting and batches them together every run (on two worker
+/// threads it sometimes sent them in smaller batches, which fit).
+#[tokio::test(flavor = "current_thread")]
+async fn item1_six_pipelined_900k_forwards_all_arrive() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    let mut acks = Vec::new();
+    for i in 0..6u8 {
+        let m = big_message("big/fwd", BIG, i, QoS::AtLeastOnce);
+        acks.push(n1.cluster.forward(n2.id, m, true, vec![]).await.unwrap());
+    }
+    for (i, ack) in acks.into_iter().enumerate() {
+        tokio::time::timeout(SETTLE, ack)
+            .await
+            .unwrap_or_else(|_| panic!("message {i} not acknowledged within {SETTLE:?}"))
+            .unwrap_or_else(|_| panic!("message {i} refused"));
+    }
+    let got: Vec<(usize, u8)> = payloads(&n2.local)
+        .iter()
+        .map(|p| (p.len(), p[0]))
+        .collect();
+    assert_eq!(got, (0..6u8).map(|i| (BIG, i)).collect::<Vec<_>>());
+    shutdown_all(&nodes).await;
+}
+
+/// Item 1: six concurrent 900 KiB retained messages (Raft entries; one AppendEntries with all
+/// of them is over 4 MiB) all commit within the commit timeout and reach every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_six_concurrent_900k_retained_proposals_commit() {
+    let nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    let c = node(&nodes, leader).cluster.clone();
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.propose(big_retained(&format!("big/ret/{i}"), BIG, i))
+                .await
+        }));
+    }
+    let mut last = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        let (index, _) = r.unwrap_or_else(|e| panic!("proposal {i} failed: {e}"));
+        last = last.max(index);
+    }
+    for n in &nodes {
+        n.cluster.wait_applied(last, SETTLE).await.unwrap();
+        let mut out = Vec::new();
+        n.cluster
+            .state()
+            .read()
+            .retained()
+            .matching(&filter("big/ret/+"), &mut out);
+        let mut got: Vec<(usize, u8)> = out
+            .iter()
+            .map(|r| (r.payload.len(), r.payload[0]))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (0..6u8).map(|i| (BIG, i)).collect::<Vec<_>>(),
+            "node {}",
+            n.id
+        );
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// Item 1: a forwarded message too large for any batch (5 MiB, over the node's packet size
+/// and gRPC's limit) is refused at once (its ack sender is dropped) instead of being resent
+/// forever, and the messages after it still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_oversized_forward_is_refused_not_resent_forever() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    let huge = big_message("big/huge", 5 * 1024 * 1024, 7, QoS::AtLeastOnce);
+    let ack = n1.cluster.forward(n2.id, huge, true, vec![]).await.unwrap();
+    let refused = tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .expect("an oversized message is answered, not resent forever");
+    assert!(refused.is_err(), "refused: the ack sender is dropped");
+    let ack = n1
+        .cluster
+        .forward(
+            n2.id,
+            message("small", b"after", QoS::AtLeastOnce),
+            true,
+            vec![],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .expect("the next message is not stuck behind the refused one")
+        .unwrap();
+    assert_eq!(payloads(&n2.local), vec![Bytes::from_static(b"after")]);
+    shutdown_all(&nodes).await;
+}
+
+/// Item 1: a proposal larger than any Raft entry may be (a 5 MiB retained message) is refused
+/// at once, before it enters the log, instead of timing out while replication fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_oversized_proposal_is_refused_before_the_log() {
+    let nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    let c = node(&nodes, leader).cluster.clone();
+    let before = c.status().await.last_log_index;
+    let t0 = Instant::now();
+    let err = c
+        .propose(big_retained("big/huge", 5 * 1024 * 1024, 1))
+        .await
+        .unwrap_err();
+    assert!(t0.elapsed() < OP_TIMEOUT, "refused, not timed out: {err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(!err.is_fatal());
+    assert_eq!(
+        c.status().await.last_log_index,
+        before,
+        "nothing was logged"
+    );
+    // A normal proposal still commits.
+    c.propose(big_retained("big/ok", 1024, 2)).await.unwrap();
+    shutdown_all(&nodes).await;
+}
+
+/// Item 1: a session whose queue holds six 900 KiB messages (over gRPC's default 4 MiB) is
+/// handed over whole by `take_session`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item1_take_session_with_a_5mb_queue_is_handed_over() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    let mut want = transfer();
+    for i in 0..6u8 {
+        want.image.queued.push(ImageMessage {
+            msg: big_message("a/b", BIG, i, QoS::AtLeastOnce),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+            packet_id: None,
+            released: false,
+        });
+    }
+    n2.local
+        .sessions
+        .lock()
+        .insert("dev-1".into(), want.clone());
+    let got = n1
+        .cluster
+        .take_session(n2.id, &ClientId::from("dev-1"), 5)
+        .await
+        .unwrap()
+        .expect("the owner had the session");
+    assert_eq!(got, want);
+    shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 2: a resend after a reconnect is not delivered twice ----
+
+/// A TCP proxy in front of one node's cluster listener, so a test can lose the replies on the
+/// connections through it and then cut them: a forward stream that breaks after the receiver
+/// delivered a batch but before its ack reached the sender.
+struct Proxy {
+    addr: SocketAddr,
+    /// While set, bytes from the node back to its callers are discarded (acks, Raft replies).
+    drop_replies: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped to close every connection open at that moment.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drop_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let drop_flag = drop_replies.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                let drop_flag = drop_flag.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = ci.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            so.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = si.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            if !drop_flag.load(Relaxed) {
+                                co.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    // Both halves end together: when either side closes, or on a cut.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            drop_replies,
+            cut,
+        }
+    }
+
+    fn drop_replies(&self, on: bool) {
+        self.drop_replies
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes every connection open now (later ones pass normally).
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+/// Item 2: node 2 delivers three QoS 2 messages, their ack is lost, the forward stream breaks;
+/// node 1 reconnects and resends them (it never saw the ack), and node 2 acknowledges the resend
+/// without delivering the messages a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item2_resend_after_lost_ack_is_delivered_once() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    // Node 2 is reached through the proxy: it advertises the proxy's address.
+    let proxy = Proxy::start(addrs[1]).await;
+    let seeds = vec![
+        (NodeId::new(1), addrs[0].to_string()),
+        (NodeId::new(2), proxy.addr.to_string()),
+        (NodeId::new(3), addrs[2].to_string()),
+    ];
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        if i == 1 {
+            cfg.advertise = proxy.addr.to_string();
+        }
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
+    }
+    wait_for_leader(&nodes).await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+
+    // The stream is up and acknowledging.
+    let ack = n1
+        .cluster
+        .forward(n2.id, message("t", b"warm", QoS::ExactlyOnce), true, vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Node 2 gets and delivers three messages; their acks are lost on the way back.
+    proxy.drop_replies(true);
+    let mut acks = Vec::new();
+    for p in [&b"m1"[..], b"m2", b"m3"] {
+        let m = Arc::new(Message {
+            payload: Bytes::copy_from_slice(p),
+            ..(*message("t", b"", QoS::ExactlyOnce)).clone()
+        });
+        acks.push(Box::pin(
+            n1.cluster.forward(n2.id, m, true, vec![]).await.unwrap(),
+        ));
+    }
+    eventually(SETTLE, "node 2 delivered the three messages", || {
+        n2.local.delivered.lock().len() == 4
+    })
+    .await;
+    for ack in &mut acks {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), ack)
+                .await
+                .is_err(),
+            "the ack was lost: node 1 must not have seen it"
+        );
+    }
+
+    // The stream breaks; node 1 reconnects and resends what it did not see acknowledged.
+    proxy.drop_replies(false);
+    proxy.cut();
+    for (i, ack) in acks.into_iter().enumerate() {
+        tokio::time::timeout(SETTLE, ack)
+            .await
+            .unwrap_or_else(|_| panic!("message {i} not acknowledged after the reconnect"))
+            .unwrap();
+    }
+    assert_eq!(
+        payloads(&n2.local),
+        vec![
+            Bytes::from_static(b"warm"),
+            Bytes::from_static(b"m1"),
+            Bytes::from_static(b"m2"),
+            Bytes::from_static(b"m3"),
+        ],
+        "each message delivered exactly once"
+    );
+    // New messages after the reconnect are delivered as usual.
+    let ack = n1
+        .cluster
+        .forward(
+            n2.id,
+            message("t", b"after", QoS::ExactlyOnce),
+            true,
+            vec![],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payloads(&n2.local).len(), 5);
+    assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
+    shutdown_all(&nodes).await;
 }

@@ -314,6 +314,7 @@ async fn start_broker(
         election_timeout: Duration::from_millis(c.election_timeout_ms),
         forward_timeout: Duration::from_millis(c.forward_timeout_ms),
         commit_timeout: Duration::from_millis(c.commit_timeout_ms),
+        max_packet_size: config.mqtt.max_packet_size,
     };
     let hooks = Arc::new(NodeHooks::default());
     let cluster = Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>)

@@ -47,6 +47,7 @@ fn sample_batch() -> ForwardBatch {
                 shared_filters: Vec::new(),
             },
         ],
+        epoch: 0x5eed_0000_0001,
     }
 }
 

@@ -6,12 +6,27 @@
 //! (`FORWARD_QUEUE`; when full, QoS 0 is dropped and QoS 1/2 waits up to `forward_timeout`).
 //!
 //! ```text
-//!  Cluster::forward ─Outgoing─▶ queue ─▶ run_forwarder ─ForwardBatch (≤ MAX_BATCH)─▶ peer
-//!                                            │    ▲                                   │
+//!  Cluster::forward ─Outgoing─▶ queue ─▶ run_forwarder ─ForwardBatch─────────────────▶ peer
+//!                                            │    ▲   (≤ MAX_BATCH messages and         │
+//!                                            │    │    ≤ WireLimits::forward_batch bytes)│
 //!                    QoS 1/2: unacked by seq ┘    └──────────── ForwardAck(seqs) ◀────┘
 //!                    (≤ MAX_UNACKED), resent in order after a reconnect; an ack resolves
 //!                    the oneshot the caller of `forward` waits on
 //! ```
+//!
+//! Bytes: a message whose encoding is over `WireLimits::max_message` is never sent (it could
+//! not be sent next time either): it is counted (`roost_cluster_forward_too_large_total`) and
+//! its ack sender dropped, which the publisher's side reads as "not delivered". Any other
+//! message fits a batch on its own, so a batch the peer refuses is never built.
+//!
+//! Once: every batch carries this forwarder's random `epoch`, and a message keeps its sequence
+//! number when it is resent on a new stream, so the receiver (`dedup`) acknowledges a resend of
+//! a message it delivered before the stream broke without delivering it again.
+//!
+//! Reconnects back off: a stream that ended is reopened after an exponentially growing delay
+//! with jitter (`RECONNECT_MIN` doubling up to `RECONNECT_MAX`, each delay between half and all
+//! of it), reset once a stream got an ack or stayed up `RECONNECT_MAX`. A peer that ends every
+//! stream at once therefore costs a reconnect every second or two, not a busy loop.
 //!
 //! Concurrency: one tokio task per peer owns the stream, the sequence numbers and the unacked
 //! map; nothing else touches them. It ends when the queue's senders are gone (the peer was
@@ -19,26 +34,35 @@
 //! clears the peer's `up` flag, which shared-subscription delivery reads (`Cluster::peer_up`).
 
 use crate::convert;
+use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
 use crate::types::NodeId;
+use prost::Message as _;
 use roost_core::message::Message;
 use roost_core::topic::TopicFilter;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Messages per forwarded batch, at most.
 const MAX_BATCH: usize = 256;
 /// QoS 1/2 messages sent to a peer and not yet acknowledged, kept for resending after a
-/// reconnect. Beyond it the oldest are given up (and counted).
+/// reconnect. Beyond it, or beyond `WireLimits::unacked` bytes, the oldest are given up (and
+/// counted).
 const MAX_UNACKED: usize = 65_536;
+/// First delay before reopening a forward stream (then doubled per failure, with jitter).
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// Longest delay before reopening a forward stream; a stream that stayed up this long resets
+/// the delay.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// A message waiting for a peer's forwarder.
 pub(super) struct Outgoing {
@@ -49,21 +73,64 @@ pub(super) struct Outgoing {
     pub(super) ack: Option<oneshot::Sender<()>>,
 }
 
+/// What a forwarder is for: which peer, from which node, within which byte bounds.
+pub(super) struct Forwarder {
+    origin: NodeId,
+    peer: NodeId,
+    /// Names this forwarder's sequence numbers for the receiver's deduplication (`dedup`):
+    /// random and non-zero, the same on every stream this forwarder opens.
+    epoch: u64,
+    limits: WireLimits,
+    stats: Arc<ClusterStats>,
+}
+
+impl Forwarder {
+    pub(super) fn new(
+        origin: NodeId,
+        peer: NodeId,
+        limits: WireLimits,
+        stats: Arc<ClusterStats>,
+    ) -> Forwarder {
+        Forwarder {
+            origin,
+            peer,
+            epoch: random_u64(origin.get() ^ peer.get().rotate_left(32)) | 1,
+            limits,
+            stats,
+        }
+    }
+
+    fn batch(&self, messages: Vec<pb::ForwardedMessage>) -> pb::ForwardBatch {
+        pb::ForwardBatch {
+            origin_node: self.origin.get(),
+            messages,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Bytes a message adds to a `ForwardBatch`: its tag, its length and itself.
+fn wire_size(fm: &pb::ForwardedMessage) -> usize {
+    let len = fm.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
 /// Sends one peer its forwarded messages: batches on one long-lived stream, resends what was not
 /// acknowledged after a reconnect.
 pub(super) async fn run_forwarder(
-    origin: NodeId,
-    peer: NodeId,
+    f: Forwarder,
     client: ClusterClient<Channel>,
     mut rx: mpsc::Receiver<Outgoing>,
-    stats: Arc<ClusterStats>,
     mut stop: watch::Receiver<bool>,
     up: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut unacked: BTreeMap<u64, Outgoing> = BTreeMap::new();
+    let (peer, stats) = (f.peer, f.stats.clone());
+    let mut unacked = Unacked::new(MAX_UNACKED, f.limits.unacked);
     let mut seq: u64 = 0;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(peer);
+    // A message taken from the queue that did not fit the batch being built: it opens the next.
+    let mut carry: Option<Outgoing> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -76,82 +143,214 @@ pub(super) async fn run_forwarder(
                 up.store(false, Relaxed);
                 debug!(peer = %peer, error = %e, "forward stream not established");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = stop.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        let opened = Instant::now();
+        let mut acked = false;
         up.store(true, Relaxed);
-        // Resend what the previous stream left unacknowledged, in order.
+        // Resend what the previous stream left unacknowledged, in order, in bounded batches,
+        // each built when the stream has room for it.
         if !unacked.is_empty() {
             let now = Instant::now();
-            let messages = unacked
-                .iter()
-                .map(|(s, o)| forwarded(*s, o, now))
-                .collect::<Vec<_>>();
-            for chunk in messages.chunks(MAX_BATCH) {
-                let batch = pb::ForwardBatch {
-                    origin_node: origin.get(),
-                    messages: chunk.to_vec(),
-                };
-                if btx.send(batch).await.is_err() {
-                    break;
+            let mut messages = Vec::new();
+            let mut bytes = 0;
+            for (s, (o, size)) in &unacked.by_seq {
+                if !messages.is_empty()
+                    && (messages.len() >= MAX_BATCH || bytes + size > f.limits.forward_batch)
+                {
+                    if btx
+                        .send(f.batch(std::mem::take(&mut messages)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    bytes = 0;
                 }
+                bytes += size;
+                messages.push(forwarded(*s, o, now));
+            }
+            if !messages.is_empty() {
+                let _ = btx.send(f.batch(messages)).await;
             }
         }
         loop {
-            tokio::select! {
-                item = rx.recv() => {
-                    let Some(first) = item else { return };
-                    let now = Instant::now();
-                    let mut messages = Vec::with_capacity(8);
-                    let mut next = Some(first);
-                    while let Some(o) = next.take() {
-                        seq += 1;
-                        messages.push(forwarded(seq, &o, now));
-                        if o.ack.is_some() {
-                            unacked.insert(seq, o);
-                            if unacked.len() > MAX_UNACKED {
-                                unacked.pop_first();
-                                stats.forward_given_up.increment(1);
-                            }
-                        }
-                        if messages.len() < MAX_BATCH {
-                            next = rx.try_recv().ok();
-                        }
+            // Cancel safety: `recv` and `message` keep nothing in flight when another arm wins;
+            // a message taken from the queue is either in the batch sent below or in `carry`.
+            let first = match carry.take() {
+                Some(o) => o,
+                None => tokio::select! {
+                    item = rx.recv() => {
+                        let Some(o) = item else { return };
+                        o
                     }
-                    let batch = pb::ForwardBatch { origin_node: origin.get(), messages };
-                    if btx.send(batch).await.is_err() {
-                        break;
-                    }
-                }
-                ack = acks.message() => {
-                    match ack {
-                        Ok(Some(a)) => {
-                            for s in a.seqs {
-                                if let Some(o) = unacked.remove(&s) {
-                                    if let Some(tx) = o.ack {
+                    ack = acks.message() => {
+                        match ack {
+                            Ok(Some(a)) => {
+                                acked = true;
+                                for s in a.seqs {
+                                    if let Some(tx) = unacked.ack(s).and_then(|o| o.ack) {
                                         let _ = tx.send(());
                                     }
                                 }
+                                continue;
                             }
+                            Ok(None) | Err(_) => break,
                         }
-                        Ok(None) | Err(_) => break,
+                    }
+                    _ = stop.changed() => return,
+                },
+            };
+            let now = Instant::now();
+            let mut messages = Vec::with_capacity(8);
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(o) = next.take() {
+                let mut fm = forwarded(seq + 1, &o, now);
+                let size = wire_size(&fm);
+                if size > f.limits.max_message {
+                    // It would not fit next time either: refused (the ack sender is dropped)
+                    // and counted, never resent.
+                    stats.forward_too_large.increment(1);
+                    warn!(
+                        peer = %peer,
+                        topic = %o.msg.topic.as_str(),
+                        size,
+                        limit = f.limits.max_message,
+                        "message too large to forward: dropped"
+                    );
+                } else if !messages.is_empty() && bytes + size > f.limits.forward_batch {
+                    carry = Some(o);
+                    break;
+                } else {
+                    seq += 1;
+                    fm.seq = seq;
+                    bytes += size;
+                    messages.push(fm);
+                    if o.ack.is_some() {
+                        let given_up = unacked.insert(seq, o, size);
+                        stats.forward_given_up.increment(given_up);
                     }
                 }
-                _ = stop.changed() => return,
+                if messages.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            if btx.send(f.batch(messages)).await.is_err() {
+                break;
             }
         }
+        up.store(false, Relaxed);
+        if acked || opened.elapsed() >= RECONNECT_MAX {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
         debug!(
             peer = %peer,
-            unacked = unacked.len(),
+            unacked = unacked.by_seq.len(),
+            delay_ms = delay.as_millis() as u64,
             "forward stream closed; reconnecting"
         );
-        up.store(false, Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
     }
+}
+
+/// QoS 1/2 messages sent and not acknowledged, by sequence number, with the bytes each took in
+/// its batch: what is resent after a reconnect. Bounded by count and by bytes; beyond either the
+/// oldest are given up.
+struct Unacked {
+    by_seq: BTreeMap<u64, (Outgoing, usize)>,
+    bytes: usize,
+    max_len: usize,
+    max_bytes: usize,
+}
+
+impl Unacked {
+    fn new(max_len: usize, max_bytes: usize) -> Unacked {
+        Unacked {
+            by_seq: BTreeMap::new(),
+            bytes: 0,
+            max_len,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `o` (sent as `seq`, `size` bytes); returns how many of the oldest were given up
+    /// to stay within the bounds (never `o` itself, which is at most `max_message` bytes).
+    fn insert(&mut self, seq: u64, o: Outgoing, size: usize) -> u64 {
+        self.by_seq.insert(seq, (o, size));
+        self.bytes += size;
+        let mut given_up = 0;
+        while self.by_seq.len() > 1
+            && (self.by_seq.len() > self.max_len || self.bytes > self.max_bytes)
+        {
+            let Some((_, (_, size))) = self.by_seq.pop_first() else {
+                break;
+            };
+            self.bytes -= size;
+            given_up += 1;
+        }
+        given_up
+    }
+
+    /// The message acknowledged as `seq`, if it was still kept.
+    fn ack(&mut self, seq: u64) -> Option<Outgoing> {
+        let (o, size) = self.by_seq.remove(&seq)?;
+        self.bytes -= size;
+        Some(o)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+}
+
+/// Exponential reconnect delay with jitter: each delay is between half and all of the current
+/// step, and the step doubles from `RECONNECT_MIN` up to `RECONNECT_MAX`.
+struct Backoff {
+    step: Duration,
+    /// xorshift64 state, seeded from std's per-process random hasher keys (no rand crate).
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(peer: NodeId) -> Backoff {
+        Backoff {
+            step: RECONNECT_MIN,
+            rng: random_u64(peer.get()) | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = RECONNECT_MIN;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = self.step / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+        let delay = half + Duration::from_millis(self.rng % (jitter_ms + 1));
+        self.step = (self.step * 2).min(RECONNECT_MAX);
+        delay
+    }
+}
+
+/// A random number without a rand crate: std's `RandomState` keys are random per process and
+/// differ per instance.
+fn random_u64(salt: u64) -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(salt)
 }
 
 fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
@@ -160,5 +359,81 @@ fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
         message: Some(convert::message_to_wire(&o.msg, now.into_std())),
         direct: o.direct,
         shared_filters: convert::shared_filters_to_wire(&o.shared),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use roost_core::topic::{TopicLimits, TopicName};
+
+    fn outgoing() -> (Outgoing, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let msg = Message {
+            topic: TopicName::new("t", &TopicLimits::default()).unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: roost_codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        };
+        let o = Outgoing {
+            msg: Arc::new(msg),
+            direct: true,
+            shared: vec![],
+            ack: Some(tx),
+        };
+        (o, rx)
+    }
+
+    #[test]
+    fn unacked_gives_up_the_oldest_beyond_its_count_or_bytes() {
+        let mut u = Unacked::new(3, 100);
+        let mut rxs = Vec::new();
+        let mut given_up = Vec::new();
+        for (seq, size) in [(1, 10), (2, 20), (3, 30), (4, 10), (5, 50), (6, 100)] {
+            let (o, rx) = outgoing();
+            rxs.push(rx);
+            given_up.push(u.insert(seq, o, size));
+        }
+        // 4th: over the count (seq 1 goes). 5th: 20+30+10+50 = 110 bytes (seq 2 goes).
+        // 6th: 100 bytes alone fill it (seqs 3, 4, 5 go).
+        assert_eq!(given_up, vec![0, 0, 0, 1, 1, 3]);
+        assert_eq!(u.by_seq.keys().copied().collect::<Vec<_>>(), vec![6]);
+        assert_eq!(u.bytes, 100);
+        // A given-up message's waiter sees the sender dropped; the kept one is acked.
+        assert!(rxs[0].try_recv().is_err());
+        assert!(u.ack(1).is_none());
+        u.ack(6).unwrap().ack.unwrap().send(()).unwrap();
+        assert_eq!(rxs[5].try_recv(), Ok(()));
+        assert!(u.is_empty());
+        assert_eq!(u.bytes, 0);
+        // One message larger than the byte bound is still kept (it was sent).
+        let (o, _rx) = outgoing();
+        assert_eq!(u.insert(7, o, 1000), 0);
+        assert_eq!(u.by_seq.len(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(NodeId::new(2));
+        let mut steps = Vec::new();
+        for _ in 0..8 {
+            let step = b.step;
+            let d = b.next_delay();
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            steps.push(step.as_millis());
+        }
+        assert_eq!(steps, vec![50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.step, RECONNECT_MIN);
+        let d = b.next_delay();
+        assert!(d >= Duration::from_millis(25) && d <= Duration::from_millis(50));
     }
 }

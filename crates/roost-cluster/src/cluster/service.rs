@@ -9,17 +9,21 @@
 //!
 //! Concurrency: tonic runs each call in its own task; no call holds a lock across an await. Each
 //! Forward stream gets a spawned task that reads batches, delivers them through
-//! [`LocalNode::deliver`] and sends acks on a bounded channel (64; when full the reader waits,
+//! [`LocalNode::deliver`] (once per (origin, epoch, seq): a resend after a reconnect is only
+//! acknowledged, see `dedup`) and sends acks on a bounded channel (64; when full the reader waits,
 //! which pushes back on the peer's stream). The service holds the `Cluster` only weakly (a call
 //! after it is gone answers `unavailable`) and watches `stop` itself, see the field.
 
+use super::dedup::Dedup;
 use super::membership::server_state;
 use super::{Cluster, LocalNode};
 use crate::convert;
 use crate::error::ClusterError;
+use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
 use crate::types::{Command, NodeId, TypeConfig};
 use openraft::Raft;
+use parking_lot::Mutex;
 use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_server;
@@ -38,6 +42,11 @@ pub(super) struct ClusterService {
     pub(super) raft: Raft<TypeConfig>,
     pub(super) local: Arc<dyn LocalNode>,
     pub(super) stats: Arc<ClusterStats>,
+    /// Byte bounds: a too large command is refused, a TakeSession reply is made to fit.
+    pub(super) limits: WireLimits,
+    /// What each origin's forward streams delivered, shared by all streams (a resend arrives
+    /// on a new stream).
+    pub(super) dedup: Arc<Mutex<Dedup>>,
     /// Set by [`Cluster::shutdown`]. The gRPC server's graceful shutdown waits for open streams
     /// instead of ending them, so each Forward stream watches this itself: a stopped node must
     /// not go on delivering and acknowledging, or the origin would never resend to its
@@ -70,6 +79,9 @@ impl cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ProposeReply>, Status> {
         let cmd: Command = postcard::from_bytes(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        // The proposer checked this already; a peer with a larger `max_packet_size` may not have.
+        super::check_command_size(&cmd, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reply = match self.raft.client_write(cmd).await {
             Ok(r) => pb::ProposeReply {
                 log_index: r.log_id.index,
@@ -112,6 +124,7 @@ impl cluster_server::Cluster for ClusterService {
         let (tx, rx) = mpsc::channel(64);
         let local = self.local.clone();
         let stats = self.stats.clone();
+        let dedup = self.dedup.clone();
         tokio::spawn(async move {
             loop {
                 // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
@@ -131,16 +144,26 @@ impl cluster_server::Cluster for ClusterService {
                         continue;
                     };
                     let qos = m.qos;
-                    match convert::message_from_wire(m, now.into_std()) {
-                        Ok(msg) => {
-                            stats.received.increment(1);
-                            let shared =
-                                convert::shared_filters_from_wire(fm.shared_filters, &stats);
-                            local.deliver(Arc::new(msg), fm.direct, &shared);
-                        }
-                        Err(e) => {
-                            stats.received_invalid.increment(1);
-                            warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
+                    // A resend of what this node delivered before the stream broke (its ack was
+                    // lost): acknowledged below, not delivered again. The lock is held for the
+                    // check only.
+                    let first = dedup
+                        .lock()
+                        .first_delivery(batch.origin_node, batch.epoch, fm.seq);
+                    if !first {
+                        stats.received_duplicate.increment(1);
+                    } else {
+                        match convert::message_from_wire(m, now.into_std()) {
+                            Ok(msg) => {
+                                stats.received.increment(1);
+                                let shared =
+                                    convert::shared_filters_from_wire(fm.shared_filters, &stats);
+                                local.deliver(Arc::new(msg), fm.direct, &shared);
+                            }
+                            Err(e) => {
+                                stats.received_invalid.increment(1);
+                                warn!(origin = batch.origin_node, error = %e, "dropping forwarded message");
+                            }
                         }
                     }
                     // Acknowledge even an undecodable QoS 1/2 message: it will never decode,
@@ -164,13 +187,45 @@ impl cluster_server::Cluster for ClusterService {
         let r = request.into_inner();
         let t = self
             .local
-            .take_session(ClientId::from(r.client_id), r.generation)
+            .take_session(ClientId::from(r.client_id.clone()), r.generation)
             .await;
         Ok(Response::new(match t {
-            Some(t) => pb::TakeSessionReply {
-                found: true,
-                session: Some(convert::transfer_to_wire(&t, Instant::now().into_std())),
-            },
+            Some(t) => {
+                let mut session = convert::transfer_to_wire(&t, Instant::now().into_std());
+                // The reply is bounded like every other message between nodes: what does not
+                // fit is left out (newest queued messages first) and counted, never sent as a
+                // reply the requester would refuse whole.
+                let messages = session.queued.len() + session.inflight.len();
+                match convert::fit_transfer(&mut session, self.limits.session_transfer) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        self.stats.transfer_dropped.increment(dropped as u64);
+                        warn!(
+                            client_id = %r.client_id,
+                            dropped,
+                            limit = self.limits.session_transfer,
+                            "session over the transfer bound: newest messages left out"
+                        );
+                    }
+                    Err(size) => {
+                        self.stats.transfer_dropped.increment(messages as u64);
+                        warn!(
+                            client_id = %r.client_id,
+                            size,
+                            limit = self.limits.session_transfer,
+                            "session over the transfer bound without its messages: not handed over"
+                        );
+                        return Err(Status::resource_exhausted(format!(
+                            "session of {size} bytes is over the transfer bound of {}",
+                            self.limits.session_transfer
+                        )));
+                    }
+                }
+                pb::TakeSessionReply {
+                    found: true,
+                    session: Some(session),
+                }
+            }
             None => pb::TakeSessionReply {
                 found: false,
                 session: None,
