@@ -8,7 +8,7 @@
 //!            │   Publish ─▶ Broker::publish ─▶ ack (in PUBLISH order, after peers)     │
 //!            │   Subscribe/Unsubscribe ─▶ Broker ─▶ SUBACK/UNSUBACK via the outbox      │
 //!            │   Close ─▶ DISCONNECT (v5) ─▶ Broker::detach                             │
-//!  socket ◀──│ write_all(wbuf) ◀── encode ◀── prepare_publish ◀── outbox ◀── wake      │
+//!  socket ◀──│ try_write(wbuf) ◀── encode ≤ 64 KiB ◀── prepare_publish ◀── outbox ◀── wake│
 //!            │ timer: session.poll_timeout() ─▶ handle_timeout (keep-alive)            │
 //!            └──────────────────────────────────────────────────────────────────────────┘
 //! ```
@@ -21,8 +21,14 @@
 //! Cancel safety: the `select!` arms are `TcpStream::readable` (cancel safe: readiness only, no
 //! data is taken), `Notify::notified` (a permit stored by `notify_one` is not lost when the
 //! future is dropped), awaiting a `JoinHandle` by reference, and `sleep_until` (stateless).
-//! Reads happen with `try_read_buf` after the `select!` returns, and writes with `write_all`
-//! outside it, so no partial read or write is ever dropped.
+//! Reads happen with `try_read_buf` after the `select!` returns, and writes with `try_write`
+//! (a blocked write waits on writability, the connection's wake and a stall timeout, see
+//! `Conn::flush_until`), so no partial read or write is ever dropped.
+//!
+//! A client that stops reading: at most [`WRITE_BATCH`] bytes are encoded at a time; its
+//! session's outbox keeps the rest under the queue's count and byte limits (what no longer
+//! fits is dropped and counted); a takeover, shutdown or kick ends the blocked writer at once,
+//! and `mqtt.write_timeout_secs` without progress closes it (`write_timeout`).
 //!
 //! Memory: an idle connection holds no read or write buffer. The read buffer is allocated when
 //! the socket becomes readable and released when it has been drained; the write buffer is
@@ -52,6 +58,33 @@ use tracing::{debug, info};
 const READ_CHUNK: usize = 4096;
 /// A write buffer larger than this is freed after a flush instead of kept.
 const KEEP_WBUF: usize = 1024;
+/// Encoding stops once the write buffer holds this much; the rest of the outbox waits for the
+/// next round. A client that does not read holds at most this (plus one packet) in the node's
+/// write buffer; its session's outbox stays bounded by the queue limits.
+const WRITE_BATCH: usize = 64 * 1024;
+/// The last flush before the socket closes (a DISCONNECT) gives up after this without progress.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a flush stopped before the write buffer was empty.
+#[derive(Debug, Clone, Copy)]
+enum FlushStop {
+    /// The socket failed or closed.
+    Io,
+    /// The client took no bytes for the stall timeout.
+    Stalled,
+    /// The broker told the connection to leave (takeover, shutdown, an administrator).
+    Kicked(ReasonCode),
+}
+
+impl FlushStop {
+    fn close(self) -> Close {
+        match self {
+            FlushStop::Io => Close::closed("write_error"),
+            FlushStop::Stalled => Close::closed("write_timeout"),
+            FlushStop::Kicked(reason) => Close::server(reason),
+        }
+    }
+}
 
 struct Conn {
     stream: TcpStream,
@@ -60,6 +93,8 @@ struct Conn {
     wbuf: BytesMut,
     decoder: Decoder,
     broker: Arc<Broker>,
+    /// A write was left blocked on a client that does not read: no goodbye is attempted.
+    blocked: bool,
 }
 
 /// A socket's place among those that have not sent CONNECT yet, and the read-buffer bytes it
@@ -132,6 +167,7 @@ pub(crate) async fn serve(
         wbuf: BytesMut::new(),
         decoder: Decoder::server(broker.config.mqtt.max_packet_size),
         broker,
+        blocked: false,
     };
     let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
     let connect = match tokio::time::timeout(timeout, conn.read_connect(&mut pending)).await {
@@ -184,15 +220,67 @@ impl Conn {
         }
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
+    /// Writes the write buffer out (before the session: CONNACK refusals, bad CONNECTs),
+    /// giving up when the client takes no bytes for `mqtt.write_timeout_secs`.
+    async fn flush(&mut self) -> Result<(), FlushStop> {
+        let stall = Duration::from_secs(self.broker.config.mqtt.write_timeout_secs);
+        self.flush_until(None, stall).await
+    }
+
+    /// Writes the write buffer out. The common case (the socket has room) needs no timer:
+    /// only a write that would block waits, on the socket becoming writable, on `ctl`'s wake
+    /// (a kick ends the connection even while the client is not reading) and on `stall` without
+    /// progress. Unwritten bytes stay at the front of the buffer, so the framing of what is
+    /// sent next (a DISCONNECT) stays intact.
+    ///
+    /// Cancel safety: `try_write` is not awaited; the `select!` arms are readiness, a
+    /// `Notify` permit and a sleep, none of which takes data.
+    async fn flush_until(
+        &mut self,
+        ctl: Option<&ConnCtl>,
+        stall: Duration,
+    ) -> Result<(), FlushStop> {
+        let mut deadline = None;
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(FlushStop::Io),
+                Ok(n) => {
+                    bytes::Buf::advance(&mut self.wbuf, n);
+                    self.broker.metrics.bytes_sent.increment(n as u64);
+                    deadline = None;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(FlushStop::Io),
+            }
+            let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
+            let kicked = async {
+                match ctl {
+                    Some(c) => c.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = kicked => {
+                    // Any other wake-up (more in the outbox) is seen by the loop that encodes
+                    // it once this flush is done.
+                    if let Some(reason) = ctl.and_then(|c| c.take_kick()) {
+                        self.blocked = true;
+                        return Err(FlushStop::Kicked(reason));
+                    }
+                }
+                r = self.stream.writable() => {
+                    if r.is_err() {
+                        return Err(FlushStop::Io);
+                    }
+                }
+                _ = tokio::time::sleep_until(at) => {
+                    self.blocked = true;
+                    return Err(FlushStop::Stalled);
+                }
+            }
         }
-        self.stream.write_all(&self.wbuf).await?;
-        self.broker
-            .metrics
-            .bytes_sent
-            .increment(self.wbuf.len() as u64);
         if self.wbuf.capacity() > KEEP_WBUF {
             self.wbuf = BytesMut::new();
         } else {
@@ -297,7 +385,7 @@ impl Conn {
             will: n.will.take(),
             congested: Vec::new(),
             yielded: false,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             pending_acks: VecDeque::new(),
             deadline: None,
         };
@@ -313,7 +401,11 @@ impl Conn {
         if let Some(d) = close.disconnect_packet(protocol) {
             self.queue(&d, protocol);
         }
-        let _ = self.flush().await;
+        // Bounded: a client that stopped reading must not hold its detach (and a takeover
+        // waiting for it) for long; one whose last write was blocked gets no goodbye at all.
+        if !self.blocked {
+            let _ = self.flush_until(None, GOODBYE_TIMEOUT).await;
+        }
         let _ = self.stream.shutdown().await;
         let will = if close.will { live.will.take() } else { None };
         self.broker.detach(&session, &ctl, will);
@@ -383,9 +475,10 @@ impl Conn {
             self.release_acks(st);
             self.encode_outbox(st);
             self.release_rbuf();
-            if let Err(e) = self.flush().await {
-                debug!(client_id = %st.session.client_id(), error = %e, "write failed");
-                return Close::closed("write_error");
+            if let Err(stop) = self.flush_until(Some(&st.ctl), self.write_timeout()).await {
+                let close = stop.close();
+                debug!(client_id = %st.session.client_id(), why = close.why, "write stopped");
+                return close;
             }
             let deadline = st.deadline;
             tokio::select! {
@@ -414,8 +507,9 @@ impl Conn {
                                 // until the slow subscribers catch up (bounded), and go on with
                                 // what is left in the read buffer.
                                 self.encode_outbox(st);
-                                if self.flush().await.is_err() {
-                                    return Close::closed("write_error");
+                                let stall = self.write_timeout();
+                                if let Err(stop) = self.flush_until(Some(&st.ctl), stall).await {
+                                    return stop.close();
                                 }
                                 let congested = std::mem::take(&mut st.congested);
                                 Box::pin(self.broker.wait_for_space(&congested)).await;
@@ -689,19 +783,27 @@ impl Conn {
         st.session.with(|s| s.reply(unsuback(packet_id, codes)));
     }
 
-    /// Encodes everything the session has to send into the write buffer.
+    /// Encodes what the session has to send into the write buffer, up to [`WRITE_BATCH`]
+    /// bytes: the rest stays in the connection's outbox for the next round (after the flush).
+    /// The session's outbox is taken only once the previous batch is all encoded, so a client
+    /// that does not read keeps its session's outbox full and its QoS 0 bounds apply.
     fn encode_outbox(&mut self, st: &mut Live) {
         let now = crate::now();
         let wbuf = &mut self.wbuf;
         let protocol = st.protocol;
         let outbox = &mut st.outbox;
         let (sent, more, drops) = st.session.with(|session| {
-            if !session.has_outbox() {
-                return (0, false, Default::default());
+            if outbox.is_empty() {
+                if !session.has_outbox() {
+                    return (0, false, Default::default());
+                }
+                session.take_outbox(outbox);
             }
-            session.take_outbox(outbox);
             let mut sent = 0u64;
-            for item in outbox.drain(..) {
+            while wbuf.len() < WRITE_BATCH {
+                let Some(item) = outbox.pop_front() else {
+                    break;
+                };
                 match item {
                     Outbound::Publish(o) => {
                         if let Some(p) = session.prepare_publish_packet(o, now) {
@@ -717,9 +819,10 @@ impl Conn {
                     }
                 }
             }
-            // `prepare_publish` may have freed window slots: what that released goes out next
-            // round.
-            (sent, session.has_outbox(), session.take_drops())
+            // Left for the next round: the rest of this batch, or what `prepare_publish` released
+            // by freeing window slots.
+            let more = !outbox.is_empty() || session.has_outbox();
+            (sent, more, session.take_drops())
         });
         self.broker.metrics.record_drops(drops);
         if sent > 0 {
@@ -728,6 +831,11 @@ impl Conn {
         if more {
             st.ctl.wake.notify_one();
         }
+    }
+
+    /// `mqtt.write_timeout_secs`: how long a client may take no bytes before it is dropped.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.broker.config.mqtt.write_timeout_secs)
     }
 }
 
@@ -745,8 +853,9 @@ struct Live {
     protocol: Protocol,
     /// Boxed: most connections have none, and this lives in every connection's future.
     will: Option<Box<LastWill>>,
-    /// Reused scratch vector for the outbox.
-    outbox: Vec<Outbound>,
+    /// What was taken from the session's outbox and not yet encoded (at most one
+    /// [`WRITE_BATCH`] is encoded per round); its buffer is reused.
+    outbox: VecDeque<Outbound>,
     /// Subscribers found congested while routing the current read batch.
     congested: Vec<SessionRef>,
     /// True once this read batch yielded before routing its first PUBLISH.

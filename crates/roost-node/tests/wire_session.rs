@@ -809,3 +809,72 @@ async fn offline_qos0_drops_are_counted() {
     let (mut sub, _) = connect_persistent(node.addr(), Protocol::V5, "q0").await;
     sub.expect_silence(SILENCE).await.unwrap();
 }
+
+/// A node with a 1 MiB queue byte bound and `write_timeout_secs`, a persistent v5 subscriber
+/// on `big/#` that never reads, and 300 x 64 KiB QoS 0 messages published to it: 19 MiB, far
+/// more than the sockets' buffers and the byte bound, and far fewer messages than
+/// max_queued_messages (1000). Returns the node, the subscriber and how many messages the
+/// node dropped meanwhile.
+async fn stalled_subscriber(write_timeout_secs: u64) -> (TestNode, RawClient, f64) {
+    let node = TestNode::start_with(|c| {
+        c.mqtt.max_queued_bytes = 1024 * 1024;
+        c.mqtt.write_timeout_secs = write_timeout_secs;
+    })
+    .await
+    .unwrap();
+    let (mut stalled, _) = connect_persistent(node.addr(), Protocol::V5, "stalled").await;
+    stalled.subscribe("big/#", QoS::AtMostOnce).await.unwrap();
+    // The metrics recorder is shared by the test binary's nodes: compare before and after.
+    let before = metric(&node, "roost_session_queue_dropped_total").await;
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    let payload = vec![7u8; 64 * 1024];
+    for i in 0..300 {
+        publ.publish(&format!("big/{i}"), &payload, QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+    }
+    let dropped = metric(&node, "roost_session_queue_dropped_total").await - before;
+    (node, stalled, dropped)
+}
+
+/// Issue 7 item 16: a subscriber that stops reading. Its QoS 0 backlog is bounded by bytes
+/// (`max_queued_bytes`), not only by count, and a takeover ends its blocked writer at once.
+/// (The write timeout is 600 s here: only the kick can end it.)
+#[tokio::test]
+async fn item16_a_subscriber_that_stops_reading_is_bounded_and_taken_over_at_once() {
+    let (node, stalled, dropped) = stalled_subscriber(600).await;
+    assert!(
+        dropped > 0.0,
+        "nothing dropped: the QoS 0 backlog is not bounded by bytes"
+    );
+    // A takeover kicks the old connection: its writer, blocked on a client that does not
+    // read, ends at once and the connection closes (before, it was only seen between writes:
+    // the old task and its buffers stayed until the client read or the process ended).
+    let (fresh, ack) = connect_persistent(node.addr(), Protocol::V5, "stalled").await;
+    assert!(ack.session_present);
+    // Left: the new connection (the publisher is gone).
+    wait_connections(&node, 1).await;
+    drop((fresh, stalled));
+    node.stop().await;
+}
+
+/// Issue 7 item 16: a connected client that takes no bytes for `write_timeout_secs` is closed.
+#[tokio::test]
+async fn item16_a_client_that_takes_no_bytes_is_closed_after_the_write_timeout() {
+    let sample = "roost_mqtt_disconnects_total{reason=\"write_timeout\"}";
+    let (node, stalled, _) = stalled_subscriber(2).await;
+    let mut closed = 0.0;
+    for _ in 0..100 {
+        closed = metric(&node, sample).await;
+        if closed >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert!(
+        closed >= 1.0,
+        "a client that took no bytes for 2 s is still connected"
+    );
+    drop(stalled);
+    node.stop().await;
+}

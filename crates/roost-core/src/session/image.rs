@@ -94,7 +94,7 @@ impl Session {
         inbound_qos2.sort_unstable();
         self.client = None;
         self.clock = None;
-        self.outbox.clear();
+        self.clear_outbox();
         SessionImage {
             subscriptions: std::mem::take(&mut self.subscriptions)
                 .into_iter()

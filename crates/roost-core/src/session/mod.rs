@@ -201,6 +201,9 @@ pub struct Session {
     queue: VecDeque<Pending>,
     queued_bytes: usize,
     outbox: Vec<Outbound>,
+    /// Bytes of the QoS 0 PUBLISHes in `outbox` (saturating): with its length, what bounds a
+    /// connected client that does not read (QoS 1/2 are bounded by the window).
+    outbox_bytes: u32,
     /// Client packet ids of QoS 2 PUBLISHes received and acknowledged with PUBREC, not yet
     /// released: a repeat is not routed again (exactly once, [MQTT-4.3.3-10]).
     inbound_qos2: HashSet<u16>,
@@ -237,6 +240,7 @@ impl Session {
             queue: VecDeque::new(),
             queued_bytes: 0,
             outbox: Vec::new(),
+            outbox_bytes: 0,
             inbound_qos2: HashSet::new(),
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
@@ -272,7 +276,7 @@ impl Session {
         self.pending_will = None;
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
-        self.outbox.clear();
+        self.clear_outbox();
         for f in &mut self.inflight {
             f.awaiting_resend = true;
         }
@@ -325,7 +329,7 @@ impl Session {
     pub fn disconnect(&mut self) {
         self.client = None;
         self.clock = None;
-        self.outbox.clear();
+        self.clear_outbox();
         self.inbound_aliases.clear();
         self.outbound_aliases.clear();
     }
@@ -394,11 +398,16 @@ impl Session {
                 return Delivered::Dropped;
             }
             // A connected but slow reader: QoS 0 bypasses the window, so the outbox itself is
-            // bounded by the queue's count limit.
-            if self.outbox.len() >= self.limits.max_queued_messages {
+            // bounded by the queue's limits, in messages and in bytes.
+            let size = u32::try_from(pending.msg.size()).unwrap_or(u32::MAX);
+            let bytes = self.outbox_bytes.saturating_add(size);
+            if self.outbox.len() >= self.limits.max_queued_messages
+                || usize::try_from(bytes).map_or(true, |b| b > self.limits.max_queued_bytes)
+            {
                 self.drops.queue_full += 1;
                 return Delivered::Dropped;
             }
+            self.outbox_bytes = bytes;
             self.outbox.push(Outbound::Publish(OutPublish {
                 msg: pending.msg,
                 qos,
@@ -591,13 +600,22 @@ impl Session {
         Ok(())
     }
 
-    /// Takes everything to be sent, in order.
-    pub fn take_outbox(&mut self, into: &mut Vec<Outbound>) {
+    /// Takes everything to be sent, in order, appending it to `into`. Into an empty queue this
+    /// is a swap of buffers, no copy.
+    pub fn take_outbox(&mut self, into: &mut VecDeque<Outbound>) {
+        self.outbox_bytes = 0;
         if into.is_empty() {
-            std::mem::swap(into, &mut self.outbox);
+            let spare = Vec::from(std::mem::take(into));
+            *into = VecDeque::from(std::mem::replace(&mut self.outbox, spare));
         } else {
-            into.append(&mut self.outbox);
+            into.extend(self.outbox.drain(..));
         }
+    }
+
+    /// Discards what was not sent yet (the connection went away).
+    fn clear_outbox(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
     }
 
     /// True if there is something to send.

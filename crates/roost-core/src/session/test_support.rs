@@ -76,9 +76,9 @@ pub(super) fn attached(protocol: Protocol, now: Instant) -> Session {
 }
 
 pub(super) fn take(s: &mut Session) -> Vec<Outbound> {
-    let mut out = Vec::new();
+    let mut out = std::collections::VecDeque::new();
     s.take_outbox(&mut out);
-    out
+    out.into()
 }
 
 pub(super) fn will(topic: &str, delay: Option<u32>) -> LastWill {

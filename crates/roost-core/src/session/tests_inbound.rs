@@ -106,7 +106,7 @@ fn take_outbox_appends_to_a_non_empty_vec() {
     let t0 = Instant::now();
     let mut s = connected(10, t0);
     let m = msg("a", "1");
-    let mut out = vec![pubcomp(1, ReasonCode::SUCCESS)];
+    let mut out = std::collections::VecDeque::from([pubcomp(1, ReasonCode::SUCCESS)]);
     deliver(&mut s, &m, QoS::AtMostOnce, t0);
 
     s.take_outbox(&mut out);

@@ -13,6 +13,41 @@ use test_case::test_case;
 // Queue bounds
 // ---------------------------------------------------------------------------------------------
 
+/// Issue 7 item 16: QoS 0 to a connected client that does not read bypasses the window; its
+/// outbox is bounded by bytes as well as by count, and taking the outbox frees the bytes.
+/// Each message is topic "t" + a 1-byte payload = 2 bytes: 7 bytes hold three.
+#[test]
+fn item16_qos0_outbox_is_bounded_by_bytes() {
+    let t0 = Instant::now();
+    let mut s = session(SessionLimits {
+        max_queued_messages: 1000,
+        max_queued_bytes: 7,
+        ..SessionLimits::default()
+    });
+    s.connect(v5(100), t0);
+    let got: Vec<_> = ["1", "2", "3", "4", "5"]
+        .iter()
+        .map(|p| deliver(&mut s, &msg("t", p), QoS::AtMostOnce, t0))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Delivered::Sent,
+            Delivered::Sent,
+            Delivered::Sent,
+            Delivered::Dropped,
+            Delivered::Dropped
+        ]
+    );
+    assert_eq!(s.take_drops().queue_full, 2);
+    assert_eq!(take(&mut s).len(), 3);
+    // Taken by the connection: room again.
+    assert_eq!(
+        deliver(&mut s, &msg("t", "6"), QoS::AtMostOnce, t0),
+        Delivered::Sent
+    );
+}
+
 /// Five messages into an offline session whose queue holds three.
 #[test_case(DropPolicy::Oldest, 3, 1000 => (vec!["3", "4", "5"], 2) ; "oldest by count keeps the newest")]
 #[test_case(DropPolicy::Newest, 3, 1000 => (vec!["1", "2", "3"], 2) ; "newest by count keeps the oldest")]

@@ -256,6 +256,11 @@ pub struct MqttConfig {
     /// takeover is still admitted; open sockets never exceed `max_connections` plus this.
     /// At least 1. Default 1000.
     pub max_pending_connections: usize,
+    /// Seconds a connected client may take no bytes from a write before it is disconnected
+    /// (`roost_mqtt_disconnects_total{reason="write_timeout"}`): a client that stops reading
+    /// frees its connection, and a takeover or kick ends a blocked write at once anyway.
+    /// At least 1. Default 30.
+    pub write_timeout_secs: u64,
     /// Bytes all not-yet-CONNECTed sockets together may buffer while a CONNECT arrives (a
     /// CONNECT may be up to `max_packet_size`). A socket whose partial CONNECT would take the
     /// total past it is closed and counted (`reason="pending_bytes"`). At least 65536.
@@ -321,6 +326,7 @@ impl Default for MqttConfig {
             max_qos: 2,
             connect_timeout_secs: 10,
             max_pending_connections: 1000,
+            write_timeout_secs: 30,
             pending_connect_bytes: 64 * 1024 * 1024,
             backpressure_timeout_ms: 5_000,
         }
