@@ -385,6 +385,8 @@ impl Conn {
             will: n.will.take(),
             congested: Vec::new(),
             yielded: false,
+            op: None,
+            deferred: None,
             outbox: VecDeque::new(),
             pending_acks: VecDeque::new(),
             deadline: None,
@@ -488,37 +490,27 @@ impl Conn {
                         return Close::server(reason);
                     }
                 }
-                r = self.fill() => {
+                r = self.fill(), if st.deferred.is_none() => {
                     match r {
                         Ok(true) => {
                             st.yielded = false;
-                            loop {
-                                // Boxed: handling packets nests the futures of every packet
-                                // kind (several KiB); an idle connection's task must not
-                                // carry that, and one allocation per read batch is cheap.
-                                if let Err(close) = Box::pin(self.drain_packets(st)).await {
-                                    return close;
-                                }
-                                st.session.signal_space(self.broker.low_watermark());
-                                if st.congested.is_empty() {
-                                    break;
-                                }
-                                // Acks for what was routed go out first; then hold off decoding
-                                // until the slow subscribers catch up (bounded), and go on with
-                                // what is left in the read buffer.
-                                self.encode_outbox(st);
-                                let stall = self.write_timeout();
-                                if let Err(stop) = self.flush_until(Some(&st.ctl), stall).await {
-                                    return stop.close();
-                                }
-                                let congested = std::mem::take(&mut st.congested);
-                                Box::pin(self.broker.wait_for_space(&congested)).await;
+                            if let Err(close) = self.process(st).await {
+                                return close;
                             }
-                            // Packets moved the keep-alive deadline.
-                            st.refresh_deadline();
                         }
                         Ok(false) => return Close::closed("eof"),
                         Err(_) => return Close::closed("read_error"),
+                    }
+                }
+                done = run_op(&mut st.op), if st.op.is_some() => {
+                    st.op = None;
+                    // Boxed: rare, and its future nests the acknowledgement path.
+                    if let Err(close) = Box::pin(self.op_done(st, done)).await {
+                        return close;
+                    }
+                    // Go on with what waited for it: the held-back packet, then the buffer.
+                    if let Err(close) = self.process(st).await {
+                        return close;
                     }
                 }
                 _ = front_done(&mut st.pending_acks),
@@ -537,17 +529,49 @@ impl Conn {
         }
     }
 
+    /// Handles what was read: the packet held back behind a finished cluster operation, then
+    /// the read buffer; with backpressure on congested subscribers between packets.
+    async fn process(&mut self, st: &mut Live) -> Result<(), Close> {
+        loop {
+            // Boxed: handling packets nests the futures of every packet kind (several KiB);
+            // an idle connection's task must not carry that, and one allocation per read batch
+            // is cheap.
+            Box::pin(self.drain_packets(st)).await?;
+            st.session.signal_space(self.broker.low_watermark());
+            if st.congested.is_empty() {
+                break;
+            }
+            // Acks for what was routed go out first; then hold off decoding until the slow
+            // subscribers catch up (bounded), and go on with what is left in the read buffer.
+            self.encode_outbox(st);
+            let stall = self.write_timeout();
+            if let Err(stop) = self.flush_until(Some(&st.ctl), stall).await {
+                return Err(stop.close());
+            }
+            let congested = std::mem::take(&mut st.congested);
+            Box::pin(self.broker.wait_for_space(&congested)).await;
+        }
+        // Packets moved the keep-alive deadline.
+        st.refresh_deadline();
+        Ok(())
+    }
+
     /// Decodes and handles the packets in the read buffer; stops early (leaving the rest in
     /// the buffer) when routing found a congested subscriber, so backpressure applies per
-    /// message, not per read.
+    /// message, not per read, and when a packet has to wait for a cluster operation.
     async fn drain_packets(&mut self, st: &mut Live) -> Result<(), Close> {
+        if st.op.is_none() {
+            if let Some(p) = st.deferred.take() {
+                self.handle(st, p).await?;
+            }
+        }
         loop {
+            if st.deferred.is_some() || !st.congested.is_empty() {
+                return Ok(());
+            }
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => {
                     self.handle(st, p).await?;
-                    if !st.congested.is_empty() {
-                        return Ok(());
-                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -560,6 +584,11 @@ impl Conn {
 
     /// One packet: the session decides, the driver carries it out.
     async fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Close> {
+        if st.op.is_some() && !independent(&packet) {
+            // Behind the operation in flight, in order; reading pauses until it is done.
+            st.deferred = Some(packet);
+            return Ok(());
+        }
         let now = crate::now();
         if matches!(packet, Packet::Publish(_)) {
             self.broker.metrics.msg_received.increment(1);
@@ -610,11 +639,11 @@ impl Conn {
             }
             // Boxed: rare next to PUBLISH, and its future (route commits) is large.
             Handled::Subscribe(req) => {
-                Box::pin(self.on_subscribe(st, req)).await;
+                self.on_subscribe(st, req);
                 Ok(())
             }
             Handled::Unsubscribe { packet_id, filters } => {
-                Box::pin(self.on_unsubscribe(st, packet_id, filters)).await;
+                self.on_unsubscribe(st, packet_id, filters);
                 Ok(())
             }
             Handled::UnknownPacketId { kind, packet_id } => {
@@ -630,13 +659,38 @@ impl Conn {
     /// it (at most `cluster.forward_timeout_ms`) and, when retained, the retained copy
     /// committed.
     async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) -> Result<(), Close> {
+        if inbound.msg.retain {
+            // The retained copy waits for a commit: the connection goes on reading (PINGREQ,
+            // acknowledgements) while it is in flight; the PUBLISH is routed and acknowledged
+            // once it is done (`op_done`).
+            let broker = Arc::clone(&self.broker);
+            let session = st.session.clone();
+            st.op = Some(Box::pin(async move {
+                let out = broker.publish(&inbound.msg, Origin::Client(&session)).await;
+                OpDone::Publish {
+                    ack: inbound.ack,
+                    out,
+                }
+            }));
+            return Ok(());
+        }
         let out = Box::pin(
             self.broker
                 .publish(&inbound.msg, Origin::Client(&st.session)),
         )
         .await;
+        self.finish_publish(st, inbound.ack, out).await
+    }
+
+    /// What follows routing a client's PUBLISH: backpressure and its acknowledgement.
+    async fn finish_publish(
+        &mut self,
+        st: &mut Live,
+        ack: Option<roost_core::session::PendingAck>,
+        out: crate::broker::PublishOutcome,
+    ) -> Result<(), Close> {
         st.congested.extend(out.congested);
-        let Some(pending) = inbound.ack else {
+        let Some(pending) = ack else {
             return Ok(());
         };
         let ack = ReadyAck {
@@ -659,6 +713,15 @@ impl Conn {
         }
         self.hold(st, ack, out.peers).await;
         Ok(())
+    }
+
+    /// A cluster operation finished: carries out what it decided.
+    async fn op_done(&mut self, st: &mut Live, done: OpDone) -> Result<(), Close> {
+        match done {
+            OpDone::Publish { ack, out } => self.finish_publish(st, ack, out).await,
+            // The reply is in the session's outbox (encoded at the top of the loop).
+            OpDone::Replied => Ok(()),
+        }
     }
 
     /// Sends an acknowledgement now, or queues it behind those still held: PUBACKs and PUBRECs
@@ -710,8 +773,11 @@ impl Conn {
     /// (docs/rfcs/0002), so a message published anywhere after the SUBACK reaches this
     /// subscriber. A route that cannot commit within `cluster.commit_timeout_ms` gets reason
     /// 0x80 and the subscription is undone.
-    async fn on_subscribe(&mut self, st: &mut Live, req: SubscribeRequest) {
-        let mut codes = req.codes();
+    /// A SUBSCRIBE: the subscriptions are in the index now, before anything is awaited, so a
+    /// PUBLISH read after it on any connection of this node reaches them; the route commits,
+    /// the registry update and the SUBACK follow as an operation in flight.
+    fn on_subscribe(&mut self, st: &mut Live, req: SubscribeRequest) {
+        let codes = req.codes();
         // (index in codes, filter, subscription, new, route commit to wait for)
         let mut accepted = Vec::new();
         for (i, entry) in req.entries.into_iter().enumerate() {
@@ -723,49 +789,18 @@ impl Conn {
                 accepted.push((i, filter, sub, new, route));
             }
         }
-        // Commit, then every reachable member applying it (bounded by the forward timeout).
-        let c = &self.broker.config.cluster;
-        let limit = Duration::from_millis(c.commit_timeout_ms + c.forward_timeout_ms);
-        let mut retained = Vec::new();
-        for (i, filter, sub, new, route) in accepted {
-            if let Some(rx) = route {
-                let committed = matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(Ok(_))));
-                if !committed {
-                    self.broker.unsubscribe(&st.session, &filter);
-                    codes[i] = ReasonCode::UNSPECIFIED_ERROR;
-                    continue;
-                }
-            }
-            if retained_on_subscribe(&filter, &sub, new) {
-                for m in self.broker.retained_matching(&filter, crate::now()) {
-                    retained.push((m, sub.options.qos));
-                }
-            }
-        }
-        // A persistent session's subscriptions go into the registry before the SUBACK, so
-        // they survive a restart of this node (or its loss).
-        if !Box::pin(self.broker.persist_subscriptions(&st.session)).await {
-            for c in codes.iter_mut().filter(|c| !c.is_error()) {
-                *c = ReasonCode::UNSPECIFIED_ERROR;
-            }
-        }
-        let now = crate::now();
-        let identifier = req.identifier;
-        let drops = st.session.with(|session| {
-            // SUBACK goes out before the retained messages it releases.
-            session.reply(suback(req.packet_id, codes));
-            for (m, granted) in retained {
-                let qos = m.qos.min(granted);
-                // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN=1.
-                let ids = identifier.into_iter().collect();
-                session.deliver(m, qos, true, ids, None, now);
-            }
-            session.take_drops()
-        });
-        self.broker.metrics.record_drops(drops);
+        let broker = Arc::clone(&self.broker);
+        let session = st.session.clone();
+        let (packet_id, identifier) = (req.packet_id, req.identifier);
+        st.op = Some(Box::pin(async move {
+            subscribed(broker, session, packet_id, identifier, codes, accepted).await;
+            OpDone::Replied
+        }));
     }
 
-    async fn on_unsubscribe(
+    /// An UNSUBSCRIBE: out of the index now; the registry update and the UNSUBACK follow as an
+    /// operation in flight.
+    fn on_unsubscribe(
         &mut self,
         st: &mut Live,
         packet_id: roost_codec::PacketId,
@@ -779,8 +814,13 @@ impl Conn {
                 Err(reason) => reason,
             });
         }
-        Box::pin(self.broker.persist_subscriptions(&st.session)).await;
-        st.session.with(|s| s.reply(unsuback(packet_id, codes)));
+        let broker = Arc::clone(&self.broker);
+        let session = st.session.clone();
+        st.op = Some(Box::pin(async move {
+            broker.persist_subscriptions(&session).await;
+            session.with(|s| s.reply(unsuback(packet_id, codes)));
+            OpDone::Replied
+        }));
     }
 
     /// Encodes what the session has to send into the write buffer, up to [`WRITE_BATCH`]
@@ -839,6 +879,110 @@ impl Conn {
     }
 }
 
+/// A SUBSCRIBE's route commits waited for, bounded (then every reachable member applying
+/// them), a persistent session's subscriptions recorded, and the SUBACK and the retained
+/// messages it releases put in the session's outbox. An entry whose route did not commit is
+/// taken back out of the index and answered 0x80.
+async fn subscribed(
+    broker: Arc<Broker>,
+    session: SessionRef,
+    packet_id: roost_codec::PacketId,
+    identifier: Option<u32>,
+    mut codes: Vec<ReasonCode>,
+    accepted: Vec<Accepted>,
+) {
+    let c = &broker.config.cluster;
+    let limit = Duration::from_millis(c.commit_timeout_ms + c.forward_timeout_ms);
+    let mut retained = Vec::new();
+    for (i, filter, sub, new, route) in accepted {
+        if let Some(rx) = route {
+            let committed = matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(Ok(_))));
+            if !committed {
+                broker.unsubscribe(&session, &filter);
+                codes[i] = ReasonCode::UNSPECIFIED_ERROR;
+                continue;
+            }
+        }
+        if retained_on_subscribe(&filter, &sub, new) {
+            for m in broker.retained_matching(&filter, crate::now()) {
+                retained.push((m, sub.options.qos));
+            }
+        }
+    }
+    // A persistent session's subscriptions go into the registry before the SUBACK, so they
+    // survive a restart of this node (or its loss).
+    if !broker.persist_subscriptions(&session).await {
+        for c in codes.iter_mut().filter(|c| !c.is_error()) {
+            *c = ReasonCode::UNSPECIFIED_ERROR;
+        }
+    }
+    let now = crate::now();
+    let drops = session.with(|s| {
+        // SUBACK goes out before the retained messages it releases.
+        s.reply(suback(packet_id, codes));
+        for (m, granted) in retained {
+            let qos = m.qos.min(granted);
+            // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN=1.
+            let ids = identifier.into_iter().collect();
+            s.deliver(m, qos, true, ids, None, now);
+        }
+        s.take_drops()
+    });
+    broker.metrics.record_drops(drops);
+    // The driver is woken by the operation's end and encodes the reply then.
+}
+
+/// One accepted SUBSCRIBE entry: (index in the codes, filter, subscription, new for the
+/// session, route commit to wait for).
+type Accepted = (
+    usize,
+    TopicFilter,
+    roost_core::index::Subscription,
+    bool,
+    Option<tokio::sync::oneshot::Receiver<crate::routes::RouteResult>>,
+);
+
+/// Work a packet started that waits on the cluster (a retained copy's commit, route commits,
+/// the session registry). The connection keeps reading while it is in flight: PINGREQ and
+/// acknowledgements of our PUBLISHes are answered at once; any other packet waits behind it,
+/// in order (one held back, reading paused meanwhile). One at a time: what follows it is
+/// routed after it, as it was sent.
+type Op = std::pin::Pin<Box<dyn std::future::Future<Output = OpDone> + Send>>;
+
+/// What a finished [`Op`] leaves for the driver.
+enum OpDone {
+    /// A retained PUBLISH was stored (or not) and routed: acknowledge it.
+    Publish {
+        ack: Option<roost_core::session::PendingAck>,
+        out: crate::broker::PublishOutcome,
+    },
+    /// A SUBACK or UNSUBACK is in the session's outbox.
+    Replied,
+}
+
+/// Waits for the operation in flight (never ends when there is none).
+///
+/// Cancel safety: the future stays in `op` when another `select!` arm wins.
+async fn run_op(op: &mut Option<Op>) -> OpDone {
+    match op {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Packets handled while an operation is in flight: they neither route nor change
+/// subscriptions, so answering them early reorders nothing the client can see.
+fn independent(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::PingReq
+            | Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+    )
+}
+
 /// Encodes a packet the node built itself; a failure is a bug, not client input.
 fn encode_into(wbuf: &mut BytesMut, packet: &Packet, protocol: Protocol) {
     if let Err(e) = encode(packet, protocol, wbuf) {
@@ -860,6 +1004,10 @@ struct Live {
     congested: Vec<SessionRef>,
     /// True once this read batch yielded before routing its first PUBLISH.
     yielded: bool,
+    /// The cluster operation in flight, if any (see [`Op`]).
+    op: Option<Op>,
+    /// The packet read while `op` was in flight that must wait for it.
+    deferred: Option<Packet>,
     /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
     pending_acks: VecDeque<PendingAck>,
     /// The session's timer while connected (keep-alive): it only moves when packets arrive,

@@ -784,3 +784,50 @@ async fn item17_held_acknowledgements_are_bounded() {
     }
     a.stop().await;
 }
+
+/// Issue 7 item 15: while a packet waits for a commit (a retained copy, a route), the
+/// connection goes on reading: a PINGREQ sent after it is answered at once, not after the
+/// commit timeout (a client with a short keep-alive would otherwise give up on us).
+#[tokio::test]
+async fn item15_pingreq_is_answered_while_a_commit_is_in_flight() {
+    let (a, b) = two_nodes(|c| {
+        c.cluster.commit_timeout_ms = 3000;
+        c.cluster.forward_timeout_ms = 500;
+    })
+    .await;
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    b.stop().await;
+    // No quorum: the retained copy's commit waits the 3 s commit timeout.
+    let retained = publish_packet(
+        "r/t",
+        b"r",
+        QoS::AtLeastOnce,
+        true,
+        Some(pid(1)),
+        Properties::default(),
+    );
+    publ.send(&retained).await.unwrap();
+    publ.send(&Packet::PingReq).await.unwrap();
+    // A new filter's route commit waits too.
+    let subscribe = Packet::Subscribe(roost_codec::Subscribe {
+        packet_id: pid(2),
+        properties: Properties::default(),
+        filters: vec![(
+            "new/filter".to_string(),
+            roost_codec::SubscriptionOptions::default(),
+        )],
+    });
+    publ.send(&subscribe).await.unwrap();
+    publ.send(&Packet::PingReq).await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 4 {
+        match publ.recv().await.unwrap() {
+            Some(p) => order.push(p.kind().to_string()),
+            None => break,
+        }
+    }
+    // Each PINGRESP before the answer its commit held back; the SUBSCRIBE waited behind the
+    // PUBLISH (in order), the second PINGREQ behind the SUBSCRIBE it followed.
+    assert_eq!(order, ["pingresp", "puback", "pingresp", "suback"]);
+    a.stop().await;
+}
