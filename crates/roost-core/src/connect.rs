@@ -55,6 +55,9 @@ pub struct ServerPolicy {
     pub server_keep_alive: Option<u16>,
     /// Cap on the Session Expiry Interval (u32::MAX: no cap).
     pub max_session_expiry_interval: u32,
+    /// Subscriptions one session may hold; a SUBSCRIBE entry for a new filter beyond it is
+    /// refused with 0x97 Quota exceeded (v3.1.1: 0x80).
+    pub max_subscriptions: usize,
     /// Topic validation limits.
     pub topic: TopicLimits,
 }
@@ -76,6 +79,7 @@ impl Default for ServerPolicy {
             max_keep_alive: u16::MAX,
             server_keep_alive: None,
             max_session_expiry_interval: u32::MAX,
+            max_subscriptions: 10_000,
             topic: TopicLimits::default(),
         }
     }

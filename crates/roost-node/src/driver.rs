@@ -894,6 +894,10 @@ async fn subscribed(
     let c = &broker.config.cluster;
     let limit = Duration::from_millis(c.commit_timeout_ms + c.forward_timeout_ms);
     let mut retained = Vec::new();
+    let mut budget = crate::broker::RetainedBudget::for_session(
+        &broker.limits,
+        broker.config.mqtt.max_packet_size,
+    );
     for (i, filter, sub, new, route) in accepted {
         if let Some(rx) = route {
             let committed = matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(Ok(_))));
@@ -904,7 +908,7 @@ async fn subscribed(
             }
         }
         if retained_on_subscribe(&filter, &sub, new) {
-            for m in broker.retained_matching(&filter, crate::now()) {
+            for m in broker.retained_matching(&filter, crate::now(), &mut budget) {
                 retained.push((m, sub.options.qos));
             }
         }
@@ -929,6 +933,7 @@ async fn subscribed(
         s.take_drops()
     });
     broker.metrics.record_drops(drops);
+    broker.metrics.queue_dropped.increment(budget.skipped);
     // The driver is woken by the operation's end and encodes the reply then.
 }
 

@@ -467,6 +467,8 @@ impl Session {
             ));
         }
         let mut entries = Vec::with_capacity(s.filters.len());
+        // Filters this SUBSCRIBE adds (not yet in the session), for the per-session cap.
+        let mut added: Vec<TopicFilter> = Vec::new();
         for (raw, mut options) in s.filters {
             let filter = match TopicFilter::new(&raw, &self.limits.topic) {
                 Ok(f) => f,
@@ -482,6 +484,13 @@ impl Session {
             if filter.has_wildcards() && !policy.wildcard_subscriptions {
                 entries.push(Err(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED));
                 continue;
+            }
+            if !self.subscriptions.contains_key(&filter) && !added.contains(&filter) {
+                if self.subscriptions.len() + added.len() >= policy.max_subscriptions {
+                    entries.push(Err(ReasonCode::QUOTA_EXCEEDED));
+                    continue;
+                }
+                added.push(filter.clone());
             }
             options.qos = options.qos.min(policy.max_qos);
             entries.push(Ok((

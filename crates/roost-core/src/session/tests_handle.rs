@@ -727,3 +727,44 @@ fn item9_v3_publish_not_taken_releases_its_qos2_id() {
     resend.dup = true;
     assert_eq!(s.handle(Packet::Publish(resend), t0), routed);
 }
+
+/// Issue 7 item 18: subscriptions per session are capped (`max_subscriptions`): a new filter
+/// beyond the cap gets 0x97; a filter the session has, or one repeated in the same SUBSCRIBE,
+/// does not count twice.
+#[test]
+fn item18_subscriptions_per_session_are_capped() {
+    let t0 = Instant::now();
+    let policy = ServerPolicy {
+        max_subscriptions: 2,
+        ..ServerPolicy::default()
+    };
+    let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
+    s.add_subscription(
+        filter("have"),
+        Subscription {
+            options: opts(QoS::AtMostOnce),
+            identifier: None,
+        },
+    );
+    let packet = subscribe(
+        &[
+            ("a", QoS::AtMostOnce),
+            ("a", QoS::AtLeastOnce),
+            ("have", QoS::AtMostOnce),
+            ("b", QoS::AtMostOnce),
+        ],
+        None,
+    );
+    let Handled::Subscribe(req) = s.handle(packet, t0) else {
+        panic!("not a subscribe");
+    };
+    assert_eq!(
+        req.codes(),
+        vec![
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::QUOTA_EXCEEDED,
+        ]
+    );
+}

@@ -38,7 +38,7 @@ mod subscriptions;
 mod timers;
 
 pub(crate) use registry::Attached;
-pub(crate) use retained::unix_millis;
+pub(crate) use retained::{unix_millis, RetainedBudget};
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
 use crate::config::{Config, QueueDrop};

@@ -38,9 +38,10 @@ impl Broker {
         &self,
         filter: &TopicFilter,
         now: Instant,
+        budget: &mut RetainedBudget,
     ) -> Vec<Arc<Message>> {
-        let mut out = Vec::new();
-        self.local_retained.read().matching(filter, &mut out);
+        let mut local = Vec::new();
+        self.local_retained.read().matching(filter, &mut local);
         let mut replicated = Vec::new();
         self.cluster
             .state()
@@ -48,12 +49,24 @@ impl Broker {
             .retained()
             .matching(filter, &mut replicated);
         let unix_now = unix_millis();
-        for r in replicated {
-            if let Some(m) = from_retained(&r, now, unix_now, &self.topic_limits) {
-                out.push(Arc::new(m));
+        let mut out = Vec::new();
+        for m in local {
+            if !m.is_expired(now) && budget.take(m.size()) {
+                out.push(m);
             }
         }
-        out.retain(|m| !m.is_expired(now));
+        // Converted (a payload copy each) only within the budget.
+        for r in replicated {
+            if budget.messages == 0 {
+                budget.skipped += 1;
+                continue;
+            }
+            if let Some(m) = from_retained(&r, now, unix_now, &self.topic_limits) {
+                if !m.is_expired(now) && budget.take(m.size()) {
+                    out.push(Arc::new(m));
+                }
+            }
+        }
         out
     }
 
@@ -139,4 +152,68 @@ fn from_retained(
         expires_at,
         publisher: r.publisher.as_deref().map(Arc::from),
     })
+}
+
+/// What one SUBSCRIBE may take from the retained store: as many messages and bytes as the
+/// session could hold (its window and queue). A `#` over a large store must not copy every
+/// retained payload only for the session to drop most of them; those over the budget are
+/// counted (`skipped`) as the queue drops they would have been.
+#[derive(Debug)]
+pub(crate) struct RetainedBudget {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+    pub(crate) skipped: u64,
+}
+
+impl RetainedBudget {
+    /// The budget for one SUBSCRIBE of a session with `limits`.
+    pub(crate) fn for_session(
+        limits: &roost_core::session::SessionLimits,
+        max_packet_size: u32,
+    ) -> RetainedBudget {
+        let window = usize::from(limits.max_inflight);
+        RetainedBudget {
+            messages: limits.max_queued_messages.saturating_add(window),
+            bytes: limits
+                .max_queued_bytes
+                .saturating_add(window.saturating_mul(max_packet_size as usize)),
+            skipped: 0,
+        }
+    }
+
+    /// Takes one message of `size` bytes; false (counted as skipped) when it does not fit.
+    fn take(&mut self, size: usize) -> bool {
+        if self.messages == 0 || size > self.bytes {
+            self.skipped += 1;
+            return false;
+        }
+        self.messages -= 1;
+        self.bytes -= size;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetainedBudget;
+    use roost_core::session::SessionLimits;
+
+    /// Issue 7 item 18: a SUBSCRIBE takes from the retained store only what the session could
+    /// hold (window + queue, in messages and bytes); the rest is counted, not copied.
+    #[test]
+    fn item18_retained_budget_is_the_session_window_and_queue() {
+        let limits = SessionLimits {
+            max_inflight: 2,
+            max_queued_messages: 3,
+            max_queued_bytes: 100,
+            ..SessionLimits::default()
+        };
+        let mut b = RetainedBudget::for_session(&limits, 10);
+        assert_eq!((b.messages, b.bytes), (5, 120));
+        let taken: Vec<bool> = [50, 50, 30, 1, 1, 1].iter().map(|n| b.take(*n)).collect();
+        // 50 + 50 fit (20 left); 30 does not; two 1-byte ones do; then the 5 messages are used.
+        assert_eq!(taken, [true, true, false, true, true, true]);
+        assert!(!b.take(0));
+        assert_eq!(b.skipped, 2);
+    }
 }

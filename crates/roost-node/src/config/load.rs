@@ -63,6 +63,11 @@ impl Config {
         at_least("mqtt.max_pending_connections", m.max_pending_connections, 1)?;
         at_least("mqtt.write_timeout_secs", m.write_timeout_secs, 1)?;
         at_least(
+            "mqtt.max_subscriptions_per_client",
+            m.max_subscriptions_per_client,
+            1,
+        )?;
+        at_least(
             "mqtt.pending_connect_bytes",
             m.pending_connect_bytes,
             65_536,

@@ -261,6 +261,10 @@ pub struct MqttConfig {
     /// frees its connection, and a takeover or kick ends a blocked write at once anyway.
     /// At least 1. Default 30.
     pub write_timeout_secs: u64,
+    /// Subscriptions one session may hold (each is indexed, routed and, for a persistent
+    /// session, replicated). A SUBSCRIBE entry for a new filter beyond it gets 0x97 Quota
+    /// exceeded (v3.1.1: 0x80). At least 1. Default 10000.
+    pub max_subscriptions_per_client: usize,
     /// Bytes all not-yet-CONNECTed sockets together may buffer while a CONNECT arrives (a
     /// CONNECT may be up to `max_packet_size`). A socket whose partial CONNECT would take the
     /// total past it is closed and counted (`reason="pending_bytes"`). At least 65536.
@@ -292,6 +296,7 @@ impl MqttConfig {
             max_keep_alive: self.max_keep_alive,
             server_keep_alive: self.server_keep_alive,
             max_session_expiry_interval: self.max_session_expiry_interval,
+            max_subscriptions: self.max_subscriptions_per_client,
             topic: roost_core::topic::TopicLimits {
                 max_levels: self.max_topic_levels,
                 max_length: self.max_topic_length,
@@ -327,6 +332,7 @@ impl Default for MqttConfig {
             connect_timeout_secs: 10,
             max_pending_connections: 1000,
             write_timeout_secs: 30,
+            max_subscriptions_per_client: 10_000,
             pending_connect_bytes: 64 * 1024 * 1024,
             backpressure_timeout_ms: 5_000,
         }
