@@ -10,12 +10,31 @@
 //!  another node's claim applied ─▶ on_cluster_event: kick 0x8E, stale-copy timer
 //! ```
 //!
-//! Lock order: the registry map, then one session's state (see [`super::session`]).
+//! Ordering per client id (issue 7, item 11). Session state changes for one client id
+//! must not overtake each other, or a session that was discarded comes back:
+//!
+//! - One attach at a time per client id on this node (its *lane*, held from the claim to the
+//!   session being in the map), so claims of one node for one client apply in the order their
+//!   sessions are built, and a claim event naming this node while the lane is taken is that
+//!   attach's own.
+//! - A clean start replacing a session the replicated registry holds always claims (with
+//!   `clean`), so the stored subscriptions are gone before CONNACK ([MQTT-3.1.2-4]), also on a
+//!   lone node.
+//! - Releases and subscription writes are asynchronous, but fenced by generation in the state
+//!   machine; the one read that is not, restoring a session from the registry at attach, skips
+//!   a generation this node itself ended ([`Ownership::ended`]): its release may simply not
+//!   have been applied yet.
+//! - A session that ends with its connection (expiry 0) is never resumed by the CONNECT that
+//!   takes its connection over ([MQTT-3.1.2-6]).
+//!
+//! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
+//! of [`Ownership`] are leaves.
 
 use super::session::SessionState;
 use super::timers::{Due, TimerKind};
 use super::{Broker, ConnCtl, Origin, SessionRef};
 use crate::routes::RouteResult;
+use parking_lot::Mutex;
 use roost_cluster::state::Event;
 use roost_cluster::types::{Command, CommandResponse};
 use roost_cluster::{ClusterError, SessionTransfer};
@@ -27,8 +46,48 @@ use roost_core::ClientId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::{debug, warn};
+
+/// What orders the registry's changes for one client id (see the module docs). Each map is a
+/// leaf lock: never held while another lock is taken, never across an `.await`.
+#[derive(Default)]
+pub(crate) struct Ownership {
+    /// One lane per client id with an attach waiting or in progress on this node; the entry
+    /// is removed when the last holder or waiter leaves.
+    lanes: Mutex<HashMap<ClientId, Arc<AsyncMutex<()>>>>,
+    /// The newest generation of each client id whose session this node ended and whose
+    /// release may not be applied yet. Removed when the release is applied or a newer claim
+    /// of this node committed; a release that never commits leaves it until the client's next
+    /// claim here.
+    ended: Mutex<HashMap<ClientId, u64>>,
+}
+
+/// Holds (or waits for) a client id's attach lane; leaving it removes the lane when nobody
+/// else holds or waits for it.
+///
+/// Cancel safety: dropping it while waiting or holding leaves the map as it found it.
+struct LaneGuard<'a> {
+    lanes: &'a Mutex<HashMap<ClientId, Arc<AsyncMutex<()>>>>,
+    client_id: ClientId,
+    lane: Arc<AsyncMutex<()>>,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.lanes.lock();
+        self.held = None;
+        // The map's reference and ours: nobody else holds or waits.
+        if Arc::strong_count(&self.lane) == 2
+            && lanes
+                .get(&self.client_id)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.lane))
+        {
+            lanes.remove(&self.client_id);
+        }
+    }
+}
 
 /// Result of attaching a connection to a session.
 pub(crate) struct Attached {
@@ -74,12 +133,29 @@ impl Broker {
         }
     }
 
+    /// Waits for the client id's attach lane (see the module docs).
+    ///
+    /// Cancel safety: dropping the future stops waiting and leaves no trace.
+    async fn lane(&self, client_id: &ClientId) -> LaneGuard<'_> {
+        let lanes = &self.ownership.lanes;
+        let lane = Arc::clone(lanes.lock().entry(client_id.clone()).or_default());
+        let mut guard = LaneGuard {
+            lanes,
+            client_id: client_id.clone(),
+            lane: Arc::clone(&lane),
+            held: None,
+        };
+        guard.held = Some(lane.lock_owned().await);
+        guard
+    }
+
     /// Attaches a new connection to the client's session, creating, resuming or replacing it
     /// (clean start). An existing connection is told to leave with 0x8E (takeover).
     ///
     /// The session is first claimed in the replicated registry (one live session per client
     /// id, cluster-wide); if another node owned it, that node hands it over
-    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum).
+    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum). Attaches of
+    /// one client id on this node run one at a time.
     pub(crate) async fn attach(
         self: &Arc<Self>,
         n: &Negotiated,
@@ -87,16 +163,22 @@ impl Broker {
     ) -> Result<Attached, ClusterError> {
         let (client_id, clean_start, expiry_interval) =
             (&n.client_id, n.clean_start, n.expiry_interval);
+        let _lane = self.lane(client_id).await;
         let mut generation = None;
         let mut transfer = None;
         let c = Arc::clone(&self.cluster);
+        let me = c.node_id();
+        let registered = c.state().read().session_owner(client_id);
         // A lone node needs no claim for a session that ends with its connection; anything
-        // persistent, or any session in a cluster of several, is registered.
-        let needs_claim = c.has_peers() || !clean_start || expiry_interval > 0;
+        // persistent, any session in a cluster of several, and a clean start that replaces a
+        // session the registry holds (its stored subscriptions must go before CONNACK,
+        // [MQTT-3.1.2-4]) is claimed.
+        let needs_claim =
+            c.has_peers() || !clean_start || expiry_interval > 0 || registered.is_some();
         if needs_claim {
             let cmd = Command::ClaimSession {
                 client_id: client_id.to_string(),
-                node: c.node_id(),
+                node: me,
                 clean: clean_start,
                 expiry_interval,
             };
@@ -107,7 +189,12 @@ impl Broker {
             } = resp
             {
                 generation = Some(g);
-                if let Some((owner, _)) = previous.filter(|(n, _)| *n != c.node_id()) {
+                // This claim supersedes a release not yet applied; a session this node ended
+                // must not come back from the registry.
+                let ended_here = self.ownership.ended.lock().remove(client_id);
+                let discarded_here =
+                    previous.is_some_and(|(n, pg)| n == me && ended_here.is_some_and(|e| e >= pg));
+                if let Some((owner, _)) = previous.filter(|(n, _)| *n != me) {
                     match c.take_session(owner, client_id, g).await {
                         Ok(t) => transfer = t,
                         Err(e) => warn!(
@@ -117,7 +204,10 @@ impl Broker {
                         ),
                     }
                 }
-                if transfer.is_none() && !clean_start && self.session(client_id.as_str()).is_none()
+                if transfer.is_none()
+                    && !clean_start
+                    && !discarded_here
+                    && self.session(client_id.as_str()).is_none()
                 {
                     // The owner is gone (or restarted): its queued messages are lost, its
                     // subscriptions are in the registry.
@@ -230,6 +320,16 @@ impl Broker {
                 debug!(client_id = %client_id, "session taken over");
             }
             let mut ended: Option<Ended> = None;
+            // A session that ends with its connection (expiry 0: v3.1.1 CleanSession=1, v5
+            // without Session Expiry Interval) ended with the connection just taken over, so
+            // this CONNECT finds none ([MQTT-3.1.2-6], [MQTT-3.2.2-2]); the old connection's
+            // will is due as for a clean start.
+            let ends_with_connection = st.session.expiry_interval() == 0;
+            if ends_with_connection && !clean_start {
+                let mut gone = st.session.terminate();
+                gone.will = None;
+                ended = Some(gone);
+            }
             // A copy left here from before the client moved to another node is stale: the
             // session that node handed back replaces it (and its will went with the claim).
             let handed_back = transfer.filter(|_| !clean_start).map(|t| t.image);
@@ -237,20 +337,27 @@ impl Broker {
             let present = if let Some(image) = handed_back {
                 let mut stale = st.session.terminate();
                 stale.will = None;
-                ended = Some(stale);
+                if let Some(gone) = &mut ended {
+                    gone.filters.append(&mut stale.filters);
+                    gone.orphans.append(&mut stale.orphans);
+                } else {
+                    ended = Some(stale);
+                }
                 new_subscriptions = image.subscriptions.clone();
                 st.session =
                     Session::import(client_id.as_arc().clone(), self.limits.clone(), image);
                 true
             } else {
-                !clean_start
+                !clean_start && !ends_with_connection
             };
             st.epoch += 1;
             st.conn = Some(conn);
             st.registered_expiry = n.expiry_interval;
-            st.last_attach_clean = clean_start;
+            st.last_attach_clean = clean_start || ends_with_connection;
             st.disconnected_at = None;
-            if generation.is_some() {
+            // Never back to an older generation (attaches of one client are ordered by its
+            // lane).
+            if generation > st.generation {
                 st.generation = generation;
             }
             // A clean start ends what the session held; a will waiting for its delay is due
@@ -344,6 +451,19 @@ impl Broker {
         }
         if let Some(c) = st.conn.take() {
             c.kick(ReasonCode::SESSION_TAKEN_OVER);
+        }
+        if st.session.expiry_interval() == 0 {
+            // It ends with the connection just closed ([MQTT-3.1.2-6]): nothing to hand over.
+            // The connection's will is its driver's (a takeover by a clean start).
+            st.last_attach_clean = true;
+            let mut ended = st.session.terminate();
+            ended.will = None;
+            let _ = self.retire(&mut sessions, &s, &mut st);
+            drop(st);
+            drop(sessions);
+            self.unindex_all(&s, &ended.filters);
+            self.redistribute(ended.orphans, &s);
+            return None;
         }
         let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
         let pending_will = st.session.take_pending_will();
@@ -522,6 +642,12 @@ impl Broker {
         if sessions.get(s.client_id()).is_some_and(|cur| cur == s) {
             sessions.remove(s.client_id());
         }
+        if let Some(g) = st.generation {
+            // Until its release is applied the registry still names it: not to be restored.
+            let mut ended = self.ownership.ended.lock();
+            let e = ended.entry(s.client_id().clone()).or_insert(g);
+            *e = (*e).max(g);
+        }
         st.generation
     }
 
@@ -536,9 +662,21 @@ impl Broker {
                 node: c.node_id(),
                 generation,
             };
+            let broker = Arc::clone(self);
+            let client_id = s.client_id().clone();
             self.spawn(async move {
-                if let Err(e) = c.propose(cmd).await {
-                    debug!(error = %e, "session release not committed (it stays registered)");
+                match c.propose(cmd).await {
+                    // Applied (or superseded by a newer claim): the registry no longer names
+                    // the generation ended here.
+                    Ok(_) => {
+                        let mut ended = broker.ownership.ended.lock();
+                        if ended.get(&client_id).is_some_and(|e| *e <= generation) {
+                            ended.remove(&client_id);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "session release not committed (it stays registered)")
+                    }
                 }
             });
         }
