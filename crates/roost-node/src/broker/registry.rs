@@ -10,7 +10,7 @@
 //!  another node's claim applied ─▶ on_cluster_event: kick 0x8E, stale-copy timer
 //! ```
 //!
-//! Ordering per client id (issue 7, item 11). Session state changes for one client id
+//! Ordering per client id (issue 7, items 8 and 11). Session state changes for one client id
 //! must not overtake each other, or a session that was discarded comes back:
 //!
 //! - One attach at a time per client id on this node (its *lane*, held from the claim to the
@@ -26,6 +26,9 @@
 //!   have been applied yet.
 //! - A session that ends with its connection (expiry 0) is never resumed by the CONNECT that
 //!   takes its connection over ([MQTT-3.1.2-6]).
+//! - A claim that lost to a later one drops the copy it built, with its index entries and
+//!   routes; a claim this node gave up on (CONNACK 0x88) that commits later is handed back
+//!   (`Command::ReturnSession`); see docs/architecture.md, "Session ownership".
 //!
 //! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
 //! of [`Ownership`] are leaves.
@@ -36,6 +39,7 @@ use super::{Broker, ConnCtl, Origin, SessionRef};
 use crate::routes::RouteResult;
 use parking_lot::Mutex;
 use roost_cluster::state::Event;
+use roost_cluster::types::NodeId;
 use roost_cluster::types::{Command, CommandResponse};
 use roost_cluster::{ClusterError, SessionTransfer};
 use roost_codec::{LastWill, ReasonCode};
@@ -61,6 +65,18 @@ pub(crate) struct Ownership {
     /// of this node committed; a release that never commits leaves it until the client's next
     /// claim here.
     ended: Mutex<HashMap<ClientId, u64>>,
+    /// Claims of this node that gave up waiting (CONNACK 0x88) and may still commit.
+    abandoned: Mutex<HashMap<ClientId, Abandoned>>,
+}
+
+/// A claim this node gave up waiting for: what the registry said before it was proposed.
+#[derive(Debug, Clone, Copy)]
+struct Abandoned {
+    /// The client's last generation then: the claim, if it commits, gets a greater one, and
+    /// exactly one more if no other claim came between.
+    last_generation: u64,
+    /// The owner then, to hand the session back to.
+    previous: Option<NodeId>,
 }
 
 /// Holds (or waits for) a client id's attach lane; leaving it removes the lane when nobody
@@ -154,8 +170,10 @@ impl Broker {
     ///
     /// The session is first claimed in the replicated registry (one live session per client
     /// id, cluster-wide); if another node owned it, that node hands it over
-    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum). Attaches of
-    /// one client id on this node run one at a time.
+    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum); such a claim
+    /// is remembered, and handed back if it commits after all (see
+    /// [`on_cluster_event`](Self::on_cluster_event)). Attaches of one client id on this node
+    /// run one at a time.
     pub(crate) async fn attach(
         self: &Arc<Self>,
         n: &Negotiated,
@@ -168,7 +186,16 @@ impl Broker {
         let mut transfer = None;
         let c = Arc::clone(&self.cluster);
         let me = c.node_id();
-        let registered = c.state().read().session_owner(client_id);
+        let (registered, last_generation) = {
+            let state = c.state().read();
+            let owner = state.session_owner(client_id);
+            let last = state
+                .snapshot()
+                .generations
+                .get(client_id.as_str())
+                .copied();
+            (owner, last.unwrap_or(0))
+        };
         // A lone node needs no claim for a session that ends with its connection; anything
         // persistent, any session in a cluster of several, and a clean start that replaces a
         // session the registry holds (its stored subscriptions must go before CONNACK,
@@ -182,15 +209,31 @@ impl Broker {
                 clean: clean_start,
                 expiry_interval,
             };
-            let (_, resp) = c.propose(cmd).await?;
+            let resp = match c.propose(cmd).await {
+                Ok((_, resp)) => resp,
+                Err(e) => {
+                    // It may still commit: remember what it would replace, to hand it back.
+                    if !e.is_fatal() {
+                        self.ownership.abandoned.lock().insert(
+                            client_id.clone(),
+                            Abandoned {
+                                last_generation,
+                                previous: registered.map(|o| o.node),
+                            },
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             if let CommandResponse::Claimed {
                 generation: g,
                 previous,
             } = resp
             {
                 generation = Some(g);
-                // This claim supersedes a release not yet applied; a session this node ended
-                // must not come back from the registry.
+                // This claim supersedes an earlier one given up on, and a release not yet
+                // applied; a session this node ended must not come back from the registry.
+                self.ownership.abandoned.lock().remove(client_id);
                 let ended_here = self.ownership.ended.lock().remove(client_id);
                 let discarded_here =
                     previous.is_some_and(|(n, pg)| n == me && ended_here.is_some_and(|e| e >= pg));
@@ -218,12 +261,15 @@ impl Broker {
         let (attached, routes) = self.attach_local(n, Arc::clone(&conn), generation, transfer);
         // Fence: another node may have claimed the client after our claim but before this
         // session existed here, so its claim event found nothing to close. Whichever way the
-        // race went, the later claim wins: if ours is no longer current, leave at once.
+        // race went, the later claim wins: if ours is no longer current, the copy built here
+        // goes at once, with its index entries and routes, and the connection leaves.
         if let Some(g) = generation {
             let current = c.state().read().session_owner(client_id);
             if current.is_some_and(|o| o.generation > g) {
                 debug!(client_id = %client_id, "claimed by another node meanwhile");
+                self.drop_lost_claim(&attached.session, &conn, g);
                 conn.kick(ReasonCode::SESSION_TAKEN_OVER);
+                return Ok(attached);
             }
         }
         // Subscriptions that arrived with a session from another node: their routes must be in
@@ -356,7 +402,7 @@ impl Broker {
             st.last_attach_clean = clean_start || ends_with_connection;
             st.disconnected_at = None;
             // Never back to an older generation (attaches of one client are ordered by its
-            // lane).
+            // lane, but a hand-back may have given this copy a newer one meanwhile).
             if generation > st.generation {
                 st.generation = generation;
             }
@@ -488,9 +534,14 @@ impl Broker {
     /// owner's TakeSession call. If that has not come within twice the forward timeout, the
     /// copy left here is stale and is dropped (a timer), so it does not collect messages for a
     /// client that lives elsewhere now. Its will went with the claim.
-    pub(crate) fn on_cluster_event(&self, event: &Event) {
+    ///
+    /// A claim naming this node that no attach here is waiting for (its lane is free) is
+    /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
+    /// up on that committed after all: see [`own_claim_applied`](Self::own_claim_applied).
+    pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
         let Event::SessionClaimed { client_id, owner } = event;
         if owner.node == self.cluster.node_id() {
+            self.own_claim_applied(client_id, owner.generation);
             return;
         }
         let Some(s) = self.session(client_id.as_str()) else {
@@ -512,6 +563,86 @@ impl Broker {
         };
         self.timers
             .arm(tokio::time::Instant::now() + wait, s, 0, kind);
+    }
+
+    /// A claim naming this node applied, and no attach here made it (those hold the lane):
+    ///
+    /// - a live copy here at an older generation owns it again: it was handed back, or a
+    ///   claim of this node given up on committed while the copy was still here. The copy
+    ///   takes the generation (so the stale-copy timer the claim armed, if any, keeps it) and
+    ///   its subscriptions are written again (a clean claim removed them from the registry);
+    /// - no copy here, and this node gave up on a claim of the client (CONNACK 0x88): that
+    ///   claim committed late and nobody built its session. It is handed back to the owner it
+    ///   replaced (`Command::ReturnSession`, conditional on the generation), so that owner
+    ///   keeps its session. If another claim came between (the generation is not exactly one
+    ///   more than before), the owner it replaced is unknown and the claim is only released.
+    fn own_claim_applied(self: &Arc<Self>, client_id: &ClientId, generation: u64) {
+        if self.ownership.lanes.lock().contains_key(client_id) {
+            return;
+        }
+        if let Some(s) = self.session(client_id.as_str()) {
+            let mut st = s.lock();
+            if st.ended || st.generation.is_none_or(|g| g >= generation) {
+                return;
+            }
+            st.generation = Some(generation);
+            drop(st);
+            self.ownership.abandoned.lock().remove(client_id);
+            debug!(client_id = %client_id, generation, "session owned again by this node");
+            let broker = Arc::clone(self);
+            self.spawn(async move {
+                broker.persist_subscriptions(&s).await;
+            });
+            return;
+        }
+        let abandoned = {
+            let mut a = self.ownership.abandoned.lock();
+            match a.get(client_id) {
+                Some(ab) if ab.last_generation < generation => a.remove(client_id),
+                _ => None,
+            }
+        };
+        let Some(ab) = abandoned else {
+            return;
+        };
+        let to = ab.previous.filter(|_| generation == ab.last_generation + 1);
+        debug!(client_id = %client_id, generation, to = ?to, "a claim given up on committed: handing it back");
+        let c = Arc::clone(&self.cluster);
+        let cmd = Command::ReturnSession {
+            client_id: client_id.to_string(),
+            node: c.node_id(),
+            generation,
+            to,
+        };
+        self.spawn(async move {
+            if let Err(e) = c.propose(cmd).await {
+                warn!(error = %e, "a claim given up on committed and was not handed back");
+            }
+        });
+    }
+
+    /// Our claim at `generation` lost to a later one before this attach finished: the copy it
+    /// built here (new, resumed or handed over) goes at once, with its index entries and its
+    /// routes, unless a hand-over already took it. Its claim belongs to the winner: nothing
+    /// to release. The connection is the caller's to kick; its driver's detach sees a
+    /// takeover.
+    fn drop_lost_claim(self: &Arc<Self>, s: &SessionRef, conn: &Arc<ConnCtl>, generation: u64) {
+        let mut sessions = self.sessions.lock();
+        let mut st = s.lock();
+        if st.ended || st.generation != Some(generation) {
+            return;
+        }
+        if st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            st.conn = None;
+        }
+        let mut ended = st.session.terminate();
+        // Its will went with the claim to the new owner.
+        ended.will = None;
+        let _ = self.retire(&mut sessions, s, &mut st);
+        drop(st);
+        drop(sessions);
+        s.changed().notify_waiters();
+        self.after_end(s, ended, None);
     }
 
     /// Called by a driver when its connection ends. `will` is the connection's will if it must
