@@ -4,10 +4,12 @@
 //! publishes) is tracked by the broker so shutdown waits for it.
 //!
 //! ```text
-//!  CONNECT ─▶ attach ─ claim (Raft) ─ TakeSession from the old owner? ─▶ attach_local ─▶ SessionRef
+//!  CONNECT ─▶ [lane] attach ─ claim (Raft) ─ TakeSession from the old owner? ─▶ attach_local
+//!            ─ overtaken by a later claim? drop_lost_claim ─▶ SessionRef
 //!  close   ─▶ detach ─ will now | will timer ─ end now | expiry timer
 //!  peer's TakeSession ─▶ hand_over: kick 0x8E, wait for the driver to detach, export the image
 //!  another node's claim applied ─▶ on_cluster_event: kick 0x8E, stale-copy timer
+//!  a claim naming this node, no attach waiting ─▶ own_claim_applied: adopt | ReturnSession
 //! ```
 //!
 //! Ordering per client id (issue 7, items 8 and 11). Session state changes for one client id
@@ -22,7 +24,7 @@
 //!   lone node.
 //! - Releases and subscription writes are asynchronous, but fenced by generation in the state
 //!   machine; the one read that is not, restoring a session from the registry at attach, skips
-//!   a generation this node itself ended ([`Ownership::ended`]): its release may simply not
+//!   a generation this node itself ended (`Ownership::ended`): its release may simply not
 //!   have been applied yet.
 //! - A session that ends with its connection (expiry 0) is never resumed by the CONNECT that
 //!   takes its connection over ([MQTT-3.1.2-6]).
@@ -537,7 +539,7 @@ impl Broker {
     ///
     /// A claim naming this node that no attach here is waiting for (its lane is free) is
     /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
-    /// up on that committed after all: see [`own_claim_applied`](Self::own_claim_applied).
+    /// up on that committed after all: see `own_claim_applied`.
     pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
         let Event::SessionClaimed { client_id, owner } = event;
         if owner.node == self.cluster.node_id() {
