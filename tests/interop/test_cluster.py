@@ -17,9 +17,11 @@ import uuid
 
 import pytest
 
-from cluster import cluster3, module_cluster3  # noqa: F401 (fixtures)
-from helpers import (CONNACK, DISCONNECT, PROP_SESSION_EXPIRY, PUBACK, V311, V5, VERSION_IDS,
-                     VERSIONS, connack_rc, connect_packet, prop, publish_packet, wait_until)
+from cluster import (Cluster, attach_logs, cluster3, cluster_factory,  # noqa: F401 (fixtures)
+                     module_cluster3)
+from helpers import (CONNACK, DISCONNECT, PROP_SESSION_EXPIRY, PUBACK, SUBACK, V311, V5,
+                     VERSION_IDS, VERSIONS, connack_rc, connect_packet, prop, publish_packet,
+                     subscribe_packet, wait_until)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.roost_only]
 
@@ -379,3 +381,132 @@ def test_simultaneous_connects_with_one_id_leave_exactly_one_session(cluster3, r
     # The winner's socket is still open: no packet and no close within a short wait.
     with pytest.raises(TimeoutError):
         conns[winner].read_packet(timeout=0.3)
+
+
+# ---- issue 7, item 8: claim races -----------------------------------------------------------
+
+def _persistent_connect(client_id: str) -> bytes:
+    return connect_packet(client_id, 5, clean=False,
+                          properties=prop(PROP_SESSION_EXPIRY, struct.pack("!I", 300)))
+
+
+def test_item8_the_node_that_loses_a_simultaneous_claim_keeps_no_copy_and_no_route(
+        cluster_factory):
+    """Issue 7 item 8: a persistent session with a subscription is connected on C; its client
+    connects to A and B at the same moment. The later claim wins; the node whose claim lost
+    kicks its connection and keeps nothing: no session (not even offline), no index entry, no
+    route. To make the old code's window wide and the test deterministic, the connection on C
+    is held in backpressure (it published to a subscriber that acknowledges nothing), so C's
+    hand-over to the first claimer waits for it (half the forward timeout); meanwhile the
+    second claim commits and its TakeSession finds nothing on the first claimer yet. The old
+    code then built the first claimer's copy anyway (subscription, route) and only kicked the
+    connection: the copy stayed until it expired."""
+    cluster = cluster_factory(3, config={
+        "mqtt": {"max_queued_messages": 4, "backpressure_timeout_ms": 4000},
+        "cluster": {"forward_timeout_ms": 3000},
+    })
+    a, b, c = cluster.nodes
+    client_id = cid("i8race")
+    topic = uniq("i8race")
+    slow_topic = uniq("i8slow")
+
+    # A subscriber on C that takes one message in flight (Receive Maximum 1) and acks nothing.
+    slow = c.raw()
+    ack = slow.connect(cid("slow"), 5, properties=prop(0x21, struct.pack("!H", 1)))
+    assert connack_rc(ack) == 0
+    slow.send(subscribe_packet(1, [(slow_topic, 1)]))
+    assert slow.read_packet().ptype == SUBACK
+
+    # The persistent session on C: subscribed, then stuck publishing to the slow subscriber.
+    owner = c.raw()
+    assert connack_rc(owner.connect(client_id, 5, clean=False, properties=prop(
+        PROP_SESSION_EXPIRY, struct.pack("!I", 300)))) == 0
+    owner.send(subscribe_packet(1, [(topic, 1)]))
+    assert owner.read_packet().ptype == SUBACK
+    owner.send(b"".join(publish_packet(slow_topic, b"p", qos=1, pid=i) for i in range(2, 7)))
+    time.sleep(0.3)
+
+    conns = {a.node_id: a.raw(), b.node_id: b.raw()}
+    barrier = threading.Barrier(2)
+    connacks: dict[int, object] = {}
+
+    def connect(node_id):
+        barrier.wait(5)
+        conns[node_id].send(_persistent_connect(client_id))
+        try:
+            connacks[node_id] = conns[node_id].read_packet(timeout=15)
+        except TimeoutError:
+            connacks[node_id] = "timeout"
+
+    threads = [threading.Thread(target=connect, args=(n,)) for n in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert all(getattr(p, "ptype", None) == CONNACK for p in connacks.values()), connacks
+
+    def connected_on():
+        return [n for n in (a, b) if n.is_connected(client_id)]
+
+    wait_until(lambda: len(connected_on()) == 1, 10, interval=0.1,
+               what=f"{client_id!r} connected on exactly one node (connacks {connacks})")
+    winner = connected_on()[0]
+    loser = b if winner is a else a
+    conns[loser.node_id].packets_until_close(timeout=10)
+
+    def loser_keeps_nothing():
+        return (client_id not in loser.clients()
+                and not [s for s in loser.get_json("/api/v1/subscriptions")
+                         if s["client_id"] == client_id]
+                and loser.get_json("/api/v1/stats")["subscriptions"] == 0)
+
+    # Well within the old code's stale-copy timer (twice the forward timeout).
+    wait_until(loser_keeps_nothing, 3, interval=0.1,
+               what=f"node {loser.node_id} (lost the claim) dropped its copy of {client_id!r}: "
+                    f"{loser.clients().get(client_id)}, stats {loser.get_json('/api/v1/stats')}")
+    # Two routes: the winner's for the session's topic, C's for the slow subscriber.
+    wait_until(lambda: all(n.status()["routes"] == 2 for n in cluster.nodes), 5, interval=0.1,
+               what=f"two route entries, {[n.status()['routes'] for n in cluster.nodes]}")
+    assert winner.get_json("/api/v1/stats")["subscriptions"] == 1
+    for conn in [slow, owner, *conns.values()]:
+        conn.close()
+
+
+def test_item8_a_claim_given_up_on_does_not_take_the_session_when_it_commits_later(
+        request, tmp_path):
+    """Issue 7 item 8: node B waits 1 ms for a claim to commit (`cluster.commit_timeout_ms`),
+    so its client hears CONNACK 0x88 while the claim still commits a moment later. The session
+    on A (owner until then) must not be dropped for it: B hands the claim back, A keeps the
+    session and its queued message. The old code let the late claim stand: A dropped its copy
+    (stale-copy timer, twice the forward timeout) and the queued message with it."""
+    fast = {"cluster": {"forward_timeout_ms": 500}}
+    cluster = Cluster(3, tmp_path / "cluster", config=fast, start=False)
+    a, b, c = cluster.nodes
+    b.config = {"cluster": {"forward_timeout_ms": 500, "commit_timeout_ms": 1}}
+    attach_logs(request, cluster)
+    try:
+        cluster.start()
+        client_id = cid("i8late")
+        topic = uniq("i8late")
+        first = a.client(client_id, V5, clean=False, session_expiry=300)
+        first.subscribe(topic, 1)
+        first.disconnect()
+        pub = c.client(cid("pub"))
+        assert pub.publish(topic, b"queued", qos=1) == 0
+
+        late = b.raw()
+        ack = late.connect(client_id, 5, clean=False,
+                           properties=prop(PROP_SESSION_EXPIRY, struct.pack("!I", 300)))
+        assert connack_rc(ack) == 0x88, f"expected CONNACK 0x88 from B, got {ack}"
+        late.close()
+        # Past A's stale-copy timer (2 x 500 ms) for the late claim.
+        time.sleep(2.5)
+
+        back = a.client(client_id, V5, clean=False, session_expiry=300)
+        assert back.session_present is True
+        assert back.get(timeout=5).payload == b"queued"
+        back.expect_nothing(0.5)
+        assert pub.publish(topic, b"live", qos=1) == 0
+        assert back.get(timeout=5).payload == b"live"
+    finally:
+        cluster.close()

@@ -1,13 +1,15 @@
 """Sessions: persistence across reconnects, offline queue bounds, message and session expiry,
 session takeover and keep-alive enforcement."""
 
+import struct
 import time
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from helpers import (BROKER_KIND, CONNACK, DISCONNECT, V5, V311, VERSION_IDS, VERSIONS, connack_rc, props,
-                     wait_until)
+from helpers import (BROKER_KIND, CONNACK, DISCONNECT, PROP_SESSION_EXPIRY, SUBACK, V5, V311,
+                     VERSION_IDS, VERSIONS, connack_rc, disconnect_packet, prop, props,
+                     subscribe_packet, wait_until)
 
 
 def persistent(broker, version, client_id="persist", **kw):
@@ -224,3 +226,72 @@ def test_keep_alive_pings_keep_connection(broker, version):
 def test_v5_server_keep_alive_announced(broker):
     c = broker.client("ka", V5, keepalive=60)
     assert getattr(c.connack_props, "ServerKeepAlive", None) == 2
+
+
+# ---- issue 7, item 11: sessions a clean start must discard ----------------------------------
+
+def _raw_connect(broker, client_id, wire_version, *, clean, expiry=None):
+    """A raw connection past CONNACK; returns it and Session Present."""
+    raw = broker.raw()
+    properties = b""
+    if wire_version == 5 and expiry is not None:
+        properties = prop(PROP_SESSION_EXPIRY, struct.pack("!I", expiry))
+    ack = raw.connect(client_id, wire_version, clean=clean, properties=properties)
+    assert ack.ptype == CONNACK and connack_rc(ack) == 0, ack
+    return raw, bool(ack.body[0] & 1)
+
+
+def _raw_subscribe(raw, topic, wire_version):
+    raw.send(subscribe_packet(1, [(topic, 1)], version=wire_version))
+    assert raw.read_packet().ptype == SUBACK
+
+
+@pytest.mark.parametrize("wire_version", [4, 5], ids=["v311", "v5"])
+def test_item11_takeover_of_a_session_that_ends_with_its_connection_finds_none(
+        broker, wire_version):
+    """Issue 7 item 11 (a): a session that ends with its connection (CleanSession=1; v5
+    Session Expiry 0) ends when a CleanSession=0 CONNECT takes the connection over: Session
+    Present 0 and the old subscription gone [MQTT-3.1.2-6], [MQTT-3.2.2-2]."""
+    version = V5 if wire_version == 5 else V311
+    old, _ = _raw_connect(broker, "i11a", wire_version, clean=True)
+    _raw_subscribe(old, "i11a/t", wire_version)
+    new, present = _raw_connect(broker, "i11a", wire_version, clean=False, expiry=60)
+    assert present is False, "the session of the connection taken over came back"
+    old.packets_until_close()
+    broker.client("i11a-pub", version).publish("i11a/t", b"x", qos=1)
+    with pytest.raises(TimeoutError):
+        new.read_packet(timeout=0.5)
+
+
+@pytest.mark.parametrize("wire_version", [4, 5], ids=["v311", "v5"])
+def test_item11_clean_start_right_after_a_dropped_session_discards_it(broker, wire_version):
+    """Issue 7 item 11 (b): CleanSession=0 + SUBSCRIBE t/1, socket dropped; at once
+    CleanSession=1 + SUBSCRIBE t/2, closed; then CleanSession=0: the first session is gone
+    [MQTT-3.1.2-4] (v5: Clean Start + Session Expiry Interval). The old code brought it back
+    (Session Present 1, t/1 delivered) in about 8 of 20 rounds."""
+    version = V5 if wire_version == 5 else V311
+    pub = broker.client("i11b-pub", version)
+    back = []
+    for round_ in range(25):
+        client_id = f"i11b-{round_}"
+        t1, t2 = f"i11b/{round_}/1", f"i11b/{round_}/2"
+        first, _ = _raw_connect(broker, client_id, wire_version, clean=False, expiry=60)
+        _raw_subscribe(first, t1, wire_version)
+        first.close()
+        clean, present = _raw_connect(broker, client_id, wire_version, clean=True)
+        assert present is False
+        _raw_subscribe(clean, t2, wire_version)
+        clean.close()
+        last, present = _raw_connect(broker, client_id, wire_version, clean=False, expiry=60)
+        pub.publish(t1, b"x", qos=1)
+        pub.publish(t2, b"x", qos=1)
+        try:
+            got = last.read_packet(timeout=0.2)
+        except TimeoutError:
+            got = None
+        if present or got is not None:
+            back.append(f"round {round_}: session present {present}, got {got}")
+        last.send(disconnect_packet(version=wire_version))
+        last.close()
+        _raw_connect(broker, client_id, wire_version, clean=True)[0].close()
+    assert not back, "\n".join(back)

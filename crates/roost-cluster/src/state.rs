@@ -232,6 +232,40 @@ impl ClusterState {
                 }
                 (CommandResponse::Released(matches), None)
             }
+            Command::ReturnSession {
+                client_id,
+                node,
+                generation,
+                to,
+            } => {
+                let current = self.data.sessions.get(client_id).copied();
+                if !current.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                    return (CommandResponse::Released(false), None);
+                }
+                let Some(to) = to else {
+                    self.data.sessions.remove(client_id);
+                    self.data.subscriptions.remove(client_id);
+                    self.data.expiry.remove(client_id);
+                    return (CommandResponse::Released(true), None);
+                };
+                // A claim for `to`: a new generation, so anything the withdrawn owner wrote
+                // meanwhile is fenced out, and `to` hears it as a claim naming itself.
+                let last = self.data.generations.get(client_id).copied().unwrap_or(0);
+                let generation = last.max(*generation) + 1;
+                let owner = SessionOwner {
+                    node: *to,
+                    generation,
+                };
+                self.data.generations.insert(client_id.clone(), generation);
+                self.data.sessions.insert(client_id.clone(), owner);
+                (
+                    CommandResponse::Released(true),
+                    Some(Event::SessionClaimed {
+                        client_id: ClientId::from(client_id.as_str()),
+                        owner,
+                    }),
+                )
+            }
             Command::SetSubscriptions {
                 client_id,
                 node,
@@ -443,6 +477,66 @@ mod tests {
                 previous: None
             }
         );
+    }
+
+    /// Issue 7 item 8: a claim given up on is handed back to the owner it replaced, only while
+    /// it is still the current one.
+    #[test]
+    fn item8_return_session_hands_a_late_claim_back_only_while_it_is_current() {
+        let mut s = ClusterState::new();
+        let claim = |n, clean| Command::ClaimSession {
+            client_id: "c".into(),
+            node: NodeId::new(n),
+            clean,
+            expiry_interval: 60,
+        };
+        let give_back = |generation, to: Option<u64>| Command::ReturnSession {
+            client_id: "c".into(),
+            node: NodeId::new(2),
+            generation,
+            to: to.map(NodeId::new),
+        };
+        s.apply(&claim(1, false));
+        s.apply(&claim(2, true));
+        // Node 2's late claim (generation 2) goes back to node 1, at a new generation.
+        let (r, e) = s.apply(&give_back(2, Some(1)));
+        assert_eq!(r, CommandResponse::Released(true));
+        let back = SessionOwner {
+            node: NodeId::new(1),
+            generation: 3,
+        };
+        assert_eq!(
+            e,
+            Some(Event::SessionClaimed {
+                client_id: cid(),
+                owner: back
+            })
+        );
+        assert_eq!(s.session_owner(&cid()), Some(back));
+        // Repeated, or once a newer claim exists: nothing.
+        assert_eq!(
+            s.apply(&give_back(2, Some(1))),
+            (CommandResponse::Released(false), None)
+        );
+        s.apply(&claim(2, false));
+        s.apply(&claim(3, false));
+        assert_eq!(
+            s.apply(&give_back(4, None)),
+            (CommandResponse::Released(false), None)
+        );
+        assert_eq!(
+            s.session_owner(&cid()).map(|o| o.node),
+            Some(NodeId::new(3))
+        );
+        // Nobody to hand it back to: released.
+        let (r, e) = s.apply(&Command::ReturnSession {
+            client_id: "c".into(),
+            node: NodeId::new(3),
+            generation: 5,
+            to: None,
+        });
+        assert_eq!((r, e), (CommandResponse::Released(true), None));
+        assert_eq!(s.session_owner(&cid()), None);
     }
 
     fn retained(t: &str, p: &str) -> RetainedMessage {

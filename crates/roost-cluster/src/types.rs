@@ -278,6 +278,22 @@ pub enum Command {
         /// The node that left.
         node: NodeId,
     },
+    /// A claim `node` gave up waiting for (its client heard CONNACK 0x88) committed anyway,
+    /// and `node` built no session for it: it hands the client back to `to`, the owner its
+    /// claim replaced, which keeps its session (a claim at a new generation, with the same
+    /// event as a claim), or releases it (`to` is `None`: nobody owned it, or the owner it
+    /// replaced is not known). Ignored unless `node` and `generation` still own the session,
+    /// so a later claim is never undone. Appended last: entries logged before it read back.
+    ReturnSession {
+        /// Client id.
+        client_id: String,
+        /// The node whose late claim is withdrawn.
+        node: NodeId,
+        /// The generation that claim got.
+        generation: u64,
+        /// The owner to hand the session back to.
+        to: Option<NodeId>,
+    },
 }
 
 /// What applying a [`Command`] returned.

@@ -314,12 +314,10 @@ async fn takeover_is_allowed_at_the_connection_limit() {
     let node = TestNode::start_with(|c| c.mqtt.max_connections = 1)
         .await
         .unwrap();
-    let (mut first, _) = RawClient::connect(node.addr(), Protocol::V5, "same", false)
-        .await
-        .unwrap();
-    let (_second, ack) = RawClient::connect(node.addr(), Protocol::V5, "same", false)
-        .await
-        .unwrap();
+    // A persistent session (v5: with a Session Expiry Interval), so the takeover continues
+    // it; one that ends with its connection would end with the takeover (issue 7 item 11).
+    let (mut first, _) = connect_persistent(node.addr(), Protocol::V5, "same").await;
+    let (_second, ack) = connect_persistent(node.addr(), Protocol::V5, "same").await;
     assert!(ack.session_present);
     let got = first.expect_closed().await.unwrap();
     assert!(matches!(

@@ -20,7 +20,8 @@
 //!
 //! Locks and their order (never two at once except as listed):
 //! - the registry map may be held while taking one session's state lock (attach, expiry).
-//!   Never the other way round.
+//!   Never the other way round. The maps of `ownership` (registry.rs) are leaves: taken last,
+//!   and never held while another lock is taken.
 //! - `index` is a read lock on the publish path, released before any session is locked; the
 //!   matches hold [`SessionRef`]s, so no registry lookup happens per message.
 //! - `retained` (local) and the cluster's state lock are taken alone.
@@ -102,6 +103,9 @@ pub(crate) struct Broker {
     /// This node's own retained messages (`$SYS`); client ones are in the replicated state.
     local_retained: RwLock<RetainedStore<Arc<Message>>>,
     sessions: Mutex<HashMap<ClientId, SessionRef>>,
+    /// What orders the registry's changes for one client id: attach lanes, generations this
+    /// node ended, claims it gave up on (see [`registry::Ownership`]).
+    ownership: registry::Ownership,
     timers: timers::Timers,
     /// Background work the broker starts (will publishes, registry updates, route waits):
     /// shutdown waits for it, bounded.
@@ -143,6 +147,7 @@ impl Broker {
             index: RwLock::new(SubscriptionIndex::new()),
             local_retained: RwLock::new(RetainedStore::new()),
             sessions: Mutex::new(HashMap::new()),
+            ownership: registry::Ownership::default(),
             timers: timers::Timers::default(),
             tasks: TaskTracker::new(),
             metrics: Metrics::new(),

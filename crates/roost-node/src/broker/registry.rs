@@ -4,19 +4,44 @@
 //! publishes) is tracked by the broker so shutdown waits for it.
 //!
 //! ```text
-//!  CONNECT ─▶ attach ─ claim (Raft) ─ TakeSession from the old owner? ─▶ attach_local ─▶ SessionRef
+//!  CONNECT ─▶ [lane] attach ─ claim (Raft) ─ TakeSession from the old owner? ─▶ attach_local
+//!            ─ overtaken by a later claim? drop_lost_claim ─▶ SessionRef
 //!  close   ─▶ detach ─ will now | will timer ─ end now | expiry timer
 //!  peer's TakeSession ─▶ hand_over: kick 0x8E, wait for the driver to detach, export the image
 //!  another node's claim applied ─▶ on_cluster_event: kick 0x8E, stale-copy timer
+//!  a claim naming this node, no attach waiting ─▶ own_claim_applied: adopt | ReturnSession
 //! ```
 //!
-//! Lock order: the registry map, then one session's state (see [`super::session`]).
+//! Ordering per client id (issue 7, items 8 and 11). Session state changes for one client id
+//! must not overtake each other, or a session that was discarded comes back:
+//!
+//! - One attach at a time per client id on this node (its *lane*, held from the claim to the
+//!   session being in the map), so claims of one node for one client apply in the order their
+//!   sessions are built, and a claim event naming this node while the lane is taken is that
+//!   attach's own.
+//! - A clean start replacing a session the replicated registry holds always claims (with
+//!   `clean`), so the stored subscriptions are gone before CONNACK ([MQTT-3.1.2-4]), also on a
+//!   lone node.
+//! - Releases and subscription writes are asynchronous, but fenced by generation in the state
+//!   machine; the one read that is not, restoring a session from the registry at attach, skips
+//!   a generation this node itself ended (`Ownership::ended`): its release may simply not
+//!   have been applied yet.
+//! - A session that ends with its connection (expiry 0) is never resumed by the CONNECT that
+//!   takes its connection over ([MQTT-3.1.2-6]).
+//! - A claim that lost to a later one drops the copy it built, with its index entries and
+//!   routes; a claim this node gave up on (CONNACK 0x88) that commits later is handed back
+//!   (`Command::ReturnSession`); see docs/architecture.md, "Session ownership".
+//!
+//! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
+//! of [`Ownership`] are leaves.
 
 use super::session::SessionState;
 use super::timers::{Due, TimerKind};
 use super::{Broker, ConnCtl, Origin, SessionRef};
 use crate::routes::RouteResult;
+use parking_lot::Mutex;
 use roost_cluster::state::Event;
+use roost_cluster::types::NodeId;
 use roost_cluster::types::{Command, CommandResponse};
 use roost_cluster::{ClusterError, SessionTransfer};
 use roost_codec::{LastWill, ReasonCode};
@@ -27,8 +52,60 @@ use roost_core::ClientId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::{debug, warn};
+
+/// What orders the registry's changes for one client id (see the module docs). Each map is a
+/// leaf lock: never held while another lock is taken, never across an `.await`.
+#[derive(Default)]
+pub(crate) struct Ownership {
+    /// One lane per client id with an attach waiting or in progress on this node; the entry
+    /// is removed when the last holder or waiter leaves.
+    lanes: Mutex<HashMap<ClientId, Arc<AsyncMutex<()>>>>,
+    /// The newest generation of each client id whose session this node ended and whose
+    /// release may not be applied yet. Removed when the release is applied or a newer claim
+    /// of this node committed; a release that never commits leaves it until the client's next
+    /// claim here.
+    ended: Mutex<HashMap<ClientId, u64>>,
+    /// Claims of this node that gave up waiting (CONNACK 0x88) and may still commit.
+    abandoned: Mutex<HashMap<ClientId, Abandoned>>,
+}
+
+/// A claim this node gave up waiting for: what the registry said before it was proposed.
+#[derive(Debug, Clone, Copy)]
+struct Abandoned {
+    /// The client's last generation then: the claim, if it commits, gets a greater one, and
+    /// exactly one more if no other claim came between.
+    last_generation: u64,
+    /// The owner then, to hand the session back to.
+    previous: Option<NodeId>,
+}
+
+/// Holds (or waits for) a client id's attach lane; leaving it removes the lane when nobody
+/// else holds or waits for it.
+///
+/// Cancel safety: dropping it while waiting or holding leaves the map as it found it.
+struct LaneGuard<'a> {
+    lanes: &'a Mutex<HashMap<ClientId, Arc<AsyncMutex<()>>>>,
+    client_id: ClientId,
+    lane: Arc<AsyncMutex<()>>,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.lanes.lock();
+        self.held = None;
+        // The map's reference and ours: nobody else holds or waits.
+        if Arc::strong_count(&self.lane) == 2
+            && lanes
+                .get(&self.client_id)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.lane))
+        {
+            lanes.remove(&self.client_id);
+        }
+    }
+}
 
 /// Result of attaching a connection to a session.
 pub(crate) struct Attached {
@@ -74,12 +151,31 @@ impl Broker {
         }
     }
 
+    /// Waits for the client id's attach lane (see the module docs).
+    ///
+    /// Cancel safety: dropping the future stops waiting and leaves no trace.
+    async fn lane(&self, client_id: &ClientId) -> LaneGuard<'_> {
+        let lanes = &self.ownership.lanes;
+        let lane = Arc::clone(lanes.lock().entry(client_id.clone()).or_default());
+        let mut guard = LaneGuard {
+            lanes,
+            client_id: client_id.clone(),
+            lane: Arc::clone(&lane),
+            held: None,
+        };
+        guard.held = Some(lane.lock_owned().await);
+        guard
+    }
+
     /// Attaches a new connection to the client's session, creating, resuming or replacing it
     /// (clean start). An existing connection is told to leave with 0x8E (takeover).
     ///
     /// The session is first claimed in the replicated registry (one live session per client
     /// id, cluster-wide); if another node owned it, that node hands it over
-    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum).
+    /// (`Cluster.TakeSession`). Fails when the claim cannot commit (no quorum); such a claim
+    /// is remembered, and handed back if it commits after all (see
+    /// [`on_cluster_event`](Self::on_cluster_event)). Attaches of one client id on this node
+    /// run one at a time.
     pub(crate) async fn attach(
         self: &Arc<Self>,
         n: &Negotiated,
@@ -87,27 +183,63 @@ impl Broker {
     ) -> Result<Attached, ClusterError> {
         let (client_id, clean_start, expiry_interval) =
             (&n.client_id, n.clean_start, n.expiry_interval);
+        let _lane = self.lane(client_id).await;
         let mut generation = None;
         let mut transfer = None;
         let c = Arc::clone(&self.cluster);
+        let me = c.node_id();
+        let (registered, last_generation) = {
+            let state = c.state().read();
+            let owner = state.session_owner(client_id);
+            let last = state
+                .snapshot()
+                .generations
+                .get(client_id.as_str())
+                .copied();
+            (owner, last.unwrap_or(0))
+        };
         // A lone node needs no claim for a session that ends with its connection; anything
-        // persistent, or any session in a cluster of several, is registered.
-        let needs_claim = c.has_peers() || !clean_start || expiry_interval > 0;
+        // persistent, any session in a cluster of several, and a clean start that replaces a
+        // session the registry holds (its stored subscriptions must go before CONNACK,
+        // [MQTT-3.1.2-4]) is claimed.
+        let needs_claim =
+            c.has_peers() || !clean_start || expiry_interval > 0 || registered.is_some();
         if needs_claim {
             let cmd = Command::ClaimSession {
                 client_id: client_id.to_string(),
-                node: c.node_id(),
+                node: me,
                 clean: clean_start,
                 expiry_interval,
             };
-            let (_, resp) = c.propose(cmd).await?;
+            let resp = match c.propose(cmd).await {
+                Ok((_, resp)) => resp,
+                Err(e) => {
+                    // It may still commit: remember what it would replace, to hand it back.
+                    if !e.is_fatal() {
+                        self.ownership.abandoned.lock().insert(
+                            client_id.clone(),
+                            Abandoned {
+                                last_generation,
+                                previous: registered.map(|o| o.node),
+                            },
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             if let CommandResponse::Claimed {
                 generation: g,
                 previous,
             } = resp
             {
                 generation = Some(g);
-                if let Some((owner, _)) = previous.filter(|(n, _)| *n != c.node_id()) {
+                // This claim supersedes an earlier one given up on, and a release not yet
+                // applied; a session this node ended must not come back from the registry.
+                self.ownership.abandoned.lock().remove(client_id);
+                let ended_here = self.ownership.ended.lock().remove(client_id);
+                let discarded_here =
+                    previous.is_some_and(|(n, pg)| n == me && ended_here.is_some_and(|e| e >= pg));
+                if let Some((owner, _)) = previous.filter(|(n, _)| *n != me) {
                     match c.take_session(owner, client_id, g).await {
                         Ok(t) => transfer = t,
                         Err(e) => warn!(
@@ -117,7 +249,10 @@ impl Broker {
                         ),
                     }
                 }
-                if transfer.is_none() && !clean_start && self.session(client_id.as_str()).is_none()
+                if transfer.is_none()
+                    && !clean_start
+                    && !discarded_here
+                    && self.session(client_id.as_str()).is_none()
                 {
                     // The owner is gone (or restarted): its queued messages are lost, its
                     // subscriptions are in the registry.
@@ -128,12 +263,15 @@ impl Broker {
         let (attached, routes) = self.attach_local(n, Arc::clone(&conn), generation, transfer);
         // Fence: another node may have claimed the client after our claim but before this
         // session existed here, so its claim event found nothing to close. Whichever way the
-        // race went, the later claim wins: if ours is no longer current, leave at once.
+        // race went, the later claim wins: if ours is no longer current, the copy built here
+        // goes at once, with its index entries and routes, and the connection leaves.
         if let Some(g) = generation {
             let current = c.state().read().session_owner(client_id);
             if current.is_some_and(|o| o.generation > g) {
                 debug!(client_id = %client_id, "claimed by another node meanwhile");
+                self.drop_lost_claim(&attached.session, &conn, g);
                 conn.kick(ReasonCode::SESSION_TAKEN_OVER);
+                return Ok(attached);
             }
         }
         // Subscriptions that arrived with a session from another node: their routes must be in
@@ -230,6 +368,16 @@ impl Broker {
                 debug!(client_id = %client_id, "session taken over");
             }
             let mut ended: Option<Ended> = None;
+            // A session that ends with its connection (expiry 0: v3.1.1 CleanSession=1, v5
+            // without Session Expiry Interval) ended with the connection just taken over, so
+            // this CONNECT finds none ([MQTT-3.1.2-6], [MQTT-3.2.2-2]); the old connection's
+            // will is due as for a clean start.
+            let ends_with_connection = st.session.expiry_interval() == 0;
+            if ends_with_connection && !clean_start {
+                let mut gone = st.session.terminate();
+                gone.will = None;
+                ended = Some(gone);
+            }
             // A copy left here from before the client moved to another node is stale: the
             // session that node handed back replaces it (and its will went with the claim).
             let handed_back = transfer.filter(|_| !clean_start).map(|t| t.image);
@@ -237,20 +385,27 @@ impl Broker {
             let present = if let Some(image) = handed_back {
                 let mut stale = st.session.terminate();
                 stale.will = None;
-                ended = Some(stale);
+                if let Some(gone) = &mut ended {
+                    gone.filters.append(&mut stale.filters);
+                    gone.orphans.append(&mut stale.orphans);
+                } else {
+                    ended = Some(stale);
+                }
                 new_subscriptions = image.subscriptions.clone();
                 st.session =
                     Session::import(client_id.as_arc().clone(), self.limits.clone(), image);
                 true
             } else {
-                !clean_start
+                !clean_start && !ends_with_connection
             };
             st.epoch += 1;
             st.conn = Some(conn);
             st.registered_expiry = n.expiry_interval;
-            st.last_attach_clean = clean_start;
+            st.last_attach_clean = clean_start || ends_with_connection;
             st.disconnected_at = None;
-            if generation.is_some() {
+            // Never back to an older generation (attaches of one client are ordered by its
+            // lane, but a hand-back may have given this copy a newer one meanwhile).
+            if generation > st.generation {
                 st.generation = generation;
             }
             // A clean start ends what the session held; a will waiting for its delay is due
@@ -345,6 +500,19 @@ impl Broker {
         if let Some(c) = st.conn.take() {
             c.kick(ReasonCode::SESSION_TAKEN_OVER);
         }
+        if st.session.expiry_interval() == 0 {
+            // It ends with the connection just closed ([MQTT-3.1.2-6]): nothing to hand over.
+            // The connection's will is its driver's (a takeover by a clean start).
+            st.last_attach_clean = true;
+            let mut ended = st.session.terminate();
+            ended.will = None;
+            let _ = self.retire(&mut sessions, &s, &mut st);
+            drop(st);
+            drop(sessions);
+            self.unindex_all(&s, &ended.filters);
+            self.redistribute(ended.orphans, &s);
+            return None;
+        }
         let filters: Vec<_> = st.session.subscriptions().keys().cloned().collect();
         let pending_will = st.session.take_pending_will();
         let expiry_interval = st.session.expiry_interval();
@@ -368,9 +536,14 @@ impl Broker {
     /// owner's TakeSession call. If that has not come within twice the forward timeout, the
     /// copy left here is stale and is dropped (a timer), so it does not collect messages for a
     /// client that lives elsewhere now. Its will went with the claim.
-    pub(crate) fn on_cluster_event(&self, event: &Event) {
+    ///
+    /// A claim naming this node that no attach here is waiting for (its lane is free) is
+    /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
+    /// up on that committed after all: see `own_claim_applied`.
+    pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
         let Event::SessionClaimed { client_id, owner } = event;
         if owner.node == self.cluster.node_id() {
+            self.own_claim_applied(client_id, owner.generation);
             return;
         }
         let Some(s) = self.session(client_id.as_str()) else {
@@ -392,6 +565,86 @@ impl Broker {
         };
         self.timers
             .arm(tokio::time::Instant::now() + wait, s, 0, kind);
+    }
+
+    /// A claim naming this node applied, and no attach here made it (those hold the lane):
+    ///
+    /// - a live copy here at an older generation owns it again: it was handed back, or a
+    ///   claim of this node given up on committed while the copy was still here. The copy
+    ///   takes the generation (so the stale-copy timer the claim armed, if any, keeps it) and
+    ///   its subscriptions are written again (a clean claim removed them from the registry);
+    /// - no copy here, and this node gave up on a claim of the client (CONNACK 0x88): that
+    ///   claim committed late and nobody built its session. It is handed back to the owner it
+    ///   replaced (`Command::ReturnSession`, conditional on the generation), so that owner
+    ///   keeps its session. If another claim came between (the generation is not exactly one
+    ///   more than before), the owner it replaced is unknown and the claim is only released.
+    fn own_claim_applied(self: &Arc<Self>, client_id: &ClientId, generation: u64) {
+        if self.ownership.lanes.lock().contains_key(client_id) {
+            return;
+        }
+        if let Some(s) = self.session(client_id.as_str()) {
+            let mut st = s.lock();
+            if st.ended || st.generation.is_none_or(|g| g >= generation) {
+                return;
+            }
+            st.generation = Some(generation);
+            drop(st);
+            self.ownership.abandoned.lock().remove(client_id);
+            debug!(client_id = %client_id, generation, "session owned again by this node");
+            let broker = Arc::clone(self);
+            self.spawn(async move {
+                broker.persist_subscriptions(&s).await;
+            });
+            return;
+        }
+        let abandoned = {
+            let mut a = self.ownership.abandoned.lock();
+            match a.get(client_id) {
+                Some(ab) if ab.last_generation < generation => a.remove(client_id),
+                _ => None,
+            }
+        };
+        let Some(ab) = abandoned else {
+            return;
+        };
+        let to = ab.previous.filter(|_| generation == ab.last_generation + 1);
+        debug!(client_id = %client_id, generation, to = ?to, "a claim given up on committed: handing it back");
+        let c = Arc::clone(&self.cluster);
+        let cmd = Command::ReturnSession {
+            client_id: client_id.to_string(),
+            node: c.node_id(),
+            generation,
+            to,
+        };
+        self.spawn(async move {
+            if let Err(e) = c.propose(cmd).await {
+                warn!(error = %e, "a claim given up on committed and was not handed back");
+            }
+        });
+    }
+
+    /// Our claim at `generation` lost to a later one before this attach finished: the copy it
+    /// built here (new, resumed or handed over) goes at once, with its index entries and its
+    /// routes, unless a hand-over already took it. Its claim belongs to the winner: nothing
+    /// to release. The connection is the caller's to kick; its driver's detach sees a
+    /// takeover.
+    fn drop_lost_claim(self: &Arc<Self>, s: &SessionRef, conn: &Arc<ConnCtl>, generation: u64) {
+        let mut sessions = self.sessions.lock();
+        let mut st = s.lock();
+        if st.ended || st.generation != Some(generation) {
+            return;
+        }
+        if st.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            st.conn = None;
+        }
+        let mut ended = st.session.terminate();
+        // Its will went with the claim to the new owner.
+        ended.will = None;
+        let _ = self.retire(&mut sessions, s, &mut st);
+        drop(st);
+        drop(sessions);
+        s.changed().notify_waiters();
+        self.after_end(s, ended, None);
     }
 
     /// Called by a driver when its connection ends. `will` is the connection's will if it must
@@ -522,6 +775,12 @@ impl Broker {
         if sessions.get(s.client_id()).is_some_and(|cur| cur == s) {
             sessions.remove(s.client_id());
         }
+        if let Some(g) = st.generation {
+            // Until its release is applied the registry still names it: not to be restored.
+            let mut ended = self.ownership.ended.lock();
+            let e = ended.entry(s.client_id().clone()).or_insert(g);
+            *e = (*e).max(g);
+        }
         st.generation
     }
 
@@ -536,9 +795,21 @@ impl Broker {
                 node: c.node_id(),
                 generation,
             };
+            let broker = Arc::clone(self);
+            let client_id = s.client_id().clone();
             self.spawn(async move {
-                if let Err(e) = c.propose(cmd).await {
-                    debug!(error = %e, "session release not committed (it stays registered)");
+                match c.propose(cmd).await {
+                    // Applied (or superseded by a newer claim): the registry no longer names
+                    // the generation ended here.
+                    Ok(_) => {
+                        let mut ended = broker.ownership.ended.lock();
+                        if ended.get(&client_id).is_some_and(|e| *e <= generation) {
+                            ended.remove(&client_id);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "session release not committed (it stays registered)")
+                    }
                 }
             });
         }

@@ -87,7 +87,9 @@ pub(super) struct SessionState {
     /// The Session Expiry Interval recorded in the cluster's registry (the session's own, in
     /// the core session, may have been changed since by a v5 DISCONNECT).
     pub(super) registered_expiry: u32,
-    /// Whether the latest attach started a clean session (decides the will on takeover).
+    /// Whether the latest attach ended the session the previous connection had: a clean
+    /// start, or a session that ended with its connection (expiry 0). Decides the will of the
+    /// connection taken over (published at once when its session ended).
     pub(super) last_attach_clean: bool,
     /// Removed from the registry: deliveries to it are ignored.
     pub(super) ended: bool,
