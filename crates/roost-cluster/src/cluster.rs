@@ -289,6 +289,15 @@ impl Cluster {
         &self.state
     }
 
+    /// The current Raft term and the leader this node knows of in it, if any (cheap: no Raft
+    /// call). A change means an election happened: what was proposed around it may or may not
+    /// have committed.
+    pub fn leadership(&self) -> (u64, Option<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_term, m.current_leader)
+    }
+
     /// True if this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.cfg.node_id)

@@ -7,7 +7,7 @@
 //!                            │ PUBLISH ─▶ broker::Broker::publish ─▶ retained, route, forward
 //!                            ◀─ wake ── other drivers' routing filled this session's outbox
 //!  cluster ─▶ hooks (forwarded messages, hand-over, claims) ─▶ broker
-//!  broker ─▶ routes (RouteTable: batched route proposals) ─▶ cluster
+//!  broker ─▶ routes (RouteTable: route changes reconciled until committed) ─▶ cluster
 //!  axum ─▶ http (health, readiness, metrics, admin API)       sys ─▶ $SYS/ every interval
 //! ```
 //!

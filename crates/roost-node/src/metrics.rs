@@ -41,6 +41,7 @@ pub(crate) const WILLS: &str = "roost_wills_published_total";
 pub(crate) const BACKPRESSURE_TIMEOUTS: &str = "roost_mqtt_backpressure_timeouts_total";
 pub(crate) const FORWARD_TIMEOUTS: &str = "roost_cluster_forward_timeouts_total";
 pub(crate) const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
+pub(crate) const ROUTES_PENDING: &str = "roost_cluster_routes_pending";
 pub(crate) const HTTP_REFUSED: &str = "roost_http_requests_refused_total";
 
 /// Describes all metrics to the recorder. Called once at start-up.
@@ -102,6 +103,11 @@ pub(crate) fn describe() {
     );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
     describe_gauge!(SUBSCRIPTIONS, "subscriptions in the index");
+    describe_gauge!(
+        ROUTES_PENDING,
+        "route changes of this node (adds and removes) not committed to the replicated route \
+         table yet; retried until they are; refreshed when scraped"
+    );
     describe_gauge!(
         RETAINED,
         "retained messages held (replicated, plus this node's $SYS); refreshed when scraped"
@@ -175,6 +181,8 @@ pub(crate) struct Metrics {
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
     pub(crate) subscriptions: Gauge,
+    /// Route changes not committed yet (`RouteTable::pending`).
+    pub(crate) routes_pending: Gauge,
     pub(crate) retained: Gauge,
     pub(crate) wills: Counter,
     pub(crate) backpressure_timeouts: Counter,
@@ -206,6 +214,7 @@ impl Metrics {
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
             subscriptions: gauge!(SUBSCRIPTIONS),
+            routes_pending: gauge!(ROUTES_PENDING),
             retained: gauge!(RETAINED),
             wills: counter!(WILLS),
             backpressure_timeouts: counter!(BACKPRESSURE_TIMEOUTS),

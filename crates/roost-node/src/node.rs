@@ -322,18 +322,10 @@ async fn start_broker(
         .map_err(Box::new)?;
     let broker = Broker::new(Arc::clone(config), Arc::clone(&cluster));
     hooks.set_broker(&broker);
-    let me = cluster.node_id();
-    let stale: Vec<String> = cluster
-        .state()
-        .read()
-        .snapshot()
-        .routes
-        .iter()
-        .filter(|(_, nodes)| nodes.contains(&me))
-        .map(|(f, _)| f.clone())
-        .collect();
-    broker.forget_stale_routes(stale);
     broker.restore_sessions();
+    // Before clients connect: routes held from before a restart that no restored session
+    // needs are removed, and from now on failed or lost route changes are repaired.
+    broker.start_route_repairs();
     Ok(broker)
 }
 

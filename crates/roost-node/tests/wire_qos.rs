@@ -831,3 +831,75 @@ async fn item15_pingreq_is_answered_while_a_commit_is_in_flight() {
     assert_eq!(order, ["pingresp", "puback", "pingresp", "suback"]);
     a.stop().await;
 }
+
+/// Member `id` of a two-node cluster on cluster ports `p1`/`p2`, with its data in `dir`, so
+/// that it can be stopped and started again with its Raft log.
+async fn member_in(id: u64, p1: u16, p2: u16, dir: &std::path::Path) -> TestNode {
+    let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@127.0.0.1:{p2}")];
+    let port = if id == 1 { p1 } else { p2 };
+    let dir = dir.to_path_buf();
+    TestNode::start_with(move |c| {
+        c.node.data_dir = dir;
+        c.cluster.node_id = id;
+        c.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        c.cluster.seeds = seeds;
+        c.cluster.commit_timeout_ms = 500;
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 7, item 6: a route change that did not commit is retried until it does. Node 2's
+/// subscriber leaves while node 1 is stopped (no quorum), so the removal of node 2's route
+/// fails; once node 1 is back the stale route must go without any client doing anything.
+/// While it stays, node 1 forwards every matching message to node 2 for nothing and
+/// acknowledges it as delivered (v5 PUBACK 0x00 instead of 0x10 "no matching subscribers").
+#[tokio::test]
+async fn item6_failed_route_removal_is_retried_once_quorum_returns() {
+    let (p1, p2) = two_free_ports();
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = tokio::join!(
+        member_in(1, p1, p2, dir1.path()),
+        member_in(2, p1, p2, dir2.path())
+    );
+    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
+    let (ack, _) = sub.subscribe("item6/t", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    let r = publ
+        .publish("item6/t", b"before", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(r, ReasonCode::SUCCESS);
+    assert_eq!(recv_publish(&mut sub).await.payload.as_ref(), b"before");
+    drop(publ);
+    a.stop().await;
+
+    // The clean session ends: node 2 releases its route, and the removal cannot commit.
+    sub.disconnect().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    // The gauge is set from the scraped node when scraped.
+    assert_eq!(metric(&b, "roost_cluster_routes_pending").await, 1.0);
+
+    let a = member_in(1, p1, p2, dir1.path()).await;
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    let started = std::time::Instant::now();
+    let mut last = ReasonCode::SUCCESS;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        last = publ
+            .publish("item6/t", b"after", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        if last == ReasonCode::NO_MATCHING_SUBSCRIBERS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last,
+        ReasonCode::NO_MATCHING_SUBSCRIBERS,
+        "node 2's route for a filter nobody subscribes to is still replicated"
+    );
+    assert_eq!(metric(&b, "roost_cluster_routes_pending").await, 0.0);
+    let _ = (a, b);
+}

@@ -8,14 +8,15 @@
 //!
 //! Concurrency: lock order state, then applied (see the parent module). `apply` takes both per
 //! entry and calls the hooks after releasing them; snapshots are built and installed on the
-//! blocking pool, a build under the state's read lock, an install under its write lock after the
-//! snapshot is durable.
+//! blocking pool: a build clones the state under its read lock (O(1), the maps are persistent)
+//! and serialises the copy after releasing it; an install decodes and indexes outside the
+//! lock and swaps the state in under the write lock after the snapshot is durable.
 
 use super::{
     blocking, err_snapshot, io_err, Db, RaftStorageError, SnapshotFile, SnapshotFileRef,
     StateMachineStore, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT,
 };
-use crate::state::{ClusterState, Event};
+use crate::state::{ClusterState, Event, Snapshot as StateData};
 use crate::types::{CommandResponse, NodeId, NodeInfo, TypeConfig};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{
@@ -31,28 +32,35 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let inner = self.inner.clone();
         blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
-            // Serialise under the read lock: apply waits, readers do not.
-            let (data, meta) = {
+            // A consistent copy under the locks (O(1): the maps are persistent, see
+            // `crate::state`), serialised after releasing them, so neither `apply` nor the
+            // readers queued behind it on the fair lock wait for the serialisation.
+            let (state, last_applied, last_membership) = {
                 let state = inner.state.read();
                 let applied = inner.applied.lock();
-                let file = SnapshotFileRef {
-                    last_applied: &applied.last_applied,
-                    last_membership: &applied.last_membership,
-                    state: state.snapshot(),
-                };
-                let data =
-                    postcard::to_allocvec(&file).map_err(err_snapshot(None, ErrorVerb::Write))?;
-                let seq = inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-                let snapshot_id = match &applied.last_applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
-                    None => format!("none-{seq}"),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.last_membership.clone(),
-                    snapshot_id,
-                };
-                (data, meta)
+                (
+                    state.snapshot().clone(),
+                    applied.last_applied,
+                    applied.last_membership.clone(),
+                )
+            };
+            let file = SnapshotFileRef {
+                last_applied: &last_applied,
+                last_membership: &last_membership,
+                state: &state,
+            };
+            let data =
+                postcard::to_allocvec(&file).map_err(err_snapshot(None, ErrorVerb::Write))?;
+            drop(state);
+            let seq = inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match &last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
+                None => format!("none-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership,
+                snapshot_id,
             };
             write_snapshot(&inner.db, &meta, &data)?;
             tracing::info!(
@@ -155,8 +163,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 // Durable first: if this fails, the in-memory state is left as it was.
                 write_snapshot(&inner.db, &meta, &data)?;
                 let new_state = ClusterState::from_snapshot(file.state);
+                // Only this worker changes the state, so the copy taken here is still current
+                // when it is replaced: the comparison runs outside the write lock.
+                let old = inner.state.read().snapshot().clone();
+                let events = ownership_changes(&old, new_state.snapshot());
                 let mut state = inner.state.write();
-                let events = ownership_changes(&state, &new_state);
                 *state = new_state;
                 let mut applied = inner.applied.lock();
                 applied.last_applied = meta.last_log_id;
@@ -207,10 +218,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// The events a node would have seen had it applied the entries a snapshot replaces: one
 /// `SessionClaimed` per client whose owner differs in `new`.
-fn ownership_changes(old: &ClusterState, new: &ClusterState) -> Vec<Event> {
+fn ownership_changes(old: &StateData, new: &StateData) -> Vec<Event> {
     let mut events = Vec::new();
-    for (client_id, owner) in &new.snapshot().sessions {
-        if old.snapshot().sessions.get(client_id) != Some(owner) {
+    for (client_id, owner) in &new.sessions {
+        if old.sessions.get(client_id) != Some(owner) {
             events.push(Event::SessionClaimed {
                 client_id: ClientId::from(client_id.as_str()),
                 owner: *owner,

@@ -120,7 +120,7 @@ pub(crate) struct Broker {
     pub(crate) pending_bytes: AtomicUsize,
     pub(crate) started: Instant,
     cluster: Arc<Cluster>,
-    /// Local subscriber counts per filter and pending route changes.
+    /// Local subscriber counts per filter and the route changes not committed yet.
     routes: Arc<RouteTable>,
 }
 
@@ -161,7 +161,7 @@ impl Broker {
         });
         broker
             .tasks
-            .spawn(Arc::clone(&routes).run_batcher(Arc::clone(&cluster)));
+            .spawn(Arc::clone(&routes).run_reconciler(Arc::clone(&cluster)));
         broker
             .tasks
             .spawn(timers::run(Arc::downgrade(&broker), broker.timers.wake()));
@@ -283,6 +283,9 @@ impl Broker {
         self.metrics
             .pending
             .set(self.pending.load(Ordering::Relaxed) as f64);
+        self.metrics
+            .routes_pending
+            .set(self.routes.pending() as f64);
     }
 
     /// Tells every connected client to leave with `reason` (shutdown).
@@ -295,7 +298,7 @@ impl Broker {
     }
 
     /// Stops the broker's background work: waits (at most `limit`) for the tasks it started
-    /// (will publishes, registry updates), then stops the timers and the route batcher.
+    /// (will publishes, registry updates), then stops the timers and the route reconciler.
     pub(crate) async fn close(&self, limit: Duration) {
         self.tasks.close();
         self.timers.stop();
@@ -311,10 +314,11 @@ impl Broker {
         }
     }
 
-    /// Queues the removal of routes this node held before it restarted (see
-    /// [`RouteTable::forget_stale`]).
-    pub(crate) fn forget_stale_routes(&self, filters: Vec<String>) {
-        self.routes.forget_stale(filters);
+    /// Starts comparing the replicated routes of this node with its subscriptions (see
+    /// [`RouteTable::start_repairs`]): called once the persistent sessions are restored, so
+    /// routes held from before a restart that nothing needs any more are removed.
+    pub(crate) fn start_route_repairs(&self) {
+        self.routes.start_repairs();
     }
 
     /// Queue length from which a connected subscriber holds its publishers back (half of

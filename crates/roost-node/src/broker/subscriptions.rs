@@ -1,6 +1,6 @@
 //! The subscription index and what it tells the cluster: a session's SUBSCRIBE goes into the
 //! local index (matched by every local publish) and, when it is this node's first subscriber
-//! for the filter, into the [`RouteTable`](crate::routes::RouteTable) whose batcher proposes
+//! for the filter, into the [`RouteTable`](crate::routes::RouteTable) whose reconciler proposes
 //! the route; a persistent session's subscriptions are also written to the replicated session
 //! registry so they survive a restart of this node.
 
@@ -41,7 +41,8 @@ impl Broker {
     }
 
     /// Indexes a session's subscriptions (one that arrived from another node, or was restored);
-    /// returns the route commits to wait for.
+    /// returns the route commits to wait for. A caller that does not wait (or stops waiting)
+    /// still gets the routes: the route table proposes them until they commit.
     pub(super) fn index_all(
         &self,
         s: &SessionRef,
