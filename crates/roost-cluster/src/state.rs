@@ -65,8 +65,9 @@ pub struct Snapshot {
     /// The last generation handed out per client survives release, so a generation is never
     /// reused for the same client id.
     pub generations: OrdMap<String, u64>,
-    /// topic → retained message.
-    pub retained: OrdMap<String, RetainedMessage>,
+    /// topic → retained message; shared with the retained index (held once in memory;
+    /// serialised as the message itself).
+    pub retained: OrdMap<String, Arc<RetainedMessage>>,
     /// client id → subscriptions of its persistent session.
     pub subscriptions: OrdMap<String, Vec<StoredSubscription>>,
     /// client id → session expiry interval (seconds) given at its last claim.
@@ -81,6 +82,8 @@ pub struct ClusterState {
     route_index: SubscriptionIndex<NodeId>,
     /// Derived from `data.retained`.
     retained_index: RetainedStore<Arc<RetainedMessage>>,
+    /// Derived: payload bytes of `data.retained`, for the retained byte cap.
+    retained_bytes: usize,
 }
 
 /// Topic limits for parsing replicated filters and topics: the widest MQTT allows, since every
@@ -110,15 +113,18 @@ impl ClusterState {
             }
         }
         let mut retained_index = RetainedStore::new();
+        let mut retained_bytes = 0usize;
         for (topic, m) in &data.retained {
             if let Ok(t) = TopicName::new(topic, &limits) {
-                retained_index.set(&t, Some(Arc::new(m.clone())));
+                retained_bytes = retained_bytes.saturating_add(m.payload.len());
+                retained_index.set(&t, Some(Arc::clone(m)));
             }
         }
         ClusterState {
             data,
             route_index,
             retained_index,
+            retained_bytes,
         }
     }
 
@@ -151,6 +157,24 @@ impl ClusterState {
                 .copied()
                 .unwrap_or(0),
         )
+    }
+
+    /// Retained messages held and their payload bytes (the retained caps are checked against
+    /// them before a new one is proposed).
+    pub fn retained_usage(&self) -> (usize, usize) {
+        (self.data.retained.len(), self.retained_bytes)
+    }
+
+    /// The payload size of `topic`'s retained message, if it has one.
+    pub fn retained_payload_len(&self, topic: &str) -> Option<usize> {
+        self.data.retained.get(topic).map(|m| m.payload.len())
+    }
+
+    /// Forgets the canonical copy of `topic`'s retained message (the index is the caller's).
+    fn remove_retained(&mut self, topic: &str) {
+        if let Some(old) = self.data.retained.remove(topic) {
+            self.retained_bytes = self.retained_bytes.saturating_sub(old.payload.len());
+        }
     }
 
     /// Retained messages whose expiry is at or before `unix_ms`: (topic, expiry), at most
@@ -302,15 +326,14 @@ impl ClusterState {
                 let Ok(t) = TopicName::new(topic, &wide_limits()) else {
                     return (CommandResponse::Done, None);
                 };
-                match message {
-                    Some(m) => {
-                        self.data.retained.insert(topic.clone(), m.clone());
-                        self.retained_index.set(&t, Some(Arc::new(m.clone())));
-                    }
-                    None => {
-                        self.data.retained.remove(topic);
-                        self.retained_index.set(&t, None);
-                    }
+                let m = message.as_ref().map(|m| Arc::new(m.clone()));
+                self.remove_retained(topic);
+                if let Some(m) = m {
+                    self.retained_bytes = self.retained_bytes.saturating_add(m.payload.len());
+                    self.data.retained.insert(topic.clone(), Arc::clone(&m));
+                    self.retained_index.set(&t, Some(m));
+                } else {
+                    self.retained_index.set(&t, None);
                 }
                 (CommandResponse::Done, None)
             }
@@ -320,7 +343,7 @@ impl ClusterState {
             } => {
                 let current = self.data.retained.get(topic);
                 if current.is_some_and(|m| m.expires_at_unix_ms == Some(*expires_at_unix_ms)) {
-                    self.data.retained.remove(topic);
+                    self.remove_retained(topic);
                     if let Ok(t) = TopicName::new(topic, &wide_limits()) {
                         self.retained_index.set(&t, None);
                     }
@@ -627,7 +650,7 @@ mod tests {
         assert_eq!(now.routes["a/#"], BTreeSet::from([NodeId::new(1)]));
         assert_eq!(now.sessions["c"], owner);
         assert_eq!(now.generations["c"], 3);
-        assert_eq!(now.retained["a/b"], retained("a/b", "x"));
+        assert_eq!(*now.retained["a/b"], retained("a/b", "x"));
         assert!(now.subscriptions.is_empty());
         assert_eq!(now.expiry["c"], 60);
         assert_eq!(postcard::to_allocvec(&now).unwrap(), bytes);
@@ -716,6 +739,44 @@ mod tests {
         });
         assert_eq!(s.retained().len(), 0);
         assert!(s.snapshot().retained.is_empty());
+    }
+
+    /// Issue 7 item 18: the retained store's size (messages, payload bytes) is kept through
+    /// set, replace, clear and expiry, and rebuilt from a snapshot; the payload is held once.
+    #[test]
+    fn item18_retained_usage_follows_every_change() {
+        let mut s = ClusterState::new();
+        let set = |topic: &str, p: &str| Command::SetRetained {
+            topic: topic.into(),
+            message: (!p.is_empty()).then(|| retained(topic, p)),
+        };
+        s.apply(&set("a", "12345"));
+        s.apply(&set("b", "123"));
+        assert_eq!(s.retained_usage(), (2, 8));
+        s.apply(&set("a", "1"));
+        assert_eq!(s.retained_usage(), (2, 4));
+        s.apply(&set("b", ""));
+        assert_eq!(s.retained_usage(), (1, 1));
+        let mut m = retained("c", "xy");
+        m.expires_at_unix_ms = Some(10);
+        s.apply(&Command::SetRetained {
+            topic: "c".into(),
+            message: Some(m),
+        });
+        assert_eq!(s.retained_usage(), (2, 3));
+        s.apply(&Command::ExpireRetained {
+            topic: "c".into(),
+            expires_at_unix_ms: 10,
+        });
+        assert_eq!(s.retained_usage(), (1, 1));
+        let restored = ClusterState::from_snapshot(s.snapshot().clone());
+        assert_eq!(restored.retained_usage(), (1, 1));
+        // One copy: the canonical map and the index share the message.
+        let mut found = Vec::new();
+        restored
+            .retained()
+            .matching(&TopicFilter::new("a", &wide_limits()).unwrap(), &mut found);
+        assert!(Arc::ptr_eq(&found[0], &restored.snapshot().retained["a"]));
     }
 
     #[test]

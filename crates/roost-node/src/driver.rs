@@ -697,6 +697,7 @@ impl Conn {
             ack: pending,
             reason: PublishOutcome {
                 retain_failed: out.retain_failed,
+                retain_refused: out.retain_refused,
                 matched: out.matched,
             }
             .reason(st.protocol),

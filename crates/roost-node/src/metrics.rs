@@ -78,7 +78,7 @@ pub(crate) fn describe() {
     describe_counter!(BYTES_SENT, "bytes written to client sockets");
     describe_counter!(
         PUBLISH_DROPPED,
-        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, retain_not_stored)"
+        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, retain_not_stored, retain_quota)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -177,6 +177,7 @@ pub(crate) struct Metrics {
     pub(crate) dollar_dropped: NodeCounter,
     pub(crate) retain_dropped: NodeCounter,
     pub(crate) retain_not_stored: NodeCounter,
+    pub(crate) retain_quota: NodeCounter,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
@@ -210,6 +211,7 @@ impl Metrics {
             retain_not_stored: NodeCounter::new(
                 counter!(PUBLISH_DROPPED, "reason" => "retain_not_stored"),
             ),
+            retain_quota: NodeCounter::new(counter!(PUBLISH_DROPPED, "reason" => "retain_quota")),
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
@@ -236,7 +238,7 @@ impl Metrics {
     }
 
     /// Every counter of a dropped message, by reason.
-    fn drop_counters(&self) -> [&NodeCounter; 7] {
+    fn drop_counters(&self) -> [&NodeCounter; 8] {
         [
             &self.queue_dropped,
             &self.expired_dropped,
@@ -245,6 +247,7 @@ impl Metrics {
             &self.dollar_dropped,
             &self.retain_dropped,
             &self.retain_not_stored,
+            &self.retain_quota,
         ]
     }
 

@@ -903,3 +903,56 @@ async fn item6_failed_route_removal_is_retried_once_quorum_returns() {
     assert_eq!(metric(&b, "roost_cluster_routes_pending").await, 0.0);
     let _ = (a, b);
 }
+
+/// Issue 7 item 18: the retained store is capped (`mqtt.max_retained_messages`,
+/// `max_retained_bytes`): a retained QoS 1 PUBLISH for a new topic beyond it is refused (v5
+/// 0x97, v3.1.1 closed unacknowledged) and not delivered; replacing or clearing a topic's
+/// message still works, and clearing makes room.
+#[tokio::test]
+async fn item18_retained_messages_are_capped() {
+    let node = TestNode::start_with(|c| {
+        c.mqtt.max_retained_messages = 2;
+        c.mqtt.max_retained_bytes = 1024 * 1024;
+    })
+    .await
+    .unwrap();
+    let mut sub = connect_clean(node.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("cap/#", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    let q1 = QoS::AtLeastOnce;
+    assert_eq!(
+        publ.publish("cap/a", b"1", q1, true).await.unwrap(),
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publ.publish("cap/b", b"2", q1, true).await.unwrap(),
+        ReasonCode::SUCCESS
+    );
+    // A third topic is over the cap: refused, and not delivered either.
+    let r = publ.publish("cap/c", b"3", q1, true).await.unwrap();
+    assert_eq!(r, ReasonCode::QUOTA_EXCEEDED);
+    // Replacing a topic's message is not a new one.
+    assert_eq!(
+        publ.publish("cap/a", b"1b", q1, true).await.unwrap(),
+        ReasonCode::SUCCESS
+    );
+    // Clearing one makes room for another.
+    assert_eq!(
+        publ.publish("cap/b", b"", q1, true).await.unwrap(),
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publ.publish("cap/c", b"3b", q1, true).await.unwrap(),
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        payloads(&collect(&mut sub, SILENCE).await),
+        ["1", "2", "1b", "", "3b"]
+    );
+    // v3.1.1 has no failure code: the connection closes without PUBACK.
+    let mut v3 = connect_clean(node.addr(), Protocol::V311, "v3").await;
+    let p = publish_packet("cap/d", b"4", q1, true, Some(pid(9)), Properties::default());
+    v3.send(&p).await.unwrap();
+    assert_eq!(v3.recv().await.ok().flatten(), None);
+    node.stop().await;
+}

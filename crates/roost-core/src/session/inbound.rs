@@ -139,6 +139,8 @@ impl ReadyAck {
 pub struct PublishOutcome {
     /// The retained copy could not be stored.
     pub retain_failed: bool,
+    /// ... because the node's retained caps refused it (v5: 0x97 Quota exceeded).
+    pub retain_refused: bool,
     /// At least one subscriber, here or on a peer.
     pub matched: bool,
 }
@@ -148,7 +150,9 @@ impl PublishOutcome {
     /// subscribed (MQTT 5.0 §3.4.2.1); v3.1.1 always succeeds.
     pub fn reason(self, protocol: Protocol) -> ReasonCode {
         let v5 = protocol == Protocol::V5;
-        if self.retain_failed && v5 {
+        if self.retain_refused && v5 {
+            ReasonCode::QUOTA_EXCEEDED
+        } else if self.retain_failed && v5 {
             ReasonCode::UNSPECIFIED_ERROR
         } else if !self.matched && v5 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS

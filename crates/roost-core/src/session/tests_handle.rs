@@ -102,6 +102,7 @@ fn ack_reason_for_outcome(protocol: Protocol, retain_failed: bool, matched: bool
     let outcome = PublishOutcome {
         retain_failed,
         matched,
+        ..PublishOutcome::default()
     };
     let reason = outcome.reason(protocol);
     assert_eq!(a.packet(outcome), ack(Packet::PubRec, 3, reason));

@@ -117,8 +117,8 @@ fn a_v5_client_from_connect_to_expiry() {
         panic!("not routed");
     };
     let matched = PublishOutcome {
-        retain_failed: false,
         matched: true,
+        ..PublishOutcome::default()
     };
     let mut puback = Ack::new(pid(7));
     puback.reason_code = ReasonCode::SUCCESS;

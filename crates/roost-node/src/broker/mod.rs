@@ -39,6 +39,7 @@ mod subscriptions;
 mod timers;
 
 pub(crate) use registry::Attached;
+use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
@@ -88,6 +89,8 @@ pub(crate) struct PublishOutcome {
     /// The retained copy could not be stored (no quorum): a client's QoS 1/2 PUBLISH was not
     /// delivered either; the client hears 0x80 (v5) or the connection closes (v3.1.1).
     pub(crate) retain_failed: bool,
+    /// ... because it was over the retained caps (v5: 0x97 instead of 0x80).
+    pub(crate) retain_refused: bool,
     /// For QoS 1/2 forwarded to peers: ends when every peer accepted it or the forward timeout
     /// ran out (counted). The publisher's acknowledgement waits for it.
     pub(crate) peers: Option<JoinHandle<()>>,
@@ -199,18 +202,29 @@ impl Broker {
             // Boxed: the proposal's future is large and rare; every idle connection's task
             // would otherwise be sized for it.
             if let Err(e) = Box::pin(self.store_retained(msg)).await {
-                if e.is_fatal() {
-                    tracing::error!(topic = msg.topic.as_str(), error = %e, "retained message not stored: this node's raft stopped");
-                } else {
-                    info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
+                match &e {
+                    RetainError::Quota => {
+                        info!(topic = msg.topic.as_str(), "retained message not stored: over mqtt.max_retained_messages or mqtt.max_retained_bytes");
+                        out.retain_refused = true;
+                    }
+                    RetainError::Cluster(e) if e.is_fatal() => {
+                        tracing::error!(topic = msg.topic.as_str(), error = %e, "retained message not stored: this node's raft stopped");
+                    }
+                    RetainError::Cluster(e) => {
+                        info!(topic = msg.topic.as_str(), error = %e, "retained message not stored");
+                    }
                 }
                 out.retain_failed = true;
                 if msg.qos != roost_codec::QoS::AtMostOnce && matches!(origin, Origin::Client(_)) {
                     // A client's QoS 1/2 PUBLISH is accepted whole or not at all: its
-                    // acknowledgement says it failed (v5: 0x80; v3.1.1: the connection closes
-                    // unacknowledged), so delivering it anyway would make the retry a
-                    // duplicate. QoS 0 and wills, which nobody retries, are still delivered.
-                    self.metrics.retain_not_stored.increment(1);
+                    // acknowledgement says it failed (v5: 0x80, or 0x97 over the retained
+                    // caps; v3.1.1: the connection closes unacknowledged), so delivering it
+                    // anyway would make the retry a duplicate. QoS 0 and wills, which nobody
+                    // retries, are still delivered.
+                    match e {
+                        RetainError::Quota => self.metrics.retain_quota.increment(1),
+                        RetainError::Cluster(_) => self.metrics.retain_not_stored.increment(1),
+                    }
                     return out;
                 }
             }

@@ -14,13 +14,33 @@ use std::time::{Duration, Instant, SystemTime};
 
 impl Broker {
     /// Stores or clears a retained message: replicated for client topics, local for `$SYS`.
-    pub(super) async fn store_retained(&self, msg: &Arc<Message>) -> Result<(), ClusterError> {
+    pub(super) async fn store_retained(&self, msg: &Arc<Message>) -> Result<(), RetainError> {
         if msg.topic.is_system() {
             self.retain_local(msg);
             return Ok(());
         }
-        self.cluster.propose(set_retained(msg)).await?;
+        if !msg.payload.is_empty() && !self.retained_fits(msg) {
+            return Err(RetainError::Quota);
+        }
+        self.cluster
+            .propose(set_retained(msg))
+            .await
+            .map_err(RetainError::Cluster)?;
         Ok(())
+    }
+
+    /// Whether storing `msg` keeps the replicated store within `mqtt.max_retained_messages`
+    /// and `mqtt.max_retained_bytes` (replacing a topic's message counts the difference).
+    /// Checked here, before proposing, against this node's view: proposals racing from
+    /// several nodes can pass it together, so the caps are soft by that much.
+    fn retained_fits(&self, msg: &Message) -> bool {
+        let m = &self.config.mqtt;
+        let state = self.cluster.state().read();
+        let (count, bytes) = state.retained_usage();
+        let old = state.retained_payload_len(msg.topic.as_str());
+        let count = count + usize::from(old.is_none());
+        let bytes = bytes - old.unwrap_or(0).min(bytes) + msg.payload.len();
+        count <= m.max_retained_messages && bytes <= m.max_retained_bytes
     }
 
     /// Stores a retained message in the node-local store (`$SYS`).
@@ -216,4 +236,13 @@ mod tests {
         assert!(!b.take(0));
         assert_eq!(b.skipped, 2);
     }
+}
+
+/// Why a retained copy was not stored.
+#[derive(Debug)]
+pub(crate) enum RetainError {
+    /// Over `mqtt.max_retained_messages` or `mqtt.max_retained_bytes` (v5: 0x97).
+    Quota,
+    /// The cluster did not commit it.
+    Cluster(ClusterError),
 }

@@ -67,6 +67,12 @@ impl Config {
             m.max_subscriptions_per_client,
             1,
         )?;
+        at_least("mqtt.max_retained_messages", m.max_retained_messages, 1)?;
+        at_least(
+            "mqtt.max_retained_bytes",
+            m.max_retained_bytes,
+            m.max_packet_size as usize,
+        )?;
         at_least(
             "mqtt.pending_connect_bytes",
             m.pending_connect_bytes,

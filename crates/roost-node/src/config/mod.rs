@@ -265,6 +265,15 @@ pub struct MqttConfig {
     /// session, replicated). A SUBSCRIBE entry for a new filter beyond it gets 0x97 Quota
     /// exceeded (v3.1.1: 0x80). At least 1. Default 10000.
     pub max_subscriptions_per_client: usize,
+    /// Retained messages the cluster holds, at most (checked by the node a retained PUBLISH
+    /// arrives at, against its view of the replicated store). A retained QoS 1/2 PUBLISH for
+    /// a new topic beyond it is refused: v5 0x97 Quota exceeded, v3.1.1 closed
+    /// unacknowledged; QoS 0 is delivered but not retained. Counted as
+    /// `roost_mqtt_publish_dropped_total{reason="retain_quota"}`. At least 1. Default 1000000.
+    pub max_retained_messages: usize,
+    /// Payload bytes of all retained messages, at most (as `max_retained_messages`).
+    /// At least `max_packet_size`. Default 1073741824 (1 GiB).
+    pub max_retained_bytes: usize,
     /// Bytes all not-yet-CONNECTed sockets together may buffer while a CONNECT arrives (a
     /// CONNECT may be up to `max_packet_size`). A socket whose partial CONNECT would take the
     /// total past it is closed and counted (`reason="pending_bytes"`). At least 65536.
@@ -333,6 +342,8 @@ impl Default for MqttConfig {
             max_pending_connections: 1000,
             write_timeout_secs: 30,
             max_subscriptions_per_client: 10_000,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
             pending_connect_bytes: 64 * 1024 * 1024,
             backpressure_timeout_ms: 5_000,
         }
