@@ -956,3 +956,50 @@ async fn item18_retained_messages_are_capped() {
     assert_eq!(v3.recv().await.ok().flatten(), None);
     node.stop().await;
 }
+
+/// Issue 7 item 9: messages of a shared-subscription member that leaves go to the rest of its
+/// group on other nodes too, not only on its own node (where nobody else may be left).
+#[tokio::test]
+async fn item9_departed_shared_members_messages_reach_members_on_other_nodes() {
+    let (a, b) = two_nodes(|_| {}).await;
+    // On a: a member that takes one message at a time and never acknowledges it.
+    let props = Properties {
+        receive_maximum: Some(1),
+        ..Properties::default()
+    };
+    let (mut ma, _) = connect_with(a.addr(), connect_v5("ma", true, props)).await;
+    ma.subscribe("$share/g/sh/t", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut mb = connect_clean(b.addr(), Protocol::V5, "mb").await;
+    mb.subscribe("$share/g/sh/t", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    for i in 0..10 {
+        publ.publish("sh/t", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    // ma holds its share (one in flight, the rest queued); it leaves without acknowledging,
+    // and its session ends with the connection.
+    drop(ma);
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        for p in collect(&mut mb, SILENCE).await {
+            if let Some(id) = p.packet_id {
+                mb.send(&Packet::PubAck(Ack::new(id))).await.unwrap();
+            }
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+        got.sort();
+        got.dedup();
+        if got.len() == 10 {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    a.stop().await;
+    b.stop().await;
+}

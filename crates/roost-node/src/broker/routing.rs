@@ -250,18 +250,19 @@ impl Broker {
         for o in orphans {
             let mut matches = Matches::default();
             self.index.read().matches(&o.msg.topic, None, &mut matches);
-            let Some(g) = matches.shared.into_iter().find(|g| g.filter == o.filter) else {
-                self.metrics.queue_dropped.increment(1);
-                continue;
+            let (start, members) = match matches.shared.into_iter().find(|g| g.filter == o.filter) {
+                Some(g) => (
+                    g.start,
+                    g.members
+                        .into_iter()
+                        .filter(|(m, _)| m != departed)
+                        .collect::<Vec<_>>(),
+                ),
+                None => (0, Vec::new()),
             };
-            let start = g.start;
-            let members: Vec<_> = g
-                .members
-                .into_iter()
-                .filter(|(m, _)| m != departed)
-                .collect();
             if members.is_empty() {
-                self.metrics.queue_dropped.increment(1);
+                // No member left here: a peer with members of the group takes it.
+                self.redistribute_remote(o);
                 continue;
             }
             let (member, sub) = pick_member(&members, start);
@@ -276,6 +277,36 @@ impl Broker {
                 self.metrics.queue_dropped.increment(1);
             }
         }
+    }
+
+    /// A departed shared member's message with no member of its group left on this node: it
+    /// goes to a reachable peer that has members of the group (the replicated route table),
+    /// as that peer's share of the group; with none, it is dropped and counted.
+    fn redistribute_remote(&self, o: Orphan) {
+        let c = &self.cluster;
+        let me = c.node_id();
+        let mut m = Matches::default();
+        if c.has_peers() {
+            c.state()
+                .read()
+                .routes()
+                .matches(&o.msg.topic, None, &mut m);
+        }
+        let node = m
+            .shared
+            .iter()
+            .filter(|g| g.filter == o.filter)
+            .flat_map(|g| g.members.iter().map(|(n, _)| *n))
+            .find(|n| *n != me && c.peer_up(*n));
+        let Some(node) = node else {
+            self.metrics.queue_dropped.increment(1);
+            return;
+        };
+        let cluster = Arc::clone(&self.cluster);
+        self.spawn(async move {
+            // The forwarder counts what it gives up (timeouts, a peer that left).
+            let _ = cluster.forward(node, o.msg, false, vec![o.filter]).await;
+        });
     }
 
     /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
