@@ -62,8 +62,11 @@ pub struct Snapshot {
     pub routes: OrdMap<String, BTreeSet<NodeId>>,
     /// client id → owner.
     pub sessions: OrdMap<String, SessionOwner>,
-    /// The last generation handed out per client survives release, so a generation is never
-    /// reused for the same client id.
+    /// The last generation handed out per client id that has a session. A released client's
+    /// entry is dropped and its generation folded into the floor under [`GENERATION_FLOOR`]
+    /// (a key no client id can be): every later claim starts above the floor, so a generation
+    /// is never reused for a client id, and the map holds no entry per client that ever
+    /// connected (issue 7 item 18: a loop of CONNECTs with fresh client ids grew it forever).
     pub generations: OrdMap<String, u64>,
     /// topic → retained message; shared with the retained index (held once in memory;
     /// serialised as the message itself).
@@ -73,6 +76,10 @@ pub struct Snapshot {
     /// client id → session expiry interval (seconds) given at its last claim.
     pub expiry: OrdMap<String, u32>,
 }
+
+/// The key of `Snapshot::generations` that holds the floor of released clients' generations.
+/// MQTT client ids never contain U+0000 ([MQTT-1.5.4-2]), so no client has it.
+pub const GENERATION_FLOOR: &str = "\u{0}";
 
 /// The replicated metadata, with derived indexes for fast reads.
 #[derive(Debug, Default)]
@@ -165,6 +172,31 @@ impl ClusterState {
         (self.data.retained.len(), self.retained_bytes)
     }
 
+    /// The last generation handed out for `client_id`: its own entry while it has one (so
+    /// its claims go up by one), else the floor of released clients' generations, which is at
+    /// least any generation it had before it was released. The next claim gets one more.
+    pub fn last_generation(&self, client_id: &str) -> u64 {
+        let g = &self.data.generations;
+        g.get(client_id)
+            .or_else(|| g.get(GENERATION_FLOOR))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets a client's session: owner, stored subscriptions, expiry; its generation goes
+    /// into the floor, so its entry need not stay.
+    fn release(&mut self, client_id: &str) {
+        self.data.sessions.remove(client_id);
+        self.data.subscriptions.remove(client_id);
+        self.data.expiry.remove(client_id);
+        if let Some(g) = self.data.generations.remove(client_id) {
+            let floor = self.last_generation(GENERATION_FLOOR).max(g);
+            self.data
+                .generations
+                .insert(GENERATION_FLOOR.to_owned(), floor);
+        }
+    }
+
     /// The payload size of `topic`'s retained message, if it has one.
     pub fn retained_payload_len(&self, topic: &str) -> Option<usize> {
         self.data.retained.get(topic).map(|m| m.payload.len())
@@ -232,8 +264,7 @@ impl ClusterState {
                     self.data.subscriptions.remove(client_id);
                 }
                 self.data.expiry.insert(client_id.clone(), *expiry_interval);
-                let last = self.data.generations.get(client_id).copied().unwrap_or(0);
-                let generation = last + 1;
+                let generation = self.last_generation(client_id) + 1;
                 let owner = SessionOwner {
                     node: *node,
                     generation,
@@ -260,9 +291,7 @@ impl ClusterState {
                 let matches =
                     current.is_some_and(|o| o.node == *node && o.generation == *generation);
                 if matches {
-                    self.data.sessions.remove(client_id);
-                    self.data.subscriptions.remove(client_id);
-                    self.data.expiry.remove(client_id);
+                    self.release(client_id);
                 }
                 (CommandResponse::Released(matches), None)
             }
@@ -277,15 +306,12 @@ impl ClusterState {
                     return (CommandResponse::Released(false), None);
                 }
                 let Some(to) = to else {
-                    self.data.sessions.remove(client_id);
-                    self.data.subscriptions.remove(client_id);
-                    self.data.expiry.remove(client_id);
+                    self.release(client_id);
                     return (CommandResponse::Released(true), None);
                 };
                 // A claim for `to`: a new generation, so anything the withdrawn owner wrote
                 // meanwhile is fenced out, and `to` hears it as a claim naming itself.
-                let last = self.data.generations.get(client_id).copied().unwrap_or(0);
-                let generation = last.max(*generation) + 1;
+                let generation = self.last_generation(client_id).max(*generation) + 1;
                 let owner = SessionOwner {
                     node: *to,
                     generation,
@@ -739,6 +765,52 @@ mod tests {
         });
         assert_eq!(s.retained().len(), 0);
         assert!(s.snapshot().retained.is_empty());
+    }
+
+    /// Issue 7 item 18: a released client's generation entry goes (a loop of CONNECTs with
+    /// fresh client ids no longer grows the map), and a client id claimed again after its
+    /// release still gets a higher generation than any it had.
+    #[test]
+    fn item18_released_clients_leave_no_generation_entry() {
+        let mut s = ClusterState::new();
+        let claim = |c: &str| Command::ClaimSession {
+            client_id: c.into(),
+            node: NodeId::new(1),
+            clean: true,
+            expiry_interval: 0,
+        };
+        let mut last_of_c0 = 0;
+        for i in 0..1000 {
+            let c = format!("c{i}");
+            let (CommandResponse::Claimed { generation, .. }, _) = s.apply(&claim(&c)) else {
+                panic!("not claimed");
+            };
+            if i == 0 {
+                last_of_c0 = generation;
+            }
+            s.apply(&Command::ReleaseSession {
+                client_id: c,
+                node: NodeId::new(1),
+                generation,
+            });
+        }
+        // Only the floor is left.
+        assert_eq!(s.snapshot().generations.len(), 1);
+        let (CommandResponse::Claimed { generation, .. }, _) = s.apply(&claim("c0")) else {
+            panic!("not claimed");
+        };
+        assert!(generation > last_of_c0);
+        // A client with a session counts up from its own entry.
+        let (
+            CommandResponse::Claimed {
+                generation: next, ..
+            },
+            _,
+        ) = s.apply(&claim("c0"))
+        else {
+            panic!("not claimed");
+        };
+        assert_eq!(next, generation + 1);
     }
 
     /// Issue 7 item 18: the retained store's size (messages, payload bytes) is kept through

@@ -191,12 +191,7 @@ impl Broker {
         let (registered, last_generation) = {
             let state = c.state().read();
             let owner = state.session_owner(client_id);
-            let last = state
-                .snapshot()
-                .generations
-                .get(client_id.as_str())
-                .copied();
-            (owner, last.unwrap_or(0))
+            (owner, state.last_generation(client_id.as_str()))
         };
         // A lone node needs no claim for a session that ends with its connection; anything
         // persistent, any session in a cluster of several, and a clean start that replaces a
