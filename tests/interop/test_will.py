@@ -26,8 +26,13 @@ def test_will_sent_on_abrupt_disconnect(broker, version):
 
 @pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
 def test_will_retained(broker, version):
+    # The watcher sees the will go out, so the retained copy is stored by then: a subscriber
+    # that came before that would get the will live (RETAIN=0), which is not what this tests.
+    watcher = broker.client("watcher", version)
+    watcher.subscribe("will/#", 1)
     dying = broker.client("dying", version, will=will(retain=True))
     dying.drop()
+    assert watcher.get().payload == b"gone"
     late = broker.client("late", version)
     late.subscribe("will/#", 1)
     m = late.get()

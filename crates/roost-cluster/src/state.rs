@@ -348,6 +348,33 @@ impl ClusterState {
                 }
                 (CommandResponse::Done, None)
             }
+            Command::UpdateSubscriptions {
+                client_id,
+                node,
+                generation,
+                add,
+                remove,
+            } => {
+                let owner = self.data.sessions.get(client_id).copied();
+                if owner.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                    let mut subs = self
+                        .data
+                        .subscriptions
+                        .get(client_id)
+                        .cloned()
+                        .unwrap_or_default();
+                    subs.retain(|s| {
+                        !remove.contains(&s.filter) && !add.iter().any(|a| a.filter == s.filter)
+                    });
+                    subs.extend(add.iter().cloned());
+                    if subs.is_empty() {
+                        self.data.subscriptions.remove(client_id);
+                    } else {
+                        self.data.subscriptions.insert(client_id.clone(), subs);
+                    }
+                }
+                (CommandResponse::Done, None)
+            }
             Command::SetRetained { topic, message } => {
                 let Ok(t) = TopicName::new(topic, &wide_limits()) else {
                     return (CommandResponse::Done, None);
@@ -811,6 +838,49 @@ mod tests {
             panic!("not claimed");
         };
         assert_eq!(next, generation + 1);
+    }
+
+    /// Issue 7 item 18: a SUBSCRIBE or UNSUBSCRIBE is proposed as a delta; applying it keeps
+    /// the rest of the stored list, and a delta from a stale owner changes nothing.
+    #[test]
+    fn item18_subscription_deltas_apply_to_the_stored_list() {
+        let mut s = ClusterState::new();
+        let (CommandResponse::Claimed { generation, .. }, _) = s.apply(&Command::ClaimSession {
+            client_id: "c".into(),
+            node: NodeId::new(1),
+            clean: true,
+            expiry_interval: 60,
+        }) else {
+            panic!("not claimed");
+        };
+        let sub = |f: &str, qos: u8| StoredSubscription {
+            filter: f.into(),
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            identifier: None,
+        };
+        let delta = |generation, add: Vec<StoredSubscription>, remove: Vec<&str>| {
+            Command::UpdateSubscriptions {
+                client_id: "c".into(),
+                node: NodeId::new(1),
+                generation,
+                add,
+                remove: remove.into_iter().map(String::from).collect(),
+            }
+        };
+        s.apply(&delta(generation, vec![sub("a", 0), sub("b", 1)], vec![]));
+        s.apply(&delta(
+            generation,
+            vec![sub("a", 2), sub("c", 0)],
+            vec!["b"],
+        ));
+        s.apply(&delta(generation + 7, vec![sub("stale", 0)], vec!["a"]));
+        let (stored, _) = s.stored_session(&ClientId::from("c"));
+        let mut got: Vec<(String, u8)> = stored.into_iter().map(|s| (s.filter, s.qos)).collect();
+        got.sort();
+        assert_eq!(got, [("a".to_owned(), 2), ("c".to_owned(), 0)]);
     }
 
     /// Issue 7 item 18: the retained store's size (messages, payload bytes) is kept through

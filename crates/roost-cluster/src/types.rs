@@ -294,6 +294,22 @@ pub enum Command {
         /// The owner to hand the session back to.
         to: Option<NodeId>,
     },
+    /// A change to a persistent session's stored subscriptions (a SUBSCRIBE or UNSUBSCRIBE):
+    /// the entries in `remove` go, those in `add` are set (replacing one with the same
+    /// filter). Ignored unless `node` at `generation` still owns the session. A delta, so the
+    /// log grows with what changed, not with the session's whole list per SUBSCRIBE.
+    UpdateSubscriptions {
+        /// Client id.
+        client_id: String,
+        /// The owner writing them.
+        node: NodeId,
+        /// Its generation.
+        generation: u64,
+        /// Subscriptions added or changed.
+        add: Vec<StoredSubscription>,
+        /// Filters unsubscribed.
+        remove: Vec<String>,
+    },
 }
 
 /// What applying a [`Command`] returned.

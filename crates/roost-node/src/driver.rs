@@ -808,9 +808,13 @@ impl Conn {
         filters: Vec<Result<TopicFilter, ReasonCode>>,
     ) {
         let mut codes = Vec::with_capacity(filters.len());
+        let mut removed = Vec::new();
         for f in filters {
             codes.push(match f {
-                Ok(f) if self.broker.unsubscribe(&st.session, &f) => ReasonCode::SUCCESS,
+                Ok(f) if self.broker.unsubscribe(&st.session, &f) => {
+                    removed.push(f);
+                    ReasonCode::SUCCESS
+                }
                 Ok(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
                 Err(reason) => reason,
             });
@@ -818,7 +822,9 @@ impl Conn {
         let broker = Arc::clone(&self.broker);
         let session = st.session.clone();
         st.op = Some(Box::pin(async move {
-            broker.persist_subscriptions(&session).await;
+            broker
+                .persist_subscription_change(&session, &[], &removed)
+                .await;
             session.with(|s| s.reply(unsuback(packet_id, codes)));
             OpDone::Replied
         }));
@@ -895,6 +901,7 @@ async fn subscribed(
     let c = &broker.config.cluster;
     let limit = Duration::from_millis(c.commit_timeout_ms + c.forward_timeout_ms);
     let mut retained = Vec::new();
+    let mut added = Vec::new();
     let mut budget = crate::broker::RetainedBudget::for_session(
         &broker.limits,
         broker.config.mqtt.max_packet_size,
@@ -913,10 +920,14 @@ async fn subscribed(
                 retained.push((m, sub.options.qos));
             }
         }
+        added.push((filter, sub));
     }
-    // A persistent session's subscriptions go into the registry before the SUBACK, so they
-    // survive a restart of this node (or its loss).
-    if !broker.persist_subscriptions(&session).await {
+    // A persistent session's new subscriptions go into the registry before the SUBACK, so
+    // they survive a restart of this node (or its loss).
+    if !broker
+        .persist_subscription_change(&session, &added, &[])
+        .await
+    {
         for c in codes.iter_mut().filter(|c| !c.is_error()) {
             *c = ReasonCode::UNSPECIFIED_ERROR;
         }

@@ -74,6 +74,51 @@ impl Broker {
         }
     }
 
+    /// Records a change of a persistent session's subscriptions in the registry (what a
+    /// SUBSCRIBE added, what an UNSUBSCRIBE removed): a delta, so the replicated log grows with
+    /// the change, not with the session's whole list. Waits for the commit (bounded); false if
+    /// it did not commit. Nothing to do (true) for a session that ends with its connection.
+    pub(crate) async fn persist_subscription_change(
+        &self,
+        s: &SessionRef,
+        add: &[(TopicFilter, Subscription)],
+        remove: &[TopicFilter],
+    ) -> bool {
+        if add.is_empty() && remove.is_empty() {
+            return true;
+        }
+        let cmd = {
+            let st = s.lock();
+            let Some(generation) = st.generation else {
+                return true;
+            };
+            if st.session.expiry_interval() == 0 {
+                return true;
+            }
+            Command::UpdateSubscriptions {
+                client_id: s.client_id().to_string(),
+                node: self.cluster.node_id(),
+                generation,
+                add: add
+                    .iter()
+                    .map(|(f, sub)| StoredSubscription::new(f, sub))
+                    .collect(),
+                remove: remove.iter().map(|f| f.as_str().to_owned()).collect(),
+            }
+        };
+        match self.cluster.propose(cmd).await {
+            Ok(_) => true,
+            Err(e) if e.is_fatal() => {
+                error!(client_id = %s.client_id(), error = %e, "subscription change not persisted: this node's raft stopped");
+                false
+            }
+            Err(e) => {
+                warn!(client_id = %s.client_id(), error = %e, "subscription change not persisted");
+                false
+            }
+        }
+    }
+
     /// Records a persistent session's subscriptions in the registry, so they survive a restart
     /// of this node or its loss. Waits for the commit (bounded); false if it did not commit.
     pub(crate) async fn persist_subscriptions(&self, s: &SessionRef) -> bool {
