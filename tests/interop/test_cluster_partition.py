@@ -31,7 +31,7 @@ FORWARD_TIMEOUT_MS = 1000
 CONFIG = {"cluster": {"commit_timeout_ms": COMMIT_TIMEOUT_MS,
                       "forward_timeout_ms": FORWARD_TIMEOUT_MS}}
 # Default [cluster] election_timeout_ms (the minimum; the maximum is twice it).
-ELECTION_TIMEOUT_S = 1.0
+ELECTION_TIMEOUT_S = 0.5
 # A follower counts its leader as lost (and /readyz says 503) once it has not heard from it for
 # the lease, the maximum election timeout (2x the minimum; docs/rfcs/0004). With pre-vote a
 # cut-off follower never stands, so it keeps naming the old leader: readiness uses the lease.
