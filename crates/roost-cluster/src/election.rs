@@ -48,7 +48,6 @@ use roost_proto::v1::RaftPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -213,10 +212,11 @@ pub(crate) struct Election {
     grpc_limit: usize,
     /// Clients to peers, by id, with the address they were made for.
     clients: Mutex<HashMap<NodeId, (String, RaftClient<Channel>)>>,
-    /// Set on every tick: this node follows a committed leader it heard from within the lease.
-    /// openraft 0.9 keeps naming a silent leader until the vote changes, which pre-vote
-    /// prevents on a cut-off follower: readiness reads this instead.
-    leader_live: AtomicBool,
+    /// When this node last heard from a committed leader: set by the Raft service when openraft
+    /// accepts an AppendEntries ([`Election::leader_heard`]) and on every tick from openraft's
+    /// vote time. openraft 0.9 keeps naming a silent leader until the vote changes, which
+    /// pre-vote prevents on a cut-off follower: readiness reads this instead.
+    contact: Mutex<Option<Instant>>,
 }
 
 impl Election {
@@ -234,14 +234,28 @@ impl Election {
             timing,
             grpc_limit,
             clients: Mutex::new(HashMap::new()),
-            leader_live: AtomicBool::new(false),
+            contact: Mutex::new(None),
         }
     }
 
     /// True if this node, as a follower or learner, heard from a committed leader within the
-    /// lease at the driver's last tick.
+    /// lease.
     pub(crate) fn follows_live_leader(&self) -> bool {
-        self.leader_live.load(Ordering::Relaxed)
+        self.contact
+            .lock()
+            .is_some_and(|t| t.elapsed() <= self.timing.lease())
+    }
+
+    /// Records that openraft accepted an AppendEntries from its leader just now.
+    pub(crate) fn leader_heard(&self) {
+        self.heard_at(Instant::now());
+    }
+
+    fn heard_at(&self, t: Instant) {
+        let mut c = self.contact.lock();
+        if c.is_none_or(|old| t > old) {
+            *c = Some(t);
+        }
     }
 
     /// Lets go of the log store (at shutdown; later pre-votes are refused by a stopped Raft).
@@ -295,11 +309,8 @@ impl Election {
             return PreVoteResponse { term, ..refused };
         };
         let view = VoterView {
-            leading: if leader {
-                Some(quorum_ack.flatten())
-            } else {
-                None
-            },
+            // Raft's state says leader but its metrics do not yet (just elected): live.
+            leading: leader.then(|| quorum_ack.unwrap_or(Some(Duration::ZERO))),
             committed,
             since_contact,
             last_log_id,
@@ -419,8 +430,11 @@ impl Election {
             let Some(v) = self.view().await else {
                 return;
             };
-            let live = v.committed && v.since_contact.is_some_and(|d| d <= t.lease());
-            self.leader_live.store(live, Ordering::Relaxed);
+            if v.committed && v.state != ServerState::Leader {
+                if let Some(at) = v.since_contact.and_then(|d| Instant::now().checked_sub(d)) {
+                    self.heard_at(at);
+                }
+            }
             let since_attempt = last_attempt.map(|a| a.elapsed());
             match decide(&v, &t, jitter, since_attempt) {
                 Step::Wait => continue,

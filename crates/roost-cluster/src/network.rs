@@ -242,7 +242,17 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let r = self.raft.append_entries(rpc).await;
+        // Accepted (the sender is this node's committed leader), whatever the log said.
+        if matches!(
+            r,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.election.leader_heard();
+        }
+        reply(&r)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
