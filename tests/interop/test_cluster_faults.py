@@ -1,9 +1,13 @@
 """Cluster failures: the leader is killed while messages flow, a member restarts from its disk
 state (after SIGTERM and after SIGKILL), and a lone node keeps its retained messages and
-sessions across a restart. Each test runs its own cluster (they stop and kill nodes)."""
+sessions across a restart; elections (issue 7 items 21 and 22, docs/rfcs/0004): a follower back
+from an 8 s pause does not depose the leader, a killed leader is replaced and CONNECTs are
+accepted again within a bound, and steady Raft traffic causes no election. Each test runs its
+own cluster (they stop and kill nodes)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,8 +15,8 @@ import uuid
 
 import pytest
 
-from cluster import Cluster, attach_logs, cluster_factory  # noqa: F401 (fixture)
-from helpers import V5, wait_until
+from cluster import HOST, Cluster, attach_logs, cluster_factory  # noqa: F401 (fixture)
+from helpers import CONNACK, V5, RawConn, connack_rc, connect_packet, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.roost_only]
 
@@ -197,3 +201,169 @@ def test_single_node_restart_keeps_retained_messages_and_sessions(request, tmp_p
         assert back.get().payload == b"routed"
     finally:
         cluster.close()
+
+
+# ---- Issue 7 items 21 and 22: elections (docs/rfcs/0004-pre-vote-and-failover-timing.md) ----
+
+# How long a follower is stopped (SIGSTOP), as in the report: a GC pause or a short partition.
+PAUSE_S = 8.0
+# Runs of pause/resume on one cluster (the RFC's measurement is 10 of 10); ~11 s each.
+PAUSE_RUNS = int(os.environ.get("ROOST_PAUSE_RUNS", "10"))
+# After SIGCONT, how long every node's leader and term are watched. A returning node acts at
+# once (its election timer expired while it was stopped): the old code deposed the leader
+# within a few hundred ms of the resume.
+WATCH_AFTER_RESUME_S = 2.5
+
+
+def _leader_and_term(node) -> tuple[int | None, int] | None:
+    """(leader id, term) from the node's /api/v1/cluster, None when it does not answer."""
+    try:
+        s = node.status()
+    except (OSError, AssertionError):
+        return None
+    return s.get("leader_id"), s.get("term")
+
+
+def test_follower_back_from_a_pause_does_not_depose_the_leader(cluster_factory):
+    """Item 21: no leader change, and no term change anywhere, when a follower comes back from
+    an 8 s SIGSTOP; PAUSE_RUNS times, alternating followers. Without pre-vote the returning
+    node stood at a higher term and the leader's next AppendEntries to it was answered with
+    that term: the leader stepped down."""
+    cluster = cluster_factory(3)
+    outcomes = []
+    for run in range(PAUSE_RUNS):
+        leader_id = cluster.wait_ready()
+        leader = cluster.by_id(leader_id)
+        term = leader.status()["term"]
+        followers = [n for n in cluster.nodes if n is not leader]
+        paused = followers[run % 2]
+        cluster.pause(paused)
+        time.sleep(PAUSE_S)
+        cluster.resume(paused)
+        seen: set[tuple[int, int | None, int]] = set()
+        end = time.monotonic() + WATCH_AFTER_RESUME_S
+        while time.monotonic() < end:
+            for n in cluster.nodes:
+                lt = _leader_and_term(n)
+                if lt is not None:
+                    seen.add((n.node_id, *lt))
+            time.sleep(0.05)
+        final = cluster.wait_ready()
+        other_leaders = sorted({l for _, l, _ in seen if l not in (None, leader_id)})
+        terms = sorted({t for _, _, t in seen})
+        changed = final != leader_id or bool(other_leaders) or terms != [term]
+        outcomes.append((run, paused.node_id, leader_id, final, other_leaders, term, terms))
+        print(f"run {run}: paused node {paused.node_id}; leader {leader_id} -> {final}, "
+              f"other leaders seen {other_leaders}, term {term} -> seen {terms}"
+              f"{'  LEADER DISRUPTED' if changed else ''}")
+    disrupted = [o for o in outcomes
+                 if o[3] != o[2] or o[4] or o[6] != [o[5]]]
+    assert not disrupted, (
+        f"the leader was disrupted in {len(disrupted)} of {len(outcomes)} runs "
+        f"(run, paused, leader before, leader after, other leaders seen, term, terms seen): "
+        f"{disrupted}\n{cluster.describe()}")
+
+
+# Kill/measure rounds for item 22; each restarts the killed node (~5 s a round).
+FAILOVER_RUNS = int(os.environ.get("ROOST_FAILOVER_RUNS", "3"))
+# Generous bound from SIGKILL of the leader to CONNACK 0x00 on a survivor. The defaults give
+# about 1.1-1.5 s on loopback (RFC 0004); the old defaults could not do better than 3 s (lease
+# 2 s + election timeout >= 1 s before a follower even stood; measured 3.6-3.8 s).
+FAILOVER_BOUND_S = 3.0
+
+
+def _connect_accepted(node, deadline: float) -> float | None:
+    """CONNECTs (v5, clean start, fresh client id) to `node` until one gets CONNACK 0x00;
+    returns when (time.monotonic()), None at `deadline`."""
+    while time.monotonic() < deadline:
+        conn = None
+        try:
+            conn = RawConn(HOST, node.mqtt_port, timeout=2.0)
+            conn.send(connect_packet(cid("fo"), V5, clean=True))
+            p = conn.read_packet(timeout=max(deadline - time.monotonic(), 0.01))
+            if p is not None and p.ptype == CONNACK and connack_rc(p) == 0:
+                return time.monotonic()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
+        time.sleep(0.02)
+    return None
+
+
+def test_leader_kill_to_accepted_connect_is_quick(cluster_factory):
+    """Item 22: SIGKILL the leader; a CONNECT to a survivor gets CONNACK 0x00 within
+    FAILOVER_BOUND_S, the survivors agree on a new leader, and the killed node rejoins."""
+    cluster = cluster_factory(3)
+    times = []
+    for run in range(FAILOVER_RUNS):
+        leader = cluster.leader()
+        survivors = [n for n in cluster.nodes if n is not leader]
+        target = survivors[run % 2]
+        assert _connect_accepted(target, time.monotonic() + 5) is not None, \
+            "CONNECT not accepted before the kill"
+        t_kill = time.monotonic()
+        cluster.kill(leader)
+        t_ok = _connect_accepted(target, t_kill + 20)
+        assert t_ok is not None, f"no CONNACK 0x00 from node {target.node_id} within 20 s\n" \
+                                 f"{cluster.describe()}"
+        new_id = cluster.wait_ready(survivors)
+        assert new_id != leader.node_id
+        times.append(t_ok - t_kill)
+        print(f"run {run}: killed leader {leader.node_id}; CONNACK 0x00 from node "
+              f"{target.node_id} after {t_ok - t_kill:.2f}s; new leader {new_id}")
+        cluster.restart(leader)
+    print(f"kill -> CONNACK 0x00: {', '.join(f'{t:.2f}s' for t in times)}")
+    slow = [t for t in times if t > FAILOVER_BOUND_S]
+    assert not slow, f"failover over {FAILOVER_BOUND_S}s: {times}"
+
+
+# How long Raft is kept busy in the no-spurious-election check.
+LOAD_S = 6.0
+
+
+def test_no_election_while_raft_is_busy(cluster_factory):
+    """Item 22's other half: the shorter default timeouts cause no election while every node
+    commits steadily (each CONNECT claims a session, each SUBSCRIBE to a new filter adds a
+    route: both are Raft entries) and forwards QoS 1 traffic."""
+    cluster = cluster_factory(3)
+    leader_id = cluster.wait_ready()
+    term = cluster.by_id(leader_id).status()["term"]
+    stop = threading.Event()
+    errors: list[str] = []
+    done = [0]
+
+    def churn(node):
+        while not stop.is_set():
+            try:
+                c = node.client(cid("load"))
+                t = uniq("load")
+                c.subscribe(t, 1)
+                c.publish(t, b"x" * 512, qos=1)
+                c.get()
+                c.disconnect()
+                done[0] += 1
+            except Exception as e:  # noqa: BLE001 (recorded, asserted below)
+                errors.append(f"node {node.node_id}: {e}")
+
+    threads = [threading.Thread(target=churn, args=(n,), daemon=True)
+               for n in cluster.nodes for _ in range(2)]
+    for th in threads:
+        th.start()
+    seen = set()
+    end = time.monotonic() + LOAD_S
+    while time.monotonic() < end:
+        for n in cluster.nodes:
+            lt = _leader_and_term(n)
+            if lt is not None:
+                seen.add(lt)
+        time.sleep(0.05)
+    stop.set()
+    for th in threads:
+        th.join(15)
+    print(f"{done[0]} connect/subscribe/publish rounds in {LOAD_S}s; (leader, term) seen: "
+          f"{sorted(seen, key=str)}")
+    assert done[0] > 0, f"no round completed: {errors[:5]}"
+    assert seen == {(leader_id, term)}, f"an election under load: {sorted(seen, key=str)}"
+    assert not errors, errors[:5]

@@ -31,11 +31,11 @@ FORWARD_TIMEOUT_MS = 1000
 CONFIG = {"cluster": {"commit_timeout_ms": COMMIT_TIMEOUT_MS,
                       "forward_timeout_ms": FORWARD_TIMEOUT_MS}}
 # Default [cluster] election_timeout_ms (the minimum; the maximum is twice it).
-ELECTION_TIMEOUT_S = 1.0
-# A follower ignores a silent leader while its lease runs (openraft: the maximum election
-# timeout, 2x the minimum) and then waits an election timeout (up to 2x the minimum) before it
-# stands: about 4x the minimum before it knows it has no leader.
-LEADER_LOSS_NOTICED_S = 4 * ELECTION_TIMEOUT_S + 2.0
+ELECTION_TIMEOUT_S = 0.5
+# A follower counts its leader as lost (and /readyz says 503) once it has not heard from it for
+# the lease, the maximum election timeout (2x the minimum; docs/rfcs/0004). With pre-vote a
+# cut-off follower never stands, so it keeps naming the old leader: readiness uses the lease.
+LEADER_LOSS_NOTICED_S = 2 * ELECTION_TIMEOUT_S + 2.0
 # A refused CONNECT/SUBSCRIBE must be answered within the commit timeout plus this slack.
 ANSWER_SLACK_S = 2.5
 

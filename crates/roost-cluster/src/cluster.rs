@@ -24,7 +24,8 @@
 //!
 //! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its maps (peers,
 //! slow peers) sit behind `parking_lot` mutexes held for a lookup or an insert, never across an
-//! await. `start` spawns the gRPC server and a watcher that keeps the member count current; each
+//! await. `start` spawns the gRPC server, the election driver (`crate::election`: openraft's own
+//! election timer is off) and a watcher that keeps the member count current; each
 //! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
 //! through the `stop` watch, and the watcher when Raft's metrics channel closes.
 
@@ -36,6 +37,7 @@ mod service;
 use self::forwarder::{run_forwarder, Forwarder, Outgoing};
 use self::service::ClusterService;
 use crate::convert::{self, SessionTransfer};
+use crate::election::{Election, ElectionTiming};
 use crate::error::{ClusterError, Refusal, StartError};
 use crate::limits::{WireLimits, SNAPSHOT_CHUNK};
 use crate::metrics::ClusterStats;
@@ -156,6 +158,8 @@ pub struct Cluster {
     /// Members in the current membership, kept up to date by a watcher so the publish path
     /// can ask "any peers?" without touching Raft's metrics.
     members: Arc<std::sync::atomic::AtomicUsize>,
+    /// When to stand for leader (pre-vote first), and whether a follower's leader is live.
+    election: Arc<Election>,
 }
 
 impl Cluster {
@@ -184,6 +188,8 @@ impl Cluster {
             heartbeat_interval: heartbeat,
             election_timeout_min: election,
             election_timeout_max: election * 2,
+            // openraft 0.9 has no pre-vote: `election::Election` decides when to stand.
+            enable_elect: false,
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
             max_in_snapshot_log_to_keep: 1_000,
@@ -194,6 +200,7 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
+        let log_reader = log.clone();
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
@@ -208,6 +215,18 @@ impl Cluster {
         })?;
 
         let (stop, mut stop_rx) = watch::channel(false);
+        let elector = Arc::new(Election::new(
+            cfg.node_id,
+            raft.clone(),
+            log_reader,
+            ElectionTiming {
+                heartbeat: Duration::from_millis(heartbeat),
+                min: Duration::from_millis(election),
+                max: Duration::from_millis(election * 2),
+            },
+            limits.raft_grpc(),
+        ));
+        tokio::spawn(Arc::clone(&elector).run(stop_rx.clone()));
         let stats = Arc::new(ClusterStats::default());
         let cluster = Arc::new(Cluster {
             cfg: cfg.clone(),
@@ -217,6 +236,7 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             slow: Arc::new(Mutex::new(HashMap::new())),
             members: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+            election: Arc::clone(&elector),
             stats: stats.clone(),
             stop,
         });
@@ -237,7 +257,7 @@ impl Cluster {
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(
-                    RaftServer::new(RaftService::new(raft))
+                    RaftServer::new(RaftService::new(raft, elector))
                         .max_decoding_message_size(limits.raft_grpc())
                         .max_encoding_message_size(limits.raft_grpc()),
                 )
@@ -321,6 +341,9 @@ impl Cluster {
 
     /// True if a leader is known and, when that is this node, a quorum acknowledged it
     /// recently: an isolated leader (openraft 0.9 does not step down by itself) is not ready.
+    /// A follower needs to have heard from its leader within the lease (twice the election
+    /// timeout): with pre-vote a cut-off follower keeps its vote, so openraft keeps naming the
+    /// silent leader.
     pub fn has_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         match m.current_leader {
@@ -331,7 +354,7 @@ impl Cluster {
                     u64::try_from(self.cfg.election_timeout.as_millis()).unwrap_or(1000) * 2;
                 voters <= 1 || m.millis_since_quorum_ack.is_some_and(|ms| ms < limit)
             }
-            Some(_) => true,
+            Some(_) => self.election.follows_live_leader(),
         }
     }
 
@@ -619,6 +642,7 @@ impl Cluster {
     /// Stops the gRPC server, the forwarders and Raft.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
+        self.election.close();
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }

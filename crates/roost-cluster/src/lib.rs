@@ -17,6 +17,8 @@
 //! - [`convert`]: wire (prost) types to ours and back; prost types stop here.
 //! - [`limits`]: the byte bounds on every batch and gRPC message, from `mqtt.max_packet_size`.
 //! - `network`: Raft RPCs over gRPC.
+//! - `election`: when this node stands for leader — a pre-vote round first (openraft 0.9 has
+//!   none), so a node returning from a pause does not depose a healthy leader.
 //!
 //! Ids and filters are typed across the seam with the node: [`types::NodeId`],
 //! `roost_core::ClientId`, `roost_core::topic::TopicFilter`. Strings remain only in the wire
@@ -25,6 +27,7 @@
 
 pub mod cluster;
 pub mod convert;
+mod election;
 pub mod error;
 pub mod limits;
 pub mod metrics;

@@ -14,6 +14,7 @@
 // openraft's RPCError is large, and the trait fixes the return type: boxing it is not an option.
 #![allow(clippy::result_large_err)]
 
+use crate::election::{Election, PreVoteRequest};
 use crate::limits::WireLimits;
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 use openraft::error::{
@@ -31,6 +32,7 @@ use roost_proto::v1::raft_server;
 use roost_proto::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -210,14 +212,15 @@ fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>, total: usize, limit:
     fit.max(1)
 }
 
-/// Serves peers' Raft RPCs.
+/// Serves peers' Raft RPCs, and their pre-votes ([`Election::answer`]).
 pub(crate) struct RaftService {
     raft: Raft<TypeConfig>,
+    election: Arc<Election>,
 }
 
 impl RaftService {
-    pub(crate) fn new(raft: Raft<TypeConfig>) -> RaftService {
-        RaftService { raft }
+    pub(crate) fn new(raft: Raft<TypeConfig>, election: Arc<Election>) -> RaftService {
+        RaftService { raft, election }
     }
 }
 
@@ -239,7 +242,17 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let r = self.raft.append_entries(rpc).await;
+        // Accepted (the sender is this node's committed leader), whatever the log said.
+        if matches!(
+            r,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.election.leader_heard();
+        }
+        reply(&r)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -253,6 +266,14 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: PreVoteRequest = decode_request(request)?;
+        reply(&self.election.answer(&rpc).await)
     }
 }
 

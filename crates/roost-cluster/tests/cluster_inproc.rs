@@ -2,7 +2,8 @@
 //! each with its own data directory and a recording [`LocalNode`], talking real gRPC to each
 //! other. Covers election, proposals from followers, session claims and their fence events,
 //! publish forwarding (flags, properties, acks, resend after a peer restart), session takeover
-//! over the wire, join/leave, and a restart from the data directory.
+//! over the wire, join/leave, a restart from the data directory, and a follower cut off from
+//! its peers and back that must not depose the leader (pre-vote, issue 7 item 21).
 //!
 //! Timing: heartbeat 50 ms, election timeout 300 ms, forward/commit timeouts 2 s. Every wait is
 //! bounded ([`eventually`]); every test shuts down every cluster it started.
@@ -1123,6 +1124,9 @@ struct Proxy {
     drop_replies: Arc<std::sync::atomic::AtomicBool>,
     /// Bumped to close every connection open at that moment.
     cut: tokio::sync::watch::Sender<u64>,
+    /// While set, new connections are closed as soon as they are accepted (the node is
+    /// unreachable through the proxy; see `isolate`).
+    refuse: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -1133,11 +1137,17 @@ impl Proxy {
         let drop_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
         let drop_flag = drop_replies.clone();
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse_flag = refuse.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
+                if refuse_flag.load(Relaxed) {
+                    drop(inbound);
+                    continue;
+                }
                 let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                     continue;
                 };
@@ -1185,6 +1195,17 @@ impl Proxy {
             addr,
             drop_replies,
             cut,
+            refuse,
+        }
+    }
+
+    /// `true`: closes every connection through the proxy and refuses new ones, so nothing
+    /// reaches the node behind it (what it sends itself goes to its peers directly). `false`:
+    /// connections pass again.
+    fn isolate(&self, on: bool) {
+        self.refuse.store(on, std::sync::atomic::Ordering::Relaxed);
+        if on {
+            self.cut();
         }
     }
 
@@ -1305,5 +1326,83 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         .unwrap();
     assert_eq!(payloads(&n2.local).len(), 5);
     assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
+    shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 21: a node cut off from its leader and back does not depose it ----
+
+/// Every node's (id, leader, term), every 20 ms for `how_long`.
+async fn leaders_and_terms(
+    nodes: &[Node],
+    how_long: Duration,
+) -> Vec<(NodeId, Option<NodeId>, u64)> {
+    let until = Instant::now() + how_long;
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        for n in nodes {
+            let s = n.cluster.status().await;
+            seen.push((n.id, s.leader_id, s.term));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+/// Item 21 (docs/rfcs/0004): node 2 hears nothing from its peers for 2 s (over three times
+/// the 600 ms lease: it would have stood for leader), then is reachable again. Three times;
+/// every node must keep naming the same leader at the same term throughout. Without pre-vote,
+/// node 2 bumped its term while cut off and the leader's next AppendEntries to it was answered
+/// with that higher term: the leader stepped down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item21_a_follower_cut_off_and_back_does_not_depose_the_leader() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    // Node 2 is reached through the proxy: it advertises the proxy's address.
+    let proxy = Proxy::start(addrs[1]).await;
+    let seeds = vec![
+        (NodeId::new(1), addrs[0].to_string()),
+        (NodeId::new(2), proxy.addr.to_string()),
+        (NodeId::new(3), addrs[2].to_string()),
+    ];
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        if i == 1 {
+            cfg.advertise = proxy.addr.to_string();
+        }
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
+    }
+    let leader = wait_for_leader(&nodes).await;
+    // Node 1 initialises the cluster and leads; the test cuts off a follower.
+    assert_ne!(leader, NodeId::new(2), "node 2 must be a follower");
+    let term = node(&nodes, leader).cluster.status().await.term;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..3 {
+        proxy.isolate(true);
+        let cut_off = leaders_and_terms(&nodes, Duration::from_secs(2)).await;
+        proxy.isolate(false);
+        let back = leaders_and_terms(&nodes, Duration::from_millis(1500)).await;
+        for (id, l, t) in cut_off.into_iter().chain(back) {
+            seen.insert((round, id, l, t));
+        }
+        assert_eq!(wait_for_leader(&nodes).await, leader, "round {round}");
+    }
+    let disrupted: Vec<_> = seen
+        .iter()
+        .filter(|(_, _, l, t)| *l != Some(leader) || *t != term)
+        .collect();
+    assert!(
+        disrupted.is_empty(),
+        "leader {leader} at term {term} disrupted: (round, node, its leader, its term) {disrupted:?}"
+    );
     shutdown_all(&nodes).await;
 }

@@ -85,7 +85,10 @@ pub struct ClusterSettings {
     /// Leader heartbeat interval. Milliseconds. Default 200.
     pub heartbeat_ms: u64,
     /// Minimum election timeout (the maximum is twice this); must exceed 2 × heartbeat.
-    /// Bounds how long a leader loss goes unnoticed. Milliseconds. Default 1000.
+    /// A follower stands for leader (after a pre-vote round) once it has not heard from its
+    /// leader for the maximum plus a random part of (maximum − minimum) / 2: with the default
+    /// a dead leader is replaced after about 1.0–1.3 s (docs/rfcs/0004). Milliseconds.
+    /// Default 500.
     pub election_timeout_ms: u64,
     /// How long a publisher's PUBACK waits for peers to accept a forwarded message, and a
     /// takeover waits for the previous owner to hand the session over. After it the publisher
@@ -107,7 +110,7 @@ impl Default for ClusterSettings {
             advertise: None,
             seeds: Vec::new(),
             heartbeat_ms: 200,
-            election_timeout_ms: 1000,
+            election_timeout_ms: 500,
             forward_timeout_ms: 5000,
             commit_timeout_ms: 5000,
         }
