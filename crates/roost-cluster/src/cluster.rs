@@ -74,6 +74,39 @@ const SLOW_PEER_BACKOFF: Duration = Duration::from_secs(10);
 /// Messages waiting for one peer's forwarder. Beyond it QoS 0 is dropped, QoS 1/2 waits.
 const FORWARD_QUEUE: usize = 8192;
 
+/// Why a peer did not accept a forwarded QoS 1/2 message: what the publisher's
+/// acknowledgement must not hide (docs/architecture.md, "What an acknowledgement promises").
+/// Each is counted where it happens (`roost_cluster_forward_given_up_total{reason}`,
+/// `roost_cluster_forward_too_large_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
+    /// The route names a node that is no longer a member (its routes are being forgotten).
+    NotMember,
+    /// The peer's forward queue stayed full for the whole `forward_timeout`.
+    QueueFull,
+    /// Sent, then given up before the peer acknowledged it, to keep the messages kept for
+    /// resending within their bound (`MAX_UNACKED` messages, `WireLimits::unacked` bytes).
+    ResendBound,
+    /// Over `WireLimits::max_message`: no stream could carry it.
+    TooLarge,
+    /// The forwarder stopped (shutdown, or the peer's address changed) before the peer
+    /// acknowledged it.
+    Stopped,
+}
+
+impl NotForwarded {
+    /// True when a bound refused the message (MQTT 5 reason 0x97 Quota exceeded); otherwise
+    /// the publisher hears 0x80 Unspecified error.
+    pub fn is_quota(self) -> bool {
+        matches!(self, NotForwarded::QueueFull | NotForwarded::ResendBound)
+    }
+}
+
+/// Resolves when a peer accepted a forwarded QoS 1/2 message into its sessions (`Ok`), or
+/// with why it will not (`Err`). A closed channel (`RecvError`) means the forwarder ended
+/// without answering: read it as [`NotForwarded::Stopped`].
+pub type ForwardAck = oneshot::Receiver<Result<(), NotForwarded>>;
+
 /// Settings of the cluster layer (from `[cluster]` in the node's config).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -136,7 +169,9 @@ struct Peer {
     addr: String,
     client: ClusterClient<Channel>,
     forward: mpsc::Sender<Outgoing>,
-    /// The forwarder's stream to it is established (false while it reconnects).
+    /// The forwarder's stream to it is established and the peer is acknowledging: false
+    /// while it reconnects, and while a message has waited `forward_timeout` for an
+    /// acknowledgement with none coming (a peer cut off without the connection breaking).
     up: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -504,7 +539,13 @@ impl Cluster {
             up: up.clone(),
         });
         tokio::spawn(run_forwarder(
-            Forwarder::new(self.cfg.node_id, id, self.limits, self.stats.clone()),
+            Forwarder::new(
+                self.cfg.node_id,
+                id,
+                self.limits,
+                self.cfg.forward_timeout,
+                self.stats.clone(),
+            ),
             client,
             rx,
             self.stop.subscribe(),
@@ -514,8 +555,10 @@ impl Cluster {
         Some(peer)
     }
 
-    /// False while this node's forwarder cannot reach `node` (shared groups skip it). A peer
-    /// never forwarded to is presumed up.
+    /// False while `node` is known unreachable: this node's forwarder has no stream to it, or
+    /// a message has waited `forward_timeout` for its acknowledgement and none came since.
+    /// Shared groups skip it, a client's QoS 1/2 publish that must reach it is refused at once
+    /// (docs/rfcs/0004). A peer never forwarded to is presumed up.
     pub fn peer_up(&self, node: NodeId) -> bool {
         self.peers
             .lock()
@@ -523,28 +566,34 @@ impl Cluster {
             .is_none_or(|p| p.up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Hands a message to `node`'s forwarder. For QoS 1/2 the returned receiver resolves when
-    /// the peer accepted it into its sessions. When the peer's queue is full, QoS 0 is dropped
-    /// (counted) and QoS 1/2 waits for room, at most `forward_timeout`. A message over
-    /// [`WireLimits::max_message`] is refused by the forwarder (counted): the receiver then
-    /// resolves with `RecvError`, at once, instead of the message being resent forever.
+    /// Hands a message to `node`'s forwarder. QoS 0 returns `None`: when the peer's queue is
+    /// full it is dropped (counted). QoS 1/2 returns a [`ForwardAck`] that resolves `Ok` when
+    /// the peer accepted the message into its sessions, or `Err` with why it did not: the
+    /// peer is not a member, or its queue stayed full for `forward_timeout` (both answered at
+    /// once), the message is over [`WireLimits::max_message`], or it was given up to keep
+    /// the resend buffer within its bound. Every refusal is counted where it happens.
     pub async fn forward(
         &self,
         node: NodeId,
         msg: Arc<Message>,
         direct: bool,
         shared: Vec<TopicFilter>,
-    ) -> Option<oneshot::Receiver<()>> {
+    ) -> Option<ForwardAck> {
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
+        let refused = |why: NotForwarded| {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(why));
+            Some(rx)
+        };
         let Some(peer) = self.peer(node) else {
             // The route names a node that is no longer a member (its routes are being
             // forgotten): the message cannot go there. Counted, never silent.
             if qos0 {
                 self.stats.forward_dropped.increment(1);
-            } else {
-                self.stats.forward_given_up.increment(1);
+                return None;
             }
-            return None;
+            self.stats.forward_given_up.not_member.increment(1);
+            return refused(NotForwarded::NotMember);
         };
         let (ack, rx) = if qos0 {
             (None, None)
@@ -567,11 +616,16 @@ impl Cluster {
         }
         match tokio::time::timeout(self.cfg.forward_timeout, peer.forward.send(item)).await {
             Ok(Ok(())) => rx,
-            _ => {
+            Ok(Err(_)) => {
+                // The forwarder ended (shutdown): nothing will send it.
+                self.stats.forward_given_up.stopped.increment(1);
+                refused(NotForwarded::Stopped)
+            }
+            Err(_) => {
                 // The peer's queue stayed full for the whole forward timeout: this message is
                 // not kept for it. Counted, never silent.
-                self.stats.forward_given_up.increment(1);
-                None
+                self.stats.forward_given_up.queue_full.increment(1);
+                refused(NotForwarded::QueueFull)
             }
         }
     }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::{Event, SessionOwner};
 use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
-use roost_cluster::{Cluster, ClusterConfig, LocalNode, SessionTransfer};
+use roost_cluster::{Cluster, ClusterConfig, LocalNode, NotForwarded, SessionTransfer};
 use roost_codec::{LastWill, PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use roost_core::index::{Matches, Subscription};
 use roost_core::message::{Message, PassThrough};
@@ -486,7 +486,8 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("ack within the forward timeout")
-        .expect("ack sender not dropped");
+        .expect("ack sender not dropped")
+        .expect("the peer accepted it");
     {
         let got = n2.local.delivered.lock().clone();
         assert_eq!(got.len(), 1);
@@ -521,7 +522,8 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     let got = n2.local.delivered.lock()[2].clone();
     assert_eq!(got.msg.qos, QoS::ExactlyOnce);
     let left = got.msg.expires_at.unwrap().duration_since(Instant::now());
@@ -553,7 +555,8 @@ async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(
         payloads(&node(&nodes, id2).local),
         vec![Bytes::from_static(b"before")]
@@ -610,7 +613,8 @@ async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
     tokio::time::timeout(SETTLE, &mut ack)
         .await
         .expect("resent and acknowledged after the peer restarted")
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert!(payloads(&local).contains(&Bytes::from_static(b"while-down")));
     assert!(c1.peer_up(id2));
     // The restarted node is a member again and follows the leader.
@@ -969,7 +973,8 @@ async fn item1_six_pipelined_900k_forwards_all_arrive() {
         tokio::time::timeout(SETTLE, ack)
             .await
             .unwrap_or_else(|_| panic!("message {i} not acknowledged within {SETTLE:?}"))
-            .unwrap_or_else(|_| panic!("message {i} refused"));
+            .unwrap_or_else(|_| panic!("message {i} refused"))
+            .expect("the peer accepted it");
     }
     let got: Vec<(usize, u8)> = payloads(&n2.local)
         .iter()
@@ -1035,7 +1040,11 @@ async fn item1_oversized_forward_is_refused_not_resent_forever() {
     let refused = tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("an oversized message is answered, not resent forever");
-    assert!(refused.is_err(), "refused: the ack sender is dropped");
+    assert_eq!(
+        refused,
+        Ok(Err(NotForwarded::TooLarge)),
+        "refused, and the waiter hears why"
+    );
     let ack = n1
         .cluster
         .forward(
@@ -1049,7 +1058,8 @@ async fn item1_oversized_forward_is_refused_not_resent_forever() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("the next message is not stuck behind the refused one")
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(payloads(&n2.local), vec![Bytes::from_static(b"after")]);
     shutdown_all(&nodes).await;
 }
@@ -1242,7 +1252,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
 
     // Node 2 gets and delivers three messages; their acks are lost on the way back.
     proxy.drop_replies(true);
@@ -1276,7 +1287,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         tokio::time::timeout(SETTLE, ack)
             .await
             .unwrap_or_else(|_| panic!("message {i} not acknowledged after the reconnect"))
-            .unwrap();
+            .unwrap()
+            .expect("the peer accepted it");
     }
     assert_eq!(
         payloads(&n2.local),
@@ -1302,7 +1314,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(payloads(&n2.local).len(), 5);
     assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
     shutdown_all(&nodes).await;

@@ -77,7 +77,8 @@ pub(crate) fn describe() {
     describe_counter!(BYTES_SENT, "bytes written to client sockets");
     describe_counter!(
         PUBLISH_DROPPED,
-        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, retain_not_stored)"
+        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, \
+         retain_not_stored, peer_unreachable: a QoS 1/2 message for a peer known unreachable)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -109,7 +110,8 @@ pub(crate) fn describe() {
     describe_counter!(WILLS, "will messages published");
     describe_counter!(
         FORWARD_TIMEOUTS,
-        "publishes acknowledged before every peer accepted the forwarded message (timeout)"
+        "QoS 1/2 publishes whose forward to a peer was not accepted within \
+         cluster.forward_timeout_ms; the publisher heard a failure (v5 0x80, v3.1.1 closed)"
     );
     describe_counter!(
         FORWARD_DROPPED,
@@ -171,6 +173,7 @@ pub(crate) struct Metrics {
     pub(crate) dollar_dropped: NodeCounter,
     pub(crate) retain_dropped: NodeCounter,
     pub(crate) retain_not_stored: NodeCounter,
+    pub(crate) peer_unreachable: NodeCounter,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
@@ -202,6 +205,9 @@ impl Metrics {
             retain_not_stored: NodeCounter::new(
                 counter!(PUBLISH_DROPPED, "reason" => "retain_not_stored"),
             ),
+            peer_unreachable: NodeCounter::new(
+                counter!(PUBLISH_DROPPED, "reason" => "peer_unreachable"),
+            ),
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
@@ -227,7 +233,7 @@ impl Metrics {
     }
 
     /// Every counter of a dropped message, by reason.
-    fn drop_counters(&self) -> [&NodeCounter; 7] {
+    fn drop_counters(&self) -> [&NodeCounter; 8] {
         [
             &self.queue_dropped,
             &self.expired_dropped,
@@ -236,6 +242,7 @@ impl Metrics {
             &self.dollar_dropped,
             &self.retain_dropped,
             &self.retain_not_stored,
+            &self.peer_unreachable,
         ]
     }
 

@@ -39,6 +39,7 @@ mod timers;
 
 pub(crate) use registry::Attached;
 pub(crate) use retained::unix_millis;
+pub(crate) use routing::PeerWait;
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
 use crate::config::{Config, QueueDrop};
@@ -57,7 +58,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
@@ -87,9 +87,14 @@ pub(crate) struct PublishOutcome {
     /// The retained copy could not be stored (no quorum): a client's QoS 1/2 PUBLISH was not
     /// delivered either; the client hears 0x80 (v5) or the connection closes (v3.1.1).
     pub(crate) retain_failed: bool,
-    /// For QoS 1/2 forwarded to peers: ends when every peer accepted it or the forward timeout
-    /// ran out (counted). The publisher's acknowledgement waits for it.
-    pub(crate) peers: Option<JoinHandle<()>>,
+    /// A client's QoS 1/2 PUBLISH that must reach a peer known unreachable: delivered
+    /// nowhere (counted `peer_unreachable`); the client hears 0x80 (v5) or the connection
+    /// closes (v3.1.1), see docs/rfcs/0004.
+    pub(crate) peer_unreachable: bool,
+    /// For QoS 1/2 forwarded to peers: ends when every peer accepted it, one refused it or the
+    /// forward timeout ran out, and then says which. The publisher's acknowledgement waits
+    /// for it.
+    pub(crate) peers: Option<PeerWait>,
     /// Connected local subscribers whose queue is backing up (backpressure on the publisher).
     pub(crate) congested: Vec<SessionRef>,
 }
@@ -211,6 +216,11 @@ impl Broker {
             }
         }
         let routed = self.route(msg, origin, &mut out.congested);
+        if routed.unreachable {
+            self.metrics.peer_unreachable.increment(1);
+            out.peer_unreachable = true;
+            return out;
+        }
         out.matched = routed.local > 0 || !routed.remote.is_empty();
         if !routed.remote.is_empty() {
             out.peers = Box::pin(self.forward(msg, routed.remote)).await;
