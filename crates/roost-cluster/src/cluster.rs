@@ -145,7 +145,18 @@ pub trait LocalNode: Send + Sync + 'static {
     /// matching non-shared subscriptions if `direct`, and one local member of each shared
     /// subscription in `shared` (filters from the peer that failed to parse were dropped and
     /// counted before this call).
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]);
+    ///
+    /// Backpressure: when a connected subscriber's queue is backing up, it returns a future
+    /// that ends when the subscriber has room again (bounded by the node's backpressure
+    /// timeout). The Forward stream acknowledges what it delivered, then awaits it before
+    /// delivering the next message, so the origin's publisher, whose PUBACK waits for that
+    /// acknowledgement, is slowed as it would be by a local subscriber (issue 7 item 4).
+    fn deliver(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) -> Option<BoxFuture<()>>;
     /// Hands over a local session to the node that now owns `generation` of it: the old
     /// connection is closed with DISCONNECT 0x8E and the session removed here.
     fn take_session(

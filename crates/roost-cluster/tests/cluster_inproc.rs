@@ -53,12 +53,18 @@ struct TestNode {
 }
 
 impl LocalNode for TestNode {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]) {
+    fn deliver(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) -> Option<BoxFuture<()>> {
         self.delivered.lock().push(Delivered {
             msg,
             direct,
             shared: shared.to_vec(),
         });
+        None
     }
 
     fn take_session(

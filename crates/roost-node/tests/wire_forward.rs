@@ -1,7 +1,7 @@
 //! Wire tests of messages forwarded between two nodes (issue 7, "Acknowledged means delivered"):
 //! what a publisher's PUBACK/PUBREC promises when a subscriber is on the other node
 //! (docs/architecture.md, "What an acknowledgement promises"), a cut-off peer
-//! (docs/rfcs/0004).
+//! (docs/rfcs/0004), and backpressure from a slow subscriber on the other node.
 //!
 //! In its own test binary: it reads process-wide counters (`roost_session_queue_dropped_total`)
 //! that other wire tests move on purpose.
@@ -144,6 +144,86 @@ async fn item14_cut_off_peer_does_not_stall_every_publish() {
     );
     eprintln!("{N} QoS 1 publishes during the cut took {elapsed:?}");
     proxy.drop_replies(false);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Issue 7 item 4: a slow subscriber on node 2 (queue of 10, one message in flight, it reads
+/// slowly) and a fast QoS 1 publisher on node 1 with 20 messages in flight: every one of the 500
+/// messages arrives, in order, and node 2's session queue drops nothing: the ForwardAck, which
+/// the publisher's PUBACK waits for, is held until the subscriber has room. Before the fix
+/// node 2 acknowledged at once and its queue overflowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item4_slow_subscriber_on_a_peer_slows_the_publisher_instead_of_dropping() {
+    const N: u16 = 500;
+    const WINDOW: usize = 20;
+    let (a, b, _) = two_nodes(false, |c| {
+        c.mqtt.max_queued_messages = 10;
+        c.mqtt.backpressure_timeout_ms = 30_000;
+        c.cluster.forward_timeout_ms = 30_000;
+    })
+    .await;
+    let dropped_before = metric(&b, "roost_session_queue_dropped_total").await;
+    let props = Properties {
+        receive_maximum: Some(1),
+        ..Properties::default()
+    };
+    let (mut sub, _) = connect_with(b.addr(), connect_v5("slow", true, props)).await;
+    sub.subscribe("bp/t", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "fast").await;
+
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < usize::from(N) {
+            // Nothing for 5 s: the rest was dropped.
+            let p = match sub.recv_within(Duration::from_secs(5)).await {
+                Ok(Some(Packet::Publish(p))) => p,
+                Ok(other) => panic!("expected PUBLISH, got {other:?}"),
+                Err(_) => break,
+            };
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            sub.send(&Packet::PubAck(Ack::new(p.packet_id.unwrap())))
+                .await
+                .unwrap();
+            got.push(p);
+        }
+        (sub, got)
+    });
+
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut reasons = Vec::new();
+    for i in 1..=N {
+        if in_flight.len() == WINDOW {
+            reasons.push(recv_puback(&mut publ, in_flight.pop_front().unwrap()).await);
+        }
+        let id = pid(i);
+        let p = publish_packet(
+            "bp/t",
+            format!("m{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            Some(id),
+            Properties::default(),
+        );
+        publ.send(&p).await.unwrap();
+        in_flight.push_back(id);
+    }
+    while let Some(id) = in_flight.pop_front() {
+        reasons.push(recv_puback(&mut publ, id).await);
+    }
+    assert_eq!(reasons, vec![ReasonCode::SUCCESS; usize::from(N)]);
+    let (_sub, got) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the subscriber got every message")
+        .unwrap();
+    let want: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    assert_eq!(got.len(), want.len(), "messages the subscriber got");
+    assert_eq!(payloads(&got), want);
+    assert_eq!(
+        metric(&b, "roost_session_queue_dropped_total").await,
+        dropped_before,
+        "node 2 dropped acknowledged messages"
+    );
     a.stop().await;
     b.stop().await;
 }

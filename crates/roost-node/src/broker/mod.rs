@@ -228,14 +228,18 @@ impl Broker {
         out
     }
 
-    /// A message forwarded by a peer: local subscribers only.
+    /// A message forwarded by a peer: local subscribers only. Returns the connected
+    /// subscribers whose queue is backing up: the Forward stream waits for them
+    /// ([`Broker::wait_for_space`]) before it delivers the next message.
     pub(crate) fn deliver_from_peer(
         &self,
         msg: &Arc<Message>,
         direct: bool,
         shared: &[TopicFilter],
-    ) {
-        self.route(msg, Origin::Peer { direct, shared }, &mut Vec::new());
+    ) -> Vec<SessionRef> {
+        let mut congested = Vec::new();
+        self.route(msg, Origin::Peer { direct, shared }, &mut congested);
+        congested
     }
 
     /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.
