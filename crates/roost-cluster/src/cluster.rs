@@ -22,8 +22,8 @@
 //! - `service`: the gRPC `Cluster.*` service peers call;
 //! - `membership`: bootstrap on first start, join / leave, status and its health probes.
 //!
-//! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its maps (peers,
-//! slow peers) sit behind `parking_lot` mutexes held for a lookup or an insert, never across an
+//! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its map of peers
+//! sits behind a `parking_lot` mutex held for a lookup or an insert, never across an
 //! await. `start` spawns the gRPC server and a watcher that keeps the member count current; each
 //! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
 //! through the `stop` watch, and the watcher when Raft's metrics channel closes.
@@ -69,8 +69,6 @@ use tracing::{debug, warn};
 
 pub use membership::{ClusterStatus, MemberStatus};
 
-/// How long `wait_replicated` skips a peer that did not confirm an entry in time.
-const SLOW_PEER_BACKOFF: Duration = Duration::from_secs(10);
 /// Messages waiting for one peer's forwarder. Beyond it QoS 0 is dropped, QoS 1/2 waits.
 const FORWARD_QUEUE: usize = 8192;
 
@@ -196,9 +194,6 @@ pub struct Cluster {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     stats: Arc<ClusterStats>,
     stop: watch::Sender<bool>,
-    /// Peers that recently did not confirm an entry in time, until when to stop waiting for
-    /// them (`wait_replicated`).
-    slow: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// Members in the current membership, kept up to date by a watcher so the publish path
     /// can ask "any peers?" without touching Raft's metrics.
     members: Arc<std::sync::atomic::AtomicUsize>,
@@ -261,7 +256,6 @@ impl Cluster {
             raft: raft.clone(),
             state,
             peers: Mutex::new(HashMap::new()),
-            slow: Arc::new(Mutex::new(HashMap::new())),
             members: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             stats: stats.clone(),
             stop,
@@ -457,9 +451,12 @@ impl Cluster {
 
     /// Waits until every reachable member has applied `index`, so a SUBACK is sent only when
     /// a publish on any node will see the route. Each peer is asked once (`Cluster.Applied`,
-    /// the peer waits on its side); a peer that cannot be reached or does not catch up within
-    /// `forward_timeout` is skipped: it is down or partitioned, and applies the entry when it
-    /// returns.
+    /// the peer waits on its side), at most the smaller of `forward_timeout` and the election
+    /// timeout. Only a peer known unreachable at the time of the call is skipped: its
+    /// forwarder's stream is down or its acknowledgements stopped ([`Cluster::peer_up`]); it
+    /// applies the entry when it returns, and a publish meanwhile is refused rather than
+    /// acknowledged for it (docs/rfcs/0004). A peer that merely missed one earlier call is
+    /// asked again: a miss is not remembered.
     pub async fn wait_replicated(&self, index: u64) {
         let members: Vec<NodeId> = {
             let m = self.raft.metrics();
@@ -477,36 +474,28 @@ impl Cluster {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(1_000);
         let mut calls = Vec::new();
         for id in members {
-            if self
-                .slow
-                .lock()
-                .get(&id)
-                .is_some_and(|until| Instant::now() < *until)
-            {
-                // It recently failed to confirm: do not make every SUBACK wait for it again.
+            let Some(peer) = self.peer(id) else { continue };
+            if !peer.up.load(std::sync::atomic::Ordering::Relaxed) {
+                // Known unreachable now: do not make every SUBACK wait for it.
+                debug!(peer = %id, "peer unreachable: not waiting for it to apply a route");
                 continue;
             }
-            let Some(peer) = self.peer(id) else { continue };
             let mut client = peer.client.clone();
-            let slow = Arc::clone(&self.slow);
             calls.push(async move {
                 let mut req = Request::new(pb::AppliedRequest {
                     min_index: index,
                     wait_ms,
                 });
                 req.set_timeout(Duration::from_millis(wait_ms + 250));
-                let caught_up = match client.applied(req).await {
-                    Ok(r) => r.into_inner().applied_index >= index,
+                match client.applied(req).await {
+                    Ok(r) if r.get_ref().applied_index >= index => {}
+                    Ok(r) => {
+                        let applied = r.into_inner().applied_index;
+                        debug!(peer = %id, applied, index, "peer did not apply a route entry in time");
+                    }
                     Err(e) => {
                         debug!(peer = %id, error = %e, "peer did not confirm a route entry");
-                        false
                     }
-                };
-                let mut slow = slow.lock();
-                if caught_up {
-                    slow.remove(&id);
-                } else {
-                    slow.insert(id, Instant::now() + SLOW_PEER_BACKOFF);
                 }
             });
         }
@@ -569,7 +558,8 @@ impl Cluster {
     /// False while `node` is known unreachable: this node's forwarder has no stream to it, or
     /// a message has waited `forward_timeout` for its acknowledgement and none came since.
     /// Shared groups skip it, a client's QoS 1/2 publish that must reach it is refused at once
-    /// (docs/rfcs/0004). A peer never forwarded to is presumed up.
+    /// (docs/rfcs/0004), `wait_replicated` does not wait for it. A peer never forwarded to is
+    /// presumed up.
     pub fn peer_up(&self, node: NodeId) -> bool {
         self.peers
             .lock()

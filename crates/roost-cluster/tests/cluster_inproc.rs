@@ -50,6 +50,8 @@ struct TestNode {
     sessions: Mutex<HashMap<ClientId, SessionTransfer>>,
     /// Every `take_session` call: (client id, generation).
     takes: Mutex<Vec<(ClientId, u64)>>,
+    /// How long each applied event blocks before it is recorded: a member slow to apply.
+    apply_delay: Mutex<Duration>,
 }
 
 impl LocalNode for TestNode {
@@ -78,6 +80,11 @@ impl LocalNode for TestNode {
     }
 
     fn on_event(&self, event: &Event) {
+        let delay = *self.apply_delay.lock();
+        if !delay.is_zero() {
+            // Blocks the state machine's apply, as a slow disk would (tests only).
+            std::thread::sleep(delay);
+        }
         self.events.lock().push(event.clone());
     }
 }
@@ -1324,5 +1331,81 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         .expect("the peer accepted it");
     assert_eq!(payloads(&n2.local).len(), 5);
     assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
+    shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 9c: wait_replicated skips only a peer known unreachable ----
+
+/// Item 9c: a peer that once did not confirm an entry in time is asked again next time, not
+/// skipped for 10 s: after every peer missed one (an index nobody has reached), the next
+/// `wait_replicated` still returns only when every member applied the entry. Each member
+/// takes 100 ms to apply it, so a call that skips them returns before they have it. Before the
+/// fix the second call returned at once and no follower had the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item9c_one_miss_does_not_skip_a_reachable_peer() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let seeds: Vec<(NodeId, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (NodeId::new(i as u64 + 1), a.to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        // wait_replicated waits at most min(forward, election timeout) per peer: 1 s here,
+        // far above the 100 ms apply delay below.
+        cfg.election_timeout = Duration::from_millis(1000);
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
+    }
+    let leader_id = wait_for_leader(&nodes).await;
+    let leader = node(&nodes, leader_id);
+
+    // Every peer misses once: nobody reaches this index within the wait.
+    let (index, _) = leader
+        .cluster
+        .propose(claim("first", leader_id))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    leader.cluster.wait_replicated(index + 1_000).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the peers were asked and waited for: {:?}",
+        started.elapsed()
+    );
+
+    // From now on every member takes 100 ms to apply an entry.
+    for n in &nodes {
+        *n.local.apply_delay.lock() = Duration::from_millis(100);
+    }
+    let (index, _) = leader
+        .cluster
+        .propose(claim("second", leader_id))
+        .await
+        .unwrap();
+    leader.cluster.wait_replicated(index).await;
+    for n in &nodes {
+        let applied = n.local.events.lock().iter().any(|e| {
+            matches!(e, Event::SessionClaimed { client_id, .. } if client_id.as_str() == "second")
+        });
+        assert!(
+            applied,
+            "node {} had not applied the entry when wait_replicated returned",
+            n.id
+        );
+    }
+    for n in &nodes {
+        *n.local.apply_delay.lock() = Duration::ZERO;
+    }
     shutdown_all(&nodes).await;
 }
