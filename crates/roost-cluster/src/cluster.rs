@@ -491,7 +491,12 @@ impl Cluster {
                     Ok(r) if r.get_ref().applied_index >= index => {}
                     Ok(r) => {
                         let applied = r.into_inner().applied_index;
-                        debug!(peer = %id, applied, index, "peer did not apply a route entry in time");
+                        debug!(
+                            peer = %id,
+                            applied,
+                            index,
+                            "peer did not apply a route entry in time"
+                        );
                     }
                     Err(e) => {
                         debug!(peer = %id, error = %e, "peer did not confirm a route entry");

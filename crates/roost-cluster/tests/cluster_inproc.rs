@@ -1334,6 +1334,43 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
     shutdown_all(&nodes).await;
 }
 
+// ---- Issue 7, item 3: a refusal is reported, not hidden ----
+
+/// Item 3: a QoS 1 forward to a node that is not a member is answered at once with why
+/// (`NotMember`), so the publisher's acknowledgement can say it failed; a QoS 0 one is dropped
+/// (counted). Before, both returned `None`, which the publisher's side read as "nothing to
+/// wait for" and acknowledged 0x00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item3_forward_to_a_non_member_is_refused_with_why() {
+    let nodes = three_nodes().await;
+    let n1 = node(&nodes, 1);
+    let ack = n1
+        .cluster
+        .forward(
+            NodeId::new(9),
+            message("t", b"q1", QoS::AtLeastOnce),
+            true,
+            vec![],
+        )
+        .await
+        .expect("a QoS 1 forward is answered");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_millis(100), ack).await,
+        Ok(Ok(Err(NotForwarded::NotMember)))
+    );
+    assert!(n1
+        .cluster
+        .forward(
+            NodeId::new(9),
+            message("t", b"q0", QoS::AtMostOnce),
+            true,
+            vec![]
+        )
+        .await
+        .is_none());
+    shutdown_all(&nodes).await;
+}
+
 // ---- Issue 7, item 9c: wait_replicated skips only a peer known unreachable ----
 
 /// Item 9c: a peer that once did not confirm an entry in time is asked again next time, not

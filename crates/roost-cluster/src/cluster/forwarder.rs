@@ -3,7 +3,8 @@
 //!
 //! Who calls it: `Cluster::peer` spawns one forwarder per peer the first time the peer is needed
 //! (and again when its address changes); `Cluster::forward` puts messages in its queue
-//! (`FORWARD_QUEUE`; when full, QoS 0 is dropped and QoS 1/2 waits up to `forward_timeout`).
+//! (`FORWARD_QUEUE`; when full, QoS 0 is dropped and QoS 1/2 waits up to `forward_timeout`,
+//! then is refused `NotForwarded::QueueFull`).
 //!
 //! ```text
 //!  Cluster::forward ─Outgoing─▶ queue ─▶ run_forwarder ─ForwardBatch─────────────────▶ peer

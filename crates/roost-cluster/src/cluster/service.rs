@@ -19,8 +19,12 @@
 //! the node's backpressure timeout) before it delivers the next message or reads the next
 //! batch. The origin's publisher, whose PUBACK waits for these acknowledgements, slows down;
 //! what the origin sends meanwhile waits in the stream's flow-control window and the
-//! forwarder's bounded queue, not in a subscriber's queue where it would be dropped. The service holds the `Cluster` only weakly (a call
-//! after it is gone answers `unavailable`) and watches `stop` itself, see the field.
+//! forwarder's bounded queue, not in a subscriber's queue where it would be dropped. One
+//! backed-up subscriber holds the whole stream from that origin (head-of-line), as it holds a
+//! local publisher.
+//!
+//! The service holds the `Cluster` only weakly (a call after it is gone answers `unavailable`)
+//! and watches `stop` itself, see the field.
 
 use super::dedup::Dedup;
 use super::membership::server_state;
