@@ -71,10 +71,41 @@ use tracing::{debug, warn};
 
 pub use membership::{ClusterStatus, MemberStatus};
 
-/// How long `wait_replicated` skips a peer that did not confirm an entry in time.
-const SLOW_PEER_BACKOFF: Duration = Duration::from_secs(10);
 /// Messages waiting for one peer's forwarder. Beyond it QoS 0 is dropped, QoS 1/2 waits.
 const FORWARD_QUEUE: usize = 8192;
+
+/// Why a peer did not accept a forwarded QoS 1/2 message: what the publisher's
+/// acknowledgement must not hide (docs/architecture.md, "What an acknowledgement promises").
+/// Each is counted where it happens (`roost_cluster_forward_given_up_total{reason}`,
+/// `roost_cluster_forward_too_large_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
+    /// The route names a node that is no longer a member (its routes are being forgotten).
+    NotMember,
+    /// The peer's forward queue stayed full for the whole `forward_timeout`.
+    QueueFull,
+    /// Sent, then given up before the peer acknowledged it, to keep the messages kept for
+    /// resending within their bound (`MAX_UNACKED` messages, `WireLimits::unacked` bytes).
+    ResendBound,
+    /// Over `WireLimits::max_message`: no stream could carry it.
+    TooLarge,
+    /// The forwarder stopped (shutdown, or the peer's address changed) before the peer
+    /// acknowledged it.
+    Stopped,
+}
+
+impl NotForwarded {
+    /// True when a bound refused the message (MQTT 5 reason 0x97 Quota exceeded); otherwise
+    /// the publisher hears 0x80 Unspecified error.
+    pub fn is_quota(self) -> bool {
+        matches!(self, NotForwarded::QueueFull | NotForwarded::ResendBound)
+    }
+}
+
+/// Resolves when a peer accepted a forwarded QoS 1/2 message into its sessions (`Ok`), or
+/// with why it will not (`Err`). A closed channel (`RecvError`) means the forwarder ended
+/// without answering: read it as [`NotForwarded::Stopped`].
+pub type ForwardAck = oneshot::Receiver<Result<(), NotForwarded>>;
 
 /// Settings of the cluster layer (from `[cluster]` in the node's config).
 #[derive(Debug, Clone)]
@@ -114,7 +145,18 @@ pub trait LocalNode: Send + Sync + 'static {
     /// matching non-shared subscriptions if `direct`, and one local member of each shared
     /// subscription in `shared` (filters from the peer that failed to parse were dropped and
     /// counted before this call).
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]);
+    ///
+    /// Backpressure: when a connected subscriber's queue is backing up, it returns a future
+    /// that ends when the subscriber has room again (bounded by the node's backpressure
+    /// timeout). The Forward stream acknowledges what it delivered, then awaits it before
+    /// delivering the next message, so the origin's publisher, whose PUBACK waits for that
+    /// acknowledgement, is slowed as it would be by a local subscriber (issue 7 item 4).
+    fn deliver(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) -> Option<BoxFuture<()>>;
     /// Hands over a local session to the node that now owns `generation` of it: the old
     /// connection is closed with DISCONNECT 0x8E and the session removed here.
     fn take_session(
@@ -138,7 +180,9 @@ struct Peer {
     addr: String,
     client: ClusterClient<Channel>,
     forward: mpsc::Sender<Outgoing>,
-    /// The forwarder's stream to it is established (false while it reconnects).
+    /// The forwarder's stream to it is established and the peer is acknowledging: false
+    /// while it reconnects, and while a message has waited `forward_timeout` for an
+    /// acknowledgement with none coming (a peer cut off without the connection breaking).
     up: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -152,9 +196,6 @@ pub struct Cluster {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     stats: Arc<ClusterStats>,
     stop: watch::Sender<bool>,
-    /// Peers that recently did not confirm an entry in time, until when to stop waiting for
-    /// them (`wait_replicated`).
-    slow: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// Members in the current membership, kept up to date by a watcher so the publish path
     /// can ask "any peers?" without touching Raft's metrics.
     members: Arc<std::sync::atomic::AtomicUsize>,
@@ -234,7 +275,6 @@ impl Cluster {
             raft: raft.clone(),
             state,
             peers: Mutex::new(HashMap::new()),
-            slow: Arc::new(Mutex::new(HashMap::new())),
             members: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             election: Arc::clone(&elector),
             stats: stats.clone(),
@@ -443,9 +483,12 @@ impl Cluster {
 
     /// Waits until every reachable member has applied `index`, so a SUBACK is sent only when
     /// a publish on any node will see the route. Each peer is asked once (`Cluster.Applied`,
-    /// the peer waits on its side); a peer that cannot be reached or does not catch up within
-    /// `forward_timeout` is skipped: it is down or partitioned, and applies the entry when it
-    /// returns.
+    /// the peer waits on its side), at most the smaller of `forward_timeout` and the election
+    /// timeout. Only a peer known unreachable at the time of the call is skipped: its
+    /// forwarder's stream is down or its acknowledgements stopped ([`Cluster::peer_up`]); it
+    /// applies the entry when it returns, and a publish meanwhile is refused rather than
+    /// acknowledged for it (docs/rfcs/0005). A peer that merely missed one earlier call is
+    /// asked again: a miss is not remembered.
     pub async fn wait_replicated(&self, index: u64) {
         let members: Vec<NodeId> = {
             let m = self.raft.metrics();
@@ -463,36 +506,33 @@ impl Cluster {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(1_000);
         let mut calls = Vec::new();
         for id in members {
-            if self
-                .slow
-                .lock()
-                .get(&id)
-                .is_some_and(|until| Instant::now() < *until)
-            {
-                // It recently failed to confirm: do not make every SUBACK wait for it again.
+            let Some(peer) = self.peer(id) else { continue };
+            if !peer.up.load(std::sync::atomic::Ordering::Relaxed) {
+                // Known unreachable now: do not make every SUBACK wait for it.
+                debug!(peer = %id, "peer unreachable: not waiting for it to apply a route");
                 continue;
             }
-            let Some(peer) = self.peer(id) else { continue };
             let mut client = peer.client.clone();
-            let slow = Arc::clone(&self.slow);
             calls.push(async move {
                 let mut req = Request::new(pb::AppliedRequest {
                     min_index: index,
                     wait_ms,
                 });
                 req.set_timeout(Duration::from_millis(wait_ms + 250));
-                let caught_up = match client.applied(req).await {
-                    Ok(r) => r.into_inner().applied_index >= index,
+                match client.applied(req).await {
+                    Ok(r) if r.get_ref().applied_index >= index => {}
+                    Ok(r) => {
+                        let applied = r.into_inner().applied_index;
+                        debug!(
+                            peer = %id,
+                            applied,
+                            index,
+                            "peer did not apply a route entry in time"
+                        );
+                    }
                     Err(e) => {
                         debug!(peer = %id, error = %e, "peer did not confirm a route entry");
-                        false
                     }
-                };
-                let mut slow = slow.lock();
-                if caught_up {
-                    slow.remove(&id);
-                } else {
-                    slow.insert(id, Instant::now() + SLOW_PEER_BACKOFF);
                 }
             });
         }
@@ -536,7 +576,13 @@ impl Cluster {
             up: up.clone(),
         });
         tokio::spawn(run_forwarder(
-            Forwarder::new(self.cfg.node_id, id, self.limits, self.stats.clone()),
+            Forwarder::new(
+                self.cfg.node_id,
+                id,
+                self.limits,
+                self.cfg.forward_timeout,
+                self.stats.clone(),
+            ),
             client,
             rx,
             self.stop.subscribe(),
@@ -546,8 +592,11 @@ impl Cluster {
         Some(peer)
     }
 
-    /// False while this node's forwarder cannot reach `node` (shared groups skip it). A peer
-    /// never forwarded to is presumed up.
+    /// False while `node` is known unreachable: this node's forwarder has no stream to it, or
+    /// a message has waited `forward_timeout` for its acknowledgement and none came since.
+    /// Shared groups skip it, a client's QoS 1/2 publish that must reach it is refused at once
+    /// (docs/rfcs/0005), `wait_replicated` does not wait for it. A peer never forwarded to is
+    /// presumed up.
     pub fn peer_up(&self, node: NodeId) -> bool {
         self.peers
             .lock()
@@ -555,28 +604,34 @@ impl Cluster {
             .is_none_or(|p| p.up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Hands a message to `node`'s forwarder. For QoS 1/2 the returned receiver resolves when
-    /// the peer accepted it into its sessions. When the peer's queue is full, QoS 0 is dropped
-    /// (counted) and QoS 1/2 waits for room, at most `forward_timeout`. A message over
-    /// [`WireLimits::max_message`] is refused by the forwarder (counted): the receiver then
-    /// resolves with `RecvError`, at once, instead of the message being resent forever.
+    /// Hands a message to `node`'s forwarder. QoS 0 returns `None`: when the peer's queue is
+    /// full it is dropped (counted). QoS 1/2 returns a [`ForwardAck`] that resolves `Ok` when
+    /// the peer accepted the message into its sessions, or `Err` with why it did not: the
+    /// peer is not a member, or its queue stayed full for `forward_timeout` (both answered at
+    /// once), the message is over [`WireLimits::max_message`], or it was given up to keep
+    /// the resend buffer within its bound. Every refusal is counted where it happens.
     pub async fn forward(
         &self,
         node: NodeId,
         msg: Arc<Message>,
         direct: bool,
         shared: Vec<TopicFilter>,
-    ) -> Option<oneshot::Receiver<()>> {
+    ) -> Option<ForwardAck> {
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
+        let refused = |why: NotForwarded| {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(why));
+            Some(rx)
+        };
         let Some(peer) = self.peer(node) else {
             // The route names a node that is no longer a member (its routes are being
             // forgotten): the message cannot go there. Counted, never silent.
             if qos0 {
                 self.stats.forward_dropped.increment(1);
-            } else {
-                self.stats.forward_given_up.increment(1);
+                return None;
             }
-            return None;
+            self.stats.forward_given_up.not_member.increment(1);
+            return refused(NotForwarded::NotMember);
         };
         let (ack, rx) = if qos0 {
             (None, None)
@@ -599,11 +654,16 @@ impl Cluster {
         }
         match tokio::time::timeout(self.cfg.forward_timeout, peer.forward.send(item)).await {
             Ok(Ok(())) => rx,
-            _ => {
+            Ok(Err(_)) => {
+                // The forwarder ended (shutdown): nothing will send it.
+                self.stats.forward_given_up.stopped.increment(1);
+                refused(NotForwarded::Stopped)
+            }
+            Err(_) => {
                 // The peer's queue stayed full for the whole forward timeout: this message is
                 // not kept for it. Counted, never silent.
-                self.stats.forward_given_up.increment(1);
-                None
+                self.stats.forward_given_up.queue_full.increment(1);
+                refused(NotForwarded::QueueFull)
             }
         }
     }

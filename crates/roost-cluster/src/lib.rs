@@ -36,7 +36,7 @@ pub mod state;
 pub mod store;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterStatus, LocalNode};
+pub use cluster::{Cluster, ClusterConfig, ClusterStatus, ForwardAck, LocalNode, NotForwarded};
 pub use convert::SessionTransfer;
 pub use error::{ClusterError, Refusal, StartError};
 pub use limits::WireLimits;

@@ -22,7 +22,11 @@ pub fn describe() {
     );
     describe_counter!(
         FORWARD_GIVEN_UP,
-        "QoS 1/2 messages a forwarder stopped keeping for resend (too many unacknowledged)"
+        "QoS 1/2 messages a peer did not accept, by reason: not_member (the route names a \
+         node that left), queue_full (the peer's forward queue stayed full for the forward \
+         timeout), resend_bound (given up to keep the unacknowledged messages within their \
+         bound), stopped (the forwarder stopped first: shutdown or a new peer address); the \
+         publisher hears a failure unless it was acknowledged already"
     );
     describe_counter!(
         FORWARD_TOO_LARGE,
@@ -60,8 +64,8 @@ pub struct ClusterStats {
     pub forwarded: Counter,
     /// QoS 0 dropped on a full peer queue.
     pub forward_dropped: Counter,
-    /// QoS 1/2 no longer kept for resend.
-    pub forward_given_up: Counter,
+    /// QoS 1/2 a peer did not accept, by reason.
+    pub forward_given_up: GivenUp,
     /// Not forwarded: over the per-message byte bound.
     pub forward_too_large: Counter,
     /// Left out of a session hand-over: over the transfer byte bound.
@@ -81,7 +85,12 @@ impl Default for ClusterStats {
         ClusterStats {
             forwarded: counter!(FORWARDED),
             forward_dropped: counter!(FORWARD_DROPPED),
-            forward_given_up: counter!(FORWARD_GIVEN_UP),
+            forward_given_up: GivenUp {
+                not_member: counter!(FORWARD_GIVEN_UP, "reason" => "not_member"),
+                queue_full: counter!(FORWARD_GIVEN_UP, "reason" => "queue_full"),
+                resend_bound: counter!(FORWARD_GIVEN_UP, "reason" => "resend_bound"),
+                stopped: counter!(FORWARD_GIVEN_UP, "reason" => "stopped"),
+            },
             forward_too_large: counter!(FORWARD_TOO_LARGE),
             transfer_dropped: counter!(TRANSFER_DROPPED),
             received: counter!(RECEIVED),
@@ -90,4 +99,18 @@ impl Default for ClusterStats {
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
         }
     }
+}
+
+/// `roost_cluster_forward_given_up_total` by reason (see [`crate::cluster::NotForwarded`];
+/// `too_large` has its own counter).
+#[derive(Debug, Clone)]
+pub struct GivenUp {
+    /// The route names a node that is no longer a member.
+    pub not_member: Counter,
+    /// The peer's forward queue stayed full for the forward timeout.
+    pub queue_full: Counter,
+    /// Given up to keep the unacknowledged messages within their bound.
+    pub resend_bound: Counter,
+    /// The forwarder stopped before the peer acknowledged them.
+    pub stopped: Counter,
 }

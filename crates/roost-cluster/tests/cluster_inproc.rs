@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::{Event, SessionOwner};
 use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
-use roost_cluster::{Cluster, ClusterConfig, LocalNode, SessionTransfer};
+use roost_cluster::{Cluster, ClusterConfig, LocalNode, NotForwarded, SessionTransfer};
 use roost_codec::{LastWill, PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use roost_core::index::{Matches, Subscription};
 use roost_core::message::{Message, PassThrough};
@@ -51,15 +51,23 @@ struct TestNode {
     sessions: Mutex<HashMap<ClientId, SessionTransfer>>,
     /// Every `take_session` call: (client id, generation).
     takes: Mutex<Vec<(ClientId, u64)>>,
+    /// How long each applied event blocks before it is recorded: a member slow to apply.
+    apply_delay: Mutex<Duration>,
 }
 
 impl LocalNode for TestNode {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]) {
+    fn deliver(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) -> Option<BoxFuture<()>> {
         self.delivered.lock().push(Delivered {
             msg,
             direct,
             shared: shared.to_vec(),
         });
+        None
     }
 
     fn take_session(
@@ -73,6 +81,11 @@ impl LocalNode for TestNode {
     }
 
     fn on_event(&self, event: &Event) {
+        let delay = *self.apply_delay.lock();
+        if !delay.is_zero() {
+            // Blocks the state machine's apply, as a slow disk would (tests only).
+            std::thread::sleep(delay);
+        }
         self.events.lock().push(event.clone());
     }
 }
@@ -487,7 +500,8 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("ack within the forward timeout")
-        .expect("ack sender not dropped");
+        .expect("ack sender not dropped")
+        .expect("the peer accepted it");
     {
         let got = n2.local.delivered.lock().clone();
         assert_eq!(got.len(), 1);
@@ -522,7 +536,8 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     let got = n2.local.delivered.lock()[2].clone();
     assert_eq!(got.msg.qos, QoS::ExactlyOnce);
     let left = got.msg.expires_at.unwrap().duration_since(Instant::now());
@@ -554,7 +569,8 @@ async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(
         payloads(&node(&nodes, id2).local),
         vec![Bytes::from_static(b"before")]
@@ -611,7 +627,8 @@ async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
     tokio::time::timeout(SETTLE, &mut ack)
         .await
         .expect("resent and acknowledged after the peer restarted")
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert!(payloads(&local).contains(&Bytes::from_static(b"while-down")));
     assert!(c1.peer_up(id2));
     // The restarted node is a member again and follows the leader.
@@ -970,7 +987,8 @@ async fn item1_six_pipelined_900k_forwards_all_arrive() {
         tokio::time::timeout(SETTLE, ack)
             .await
             .unwrap_or_else(|_| panic!("message {i} not acknowledged within {SETTLE:?}"))
-            .unwrap_or_else(|_| panic!("message {i} refused"));
+            .unwrap_or_else(|_| panic!("message {i} refused"))
+            .expect("the peer accepted it");
     }
     let got: Vec<(usize, u8)> = payloads(&n2.local)
         .iter()
@@ -1036,7 +1054,11 @@ async fn item1_oversized_forward_is_refused_not_resent_forever() {
     let refused = tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("an oversized message is answered, not resent forever");
-    assert!(refused.is_err(), "refused: the ack sender is dropped");
+    assert_eq!(
+        refused,
+        Ok(Err(NotForwarded::TooLarge)),
+        "refused, and the waiter hears why"
+    );
     let ack = n1
         .cluster
         .forward(
@@ -1050,7 +1072,8 @@ async fn item1_oversized_forward_is_refused_not_resent_forever() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .expect("the next message is not stuck behind the refused one")
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(payloads(&n2.local), vec![Bytes::from_static(b"after")]);
     shutdown_all(&nodes).await;
 }
@@ -1263,7 +1286,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
 
     // Node 2 gets and delivers three messages; their acks are lost on the way back.
     proxy.drop_replies(true);
@@ -1297,7 +1321,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         tokio::time::timeout(SETTLE, ack)
             .await
             .unwrap_or_else(|_| panic!("message {i} not acknowledged after the reconnect"))
-            .unwrap();
+            .unwrap()
+            .expect("the peer accepted it");
     }
     assert_eq!(
         payloads(&n2.local),
@@ -1323,7 +1348,8 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
     tokio::time::timeout(OP_TIMEOUT, ack)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .expect("the peer accepted it");
     assert_eq!(payloads(&n2.local).len(), 5);
     assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
     shutdown_all(&nodes).await;
@@ -1404,5 +1430,118 @@ async fn item21_a_follower_cut_off_and_back_does_not_depose_the_leader() {
         disrupted.is_empty(),
         "leader {leader} at term {term} disrupted: (round, node, its leader, its term) {disrupted:?}"
     );
+    shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 3: a refusal is reported, not hidden ----
+
+/// Item 3: a QoS 1 forward to a node that is not a member is answered at once with why
+/// (`NotMember`), so the publisher's acknowledgement can say it failed; a QoS 0 one is dropped
+/// (counted). Before, both returned `None`, which the publisher's side read as "nothing to
+/// wait for" and acknowledged 0x00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item3_forward_to_a_non_member_is_refused_with_why() {
+    let nodes = three_nodes().await;
+    let n1 = node(&nodes, 1);
+    let ack = n1
+        .cluster
+        .forward(
+            NodeId::new(9),
+            message("t", b"q1", QoS::AtLeastOnce),
+            true,
+            vec![],
+        )
+        .await
+        .expect("a QoS 1 forward is answered");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_millis(100), ack).await,
+        Ok(Ok(Err(NotForwarded::NotMember)))
+    );
+    assert!(n1
+        .cluster
+        .forward(
+            NodeId::new(9),
+            message("t", b"q0", QoS::AtMostOnce),
+            true,
+            vec![]
+        )
+        .await
+        .is_none());
+    shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 9c: wait_replicated skips only a peer known unreachable ----
+
+/// Item 9c: a peer that once did not confirm an entry in time is asked again next time, not
+/// skipped for 10 s: after every peer missed one (an index nobody has reached), the next
+/// `wait_replicated` still returns only when every member applied the entry. Each member
+/// takes 100 ms to apply it, so a call that skips them returns before they have it. Before the
+/// fix the second call returned at once and no follower had the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item9c_one_miss_does_not_skip_a_reachable_peer() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let seeds: Vec<(NodeId, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (NodeId::new(i as u64 + 1), a.to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        // wait_replicated waits at most min(forward, election timeout) per peer: 1 s here,
+        // far above the 100 ms apply delay below.
+        cfg.election_timeout = Duration::from_millis(1000);
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
+    }
+    let leader_id = wait_for_leader(&nodes).await;
+    let leader = node(&nodes, leader_id);
+
+    // Every peer misses once: nobody reaches this index within the wait.
+    let (index, _) = leader
+        .cluster
+        .propose(claim("first", leader_id))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    leader.cluster.wait_replicated(index + 1_000).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the peers were asked and waited for: {:?}",
+        started.elapsed()
+    );
+
+    // From now on every member takes 100 ms to apply an entry.
+    for n in &nodes {
+        *n.local.apply_delay.lock() = Duration::from_millis(100);
+    }
+    let (index, _) = leader
+        .cluster
+        .propose(claim("second", leader_id))
+        .await
+        .unwrap();
+    leader.cluster.wait_replicated(index).await;
+    for n in &nodes {
+        let applied = n.local.events.lock().iter().any(|e| {
+            matches!(e, Event::SessionClaimed { client_id, .. } if client_id.as_str() == "second")
+        });
+        assert!(
+            applied,
+            "node {} had not applied the entry when wait_replicated returned",
+            n.id
+        );
+    }
+    for n in &nodes {
+        *n.local.apply_delay.lock() = Duration::ZERO;
+    }
     shutdown_all(&nodes).await;
 }

@@ -34,7 +34,7 @@
 //! the socket becomes readable and released when it has been drained; the write buffer is
 //! released after each flush if it grew beyond a few KiB.
 
-use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, SessionRef};
+use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, PeerWait, SessionRef};
 use bytes::BytesMut;
 use roost_codec::{encode, Connect, Decoder, LastWill, Packet, Protocol, ReasonCode};
 use roost_core::connect::{connect_error_reply, negotiate, within_maximum_packet_size, Negotiated};
@@ -51,7 +51,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 /// Read-buffer growth step.
@@ -474,7 +473,9 @@ impl Conn {
 
     async fn session_loop(&mut self, st: &mut Live) -> Close {
         loop {
-            self.release_acks(st);
+            if let Err(close) = self.release_acks(st) {
+                return close;
+            }
             self.encode_outbox(st);
             self.release_rbuf();
             if let Err(stop) = self.flush_until(Some(&st.ctl), self.write_timeout()).await {
@@ -623,19 +624,16 @@ impl Conn {
                 }
                 self.on_publish(st, inbound).await
             }
-            Handled::Ack(ack) => {
-                self.hold(st, ack, None).await;
-                Ok(())
-            }
+            Handled::Ack(ack) => self.hold(st, ack, None).await,
             Handled::Dropped { reason, ack } => {
                 match reason {
                     // Clients may not publish into the `$` namespace: refused and counted.
                     DropReason::SystemTopic => self.broker.metrics.dollar_dropped.increment(1),
                 }
-                if let Some(ack) = ack {
-                    self.hold(st, ack, None).await;
+                match ack {
+                    Some(ack) => self.hold(st, ack, None).await,
+                    None => Ok(()),
                 }
-                Ok(())
             }
             // Boxed: rare next to PUBLISH, and its future (route commits) is large.
             Handled::Subscribe(req) => {
@@ -657,7 +655,9 @@ impl Conn {
     /// A PUBLISH from the client, through the broker's one publish path. It is acknowledged
     /// after it is in every local subscriber's session, every peer with subscribers accepted
     /// it (at most `cluster.forward_timeout_ms`) and, when retained, the retained copy
-    /// committed.
+    /// committed. When one of those failed it is not acknowledged as delivered
+    /// (docs/architecture.md, "What an acknowledgement promises"): v5 hears 0x80 (0x97 when a
+    /// bound refused it), v3.1.1, which has no failure code, is closed unacknowledged.
     async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) -> Result<(), Close> {
         if inbound.msg.retain {
             // The retained copy waits for a commit: the connection goes on reading (PINGREQ,
@@ -693,7 +693,7 @@ impl Conn {
         let Some(pending) = ack else {
             return Ok(());
         };
-        let ack = ReadyAck {
+        let mut ack = ReadyAck {
             ack: pending,
             reason: PublishOutcome {
                 retain_failed: out.retain_failed,
@@ -702,18 +702,30 @@ impl Conn {
             }
             .reason(st.protocol),
         };
-        if out.retain_failed && st.protocol == Protocol::V311 {
-            // 3.1.1 has no failure code in PUBACK/PUBREC: the message was not taken, so it is
-            // not acknowledged; the connection closes and the client sends it again when it
-            // reconnects. A QoS 2 id is released first, so that resend is a new message.
-            st.session.with(|s| s.not_taken(&ack));
-            return Err(Close::error(
-                ReasonCode::UNSPECIFIED_ERROR,
-                "retain_not_stored",
-            ));
+        if out.peer_unreachable {
+            // A peer that must get it is known unreachable: it went nowhere (docs/rfcs/0005).
+            ack.reason = ReasonCode::UNSPECIFIED_ERROR;
         }
-        self.hold(st, ack, out.peers).await;
-        Ok(())
+        if out.retain_failed || out.peer_unreachable {
+            let reason = if out.retain_failed {
+                "retain_not_stored"
+            } else {
+                "peer_unreachable"
+            };
+            if st.protocol == Protocol::V311 {
+                return Err(self.not_taken(st, &ack, reason));
+            }
+        }
+        self.hold(st, ack, out.peers).await
+    }
+
+    /// A v3.1.1 QoS 1/2 PUBLISH that was not taken where it must go: 3.1.1 has no failure
+    /// code in PUBACK/PUBREC, so it is not acknowledged; the connection closes and the client
+    /// sends it again when it reconnects. A QoS 2 id is released first, so that resend is a
+    /// new message.
+    fn not_taken(&mut self, st: &Live, ack: &ReadyAck, reason: &'static str) -> Close {
+        st.session.with(|s| s.not_taken(ack));
+        Close::error(ReasonCode::UNSPECIFIED_ERROR, reason)
     }
 
     /// A cluster operation finished: carries out what it decided.
@@ -730,34 +742,52 @@ impl Conn {
     /// until peers accepted the message. At most `mqtt.receive_maximum` are held at once;
     /// beyond that the connection stops reading until the oldest is released, so a client that
     /// ignores our Receive Maximum (v3.1.1 has none), or sends PUBRELs for ids it never used,
-    /// is slowed instead of buffered.
-    async fn hold(&mut self, st: &mut Live, ack: ReadyAck, wait: Option<JoinHandle<()>>) {
+    /// is slowed instead of buffered. Fails (the connection closes) when a released v3.1.1
+    /// acknowledgement turned out not accepted by a peer, see [`Conn::release_acks`].
+    async fn hold(
+        &mut self,
+        st: &mut Live,
+        ack: ReadyAck,
+        wait: Option<PeerWait>,
+    ) -> Result<(), Close> {
         if wait.is_none() && st.pending_acks.is_empty() {
             self.send_ack(st, &ack);
-            return;
+            return Ok(());
         }
         let max = usize::from(self.broker.config.mqtt.receive_maximum).max(1);
         while st.pending_acks.len() >= max {
             front_done(&mut st.pending_acks).await;
-            self.release_acks(st);
+            self.release_acks(st)?;
         }
         if wait.is_none() && st.pending_acks.is_empty() {
             self.send_ack(st, &ack);
         } else {
             st.pending_acks.push_back(PendingAck { wait, ack });
         }
+        Ok(())
     }
 
-    /// Sends the acknowledgements at the front of the queue whose peers have answered.
-    fn release_acks(&mut self, st: &mut Live) {
+    /// Sends the acknowledgements at the front of the queue whose peers have answered. One
+    /// whose message a peer did not accept carries the failure (v5: 0x80 or 0x97); in v3.1.1,
+    /// which has no failure code, the connection closes instead, leaving it and those behind
+    /// it unacknowledged so the client sends them again.
+    fn release_acks(&mut self, st: &mut Live) -> Result<(), Close> {
         while let Some(front) = st.pending_acks.front() {
-            if front.wait.as_ref().is_some_and(|h| !h.is_finished()) {
+            if front.wait.as_ref().is_some_and(|w| !w.is_finished()) {
                 break;
             }
-            if let Some(p) = st.pending_acks.pop_front() {
-                self.send_ack(st, &p.ack);
+            let Some(mut p) = st.pending_acks.pop_front() else {
+                break;
+            };
+            if let Some(code) = p.wait.as_ref().and_then(PeerWait::failure) {
+                if st.protocol == Protocol::V311 {
+                    return Err(self.not_taken(st, &p.ack, "forward_not_accepted"));
+                }
+                p.ack.reason = code;
             }
+            self.send_ack(st, &p.ack);
         }
+        Ok(())
     }
 
     /// Encodes an acknowledgement; a PUBREC with a failure reason ends its QoS 2 flow, which
@@ -1043,19 +1073,18 @@ impl Live {
 
 /// An acknowledgement held back until peers accepted the message (see `Conn::hold`).
 struct PendingAck {
-    /// Ends when the peers answered (or timed out); `None`: ready, waiting only for its turn.
-    wait: Option<JoinHandle<()>>,
+    /// Ends when the peers answered (or timed out), and says whether they all accepted it;
+    /// `None`: ready, waiting only for its turn.
+    wait: Option<PeerWait>,
     ack: ReadyAck,
 }
 
 /// Waits for the oldest held acknowledgement's peers.
 ///
-/// Cancel safety: awaiting a `JoinHandle` by reference takes nothing from it.
+/// Cancel safety: [`PeerWait::done`] takes nothing from the wait.
 async fn front_done(q: &mut VecDeque<PendingAck>) {
-    if let Some(PendingAck { wait: Some(h), .. }) = q.front_mut() {
-        if !h.is_finished() {
-            let _ = h.await;
-        }
+    if let Some(PendingAck { wait: Some(w), .. }) = q.front_mut() {
+        w.done().await;
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  peer's Forward stream ─▶ NodeHooks::deliver ─▶ Broker::deliver_from_peer (local sessions only)
+//!                       ◀── wait for space ──── congested local subscribers (backpressure)
 //!  peer's TakeSession ─▶ NodeHooks::take_session ─▶ Broker::hand_over
 //!  applied SessionClaimed for another node ─▶ NodeHooks::on_event ─▶ Broker::on_cluster_event
 //! ```
@@ -40,12 +41,21 @@ impl NodeHooks {
 }
 
 impl LocalNode for NodeHooks {
-    fn deliver(&self, msg: Arc<Message>, direct: bool, shared: &[TopicFilter]) {
+    fn deliver(
+        &self,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: &[TopicFilter],
+    ) -> Option<BoxFuture<()>> {
         let Some(b) = self.broker() else {
             crate::metrics::forward_dropped_not_started();
-            return;
+            return None;
         };
-        b.deliver_from_peer(&msg, direct, shared);
+        let congested = b.deliver_from_peer(&msg, direct, shared);
+        if congested.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move { b.wait_for_space(&congested).await }))
     }
 
     fn take_session(

@@ -78,7 +78,9 @@ pub(crate) fn describe() {
     describe_counter!(BYTES_SENT, "bytes written to client sockets");
     describe_counter!(
         PUBLISH_DROPPED,
-        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, retain_not_stored, retain_quota)"
+        "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, \
+         retain_not_stored, retain_quota, peer_unreachable: a QoS 1/2 message for a peer known \
+         unreachable)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -115,7 +117,8 @@ pub(crate) fn describe() {
     describe_counter!(WILLS, "will messages published");
     describe_counter!(
         FORWARD_TIMEOUTS,
-        "publishes acknowledged before every peer accepted the forwarded message (timeout)"
+        "QoS 1/2 publishes whose forward to a peer was not accepted within \
+         cluster.forward_timeout_ms; the publisher heard a failure (v5 0x80, v3.1.1 closed)"
     );
     describe_counter!(
         FORWARD_DROPPED,
@@ -178,6 +181,7 @@ pub(crate) struct Metrics {
     pub(crate) retain_dropped: NodeCounter,
     pub(crate) retain_not_stored: NodeCounter,
     pub(crate) retain_quota: NodeCounter,
+    pub(crate) peer_unreachable: NodeCounter,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
@@ -212,6 +216,9 @@ impl Metrics {
                 counter!(PUBLISH_DROPPED, "reason" => "retain_not_stored"),
             ),
             retain_quota: NodeCounter::new(counter!(PUBLISH_DROPPED, "reason" => "retain_quota")),
+            peer_unreachable: NodeCounter::new(
+                counter!(PUBLISH_DROPPED, "reason" => "peer_unreachable"),
+            ),
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
@@ -238,7 +245,7 @@ impl Metrics {
     }
 
     /// Every counter of a dropped message, by reason.
-    fn drop_counters(&self) -> [&NodeCounter; 8] {
+    fn drop_counters(&self) -> [&NodeCounter; 9] {
         [
             &self.queue_dropped,
             &self.expired_dropped,
@@ -248,6 +255,7 @@ impl Metrics {
             &self.retain_dropped,
             &self.retain_not_stored,
             &self.retain_quota,
+            &self.peer_unreachable,
         ]
     }
 

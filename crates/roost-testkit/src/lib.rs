@@ -7,6 +7,8 @@
 //!   hand-assembled bytes for malformed-input tests.
 //! - [`steps`]: asserting steps over `RawClient` (connect, publish, collect, expect a
 //!   disconnect, wait for the node to settle) that panic on anything unexpected.
+//! - [`cluster`]: two nodes forming a cluster ([`two_nodes_with`]), optionally with a
+//!   [`Proxy`] that cuts node 2 off without stopping it.
 //! - [`admin`]: the admin HTTP API ([`http`], [`http_at`], [`http_with`]) on hyper, and
 //!   [`metric`] to read a Prometheus counter.
 //!
@@ -15,10 +17,12 @@
 //! of hanging it.
 
 pub mod admin;
+pub mod cluster;
 pub mod packets;
 pub mod steps;
 
 pub use admin::{http, http_at, http_with, metric, HttpResponse, HTTP_TIMEOUT};
+pub use cluster::{two_nodes_with, Proxy};
 pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
 pub use steps::{
     collect, connect_clean, connect_persistent, connect_with, expect_disconnect, payloads,

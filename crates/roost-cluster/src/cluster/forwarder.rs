@@ -3,7 +3,8 @@
 //!
 //! Who calls it: `Cluster::peer` spawns one forwarder per peer the first time the peer is needed
 //! (and again when its address changes); `Cluster::forward` puts messages in its queue
-//! (`FORWARD_QUEUE`; when full, QoS 0 is dropped and QoS 1/2 waits up to `forward_timeout`).
+//! (`FORWARD_QUEUE`; when full, QoS 0 is dropped and QoS 1/2 waits up to `forward_timeout`,
+//! then is refused `NotForwarded::QueueFull`).
 //!
 //! ```text
 //!  Cluster::forward ─Outgoing─▶ queue ─▶ run_forwarder ─ForwardBatch─────────────────▶ peer
@@ -11,13 +12,22 @@
 //!                                            │    │    ≤ WireLimits::forward_batch bytes)│
 //!                    QoS 1/2: unacked by seq ┘    └──────────── ForwardAck(seqs) ◀────┘
 //!                    (≤ MAX_UNACKED), resent in order after a reconnect; an ack resolves
-//!                    the oneshot the caller of `forward` waits on
+//!                    the oneshot the caller of `forward` waits on with Ok, giving up
+//!                    resolves it with why (`NotForwarded`)
 //! ```
 //!
 //! Bytes: a message whose encoding is over `WireLimits::max_message` is never sent (it could
 //! not be sent next time either): it is counted (`roost_cluster_forward_too_large_total`) and
-//! its ack sender dropped, which the publisher's side reads as "not delivered". Any other
-//! message fits a batch on its own, so a batch the peer refuses is never built.
+//! answered `NotForwarded::TooLarge`, which the publisher hears as a failure. Any other
+//! message fits a batch on its own, so a batch the peer refuses is never built. Every message
+//! given up is counted by reason (`roost_cluster_forward_given_up_total{reason}`).
+//!
+//! Health: the `up` flag is cleared while the stream is down and also while the peer is
+//! *stalled*: a message has waited `stall_after` (the forward timeout) for an acknowledgement
+//! and no acknowledgement came since. A peer cut off by a partition that drops packets keeps
+//! its connection open; without this the node would go on making every publish wait the
+//! whole forward timeout for it (docs/rfcs/0005). The first acknowledgement, or a new stream,
+//! sets it again.
 //!
 //! Once: every batch carries this forwarder's random `epoch`, and a message keeps its sequence
 //! number when it is resent on a new stream, so the receiver (`dedup`) acknowledges a resend of
@@ -33,6 +43,7 @@
 //! dropped from `Cluster`'s map) or on shutdown (the `stop` watch). While its stream is down it
 //! clears the peer's `up` flag, which shared-subscription delivery reads (`Cluster::peer_up`).
 
+use super::NotForwarded;
 use crate::convert;
 use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
@@ -69,8 +80,9 @@ pub(super) struct Outgoing {
     pub(super) msg: Arc<Message>,
     pub(super) direct: bool,
     pub(super) shared: Vec<TopicFilter>,
-    /// Resolved when the peer accepted it into its sessions (QoS 1/2 only).
-    pub(super) ack: Option<oneshot::Sender<()>>,
+    /// Resolved `Ok` when the peer accepted it into its sessions, `Err` when it was given up
+    /// (QoS 1/2 only).
+    pub(super) ack: Option<oneshot::Sender<Result<(), NotForwarded>>>,
 }
 
 /// What a forwarder is for: which peer, from which node, within which byte bounds.
@@ -81,6 +93,9 @@ pub(super) struct Forwarder {
     /// random and non-zero, the same on every stream this forwarder opens.
     epoch: u64,
     limits: WireLimits,
+    /// How long unacknowledged messages may wait with no acknowledgement at all before the
+    /// peer counts as unreachable (`up` cleared): the forward timeout.
+    stall_after: Duration,
     stats: Arc<ClusterStats>,
 }
 
@@ -89,6 +104,7 @@ impl Forwarder {
         origin: NodeId,
         peer: NodeId,
         limits: WireLimits,
+        stall_after: Duration,
         stats: Arc<ClusterStats>,
     ) -> Forwarder {
         Forwarder {
@@ -96,6 +112,7 @@ impl Forwarder {
             peer,
             epoch: random_u64(origin.get() ^ peer.get().rotate_left(32)) | 1,
             limits,
+            stall_after,
             stats,
         }
     }
@@ -116,21 +133,51 @@ fn wire_size(fm: &pb::ForwardedMessage) -> usize {
 }
 
 /// Sends one peer its forwarded messages: batches on one long-lived stream, resends what was not
-/// acknowledged after a reconnect.
+/// acknowledged after a reconnect. When it ends, what it still held (unacknowledged, or
+/// queued and never sent) is answered [`NotForwarded::Stopped`] and counted.
 pub(super) async fn run_forwarder(
     f: Forwarder,
     client: ClusterClient<Channel>,
     mut rx: mpsc::Receiver<Outgoing>,
+    stop: watch::Receiver<bool>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let stats = f.stats.clone();
+    let mut unacked = Unacked::new(MAX_UNACKED, f.limits.unacked);
+    // A message taken from the queue that did not fit the batch being built: it opens the next.
+    let mut carry: Option<Outgoing> = None;
+    forward_loop(f, client, &mut rx, stop, up, &mut unacked, &mut carry).await;
+    rx.close();
+    let mut left = std::mem::take(&mut unacked.by_seq)
+        .into_values()
+        .map(|(o, _)| o)
+        .chain(carry)
+        .collect::<Vec<_>>();
+    while let Ok(o) = rx.try_recv() {
+        left.push(o);
+    }
+    for o in left {
+        if let Some(tx) = o.ack {
+            stats.forward_given_up.stopped.increment(1);
+            let _ = tx.send(Err(NotForwarded::Stopped));
+        }
+    }
+}
+
+/// The body of [`run_forwarder`]; returns when the queue's senders are gone or on stop.
+async fn forward_loop(
+    f: Forwarder,
+    client: ClusterClient<Channel>,
+    rx: &mut mpsc::Receiver<Outgoing>,
     mut stop: watch::Receiver<bool>,
     up: Arc<std::sync::atomic::AtomicBool>,
+    unacked: &mut Unacked,
+    carry: &mut Option<Outgoing>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let (peer, stats) = (f.peer, f.stats.clone());
-    let mut unacked = Unacked::new(MAX_UNACKED, f.limits.unacked);
     let mut seq: u64 = 0;
     let mut backoff = Backoff::new(peer);
-    // A message taken from the queue that did not fit the batch being built: it opens the next.
-    let mut carry: Option<Outgoing> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -152,13 +199,17 @@ pub(super) async fn run_forwarder(
         let opened = Instant::now();
         let mut acked = false;
         up.store(true, Relaxed);
+        // Last sign of life from the peer on this stream (its opening, an ack), for the stall
+        // check: unacknowledged messages and nothing since `stall_after` means unreachable.
+        let mut progress = Instant::now();
+        let mut stalled = false;
         // Resend what the previous stream left unacknowledged, in order, in bounded batches,
         // each built when the stream has room for it.
         if !unacked.is_empty() {
             let now = Instant::now();
             let mut messages = Vec::new();
             let mut bytes = 0;
-            for (s, (o, size)) in &unacked.by_seq {
+            for (s, (o, size)) in unacked.by_seq.iter() {
                 if !messages.is_empty()
                     && (messages.len() >= MAX_BATCH || bytes + size > f.limits.forward_batch)
                 {
@@ -181,26 +232,49 @@ pub(super) async fn run_forwarder(
         loop {
             // Cancel safety: `recv` and `message` keep nothing in flight when another arm wins;
             // a message taken from the queue is either in the batch sent below or in `carry`.
+            let stall_at = progress + f.stall_after;
             let first = match carry.take() {
                 Some(o) => o,
                 None => tokio::select! {
                     item = rx.recv() => {
                         let Some(o) = item else { return };
+                        if o.ack.is_some() && unacked.is_empty() {
+                            // The stall clock starts when something waits for an ack.
+                            progress = Instant::now();
+                        }
                         o
                     }
                     ack = acks.message() => {
                         match ack {
                             Ok(Some(a)) => {
                                 acked = true;
+                                progress = Instant::now();
+                                if stalled {
+                                    stalled = false;
+                                    up.store(true, Relaxed);
+                                    debug!(peer = %peer, "peer acknowledging again");
+                                }
                                 for s in a.seqs {
                                     if let Some(tx) = unacked.ack(s).and_then(|o| o.ack) {
-                                        let _ = tx.send(());
+                                        let _ = tx.send(Ok(()));
                                     }
                                 }
                                 continue;
                             }
                             Ok(None) | Err(_) => break,
                         }
+                    }
+                    _ = tokio::time::sleep_until(stall_at), if !stalled && !unacked.is_empty() => {
+                        // Cancel safety: a sleep keeps no state.
+                        stalled = true;
+                        up.store(false, Relaxed);
+                        warn!(
+                            peer = %peer,
+                            unacked = unacked.by_seq.len(),
+                            waited_ms = f.stall_after.as_millis() as u64,
+                            "peer not acknowledging forwarded messages: unreachable"
+                        );
+                        continue;
                     }
                     _ = stop.changed() => return,
                 },
@@ -213,9 +287,11 @@ pub(super) async fn run_forwarder(
                 let mut fm = forwarded(seq + 1, &o, now);
                 let size = wire_size(&fm);
                 if size > f.limits.max_message {
-                    // It would not fit next time either: refused (the ack sender is dropped)
-                    // and counted, never resent.
+                    // It would not fit next time either: refused and counted, never resent.
                     stats.forward_too_large.increment(1);
+                    if let Some(tx) = o.ack {
+                        let _ = tx.send(Err(NotForwarded::TooLarge));
+                    }
                     warn!(
                         peer = %peer,
                         topic = %o.msg.topic.as_str(),
@@ -224,7 +300,7 @@ pub(super) async fn run_forwarder(
                         "message too large to forward: dropped"
                     );
                 } else if !messages.is_empty() && bytes + size > f.limits.forward_batch {
-                    carry = Some(o);
+                    *carry = Some(o);
                     break;
                 } else {
                     seq += 1;
@@ -233,7 +309,7 @@ pub(super) async fn run_forwarder(
                     messages.push(fm);
                     if o.ack.is_some() {
                         let given_up = unacked.insert(seq, o, size);
-                        stats.forward_given_up.increment(given_up);
+                        stats.forward_given_up.resend_bound.increment(given_up);
                     }
                 }
                 if messages.len() < MAX_BATCH {
@@ -287,6 +363,7 @@ impl Unacked {
 
     /// Keeps `o` (sent as `seq`, `size` bytes); returns how many of the oldest were given up
     /// to stay within the bounds (never `o` itself, which is at most `max_message` bytes).
+    /// Each one given up is answered [`NotForwarded::ResendBound`].
     fn insert(&mut self, seq: u64, o: Outgoing, size: usize) -> u64 {
         self.by_seq.insert(seq, (o, size));
         self.bytes += size;
@@ -294,10 +371,13 @@ impl Unacked {
         while self.by_seq.len() > 1
             && (self.by_seq.len() > self.max_len || self.bytes > self.max_bytes)
         {
-            let Some((_, (_, size))) = self.by_seq.pop_first() else {
+            let Some((_, (o, size))) = self.by_seq.pop_first() else {
                 break;
             };
             self.bytes -= size;
+            if let Some(tx) = o.ack {
+                let _ = tx.send(Err(NotForwarded::ResendBound));
+            }
             given_up += 1;
         }
         given_up
@@ -368,7 +448,7 @@ mod tests {
     use super::*;
     use roost_core::topic::{TopicLimits, TopicName};
 
-    fn outgoing() -> (Outgoing, oneshot::Receiver<()>) {
+    fn outgoing() -> (Outgoing, oneshot::Receiver<Result<(), NotForwarded>>) {
         let (tx, rx) = oneshot::channel();
         let msg = Message {
             topic: TopicName::new("t", &TopicLimits::default()).unwrap(),
@@ -403,11 +483,13 @@ mod tests {
         assert_eq!(given_up, vec![0, 0, 0, 1, 1, 3]);
         assert_eq!(u.by_seq.keys().copied().collect::<Vec<_>>(), vec![6]);
         assert_eq!(u.bytes, 100);
-        // A given-up message's waiter sees the sender dropped; the kept one is acked.
-        assert!(rxs[0].try_recv().is_err());
+        // A given-up message's waiter hears why; the kept one is acked.
+        for rx in &mut rxs[..5] {
+            assert_eq!(rx.try_recv(), Ok(Err(NotForwarded::ResendBound)));
+        }
         assert!(u.ack(1).is_none());
-        u.ack(6).unwrap().ack.unwrap().send(()).unwrap();
-        assert_eq!(rxs[5].try_recv(), Ok(()));
+        u.ack(6).unwrap().ack.unwrap().send(Ok(())).unwrap();
+        assert_eq!(rxs[5].try_recv(), Ok(Ok(())));
         assert!(u.is_empty());
         assert_eq!(u.bytes, 0);
         // One message larger than the byte bound is still kept (it was sent).

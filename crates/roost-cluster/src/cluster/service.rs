@@ -11,8 +11,20 @@
 //! Forward stream gets a spawned task that reads batches, delivers them through
 //! [`LocalNode::deliver`] (once per (origin, epoch, seq): a resend after a reconnect is only
 //! acknowledged, see `dedup`) and sends acks on a bounded channel (64; when full the reader waits,
-//! which pushes back on the peer's stream). The service holds the `Cluster` only weakly (a call
-//! after it is gone answers `unavailable`) and watches `stop` itself, see the field.
+//! which pushes back on the peer's stream).
+//!
+//! Backpressure (issue 7 item 4): a QoS 1/2 message is acknowledged only once it is in the
+//! local sessions. When delivering found a connected subscriber backing up, the task
+//! acknowledges what it delivered so far and then waits for that subscriber's room (bounded by
+//! the node's backpressure timeout) before it delivers the next message or reads the next
+//! batch. The origin's publisher, whose PUBACK waits for these acknowledgements, slows down;
+//! what the origin sends meanwhile waits in the stream's flow-control window and the
+//! forwarder's bounded queue, not in a subscriber's queue where it would be dropped. One
+//! backed-up subscriber holds the whole stream from that origin (head-of-line), as it holds a
+//! local publisher.
+//!
+//! The service holds the `Cluster` only weakly (a call after it is gone answers `unavailable`)
+//! and watches `stop` itself, see the field.
 
 use super::dedup::Dedup;
 use super::membership::server_state;
@@ -126,7 +138,7 @@ impl cluster_server::Cluster for ClusterService {
         let stats = self.stats.clone();
         let dedup = self.dedup.clone();
         tokio::spawn(async move {
-            loop {
+            'stream: loop {
                 // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
                 // on stop the stream is dropped anyway and the origin resends what it lacks.
                 let batch = tokio::select! {
@@ -144,6 +156,7 @@ impl cluster_server::Cluster for ClusterService {
                         continue;
                     };
                     let qos = m.qos;
+                    let mut wait = None;
                     // A resend of what this node delivered before the stream broke (its ack was
                     // lost): acknowledged below, not delivered again. The lock is held for the
                     // check only.
@@ -158,7 +171,7 @@ impl cluster_server::Cluster for ClusterService {
                                 stats.received.increment(1);
                                 let shared =
                                     convert::shared_filters_from_wire(fm.shared_filters, &stats);
-                                local.deliver(Arc::new(msg), fm.direct, &shared);
+                                wait = local.deliver(Arc::new(msg), fm.direct, &shared);
                             }
                             Err(e) => {
                                 stats.received_invalid.increment(1);
@@ -170,6 +183,22 @@ impl cluster_server::Cluster for ClusterService {
                     // and the origin must not resend it forever (it is counted here).
                     if qos > 0 {
                         seqs.push(fm.seq);
+                    }
+                    if let Some(wait) = wait {
+                        // A local subscriber is backing up: acknowledge what is delivered,
+                        // then wait for its room before delivering more (module docs).
+                        // Cancel safety: on stop the rest of the batch is neither delivered
+                        // nor acknowledged; the origin resends it to whoever serves next.
+                        let done = std::mem::take(&mut seqs);
+                        if !done.is_empty()
+                            && tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err()
+                        {
+                            break 'stream;
+                        }
+                        tokio::select! {
+                            _ = wait => {}
+                            _ = stop.changed() => break 'stream,
+                        }
                     }
                 }
                 if !seqs.is_empty() && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err() {

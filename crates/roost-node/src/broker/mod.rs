@@ -41,6 +41,7 @@ mod timers;
 pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
+pub(crate) use routing::PeerWait;
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
 use crate::config::{Config, QueueDrop};
@@ -59,7 +60,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
@@ -91,9 +91,14 @@ pub(crate) struct PublishOutcome {
     pub(crate) retain_failed: bool,
     /// ... because it was over the retained caps (v5: 0x97 instead of 0x80).
     pub(crate) retain_refused: bool,
-    /// For QoS 1/2 forwarded to peers: ends when every peer accepted it or the forward timeout
-    /// ran out (counted). The publisher's acknowledgement waits for it.
-    pub(crate) peers: Option<JoinHandle<()>>,
+    /// A client's QoS 1/2 PUBLISH that must reach a peer known unreachable: delivered
+    /// nowhere (counted `peer_unreachable`); the client hears 0x80 (v5) or the connection
+    /// closes (v3.1.1), see docs/rfcs/0005.
+    pub(crate) peer_unreachable: bool,
+    /// For QoS 1/2 forwarded to peers: ends when every peer accepted it, one refused it or the
+    /// forward timeout ran out, and then says which. The publisher's acknowledgement waits
+    /// for it.
+    pub(crate) peers: Option<PeerWait>,
     /// Connected local subscribers whose queue is backing up (backpressure on the publisher).
     pub(crate) congested: Vec<SessionRef>,
 }
@@ -230,6 +235,11 @@ impl Broker {
             }
         }
         let routed = self.route(msg, origin, &mut out.congested);
+        if routed.unreachable {
+            self.metrics.peer_unreachable.increment(1);
+            out.peer_unreachable = true;
+            return out;
+        }
         out.matched = routed.local > 0 || !routed.remote.is_empty();
         if !routed.remote.is_empty() {
             out.peers = Box::pin(self.forward(msg, routed.remote)).await;
@@ -237,14 +247,18 @@ impl Broker {
         out
     }
 
-    /// A message forwarded by a peer: local subscribers only.
+    /// A message forwarded by a peer: local subscribers only. Returns the connected
+    /// subscribers whose queue is backing up: the Forward stream waits for them
+    /// ([`Broker::wait_for_space`]) before it delivers the next message.
     pub(crate) fn deliver_from_peer(
         &self,
         msg: &Arc<Message>,
         direct: bool,
         shared: &[TopicFilter],
-    ) {
-        self.route(msg, Origin::Peer { direct, shared }, &mut Vec::new());
+    ) -> Vec<SessionRef> {
+        let mut congested = Vec::new();
+        self.route(msg, Origin::Peer { direct, shared }, &mut congested);
+        congested
     }
 
     /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.

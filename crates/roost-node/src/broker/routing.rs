@@ -5,17 +5,26 @@
 //! ```text
 //!  route(msg, origin) ─▶ cluster route table (skipped on a lone node) ─▶ remote: peers to forward to
 //!                     └▶ index.read().matches ─▶ SessionRef::deliver (one session lock at a time)
-//!  forward(msg, remote) ─▶ Cluster::forward per peer ─▶ task: all peers accepted | timeout (counted)
+//!  forward(msg, remote) ─▶ Cluster::forward per peer ─▶ task: all peers accepted
+//!                                                           | one refused / timed out (counted)
 //! ```
+//!
+//! The publisher's acknowledgement keeps the promise written in docs/architecture.md ("What
+//! an acknowledgement promises"): a client's QoS 1/2 message that must reach a peer known
+//! unreachable is refused before it is delivered anywhere (docs/rfcs/0005), and one a peer did
+//! not accept in time is reported to the driver as failed ([`PeerWait::failure`]).
 
 use super::session::{Delivery, Grant};
 use super::{Broker, Origin, SessionRef};
 use roost_cluster::types::NodeId;
+use roost_cluster::NotForwarded;
+use roost_codec::ReasonCode;
 use roost_core::index::{Matches, Subscription};
 use roost_core::message::Message;
 use roost_core::session::Orphan;
 use roost_core::topic::TopicFilter;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -43,6 +52,46 @@ pub(crate) struct Routed {
     pub(crate) local: usize,
     /// Peers that must get it.
     pub(crate) remote: Vec<RemoteSend>,
+    /// A client's QoS 1/2 message that must reach a peer known unreachable
+    /// (`Cluster::peer_up`): it was delivered nowhere, and the publisher hears a failure
+    /// (docs/rfcs/0005).
+    pub(crate) unreachable: bool,
+}
+
+/// The wait for peers to accept one forwarded QoS 1/2 message, which the publisher's
+/// acknowledgement is held behind.
+#[derive(Debug)]
+pub(crate) struct PeerWait {
+    /// Ends when every peer accepted the message, one refused it, or the forward timeout ran
+    /// out.
+    task: JoinHandle<()>,
+    /// 0 while no peer failed; else the v5 reason code the publisher hears (0x80 or 0x97).
+    failure: Arc<AtomicU8>,
+}
+
+impl PeerWait {
+    /// True once every peer answered or the wait timed out.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until [`is_finished`](Self::is_finished).
+    ///
+    /// Cancel safety: awaiting a `JoinHandle` by reference takes nothing from it.
+    pub(crate) async fn done(&mut self) {
+        if !self.task.is_finished() {
+            let _ = (&mut self.task).await;
+        }
+    }
+
+    /// Once finished: `None` if every peer accepted the message, else the reason code for
+    /// its publisher (0x97 Quota exceeded when a bound refused it, 0x80 otherwise).
+    pub(crate) fn failure(&self) -> Option<ReasonCode> {
+        match self.failure.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(ReasonCode(code)),
+        }
+    }
 }
 
 /// Which shared groups this node serves for one message.
@@ -88,8 +137,25 @@ impl Broker {
             }
             Origin::System => (None, true, (Vec::new(), SharedPolicy::All)),
         };
+        if publisher.is_some()
+            && msg.qos != roost_codec::QoS::AtMostOnce
+            && remote.iter().any(|r| !self.cluster.peer_up(r.node))
+        {
+            // A client's QoS 1/2 message is accepted whole or not at all: a peer that must get
+            // it is known unreachable, so it goes nowhere and the publisher hears a failure at
+            // once instead of waiting the forward timeout (docs/rfcs/0005).
+            return Routed {
+                local: 0,
+                remote: Vec::new(),
+                unreachable: true,
+            };
+        }
         let local = self.route_local(msg, publisher, congested, direct, &policy);
-        Routed { local, remote }
+        Routed {
+            local,
+            remote,
+            unreachable: false,
+        }
     }
 
     /// Which peers have subscribers, and which node serves each shared group this time (round
@@ -310,14 +376,16 @@ impl Broker {
     }
 
     /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
-    /// returns a task that ends when every peer accepted it, or after
-    /// `cluster.forward_timeout_ms` (then the publisher is acknowledged anyway: the peers'
-    /// forwarders keep the message and resend it when they reconnect; the timeout is counted).
+    /// returns a [`PeerWait`] that ends when every peer accepted it, when one refused it
+    /// (not a member, its queue full, the resend bound, too large: counted by the cluster
+    /// layer), or after `cluster.forward_timeout_ms` (counted here); in the last two cases
+    /// the publisher hears a failure, never 0x00 (docs/architecture.md, "What an
+    /// acknowledgement promises").
     pub(super) async fn forward(
         &self,
         msg: &Arc<Message>,
         remote: Vec<RemoteSend>,
-    ) -> Option<JoinHandle<()>> {
+    ) -> Option<PeerWait> {
         let mut acks = Vec::new();
         for r in remote {
             if let Some(rx) = self
@@ -333,16 +401,44 @@ impl Broker {
         }
         let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
         let timeouts = self.metrics.forward_timeouts.clone();
-        Some(self.tasks.spawn(async move {
+        let failure = Arc::new(AtomicU8::new(0));
+        let failed = Arc::clone(&failure);
+        let task = self.tasks.spawn(async move {
             let all = async {
+                let mut worst: Option<ReasonCode> = None;
                 for rx in acks {
-                    let _ = rx.await;
+                    let code = match rx.await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(why)) => reason_for(why),
+                        Err(_) => reason_for(NotForwarded::Stopped),
+                    };
+                    // Quota exceeded is the more specific answer; keep it if any peer gave it.
+                    if worst != Some(ReasonCode::QUOTA_EXCEEDED) {
+                        worst = Some(code);
+                    }
+                }
+                worst
+            };
+            let code = match tokio::time::timeout(limit, all).await {
+                Ok(None) => return,
+                Ok(Some(code)) => code,
+                Err(_) => {
+                    timeouts.increment(1);
+                    ReasonCode::UNSPECIFIED_ERROR
                 }
             };
-            if tokio::time::timeout(limit, all).await.is_err() {
-                timeouts.increment(1);
-            }
-        }))
+            failed.store(code.0, Ordering::Relaxed);
+        });
+        Some(PeerWait { task, failure })
+    }
+}
+
+/// The v5 reason code for a message a peer did not accept.
+fn reason_for(why: NotForwarded) -> ReasonCode {
+    if why.is_quota() {
+        ReasonCode::QUOTA_EXCEEDED
+    } else {
+        ReasonCode::UNSPECIFIED_ERROR
     }
 }
 
