@@ -611,14 +611,17 @@ impl Conn {
                     ));
                 }
                 if !st.yielded {
-                    // Once per read batch, before the first PUBLISH is routed, the tasks woken
-                    // with this one run first (a yield goes behind the run queue). The I/O
-                    // driver wakes connections in the order their bytes arrived, but the
-                    // scheduler runs the last one woken first: without this, a SUBSCRIBE read
-                    // on another connection just before this PUBLISH would be indexed after
-                    // the PUBLISH was routed, and miss it. A SUBSCRIBE never yields before it
-                    // is indexed. The same yield lets the drivers the previous batch woke run
-                    // before we route more: a publisher must not starve its subscribers.
+                    // Once per read batch, before the first PUBLISH is routed, the connections
+                    // whose bytes arrived with or before it run first, so a SUBSCRIBE read on
+                    // another connection just before this PUBLISH is indexed before it is
+                    // routed (a SUBSCRIBE never yields before it is indexed). Twice: a yielded
+                    // task resumes when its worker runs out of work, right after the worker
+                    // polled the I/O driver; the connections that poll woke are then queued,
+                    // but the scheduler runs the last task woken (this one) first. The second
+                    // yield lets them run. The same yields let the drivers the previous batch
+                    // woke run before we route more: a publisher must not starve its
+                    // subscribers. (Measured with `benches/subscribe-publish-race.py`.)
+                    tokio::task::yield_now().await;
                     tokio::task::yield_now().await;
                     st.yielded = true;
                 }
