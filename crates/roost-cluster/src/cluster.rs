@@ -452,6 +452,11 @@ impl Cluster {
         let mut client = peer.client.clone();
         let reply = match client.propose(pb::ProposeRequest { command }).await {
             Ok(r) => r.into_inner(),
+            // The leader refused the command itself (too large for it, undecodable): trying
+            // again cannot help.
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                return Err(ClusterError::rejected(s.message()));
+            }
             Err(s) => {
                 debug!(leader = %leader, error = %s, "propose to leader failed");
                 return Ok(None);

@@ -47,7 +47,6 @@ use roost_proto::v1::raft_client::RaftClient;
 use roost_proto::v1::RaftPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -59,7 +58,8 @@ use tracing::{debug, info};
 /// The timing the election driver uses; the same numbers openraft is configured with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ElectionTiming {
-    /// The leader's heartbeat interval (`cluster.heartbeat_ms`); the driver ticks at half of it.
+    /// The leader's heartbeat interval (`cluster.heartbeat_ms`); the driver ticks at a quarter
+    /// of it (see `tick`).
     pub heartbeat: Duration,
     /// `cluster.election_timeout_ms`: how long a node without a committed leader waits.
     pub min: Duration,
@@ -88,13 +88,7 @@ impl ElectionTiming {
         if spread == 0 {
             return Duration::ZERO;
         }
-        // A fresh `RandomState` is randomly keyed: enough randomness for a timer.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        h.write_u128(now.as_nanos());
-        Duration::from_millis(h.finish() % spread)
+        Duration::from_millis(crate::random_u64(0) % spread)
     }
 }
 

@@ -40,3 +40,10 @@ pub use cluster::{Cluster, ClusterConfig, ClusterStatus, ForwardAck, LocalNode, 
 pub use convert::SessionTransfer;
 pub use error::{ClusterError, Refusal, StartError};
 pub use limits::WireLimits;
+
+/// A random number without a rand crate: std's `RandomState` keys are random per process and
+/// differ per instance (stream epochs, backoff jitter, election delays).
+pub(crate) fn random_u64(salt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(salt)
+}

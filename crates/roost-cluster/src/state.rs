@@ -30,7 +30,7 @@ use roost_core::retained::RetainedStore;
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
 use roost_core::ClientId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// Who owns a client's session.
@@ -183,6 +183,15 @@ impl ClusterState {
             .unwrap_or(0)
     }
 
+    /// True if `node` at `generation` owns `client_id`'s session: every write about a session
+    /// is ignored unless it comes from the current owner.
+    fn owned_by(&self, client_id: &str, node: NodeId, generation: u64) -> bool {
+        self.data
+            .sessions
+            .get(client_id)
+            .is_some_and(|o| o.node == node && o.generation == generation)
+    }
+
     /// Forgets a client's session: owner, stored subscriptions, expiry; its generation goes
     /// into the floor, so its entry need not stay.
     fn release(&mut self, client_id: &str) {
@@ -227,6 +236,34 @@ impl ClusterState {
     /// The owner of a client's session, if any.
     pub fn session_owner(&self, client_id: &ClientId) -> Option<SessionOwner> {
         self.data.sessions.get(client_id.as_str()).copied()
+    }
+
+    /// [`apply`](Self::apply), taking the command: a retained message is moved into the store
+    /// instead of copied (the state machine holds the state's write lock meanwhile, and every
+    /// publish's route lookup waits on it).
+    pub fn apply_owned(&mut self, cmd: Command) -> (CommandResponse, Option<Event>) {
+        match cmd {
+            Command::SetRetained { topic, message } => {
+                self.set_retained(&topic, message.map(Arc::new));
+                (CommandResponse::Done, None)
+            }
+            cmd => self.apply(&cmd),
+        }
+    }
+
+    /// Stores (`Some`) or clears `topic`'s retained message.
+    fn set_retained(&mut self, topic: &str, message: Option<Arc<RetainedMessage>>) {
+        let Ok(t) = TopicName::new(topic, &wide_limits()) else {
+            return;
+        };
+        self.remove_retained(topic);
+        if let Some(m) = message {
+            self.retained_bytes = self.retained_bytes.saturating_add(m.payload.len());
+            self.data.retained.insert(topic.to_owned(), Arc::clone(&m));
+            self.retained_index.set(&t, Some(m));
+        } else {
+            self.retained_index.set(&t, None);
+        }
     }
 
     /// Applies one command. Returns the proposer's response and any event for the node.
@@ -287,9 +324,7 @@ impl ClusterState {
                 node,
                 generation,
             } => {
-                let current = self.data.sessions.get(client_id).copied();
-                let matches =
-                    current.is_some_and(|o| o.node == *node && o.generation == *generation);
+                let matches = self.owned_by(client_id, *node, *generation);
                 if matches {
                     self.release(client_id);
                 }
@@ -301,8 +336,7 @@ impl ClusterState {
                 generation,
                 to,
             } => {
-                let current = self.data.sessions.get(client_id).copied();
-                if !current.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                if !self.owned_by(client_id, *node, *generation) {
                     return (CommandResponse::Released(false), None);
                 }
                 let Some(to) = to else {
@@ -333,8 +367,7 @@ impl ClusterState {
                 subscriptions,
                 expiry_interval,
             } => {
-                let owner = self.data.sessions.get(client_id).copied();
-                if owner.is_some_and(|o| o.node == *node && o.generation == *generation) {
+                if self.owned_by(client_id, *node, *generation) {
                     if let Some(e) = expiry_interval {
                         self.data.expiry.insert(client_id.clone(), *e);
                     }
@@ -355,39 +388,31 @@ impl ClusterState {
                 add,
                 remove,
             } => {
-                let owner = self.data.sessions.get(client_id).copied();
-                if owner.is_some_and(|o| o.node == *node && o.generation == *generation) {
-                    let mut subs = self
-                        .data
-                        .subscriptions
-                        .get(client_id)
-                        .cloned()
-                        .unwrap_or_default();
-                    subs.retain(|s| {
-                        !remove.contains(&s.filter) && !add.iter().any(|a| a.filter == s.filter)
-                    });
+                if self.owned_by(client_id, *node, *generation) {
+                    // Edited in place: the delta's cost, not a copy of the session's list.
+                    let changed: HashSet<&str> = remove
+                        .iter()
+                        .map(String::as_str)
+                        .chain(add.iter().map(|a| a.filter.as_str()))
+                        .collect();
+                    let subs = match self.data.subscriptions.get_mut(client_id) {
+                        Some(subs) => subs,
+                        None => self
+                            .data
+                            .subscriptions
+                            .entry(client_id.clone())
+                            .or_default(),
+                    };
+                    subs.retain(|s| !changed.contains(s.filter.as_str()));
                     subs.extend(add.iter().cloned());
                     if subs.is_empty() {
                         self.data.subscriptions.remove(client_id);
-                    } else {
-                        self.data.subscriptions.insert(client_id.clone(), subs);
                     }
                 }
                 (CommandResponse::Done, None)
             }
             Command::SetRetained { topic, message } => {
-                let Ok(t) = TopicName::new(topic, &wide_limits()) else {
-                    return (CommandResponse::Done, None);
-                };
-                let m = message.as_ref().map(|m| Arc::new(m.clone()));
-                self.remove_retained(topic);
-                if let Some(m) = m {
-                    self.retained_bytes = self.retained_bytes.saturating_add(m.payload.len());
-                    self.data.retained.insert(topic.clone(), Arc::clone(&m));
-                    self.retained_index.set(&t, Some(m));
-                } else {
-                    self.retained_index.set(&t, None);
-                }
+                self.set_retained(topic, message.as_ref().map(|m| Arc::new(m.clone())));
                 (CommandResponse::Done, None)
             }
             Command::ExpireRetained {
@@ -422,9 +447,7 @@ impl ClusterState {
                     .map(|(c, _)| c.clone())
                     .collect();
                 for c in gone {
-                    self.data.sessions.remove(&c);
-                    self.data.subscriptions.remove(&c);
-                    self.data.expiry.remove(&c);
+                    self.release(&c);
                 }
                 (CommandResponse::Done, None)
             }
@@ -937,5 +960,8 @@ mod tests {
         });
         assert_eq!(nodes_for(&s, "a").0, vec![2]);
         assert_eq!(s.session_owner(&cid()), None);
+        // Its generation went into the floor: no entry per client of a node that left.
+        assert!(!s.snapshot().generations.contains_key("c"));
+        assert_eq!(s.last_generation("c"), 1);
     }
 }

@@ -222,8 +222,7 @@ impl Conn {
     /// Writes the write buffer out (before the session: CONNACK refusals, bad CONNECTs),
     /// giving up when the client takes no bytes for `mqtt.write_timeout_secs`.
     async fn flush(&mut self) -> Result<(), FlushStop> {
-        let stall = Duration::from_secs(self.broker.config.mqtt.write_timeout_secs);
-        self.flush_until(None, stall).await
+        self.flush_until(None, self.write_timeout()).await
     }
 
     /// Writes the write buffer out. The common case (the socket has room) needs no timer:
@@ -638,7 +637,6 @@ impl Conn {
                     None => Ok(()),
                 }
             }
-            // Boxed: rare next to PUBLISH, and its future (route commits) is large.
             Handled::Subscribe(req) => {
                 self.on_subscribe(st, req);
                 Ok(())
@@ -716,7 +714,7 @@ impl Conn {
                 "peer_unreachable"
             };
             if st.protocol == Protocol::V311 {
-                return Err(self.not_taken(st, &ack, reason));
+                return Err(Self::not_taken(st, &ack, reason));
             }
         }
         self.hold(st, ack, out.peers).await
@@ -726,7 +724,7 @@ impl Conn {
     /// code in PUBACK/PUBREC, so it is not acknowledged; the connection closes and the client
     /// sends it again when it reconnects. A QoS 2 id is released first, so that resend is a
     /// new message.
-    fn not_taken(&mut self, st: &Live, ack: &ReadyAck, reason: &'static str) -> Close {
+    fn not_taken(st: &Live, ack: &ReadyAck, reason: &'static str) -> Close {
         st.session.with(|s| s.not_taken(ack));
         Close::error(ReasonCode::UNSPECIFIED_ERROR, reason)
     }
@@ -784,7 +782,7 @@ impl Conn {
             };
             if let Some(code) = p.wait.as_ref().and_then(PeerWait::failure) {
                 if st.protocol == Protocol::V311 {
-                    return Err(self.not_taken(st, &p.ack, "forward_not_accepted"));
+                    return Err(Self::not_taken(st, &p.ack, "forward_not_accepted"));
                 }
                 p.ack.reason = code;
             }
@@ -802,14 +800,11 @@ impl Conn {
         self.queue(&ack.packet(), st.protocol);
     }
 
-    /// SUBSCRIBE, checked by the session. When a filter is this node's first subscriber for
-    /// it, the SUBACK waits until the route committed and reached the other members
-    /// (docs/rfcs/0002), so a message published anywhere after the SUBACK reaches this
-    /// subscriber. A route that cannot commit within `cluster.commit_timeout_ms` gets reason
-    /// 0x80 and the subscription is undone.
-    /// A SUBSCRIBE: the subscriptions are in the index now, before anything is awaited, so a
-    /// PUBLISH read after it on any connection of this node reaches them; the route commits,
-    /// the registry update and the SUBACK follow as an operation in flight.
+    /// SUBSCRIBE, checked by the session. The subscriptions are in the index now, before
+    /// anything is awaited, so a PUBLISH read after it on any connection of this node reaches
+    /// them; the route commits (a filter this node's first subscriber for is acknowledged only
+    /// once its route committed and every reachable member applied it, docs/rfcs/0002), the
+    /// registry update and the SUBACK follow as an operation in flight ([`subscribed`]).
     fn on_subscribe(&mut self, st: &mut Live, req: SubscribeRequest) {
         let codes = req.codes();
         // (index in codes, filter, subscription, new, route commit to wait for)

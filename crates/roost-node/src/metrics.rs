@@ -65,7 +65,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, connack_too_large)"
+        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, connack_too_large, pending_limit, pending_bytes)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
     describe_counter!(

@@ -47,6 +47,7 @@ use super::NotForwarded;
 use crate::convert;
 use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
+use crate::random_u64;
 use crate::types::NodeId;
 use prost::Message as _;
 use roost_core::message::Message;
@@ -54,7 +55,6 @@ use roost_core::topic::TopicFilter;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -204,29 +204,50 @@ async fn forward_loop(
         let mut progress = Instant::now();
         let mut stalled = false;
         // Resend what the previous stream left unacknowledged, in order, in bounded batches,
-        // each built when the stream has room for it.
-        if !unacked.is_empty() {
+        // each built when the stream has room for it. Acks are read meanwhile: the peer acks
+        // every batch, and its acks back up into the stream (and stop it) unless read.
+        let mut cursor = 0;
+        let mut open = true;
+        while open {
             let now = Instant::now();
             let mut messages = Vec::new();
             let mut bytes = 0;
-            for (s, (o, size)) in unacked.by_seq.iter() {
+            for (s, (o, size)) in unacked.by_seq.range(cursor..) {
                 if !messages.is_empty()
                     && (messages.len() >= MAX_BATCH || bytes + size > f.limits.forward_batch)
                 {
-                    if btx
-                        .send(f.batch(std::mem::take(&mut messages)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    bytes = 0;
+                    break;
                 }
                 bytes += size;
+                cursor = s + 1;
                 messages.push(forwarded(*s, o, now));
             }
-            if !messages.is_empty() {
-                let _ = btx.send(f.batch(messages)).await;
+            if messages.is_empty() {
+                break;
+            }
+            let batch = f.batch(messages);
+            loop {
+                tokio::select! {
+                    permit = btx.reserve() => {
+                        match permit {
+                            Ok(p) => p.send(batch),
+                            Err(_) => open = false,
+                        }
+                        break;
+                    }
+                    ack = acks.message() => match ack {
+                        Ok(Some(a)) => {
+                            acked = true;
+                            progress = Instant::now();
+                            unacked.settle(&a.seqs);
+                        }
+                        Ok(None) | Err(_) => {
+                            open = false;
+                            break;
+                        }
+                    },
+                    _ = stop.changed() => return,
+                }
             }
         }
         loop {
@@ -254,11 +275,7 @@ async fn forward_loop(
                                     up.store(true, Relaxed);
                                     debug!(peer = %peer, "peer acknowledging again");
                                 }
-                                for s in a.seqs {
-                                    if let Some(tx) = unacked.ack(s).and_then(|o| o.ack) {
-                                        let _ = tx.send(Ok(()));
-                                    }
-                                }
+                                unacked.settle(&a.seqs);
                                 continue;
                             }
                             Ok(None) | Err(_) => break,
@@ -390,6 +407,15 @@ impl Unacked {
         Some(o)
     }
 
+    /// The peer acknowledged `seqs`: each one's publisher hears it was accepted.
+    fn settle(&mut self, seqs: &[u64]) {
+        for s in seqs {
+            if let Some(tx) = self.ack(*s).and_then(|o| o.ack) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.by_seq.is_empty()
     }
@@ -425,12 +451,6 @@ impl Backoff {
         self.step = (self.step * 2).min(RECONNECT_MAX);
         delay
     }
-}
-
-/// A random number without a rand crate: std's `RandomState` keys are random per process and
-/// differ per instance.
-fn random_u64(salt: u64) -> u64 {
-    std::collections::hash_map::RandomState::new().hash_one(salt)
 }
 
 fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {

@@ -48,6 +48,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
+/// While delivery waits for a congested local subscriber, how often an empty `ForwardAck` tells
+/// the origin this node is alive (well under any forward timeout it may use).
+const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Serves peers' `Cluster.*` calls.
 pub(super) struct ClusterService {
     pub(super) cluster: std::sync::Weak<Cluster>,
@@ -89,11 +93,18 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeReply>, Status> {
-        let cmd: Command = postcard::from_bytes(&request.into_inner().command)
+        let command = request.into_inner().command;
+        // The proposer checked this already; a peer with a larger `max_packet_size` may not
+        // have. The encoded bytes are the command's size: measured before decoding.
+        if command.len() > self.limits.max_message {
+            let too_large = crate::error::Refusal::TooLarge {
+                size: command.len(),
+                limit: self.limits.max_message,
+            };
+            return Err(Status::invalid_argument(too_large.to_string()));
+        }
+        let cmd: Command = postcard::from_bytes(&command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
-        // The proposer checked this already; a peer with a larger `max_packet_size` may not have.
-        super::check_command_size(&cmd, &self.limits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reply = match self.raft.client_write(cmd).await {
             Ok(r) => pb::ProposeReply {
                 log_index: r.log_id.index,
@@ -184,20 +195,33 @@ impl cluster_server::Cluster for ClusterService {
                     if qos > 0 {
                         seqs.push(fm.seq);
                     }
-                    if let Some(wait) = wait {
+                    if let Some(mut wait) = wait {
                         // A local subscriber is backing up: acknowledge what is delivered,
-                        // then wait for its room before delivering more (module docs).
+                        // then wait for its room before delivering more (module docs). The
+                        // origin takes a peer that acknowledges nothing for its forward timeout
+                        // for unreachable: while waiting, an empty ack every `ALIVE_EVERY`
+                        // says this node is there, only slow.
                         // Cancel safety: on stop the rest of the batch is neither delivered
                         // nor acknowledged; the origin resends it to whoever serves next.
                         let done = std::mem::take(&mut seqs);
-                        if !done.is_empty()
-                            && tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err()
-                        {
+                        if tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err() {
                             break 'stream;
                         }
-                        tokio::select! {
-                            _ = wait => {}
-                            _ = stop.changed() => break 'stream,
+                        let mut alive = tokio::time::interval_at(
+                            tokio::time::Instant::now() + ALIVE_EVERY,
+                            ALIVE_EVERY,
+                        );
+                        loop {
+                            tokio::select! {
+                                _ = &mut wait => break,
+                                _ = alive.tick() => {
+                                    let empty = pb::ForwardAck { seqs: Vec::new() };
+                                    if tx.send(Ok(empty)).await.is_err() {
+                                        break 'stream;
+                                    }
+                                }
+                                _ = stop.changed() => break 'stream,
+                            }
                         }
                     }
                 }

@@ -118,14 +118,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             let event = {
                 let mut state = self.inner.state.write();
-                let (response, event) = match &entry.payload {
+                let mut membership = None;
+                let (response, event) = match entry.payload {
                     EntryPayload::Blank => (CommandResponse::default(), None),
-                    EntryPayload::Normal(cmd) => state.apply(cmd),
-                    EntryPayload::Membership(_) => (CommandResponse::default(), None),
+                    EntryPayload::Normal(cmd) => state.apply_owned(cmd),
+                    EntryPayload::Membership(m) => {
+                        membership = Some(m);
+                        (CommandResponse::default(), None)
+                    }
                 };
                 let mut applied = self.inner.applied.lock();
                 applied.last_applied = Some(entry.log_id);
-                if let EntryPayload::Membership(m) = entry.payload {
+                if let Some(m) = membership {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), m);
                 }
                 responses.push(response);

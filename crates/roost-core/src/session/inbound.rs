@@ -34,6 +34,7 @@ use roost_codec::{
     Ack, DecodeError, Disconnect, Packet, PacketId, Properties, Protocol, Publish, QoS, ReasonCode,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -471,8 +472,9 @@ impl Session {
             ));
         }
         let mut entries = Vec::with_capacity(s.filters.len());
-        // Filters this SUBSCRIBE adds (not yet in the session), for the per-session cap.
-        let mut added: Vec<TopicFilter> = Vec::new();
+        // Filters this SUBSCRIBE adds (not yet in the session), for the per-session cap. A set:
+        // one SUBSCRIBE may carry tens of thousands of filters.
+        let mut added: HashSet<TopicFilter> = HashSet::new();
         for (raw, mut options) in s.filters {
             let filter = match TopicFilter::new(&raw, &self.limits.topic) {
                 Ok(f) => f,
@@ -494,7 +496,7 @@ impl Session {
                     entries.push(Err(ReasonCode::QUOTA_EXCEEDED));
                     continue;
                 }
-                added.push(filter.clone());
+                added.insert(filter.clone());
             }
             options.qos = options.qos.min(policy.max_qos);
             entries.push(Ok((
@@ -562,7 +564,7 @@ impl Session {
     /// change nothing (see [`ReadyAck::ends_qos2_flow`]).
     pub fn ack_sent(&mut self, ack: &ReadyAck) {
         if ack.ends_qos2_flow() {
-            self.inbound_qos2.remove(&ack.ack.packet_id.get());
+            self.not_taken(ack);
         }
     }
 

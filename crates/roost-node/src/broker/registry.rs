@@ -501,7 +501,7 @@ impl Broker {
             st.last_attach_clean = true;
             let mut ended = st.session.terminate();
             ended.will = None;
-            let _ = self.retire(&mut sessions, &s, &mut st);
+            self.retire(&mut sessions, &s, &mut st, false);
             drop(st);
             drop(sessions);
             self.unindex_all(&s, &ended.filters);
@@ -513,7 +513,7 @@ impl Broker {
         let expiry_interval = st.session.expiry_interval();
         let image = st.session.export();
         // The claim is the new owner's now: nothing to release.
-        let _ = self.retire(&mut sessions, &s, &mut st);
+        self.retire(&mut sessions, &s, &mut st, false);
         drop(st);
         drop(sessions);
         self.unindex_all(&s, &filters);
@@ -635,7 +635,7 @@ impl Broker {
         let mut ended = st.session.terminate();
         // Its will went with the claim to the new owner.
         ended.will = None;
-        let _ = self.retire(&mut sessions, s, &mut st);
+        self.retire(&mut sessions, s, &mut st, false);
         drop(st);
         drop(sessions);
         s.changed().notify_waiters();
@@ -689,7 +689,7 @@ impl Broker {
         let generation = detached
             .ended
             .is_some()
-            .then(|| self.retire(&mut sessions, s, &mut st));
+            .then(|| self.retire(&mut sessions, s, &mut st, true));
         drop(st);
         drop(sessions);
         self.redistribute(detached.orphans, s);
@@ -726,7 +726,7 @@ impl Broker {
                         self.arm_session_timer(s, due.epoch, next);
                     }
                     Some(Timeout::Expired(ended)) => {
-                        let generation = self.retire(&mut sessions, s, &mut st);
+                        let generation = self.retire(&mut sessions, s, &mut st, true);
                         drop(st);
                         drop(sessions);
                         self.metrics.sessions_expired.increment(1);
@@ -748,27 +748,34 @@ impl Broker {
                     return;
                 }
                 let mut ended = st.session.terminate();
-                // Its will went with the claim to the new owner.
+                // Its will went with the claim to the new owner, and so did the registry entry:
+                // nothing to release.
                 ended.will = None;
-                let generation = self.retire(&mut sessions, s, &mut st);
+                self.retire(&mut sessions, s, &mut st, false);
                 drop(st);
                 drop(sessions);
-                self.after_end(s, ended, generation);
+                self.after_end(s, ended, None);
             }
         }
     }
 
     /// Marks a session ended and removes it from the registry map (both locks held by the
-    /// caller, in order). Returns the cluster generation it held, to release.
+    /// caller, in order). With `release`, returns the cluster generation it held, to release,
+    /// and remembers it until that release is applied; without (the claim is another node's
+    /// now: handed over, lost, stale), there is nothing to release and nothing to remember.
     fn retire(
         &self,
         sessions: &mut HashMap<ClientId, SessionRef>,
         s: &SessionRef,
         st: &mut SessionState,
+        release: bool,
     ) -> Option<u64> {
         st.ended = true;
         if sessions.get(s.client_id()).is_some_and(|cur| cur == s) {
             sessions.remove(s.client_id());
+        }
+        if !release {
+            return None;
         }
         if let Some(g) = st.generation {
             // Until its release is applied the registry still names it: not to be restored.

@@ -77,7 +77,7 @@ impl Broker {
         }
         // Converted (a payload copy each) only within the budget.
         for r in replicated {
-            if budget.messages == 0 {
+            if budget.messages == 0 || r.payload.len() > budget.bytes {
                 budget.skipped += 1;
                 continue;
             }

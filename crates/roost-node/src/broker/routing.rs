@@ -313,6 +313,7 @@ impl Broker {
     /// Hands messages of a departed shared-subscription member to the rest of its group.
     pub(super) fn redistribute(&self, orphans: Vec<Orphan>, departed: &SessionRef) {
         let now = crate::now();
+        let mut remote = Vec::new();
         for o in orphans {
             let mut matches = Matches::default();
             self.index.read().matches(&o.msg.topic, None, &mut matches);
@@ -328,7 +329,11 @@ impl Broker {
             };
             if members.is_empty() {
                 // No member left here: a peer with members of the group takes it.
-                self.redistribute_remote(o);
+                if let Some(node) = self.peer_with_members(&o) {
+                    remote.push((node, o));
+                } else {
+                    self.metrics.queue_dropped.increment(1);
+                }
                 continue;
             }
             let (member, sub) = pick_member(&members, start);
@@ -343,36 +348,37 @@ impl Broker {
                 self.metrics.queue_dropped.increment(1);
             }
         }
+        if !remote.is_empty() {
+            // One task, so they reach each peer's forwarder in the order they were queued.
+            let cluster = Arc::clone(&self.cluster);
+            self.spawn(async move {
+                for (node, o) in remote {
+                    // The forwarder counts what it gives up (timeouts, a peer that left).
+                    let _ = cluster.forward(node, o.msg, false, vec![o.filter]).await;
+                }
+            });
+        }
     }
 
-    /// A departed shared member's message with no member of its group left on this node: it
-    /// goes to a reachable peer that has members of the group (the replicated route table),
-    /// as that peer's share of the group; with none, it is dropped and counted.
-    fn redistribute_remote(&self, o: Orphan) {
+    /// For a departed shared member's message with no member of its group left on this node:
+    /// a reachable peer that has members of the group (the replicated route table), to take it
+    /// as its share of the group; `None` (the message is dropped and counted) when there is none.
+    fn peer_with_members(&self, o: &Orphan) -> Option<NodeId> {
         let c = &self.cluster;
+        if !c.has_peers() {
+            return None;
+        }
         let me = c.node_id();
         let mut m = Matches::default();
-        if c.has_peers() {
-            c.state()
-                .read()
-                .routes()
-                .matches(&o.msg.topic, None, &mut m);
-        }
-        let node = m
-            .shared
+        c.state()
+            .read()
+            .routes()
+            .matches(&o.msg.topic, None, &mut m);
+        m.shared
             .iter()
             .filter(|g| g.filter == o.filter)
             .flat_map(|g| g.members.iter().map(|(n, _)| *n))
-            .find(|n| *n != me && c.peer_up(*n));
-        let Some(node) = node else {
-            self.metrics.queue_dropped.increment(1);
-            return;
-        };
-        let cluster = Arc::clone(&self.cluster);
-        self.spawn(async move {
-            // The forwarder counts what it gives up (timeouts, a peer that left).
-            let _ = cluster.forward(node, o.msg, false, vec![o.filter]).await;
-        });
+            .find(|n| *n != me && c.peer_up(*n))
     }
 
     /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it

@@ -6,8 +6,9 @@
 
 use super::{Broker, SessionRef};
 use crate::routes::RouteResult;
-use roost_cluster::types::{Command, StoredSubscription};
+use roost_cluster::types::{Command, NodeId, StoredSubscription};
 use roost_core::index::Subscription;
+use roost_core::session::Session;
 use roost_core::topic::TopicFilter;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -87,6 +88,54 @@ impl Broker {
         if add.is_empty() && remove.is_empty() {
             return true;
         }
+        self.write_session(
+            s,
+            "subscription change",
+            |client_id, node, generation, _| Command::UpdateSubscriptions {
+                client_id,
+                node,
+                generation,
+                add: add
+                    .iter()
+                    .map(|(f, sub)| StoredSubscription::new(f, sub))
+                    .collect(),
+                remove: remove.iter().map(|f| f.as_str().to_owned()).collect(),
+            },
+        )
+        .await
+    }
+
+    /// Records a persistent session's subscriptions in the registry, so they survive a restart
+    /// of this node or its loss. Waits for the commit (bounded); false if it did not commit.
+    pub(crate) async fn persist_subscriptions(&self, s: &SessionRef) -> bool {
+        self.write_session(
+            s,
+            "subscriptions",
+            |client_id, node, generation, session| Command::SetSubscriptions {
+                client_id,
+                node,
+                generation,
+                subscriptions: session
+                    .subscriptions()
+                    .iter()
+                    .map(|(f, sub)| StoredSubscription::new(f, sub))
+                    .collect(),
+                expiry_interval: Some(session.expiry_interval()),
+            },
+        )
+        .await
+    }
+
+    /// Proposes a write about a persistent session's registry entry, built by `cmd` from its
+    /// client id, this node, the generation it holds and the session (under its lock), and
+    /// waits for the commit (bounded). True without proposing for a session with no claim or
+    /// that ends with its connection (nothing of it is stored); false if it did not commit.
+    async fn write_session(
+        &self,
+        s: &SessionRef,
+        what: &str,
+        cmd: impl FnOnce(String, NodeId, u64, &Session) -> Command,
+    ) -> bool {
         let cmd = {
             let st = s.lock();
             let Some(generation) = st.generation else {
@@ -95,63 +144,21 @@ impl Broker {
             if st.session.expiry_interval() == 0 {
                 return true;
             }
-            Command::UpdateSubscriptions {
-                client_id: s.client_id().to_string(),
-                node: self.cluster.node_id(),
+            cmd(
+                s.client_id().to_string(),
+                self.cluster.node_id(),
                 generation,
-                add: add
-                    .iter()
-                    .map(|(f, sub)| StoredSubscription::new(f, sub))
-                    .collect(),
-                remove: remove.iter().map(|f| f.as_str().to_owned()).collect(),
-            }
+                &st.session,
+            )
         };
         match self.cluster.propose(cmd).await {
             Ok(_) => true,
             Err(e) if e.is_fatal() => {
-                error!(client_id = %s.client_id(), error = %e, "subscription change not persisted: this node's raft stopped");
+                error!(client_id = %s.client_id(), error = %e, "{what} not persisted: this node's raft stopped");
                 false
             }
             Err(e) => {
-                warn!(client_id = %s.client_id(), error = %e, "subscription change not persisted");
-                false
-            }
-        }
-    }
-
-    /// Records a persistent session's subscriptions in the registry, so they survive a restart
-    /// of this node or its loss. Waits for the commit (bounded); false if it did not commit.
-    pub(crate) async fn persist_subscriptions(&self, s: &SessionRef) -> bool {
-        let cmd = {
-            let st = s.lock();
-            let Some(generation) = st.generation else {
-                return true;
-            };
-            let expiry = st.session.expiry_interval();
-            if expiry == 0 {
-                return true;
-            }
-            Command::SetSubscriptions {
-                client_id: s.client_id().to_string(),
-                node: self.cluster.node_id(),
-                generation,
-                subscriptions: st
-                    .session
-                    .subscriptions()
-                    .iter()
-                    .map(|(f, sub)| StoredSubscription::new(f, sub))
-                    .collect(),
-                expiry_interval: Some(expiry),
-            }
-        };
-        match self.cluster.propose(cmd).await {
-            Ok(_) => true,
-            Err(e) if e.is_fatal() => {
-                error!(client_id = %s.client_id(), error = %e, "subscriptions not persisted: this node's raft stopped");
-                false
-            }
-            Err(e) => {
-                warn!(client_id = %s.client_id(), error = %e, "subscriptions not persisted");
+                warn!(client_id = %s.client_id(), error = %e, "{what} not persisted");
                 false
             }
         }

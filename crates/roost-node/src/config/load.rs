@@ -68,21 +68,22 @@ impl Config {
             1,
         )?;
         at_least("mqtt.max_retained_messages", m.max_retained_messages, 1)?;
-        at_least(
-            "mqtt.max_retained_bytes",
-            m.max_retained_bytes,
-            m.max_packet_size as usize,
-        )?;
-        at_least(
-            "mqtt.pending_connect_bytes",
-            m.pending_connect_bytes,
-            65_536,
-        )?;
         between(
             "mqtt.max_packet_size",
             m.max_packet_size,
             1,
             MQTT_MAX_PACKET_SIZE,
+        )?;
+        at_least(
+            "mqtt.max_retained_bytes",
+            m.max_retained_bytes,
+            m.max_packet_size as usize,
+        )?;
+        // Below one largest CONNECT, a client with a large will could never connect.
+        at_least(
+            "mqtt.pending_connect_bytes",
+            m.pending_connect_bytes,
+            (m.max_packet_size as usize).max(65_536),
         )?;
         at_least("mqtt.receive_maximum", m.receive_maximum, 1)?;
         at_least("mqtt.max_inflight", m.max_inflight, 1)?;

@@ -279,8 +279,8 @@ pub struct MqttConfig {
     pub max_retained_bytes: usize,
     /// Bytes all not-yet-CONNECTed sockets together may buffer while a CONNECT arrives (a
     /// CONNECT may be up to `max_packet_size`). A socket whose partial CONNECT would take the
-    /// total past it is closed and counted (`reason="pending_bytes"`). At least 65536.
-    /// Default 67108864 (64 MiB).
+    /// total past it is closed and counted (`reason="pending_bytes"`). At least
+    /// `max_packet_size` and 65536. Default 67108864 (64 MiB).
     pub pending_connect_bytes: usize,
     /// How long a publisher's connection waits for a connected subscriber whose queue is
     /// backing up (half of `max_queued_messages`) to drain, before it reads more from its

@@ -221,6 +221,10 @@ fn bad_value_per_bound_names_the_key() {
             "invalid config: mqtt.server_keep_alive = 61: must be between 1 and mqtt.max_keep_alive (60)",
         ),
         (
+            "[mqtt]\nmax_packet_size = 1048576\npending_connect_bytes = 1048575",
+            "invalid config: mqtt.pending_connect_bytes = 1048575: must be at least 1048576",
+        ),
+        (
             "[mqtt]\nmax_qos = 3",
             "invalid config: mqtt.max_qos = 3: must be between 0 and 2",
         ),
@@ -246,7 +250,8 @@ fn bad_value_per_bound_names_the_key() {
 
 #[test]
 fn limits_at_their_bounds_are_accepted() {
-    let toml = "[mqtt]\nmax_packet_size = 268435460\nmax_client_id_length = 23\n\
+    let toml = "[mqtt]\nmax_packet_size = 268435460\npending_connect_bytes = 268435460\n\
+                max_client_id_length = 23\n\
                 max_topic_length = 65535\nmax_qos = 0\nmax_keep_alive = 60\n\
                 server_keep_alive = 60\ntopic_alias_maximum = 0\n\
                 [node]\nsys_interval_secs = 0\n\
