@@ -22,6 +22,7 @@ use roost_core::message::{Message, PassThrough};
 use roost_core::session::{ImageMessage, SessionImage};
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
 use roost_core::ClientId;
+use roost_testkit::Proxy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -166,18 +167,48 @@ async fn start_node(id: impl Into<NodeId>, addr: SocketAddr, seeds: Vec<(NodeId,
     }
 }
 
-/// Three nodes seeded with each other; node 1 (the lowest id) initialises the cluster.
-async fn three_nodes() -> Vec<Node> {
+/// Three nodes seeded with each other (node 1, the lowest id, initialises the cluster), each
+/// config adjusted by `tweak`; with `proxy_on_2`, node 2 is reached through a [`Proxy`] (it
+/// advertises the proxy's address). Does not wait for a leader.
+async fn three_nodes_with(
+    proxy_on_2: bool,
+    tweak: impl Fn(&mut ClusterConfig),
+) -> (Vec<Node>, Option<Proxy>) {
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let seeds: Vec<(NodeId, String)> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (NodeId::new(i as u64 + 1), a.to_string()))
+    let proxy = match proxy_on_2 {
+        true => Some(Proxy::start(addrs[1]).await.unwrap()),
+        false => None,
+    };
+    let advertised = |i: usize| match (&proxy, i) {
+        (Some(p), 1) => p.addr.to_string(),
+        _ => addrs[i].to_string(),
+    };
+    let seeds: Vec<(NodeId, String)> = (0..3)
+        .map(|i| (NodeId::new(i as u64 + 1), advertised(i)))
         .collect();
     let mut nodes = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
-        nodes.push(start_node(i as u64 + 1, *a, seeds.clone()).await);
+        let id = NodeId::new(i as u64 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(TestNode::default());
+        let mut cfg = config(id, *a, seeds.clone(), dir.path());
+        cfg.advertise = advertised(i);
+        tweak(&mut cfg);
+        let cluster = start(cfg, local.clone()).await;
+        nodes.push(Node {
+            id,
+            cluster,
+            local,
+            dir,
+            addr: *a,
+        });
     }
+    (nodes, proxy)
+}
+
+/// Three nodes seeded with each other; node 1 (the lowest id) initialises the cluster.
+async fn three_nodes() -> Vec<Node> {
+    let (nodes, _) = three_nodes_with(false, |_| {}).await;
     let leader = wait_for_leader(&nodes).await;
     eprintln!("three nodes up, leader {leader}");
     nodes
@@ -1138,142 +1169,14 @@ async fn item1_take_session_with_a_5mb_queue_is_handed_over() {
 
 // ---- Issue 7, item 2: a resend after a reconnect is not delivered twice ----
 
-/// A TCP proxy in front of one node's cluster listener, so a test can lose the replies on the
-/// connections through it and then cut them: a forward stream that breaks after the receiver
-/// delivered a batch but before its ack reached the sender.
-struct Proxy {
-    addr: SocketAddr,
-    /// While set, bytes from the node back to its callers are discarded (acks, Raft replies).
-    drop_replies: Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped to close every connection open at that moment.
-    cut: tokio::sync::watch::Sender<u64>,
-    /// While set, new connections are closed as soon as they are accepted (the node is
-    /// unreachable through the proxy; see `isolate`).
-    refuse: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        use std::sync::atomic::Ordering::Relaxed;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let drop_replies = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
-        let drop_flag = drop_replies.clone();
-        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let refuse_flag = refuse.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if refuse_flag.load(Relaxed) {
-                    drop(inbound);
-                    continue;
-                }
-                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let mut cut_rx = cut_rx.clone();
-                cut_rx.borrow_and_update();
-                let drop_flag = drop_flag.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let (mut ci, mut co) = inbound.into_split();
-                    let (mut si, mut so) = outbound.into_split();
-                    let up = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = ci.read(&mut buf).await?;
-                            if n == 0 {
-                                return Ok::<(), std::io::Error>(());
-                            }
-                            so.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = si.read(&mut buf).await?;
-                            if n == 0 {
-                                return Ok::<(), std::io::Error>(());
-                            }
-                            if !drop_flag.load(Relaxed) {
-                                co.write_all(&buf[..n]).await?;
-                            }
-                        }
-                    };
-                    // Both halves end together: when either side closes, or on a cut.
-                    tokio::select! {
-                        _ = up => {}
-                        _ = down => {}
-                        _ = cut_rx.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            drop_replies,
-            cut,
-            refuse,
-        }
-    }
-
-    /// `true`: closes every connection through the proxy and refuses new ones, so nothing
-    /// reaches the node behind it (what it sends itself goes to its peers directly). `false`:
-    /// connections pass again.
-    fn isolate(&self, on: bool) {
-        self.refuse.store(on, std::sync::atomic::Ordering::Relaxed);
-        if on {
-            self.cut();
-        }
-    }
-
-    fn drop_replies(&self, on: bool) {
-        self.drop_replies
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Closes every connection open now (later ones pass normally).
-    fn cut(&self) {
-        self.cut.send_modify(|g| *g += 1);
-    }
-}
-
 /// Item 2: node 2 delivers three QoS 2 messages, their ack is lost, the forward stream breaks;
 /// node 1 reconnects and resends them (it never saw the ack), and node 2 acknowledges the resend
 /// without delivering the messages a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item2_resend_after_lost_ack_is_delivered_once() {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     // Node 2 is reached through the proxy: it advertises the proxy's address.
-    let proxy = Proxy::start(addrs[1]).await;
-    let seeds = vec![
-        (NodeId::new(1), addrs[0].to_string()),
-        (NodeId::new(2), proxy.addr.to_string()),
-        (NodeId::new(3), addrs[2].to_string()),
-    ];
-    let mut nodes = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let id = NodeId::new(i as u64 + 1);
-        let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(TestNode::default());
-        let mut cfg = config(id, *a, seeds.clone(), dir.path());
-        if i == 1 {
-            cfg.advertise = proxy.addr.to_string();
-        }
-        let cluster = start(cfg, local.clone()).await;
-        nodes.push(Node {
-            id,
-            cluster,
-            local,
-            dir,
-            addr: *a,
-        });
-    }
+    let (nodes, proxy) = three_nodes_with(true, |_| {}).await;
+    let proxy = proxy.unwrap();
     wait_for_leader(&nodes).await;
     let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
 
@@ -1381,32 +1284,9 @@ async fn leaders_and_terms(
 /// with that higher term: the leader stepped down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item21_a_follower_cut_off_and_back_does_not_depose_the_leader() {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     // Node 2 is reached through the proxy: it advertises the proxy's address.
-    let proxy = Proxy::start(addrs[1]).await;
-    let seeds = vec![
-        (NodeId::new(1), addrs[0].to_string()),
-        (NodeId::new(2), proxy.addr.to_string()),
-        (NodeId::new(3), addrs[2].to_string()),
-    ];
-    let mut nodes = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let id = NodeId::new(i as u64 + 1);
-        let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(TestNode::default());
-        let mut cfg = config(id, *a, seeds.clone(), dir.path());
-        if i == 1 {
-            cfg.advertise = proxy.addr.to_string();
-        }
-        let cluster = start(cfg, local.clone()).await;
-        nodes.push(Node {
-            id,
-            cluster,
-            local,
-            dir,
-            addr: *a,
-        });
-    }
+    let (nodes, proxy) = three_nodes_with(true, |_| {}).await;
+    let proxy = proxy.unwrap();
     let leader = wait_for_leader(&nodes).await;
     // Node 1 initialises the cluster and leads; the test cuts off a follower.
     assert_ne!(leader, NodeId::new(2), "node 2 must be a follower");
@@ -1479,30 +1359,12 @@ async fn item3_forward_to_a_non_member_is_refused_with_why() {
 /// fix the second call returned at once and no follower had the claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item9c_one_miss_does_not_skip_a_reachable_peer() {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let seeds: Vec<(NodeId, String)> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (NodeId::new(i as u64 + 1), a.to_string()))
-        .collect();
-    let mut nodes = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let id = NodeId::new(i as u64 + 1);
-        let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(TestNode::default());
-        let mut cfg = config(id, *a, seeds.clone(), dir.path());
-        // wait_replicated waits at most min(forward, election timeout) per peer: 1 s here,
-        // far above the 100 ms apply delay below.
+    // wait_replicated waits at most min(forward, election timeout) per peer: 1 s here, far
+    // above the 100 ms apply delay below.
+    let (nodes, _) = three_nodes_with(false, |cfg| {
         cfg.election_timeout = Duration::from_millis(1000);
-        let cluster = start(cfg, local.clone()).await;
-        nodes.push(Node {
-            id,
-            cluster,
-            local,
-            dir,
-            addr: *a,
-        });
-    }
+    })
+    .await;
     let leader_id = wait_for_leader(&nodes).await;
     let leader = node(&nodes, leader_id);
 

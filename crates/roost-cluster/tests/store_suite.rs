@@ -698,58 +698,70 @@ async fn item20_snapshot_build_does_not_block_state_readers() {
     let serialise = started.elapsed();
     assert!(bytes.len() > ROUTES * 10);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let (state, stop, reads) = (state.clone(), stop.clone(), reads.clone());
-        std::thread::spawn(move || {
-            let mut longest = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                let asked = Instant::now();
-                let empty = state.read().routes().is_empty();
-                longest = longest.max(asked.elapsed());
-                assert!(!empty);
-                reads.fetch_add(1, Ordering::Relaxed);
-            }
-            longest
-        })
-    };
-    let writer = {
-        let (mut sm, stop) = (sm.clone(), stop.clone());
-        let rt = tokio::runtime::Handle::current();
-        std::thread::spawn(move || {
-            let mut index = 3;
-            while !stop.load(Ordering::Relaxed) {
-                let filter = format!("writer/{index}");
-                rt.block_on(sm.apply([normal(1, index, routes(2, &[filter.as_str()]))]))
-                    .unwrap();
-                index += 1;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            index - 3
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let reads_before = reads.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let build = started.elapsed();
-    let reads_during = reads.load(Ordering::Relaxed) - reads_before;
-    stop.store(true, Ordering::Relaxed);
-    let longest = reader.join().unwrap();
-    let applied = writer.join().unwrap();
-    eprintln!(
-        "item20: {ROUTES} routes, serialise {serialise:?}, build {build:?}, \
-         longest read-lock wait {longest:?}, {reads_during} reads during the build, \
-         {applied} entries applied meanwhile"
-    );
-    assert!(snapshot.meta.last_log_id.is_some());
-    assert!(applied > 0, "the writer applied entries meanwhile");
+    // Three rounds; the smallest of their longest waits counts: one scheduler pause of the
+    // busy reader thread on a loaded machine is not a lock wait, and it would have to land in
+    // every round (before the fix every round waited the whole serialisation).
+    let mut longest = Duration::MAX;
+    let mut next_index = 3;
+    for round in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (state, stop, reads) = (state.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut longest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let empty = state.read().routes().is_empty();
+                    longest = longest.max(asked.elapsed());
+                    assert!(!empty);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+                longest
+            })
+        };
+        let writer = {
+            let (mut sm, stop) = (sm.clone(), stop.clone());
+            let rt = tokio::runtime::Handle::current();
+            let first = next_index;
+            std::thread::spawn(move || {
+                let mut index = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let filter = format!("writer/{index}");
+                    rt.block_on(sm.apply([normal(1, index, routes(2, &[filter.as_str()]))]))
+                        .unwrap();
+                    index += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                index
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reads_before = reads.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let build = started.elapsed();
+        let reads_during = reads.load(Ordering::Relaxed) - reads_before;
+        stop.store(true, Ordering::Relaxed);
+        let waited = reader.join().unwrap();
+        let after = writer.join().unwrap();
+        let applied = after - next_index;
+        next_index = after;
+        eprintln!(
+            "item20 round {round}: {ROUTES} routes, serialise {serialise:?}, build {build:?}, \
+             longest read-lock wait {waited:?}, {reads_during} reads during the build, \
+             {applied} entries applied meanwhile"
+        );
+        assert!(snapshot.meta.last_log_id.is_some());
+        assert!(applied > 0, "the writer applied entries meanwhile");
+        assert!(reads_during > 0, "the reader read during the build");
+        longest = longest.min(waited);
+    }
     assert!(
         longest < serialise / 2,
         "a reader waited {longest:?} for the read lock while a snapshot was built \

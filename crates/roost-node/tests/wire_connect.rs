@@ -400,7 +400,8 @@ async fn item12_connack_never_exceeds_the_client_maximum_packet_size() {
 async fn item19_sockets_without_connect_are_bounded() {
     let node = TestNode::start_with(|c| {
         c.mqtt.max_pending_connections = 2;
-        c.mqtt.pending_connect_bytes = 65_536;
+        // The smallest allowed: one largest CONNECT (max_packet_size, 1 MiB).
+        c.mqtt.pending_connect_bytes = 1024 * 1024;
         c.mqtt.connect_timeout_secs = 60;
     })
     .await
@@ -427,25 +428,31 @@ async fn item19_sockets_without_connect_are_bounded() {
     assert!(ok.is_some(), "no place freed");
     drop(silent);
 
-    // A CONNECT announcing 512 KiB, sent slowly: once the pending sockets' buffers pass 64 KiB
-    // the socket is closed, long before the connect timeout.
-    let mut big = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
-    let mut head = vec![0x10, 0x80, 0x80, 0x20];
-    head.extend(std::iter::repeat_n(0u8, 1024));
-    big.send_bytes(&head).await.unwrap();
+    // Two CONNECTs announcing ~1,000,000 bytes each, sent slowly side by side: together their
+    // partial CONNECTs pass 1 MiB, and one of them is closed long before the connect timeout.
+    let mut big = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+        // Remaining length 1,000,000 as a variable byte integer.
+        c.send_bytes(&[0x10, 0xC0, 0x84, 0x3D]).await.unwrap();
+        big.push(c);
+    }
     let chunk = vec![0u8; 8192];
-    let mut closed = false;
-    for _ in 0..16 {
-        if big.send_bytes(&chunk).await.is_err() {
-            closed = true;
-            break;
+    for _ in 0..75 {
+        for c in &mut big {
+            // A write to a socket the node closed may fail: the close is checked below.
+            let _ = c.send_bytes(&chunk).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    if !closed {
-        closed = big.expect_closed().await.is_ok();
+    let mut closed = 0;
+    for c in &mut big {
+        closed += usize::from(c.expect_closed().await.is_ok());
     }
-    assert!(closed, "a 128 KiB partial CONNECT was buffered");
+    assert!(
+        closed >= 1,
+        "1.2 MB of partial CONNECTs buffered past the 1 MiB cap"
+    );
     let metrics = http(&node, "GET", "/metrics", None).await.body;
     for reason in ["pending_limit", "pending_bytes"] {
         let prefix = format!("roost_mqtt_connections_rejected_total{{reason=\"{reason}\"}} ");

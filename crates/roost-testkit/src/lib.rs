@@ -19,11 +19,13 @@
 pub mod admin;
 pub mod cluster;
 pub mod packets;
+pub mod proxy;
 pub mod steps;
 
 pub use admin::{http, http_at, http_with, metric, HttpResponse, HTTP_TIMEOUT};
-pub use cluster::{two_nodes_with, Proxy};
+pub use cluster::{two_free_ports, two_nodes_with};
 pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
+pub use proxy::Proxy;
 pub use steps::{
     collect, connect_clean, connect_persistent, connect_with, expect_disconnect, payloads,
     publish_ok, publish_with, raw_exchange, recv_publish, wait_connections, SILENCE,

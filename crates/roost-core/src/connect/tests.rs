@@ -227,19 +227,7 @@ fn v5_connack_with_defaults_announces_size_window_and_aliases() {
 
 #[test]
 fn v5_connack_announces_every_difference() {
-    let policy = ServerPolicy {
-        max_qos: QoS::AtLeastOnce,
-        retain_available: false,
-        wildcard_subscriptions: false,
-        subscription_identifiers: false,
-        shared_subscriptions: false,
-        max_packet_size: 4096,
-        receive_maximum: u16::MAX,
-        topic_alias_maximum: 0,
-        server_keep_alive: Some(15),
-        max_session_expiry_interval: 600,
-        ..ServerPolicy::default()
-    };
+    let policy = every_difference_policy();
     let mut c = connect(Protocol::V5, "");
     c.properties.session_expiry_interval = Some(7200);
     let n = ok(&c, &policy);

@@ -1,0 +1,113 @@
+//! A TCP proxy in front of one node's cluster listener (the node advertises the proxy's
+//! address), so a test can make the node unreachable without stopping it: discard everything
+//! the node sends back on the connections through it (acks of forwarded messages, Raft
+//! replies) while they stay open, as in a partition that drops packets; close them; or refuse
+//! new ones. Only std and tokio: roost-cluster's own tests use it too.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A TCP proxy to one address.
+pub struct Proxy {
+    /// Where peers reach the node through it.
+    pub addr: SocketAddr,
+    /// While set, bytes from the node back to its callers are discarded.
+    drop_replies: Arc<AtomicBool>,
+    /// Bumped to close every connection open at that moment.
+    cut: watch::Sender<u64>,
+    /// While set, new connections are closed as soon as they are accepted.
+    refuse: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts a proxy on `127.0.0.1:0` to `target`.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let drop_replies = Arc::new(AtomicBool::new(false));
+        let (cut, cut_rx) = watch::channel(0u64);
+        let drop_flag = drop_replies.clone();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let refuse_flag = refuse.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if refuse_flag.load(Relaxed) {
+                    drop(inbound);
+                    continue;
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                let drop_flag = drop_flag.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = ci.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            so.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = si.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            if !drop_flag.load(Relaxed) {
+                                co.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    // Both halves end together: when either side closes, or on a cut.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            addr,
+            drop_replies,
+            cut,
+            refuse,
+        })
+    }
+
+    /// Starts (`true`) or stops discarding what the node sends back.
+    pub fn drop_replies(&self, on: bool) {
+        self.drop_replies.store(on, Relaxed);
+    }
+
+    /// Closes every connection open now (later ones pass normally).
+    pub fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    /// `true`: closes every connection through the proxy and refuses new ones, so nothing
+    /// reaches the node behind it (what it sends itself goes to its peers directly). `false`:
+    /// connections pass again.
+    pub fn isolate(&self, on: bool) {
+        self.refuse.store(on, Relaxed);
+        if on {
+            self.cut();
+        }
+    }
+}
