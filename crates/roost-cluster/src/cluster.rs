@@ -31,6 +31,7 @@
 
 mod dedup;
 mod forwarder;
+mod lease;
 mod membership;
 mod service;
 
@@ -134,6 +135,9 @@ pub struct ClusterConfig {
     /// Every byte bound on what nodes send each other is derived from it ([`WireLimits`]), so
     /// all members must use the same value.
     pub max_packet_size: u32,
+    /// The session lease (`cluster.session_lease_ms`): a node that has not confirmed with a
+    /// quorum within it serves no MQTT client (see `lease`).
+    pub session_lease: Duration,
 }
 
 /// A boxed future, for [`LocalNode`]'s async method.
@@ -201,6 +205,8 @@ pub struct Cluster {
     members: Arc<std::sync::atomic::AtomicUsize>,
     /// When to stand for leader (pre-vote first), and whether a follower's leader is live.
     election: Arc<Election>,
+    /// Whether this node may serve MQTT clients (see `lease`).
+    lease: Arc<lease::Lease>,
 }
 
 impl Cluster {
@@ -268,6 +274,11 @@ impl Cluster {
             limits.raft_grpc(),
         ));
         tokio::spawn(Arc::clone(&elector).run(stop_rx.clone()));
+        let lease = Arc::new(lease::Lease::new(
+            cfg.node_id,
+            raft.clone(),
+            cfg.session_lease,
+        ));
         let stats = Arc::new(ClusterStats::default());
         let cluster = Arc::new(Cluster {
             cfg: cfg.clone(),
@@ -277,9 +288,12 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             members: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             election: Arc::clone(&elector),
+            lease: Arc::clone(&lease),
             stats: stats.clone(),
             stop,
         });
+        tokio::spawn(Arc::clone(&lease).renew(Arc::downgrade(&cluster), stop_rx.clone()));
+        tokio::spawn(lease.watch(stop_rx.clone()));
         let service = ClusterService {
             cluster: Arc::downgrade(&cluster),
             raft: raft.clone(),
@@ -396,6 +410,44 @@ impl Cluster {
             }
             Some(_) => self.election.follows_live_leader(),
         }
+    }
+
+    /// True while this node holds its session lease and may serve MQTT clients (a lone voter
+    /// always; otherwise a quorum confirmed this node within `cluster.session_lease_ms`).
+    pub fn holds_lease(&self) -> bool {
+        self.lease.holds()
+    }
+
+    /// Waits (at most `limit`) for the session lease; refuses with [`Refusal::NoLease`] if it
+    /// is not held by then. A node that just started or healed gets it within a round trip.
+    pub async fn await_lease(&self, limit: Duration) -> Result<(), ClusterError> {
+        if self.lease.holds() {
+            return Ok(());
+        }
+        let mut rx = self.lease.changes();
+        let held = tokio::time::timeout(limit, rx.wait_for(|held| *held))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if held && self.lease.holds() {
+            Ok(())
+        } else {
+            Err(ClusterError::Refused(Refusal::NoLease(
+                self.lease.duration(),
+            )))
+        }
+    }
+
+    /// Changes of [`holds_lease`](Self::holds_lease): the node disconnects its clients when it
+    /// turns false.
+    pub fn lease_changes(&self) -> watch::Receiver<bool> {
+        self.lease.changes()
+    }
+
+    /// How long a node that claimed a session waits, after the claim applied, before serving
+    /// it when the previous owner could not be reached to hand it over: by then that owner's
+    /// lease has run out and it serves the session no more.
+    pub fn takeover_wait(&self) -> Duration {
+        self.lease.takeover_wait()
     }
 
     /// Commits a command (on the leader, or through it) and waits until this node applied it.

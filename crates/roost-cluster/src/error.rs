@@ -85,6 +85,10 @@ pub enum Refusal {
         /// The limit it is over.
         limit: usize,
     },
+    /// This node has not confirmed within its session lease that it is part of the quorum
+    /// (cut off, paused, or just started): it serves no session until it has.
+    #[error("no session lease: no quorum confirmed this node within {0:?}")]
+    NoLease(Duration),
     /// A peer could not be reached or answered with an error.
     #[error("peer {node}: {reason}")]
     Peer {

@@ -1,7 +1,7 @@
 //! The cluster layer's metrics, declared once (house style, convention 7). Handles are resolved
 //! once into [`ClusterStats`]; every message a forwarder drops or gives up is counted.
 
-use metrics::{counter, describe_counter, Counter};
+use metrics::{counter, describe_counter, describe_gauge, Counter};
 
 const FORWARDED: &str = "roost_cluster_forwarded_total";
 const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
@@ -12,6 +12,8 @@ const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
 const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
+pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
+pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
 pub fn describe() {
@@ -54,6 +56,16 @@ pub fn describe() {
     describe_counter!(
         RECEIVED_INVALID_FILTERS,
         "shared-subscription filters from peers that did not parse (the message skipped them)"
+    );
+    describe_gauge!(
+        LEASE_HELD,
+        "1 while this node holds its session lease (a quorum confirmed it within \
+         cluster.session_lease_ms) and serves MQTT clients, 0 while it does not"
+    );
+    describe_counter!(
+        LEASE_LOST,
+        "times this node lost its session lease (cut off from the quorum, or paused past the \
+         lease); each time its connected clients were disconnected"
     );
 }
 

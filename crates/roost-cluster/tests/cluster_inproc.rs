@@ -34,6 +34,8 @@ use tempfile::TempDir;
 const SETTLE: Duration = Duration::from_secs(10);
 /// The cluster's forward and commit timeouts.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The session lease of these tests' nodes: 4 × their 300 ms election timeout.
+const SESSION_LEASE: Duration = Duration::from_millis(1200);
 
 /// One message a peer forwarded to this node.
 #[derive(Debug, Clone)]
@@ -125,6 +127,8 @@ fn config(
         commit_timeout: OP_TIMEOUT,
         // roost-node's default `mqtt.max_packet_size` (1 MiB).
         max_packet_size: 1_048_576,
+        // 4 × the election timeout, the least roost-node's config accepts.
+        session_lease: SESSION_LEASE,
     }
 }
 
@@ -1406,4 +1410,97 @@ async fn item9c_one_miss_does_not_skip_a_reachable_peer() {
         *n.local.apply_delay.lock() = Duration::ZERO;
     }
     shutdown_all(&nodes).await;
+}
+
+// ---- Issue 7, item 7: the session lease ----
+
+/// Item 7: node 2 (a follower) is cut off. It loses its session lease no later than
+/// `takeover_wait` after a claim on its session applied on the majority side, while the
+/// majority keeps its lease throughout; after the heal it holds the lease again only once it
+/// has applied that claim (so it can no longer serve the session it lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_cut_off_node_loses_its_lease_before_a_claim_on_its_session_may_be_served() {
+    let (nodes, proxy) = three_nodes_with(true, |_| {}).await;
+    let proxy = proxy.unwrap();
+    let leader = wait_for_leader(&nodes).await;
+    assert_ne!(leader, NodeId::new(2), "node 2 must be a follower");
+    let (n1, n2, n3) = (node(&nodes, 1), node(&nodes, 2), node(&nodes, 3));
+    eventually(SETTLE, "every node holds its lease", || {
+        nodes.iter().all(|n| n.cluster.holds_lease())
+    })
+    .await;
+    n2.cluster.propose(claim("c", 2)).await.unwrap();
+    let mut lost = n2.cluster.lease_changes();
+
+    proxy.isolate(true);
+    // Claimed on the majority side at once; from the moment it applied there, node 2 has
+    // `takeover_wait` to stop serving.
+    n1.cluster.propose(claim("c", 1)).await.unwrap();
+    let limit = n1.cluster.takeover_wait();
+    tokio::time::timeout(limit, lost.wait_for(|held| !*held))
+        .await
+        .unwrap_or_else(|_| panic!("node 2 still held its lease {limit:?} after the claim"))
+        .unwrap();
+    assert!(!n2.cluster.holds_lease());
+    // The majority keeps serving: sampled for two leases.
+    let until = tokio::time::Instant::now() + 2 * SESSION_LEASE;
+    while tokio::time::Instant::now() < until {
+        assert!(n1.cluster.holds_lease() && n3.cluster.holds_lease());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!n2.cluster.holds_lease(), "renewed while cut off");
+
+    proxy.isolate(false);
+    tokio::time::timeout(SETTLE, lost.wait_for(|held| *held))
+        .await
+        .expect("node 2 did not get its lease back after the heal")
+        .unwrap();
+    let owner = n2
+        .cluster
+        .state()
+        .read()
+        .session_owner(&ClientId::from("c"));
+    assert_eq!(
+        owner.map(|o| o.node),
+        Some(NodeId::new(1)),
+        "node 2 holds the lease again without knowing it lost the session"
+    );
+    shutdown_all(&nodes).await;
+}
+
+/// Item 7: a lone voter always holds the lease; a node of a cluster holds it only after a
+/// quorum confirmed it, and `await_lease` refuses with `NoLease` when none does in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_lease_of_a_lone_node_and_of_a_node_without_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let id = NodeId::new(1);
+    let lone = start(
+        config(id, addr, vec![(id, addr.to_string())], dir.path()),
+        Arc::new(TestNode::default()),
+    )
+    .await;
+    eventually(SETTLE, "a lone node holds its lease", || lone.holds_lease()).await;
+    lone.await_lease(Duration::ZERO).await.unwrap();
+    lone.shutdown().await;
+
+    // Two of three seeds never start: node 1 cannot confirm anything with a quorum.
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = vec![
+        (NodeId::new(1), addr.to_string()),
+        (NodeId::new(2), free_addr().to_string()),
+        (NodeId::new(3), free_addr().to_string()),
+    ];
+    let alone = start(
+        config(1, addr, seeds, dir.path()),
+        Arc::new(TestNode::default()),
+    )
+    .await;
+    let e = alone.await_lease(2 * SESSION_LEASE).await.unwrap_err();
+    assert!(
+        matches!(e.refusal(), Some(roost_cluster::Refusal::NoLease(_))),
+        "{e}"
+    );
+    assert!(!alone.holds_lease());
+    alone.shutdown().await;
 }

@@ -458,11 +458,15 @@ impl Conn {
                 } else {
                     info!(client_id = %n.client_id, error = %e, "cannot register session");
                 }
+                let why = match e.refusal() {
+                    Some(roost_cluster::Refusal::NoLease(_)) => "no_lease",
+                    _ => "cluster_unavailable",
+                };
                 self.refuse(
                     n.protocol,
                     n.params.maximum_packet_size,
                     ReasonCode::SERVER_UNAVAILABLE,
-                    "cluster_unavailable",
+                    why,
                 )
                 .await;
                 None

@@ -35,6 +35,8 @@ pub(crate) const SESSION_TOO_LARGE: &str = "roost_session_too_large_dropped_tota
 pub(crate) const SESSIONS: &str = "roost_sessions";
 pub(crate) const SESSIONS_EXPIRED: &str = "roost_sessions_expired_total";
 pub(crate) const TAKEOVERS: &str = "roost_sessions_taken_over_total";
+pub(crate) const TAKEOVER_UNREACHABLE: &str = "roost_sessions_takeover_unreachable_total";
+pub(crate) const LEASE_DISCONNECTS: &str = "roost_session_lease_disconnects_total";
 pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
 pub(crate) const WILLS: &str = "roost_wills_published_total";
@@ -65,7 +67,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, connack_too_large, pending_limit, pending_bytes)"
+        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, no_lease, connack_too_large, pending_limit, pending_bytes)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
     describe_counter!(
@@ -104,6 +106,17 @@ pub(crate) fn describe() {
         "sessions ended by their session expiry interval"
     );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
+    describe_counter!(
+        TAKEOVER_UNREACHABLE,
+        "sessions claimed from a node that did not hand them over within the session lease \
+         (cut off or dead): rebuilt from the registry's subscriptions; the messages queued on \
+         that node are lost"
+    );
+    describe_counter!(
+        LEASE_DISCONNECTS,
+        "connected clients disconnected because this node lost its session lease (v5: \
+         DISCONNECT 0x9C); their sessions stay on this node"
+    );
     describe_gauge!(SUBSCRIPTIONS, "subscriptions in the index");
     describe_gauge!(
         ROUTES_PENDING,
@@ -185,6 +198,8 @@ pub(crate) struct Metrics {
     pub(crate) sessions: Gauge,
     pub(crate) sessions_expired: Counter,
     pub(crate) takeovers: Counter,
+    pub(crate) takeover_unreachable: Counter,
+    pub(crate) lease_disconnects: Counter,
     pub(crate) subscriptions: Gauge,
     /// Route changes not committed yet (`RouteTable::pending`).
     pub(crate) routes_pending: Gauge,
@@ -222,6 +237,8 @@ impl Metrics {
             sessions: gauge!(SESSIONS),
             sessions_expired: counter!(SESSIONS_EXPIRED),
             takeovers: counter!(TAKEOVERS),
+            takeover_unreachable: counter!(TAKEOVER_UNREACHABLE),
+            lease_disconnects: counter!(LEASE_DISCONNECTS),
             subscriptions: gauge!(SUBSCRIPTIONS),
             routes_pending: gauge!(ROUTES_PENDING),
             retained: gauge!(RETAINED),

@@ -178,9 +178,12 @@ impl Node {
         self.cluster.advertise()
     }
 
-    /// True once the node accepts clients and the cluster has a leader.
+    /// True once the node accepts clients, the cluster has a leader and this node holds its
+    /// session lease (without it, CONNECTs are refused).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.cluster.has_leader()
+        self.ready.load(Ordering::Acquire)
+            && self.cluster.has_leader()
+            && self.cluster.holds_lease()
     }
 
     /// Waits (bounded) until [`Node::is_ready`]; false on timeout.
@@ -315,6 +318,7 @@ async fn start_broker(
         forward_timeout: Duration::from_millis(c.forward_timeout_ms),
         commit_timeout: Duration::from_millis(c.commit_timeout_ms),
         max_packet_size: config.mqtt.max_packet_size,
+        session_lease: Duration::from_millis(c.session_lease_ms),
     };
     let hooks = Arc::new(NodeHooks::default());
     let cluster = Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>)
@@ -326,6 +330,7 @@ async fn start_broker(
     // Before clients connect: routes held from before a restart that no restored session
     // needs are removed, and from now on failed or lost route changes are repaired.
     broker.start_route_repairs();
+    broker.start_lease_watch();
     Ok(broker)
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Two nodes (see [`two_nodes_with`]); panics when they do not start.
 async fn two_nodes(
     proxy: bool,
-    tweak: impl Fn(&mut roost_node::Config) + Copy,
+    tweak: impl Fn(&mut roost_node::Config) + Copy + Send + 'static,
 ) -> (TestNode, TestNode, Option<Proxy>) {
     two_nodes_with(proxy, tweak).await.unwrap()
 }

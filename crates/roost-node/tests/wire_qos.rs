@@ -562,7 +562,9 @@ async fn item13_ack_of_the_wrong_type_closes_the_connection() {
 }
 
 /// Two in-process nodes forming one cluster, without a proxy (see [`two_nodes_with`]).
-async fn two_nodes(tweak: impl Fn(&mut roost_node::Config) + Copy) -> (TestNode, TestNode) {
+async fn two_nodes(
+    tweak: impl Fn(&mut roost_node::Config) + Copy + Send + 'static,
+) -> (TestNode, TestNode) {
     let (a, b, _) = two_nodes_with(false, tweak).await.unwrap();
     (a, b)
 }

@@ -921,3 +921,106 @@ async fn item11_clean_start_after_a_dropped_persistent_session_discards_it_for_g
     }
     assert!(resurrected.is_empty(), "{resurrected:#?}");
 }
+
+/// Issue 7 item 7: split brain for sessions. Three nodes; a persistent v5 client `c` on node 3,
+/// then node 3 is cut off from its peers (its cluster listener behind a proxy that refuses
+/// everything; clients still reach it). The same client id connects to node 1. Node 3 must stop
+/// serving `c` (DISCONNECT 0x9C) before node 1 says CONNACK to the new connection, and must
+/// refuse CONNECTs (0x88) until the partition heals; after it, node 3 serves again.
+///
+/// Before the lease, node 3 kept `c` connected for the whole cut while node 1 accepted the
+/// same client id at once: two live sessions for one client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_a_cut_off_node_stops_serving_before_its_client_is_served_elsewhere() {
+    const LEASE_MS: u64 = 1500;
+    let (nodes, proxy) = nodes_with(3, true, |c| {
+        // 4 × the testkit's 300 ms election timeout, the least the config accepts.
+        c.cluster.session_lease_ms = LEASE_MS;
+        c.cluster.forward_timeout_ms = 500;
+    })
+    .await
+    .unwrap();
+    let proxy = proxy.unwrap();
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    let connect = || persistent_packet(Protocol::V5, "split");
+    let mut old = RawClient::open(n3.addr(), Protocol::V5).await.unwrap();
+    let ack = old.handshake(connect()).await.unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    old.subscribe("split/t", QoS::AtLeastOnce).await.unwrap();
+
+    proxy.isolate(true);
+    let cut = tokio::time::Instant::now();
+    // The old connection, watched from now on: when does node 3 let it go, and how?
+    let watcher = tokio::spawn(async move {
+        let end = loop {
+            match old.recv_within(Duration::from_secs(30)).await {
+                Ok(Some(Packet::Disconnect(d))) => break Some(d.reason_code),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        (end, tokio::time::Instant::now())
+    });
+    // The same client id on the majority side: claimed at once, served only once node 3's
+    // lease has surely run out.
+    let mut new = RawClient::open(n1.addr(), Protocol::V5).await.unwrap();
+    let ack = new.handshake(connect()).await.unwrap();
+    let accepted = tokio::time::Instant::now();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let (end, left) = watcher.await.unwrap();
+    assert_eq!(
+        end,
+        Some(ReasonCode::USE_ANOTHER_SERVER),
+        "node 3 must tell its client to use another server"
+    );
+    assert!(
+        left <= accepted,
+        "two live sessions: node 1 accepted the client {:?} after the cut, node 3 let the old \
+         connection go only {:?} after it",
+        accepted - cut,
+        left - cut
+    );
+    // Without the lease nothing is served on node 3: CONNECTs are refused (after waiting, as
+    // for a commit, for a lease that does not come).
+    let mut other = RawClient::open(n3.addr(), Protocol::V5).await.unwrap();
+    let ack = other
+        .handshake(connect_packet(Protocol::V5, "other", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SERVER_UNAVAILABLE);
+    // The new session has the subscription from the registry. (QoS 0: node 3 still routes
+    // the filter for its offline copy, so a QoS 1 message is refused whole, docs/rfcs/0005.)
+    let mut publ = RawClient::connect(n1.addr(), Protocol::V5, "split-pub", true)
+        .await
+        .unwrap()
+        .0;
+    publ.publish("split/t", b"to the new owner", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        &new.next_publish().await.unwrap().payload[..],
+        b"to the new owner"
+    );
+
+    // The partition heals: node 3 renews its lease and serves again.
+    proxy.isolate(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut c = RawClient::open(n3.addr(), Protocol::V5).await.unwrap();
+        let ack = c
+            .handshake(connect_packet(Protocol::V5, "after", true))
+            .await
+            .unwrap();
+        if ack.reason_code == ReasonCode::SUCCESS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 still refuses CONNECTs 15 s after the partition healed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

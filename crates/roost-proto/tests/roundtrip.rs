@@ -117,6 +117,13 @@ impl Cluster for StatusOnly {
         Err(Status::unimplemented("applied"))
     }
 
+    async fn renew_lease(
+        &self,
+        _: Request<roost_proto::v1::LeaseRequest>,
+    ) -> Result<Response<roost_proto::v1::LeaseReply>, Status> {
+        Err(Status::unimplemented("renew_lease"))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,

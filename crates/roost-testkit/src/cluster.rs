@@ -1,63 +1,106 @@
-//! Two in-process nodes forming one cluster, optionally with a TCP [`Proxy`] in front of node
-//! 2's cluster listener, so a test can cut node 2 off without stopping it.
+//! In-process nodes forming one cluster, optionally with a TCP [`Proxy`] in front of the last
+//! node's cluster listener, so a test can cut that node off without stopping it.
 
 use crate::{Proxy, TestNode};
 use std::net::SocketAddr;
 
 /// Two in-process nodes forming one cluster (commit timeout 500 ms); `tweak` adjusts both.
-/// With `proxy`, node 2 is reached through a [`Proxy`]. The cluster ports are picked free and
-/// released before the nodes bind them, so another test may take one meanwhile: a failed start
-/// is retried with fresh ports.
+/// With `proxy`, node 2 is reached through a [`Proxy`]. See [`nodes_with`].
 pub async fn two_nodes_with(
     proxy: bool,
-    tweak: impl Fn(&mut roost_node::Config) + Copy,
+    tweak: impl Fn(&mut roost_node::Config) + Copy + Send + 'static,
 ) -> anyhow::Result<(TestNode, TestNode, Option<Proxy>)> {
+    let (nodes, px) = nodes_with(2, proxy, tweak).await?;
+    let mut nodes = nodes.into_iter();
+    match (nodes.next(), nodes.next()) {
+        (Some(a), Some(b)) => Ok((a, b, px)),
+        _ => anyhow::bail!("two nodes did not start"),
+    }
+}
+
+/// `n` in-process nodes (ids 1..=n, each seeded with all) forming one cluster (commit timeout
+/// 500 ms); `tweak` adjusts each. With `proxy`, the last node is reached through a [`Proxy`]:
+/// its peers' connections to it pass through the proxy, what it sends itself goes directly.
+/// The cluster ports are picked free and released before the nodes bind them, so another test
+/// may take one meanwhile: a failed start is retried with fresh ports.
+pub async fn nodes_with(
+    n: usize,
+    proxy: bool,
+    tweak: impl Fn(&mut roost_node::Config) + Copy + Send + 'static,
+) -> anyhow::Result<(Vec<TestNode>, Option<Proxy>)> {
     let mut last = None;
     for _ in 0..5 {
-        let (p1, p2) = two_free_ports()?;
-        let target = SocketAddr::from(([127, 0, 0, 1], p2));
+        let ports = free_ports(n)?;
+        let target = SocketAddr::from(([127, 0, 0, 1], ports[n - 1]));
         let px = if proxy {
             Some(Proxy::start(target).await?)
         } else {
             None
         };
-        let addr2 = px.as_ref().map_or(target, |p| p.addr);
-        let seeds = vec![format!("1@127.0.0.1:{p1}"), format!("2@{addr2}")];
-        let member = |id: u64, port: u16| {
+        let advertised = px.as_ref().map_or(target, |p| p.addr);
+        let seeds: Vec<String> = (0..n)
+            .map(|i| match i + 1 == n {
+                true => format!("{n}@{advertised}"),
+                false => format!("{}@127.0.0.1:{}", i + 1, ports[i]),
+            })
+            .collect();
+        // All at once: the first node cannot elect itself before a majority runs.
+        let mut starting = tokio::task::JoinSet::new();
+        for (i, port) in ports.iter().copied().enumerate() {
             let seeds = seeds.clone();
-            move |c: &mut roost_node::Config| {
-                c.cluster.node_id = id;
-                c.cluster.listen = SocketAddr::from(([127, 0, 0, 1], port));
-                if id == 2 {
-                    c.cluster.advertise = Some(addr2.to_string());
-                }
-                c.cluster.seeds = seeds;
-                c.cluster.commit_timeout_ms = 500;
-                tweak(c);
-            }
-        };
-        match tokio::join!(
-            TestNode::start_with(member(1, p1)),
-            TestNode::start_with(member(2, p2))
-        ) {
-            (Ok(a), Ok(b)) => return Ok((a, b, px)),
-            (a, b) => {
-                for n in [a, b] {
-                    match n {
-                        Ok(n) => n.stop().await,
-                        Err(e) => last = Some(e),
+            let id = i as u64 + 1;
+            starting.spawn(async move {
+                let node = TestNode::start_with(move |c: &mut roost_node::Config| {
+                    c.cluster.node_id = id;
+                    c.cluster.listen = SocketAddr::from(([127, 0, 0, 1], port));
+                    if id == n as u64 {
+                        c.cluster.advertise = Some(advertised.to_string());
                     }
+                    c.cluster.seeds = seeds;
+                    c.cluster.commit_timeout_ms = 500;
+                    tweak(c);
+                })
+                .await;
+                (i, node)
+            });
+        }
+        let mut started: Vec<Option<TestNode>> = (0..n).map(|_| None).collect();
+        let mut failed = false;
+        while let Some(r) = starting.join_next().await {
+            match r {
+                Ok((i, Ok(node))) => started[i] = Some(node),
+                Ok((_, Err(e))) => {
+                    failed = true;
+                    last = Some(e);
+                }
+                Err(e) => {
+                    failed = true;
+                    last = Some(anyhow::anyhow!("a node's start panicked: {e}"));
                 }
             }
         }
+        if !failed {
+            return Ok((started.into_iter().flatten().collect(), px));
+        }
+        for node in started.into_iter().flatten() {
+            node.stop().await;
+        }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("two nodes did not start")))
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{n} nodes did not start")))
+}
+
+/// `n` free loopback ports (bound, read, released: a small window in which another test could
+/// take one).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Two free loopback ports (bound, read, released: a small window in which another test
 /// could take one).
 pub fn two_free_ports() -> anyhow::Result<(u16, u16)> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+    let p = free_ports(2)?;
+    Ok((p[0], p[1]))
 }

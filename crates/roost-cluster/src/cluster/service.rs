@@ -2,7 +2,7 @@
 //! follower's command, written through this node's Raft; a node that is not the leader answers
 //! with the error and the leader it knows), `Forward` (batches of published messages, delivered
 //! to local sessions only and acknowledged), `TakeSession`, `Join`, `Leave`, `Applied` (what
-//! `Cluster::wait_replicated` asks) and `Status` (what `Cluster::status` probes).
+//! `Cluster::wait_replicated` asks), `RenewLease` (see `lease`) and `Status` (what `Cluster::status` probes).
 //!
 //! Who calls it: peers' `Cluster` through their `ClusterClient`; `Cluster::start` mounts it on
 //! the node's gRPC server beside the Raft service.
@@ -332,6 +332,15 @@ impl cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::AppliedReply {
             applied_index: applied,
         }))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let requester = NodeId::new(request.into_inner().node_id);
+        let read_index = super::lease::answer(&self.raft, requester).await?;
+        Ok(Response::new(pb::LeaseReply { read_index }))
     }
 
     async fn status(

@@ -247,12 +247,14 @@ impl Close {
     }
 
     /// The server ends the connection: taken over (0x8E), shutting down (0x8B), kicked by an
-    /// administrator (0x98), or another reason.
+    /// administrator (0x98), use another server (0x9C: a node that lost its session lease),
+    /// or another reason.
     pub fn server(reason: ReasonCode) -> Close {
         let why = match reason {
             ReasonCode::SESSION_TAKEN_OVER => "taken_over",
             ReasonCode::SERVER_SHUTTING_DOWN => "shutdown",
             ReasonCode::ADMINISTRATIVE_ACTION => "kicked",
+            ReasonCode::USE_ANOTHER_SERVER => "use_another_server",
             _ => "server_disconnect",
         };
         Close::error(reason, why)

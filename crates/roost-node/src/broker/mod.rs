@@ -316,13 +316,40 @@ impl Broker {
             .set(self.routes.pending() as f64);
     }
 
-    /// Tells every connected client to leave with `reason` (shutdown).
-    pub(crate) fn kick_all(&self, reason: ReasonCode) {
+    /// Tells every connected client to leave with `reason` (shutdown, lost lease); returns how
+    /// many were told.
+    pub(crate) fn kick_all(&self, reason: ReasonCode) -> u64 {
+        let mut n = 0;
         for s in self.sessions() {
             if let Some(c) = s.conn() {
                 c.kick(reason);
+                n += 1;
             }
         }
+        n
+    }
+
+    /// Disconnects every connected client (v5: DISCONNECT 0x9C Use another server) each time
+    /// this node loses its session lease: it may be cut off while the majority lets these
+    /// clients connect elsewhere (docs/architecture.md, "Session lease"). Their sessions stay
+    /// here, offline, for a later CONNECT or a hand-over. Ends when the cluster stops.
+    pub(crate) fn start_lease_watch(self: &Arc<Self>) {
+        let mut changes = self.cluster.lease_changes();
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if *changes.borrow_and_update() {
+                    continue;
+                }
+                let Some(b) = broker.upgrade() else { return };
+                let n = b.kick_all(ReasonCode::USE_ANOTHER_SERVER);
+                b.metrics.lease_disconnects.increment(n);
+                tracing::warn!(
+                    clients = n,
+                    "session lease lost: disconnected the connected clients"
+                );
+            }
+        });
     }
 
     /// Stops the broker's background work: waits (at most `limit`) for the tasks it started

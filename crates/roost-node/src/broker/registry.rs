@@ -4,7 +4,8 @@
 //! publishes) is tracked by the broker so shutdown waits for it.
 //!
 //! ```text
-//!  CONNECT ─▶ [lane] attach ─ claim (Raft) ─ TakeSession from the old owner? ─▶ attach_local
+//!  CONNECT ─▶ lease held? ─ [lane] attach ─ claim (Raft) ─ TakeSession from the old owner
+//!            (unreachable: ask again until its lease ran out) ─▶ attach_local
 //!            ─ overtaken by a later claim? drop_lost_claim ─▶ SessionRef
 //!  close   ─▶ detach ─ will now | will timer ─ end now | expiry timer
 //!  peer's TakeSession ─▶ hand_over: kick 0x8E, wait for the driver to detach, export the image
@@ -54,6 +55,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::{debug, warn};
+
+/// How often a claimant asks an unreachable previous owner again for the session.
+const TAKE_RETRY: Duration = Duration::from_millis(250);
 
 /// What orders the registry's changes for one client id (see the module docs). Each map is a
 /// leaf lock: never held while another lock is taken, never across an `.await`.
@@ -183,6 +187,10 @@ impl Broker {
     ) -> Result<Attached, ClusterError> {
         let (client_id, clean_start, expiry_interval) =
             (&n.client_id, n.clean_start, n.expiry_interval);
+        // A node that no quorum confirmed within its session lease serves nobody (it may be
+        // cut off while the majority hands this client to another node): wait for the lease
+        // as a claim would wait for its commit, then refuse (CONNACK 0x88).
+        self.cluster.await_lease(self.commit_timeout()).await?;
         let _lane = self.lane(client_id).await;
         let mut generation = None;
         let mut transfer = None;
@@ -235,14 +243,7 @@ impl Broker {
                 let discarded_here =
                     previous.is_some_and(|(n, pg)| n == me && ended_here.is_some_and(|e| e >= pg));
                 if let Some((owner, _)) = previous.filter(|(n, _)| *n != me) {
-                    match c.take_session(owner, client_id, g).await {
-                        Ok(t) => transfer = t,
-                        Err(e) => warn!(
-                            client_id = %client_id, owner = %owner, error = %e,
-                            "previous owner did not hand the session over; \
-                             restoring its subscriptions from the registry"
-                        ),
-                    }
+                    transfer = self.take_from(owner, client_id, g).await;
                 }
                 if transfer.is_none()
                     && !clean_start
@@ -275,6 +276,41 @@ impl Broker {
             let _ = tokio::time::timeout(self.commit_timeout(), rx).await;
         }
         Ok(attached)
+    }
+
+    /// Asks `owner` to hand over the session this node just claimed (generation `g`). If it
+    /// cannot be reached, asks again until [`Cluster::takeover_wait`] has passed since the
+    /// claim applied: by then the owner's session lease has run out, so it no longer serves
+    /// the client (a node cut off from the quorum keeps serving until then; docs/architecture.md,
+    /// "Session lease"). `None`: nothing handed over (the owner had nothing, or never answered).
+    async fn take_from(
+        &self,
+        owner: NodeId,
+        client_id: &ClientId,
+        g: u64,
+    ) -> Option<SessionTransfer> {
+        let c = &self.cluster;
+        let until = tokio::time::Instant::now() + c.takeover_wait();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let e = match c.take_session(owner, client_id, g).await {
+                Ok(t) => return t,
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                warn!(
+                    client_id = %client_id, owner = %owner, error = %e, tries,
+                    "previous owner did not hand the session over within the session lease; \
+                     restoring its subscriptions from the registry"
+                );
+                self.metrics.takeover_unreachable.increment(1);
+                return None;
+            }
+            debug!(client_id = %client_id, owner = %owner, error = %e, "take-over: asking again");
+            tokio::time::sleep((until - now).min(TAKE_RETRY)).await;
+        }
     }
 
     /// A session rebuilt from the registry: subscriptions only.

@@ -146,6 +146,18 @@ impl Config {
         }
         at_least("cluster.forward_timeout_ms", c.forward_timeout_ms, 1)?;
         at_least("cluster.commit_timeout_ms", c.commit_timeout_ms, 1)?;
+        // An election (up to twice the maximum election timeout with pre-vote and jitter)
+        // must not end every node's lease.
+        if c.session_lease_ms < 4 * c.election_timeout_ms {
+            return Err(invalid(
+                "cluster.session_lease_ms",
+                c.session_lease_ms.to_string(),
+                format!(
+                    "must be at least 4 × cluster.election_timeout_ms ({})",
+                    4 * c.election_timeout_ms
+                ),
+            ));
+        }
         if listeners_collide(c.listen, m.listen)
             || (self.http.enabled && listeners_collide(c.listen, self.http.listen))
         {

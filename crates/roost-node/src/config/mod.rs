@@ -92,14 +92,23 @@ pub struct ClusterSettings {
     pub election_timeout_ms: u64,
     /// How long a publisher's PUBACK waits for peers to accept a forwarded message, and a
     /// takeover waits for the previous owner to hand the session over. After it the publisher
-    /// is acknowledged anyway (the peer gets the message when it reconnects) and the wait is
-    /// counted. Milliseconds. Default 5000.
+    /// hears a failure (v5 0x80; v3.1.1: the connection closes) and the wait is counted.
+    /// Milliseconds. Default 5000.
     pub forward_timeout_ms: u64,
     /// How long a CONNECT, SUBSCRIBE or retained PUBLISH waits for its metadata change to
     /// commit; after it the client gets 0x88 Server unavailable (CONNACK) or 0x80 (SUBACK,
     /// PUBACK): a node cut off from the quorum answers instead of hanging. Milliseconds.
     /// Default 5000.
     pub commit_timeout_ms: u64,
+    /// The session lease: a node serves MQTT clients only while a quorum has confirmed it
+    /// within this time. A node cut off from the majority (or paused) for longer disconnects
+    /// its clients (v5: DISCONNECT 0x9C Use another server) and refuses CONNECTs (0x88) until
+    /// a quorum confirms it again; a node that claims a session whose previous owner cannot be
+    /// reached waits this long plus an eighth before its CONNACK, so that two nodes never
+    /// serve one client id (docs/architecture.md, "Session lease"). It is renewed every eighth
+    /// of it; at least 4 × `election_timeout_ms`, so that an election does not end it.
+    /// Milliseconds. Default 4000.
+    pub session_lease_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -113,6 +122,7 @@ impl Default for ClusterSettings {
             election_timeout_ms: 500,
             forward_timeout_ms: 5000,
             commit_timeout_ms: 5000,
+            session_lease_ms: 4000,
         }
     }
 }

@@ -381,6 +381,10 @@ fn cluster_settings_from_file_env_and_flags() {
             "cluster.node_id = 0: must be at least 1",
         ),
         (
+            "[cluster]\nelection_timeout_ms = 1500",
+            "cluster.session_lease_ms = 4000: must be at least 4 × cluster.election_timeout_ms (6000)",
+        ),
+        (
             "[cluster]\nheartbeat_ms = 500",
             "cluster.election_timeout_ms = 500: must be more than twice cluster.heartbeat_ms (500)",
         ),
