@@ -12,7 +12,8 @@
 //!                          reconciler ─▶ one UpdateRoutes { add, remove } at a time
 //!                                 ok: adds committed (their SUBACKs go out), removes done
 //!                                 failed: waiting SUBACKs hear it; everything stays pending
-//!                                         and is proposed again after a backoff
+//!                                         and is proposed again after a backoff (at once
+//!                                         when a new SUBSCRIBE waits for an add)
 //! ```
 //!
 //! Desired and committed are kept apart: a change leaves the pending sets only when a proposal
@@ -131,6 +132,9 @@ struct RoutesInner {
     removes: BTreeSet<String>,
     /// A repair was asked for (start-up, election, interval).
     repair: bool,
+    /// A SUBSCRIBE waits for an add: propose now, not after the backoff (its SUBACK waits
+    /// one commit timeout; a partition that healed during a backoff must not refuse it).
+    urgent: bool,
     /// Repairs may run: set once the node restored its sessions, so the first repair does
     /// not remove the routes of sessions not indexed yet.
     repairs_enabled: bool,
@@ -165,10 +169,10 @@ impl RouteTable {
         let (tx, rx) = oneshot::channel();
         route.waiters.push(tx);
         removes.remove(filter.as_str());
-        if adds.insert(filter.clone()) {
-            drop(g);
-            self.wake.notify_one();
-        }
+        adds.insert(filter.clone());
+        g.urgent = true;
+        drop(g);
+        self.wake.notify_one();
         Some(rx)
     }
 
@@ -249,6 +253,11 @@ impl RouteTable {
             if now >= next_repair {
                 next_repair = now + REPAIR_INTERVAL;
                 self.inner.lock().repair = true;
+            }
+            if std::mem::take(&mut self.inner.lock().urgent) {
+                // Someone waits for an add: try now (the backoff itself stays, for the
+                // retries nobody waits for).
+                retry_at = None;
             }
             if let Some(at) = retry_at.filter(|at| now < *at) {
                 Self::sleep_or_wake(notified, at.min(now + LEADERSHIP_POLL)).await;
@@ -481,6 +490,27 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("never happened: {what}");
+    }
+
+    /// A SUBSCRIBE waiting for its route is proposed for at once, even while the reconciler
+    /// backs off after failures: after a partition healed, the first SUBSCRIBE of a new filter
+    /// waited out a backoff of seconds and heard 0x80 (its SUBACK waits one commit timeout).
+    #[tokio::test(start_paused = true)]
+    async fn item7_a_waiting_subscriber_does_not_wait_out_the_backoff() {
+        let (routes, fake) = start(FakeCluster {
+            fail: AtomicUsize::new(6),
+            ..FakeCluster::default()
+        });
+        drop(routes.acquire(&f("a/+")));
+        eventually("six failed proposals", || fake.proposals.lock().len() == 6).await;
+        // The sixth fails after the (fake) commit timeout; the next try is 3.2 s later.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let rx = routes.acquire(&f("b")).unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(600), rx)
+            .await
+            .expect("the subscriber waited for the backoff");
+        assert!(heard.unwrap().is_ok());
+        assert_eq!(table(&fake), ["a/+", "b"]);
     }
 
     /// A restored or taken-over session (its caller dropped the receiver: the client was
