@@ -110,22 +110,29 @@ def _poll(predicate, timeout: float, what: str, on_timeout=None):
 
 
 class Node:
-    """One `roost serve` process and its fixed ports and data directory."""
+    """One `roost serve` process and its fixed ports and data directory.
 
-    host = HOST
+    `host` (MQTT and admin HTTP) and `cluster_host` default to 127.0.0.1; `prefix` goes before
+    the command (e.g. `ip netns exec NS`, which execs the binary: the process, and its
+    signals, stay the node's). A `Cluster`'s `placement` sets them before the seeds are made."""
 
     def __init__(self, node_id: int, workdir: Path, seeds: list[tuple[int, int]] | None,
                  config: dict[str, dict] | None = None, extra_args: list[str] | None = None,
                  cluster_flags: bool = True):
         self.node_id = node_id
+        self.host = HOST
+        self.cluster_host = HOST
+        self.prefix: list[str] = []
+        # The admin API token, required when `host` is not a loopback address.
+        self.token: str | None = None
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.log_path = workdir / "roost.log"
         self.mqtt_port, self.http_port, self.cluster_port = (
             _fresh_port(), _fresh_port(), _fresh_port())
-        # (node id, cluster port) of each initial member to pass as --seed; None: no seeds
-        # (a node that waits to be joined).
+        # (node id, cluster address) of each initial member to pass as --seed; None: no
+        # seeds (a node that waits to be joined).
         self.seeds = seeds
         self.config = config or {}
         self.extra_args = list(extra_args or [])
@@ -150,15 +157,15 @@ class Node:
 
     @property
     def mqtt_addr(self) -> str:
-        return f"{HOST}:{self.mqtt_port}"
+        return f"{self.host}:{self.mqtt_port}"
 
     @property
     def http_addr(self) -> str:
-        return f"{HOST}:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def cluster_addr(self) -> str:
-        return f"{HOST}:{self.cluster_port}"
+        return f"{self.cluster_host}:{self.cluster_port}"
 
     @property
     def alive(self) -> bool:
@@ -171,12 +178,12 @@ class Node:
         if not binary.exists():
             pytest.fail(f"roost binary not found at {binary}: run `cargo build` (or set "
                         f"ROOST_BIN)", pytrace=False)
-        cmd = [str(binary), "serve", "--mqtt", self.mqtt_addr, "--http", self.http_addr,
+        cmd = self.prefix + [str(binary), "serve", "--mqtt", self.mqtt_addr, "--http", self.http_addr,
                "--data-dir", str(self.data_dir)]
         if self.cluster_flags:
             cmd += ["--node-id", str(self.node_id), "--cluster", self.cluster_addr]
-            for seed_id, seed_port in self.seeds or []:
-                cmd += ["--seed", f"{seed_id}@{HOST}:{seed_port}"]
+            for seed_id, seed_addr in self.seeds or []:
+                cmd += ["--seed", f"{seed_id}@{seed_addr}"]
         if self.config:
             lines = []
             for section, values in self.config.items():
@@ -188,6 +195,12 @@ class Node:
             cmd += ["--config", str(path)]
         return cmd + self.extra_args
 
+    def _env(self) -> dict[str, str]:
+        env = _child_env()
+        if self.token:
+            env["ROOST_HTTP__TOKEN"] = self.token
+        return env
+
     def start(self) -> "Node":
         """Starts the process (returns at once; see `Cluster.wait_ready`)."""
         assert not self.alive, f"{self} is already running"
@@ -197,7 +210,7 @@ class Node:
             log.write(f"\n$ [start {self.starts}] {' '.join(cmd)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=_child_env(),
+                                         stdin=subprocess.DEVNULL, env=self._env(),
                                          cwd=self.workdir)
         return self
 
@@ -270,6 +283,8 @@ class Node:
         req = urllib.request.Request(f"http://{self.http_addr}{path}", data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with _opener.open(req, timeout=timeout) as resp:
                 return resp.status, resp.read()
@@ -311,7 +326,7 @@ class Node:
 
     def client(self, client_id: str = "", version: int = V5, **kw) -> Client:
         """A connected `helpers.Client` on this node, closed at teardown."""
-        c = Client(HOST, self.mqtt_port, client_id, version, connect=False, **{
+        c = Client(self.host, self.mqtt_port, client_id, version, connect=False, **{
             k: v for k, v in kw.items() if k not in ("connect", "expect_rc")})
         self._clients.append(c)
         if kw.get("connect", True):
@@ -319,7 +334,7 @@ class Node:
         return c
 
     def raw(self) -> RawConn:
-        r = RawConn(HOST, self.mqtt_port)
+        r = RawConn(self.host, self.mqtt_port)
         self._clients.append(r)
         return r
 
@@ -329,12 +344,13 @@ class Cluster:
 
     def __init__(self, n: int, workdir: Path, *, seeds_include_self: bool = True,
                  config: dict[str, dict] | None = None, start: bool = True,
-                 wait: float = WAIT, cluster_flags: bool = True):
+                 wait: float = WAIT, cluster_flags: bool = True, placement=None):
         """`config`: TOML sections for every node, e.g. {"cluster": {"forward_timeout_ms":
         2000}}. `seeds_include_self`: each node also names itself among its seeds (both forms
         must work). `cluster_flags=False` (n=1 only): start the node as a plain single node,
         without --node-id, --cluster or --seed; its node id is then whatever the default is,
-        so member sets are not checked."""
+        so member sets are not checked. `placement(node)`, if given, sets a node's hosts and
+        command prefix (see `Node`) before the seeds are made."""
         assert cluster_flags or n == 1, "plain nodes cannot form a cluster"
         self.workdir = workdir
         self.config = config
@@ -346,7 +362,10 @@ class Cluster:
             self.nodes.append(Node(i + 1, workdir / f"node-{i + 1}", seeds=None, config=config,
                                    cluster_flags=cluster_flags))
         for node in self.nodes:
-            node.seeds = [(m.node_id, m.cluster_port) for m in self.nodes
+            if placement is not None:
+                placement(node)
+        for node in self.nodes:
+            node.seeds = [(m.node_id, m.cluster_addr) for m in self.nodes
                           if seeds_include_self or m is not node]
         if start:
             self.start(wait)
@@ -549,7 +568,7 @@ class Cluster:
         alive = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         seed = min(alive, key=lambda n: n.node_id)
         node = Node(node_id, self.workdir / f"node-{node_id}",
-                    seeds=[(seed.node_id, seed.cluster_port)], config=self.config)
+                    seeds=[(seed.node_id, seed.cluster_addr)], config=self.config)
         self.nodes.append(node)
         node.start()
         try:
