@@ -1,0 +1,113 @@
+//! Roost's Jepsen-style fault testing (issue 8). What is here so far: the history format
+//! ([`history`]), the invariants ([`invariants`], one per file, each citing its source) and
+//! the checker that holds a history to them ([`check`]), run on its own by
+//! `roost-chaos check HISTORY`. The harness that starts nodes in network namespaces, the
+//! nemesis and the workloads that record histories come next (chaos/README.md).
+
+pub mod history;
+pub mod invariants;
+
+use history::{Op, Outcome};
+use invariants::Violation;
+
+/// What the checker found in one history.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every violation, by invariant, in [`invariants::ALL`] order.
+    pub violations: Vec<Violation>,
+    /// Publishes acknowledged with success.
+    pub acknowledged: usize,
+    /// Publishes refused.
+    pub failed: usize,
+    /// Publishes with no answer (neither lost nor counted delivered when absent).
+    pub unknown: usize,
+    /// Of the unknown ones, those some subscriber received after all.
+    pub recovered: usize,
+    /// Messages received (every receipt, duplicates included).
+    pub received: usize,
+}
+
+impl Report {
+    /// True when every invariant held.
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The report as Markdown: counts, then each invariant with its source and violations
+    /// (at most `per_invariant` shown of each).
+    pub fn markdown(&self, per_invariant: usize) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "verdict: {}\n\npublishes: {} acknowledged, {} refused, {} unknown ({} recovered); \
+             {} receipts\n\n| invariant | source | violations |\n|---|---|--:|\n",
+            if self.ok() { "ok" } else { "VIOLATED" },
+            self.acknowledged,
+            self.failed,
+            self.unknown,
+            self.recovered,
+            self.received
+        ));
+        for inv in invariants::ALL {
+            let n = self
+                .violations
+                .iter()
+                .filter(|v| v.invariant == inv.name)
+                .count();
+            s.push_str(&format!("| {} | {} | {} |\n", inv.name, inv.source, n));
+        }
+        for inv in invariants::ALL {
+            let found: Vec<_> = self
+                .violations
+                .iter()
+                .filter(|v| v.invariant == inv.name)
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            s.push_str(&format!("\n## {} ({})\n\n", inv.name, found.len()));
+            for v in found.iter().take(per_invariant) {
+                s.push_str(&format!("- {}\n", v.detail));
+            }
+            if found.len() > per_invariant {
+                s.push_str(&format!("- ... and {} more\n", found.len() - per_invariant));
+            }
+        }
+        s
+    }
+}
+
+/// Holds a history to every invariant.
+pub fn check(ops: &[Op]) -> Report {
+    let mut r = Report::default();
+    let mut received = std::collections::HashSet::new();
+    for op in ops {
+        if let Op::Receive { publisher, seq, .. } = op {
+            r.received += 1;
+            received.insert((publisher.as_str(), *seq));
+        }
+    }
+    for op in ops {
+        if let Op::Publish {
+            client,
+            seq,
+            outcome,
+            ..
+        } = op
+        {
+            match outcome {
+                Outcome::Ok => r.acknowledged += 1,
+                Outcome::Failed => r.failed += 1,
+                Outcome::Unknown => {
+                    r.unknown += 1;
+                    if received.contains(&(client.as_str(), *seq)) {
+                        r.recovered += 1;
+                    }
+                }
+            }
+        }
+    }
+    for inv in invariants::ALL {
+        r.violations.extend((inv.check)(ops));
+    }
+    r
+}

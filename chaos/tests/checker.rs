@@ -1,0 +1,219 @@
+//! The checker is shown to fail when it should (issue 8): hand-made histories with one planted
+//! fault each, and a clean one; then the binary on saved files, by exit code.
+
+#![allow(clippy::unwrap_used)]
+
+use roost_chaos::history::{self, Op, Outcome};
+use roost_chaos::{check, Report};
+
+fn publish(client: &str, seq: u64, qos: u8, start: u64, end: u64, outcome: Outcome) -> Op {
+    Op::Publish {
+        client: client.into(),
+        node: 1,
+        topic: "q/1".into(),
+        seq,
+        qos,
+        start,
+        end,
+        outcome,
+    }
+}
+
+fn receive(client: &str, publisher: &str, seq: u64, qos: u8, at: u64) -> Op {
+    Op::Receive {
+        client: client.into(),
+        node: 2,
+        topic: "q/1".into(),
+        publisher: publisher.into(),
+        seq,
+        qos,
+        at,
+    }
+}
+
+fn subscriber(client: &str, filter: &str) -> Op {
+    Op::Subscriber {
+        client: client.into(),
+        topic: filter.into(),
+        qos: 2,
+        from: 0,
+        until: None,
+    }
+}
+
+fn session(client: &str, node: u64, from: u64, until: Option<u64>) -> Op {
+    Op::Session {
+        client: client.into(),
+        node,
+        from,
+        until,
+    }
+}
+
+/// Three QoS 2 messages from p1 and one QoS 1 from p2, each received once, by a subscriber on
+/// `q/+`; the subscriber's two connections one after the other.
+fn clean() -> Vec<Op> {
+    vec![
+        subscriber("s1", "q/+"),
+        session("s1", 1, 0, Some(100)),
+        session("s1", 2, 100, None),
+        publish("p1", 1, 2, 10, 20, Outcome::Ok),
+        publish("p1", 2, 2, 21, 30, Outcome::Ok),
+        publish("p1", 3, 2, 31, 40, Outcome::Ok),
+        publish("p2", 1, 1, 10, 20, Outcome::Ok),
+        receive("s1", "p1", 1, 2, 25),
+        receive("s1", "p2", 1, 1, 26),
+        receive("s1", "p1", 2, 2, 35),
+        receive("s1", "p1", 3, 2, 45),
+    ]
+}
+
+fn found(r: &Report) -> Vec<&'static str> {
+    r.violations.iter().map(|v| v.invariant).collect()
+}
+
+#[test]
+fn a_clean_history_holds() {
+    let r = check(&clean());
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!((r.acknowledged, r.received), (4, 4));
+}
+
+#[test]
+fn an_acknowledged_message_never_received_is_lost() {
+    let mut h = clean();
+    h.retain(|o| !matches!(o, Op::Receive { publisher, seq: 2, .. } if publisher == "p1"));
+    let r = check(&h);
+    assert_eq!(found(&r), ["lost"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.contains("p1 #2"));
+}
+
+#[test]
+fn an_unknown_publish_is_not_lost_and_counts_as_recovered_when_it_arrives() {
+    let mut h = clean();
+    h.push(publish("p1", 4, 2, 50, 60, Outcome::Unknown));
+    h.push(publish("p1", 5, 2, 61, 70, Outcome::Unknown));
+    h.push(receive("s1", "p1", 5, 2, 75));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!((r.unknown, r.recovered), (2, 1));
+}
+
+#[test]
+fn a_message_outside_the_subscribers_interval_or_filter_is_not_owed() {
+    let mut h = clean();
+    h.insert(
+        0,
+        Op::Subscriber {
+            client: "late".into(),
+            topic: "q/1".into(),
+            qos: 1,
+            from: 1_000,
+            until: None,
+        },
+    );
+    h.push(subscriber("other", "r/#"));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+}
+
+#[test]
+fn a_qos2_message_received_twice_is_duplicated_but_qos1_may_be() {
+    let mut h = clean();
+    h.push(receive("s1", "p2", 1, 1, 50));
+    assert!(check(&h).ok(), "a QoS 1 duplicate is allowed");
+    h.push(receive("s1", "p1", 3, 2, 50));
+    let r = check(&h);
+    assert_eq!(found(&r), ["duplicated"], "{}", r.markdown(10));
+}
+
+#[test]
+fn a_message_never_sent_or_refused_is_unexpected() {
+    let mut h = clean();
+    h.push(receive("s1", "p9", 1, 1, 50));
+    h.push(publish("p3", 1, 1, 10, 20, Outcome::Failed));
+    h.push(receive("s1", "p3", 1, 1, 50));
+    let r = check(&h);
+    assert_eq!(
+        found(&r),
+        ["unexpected", "unexpected"],
+        "{}",
+        r.markdown(10)
+    );
+}
+
+#[test]
+fn a_later_message_first_is_reordered_but_a_qos1_resend_is_not() {
+    let mut h = clean();
+    // p2 #1 again (a QoS 1 resend) after later ones: fine.
+    h.push(receive("s1", "p2", 1, 1, 90));
+    assert!(check(&h).ok());
+    // p1 #3 before #2.
+    let mut h = clean();
+    for op in &mut h {
+        if let Op::Receive {
+            publisher, seq, at, ..
+        } = op
+        {
+            if publisher == "p1" && *seq == 3 {
+                *at = 33;
+            }
+        }
+    }
+    let r = check(&h);
+    assert_eq!(found(&r), ["reordered"], "{}", r.markdown(10));
+}
+
+#[test]
+fn two_overlapping_live_connections_of_one_client_id_are_a_split_brain() {
+    let mut h = clean();
+    h.push(session("s1", 3, 150, Some(200)));
+    let r = check(&h);
+    assert_eq!(found(&r), ["two_sessions"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.contains("node 2"));
+}
+
+#[test]
+fn a_history_reads_back_as_written() {
+    let h = clean();
+    let mut buf = Vec::new();
+    history::write(&h, &mut buf).unwrap();
+    assert_eq!(history::read(&buf[..]).unwrap(), h);
+}
+
+/// `roost-chaos check` on saved files: 0 clean, 1 with a violation, 2 unreadable (naming the
+/// line).
+#[test]
+fn the_binary_checks_a_saved_history() {
+    let dir = tempfile_dir();
+    let run = |name: &str, ops: Option<&[Op]>, raw: &str| {
+        let path = dir.join(name);
+        match ops {
+            Some(ops) => history::write(ops, std::fs::File::create(&path).unwrap()).unwrap(),
+            None => std::fs::write(&path, raw).unwrap(),
+        }
+        std::process::Command::new(env!("CARGO_BIN_EXE_roost-chaos"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let ok = run("clean.jsonl", Some(&clean()), "");
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("verdict: ok"));
+    let mut lost = clean();
+    lost.pop();
+    let bad = run("lost.jsonl", Some(&lost), "");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("## lost (1)"));
+    let broken = run("broken.jsonl", None, "{\"op\":\"session\"}\n");
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("line 1"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("roost-chaos-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
