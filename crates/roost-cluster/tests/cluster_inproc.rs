@@ -132,11 +132,10 @@ fn config(
     }
 }
 
-/// A port that was free a moment ago (bound to `127.0.0.1:0`, then released), so seeds can name
-/// every member before any of them starts.
+/// A port nobody listens on and no other test of this process gets (see
+/// `roost_testkit::free_port`), so seeds can name every member before any of them starts.
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], roost_testkit::free_port().unwrap()))
 }
 
 /// Starts a cluster, retrying for a while when the port or the data directory is still held by

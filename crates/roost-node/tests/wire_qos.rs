@@ -767,6 +767,9 @@ async fn item15_pingreq_is_answered_while_a_commit_is_in_flight() {
     let (a, b) = two_nodes(|c| {
         c.cluster.commit_timeout_ms = 3000;
         c.cluster.forward_timeout_ms = 500;
+        // Two commit timeouts without quorum: the session lease (which would disconnect the
+        // client once it runs out) must outlast them.
+        c.cluster.session_lease_ms = 20_000;
     })
     .await;
     let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;

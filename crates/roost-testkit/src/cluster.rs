@@ -89,13 +89,35 @@ pub async fn nodes_with(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{n} nodes did not start")))
 }
 
-/// `n` free loopback ports (bound, read, released: a small window in which another test could
-/// take one).
+/// `n` free loopback ports, see [`free_port`].
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    (0..n).map(|_| free_port()).collect()
+}
+
+/// A loopback port nobody listens on, for a listener a test starts later (seeds must name
+/// it before the node binds). Taken from 20000-32767, below Linux's ephemeral range, so an
+/// outgoing connection never holds it, and from a counter shared by every test of the
+/// process (started at a per-process offset), so two tests running at once never get the
+/// same one: a port handed out twice made two tests' clusters talk Raft to each other.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::AcqRel) % SPAN;
+        let port = u16::try_from(LOW + n)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in 20000-32767")
 }
 
 /// Two free loopback ports (bound, read, released: a small window in which another test
