@@ -104,7 +104,11 @@ impl Nodes {
         }
         let child = cmd
             .env("ROOST_HTTP__TOKEN", token)
-            .env("RUST_LOG", "info")
+            // The nodes' log filter: ROOST_CHAOS_NODE_LOG, default info.
+            .env(
+                "RUST_LOG",
+                std::env::var("ROOST_CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
