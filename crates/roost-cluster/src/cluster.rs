@@ -293,7 +293,7 @@ impl Cluster {
             stop,
         });
         tokio::spawn(Arc::clone(&lease).renew(Arc::downgrade(&cluster), stop_rx.clone()));
-        tokio::spawn(lease.watch(stop_rx.clone()));
+        tokio::spawn(Arc::clone(&lease).watch(stop_rx.clone()));
         let service = ClusterService {
             cluster: Arc::downgrade(&cluster),
             raft: raft.clone(),
@@ -301,6 +301,7 @@ impl Cluster {
             stats,
             limits,
             dedup: Arc::new(Mutex::new(dedup::Dedup::default())),
+            lease,
             stop: stop_rx.clone(),
         };
         // No Nagle on accepted connections either: forwarded batches, acks and Raft RPCs are

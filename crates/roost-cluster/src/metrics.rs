@@ -12,6 +12,7 @@ const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
 const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
+const FORWARD_REFUSED_NO_LEASE: &str = "roost_cluster_forward_refused_no_lease_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
@@ -57,6 +58,11 @@ pub fn describe() {
         RECEIVED_INVALID_FILTERS,
         "shared-subscription filters from peers that did not parse (the message skipped them)"
     );
+    describe_counter!(
+        FORWARD_REFUSED_NO_LEASE,
+        "forward streams and batches from peers not taken because this node did not hold its \
+         session lease (nothing is lost: the origin resends what was not acknowledged)"
+    );
     describe_gauge!(
         LEASE_HELD,
         "1 while this node holds its session lease (a quorum confirmed it within \
@@ -90,6 +96,8 @@ pub struct ClusterStats {
     pub received_duplicate: Counter,
     /// Shared filters from peers that did not parse (left out of the delivery).
     pub received_invalid_filters: Counter,
+    /// Forward streams or batches not taken: no session lease here.
+    pub forward_refused_no_lease: Counter,
 }
 
 impl Default for ClusterStats {
@@ -109,6 +117,7 @@ impl Default for ClusterStats {
             received_invalid: counter!(RECEIVED_INVALID),
             received_duplicate: counter!(RECEIVED_DUPLICATE),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
+            forward_refused_no_lease: counter!(FORWARD_REFUSED_NO_LEASE),
         }
     }
 }

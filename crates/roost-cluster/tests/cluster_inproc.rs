@@ -1503,3 +1503,51 @@ async fn item7_lease_of_a_lone_node_and_of_a_node_without_quorum() {
     assert!(!alone.holds_lease());
     alone.shutdown().await;
 }
+
+/// Issue 8 (chaos run seed 2) / item 7: a node without its session lease takes no forwarded
+/// message. Node 2 is cut off until its lease is gone, a claim commits meanwhile, and node 2
+/// applies slowly after the heal (so it regains its lease late). A QoS 1 message forwarded to
+/// it right after the heal must not be delivered before node 2 holds its lease again (it could
+/// land in a session copy the claim has moved away); it is delivered after, from the resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item7_no_forward_is_taken_without_the_lease() {
+    let (nodes, proxy) = three_nodes_with(true, |_| {}).await;
+    let proxy = proxy.unwrap();
+    let leader = wait_for_leader(&nodes).await;
+    assert_ne!(leader, NodeId::new(2), "node 2 must be a follower");
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    eventually(SETTLE, "every node holds its lease", || {
+        nodes.iter().all(|n| n.cluster.holds_lease())
+    })
+    .await;
+    proxy.isolate(true);
+    // A claim node 2 cannot receive (what it sends still reaches the leader, so without a
+    // new entry its renewals would go on succeeding: it would know everything committed).
+    n1.cluster.propose(claim("moved", 1)).await.unwrap();
+    eventually(SETTLE, "node 2 lost its lease", || {
+        !n2.cluster.holds_lease()
+    })
+    .await;
+    *n2.local.apply_delay.lock() = Duration::from_millis(1500);
+    proxy.isolate(false);
+    let msg = message("a/b", b"after the heal", QoS::AtLeastOnce);
+    let ack = n1.cluster.forward(n2.id, msg, true, vec![]).await;
+    // Until node 2 holds its lease again, nothing is delivered there.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let delivered = !n2.local.delivered.lock().is_empty();
+        let held = n2.cluster.holds_lease();
+        assert!(
+            !delivered || held,
+            "delivered on node 2 while it did not hold its lease"
+        );
+        if delivered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered after the heal");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(ack);
+    *n2.local.apply_delay.lock() = Duration::ZERO;
+    shutdown_all(&nodes).await;
+}
