@@ -12,7 +12,7 @@ const RECEIVED: &str = "roost_cluster_received_total";
 const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
 const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
-const FORWARD_REFUSED_NO_LEASE: &str = "roost_cluster_forward_refused_no_lease_total";
+const FORWARD_HELD_NO_LEASE: &str = "roost_cluster_forward_held_no_lease_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
@@ -59,9 +59,10 @@ pub fn describe() {
         "shared-subscription filters from peers that did not parse (the message skipped them)"
     );
     describe_counter!(
-        FORWARD_REFUSED_NO_LEASE,
-        "forward streams and batches from peers not taken because this node did not hold its \
-         session lease (nothing is lost: the origin resends what was not acknowledged)"
+        FORWARD_HELD_NO_LEASE,
+        "batches from peers held back, unacknowledged, until this node held its session lease \
+         again (nothing is dropped; the origin's publishers hear a failure if it takes longer \
+         than their forward timeout)"
     );
     describe_gauge!(
         LEASE_HELD,
@@ -96,8 +97,8 @@ pub struct ClusterStats {
     pub received_duplicate: Counter,
     /// Shared filters from peers that did not parse (left out of the delivery).
     pub received_invalid_filters: Counter,
-    /// Forward streams or batches not taken: no session lease here.
-    pub forward_refused_no_lease: Counter,
+    /// Forwarded batches held back until this node held its session lease.
+    pub forward_held_no_lease: Counter,
 }
 
 impl Default for ClusterStats {
@@ -117,7 +118,7 @@ impl Default for ClusterStats {
             received_invalid: counter!(RECEIVED_INVALID),
             received_duplicate: counter!(RECEIVED_DUPLICATE),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
-            forward_refused_no_lease: counter!(FORWARD_REFUSED_NO_LEASE),
+            forward_held_no_lease: counter!(FORWARD_HELD_NO_LEASE),
         }
     }
 }

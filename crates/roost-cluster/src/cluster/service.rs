@@ -52,6 +52,10 @@ use tracing::warn;
 /// the origin this node is alive (well under any forward timeout it may use).
 const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// While a batch waits for this node's session lease, how often it looks again (besides the
+/// lease's own change notifications).
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Serves peers' `Cluster.*` calls.
 pub(super) struct ClusterService {
     pub(super) cluster: std::sync::Weak<Cluster>,
@@ -68,8 +72,7 @@ pub(super) struct ClusterService {
     /// not go on delivering and acknowledging, or the origin would never resend to its
     /// successor (a restart in the same process).
     pub(super) stop: watch::Receiver<bool>,
-    /// This node's session lease: without it, forwarded messages are not taken (see
-    /// `forward`).
+    /// This node's session lease: without it, forwarded messages wait (see `forward`).
     pub(super) lease: Arc<super::lease::Lease>,
 }
 
@@ -146,15 +149,6 @@ impl cluster_server::Cluster for ClusterService {
         if *stop.borrow_and_update() {
             return Err(Status::unavailable("shutting down"));
         }
-        // Without its session lease this node may hold copies of sessions the majority has
-        // given to other nodes (a claim it has not applied yet): a message put there would be
-        // acknowledged and then dropped with the copy. So nothing is taken until the lease is
-        // back (by then the claims are applied); the origin resends what is unacknowledged
-        // (issue 8's chaos run, seed 2: acknowledged messages lost right after a heal).
-        if !self.lease.holds() {
-            self.stats.forward_refused_no_lease.increment(1);
-            return Err(Status::unavailable("no session lease"));
-        }
         let lease = Arc::clone(&self.lease);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -172,11 +166,24 @@ impl cluster_server::Cluster for ClusterService {
                     },
                     _ = stop.changed() => break,
                 };
+                // Without its session lease this node may hold copies of sessions the
+                // majority has given to other nodes (a claim it has not applied yet): a message
+                // put there would be acknowledged and then dropped with the copy (issue 8's
+                // chaos run, seed 2). So the batch waits, unacknowledged, until the lease is
+                // back (by then the claims are applied): the origin's publishers hear a failure
+                // if that takes longer than their forward timeout. The stream stays open, so a
+                // node that is just starting (no lease for a few milliseconds) is not taken
+                // for unreachable.
                 if !lease.holds() {
-                    // Lost since the stream opened: this batch is neither delivered nor
-                    // acknowledged; the origin resends it once a stream is accepted again.
-                    stats.forward_refused_no_lease.increment(1);
-                    break;
+                    stats.forward_held_no_lease.increment(1);
+                    let mut changes = lease.changes();
+                    while !lease.holds() {
+                        tokio::select! {
+                            r = changes.changed() => if r.is_err() { break 'stream },
+                            _ = tokio::time::sleep(LEASE_POLL) => {}
+                            _ = stop.changed() => break 'stream,
+                        }
+                    }
                 }
                 let now = Instant::now();
                 let mut seqs = Vec::new();
