@@ -3,8 +3,9 @@
 
 use crate::net::Net;
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use rustix::process::Signal;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// Writes the config and starts every node (not waiting for them: see [`Nodes::wait_ready`]).
+    /// Writes the config and starts every node (not waiting for them: see [`wait_ready`]).
     pub fn start(net: &Net, n: usize, binary: &Path, out: &Path) -> anyhow::Result<Nodes> {
         let config = out.join("roost.toml");
         // Fast elections, as the interop suite uses; the default session lease.
@@ -133,26 +134,17 @@ impl Nodes {
     pub fn pause(&mut self, i: usize, on: bool) {
         let node = self.node(i);
         if let Some(c) = &node.child {
-            let sig = if on { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
+            signal(c, if on { Signal::STOP } else { Signal::CONT });
             node.paused = on;
         }
     }
 
-    /// Waits until every node's `/readyz` says 200.
-    pub fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        for n in &self.nodes {
-            while !ready(&n.ip) {
-                if Instant::now() > deadline {
-                    bail!("node {} not ready within {limit:?}", n.id);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok(())
+    /// The nodes' admin HTTP addresses, by node id (index 0 is node 1).
+    pub fn admin_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.nodes
+            .iter()
+            .map(|n| Ok(format!("{}:{HTTP}", n.ip).parse()?))
+            .collect()
     }
 
     /// Stops every node (SIGCONT first, then SIGTERM, bounded, then SIGKILL).
@@ -162,7 +154,7 @@ impl Nodes {
         }
         for n in &mut self.nodes {
             if let Some(c) = &n.child {
-                let _ = Command::new("kill").arg(c.id().to_string()).status();
+                signal(c, Signal::TERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -187,20 +179,30 @@ impl Drop for Nodes {
     }
 }
 
-/// `GET /readyz` on a node's admin listener answered 200 (probes need no token).
-fn ready(ip: &str) -> bool {
-    let Ok(addr) = format!("{ip}:{HTTP}").parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let req = format!("GET /readyz HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
+/// Sends `sig` to a node's process (it may have exited: then nothing happens).
+fn signal(child: &Child, sig: Signal) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, sig);
     }
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+/// Waits until every node's `/readyz` says 200 (probes need no token).
+pub async fn wait_ready(admin: Vec<SocketAddr>, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    for (i, addr) in admin.into_iter().enumerate() {
+        loop {
+            let r = roost_testkit::http_at(addr, "GET", "/readyz", None).await;
+            if r.is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not ready within {limit:?}", i + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@
 
 use crate::history;
 use crate::net::Net;
-use crate::nodes::{Nodes, MQTT};
+use crate::nodes::{self, Nodes, MQTT};
 use crate::rng::Rng;
 use crate::workload::{self, Recorder, Targets};
 use anyhow::{bail, Context};
@@ -81,9 +81,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
                 .collect::<Result<_, _>>()?,
         )
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let nodes = Nodes::start(&net.lock(), cfg.nodes, &cfg.roost, &cfg.out)?;
-    nodes
-        .wait_ready(Duration::from_secs(30))
+    let admin = nodes.admin_addrs()?;
+    rt.block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(30)))
         .context("the cluster did not start")?;
     let nodes = Arc::new(Mutex::new(nodes));
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
@@ -93,10 +97,6 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
         cfg.seed, cfg.nodes, cfg.faults, cfg.duration
     )?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let rec = Recorder::new();
     let stop_pub = Arc::new(AtomicBool::new(false));
     let stop_sub = Arc::new(AtomicBool::new(false));
@@ -154,7 +154,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
     std::thread::sleep(rest);
     stop_pub.store(true, Ordering::Release);
     // The quiet phase: the cluster heals by itself and subscribers drain what they are owed.
-    let healed = nodes.lock().wait_ready(Duration::from_secs(10));
+    let healed = rt.block_on(nodes::wait_ready(admin, Duration::from_secs(10)));
     writeln!(
         events,
         "healed within 10 s of the last fault: {}",

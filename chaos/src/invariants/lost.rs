@@ -30,6 +30,31 @@ pub fn check(ops: &[Op]) -> Vec<Violation> {
             received.insert((client, publisher, *seq));
         }
     }
+    // Every acknowledged QoS 1/2 publish, its topic parsed once (not once per subscriber).
+    let acked: Vec<_> = ops
+        .iter()
+        .filter_map(|p| match p {
+            Op::Publish {
+                client,
+                topic,
+                seq,
+                qos,
+                start,
+                end,
+                outcome: Outcome::Ok,
+                ..
+            } if *qos > 0 => Some((
+                client,
+                topic,
+                TopicName::new(topic, &limits).ok(),
+                *seq,
+                *qos,
+                *start,
+                *end,
+            )),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for op in ops {
         let Op::Subscriber {
@@ -49,25 +74,12 @@ pub fn check(ops: &[Op]) -> Vec<Violation> {
             });
             continue;
         };
-        for p in ops {
-            let Op::Publish {
-                client: publisher,
-                topic,
-                seq,
-                qos,
-                start,
-                end,
-                outcome: Outcome::Ok,
-                ..
-            } = p
-            else {
-                continue;
-            };
+        for (publisher, topic, name, seq, qos, start, end) in &acked {
             // Delivered at the lower of the two QoS; QoS 0 promises nothing.
-            if (*qos).min(*sub_qos) == 0 || start < from || until.is_some_and(|u| *end > u) {
+            if *sub_qos == 0 || start < from || until.is_some_and(|u| *end > u) {
                 continue;
             }
-            let matches = TopicName::new(topic, &limits).is_ok_and(|t| f.matches(&t));
+            let matches = name.as_ref().is_some_and(|t| f.matches(t));
             if matches && !received.contains(&(client.as_str(), publisher.as_str(), *seq)) {
                 out.push(Violation {
                     invariant: NAME,

@@ -422,20 +422,17 @@ impl Cluster {
     /// Waits (at most `limit`) for the session lease; refuses with [`Refusal::NoLease`] if it
     /// is not held by then. A node that just started or healed gets it within a round trip.
     pub async fn await_lease(&self, limit: Duration) -> Result<(), ClusterError> {
-        if self.lease.holds() {
-            return Ok(());
-        }
-        let mut rx = self.lease.changes();
-        let held = tokio::time::timeout(limit, rx.wait_for(|held| *held))
+        tokio::time::timeout(limit, self.lease.wait_held())
             .await
-            .is_ok_and(|r| r.is_ok());
-        if held && self.lease.holds() {
-            Ok(())
-        } else {
-            Err(ClusterError::Refused(Refusal::NoLease(
-                self.lease.duration(),
-            )))
-        }
+            .map_err(|_| ClusterError::Refused(Refusal::NoLease(self.lease.duration())))
+    }
+
+    /// Whether this node serves MQTT clients now: a leader is known ([`has_leader`]) and this
+    /// node holds its session lease. What `/readyz` and `Node::is_ready` report.
+    ///
+    /// [`has_leader`]: Self::has_leader
+    pub fn serving(&self) -> bool {
+        self.has_leader() && self.holds_lease()
     }
 
     /// Changes of [`holds_lease`](Self::holds_lease): the node disconnects its clients when it

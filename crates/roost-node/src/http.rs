@@ -235,11 +235,9 @@ pub(crate) fn router(state: AdminState, guard_state: Arc<Guard>) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    // A leader is known, and this node holds its session lease (it would refuse CONNECTs
+    // A leader is known and this node holds its session lease (it would refuse CONNECTs
     // without it; docs/architecture.md, "Session lease").
-    let c = s.broker.cluster();
-    let serving = c.has_leader() && c.holds_lease();
-    if s.ready.load(Ordering::Acquire) && serving {
+    if s.ready.load(Ordering::Acquire) && s.broker.cluster().serving() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

@@ -181,9 +181,7 @@ impl Node {
     /// True once the node accepts clients, the cluster has a leader and this node holds its
     /// session lease (without it, CONNECTs are refused).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.cluster.has_leader()
-            && self.cluster.holds_lease()
+        self.ready.load(Ordering::Acquire) && self.cluster.serving()
     }
 
     /// Waits (bounded) until [`Node::is_ready`]; false on timeout.

@@ -109,7 +109,7 @@ async fn member_in(id: u64, p1: u16, p2: u16, dir: &std::path::Path) -> TestNode
 #[tokio::test]
 async fn item6_failed_route_removal_is_retried_once_quorum_returns() {
     let _one_at_a_time = SERIAL.lock().await;
-    let (p1, p2) = two_free_ports().unwrap();
+    let (p1, p2) = (free_port().unwrap(), free_port().unwrap());
     let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = tokio::join!(
         member_in(1, p1, p2, dir1.path()),

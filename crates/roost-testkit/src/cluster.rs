@@ -30,7 +30,9 @@ pub async fn nodes_with(
 ) -> anyhow::Result<(Vec<TestNode>, Option<Proxy>)> {
     let mut last = None;
     for _ in 0..5 {
-        let ports = free_ports(n)?;
+        let ports = (0..n)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let target = SocketAddr::from(([127, 0, 0, 1], ports[n - 1]));
         let px = if proxy {
             Some(Proxy::start(target).await?)
@@ -89,11 +91,6 @@ pub async fn nodes_with(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{n} nodes did not start")))
 }
 
-/// `n` free loopback ports, see [`free_port`].
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    (0..n).map(|_| free_port()).collect()
-}
-
 /// A loopback port nobody listens on, for a listener a test starts later (seeds must name
 /// it before the node binds). Taken from 20000-32767, below Linux's ephemeral range, so an
 /// outgoing connection never holds it, and from a counter shared by every test of the
@@ -118,11 +115,4 @@ pub fn free_port() -> anyhow::Result<u16> {
         }
     }
     anyhow::bail!("no free port in 20000-32767")
-}
-
-/// Two free loopback ports (bound, read, released: a small window in which another test
-/// could take one).
-pub fn two_free_ports() -> anyhow::Result<(u16, u16)> {
-    let p = free_ports(2)?;
-    Ok((p[0], p[1]))
 }

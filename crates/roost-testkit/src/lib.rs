@@ -23,7 +23,7 @@ pub mod proxy;
 pub mod steps;
 
 pub use admin::{http, http_at, http_with, metric, HttpResponse, HTTP_TIMEOUT};
-pub use cluster::{free_port, nodes_with, two_free_ports, two_nodes_with};
+pub use cluster::{free_port, nodes_with, two_nodes_with};
 pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
 pub use proxy::Proxy;
 pub use steps::{

@@ -39,6 +39,10 @@ use tokio::time::Instant;
 use tonic::Request;
 use tracing::{debug, info, warn};
 
+/// While waiting for the lease, how often [`Lease::wait_held`] looks again besides the
+/// watcher's notifications.
+const HELD_POLL: Duration = Duration::from_millis(50);
+
 /// This node's session lease. See the module docs.
 pub(crate) struct Lease {
     me: NodeId,
@@ -85,7 +89,22 @@ impl Lease {
     /// True while this node may serve MQTT clients: a lone voter always; otherwise until the
     /// lease from the last renewal runs out.
     pub(crate) fn holds(&self) -> bool {
-        self.lone() || self.valid_until.lock().is_some_and(|u| Instant::now() < u)
+        // The renewal first: a lock and a clock read, on every forwarded batch and CONNECT;
+        // the membership (a lone voter renews too, so this is rarely reached) second.
+        self.valid_until.lock().is_some_and(|u| Instant::now() < u) || self.lone()
+    }
+
+    /// Returns once the lease is held (never, if the node stops renewing: callers bound it).
+    pub(crate) async fn wait_held(&self) {
+        // The watcher's notifications may lag the exact check (`holds`) by up to a poll. The
+        // sender lives in `self`, so `changed` never fails here.
+        let mut changes = self.held.subscribe();
+        while !self.holds() {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(HELD_POLL) => {}
+            }
+        }
     }
 
     /// Changes of [`holds`](Self::holds), as the watcher sees them.
@@ -164,12 +183,11 @@ impl Lease {
                 .map_err(|e| e.to_string())?;
             return Ok(t0);
         }
-        let client = {
+        let mut client = {
             let c = cluster.upgrade().ok_or("shutting down")?;
             let peer = c.peer(leader).ok_or("the leader is not a member")?;
             peer.client.clone()
         };
-        let mut client = client;
         let reply = client
             .renew_lease(Request::new(pb::LeaseRequest {
                 node_id: self.me.get(),

@@ -52,10 +52,6 @@ use tracing::warn;
 /// the origin this node is alive (well under any forward timeout it may use).
 const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// While a batch waits for this node's session lease, how often it looks again (besides the
-/// lease's own change notifications).
-const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Serves peers' `Cluster.*` calls.
 pub(super) struct ClusterService {
     pub(super) cluster: std::sync::Weak<Cluster>,
@@ -176,13 +172,9 @@ impl cluster_server::Cluster for ClusterService {
                 // for unreachable.
                 if !lease.holds() {
                     stats.forward_held_no_lease.increment(1);
-                    let mut changes = lease.changes();
-                    while !lease.holds() {
-                        tokio::select! {
-                            r = changes.changed() => if r.is_err() { break 'stream },
-                            _ = tokio::time::sleep(LEASE_POLL) => {}
-                            _ = stop.changed() => break 'stream,
-                        }
+                    tokio::select! {
+                        _ = lease.wait_held() => {}
+                        _ = stop.changed() => break 'stream,
                     }
                 }
                 let now = Instant::now();
