@@ -37,7 +37,7 @@ mod service;
 
 use self::forwarder::{run_forwarder, Forwarder, Outgoing};
 use self::service::ClusterService;
-use crate::convert::{self, SessionTransfer};
+use crate::convert::{self, Addressed, SessionTransfer};
 use crate::election::{Election, ElectionTiming};
 use crate::error::{ClusterError, Refusal, StartError};
 use crate::limits::{WireLimits, SNAPSHOT_CHUNK};
@@ -143,30 +143,53 @@ pub struct ClusterConfig {
 /// A boxed future, for [`LocalNode`]'s async method.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Who a forwarded message is for on the receiving node.
+#[derive(Debug)]
+pub enum Target<'a> {
+    /// Matching local subscriptions: the non-shared ones if `direct`, and one local member of
+    /// each shared subscription in `shared` (filters from the peer that failed to parse were
+    /// dropped and counted before the call).
+    Subscribers {
+        direct: bool,
+        shared: &'a [TopicFilter],
+    },
+    /// One session that moved from the sender to this node while the message was on its way
+    /// (docs/rfcs/0006).
+    Session(Addressed),
+}
+
+/// What [`LocalNode::deliver`] did with a message.
+#[derive(Default)]
+pub struct Delivered {
+    /// Part of it went on to another node (a session that moved on, docs/rfcs/0006): the
+    /// message counts as accepted only once this resolves `true`; `false` (that node did not
+    /// take it within the forward timeout) leaves it unacknowledged, so the origin's publisher
+    /// hears a failure. The Forward stream waits for it before the next message.
+    pub passed_on: Option<BoxFuture<bool>>,
+    /// A connected local subscriber is backing up: resolves when it has room again (bounded
+    /// by the node's backpressure timeout).
+    pub space: Option<BoxFuture<()>>,
+}
+
 /// What the cluster layer needs from the node it runs in.
 pub trait LocalNode: Send + Sync + 'static {
-    /// Delivers a message forwarded by a peer to local sessions only (never re-forwards):
-    /// matching non-shared subscriptions if `direct`, and one local member of each shared
-    /// subscription in `shared` (filters from the peer that failed to parse were dropped and
-    /// counted before this call).
+    /// Delivers a message forwarded by a peer to local sessions only (see [`Target`]); never
+    /// re-forwards it, except to pass it on to the node a matching session moved to.
     ///
-    /// Backpressure: when a connected subscriber's queue is backing up, it returns a future
-    /// that ends when the subscriber has room again (bounded by the node's backpressure
-    /// timeout). The Forward stream acknowledges what it delivered, then awaits it before
-    /// delivering the next message, so the origin's publisher, whose PUBACK waits for that
-    /// acknowledgement, is slowed as it would be by a local subscriber (issue 7 item 4).
-    fn deliver(
-        &self,
-        msg: Arc<Message>,
-        direct: bool,
-        shared: &[TopicFilter],
-    ) -> Option<BoxFuture<()>>;
-    /// Hands over a local session to the node that now owns `generation` of it: the old
-    /// connection is closed with DISCONNECT 0x8E and the session removed here.
+    /// Backpressure: when a connected subscriber's queue is backing up, [`Delivered::space`]
+    /// ends when the subscriber has room again. The Forward stream acknowledges what it
+    /// delivered, then awaits it before delivering the next message, so the origin's
+    /// publisher, whose PUBACK waits for that acknowledgement, is slowed as it would be by a
+    /// local subscriber (issue 7 item 4).
+    fn deliver(&self, msg: Arc<Message>, target: Target<'_>) -> Delivered;
+    /// Hands over a local session to `requester`, the node that now owns `generation` of it:
+    /// the old connection is closed with DISCONNECT 0x8E and the session removed here
+    /// (messages that still reach it here for a while are passed on to `requester`).
     fn take_session(
         &self,
         client_id: ClientId,
         generation: u64,
+        requester: NodeId,
     ) -> BoxFuture<Option<SessionTransfer>>;
     /// Reacts to an applied entry (called in log order; must not block).
     fn on_event(&self, event: &Event);
@@ -672,6 +695,29 @@ impl Cluster {
         direct: bool,
         shared: Vec<TopicFilter>,
     ) -> Option<ForwardAck> {
+        self.send(node, msg, direct, shared, None).await
+    }
+
+    /// Passes a message on to the node a local session moved to, for that session alone
+    /// (docs/rfcs/0006); answered as [`forward`](Self::forward).
+    pub async fn pass_on(
+        &self,
+        node: NodeId,
+        msg: Arc<Message>,
+        to: Addressed,
+    ) -> Option<ForwardAck> {
+        self.stats.passed_on.increment(1);
+        self.send(node, msg, false, Vec::new(), Some(to)).await
+    }
+
+    async fn send(
+        &self,
+        node: NodeId,
+        msg: Arc<Message>,
+        direct: bool,
+        shared: Vec<TopicFilter>,
+        to: Option<Addressed>,
+    ) -> Option<ForwardAck> {
         let qos0 = msg.qos == roost_codec::QoS::AtMostOnce;
         let refused = |why: NotForwarded| {
             let (tx, rx) = oneshot::channel();
@@ -698,6 +744,7 @@ impl Cluster {
             msg,
             direct,
             shared,
+            to,
             ack,
         };
         self.stats.forwarded.increment(1);

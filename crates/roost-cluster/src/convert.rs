@@ -11,6 +11,7 @@ use roost_core::index::Subscription;
 use roost_core::message::{Message, PassThrough};
 use roost_core::session::{ImageMessage, SessionImage};
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
             u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
         }),
         publisher: m.publisher.as_deref().unwrap_or_default().to_owned(),
+        id: m.id,
     }
 }
 
@@ -103,6 +105,7 @@ pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireEr
         },
         expires_at: m.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         publisher: (!m.publisher.is_empty()).then(|| Arc::from(m.publisher.as_str())),
+        id: m.id,
     })
 }
 
@@ -158,6 +161,8 @@ pub fn will_to_wire(w: &LastWill) -> pb::Will {
             user_properties: user_properties_to_wire(&p.user_properties),
             expiry_ms: p.message_expiry_interval.map(|s| u64::from(s) * 1000),
             publisher: String::new(),
+            // A will gets its id when it is published.
+            id: 0,
         }),
         delay_secs: p.will_delay_interval.unwrap_or(0),
     }
@@ -184,6 +189,57 @@ pub fn will_from_wire(w: pb::Will) -> Result<LastWill, WireError> {
             will_delay_interval: (w.delay_secs > 0).then_some(w.delay_secs),
             ..Properties::default()
         },
+    })
+}
+
+/// A message for one session that moved from the sending node to the receiving one while it
+/// was on its way (docs/rfcs/0006): what the subscription that matched it on the sender
+/// granted, and which session gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressed {
+    /// The client whose session gets it.
+    pub client_id: ClientId,
+    /// The generation of that session the receiver claimed: a receiver whose copy moved on
+    /// since passes it on again, to the newer one.
+    pub generation: u64,
+    /// Delivery QoS (min of published and granted).
+    pub qos: QoS,
+    /// RETAIN as the subscriber gets it.
+    pub retain: bool,
+    /// Identifiers of the matching subscriptions (v5).
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription it came through, if any.
+    pub shared: Option<TopicFilter>,
+}
+
+/// An addressed delivery to the wire.
+pub fn addressed_to_wire(a: &Addressed) -> pb::Addressed {
+    pb::Addressed {
+        client_id: a.client_id.to_string(),
+        generation: a.generation,
+        qos: a.qos as u32,
+        retain: a.retain,
+        subscription_ids: a.subscription_ids.clone(),
+        shared_filter: a.shared.as_ref().map(|f| f.as_str().to_owned()),
+    }
+}
+
+/// An addressed delivery from a peer.
+pub fn addressed_from_wire(a: pb::Addressed) -> Result<Addressed, WireError> {
+    if a.client_id.is_empty() {
+        return Err(bad("to.client_id", "empty"));
+    }
+    let shared = match a.shared_filter {
+        None => None,
+        Some(f) => Some(shared_filter_from_wire(&f)?),
+    };
+    Ok(Addressed {
+        client_id: ClientId::from(a.client_id),
+        generation: a.generation,
+        qos: qos(a.qos)?,
+        retain: a.retain,
+        subscription_ids: a.subscription_ids,
+        shared,
     })
 }
 
@@ -357,7 +413,31 @@ mod tests {
             },
             expires_at: Some(now + Duration::from_secs(30)),
             publisher: Some("pub".into()),
+            id: 42,
         }
+    }
+
+    #[test]
+    fn addressed_round_trip_and_bad_fields() {
+        let lim = TopicLimits::default();
+        let a = Addressed {
+            client_id: ClientId::from("dev-1"),
+            generation: 7,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            subscription_ids: vec![3, 9],
+            shared: Some(TopicFilter::new("$share/g/a/#", &lim).unwrap()),
+        };
+        assert_eq!(addressed_from_wire(addressed_to_wire(&a)), Ok(a.clone()));
+        let mut w = addressed_to_wire(&a);
+        w.qos = 3;
+        assert_eq!(addressed_from_wire(w).unwrap_err().field, "qos");
+        let mut w = addressed_to_wire(&a);
+        w.client_id.clear();
+        assert_eq!(addressed_from_wire(w).unwrap_err().field, "to.client_id");
+        let mut w = addressed_to_wire(&a);
+        w.shared_filter = Some("a/#".into());
+        assert_eq!(addressed_from_wire(w).unwrap_err().field, "shared_filters");
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub mod state;
 pub mod store;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterStatus, ForwardAck, LocalNode, NotForwarded};
-pub use convert::SessionTransfer;
+pub use cluster::{
+    Cluster, ClusterConfig, ClusterStatus, Delivered, ForwardAck, LocalNode, NotForwarded, Target,
+};
+pub use convert::{Addressed, SessionTransfer};
 pub use error::{ClusterError, Refusal, StartError};
 pub use limits::WireLimits;
 

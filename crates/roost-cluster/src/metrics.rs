@@ -13,6 +13,8 @@ const RECEIVED_INVALID: &str = "roost_cluster_received_invalid_total";
 const RECEIVED_DUPLICATE: &str = "roost_cluster_received_duplicate_total";
 const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_total";
 const FORWARD_HELD_NO_LEASE: &str = "roost_cluster_forward_held_no_lease_total";
+const PASSED_ON: &str = "roost_cluster_passed_on_total";
+const RECEIVED_NOT_ACCEPTED: &str = "roost_cluster_received_not_accepted_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
@@ -64,6 +66,17 @@ pub fn describe() {
          again (nothing is dropped; the origin's publishers hear a failure if it takes longer \
          than their forward timeout)"
     );
+    describe_counter!(
+        PASSED_ON,
+        "messages passed on to the node a session had just moved to, for that session alone \
+         (they reached the old owner after the hand-over; docs/rfcs/0006)"
+    );
+    describe_counter!(
+        RECEIVED_NOT_ACCEPTED,
+        "QoS 1/2 messages from peers left unacknowledged because the node a matching session \
+         had moved to did not take them within the forward timeout (the origin's publisher \
+         hears a failure)"
+    );
     describe_gauge!(
         LEASE_HELD,
         "1 while this node holds its session lease (a quorum confirmed it within \
@@ -99,6 +112,10 @@ pub struct ClusterStats {
     pub received_invalid_filters: Counter,
     /// Forwarded batches held back until this node held its session lease.
     pub forward_held_no_lease: Counter,
+    /// Messages passed on to the node a session moved to.
+    pub passed_on: Counter,
+    /// QoS 1/2 from peers left unacknowledged: their pass-on was not taken.
+    pub received_not_accepted: Counter,
 }
 
 impl Default for ClusterStats {
@@ -119,6 +136,8 @@ impl Default for ClusterStats {
             received_duplicate: counter!(RECEIVED_DUPLICATE),
             received_invalid_filters: counter!(RECEIVED_INVALID_FILTERS),
             forward_held_no_lease: counter!(FORWARD_HELD_NO_LEASE),
+            passed_on: counter!(PASSED_ON),
+            received_not_accepted: counter!(RECEIVED_NOT_ACCEPTED),
         }
     }
 }

@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::{Event, SessionOwner};
 use roost_cluster::types::{Command, CommandResponse, NodeId, RetainedMessage};
-use roost_cluster::{Cluster, ClusterConfig, LocalNode, NotForwarded, SessionTransfer};
+use roost_cluster::{
+    Addressed, Cluster, ClusterConfig, LocalNode, NotForwarded, SessionTransfer, Target,
+};
 use roost_codec::{LastWill, PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use roost_core::index::{Matches, Subscription};
 use roost_core::message::{Message, PassThrough};
@@ -43,6 +45,8 @@ struct Delivered {
     msg: Arc<Message>,
     direct: bool,
     shared: Vec<TopicFilter>,
+    /// Set for a message passed on to one session (docs/rfcs/0006).
+    to: Option<Addressed>,
 }
 
 /// The node side of the cluster layer, recording what it is handed.
@@ -59,24 +63,30 @@ struct TestNode {
 }
 
 impl LocalNode for TestNode {
-    fn deliver(
-        &self,
-        msg: Arc<Message>,
-        direct: bool,
-        shared: &[TopicFilter],
-    ) -> Option<BoxFuture<()>> {
-        self.delivered.lock().push(Delivered {
-            msg,
-            direct,
-            shared: shared.to_vec(),
-        });
-        None
+    fn deliver(&self, msg: Arc<Message>, target: Target<'_>) -> roost_cluster::Delivered {
+        let d = match target {
+            Target::Subscribers { direct, shared } => Delivered {
+                msg,
+                direct,
+                shared: shared.to_vec(),
+                to: None,
+            },
+            Target::Session(a) => Delivered {
+                msg,
+                direct: false,
+                shared: Vec::new(),
+                to: Some(a),
+            },
+        };
+        self.delivered.lock().push(d);
+        roost_cluster::Delivered::default()
     }
 
     fn take_session(
         &self,
         client_id: ClientId,
         generation: u64,
+        _requester: NodeId,
     ) -> BoxFuture<Option<SessionTransfer>> {
         let t = self.sessions.lock().remove(&client_id);
         self.takes.lock().push((client_id, generation));
@@ -323,6 +333,7 @@ fn message(t: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
             user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
         },
         expires_at: None,
+        id: 0,
         publisher: Some(Arc::from("pub-1")),
     })
 }
@@ -579,6 +590,31 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         left > Duration::from_secs(55) && left <= Duration::from_secs(60),
         "{left:?}"
     );
+    // A message passed on to one session (docs/rfcs/0006) arrives addressed to it, with its
+    // id and what its subscription granted, and is acknowledged like any other.
+    let mut m = (*message("a/e", b"moved", QoS::ExactlyOnce)).clone();
+    m.id = 77;
+    let to = Addressed {
+        client_id: ClientId::from("dev-9"),
+        generation: 4,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        subscription_ids: vec![5],
+        shared: Some(filter("$share/g/a/#")),
+    };
+    let ack = n1
+        .cluster
+        .pass_on(n2.id, Arc::new(m), to.clone())
+        .await
+        .unwrap();
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the peer accepted it");
+    let got = n2.local.delivered.lock()[3].clone();
+    assert_eq!(got.to, Some(to));
+    assert_eq!(got.msg.id, 77);
     // Nothing went anywhere else, and the forwarder to node 2 is up.
     assert!(node(&nodes, 3).local.delivered.lock().is_empty());
     assert!(n1.local.delivered.lock().is_empty());

@@ -81,6 +81,39 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publishing client's id, for No Local and for logs; `None` for broker-made messages.
     pub publisher: Option<Arc<str>>,
+    /// Names this message across the cluster (see [`next_id`]); 0 = unnamed (broker-made,
+    /// or from a peer that does not send one). A session that just moved between nodes uses it
+    /// to take a message that reaches it twice only once (docs/rfcs/0006).
+    pub id: u64,
+}
+
+/// A new message id: unique within this process (a counter), and across the cluster's nodes
+/// with overwhelming probability (each process starts its counter at a random 64-bit offset:
+/// two nodes' ranges of n messages overlap with probability about 2n/2^64). Never 0.
+pub fn next_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| {
+        // RandomState is seeded from the OS's randomness; mixing in the time keeps two
+        // processes that happen to share a seed apart.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    loop {
+        let id = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 impl Message {
@@ -103,6 +136,7 @@ impl Message {
             retain: publish.retain,
             expires_at,
             publisher,
+            id: next_id(),
         }
     }
 
@@ -128,6 +162,7 @@ impl Message {
             qos: will.qos,
             retain: will.retain,
             publisher: Some(publisher.as_arc().clone()),
+            id: next_id(),
         })
     }
 
@@ -159,6 +194,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn message_ids_are_never_zero_or_repeated() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| next_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+    }
+
+    #[test]
     fn a_will_becomes_a_message_from_its_client() {
         let t0 = Instant::now();
         let will = LastWill {
@@ -174,9 +216,11 @@ mod tests {
             },
         };
         let limits = TopicLimits::default();
+        let got = Message::from_will(will.clone(), ClientId::from("c1"), &limits, t0).unwrap();
+        assert_ne!(got.id, 0, "a will is a message of its own, with an id");
         assert_eq!(
-            Message::from_will(will.clone(), ClientId::from("c1"), &limits, t0),
-            Some(Message {
+            got,
+            Message {
                 topic: TopicName::new("status/c1", &limits).unwrap(),
                 payload: Bytes::from_static(b"offline"),
                 qos: QoS::AtLeastOnce,
@@ -187,7 +231,8 @@ mod tests {
                 },
                 expires_at: Some(t0 + Duration::from_secs(60)),
                 publisher: Some("c1".into()),
-            })
+                id: got.id,
+            }
         );
         let short = TopicLimits {
             max_levels: 1,

@@ -4,7 +4,9 @@
 //! ```text
 //!  peer's Forward stream ─▶ NodeHooks::deliver ─▶ Broker::deliver_from_peer (local sessions only)
 //!                       ◀── wait for space ──── congested local subscribers (backpressure)
-//!  peer's TakeSession ─▶ NodeHooks::take_session ─▶ Broker::hand_over
+//!                       ◀── passed on ───────── sessions that moved on (docs/rfcs/0006)
+//!    ... addressed to one session ─▶ Broker::deliver_addressed
+//!  peer's TakeSession ─▶ NodeHooks::take_session ─▶ Broker::hand_over (leaves a tombstone)
 //!  applied SessionClaimed for another node ─▶ NodeHooks::on_event ─▶ Broker::on_cluster_event
 //! ```
 //!
@@ -18,9 +20,9 @@
 use crate::broker::Broker;
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::Event;
-use roost_cluster::{LocalNode, SessionTransfer};
+use roost_cluster::types::NodeId;
+use roost_cluster::{Delivered, LocalNode, SessionTransfer, Target};
 use roost_core::message::Message;
-use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -41,30 +43,39 @@ impl NodeHooks {
 }
 
 impl LocalNode for NodeHooks {
-    fn deliver(
-        &self,
-        msg: Arc<Message>,
-        direct: bool,
-        shared: &[TopicFilter],
-    ) -> Option<BoxFuture<()>> {
+    fn deliver(&self, msg: Arc<Message>, target: Target<'_>) -> Delivered {
         let Some(b) = self.broker() else {
             crate::metrics::forward_dropped_not_started();
-            return None;
+            return Delivered::default();
         };
-        let congested = b.deliver_from_peer(&msg, direct, shared);
-        if congested.is_empty() {
-            return None;
+        match target {
+            Target::Subscribers { direct, shared } => {
+                let (congested, passes) = b.deliver_from_peer(&msg, direct, shared);
+                let passed_on = (!passes.is_empty()).then(|| {
+                    let b = Arc::clone(&b);
+                    Box::pin(async move { b.pass_on_from_peer(&msg, passes).await })
+                        as BoxFuture<bool>
+                });
+                let space = (!congested.is_empty()).then(|| {
+                    Box::pin(async move { b.wait_for_space(&congested).await }) as BoxFuture<()>
+                });
+                Delivered { passed_on, space }
+            }
+            Target::Session(a) => Delivered {
+                passed_on: Some(Box::pin(async move { b.deliver_addressed(msg, a).await })),
+                space: None,
+            },
         }
-        Some(Box::pin(async move { b.wait_for_space(&congested).await }))
     }
 
     fn take_session(
         &self,
         client_id: ClientId,
         generation: u64,
+        requester: NodeId,
     ) -> BoxFuture<Option<SessionTransfer>> {
         let broker = self.broker();
-        Box::pin(async move { broker?.hand_over(&client_id, generation).await })
+        Box::pin(async move { broker?.hand_over(&client_id, generation, requester).await })
     }
 
     fn on_event(&self, event: &Event) {

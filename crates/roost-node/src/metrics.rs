@@ -36,6 +36,9 @@ pub(crate) const SESSIONS: &str = "roost_sessions";
 pub(crate) const SESSIONS_EXPIRED: &str = "roost_sessions_expired_total";
 pub(crate) const TAKEOVERS: &str = "roost_sessions_taken_over_total";
 pub(crate) const TAKEOVER_UNREACHABLE: &str = "roost_sessions_takeover_unreachable_total";
+pub(crate) const HANDOVER_DUPLICATES: &str = "roost_handover_duplicates_total";
+pub(crate) const HANDOVER_IDS_FORGOTTEN: &str = "roost_handover_ids_forgotten_total";
+pub(crate) const HANDOVER_PASSED_ON_DROPPED: &str = "roost_handover_passed_on_dropped_total";
 pub(crate) const LEASE_DISCONNECTS: &str = "roost_session_lease_disconnects_total";
 pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
@@ -106,6 +109,23 @@ pub(crate) fn describe() {
         "sessions ended by their session expiry interval"
     );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
+    describe_counter!(
+        HANDOVER_DUPLICATES,
+        "messages not given twice to a session that just moved between nodes (they reached it \
+         directly and passed on from its old owner; docs/rfcs/0006)"
+    );
+    describe_counter!(
+        HANDOVER_IDS_FORGOTTEN,
+        "message ids a session that just moved forgot to stay within its bound (16384): a \
+         second copy of one of them would be delivered again"
+    );
+    describe_counter!(
+        HANDOVER_PASSED_ON_DROPPED,
+        "messages passed on from a session's old owner that this node dropped, by reason: \
+         session_gone (the session ended or lost its subscription meanwhile, e.g. a clean \
+         start); QoS 1/2 ones it could not place in time are not acknowledged instead, see \
+         roost_cluster_received_not_accepted_total"
+    );
     describe_counter!(
         TAKEOVER_UNREACHABLE,
         "sessions claimed from a node that did not hand them over within the session lease \
@@ -200,6 +220,8 @@ pub(crate) struct Metrics {
     pub(crate) takeovers: Counter,
     pub(crate) takeover_unreachable: Counter,
     pub(crate) lease_disconnects: Counter,
+    pub(crate) handover_duplicates: Counter,
+    pub(crate) passed_on_gone: Counter,
     pub(crate) subscriptions: Gauge,
     /// Route changes not committed yet (`RouteTable::pending`).
     pub(crate) routes_pending: Gauge,
@@ -239,6 +261,8 @@ impl Metrics {
             takeovers: counter!(TAKEOVERS),
             takeover_unreachable: counter!(TAKEOVER_UNREACHABLE),
             lease_disconnects: counter!(LEASE_DISCONNECTS),
+            handover_duplicates: counter!(HANDOVER_DUPLICATES),
+            passed_on_gone: counter!(HANDOVER_PASSED_ON_DROPPED, "reason" => "session_gone"),
             subscriptions: gauge!(SUBSCRIPTIONS),
             routes_pending: gauge!(ROUTES_PENDING),
             retained: gauge!(RETAINED),
@@ -312,6 +336,11 @@ pub(crate) fn disconnected(reason: &'static str) {
 /// Counts a message forwarded by a peer before this node's broker was up.
 pub(crate) fn forward_dropped_not_started() {
     counter!(FORWARD_DROPPED, "reason" => "not_started").increment(1);
+}
+
+/// Counts a message id a session that just moved forgot (see `RECENT_IDS_MAX`).
+pub(crate) fn handover_ids_forgotten() {
+    counter!(HANDOVER_IDS_FORGOTTEN).increment(1);
 }
 
 /// Counts a connection closed for a malformed packet.

@@ -300,3 +300,136 @@ async fn measure_publish_throughput_during_a_cut() {
         b.stop().await;
     }
 }
+
+/// Reads PUBLISHes for `dur` (acknowledging QoS 1 and 2, completing PUBRELs) and returns the
+/// payloads delivered; stops early, keeping what it read, when the connection closes (a
+/// takeover). `awaiting_rel` is the session's QoS 2 packet ids that got a PUBREC and no PUBREL
+/// yet, kept across connections as a receiver must: a PUBLISH with one of them is the same
+/// message again, not a new delivery ([MQTT-4.3.3-9]).
+async fn read_for(
+    c: &mut RawClient,
+    dur: Duration,
+    awaiting_rel: &mut std::collections::HashSet<u16>,
+) -> Vec<String> {
+    let until = tokio::time::Instant::now() + dur;
+    let mut got = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let p = match tokio::time::timeout(left, c.recv()).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(None)) => return got,
+            Ok(Ok(Some(p))) => p,
+        };
+        let sent = match p {
+            Packet::Publish(p) => match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    c.send(&Packet::PubAck(Ack::new(id))).await
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    if awaiting_rel.insert(id.get()) {
+                        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    }
+                    c.send(&Packet::PubRec(Ack::new(id))).await
+                }
+                _ => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    Ok(())
+                }
+            },
+            Packet::PubRel(a) => {
+                awaiting_rel.remove(&a.packet_id.get());
+                c.send(&Packet::PubComp(Ack::new(a.packet_id))).await
+            }
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            return got;
+        }
+    }
+}
+
+/// Publishes `prefix-N` to `topic` at `qos` with a v3.1.1 client (whose acknowledgement has no
+/// reason code: 0x00 is its only answer) one after another until `stop`, and returns the
+/// payloads the broker acknowledged.
+fn publish_until(
+    addr: std::net::SocketAddr,
+    id: &'static str,
+    topic: &'static str,
+    qos: QoS,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut c = connect_clean(addr, Protocol::V311, id).await;
+        let mut acked = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let payload = format!("{id}-{n}");
+            match c.publish(topic, payload.as_bytes(), qos, false).await {
+                Ok(r) if !r.is_error() => acked.push(payload),
+                Ok(r) => panic!("{id}: {payload} refused with {r:?}"),
+                Err(e) => panic!("{id}: {payload}: {e}"),
+            }
+        }
+        acked
+    })
+}
+
+/// RFC 0006 (issue 8's chaos run, gap 2): while a persistent session moves from one node to
+/// another, messages routed to the old owner after it exported the session, but before the
+/// new owner's route is applied everywhere, were acknowledged and matched nothing. Three
+/// nodes; the subscriber hops between nodes 1 and 2 while v3.1.1 publishers on node 1 (the
+/// old owner's own clients) and node 3 (a peer that forwards by its copy of the routes) send
+/// QoS 1 and QoS 2 messages without pause. Every acknowledged message must reach the
+/// subscriber, and no QoS 2 message twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc6_a_moving_session_loses_no_acknowledged_message() {
+    let (nodes, _) = nodes_with(3, false, |_| {}).await.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let (mut sub, _) = connect_persistent(addrs[0], Protocol::V311, "mover").await;
+    sub.subscribe("ho/+", QoS::ExactlyOnce).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pubs = [
+        publish_until(addrs[0], "p1q1", "ho/a", QoS::AtLeastOnce, stop.clone()),
+        publish_until(addrs[2], "p3q1", "ho/b", QoS::AtLeastOnce, stop.clone()),
+        publish_until(addrs[0], "p1q2", "ho/c", QoS::ExactlyOnce, stop.clone()),
+        publish_until(addrs[2], "p3q2", "ho/d", QoS::ExactlyOnce, stop.clone()),
+    ];
+    let mut rel = std::collections::HashSet::new();
+    let mut got = read_for(&mut sub, Duration::from_millis(300), &mut rel).await;
+    for hop in 1..=12 {
+        let (mut next, ack) = connect_persistent(addrs[hop % 2], Protocol::V311, "mover").await;
+        assert!(ack.session_present, "hop {hop}: the session did not move");
+        got.extend(read_for(&mut sub, Duration::from_millis(20), &mut rel).await);
+        drop(sub);
+        got.extend(read_for(&mut next, Duration::from_millis(250), &mut rel).await);
+        sub = next;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for p in pubs {
+        acked.extend(p.await.unwrap());
+    }
+    got.extend(read_for(&mut sub, Duration::from_secs(3), &mut rel).await);
+    let received: std::collections::HashSet<&String> = got.iter().collect();
+    let lost: Vec<&String> = acked.iter().filter(|p| !received.contains(p)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&String> = got
+        .iter()
+        .filter(|p| p.contains("q2-") && !seen.insert(p.as_str()))
+        .collect();
+    assert!(
+        acked.len() > 400,
+        "too few messages for the test to mean anything: {}",
+        acked.len()
+    );
+    assert!(
+        lost.is_empty() && twice.is_empty(),
+        "of {} acknowledged messages, {} lost: {lost:?}; QoS 2 delivered twice: {twice:?}",
+        acked.len(),
+        lost.len()
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}

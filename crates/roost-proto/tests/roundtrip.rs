@@ -7,9 +7,9 @@ use prost::Message as _;
 use roost_proto::v1::cluster_client::ClusterClient;
 use roost_proto::v1::cluster_server::{Cluster, ClusterServer};
 use roost_proto::v1::{
-    ForwardAck, ForwardBatch, ForwardedMessage, JoinRequest, LeaveRequest, Member, MembershipReply,
-    Message, ProposeReply, ProposeRequest, StatusReply, StatusRequest, TakeSessionReply,
-    TakeSessionRequest, UserProperty,
+    Addressed, ForwardAck, ForwardBatch, ForwardedMessage, JoinRequest, LeaveRequest, Member,
+    MembershipReply, Message, ProposeReply, ProposeRequest, StatusReply, StatusRequest,
+    TakeSessionReply, TakeSessionRequest, UserProperty,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -35,9 +35,11 @@ fn sample_batch() -> ForwardBatch {
                     }],
                     expiry_ms: Some(60_000),
                     publisher: "thermo-1".to_owned(),
+                    id: 0x1d_0000_0007,
                 }),
                 direct: true,
                 shared_filters: vec!["$share/g/sensors/#".to_owned()],
+                to: None,
             },
             ForwardedMessage {
                 seq: 42,
@@ -45,6 +47,22 @@ fn sample_batch() -> ForwardBatch {
                 message: Some(Message::default()),
                 direct: false,
                 shared_filters: Vec::new(),
+                to: None,
+            },
+            ForwardedMessage {
+                seq: 43,
+                // Passed on to one session that moved (docs/rfcs/0006).
+                message: Some(Message::default()),
+                direct: false,
+                shared_filters: Vec::new(),
+                to: Some(Addressed {
+                    client_id: "dev-1".to_owned(),
+                    generation: 9,
+                    qos: 2,
+                    retain: true,
+                    subscription_ids: vec![4],
+                    shared_filter: None,
+                }),
             },
         ],
         epoch: 0x5eed_0000_0001,

@@ -44,7 +44,7 @@
 //! clears the peer's `up` flag, which shared-subscription delivery reads (`Cluster::peer_up`).
 
 use super::NotForwarded;
-use crate::convert;
+use crate::convert::{self, Addressed};
 use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
 use crate::random_u64;
@@ -80,6 +80,8 @@ pub(super) struct Outgoing {
     pub(super) msg: Arc<Message>,
     pub(super) direct: bool,
     pub(super) shared: Vec<TopicFilter>,
+    /// For one session that moved to the peer (then `direct` and `shared` are unused).
+    pub(super) to: Option<Addressed>,
     /// Resolved `Ok` when the peer accepted it into its sessions, `Err` when it was given up
     /// (QoS 1/2 only).
     pub(super) ack: Option<oneshot::Sender<Result<(), NotForwarded>>>,
@@ -459,6 +461,7 @@ fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
         message: Some(convert::message_to_wire(&o.msg, now.into_std())),
         direct: o.direct,
         shared_filters: convert::shared_filters_to_wire(&o.shared),
+        to: o.to.as_ref().map(convert::addressed_to_wire),
     }
 }
 
@@ -477,12 +480,14 @@ mod tests {
             retain: false,
             properties: Default::default(),
             expires_at: None,
+            id: 0,
             publisher: None,
         };
         let o = Outgoing {
             msg: Arc::new(msg),
             direct: true,
             shared: vec![],
+            to: None,
             ack: Some(tx),
         };
         (o, rx)

@@ -23,12 +23,20 @@
 //! backed-up subscriber holds the whole stream from that origin (head-of-line), as it holds a
 //! local publisher.
 //!
+//! Passed on (docs/rfcs/0006): a message that matched a session that just moved to another
+//! node goes on to that node; it is acknowledged only once that node took it (up to the forward
+//! timeout). That wait runs on a task of its own (at most `MAX_PASSING` per stream), and the
+//! stream goes on with the next message: two nodes passing messages to each other (a client
+//! hopping back and forth) would otherwise each hold its stream waiting for the other's. One
+//! the node did not take is left unacknowledged and counted: the origin's publisher hears a
+//! failure when its own forward timeout runs out. Acknowledgements may so come out of order.
+//!
 //! The service holds the `Cluster` only weakly (a call after it is gone answers `unavailable`)
 //! and watches `stop` itself, see the field.
 
 use super::dedup::Dedup;
 use super::membership::server_state;
-use super::{Cluster, LocalNode};
+use super::{BoxFuture, Cluster, Delivered, LocalNode, Target};
 use crate::convert;
 use crate::error::ClusterError;
 use crate::limits::WireLimits;
@@ -47,6 +55,10 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
+
+/// Messages of one Forward stream whose pass-on (docs/rfcs/0006) may be waited for at once;
+/// beyond it the stream waits for one to finish.
+const MAX_PASSING: usize = 1024;
 
 /// While delivery waits for a congested local subscriber, how often an empty `ForwardAck` tells
 /// the origin this node is alive (well under any forward timeout it may use).
@@ -151,6 +163,7 @@ impl cluster_server::Cluster for ClusterService {
         let local = self.local.clone();
         let stats = self.stats.clone();
         let dedup = self.dedup.clone();
+        let passing = Arc::new(tokio::sync::Semaphore::new(MAX_PASSING));
         tokio::spawn(async move {
             'stream: loop {
                 // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
@@ -185,7 +198,7 @@ impl cluster_server::Cluster for ClusterService {
                         continue;
                     };
                     let qos = m.qos;
-                    let mut wait = None;
+                    let mut delivered = Delivered::default();
                     // A resend of what this node delivered before the stream broke (its ack was
                     // lost): acknowledged below, not delivered again. The lock is held for the
                     // check only.
@@ -195,12 +208,24 @@ impl cluster_server::Cluster for ClusterService {
                     if !first {
                         stats.received_duplicate.increment(1);
                     } else {
-                        match convert::message_from_wire(m, now.into_std()) {
-                            Ok(msg) => {
+                        let decoded =
+                            convert::message_from_wire(m, now.into_std()).and_then(|msg| {
+                                let to = fm.to.map(convert::addressed_from_wire).transpose()?;
+                                Ok((msg, to))
+                            });
+                        match decoded {
+                            Ok((msg, to)) => {
                                 stats.received.increment(1);
                                 let shared =
                                     convert::shared_filters_from_wire(fm.shared_filters, &stats);
-                                wait = local.deliver(Arc::new(msg), fm.direct, &shared);
+                                let target = match to {
+                                    Some(a) => Target::Session(a),
+                                    None => Target::Subscribers {
+                                        direct: fm.direct,
+                                        shared: &shared,
+                                    },
+                                };
+                                delivered = local.deliver(Arc::new(msg), target);
                             }
                             Err(e) => {
                                 stats.received_invalid.increment(1);
@@ -208,38 +233,39 @@ impl cluster_server::Cluster for ClusterService {
                             }
                         }
                     }
-                    // Acknowledge even an undecodable QoS 1/2 message: it will never decode,
-                    // and the origin must not resend it forever (it is counted here).
-                    if qos > 0 {
+                    if let Some(passed_on) = delivered.passed_on {
+                        // Part of it went on to the node a session moved to: acknowledged only
+                        // once that node took it, on a task of its own so the stream goes on
+                        // (module docs). Bounded: past `MAX_PASSING` the stream waits.
+                        let Ok(permit) = Arc::clone(&passing).acquire_owned().await else {
+                            break 'stream;
+                        };
+                        let (tx, stats, seq) = (tx.clone(), stats.clone(), fm.seq);
+                        tokio::spawn(async move {
+                            let accepted = passed_on.await;
+                            drop(permit);
+                            if qos == 0 {
+                                return;
+                            }
+                            if accepted {
+                                let _ = tx.send(Ok(pb::ForwardAck { seqs: vec![seq] })).await;
+                            } else {
+                                stats.received_not_accepted.increment(1);
+                            }
+                        });
+                    } else if qos > 0 {
+                        // Acknowledge even an undecodable QoS 1/2 message: it will never
+                        // decode, and the origin must not resend it forever (it is counted).
                         seqs.push(fm.seq);
                     }
-                    if let Some(mut wait) = wait {
+                    if let Some(space) = delivered.space {
                         // A local subscriber is backing up: acknowledge what is delivered,
-                        // then wait for its room before delivering more (module docs). The
-                        // origin takes a peer that acknowledges nothing for its forward timeout
-                        // for unreachable: while waiting, an empty ack every `ALIVE_EVERY`
-                        // says this node is there, only slow.
+                        // then wait for its room before delivering more (module docs).
                         // Cancel safety: on stop the rest of the batch is neither delivered
                         // nor acknowledged; the origin resends it to whoever serves next.
                         let done = std::mem::take(&mut seqs);
-                        if tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err() {
+                        if wait_alive(space, done, &tx, &mut stop).await.is_none() {
                             break 'stream;
-                        }
-                        let mut alive = tokio::time::interval_at(
-                            tokio::time::Instant::now() + ALIVE_EVERY,
-                            ALIVE_EVERY,
-                        );
-                        loop {
-                            tokio::select! {
-                                _ = &mut wait => break,
-                                _ = alive.tick() => {
-                                    let empty = pb::ForwardAck { seqs: Vec::new() };
-                                    if tx.send(Ok(empty)).await.is_err() {
-                                        break 'stream;
-                                    }
-                                }
-                                _ = stop.changed() => break 'stream,
-                            }
                         }
                     }
                 }
@@ -258,7 +284,11 @@ impl cluster_server::Cluster for ClusterService {
         let r = request.into_inner();
         let t = self
             .local
-            .take_session(ClientId::from(r.client_id.clone()), r.generation)
+            .take_session(
+                ClientId::from(r.client_id.clone()),
+                r.generation,
+                NodeId::new(r.requester),
+            )
             .await;
         Ok(Response::new(match t {
             Some(t) => {
@@ -396,5 +426,33 @@ impl cluster_server::Cluster for ClusterService {
             retained,
             state: server_state(m.state).to_owned(),
         }))
+    }
+}
+
+/// Sends the acknowledgements `done`, then waits for `wait`. The origin takes a peer that
+/// acknowledges nothing for its forward timeout for unreachable: while waiting, an empty ack
+/// every `ALIVE_EVERY` says this node is there, only slow. `None`: the stream is gone or the
+/// node stops.
+async fn wait_alive<T>(
+    wait: BoxFuture<T>,
+    done: Vec<u64>,
+    tx: &mpsc::Sender<Result<pb::ForwardAck, Status>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    if !done.is_empty() && tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err() {
+        return None;
+    }
+    let mut wait = wait;
+    let mut alive = tokio::time::interval_at(Instant::now() + ALIVE_EVERY, ALIVE_EVERY);
+    loop {
+        tokio::select! {
+            r = &mut wait => return Some(r),
+            _ = alive.tick() => {
+                if tx.send(Ok(pb::ForwardAck { seqs: Vec::new() })).await.is_err() {
+                    return None;
+                }
+            }
+            _ = stop.changed() => return None,
+        }
     }
 }

@@ -104,6 +104,7 @@ pub(super) fn msg(topic: &str, payload: &str) -> Arc<Message> {
         retain: false,
         properties: PassThrough::default(),
         expires_at: None,
+        id: crate::message::next_id(),
         publisher: None,
     })
 }

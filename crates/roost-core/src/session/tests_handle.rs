@@ -40,8 +40,22 @@ fn from_c1(topic: &str, qos: QoS) -> Arc<Message> {
         retain: false,
         properties: PassThrough::default(),
         expires_at: None,
+        id: 0,
         publisher: Some("c1".into()),
     })
+}
+
+/// `Session::handle`, with the id of a message it builds set to 0: ids are unique per message
+/// (see `message::next_id`), and these tests compare what else the message holds.
+fn handle(s: &mut Session, packet: Packet, now: Instant) -> Handled {
+    match s.handle(packet, now) {
+        Handled::Publish(mut inbound) => {
+            assert_ne!(inbound.msg.id, 0, "a client's message gets an id");
+            Arc::make_mut(&mut inbound.msg).id = 0;
+            Handled::Publish(inbound)
+        }
+        other => other,
+    }
 }
 
 fn pending(kind: AckKind, id: u16, protocol: Protocol) -> Option<PendingAck> {
@@ -62,7 +76,7 @@ fn qos0_publish_is_routed_without_ack() {
     let mut s = attached(Protocol::V5, t0);
     let p = publish("a/b", QoS::AtMostOnce, None);
     assert_eq!(
-        s.handle(Packet::Publish(p), t0),
+        handle(&mut s, Packet::Publish(p), t0),
         Handled::Publish(Inbound {
             msg: from_c1("a/b", QoS::AtMostOnce),
             ack: None
@@ -78,7 +92,7 @@ fn publish_properties_and_expiry_carry_into_the_message() {
     let mut p = publish("a/b", QoS::AtLeastOnce, Some(7));
     p.properties.message_expiry_interval = Some(30);
     p.properties.content_type = Some("json".into());
-    let Handled::Publish(inbound) = s.handle(Packet::Publish(p), secs(t0, 1)) else {
+    let Handled::Publish(inbound) = handle(&mut s, Packet::Publish(p), secs(t0, 1)) else {
         panic!("not routed");
     };
     let mut want = (*from_c1("a/b", QoS::AtLeastOnce)).clone();
@@ -115,7 +129,7 @@ fn qos2_flow_routes_once_and_completes_on_pubrel() {
     let mut s = attached(Protocol::V5, t0);
     let p = publish("a", QoS::ExactlyOnce, Some(5));
     assert_eq!(
-        s.handle(Packet::Publish(p.clone()), t0),
+        handle(&mut s, Packet::Publish(p.clone()), t0),
         Handled::Publish(Inbound {
             msg: from_c1("a", QoS::ExactlyOnce),
             ack: pending(AckKind::PubRec, 5, Protocol::V5),
@@ -123,18 +137,18 @@ fn qos2_flow_routes_once_and_completes_on_pubrel() {
     );
     // The DUP repeat before PUBREL: PUBREC again, nothing routed.
     assert_eq!(
-        s.handle(Packet::Publish(p), t0),
+        handle(&mut s, Packet::Publish(p), t0),
         Handled::Ack(ReadyAck {
             ack: pending(AckKind::PubRec, 5, Protocol::V5).unwrap(),
             reason: ReasonCode::SUCCESS
         })
     );
     assert_eq!(
-        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        handle(&mut s, Packet::PubRel(Ack::new(pid(5))), t0),
         Handled::Done
     );
     assert_eq!(
-        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        handle(&mut s, Packet::PubRel(Ack::new(pid(5))), t0),
         Handled::Done
     );
     assert_eq!(
@@ -159,7 +173,7 @@ fn qos2_flow_routes_once_and_completes_on_pubrel() {
 fn publish_that_closes(policy: ServerPolicy, p: Publish) -> Handled {
     let t0 = Instant::now();
     let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
-    s.handle(Packet::Publish(p), t0)
+    handle(&mut s, Packet::Publish(p), t0)
 }
 
 #[test]
@@ -170,10 +184,18 @@ fn qos2_beyond_receive_maximum_closes() {
         ..ServerPolicy::default()
     };
     let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
-    let first = s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(1))), t0);
+    let first = handle(
+        &mut s,
+        Packet::Publish(publish("a", QoS::ExactlyOnce, Some(1))),
+        t0,
+    );
     assert!(matches!(first, Handled::Publish(_)));
     assert_eq!(
-        s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(2))), t0),
+        handle(
+            &mut s,
+            Packet::Publish(publish("a", QoS::ExactlyOnce, Some(2))),
+            t0
+        ),
         close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive_maximum")
     );
 }
@@ -190,8 +212,8 @@ fn alias_learned_then_applied() {
         msg: from_c1("a/b", QoS::AtMostOnce),
         ack: None,
     });
-    assert_eq!(s.handle(Packet::Publish(p), t0), want);
-    assert_eq!(s.handle(Packet::Publish(again), t0), want);
+    assert_eq!(handle(&mut s, Packet::Publish(p), t0), want);
+    assert_eq!(handle(&mut s, Packet::Publish(again), t0), want);
 }
 
 // (protocol, qos, id) -> (Handled, PUBCOMP reason for a PUBREL of id 1 afterwards)
@@ -208,14 +230,14 @@ fn system_topic_is_dropped(
     let t0 = Instant::now();
     let mut s = attached(protocol, t0);
     let Handled::Dropped { reason, ack } =
-        s.handle(Packet::Publish(publish("$SYS/x", qos, id)), t0)
+        handle(&mut s, Packet::Publish(publish("$SYS/x", qos, id)), t0)
     else {
         panic!("not dropped");
     };
     assert_eq!(reason, DropReason::SystemTopic);
     let ack = ack.map(|a| a.packet());
     assert_eq!(
-        s.handle(Packet::PubRel(Ack::new(pid(1))), t0),
+        handle(&mut s, Packet::PubRel(Ack::new(pid(1))), t0),
         Handled::Done
     );
     let [Outbound::PubComp(_, comp)] = take(&mut s)[..] else {
@@ -228,7 +250,7 @@ fn system_topic_is_dropped(
 fn pingreq_answers_in_the_outbox() {
     let t0 = Instant::now();
     let mut s = attached(Protocol::V311, t0);
-    assert_eq!(s.handle(Packet::PingReq, t0), Handled::Done);
+    assert_eq!(handle(&mut s, Packet::PingReq, t0), Handled::Done);
     assert_eq!(
         take(&mut s),
         vec![Outbound::Packet(Box::new(Packet::PingResp))]
@@ -261,21 +283,21 @@ fn acks_free_the_window_and_unknown_ids_are_reported() {
     };
     assert_eq!(take(&mut s), vec![out(&m1, 1)]);
     assert_eq!(
-        s.handle(Packet::PubAck(Ack::new(pid(9))), t0),
+        handle(&mut s, Packet::PubAck(Ack::new(pid(9))), t0),
         Handled::UnknownPacketId {
             kind: "puback",
             packet_id: pid(9)
         }
     );
     assert_eq!(
-        s.handle(Packet::PubAck(Ack::new(pid(1))), t0),
+        handle(&mut s, Packet::PubAck(Ack::new(pid(1))), t0),
         Handled::Done
     );
     assert_eq!(take(&mut s), vec![out(&m2, 2)]);
     // A late PUBCOMP for a flow that is over (id 2 is in flight, but as a QoS 1 message: that
     // would be a protocol error, see `item13_...` below).
     assert_eq!(
-        s.handle(Packet::PubComp(Ack::new(pid(1))), t0),
+        handle(&mut s, Packet::PubComp(Ack::new(pid(1))), t0),
         Handled::UnknownPacketId {
             kind: "pubcomp",
             packet_id: pid(1)
@@ -283,7 +305,7 @@ fn acks_free_the_window_and_unknown_ids_are_reported() {
     );
     // An unknown PUBREC is answered with PUBREL 0x92 in v5 and reported.
     assert_eq!(
-        s.handle(Packet::PubRec(Ack::new(pid(4))), t0),
+        handle(&mut s, Packet::PubRec(Ack::new(pid(4))), t0),
         Handled::UnknownPacketId {
             kind: "pubrec",
             packet_id: pid(4)
@@ -354,7 +376,7 @@ fn subscribe_entries_follow_the_policy() {
             Ok((filter("c"), sub(QoS::AtMostOnce))),
         ],
     };
-    assert_eq!(s.handle(packet, t0), Handled::Subscribe(want.clone()));
+    assert_eq!(handle(&mut s, packet, t0), Handled::Subscribe(want.clone()));
     let codes = want.codes();
     assert_eq!(
         codes,
@@ -388,7 +410,7 @@ fn subscription_identifier_when_off_closes() {
     };
     let mut s = attached_with(policy, &connect_packet(Protocol::V5, true, 0), t0);
     assert_eq!(
-        s.handle(subscribe(&[("a", QoS::AtMostOnce)], Some(1)), t0),
+        handle(&mut s, subscribe(&[("a", QoS::AtMostOnce)], Some(1)), t0),
         close(
             ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
             "subscription_identifiers"
@@ -406,7 +428,7 @@ fn unsubscribe_checks_each_filter() {
         filters: vec!["a/+".into(), "a/#/b".into()],
     });
     assert_eq!(
-        s.handle(packet, t0),
+        handle(&mut s, packet, t0),
         Handled::Unsubscribe {
             packet_id: pid(8),
             filters: vec![Ok(filter("a/+")), Err(ReasonCode::TOPIC_FILTER_INVALID)],
@@ -442,7 +464,7 @@ fn disconnect(expiry: u32, reason: ReasonCode, new: Option<u32>) -> (Close, u32)
             ..Properties::default()
         },
     };
-    let Handled::Close(c) = s.handle(Packet::Disconnect(d), t0) else {
+    let Handled::Close(c) = handle(&mut s, Packet::Disconnect(d), t0) else {
         panic!("not closed");
     };
     (c, s.expiry_interval())
@@ -455,7 +477,7 @@ fn packets_a_client_may_not_send_close(p: Packet) {
     let t0 = Instant::now();
     let mut s = attached(Protocol::V5, t0);
     assert_eq!(
-        s.handle(p, t0),
+        handle(&mut s, p, t0),
         Handled::Close(Close {
             tally: Some(Tally::Malformed),
             ..Close::error(ReasonCode::PROTOCOL_ERROR, "protocol_error")
@@ -560,13 +582,13 @@ fn item13_ack_of_the_wrong_type_for_an_id_in_flight_is_a_protocol_error(
         take(&mut s);
         if released {
             assert_eq!(
-                s.handle(Packet::PubRec(Ack::new(pid(1))), t0),
+                handle(&mut s, Packet::PubRec(Ack::new(pid(1))), t0),
                 Handled::Done
             );
             assert_eq!(take(&mut s), vec![pubrel(1, ReasonCode::SUCCESS)]);
         }
         assert_eq!(
-            s.handle(kind(Ack::new(pid(1))), secs(t0, 1)),
+            handle(&mut s, kind(Ack::new(pid(1))), secs(t0, 1)),
             wrong_ack_close(),
             "{protocol:?}"
         );
@@ -588,15 +610,15 @@ fn item13_acks_for_ids_not_in_flight_are_only_reported() {
     s.deliver(m2, QoS::ExactlyOnce, false, vec![], None, t0); // id 2
     take(&mut s);
     assert_eq!(
-        s.handle(Packet::PubAck(Ack::new(pid(1))), t0),
+        handle(&mut s, Packet::PubAck(Ack::new(pid(1))), t0),
         Handled::Done
     );
     assert_eq!(
-        s.handle(Packet::PubRec(Ack::new(pid(2))), t0),
+        handle(&mut s, Packet::PubRec(Ack::new(pid(2))), t0),
         Handled::Done
     );
     assert_eq!(
-        s.handle(Packet::PubComp(Ack::new(pid(2))), t0),
+        handle(&mut s, Packet::PubComp(Ack::new(pid(2))), t0),
         Handled::Done
     );
     assert_eq!(take(&mut s), vec![pubrel(2, ReasonCode::SUCCESS)]);
@@ -608,7 +630,7 @@ fn item13_acks_for_ids_not_in_flight_are_only_reported() {
         (Packet::PubComp(Ack::new(pid(9))), "pubcomp", 9),
     ] {
         assert_eq!(
-            s.handle(packet, t0),
+            handle(&mut s, packet, t0),
             Handled::UnknownPacketId {
                 kind,
                 packet_id: pid(id)
@@ -640,14 +662,14 @@ fn item5_pubrec_with_a_failure_reason_releases_the_packet_id(reason: ReasonCode)
         msg: from_c1("a", QoS::ExactlyOnce),
         ack: pending(AckKind::PubRec, 5, Protocol::V5),
     });
-    assert_eq!(s.handle(Packet::Publish(p.clone()), t0), routed);
+    assert_eq!(handle(&mut s, Packet::Publish(p.clone()), t0), routed);
     let sent = ReadyAck {
         ack: pending(AckKind::PubRec, 5, Protocol::V5).unwrap(),
         reason,
     };
     s.ack_sent(&sent);
 
-    let again = s.handle(Packet::Publish(p), t0);
+    let again = handle(&mut s, Packet::Publish(p), t0);
     let released = again == routed;
     if !released {
         // Still registered: the repeat gets PUBREC 0x00 and is not routed.
@@ -662,11 +684,15 @@ fn item5_pubrec_with_a_failure_reason_releases_the_packet_id(reason: ReasonCode)
     // The inbound window (Receive Maximum 1) holds only the new flow: another id is refused,
     // and the PUBREL of the new flow completes it.
     assert_eq!(
-        s.handle(Packet::Publish(publish("a", QoS::ExactlyOnce, Some(6))), t0),
+        handle(
+            &mut s,
+            Packet::Publish(publish("a", QoS::ExactlyOnce, Some(6))),
+            t0
+        ),
         close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive_maximum")
     );
     assert_eq!(
-        s.handle(Packet::PubRel(Ack::new(pid(5))), t0),
+        handle(&mut s, Packet::PubRel(Ack::new(pid(5))), t0),
         Handled::Done
     );
     assert_eq!(take(&mut s), vec![pubcomp(5, ReasonCode::SUCCESS)]);
@@ -683,7 +709,7 @@ fn item5_other_acks_sent_release_nothing() {
     let mut s = attached(Protocol::V5, t0);
     let p = publish("a", QoS::ExactlyOnce, Some(5));
     assert!(matches!(
-        s.handle(Packet::Publish(p.clone()), t0),
+        handle(&mut s, Packet::Publish(p.clone()), t0),
         Handled::Publish(_)
     ));
     for (kind, id, reason) in [
@@ -698,7 +724,10 @@ fn item5_other_acks_sent_release_nothing() {
         assert!(!ack.ends_qos2_flow() || id == 6);
         s.ack_sent(&ack);
     }
-    assert!(matches!(s.handle(Packet::Publish(p), t0), Handled::Ack(_)));
+    assert!(matches!(
+        handle(&mut s, Packet::Publish(p), t0),
+        Handled::Ack(_)
+    ));
 }
 
 /// Issue 7 item 9: a v3.1.1 QoS 2 PUBLISH the node did not take (its retained copy failed) is
@@ -716,7 +745,7 @@ fn item9_v3_publish_not_taken_releases_its_qos2_id() {
         msg: from_c1("a", QoS::ExactlyOnce),
         ack: pending(AckKind::PubRec, 5, Protocol::V311),
     });
-    assert_eq!(s.handle(Packet::Publish(p.clone()), t0), routed);
+    assert_eq!(handle(&mut s, Packet::Publish(p.clone()), t0), routed);
     let Handled::Publish(Inbound { ack: Some(ack), .. }) = routed.clone() else {
         unreachable!()
     };
@@ -726,7 +755,7 @@ fn item9_v3_publish_not_taken_releases_its_qos2_id() {
     });
     let mut resend = p;
     resend.dup = true;
-    assert_eq!(s.handle(Packet::Publish(resend), t0), routed);
+    assert_eq!(handle(&mut s, Packet::Publish(resend), t0), routed);
 }
 
 /// Issue 7 item 18: subscriptions per session are capped (`max_subscriptions`): a new filter
@@ -756,7 +785,7 @@ fn item18_subscriptions_per_session_are_capped() {
         ],
         None,
     );
-    let Handled::Subscribe(req) = s.handle(packet, t0) else {
+    let Handled::Subscribe(req) = handle(&mut s, packet, t0) else {
         panic!("not a subscribe");
     };
     assert_eq!(

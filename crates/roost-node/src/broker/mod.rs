@@ -41,7 +41,7 @@ mod timers;
 pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
-pub(crate) use routing::PeerWait;
+pub(crate) use routing::{PassOn, PeerWait};
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
 use crate::config::{Config, QueueDrop};
@@ -240,25 +240,27 @@ impl Broker {
             out.peer_unreachable = true;
             return out;
         }
-        out.matched = routed.local > 0 || !routed.remote.is_empty();
-        if !routed.remote.is_empty() {
-            out.peers = Box::pin(self.forward(msg, routed.remote)).await;
+        out.matched = routed.local > 0 || !routed.remote.is_empty() || !routed.passes.is_empty();
+        if !routed.remote.is_empty() || !routed.passes.is_empty() {
+            out.peers = Box::pin(self.forward(msg, routed.remote, routed.passes)).await;
         }
         out
     }
 
     /// A message forwarded by a peer: local subscribers only. Returns the connected
-    /// subscribers whose queue is backing up: the Forward stream waits for them
-    /// ([`Broker::wait_for_space`]) before it delivers the next message.
+    /// subscribers whose queue is backing up (the Forward stream waits for them,
+    /// [`Broker::wait_for_space`], before it delivers the next message) and the sessions it
+    /// matched that moved to other nodes meanwhile ([`Broker::pass_on_from_peer`]; the
+    /// peer's acknowledgement waits for them).
     pub(crate) fn deliver_from_peer(
         &self,
         msg: &Arc<Message>,
         direct: bool,
         shared: &[TopicFilter],
-    ) -> Vec<SessionRef> {
+    ) -> (Vec<SessionRef>, Vec<PassOn>) {
         let mut congested = Vec::new();
-        self.route(msg, Origin::Peer { direct, shared }, &mut congested);
-        congested
+        let routed = self.route(msg, Origin::Peer { direct, shared }, &mut congested);
+        (congested, routed.passes)
     }
 
     /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.
@@ -274,6 +276,7 @@ impl Broker {
             properties: roost_core::message::PassThrough::default(),
             expires_at: None,
             publisher: None,
+            id: 0,
         });
         self.retain_local(&msg);
         self.route(&msg, Origin::System, &mut Vec::new());

@@ -36,7 +36,7 @@
 //! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
 //! of [`Ownership`] are leaves.
 
-use super::session::SessionState;
+use super::session::{Delivery, Grant, Moved, RecentIds, SessionState};
 use super::timers::{Due, TimerKind};
 use super::{Broker, ConnCtl, Origin, SessionRef};
 use crate::routes::RouteResult;
@@ -44,11 +44,12 @@ use parking_lot::Mutex;
 use roost_cluster::state::Event;
 use roost_cluster::types::NodeId;
 use roost_cluster::types::{Command, CommandResponse};
-use roost_cluster::{ClusterError, SessionTransfer};
+use roost_cluster::{Addressed, ClusterError, SessionTransfer};
 use roost_codec::{LastWill, ReasonCode};
 use roost_core::connect::Negotiated;
 use roost_core::message::Message;
 use roost_core::session::{takeover_will, Ended, Session, SessionImage, Timeout};
+use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,6 +74,33 @@ pub(crate) struct Ownership {
     ended: Mutex<HashMap<ClientId, u64>>,
     /// Claims of this node that gave up waiting (CONNACK 0x88) and may still commit.
     abandoned: Mutex<HashMap<ClientId, Abandoned>>,
+    /// Sessions handed over to another node whose subscriptions stay indexed here for
+    /// [`Broker::tombstone_linger`], so what still reaches this node for them goes on to the
+    /// new owner (docs/rfcs/0006). One per client id at most: a newer hand-over, or the client
+    /// coming back here, replaces it.
+    tombstones: Mutex<HashMap<ClientId, Tombstone>>,
+    /// Notified (all waiters) each time a session is put in the registry map: a message passed
+    /// on for a session whose attach is still running waits for it.
+    arrived: tokio::sync::Notify,
+}
+
+/// A session handed over to another node, still indexed here (see `Ownership::tombstones`).
+struct Tombstone {
+    session: SessionRef,
+    filters: Vec<TopicFilter>,
+}
+
+/// Where a message passed on for one session goes here (see [`Broker::deliver_addressed`]).
+enum ToSession {
+    /// Delivered (or dropped by the session's own bounds, counted there); `congested` as for
+    /// any delivery.
+    Delivered { congested: Option<SessionRef> },
+    /// It moved on again: pass it to this node, for this generation.
+    PassOn(Moved),
+    /// Its attach here is still running.
+    Wait,
+    /// It ended, or no longer has the subscription: dropped and counted.
+    Gone,
 }
 
 /// A claim this node gave up waiting for: what the registry said before it was proposed.
@@ -139,8 +167,28 @@ impl Broker {
                 ended: false,
                 disconnected_at,
                 generation,
+                moved: None,
+                recent: None,
             },
         )
+    }
+
+    /// How long a session handed over to another node stays indexed here, passing on what
+    /// still matches it (docs/rfcs/0006). What must be covered: a publisher's node planned
+    /// the message with routes from before the new owner's route was applied there. The new
+    /// owner's routes commit within `commit_timeout` of the hand-over (its CONNACK waits for
+    /// them); any node that still holds its session lease `session_lease` later has applied
+    /// them (it renewed from a read index taken after the commit); and a message planned before
+    /// that reaches this node within `forward_timeout` or its publisher has heard a failure.
+    pub(crate) fn tombstone_linger(&self) -> Duration {
+        let c = &self.config.cluster;
+        Duration::from_millis(c.commit_timeout_ms + c.session_lease_ms + c.forward_timeout_ms)
+    }
+
+    /// How long a session that arrived from another node remembers the ids of its messages:
+    /// as long as the old owner may pass messages on, plus the time one takes on the way.
+    fn recent_window(&self) -> Duration {
+        self.tombstone_linger() + Duration::from_millis(self.config.cluster.forward_timeout_ms)
     }
 
     /// Arms the session's next timer (will delay or expiry), if the core session has one.
@@ -390,6 +438,10 @@ impl Broker {
         let now = crate::now();
         let client_id = &n.client_id;
         let clean_start = n.clean_start;
+        // The client is back on this node: a session it left here earlier passes nothing on
+        // any more (what matches it, matches the one attached now).
+        self.bury(client_id, None);
+        let recent_until = now + self.recent_window();
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.lock();
@@ -423,6 +475,7 @@ impl Broker {
                     ended = Some(stale);
                 }
                 new_subscriptions = image.subscriptions.clone();
+                st.recent = Some(Box::new(RecentIds::new(recent_until, image_ids(&image))));
                 st.session =
                     Session::import(client_id.as_arc().clone(), self.limits.clone(), image);
                 true
@@ -446,6 +499,7 @@ impl Broker {
             }
             drop(st);
             drop(sessions);
+            self.ownership.arrived.notify_waiters();
             if let Some(e) = ended {
                 self.unindex_all(&existing, &e.filters);
                 self.redistribute(e.orphans, &existing);
@@ -477,6 +531,9 @@ impl Broker {
             .map(|i| i.subscriptions.clone())
             .unwrap_or_default();
         let id = client_id.as_arc().clone();
+        let recent = imported
+            .as_ref()
+            .map(|i| Box::new(RecentIds::new(recent_until, image_ids(i))));
         let mut session = match imported {
             Some(image) => Session::import(id, self.limits.clone(), image),
             None => Session::new(id, self.limits.clone()),
@@ -484,8 +541,10 @@ impl Broker {
         // A fresh or imported session holds no will and nothing a clean start would end.
         let _ = session.attach(n, now);
         let entry = self.new_entry(client_id, session, Some(conn), clean_start, generation);
+        entry.lock().recent = recent;
         sessions.insert(client_id.clone(), entry.clone());
         drop(sessions);
+        self.ownership.arrived.notify_waiters();
         let routes = self.index_all(&entry, &subscriptions);
         if let Some(w) = will_now {
             self.publish_will(w, client_id);
@@ -501,9 +560,10 @@ impl Broker {
     /// connection (if any) is closed with 0x8E first and given up to half the forward timeout
     /// to detach (woken by the detach itself, no polling).
     pub(crate) async fn hand_over(
-        &self,
+        self: &Arc<Self>,
         client_id: &ClientId,
         generation: u64,
+        requester: NodeId,
     ) -> Option<SessionTransfer> {
         let s = self.session(client_id.as_str())?;
         {
@@ -550,9 +610,26 @@ impl Broker {
         let image = st.session.export();
         // The claim is the new owner's now: nothing to release.
         self.retire(&mut sessions, &s, &mut st, false);
+        // Its subscriptions stay indexed for a while: a message that still reaches this node
+        // for it goes on to the new owner (docs/rfcs/0006).
+        st.moved = Some(Moved {
+            node: requester,
+            generation,
+        });
         drop(st);
         drop(sessions);
-        self.unindex_all(&s, &filters);
+        let earlier = self.ownership.tombstones.lock().insert(
+            client_id.clone(),
+            Tombstone {
+                session: s.clone(),
+                filters,
+            },
+        );
+        if let Some(t) = earlier {
+            self.unindex_all(&t.session, &t.filters);
+        }
+        let at = tokio::time::Instant::now() + self.tombstone_linger();
+        self.timers.arm(at, s.clone(), 0, TimerKind::Tombstone);
         self.metrics.takeovers.increment(1);
         debug!(client_id = %client_id, generation, "session handed over to another node");
         Some(SessionTransfer {
@@ -741,6 +818,10 @@ impl Broker {
     /// A timer from [`super::timers`] is due.
     pub(super) fn fire_timer(self: &Arc<Self>, due: Due) {
         let s = &due.session;
+        if due.kind == TimerKind::Tombstone {
+            self.bury(s.client_id(), Some(s));
+            return;
+        }
         let mut sessions = self.sessions.lock();
         let mut st = s.lock();
         if st.ended {
@@ -778,6 +859,7 @@ impl Broker {
                     }
                 }
             }
+            TimerKind::Tombstone => {}
             TimerKind::StaleCopy { generation } => {
                 let stale = st.conn.is_none() && st.generation.is_none_or(|g| g < generation);
                 if !stale {
@@ -858,6 +940,119 @@ impl Broker {
         }
     }
 
+    /// Removes the client's tombstone (only if it is `which`, when given) and its index
+    /// entries and routes: it passes nothing on any more.
+    fn bury(&self, client_id: &ClientId, which: Option<&SessionRef>) {
+        let t = {
+            let mut t = self.ownership.tombstones.lock();
+            match t.get(client_id) {
+                Some(cur) if which.is_none_or(|w| *w == cur.session) => t.remove(client_id),
+                _ => None,
+            }
+        };
+        if let Some(t) = t {
+            self.unindex_all(&t.session, &t.filters);
+        }
+    }
+
+    /// A message passed on by the node the client's session moved from (docs/rfcs/0006),
+    /// for generation `a.generation` of it: delivered to the session if it is here, owns that
+    /// generation (or a newer one) and still has the subscription that matched; passed on
+    /// again if it moved on since; waited for (up to the forward timeout) while its attach is
+    /// still running. Returns whether the message was accepted: `false` leaves a QoS 1/2
+    /// message unacknowledged (its publisher hears a failure). One for a session that ended
+    /// or lost its subscription meanwhile is accepted, dropped and counted.
+    pub(crate) async fn deliver_addressed(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        a: Addressed,
+    ) -> bool {
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let arrived = self.ownership.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            match self.to_session(&msg, &a) {
+                ToSession::Delivered { congested } => {
+                    if let Some(c) = congested {
+                        self.wait_for_space(&[c]).await;
+                    }
+                    return true;
+                }
+                ToSession::Gone => {
+                    self.metrics.passed_on_gone.increment(1);
+                    return true;
+                }
+                ToSession::PassOn(to) => {
+                    let again = Addressed {
+                        generation: to.generation,
+                        ..a
+                    };
+                    let Some(ack) = self.cluster.pass_on(to.node, msg, again).await else {
+                        return true;
+                    };
+                    return matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(Ok(()))));
+                }
+                ToSession::Wait => {
+                    if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                        debug!(client_id = %a.client_id, "a message passed on for a session still attaching was not placed in time");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`deliver_addressed`](Self::deliver_addressed).
+    fn to_session(&self, msg: &Arc<Message>, a: &Addressed) -> ToSession {
+        let live = self.session(a.client_id.as_str());
+        if let Some(s) = &live {
+            match s.takes_passed_on(a.generation, &msg.topic, a.shared.as_ref()) {
+                Some(false) => return ToSession::Gone,
+                Some(true) => {
+                    let grant = Grant {
+                        qos: a.qos,
+                        retain: a.retain,
+                        ids: a.subscription_ids.clone(),
+                        shared: a.shared.clone(),
+                    };
+                    return match s.deliver(msg.clone(), grant, crate::now(), self.congested_at()) {
+                        Delivery::Accepted { congested, drops } => {
+                            self.metrics.record_drops(drops);
+                            ToSession::Delivered {
+                                congested: congested.then(|| s.clone()),
+                            }
+                        }
+                        Delivery::Duplicate => {
+                            self.metrics.handover_duplicates.increment(1);
+                            ToSession::Delivered { congested: None }
+                        }
+                        Delivery::Moved { to, .. } if to.generation > a.generation => {
+                            ToSession::PassOn(to)
+                        }
+                        Delivery::Moved { .. } | Delivery::Ended => ToSession::Gone,
+                    };
+                }
+                None => {}
+            }
+        }
+        let moved_on = self
+            .ownership
+            .tombstones
+            .lock()
+            .get(&a.client_id)
+            .and_then(|t| t.session.moved())
+            .filter(|m| m.generation > a.generation);
+        if let Some(to) = moved_on {
+            return ToSession::PassOn(to);
+        }
+        if self.ownership.lanes.lock().contains_key(&a.client_id) {
+            return ToSession::Wait;
+        }
+        ToSession::Gone
+    }
+
     /// Publishes a will message as if its client had published it, on a tracked task: the
     /// caller (a driver closing, a timer) is not held up by the retained commit or forwarding.
     pub(crate) fn publish_will(self: &Arc<Self>, will: LastWill, client_id: &ClientId) {
@@ -875,4 +1070,13 @@ impl Broker {
             broker.publish(&msg, Origin::Will).await;
         });
     }
+}
+
+/// The ids of the messages a session image holds (in flight and queued).
+fn image_ids(image: &SessionImage) -> impl Iterator<Item = u64> + '_ {
+    image
+        .inflight
+        .iter()
+        .chain(image.queued.iter())
+        .map(|m| m.msg.id)
 }

@@ -171,6 +171,9 @@ fn from_retained(
         },
         expires_at,
         publisher: r.publisher.as_deref().map(Arc::from),
+        // A retained message is delivered when a client subscribes, never routed twice to one
+        // session: it needs no name.
+        id: 0,
     })
 }
 

@@ -14,10 +14,10 @@
 //! unreachable is refused before it is delivered anywhere (docs/rfcs/0005), and one a peer did
 //! not accept in time is reported to the driver as failed ([`PeerWait::failure`]).
 
-use super::session::{Delivery, Grant};
+use super::session::{Delivery, Grant, Moved};
 use super::{Broker, Origin, SessionRef};
 use roost_cluster::types::NodeId;
-use roost_cluster::NotForwarded;
+use roost_cluster::{Addressed, ForwardAck, NotForwarded};
 use roost_codec::ReasonCode;
 use roost_core::index::{Matches, Subscription};
 use roost_core::message::Message;
@@ -45,6 +45,14 @@ pub(crate) struct RemoteSend {
     pub(crate) shared: Vec<TopicFilter>,
 }
 
+/// A message for a session that was handed over to another node and still matched here: it
+/// goes on to that node, for that session alone (docs/rfcs/0006).
+#[derive(Debug)]
+pub(crate) struct PassOn {
+    pub(crate) to: Moved,
+    pub(crate) addressed: Addressed,
+}
+
 /// What routing a message did.
 #[derive(Debug, Default)]
 pub(crate) struct Routed {
@@ -52,6 +60,8 @@ pub(crate) struct Routed {
     pub(crate) local: usize,
     /// Peers that must get it.
     pub(crate) remote: Vec<RemoteSend>,
+    /// Sessions that moved to other nodes that must get it.
+    pub(crate) passes: Vec<PassOn>,
     /// A client's QoS 1/2 message that must reach a peer known unreachable
     /// (`Cluster::peer_up`): it was delivered nowhere, and the publisher hears a failure
     /// (docs/rfcs/0005).
@@ -145,15 +155,16 @@ impl Broker {
             // it is known unreachable, so it goes nowhere and the publisher hears a failure at
             // once instead of waiting the forward timeout (docs/rfcs/0005).
             return Routed {
-                local: 0,
-                remote: Vec::new(),
                 unreachable: true,
+                ..Routed::default()
             };
         }
-        let local = self.route_local(msg, publisher, congested, direct, &policy);
+        let mut passes = Vec::new();
+        let local = self.route_local(msg, publisher, congested, direct, &policy, &mut passes);
         Routed {
             local,
             remote,
+            passes,
             unreachable: false,
         }
     }
@@ -217,6 +228,7 @@ impl Broker {
         congested: &mut Vec<SessionRef>,
         direct: bool,
         policy: &SharedPolicy<'_>,
+        passes: &mut Vec<PassOn>,
     ) -> usize {
         let now = crate::now();
         // The match lists keep their capacity from one message to the next on this thread.
@@ -235,7 +247,7 @@ impl Broker {
                 ids: d.identifiers,
                 shared: None,
             };
-            if self.deliver_to(&d.subscriber, msg, grant, now, publisher, congested) {
+            if self.deliver_to(&d.subscriber, msg, grant, now, publisher, congested, passes) {
                 n += 1;
             }
         }
@@ -250,7 +262,7 @@ impl Broker {
                 ids: sub.identifier.into_iter().collect(),
                 shared: Some(g.filter.clone()),
             };
-            if self.deliver_to(member, msg, grant, now, publisher, congested) {
+            if self.deliver_to(member, msg, grant, now, publisher, congested, passes) {
                 n += 1;
             }
         }
@@ -261,7 +273,9 @@ impl Broker {
     }
 
     /// Delivers to one session, counting its drops; true if the session took it. A congested
-    /// subscriber other than the publisher is added to `congested`.
+    /// subscriber other than the publisher is added to `congested`; a session that moved to
+    /// another node adds the message to `passes` (and counts as taking it).
+    #[allow(clippy::too_many_arguments)]
     fn deliver_to(
         &self,
         target: &SessionRef,
@@ -270,9 +284,28 @@ impl Broker {
         now: Instant,
         publisher: Option<&SessionRef>,
         congested: &mut Vec<SessionRef>,
+        passes: &mut Vec<PassOn>,
     ) -> bool {
         match target.deliver(msg.clone(), grant, now, self.congested_at()) {
             Delivery::Ended => false,
+            Delivery::Duplicate => {
+                self.metrics.handover_duplicates.increment(1);
+                true
+            }
+            Delivery::Moved { to, grant } => {
+                passes.push(PassOn {
+                    to,
+                    addressed: Addressed {
+                        client_id: target.client_id().clone(),
+                        generation: to.generation,
+                        qos: grant.qos,
+                        retain: grant.retain,
+                        subscription_ids: grant.ids,
+                        shared: grant.shared,
+                    },
+                });
+                true
+            }
             Delivery::Accepted {
                 congested: c,
                 drops,
@@ -314,6 +347,7 @@ impl Broker {
     pub(super) fn redistribute(&self, orphans: Vec<Orphan>, departed: &SessionRef) {
         let now = crate::now();
         let mut remote = Vec::new();
+        let mut passes = Vec::new();
         for o in orphans {
             let mut matches = Matches::default();
             self.index.read().matches(&o.msg.topic, None, &mut matches);
@@ -344,17 +378,30 @@ impl Broker {
                 shared: Some(o.filter),
             };
             // A member that ended meanwhile takes nothing: the message is dropped, and counted.
-            if !self.deliver_to(member, &o.msg, grant, now, None, &mut Vec::new()) {
+            let mut moved = Vec::new();
+            if !self.deliver_to(
+                member,
+                &o.msg,
+                grant,
+                now,
+                None,
+                &mut Vec::new(),
+                &mut moved,
+            ) {
                 self.metrics.queue_dropped.increment(1);
             }
+            passes.extend(moved.into_iter().map(|p| (o.msg.clone(), p)));
         }
-        if !remote.is_empty() {
+        if !remote.is_empty() || !passes.is_empty() {
             // One task, so they reach each peer's forwarder in the order they were queued.
             let cluster = Arc::clone(&self.cluster);
             self.spawn(async move {
                 for (node, o) in remote {
                     // The forwarder counts what it gives up (timeouts, a peer that left).
                     let _ = cluster.forward(node, o.msg, false, vec![o.filter]).await;
+                }
+                for (msg, p) in passes {
+                    let _ = cluster.pass_on(p.to.node, msg, p.addressed).await;
                 }
             });
         }
@@ -391,6 +438,7 @@ impl Broker {
         &self,
         msg: &Arc<Message>,
         remote: Vec<RemoteSend>,
+        passes: Vec<PassOn>,
     ) -> Option<PeerWait> {
         let mut acks = Vec::new();
         for r in remote {
@@ -402,6 +450,7 @@ impl Broker {
                 acks.push(rx);
             }
         }
+        acks.extend(self.pass_on(msg, passes).await);
         if acks.is_empty() {
             return None;
         }
@@ -410,22 +459,7 @@ impl Broker {
         let failure = Arc::new(AtomicU8::new(0));
         let failed = Arc::clone(&failure);
         let task = self.tasks.spawn(async move {
-            let all = async {
-                let mut worst: Option<ReasonCode> = None;
-                for rx in acks {
-                    let code = match rx.await {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(why)) => reason_for(why),
-                        Err(_) => reason_for(NotForwarded::Stopped),
-                    };
-                    // Quota exceeded is the more specific answer; keep it if any peer gave it.
-                    if worst != Some(ReasonCode::QUOTA_EXCEEDED) {
-                        worst = Some(code);
-                    }
-                }
-                worst
-            };
-            let code = match tokio::time::timeout(limit, all).await {
+            let code = match tokio::time::timeout(limit, worst_answer(acks)).await {
                 Ok(None) => return,
                 Ok(Some(code)) => code,
                 Err(_) => {
@@ -437,6 +471,52 @@ impl Broker {
         });
         Some(PeerWait { task, failure })
     }
+
+    /// Hands a message to the nodes that sessions it matched here moved to (docs/rfcs/0006);
+    /// the acknowledgements to wait for (QoS 1/2).
+    async fn pass_on(&self, msg: &Arc<Message>, passes: Vec<PassOn>) -> Vec<ForwardAck> {
+        let mut acks = Vec::new();
+        for p in passes {
+            if let Some(rx) = self
+                .cluster
+                .pass_on(p.to.node, msg.clone(), p.addressed)
+                .await
+            {
+                acks.push(rx);
+            }
+        }
+        acks
+    }
+
+    /// For a message from a peer that matched sessions that moved on: passes it on and says
+    /// whether every node took it within the forward timeout (the peer's acknowledgement
+    /// waits for this).
+    pub(crate) async fn pass_on_from_peer(&self, msg: &Arc<Message>, passes: Vec<PassOn>) -> bool {
+        let acks = self.pass_on(msg, passes).await;
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+        matches!(
+            tokio::time::timeout(limit, worst_answer(acks)).await,
+            Ok(None)
+        )
+    }
+}
+
+/// Waits for every answer; `None` if all accepted, else the reason code the publisher hears
+/// (0x97 Quota exceeded if any peer refused for a bound, 0x80 otherwise).
+async fn worst_answer(acks: Vec<ForwardAck>) -> Option<ReasonCode> {
+    let mut worst: Option<ReasonCode> = None;
+    for rx in acks {
+        let code = match rx.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => reason_for(why),
+            Err(_) => reason_for(NotForwarded::Stopped),
+        };
+        // Quota exceeded is the more specific answer; keep it if any peer gave it.
+        if worst != Some(ReasonCode::QUOTA_EXCEEDED) {
+            worst = Some(code);
+        }
+    }
+    worst
 }
 
 /// The v5 reason code for a message a peer did not accept.

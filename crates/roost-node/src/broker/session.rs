@@ -15,12 +15,14 @@
 //! once; no `.await` while a state lock is held (it is a `parking_lot` mutex).
 
 use parking_lot::{Mutex, MutexGuard};
+use roost_cluster::types::NodeId;
 use roost_codec::{Protocol, QoS, ReasonCode};
 use roost_core::index::Subscription;
 use roost_core::message::Message;
 use roost_core::session::{Drops, Session};
 use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,68 @@ pub(super) struct SessionState {
     /// The cluster registry generation this node owns, if the session was claimed. A claim by
     /// another node fences it out.
     pub(super) generation: Option<u64>,
+    /// Handed over to another node (then also `ended`): what still matches it here goes on
+    /// to that node (a tombstone, docs/rfcs/0006).
+    pub(super) moved: Option<Moved>,
+    /// Just arrived from another node: the ids of the messages it holds or was given since,
+    /// for a while, so a message that reaches it both directly and passed on from the old
+    /// owner is taken once (docs/rfcs/0006).
+    pub(super) recent: Option<Box<RecentIds>>,
+}
+
+/// Where a session handed over to another node went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Moved {
+    pub(crate) node: NodeId,
+    /// The generation the new owner claimed.
+    pub(crate) generation: u64,
+}
+
+/// Message ids a session that just moved has seen: the newest `RECENT_IDS_MAX`, until
+/// `until` (after that the session drops the set).
+#[derive(Debug)]
+pub(super) struct RecentIds {
+    until: Instant,
+    order: VecDeque<u64>,
+    seen: HashSet<u64>,
+}
+
+/// Ids a session that just moved remembers, at most (8 bytes each, twice): beyond it the
+/// oldest are forgotten, counted (`roost_handover_ids_forgotten_total`), and a copy of one of
+/// them arriving later would be delivered again.
+pub(super) const RECENT_IDS_MAX: usize = 16_384;
+
+impl RecentIds {
+    /// Remembers `ids` (the messages the session arrived with) until `until`.
+    pub(super) fn new(until: Instant, ids: impl Iterator<Item = u64>) -> RecentIds {
+        let mut r = RecentIds {
+            until,
+            order: VecDeque::new(),
+            seen: HashSet::new(),
+        };
+        for id in ids {
+            r.first(id);
+        }
+        r
+    }
+
+    /// True the first time `id` is seen (and remembers it); 0 is never remembered.
+    fn first(&mut self, id: u64) -> bool {
+        if id == 0 {
+            return true;
+        }
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_IDS_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+                crate::metrics::handover_ids_forgotten();
+            }
+        }
+        true
+    }
 }
 
 /// A session as the index and registry hold it. Equality is identity: a session that ended and
@@ -130,6 +194,10 @@ impl Hash for SessionRef {
 pub(crate) enum Delivery {
     /// The session had ended; nothing delivered.
     Ended,
+    /// The session moved to another node: the message goes on to it, with this grant.
+    Moved { to: Moved, grant: Grant },
+    /// The session just moved here and has this message already (docs/rfcs/0006).
+    Duplicate,
     /// Delivered or queued (or dropped and counted by the session's bounds).
     Accepted {
         /// A QoS 1/2 message to a connected session whose queue is at least `congested_at`.
@@ -202,16 +270,26 @@ impl SessionRef {
         now: Instant,
         congested_at: usize,
     ) -> Delivery {
+        let mut st = self.0.state.lock();
+        if let Some(to) = st.moved {
+            return Delivery::Moved { to, grant };
+        }
+        if st.ended {
+            return Delivery::Ended;
+        }
+        if let Some(r) = &mut st.recent {
+            if now >= r.until {
+                st.recent = None;
+            } else if !r.first(msg.id) {
+                return Delivery::Duplicate;
+            }
+        }
         let Grant {
             qos,
             retain,
             ids,
             shared,
         } = grant;
-        let mut st = self.0.state.lock();
-        if st.ended {
-            return Delivery::Ended;
-        }
         st.session.deliver(msg, qos, retain, ids, shared, now);
         let drops = st.session.take_drops();
         if st.session.has_outbox() {
@@ -222,6 +300,32 @@ impl SessionRef {
         let congested =
             qos != QoS::AtMostOnce && st.conn.is_some() && st.session.queued_len() >= congested_at;
         Delivery::Accepted { congested, drops }
+    }
+
+    /// Whether a message passed on to this session from the node it moved from
+    /// (docs/rfcs/0006) is still for it: the session is live, owns `generation` or a newer
+    /// one, and still has the subscription that matched (a clean start since ended that
+    /// session). `None`: it does not own that generation yet (its attach is still running).
+    pub(crate) fn takes_passed_on(
+        &self,
+        generation: u64,
+        topic: &roost_core::topic::TopicName,
+        shared: Option<&TopicFilter>,
+    ) -> Option<bool> {
+        let st = self.0.state.lock();
+        if st.ended || st.moved.is_some() {
+            return Some(false);
+        }
+        if st.generation.is_none_or(|g| g < generation) {
+            return None;
+        }
+        let subs = st.session.subscriptions();
+        Some(match shared {
+            Some(f) => subs.contains_key(f),
+            None => subs
+                .keys()
+                .any(|f| f.share_group().is_none() && f.matches(topic)),
+        })
     }
 
     /// True while the session is live, connected and its queue is longer than `low`
@@ -251,6 +355,11 @@ impl SessionRef {
             return;
         }
         notified.await;
+    }
+
+    /// Where the session went, if it was handed over to another node.
+    pub(crate) fn moved(&self) -> Option<Moved> {
+        self.0.state.lock().moved
     }
 
     /// The attached connection's control block.

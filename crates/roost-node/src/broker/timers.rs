@@ -1,7 +1,8 @@
 //! The one owner of every session timer: will delay (MQTT 5.0 §3.1.3.2.2), session expiry
-//! (§3.1.2.11.2) and the clean-up of a session copy left behind when another node claimed the
-//! client. One task sleeps until the earliest deadline instead of a task per timer; a timer is
-//! armed with the session's epoch and does nothing if the session was attached again since.
+//! (§3.1.2.11.2), the clean-up of a session copy left behind when another node claimed the
+//! client, and the end of a handed-over session's tombstone. One task sleeps until the earliest
+//! deadline instead of a task per timer; a timer is armed with the session's epoch and does
+//! nothing if the session was attached again since.
 //!
 //! ```text
 //!  registry::detach / restore / claim event ─ arm(at, session, epoch, kind) ─▶ BTreeMap by deadline
@@ -25,6 +26,9 @@ pub(super) enum TimerKind {
     /// Another node claimed the client with this generation: if it has not taken the session
     /// over by now, the copy here is stale and is dropped.
     StaleCopy { generation: u64 },
+    /// The session was handed over to another node: its index entries here, kept so what
+    /// still arrived for it went on to the new owner, go now (docs/rfcs/0006).
+    Tombstone,
 }
 
 /// A timer due to fire.
