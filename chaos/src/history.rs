@@ -8,6 +8,7 @@
 //! {"op":"receive","client":"s1","node":1,"topic":"q/1","publisher":"p1","seq":17,"qos":1,"at":50}
 //! {"op":"subscriber","client":"s1","topic":"q/1","qos":1,"from":5,"until":null}
 //! {"op":"session","client":"s1","node":3,"from":5,"until":90}
+//! {"op":"read","client":"r1","node":2,"topic":"r/1","value":"w1:16","start":60,"end":70,"outcome":"ok"}
 //! ```
 //!
 //! - `publish`: a publisher's PUBLISH, from sending it (`start`) to its acknowledgement or
@@ -15,12 +16,21 @@
 //!   refused (a failure reason code, CONNACK refused, not sent); `unknown`: no answer (the
 //!   connection broke first). An `unknown` publish is neither lost nor counted delivered when
 //!   absent; when it arrives it is *recovered*.
-//! - `receive`: a subscriber got a PUBLISH; `publisher` and `seq` come from the payload.
+//!   `retain` (default false): published with RETAIN.
+//! - `receive`: a subscriber got a PUBLISH; `publisher` and `seq` come from the payload. A
+//!   QoS 2 PUBLISH that repeats a packet id still awaiting its PUBREL is the same delivery
+//!   and is not recorded again ([MQTT-4.3.3]); the client of a shared subscription records
+//!   under the group (`share:GROUP`), so the group is held to the promises as one subscriber.
+//! - `read`: a new subscription's retained message on `topic`, read through `node` over
+//!   `[start, end]`: `value` `PUBLISHER:SEQ` or null when none came; `outcome` `failed` when
+//!   the read could not be made (refused, unreachable), which promises nothing.
 //! - `subscriber`: a subscription the workload holds over `[from, until)` through one
 //!   persistent session that lives through the faults (`until` null: to the end). Every
 //!   message acknowledged to a publisher within it, on a topic it matches, must reach it.
 //! - `session`: a connection of `client` to `node` was live (CONNACK 0x00 seen) over
-//!   `[from, until)`; `until` is when the client saw it end (null: open at the end).
+//!   `[from, until)`; `until` is when the client saw it end (null: open at the end), or for
+//!   receivers the last time the broker showed it served the connection (a packet other than
+//!   DISCONNECT; they ping after every idle second): a paused node serves nobody.
 
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -54,6 +64,8 @@ pub enum Op {
         start: Nanos,
         end: Nanos,
         outcome: Outcome,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retain: bool,
     },
     /// A PUBLISH a subscriber received.
     Receive {
@@ -72,6 +84,16 @@ pub enum Op {
         qos: u8,
         from: Nanos,
         until: Option<Nanos>,
+    },
+    /// A retained message read by a new subscription.
+    Read {
+        client: String,
+        node: u64,
+        topic: String,
+        value: Option<String>,
+        start: Nanos,
+        end: Nanos,
+        outcome: Outcome,
     },
     /// A live connection of `client` to `node` over `[from, until)`.
     Session {

@@ -22,7 +22,7 @@ enum Command {
         /// Number of nodes (1 to 5).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The workload (only qos1-queue so far).
+        /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared.
         #[arg(long, default_value = "qos1-queue")]
         workload: String,
         /// Faults to pick from, comma-separated: partition, pause, kill (empty: none).
@@ -35,6 +35,32 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Where to write the results.
+        #[arg(long, default_value = "chaos-out")]
+        out: PathBuf,
+        /// The roost binary (default: next to this one).
+        #[arg(long, env = "ROOST_BIN")]
+        roost: Option<PathBuf>,
+    },
+    /// Shows the checker catches faults planted in real nodes: short runs against a roost
+    /// built with `--features testing`, one failpoint each. Exit 0 only if every planted
+    /// fault was reported.
+    Selftest {
+        /// The roost binary built with the `testing` feature (default: `roost-testing` next to
+        /// this one).
+        #[arg(long, env = "ROOST_TESTING_BIN")]
+        roost_testing: Option<PathBuf>,
+        /// Where to write the runs.
+        #[arg(long, default_value = "chaos-out")]
+        out: PathBuf,
+    },
+    /// Runs the fixed suite of runs (`--short`: the one CI runs). Exit 0 only if every run held
+    /// every invariant and healed.
+    Suite {
+        /// The short suite (a few minutes) instead of the full one (every workload under every
+        /// nemesis, two minutes each).
+        #[arg(long)]
+        short: bool,
+        /// Where to write the runs.
         #[arg(long, default_value = "chaos-out")]
         out: PathBuf,
         /// The roost binary (default: next to this one).
@@ -64,10 +90,13 @@ fn main() -> ExitCode {
             out,
             roost,
         } => {
-            if workload != "qos1-queue" {
-                eprintln!("roost-chaos: unknown workload {workload:?} (known: qos1-queue)");
-                return ExitCode::from(2);
-            }
+            let workload = match workload.parse() {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("roost-chaos: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let mut faults = Vec::new();
             for n in nemesis.iter().filter(|n| !n.is_empty()) {
                 match n.parse() {
@@ -83,15 +112,11 @@ fn main() -> ExitCode {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             });
-            let roost = roost.unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| p.parent().map(|d| d.join("roost")))
-                    .unwrap_or_else(|| PathBuf::from("roost"))
-            });
+            let roost = roost.unwrap_or_else(|| beside_me("roost"));
             eprintln!("roost-chaos: seed {seed}");
             let cfg = roost_chaos::run::RunConfig {
                 nodes,
+                workload,
                 faults,
                 duration: std::time::Duration::from_secs(duration),
                 seed,
@@ -99,15 +124,26 @@ fn main() -> ExitCode {
                 roost,
                 fault_for: std::time::Duration::from_secs(8),
                 quiet_for: std::time::Duration::from_secs(5),
+                failpoints: None,
             };
             match roost_chaos::run::run(&cfg) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
+                Ok(r) => {
+                    print!("{}", r.markdown);
+                    verdict(Ok(r.ok()))
+                }
                 Err(e) => {
                     eprintln!("roost-chaos: run failed (seed {seed}): {e:#}");
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Selftest { roost_testing, out } => {
+            let roost = roost_testing.unwrap_or_else(|| beside_me("roost-testing"));
+            verdict(roost_chaos::suite::selftest(&roost, &out))
+        }
+        Command::Suite { short, out, roost } => {
+            let roost = roost.unwrap_or_else(|| beside_me("roost"));
+            verdict(roost_chaos::suite::suite(&roost, &out, short))
         }
         Command::Check { history, show } => {
             let file = match std::fs::File::open(&history) {
@@ -131,6 +167,26 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+/// A binary in the same directory as this one.
+fn beside_me(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Exit 0 when it held, 1 when it did not, 2 when it could not be made.
+fn verdict(r: anyhow::Result<bool>) -> ExitCode {
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("roost-chaos: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -34,11 +34,19 @@ pub struct Nodes {
     config: PathBuf,
     seeds: Vec<String>,
     token: String,
+    /// `ROOST_FAILPOINTS` for the nodes (a binary built with the `testing` feature reads it).
+    failpoints: Option<String>,
 }
 
 impl Nodes {
     /// Writes the config and starts every node (not waiting for them: see [`wait_ready`]).
-    pub fn start(net: &Net, n: usize, binary: &Path, out: &Path) -> anyhow::Result<Nodes> {
+    pub fn start(
+        net: &Net,
+        n: usize,
+        binary: &Path,
+        out: &Path,
+        failpoints: Option<String>,
+    ) -> anyhow::Result<Nodes> {
         let config = out.join("roost.toml");
         // Fast elections, as the interop suite uses; the default session lease.
         std::fs::write(
@@ -55,6 +63,7 @@ impl Nodes {
             config,
             seeds,
             token: format!("roost-chaos-admin-{:08}", std::process::id()),
+            failpoints,
         };
         for i in 1..=n {
             nodes.nodes.push(NodeProc {
@@ -77,11 +86,12 @@ impl Nodes {
 
     /// Starts node `i` (again, after a kill: it rejoins from its data directory).
     pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let (binary, config, seeds, token) = (
+        let (binary, config, seeds, token, failpoints) = (
             self.binary.clone(),
             self.config.clone(),
             self.seeds.clone(),
             self.token.clone(),
+            self.failpoints.clone(),
         );
         let node = self.node(i);
         let mut log = std::fs::OpenOptions::new()
@@ -103,6 +113,10 @@ impl Nodes {
         for s in &seeds {
             cmd.args(["--seed", s]);
         }
+        match failpoints {
+            Some(fp) => cmd.env("ROOST_FAILPOINTS", fp),
+            None => cmd.env_remove("ROOST_FAILPOINTS"),
+        };
         let child = cmd
             .env("ROOST_HTTP__TOKEN", token)
             // The nodes' log filter: ROOST_CHAOS_NODE_LOG, default info.

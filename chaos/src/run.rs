@@ -12,7 +12,7 @@ use crate::history;
 use crate::net::Net;
 use crate::nodes::{self, Nodes, MQTT};
 use crate::rng::Rng;
-use crate::workload::{self, Recorder, Targets};
+use crate::workload::{self, Recorder, Stops, Targets, Workload};
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
 use std::io::Write;
@@ -49,6 +49,7 @@ impl std::str::FromStr for Fault {
 /// What a run is asked to do.
 pub struct RunConfig {
     pub nodes: usize,
+    pub workload: Workload,
     pub faults: Vec<Fault>,
     pub duration: Duration,
     pub seed: u64,
@@ -58,10 +59,29 @@ pub struct RunConfig {
     pub fault_for: Duration,
     /// Quiet time before each fault, and the drain after the publishers stop.
     pub quiet_for: Duration,
+    /// `ROOST_FAILPOINTS` for the nodes (selftest only).
+    pub failpoints: Option<String>,
 }
 
-/// Runs one test; returns whether every invariant held.
-pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
+/// What a run found.
+pub struct RunResult {
+    /// The checker's report on the history.
+    pub report: crate::Report,
+    /// The cluster was ready again within 10 s of the last fault.
+    pub healed: bool,
+    /// `report.md` as written.
+    pub markdown: String,
+}
+
+impl RunResult {
+    /// Every invariant held and the cluster healed.
+    pub fn ok(&self) -> bool {
+        self.report.ok() && self.healed
+    }
+}
+
+/// Runs one test (see the module docs).
+pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     if !(1..=5).contains(&cfg.nodes) {
         bail!("--nodes must be 1 to 5");
     }
@@ -85,7 +105,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let nodes = Nodes::start(&net.lock(), cfg.nodes, &cfg.roost, &cfg.out)?;
+    let nodes = Nodes::start(
+        &net.lock(),
+        cfg.nodes,
+        &cfg.roost,
+        &cfg.out,
+        cfg.failpoints.clone(),
+    )?;
     let admin = nodes.admin_addrs()?;
     rt.block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(30)))
         .context("the cluster did not start")?;
@@ -93,35 +119,17 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
     writeln!(
         events,
-        "seed {} nodes {} faults {:?} duration {:?}",
-        cfg.seed, cfg.nodes, cfg.faults, cfg.duration
+        "seed {} nodes {} workload {} faults {:?} duration {:?}",
+        cfg.seed, cfg.nodes, cfg.workload, cfg.faults, cfg.duration
     )?;
 
     let rec = Recorder::new();
-    let stop_pub = Arc::new(AtomicBool::new(false));
-    let stop_sub = Arc::new(AtomicBool::new(false));
+    let stops = Stops {
+        publishers: Arc::new(AtomicBool::new(false)),
+        receivers: Arc::new(AtomicBool::new(false)),
+    };
     let mut rng = Rng::new(cfg.seed);
-    let mut tasks = Vec::new();
-    for i in 1..=cfg.nodes {
-        let sub_rng = Rng::new(rng.next_u64());
-        tasks.push(rt.spawn(workload::subscriber(
-            i,
-            targets.clone(),
-            rec.clone(),
-            Arc::clone(&stop_sub),
-            sub_rng,
-        )));
-    }
-    // Subscribers first, so every publish is owed to them.
-    std::thread::sleep(Duration::from_secs(2));
-    for i in 1..=cfg.nodes {
-        tasks.push(rt.spawn(workload::publisher(
-            i,
-            targets.clone(),
-            rec.clone(),
-            Arc::clone(&stop_pub),
-        )));
-    }
+    let tasks = workload::spawn(cfg.workload, &rt, &targets, &rec, &stops, &mut rng);
 
     // The nemesis, on this thread.
     let started = Instant::now();
@@ -152,7 +160,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
     }
     let rest = cfg.duration.saturating_sub(started.elapsed());
     std::thread::sleep(rest);
-    stop_pub.store(true, Ordering::Release);
+    stops.publishers.store(true, Ordering::Release);
     // The quiet phase: the cluster heals by itself and subscribers drain what they are owed.
     let healed = rt.block_on(nodes::wait_ready(admin, Duration::from_secs(10)));
     writeln!(
@@ -161,7 +169,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
         if healed.is_ok() { "yes" } else { "NO" }
     )?;
     std::thread::sleep(cfg.quiet_for.max(Duration::from_secs(5)));
-    stop_sub.store(true, Ordering::Release);
+    stops.receivers.store(true, Ordering::Release);
     rt.block_on(async {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
@@ -177,15 +185,18 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<bool> {
     )?;
     let report = crate::check(&ops);
     let mut md = format!(
-        "# roost-chaos run\n\nseed {}, {} nodes, faults {:?}, {:?}; replay with \
-         `roost-chaos run --seed {} ...`\n\n",
-        cfg.seed, cfg.nodes, cfg.faults, cfg.duration, cfg.seed
+        "# roost-chaos run\n\nseed {}, {} nodes, workload {}, faults {:?}, {:?}; replay with \
+         `roost-chaos run --workload {} --seed {} ...`\n\n",
+        cfg.seed, cfg.nodes, cfg.workload, cfg.faults, cfg.duration, cfg.workload, cfg.seed
     );
     md.push_str(&report.markdown(50));
     if healed.is_err() {
         md.push_str("\nThe cluster did not heal within 10 s of the last fault.\n");
     }
     std::fs::write(cfg.out.join("report.md"), &md)?;
-    print!("{md}");
-    Ok(report.ok() && healed.is_ok())
+    Ok(RunResult {
+        report,
+        healed: healed.is_ok(),
+        markdown: md,
+    })
 }

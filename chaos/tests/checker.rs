@@ -16,6 +16,7 @@ fn publish(client: &str, seq: u64, qos: u8, start: u64, end: u64, outcome: Outco
         start,
         end,
         outcome,
+        retain: false,
     }
 }
 
@@ -125,6 +126,67 @@ fn a_qos2_message_received_twice_is_duplicated_but_qos1_may_be() {
     h.push(receive("s1", "p1", 3, 2, 50));
     let r = check(&h);
     assert_eq!(found(&r), ["duplicated"], "{}", r.markdown(10));
+    // A QoS 2 message its publisher heard refused is not promised exactly once (failure is
+    // not rollback): counted, not a violation.
+    let mut h = clean();
+    h.push(publish("p1", 9, 2, 60, 70, Outcome::Failed));
+    h.push(receive("s1", "p1", 9, 2, 65));
+    h.push(receive("s1", "p1", 9, 2, 80));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!(r.refused_twice, 1);
+}
+
+#[test]
+fn a_retained_read_older_than_an_acknowledged_write_is_stale() {
+    let write = |seq, start, end, outcome| Op::Publish {
+        client: "rw-1".into(),
+        node: 1,
+        topic: "r/1".into(),
+        seq,
+        qos: 1,
+        start,
+        end,
+        outcome,
+        retain: true,
+    };
+    let read = |value: Option<&str>, start, end| Op::Read {
+        client: "rr-1".into(),
+        node: 2,
+        topic: "r/1".into(),
+        value: value.map(str::to_owned),
+        start,
+        end,
+        outcome: Outcome::Ok,
+    };
+    let mut h = vec![
+        write(1, 0, 10, Outcome::Ok),
+        write(2, 20, 30, Outcome::Ok),
+        // Before #2 was acknowledged: #1 is still a right answer, and #2 too.
+        read(Some("rw-1:1"), 25, 28),
+        read(Some("rw-1:2"), 25, 28),
+        // After: #2, or a write in flight (#3 started at 40).
+        read(Some("rw-1:2"), 35, 45),
+        write(3, 40, 50, Outcome::Unknown),
+        read(Some("rw-1:3"), 35, 45),
+    ];
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    h.push(read(Some("rw-1:1"), 35, 45));
+    h.push(read(None, 35, 45));
+    h.push(read(Some("rw-1:7"), 35, 45));
+    h.push(read(Some("rw-1:3"), 31, 35));
+    h.push(read(Some("rw-9:3"), 31, 35));
+    let r = check(&h);
+    assert_eq!(
+        r.violations
+            .iter()
+            .filter(|v| v.invariant == "stale_retained")
+            .count(),
+        5,
+        "older, nothing, never written, from the future, another writer: {}",
+        r.markdown(10)
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::history::Op;
 pub mod duplicated;
 pub mod lost;
 pub mod reordered;
+pub mod stale_retained;
 pub mod two_sessions;
 pub mod unexpected;
 
@@ -49,6 +50,11 @@ pub const ALL: &[Invariant] = &[
         name: reordered::NAME,
         source: reordered::SOURCE,
         check: reordered::check,
+    },
+    Invariant {
+        name: stale_retained::NAME,
+        source: stale_retained::SOURCE,
+        check: stale_retained::check,
     },
     Invariant {
         name: two_sessions::NAME,

@@ -30,8 +30,10 @@ pub fn describe() {
         "QoS 1/2 messages a peer did not accept, by reason: not_member (the route names a \
          node that left), queue_full (the peer's forward queue stayed full for the forward \
          timeout), resend_bound (given up to keep the unacknowledged messages within their \
-         bound), stopped (the forwarder stopped first: shutdown or a new peer address); the \
-         publisher hears a failure unless it was acknowledged already"
+         bound), stopped (the forwarder stopped first: shutdown or a new peer address), \
+         abandoned (not sent again after a reconnect: its publisher's forward timeout had run \
+         out and it heard a failure); the publisher hears a failure unless it was \
+         acknowledged already"
     );
     describe_counter!(
         FORWARD_TOO_LARGE,
@@ -128,6 +130,7 @@ impl Default for ClusterStats {
                 queue_full: counter!(FORWARD_GIVEN_UP, "reason" => "queue_full"),
                 resend_bound: counter!(FORWARD_GIVEN_UP, "reason" => "resend_bound"),
                 stopped: counter!(FORWARD_GIVEN_UP, "reason" => "stopped"),
+                abandoned: counter!(FORWARD_GIVEN_UP, "reason" => "abandoned"),
             },
             forward_too_large: counter!(FORWARD_TOO_LARGE),
             transfer_dropped: counter!(TRANSFER_DROPPED),
@@ -154,4 +157,6 @@ pub struct GivenUp {
     pub resend_bound: Counter,
     /// The forwarder stopped before the peer acknowledged them.
     pub stopped: Counter,
+    /// Not sent again after a reconnect: nobody waits for them any more.
+    pub abandoned: Counter,
 }

@@ -52,6 +52,8 @@ pub enum Event {
         client_id: ClientId,
         /// New owner.
         owner: SessionOwner,
+        /// The owner it replaced, if any (for a `ReturnSession`: the node that returned it).
+        previous: Option<SessionOwner>,
     },
 }
 
@@ -316,6 +318,7 @@ impl ClusterState {
                     Some(Event::SessionClaimed {
                         client_id: ClientId::from(client_id.as_str()),
                         owner,
+                        previous,
                     }),
                 )
             }
@@ -345,6 +348,7 @@ impl ClusterState {
                 };
                 // A claim for `to`: a new generation, so anything the withdrawn owner wrote
                 // meanwhile is fenced out, and `to` hears it as a claim naming itself.
+                let previous = self.data.sessions.get(client_id).copied();
                 let generation = self.last_generation(client_id).max(*generation) + 1;
                 let owner = SessionOwner {
                     node: *to,
@@ -357,6 +361,7 @@ impl ClusterState {
                     Some(Event::SessionClaimed {
                         client_id: ClientId::from(client_id.as_str()),
                         owner,
+                        previous,
                     }),
                 )
             }
@@ -618,7 +623,11 @@ mod tests {
             e,
             Some(Event::SessionClaimed {
                 client_id: cid(),
-                owner: back
+                owner: back,
+                previous: Some(SessionOwner {
+                    node: NodeId::new(2),
+                    generation: 2
+                }),
             })
         );
         assert_eq!(s.session_owner(&cid()), Some(back));

@@ -226,7 +226,9 @@ async fn apply_reports_responses_and_events_in_log_order() {
         .lock()
         .iter()
         .map(|e| match e {
-            Event::SessionClaimed { client_id, owner } => (client_id.clone(), *owner),
+            Event::SessionClaimed {
+                client_id, owner, ..
+            } => (client_id.clone(), *owner),
         })
         .collect();
     assert_eq!(
@@ -348,6 +350,11 @@ async fn snapshot_survives_reopen_and_installs_elsewhere() {
                 node: NodeId::new(1),
                 generation: 1
             },
+            // The owner this store had before the snapshot replaced its state.
+            previous: Some(SessionOwner {
+                node: NodeId::new(7),
+                generation: 1
+            }),
         }]
     );
     assert_eq!(

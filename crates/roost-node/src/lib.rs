@@ -22,6 +22,7 @@
 mod broker;
 pub mod config;
 mod driver;
+mod failpoints;
 mod hooks;
 mod http;
 mod metrics;

@@ -39,6 +39,7 @@ pub(crate) const TAKEOVER_UNREACHABLE: &str = "roost_sessions_takeover_unreachab
 pub(crate) const HANDOVER_DUPLICATES: &str = "roost_handover_duplicates_total";
 pub(crate) const HANDOVER_IDS_FORGOTTEN: &str = "roost_handover_ids_forgotten_total";
 pub(crate) const HANDOVER_PASSED_ON_DROPPED: &str = "roost_handover_passed_on_dropped_total";
+pub(crate) const SHARED_ELSEWHERE: &str = "roost_shared_served_elsewhere_total";
 pub(crate) const LEASE_DISCONNECTS: &str = "roost_session_lease_disconnects_total";
 pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
@@ -85,7 +86,8 @@ pub(crate) fn describe() {
         PUBLISH_DROPPED,
         "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, \
          retain_not_stored, retain_quota, peer_unreachable: a QoS 1/2 message for a peer known \
-         unreachable)"
+         unreachable; shared_no_member: picked for a shared group by a peer, and no node has a \
+         member of it any more)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -109,6 +111,11 @@ pub(crate) fn describe() {
         "sessions ended by their session expiry interval"
     );
     describe_counter!(TAKEOVERS, "sessions taken over by a new connection");
+    describe_counter!(
+        SHARED_ELSEWHERE,
+        "messages a peer picked this node to serve a shared group with, that no member here \
+         took (the last one had left), handed to another node with members of the group"
+    );
     describe_counter!(
         HANDOVER_DUPLICATES,
         "messages not given twice to a session that just moved between nodes (they reached it \
@@ -221,6 +228,8 @@ pub(crate) struct Metrics {
     pub(crate) takeover_unreachable: Counter,
     pub(crate) lease_disconnects: Counter,
     pub(crate) handover_duplicates: Counter,
+    pub(crate) shared_served_elsewhere: Counter,
+    pub(crate) shared_no_member: NodeCounter,
     pub(crate) passed_on_gone: Counter,
     pub(crate) subscriptions: Gauge,
     /// Route changes not committed yet (`RouteTable::pending`).
@@ -262,6 +271,10 @@ impl Metrics {
             takeover_unreachable: counter!(TAKEOVER_UNREACHABLE),
             lease_disconnects: counter!(LEASE_DISCONNECTS),
             handover_duplicates: counter!(HANDOVER_DUPLICATES),
+            shared_served_elsewhere: counter!(SHARED_ELSEWHERE),
+            shared_no_member: NodeCounter::new(
+                counter!(PUBLISH_DROPPED, "reason" => "shared_no_member"),
+            ),
             passed_on_gone: counter!(HANDOVER_PASSED_ON_DROPPED, "reason" => "session_gone"),
             subscriptions: gauge!(SUBSCRIPTIONS),
             routes_pending: gauge!(ROUTES_PENDING),
@@ -286,7 +299,7 @@ impl Metrics {
     }
 
     /// Every counter of a dropped message, by reason.
-    fn drop_counters(&self) -> [&NodeCounter; 9] {
+    fn drop_counters(&self) -> [&NodeCounter; 10] {
         [
             &self.queue_dropped,
             &self.expired_dropped,
@@ -297,6 +310,7 @@ impl Metrics {
             &self.retain_not_stored,
             &self.retain_quota,
             &self.peer_unreachable,
+            &self.shared_no_member,
         ]
     }
 

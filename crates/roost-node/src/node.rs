@@ -34,6 +34,9 @@ pub enum StartError {
     /// The configuration is invalid (nothing was bound).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `ROOST_FAILPOINTS` does not parse (only a node built with the `testing` feature reads it).
+    #[error("{0}")]
+    Failpoints(String),
     /// The data directory could not be created or its lock file opened.
     #[error("cannot {what} {}: {source}", path.display())]
     DataDir {
@@ -95,6 +98,7 @@ impl Node {
     /// Nothing is bound if the config is invalid.
     pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Node, StartError> {
         config.validate()?;
+        crate::failpoints::init().map_err(StartError::Failpoints)?;
         // Read before anything is bound or locked: a missing token file stops the start here.
         let admin_token = if config.http.enabled {
             config.http.admin_token()?

@@ -433,3 +433,53 @@ async fn rfc6_a_moving_session_loses_no_acknowledged_message() {
         n.stop().await;
     }
 }
+
+/// Issue 8 (chaos `shared` workload, seed 5): a peer picks this node to serve a shared group
+/// by a route that is about to go (its last member here just left); nothing here took the
+/// message, yet it was acknowledged. Now another node with members takes it, and the
+/// acknowledgement waits for that. Member `m1` stays on node 1; member `m2` joins and leaves
+/// node 2 eight times while a v3.1.1 publisher on node 1 sends QoS 1 without pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_pick_without_a_member_is_served_elsewhere() {
+    let (a, b, _) = two_nodes(false, |_| {}).await;
+    let filter = "$share/g/sh/t";
+    let mut m1 = connect_clean(a.addr(), Protocol::V5, "m1").await;
+    m1.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rel = std::collections::HashSet::new();
+            let mut got = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                got.extend(read_for(&mut m1, Duration::from_millis(200), &mut rel).await);
+            }
+            got.extend(read_for(&mut m1, Duration::from_secs(2), &mut rel).await);
+            got
+        })
+    };
+    let publisher = publish_until(a.addr(), "shp", "sh/t", QoS::AtLeastOnce, stop.clone());
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        let mut m2 = connect_clean(b.addr(), Protocol::V5, "m2").await;
+        m2.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let mut rel = std::collections::HashSet::new();
+        got.extend(read_for(&mut m2, Duration::from_millis(150), &mut rel).await);
+        m2.disconnect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publisher.await.unwrap();
+    got.extend(reader.await.unwrap());
+    let received: std::collections::HashSet<&String> = got.iter().collect();
+    let lost: Vec<&String> = acked.iter().filter(|p| !received.contains(p)).collect();
+    assert!(acked.len() > 200, "too few messages: {}", acked.len());
+    assert!(
+        lost.is_empty(),
+        "of {} acknowledged messages, {} reached no member of the group: {lost:?}",
+        acked.len(),
+        lost.len()
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -1024,3 +1024,47 @@ async fn item7_a_cut_off_node_stops_serving_before_its_client_is_served_elsewher
         n.stop().await;
     }
 }
+
+/// Issue 8 (chaos `qos2-exactly-once`, seed 21): a TakeSession reply that is lost (the owner
+/// handed the session over, the requester timed out waiting: a partition healing, a slow
+/// link) left the owner with nothing for the requester's next try, and the session's queued
+/// messages were gone. The owner now hands the same over again to the same claim. Node 3 owns
+/// an offline session with a queued message; its replies are dropped while node 1 asks for the
+/// session, then pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_take_session_reply_loses_no_session() {
+    let (nodes, proxy) = nodes_with(3, true, |c| {
+        c.cluster.session_lease_ms = 4000;
+        c.cluster.forward_timeout_ms = 600;
+    })
+    .await
+    .unwrap();
+    let proxy = proxy.unwrap();
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    let (mut old, _) = connect_persistent(n3.addr(), Protocol::V5, "lost-reply").await;
+    old.subscribe("lr/t", QoS::AtLeastOnce).await.unwrap();
+    old.disconnect().await.unwrap();
+    let mut publ = connect_clean(n1.addr(), Protocol::V5, "lr-pub").await;
+    publish_ok(&mut publ, "lr/t", b"queued").await;
+
+    proxy.drop_replies(true);
+    let heal = tokio::spawn(async move {
+        // Past the first TakeSession's timeout (600 ms), well within the claimant's retries
+        // (until 4.5 s after its claim).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        proxy.drop_replies(false);
+        proxy
+    });
+    let (mut new, ack) = connect_persistent(n1.addr(), Protocol::V5, "lost-reply").await;
+    assert!(ack.session_present);
+    let got = payloads(&collect(&mut new, Duration::from_secs(2)).await);
+    assert_eq!(
+        got,
+        vec!["queued"],
+        "the queued message came with the session"
+    );
+    drop(heal.await.unwrap());
+    for n in nodes {
+        n.stop().await;
+    }
+}

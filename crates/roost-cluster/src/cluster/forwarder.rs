@@ -20,7 +20,10 @@
 //! not be sent next time either): it is counted (`roost_cluster_forward_too_large_total`) and
 //! answered `NotForwarded::TooLarge`, which the publisher hears as a failure. Any other
 //! message fits a batch on its own, so a batch the peer refuses is never built. Every message
-//! given up is counted by reason (`roost_cluster_forward_given_up_total{reason}`).
+//! given up is counted by reason (`roost_cluster_forward_given_up_total{reason}`), including
+//! those not resent after a reconnect because nobody waits for them any more (`abandoned`:
+//! the publisher's forward timeout ran out and it heard a failure; a late copy would only add
+//! to what its retry brings, and for QoS 2 deliver one message twice).
 //!
 //! Health: the `up` flag is cleared while the stream is down and also while the peer is
 //! *stalled*: a message has waited `stall_after` (the forward timeout) for an acknowledgement
@@ -205,6 +208,11 @@ async fn forward_loop(
         // check: unacknowledged messages and nothing since `stall_after` means unreachable.
         let mut progress = Instant::now();
         let mut stalled = false;
+        // What nobody waits for any more (its publisher's forward timeout ran out, and it was
+        // told the message failed) is not sent again: the peer is owed nothing, and a copy
+        // arriving now would be one more than the publisher's retry brings.
+        let abandoned = unacked.drop_abandoned();
+        stats.forward_given_up.abandoned.increment(abandoned);
         // Resend what the previous stream left unacknowledged, in order, in bounded batches,
         // each built when the stream has room for it. Acks are read meanwhile: the peer acks
         // every batch, and its acks back up into the stream (and stop it) unless read.
@@ -303,6 +311,14 @@ async fn forward_loop(
             let mut bytes = 0;
             let mut next = Some(first);
             while let Some(o) = next.take() {
+                if o.ack.as_ref().is_some_and(|tx| tx.is_closed()) {
+                    // Queued while the peer was away, and nobody waits for it any more.
+                    stats.forward_given_up.abandoned.increment(1);
+                    if messages.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                    continue;
+                }
                 let mut fm = forwarded(seq + 1, &o, now);
                 let size = wire_size(&fm);
                 if size > f.limits.max_message {
@@ -402,6 +418,21 @@ impl Unacked {
         given_up
     }
 
+    /// Forgets the messages whose waiter is gone (see `forward_loop`); returns how many.
+    fn drop_abandoned(&mut self) -> u64 {
+        let before = self.by_seq.len();
+        let mut bytes = self.bytes;
+        self.by_seq.retain(|_, (o, size)| {
+            let wanted = o.ack.as_ref().is_none_or(|tx| !tx.is_closed());
+            if !wanted {
+                bytes -= *size;
+            }
+            wanted
+        });
+        self.bytes = bytes;
+        (before - self.by_seq.len()) as u64
+    }
+
     /// The message acknowledged as `seq`, if it was still kept.
     fn ack(&mut self, seq: u64) -> Option<Outgoing> {
         let (o, size) = self.by_seq.remove(&seq)?;
@@ -491,6 +522,22 @@ mod tests {
             ack: Some(tx),
         };
         (o, rx)
+    }
+
+    #[test]
+    fn unacked_forgets_what_nobody_waits_for() {
+        let mut u = Unacked::new(10, 1000);
+        let (a, rx_a) = outgoing();
+        let (b, rx_b) = outgoing();
+        u.insert(1, a, 10);
+        u.insert(2, b, 20);
+        drop(rx_a);
+        assert_eq!(u.drop_abandoned(), 1);
+        assert_eq!(u.by_seq.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(u.bytes, 20);
+        u.settle(&[2]);
+        assert!(u.is_empty());
+        drop(rx_b);
     }
 
     #[test]

@@ -229,6 +229,7 @@ fn ownership_changes(old: &StateData, new: &StateData) -> Vec<Event> {
             events.push(Event::SessionClaimed {
                 client_id: ClientId::from(client_id.as_str()),
                 owner: *owner,
+                previous: old.sessions.get(client_id).copied(),
             });
         }
     }

@@ -250,17 +250,18 @@ impl Broker {
     /// A message forwarded by a peer: local subscribers only. Returns the connected
     /// subscribers whose queue is backing up (the Forward stream waits for them,
     /// [`Broker::wait_for_space`], before it delivers the next message) and the sessions it
-    /// matched that moved to other nodes meanwhile ([`Broker::pass_on_from_peer`]; the
-    /// peer's acknowledgement waits for them).
+    /// matched that moved to other nodes meanwhile ([`Broker::pass_on_from_peer`]), and the
+    /// shared groups it was picked for that no member here took ([`Broker::serve_elsewhere`]);
+    /// the peer's acknowledgement waits for both.
     pub(crate) fn deliver_from_peer(
         &self,
         msg: &Arc<Message>,
         direct: bool,
         shared: &[TopicFilter],
-    ) -> (Vec<SessionRef>, Vec<PassOn>) {
+    ) -> (Vec<SessionRef>, Vec<PassOn>, Vec<TopicFilter>) {
         let mut congested = Vec::new();
         let routed = self.route(msg, Origin::Peer { direct, shared }, &mut congested);
-        (congested, routed.passes)
+        (congested, routed.passes, routed.unserved)
     }
 
     /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.

@@ -88,6 +88,10 @@ pub(crate) struct Ownership {
 struct Tombstone {
     session: SessionRef,
     filters: Vec<TopicFilter>,
+    /// What was handed over, for a TakeSession of the same generation asked again (the
+    /// requester did not get the reply: a timeout, a partition healing). Without it the
+    /// session's contents would be gone with the lost reply.
+    handed: SessionTransfer,
 }
 
 /// Where a message passed on for one session goes here (see [`Broker::deliver_addressed`]).
@@ -103,13 +107,14 @@ enum ToSession {
     Gone,
 }
 
-/// A claim this node gave up waiting for: what the registry said before it was proposed.
+/// Claims of this node for one client that it gave up waiting for (several may be in flight):
+/// what the registry said before the first was proposed, updated as they commit late.
 #[derive(Debug, Clone, Copy)]
 struct Abandoned {
-    /// The client's last generation then: the claim, if it commits, gets a greater one, and
-    /// exactly one more if no other claim came between.
+    /// The client's last generation before the claims, or the newest one of them handed back:
+    /// a late claim not yet handled gets a greater one.
     last_generation: u64,
-    /// The owner then, to hand the session back to.
+    /// The owner the chain of claims replaced, to hand the session back to.
     previous: Option<NodeId>,
 }
 
@@ -266,14 +271,17 @@ impl Broker {
                 Ok((_, resp)) => resp,
                 Err(e) => {
                     // It may still commit: remember what it would replace, to hand it back.
+                    // An earlier claim given up on may still commit too: the entry it left
+                    // names the owner that chain of claims replaces, and is kept.
                     if !e.is_fatal() {
-                        self.ownership.abandoned.lock().insert(
-                            client_id.clone(),
-                            Abandoned {
+                        self.ownership
+                            .abandoned
+                            .lock()
+                            .entry(client_id.clone())
+                            .or_insert(Abandoned {
                                 last_generation,
                                 previous: registered.map(|o| o.node),
-                            },
-                        );
+                            });
                     }
                     return Err(e);
                 }
@@ -286,12 +294,22 @@ impl Broker {
                 generation = Some(g);
                 // This claim supersedes an earlier one given up on, and a release not yet
                 // applied; a session this node ended must not come back from the registry.
-                self.ownership.abandoned.lock().remove(client_id);
+                let abandoned = self.ownership.abandoned.lock().remove(client_id);
                 let ended_here = self.ownership.ended.lock().remove(client_id);
                 let discarded_here =
                     previous.is_some_and(|(n, pg)| n == me && ended_here.is_some_and(|e| e >= pg));
                 if let Some((owner, _)) = previous.filter(|(n, _)| *n != me) {
                     transfer = self.take_from(owner, client_id, g).await;
+                } else if previous.is_some_and(|(n, _)| n == me)
+                    && !discarded_here
+                    && self.session(client_id.as_str()).is_none()
+                {
+                    // It replaces a claim of this node that nobody here built: one given up on
+                    // that committed late and was not handed back yet. The session is where
+                    // that claim took it from.
+                    if let Some(owner) = abandoned.and_then(|a| a.previous).filter(|o| *o != me) {
+                        transfer = self.take_from(owner, client_id, g).await;
+                    }
                 }
                 if transfer.is_none()
                     && !clean_start
@@ -446,7 +464,9 @@ impl Broker {
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.lock();
             if let Some(old) = st.conn.take() {
-                old.kick(ReasonCode::SESSION_TAKEN_OVER);
+                if !crate::failpoints::two_sessions() {
+                    old.kick(ReasonCode::SESSION_TAKEN_OVER);
+                }
                 self.metrics.takeovers.increment(1);
                 debug!(client_id = %client_id, "session taken over");
             }
@@ -565,18 +585,35 @@ impl Broker {
         generation: u64,
         requester: NodeId,
     ) -> Option<SessionTransfer> {
-        let s = self.session(client_id.as_str())?;
+        let Some(s) = self.session(client_id.as_str()) else {
+            // Handed over already, to this requester for this claim: its reply was lost.
+            let t = self.ownership.tombstones.lock();
+            let t = t.get(client_id)?;
+            let moved = t.session.moved()?;
+            if moved.node == requester && moved.generation == generation {
+                debug!(client_id = %client_id, generation, "session asked for again: handing the same over");
+                return Some(t.handed.clone());
+            }
+            return None;
+        };
         {
             let st = s.lock();
             if st.generation.is_some_and(|g| g >= generation) {
                 // We own a newer claim than the requester: it lost the race.
                 return None;
             }
-            if let Some(c) = &st.conn {
+            if let Some(c) = st
+                .conn
+                .as_ref()
+                .filter(|_| !crate::failpoints::two_sessions())
+            {
                 c.kick(ReasonCode::SESSION_TAKEN_OVER);
             }
         }
-        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms) / 2;
+        let mut limit = Duration::from_millis(self.config.cluster.forward_timeout_ms) / 2;
+        if crate::failpoints::two_sessions() {
+            limit = Duration::ZERO;
+        }
         let detached = async {
             while s.conn().is_some() {
                 s.wait_changed(|s| s.conn().is_none()).await;
@@ -589,7 +626,9 @@ impl Broker {
             return None;
         }
         if let Some(c) = st.conn.take() {
-            c.kick(ReasonCode::SESSION_TAKEN_OVER);
+            if !crate::failpoints::two_sessions() {
+                c.kick(ReasonCode::SESSION_TAKEN_OVER);
+            }
         }
         if st.session.expiry_interval() == 0 {
             // It ends with the connection just closed ([MQTT-3.1.2-6]): nothing to hand over.
@@ -618,11 +657,17 @@ impl Broker {
         });
         drop(st);
         drop(sessions);
+        let handed = SessionTransfer {
+            image,
+            pending_will,
+            expiry_interval,
+        };
         let earlier = self.ownership.tombstones.lock().insert(
             client_id.clone(),
             Tombstone {
                 session: s.clone(),
                 filters,
+                handed: handed.clone(),
             },
         );
         if let Some(t) = earlier {
@@ -632,11 +677,7 @@ impl Broker {
         self.timers.arm(at, s.clone(), 0, TimerKind::Tombstone);
         self.metrics.takeovers.increment(1);
         debug!(client_id = %client_id, generation, "session handed over to another node");
-        Some(SessionTransfer {
-            image,
-            pending_will,
-            expiry_interval,
-        })
+        Some(handed)
     }
 
     /// Reacts to an applied cluster entry. A claim of a client this node serves, by another
@@ -649,9 +690,13 @@ impl Broker {
     /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
     /// up on that committed after all: see `own_claim_applied`.
     pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
-        let Event::SessionClaimed { client_id, owner } = event;
+        let Event::SessionClaimed {
+            client_id,
+            owner,
+            previous,
+        } = event;
         if owner.node == self.cluster.node_id() {
-            self.own_claim_applied(client_id, owner.generation);
+            self.own_claim_applied(client_id, owner.generation, previous.map(|p| p.node));
             return;
         }
         let Some(s) = self.session(client_id.as_str()) else {
@@ -662,7 +707,11 @@ impl Broker {
             if st.generation.is_some_and(|g| g >= owner.generation) {
                 return;
             }
-            if let Some(c) = &st.conn {
+            if let Some(c) = st
+                .conn
+                .as_ref()
+                .filter(|_| !crate::failpoints::two_sessions())
+            {
                 debug!(client_id = %client_id, owner = %owner.node, "session claimed by another node");
                 c.kick(ReasonCode::SESSION_TAKEN_OVER);
             }
@@ -684,9 +733,16 @@ impl Broker {
     /// - no copy here, and this node gave up on a claim of the client (CONNACK 0x88): that
     ///   claim committed late and nobody built its session. It is handed back to the owner it
     ///   replaced (`Command::ReturnSession`, conditional on the generation), so that owner
-    ///   keeps its session. If another claim came between (the generation is not exactly one
-    ///   more than before), the owner it replaced is unknown and the claim is only released.
-    fn own_claim_applied(self: &Arc<Self>, client_id: &ClientId, generation: u64) {
+    ///   keeps its session: `previous`, the owner the claim replaced, or when that was another
+    ///   claim of this node given up on (several can be in flight, and commit in a row), the
+    ///   owner that chain replaced. The entry stays for the next late claim of the chain; an
+    ///   attach here that claims the client removes it.
+    fn own_claim_applied(
+        self: &Arc<Self>,
+        client_id: &ClientId,
+        generation: u64,
+        previous: Option<NodeId>,
+    ) {
         if self.ownership.lanes.lock().contains_key(client_id) {
             return;
         }
@@ -705,17 +761,23 @@ impl Broker {
             });
             return;
         }
-        let abandoned = {
+        let me = self.cluster.node_id();
+        let to = {
             let mut a = self.ownership.abandoned.lock();
-            match a.get(client_id) {
-                Some(ab) if ab.last_generation < generation => a.remove(client_id),
-                _ => None,
+            let Some(ab) = a.get_mut(client_id) else {
+                return;
+            };
+            if ab.last_generation >= generation {
+                return;
             }
+            let to = match previous {
+                Some(p) if p == me => ab.previous,
+                other => other,
+            };
+            ab.previous = to;
+            ab.last_generation = generation;
+            to
         };
-        let Some(ab) = abandoned else {
-            return;
-        };
-        let to = ab.previous.filter(|_| generation == ab.last_generation + 1);
         debug!(client_id = %client_id, generation, to = ?to, "a claim given up on committed: handing it back");
         let c = Arc::clone(&self.cluster);
         let cmd = Command::ReturnSession {

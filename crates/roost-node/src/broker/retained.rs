@@ -22,6 +22,9 @@ impl Broker {
         if !msg.payload.is_empty() && !self.retained_fits(msg) {
             return Err(RetainError::Quota);
         }
+        if crate::failpoints::forget_retained() {
+            return Ok(());
+        }
         self.cluster
             .propose(set_retained(msg))
             .await

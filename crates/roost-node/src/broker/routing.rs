@@ -62,6 +62,10 @@ pub(crate) struct Routed {
     pub(crate) remote: Vec<RemoteSend>,
     /// Sessions that moved to other nodes that must get it.
     pub(crate) passes: Vec<PassOn>,
+    /// Shared groups a peer picked this node to serve that no member here took (the last one
+    /// left, and the peer routed by a route not yet removed): another node with members
+    /// must take it (see [`Broker::serve_elsewhere`]).
+    pub(crate) unserved: Vec<TopicFilter>,
     /// A client's QoS 1/2 message that must reach a peer known unreachable
     /// (`Cluster::peer_up`): it was delivered nowhere, and the publisher hears a failure
     /// (docs/rfcs/0005).
@@ -160,11 +164,29 @@ impl Broker {
             };
         }
         let mut passes = Vec::new();
-        let local = self.route_local(msg, publisher, congested, direct, &policy, &mut passes);
+        let mut served = Vec::new();
+        let local = self.route_local(
+            msg,
+            publisher,
+            congested,
+            direct,
+            &policy,
+            &mut passes,
+            &mut served,
+        );
+        let unserved = match policy {
+            SharedPolicy::Only(picked) => picked
+                .iter()
+                .filter(|f| !served.contains(f))
+                .cloned()
+                .collect(),
+            SharedPolicy::All | SharedPolicy::Picked { .. } => Vec::new(),
+        };
         Routed {
             local,
             remote,
             passes,
+            unserved,
             unreachable: false,
         }
     }
@@ -220,7 +242,8 @@ impl Broker {
     }
 
     /// Delivers to matching local sessions: non-shared ones if `direct`, and one member of each
-    /// matching shared group that `policy` serves here.
+    /// matching shared group that `policy` serves here (those served are added to `served`).
+    #[allow(clippy::too_many_arguments)]
     fn route_local(
         &self,
         msg: &Arc<Message>,
@@ -229,6 +252,7 @@ impl Broker {
         direct: bool,
         policy: &SharedPolicy<'_>,
         passes: &mut Vec<PassOn>,
+        served: &mut Vec<TopicFilter>,
     ) -> usize {
         let now = crate::now();
         // The match lists keep their capacity from one message to the next on this thread.
@@ -241,6 +265,9 @@ impl Broker {
         }
         let mut n = 0;
         for d in matches.direct.drain(..) {
+            if msg.qos != roost_codec::QoS::AtMostOnce && crate::failpoints::drop_acked() {
+                continue;
+            }
             let grant = Grant {
                 qos: msg.qos.min(d.qos),
                 retain: d.retain_as_published && msg.retain,
@@ -263,6 +290,7 @@ impl Broker {
                 shared: Some(g.filter.clone()),
             };
             if self.deliver_to(member, msg, grant, now, publisher, congested, passes) {
+                served.push(g.filter.clone());
                 n += 1;
             }
         }
@@ -395,14 +423,19 @@ impl Broker {
         if !remote.is_empty() || !passes.is_empty() {
             // One task, so they reach each peer's forwarder in the order they were queued.
             let cluster = Arc::clone(&self.cluster);
+            let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
             self.spawn(async move {
+                let mut acks = Vec::new();
                 for (node, o) in remote {
                     // The forwarder counts what it gives up (timeouts, a peer that left).
-                    let _ = cluster.forward(node, o.msg, false, vec![o.filter]).await;
+                    acks.extend(cluster.forward(node, o.msg, false, vec![o.filter]).await);
                 }
                 for (msg, p) in passes {
-                    let _ = cluster.pass_on(p.to.node, msg, p.addressed).await;
+                    acks.extend(cluster.pass_on(p.to.node, msg, p.addressed).await);
                 }
+                // Waited for like a publisher's: a forwarder resends after a reconnect only
+                // what somebody still waits for.
+                let _ = tokio::time::timeout(limit, worst_answer(acks)).await;
             });
         }
     }
@@ -411,21 +444,59 @@ impl Broker {
     /// a reachable peer that has members of the group (the replicated route table), to take it
     /// as its share of the group; `None` (the message is dropped and counted) when there is none.
     fn peer_with_members(&self, o: &Orphan) -> Option<NodeId> {
+        self.peer_serving(&o.msg.topic, &o.filter)
+    }
+
+    /// A reachable peer the replicated route table says has members of shared group `filter`
+    /// matching `topic`.
+    fn peer_serving(
+        &self,
+        topic: &roost_core::topic::TopicName,
+        filter: &TopicFilter,
+    ) -> Option<NodeId> {
         let c = &self.cluster;
         if !c.has_peers() {
             return None;
         }
         let me = c.node_id();
         let mut m = Matches::default();
-        c.state()
-            .read()
-            .routes()
-            .matches(&o.msg.topic, None, &mut m);
+        c.state().read().routes().matches(topic, None, &mut m);
         m.shared
             .iter()
-            .filter(|g| g.filter == o.filter)
+            .filter(|g| g.filter == *filter)
             .flat_map(|g| g.members.iter().map(|(n, _)| *n))
             .find(|n| *n != me && c.peer_up(*n))
+    }
+
+    /// For a message a peer picked this node to serve shared groups with, and no member here
+    /// took (see [`Routed::unserved`]): hands it, per group, to another node with members,
+    /// and says whether each took it within the forward timeout (the peer's acknowledgement
+    /// waits for this). A group with no member anywhere is dropped and counted, as a message
+    /// with no subscriber is.
+    pub(crate) async fn serve_elsewhere(
+        &self,
+        msg: &Arc<Message>,
+        unserved: Vec<TopicFilter>,
+    ) -> bool {
+        let mut acks = Vec::new();
+        for f in unserved {
+            match self.peer_serving(&msg.topic, &f) {
+                Some(node) => {
+                    self.metrics.shared_served_elsewhere.increment(1);
+                    acks.extend(
+                        self.cluster
+                            .forward(node, msg.clone(), false, vec![f])
+                            .await,
+                    );
+                }
+                None => self.metrics.shared_no_member.increment(1),
+            }
+        }
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+        matches!(
+            tokio::time::timeout(limit, worst_answer(acks)).await,
+            Ok(None)
+        )
     }
 
     /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it

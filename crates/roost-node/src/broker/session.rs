@@ -290,6 +290,10 @@ impl SessionRef {
             ids,
             shared,
         } = grant;
+        if qos == QoS::ExactlyOnce && crate::failpoints::qos2_twice() {
+            st.session
+                .deliver(msg.clone(), qos, retain, ids.clone(), shared.clone(), now);
+        }
         st.session.deliver(msg, qos, retain, ids, shared, now);
         let drops = st.session.take_drops();
         if st.session.has_outbox() {

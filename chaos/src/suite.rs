@@ -1,0 +1,213 @@
+//! `roost-chaos selftest` and `roost-chaos suite`.
+//!
+//! The self-test shows the checker fails when it should on the real system: for each planted
+//! fault, a short run against nodes built with the `testing` feature and that failpoint on
+//! (see `crates/roost-node/src/failpoints.rs`); it passes only if the checker reports the
+//! invariant the fault breaks, every time.
+//!
+//! The suite is a fixed list of runs, each workload under faults with its own seed; `--short`
+//! is the one CI runs on every change (a few minutes), the full one runs every workload under
+//! every nemesis for two minutes each (`docs/chaos.md` has its results).
+
+use crate::run::{run, Fault, RunConfig, RunResult};
+use crate::workload::Workload;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A fault planted in the node and the invariant that must catch it.
+struct Plant {
+    failpoint: &'static str,
+    workload: Workload,
+    expect: &'static str,
+}
+
+const PLANTS: &[Plant] = &[
+    Plant {
+        failpoint: "drop_acked:40",
+        workload: Workload::Qos1Queue,
+        expect: crate::invariants::lost::NAME,
+    },
+    Plant {
+        failpoint: "qos2_twice:40",
+        workload: Workload::Qos2ExactlyOnce,
+        expect: crate::invariants::duplicated::NAME,
+    },
+    Plant {
+        failpoint: "two_sessions",
+        workload: Workload::Takeover,
+        expect: crate::invariants::two_sessions::NAME,
+    },
+    Plant {
+        failpoint: "forget_retained:4",
+        workload: Workload::Retained,
+        expect: crate::invariants::stale_retained::NAME,
+    },
+];
+
+fn config(
+    workload: Workload,
+    faults: Vec<Fault>,
+    secs: u64,
+    seed: u64,
+    out: PathBuf,
+    roost: &Path,
+    failpoints: Option<String>,
+) -> RunConfig {
+    RunConfig {
+        nodes: 3,
+        workload,
+        faults,
+        duration: Duration::from_secs(secs),
+        seed,
+        out,
+        roost: roost.to_owned(),
+        fault_for: Duration::from_secs(8),
+        quiet_for: Duration::from_secs(5),
+        failpoints,
+    }
+}
+
+/// Runs the self-test with `roost` (built with `--features testing`); returns whether every
+/// planted fault was reported. Writes each run under `out/selftest-FAILPOINT`.
+pub fn selftest(roost: &Path, out: &Path) -> anyhow::Result<bool> {
+    let mut all = true;
+    let mut table =
+        String::from("| failpoint | workload | must be reported | reported |\n|---|---|---|--:|\n");
+    for (i, p) in PLANTS.iter().enumerate() {
+        let name = p.failpoint.split(':').next().unwrap_or(p.failpoint);
+        let cfg = config(
+            p.workload,
+            Vec::new(),
+            15,
+            100 + i as u64,
+            out.join(format!("selftest-{name}")),
+            roost,
+            Some(p.failpoint.to_owned()),
+        );
+        let r = run(&cfg)?;
+        let found = r
+            .report
+            .violations
+            .iter()
+            .filter(|v| v.invariant == p.expect)
+            .count();
+        all &= found > 0;
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            p.failpoint, p.workload, p.expect, found
+        ));
+        eprintln!(
+            "selftest: {} with {}: {} {} violation(s){}",
+            p.failpoint,
+            p.workload,
+            found,
+            p.expect,
+            if found > 0 { "" } else { "  <-- NOT FOUND" }
+        );
+    }
+    println!(
+        "# roost-chaos selftest\n\n{table}\nverdict: {}",
+        if all { "ok" } else { "FAILED" }
+    );
+    Ok(all)
+}
+
+/// One run of the suite.
+struct Case {
+    workload: Workload,
+    faults: &'static [Fault],
+    secs: u64,
+    seed: u64,
+}
+
+const ALL_FAULTS: &[Fault] = &[Fault::Partition, Fault::Pause, Fault::Kill];
+
+const SHORT: &[Case] = &[
+    Case {
+        workload: Workload::Qos1Queue,
+        faults: ALL_FAULTS,
+        secs: 35,
+        seed: 2,
+    },
+    Case {
+        workload: Workload::Qos2ExactlyOnce,
+        faults: &[Fault::Partition],
+        secs: 22,
+        seed: 7,
+    },
+    Case {
+        workload: Workload::Takeover,
+        faults: &[Fault::Kill],
+        secs: 22,
+        seed: 3,
+    },
+    Case {
+        workload: Workload::Retained,
+        faults: &[Fault::Partition],
+        secs: 22,
+        seed: 4,
+    },
+    Case {
+        workload: Workload::Shared,
+        faults: &[Fault::Pause],
+        secs: 22,
+        seed: 5,
+    },
+];
+
+/// Runs the suite (`short`: the CI one) with `roost`; returns whether every run held every
+/// invariant and healed. Writes each run under `out/WORKLOAD-SEED`.
+pub fn suite(roost: &Path, out: &Path, short: bool) -> anyhow::Result<bool> {
+    let long: Vec<Case> = Workload::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Case {
+            workload: *w,
+            faults: ALL_FAULTS,
+            secs: 120,
+            seed: 1000 + i as u64,
+        })
+        .collect();
+    let cases: &[Case] = if short { SHORT } else { &long };
+    let mut all = true;
+    let mut table = String::from("| workload | faults | seconds | seed | acked | violations | healed |\n|---|---|--:|--:|--:|--:|---|\n");
+    for c in cases {
+        let cfg = config(
+            c.workload,
+            c.faults.to_vec(),
+            c.secs,
+            c.seed,
+            out.join(format!("{}-{}", c.workload, c.seed)),
+            roost,
+            None,
+        );
+        let r: RunResult = run(&cfg)?;
+        all &= r.ok();
+        table.push_str(&format!(
+            "| {} | {:?} | {} | {} | {} | {} | {} |\n",
+            c.workload,
+            c.faults,
+            c.secs,
+            c.seed,
+            r.report.acknowledged,
+            r.report.violations.len(),
+            if r.healed { "yes" } else { "NO" }
+        ));
+        if !r.ok() {
+            eprintln!("{}", r.markdown);
+        }
+        eprintln!(
+            "suite: {} {:?} seed {}: {}",
+            c.workload,
+            c.faults,
+            c.seed,
+            if r.ok() { "ok" } else { "VIOLATED" }
+        );
+    }
+    println!(
+        "# roost-chaos suite{}\n\n{table}\nverdict: {}",
+        if short { " --short" } else { "" },
+        if all { "ok" } else { "VIOLATED" }
+    );
+    Ok(all)
+}

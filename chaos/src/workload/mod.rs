@@ -1,0 +1,207 @@
+//! The workloads: what the clients of a run do, each recorded as [`Op`]s on one clock.
+//!
+//! | workload | publishers | receivers | what it holds the broker to |
+//! |---|---|---|---|
+//! | `qos1-queue` | one per node, QoS 1 to `chaos/q` | one persistent subscriber per node, moving to a random node one time in three after a lost connection | lost, reordered, unexpected, two sessions |
+//! | `qos2-exactly-once` | the same at QoS 2 | the same, QoS 2 | and duplicated |
+//! | `takeover` | as `qos1-queue` | subscribers that reconnect to a random node every 1-3 s while still connected (the broker takes the old connection over) | as `qos1-queue` under constant takeovers |
+//! | `retained` | one writer per topic `chaos/r/N`, retained QoS 1 | readers: a new clean subscription on a random node, reading the retained value | stale retained |
+//! | `shared` | as `qos1-queue`, QoS 2 to `chaos/s` | one member per node of `$share/g/chaos/s`, persistent, recorded as the group | lost and duplicated for the group |
+
+mod queue;
+mod retained;
+
+use crate::history::{Nanos, Op};
+use crate::rng::Rng;
+use parking_lot::Mutex;
+use roost_codec::{Protocol, ReasonCode};
+use roost_testkit::{connect_packet, persistent_packet, RawClient};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use queue::TOPIC;
+
+/// A workload by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Qos1Queue,
+    Qos2ExactlyOnce,
+    Takeover,
+    Retained,
+    Shared,
+}
+
+impl Workload {
+    /// Every workload, in the order `suite` runs them.
+    pub const ALL: [Workload; 5] = [
+        Workload::Qos1Queue,
+        Workload::Qos2ExactlyOnce,
+        Workload::Takeover,
+        Workload::Retained,
+        Workload::Shared,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Qos1Queue => "qos1-queue",
+            Workload::Qos2ExactlyOnce => "qos2-exactly-once",
+            Workload::Takeover => "takeover",
+            Workload::Retained => "retained",
+            Workload::Shared => "shared",
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+                format!("unknown workload {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When the clients stop: publishers (and writers, readers) first, receivers after the drain.
+#[derive(Clone)]
+pub struct Stops {
+    pub publishers: Arc<AtomicBool>,
+    pub receivers: Arc<AtomicBool>,
+}
+
+/// Starts the workload's clients on `rt`: receivers first, then (2 s later, so every publish is
+/// owed to them) publishers.
+pub fn spawn(
+    w: Workload,
+    rt: &tokio::runtime::Runtime,
+    targets: &Targets,
+    rec: &Recorder,
+    stops: &Stops,
+    rng: &mut Rng,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let nodes = targets.0.len();
+    let mut tasks = Vec::new();
+    match w {
+        Workload::Retained => {
+            for i in 1..=nodes {
+                let r = Rng::new(rng.next_u64());
+                tasks.push(rt.spawn(retained::reader(
+                    i,
+                    targets.clone(),
+                    rec.clone(),
+                    stops.clone(),
+                    r,
+                )));
+            }
+            for i in 1..=nodes {
+                tasks.push(rt.spawn(retained::writer(
+                    i,
+                    targets.clone(),
+                    rec.clone(),
+                    stops.clone(),
+                )));
+            }
+            return tasks;
+        }
+        Workload::Qos1Queue | Workload::Qos2ExactlyOnce | Workload::Takeover | Workload::Shared => {
+        }
+    }
+    let spec = queue::Spec::of(w);
+    for i in 1..=nodes {
+        let r = Rng::new(rng.next_u64());
+        tasks.push(rt.spawn(queue::subscriber(
+            spec,
+            i,
+            targets.clone(),
+            rec.clone(),
+            stops.clone(),
+            r,
+        )));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 1..=nodes {
+        tasks.push(rt.spawn(queue::publisher(
+            spec,
+            i,
+            targets.clone(),
+            rec.clone(),
+            stops.clone(),
+        )));
+    }
+    tasks
+}
+
+/// Where the operations go, timed from the run's start.
+#[derive(Clone)]
+pub struct Recorder {
+    start: Instant,
+    ops: Arc<Mutex<Vec<Op>>>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            start: Instant::now(),
+            ops: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Nanoseconds since the run started.
+    pub fn now(&self) -> Nanos {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn push(&self, op: Op) {
+        self.ops.lock().push(op);
+    }
+
+    /// Everything recorded so far.
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().clone()
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+/// The nodes' MQTT addresses, by node id (index 0 is node 1).
+#[derive(Clone)]
+pub struct Targets(pub Vec<SocketAddr>);
+
+/// Connects `client_id` (v5) to node `node` (1-based); `None` when refused or unreachable.
+/// Returns the client and whether a session was present.
+async fn connect(
+    targets: &Targets,
+    node: usize,
+    client_id: &str,
+    persistent: bool,
+) -> Option<(RawClient, bool)> {
+    let addr = targets.0[node - 1];
+    let open = tokio::time::timeout(Duration::from_secs(2), RawClient::open(addr, Protocol::V5));
+    let mut c = open.await.ok()?.ok()?;
+    let packet = if persistent {
+        persistent_packet(Protocol::V5, client_id)
+    } else {
+        connect_packet(Protocol::V5, client_id, true)
+    };
+    // A takeover from an unreachable owner waits for its lease: allow for it.
+    let ack = tokio::time::timeout(Duration::from_secs(15), c.handshake(packet))
+        .await
+        .ok()?
+        .ok()?;
+    (ack.reason_code == ReasonCode::SUCCESS).then_some((c, ack.session_present))
+}
