@@ -25,7 +25,8 @@ enum Command {
         /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared.
         #[arg(long, default_value = "qos1-queue")]
         workload: String,
-        /// Faults to pick from, comma-separated: partition, pause, kill (empty: none).
+        /// Faults to pick from, comma-separated: partition, pause, kill, restart,
+        /// rolling-restart, isolate-leader (empty: none).
         #[arg(long, default_value = "partition,pause", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds of workload (the drain comes after).

@@ -144,6 +144,50 @@ impl Nodes {
         node.paused = false;
     }
 
+    /// SIGTERMs node `i` (what a rolling restart does to a pod) and waits for it to exit, at
+    /// most `limit`, then SIGKILLs it. Returns whether it exited by itself.
+    pub fn terminate(&mut self, i: usize, limit: Duration) -> bool {
+        let node = self.node(i);
+        let Some(mut c) = node.child.take() else {
+            return true;
+        };
+        signal(&c, Signal::TERM);
+        let deadline = Instant::now() + limit;
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !exited {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+        node.paused = false;
+        exited
+    }
+
+    /// The leader as node `i` sees it (`GET /api/v1/cluster`, with the admin token).
+    pub async fn leader_seen_by(&self, i: usize) -> Option<usize> {
+        let addr: SocketAddr = format!("{}:{HTTP}", self.nodes[i - 1].ip).parse().ok()?;
+        let auth = format!("Bearer {}", self.token);
+        let r = roost_testkit::http_with(
+            addr,
+            "GET",
+            "/api/v1/cluster",
+            None,
+            &[("authorization", &auth)],
+        )
+        .await
+        .ok()?;
+        let id = r.json().get("leader_id")?.as_u64()?;
+        usize::try_from(id)
+            .ok()
+            .filter(|id| (1..=self.nodes.len()).contains(id))
+    }
+
     /// SIGSTOPs (`true`) or SIGCONTs node `i`.
     pub fn pause(&mut self, i: usize, on: bool) {
         let node = self.node(i);

@@ -30,6 +30,13 @@ pub enum Fault {
     Pause,
     /// One random node SIGKILLed, then started again from its data directory.
     Kill,
+    /// One random node SIGTERMed (a pod's graceful stop), then started again at once.
+    Restart,
+    /// Every node in turn SIGTERMed and started again, the next one once the cluster is ready
+    /// (a rolling restart of a StatefulSet).
+    RollingRestart,
+    /// The node the others follow cut off from them (clients still reach it).
+    IsolateLeader,
 }
 
 impl std::str::FromStr for Fault {
@@ -39,8 +46,12 @@ impl std::str::FromStr for Fault {
             "partition" => Ok(Fault::Partition),
             "pause" => Ok(Fault::Pause),
             "kill" => Ok(Fault::Kill),
+            "restart" => Ok(Fault::Restart),
+            "rolling-restart" => Ok(Fault::RollingRestart),
+            "isolate-leader" => Ok(Fault::IsolateLeader),
             other => Err(format!(
-                "unknown nemesis {other:?} (known: partition, pause, kill)"
+                "unknown nemesis {other:?} (known: partition, pause, kill, restart, \
+                 rolling-restart, isolate-leader)"
             )),
         }
     }
@@ -138,22 +149,63 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     {
         std::thread::sleep(cfg.quiet_for);
         let fault = cfg.faults[nemesis_rng.below(cfg.faults.len())];
-        let victim = 1 + nemesis_rng.below(cfg.nodes);
+        let mut victim = 1 + nemesis_rng.below(cfg.nodes);
         let at = rec.now();
+        let mut note = String::new();
         match fault {
             Fault::Partition => net.lock().partition(&[victim])?,
+            Fault::IsolateLeader => {
+                // Asked of a node other than the random pick's neighbour: any live one.
+                let seen = rt.block_on(nodes.lock().leader_seen_by(1 + victim % cfg.nodes));
+                if let Some(l) = seen {
+                    victim = l;
+                } else {
+                    note = " (leader unknown: a random node)".into();
+                }
+                net.lock().partition(&[victim])?
+            }
             Fault::Pause => nodes.lock().pause(victim, true),
             Fault::Kill => nodes.lock().kill(victim),
+            Fault::Restart => {
+                if !nodes.lock().terminate(victim, Duration::from_secs(15)) {
+                    note = " (did not exit within 15 s of SIGTERM: killed)".into();
+                }
+                nodes.lock().spawn(victim)?;
+            }
+            Fault::RollingRestart => {
+                for i in 1..=cfg.nodes {
+                    if !nodes.lock().terminate(i, Duration::from_secs(15)) {
+                        note.push_str(&format!(" (node {i} killed after 15 s)"));
+                    }
+                    nodes.lock().spawn(i)?;
+                    if rt
+                        .block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(20)))
+                        .is_err()
+                    {
+                        note.push_str(&format!(" (not ready 20 s after node {i} restarted)"));
+                    }
+                }
+            }
         }
-        std::thread::sleep(cfg.fault_for);
+        if matches!(
+            fault,
+            Fault::Partition | Fault::IsolateLeader | Fault::Pause | Fault::Kill
+        ) {
+            std::thread::sleep(cfg.fault_for);
+        }
         match fault {
-            Fault::Partition => net.lock().heal()?,
+            Fault::Partition | Fault::IsolateLeader => net.lock().heal()?,
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
+            Fault::Restart | Fault::RollingRestart => {}
         }
+        let what = match fault {
+            Fault::RollingRestart => "every node".to_owned(),
+            _ => format!("node {victim}"),
+        };
         writeln!(
             events,
-            "{fault:?} node {victim} from {:.3}s to {:.3}s",
+            "{fault:?} {what} from {:.3}s to {:.3}s{note}",
             at as f64 / 1e9,
             rec.now() as f64 / 1e9
         )?;

@@ -770,17 +770,28 @@ impl Cluster {
         }
     }
 
-    /// Asks `owner` for a session it held (after this node claimed it).
+    /// Asks `owner` for a session it held (after this node claimed it). With `fresh`, on a
+    /// connection of its own: an attempt that timed out may have been on a connection that a
+    /// partition left dead (HTTP/2 keep-alive takes up to 10 s to notice), and the owner may
+    /// be reachable again on a new one.
     pub async fn take_session(
         &self,
         owner: NodeId,
         client_id: &ClientId,
         generation: u64,
+        fresh: bool,
     ) -> Result<Option<SessionTransfer>, ClusterError> {
         let peer = self
             .peer(owner)
             .ok_or_else(|| ClusterError::peer(owner, "not a member"))?;
-        let mut client = peer.client.clone();
+        let mut client = if fresh {
+            let ch = channel(&peer.addr).map_err(|e| ClusterError::peer(owner, e))?;
+            ClusterClient::new(ch)
+                .max_decoding_message_size(self.limits.cluster_grpc())
+                .max_encoding_message_size(self.limits.cluster_grpc())
+        } else {
+            peer.client.clone()
+        };
         let mut req = Request::new(pb::TakeSessionRequest {
             client_id: client_id.as_str().to_owned(),
             generation,

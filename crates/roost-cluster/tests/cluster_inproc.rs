@@ -814,7 +814,7 @@ async fn take_session_hands_over_the_whole_session() {
         .insert("dev-1".into(), want.clone());
     let got = n1
         .cluster
-        .take_session(n2.id, &ClientId::from("dev-1"), 5)
+        .take_session(n2.id, &ClientId::from("dev-1"), 5, false)
         .await
         .unwrap()
         .expect("the owner had the session");
@@ -823,14 +823,14 @@ async fn take_session_hands_over_the_whole_session() {
     // Taken once: the owner forgot it.
     assert_eq!(
         n1.cluster
-            .take_session(n2.id, &ClientId::from("dev-1"), 6)
+            .take_session(n2.id, &ClientId::from("dev-1"), 6, true)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         n1.cluster
-            .take_session(n2.id, &ClientId::from("nobody"), 1)
+            .take_session(n2.id, &ClientId::from("nobody"), 1, false)
             .await
             .unwrap(),
         None
@@ -838,7 +838,7 @@ async fn take_session_hands_over_the_whole_session() {
     // A node that is not a member is an error, not a hang.
     let err = n1
         .cluster
-        .take_session(NodeId::new(42), &ClientId::from("dev-1"), 1)
+        .take_session(NodeId::new(42), &ClientId::from("dev-1"), 1, false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("42"), "{err}");
@@ -1221,7 +1221,7 @@ async fn item1_take_session_with_a_5mb_queue_is_handed_over() {
         .insert("dev-1".into(), want.clone());
     let got = n1
         .cluster
-        .take_session(n2.id, &ClientId::from("dev-1"), 5)
+        .take_session(n2.id, &ClientId::from("dev-1"), 5, false)
         .await
         .unwrap()
         .expect("the owner had the session");

@@ -360,7 +360,7 @@ impl Broker {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let e = match c.take_session(owner, client_id, g).await {
+            let e = match c.take_session(owner, client_id, g, tries > 1).await {
                 Ok(t) => return t,
                 Err(e) => e,
             };
