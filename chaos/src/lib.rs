@@ -8,6 +8,7 @@ pub mod history;
 pub mod invariants;
 pub mod net;
 pub mod nodes;
+pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod suite;

@@ -145,6 +145,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     // The nemesis, on this thread.
     let started = Instant::now();
     let mut nemesis_rng = Rng::new(rng.next_u64());
+    let mut intervals = Vec::new();
     while !cfg.faults.is_empty() && started.elapsed() + cfg.quiet_for + cfg.fault_for < cfg.duration
     {
         std::thread::sleep(cfg.quiet_for);
@@ -203,12 +204,18 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             Fault::RollingRestart => "every node".to_owned(),
             _ => format!("node {victim}"),
         };
+        let until = rec.now();
         writeln!(
             events,
             "{fault:?} {what} from {:.3}s to {:.3}s{note}",
             at as f64 / 1e9,
-            rec.now() as f64 / 1e9
+            until as f64 / 1e9
         )?;
+        intervals.push(crate::plot::Interval {
+            label: format!("{fault:?} {what}"),
+            from: at,
+            to: until,
+        });
     }
     let rest = cfg.duration.saturating_sub(started.elapsed());
     std::thread::sleep(rest);
@@ -235,12 +242,21 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         &ops,
         std::io::BufWriter::new(std::fs::File::create(cfg.out.join("history.jsonl"))?),
     )?;
+    std::fs::write(
+        cfg.out.join("throughput.svg"),
+        crate::plot::throughput_svg(&ops, &intervals),
+    )?;
+    std::fs::write(
+        cfg.out.join("latency.svg"),
+        crate::plot::latency_svg(&ops, &intervals),
+    )?;
     let report = crate::check(&ops);
     let mut md = format!(
         "# roost-chaos run\n\nseed {}, {} nodes, workload {}, faults {:?}, {:?}; replay with \
          `roost-chaos run --workload {} --seed {} ...`\n\n",
         cfg.seed, cfg.nodes, cfg.workload, cfg.faults, cfg.duration, cfg.workload, cfg.seed
     );
+    md.push_str("![throughput](throughput.svg)\n\n![latency](latency.svg)\n\n");
     md.push_str(&report.markdown(50));
     if healed.is_err() {
         md.push_str("\nThe cluster did not heal within 10 s of the last fault.\n");
