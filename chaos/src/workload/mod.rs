@@ -205,3 +205,68 @@ async fn connect(
         .ok()?;
     (ack.reason_code == ReasonCode::SUCCESS).then_some((c, ack.session_present))
 }
+
+/// What one publishing client does: publish `NAME:SEQ` to `topic` through node `node` every
+/// `every` until told to stop, reconnecting to its node when cut off, recording each outcome
+/// (`ok` on success, 0x10 No matching subscribers included; `failed` on a failure code;
+/// `unknown` when the connection broke first).
+pub(crate) struct Publishing {
+    pub(crate) name: String,
+    pub(crate) node: usize,
+    pub(crate) topic: String,
+    pub(crate) qos: roost_codec::QoS,
+    pub(crate) retain: bool,
+    pub(crate) every: Duration,
+}
+
+/// Runs a [`Publishing`] client until `stop`.
+pub(crate) async fn publish_until(
+    p: Publishing,
+    targets: Targets,
+    rec: Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let Some((mut c, _)) = connect(&targets, p.node, &p.name, false).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let from = rec.now();
+        while !stop.load(Ordering::Acquire) {
+            seq += 1;
+            let payload = format!("{}:{seq}", p.name);
+            let start = rec.now();
+            let r = c
+                .publish(&p.topic, payload.as_bytes(), p.qos, p.retain)
+                .await;
+            let outcome = match &r {
+                Ok(rc) if !rc.is_error() => crate::history::Outcome::Ok,
+                Ok(_) => crate::history::Outcome::Failed,
+                Err(_) => crate::history::Outcome::Unknown,
+            };
+            rec.push(Op::Publish {
+                client: p.name.clone(),
+                node: p.node as u64,
+                topic: p.topic.clone(),
+                seq,
+                qos: p.qos as u8,
+                start,
+                end: rec.now(),
+                outcome,
+                retain: p.retain,
+            });
+            if r.is_err() {
+                break;
+            }
+            tokio::time::sleep(p.every).await;
+        }
+        rec.push(Op::Session {
+            client: p.name.clone(),
+            node: p.node as u64,
+            from,
+            until: Some(rec.now()),
+        });
+    }
+}

@@ -4,8 +4,8 @@
 //! [`Hop`]). Each connection is read by a task of its own, so a takeover's new connection
 //! can open while the old one is still read.
 
-use super::{connect, Recorder, Stops, Targets, Workload};
-use crate::history::{Op, Outcome};
+use super::{connect, publish_until, Publishing, Recorder, Stops, Targets, Workload};
+use crate::history::Op;
 use crate::rng::Rng;
 use parking_lot::Mutex;
 use roost_codec::{Ack, Packet, QoS};
@@ -86,51 +86,15 @@ pub(super) async fn publisher(
     rec: Recorder,
     stops: Stops,
 ) {
-    let name = format!("pub-{node}");
-    let stop = stops.publishers;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        let Some((mut c, _)) = connect(&targets, node, &name, false).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let from = rec.now();
-        while !stop.load(Ordering::Acquire) {
-            seq += 1;
-            let payload = format!("{name}:{seq}");
-            let start = rec.now();
-            let r = c
-                .publish(spec.topic, payload.as_bytes(), spec.qos, false)
-                .await;
-            let outcome = match &r {
-                // 0x10 No matching subscribers is a success too.
-                Ok(rc) if !rc.is_error() => Outcome::Ok,
-                Ok(_) => Outcome::Failed,
-                Err(_) => Outcome::Unknown,
-            };
-            rec.push(Op::Publish {
-                client: name.clone(),
-                node: node as u64,
-                topic: spec.topic.into(),
-                seq,
-                qos: spec.qos as u8,
-                start,
-                end: rec.now(),
-                outcome,
-                retain: false,
-            });
-            if r.is_err() {
-                break;
-            }
-            tokio::time::sleep(PUBLISH_EVERY).await;
-        }
-        rec.push(Op::Session {
-            client: name.clone(),
-            node: node as u64,
-            from,
-            until: Some(rec.now()),
-        });
-    }
+    let p = Publishing {
+        name: format!("pub-{node}"),
+        node,
+        topic: spec.topic.to_owned(),
+        qos: spec.qos,
+        retain: false,
+        every: PUBLISH_EVERY,
+    };
+    publish_until(p, targets, rec, stops.publishers).await;
 }
 
 /// Receiver `sub-{home}` (or `shared-{home}`, a member of the group, recorded as `share:g`): a

@@ -2,7 +2,7 @@
 //! payload `rw-N:SEQ`) every 100 ms through node N; readers on random nodes open a new clean
 //! session, subscribe to a random writer's topic and record the retained value they get.
 
-use super::{connect, Recorder, Stops, Targets};
+use super::{connect, publish_until, Publishing, Recorder, Stops, Targets};
 use crate::history::{Op, Outcome};
 use crate::rng::Rng;
 use roost_codec::{Packet, QoS};
@@ -20,51 +20,15 @@ fn topic(n: usize) -> String {
 
 /// Writer `rw-{node}`: writes until the publishers stop.
 pub(super) async fn writer(node: usize, targets: Targets, rec: Recorder, stops: Stops) {
-    let name = format!("rw-{node}");
-    let topic = topic(node);
-    let mut seq = 0u64;
-    while !stops.publishers.load(Ordering::Acquire) {
-        let Some((mut c, _)) = connect(&targets, node, &name, false).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let from = rec.now();
-        while !stops.publishers.load(Ordering::Acquire) {
-            seq += 1;
-            let payload = format!("{name}:{seq}");
-            let start = rec.now();
-            let r = c
-                .publish(&topic, payload.as_bytes(), QoS::AtLeastOnce, true)
-                .await;
-            let outcome = match &r {
-                // 0x10 No matching subscribers is a success too.
-                Ok(rc) if !rc.is_error() => Outcome::Ok,
-                Ok(_) => Outcome::Failed,
-                Err(_) => Outcome::Unknown,
-            };
-            rec.push(Op::Publish {
-                client: name.clone(),
-                node: node as u64,
-                topic: topic.clone(),
-                seq,
-                qos: 1,
-                start,
-                end: rec.now(),
-                outcome,
-                retain: true,
-            });
-            if r.is_err() {
-                break;
-            }
-            tokio::time::sleep(WRITE_EVERY).await;
-        }
-        rec.push(Op::Session {
-            client: name.clone(),
-            node: node as u64,
-            from,
-            until: Some(rec.now()),
-        });
-    }
+    let p = Publishing {
+        name: format!("rw-{node}"),
+        node,
+        topic: topic(node),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        every: WRITE_EVERY,
+    };
+    publish_until(p, targets, rec, stops.publishers).await;
 }
 
 /// Reader `rr-{id}`: reads until the publishers stop.
