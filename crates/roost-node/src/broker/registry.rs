@@ -87,6 +87,9 @@ pub(crate) struct Ownership {
 /// A session handed over to another node, still indexed here (see `Ownership::tombstones`).
 struct Tombstone {
     session: SessionRef,
+    /// Where it went (also in the session's state; kept here so the map, a leaf lock, is
+    /// read without taking the session's).
+    moved: Moved,
     filters: Vec<TopicFilter>,
     /// What was handed over, for a TakeSession of the same generation asked again (the
     /// requester did not get the reply: a timeout, a partition healing). Without it the
@@ -589,8 +592,7 @@ impl Broker {
             // Handed over already, to this requester for this claim: its reply was lost.
             let t = self.ownership.tombstones.lock();
             let t = t.get(client_id)?;
-            let moved = t.session.moved()?;
-            if moved.node == requester && moved.generation == generation {
+            if t.moved.node == requester && t.moved.generation == generation {
                 debug!(client_id = %client_id, generation, "session asked for again: handing the same over");
                 return Some(t.handed.clone());
             }
@@ -651,10 +653,11 @@ impl Broker {
         self.retire(&mut sessions, &s, &mut st, false);
         // Its subscriptions stay indexed for a while: a message that still reaches this node
         // for it goes on to the new owner (docs/rfcs/0006).
-        st.moved = Some(Moved {
+        let moved = Moved {
             node: requester,
             generation,
-        });
+        };
+        st.moved = Some(moved);
         drop(st);
         drop(sessions);
         let handed = SessionTransfer {
@@ -666,6 +669,7 @@ impl Broker {
             client_id.clone(),
             Tombstone {
                 session: s.clone(),
+                moved,
                 filters,
                 handed: handed.clone(),
             },
@@ -1104,7 +1108,7 @@ impl Broker {
             .tombstones
             .lock()
             .get(&a.client_id)
-            .and_then(|t| t.session.moved())
+            .map(|t| t.moved)
             .filter(|m| m.generation > a.generation);
         if let Some(to) = moved_on {
             return ToSession::PassOn(to);

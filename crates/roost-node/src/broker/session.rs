@@ -361,11 +361,6 @@ impl SessionRef {
         notified.await;
     }
 
-    /// Where the session went, if it was handed over to another node.
-    pub(crate) fn moved(&self) -> Option<Moved> {
-        self.0.state.lock().moved
-    }
-
     /// The attached connection's control block.
     pub(crate) fn conn(&self) -> Option<Arc<ConnCtl>> {
         self.0.state.lock().conn.clone()
