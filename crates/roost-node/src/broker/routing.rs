@@ -174,13 +174,33 @@ impl Broker {
             &mut passes,
             &mut served,
         );
+        let mut remote = remote;
         let unserved = match policy {
             SharedPolicy::Only(picked) => picked
                 .iter()
                 .filter(|f| !served.contains(f))
                 .cloned()
                 .collect(),
-            SharedPolicy::All | SharedPolicy::Picked { .. } => Vec::new(),
+            SharedPolicy::Picked { mine, .. } => {
+                // This node picked itself for a group by a route of its own that is about to
+                // go (its last member just left): another node with members takes it, within
+                // the publisher's wait like any peer (issue 8, chaos `shared`, seed 5).
+                for f in mine.iter().filter(|f| !served.contains(f)) {
+                    if let Some(node) = self.peer_serving(&msg.topic, f) {
+                        self.metrics.shared_served_elsewhere.increment(1);
+                        match remote.iter_mut().find(|r| r.node == node) {
+                            Some(r) => r.shared.push(f.clone()),
+                            None => remote.push(RemoteSend {
+                                node,
+                                direct: false,
+                                shared: vec![f.clone()],
+                            }),
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            SharedPolicy::All => Vec::new(),
         };
         Routed {
             local,
