@@ -117,15 +117,14 @@ fn main() -> ExitCode {
             eprintln!("roost-chaos: seed {seed}");
             let cfg = roost_chaos::run::RunConfig {
                 nodes,
-                workload,
-                faults,
-                duration: std::time::Duration::from_secs(duration),
-                seed,
-                out,
-                roost,
-                fault_for: std::time::Duration::from_secs(8),
-                quiet_for: std::time::Duration::from_secs(5),
-                failpoints: None,
+                ..roost_chaos::run::RunConfig::new(
+                    workload,
+                    faults,
+                    std::time::Duration::from_secs(duration),
+                    seed,
+                    out,
+                    roost,
+                )
             };
             match roost_chaos::run::run(&cfg) {
                 Ok(r) => {

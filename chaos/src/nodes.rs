@@ -169,23 +169,12 @@ impl Nodes {
         exited
     }
 
-    /// The leader as node `i` sees it (`GET /api/v1/cluster`, with the admin token).
-    pub async fn leader_seen_by(&self, i: usize) -> Option<usize> {
-        let addr: SocketAddr = format!("{}:{HTTP}", self.nodes[i - 1].ip).parse().ok()?;
-        let auth = format!("Bearer {}", self.token);
-        let r = roost_testkit::http_with(
-            addr,
-            "GET",
-            "/api/v1/cluster",
-            None,
-            &[("authorization", &auth)],
+    /// Node `i`'s admin API address and the `authorization` header it wants.
+    pub fn admin(&self, i: usize) -> (String, String) {
+        (
+            format!("{}:{HTTP}", self.nodes[i - 1].ip),
+            format!("Bearer {}", self.token),
         )
-        .await
-        .ok()?;
-        let id = r.json().get("leader_id")?.as_u64()?;
-        usize::try_from(id)
-            .ok()
-            .filter(|id| (1..=self.nodes.len()).contains(id))
     }
 
     /// SIGSTOPs (`true`) or SIGCONTs node `i`.
@@ -263,4 +252,21 @@ pub async fn wait_ready(admin: Vec<SocketAddr>, limit: Duration) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// The leader (a node id from 1 to `n`) as the node behind `admin` sees it
+/// (`GET /api/v1/cluster`); `None` when it does not answer or knows none.
+pub async fn leader_seen_by((addr, auth): (String, String), n: usize) -> Option<usize> {
+    let addr: SocketAddr = addr.parse().ok()?;
+    let r = roost_testkit::http_with(
+        addr,
+        "GET",
+        "/api/v1/cluster",
+        None,
+        &[("authorization", &auth)],
+    )
+    .await
+    .ok()?;
+    let id = r.json().get("leader_id")?.as_u64()?;
+    usize::try_from(id).ok().filter(|id| (1..=n).contains(id))
 }

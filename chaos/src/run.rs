@@ -74,6 +74,32 @@ pub struct RunConfig {
     pub failpoints: Option<String>,
 }
 
+impl RunConfig {
+    /// A run of `workload` for `duration` on 3 nodes: each fault lasts 8 s (longer than the
+    /// 4 s session lease), after 5 s of quiet; no failpoints.
+    pub fn new(
+        workload: Workload,
+        faults: Vec<Fault>,
+        duration: Duration,
+        seed: u64,
+        out: PathBuf,
+        roost: PathBuf,
+    ) -> RunConfig {
+        RunConfig {
+            nodes: 3,
+            workload,
+            faults,
+            duration,
+            seed,
+            out,
+            roost,
+            fault_for: Duration::from_secs(8),
+            quiet_for: Duration::from_secs(5),
+            failpoints: None,
+        }
+    }
+}
+
 /// What a run found.
 pub struct RunResult {
     /// The checker's report on the history.
@@ -156,9 +182,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         match fault {
             Fault::Partition => net.lock().partition(&[victim])?,
             Fault::IsolateLeader => {
-                // Asked of a node other than the random pick's neighbour: any live one.
-                let seen = rt.block_on(nodes.lock().leader_seen_by(1 + victim % cfg.nodes));
-                if let Some(l) = seen {
+                // Any member knows the leader; asked of the one after the random pick.
+                let ask = nodes.lock().admin(1 + victim % cfg.nodes);
+                if let Some(l) = rt.block_on(nodes::leader_seen_by(ask, cfg.nodes)) {
                     victim = l;
                 } else {
                     note = " (leader unknown: a random node)".into();

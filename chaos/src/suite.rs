@@ -11,7 +11,7 @@
 
 use crate::run::{run, Fault, RunConfig, RunResult};
 use crate::workload::Workload;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// A fault planted in the node and the invariant that must catch it.
@@ -44,29 +44,6 @@ const PLANTS: &[Plant] = &[
     },
 ];
 
-fn config(
-    workload: Workload,
-    faults: Vec<Fault>,
-    secs: u64,
-    seed: u64,
-    out: PathBuf,
-    roost: &Path,
-    failpoints: Option<String>,
-) -> RunConfig {
-    RunConfig {
-        nodes: 3,
-        workload,
-        faults,
-        duration: Duration::from_secs(secs),
-        seed,
-        out,
-        roost: roost.to_owned(),
-        fault_for: Duration::from_secs(8),
-        quiet_for: Duration::from_secs(5),
-        failpoints,
-    }
-}
-
 /// Runs the self-test with `roost` (built with `--features testing`); returns whether every
 /// planted fault was reported. Writes each run under `out/selftest-FAILPOINT`.
 pub fn selftest(roost: &Path, out: &Path) -> anyhow::Result<bool> {
@@ -75,15 +52,17 @@ pub fn selftest(roost: &Path, out: &Path) -> anyhow::Result<bool> {
         String::from("| failpoint | workload | must be reported | reported |\n|---|---|---|--:|\n");
     for (i, p) in PLANTS.iter().enumerate() {
         let name = p.failpoint.split(':').next().unwrap_or(p.failpoint);
-        let cfg = config(
-            p.workload,
-            Vec::new(),
-            15,
-            100 + i as u64,
-            out.join(format!("selftest-{name}")),
-            roost,
-            Some(p.failpoint.to_owned()),
-        );
+        let cfg = RunConfig {
+            failpoints: Some(p.failpoint.to_owned()),
+            ..RunConfig::new(
+                p.workload,
+                Vec::new(),
+                Duration::from_secs(15),
+                100 + i as u64,
+                out.join(format!("selftest-{name}")),
+                roost.to_owned(),
+            )
+        };
         let r = run(&cfg)?;
         let found = r
             .report
@@ -172,14 +151,13 @@ pub fn suite(roost: &Path, out: &Path, short: bool) -> anyhow::Result<bool> {
     let mut all = true;
     let mut table = String::from("| workload | faults | seconds | seed | acked | violations | healed |\n|---|---|--:|--:|--:|--:|---|\n");
     for c in cases {
-        let cfg = config(
+        let cfg = RunConfig::new(
             c.workload,
             c.faults.to_vec(),
-            c.secs,
+            Duration::from_secs(c.secs),
             c.seed,
             out.join(format!("{}-{}", c.workload, c.seed)),
-            roost,
-            None,
+            roost.to_owned(),
         );
         let r: RunResult = run(&cfg)?;
         all &= r.ok();

@@ -161,10 +161,11 @@ pub enum Target<'a> {
 /// What [`LocalNode::deliver`] did with a message.
 #[derive(Default)]
 pub struct Delivered {
-    /// Part of it went on to another node (a session that moved on, docs/rfcs/0006): the
-    /// message counts as accepted only once this resolves `true`; `false` (that node did not
-    /// take it within the forward timeout) leaves it unacknowledged, so the origin's publisher
-    /// hears a failure. The Forward stream waits for it before the next message.
+    /// Part of it went on to other nodes (a session that moved on, a shared group no member
+    /// here took): the message counts as accepted only once this resolves `true`; `false`
+    /// (they did not take it within the forward timeout) leaves it unacknowledged, so the
+    /// origin's publisher hears a failure. The Forward stream waits for it on a task of its
+    /// own and goes on with the next message (see `service`).
     pub passed_on: Option<BoxFuture<bool>>,
     /// A connected local subscriber is backing up: resolves when it has room again (bounded
     /// by the node's backpressure timeout).
@@ -644,9 +645,7 @@ impl Cluster {
         };
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let client = ClusterClient::new(ch)
-            .max_decoding_message_size(self.limits.cluster_grpc())
-            .max_encoding_message_size(self.limits.cluster_grpc());
+        let client = self.cluster_client(ch);
         let peer = Arc::new(Peer {
             addr: addr.clone(),
             client: client.clone(),
@@ -770,6 +769,13 @@ impl Cluster {
         }
     }
 
+    /// A `Cluster` service client on `ch`, with the byte bounds between nodes.
+    fn cluster_client(&self, ch: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(ch)
+            .max_decoding_message_size(self.limits.cluster_grpc())
+            .max_encoding_message_size(self.limits.cluster_grpc())
+    }
+
     /// Asks `owner` for a session it held (after this node claimed it). With `fresh`, on a
     /// connection of its own: an attempt that timed out may have been on a connection that a
     /// partition left dead (HTTP/2 keep-alive takes up to 10 s to notice), and the owner may
@@ -786,9 +792,7 @@ impl Cluster {
             .ok_or_else(|| ClusterError::peer(owner, "not a member"))?;
         let mut client = if fresh {
             let ch = channel(&peer.addr).map_err(|e| ClusterError::peer(owner, e))?;
-            ClusterClient::new(ch)
-                .max_decoding_message_size(self.limits.cluster_grpc())
-                .max_encoding_message_size(self.limits.cluster_grpc())
+            self.cluster_client(ch)
         } else {
             peer.client.clone()
         };

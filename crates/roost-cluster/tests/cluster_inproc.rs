@@ -39,6 +39,16 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The session lease of these tests' nodes: 4 × their 300 ms election timeout.
 const SESSION_LEASE: Duration = Duration::from_millis(1200);
 
+/// Waits (up to the forward timeout) for a forwarded QoS 1/2 message's acknowledgement and
+/// asserts the peer accepted it.
+async fn accepted(ack: roost_cluster::ForwardAck) {
+    tokio::time::timeout(OP_TIMEOUT, ack)
+        .await
+        .expect("acknowledged within the forward timeout")
+        .expect("ack sender not dropped")
+        .expect("the peer accepted it");
+}
+
 /// One message a peer forwarded to this node.
 #[derive(Debug, Clone)]
 struct Delivered {
@@ -547,11 +557,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         .forward(n2.id, m1.clone(), true, vec![filter("$share/g/a/#")])
         .await
         .expect("a QoS 1 forward returns an ack receiver");
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .expect("ack within the forward timeout")
-        .expect("ack sender not dropped")
-        .expect("the peer accepted it");
+    accepted(ack).await;
     {
         let got = n2.local.delivered.lock().clone();
         assert_eq!(got.len(), 1);
@@ -583,11 +589,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         .forward(n2.id, Arc::new(m), true, vec![])
         .await
         .unwrap();
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the peer accepted it");
+    accepted(ack).await;
     let got = n2.local.delivered.lock()[2].clone();
     assert_eq!(got.msg.qos, QoS::ExactlyOnce);
     let left = got.msg.expires_at.unwrap().duration_since(Instant::now());
@@ -612,11 +614,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         .pass_on(n2.id, Arc::new(m), to.clone())
         .await
         .unwrap();
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the peer accepted it");
+    accepted(ack).await;
     let got = n2.local.delivered.lock()[3].clone();
     assert_eq!(got.to, Some(to));
     assert_eq!(got.msg.id, 77);
@@ -641,11 +639,7 @@ async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
         .forward(id2, message("t", b"before", QoS::AtLeastOnce), true, vec![])
         .await
         .unwrap();
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the peer accepted it");
+    accepted(ack).await;
     assert_eq!(
         payloads(&node(&nodes, id2).local),
         vec![Bytes::from_static(b"before")]
@@ -1248,11 +1242,7 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         .forward(n2.id, message("t", b"warm", QoS::ExactlyOnce), true, vec![])
         .await
         .unwrap();
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the peer accepted it");
+    accepted(ack).await;
 
     // Node 2 gets and delivers three messages; their acks are lost on the way back.
     proxy.drop_replies(true);
@@ -1310,11 +1300,7 @@ async fn item2_resend_after_lost_ack_is_delivered_once() {
         )
         .await
         .unwrap();
-    tokio::time::timeout(OP_TIMEOUT, ack)
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the peer accepted it");
+    accepted(ack).await;
     assert_eq!(payloads(&n2.local).len(), 5);
     assert_eq!(payloads(&n2.local)[4], Bytes::from_static(b"after"));
     shutdown_all(&nodes).await;

@@ -50,15 +50,11 @@ impl LocalNode for NodeHooks {
         };
         match target {
             Target::Subscribers { direct, shared } => {
-                let (congested, passes, unserved) = b.deliver_from_peer(&msg, direct, shared);
-                let passed_on = (!passes.is_empty() || !unserved.is_empty()).then(|| {
+                let (congested, remote, passes) = b.deliver_from_peer(&msg, direct, shared);
+                let passed_on = (!remote.is_empty() || !passes.is_empty()).then(|| {
                     let b = Arc::clone(&b);
-                    Box::pin(async move {
-                        let moved = passes.is_empty() || b.pass_on_from_peer(&msg, passes).await;
-                        let elsewhere =
-                            unserved.is_empty() || b.serve_elsewhere(&msg, unserved).await;
-                        moved && elsewhere
-                    }) as BoxFuture<bool>
+                    Box::pin(async move { b.forward_all(&msg, remote, passes).await })
+                        as BoxFuture<bool>
                 });
                 let space = (!congested.is_empty()).then(|| {
                     Box::pin(async move { b.wait_for_space(&congested).await }) as BoxFuture<()>

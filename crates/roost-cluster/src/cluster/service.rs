@@ -264,7 +264,7 @@ impl cluster_server::Cluster for ClusterService {
                         // Cancel safety: on stop the rest of the batch is neither delivered
                         // nor acknowledged; the origin resends it to whoever serves next.
                         let done = std::mem::take(&mut seqs);
-                        if wait_alive(space, done, &tx, &mut stop).await.is_none() {
+                        if !wait_alive(space, done, &tx, &mut stop).await {
                             break 'stream;
                         }
                     }
@@ -431,28 +431,27 @@ impl cluster_server::Cluster for ClusterService {
 
 /// Sends the acknowledgements `done`, then waits for `wait`. The origin takes a peer that
 /// acknowledges nothing for its forward timeout for unreachable: while waiting, an empty ack
-/// every `ALIVE_EVERY` says this node is there, only slow. `None`: the stream is gone or the
+/// every `ALIVE_EVERY` says this node is there, only slow. `false`: the stream is gone or the
 /// node stops.
-async fn wait_alive<T>(
-    wait: BoxFuture<T>,
+async fn wait_alive(
+    mut wait: BoxFuture<()>,
     done: Vec<u64>,
     tx: &mpsc::Sender<Result<pb::ForwardAck, Status>>,
     stop: &mut watch::Receiver<bool>,
-) -> Option<T> {
+) -> bool {
     if !done.is_empty() && tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err() {
-        return None;
+        return false;
     }
-    let mut wait = wait;
     let mut alive = tokio::time::interval_at(Instant::now() + ALIVE_EVERY, ALIVE_EVERY);
     loop {
         tokio::select! {
-            r = &mut wait => return Some(r),
+            _ = &mut wait => return true,
             _ = alive.tick() => {
                 if tx.send(Ok(pb::ForwardAck { seqs: Vec::new() })).await.is_err() {
-                    return None;
+                    return false;
                 }
             }
-            _ = stop.changed() => return None,
+            _ = stop.changed() => return false,
         }
     }
 }

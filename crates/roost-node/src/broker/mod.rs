@@ -41,7 +41,7 @@ mod timers;
 pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
-pub(crate) use routing::{PassOn, PeerWait};
+pub(crate) use routing::{PassOn, PeerWait, RemoteSend};
 pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
 
 use crate::config::{Config, QueueDrop};
@@ -249,19 +249,19 @@ impl Broker {
 
     /// A message forwarded by a peer: local subscribers only. Returns the connected
     /// subscribers whose queue is backing up (the Forward stream waits for them,
-    /// [`Broker::wait_for_space`], before it delivers the next message) and the sessions it
-    /// matched that moved to other nodes meanwhile ([`Broker::pass_on_from_peer`]), and the
-    /// shared groups it was picked for that no member here took ([`Broker::serve_elsewhere`]);
-    /// the peer's acknowledgement waits for both.
+    /// [`Broker::wait_for_space`], before it delivers the next message), and what must still
+    /// go to other nodes: shared groups it was picked for that no member here took, and
+    /// sessions it matched that moved on (docs/rfcs/0006). The peer's acknowledgement waits
+    /// for those ([`Broker::forward_all`]).
     pub(crate) fn deliver_from_peer(
         &self,
         msg: &Arc<Message>,
         direct: bool,
         shared: &[TopicFilter],
-    ) -> (Vec<SessionRef>, Vec<PassOn>, Vec<TopicFilter>) {
+    ) -> (Vec<SessionRef>, Vec<RemoteSend>, Vec<PassOn>) {
         let mut congested = Vec::new();
         let routed = self.route(msg, Origin::Peer { direct, shared }, &mut congested);
-        (congested, routed.passes, routed.unserved)
+        (congested, routed.remote, routed.passes)
     }
 
     /// Publishes a broker-made message (`$SYS`): retained, QoS 0, this node only.

@@ -36,9 +36,9 @@
 //! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
 //! of [`Ownership`] are leaves.
 
-use super::session::{Delivery, Grant, Moved, RecentIds, SessionState};
+use super::session::{Grant, Moved, RecentIds, SessionState};
 use super::timers::{Due, TimerKind};
-use super::{Broker, ConnCtl, Origin, SessionRef};
+use super::{Broker, ConnCtl, Origin, PassOn, SessionRef};
 use crate::routes::RouteResult;
 use parking_lot::Mutex;
 use roost_cluster::state::Event;
@@ -467,9 +467,7 @@ impl Broker {
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.lock();
             if let Some(old) = st.conn.take() {
-                if !crate::failpoints::two_sessions() {
-                    old.kick(ReasonCode::SESSION_TAKEN_OVER);
-                }
+                take_over(&old);
                 self.metrics.takeovers.increment(1);
                 debug!(client_id = %client_id, "session taken over");
             }
@@ -604,18 +602,16 @@ impl Broker {
                 // We own a newer claim than the requester: it lost the race.
                 return None;
             }
-            if let Some(c) = st
-                .conn
-                .as_ref()
-                .filter(|_| !crate::failpoints::two_sessions())
-            {
-                c.kick(ReasonCode::SESSION_TAKEN_OVER);
+            if let Some(c) = &st.conn {
+                take_over(c);
             }
         }
-        let mut limit = Duration::from_millis(self.config.cluster.forward_timeout_ms) / 2;
-        if crate::failpoints::two_sessions() {
-            limit = Duration::ZERO;
-        }
+        let limit = if crate::failpoints::two_sessions() {
+            // The connection was not told to go, so it will not: do not wait for it.
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.config.cluster.forward_timeout_ms) / 2
+        };
         let detached = async {
             while s.conn().is_some() {
                 s.wait_changed(|s| s.conn().is_none()).await;
@@ -628,9 +624,7 @@ impl Broker {
             return None;
         }
         if let Some(c) = st.conn.take() {
-            if !crate::failpoints::two_sessions() {
-                c.kick(ReasonCode::SESSION_TAKEN_OVER);
-            }
+            take_over(&c);
         }
         if st.session.expiry_interval() == 0 {
             // It ends with the connection just closed ([MQTT-3.1.2-6]): nothing to hand over.
@@ -711,13 +705,9 @@ impl Broker {
             if st.generation.is_some_and(|g| g >= owner.generation) {
                 return;
             }
-            if let Some(c) = st
-                .conn
-                .as_ref()
-                .filter(|_| !crate::failpoints::two_sessions())
-            {
+            if let Some(c) = &st.conn {
                 debug!(client_id = %client_id, owner = %owner.node, "session claimed by another node");
-                c.kick(ReasonCode::SESSION_TAKEN_OVER);
+                take_over(c);
             }
         }
         let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
@@ -925,6 +915,7 @@ impl Broker {
                     }
                 }
             }
+            // Handled before the locks: a tombstone's session has ended by design.
             TimerKind::Tombstone => {}
             TimerKind::StaleCopy { generation } => {
                 let stale = st.conn.is_none() && st.generation.is_none_or(|g| g < generation);
@@ -1051,14 +1042,14 @@ impl Broker {
                     return true;
                 }
                 ToSession::PassOn(to) => {
-                    let again = Addressed {
-                        generation: to.generation,
-                        ..a
+                    let again = PassOn {
+                        to,
+                        addressed: Addressed {
+                            generation: to.generation,
+                            ..a
+                        },
                     };
-                    let Some(ack) = self.cluster.pass_on(to.node, msg, again).await else {
-                        return true;
-                    };
-                    return matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(Ok(()))));
+                    return self.forward_all(&msg, Vec::new(), vec![again]).await;
                 }
                 ToSession::Wait => {
                     if tokio::time::timeout_at(deadline, arrived).await.is_err() {
@@ -1083,21 +1074,18 @@ impl Broker {
                         ids: a.subscription_ids.clone(),
                         shared: a.shared.clone(),
                     };
-                    return match s.deliver(msg.clone(), grant, crate::now(), self.congested_at()) {
-                        Delivery::Accepted { congested, drops } => {
-                            self.metrics.record_drops(drops);
-                            ToSession::Delivered {
-                                congested: congested.then(|| s.clone()),
-                            }
-                        }
-                        Delivery::Duplicate => {
-                            self.metrics.handover_duplicates.increment(1);
-                            ToSession::Delivered { congested: None }
-                        }
-                        Delivery::Moved { to, .. } if to.generation > a.generation => {
-                            ToSession::PassOn(to)
-                        }
-                        Delivery::Moved { .. } | Delivery::Ended => ToSession::Gone,
+                    let (mut congested, mut moved) = (Vec::new(), Vec::new());
+                    let now = crate::now();
+                    if !self.deliver_to(s, msg, grant, now, None, &mut congested, &mut moved) {
+                        return ToSession::Gone;
+                    }
+                    // It moved on between the check and the delivery.
+                    return match moved.pop() {
+                        Some(p) if p.to.generation > a.generation => ToSession::PassOn(p.to),
+                        Some(_) => ToSession::Gone,
+                        None => ToSession::Delivered {
+                            congested: congested.pop(),
+                        },
                     };
                 }
                 None => {}
@@ -1135,6 +1123,14 @@ impl Broker {
         self.spawn(async move {
             broker.publish(&msg, Origin::Will).await;
         });
+    }
+}
+
+/// Tells the connection a takeover replaces to go (DISCONNECT 0x8E): the one place that does,
+/// so the `two_sessions` failpoint (feature `testing`) is one place too.
+fn take_over(c: &ConnCtl) {
+    if !crate::failpoints::two_sessions() {
+        c.kick(ReasonCode::SESSION_TAKEN_OVER);
     }
 }
 

@@ -62,10 +62,6 @@ pub(crate) struct Routed {
     pub(crate) remote: Vec<RemoteSend>,
     /// Sessions that moved to other nodes that must get it.
     pub(crate) passes: Vec<PassOn>,
-    /// Shared groups a peer picked this node to serve that no member here took (the last one
-    /// left, and the peer routed by a route not yet removed): another node with members
-    /// must take it (see [`Broker::serve_elsewhere`]).
-    pub(crate) unserved: Vec<TopicFilter>,
     /// A client's QoS 1/2 message that must reach a peer known unreachable
     /// (`Cluster::peer_up`): it was delivered nowhere, and the publisher hears a failure
     /// (docs/rfcs/0005).
@@ -174,39 +170,25 @@ impl Broker {
             &mut passes,
             &mut served,
         );
-        let mut remote = remote;
-        let unserved = match policy {
-            SharedPolicy::Only(picked) => picked
-                .iter()
-                .filter(|f| !served.contains(f))
-                .cloned()
-                .collect(),
+        // A group this node was picked to serve (by a peer, or by itself for its own
+        // clients) that no member here took: its last member just left, and the route that
+        // picked this node is about to go. Another node with members takes it, within the
+        // publisher's wait like any peer (issue 8, chaos `shared`).
+        let unserved: Vec<&TopicFilter> = match &policy {
+            SharedPolicy::Only(list) => list.iter().filter(|f| !served.contains(f)).collect(),
             SharedPolicy::Picked { mine, .. } => {
-                // This node picked itself for a group by a route of its own that is about to
-                // go (its last member just left): another node with members takes it, within
-                // the publisher's wait like any peer (issue 8, chaos `shared`, seed 5).
-                for f in mine.iter().filter(|f| !served.contains(f)) {
-                    if let Some(node) = self.peer_serving(&msg.topic, f) {
-                        self.metrics.shared_served_elsewhere.increment(1);
-                        match remote.iter_mut().find(|r| r.node == node) {
-                            Some(r) => r.shared.push(f.clone()),
-                            None => remote.push(RemoteSend {
-                                node,
-                                direct: false,
-                                shared: vec![f.clone()],
-                            }),
-                        }
-                    }
-                }
-                Vec::new()
+                mine.iter().filter(|f| !served.contains(f)).collect()
             }
             SharedPolicy::All => Vec::new(),
         };
+        let mut remote = remote;
+        for f in unserved {
+            self.serve_elsewhere(&msg.topic, f, &mut remote);
+        }
         Routed {
             local,
             remote,
             passes,
-            unserved,
             unreachable: false,
         }
     }
@@ -262,7 +244,8 @@ impl Broker {
     }
 
     /// Delivers to matching local sessions: non-shared ones if `direct`, and one member of each
-    /// matching shared group that `policy` serves here (those served are added to `served`).
+    /// matching shared group that `policy` serves here (those served are added to `served`,
+    /// unless every local group is served).
     #[allow(clippy::too_many_arguments)]
     fn route_local(
         &self,
@@ -310,7 +293,9 @@ impl Broker {
                 shared: Some(g.filter.clone()),
             };
             if self.deliver_to(member, msg, grant, now, publisher, congested, passes) {
-                served.push(g.filter.clone());
+                if !matches!(policy, SharedPolicy::All) {
+                    served.push(g.filter.clone());
+                }
                 n += 1;
             }
         }
@@ -324,7 +309,7 @@ impl Broker {
     /// subscriber other than the publisher is added to `congested`; a session that moved to
     /// another node adds the message to `passes` (and counts as taking it).
     #[allow(clippy::too_many_arguments)]
-    fn deliver_to(
+    pub(super) fn deliver_to(
         &self,
         target: &SessionRef,
         msg: &Arc<Message>,
@@ -488,35 +473,28 @@ impl Broker {
             .find(|n| *n != me && c.peer_up(*n))
     }
 
-    /// For a message a peer picked this node to serve shared groups with, and no member here
-    /// took (see [`Routed::unserved`]): hands it, per group, to another node with members,
-    /// and says whether each took it within the forward timeout (the peer's acknowledgement
-    /// waits for this). A group with no member anywhere is dropped and counted, as a message
-    /// with no subscriber is.
-    pub(crate) async fn serve_elsewhere(
+    /// Adds shared group `f`, picked to be served here but taken by no member here, to
+    /// `remote` for a peer that has members of it; with none left anywhere the message is
+    /// dropped for that group and counted, as one with no subscriber is.
+    fn serve_elsewhere(
         &self,
-        msg: &Arc<Message>,
-        unserved: Vec<TopicFilter>,
-    ) -> bool {
-        let mut acks = Vec::new();
-        for f in unserved {
-            match self.peer_serving(&msg.topic, &f) {
-                Some(node) => {
-                    self.metrics.shared_served_elsewhere.increment(1);
-                    acks.extend(
-                        self.cluster
-                            .forward(node, msg.clone(), false, vec![f])
-                            .await,
-                    );
-                }
-                None => self.metrics.shared_no_member.increment(1),
-            }
+        topic: &roost_core::topic::TopicName,
+        f: &TopicFilter,
+        remote: &mut Vec<RemoteSend>,
+    ) {
+        let Some(node) = self.peer_serving(topic, f) else {
+            self.metrics.shared_no_member.increment(1);
+            return;
+        };
+        self.metrics.shared_served_elsewhere.increment(1);
+        match remote.iter_mut().find(|r| r.node == node) {
+            Some(r) => r.shared.push(f.clone()),
+            None => remote.push(RemoteSend {
+                node,
+                direct: false,
+                shared: vec![f.clone()],
+            }),
         }
-        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
-        matches!(
-            tokio::time::timeout(limit, worst_answer(acks)).await,
-            Ok(None)
-        )
     }
 
     /// Hands a message to the peers that have subscribers, in publish order. For QoS 1/2 it
@@ -579,16 +557,22 @@ impl Broker {
         acks
     }
 
-    /// For a message from a peer that matched sessions that moved on: passes it on and says
-    /// whether every node took it within the forward timeout (the peer's acknowledgement
-    /// waits for this).
-    pub(crate) async fn pass_on_from_peer(&self, msg: &Arc<Message>, passes: Vec<PassOn>) -> bool {
-        let acks = self.pass_on(msg, passes).await;
-        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
-        matches!(
-            tokio::time::timeout(limit, worst_answer(acks)).await,
-            Ok(None)
-        )
+    /// [`forward`](Self::forward) for a message this node did not publish (from a peer, or
+    /// passed on to a session that moved on): whether every node took it within the forward
+    /// timeout. The peer's acknowledgement waits for this.
+    pub(crate) async fn forward_all(
+        &self,
+        msg: &Arc<Message>,
+        remote: Vec<RemoteSend>,
+        passes: Vec<PassOn>,
+    ) -> bool {
+        match self.forward(msg, remote, passes).await {
+            None => true,
+            Some(mut wait) => {
+                wait.done().await;
+                wait.failure().is_none()
+            }
+        }
     }
 }
 
