@@ -194,6 +194,11 @@ pub trait LocalNode: Send + Sync + 'static {
     ) -> BoxFuture<Option<SessionTransfer>>;
     /// Reacts to an applied entry (called in log order; must not block).
     fn on_event(&self, event: &Event);
+    /// A graceful stop is under way here (reported to peers in `Status`: they move no
+    /// sessions to this node).
+    fn draining(&self) -> bool {
+        false
+    }
 }
 
 struct Hooks(Arc<dyn LocalNode>);
@@ -416,6 +421,47 @@ impl Cluster {
             .membership()
             .voter_ids()
             .count()
+    }
+
+    /// The voting members other than this node, in id order.
+    pub fn voter_peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.cfg.node_id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The voting peers that can take sessions now: each is asked for its status (at most
+    /// `limit`), and those that answer, follow a leader and are not stopping themselves are
+    /// returned, in id order. For a graceful stop choosing where its sessions go.
+    pub async fn session_takers(&self, limit: Duration) -> Vec<NodeId> {
+        let mut asks = tokio::task::JoinSet::new();
+        for id in self.voter_peers() {
+            let Some(peer) = self.peer(id) else { continue };
+            let mut client = peer.client.clone();
+            asks.spawn(async move {
+                let mut req = Request::new(pb::StatusRequest {});
+                req.set_timeout(limit);
+                let reply = tokio::time::timeout(limit, client.status(req)).await;
+                match reply {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        (r.leader_id.is_some() && !r.draining).then_some(id)
+                    }
+                    _ => None,
+                }
+            });
+        }
+        let mut takers: Vec<NodeId> = asks.join_all().await.into_iter().flatten().collect();
+        takers.sort_unstable();
+        takers
     }
 
     /// True if a leader is known and, when that is this node, a quorum acknowledged it

@@ -284,6 +284,10 @@ pub enum Command {
     /// event as a claim), or releases it (`to` is `None`: nobody owned it, or the owner it
     /// replaced is not known). Ignored unless `node` and `generation` still own the session,
     /// so a later claim is never undone. Appended last: entries logged before it read back.
+    ///
+    /// Also the move of a graceful stop: a draining node hands each session it owns to a
+    /// peer (`node` the draining node, `to` the peer), which takes the session from it
+    /// (docs/architecture.md, "Graceful drain").
     ReturnSession {
         /// Client id.
         client_id: String,

@@ -421,6 +421,18 @@ impl Conn {
         conn_id: u64,
         username: Option<String>,
     ) -> Option<(Attached, Arc<ConnCtl>)> {
+        if self.broker.draining() {
+            // A graceful stop hands sessions on; it takes no new ones (v3.1.1: 0x03).
+            let max = n.params.maximum_packet_size;
+            self.refuse(
+                n.protocol,
+                max,
+                ReasonCode::SERVER_SHUTTING_DOWN,
+                "shutting_down",
+            )
+            .await;
+            return None;
+        }
         let cfg = &self.broker.config.mqtt;
         let current = self.broker.connections.fetch_add(1, Ordering::AcqRel);
         // A takeover replaces a connection rather than adding one: never refuse it for quota.

@@ -83,4 +83,8 @@ impl LocalNode for NodeHooks {
             b.on_cluster_event(event);
         }
     }
+
+    fn draining(&self) -> bool {
+        self.broker().is_some_and(|b| b.draining())
+    }
 }

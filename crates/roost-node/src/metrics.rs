@@ -41,6 +41,8 @@ pub(crate) const HANDOVER_IDS_FORGOTTEN: &str = "roost_handover_ids_forgotten_to
 pub(crate) const HANDOVER_PASSED_ON_DROPPED: &str = "roost_handover_passed_on_dropped_total";
 pub(crate) const SHARED_ELSEWHERE: &str = "roost_shared_served_elsewhere_total";
 pub(crate) const LEASE_DISCONNECTS: &str = "roost_session_lease_disconnects_total";
+pub(crate) const SESSIONS_MOVED_HERE: &str = "roost_sessions_moved_here_total";
+pub(crate) const DRAIN_SESSIONS: &str = "roost_drain_sessions_total";
 pub(crate) const SUBSCRIPTIONS: &str = "roost_subscriptions";
 pub(crate) const RETAINED: &str = "roost_retained_messages";
 pub(crate) const WILLS: &str = "roost_wills_published_total";
@@ -132,6 +134,17 @@ pub(crate) fn describe() {
          session_gone (the session ended or lost its subscription meanwhile, e.g. a clean \
          start); QoS 1/2 ones it could not place in time are not acknowledged instead, see \
          roost_cluster_received_not_accepted_total"
+    );
+    describe_counter!(
+        SESSIONS_MOVED_HERE,
+        "persistent sessions another node moved to this one (a graceful stop hands its \
+         sessions on), taken with their queued and in-flight messages"
+    );
+    describe_counter!(
+        DRAIN_SESSIONS,
+        "persistent sessions of this node at a graceful stop, by outcome: handed (to another \
+         node, with their messages) or left (the drain ran out of time or found no node to \
+         take them: their queued messages are lost with this process)"
     );
     describe_counter!(
         TAKEOVER_UNREACHABLE,
@@ -227,6 +240,9 @@ pub(crate) struct Metrics {
     pub(crate) takeovers: Counter,
     pub(crate) takeover_unreachable: Counter,
     pub(crate) lease_disconnects: Counter,
+    pub(crate) sessions_adopted: Counter,
+    pub(crate) drain_handed: Counter,
+    pub(crate) drain_left: Counter,
     pub(crate) handover_duplicates: Counter,
     pub(crate) shared_served_elsewhere: Counter,
     pub(crate) shared_no_member: NodeCounter,
@@ -270,6 +286,9 @@ impl Metrics {
             takeovers: counter!(TAKEOVERS),
             takeover_unreachable: counter!(TAKEOVER_UNREACHABLE),
             lease_disconnects: counter!(LEASE_DISCONNECTS),
+            sessions_adopted: counter!(SESSIONS_MOVED_HERE),
+            drain_handed: counter!(DRAIN_SESSIONS, "outcome" => "handed"),
+            drain_left: counter!(DRAIN_SESSIONS, "outcome" => "left"),
             handover_duplicates: counter!(HANDOVER_DUPLICATES),
             shared_served_elsewhere: counter!(SHARED_ELSEWHERE),
             shared_no_member: NodeCounter::new(

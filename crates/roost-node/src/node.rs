@@ -206,14 +206,20 @@ impl Node {
     }
 
     /// Graceful stop: not ready, no new connections, v5 clients get DISCONNECT 0x8B, wait for
-    /// every connection to flush and close (bounded), then stop the background tasks.
+    /// every connection to flush and close (bounded); in a cluster, hand every persistent
+    /// session to another node and take this node's routes out (bounded by
+    /// `cluster.drain_timeout_ms`, docs/architecture.md "Graceful drain"); then stop the
+    /// background tasks.
     pub async fn shutdown(self) {
         info!("shutting down");
+        let started = tokio::time::Instant::now();
         self.ready.store(false, Ordering::Release);
+        self.broker.begin_drain();
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
         self.broker.kick_all(ReasonCode::SERVER_SHUTTING_DOWN);
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let drain_limit = Duration::from_millis(self.broker.config.cluster.drain_timeout_ms);
+        let deadline = started + DRAIN_TIMEOUT.min(drain_limit);
         while self.broker.connections.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {
                 warn!(
@@ -224,6 +230,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.broker.drain(started + drain_limit).await;
         for t in self.background {
             t.abort();
         }

@@ -56,9 +56,15 @@ async fn publish_reason(
 /// publishers hear v5 0x80 (PUBACK and PUBREC), and a v3.1.1 publisher (no failure code in its
 /// protocol) has its connection closed without an acknowledgement, so it sends the message
 /// again. Before the fix every one of them got 0x00 once the forward timeout ran out.
+/// Node 2 stops without a drain (`drain_timeout_ms` 1: as if it crashed), so its subscriber's
+/// session and route stay with it; a drained stop hands them to node 1 (`wire_drain`).
 #[tokio::test]
 async fn item3_message_a_peer_did_not_accept_is_not_acknowledged_as_delivered() {
-    let (a, b, _) = two_nodes(false, |c| c.cluster.forward_timeout_ms = 1000).await;
+    let (a, b, _) = two_nodes(false, |c| {
+        c.cluster.forward_timeout_ms = 1000;
+        c.cluster.drain_timeout_ms = 1;
+    })
+    .await;
     let (mut far, _) = connect_persistent(b.addr(), Protocol::V5, "far").await;
     far.subscribe("far/t", QoS::ExactlyOnce).await.unwrap();
     // Connected while the cluster has a quorum (a CONNECT needs one).

@@ -163,6 +163,7 @@ impl Cluster for StatusOnly {
             sessions: 4,
             retained: 5,
             state: "leader".to_owned(),
+            draining: false,
         }))
     }
 }

@@ -425,6 +425,7 @@ impl cluster_server::Cluster for ClusterService {
             sessions,
             retained,
             state: server_state(m.state).to_owned(),
+            draining: self.local.draining(),
         }))
     }
 }

@@ -17,6 +17,7 @@
 //! - [`routing`]: where a message goes: local sessions, shared groups, peers; backpressure.
 //! - [`retained`]: retained messages (replicated; this node's `$SYS` ones kept locally).
 //! - [`subscriptions`]: the subscription index and this node's routes in the cluster.
+//! - [`drain`]: a graceful stop hands the sessions to other nodes, then removes the routes.
 //!
 //! Locks and their order (never two at once except as listed):
 //! - the registry map may be held while taking one session's state lock (attach, expiry).
@@ -31,6 +32,7 @@
 //! (backpressure, bounded by `mqtt.backpressure_timeout_ms`); each session's queue is bounded
 //! by count and bytes and drops per its policy, counting every drop.
 
+mod drain;
 mod registry;
 mod retained;
 mod routing;
@@ -130,6 +132,8 @@ pub(crate) struct Broker {
     cluster: Arc<Cluster>,
     /// Local subscriber counts per filter and the route changes not committed yet.
     routes: Arc<RouteTable>,
+    /// A graceful stop began (see [`drain`]): CONNECTs are refused.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -166,6 +170,7 @@ impl Broker {
             started: crate::now(),
             cluster: Arc::clone(&cluster),
             routes: Arc::clone(&routes),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         broker
             .tasks

@@ -586,7 +586,11 @@ impl Broker {
         generation: u64,
         requester: NodeId,
     ) -> Option<SessionTransfer> {
-        let Some(s) = self.session(client_id.as_str()) else {
+        let here = match self.session(client_id.as_str()) {
+            Some(s) => Some(s),
+            None => self.session_on_its_way(client_id, generation).await,
+        };
+        let Some(s) = here else {
             // Handed over already, to this requester for this claim: its reply was lost.
             let t = self.ownership.tombstones.lock();
             let t = t.get(client_id)?;
@@ -678,6 +682,57 @@ impl Broker {
         Some(handed)
     }
 
+    /// No session of `client_id` here, asked for by the claim at `generation`: one may be on
+    /// its way. Another node moved it here (see [`adopt`](Self::adopt)) and this node is still
+    /// taking it, holding the client's lane, or has not applied that move yet (the requester
+    /// applied its own, later claim first). Waits, at most a quarter of the forward timeout
+    /// (the requester waits a whole one), until this node applied the requester's claim and
+    /// no attach or adoption of the client runs here, then looks again. A requester whose
+    /// claim is not the current one gets nothing at once: a later claim won.
+    async fn session_on_its_way(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+    ) -> Option<SessionRef> {
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms) / 4;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (owner, last) = {
+                let state = self.cluster.state().read();
+                (
+                    state.session_owner(client_id),
+                    state.last_generation(client_id.as_str()),
+                )
+            };
+            if owner.is_some_and(|o| o.generation > generation) {
+                return None;
+            }
+            if last >= generation {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !self.ownership.lanes.lock().contains_key(client_id) {
+            return self.session(client_id.as_str());
+        }
+        let _ = tokio::time::timeout_at(deadline, self.lane(client_id)).await;
+        self.session(client_id.as_str())
+    }
+
+    /// For a graceful stop: where the sessions handed over from here went, with the filters
+    /// their tombstones still hold here.
+    pub(super) fn tombstone_routes(&self) -> Vec<(NodeId, Vec<TopicFilter>)> {
+        self.ownership
+            .tombstones
+            .lock()
+            .values()
+            .map(|t| (t.moved.node, t.filters.clone()))
+            .collect()
+    }
+
     /// Reacts to an applied cluster entry. A claim of a client this node serves, by another
     /// node, fences the local connection out (0x8E); the session itself waits for the new
     /// owner's TakeSession call. If that has not come within twice the forward timeout, the
@@ -759,6 +814,14 @@ impl Broker {
         let to = {
             let mut a = self.ownership.abandoned.lock();
             let Some(ab) = a.get_mut(client_id) else {
+                drop(a);
+                // Nothing here, and no claim of ours: another node moved the session to this
+                // one (a draining node's `ReturnSession`, or a claim whose attach here went
+                // away). The registry names this node: take the session from the owner it
+                // replaced, and hold it here offline.
+                if let Some(from) = previous.filter(|p| *p != me) {
+                    self.adopt(client_id, generation, from);
+                }
                 return;
             };
             if ab.last_generation >= generation {
@@ -785,6 +848,96 @@ impl Broker {
                 warn!(error = %e, "a claim given up on committed and was not handed back");
             }
         });
+    }
+
+    /// Takes the session of `client_id` from `from`, for the claim at `generation` that names
+    /// this node and that no attach here made (see `own_claim_applied`), and holds it offline
+    /// until its client comes back or its expiry runs out. The lane is taken at once, before
+    /// this returns: a TakeSession from a later claimant waits for the session to be here
+    /// (see [`hand_over`](Self::hand_over)). What `from` cannot hand over (it never answers,
+    /// or had nothing) is rebuilt from the registry, subscriptions only, as an attach would.
+    fn adopt(self: &Arc<Self>, client_id: &ClientId, generation: u64, from: NodeId) {
+        let lane = Arc::clone(
+            self.ownership
+                .lanes
+                .lock()
+                .entry(client_id.clone())
+                .or_default(),
+        );
+        // Nobody holds it (own_claim_applied saw no lane): this cannot wait.
+        let Ok(held) = Arc::clone(&lane).try_lock_owned() else {
+            return;
+        };
+        let broker = Arc::clone(self);
+        let client_id = client_id.clone();
+        self.spawn(async move {
+            let _lane = LaneGuard {
+                lanes: &broker.ownership.lanes,
+                client_id: client_id.clone(),
+                lane,
+                held: Some(held),
+            };
+            broker.adopt_in_lane(&client_id, generation, from).await;
+        });
+    }
+
+    async fn adopt_in_lane(self: &Arc<Self>, client_id: &ClientId, generation: u64, from: NodeId) {
+        if self.session(client_id.as_str()).is_some() {
+            return;
+        }
+        let transfer = match self.take_from(from, client_id, generation).await {
+            Some(t) => Some(t),
+            None => self.stored_transfer(client_id.as_str()),
+        };
+        let Some(t) = transfer.filter(|t| t.expiry_interval > 0) else {
+            debug!(client_id = %client_id, from = %from, "moved here with nothing to hold");
+            return;
+        };
+        let now = crate::now();
+        let recent = Box::new(RecentIds::new(
+            now + self.recent_window(),
+            image_ids(&t.image),
+        ));
+        let subscriptions = t.image.subscriptions.clone();
+        let mut session = Session::import(client_id.as_arc().clone(), self.limits.clone(), t.image);
+        session.set_expiry_interval(t.expiry_interval);
+        // Offline from now: its expiry, and a will waiting for its delay, run from here.
+        let detached = session.detach(now, t.pending_will);
+        let next = session.poll_timeout();
+        let entry = self.new_entry(client_id, session, None, false, Some(generation));
+        entry.lock().recent = Some(recent);
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions.contains_key(client_id) {
+                // An attach here cannot have run (the lane is ours); nothing else inserts.
+                return;
+            }
+            sessions.insert(client_id.clone(), entry.clone());
+        }
+        self.ownership.arrived.notify_waiters();
+        let routes = self.index_all(&entry, &subscriptions);
+        self.redistribute(detached.orphans, &entry);
+        if let Some(w) = detached.will_now {
+            self.publish_will(w, client_id);
+        }
+        self.arm_session_timer(&entry, 1, next);
+        self.metrics.sessions_adopted.increment(1);
+        debug!(client_id = %client_id, from = %from, generation, "session moved here");
+        // A later claim may have taken the client meanwhile: its owner asks for the session
+        // (the copy waits for it, as any copy a claim fenced out), else it is dropped.
+        let current = self.cluster.state().read().session_owner(client_id);
+        if let Some(owner) = current.filter(|o| o.generation > generation) {
+            let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
+            let kind = TimerKind::StaleCopy {
+                generation: owner.generation,
+            };
+            self.timers
+                .arm(tokio::time::Instant::now() + wait, entry, 0, kind);
+            return;
+        }
+        for rx in routes {
+            let _ = tokio::time::timeout(self.commit_timeout(), rx).await;
+        }
     }
 
     /// Our claim at `generation` lost to a later one before this attach finished: the copy it

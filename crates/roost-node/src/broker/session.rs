@@ -366,6 +366,27 @@ impl SessionRef {
         self.0.state.lock().conn.clone()
     }
 
+    /// True once the session ended here (expired, discarded, handed over).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.0.state.lock().ended
+    }
+
+    /// What a graceful stop must do about this session; `None` once it ended here.
+    pub(crate) fn drain_state(&self) -> Option<super::drain::DrainState> {
+        use super::drain::DrainState;
+        let st = self.0.state.lock();
+        if st.ended {
+            return None;
+        }
+        Some(match (&st.conn, st.generation) {
+            (Some(c), _) => DrainState::Connected(Arc::clone(c)),
+            (None, Some(generation)) if st.session.expiry_interval() > 0 => {
+                DrainState::Offline { generation }
+            }
+            _ => DrainState::Stays,
+        })
+    }
+
     /// For shared-group member choice: (ended, has window, connected).
     pub(crate) fn availability(&self) -> (bool, bool, bool) {
         let st = self.0.state.lock();

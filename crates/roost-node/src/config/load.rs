@@ -146,6 +146,7 @@ impl Config {
         }
         at_least("cluster.forward_timeout_ms", c.forward_timeout_ms, 1)?;
         at_least("cluster.commit_timeout_ms", c.commit_timeout_ms, 1)?;
+        at_least("cluster.drain_timeout_ms", c.drain_timeout_ms, 1)?;
         // An election (up to twice the maximum election timeout with pre-vote and jitter)
         // must not end every node's lease.
         if c.session_lease_ms < 4 * c.election_timeout_ms {

@@ -109,6 +109,14 @@ pub struct ClusterSettings {
     /// of it; at least 4 × `election_timeout_ms`, so that an election does not end it.
     /// Milliseconds. Default 4000.
     pub session_lease_ms: u64,
+    /// How long a graceful stop (SIGTERM) may take in a cluster: the node stops accepting,
+    /// disconnects its clients (v5: DISCONNECT 0x8B), hands every persistent session, with
+    /// its queued and in-flight messages, to another node, then removes its routes and exits
+    /// (docs/architecture.md, "Graceful drain"). What is not handed on by then is lost with
+    /// the process (counted, `roost_drain_sessions_total{outcome="left"}`). Keep it below
+    /// the orchestrator's grace period (Kubernetes: `terminationGracePeriodSeconds`, 30 s by
+    /// default). Milliseconds. Default 20000.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -123,6 +131,7 @@ impl Default for ClusterSettings {
             forward_timeout_ms: 5000,
             commit_timeout_ms: 5000,
             session_lease_ms: 4000,
+            drain_timeout_ms: 20_000,
         }
     }
 }

@@ -1,0 +1,235 @@
+//! A graceful stop in a cluster (SIGTERM; a rolling restart's step): the node hands every
+//! persistent session it holds, with its queued and in-flight messages, to another node, then
+//! takes its routes out of the cluster, so nothing acknowledged dies with the process
+//! (docs/architecture.md, "Graceful drain"; issue 8's `restart` finding).
+//!
+//! ```text
+//!  draining: CONNECTs refused (0x8B) ─▶ clients told to go (0x8B) ─▶ for each offline
+//!  persistent session: ReturnSession(me, generation ─▶ next live peer) ─▶ that peer applies
+//!  it, takes the session (TakeSession; a tombstone stays here and passes on what still comes)
+//!  ─▶ all gone? ─▶ wait until the new owners' routes are applied here ─▶ remove this node's
+//!  routes, wait until every reachable member applied that ─▶ a short grace for forwards
+//!  already on the way ─▶ Node::shutdown goes on
+//! ```
+//!
+//! The move is the registry's conditional `ReturnSession` (ignored unless this node still owns
+//! the session at that generation): a client that reconnected elsewhere meanwhile wins, and
+//! its node takes the session from here as any takeover does. Every step is bounded by
+//! `cluster.drain_timeout_ms`; what is left at the end is counted
+//! (`roost_drain_sessions_total{outcome="left"}`).
+
+use super::Broker;
+use crate::routes::RouteCluster;
+use roost_cluster::types::{Command, NodeId};
+use roost_codec::ReasonCode;
+use roost_core::ClientId;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How often the drain looks at what is left.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Moves proposed at once (each is one Raft entry; the leader batches them).
+const MOVES_IN_FLIGHT: usize = 64;
+
+/// How long a peer has to say it can take sessions (see [`Cluster::session_takers`]).
+///
+/// [`Cluster::session_takers`]: roost_cluster::Cluster::session_takers
+const TAKERS_ASK: Duration = Duration::from_millis(500);
+
+/// How often the list of peers that can take sessions is asked again.
+const TAKERS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Route removals per proposal.
+const ROUTES_PER_PROPOSAL: usize = 1_000;
+
+impl Broker {
+    /// A graceful stop begins: CONNECTs are refused with 0x8B from now on.
+    pub(crate) fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// True once a graceful stop began: CONNECTs are refused with 0x8B.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Hands this node's sessions to the other nodes and takes its routes out of the cluster
+    /// (see the module docs). Returns when that is done or at `deadline`. A lone node (no
+    /// peers) only stops taking CONNECTs: its sessions stay in the registry for its restart.
+    pub(crate) async fn drain(self: &Arc<Self>, deadline: Instant) {
+        self.draining.store(true, Ordering::Release);
+        if !self.cluster.has_peers() {
+            return;
+        }
+        let handed = self.hand_on_sessions(deadline).await;
+        self.remove_own_routes(deadline).await;
+        let left = self.sessions().iter().filter(|s| !s.is_ended()).count();
+        self.metrics.drain_handed.increment(handed as u64);
+        self.metrics.drain_left.increment(left as u64);
+        if left > 0 {
+            warn!(
+                handed,
+                left,
+                "graceful stop: sessions not handed to another node are lost with this process"
+            );
+        } else {
+            info!(handed, "graceful stop: sessions handed to other nodes");
+        }
+    }
+
+    /// Tells connected clients to go and moves every offline persistent session to a live
+    /// peer, until none is left here or `deadline`. Returns how many moves committed.
+    async fn hand_on_sessions(self: &Arc<Self>, deadline: Instant) -> usize {
+        // Client id → the generation its move was proposed for (asked once per generation).
+        let mut asked: HashMap<ClientId, u64> = HashMap::new();
+        let mut moves = tokio::task::JoinSet::new();
+        let mut turn = 0usize;
+        let mut handed = 0usize;
+        let mut peers: Vec<NodeId> = Vec::new();
+        let mut refresh_at = Instant::now();
+        loop {
+            while let Some(r) = moves.try_join_next() {
+                if matches!(r, Ok(true)) {
+                    handed += 1;
+                }
+            }
+            let mut todo = Vec::new();
+            let mut live = 0usize;
+            for s in self.sessions() {
+                let Some(pending) = s.drain_state() else {
+                    continue;
+                };
+                live += 1;
+                match pending {
+                    DrainState::Connected(conn) => conn.kick(ReasonCode::SERVER_SHUTTING_DOWN),
+                    DrainState::Offline { generation } => {
+                        if asked.get(s.client_id()) != Some(&generation) {
+                            todo.push((s.client_id().clone(), generation));
+                        }
+                    }
+                    // Ends with its connection, or was never claimed (nothing to move).
+                    DrainState::Stays => live -= 1,
+                }
+            }
+            if live == 0 || Instant::now() >= deadline {
+                break;
+            }
+            if !self.cluster.serving() {
+                // No quorum (the rest of the cluster is gone or stopping too): nothing can
+                // commit a move.
+                warn!("graceful stop: no quorum to hand the sessions on");
+                break;
+            }
+            if Instant::now() >= refresh_at {
+                refresh_at = Instant::now() + TAKERS_REFRESH;
+                let ask = TAKERS_ASK.min(deadline.saturating_duration_since(Instant::now()));
+                peers = self.cluster.session_takers(ask).await;
+            }
+            if peers.is_empty() {
+                warn!("graceful stop: no live peer to hand the sessions to");
+                break;
+            }
+            for (client_id, generation) in todo {
+                if moves.len() >= MOVES_IN_FLIGHT {
+                    break;
+                }
+                let to = peers[turn % peers.len()];
+                turn += 1;
+                asked.insert(client_id.clone(), generation);
+                let cluster = Arc::clone(&self.cluster);
+                let me = cluster.node_id();
+                moves.spawn(async move {
+                    let cmd = Command::ReturnSession {
+                        client_id: client_id.to_string(),
+                        node: me,
+                        generation,
+                        to: Some(to),
+                    };
+                    match cluster.propose(cmd).await {
+                        Ok((_, resp)) => {
+                            debug!(client_id = %client_id, to = %to, ?resp, "session moved");
+                            resp == roost_cluster::types::CommandResponse::Released(true)
+                        }
+                        Err(e) => {
+                            debug!(client_id = %client_id, error = %e, "session move not committed");
+                            false
+                        }
+                    }
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(POLL.min(left)).await;
+        }
+        moves.abort_all();
+        while let Some(r) = moves.join_next().await {
+            if matches!(r, Ok(true)) {
+                handed += 1;
+            }
+        }
+        handed
+    }
+
+    /// Takes this node's routes out of the cluster once the sessions that left have their
+    /// routes on their new owners (so a filter is never without a node for a moment), and
+    /// waits until every reachable member applied that, plus a short grace for forwards
+    /// already on the way (those go on from the tombstones here). A publisher whose message
+    /// reaches this node later hears a failure: it is never acknowledged for nobody.
+    async fn remove_own_routes(self: &Arc<Self>, deadline: Instant) {
+        let me = self.cluster.node_id();
+        loop {
+            let covered = {
+                let state = self.cluster.state().read();
+                let routes = &state.snapshot().routes;
+                self.tombstone_routes().iter().all(|(_, filters)| {
+                    filters.iter().all(|f| {
+                        routes
+                            .get(f.as_str())
+                            .is_some_and(|nodes| nodes.iter().any(|n| *n != me))
+                    })
+                })
+            };
+            if covered || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        // From here on nothing adds routes of this node again (no client can subscribe).
+        self.routes.stop();
+        if !self.cluster.serving() {
+            // Nothing would commit; the next start of this node repairs its routes.
+            return;
+        }
+        let mine: Vec<String> = self.cluster.committed_routes().into_iter().collect();
+        for chunk in mine.chunks(ROUTES_PER_PROPOSAL) {
+            let removal = self.cluster.update_routes(Vec::new(), chunk.to_vec());
+            match tokio::time::timeout_at(deadline, removal).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "graceful stop: routes not removed (the next start repairs them)");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        if !mine.is_empty() {
+            let grace = Duration::from_millis(self.config.cluster.heartbeat_ms * 2);
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(grace.min(left)).await;
+        }
+    }
+}
+
+/// What a graceful stop must do about one session (see [`super::SessionRef::drain_state`]).
+pub(crate) enum DrainState {
+    /// A client is still connected: tell it to go first.
+    Connected(Arc<super::ConnCtl>),
+    /// Offline, persistent, owned by this node at `generation`: to be moved.
+    Offline { generation: u64 },
+    /// Nothing to move: it ends with its connection, or was never claimed.
+    Stays,
+}

@@ -1,0 +1,166 @@
+//! Wire tests of a node's graceful stop in a cluster (SIGTERM: a rolling restart's step, issue 8
+//! `restart` finding, issue 11 "Graceful drain"): the persistent sessions the node holds are
+//! handed to another node before it exits, with what they had queued, so no acknowledged
+//! message dies with the node (docs/architecture.md, "Graceful drain").
+#![allow(clippy::unwrap_used)]
+
+use roost_codec::{Ack, Packet, Protocol, QoS, ReasonCode};
+use roost_testkit::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Reads QoS 1 publishes (acknowledging each) until `quiet` passes without one or the
+/// connection ends; returns their payloads.
+async fn drain_publishes(c: &mut RawClient, quiet: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let p = match tokio::time::timeout(quiet, c.recv()).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(None)) => return got,
+            Ok(Ok(Some(p))) => p,
+        };
+        if let Packet::Publish(p) = p {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            if let Some(id) = p.packet_id {
+                if c.send(&Packet::PubAck(Ack::new(id))).await.is_err() {
+                    return got;
+                }
+            }
+        }
+    }
+}
+
+/// Resumes a persistent session, asking again while the cluster answers 0x88 (a stopped
+/// leader is replaced within about 1.5 s: docs/rfcs/0004).
+async fn resume(addr: std::net::SocketAddr, protocol: Protocol, id: &str) -> (RawClient, bool) {
+    for _ in 0..40 {
+        let mut c = RawClient::open(addr, protocol).await.unwrap();
+        let ack = c.handshake(persistent_packet(protocol, id)).await.unwrap();
+        if ack.reason_code == ReasonCode::SUCCESS {
+            return (c, ack.session_present);
+        }
+        assert_eq!(
+            ack.reason_code,
+            ReasonCode::SERVER_UNAVAILABLE,
+            "{id}: {ack:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{id}: the cluster did not take the client back within 10 s");
+}
+
+/// Node 1 holds two persistent v3.1.1 sessions: `away` (offline, 40 QoS 1 messages queued for
+/// it) and `here` (connected, reading). Node 1 stops gracefully while a publisher on node 2
+/// keeps sending. `here` hears the close and reconnects to node 3, `away` comes back on node 2
+/// afterwards: both find their sessions, and every message acknowledged to the (v5) publisher
+/// reaches them. Before the drain, node 1 exited with both queues: node 2 and node 3 waited
+/// for it in vain and rebuilt the sessions from the registry, subscriptions only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_its_sessions_to_another_node() {
+    let (nodes, _) = nodes_with(3, false, |_| {}).await.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let mut nodes = nodes.into_iter();
+    let n1 = nodes.next().unwrap();
+    let rest: Vec<TestNode> = nodes.collect();
+
+    let (mut away, _) = connect_persistent(addrs[0], Protocol::V311, "away").await;
+    away.subscribe("dr/away", QoS::AtLeastOnce).await.unwrap();
+    away.disconnect().await.unwrap();
+    let (mut here, _) = connect_persistent(addrs[0], Protocol::V311, "here").await;
+    here.subscribe("dr/here", QoS::AtLeastOnce).await.unwrap();
+
+    let mut publisher = connect_clean(addrs[1], Protocol::V5, "pub").await;
+    let mut acked_away = Vec::new();
+    for i in 0..40 {
+        let payload = format!("away-{i}");
+        let r = publisher
+            .publish("dr/away", payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert!(!r.is_error(), "{payload} refused: {r:?}");
+        acked_away.push(payload);
+    }
+    // `here` reads in the background while the publisher goes on through the stop.
+    let reader = tokio::spawn(async move {
+        let got = drain_publishes(&mut here, Duration::from_secs(30)).await;
+        (here, got)
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut refused = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let payload = format!("here-{i}");
+                match publisher
+                    .publish("dr/here", payload.as_bytes(), QoS::AtLeastOnce, false)
+                    .await
+                {
+                    Ok(r) if !r.is_error() => acked.push(payload),
+                    Ok(_) => refused += 1,
+                    Err(e) => panic!("publisher: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n1.stop().await;
+    let (_, mut got_here) = reader.await.unwrap();
+    let (mut here, present) = resume(addrs[2], Protocol::V311, "here").await;
+    assert!(present, "`here` lost its session");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked_here, refused) = publishing.await.unwrap();
+    got_here.extend(drain_publishes(&mut here, Duration::from_secs(2)).await);
+
+    let (mut away, present) = resume(addrs[1], Protocol::V311, "away").await;
+    assert!(present, "`away` lost its session");
+    let got_away = drain_publishes(&mut away, Duration::from_secs(2)).await;
+    let lost_away: Vec<_> = acked_away
+        .iter()
+        .filter(|p| !got_away.contains(p))
+        .collect();
+    assert!(
+        lost_away.is_empty(),
+        "`away`: {} of 40 queued messages lost: {lost_away:?}",
+        lost_away.len()
+    );
+    let got: HashSet<&String> = got_here.iter().collect();
+    let lost_here: Vec<_> = acked_here.iter().filter(|p| !got.contains(p)).collect();
+    assert!(acked_here.len() > 20, "too few: {}", acked_here.len());
+    assert!(
+        lost_here.is_empty(),
+        "`here`: {} of {} acknowledged lost ({refused} refused): {lost_here:?}",
+        lost_here.len(),
+        acked_here.len()
+    );
+    for n in rest {
+        n.stop().await;
+    }
+}
+
+/// A v5 client connected to a node that stops is told why: DISCONNECT 0x8B (server shutting
+/// down), and a node that is draining refuses new CONNECTs rather than taking sessions it
+/// would have to hand on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_tells_v5_clients_it_is_shutting_down() {
+    let (nodes, _) = nodes_with(3, false, |_| {}).await.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let mut nodes = nodes.into_iter();
+    let n1 = nodes.next().unwrap();
+    let rest: Vec<TestNode> = nodes.collect();
+    let (mut c, _) = connect_persistent(addrs[0], Protocol::V5, "v5").await;
+    c.subscribe("dr/v5", QoS::AtLeastOnce).await.unwrap();
+    let stopping = tokio::spawn(n1.stop());
+    expect_disconnect(&mut c, ReasonCode::SERVER_SHUTTING_DOWN).await;
+    stopping.await.unwrap();
+    let (_, present) = resume(addrs[1], Protocol::V5, "v5").await;
+    assert!(present);
+    for n in rest {
+        n.stop().await;
+    }
+}
