@@ -109,6 +109,11 @@ impl Net {
         Ok(())
     }
 
+    /// The (from, to) node pairs cut now.
+    pub fn cut(&self) -> Vec<(usize, usize)> {
+        self.cut.iter().copied().collect()
+    }
+
     /// Ends every partition.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (a, b) in std::mem::take(&mut self.cut) {

@@ -220,6 +220,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         ) {
             std::thread::sleep(cfg.fault_for);
         }
+        let cut = net.lock().cut();
         match fault {
             Fault::Partition | Fault::IsolateLeader => net.lock().heal()?,
             Fault::Pause => nodes.lock().pause(victim, false),
@@ -237,6 +238,19 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             at as f64 / 1e9,
             until as f64 / 1e9
         )?;
+        let touched: Vec<u64> = match fault {
+            Fault::Partition | Fault::IsolateLeader => Vec::new(),
+            Fault::RollingRestart => (1..=cfg.nodes as u64).collect(),
+            Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
+        };
+        rec.push(history::Op::Fault {
+            name: format!("{fault:?} {what}"),
+            nodes: touched,
+            cut: cut.iter().map(|&(a, b)| (a as u64, b as u64)).collect(),
+            cluster: cfg.nodes as u64,
+            from: at,
+            until,
+        });
         intervals.push(crate::plot::Interval {
             label: format!("{fault:?} {what}"),
             from: at,

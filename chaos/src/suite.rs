@@ -132,6 +132,12 @@ const SHORT: &[Case] = &[
         secs: 22,
         seed: 5,
     },
+    Case {
+        workload: Workload::Will,
+        faults: &[Fault::Partition, Fault::Kill],
+        secs: 22,
+        seed: 6,
+    },
 ];
 
 /// Runs the suite (`short`: the CI one) with `roost`; returns whether every run held every
