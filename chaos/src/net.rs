@@ -3,6 +3,15 @@
 //! made of blackhole routes inside the nodes' namespaces, so it cuts node-to-node traffic in
 //! both directions (packets vanish; nothing is reset) and leaves the clients' links alone.
 //! Needs root and iproute2.
+//!
+//! The shapes of partition ([`Shape`]), as Jepsen names them, each drawn from the seed:
+//!
+//! ```text
+//!  halves (5 nodes)       bridge (5 nodes)            ring (5 nodes)
+//!  {a b c} ╳ {d e}        {a b} ── m ── {c d}         a ─ b ─ c ─ d ─ e ─ (a)
+//!  majority | minority    m sees both halves;          each node sees its two
+//!                         the halves see only m        neighbours only
+//! ```
 
 use anyhow::{bail, Context};
 use std::collections::BTreeSet;
@@ -98,11 +107,24 @@ impl Net {
 
     /// Cuts every node in `side` off from every node not in it (both directions).
     pub fn partition(&mut self, side: &[usize]) -> anyhow::Result<()> {
+        let mut links = Vec::new();
         for a in 1..=self.nodes {
-            for b in 1..=self.nodes {
-                if a != b && side.contains(&a) != side.contains(&b) && self.cut.insert((a, b)) {
-                    let to = format!("{}/32", self.node_ip(b));
-                    ip(&["-n", &self.ns(a), "route", "add", "blackhole", &to])?;
+            for b in a + 1..=self.nodes {
+                if side.contains(&a) != side.contains(&b) {
+                    links.push((a, b));
+                }
+            }
+        }
+        self.cut_links(&links)
+    }
+
+    /// Cuts each link `(a, b)`, both directions.
+    pub fn cut_links(&mut self, links: &[(usize, usize)]) -> anyhow::Result<()> {
+        for &(a, b) in links {
+            for (from, to) in [(a, b), (b, a)] {
+                if from != to && self.cut.insert((from, to)) {
+                    let dst = format!("{}/32", self.node_ip(to));
+                    ip(&["-n", &self.ns(from), "route", "add", "blackhole", &dst])?;
                 }
             }
         }
@@ -140,5 +162,130 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// A partition's shape (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A majority and a minority (3|2 of 5, 3|1 of 4, 2|1 of 3; at least 3 nodes).
+    Halves,
+    /// Two halves that both see one node in the middle (at least 3 nodes).
+    Bridge,
+    /// Each node sees only its two neighbours on a ring (at least 4 nodes: with 3, everyone is
+    /// a neighbour).
+    Ring,
+}
+
+impl Shape {
+    /// The fewest nodes the shape cuts anything in.
+    pub fn min_nodes(self) -> usize {
+        match self {
+            Shape::Halves | Shape::Bridge => 3,
+            Shape::Ring => 4,
+        }
+    }
+
+    /// The links to cut among nodes `1..=n`, in an order drawn from `rng`, and the shape in
+    /// words (for the nemesis log).
+    pub fn draw(self, n: usize, rng: &mut crate::rng::Rng) -> (Vec<(usize, usize)>, String) {
+        let order = shuffled(n, rng);
+        let mut links = Vec::new();
+        let linked = |links: &mut Vec<(usize, usize)>, a: &[usize], b: &[usize]| {
+            for &x in a {
+                for &y in b {
+                    links.push((x.min(y), x.max(y)));
+                }
+            }
+        };
+        let what = match self {
+            Shape::Halves => {
+                let (minority, majority) = order.split_at((n - 1) / 2);
+                linked(&mut links, minority, majority);
+                format!("{majority:?} | {minority:?}")
+            }
+            Shape::Bridge => {
+                let (middle, rest) = order.split_at(1.min(n));
+                let (left, right) = rest.split_at(rest.len() / 2);
+                linked(&mut links, left, right);
+                format!("{left:?} - {middle:?} - {right:?}")
+            }
+            Shape::Ring => {
+                for i in 0..n {
+                    for j in i + 1..n {
+                        let adjacent = j == i + 1 || (i == 0 && j == n - 1);
+                        if !adjacent {
+                            linked(&mut links, &order[i..=i], &order[j..=j]);
+                        }
+                    }
+                }
+                let names: Vec<String> = order.iter().map(|i| i.to_string()).collect();
+                format!("{}-({})", names.join("-"), order[0])
+            }
+        };
+        links.sort();
+        (links, what)
+    }
+}
+
+/// Nodes `1..=n` in an order drawn from `rng` (Fisher-Yates).
+fn shuffled(n: usize, rng: &mut crate::rng::Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (1..=n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+    use crate::rng::Rng;
+    use std::collections::BTreeSet;
+
+    /// Who node `a` still reaches directly.
+    fn sees(n: usize, cut: &[(usize, usize)], a: usize) -> BTreeSet<usize> {
+        (1..=n)
+            .filter(|&b| b != a && !cut.contains(&(a.min(b), a.max(b))))
+            .collect()
+    }
+
+    #[test]
+    fn halves_leave_a_majority_and_a_minority() {
+        for (n, minority) in [(5, 2), (3, 1), (4, 1)] {
+            for seed in 0..20 {
+                let (cut, _) = Shape::Halves.draw(n, &mut Rng::new(seed));
+                let small: Vec<usize> = (1..=n)
+                    .filter(|&a| sees(n, &cut, a).len() + 1 == minority)
+                    .collect();
+                assert_eq!(small.len(), minority, "n {n} seed {seed}: {cut:?}");
+                assert_eq!(cut.len(), minority * (n - minority));
+            }
+        }
+    }
+
+    #[test]
+    fn a_bridge_has_one_node_seeing_everyone_and_two_halves_seeing_it() {
+        for seed in 0..20 {
+            let (cut, what) = Shape::Bridge.draw(5, &mut Rng::new(seed));
+            let middle: Vec<usize> = (1..=5).filter(|&a| sees(5, &cut, a).len() == 4).collect();
+            assert_eq!(middle.len(), 1, "{what}");
+            for a in (1..=5).filter(|a| *a != middle[0]) {
+                assert_eq!(sees(5, &cut, a).len(), 2, "{what}: node {a}");
+                assert!(sees(5, &cut, a).contains(&middle[0]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_ring_leaves_each_node_its_two_neighbours() {
+        for n in [4, 5] {
+            for seed in 0..20 {
+                let (cut, what) = Shape::Ring.draw(n, &mut Rng::new(seed));
+                for a in 1..=n {
+                    assert_eq!(sees(n, &cut, a).len(), 2, "{what}: node {a}");
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! ```
 
 use crate::history;
-use crate::net::Net;
+use crate::net::{Net, Shape};
 use crate::nodes::{self, Nodes, MQTT};
 use crate::rng::Rng;
 use crate::workload::{self, Recorder, Stops, Targets, Workload};
@@ -37,23 +37,58 @@ pub enum Fault {
     RollingRestart,
     /// The node the others follow cut off from them (clients still reach it).
     IsolateLeader,
+    /// A random majority and minority cut from each other (3|2 of 5, 2|1 of 3).
+    PartitionHalves,
+    /// Two random halves that both see one node in the middle, not each other (3+ nodes).
+    Bridge,
+    /// The nodes on a random ring, each seeing only its two neighbours (4+ nodes).
+    Ring,
+}
+
+impl Fault {
+    /// Every fault, by its name on the command line.
+    pub const NAMES: &[(&str, Fault)] = &[
+        ("partition", Fault::Partition),
+        ("pause", Fault::Pause),
+        ("kill", Fault::Kill),
+        ("restart", Fault::Restart),
+        ("rolling-restart", Fault::RollingRestart),
+        ("isolate-leader", Fault::IsolateLeader),
+        ("partition-halves", Fault::PartitionHalves),
+        ("bridge", Fault::Bridge),
+        ("ring", Fault::Ring),
+    ];
+
+    /// The fault's name on the command line.
+    pub fn name(self) -> &'static str {
+        Fault::NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The partition shape of the faults that have one.
+    fn shape(self) -> Option<Shape> {
+        match self {
+            Fault::PartitionHalves => Some(Shape::Halves),
+            Fault::Bridge => Some(Shape::Bridge),
+            Fault::Ring => Some(Shape::Ring),
+            _ => None,
+        }
+    }
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
-        match s {
-            "partition" => Ok(Fault::Partition),
-            "pause" => Ok(Fault::Pause),
-            "kill" => Ok(Fault::Kill),
-            "restart" => Ok(Fault::Restart),
-            "rolling-restart" => Ok(Fault::RollingRestart),
-            "isolate-leader" => Ok(Fault::IsolateLeader),
-            other => Err(format!(
-                "unknown nemesis {other:?} (known: partition, pause, kill, restart, \
-                 rolling-restart, isolate-leader)"
-            )),
-        }
+        Fault::NAMES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let known: Vec<_> = Fault::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown nemesis {s:?} (known: {})", known.join(", "))
+            })
     }
 }
 
@@ -122,6 +157,15 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     if !(1..=5).contains(&cfg.nodes) {
         bail!("--nodes must be 1 to 5");
     }
+    for f in &cfg.faults {
+        if let Some(shape) = f.shape().filter(|s| cfg.nodes < s.min_nodes()) {
+            bail!(
+                "{f:?} needs at least {} nodes (--nodes {})",
+                shape.min_nodes(),
+                cfg.nodes
+            );
+        }
+    }
     std::fs::create_dir_all(&cfg.out)?;
     let tag = format!(
         "rc{:04x}",
@@ -179,8 +223,15 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         let mut victim = 1 + nemesis_rng.below(cfg.nodes);
         let at = rec.now();
         let mut note = String::new();
+        let mut what = format!("node {victim}");
         match fault {
             Fault::Partition => net.lock().partition(&[victim])?,
+            Fault::PartitionHalves | Fault::Bridge | Fault::Ring => {
+                let shape = fault.shape().context("a partition has a shape")?;
+                let (links, drawn) = shape.draw(cfg.nodes, &mut nemesis_rng);
+                what = drawn;
+                net.lock().cut_links(&links)?
+            }
             Fault::IsolateLeader => {
                 // Any member knows the leader; asked of the one after the random pick.
                 let ask = nodes.lock().admin(1 + victim % cfg.nodes);
@@ -216,21 +267,32 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         }
         if matches!(
             fault,
-            Fault::Partition | Fault::IsolateLeader | Fault::Pause | Fault::Kill
+            Fault::Partition
+                | Fault::IsolateLeader
+                | Fault::Pause
+                | Fault::Kill
+                | Fault::PartitionHalves
+                | Fault::Bridge
+                | Fault::Ring
         ) {
             std::thread::sleep(cfg.fault_for);
         }
         let cut = net.lock().cut();
         match fault {
-            Fault::Partition | Fault::IsolateLeader => net.lock().heal()?,
+            Fault::Partition
+            | Fault::IsolateLeader
+            | Fault::PartitionHalves
+            | Fault::Bridge
+            | Fault::Ring => net.lock().heal()?,
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
             Fault::Restart | Fault::RollingRestart => {}
         }
-        let what = match fault {
-            Fault::RollingRestart => "every node".to_owned(),
-            _ => format!("node {victim}"),
-        };
+        match fault {
+            Fault::RollingRestart => what = "every node".to_owned(),
+            Fault::IsolateLeader => what = format!("node {victim}"),
+            _ => {}
+        }
         let until = rec.now();
         writeln!(
             events,
@@ -239,7 +301,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             until as f64 / 1e9
         )?;
         let touched: Vec<u64> = match fault {
-            Fault::Partition | Fault::IsolateLeader => Vec::new(),
+            Fault::Partition
+            | Fault::IsolateLeader
+            | Fault::PartitionHalves
+            | Fault::Bridge
+            | Fault::Ring => Vec::new(),
             Fault::RollingRestart => (1..=cfg.nodes as u64).collect(),
             Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
         };
@@ -291,10 +357,20 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         crate::plot::latency_svg(&ops, &intervals),
     )?;
     let report = crate::check(&ops);
+    let names: Vec<&str> = cfg.faults.iter().map(|f| f.name()).collect();
     let mut md = format!(
         "# roost-chaos run\n\nseed {}, {} nodes, workload {}, faults {:?}, {:?}; replay with \
-         `roost-chaos run --workload {} --seed {} ...`\n\n",
-        cfg.seed, cfg.nodes, cfg.workload, cfg.faults, cfg.duration, cfg.workload, cfg.seed
+         `roost-chaos run --nodes {} --workload {} --nemesis {} --duration {} --seed {}`\n\n",
+        cfg.seed,
+        cfg.nodes,
+        cfg.workload,
+        cfg.faults,
+        cfg.duration,
+        cfg.nodes,
+        cfg.workload,
+        names.join(","),
+        cfg.duration.as_secs(),
+        cfg.seed
     );
     md.push_str("![throughput](throughput.svg)\n\n![latency](latency.svg)\n\n");
     md.push_str(&report.markdown(50));
