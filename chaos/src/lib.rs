@@ -4,6 +4,7 @@
 //! ([`run`]): nodes in network namespaces ([`net`], [`nodes`]), the workloads ([`workload`])
 //! and a nemesis of partitions, pauses and kills, all from one seed ([`rng`]).
 
+pub mod delay;
 pub mod history;
 pub mod invariants;
 pub mod net;
@@ -69,14 +70,17 @@ impl Report {
         if self.wills.endings > 0 || self.wills.received > 0 {
             s.push_str(&format!(
                 "wills: {} connections ended ({} with the will due, {} with none allowed), {} \
-                 judged (no fault touched them), {} wills received, {} received again without \
-                 DUP where a fault may explain it\n\n",
+                 judged (no fault touched them), {} wills received; where a fault may explain \
+                 it (not judged): {} received again without DUP, {} due and not received by \
+                 a watcher, {} not allowed and received\n\n",
                 self.wills.endings,
                 self.wills.due,
                 self.wills.forbidden,
                 self.wills.judged,
                 self.wills.received,
-                self.wills.repeated_under_faults
+                self.wills.repeated_under_faults,
+                self.wills.missing_under_faults,
+                self.wills.forbidden_under_faults
             ));
         }
         s.push_str("| invariant | source | violations |\n|---|---|--:|\n");

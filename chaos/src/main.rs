@@ -26,8 +26,8 @@ enum Command {
         #[arg(long, default_value = "qos1-queue")]
         workload: String,
         /// Faults to pick from, comma-separated: partition, pause, kill, restart,
-        /// rolling-restart, isolate-leader, partition-halves, bridge (3+ nodes), ring (4+
-        /// nodes) (empty: none).
+        /// rolling-restart, isolate-leader, partition-halves (3+ nodes), bridge (3+ nodes),
+        /// ring (4+ nodes), loss, delay (need nft and iptables) (empty: none).
         #[arg(long, default_value = "partition,pause", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds of workload (the drain comes after).

@@ -13,9 +13,13 @@
 //!                         the halves see only m        neighbours only
 //! ```
 
+use crate::delay::Delayer;
+use crate::rng::Rng;
 use anyhow::{bail, Context};
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The namespaces, links and bridge of one run; removed by [`Net::close`] (and on drop).
 pub struct Net {
@@ -24,8 +28,15 @@ pub struct Net {
     nodes: usize,
     /// Blackholed (from, to) node pairs now in place.
     cut: BTreeSet<(usize, usize)>,
+    /// Nodes whose namespace holds the loss table now.
+    lossy: BTreeSet<usize>,
+    /// The packet delayers now running (one per node namespace).
+    delayers: Vec<Delayer>,
     closed: bool,
 }
+
+/// The nft table of the `loss` nemesis, inside a node's namespace.
+const LOSS_TABLE: &str = "roost_chaos";
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
@@ -55,6 +66,8 @@ impl Net {
             prefix,
             nodes,
             cut: BTreeSet::new(),
+            lossy: BTreeSet::new(),
+            delayers: Vec::new(),
             closed: false,
         };
         let br = net.bridge();
@@ -136,13 +149,74 @@ impl Net {
         self.cut.iter().copied().collect()
     }
 
-    /// Ends every partition.
-    pub fn heal(&mut self) -> anyhow::Result<()> {
+    /// The other nodes' addresses, as node `i` sends to them.
+    fn peers(&self, i: usize) -> Vec<String> {
+        (1..=self.nodes)
+            .filter(|&j| j != i)
+            .map(|j| self.node_ip(j))
+            .collect()
+    }
+
+    /// Drops `percent` % of the packets every node sends to another node, at random (an nft
+    /// table in each node's namespace: `numgen random mod 100 < percent drop` on output to
+    /// the other nodes' addresses; the clients' traffic is not touched).
+    pub fn loss(&mut self, percent: u32) -> anyhow::Result<()> {
+        for i in 1..=self.nodes {
+            let peers = self.peers(i);
+            if peers.is_empty() || self.lossy.contains(&i) {
+                continue;
+            }
+            // nft takes `< 100` as out of range for `mod 100`: all is all.
+            let pick = if percent >= 100 {
+                String::new()
+            } else {
+                format!("numgen random mod 100 < {percent} ")
+            };
+            let script = format!(
+                "table inet {LOSS_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; \
+                 policy accept;\n    ip daddr {{ {} }} {pick}counter drop\n  }}\n}}\n",
+                peers.join(", ")
+            );
+            nft(&self.ns(i), &script)?;
+            self.lossy.insert(i);
+        }
+        Ok(())
+    }
+
+    /// Delays every packet a node sends to another node by `min..=max`, each its own time
+    /// drawn from `rng`, which reorders them (see [`crate::delay`]).
+    pub fn delay(&mut self, min: Duration, max: Duration, rng: &mut Rng) -> anyhow::Result<()> {
+        if !self.delayers.is_empty() {
+            return Ok(());
+        }
+        for i in 1..=self.nodes {
+            let peers = self.peers(i);
+            if peers.is_empty() {
+                continue;
+            }
+            let d = Delayer::start(&self.ns(i), &peers, min, max, Rng::new(rng.next_u64()))?;
+            self.delayers.push(d);
+        }
+        Ok(())
+    }
+
+    /// Ends every partition, loss and delay. Returns what the loss and delay did.
+    pub fn heal(&mut self) -> anyhow::Result<Healed> {
         for (a, b) in std::mem::take(&mut self.cut) {
             let to = format!("{}/32", self.node_ip(b));
             ip(&["-n", &self.ns(a), "route", "del", "blackhole", &to])?;
         }
-        Ok(())
+        let mut healed = Healed::default();
+        for i in std::mem::take(&mut self.lossy) {
+            healed.dropped += dropped(&self.ns(i));
+            nft(&self.ns(i), &format!("delete table inet {LOSS_TABLE}\n"))?;
+        }
+        for mut d in std::mem::take(&mut self.delayers) {
+            let s = d.stop()?;
+            healed.delayed += s.delayed;
+            healed.reordered += s.reordered;
+        }
+        Ok(healed)
     }
 
     /// Removes the namespaces, links and bridge.
@@ -151,12 +225,67 @@ impl Net {
             return;
         }
         self.closed = true;
+        // The delayers first: their threads live in the namespaces about to go.
+        for mut d in std::mem::take(&mut self.delayers) {
+            let _ = d.stop();
+        }
         for i in 1..=self.nodes {
             let _ = ip(&["link", "del", &format!("{}h{i}", self.tag)]);
             let _ = ip(&["netns", "del", &self.ns(i)]);
         }
         let _ = ip(&["link", "del", &self.bridge()]);
     }
+}
+
+/// What [`Net::heal`] ended had done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Healed {
+    /// Packets the loss rules dropped.
+    pub dropped: u64,
+    /// Packets the delayers held.
+    pub delayed: u64,
+    /// Of them, those let go before one that came earlier.
+    pub reordered: u64,
+}
+
+/// The loss rule's drop counter in namespace `ns` (0 when it cannot be read).
+fn dropped(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "list", "table", "inet", LOSS_TABLE,
+        ])
+        .output();
+    let Ok(out) = out else { return 0 };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "packets" {
+            return words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// Runs an nft script inside namespace `ns`.
+fn nft(ns: &str, script: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (is nftables installed?)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for Net {

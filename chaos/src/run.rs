@@ -43,6 +43,11 @@ pub enum Fault {
     Bridge,
     /// The nodes on a random ring, each seeing only its two neighbours (4+ nodes).
     Ring,
+    /// A random 10-30 % of every node-to-node packet dropped (nft `numgen`).
+    Loss,
+    /// Every node-to-node packet held 20-200 ms, each its own time, so they are reordered too
+    /// (NFQUEUE and a delayer in this process: [`crate::delay`]).
+    Delay,
 }
 
 impl Fault {
@@ -57,6 +62,8 @@ impl Fault {
         ("partition-halves", Fault::PartitionHalves),
         ("bridge", Fault::Bridge),
         ("ring", Fault::Ring),
+        ("loss", Fault::Loss),
+        ("delay", Fault::Delay),
     ];
 
     /// The fault's name on the command line.
@@ -152,6 +159,32 @@ impl RunResult {
     }
 }
 
+/// On Ctrl-C or SIGTERM: stops the nodes, removes the delayers, rules, namespaces and bridge,
+/// and exits 130 (the nemesis thread may be in the middle of a fault: the locks are waited
+/// for a bounded time, then the clean-up goes on without them; `Drop` of each does the same
+/// on an error or a panic).
+async fn clean_up_when_interrupted(net: Arc<Mutex<Net>>, nodes: Arc<Mutex<Nodes>>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("roost-chaos: interrupted: stopping the nodes and removing the network");
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(mut n) = nodes.try_lock_for(Duration::from_secs(20)) {
+            n.stop();
+        }
+        if let Some(mut n) = net.try_lock_for(Duration::from_secs(20)) {
+            n.close();
+        }
+    })
+    .await;
+    std::process::exit(130);
+}
+
 /// Runs one test (see the module docs).
 pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     if !(1..=5).contains(&cfg.nodes) {
@@ -171,6 +204,10 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         "rc{:04x}",
         (cfg.seed ^ u64::from(std::process::id())) & 0xffff
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let net = Arc::new(Mutex::new(
         Net::new(&tag, cfg.nodes).context("building the network")?,
     ));
@@ -182,10 +219,6 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 .collect::<Result<_, _>>()?,
         )
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let nodes = Nodes::start(
         &net.lock(),
         cfg.nodes,
@@ -194,9 +227,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         cfg.failpoints.clone(),
     )?;
     let admin = nodes.admin_addrs()?;
+    let nodes = Arc::new(Mutex::new(nodes));
+    rt.spawn(clean_up_when_interrupted(
+        Arc::clone(&net),
+        Arc::clone(&nodes),
+    ));
     rt.block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(30)))
         .context("the cluster did not start")?;
-    let nodes = Arc::new(Mutex::new(nodes));
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
     writeln!(
         events,
@@ -231,6 +268,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 let (links, drawn) = shape.draw(cfg.nodes, &mut nemesis_rng);
                 what = drawn;
                 net.lock().cut_links(&links)?
+            }
+            Fault::Loss => {
+                let percent = 10 + nemesis_rng.below(21) as u32;
+                what = format!("{percent} % of every node-to-node packet");
+                net.lock().loss(percent)?
+            }
+            Fault::Delay => {
+                what = "every node-to-node packet by 20-200 ms".to_owned();
+                let (min, max) = (Duration::from_millis(20), Duration::from_millis(200));
+                net.lock().delay(min, max, &mut nemesis_rng)?
             }
             Fault::IsolateLeader => {
                 // Any member knows the leader; asked of the one after the random pick.
@@ -274,6 +321,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 | Fault::PartitionHalves
                 | Fault::Bridge
                 | Fault::Ring
+                | Fault::Loss
+                | Fault::Delay
         ) {
             std::thread::sleep(cfg.fault_for);
         }
@@ -283,7 +332,20 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             | Fault::IsolateLeader
             | Fault::PartitionHalves
             | Fault::Bridge
-            | Fault::Ring => net.lock().heal()?,
+            | Fault::Ring
+            | Fault::Loss
+            | Fault::Delay => {
+                let h = net.lock().heal()?;
+                if h.dropped > 0 {
+                    note.push_str(&format!(" ({} packets dropped)", h.dropped));
+                }
+                if h.delayed > 0 {
+                    note.push_str(&format!(
+                        " ({} packets delayed, {} of them reordered)",
+                        h.delayed, h.reordered
+                    ));
+                }
+            }
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
             Fault::Restart | Fault::RollingRestart => {}
@@ -306,7 +368,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             | Fault::PartitionHalves
             | Fault::Bridge
             | Fault::Ring => Vec::new(),
-            Fault::RollingRestart => (1..=cfg.nodes as u64).collect(),
+            Fault::RollingRestart | Fault::Loss | Fault::Delay => (1..=cfg.nodes as u64).collect(),
             Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
         };
         rec.push(history::Op::Fault {

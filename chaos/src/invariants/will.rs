@@ -21,7 +21,8 @@
 //! pair (the node that served the connection, the watcher's node) from the connection's
 //! CONNACK until [`DELIVER`] after its end, counting each fault until [`SETTLE`] after it
 //! ended. A fault touches a pair when:
-//! - it stopped, killed, restarted or degraded (loss, delay) either node (its `nodes`), or
+//! - it stopped, killed, restarted or degraded either node (its `nodes`; `loss` and `delay`
+//!   name every node), or
 //! - its partition (`cut`) separates the two, or leaves either outside the side with a
 //!   majority of the cluster. A partition whose sides are not each fully connected (a bridge,
 //!   a ring) touches every node: which node still holds its lease depends on where the leader
@@ -66,6 +67,10 @@ pub struct Summary {
     /// Receipts without DUP beyond the first of one will at one watcher, for endings not
     /// judged (a fault may explain them).
     pub repeated_under_faults: usize,
+    /// Wills due that a watcher never got, where a fault may explain it (not judged).
+    pub missing_under_faults: usize,
+    /// Wills not allowed that a watcher got, where a fault may explain it (not judged).
+    pub forbidden_under_faults: usize,
 }
 
 /// A fault, as the judgement needs it.
@@ -288,6 +293,9 @@ pub fn judge(ops: &[Op]) -> (Vec<Violation>, Summary) {
         summary.due += usize::from(e.kind.will_due());
         summary.forbidden += usize::from(e.kind.will_forbidden());
         if e.kind.will_forbidden() {
+            if !clear_node {
+                summary.forbidden_under_faults += seen.len();
+            }
             if clear_node {
                 summary.judged += 1;
                 if !seen.is_empty() {
@@ -324,6 +332,8 @@ pub fn judge(ops: &[Op]) -> (Vec<Violation>, Summary) {
                 .all(|&b| !touching.iter().any(|s| s.touches_pair(e.node, b)));
             if !clear || !w.owed(e.at, to) {
                 summary.repeated_under_faults += fresh.len().saturating_sub(1);
+                let got_it = seen.get(name).is_some_and(|r| !r.is_empty());
+                summary.missing_under_faults += usize::from(!got_it && w.owed(e.at, to));
                 continue;
             }
             judged = true;
