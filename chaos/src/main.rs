@@ -27,7 +27,8 @@ enum Command {
         workload: String,
         /// Faults to pick from, comma-separated: partition, pause, kill, restart,
         /// rolling-restart, isolate-leader, partition-halves (3+ nodes), bridge (3+ nodes),
-        /// ring (4+ nodes), loss, delay (need nft and iptables) (empty: none).
+        /// ring (4+ nodes), loss, delay (need nft and iptables), membership (a spare node
+        /// N+1 joins and leaves) (empty: none).
         #[arg(long, default_value = "partition,pause", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds of workload (the drain comes after).

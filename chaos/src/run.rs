@@ -48,6 +48,10 @@ pub enum Fault {
     /// Every node-to-node packet held 20-200 ms, each its own time, so they are reordered too
     /// (NFQUEUE and a delayer in this process: [`crate::delay`]).
     Delay,
+    /// A spare node (N+1, its own namespace, a new data directory) started and joined with
+    /// `roost ctl join`; the workload's clients may use it; after the fault time it leaves
+    /// (`roost ctl leave`) and is stopped (SIGTERM).
+    Membership,
 }
 
 impl Fault {
@@ -64,6 +68,7 @@ impl Fault {
         ("ring", Fault::Ring),
         ("loss", Fault::Loss),
         ("delay", Fault::Delay),
+        ("membership", Fault::Membership),
     ];
 
     /// The fault's name on the command line.
@@ -208,15 +213,23 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The membership nemesis's spare node has a namespace from the start, and the clients
+    // know its address (it refuses them while it is not running).
+    let spare = cfg
+        .faults
+        .contains(&Fault::Membership)
+        .then_some(cfg.nodes + 1);
+    let all = cfg.nodes + usize::from(spare.is_some());
     let net = Arc::new(Mutex::new(
-        Net::new(&tag, cfg.nodes).context("building the network")?,
+        Net::new(&tag, all).context("building the network")?,
     ));
     let targets = {
         let n = net.lock();
         Targets(
-            (1..=cfg.nodes)
+            (1..=all)
                 .map(|i| format!("{}:{MQTT}", n.node_ip(i)).parse())
                 .collect::<Result<_, _>>()?,
+            cfg.nodes,
         )
     };
     let nodes = Nodes::start(
@@ -227,6 +240,10 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         cfg.failpoints.clone(),
     )?;
     let admin = nodes.admin_addrs()?;
+    let mut nodes = nodes;
+    if let Some(i) = spare {
+        nodes.add_spare(&net.lock(), i, &cfg.out);
+    }
     let nodes = Arc::new(Mutex::new(nodes));
     rt.spawn(clean_up_when_interrupted(
         Arc::clone(&net),
@@ -289,6 +306,19 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 }
                 net.lock().partition(&[victim])?
             }
+            Fault::Membership => {
+                let i = spare.context("a spare node for the membership nemesis")?;
+                victim = i;
+                what = format!("node {i}");
+                let (member, mqtt) = nodes.lock().member_spec(i);
+                nodes.lock().spawn_fresh(i)?;
+                // Asked of a random member: any forwards to the leader.
+                let via = 1 + nemesis_rng.below(cfg.nodes);
+                match nodes.lock().ctl(via, &["join", &member, "--mqtt", &mqtt]) {
+                    Ok(_) => note.push_str(&format!(" (joined through node {via})")),
+                    Err(e) => note.push_str(&format!(" (join failed: {e})")),
+                }
+            }
             Fault::Pause => nodes.lock().pause(victim, true),
             Fault::Kill => nodes.lock().kill(victim),
             Fault::Restart => {
@@ -323,6 +353,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 | Fault::Ring
                 | Fault::Loss
                 | Fault::Delay
+                | Fault::Membership
         ) {
             std::thread::sleep(cfg.fault_for);
         }
@@ -348,6 +379,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             }
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
+            Fault::Membership => {
+                let via = 1 + nemesis_rng.below(cfg.nodes);
+                match nodes.lock().ctl(via, &["leave", &victim.to_string()]) {
+                    Ok(_) => note.push_str(&format!(", left through node {via}")),
+                    Err(e) => note.push_str(&format!(", leave failed: {e}")),
+                }
+                if !nodes.lock().terminate(victim, Duration::from_secs(15)) {
+                    note.push_str(" (killed 15 s after SIGTERM)");
+                }
+            }
             Fault::Restart | Fault::RollingRestart => {}
         }
         match fault {
@@ -368,14 +409,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             | Fault::PartitionHalves
             | Fault::Bridge
             | Fault::Ring => Vec::new(),
-            Fault::RollingRestart | Fault::Loss | Fault::Delay => (1..=cfg.nodes as u64).collect(),
+            Fault::RollingRestart | Fault::Loss | Fault::Delay | Fault::Membership => {
+                (1..=all as u64).collect()
+            }
             Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
         };
         rec.push(history::Op::Fault {
             name: format!("{fault:?} {what}"),
             nodes: touched,
             cut: cut.iter().map(|&(a, b)| (a as u64, b as u64)).collect(),
-            cluster: cfg.nodes as u64,
+            cluster: all as u64,
             from: at,
             until,
         });

@@ -120,7 +120,9 @@ pub fn spawn(
             return tasks;
         }
         Workload::Will => {
-            for i in 1..=nodes {
+            // Watchers stay on their node: not on a spare that leaves and takes their
+            // sessions with it.
+            for i in 1..=targets.1 {
                 tasks.push(rt.spawn(will::watcher(
                     i,
                     targets.clone(),
@@ -205,9 +207,10 @@ impl Default for Recorder {
     }
 }
 
-/// The nodes' MQTT addresses, by node id (index 0 is node 1).
+/// The nodes' MQTT addresses, by node id (index 0 is node 1), and how many of them are
+/// members from the start (the rest: the membership nemesis's spare, often not running).
 #[derive(Clone)]
-pub struct Targets(pub Vec<SocketAddr>);
+pub struct Targets(pub Vec<SocketAddr>, pub usize);
 
 /// Connects `client_id` (v5) to node `node` (1-based); `None` when refused or unreachable.
 /// Returns the client and whether a session was present.
