@@ -9,6 +9,9 @@
 //! {"op":"subscriber","client":"s1","topic":"q/1","qos":1,"from":5,"until":null}
 //! {"op":"session","client":"s1","node":3,"from":5,"until":90}
 //! {"op":"read","client":"r1","node":2,"topic":"r/1","value":"w1:16","start":60,"end":70,"outcome":"ok"}
+//! {"op":"ending","client":"will-1","node":2,"incarnation":4,"kind":"drop","from":80,"at":95}
+//! {"op":"will","client":"watch-3","node":3,"of":"will-1","incarnation":4,"dup":false,"at":97}
+//! {"op":"fault","name":"partition node 3","nodes":[],"cut":[[1,3],[3,1],[2,3],[3,2]],"cluster":3,"from":40,"until":48}
 //! ```
 //!
 //! - `publish`: a publisher's PUBLISH, from sending it (`start`) to its acknowledgement or
@@ -31,6 +34,18 @@
 //!   `[from, until)`; `until` is when the client saw it end (null: open at the end), or for
 //!   receivers the last time the broker showed it served the connection (a packet other than
 //!   DISCONNECT; they ping after every idle second): a paused node serves nobody.
+//! - `ending`: how connection `incarnation` of a will client (a CONNECT with a Last Will
+//!   naming the client and the incarnation) to `node` ended, live from `from` (CONNACK seen;
+//!   for `unknown`, CONNECT sent) until `at`, when the client ended it (or saw it end): see
+//!   [`EndKind`].
+//! - `will`: a watcher received the will of `of`'s connection `incarnation` (from its
+//!   payload `CLIENT:INCARNATION`); `dup` is the PUBLISH's DUP flag (a QoS 1 redelivery of a
+//!   message already sent on the session, [MQTT-3.3.1-1], not a new publication).
+//! - `fault`: a fault the nemesis injected over `[from, until]`: `nodes` whose processes it
+//!   stopped, killed or restarted, or whose links it degraded (loss, delay); `cut` the
+//!   (from, to) node pairs that could not reach each other; `cluster` the number of nodes. The
+//!   will invariant judges nothing a fault may have touched (see
+//!   `invariants::will`); the other invariants do not read it.
 
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -48,6 +63,41 @@ pub enum Outcome {
     Failed,
     /// No answer: it may or may not have taken effect.
     Unknown,
+}
+
+/// How a will client's connection ended (the `ending` operation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndKind {
+    /// The client closed its socket without a DISCONNECT: the will is due
+    /// ([MQTT-3.1.2-8]).
+    Drop,
+    /// DISCONNECT 0x00 (Normal disconnection): the will is discarded ([MQTT-3.1.2-10],
+    /// [MQTT-3.14.4-3]).
+    Normal,
+    /// v5 DISCONNECT 0x04 (Disconnect with Will Message): the will is due (MQTT 5.0
+    /// §3.14.2.1).
+    WithWill,
+    /// The CONNECT was refused (a CONNACK failure code): no will is stored
+    /// ([MQTT-3.1.2-8]: only for a connection that is accepted).
+    Refused,
+    /// The broker (or the network) ended it before the client did: the will may or may not
+    /// be due and may be lost with a node; not judged.
+    Broker,
+    /// No CONNACK came: the connection may or may not have been accepted; not judged.
+    Unknown,
+}
+
+impl EndKind {
+    /// The will must be published (once) after this ending.
+    pub fn will_due(self) -> bool {
+        matches!(self, EndKind::Drop | EndKind::WithWill)
+    }
+
+    /// The will must never be published after this ending.
+    pub fn will_forbidden(self) -> bool {
+        matches!(self, EndKind::Normal | EndKind::Refused)
+    }
 }
 
 /// One line of a history.
@@ -101,6 +151,33 @@ pub enum Op {
         node: u64,
         from: Nanos,
         until: Option<Nanos>,
+    },
+    /// How a will client's connection ended.
+    Ending {
+        client: String,
+        node: u64,
+        incarnation: u64,
+        kind: EndKind,
+        from: Nanos,
+        at: Nanos,
+    },
+    /// A will a watcher received.
+    Will {
+        client: String,
+        node: u64,
+        of: String,
+        incarnation: u64,
+        dup: bool,
+        at: Nanos,
+    },
+    /// A fault the nemesis injected.
+    Fault {
+        name: String,
+        nodes: Vec<u64>,
+        cut: Vec<(u64, u64)>,
+        cluster: u64,
+        from: Nanos,
+        until: Nanos,
     },
 }
 

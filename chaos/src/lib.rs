@@ -4,6 +4,7 @@
 //! ([`run`]): nodes in network namespaces ([`net`], [`nodes`]), the workloads ([`workload`])
 //! and a nemesis of partitions, pauses and kills, all from one seed ([`rng`]).
 
+pub mod delay;
 pub mod history;
 pub mod invariants;
 pub mod net;
@@ -39,6 +40,8 @@ pub struct Report {
     /// subscriber more than once: allowed by the documented promise (exactly-once holds for
     /// 0x00), reported so it stays visible.
     pub refused_twice: usize,
+    /// The will workload's endings and wills (all zero for the other workloads).
+    pub wills: invariants::will::Summary,
 }
 
 impl Report {
@@ -54,8 +57,7 @@ impl Report {
         s.push_str(&format!(
             "verdict: {}\n\npublishes: {} acknowledged, {} refused ({} delivered anyway), {} \
              unknown ({} recovered); {} receipts; {} QoS 2 messages not acknowledged with \
-             success reached a subscriber twice (allowed: failure is not rollback)\n\n\
-             | invariant | source | violations |\n|---|---|--:|\n",
+             success reached a subscriber twice (allowed: failure is not rollback)\n\n",
             if self.ok() { "ok" } else { "VIOLATED" },
             self.acknowledged,
             self.failed,
@@ -65,6 +67,23 @@ impl Report {
             self.received,
             self.refused_twice
         ));
+        if self.wills.endings > 0 || self.wills.received > 0 {
+            s.push_str(&format!(
+                "wills: {} connections ended ({} with the will due, {} with none allowed), {} \
+                 judged (no fault touched them), {} wills received; where a fault may explain \
+                 it (not judged): {} received again without DUP, {} due and not received by \
+                 a watcher, {} not allowed and received\n\n",
+                self.wills.endings,
+                self.wills.due,
+                self.wills.forbidden,
+                self.wills.judged,
+                self.wills.received,
+                self.wills.repeated_under_faults,
+                self.wills.missing_under_faults,
+                self.wills.forbidden_under_faults
+            ));
+        }
+        s.push_str("| invariant | source | violations |\n|---|---|--:|\n");
         for inv in invariants::ALL {
             let n = self
                 .violations
@@ -137,5 +156,6 @@ pub fn check(ops: &[Op]) -> Report {
     for inv in invariants::ALL {
         r.violations.extend((inv.check)(ops));
     }
+    r.wills = invariants::will::judge(ops).1;
     r
 }

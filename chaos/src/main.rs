@@ -22,11 +22,13 @@ enum Command {
         /// Number of nodes (1 to 5).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared.
+        /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared, will.
         #[arg(long, default_value = "qos1-queue")]
         workload: String,
         /// Faults to pick from, comma-separated: partition, pause, kill, restart,
-        /// rolling-restart, isolate-leader (empty: none).
+        /// rolling-restart, isolate-leader, partition-halves (3+ nodes), bridge (3+ nodes),
+        /// ring (4+ nodes), loss, delay (need nft and iptables), membership (a spare node
+        /// N+1 joins and leaves) (empty: none).
         #[arg(long, default_value = "partition,pause", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds of workload (the drain comes after).

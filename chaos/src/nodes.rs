@@ -80,6 +80,60 @@ impl Nodes {
         Ok(nodes)
     }
 
+    /// Adds node `net`'s namespace `i` as a spare, not started and not among the seeds (the
+    /// `membership` nemesis starts it and joins it with `roost ctl`).
+    pub fn add_spare(&mut self, net: &Net, i: usize, out: &Path) {
+        self.nodes.push(NodeProc {
+            id: i,
+            ns: net.ns(i),
+            ip: net.node_ip(i),
+            data: out.join(format!("node-{i}")),
+            log: out.join(format!("node-{i}.log")),
+            child: None,
+            paused: false,
+        });
+    }
+
+    /// Starts node `i` as a new node: its data directory removed first (a node that left
+    /// the cluster comes back as a new one).
+    pub fn spawn_fresh(&mut self, i: usize) -> anyhow::Result<()> {
+        let data = self.node(i).data.clone();
+        match std::fs::remove_dir_all(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", data.display())),
+        }
+        self.spawn(i)
+    }
+
+    /// Runs `roost ctl --http ADMIN(via) ARGS...` with the admin token; bounded by `ctl`'s own
+    /// `--timeout-secs`. Returns its output line, or why it failed.
+    pub fn ctl(&self, via: usize, args: &[&str]) -> anyhow::Result<String> {
+        let (http, _) = self.admin(via);
+        let out = Command::new(&self.binary)
+            .args(["ctl", "--http", &http, "--timeout-secs", "30"])
+            .args(args)
+            .env("ROOST_HTTP__TOKEN", &self.token)
+            .env_remove("ROOST_HTTP__TOKEN_FILE")
+            .output()
+            .context("running roost ctl")?;
+        if !out.status.success() {
+            bail!(
+                "roost ctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Node `i`'s cluster address (`ID@HOST:PORT`, as `roost ctl join` takes it) and MQTT
+    /// address.
+    pub fn member_spec(&self, i: usize) -> (String, String) {
+        let ip = &self.nodes[i - 1].ip;
+        (format!("{i}@{ip}:{CLUSTER}"), format!("{ip}:{MQTT}"))
+    }
+
     fn node(&mut self, i: usize) -> &mut NodeProc {
         &mut self.nodes[i - 1]
     }

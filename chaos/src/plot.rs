@@ -127,6 +127,8 @@ fn last_time(op: &Op) -> Nanos {
         Op::Publish { end, .. } => *end,
         Op::Receive { at, .. } => *at,
         Op::Read { end, .. } => *end,
+        Op::Ending { at, .. } | Op::Will { at, .. } => *at,
+        Op::Fault { until, .. } => *until,
         Op::Subscriber { from, until, .. } | Op::Session { from, until, .. } => {
             until.unwrap_or(*from)
         }

@@ -9,7 +9,7 @@
 //! ```
 
 use crate::history;
-use crate::net::Net;
+use crate::net::{Net, Shape};
 use crate::nodes::{self, Nodes, MQTT};
 use crate::rng::Rng;
 use crate::workload::{self, Recorder, Stops, Targets, Workload};
@@ -37,23 +37,70 @@ pub enum Fault {
     RollingRestart,
     /// The node the others follow cut off from them (clients still reach it).
     IsolateLeader,
+    /// A random majority and minority cut from each other (3|2 of 5, 2|1 of 3).
+    PartitionHalves,
+    /// Two random halves that both see one node in the middle, not each other (3+ nodes).
+    Bridge,
+    /// The nodes on a random ring, each seeing only its two neighbours (4+ nodes).
+    Ring,
+    /// A random 10-30 % of every node-to-node packet dropped (nft `numgen`).
+    Loss,
+    /// Every node-to-node packet held 20-200 ms, each its own time, so they are reordered too
+    /// (NFQUEUE and a delayer in this process: [`crate::delay`]).
+    Delay,
+    /// A spare node (N+1, its own namespace, a new data directory) started and joined with
+    /// `roost ctl join`; the workload's clients may use it; after the fault time it leaves
+    /// (`roost ctl leave`) and is stopped (SIGTERM).
+    Membership,
+}
+
+impl Fault {
+    /// Every fault, by its name on the command line.
+    pub const NAMES: &[(&str, Fault)] = &[
+        ("partition", Fault::Partition),
+        ("pause", Fault::Pause),
+        ("kill", Fault::Kill),
+        ("restart", Fault::Restart),
+        ("rolling-restart", Fault::RollingRestart),
+        ("isolate-leader", Fault::IsolateLeader),
+        ("partition-halves", Fault::PartitionHalves),
+        ("bridge", Fault::Bridge),
+        ("ring", Fault::Ring),
+        ("loss", Fault::Loss),
+        ("delay", Fault::Delay),
+        ("membership", Fault::Membership),
+    ];
+
+    /// The fault's name on the command line.
+    pub fn name(self) -> &'static str {
+        Fault::NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The partition shape of the faults that have one.
+    fn shape(self) -> Option<Shape> {
+        match self {
+            Fault::PartitionHalves => Some(Shape::Halves),
+            Fault::Bridge => Some(Shape::Bridge),
+            Fault::Ring => Some(Shape::Ring),
+            _ => None,
+        }
+    }
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
-        match s {
-            "partition" => Ok(Fault::Partition),
-            "pause" => Ok(Fault::Pause),
-            "kill" => Ok(Fault::Kill),
-            "restart" => Ok(Fault::Restart),
-            "rolling-restart" => Ok(Fault::RollingRestart),
-            "isolate-leader" => Ok(Fault::IsolateLeader),
-            other => Err(format!(
-                "unknown nemesis {other:?} (known: partition, pause, kill, restart, \
-                 rolling-restart, isolate-leader)"
-            )),
-        }
+        Fault::NAMES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let known: Vec<_> = Fault::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown nemesis {s:?} (known: {})", known.join(", "))
+            })
     }
 }
 
@@ -117,31 +164,74 @@ impl RunResult {
     }
 }
 
+/// On Ctrl-C or SIGTERM: stops the nodes, removes the delayers, rules, namespaces and bridge,
+/// and exits 130 (the nemesis thread may be in the middle of a fault: the locks are waited
+/// for a bounded time, then the clean-up goes on without them; `Drop` of each does the same
+/// on an error or a panic).
+async fn clean_up_when_interrupted(net: Arc<Mutex<Net>>, nodes: Arc<Mutex<Nodes>>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("roost-chaos: interrupted: stopping the nodes and removing the network");
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(mut n) = nodes.try_lock_for(Duration::from_secs(20)) {
+            n.stop();
+        }
+        if let Some(mut n) = net.try_lock_for(Duration::from_secs(20)) {
+            n.close();
+        }
+    })
+    .await;
+    std::process::exit(130);
+}
+
 /// Runs one test (see the module docs).
 pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     if !(1..=5).contains(&cfg.nodes) {
         bail!("--nodes must be 1 to 5");
+    }
+    for f in &cfg.faults {
+        if let Some(shape) = f.shape().filter(|s| cfg.nodes < s.min_nodes()) {
+            bail!(
+                "{f:?} needs at least {} nodes (--nodes {})",
+                shape.min_nodes(),
+                cfg.nodes
+            );
+        }
     }
     std::fs::create_dir_all(&cfg.out)?;
     let tag = format!(
         "rc{:04x}",
         (cfg.seed ^ u64::from(std::process::id())) & 0xffff
     );
-    let net = Arc::new(Mutex::new(
-        Net::new(&tag, cfg.nodes).context("building the network")?,
-    ));
-    let targets = {
-        let n = net.lock();
-        Targets(
-            (1..=cfg.nodes)
-                .map(|i| format!("{}:{MQTT}", n.node_ip(i)).parse())
-                .collect::<Result<_, _>>()?,
-        )
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The membership nemesis's spare node has a namespace from the start, and the clients
+    // know its address (it refuses them while it is not running).
+    let spare = cfg
+        .faults
+        .contains(&Fault::Membership)
+        .then_some(cfg.nodes + 1);
+    let all = cfg.nodes + usize::from(spare.is_some());
+    let net = Arc::new(Mutex::new(
+        Net::new(&tag, all).context("building the network")?,
+    ));
+    let targets = {
+        let n = net.lock();
+        Targets(
+            (1..=all)
+                .map(|i| format!("{}:{MQTT}", n.node_ip(i)).parse())
+                .collect::<Result<_, _>>()?,
+            cfg.nodes,
+        )
+    };
     let nodes = Nodes::start(
         &net.lock(),
         cfg.nodes,
@@ -150,9 +240,17 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         cfg.failpoints.clone(),
     )?;
     let admin = nodes.admin_addrs()?;
+    let mut nodes = nodes;
+    if let Some(i) = spare {
+        nodes.add_spare(&net.lock(), i, &cfg.out);
+    }
+    let nodes = Arc::new(Mutex::new(nodes));
+    rt.spawn(clean_up_when_interrupted(
+        Arc::clone(&net),
+        Arc::clone(&nodes),
+    ));
     rt.block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(30)))
         .context("the cluster did not start")?;
-    let nodes = Arc::new(Mutex::new(nodes));
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
     writeln!(
         events,
@@ -179,8 +277,25 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         let mut victim = 1 + nemesis_rng.below(cfg.nodes);
         let at = rec.now();
         let mut note = String::new();
+        let mut what = format!("node {victim}");
         match fault {
             Fault::Partition => net.lock().partition(&[victim])?,
+            Fault::PartitionHalves | Fault::Bridge | Fault::Ring => {
+                let shape = fault.shape().context("a partition has a shape")?;
+                let (links, drawn) = shape.draw(cfg.nodes, &mut nemesis_rng);
+                what = drawn;
+                net.lock().cut_links(&links)?
+            }
+            Fault::Loss => {
+                let percent = 10 + nemesis_rng.below(21) as u32;
+                what = format!("{percent} % of every node-to-node packet");
+                net.lock().loss(percent)?
+            }
+            Fault::Delay => {
+                what = "every node-to-node packet by 20-200 ms".to_owned();
+                let (min, max) = (Duration::from_millis(20), Duration::from_millis(200));
+                net.lock().delay(min, max, &mut nemesis_rng)?
+            }
             Fault::IsolateLeader => {
                 // Any member knows the leader; asked of the one after the random pick.
                 let ask = nodes.lock().admin(1 + victim % cfg.nodes);
@@ -190,6 +305,19 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                     note = " (leader unknown: a random node)".into();
                 }
                 net.lock().partition(&[victim])?
+            }
+            Fault::Membership => {
+                let i = spare.context("a spare node for the membership nemesis")?;
+                victim = i;
+                what = format!("node {i}");
+                let (member, mqtt) = nodes.lock().member_spec(i);
+                nodes.lock().spawn_fresh(i)?;
+                // Asked of a random member: any forwards to the leader.
+                let via = 1 + nemesis_rng.below(cfg.nodes);
+                match nodes.lock().ctl(via, &["join", &member, "--mqtt", &mqtt]) {
+                    Ok(_) => note.push_str(&format!(" (joined through node {via})")),
+                    Err(e) => note.push_str(&format!(" (join failed: {e})")),
+                }
             }
             Fault::Pause => nodes.lock().pause(victim, true),
             Fault::Kill => nodes.lock().kill(victim),
@@ -216,20 +344,58 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         }
         if matches!(
             fault,
-            Fault::Partition | Fault::IsolateLeader | Fault::Pause | Fault::Kill
+            Fault::Partition
+                | Fault::IsolateLeader
+                | Fault::Pause
+                | Fault::Kill
+                | Fault::PartitionHalves
+                | Fault::Bridge
+                | Fault::Ring
+                | Fault::Loss
+                | Fault::Delay
+                | Fault::Membership
         ) {
             std::thread::sleep(cfg.fault_for);
         }
+        let cut = net.lock().cut();
         match fault {
-            Fault::Partition | Fault::IsolateLeader => net.lock().heal()?,
+            Fault::Partition
+            | Fault::IsolateLeader
+            | Fault::PartitionHalves
+            | Fault::Bridge
+            | Fault::Ring
+            | Fault::Loss
+            | Fault::Delay => {
+                let h = net.lock().heal()?;
+                if h.dropped > 0 {
+                    note.push_str(&format!(" ({} packets dropped)", h.dropped));
+                }
+                if h.delayed > 0 {
+                    note.push_str(&format!(
+                        " ({} packets delayed, {} of them reordered)",
+                        h.delayed, h.reordered
+                    ));
+                }
+            }
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
+            Fault::Membership => {
+                let via = 1 + nemesis_rng.below(cfg.nodes);
+                match nodes.lock().ctl(via, &["leave", &victim.to_string()]) {
+                    Ok(_) => note.push_str(&format!(", left through node {via}")),
+                    Err(e) => note.push_str(&format!(", leave failed: {e}")),
+                }
+                if !nodes.lock().terminate(victim, Duration::from_secs(15)) {
+                    note.push_str(" (killed 15 s after SIGTERM)");
+                }
+            }
             Fault::Restart | Fault::RollingRestart => {}
         }
-        let what = match fault {
-            Fault::RollingRestart => "every node".to_owned(),
-            _ => format!("node {victim}"),
-        };
+        match fault {
+            Fault::RollingRestart => what = "every node".to_owned(),
+            Fault::IsolateLeader => what = format!("node {victim}"),
+            _ => {}
+        }
         let until = rec.now();
         writeln!(
             events,
@@ -237,6 +403,25 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             at as f64 / 1e9,
             until as f64 / 1e9
         )?;
+        let touched: Vec<u64> = match fault {
+            Fault::Partition
+            | Fault::IsolateLeader
+            | Fault::PartitionHalves
+            | Fault::Bridge
+            | Fault::Ring => Vec::new(),
+            Fault::RollingRestart | Fault::Loss | Fault::Delay | Fault::Membership => {
+                (1..=all as u64).collect()
+            }
+            Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
+        };
+        rec.push(history::Op::Fault {
+            name: format!("{fault:?} {what}"),
+            nodes: touched,
+            cut: cut.iter().map(|&(a, b)| (a as u64, b as u64)).collect(),
+            cluster: all as u64,
+            from: at,
+            until,
+        });
         intervals.push(crate::plot::Interval {
             label: format!("{fault:?} {what}"),
             from: at,
@@ -277,10 +462,20 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         crate::plot::latency_svg(&ops, &intervals),
     )?;
     let report = crate::check(&ops);
+    let names: Vec<&str> = cfg.faults.iter().map(|f| f.name()).collect();
     let mut md = format!(
         "# roost-chaos run\n\nseed {}, {} nodes, workload {}, faults {:?}, {:?}; replay with \
-         `roost-chaos run --workload {} --seed {} ...`\n\n",
-        cfg.seed, cfg.nodes, cfg.workload, cfg.faults, cfg.duration, cfg.workload, cfg.seed
+         `roost-chaos run --nodes {} --workload {} --nemesis {} --duration {} --seed {}`\n\n",
+        cfg.seed,
+        cfg.nodes,
+        cfg.workload,
+        cfg.faults,
+        cfg.duration,
+        cfg.nodes,
+        cfg.workload,
+        names.join(","),
+        cfg.duration.as_secs(),
+        cfg.seed
     );
     md.push_str("![throughput](throughput.svg)\n\n![latency](latency.svg)\n\n");
     md.push_str(&report.markdown(50));

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use roost_chaos::history::{self, Op, Outcome};
+use roost_chaos::history::{self, EndKind, Op, Outcome};
 use roost_chaos::{check, Report};
 
 fn publish(client: &str, seq: u64, qos: u8, start: u64, end: u64, outcome: Outcome) -> Op {
@@ -232,6 +232,221 @@ fn two_overlapping_live_connections_of_one_client_id_are_a_split_brain() {
     let r = check(&h);
     assert_eq!(found(&r), ["two_sessions"], "{}", r.markdown(10));
     assert!(r.violations[0].detail.contains("node 2"));
+}
+
+/// Will workload histories: watchers `w1` (node 1) and `w2` (node 2) subscribed to
+/// `chaos/w/#` throughout; `will-1` ends connection 1 (node 3) by a dropped socket at 100,
+/// connection 2 (node 1) by DISCONNECT 0x00 at 300, connection 3 (node 2) by DISCONNECT 0x04
+/// at 500; both watchers get the two wills due, once each.
+fn wills() -> Vec<Op> {
+    let mut h = Vec::new();
+    for (w, node) in [("w1", 1), ("w2", 2)] {
+        h.push(Op::Subscriber {
+            client: w.into(),
+            topic: "chaos/w/#".into(),
+            qos: 1,
+            from: 0,
+            until: None,
+        });
+        h.push(session(w, node, 0, None));
+    }
+    for (inc, node, kind, from, at) in [
+        (1, 3, EndKind::Drop, 10, 100),
+        (2, 1, EndKind::Normal, 200, 300),
+        (3, 2, EndKind::WithWill, 400, 500),
+    ] {
+        h.push(ending(inc, node, kind, from, at));
+    }
+    for w in ["w1", "w2"] {
+        h.push(will(w, 1, false, 110));
+        h.push(will(w, 3, false, 510));
+    }
+    h
+}
+
+fn ending(incarnation: u64, node: u64, kind: EndKind, from: u64, at: u64) -> Op {
+    Op::Ending {
+        client: "will-1".into(),
+        node,
+        incarnation,
+        kind,
+        from,
+        at,
+    }
+}
+
+fn will(watcher: &str, incarnation: u64, dup: bool, at: u64) -> Op {
+    Op::Will {
+        client: watcher.into(),
+        node: if watcher == "w1" { 1 } else { 2 },
+        of: "will-1".into(),
+        incarnation,
+        dup,
+        at,
+    }
+}
+
+fn fault(nodes: &[u64], cut: &[(u64, u64)], from: u64, until: u64) -> Op {
+    Op::Fault {
+        name: "planted".into(),
+        nodes: nodes.to_vec(),
+        cut: cut.to_vec(),
+        cluster: 3,
+        from,
+        until,
+    }
+}
+
+/// Removes the receipt of will `incarnation` at `watcher`.
+fn without(mut h: Vec<Op>, watcher: &str, incarnation: u64) -> Vec<Op> {
+    h.retain(|o| !matches!(o, Op::Will { client, incarnation: i, .. } if client == watcher && *i == incarnation));
+    h
+}
+
+#[test]
+fn wills_published_once_when_due_hold() {
+    let r = check(&wills());
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!((r.wills.endings, r.wills.due, r.wills.forbidden), (3, 2, 1));
+    assert_eq!((r.wills.judged, r.wills.received), (3, 4));
+}
+
+#[test]
+fn a_will_due_and_never_received_is_missing() {
+    let r = check(&without(wills(), "w2", 3));
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    let d = &r.violations[0].detail;
+    assert!(
+        d.starts_with("missing") && d.contains("will-1 #3") && d.contains("w2"),
+        "{d}"
+    );
+    // A dropped socket's will, missing at both watchers: one violation naming both.
+    let r = check(&without(without(wills(), "w1", 1), "w2", 1));
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.contains("w1, w2"));
+}
+
+#[test]
+fn a_will_published_twice_is_doubled_but_a_dup_redelivery_is_not() {
+    let mut h = wills();
+    h.push(will("w1", 3, false, 520));
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.starts_with("doubled"));
+    assert!(r.violations[0].detail.contains("w1 2 times"));
+    // The same PUBLISH resent on the session after a reconnect (DUP set): not a second one.
+    let mut h = wills();
+    h.push(will("w1", 3, true, 520));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+}
+
+#[test]
+fn a_will_after_a_normal_disconnect_or_before_the_end_or_of_no_connection_is_reported() {
+    let mut h = wills();
+    h.push(will("w2", 2, false, 310));
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.starts_with("forbidden"));
+    let mut h = without(wills(), "w1", 3);
+    h.push(will("w1", 3, false, 450));
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.starts_with("early"));
+    let mut h = wills();
+    h.push(will("w1", 9, false, 600));
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.starts_with("unexpected"));
+}
+
+#[test]
+fn a_fault_touching_the_serving_or_watching_node_leaves_the_will_unjudged() {
+    use roost_chaos::invariants::will::SETTLE;
+    // Node 3 (it served connection 1) killed right after its end: its will may be lost.
+    let mut h = without(without(wills(), "w1", 1), "w2", 1);
+    h.push(fault(&[3], &[], 150, 160));
+    assert!(check(&h).ok());
+    // Node 2 (w2's) paused just before, still settling: for connection 1 (node 3), w2's will
+    // unjudged, w1's not.
+    let mut h = without(without(wills(), "w2", 1), "w1", 1);
+    h.push(fault(&[2], &[], 0, 5));
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.contains(": w1") && !r.violations[0].detail.contains("w2"));
+    // ... and once settled, judged again.
+    let mut h = without(wills(), "w2", 3);
+    h.push(Op::Fault {
+        name: "planted".into(),
+        nodes: vec![2],
+        cut: vec![],
+        cluster: 3,
+        from: 0,
+        until: 1,
+    });
+    let h: Vec<Op> = h
+        .into_iter()
+        .map(|o| match o {
+            Op::Ending {
+                at,
+                from,
+                incarnation,
+                node,
+                kind,
+                client,
+            } if incarnation == 3 => Op::Ending {
+                client,
+                node,
+                incarnation,
+                kind,
+                from: from + 2 * SETTLE,
+                at: at + 2 * SETTLE,
+            },
+            Op::Will {
+                client,
+                node,
+                of,
+                incarnation,
+                dup,
+                at,
+            } if incarnation == 3 => Op::Will {
+                client,
+                node,
+                of,
+                incarnation,
+                dup,
+                at: at + 2 * SETTLE,
+            },
+            o => o,
+        })
+        .collect();
+    let r = check(&h);
+    assert_eq!(found(&r), ["will"], "{}", r.markdown(10));
+    // A doubled will under a fault is counted, not reported.
+    let mut h = wills();
+    h.push(will("w1", 1, false, 120));
+    h.push(fault(&[3], &[], 90, 95));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!(r.wills.repeated_under_faults, 1);
+}
+
+#[test]
+fn a_partition_touches_the_minority_and_the_pairs_it_separates_only() {
+    // Node 3 cut off: connection 3 (node 2) to w1 (node 1) is on the majority side: judged.
+    let cut3 = [(1, 3), (3, 1), (2, 3), (3, 2)];
+    let mut h = without(wills(), "w1", 3);
+    h.push(fault(&[], &cut3, 450, 460));
+    assert_eq!(found(&check(&h)), ["will"]);
+    // Node 1 cut off: w1 is in the minority: unjudged.
+    let cut1 = [(1, 2), (2, 1), (1, 3), (3, 1)];
+    let mut h = without(wills(), "w1", 3);
+    h.push(fault(&[], &cut1, 450, 460));
+    assert!(check(&h).ok());
+    // A ring of 3 nodes that is not one (1-2 cut only: node 3 bridges them): every node.
+    let mut h = without(wills(), "w1", 3);
+    h.push(fault(&[], &[(1, 2), (2, 1)], 450, 460));
+    assert!(check(&h).ok());
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod reordered;
 pub mod stale_retained;
 pub mod two_sessions;
 pub mod unexpected;
+pub mod will;
 
 /// One broken promise, with enough to find it in the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,5 +61,10 @@ pub const ALL: &[Invariant] = &[
         name: two_sessions::NAME,
         source: two_sessions::SOURCE,
         check: two_sessions::check,
+    },
+    Invariant {
+        name: will::NAME,
+        source: will::SOURCE,
+        check: will::check,
     },
 ];

@@ -7,9 +7,11 @@
 //! | `takeover` | as `qos1-queue` | subscribers that reconnect to a random node every 1-3 s while still connected (the broker takes the old connection over) | as `qos1-queue` under constant takeovers |
 //! | `retained` | one writer per topic `chaos/r/N`, retained QoS 1 | readers: a new clean subscription on a random node, reading the retained value | stale retained |
 //! | `shared` | as `qos1-queue`, QoS 2 to `chaos/s` | one member per node of `$share/g/chaos/s`, persistent, recorded as the group | lost and duplicated for the group |
+//! | `will` | will clients `will-N` (two per node) connecting to random nodes with a Last Will and ending each connection by a dropped socket, DISCONNECT 0x00 or 0x04 | one watcher per node on `chaos/w/#`, persistent, QoS 1 | wills published exactly when due, once |
 
 mod queue;
 mod retained;
+mod will;
 
 use crate::history::{Nanos, Op};
 use crate::rng::Rng;
@@ -31,16 +33,18 @@ pub enum Workload {
     Takeover,
     Retained,
     Shared,
+    Will,
 }
 
 impl Workload {
     /// Every workload, in the order `suite` runs them.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Qos1Queue,
         Workload::Qos2ExactlyOnce,
         Workload::Takeover,
         Workload::Retained,
         Workload::Shared,
+        Workload::Will,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Workload {
             Workload::Takeover => "takeover",
             Workload::Retained => "retained",
             Workload::Shared => "shared",
+            Workload::Will => "will",
         }
     }
 }
@@ -110,6 +115,30 @@ pub fn spawn(
                     targets.clone(),
                     rec.clone(),
                     stops.clone(),
+                )));
+            }
+            return tasks;
+        }
+        Workload::Will => {
+            // Watchers stay on their node: not on a spare that leaves and takes their
+            // sessions with it.
+            for i in 1..=targets.1 {
+                tasks.push(rt.spawn(will::watcher(
+                    i,
+                    targets.clone(),
+                    rec.clone(),
+                    stops.clone(),
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            for i in 1..=nodes * will::PER_NODE {
+                let r = Rng::new(rng.next_u64());
+                tasks.push(rt.spawn(will::will_client(
+                    i,
+                    targets.clone(),
+                    rec.clone(),
+                    stops.clone(),
+                    r,
                 )));
             }
             return tasks;
@@ -178,9 +207,10 @@ impl Default for Recorder {
     }
 }
 
-/// The nodes' MQTT addresses, by node id (index 0 is node 1).
+/// The nodes' MQTT addresses, by node id (index 0 is node 1), and how many of them are
+/// members from the start (the rest: the membership nemesis's spare, often not running).
 #[derive(Clone)]
-pub struct Targets(pub Vec<SocketAddr>);
+pub struct Targets(pub Vec<SocketAddr>, pub usize);
 
 /// Connects `client_id` (v5) to node `node` (1-based); `None` when refused or unreachable.
 /// Returns the client and whether a session was present.

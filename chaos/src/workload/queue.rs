@@ -65,7 +65,7 @@ impl Spec {
                 shared: true,
                 ..base
             },
-            Workload::Qos1Queue | Workload::Retained => base,
+            Workload::Qos1Queue | Workload::Retained | Workload::Will => base,
         }
     }
 
