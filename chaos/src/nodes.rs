@@ -173,9 +173,9 @@ impl Nodes {
         };
         let child = cmd
             .env("ROOST_HTTP__TOKEN", token)
-            // The nodes' log filter: ROOST_CHAOS_NODE_LOG, default info.
+            // The nodes' log filter (their `log.level`): ROOST_CHAOS_NODE_LOG, default info.
             .env(
-                "RUST_LOG",
+                "ROOST_LOG__LEVEL",
                 std::env::var("ROOST_CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())

@@ -21,6 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a node has to exit after SIGTERM before it is killed: its graceful drain
+/// (`cluster.drain_timeout_ms`, 20 s by default) plus a margin.
+const STOP_LIMIT: Duration = Duration::from_secs(25);
+
 /// A fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -322,15 +326,15 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             Fault::Pause => nodes.lock().pause(victim, true),
             Fault::Kill => nodes.lock().kill(victim),
             Fault::Restart => {
-                if !nodes.lock().terminate(victim, Duration::from_secs(15)) {
-                    note = " (did not exit within 15 s of SIGTERM: killed)".into();
+                if !nodes.lock().terminate(victim, STOP_LIMIT) {
+                    note = " (did not exit within 25 s of SIGTERM: killed)".into();
                 }
                 nodes.lock().spawn(victim)?;
             }
             Fault::RollingRestart => {
                 for i in 1..=cfg.nodes {
-                    if !nodes.lock().terminate(i, Duration::from_secs(15)) {
-                        note.push_str(&format!(" (node {i} killed after 15 s)"));
+                    if !nodes.lock().terminate(i, STOP_LIMIT) {
+                        note.push_str(&format!(" (node {i} killed 25 s after SIGTERM)"));
                     }
                     nodes.lock().spawn(i)?;
                     if rt
@@ -385,8 +389,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                     Ok(_) => note.push_str(&format!(", left through node {via}")),
                     Err(e) => note.push_str(&format!(", leave failed: {e}")),
                 }
-                if !nodes.lock().terminate(victim, Duration::from_secs(15)) {
-                    note.push_str(" (killed 15 s after SIGTERM)");
+                if !nodes.lock().terminate(victim, STOP_LIMIT) {
+                    note.push_str(" (killed 25 s after SIGTERM)");
                 }
             }
             Fault::Restart | Fault::RollingRestart => {}

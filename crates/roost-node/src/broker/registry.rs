@@ -79,6 +79,12 @@ pub(crate) struct Ownership {
     /// new owner (docs/rfcs/0006). One per client id at most: a newer hand-over, or the client
     /// coming back here, replaces it.
     tombstones: Mutex<HashMap<ClientId, Tombstone>>,
+    /// Moves of a client's session to this node (another node's `ReturnSession`, see
+    /// `adopt`) that applied while an attach of the client here held its lane: that attach's
+    /// claim then names this node as the previous owner, and takes the session from the node
+    /// recorded here (generation of the move → the node it moved from). Taken by the attach;
+    /// at most one per client id.
+    moved_in: Mutex<HashMap<ClientId, (u64, NodeId)>>,
     /// Notified (all waiters) each time a session is put in the registry map: a message passed
     /// on for a session whose attach is still running waits for it.
     arrived: tokio::sync::Notify,
@@ -270,7 +276,10 @@ impl Broker {
                 clean: clean_start,
                 expiry_interval,
             };
-            let resp = match c.propose(cmd).await {
+            let proposed = c.propose(cmd).await;
+            // A move to this node that applied before our claim (while we held the lane).
+            let moved_in = self.ownership.moved_in.lock().remove(client_id);
+            let resp = match proposed {
                 Ok((_, resp)) => resp,
                 Err(e) => {
                     // It may still commit: remember what it would replace, to hand it back.
@@ -307,10 +316,15 @@ impl Broker {
                     && !discarded_here
                     && self.session(client_id.as_str()).is_none()
                 {
-                    // It replaces a claim of this node that nobody here built: one given up on
-                    // that committed late and was not handed back yet. The session is where
-                    // that claim took it from.
-                    if let Some(owner) = abandoned.and_then(|a| a.previous).filter(|o| *o != me) {
+                    // It replaces a claim naming this node that nobody here built: another
+                    // node moved the session here (a graceful stop) while this attach held the
+                    // lane, or one of our claims given up on committed late and was not handed
+                    // back yet. The session is where that move or claim took it from.
+                    let from = match moved_in {
+                        Some((mg, from)) if previous.is_some_and(|(_, pg)| pg == mg) => Some(from),
+                        _ => abandoned.and_then(|a| a.previous),
+                    };
+                    if let Some(owner) = from.filter(|o| *o != me) {
                         transfer = self.take_from(owner, client_id, g).await;
                     }
                 }
@@ -792,7 +806,16 @@ impl Broker {
         generation: u64,
         previous: Option<NodeId>,
     ) {
+        let me = self.cluster.node_id();
         if self.ownership.lanes.lock().contains_key(client_id) {
+            // An attach here holds the lane: this is its own claim, or a move of the session
+            // to this node that its claim will replace. Remember where a move came from.
+            if let Some(from) = previous.filter(|p| *p != me) {
+                self.ownership
+                    .moved_in
+                    .lock()
+                    .insert(client_id.clone(), (generation, from));
+            }
             return;
         }
         if let Some(s) = self.session(client_id.as_str()) {
@@ -810,7 +833,6 @@ impl Broker {
             });
             return;
         }
-        let me = self.cluster.node_id();
         let to = {
             let mut a = self.ownership.abandoned.lock();
             let Some(ab) = a.get_mut(client_id) else {
