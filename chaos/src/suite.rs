@@ -6,9 +6,11 @@
 //! invariant the fault breaks, every time.
 //!
 //! The suite is a fixed list of runs, each workload under faults with its own seed; `--short`
-//! is the one CI runs on every change (a few minutes), the full one runs every workload for two
-//! minutes under partitions, pauses and kills, then two minutes under the network's faults
-//! (halves, bridge, loss, delay) (`docs/chaos.md` has its results).
+//! is the one CI runs on every change (a few minutes), the full one runs every workload for
+//! 70 s under partitions, pauses and kills, again under the network's faults (halves, bridge,
+//! loss, delay), again under the operators' (restart, rolling restart, isolated leader, a
+//! node added and removed), and 5 nodes under ring, halves and bridge: 22 minutes of faults
+//! (`docs/chaos.md` has its results).
 
 use crate::run::{run, Fault, RunConfig, RunResult};
 use crate::workload::Workload;
@@ -98,6 +100,7 @@ struct Case {
     faults: &'static [Fault],
     secs: u64,
     seed: u64,
+    nodes: usize,
 }
 
 const ALL_FAULTS: &[Fault] = &[Fault::Partition, Fault::Pause, Fault::Kill];
@@ -108,73 +111,111 @@ const NETWORK_FAULTS: &[Fault] = &[
     Fault::Loss,
     Fault::Delay,
 ];
+/// What operators do to a running cluster: the full suite's third round.
+const OPERATOR_FAULTS: &[Fault] = &[
+    Fault::Restart,
+    Fault::RollingRestart,
+    Fault::IsolateLeader,
+    Fault::Membership,
+];
+/// How long each run of the full suite lasts: 3 rounds of 6 workloads and the 5-node run,
+/// 19 × 70 s = 22 minutes of faults.
+const FULL_SECS: u64 = 70;
 
 const SHORT: &[Case] = &[
     Case {
         workload: Workload::Qos1Queue,
         faults: ALL_FAULTS,
         secs: 35,
+        nodes: 3,
         seed: 2,
     },
     Case {
         workload: Workload::Qos2ExactlyOnce,
         faults: &[Fault::Partition],
         secs: 22,
+        nodes: 3,
         seed: 7,
     },
     Case {
         workload: Workload::Takeover,
         faults: &[Fault::Kill],
         secs: 22,
+        nodes: 3,
         seed: 3,
     },
     Case {
         workload: Workload::Retained,
         faults: &[Fault::Partition],
         secs: 22,
+        nodes: 3,
         seed: 4,
     },
     Case {
         workload: Workload::Shared,
         faults: &[Fault::Pause],
         secs: 22,
+        nodes: 3,
         seed: 5,
     },
     Case {
         workload: Workload::Will,
         faults: &[Fault::Partition, Fault::Kill],
         secs: 22,
+        nodes: 3,
         seed: 6,
+    },
+    Case {
+        workload: Workload::Takeover,
+        faults: &[Fault::Restart, Fault::RollingRestart],
+        secs: 25,
+        nodes: 3,
+        seed: 34,
     },
 ];
 
 /// Runs the suite (`short`: the CI one) with `roost`; returns whether every run held every
 /// invariant and healed. Writes each run under `out/WORKLOAD-SEED`.
 pub fn suite(roost: &Path, out: &Path, short: bool) -> anyhow::Result<bool> {
-    // Every workload under the process faults, then under the network faults.
+    // Every workload under the process faults, the network faults and the operators' ones,
+    // then 5 nodes under the partitions only they allow (ring).
     let mut long: Vec<Case> = Vec::new();
-    for (round, faults) in [ALL_FAULTS, NETWORK_FAULTS].into_iter().enumerate() {
+    for (round, faults) in [ALL_FAULTS, NETWORK_FAULTS, OPERATOR_FAULTS]
+        .into_iter()
+        .enumerate()
+    {
         for (i, w) in Workload::ALL.iter().enumerate() {
             long.push(Case {
                 workload: *w,
                 faults,
-                secs: 120,
+                secs: FULL_SECS,
                 seed: 1000 + 100 * round as u64 + i as u64,
+                nodes: 3,
             });
         }
     }
+    long.push(Case {
+        workload: Workload::Qos1Queue,
+        faults: &[Fault::Ring, Fault::PartitionHalves, Fault::Bridge],
+        secs: FULL_SECS,
+        seed: 1300,
+        nodes: 5,
+    });
     let cases: &[Case] = if short { SHORT } else { &long };
     let mut all = true;
     let mut table = String::from("| workload | faults | seconds | seed | acked | violations | healed |\n|---|---|--:|--:|--:|--:|---|\n");
     for c in cases {
-        let cfg = RunConfig::new(
-            c.workload,
-            c.faults.to_vec(),
-            Duration::from_secs(c.secs),
-            c.seed,
-            out.join(format!("{}-{}", c.workload, c.seed)),
-            roost.to_owned(),
-        );
+        let cfg = RunConfig {
+            nodes: c.nodes,
+            ..RunConfig::new(
+                c.workload,
+                c.faults.to_vec(),
+                Duration::from_secs(c.secs),
+                c.seed,
+                out.join(format!("{}-{}", c.workload, c.seed)),
+                roost.to_owned(),
+            )
+        };
         let r: RunResult = run(&cfg)?;
         all &= r.ok();
         table.push_str(&format!(

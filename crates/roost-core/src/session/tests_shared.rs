@@ -100,3 +100,27 @@ fn subscriptions_add_replace_remove() {
     assert!(!s.remove_subscription(&filter("a/+")));
     assert!(s.subscriptions().is_empty());
 }
+
+/// A session that arrives without a connection (moved here by a stopping node) keeps the
+/// shared messages it holds for its client, where a detach hands them to the group.
+#[test]
+fn park_keeps_shared_messages_that_detach_hands_back() {
+    let t0 = Instant::now();
+    let mut parked = connected(1, t0);
+    let mut detached = connected(1, t0);
+    let ms: Vec<_> = (1..=3).map(|i| msg("t", &i.to_string())).collect();
+    for s in [&mut parked, &mut detached] {
+        deliver_shared(s, &ms[0], QoS::AtLeastOnce, "$share/g/t", t0); // in flight
+        deliver_shared(s, &ms[1], QoS::AtLeastOnce, "$share/g/t", t0); // queued
+        deliver(s, &ms[2], QoS::AtLeastOnce, t0); // queued, not shared
+        take(s);
+        s.set_expiry_interval(60);
+    }
+    let p = parked.park(t0, None);
+    let d = detached.detach(t0, None);
+    assert!(p.orphans.is_empty() && p.ended.is_none());
+    assert_eq!(d.orphans.len(), 1);
+    assert_eq!(parked.queued_len(), 2);
+    assert_eq!(detached.queued_len(), 1);
+    assert_eq!(parked.poll_timeout(), detached.poll_timeout());
+}

@@ -154,12 +154,22 @@ impl Session {
     /// connection attached to this session meanwhile) leaves the session alone and settles its
     /// will with [`takeover_will`].
     pub fn detach(&mut self, now: Instant, will: Option<LastWill>) -> Detached {
+        let orphans = self.take_shared_queued();
+        let mut out = self.park(now, will);
+        out.orphans = orphans;
+        out
+    }
+
+    /// Like [`detach`](Self::detach), for a session that arrives without a connection (moved
+    /// here by a node that stopped, or restored): its expiry and a pending will run from
+    /// `now`, and the messages of shared subscriptions it holds stay queued for its client
+    /// (they were the group's when they were given to this member; handing them to another
+    /// member now could find none, the group's other members moving too). `orphans` is
+    /// always empty.
+    pub fn park(&mut self, now: Instant, will: Option<LastWill>) -> Detached {
         self.disconnect();
         let expiry = self.expiry_interval;
-        let mut out = Detached {
-            orphans: self.take_shared_queued(),
-            ..Detached::default()
-        };
+        let mut out = Detached::default();
         if let Some(w) = will {
             let delay = will_delay(&w);
             if delay == 0 || expiry == 0 {

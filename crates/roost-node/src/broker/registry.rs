@@ -923,8 +923,10 @@ impl Broker {
         let subscriptions = t.image.subscriptions.clone();
         let mut session = Session::import(client_id.as_arc().clone(), self.limits.clone(), t.image);
         session.set_expiry_interval(t.expiry_interval);
-        // Offline from now: its expiry, and a will waiting for its delay, run from here.
-        let detached = session.detach(now, t.pending_will);
+        // Offline from now: its expiry, and a will waiting for its delay, run from here. Its
+        // shared-group messages stay for its client: the group's other members may be on
+        // their way too (a stopping node moves them all), with nobody to take them now.
+        let detached = session.park(now, t.pending_will);
         let next = session.poll_timeout();
         let entry = self.new_entry(client_id, session, None, false, Some(generation));
         entry.lock().recent = Some(recent);
@@ -938,7 +940,6 @@ impl Broker {
         }
         self.ownership.arrived.notify_waiters();
         let routes = self.index_all(&entry, &subscriptions);
-        self.redistribute(detached.orphans, &entry);
         if let Some(w) = detached.will_now {
             self.publish_will(w, client_id);
         }
