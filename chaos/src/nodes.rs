@@ -27,6 +27,21 @@ pub struct NodeProc {
     pub paused: bool,
 }
 
+impl NodeProc {
+    /// Node `i` in its namespace of `net`, its data directory and log under `out`; not started.
+    fn new(net: &Net, i: usize, out: &Path) -> NodeProc {
+        NodeProc {
+            id: i,
+            ns: net.ns(i),
+            ip: net.node_ip(i),
+            data: out.join(format!("node-{i}")),
+            log: out.join(format!("node-{i}.log")),
+            child: None,
+            paused: false,
+        }
+    }
+}
+
 /// The cluster's nodes.
 pub struct Nodes {
     pub nodes: Vec<NodeProc>,
@@ -66,15 +81,7 @@ impl Nodes {
             failpoints,
         };
         for i in 1..=n {
-            nodes.nodes.push(NodeProc {
-                id: i,
-                ns: net.ns(i),
-                ip: net.node_ip(i),
-                data: out.join(format!("node-{i}")),
-                log: out.join(format!("node-{i}.log")),
-                child: None,
-                paused: false,
-            });
+            nodes.nodes.push(NodeProc::new(net, i, out));
             nodes.spawn(i)?;
         }
         Ok(nodes)
@@ -83,15 +90,7 @@ impl Nodes {
     /// Adds node `net`'s namespace `i` as a spare, not started and not among the seeds (the
     /// `membership` nemesis starts it and joins it with `roost ctl`).
     pub fn add_spare(&mut self, net: &Net, i: usize, out: &Path) {
-        self.nodes.push(NodeProc {
-            id: i,
-            ns: net.ns(i),
-            ip: net.node_ip(i),
-            data: out.join(format!("node-{i}")),
-            log: out.join(format!("node-{i}.log")),
-            child: None,
-            paused: false,
-        });
+        self.nodes.push(NodeProc::new(net, i, out));
     }
 
     /// Starts node `i` as a new node: its data directory removed first (a node that left

@@ -300,3 +300,53 @@ pub(crate) async fn publish_until(
         });
     }
 }
+
+/// What a receiver connection reads, and until when the broker served it: pings after every
+/// idle second, and counts the connection live until the last packet the broker sent other
+/// than the one that closed it (a paused node holds its connections open but serves nobody).
+pub(crate) struct Liveness<'a> {
+    rec: &'a Recorder,
+    stop: &'a AtomicBool,
+    last_heard: Instant,
+    /// When the broker last served the connection.
+    pub(crate) alive: Nanos,
+}
+
+impl<'a> Liveness<'a> {
+    pub(crate) fn new(rec: &'a Recorder, stop: &'a AtomicBool, from: Nanos) -> Liveness<'a> {
+        Liveness {
+            rec,
+            stop,
+            last_heard: Instant::now(),
+            alive: from,
+        }
+    }
+
+    /// The next packet from the broker; `None` when the run stops (a DISCONNECT goes out),
+    /// the broker closed the connection or sent DISCONNECT, or it broke.
+    pub(crate) async fn next(&mut self, c: &mut RawClient) -> Option<roost_codec::Packet> {
+        use roost_codec::Packet;
+        loop {
+            if self.stop.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = c.send(&Packet::Disconnect(Default::default())).await;
+                return None;
+            }
+            if self.last_heard.elapsed() > Duration::from_secs(1) {
+                self.last_heard = Instant::now();
+                if c.send(&Packet::PingReq).await.is_err() {
+                    return None;
+                }
+            }
+            match c.recv_within(Duration::from_millis(500)).await {
+                Ok(Some(Packet::Disconnect(_))) | Ok(None) => return None,
+                Ok(Some(p)) => {
+                    self.last_heard = Instant::now();
+                    self.alive = self.rec.now();
+                    return Some(p);
+                }
+                Err(e) if e.to_string().starts_with("no packet within") => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}

@@ -7,13 +7,14 @@
 use super::{connect, publish_until, Publishing, Recorder, Stops, Targets, Workload};
 use crate::history::Op;
 use crate::rng::Rng;
+use crate::workload::Liveness;
 use parking_lot::Mutex;
 use roost_codec::{Ack, Packet, QoS};
 use roost_testkit::RawClient;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The topic of `qos1-queue`, `qos2-exactly-once` and `takeover`.
 pub const TOPIC: &str = "chaos/q";
@@ -214,28 +215,10 @@ async fn read(
     stop: Arc<std::sync::atomic::AtomicBool>,
     awaiting_rel: Arc<Mutex<HashSet<u16>>>,
 ) {
-    let mut last_heard = Instant::now();
-    let mut alive = conn.from;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            let _ = c.send(&Packet::Disconnect(Default::default())).await;
-            break;
-        }
-        if last_heard.elapsed() > Duration::from_secs(1) {
-            last_heard = Instant::now();
-            if c.send(&Packet::PingReq).await.is_err() {
-                break;
-            }
-        }
-        let packet = c.recv_within(Duration::from_millis(500)).await;
-        if let Ok(Some(p)) = &packet {
-            if !matches!(p, Packet::Disconnect(_)) {
-                last_heard = Instant::now();
-                alive = rec.now();
-            }
-        }
+    let mut live = Liveness::new(&rec, &stop, conn.from);
+    while let Some(packet) = live.next(&mut c).await {
         let sent = match packet {
-            Ok(Some(Packet::Publish(p))) => {
+            Packet::Publish(p) => {
                 // A QoS 2 PUBLISH whose id still awaits its PUBREL is the same delivery again.
                 let new = match (p.qos, p.packet_id) {
                     (QoS::ExactlyOnce, Some(id)) => awaiting_rel.lock().insert(id.get()),
@@ -259,14 +242,11 @@ async fn read(
                     _ => Ok(()),
                 }
             }
-            Ok(Some(Packet::PubRel(a))) => {
+            Packet::PubRel(a) => {
                 awaiting_rel.lock().remove(&a.packet_id.get());
                 c.send(&Packet::PubComp(Ack::new(a.packet_id))).await
             }
-            Ok(Some(Packet::Disconnect(_))) | Ok(None) => break,
-            Ok(Some(_)) => Ok(()),
-            Err(e) if e.to_string().starts_with("no packet within") => Ok(()),
-            Err(_) => break,
+            _ => Ok(()),
         };
         if sent.is_err() {
             break;
@@ -276,6 +256,6 @@ async fn read(
         client: conn.name,
         node: conn.node as u64,
         from: conn.from,
-        until: Some(alive),
+        until: Some(live.alive),
     });
 }

@@ -21,6 +21,7 @@
 use super::{Recorder, Stops, Targets};
 use crate::history::{EndKind, Op};
 use crate::rng::Rng;
+use crate::workload::Liveness;
 use roost_codec::{Ack, Disconnect, LastWill, Packet, Protocol, QoS, ReasonCode};
 use roost_testkit::RawClient;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -251,28 +252,10 @@ async fn watch(
     rec: &Recorder,
     stop: &Arc<AtomicBool>,
 ) -> u64 {
-    let mut last_heard = Instant::now();
-    let mut alive = from;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            let _ = c.send(&Packet::Disconnect(Default::default())).await;
-            break;
-        }
-        if last_heard.elapsed() > Duration::from_secs(1) {
-            last_heard = Instant::now();
-            if c.send(&Packet::PingReq).await.is_err() {
-                break;
-            }
-        }
-        let packet = c.recv_within(Duration::from_millis(500)).await;
-        if let Ok(Some(p)) = &packet {
-            if !matches!(p, Packet::Disconnect(_)) {
-                last_heard = Instant::now();
-                alive = rec.now();
-            }
-        }
+    let mut live = Liveness::new(rec, stop, from);
+    while let Some(packet) = live.next(c).await {
         let sent = match packet {
-            Ok(Some(Packet::Publish(p))) => {
+            Packet::Publish(p) => {
                 let text = String::from_utf8_lossy(&p.payload);
                 let (of, incarnation) = match text.rsplit_once(':') {
                     Some((of, n)) => (of.to_owned(), n.parse().unwrap_or(0)),
@@ -293,10 +276,7 @@ async fn watch(
                     _ => Ok(()),
                 }
             }
-            Ok(Some(Packet::Disconnect(_))) | Ok(None) => break,
-            Ok(Some(_)) => Ok(()),
-            Err(e) if e.to_string().starts_with("no packet within") => Ok(()),
-            Err(_) => break,
+            _ => Ok(()),
         };
         if sent.is_err() {
             break;
@@ -306,7 +286,7 @@ async fn watch(
         client: name.to_owned(),
         node: node as u64,
         from,
-        until: Some(alive),
+        until: Some(live.alive),
     });
-    alive
+    live.alive
 }
