@@ -99,24 +99,25 @@ impl Broker {
                 }
             }
             let mut todo = Vec::new();
-            let mut live = 0usize;
+            // Sessions still to go: connected ones (told to leave) and offline ones to move.
+            let mut left = 0usize;
             for s in self.sessions() {
-                let Some(pending) = s.drain_state() else {
-                    continue;
-                };
-                live += 1;
-                match pending {
-                    DrainState::Connected(conn) => conn.kick(ReasonCode::SERVER_SHUTTING_DOWN),
-                    DrainState::Offline { generation } => {
+                match s.drain_state() {
+                    Some(DrainState::Connected(conn)) => {
+                        left += 1;
+                        conn.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+                    }
+                    Some(DrainState::Offline { generation }) => {
+                        left += 1;
                         if asked.get(s.client_id()) != Some(&generation) {
                             todo.push((s.client_id().clone(), generation));
                         }
                     }
-                    // Ends with its connection, or was never claimed (nothing to move).
-                    DrainState::Stays => live -= 1,
+                    // Ended here, ends with its connection, or was never claimed.
+                    None | Some(DrainState::Stays) => {}
                 }
             }
-            if live == 0 || Instant::now() >= deadline {
+            if left == 0 || Instant::now() >= deadline {
                 break;
             }
             if !self.cluster.serving() {
