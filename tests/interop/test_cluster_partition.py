@@ -275,3 +275,74 @@ def test_majority_keeps_committing_while_a_follower_is_paused(cluster_factory):
         assert s.get().payload == b"from the resumed node"
     pubs[1].publish(back_topic, b"to its old subscriber", qos=1)
     assert on_paused.get().payload == b"to its old subscriber"
+
+
+# Issue 8 (chaos `takeover`, seed 1002). A short forward timeout against a long lease: the
+# claimant asks the paused owner about 15 times before it gives up, and the HTTP/2 streams it
+# reset pile up on node 1 until, on SIGCONT, node 1 drops that connection (h2's limit on
+# remotely reset streams) instead of serving a late TakeSession: the copy is left fenced out,
+# as in the chaos run. With a lease of 3 s (2 tries) node 1 served a late request and nothing
+# was left to test. The old copy waits 2 x forward timeout for a TakeSession.
+FENCE_CONFIG = {"cluster": {"commit_timeout_ms": 1500, "forward_timeout_ms": 400,
+                            "session_lease_ms": 8000}}
+STALE_DROPPED = "roost_session_stale_copy_dropped_total"
+
+
+def _metric(node, name: str) -> float:
+    status, body = node.http("GET", "/metrics")
+    assert status == 200, f"GET /metrics on node {node.node_id}: {status}"
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def test_a_copy_fenced_out_by_a_later_claim_takes_nothing_new(cluster_factory):
+    """Issue 8, chaos `takeover` seed 1002 (2 acknowledged messages lost): a persistent
+    subscriber's owner (node 1) is paused; the client connects to node 2, whose claim commits
+    and who, unanswered for the session lease, rebuilds the session from the registry. Node 1
+    comes back and applies the claim: its copy is fenced out, waiting (twice the forward
+    timeout) for a TakeSession that will never come, then dropped as stale. Messages that
+    reached that copy meanwhile (node 1's route still stands) were acknowledged and died with
+    it: lost wherever the claimant's own route was not yet applied. Now the fenced copy takes
+    nothing new: what matches it goes on to the claimant (as from a tombstone, RFC 0006), so
+    node 1 drops nothing as stale (it counted 30 of 30 before the fix) and the subscriber gets
+    every acknowledged message once."""
+    cluster = cluster_factory(3, config=FENCE_CONFIG)
+    n1, n2, n3 = cluster.nodes
+    topic = uniq("fence")
+    sub_id = cid("fenced")
+    first = n1.client(sub_id, V311, clean=False)
+    assert first.subscribe(topic, 1) == [1]
+    first.disconnect()
+    publisher = n3.client(cid("fence-pub"), V5)
+
+    cluster.pause(n1)
+    try:
+        # Once a leader is up without node 1 the claim commits; the session then waits out
+        # node 1's lease (8 s). Before that: CONNACK 0x88 (v3.1.1 return code 3), asked again.
+        deadline = time.monotonic() + 20
+        while True:
+            second = n2.client(sub_id, V311, clean=False, connect=False)
+            if second.connect(expect_rc=None, timeout=20) == 0:
+                break
+            second.close()
+            assert time.monotonic() < deadline, "node 2 did not take the client within 20 s"
+            time.sleep(0.3)
+    finally:
+        cluster.resume(n1)
+    cluster.wait_caught_up(n1)
+    before = _metric(n1, STALE_DROPPED)
+
+    n_msgs = 30
+    for i in range(n_msgs):
+        rc = publisher.publish(topic, f"m{i}".encode(), qos=1)
+        assert rc == 0, f"publish {i}: {rc:#x}"
+    got = sorted(m.payload.decode() for m in second.get_n(n_msgs, timeout=15))
+    assert got == sorted(f"m{i}" for i in range(n_msgs))
+    second.expect_nothing(1.0)
+    # The old copy is gone by now (2 x forward timeout after node 1 applied the claim).
+    time.sleep(2 * FENCE_CONFIG["cluster"]["forward_timeout_ms"] / 1000 + 1)
+    dropped = _metric(n1, STALE_DROPPED) - before
+    assert dropped == 0, f"node 1's fenced copy took {dropped:.0f} messages and dropped them"

@@ -32,6 +32,7 @@ pub(crate) const SESSION_DROPPED: &str = "roost_session_queue_dropped_total";
 pub(crate) const SESSION_EXPIRED_MSGS: &str = "roost_session_expired_messages_dropped_total";
 pub(crate) const SESSION_OFFLINE_QOS0: &str = "roost_session_offline_qos0_dropped_total";
 pub(crate) const SESSION_TOO_LARGE: &str = "roost_session_too_large_dropped_total";
+pub(crate) const SESSION_STALE_DROPPED: &str = "roost_session_stale_copy_dropped_total";
 pub(crate) const SESSIONS: &str = "roost_sessions";
 pub(crate) const SESSIONS_EXPIRED: &str = "roost_sessions_expired_total";
 pub(crate) const TAKEOVERS: &str = "roost_sessions_taken_over_total";
@@ -106,6 +107,13 @@ pub(crate) fn describe() {
     describe_counter!(
         SESSION_TOO_LARGE,
         "messages dropped for a client because they exceed its maximum packet size"
+    );
+    describe_counter!(
+        SESSION_STALE_DROPPED,
+        "messages a session copy still held when it was dropped as stale: this node was cut \
+         off longer than the session lease while the client connected elsewhere, and its new \
+         owner rebuilt the session from the registry (the loss of an unreachable owner, \
+         docs/architecture.md)"
     );
     describe_gauge!(SESSIONS, "sessions held (connected and offline)");
     describe_counter!(
@@ -247,6 +255,7 @@ pub(crate) struct Metrics {
     pub(crate) shared_served_elsewhere: Counter,
     pub(crate) shared_no_member: NodeCounter,
     pub(crate) passed_on_gone: Counter,
+    pub(crate) stale_copy_dropped: Counter,
     pub(crate) subscriptions: Gauge,
     /// Route changes not committed yet (`RouteTable::pending`).
     pub(crate) routes_pending: Gauge,
@@ -295,6 +304,7 @@ impl Metrics {
                 counter!(PUBLISH_DROPPED, "reason" => "shared_no_member"),
             ),
             passed_on_gone: counter!(HANDOVER_PASSED_ON_DROPPED, "reason" => "session_gone"),
+            stale_copy_dropped: counter!(SESSION_STALE_DROPPED),
             subscriptions: gauge!(SUBSCRIPTIONS),
             routes_pending: gauge!(ROUTES_PENDING),
             retained: gauge!(RETAINED),

@@ -22,8 +22,9 @@ use super::Broker;
 use crate::routes::RouteCluster;
 use roost_cluster::types::{Command, NodeId};
 use roost_codec::ReasonCode;
+use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,18 +182,11 @@ impl Broker {
     /// already on the way (those go on from the tombstones here). A publisher whose message
     /// reaches this node later hears a failure: it is never acknowledged for nobody.
     async fn remove_own_routes(self: &Arc<Self>, deadline: Instant) {
-        let me = self.cluster.node_id();
         loop {
             let covered = {
                 let state = self.cluster.state().read();
                 let routes = &state.snapshot().routes;
-                self.tombstone_routes().iter().all(|(_, filters)| {
-                    filters.iter().all(|f| {
-                        routes
-                            .get(f.as_str())
-                            .is_some_and(|nodes| nodes.iter().any(|n| *n != me))
-                    })
-                })
+                new_owners_route(&self.tombstone_routes(), |f| routes.get(f))
             };
             if covered || Instant::now() >= deadline {
                 break;
@@ -225,6 +219,23 @@ impl Broker {
     }
 }
 
+/// Whether every session that left (`moved`: new owner, its filters) has its filters routed to
+/// its new owner. Another node's route for the same filter is not enough: it serves that
+/// node's own subscribers, and a publisher's node that applied this node's route removal
+/// before the new owner's route would send the message to them only (issue 8, chaos seed
+/// 1202). A new owner that never routes them (it died meanwhile) holds the drain until its
+/// deadline.
+fn new_owners_route<'a>(
+    moved: &[(NodeId, Vec<TopicFilter>)],
+    routes: impl Fn(&str) -> Option<&'a BTreeSet<NodeId>>,
+) -> bool {
+    moved.iter().all(|(to, filters)| {
+        filters
+            .iter()
+            .all(|f| routes(f.as_str()).is_some_and(|nodes| nodes.contains(to)))
+    })
+}
+
 /// What a graceful stop must do about one session (see [`super::SessionRef::drain_state`]).
 pub(crate) enum DrainState {
     /// A client is still connected: tell it to go first.
@@ -233,4 +244,39 @@ pub(crate) enum DrainState {
     Offline { generation: u64 },
     /// Nothing to move: it ends with its connection, or was never claimed.
     Stays,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_core::topic::TopicLimits;
+
+    fn filter(f: &str) -> TopicFilter {
+        TopicFilter::new(f, &TopicLimits::default()).expect("a valid filter")
+    }
+
+    /// Issue 8, chaos seed 1202: the stopping node 1 saw node 2's route for the filter (node 2's
+    /// own subscribers) and took its own away before node 3, where the session went, routed
+    /// it.
+    #[test]
+    fn a_route_of_another_node_does_not_cover_a_session_that_went_elsewhere() {
+        let n = NodeId::new;
+        let routes = std::collections::BTreeMap::from([
+            ("a".to_owned(), BTreeSet::from([n(1), n(2)])),
+            ("b".to_owned(), BTreeSet::from([n(3)])),
+        ]);
+        let lookup = |f: &str| routes.get(f);
+        assert!(!new_owners_route(&[(n(3), vec![filter("a")])], lookup));
+        assert!(!new_owners_route(&[(n(3), vec![filter("c")])], lookup));
+        assert!(new_owners_route(&[(n(2), vec![filter("a")])], lookup));
+        assert!(new_owners_route(
+            &[(n(3), vec![filter("b")]), (n(2), vec![filter("a")])],
+            lookup
+        ));
+        assert!(!new_owners_route(
+            &[(n(3), vec![filter("b"), filter("a")])],
+            lookup
+        ));
+        assert!(new_owners_route(&[], lookup));
+    }
 }

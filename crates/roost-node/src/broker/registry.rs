@@ -114,6 +114,9 @@ enum ToSession {
     Wait,
     /// It ended, or no longer has the subscription: dropped and counted.
     Gone,
+    /// This node gave up its claim of the client (the session goes back to the owner it
+    /// replaced): not taken, so not acknowledged; the publisher hears a failure.
+    Refuse,
 }
 
 /// Claims of this node for one client that it gave up waiting for (several may be in flight):
@@ -182,6 +185,7 @@ impl Broker {
                 disconnected_at,
                 generation,
                 moved: None,
+                fenced: None,
                 recent: None,
             },
         )
@@ -749,9 +753,11 @@ impl Broker {
 
     /// Reacts to an applied cluster entry. A claim of a client this node serves, by another
     /// node, fences the local connection out (0x8E); the session itself waits for the new
-    /// owner's TakeSession call. If that has not come within twice the forward timeout, the
-    /// copy left here is stale and is dropped (a timer), so it does not collect messages for a
-    /// client that lives elsewhere now. Its will went with the claim.
+    /// owner's TakeSession call, and takes nothing new meanwhile: what still matches it here
+    /// goes on to the claimant, as from a tombstone (docs/rfcs/0006; the claimant places it
+    /// after what the TakeSession brings, or in the session it rebuilt from the registry). If
+    /// the TakeSession has not come within twice the forward timeout, the copy left here is
+    /// stale and is dropped (a timer), what it held counted. Its will went with the claim.
     ///
     /// A claim naming this node that no attach here is waiting for (its lane is free) is
     /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
@@ -770,10 +776,14 @@ impl Broker {
             return;
         };
         {
-            let st = s.lock();
-            if st.generation.is_some_and(|g| g >= owner.generation) {
+            let mut st = s.lock();
+            if st.ended || st.generation.is_some_and(|g| g >= owner.generation) {
                 return;
             }
+            st.fence(Moved {
+                node: owner.node,
+                generation: owner.generation,
+            });
             if let Some(c) = &st.conn {
                 debug!(client_id = %client_id, owner = %owner.node, "session claimed by another node");
                 take_over(c);
@@ -950,6 +960,10 @@ impl Broker {
         // (the copy waits for it, as any copy a claim fenced out), else it is dropped.
         let current = self.cluster.state().read().session_owner(client_id);
         if let Some(owner) = current.filter(|o| o.generation > generation) {
+            entry.lock().fence(Moved {
+                node: owner.node,
+                generation: owner.generation,
+            });
             let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
             let kind = TimerKind::StaleCopy {
                 generation: owner.generation,
@@ -1098,6 +1112,11 @@ impl Broker {
                 if !stale {
                     return;
                 }
+                // What it held is lost: the new owner did not ask for it in time (it rebuilt
+                // the session from the registry). Nothing new reached it since the claim
+                // fenced it out (it went on to the claimant).
+                let held = st.session.inflight_len() + st.session.queued_len();
+                self.metrics.stale_copy_dropped.increment(held as u64);
                 let mut ended = st.session.terminate();
                 // Its will went with the claim to the new owner, and so did the registry entry:
                 // nothing to release.
@@ -1227,6 +1246,10 @@ impl Broker {
                     };
                     return self.forward_all(&msg, Vec::new(), vec![again]).await;
                 }
+                ToSession::Refuse => {
+                    debug!(client_id = %a.client_id, "a message passed on for a claim given up on was refused");
+                    return false;
+                }
                 ToSession::Wait => {
                     if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                         debug!(client_id = %a.client_id, "a message passed on for a session still attaching was not placed in time");
@@ -1279,6 +1302,9 @@ impl Broker {
         }
         if self.ownership.lanes.lock().contains_key(&a.client_id) {
             return ToSession::Wait;
+        }
+        if self.ownership.abandoned.lock().contains_key(&a.client_id) {
+            return ToSession::Refuse;
         }
         ToSession::Gone
     }

@@ -102,10 +102,31 @@ pub(super) struct SessionState {
     /// Handed over to another node (then also `ended`): what still matches it here goes on
     /// to that node (a tombstone, docs/rfcs/0006).
     pub(super) moved: Option<Moved>,
+    /// Claimed by another node (the newest such claim) while this copy waits for its
+    /// TakeSession: a copy fenced out takes nothing new, what matches it goes on to the
+    /// claimant as from a tombstone (docs/rfcs/0006). Lapses when this copy owns a newer
+    /// generation again (handed back, or the client came back here).
+    pub(super) fenced: Option<Moved>,
     /// Just arrived from another node: the ids of the messages it holds or was given since,
     /// for a while, so a message that reaches it both directly and passed on from the old
     /// owner is taken once (docs/rfcs/0006).
     pub(super) recent: Option<Box<RecentIds>>,
+}
+
+impl SessionState {
+    /// The claim that fenced this copy out, if it still does: one newer than the generation
+    /// the copy owns.
+    pub(super) fn fenced_by(&self) -> Option<Moved> {
+        self.fenced
+            .filter(|f| self.generation.is_none_or(|g| g < f.generation))
+    }
+
+    /// Records a claim of another node that fences this copy out (the newest one counts).
+    pub(super) fn fence(&mut self, by: Moved) {
+        if self.fenced.is_none_or(|f| f.generation < by.generation) {
+            self.fenced = Some(by);
+        }
+    }
 }
 
 /// Where a session handed over to another node went.
@@ -276,6 +297,9 @@ impl SessionRef {
         }
         if st.ended {
             return Delivery::Ended;
+        }
+        if let Some(to) = st.fenced_by() {
+            return Delivery::Moved { to, grant };
         }
         if let Some(r) = &mut st.recent {
             if now >= r.until {
