@@ -63,7 +63,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -732,7 +732,10 @@ impl Cluster {
     /// the peer accepted the message into its sessions, or `Err` with why it did not: the
     /// peer is not a member, or its queue stayed full for `forward_timeout` (both answered at
     /// once), the message is over [`WireLimits::max_message`], or it was given up to keep
-    /// the resend buffer within its bound. Every refusal is counted where it happens.
+    /// the resend buffer within its bound. Every refusal is counted where it happens. The
+    /// peer does not deliver a QoS 1/2 message that reaches it more than `forward_timeout`
+    /// after this call (the caller is expected to have stopped waiting and told its
+    /// publisher the message failed; `ForwardedMessage.give_up_at_ms`).
     pub async fn forward(
         &self,
         node: NodeId,
@@ -785,12 +788,20 @@ impl Cluster {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         };
+        // The sender's waiter gives up `forward_timeout` from now (`Broker::forward_all`, the
+        // publisher's wait): the peer is told, so it does not deliver the message after that.
+        let give_up_at_ms = if qos0 {
+            0
+        } else {
+            unix_ms(SystemTime::now() + self.cfg.forward_timeout)
+        };
         let item = Outgoing {
             msg,
             direct,
             shared,
             to,
             ack,
+            give_up_at_ms,
         };
         self.stats.forwarded.increment(1);
         if qos0 {
@@ -883,4 +894,10 @@ pub(crate) fn check_command_size(cmd: &Command, limits: &WireLimits) -> Result<(
         }));
     }
     Ok(())
+}
+
+/// `t` as Unix time in milliseconds (0 before 1970: "none" on the wire).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -15,6 +15,7 @@ const RECEIVED_INVALID_FILTERS: &str = "roost_cluster_received_invalid_filters_t
 const FORWARD_HELD_NO_LEASE: &str = "roost_cluster_forward_held_no_lease_total";
 const PASSED_ON: &str = "roost_cluster_passed_on_total";
 const RECEIVED_NOT_ACCEPTED: &str = "roost_cluster_received_not_accepted_total";
+const RECEIVED_STALE: &str = "roost_cluster_received_stale_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
@@ -79,6 +80,12 @@ pub fn describe() {
          had moved to did not take them within the forward timeout (the origin's publisher \
          hears a failure)"
     );
+    describe_counter!(
+        RECEIVED_STALE,
+        "QoS 1/2 messages from peers that arrived after their origin stopped waiting for them \
+         (its publisher heard a failure): not delivered, not acknowledged. Steady growth means \
+         a slow link or clocks apart by about cluster.forward_timeout_ms"
+    );
     describe_gauge!(
         LEASE_HELD,
         "1 while this node holds its session lease (a quorum confirmed it within \
@@ -118,6 +125,8 @@ pub struct ClusterStats {
     pub passed_on: Counter,
     /// QoS 1/2 from peers left unacknowledged: their pass-on was not taken.
     pub received_not_accepted: Counter,
+    /// QoS 1/2 from peers that arrived after their origin gave up on them.
+    pub received_stale: Counter,
 }
 
 impl Default for ClusterStats {
@@ -141,6 +150,7 @@ impl Default for ClusterStats {
             forward_held_no_lease: counter!(FORWARD_HELD_NO_LEASE),
             passed_on: counter!(PASSED_ON),
             received_not_accepted: counter!(RECEIVED_NOT_ACCEPTED),
+            received_stale: counter!(RECEIVED_STALE),
         }
     }
 }

@@ -628,10 +628,15 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
 /// (5) A QoS 1 message forwarded to a peer that is down is not acknowledged; when the peer
 /// comes back on the same data directory and port, the forwarder resends it (at-least-once)
 /// and the ack resolves. The stopped instance must get nothing more: `shutdown` ends the open
-/// Forward streams (the gRPC server's graceful shutdown alone leaves them running).
+/// Forward streams (the gRPC server's graceful shutdown alone leaves them running). The
+/// forward timeout is 30 s here: a peer does not deliver what reaches it after its origin's
+/// forward timeout ran out (`give_up_at_ms`, whose own test is in roost-node's
+/// `wire_forward`), and the restart takes longer than the usual 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_to_a_dead_peer_is_resent_after_it_restarts() {
-    let mut nodes = three_nodes().await;
+    let (mut nodes, _) =
+        three_nodes_with(false, |c| c.forward_timeout = Duration::from_secs(30)).await;
+    wait_for_leader(&nodes).await;
     let (id1, id2) = (NodeId::new(1), NodeId::new(2));
     // Establish the forward stream first, so the test covers a stream that breaks.
     let ack = node(&nodes, id1)

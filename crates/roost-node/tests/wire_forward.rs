@@ -154,6 +154,66 @@ async fn item14_cut_off_peer_does_not_stall_every_publish() {
     b.stop().await;
 }
 
+/// Issue 8 (chaos `takeover` seed 1202: a message reached a subscriber about 7 s late, after
+/// 358 newer ones of the same publisher, when an isolated leader's link healed; and the
+/// `qos2-exactly-once` finding "refused, yet delivered twice"): a QoS 1 message whose
+/// publisher was told it failed (v5 0x80: node 2 did not acknowledge it within the forward
+/// timeout) was still delivered when the bytes held on the blackholed link arrived, after
+/// the publisher had gone on. Now the origin sends the moment it stops waiting
+/// (`give_up_at_ms`) and node 2 does not deliver what arrives after it. The link to node 2
+/// holds everything for 1.5 s (forward timeout 500 ms) while `late` is published; then
+/// `next` goes through: the subscriber gets `next` and not `late`.
+#[tokio::test]
+async fn a_forward_that_arrives_after_its_publisher_heard_a_failure_is_not_delivered() {
+    let (a, b, proxy) = two_nodes(true, |c| c.cluster.forward_timeout_ms = 500).await;
+    let proxy = proxy.unwrap();
+    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("late/t", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    assert_eq!(
+        publish_reason(&mut publ, "late/t", b"warm", QoS::AtLeastOnce).await,
+        Some(ReasonCode::SUCCESS)
+    );
+    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+    let stale_before = metric(&b, "roost_cluster_received_stale_total").await;
+
+    proxy.hold(true);
+    assert_eq!(
+        publish_reason(&mut publ, "late/t", b"late", QoS::AtLeastOnce).await,
+        Some(ReasonCode::UNSPECIFIED_ERROR),
+        "node 2 saw nothing: the publisher must hear a failure"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.hold(false);
+    // Node 2 counts as unreachable until it acknowledges again (RFC 0005): a publish may be
+    // refused at once meanwhile.
+    let mut next_acked = false;
+    for _ in 0..40 {
+        let r = publish_reason(&mut publ, "late/t", b"next", QoS::AtLeastOnce).await;
+        if r == Some(ReasonCode::SUCCESS) {
+            next_acked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        next_acked,
+        "node 2 did not take messages again after the link healed"
+    );
+    let mut got = Vec::new();
+    while let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_millis(500)).await {
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert!(got.contains(&"next".to_owned()), "{got:?}");
+    assert!(
+        !got.contains(&"late".to_owned()),
+        "a message its publisher was told failed arrived after the fact: {got:?}"
+    );
+    assert!(metric(&b, "roost_cluster_received_stale_total").await > stale_before);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Issue 7 item 4: a slow subscriber on node 2 (queue of 10, one message in flight, it reads
 /// slowly) and a fast QoS 1 publisher on node 1 with 20 messages in flight: every one of the 500
 /// messages arrives, in order, and node 2's session queue drops nothing: the ForwardAck, which

@@ -40,6 +40,7 @@ fn sample_batch() -> ForwardBatch {
                 direct: true,
                 shared_filters: vec!["$share/g/sensors/#".to_owned()],
                 to: None,
+                give_up_at_ms: 1_795_000_000_123,
             },
             ForwardedMessage {
                 seq: 42,
@@ -48,6 +49,7 @@ fn sample_batch() -> ForwardBatch {
                 direct: false,
                 shared_filters: Vec::new(),
                 to: None,
+                give_up_at_ms: 0,
             },
             ForwardedMessage {
                 seq: 43,
@@ -63,6 +65,7 @@ fn sample_batch() -> ForwardBatch {
                     subscription_ids: vec![4],
                     shared_filter: None,
                 }),
+                give_up_at_ms: 7,
             },
         ],
         epoch: 0x5eed_0000_0001,

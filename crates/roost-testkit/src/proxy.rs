@@ -19,6 +19,9 @@ pub struct Proxy {
     cut: watch::Sender<u64>,
     /// While set, new connections are closed as soon as they are accepted.
     refuse: Arc<AtomicBool>,
+    /// While set, bytes to the node are held back (read, not written on); let go in order when
+    /// it is cleared, as a link that blackholes packets and then heals with them in flight.
+    hold: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -31,6 +34,8 @@ impl Proxy {
         let drop_flag = drop_replies.clone();
         let refuse = Arc::new(AtomicBool::new(false));
         let refuse_flag = refuse.clone();
+        let hold = Arc::new(AtomicBool::new(false));
+        let hold_flag = hold.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -48,6 +53,7 @@ impl Proxy {
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
                 let drop_flag = drop_flag.clone();
+                let hold_flag = hold_flag.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let (mut ci, mut co) = inbound.into_split();
@@ -58,6 +64,9 @@ impl Proxy {
                             let n = ci.read(&mut buf).await?;
                             if n == 0 {
                                 return Ok::<(), std::io::Error>(());
+                            }
+                            while hold_flag.load(Relaxed) {
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                             }
                             so.write_all(&buf[..n]).await?;
                         }
@@ -88,7 +97,14 @@ impl Proxy {
             drop_replies,
             cut,
             refuse,
+            hold,
         })
+    }
+
+    /// `true`: holds back what peers send to the node (it stays in the proxy, in order);
+    /// `false`: lets it go on.
+    pub fn hold(&self, on: bool) {
+        self.hold.store(on, Relaxed);
     }
 
     /// Starts (`true`) or stops discarding what the node sends back.

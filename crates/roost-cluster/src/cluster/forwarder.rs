@@ -88,6 +88,9 @@ pub(super) struct Outgoing {
     /// Resolved `Ok` when the peer accepted it into its sessions, `Err` when it was given up
     /// (QoS 1/2 only).
     pub(super) ack: Option<oneshot::Sender<Result<(), NotForwarded>>>,
+    /// When the sender stops waiting for `ack` (Unix ms; 0: nobody waits). Sent along
+    /// (`ForwardedMessage.give_up_at_ms`): the peer does not deliver it later than that.
+    pub(super) give_up_at_ms: u64,
 }
 
 /// What a forwarder is for: which peer, from which node, within which byte bounds.
@@ -493,6 +496,7 @@ fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
         direct: o.direct,
         shared_filters: convert::shared_filters_to_wire(&o.shared),
         to: o.to.as_ref().map(convert::addressed_to_wire),
+        give_up_at_ms: o.give_up_at_ms,
     }
 }
 
@@ -520,6 +524,7 @@ mod tests {
             shared: vec![],
             to: None,
             ack: Some(tx),
+            give_up_at_ms: 0,
         };
         (o, rx)
     }

@@ -36,7 +36,7 @@
 
 use super::dedup::Dedup;
 use super::membership::server_state;
-use super::{BoxFuture, Cluster, Delivered, LocalNode, Target};
+use super::{unix_ms, BoxFuture, Cluster, Delivered, LocalNode, Target};
 use crate::convert;
 use crate::error::ClusterError;
 use crate::limits::WireLimits;
@@ -49,7 +49,7 @@ use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_server;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -191,13 +191,25 @@ impl cluster_server::Cluster for ClusterService {
                     }
                 }
                 let now = Instant::now();
+                let now_ms = unix_ms(SystemTime::now());
                 let mut seqs = Vec::new();
+                let mut stale = false;
                 for fm in batch.messages {
                     let Some(m) = fm.message else {
                         stats.received_invalid.increment(1);
                         continue;
                     };
                     let qos = m.qos;
+                    if fm.give_up_at_ms != 0 && now_ms > fm.give_up_at_ms {
+                        // Its origin stopped waiting: its publisher heard a failure, and may
+                        // have published newer messages since. Neither delivered nor
+                        // acknowledged (nor remembered as delivered: a resend, which only a
+                        // sender still waiting makes, is judged again). The batch's ack, empty
+                        // if need be, still tells the origin this node is there.
+                        stats.received_stale.increment(1);
+                        stale = true;
+                        continue;
+                    }
                     let mut delivered = Delivered::default();
                     // A resend of what this node delivered before the stream broke (its ack was
                     // lost): acknowledged below, not delivered again. The lock is held for the
@@ -269,7 +281,9 @@ impl cluster_server::Cluster for ClusterService {
                         }
                     }
                 }
-                if !seqs.is_empty() && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err() {
+                if (!seqs.is_empty() || stale)
+                    && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err()
+                {
                     break;
                 }
             }
