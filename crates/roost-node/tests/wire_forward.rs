@@ -214,6 +214,79 @@ async fn a_forward_that_arrives_after_its_publisher_heard_a_failure_is_not_deliv
     b.stop().await;
 }
 
+/// Issue 8 (full suite at e9fd8ca, `takeover` seed 1202 under a rolling restart: 10 messages
+/// acknowledged in 0.25 s never reached a subscriber whose session the stopping node 3 had
+/// just moved to node 2). Node 3 applied its own move, so its copy, fenced out, passed on what
+/// matched it, addressed to node 2's new generation; node 2 had not applied the move yet, had
+/// no session, no lane and no tombstone for the client, and acknowledged the messages as gone.
+/// A message addressed to a generation this node has not applied now waits for it (and is
+/// not acknowledged if it does not come within the forward timeout). Here a hand-made
+/// Forward stream (as node 1 would send it) passes a QoS 1 message on to node 2 for a
+/// persistent session of node 1, at a generation nobody claimed: node 2 must not acknowledge
+/// it, nor count it dropped as delivered-to-nobody.
+#[tokio::test]
+async fn a_message_passed_on_for_a_claim_not_applied_here_is_not_acknowledged_as_gone() {
+    use roost_proto::v1 as pb;
+    let (a, b, _) = two_nodes(false, |c| c.cluster.forward_timeout_ms = 500).await;
+    let (mut s, _) = connect_persistent(a.addr(), Protocol::V311, "ahead").await;
+    s.subscribe("ahead/t", QoS::AtLeastOnce).await.unwrap();
+    s.disconnect().await.unwrap();
+    let gone_before = metric(&b, "roost_handover_passed_on_dropped_total").await;
+
+    let mut client =
+        pb::cluster_client::ClusterClient::connect(format!("http://{}", b.node().cluster_addr()))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::ForwardBatch {
+        origin_node: 1,
+        epoch: 0x0a4e_ad00,
+        messages: vec![pb::ForwardedMessage {
+            seq: 1,
+            message: Some(pb::Message {
+                topic: "ahead/t".to_owned(),
+                payload: b"x".to_vec(),
+                qos: 1,
+                ..Default::default()
+            }),
+            direct: false,
+            shared_filters: Vec::new(),
+            to: Some(pb::Addressed {
+                client_id: "ahead".to_owned(),
+                generation: 1 << 40,
+                qos: 1,
+                retain: false,
+                subscription_ids: Vec::new(),
+                shared_filter: None,
+            }),
+            give_up_at_ms: 0,
+        }],
+    })
+    .await
+    .unwrap();
+    let mut acks = client
+        .forward(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut acked = Vec::new();
+    while let Ok(Ok(Some(ack))) = tokio::time::timeout_at(until, acks.message()).await {
+        acked.extend(ack.seqs);
+    }
+    assert!(
+        acked.is_empty(),
+        "node 2 acknowledged a message for a claim it had not applied: {acked:?}"
+    );
+    assert_eq!(
+        metric(&b, "roost_handover_passed_on_dropped_total").await,
+        gone_before
+    );
+    drop(tx);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Issue 7 item 4: a slow subscriber on node 2 (queue of 10, one message in flight, it reads
 /// slowly) and a fast QoS 1 publisher on node 1 with 20 messages in flight: every one of the 500
 /// messages arrives, in order, and node 2's session queue drops nothing: the ForwardAck, which

@@ -110,7 +110,7 @@ enum ToSession {
     Delivered { congested: Option<SessionRef> },
     /// It moved on again: pass it to this node, for this generation.
     PassOn(Moved),
-    /// Its attach here is still running.
+    /// Its attach here is still running, or this node has not applied the claim yet.
     Wait,
     /// It ended, or no longer has the subscription: dropped and counted.
     Gone,
@@ -1305,6 +1305,21 @@ impl Broker {
         }
         if self.ownership.abandoned.lock().contains_key(&a.client_id) {
             return ToSession::Refuse;
+        }
+        // The sender applied the claim or move naming this node at `a.generation`; this node
+        // may not have yet (a fenced copy passes on from the moment its node applies it: a
+        // drained node's move reaches the adopter a little later). Its adoption, or the
+        // attach's lane, comes with the entry: until then the message waits, and is not
+        // acknowledged if that takes longer than the forward timeout. No entry at all: the
+        // session was released since (it ended).
+        let applied = self
+            .cluster
+            .state()
+            .read()
+            .session_owner(&a.client_id)
+            .map(|o| o.generation);
+        if applied.is_some_and(|g| g < a.generation) {
+            return ToSession::Wait;
         }
         ToSession::Gone
     }
