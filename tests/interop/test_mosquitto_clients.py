@@ -11,7 +11,8 @@ import pytest
 
 from helpers import TIMEOUT
 
-PROTOCOLS = ["mqttv311", "mqttv5"]
+# MQTT 3.1 ("MQIsdp") too: older devices still speak it (issue 9).
+PROTOCOLS = ["mqttv31", "mqttv311", "mqttv5"]
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto_sub") is None,
                                 reason="mosquitto-clients not installed "

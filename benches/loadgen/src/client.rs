@@ -106,6 +106,7 @@ impl Client {
             server_receive_maximum: u16::MAX,
         };
         client.queue(&Packet::Connect(Box::new(Connect {
+            variant: Default::default(),
             protocol: options.protocol,
             clean_start: true,
             keep_alive: options.keep_alive,

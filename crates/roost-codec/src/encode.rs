@@ -176,8 +176,9 @@ fn remaining_len(packet: &Packet, protocol: Protocol) -> usize {
     let props = |p: &Properties| if v5 { props_block_len(p) } else { 0 };
     match packet {
         Packet::Connect(c) => {
-            // Protocol name "MQTT" (6), level, flags, keep alive.
-            let mut n = 6 + 1 + 1 + 2 + props(&c.properties) + str_len(&c.client_id);
+            // Protocol name "MQTT" (6) or "MQIsdp" (8), level, flags, keep alive.
+            let name = if c.variant.mqtt31 { 8 } else { 6 };
+            let mut n = name + 1 + 1 + 2 + props(&c.properties) + str_len(&c.client_id);
             if let Some(w) = &c.will {
                 n += props(&w.properties) + str_len(&w.topic) + 2 + w.payload.len();
             }
@@ -417,8 +418,15 @@ fn write_packet(
 }
 
 fn write_connect(buf: &mut BytesMut, c: &Connect, v5: bool) -> Result<()> {
-    write_str(buf, "MQTT")?;
-    buf.put_u8(c.protocol.level());
+    // MQTT 3.1 and the bridge bit only exist beside the 3.1.1 format.
+    let legacy = !v5 && c.variant.mqtt31;
+    write_str(buf, if legacy { "MQIsdp" } else { "MQTT" })?;
+    let level = if legacy { 3 } else { c.protocol.level() };
+    buf.put_u8(if !v5 && c.variant.bridge {
+        level | 0x80
+    } else {
+        level
+    });
     let mut flags = 0u8;
     if c.clean_start {
         flags |= 0x02;

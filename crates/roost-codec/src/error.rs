@@ -55,8 +55,9 @@ pub enum DecodeError {
     /// CONNECT protocol name is neither "MQTT" nor the 3.1 name "MQIsdp".
     #[error("[MQTT-3.1.2-1] protocol name is not \"MQTT\"")]
     InvalidProtocolName,
-    /// CONNECT protocol level this codec does not speak (only 4 and 5 are supported; "MQIsdp"
-    /// level 3 is MQTT 3.1). The driver answers CONNACK 0x84 (v5) / return code 0x01 (v3.1.1).
+    /// CONNECT protocol level this codec does not speak: "MQTT" 4 and 5, "MQIsdp" 3 (MQTT 3.1)
+    /// and, for 3.1 and 3.1.1, the same with the bridge bit (0x80). The driver answers CONNACK
+    /// 0x84 (v5) / return code 0x01 (v3.1.1).
     #[error("[MQTT-3.1.2-2] unsupported protocol level {0}")]
     UnsupportedProtocolVersion(u8),
     /// CONNECT flags bit 0 is reserved and must be 0.

@@ -206,6 +206,24 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// v5 CONNECT properties.
     pub properties: Properties,
+    /// The dialect and kind of client the protocol name and level announced (MQTT 3.1, a
+    /// bridge); `Default` for a plain MQTT 3.1.1 or 5.0 client.
+    pub variant: ConnectVariant,
+}
+
+/// What a CONNECT's protocol name and level say beyond [`Protocol`]: MQTT 3.1 and bridges speak
+/// the 3.1.1 wire format ([`Protocol::V311`]) with rules of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectVariant {
+    /// MQTT 3.1: protocol name "MQIsdp", level 3. Its client identifier must be 1 to 23
+    /// characters (3.1 §3.1, CONNACK return code 2 otherwise), and its CONNACK has no
+    /// session-present flag (the byte is reserved).
+    pub mqtt31: bool,
+    /// The level's top bit was set (0x83 / 0x84): a bridge (Mosquitto's `try_private`, also
+    /// understood by RSMB, VerneMQ, EMQX). It asks the server not to send back what it
+    /// published itself and to keep the retain flag as published, the 3.1.1 way of saying
+    /// MQTT 5's No Local and Retain As Published. Never set for 5.0 (which has the options).
+    pub bridge: bool,
 }
 
 /// The will message carried in CONNECT.

@@ -214,7 +214,8 @@ fn acks(protocol: Protocol, bytes: Vec<u8>) -> (DecodeError, u8) {
 
 // ---- CONNECT and connection order -----------------------------------------------------------
 
-#[test_case(connect(b"MQIsdp", 3, 0x02, &s(b"c")) => (UnsupportedProtocolVersion(3), 0x84); "mqtt 3.1")]
+#[test_case(connect(b"MQIsdp", 4, 0x02, &s(b"c")) => (UnsupportedProtocolVersion(4), 0x84); "mqtt 3.1 name level 4")]
+#[test_case(connect(b"MQTT", 0x85, 0x02, &cat(&[&[0], &s(b"c")])) => (UnsupportedProtocolVersion(0x85), 0x84); "bridge bit on 5.0")]
 #[test_case(connect(b"MQTT", 6, 0x02, &s(b"c")) => (UnsupportedProtocolVersion(6), 0x84); "level 6")]
 #[test_case(connect(b"MQTT", 3, 0x02, &s(b"c")) => (UnsupportedProtocolVersion(3), 0x84); "mqtt name level 3")]
 #[test_case(connect(b"MQTX", 4, 0x02, &s(b"c")) => (InvalidProtocolName, 0x84); "bad protocol name")]

@@ -6,9 +6,9 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use roost_codec::{
-    encode, encoded_len, Ack, Auth, ConnAck, Connect, Decoder, Disconnect, EncodeError, LastWill,
-    Packet, PacketId, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    encode, encoded_len, Ack, Auth, ConnAck, Connect, ConnectVariant, Decoder, Disconnect,
+    EncodeError, LastWill, Packet, PacketId, Properties, Protocol, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 const MAX: u32 = u32::MAX;
@@ -249,6 +249,7 @@ fn connect(protocol: Protocol) -> BoxedStrategy<Packet> {
         prop::option::of(text()),
         prop::option::of(binary()),
         props(protocol, CONNECT),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
             move |(
@@ -259,10 +260,16 @@ fn connect(protocol: Protocol) -> BoxedStrategy<Packet> {
                 mut username,
                 password,
                 properties,
+                (mqtt31, bridge),
             )| {
                 if protocol == Protocol::V311 && password.is_some() && username.is_none() {
                     username = Some("user".to_owned());
                 }
+                // MQTT 3.1 and the bridge bit exist beside the 3.1.1 format only.
+                let variant = match protocol {
+                    Protocol::V311 => ConnectVariant { mqtt31, bridge },
+                    Protocol::V5 => ConnectVariant::default(),
+                };
                 Packet::Connect(Box::new(Connect {
                     protocol,
                     clean_start,
@@ -272,6 +279,7 @@ fn connect(protocol: Protocol) -> BoxedStrategy<Packet> {
                     username,
                     password,
                     properties,
+                    variant,
                 }))
             },
         )
@@ -737,5 +745,59 @@ proptest! {
         decode_all_and_reencode(Decoder::server(1 << 20), &bytes);
         decode_all_and_reencode(Decoder::client(Protocol::V5, 1 << 20), &bytes);
         decode_all_and_reencode(Decoder::client(Protocol::V311, 1 << 20), &bytes);
+    }
+}
+
+/// Issue 9 "Protocol breadth": MQTT 3.1 ("MQIsdp", level 3) and the bridge bit (level | 0x80,
+/// as a Mosquitto bridge sends it) are accepted in the 3.1.1 format, and said so in
+/// `Connect::variant`.
+#[test]
+fn mqtt31_and_bridge_connects_decode_as_their_variant() {
+    let cases: [(&[u8], u8, ConnectVariant); 4] = [
+        (
+            b"MQIsdp",
+            3,
+            ConnectVariant {
+                mqtt31: true,
+                bridge: false,
+            },
+        ),
+        (
+            b"MQIsdp",
+            0x83,
+            ConnectVariant {
+                mqtt31: true,
+                bridge: true,
+            },
+        ),
+        (
+            b"MQTT",
+            0x84,
+            ConnectVariant {
+                mqtt31: false,
+                bridge: true,
+            },
+        ),
+        (b"MQTT", 4, ConnectVariant::default()),
+    ];
+    for (name, level, variant) in cases {
+        let mut body = (name.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, 0x02, 0, 60, 0, 3]);
+        body.extend_from_slice(b"old");
+        let mut bytes = BytesMut::from(&[0x10, body.len() as u8][..]);
+        bytes.extend_from_slice(&body);
+        let mut decoder = Decoder::server(1 << 20);
+        let Ok(Some(Packet::Connect(c))) = decoder.decode(&mut bytes) else {
+            panic!("{name:?} level {level:#x} did not decode");
+        };
+        assert_eq!(c.protocol, Protocol::V311);
+        assert_eq!(c.variant, variant, "{name:?} level {level:#x}");
+        assert_eq!(c.client_id, "old");
+        // Encoded again, it says the same.
+        assert_eq!(
+            &encoded(Protocol::V311, &Packet::Connect(c))[..],
+            &[&[0x10, body.len() as u8][..], &body].concat()[..]
+        );
     }
 }

@@ -20,8 +20,8 @@ use crate::client_id::ClientId;
 use crate::session::ClientParams;
 use crate::topic::{TopicLimits, TopicName};
 use roost_codec::{
-    encoded_len, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, Protocol, QoS,
-    ReasonCode,
+    encoded_len, ConnAck, Connect, ConnectVariant, DecodeError, LastWill, Packet, Properties,
+    Protocol, QoS, ReasonCode,
 };
 
 /// What this node offers its clients: limits and optional features, announced in the v5
@@ -118,7 +118,7 @@ pub fn connect_error_reply(
     sniffed: Option<Protocol>,
 ) -> Option<(Protocol, ConnAck)> {
     let protocol = match e {
-        DecodeError::UnsupportedProtocolVersion(level) if *level >= 5 => Protocol::V5,
+        DecodeError::UnsupportedProtocolVersion(level) if *level & 0x7F >= 5 => Protocol::V5,
         DecodeError::UnsupportedProtocolVersion(_) => Protocol::V311,
         _ => sniffed.filter(|p| *p == Protocol::V5)?,
     };
@@ -128,6 +128,9 @@ pub fn connect_error_reply(
     };
     Some((protocol, ack))
 }
+
+/// The longest client identifier MQTT 3.1 allows (3.1 §3.1), in characters.
+pub const MQTT31_MAX_CLIENT_ID: usize = 23;
 
 /// What a CONNECT that was let in runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +158,8 @@ pub struct Negotiated {
     pub will: Option<Box<LastWill>>,
     /// User Name, for the admin API.
     pub username: Option<String>,
+    /// MQTT 3.1, or a bridge (see [`ConnectVariant`]).
+    pub variant: ConnectVariant,
 }
 
 /// Decides whether `connect` is let in and with what parameters, in this order: enhanced
@@ -194,6 +199,13 @@ pub fn negotiate(
         }
         (ClientId::from(connect.client_id.as_str()), false)
     };
+    if connect.variant.mqtt31
+        && !(1..=MQTT31_MAX_CLIENT_ID).contains(&connect.client_id.chars().count())
+    {
+        // MQTT 3.1 §3.1: 1 to 23 characters, CONNACK return code 2 (Identifier Rejected)
+        // otherwise; 3.1 has no assigned identifiers.
+        return Err(bad_id);
+    }
     if let Some(w) = &connect.will {
         check_will(w, policy).map_err(|reason| Refusal::new(reason, "will"))?;
     }
@@ -222,9 +234,11 @@ pub fn negotiate(
             } else {
                 0
             },
+            bridge: connect.variant.bridge,
         },
         will: connect.will.clone().map(Box::new),
         username: connect.username.clone(),
+        variant: connect.variant,
     };
     if let Some(max) = n.params.maximum_packet_size {
         if !connack_fits(&n.connack(policy, false), n.protocol, max) {
@@ -334,7 +348,8 @@ impl Negotiated {
     /// The CONNACK with every property that applies.
     fn full_connack(&self, policy: &ServerPolicy, session_present: bool) -> ConnAck {
         let mut ack = ConnAck {
-            session_present,
+            // MQTT 3.1's CONNACK has no session-present flag: its byte is reserved.
+            session_present: session_present && !self.variant.mqtt31,
             reason_code: ReasonCode::SUCCESS,
             properties: Properties::default(),
         };

@@ -2,7 +2,7 @@
 //! connection limit), CONNECT-first and CONNECT-once rules, and the connect timeout.
 #![allow(clippy::unwrap_used)]
 
-use roost_codec::{Packet, Protocol, ReasonCode};
+use roost_codec::{ConnectVariant, Packet, Protocol, QoS, ReasonCode};
 use roost_testkit::*;
 use std::time::Duration;
 
@@ -165,14 +165,14 @@ async fn first_packet_not_connect_closes_without_connack() {
 #[tokio::test]
 async fn unsupported_protocol_level_gets_connack_0x01_or_0x84() {
     let node = TestNode::start().await.unwrap();
-    // MQTT 3.1 ("MQIsdp", level 3): v3.1.1-form CONNACK with return code 0x01.
+    // "MQIsdp" is MQTT 3.1 only at level 3 (which is accepted: below).
     let mut body = s(b"MQIsdp");
-    body.extend_from_slice(&[3, 0x02, 0, 60]);
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
     body.extend(s(b"old"));
     let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
     assert_eq!(got, [0x20, 0x02, 0x00, 0x01]);
 
-    // "MQTT" level 3 is the same answer.
+    // "MQTT" level 3: the same answer.
     let mut body = s(b"MQTT");
     body.extend_from_slice(&[3, 0x02, 0, 60]);
     body.extend(s(b"old"));
@@ -463,4 +463,109 @@ async fn item19_sockets_without_connect_are_bounded() {
             .unwrap_or(0);
         assert!(n >= 1, "{reason} not counted:\n{metrics}");
     }
+}
+
+/// A CONNECT in the 3.1.1 format announcing MQTT 3.1 and/or a bridge.
+fn variant_connect(id: &str, clean: bool, variant: ConnectVariant) -> roost_codec::Connect {
+    roost_codec::Connect {
+        variant,
+        ..connect_packet(Protocol::V311, id, clean)
+    }
+}
+
+const MQTT31: ConnectVariant = ConnectVariant {
+    mqtt31: true,
+    bridge: false,
+};
+
+/// Issue 9 "Protocol breadth": MQTT 3.1 ("MQIsdp", level 3), still spoken by older devices, is
+/// accepted on the same listener with its own rules: a client id of 1 to 23 characters (else
+/// CONNACK return code 2, Identifier Rejected), and a CONNACK whose session-present bit (a
+/// reserved byte in 3.1) stays 0 even when the session was kept. Before, every 3.1 CONNECT
+/// got return code 1 (unacceptable protocol version).
+#[tokio::test]
+async fn mqtt31_clients_are_served_with_their_rules() {
+    let node = TestNode::start().await.unwrap();
+    // Return code 2 for an id 3.1 does not allow; the exact bytes, as a 3.1 client reads them.
+    for id in ["", "abcdefghijklmnopqrstuvwx"] {
+        let mut body = s(b"MQIsdp");
+        body.extend_from_slice(&[3, 0x02, 0, 60]);
+        body.extend(s(id.as_bytes()));
+        let got = raw_exchange(node.addr(), &pkt(0x10, &body)).await;
+        assert_eq!(got, [0x20, 0x02, 0x00, 0x02], "client id {id:?}");
+    }
+    // 23 characters: served. A persistent session is kept, but 3.1 is not told so.
+    let id = "abcdefghijklmnopqrstuvw";
+    let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+    let ack = c
+        .handshake(variant_connect(id, false, MQTT31))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
+    c.subscribe("old/t", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect().await.unwrap();
+    let mut p = connect_clean(node.addr(), Protocol::V311, "p").await;
+    p.publish("old/t", b"kept", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+    let ack = c
+        .handshake(variant_connect(id, false, MQTT31))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(
+        !ack.session_present,
+        "3.1's CONNACK has no session-present flag"
+    );
+    assert_eq!(payloads(&[recv_publish(&mut c).await]), ["kept"]);
+}
+
+/// Issue 9: a Mosquitto bridge connects with the level's top bit set (0x84 here, 0x83 for
+/// 3.1) and expects what MQTT 5 calls No Local and Retain As Published on its subscriptions:
+/// what it publishes does not come back to it (else two bridged brokers loop a message
+/// forever), and a retained flag crosses as published. A plain 3.1.1 subscriber on the same
+/// filter still gets both as 3.1.1 says.
+#[tokio::test]
+async fn a_bridge_gets_no_local_and_retain_as_published() {
+    let node = TestNode::start().await.unwrap();
+    let bridge_variant = ConnectVariant {
+        mqtt31: false,
+        bridge: true,
+    };
+    let mut bridge = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+    let ack = bridge
+        .handshake(variant_connect("bridge", true, bridge_variant))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    bridge.subscribe("br/#", QoS::AtLeastOnce).await.unwrap();
+    let mut plain = connect_clean(node.addr(), Protocol::V311, "plain").await;
+    plain.subscribe("br/#", QoS::AtLeastOnce).await.unwrap();
+
+    bridge
+        .publish("br/from-bridge", b"1", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let mut other = connect_clean(node.addr(), Protocol::V311, "other").await;
+    other
+        .publish("br/live", b"2", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+
+    // The bridge gets only the other client's message, its retain flag kept.
+    let got = recv_publish(&mut bridge).await;
+    assert_eq!((got.topic.as_str(), got.retain), ("br/live", true));
+    bridge
+        .expect_silence(Duration::from_millis(300))
+        .await
+        .unwrap();
+    // The plain subscriber gets both, as live messages (retain 0, [MQTT-3.3.1-9]).
+    let a = recv_publish(&mut plain).await;
+    let b = recv_publish(&mut plain).await;
+    assert_eq!(
+        [(a.topic.as_str(), a.retain), (b.topic.as_str(), b.retain)],
+        [("br/from-bridge", false), ("br/live", false)]
+    );
 }

@@ -357,6 +357,7 @@ impl RawClient {
 /// A CONNECT with keep-alive 60 and no will.
 pub fn connect_packet(protocol: Protocol, client_id: &str, clean_start: bool) -> Connect {
     Connect {
+        variant: Default::default(),
         protocol,
         clean_start,
         keep_alive: 60,

@@ -22,8 +22,9 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 use crate::packet::{
-    Ack, Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol, Publish, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Ack, Auth, ConnAck, Connect, ConnectVariant, Disconnect, LastWill, Packet, Properties,
+    Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe,
 };
 
 mod properties;
@@ -258,14 +259,17 @@ pub(crate) fn check_topic_filter(filter: &str) -> Result<bool> {
 fn connect(r: &mut Reader) -> Result<Connect> {
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level) {
-        (b"MQTT", 4) => Protocol::V311,
-        (b"MQTT", 5) => Protocol::V5,
-        (b"MQTT", level) | (b"MQIsdp", level) => {
+    let bridge = level & 0x80 != 0;
+    let (protocol, mqtt31) = match (&name[..], level & 0x7F, bridge) {
+        (b"MQTT", 4, _) => (Protocol::V311, false),
+        (b"MQTT", 5, false) => (Protocol::V5, false),
+        (b"MQIsdp", 3, _) => (Protocol::V311, true),
+        (b"MQTT", _, _) | (b"MQIsdp", _, _) => {
             return Err(DecodeError::UnsupportedProtocolVersion(level))
         }
         _ => return Err(DecodeError::InvalidProtocolName),
     };
+    let variant = ConnectVariant { mqtt31, bridge };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
         return Err(DecodeError::ConnectReservedFlag);
@@ -331,6 +335,7 @@ fn connect(r: &mut Reader) -> Result<Connect> {
         username,
         password,
         properties,
+        variant,
     })
 }
 

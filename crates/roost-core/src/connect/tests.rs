@@ -9,6 +9,7 @@ use test_case::test_case;
 
 fn connect(protocol: Protocol, client_id: &str) -> Connect {
     Connect {
+        variant: Default::default(),
         protocol,
         clean_start: true,
         keep_alive: 60,
@@ -137,6 +138,7 @@ fn empty_id_is_assigned_and_everything_else_copied() {
     assert_eq!(
         ok(&c, &ServerPolicy::default()),
         Negotiated {
+            variant: Default::default(),
             client_id: ClientId::from("roost-0000000000000001"),
             assigned: true,
             protocol: Protocol::V5,
@@ -146,6 +148,7 @@ fn empty_id_is_assigned_and_everything_else_copied() {
             keep_alive: 60,
             keep_alive_requested: 60,
             params: ClientParams {
+                bridge: false,
                 protocol: Protocol::V5,
                 receive_maximum: 10,
                 maximum_packet_size: Some(2000),
@@ -427,4 +430,39 @@ fn item12_client_too_small_for_any_connack_is_refused(client_id: &str, max: u32)
             false
         }
     }
+}
+
+/// Issue 9: MQTT 3.1 takes client ids of 1 to 23 characters (3.1 §3.1: return code 2,
+/// Identifier Rejected, otherwise; it has no assigned ids), and its CONNACK never says
+/// session present (the byte is reserved in 3.1).
+#[test_case("", false; "empty")]
+#[test_case("a", true; "one character")]
+#[test_case("abcdefghijklmnopqrstuvw", true; "23 characters")]
+#[test_case("abcdefghijklmnopqrstuvwx", false; "24 characters")]
+#[test_case("ééééééééééééééééééééééé", true; "23 characters of 2 bytes")]
+fn mqtt31_client_ids_are_1_to_23_characters(id: &str, allowed: bool) {
+    let mut c = connect(Protocol::V311, id);
+    c.variant.mqtt31 = true;
+    match negotiate(&c, &ServerPolicy::default(), assign) {
+        Ok(n) => {
+            assert!(allowed, "{id:?} let in");
+            assert!(n.variant.mqtt31);
+            let ack = n.connack(&ServerPolicy::default(), true);
+            assert!(!ack.session_present, "3.1 has no session-present flag");
+        }
+        Err(r) => {
+            assert!(!allowed, "{id:?} refused: {r:?}");
+            assert_eq!(r.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+    }
+}
+
+/// A 3.1.1 client keeps its session-present flag; a bridge is a 3.1.1 client too.
+#[test]
+fn a_bridge_is_negotiated_as_311_and_marked() {
+    let mut c = connect(Protocol::V311, "b");
+    c.variant.bridge = true;
+    let n = ok(&c, &ServerPolicy::default());
+    assert!(n.params.bridge && n.variant.bridge && !n.variant.mqtt31);
+    assert!(n.connack(&ServerPolicy::default(), true).session_present);
 }

@@ -501,6 +501,12 @@ impl Session {
                 added.insert(filter.clone());
             }
             options.qos = options.qos.min(policy.max_qos);
+            if self.client.is_some_and(|c| c.bridge) {
+                // A bridge's 3.1.1 SUBSCRIBE cannot say it; its CONNECT did. No Local is not
+                // for shared subscriptions ([MQTT-3.8.3-4]).
+                options.no_local = filter.share_group().is_none();
+                options.retain_as_published = true;
+            }
             entries.push(Ok((
                 filter,
                 Subscription {

@@ -33,6 +33,7 @@ pub(super) fn secs(t0: Instant, n: u64) -> Instant {
 /// A CONNECT from "c1", clean, keep-alive 10 s, with the given Session Expiry Interval (v5).
 pub(super) fn connect_packet(protocol: Protocol, clean: bool, expiry: u32) -> Connect {
     Connect {
+        variant: Default::default(),
         protocol,
         clean_start: clean,
         keep_alive: 10,
@@ -120,6 +121,7 @@ pub(super) fn msg_expiring(topic: &str, payload: &str, expires_at: Instant) -> A
 
 pub(super) fn v5(receive_maximum: u16) -> ClientParams {
     ClientParams {
+        bridge: false,
         protocol: Protocol::V5,
         receive_maximum,
         maximum_packet_size: None,

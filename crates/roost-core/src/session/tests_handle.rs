@@ -798,3 +798,42 @@ fn item18_subscriptions_per_session_are_capped() {
         ]
     );
 }
+
+/// Issue 9: a bridge's 3.1.1 SUBSCRIBE gets No Local and Retain As Published (its CONNECT
+/// asked for them with the level's top bit); a shared one only Retain As Published (No Local
+/// is not for shared subscriptions, [MQTT-3.8.3-4]). A plain 3.1.1 client gets neither.
+#[test]
+fn a_bridge_subscribes_with_no_local_and_retain_as_published() {
+    let t0 = Instant::now();
+    let mut c = connect_packet(Protocol::V311, true, 0);
+    c.variant.bridge = true;
+    let mut s = attached_with(ServerPolicy::default(), &c, t0);
+    let packet = subscribe(
+        &[("a/#", QoS::AtLeastOnce), ("$share/g/b", QoS::AtLeastOnce)],
+        None,
+    );
+    let Handled::Subscribe(req) = handle(&mut s, packet, t0) else {
+        panic!("not a subscribe");
+    };
+    let options: Vec<_> = req
+        .entries
+        .iter()
+        .map(|e| {
+            e.as_ref()
+                .map(|(_, sub)| (sub.options.no_local, sub.options.retain_as_published))
+        })
+        .collect();
+    assert_eq!(options, [Ok((true, true)), Ok((false, true))]);
+
+    let mut plain = attached_with(
+        ServerPolicy::default(),
+        &connect_packet(Protocol::V311, true, 0),
+        t0,
+    );
+    let packet = subscribe(&[("a/#", QoS::AtLeastOnce)], None);
+    let Handled::Subscribe(req) = handle(&mut plain, packet, t0) else {
+        panic!("not a subscribe");
+    };
+    let (_, sub) = req.entries[0].as_ref().unwrap();
+    assert!(!sub.options.no_local && !sub.options.retain_as_published);
+}
