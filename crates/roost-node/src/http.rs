@@ -51,7 +51,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use roost_codec::{Protocol, ReasonCode};
+use roost_codec::{ConnectVariant, Protocol, ReasonCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -260,8 +260,9 @@ async fn stats(State(s): State<AdminState>) -> Json<Value> {
     Json(crate::sys::stats_json(&s.broker))
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
+fn protocol_name(p: Protocol, variant: ConnectVariant) -> &'static str {
     match p {
+        Protocol::V311 if variant.mqtt31 => "3.1",
         Protocol::V311 => "3.1.1",
         Protocol::V5 => "5.0",
     }
@@ -278,7 +279,8 @@ fn describe(s: &SessionRef) -> Value {
         "client_id": s.client_id().as_str(),
         "connected": conn.is_some(),
         "connection_id": v.conn.as_ref().map(|(id, _)| *id),
-        "protocol": conn.map(|c| protocol_name(c.protocol)),
+        "protocol": conn.map(|c| protocol_name(c.protocol, c.variant)),
+        "bridge": conn.map(|c| c.variant.bridge),
         "peer": conn.map(|c| c.peer.to_string()),
         "username": conn.and_then(|c| c.username.clone()),
         "keep_alive": conn.map(|c| c.keep_alive),

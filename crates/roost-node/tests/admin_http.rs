@@ -6,7 +6,7 @@
 
 use roost_codec::{Properties, Protocol, QoS, ReasonCode, SubscriptionOptions};
 use roost_testkit::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -56,9 +56,23 @@ async fn clients_lists_connected_and_offline_sessions() {
     let node = TestNode::start().await.unwrap();
     let _v5 = connect_clean(node.addr(), Protocol::V5, "c-v5").await;
     let _v3 = connect_clean(node.addr(), Protocol::V311, "c-v3").await;
+    // An MQTT 3.1 client and a bridge (issue 9) say so too.
+    let mut old = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+    let variant = roost_codec::ConnectVariant {
+        mqtt31: true,
+        bridge: true,
+    };
+    let ack = old
+        .handshake(roost_codec::Connect {
+            variant,
+            ..connect_packet(Protocol::V311, "c-31", true)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     let (off, _) = connect_persistent(node.addr(), Protocol::V5, "c-off").await;
     off.disconnect().await.unwrap();
-    wait_connections(&node, 2).await;
+    wait_connections(&node, 3).await;
 
     let r = http(&node, "GET", "/api/v1/clients", None).await;
     assert_eq!(r.status, 200);
@@ -67,7 +81,7 @@ async fn clients_lists_connected_and_offline_sessions() {
         .unwrap()
         .starts_with("application/json"));
     let list = r.json();
-    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
     let v5 = find(&list, "c-v5");
     assert_eq!(v5["connected"], true);
     assert_eq!(v5["protocol"], "5.0");
@@ -76,6 +90,12 @@ async fn clients_lists_connected_and_offline_sessions() {
     let v3 = find(&list, "c-v3");
     assert_eq!(v3["connected"], true);
     assert_eq!(v3["protocol"], "3.1.1");
+    assert_eq!(v3["bridge"], false);
+    let old = find(&list, "c-31");
+    assert_eq!(
+        (&old["protocol"], &old["bridge"]),
+        (&json!("3.1"), &json!(true))
+    );
     let off = find(&list, "c-off");
     assert_eq!(off["connected"], false);
     assert_eq!(off["protocol"], Value::Null);

@@ -496,29 +496,25 @@ async fn mqtt31_clients_are_served_with_their_rules() {
     }
     // 23 characters: served. A persistent session is kept, but 3.1 is not told so.
     let id = "abcdefghijklmnopqrstuvw";
-    let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
-    let ack = c
-        .handshake(variant_connect(id, false, MQTT31))
-        .await
-        .unwrap();
-    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-    assert!(!ack.session_present);
+    let connect31 = || async {
+        let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
+        let ack = c
+            .handshake(variant_connect(id, false, MQTT31))
+            .await
+            .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        (c, ack.session_present)
+    };
+    let (mut c, present) = connect31().await;
+    assert!(!present);
     c.subscribe("old/t", QoS::AtLeastOnce).await.unwrap();
     c.disconnect().await.unwrap();
     let mut p = connect_clean(node.addr(), Protocol::V311, "p").await;
     p.publish("old/t", b"kept", QoS::AtLeastOnce, false)
         .await
         .unwrap();
-    let mut c = RawClient::open(node.addr(), Protocol::V311).await.unwrap();
-    let ack = c
-        .handshake(variant_connect(id, false, MQTT31))
-        .await
-        .unwrap();
-    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-    assert!(
-        !ack.session_present,
-        "3.1's CONNACK has no session-present flag"
-    );
+    let (mut c, present) = connect31().await;
+    assert!(!present, "3.1's CONNACK has no session-present flag");
     assert_eq!(payloads(&[recv_publish(&mut c).await]), ["kept"]);
 }
 

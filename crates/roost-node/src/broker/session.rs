@@ -72,6 +72,8 @@ impl ConnCtl {
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     pub(crate) protocol: Protocol,
+    /// MQTT 3.1, or a bridge.
+    pub(crate) variant: roost_codec::ConnectVariant,
     pub(crate) keep_alive: u16,
     pub(crate) connected_at: SystemTime,
     pub(crate) username: Option<String>,
