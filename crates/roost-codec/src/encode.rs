@@ -176,9 +176,9 @@ fn remaining_len(packet: &Packet, protocol: Protocol) -> usize {
     let props = |p: &Properties| if v5 { props_block_len(p) } else { 0 };
     match packet {
         Packet::Connect(c) => {
-            // Protocol name "MQTT" (6) or "MQIsdp" (8), level, flags, keep alive.
-            let name = if c.variant.mqtt31 { 8 } else { 6 };
-            let mut n = name + 1 + 1 + 2 + props(&c.properties) + str_len(&c.client_id);
+            // Protocol name, level, flags, keep alive.
+            let (name, _) = protocol_name_and_level(c, v5);
+            let mut n = str_len(name) + 1 + 1 + 2 + props(&c.properties) + str_len(&c.client_id);
             if let Some(w) = &c.will {
                 n += props(&w.properties) + str_len(&w.topic) + 2 + w.payload.len();
             }
@@ -417,16 +417,25 @@ fn write_packet(
     }
 }
 
-fn write_connect(buf: &mut BytesMut, c: &Connect, v5: bool) -> Result<()> {
-    // MQTT 3.1 and the bridge bit only exist beside the 3.1.1 format.
-    let legacy = !v5 && c.variant.mqtt31;
-    write_str(buf, if legacy { "MQIsdp" } else { "MQTT" })?;
-    let level = if legacy { 3 } else { c.protocol.level() };
-    buf.put_u8(if !v5 && c.variant.bridge {
-        level | 0x80
+/// The CONNECT's protocol name and level byte. MQTT 3.1 ("MQIsdp", 3) and the bridge bit
+/// (0x80) exist beside the 3.1.1 format only: a 5.0 CONNECT is "MQTT" 5 whatever its variant.
+fn protocol_name_and_level(c: &Connect, v5: bool) -> (&'static str, u8) {
+    if v5 {
+        return ("MQTT", c.protocol.level());
+    }
+    let (name, level) = if c.variant.mqtt31 {
+        ("MQIsdp", 3)
     } else {
-        level
-    });
+        ("MQTT", c.protocol.level())
+    };
+    let bridge = if c.variant.bridge { 0x80 } else { 0 };
+    (name, level | bridge)
+}
+
+fn write_connect(buf: &mut BytesMut, c: &Connect, v5: bool) -> Result<()> {
+    let (name, level) = protocol_name_and_level(c, v5);
+    write_str(buf, name)?;
+    buf.put_u8(level);
     let mut flags = 0u8;
     if c.clean_start {
         flags |= 0x02;

@@ -801,3 +801,26 @@ fn mqtt31_and_bridge_connects_decode_as_their_variant() {
         );
     }
 }
+
+/// MQTT 3.1 and the bridge bit exist beside the 3.1.1 format only: a 5.0 CONNECT that carries
+/// a variant is written as plain "MQTT" level 5, and `encoded_len` agrees with what is written
+/// (it counted the 3.1 name's 8 bytes while 6 were written).
+#[test]
+fn a_v5_connect_ignores_the_311_variants() {
+    let c = Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "c".to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+        variant: ConnectVariant {
+            mqtt31: true,
+            bridge: true,
+        },
+    };
+    let bytes = encoded(Protocol::V5, &Packet::Connect(Box::new(c)));
+    assert_eq!(&bytes[2..9], &[0, 4, b'M', b'Q', b'T', b'T', 5]);
+}
