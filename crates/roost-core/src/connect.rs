@@ -20,8 +20,8 @@ use crate::client_id::ClientId;
 use crate::session::ClientParams;
 use crate::topic::{TopicLimits, TopicName};
 use roost_codec::{
-    encoded_len, ConnAck, Connect, ConnectVariant, DecodeError, LastWill, Packet, Properties,
-    Protocol, QoS, ReasonCode,
+    encoded_len, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, Protocol, QoS,
+    ReasonCode,
 };
 
 /// What this node offers its clients: limits and optional features, announced in the v5
@@ -158,8 +158,6 @@ pub struct Negotiated {
     pub will: Option<Box<LastWill>>,
     /// User Name, for the admin API.
     pub username: Option<String>,
-    /// MQTT 3.1, or a bridge (see [`ConnectVariant`]).
-    pub variant: ConnectVariant,
 }
 
 /// Decides whether `connect` is let in and with what parameters, in this order: enhanced
@@ -234,11 +232,10 @@ pub fn negotiate(
             } else {
                 0
             },
-            bridge: connect.variant.bridge,
+            variant: connect.variant,
         },
         will: connect.will.clone().map(Box::new),
         username: connect.username.clone(),
-        variant: connect.variant,
     };
     if let Some(max) = n.params.maximum_packet_size {
         if !connack_fits(&n.connack(policy, false), n.protocol, max) {
@@ -349,7 +346,7 @@ impl Negotiated {
     fn full_connack(&self, policy: &ServerPolicy, session_present: bool) -> ConnAck {
         let mut ack = ConnAck {
             // MQTT 3.1's CONNACK has no session-present flag: its byte is reserved.
-            session_present: session_present && !self.variant.mqtt31,
+            session_present: session_present && !self.params.variant.mqtt31,
             reason_code: ReasonCode::SUCCESS,
             properties: Properties::default(),
         };

@@ -453,7 +453,7 @@ impl Conn {
             ConnInfo {
                 peer: self.peer,
                 protocol: n.protocol,
-                variant: n.variant,
+                variant: n.params.variant,
                 keep_alive: n.keep_alive,
                 connected_at: SystemTime::now(),
                 username,

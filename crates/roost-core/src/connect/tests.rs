@@ -138,7 +138,6 @@ fn empty_id_is_assigned_and_everything_else_copied() {
     assert_eq!(
         ok(&c, &ServerPolicy::default()),
         Negotiated {
-            variant: Default::default(),
             client_id: ClientId::from("roost-0000000000000001"),
             assigned: true,
             protocol: Protocol::V5,
@@ -148,7 +147,7 @@ fn empty_id_is_assigned_and_everything_else_copied() {
             keep_alive: 60,
             keep_alive_requested: 60,
             params: ClientParams {
-                bridge: false,
+                variant: Default::default(),
                 protocol: Protocol::V5,
                 receive_maximum: 10,
                 maximum_packet_size: Some(2000),
@@ -446,7 +445,7 @@ fn mqtt31_client_ids_are_1_to_23_characters(id: &str, allowed: bool) {
     match negotiate(&c, &ServerPolicy::default(), assign) {
         Ok(n) => {
             assert!(allowed, "{id:?} let in");
-            assert!(n.variant.mqtt31);
+            assert!(n.params.variant.mqtt31);
             let ack = n.connack(&ServerPolicy::default(), true);
             assert!(!ack.session_present, "3.1 has no session-present flag");
         }
@@ -463,6 +462,6 @@ fn a_bridge_is_negotiated_as_311_and_marked() {
     let mut c = connect(Protocol::V311, "b");
     c.variant.bridge = true;
     let n = ok(&c, &ServerPolicy::default());
-    assert!(n.params.bridge && n.variant.bridge && !n.variant.mqtt31);
+    assert!(n.params.variant.bridge && !n.params.variant.mqtt31);
     assert!(n.connack(&ServerPolicy::default(), true).session_present);
 }

@@ -501,7 +501,7 @@ impl Session {
                 added.insert(filter.clone());
             }
             options.qos = options.qos.min(policy.max_qos);
-            if self.client.is_some_and(|c| c.bridge) {
+            if self.client.is_some_and(|c| c.variant.bridge) {
                 // A bridge's 3.1.1 SUBSCRIBE cannot say it; its CONNECT did. No Local is not
                 // for shared subscriptions ([MQTT-3.8.3-4]).
                 options.no_local = filter.share_group().is_none();

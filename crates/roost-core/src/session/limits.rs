@@ -5,7 +5,7 @@
 
 use crate::connect::ServerPolicy;
 use crate::topic::TopicLimits;
-use roost_codec::Protocol;
+use roost_codec::{ConnectVariant, Protocol};
 use std::sync::Arc;
 
 /// Which message goes when a session's queue is full.
@@ -82,10 +82,10 @@ pub struct ClientParams {
     pub maximum_packet_size: Option<u32>,
     /// How many server-to-client topic aliases the client accepts (0 when absent).
     pub topic_alias_maximum: u16,
-    /// A bridge (the CONNECT level's top bit, 3.1 / 3.1.1): its subscriptions get No Local
-    /// and Retain As Published, so what it forwards here does not come back to it and retained
-    /// flags cross intact (see `roost_codec::ConnectVariant`).
-    pub bridge: bool,
+    /// MQTT 3.1, or a bridge (the CONNECT level's top bit): a bridge's subscriptions get No
+    /// Local and Retain As Published, so what it forwards here does not come back to it and
+    /// retained flags cross intact (see `roost_codec::ConnectVariant`).
+    pub variant: ConnectVariant,
 }
 
 impl ClientParams {
@@ -96,7 +96,7 @@ impl ClientParams {
             receive_maximum: u16::MAX,
             maximum_packet_size: None,
             topic_alias_maximum: 0,
-            bridge: false,
+            variant: ConnectVariant::default(),
         }
     }
 }

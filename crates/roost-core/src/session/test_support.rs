@@ -121,7 +121,7 @@ pub(super) fn msg_expiring(topic: &str, payload: &str, expires_at: Instant) -> A
 
 pub(super) fn v5(receive_maximum: u16) -> ClientParams {
     ClientParams {
-        bridge: false,
+        variant: Default::default(),
         protocol: Protocol::V5,
         receive_maximum,
         maximum_packet_size: None,

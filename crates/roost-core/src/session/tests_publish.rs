@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn client(protocol: Protocol, maximum_packet_size: Option<u32>, aliases: u16) -> ClientParams {
     ClientParams {
-        bridge: false,
+        variant: Default::default(),
         protocol,
         receive_maximum: u16::MAX,
         maximum_packet_size,
