@@ -41,7 +41,7 @@ use super::timers::{Due, TimerKind};
 use super::{Broker, ConnCtl, Origin, PassOn, SessionRef};
 use crate::routes::RouteResult;
 use parking_lot::Mutex;
-use roost_cluster::state::Event;
+use roost_cluster::state::{Event, SessionOwner};
 use roost_cluster::types::NodeId;
 use roost_cluster::types::{Command, CommandResponse};
 use roost_cluster::{Addressed, ClusterError, SessionTransfer};
@@ -776,19 +776,27 @@ impl Broker {
             return;
         };
         {
-            let mut st = s.lock();
+            let st = s.lock();
             if st.ended || st.generation.is_some_and(|g| g >= owner.generation) {
                 return;
             }
-            st.fence(Moved {
-                node: owner.node,
-                generation: owner.generation,
-            });
             if let Some(c) = &st.conn {
                 debug!(client_id = %client_id, owner = %owner.node, "session claimed by another node");
                 take_over(c);
             }
         }
+        self.fence_out(s, *owner);
+    }
+
+    /// A later claim of another node (`owner`) took the client of this copy: from now on the
+    /// copy takes nothing new (what matches it goes on to `owner`, docs/rfcs/0006), and it
+    /// waits twice the forward timeout for `owner`'s TakeSession before it is dropped as stale
+    /// (`TimerKind::StaleCopy`).
+    fn fence_out(&self, s: SessionRef, owner: SessionOwner) {
+        s.lock().fence(Moved {
+            node: owner.node,
+            generation: owner.generation,
+        });
         let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
         let kind = TimerKind::StaleCopy {
             generation: owner.generation,
@@ -960,16 +968,7 @@ impl Broker {
         // (the copy waits for it, as any copy a claim fenced out), else it is dropped.
         let current = self.cluster.state().read().session_owner(client_id);
         if let Some(owner) = current.filter(|o| o.generation > generation) {
-            entry.lock().fence(Moved {
-                node: owner.node,
-                generation: owner.generation,
-            });
-            let wait = Duration::from_millis(self.config.cluster.forward_timeout_ms) * 2;
-            let kind = TimerKind::StaleCopy {
-                generation: owner.generation,
-            };
-            self.timers
-                .arm(tokio::time::Instant::now() + wait, entry, 0, kind);
+            self.fence_out(entry, owner);
             return;
         }
         for rx in routes {
