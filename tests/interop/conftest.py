@@ -40,7 +40,7 @@ NODE_KEYS = {"sys_interval_secs"}
 MQTT_KEYS = {
     "max_queued_messages", "queue_drop", "topic_alias_maximum", "receive_maximum",
     "max_inflight", "max_packet_size", "server_keep_alive", "max_connections",
-    "max_session_expiry_interval",
+    "max_session_expiry_interval", "allow_anonymous",
 }
 
 _brokers_key = pytest.StashKey[list]()
@@ -105,12 +105,17 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, kind: str, workdir: Path, settings: dict):
+    def __init__(self, kind: str, workdir: Path, settings: dict, extra_toml: str = "",
+                 extra_args: list[str] | None = None):
         unknown = set(settings) - NODE_KEYS - MQTT_KEYS
         if unknown:
             raise ValueError(f"unknown broker settings {sorted(unknown)}")
         self.kind = kind
         self.settings = settings
+        # Raw TOML appended to the config (sections the settings do not cover: [[listeners]],
+        # [auth]) and extra `roost serve` flags; Roost only.
+        self.extra_toml = extra_toml
+        self.extra_args = list(extra_args or [])
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{kind}.log"
@@ -137,13 +142,16 @@ class Broker:
         lines += ["", "[mqtt]"] + [f"{k} = {toml_value(v)}" for k, v in mqtt.items()]
         # A cluster of one with fast elections: tests start in well under a second.
         lines += ["", "[cluster]", "heartbeat_ms = 50", "election_timeout_ms = 300"]
+        if self.extra_toml:
+            lines += ["", self.extra_toml]
         config = self.workdir / "roost.toml"
         config.write_text("\n".join(lines) + "\n")
         data_dir = self.workdir / "data"
         data_dir.mkdir(exist_ok=True)
         return [str(binary), "serve", "--mqtt", f"{self.host}:{self.port}",
                 "--http", f"{self.host}:{self.http_port}", "--data-dir", str(data_dir),
-                "--cluster", f"{self.host}:{self.cluster_port}", "--config", str(config)]
+                "--cluster", f"{self.host}:{self.cluster_port}", "--config", str(config),
+                *self.extra_args]
 
     def _mosquitto_cmd(self) -> list[str]:
         binary = os.environ.get("MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -232,7 +240,8 @@ class Broker:
 
     def client(self, client_id: str = "", version: int = V5, **kw) -> Client:
         """A connected paho `Client` (see helpers.Client), closed at teardown."""
-        c = Client(self.host, self.port, client_id, version, connect=False, **{
+        port = kw.pop("port", self.port)
+        c = Client(self.host, port, client_id, version, connect=False, **{
             k: v for k, v in kw.items() if k not in ("connect", "expect_rc")})
         self._clients.append(c)
         if kw.get("connect", True):
@@ -287,8 +296,9 @@ def broker_factory(request, tmp_path):
     brokers: list[Broker] = []
     request.node.stash[_brokers_key] = brokers
 
-    def make(**settings) -> Broker:
-        b = Broker(BROKER_KIND, tmp_path / f"broker{len(brokers)}", settings)
+    def make(extra_toml: str = "", extra_args: list[str] | None = None, **settings) -> Broker:
+        b = Broker(BROKER_KIND, tmp_path / f"broker{len(brokers)}", settings, extra_toml,
+                   extra_args)
         brokers.append(b)
         return b.start()
 

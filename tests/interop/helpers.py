@@ -111,7 +111,9 @@ class Client:
     def __init__(self, host: str, port: int, client_id: str = "", version: int = V5, *,
                  clean: bool = True, session_expiry: int | None = None, keepalive: int = 30,
                  will: dict | None = None, connect_props: dict | None = None,
-                 connect: bool = True, expect_rc: int | None = 0):
+                 connect: bool = True, expect_rc: int | None = 0,
+                 transport: str = "tcp", ws_path: str = "/mqtt", tls: dict | None = None,
+                 username: str | None = None, password: str | bytes | None = None):
         self.host, self.port = host, port
         self.client_id = client_id
         self.version = version
@@ -136,7 +138,17 @@ class Client:
         if version == V311:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=version, reconnect_on_failure=False, **kwargs)
+                             protocol=version, reconnect_on_failure=False, transport=transport,
+                             **kwargs)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
+        if tls is not None:
+            # {"ca": path, "cert": path, "key": path}; cert/key optional.
+            self.c.tls_set(ca_certs=str(tls["ca"]),
+                           certfile=str(tls["cert"]) if tls.get("cert") else None,
+                           keyfile=str(tls["key"]) if tls.get("key") else None)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
         self.c.on_message = self._on_message

@@ -55,6 +55,22 @@ pub enum Event {
         /// The owner it replaced, if any (for a `ReturnSession`: the node that returned it).
         previous: Option<SessionOwner>,
     },
+    /// The authorization policies changed (a `SetPolicies` entry, or a snapshot with other
+    /// policies): nodes load `policies` and enforce it from now on.
+    PoliciesChanged {
+        /// The new policies.
+        policies: Policies,
+    },
+}
+
+/// The replicated authorization policies (docs/security.md): the policy store as JSON, and
+/// its version (how many `SetPolicies` entries were applied; 0: never set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policies {
+    /// Count of `SetPolicies` applied.
+    pub version: u64,
+    /// The policy store as JSON; `None`: no policies.
+    pub json: Option<String>,
 }
 
 /// The serialisable form of the state (snapshots). Cheap to clone (see the module doc).
@@ -77,6 +93,35 @@ pub struct Snapshot {
     pub subscriptions: OrdMap<String, Vec<StoredSubscription>>,
     /// client id → session expiry interval (seconds) given at its last claim.
     pub expiry: OrdMap<String, u32>,
+    /// The authorization policies. Last: snapshots written before it existed decode through
+    /// [`SnapshotV1`].
+    pub policies: Policies,
+}
+
+/// The snapshot as written before policies were replicated (issue 9): the same fields, without
+/// `policies`. postcard is not self-describing, so an older snapshot is read with this.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotV1 {
+    routes: OrdMap<String, BTreeSet<NodeId>>,
+    sessions: OrdMap<String, SessionOwner>,
+    generations: OrdMap<String, u64>,
+    retained: OrdMap<String, Arc<RetainedMessage>>,
+    subscriptions: OrdMap<String, Vec<StoredSubscription>>,
+    expiry: OrdMap<String, u32>,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(v: SnapshotV1) -> Snapshot {
+        Snapshot {
+            routes: v.routes,
+            sessions: v.sessions,
+            generations: v.generations,
+            retained: v.retained,
+            subscriptions: v.subscriptions,
+            expiry: v.expiry,
+            policies: Policies::default(),
+        }
+    }
 }
 
 /// The key of `Snapshot::generations` that holds the floor of released clients' generations.
@@ -135,6 +180,11 @@ impl ClusterState {
             retained_index,
             retained_bytes,
         }
+    }
+
+    /// The replicated authorization policies.
+    pub fn policies(&self) -> &Policies {
+        &self.data.policies
     }
 
     /// The canonical data (for snapshots and status).
@@ -432,6 +482,20 @@ impl ClusterState {
                     }
                 }
                 (CommandResponse::Done, None)
+            }
+            Command::SetPolicies { json, if_version } => {
+                if if_version.is_some_and(|v| v != self.data.policies.version) {
+                    return (CommandResponse::Done, None);
+                }
+                self.data.policies = Policies {
+                    version: self.data.policies.version + 1,
+                    json: json.clone(),
+                };
+                let policies = self.data.policies.clone();
+                (
+                    CommandResponse::Done,
+                    Some(Event::PoliciesChanged { policies }),
+                )
             }
             Command::ForgetNode { node } => {
                 let filters: Vec<String> = self
@@ -731,14 +795,18 @@ mod tests {
             expiry: BTreeMap::from([("c".to_owned(), 60)]),
         };
         let bytes = postcard::to_allocvec(&before).unwrap();
-        let now: Snapshot = postcard::from_bytes(&bytes).unwrap();
+        // Before policies too (issue 9): the old layout is read through `SnapshotV1`.
+        let now: Snapshot = postcard::from_bytes::<SnapshotV1>(&bytes).unwrap().into();
         assert_eq!(now.routes["a/#"], BTreeSet::from([NodeId::new(1)]));
         assert_eq!(now.sessions["c"], owner);
         assert_eq!(now.generations["c"], 3);
         assert_eq!(*now.retained["a/b"], retained("a/b", "x"));
         assert!(now.subscriptions.is_empty());
         assert_eq!(now.expiry["c"], 60);
-        assert_eq!(postcard::to_allocvec(&now).unwrap(), bytes);
+        // Written again, it is the old encoding plus the (empty) policies: version 0, none.
+        let mut again = bytes.clone();
+        again.extend_from_slice(&[0, 0]);
+        assert_eq!(postcard::to_allocvec(&now).unwrap(), again);
     }
 
     #[test]
@@ -972,5 +1040,73 @@ mod tests {
         // Its generation went into the floor: no entry per client of a node that left.
         assert!(!s.snapshot().generations.contains_key("c"));
         assert_eq!(s.last_generation("c"), 1);
+    }
+
+    #[test]
+    fn set_policies_bumps_the_version_and_honours_its_condition() {
+        let mut s = ClusterState::new();
+        let set = |json: Option<&str>, if_version| Command::SetPolicies {
+            json: json.map(str::to_owned),
+            if_version,
+        };
+        let (_, e) = s.apply(&set(Some("{}"), Some(0)));
+        let one = Policies {
+            version: 1,
+            json: Some("{}".into()),
+        };
+        assert_eq!(
+            e,
+            Some(Event::PoliciesChanged {
+                policies: one.clone()
+            })
+        );
+        // A seed proposed for an empty cluster does not replace policies set meanwhile.
+        let (_, e) = s.apply(&set(Some("seed"), Some(0)));
+        assert_eq!(e, None);
+        assert_eq!(s.policies(), &one);
+        let (_, e) = s.apply(&set(None, None));
+        assert!(
+            matches!(e, Some(Event::PoliciesChanged { policies }) if policies.version == 2 && policies.json.is_none())
+        );
+        // Round trip through a snapshot.
+        let bytes = postcard::to_allocvec(s.snapshot()).unwrap();
+        let back: Snapshot = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.policies.version, 2);
+    }
+
+    /// A snapshot written before policies were replicated decodes through `SnapshotV1`, and a
+    /// current one does not decode as the old layout by accident (the new field is last).
+    #[test]
+    fn snapshots_written_before_policies_still_decode() {
+        let mut old = ClusterState::new();
+        old.apply(&Command::UpdateRoutes {
+            node: NodeId::new(1),
+            add: vec!["a/#".into()],
+            remove: vec![],
+        });
+        #[derive(Serialize)]
+        struct Before<'a> {
+            routes: &'a OrdMap<String, BTreeSet<NodeId>>,
+            sessions: &'a OrdMap<String, SessionOwner>,
+            generations: &'a OrdMap<String, u64>,
+            retained: &'a OrdMap<String, Arc<RetainedMessage>>,
+            subscriptions: &'a OrdMap<String, Vec<StoredSubscription>>,
+            expiry: &'a OrdMap<String, u32>,
+        }
+        let d = old.snapshot();
+        let bytes = postcard::to_allocvec(&Before {
+            routes: &d.routes,
+            sessions: &d.sessions,
+            generations: &d.generations,
+            retained: &d.retained,
+            subscriptions: &d.subscriptions,
+            expiry: &d.expiry,
+        })
+        .unwrap();
+        assert!(postcard::from_bytes::<Snapshot>(&bytes).is_err());
+        let v1: SnapshotV1 = postcard::from_bytes(&bytes).unwrap();
+        let now = Snapshot::from(v1);
+        assert_eq!(now.routes, d.routes);
+        assert_eq!(now.policies, Policies::default());
     }
 }

@@ -261,7 +261,7 @@ fn open_blocking(dir: &Path, path: PathBuf) -> Result<(Db, Option<SnapshotFile>)
         .map_err(|e| open_err(&path, e.into()))?;
     let snapshot = match data {
         None => None,
-        Some(d) => match postcard::from_bytes::<SnapshotFile>(d.value()) {
+        Some(d) => match SnapshotFile::decode(d.value()) {
             Ok(f) => Some(f),
             Err(source) => {
                 return Err(StoreError::Corrupt {
@@ -284,6 +284,29 @@ struct SnapshotFile {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, NodeInfo>,
     state: crate::state::Snapshot,
+}
+
+/// [`SnapshotFile`] as written before policies were replicated (issue 9).
+#[derive(Deserialize)]
+struct SnapshotFileV1 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, NodeInfo>,
+    state: crate::state::SnapshotV1,
+}
+
+impl SnapshotFile {
+    /// Decodes a snapshot, also one written by an older version (without policies).
+    fn decode(bytes: &[u8]) -> Result<SnapshotFile, postcard::Error> {
+        postcard::from_bytes::<SnapshotFile>(bytes).or_else(|e| {
+            postcard::from_bytes::<SnapshotFileV1>(bytes)
+                .map(|v| SnapshotFile {
+                    last_applied: v.last_applied,
+                    last_membership: v.last_membership,
+                    state: v.state.into(),
+                })
+                .map_err(|_| e)
+        })
+    }
 }
 
 /// [`SnapshotFile`] by reference, to serialise without cloning the state (same encoding).

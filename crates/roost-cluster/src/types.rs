@@ -298,6 +298,18 @@ pub enum Command {
         /// The owner to hand the session back to.
         to: Option<NodeId>,
     },
+    /// Replaces the cluster's authorization policies (a policy store in JSON, validated by
+    /// the proposing node; docs/security.md), or removes them (`None`: no policies, every
+    /// authenticated client may do everything). Every node enforces what it applied; the
+    /// version is the count of `SetPolicies` applied. Appended last: entries logged before it
+    /// read back.
+    SetPolicies {
+        /// The policy store, as JSON.
+        json: Option<String>,
+        /// Applied only if the current version is this one (`Some(0)`: only if never set, as
+        /// a node seeding its policy file proposes); `None`: unconditionally.
+        if_version: Option<u64>,
+    },
     /// A change to a persistent session's stored subscriptions (a SUBSCRIBE or UNSUBSCRIBE):
     /// the entries in `remove` go, those in `add` are set (replacing one with the same
     /// filter). Ignored unless `node` at `generation` still owns the session. A delta, so the

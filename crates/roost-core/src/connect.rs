@@ -28,8 +28,6 @@ use roost_codec::{
 /// CONNACK and enforced on every packet. Built once from the node's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerPolicy {
-    /// Without it nobody is let in (no credential store exists yet): 0x87.
-    pub allow_anonymous: bool,
     /// Longest client id accepted, in bytes (0x85 beyond it).
     pub max_client_id_length: usize,
     /// Highest QoS accepted in PUBLISH, granted in SUBSCRIBE and allowed for a will
@@ -66,7 +64,6 @@ impl Default for ServerPolicy {
     /// The defaults of roost-node's `MqttConfig`.
     fn default() -> Self {
         ServerPolicy {
-            allow_anonymous: true,
             max_client_id_length: 256,
             max_qos: QoS::ExactlyOnce,
             retain_available: true,
@@ -96,7 +93,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: ReasonCode, why: &'static str) -> Refusal {
+    /// A refusal with `reason`, counted under `why`.
+    pub fn new(reason: ReasonCode, why: &'static str) -> Refusal {
         Refusal { reason, why }
     }
 
@@ -180,9 +178,6 @@ pub fn negotiate(
             ReasonCode::BAD_AUTHENTICATION_METHOD,
             "auth_method",
         ));
-    }
-    if !policy.allow_anonymous {
-        return Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "not_authorized"));
     }
     let bad_id = Refusal::new(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id");
     let (client_id, assigned) = if connect.client_id.is_empty() {

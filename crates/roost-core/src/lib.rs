@@ -27,6 +27,7 @@
 //! - [`index`]: the subscription trie (`+`, `#`, `$`-topics, shared groups, overlap aggregation).
 //! - [`retained`]: retained messages by topic.
 //! - [`message`]: an application message as it travels inside the broker (payload shared).
+//! - [`policy`]: AWS-IoT-style authorization policies, their store and attachments, evaluation.
 //! - [`session`]: the per-client session state machine (client packets, QoS flows, packet ids,
 //!   windows, offline queue, topic aliases, keep-alive, will delay, expiry).
 
@@ -34,6 +35,7 @@ mod client_id;
 pub mod connect;
 pub mod index;
 pub mod message;
+pub mod policy;
 pub mod retained;
 pub mod session;
 pub mod topic;

@@ -18,7 +18,10 @@
 //! the broker wants the connection gone), the oldest acknowledgement waiting for peers, and
 //! the one timer the session asks for.
 //!
-//! Cancel safety: the `select!` arms are `TcpStream::readable` (cancel safe: readiness only, no
+//! The socket is any [`ByteStream`] (TCP, TLS, WebSocket: roost-transport, RFC 0007); the
+//! task is generic over it, so plain TCP pays nothing for the others.
+//!
+//! Cancel safety: the `select!` arms are `ByteStream::readable` (cancel safe: readiness only, no
 //! data is taken), `Notify::notified` (a permit stored by `notify_one` is not lost when the
 //! future is dropped), awaiting a `JoinHandle` by reference, and `sleep_until` (stateless).
 //! Reads happen with `try_read_buf` after the `select!` returns, and writes with `try_write`
@@ -38,19 +41,19 @@ use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, PeerWait, Sessi
 use bytes::BytesMut;
 use roost_codec::{encode, Connect, Decoder, LastWill, Packet, Protocol, ReasonCode};
 use roost_core::connect::{connect_error_reply, negotiate, within_maximum_packet_size, Negotiated};
+use roost_core::policy::{Action, Resource};
 use roost_core::session::{
     retained_on_subscribe, suback, unsuback, Close, DropReason, Handled, Inbound, Outbound,
     PublishOutcome, ReadyAck, SubscribeRequest, Tally, Timeout,
 };
 use roost_core::topic::TopicFilter;
+use roost_transport::ByteStream;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 /// Read-buffer growth step.
@@ -85,9 +88,11 @@ impl FlushStop {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     peer: SocketAddr,
+    /// Which listener accepted it, and what its transport proved (a client certificate).
+    via: Arc<crate::listener::Accepted>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -150,18 +155,20 @@ impl Drop for Pending {
     }
 }
 
-/// Serves one accepted TCP connection until it closes. `pending` is its place among the
-/// sockets that have not sent CONNECT yet, given back once the CONNECT is read.
-pub(crate) async fn serve(
+/// Serves one accepted connection (its transport's handshake done) until it closes.
+/// `pending` is its place among the sockets that have not sent CONNECT yet, given back once
+/// the CONNECT is read.
+pub(crate) async fn serve<S: ByteStream>(
     broker: Arc<Broker>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
+    via: Arc<crate::listener::Accepted>,
     mut pending: Pending,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         stream,
         peer,
+        via,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder: Decoder::server(broker.config.mqtt.max_packet_size),
@@ -185,7 +192,7 @@ pub(crate) async fn serve(
     conn.run_session(connect).await;
 }
 
-impl Conn {
+impl<S: ByteStream> Conn<S> {
     /// Reads more bytes. `Ok(false)` on EOF.
     ///
     /// Cancel safety: `readable()` takes no data; the read itself is not awaited.
@@ -239,17 +246,31 @@ impl Conn {
         stall: Duration,
     ) -> Result<(), FlushStop> {
         let mut deadline = None;
-        while !self.wbuf.is_empty() {
-            match self.stream.try_write(&self.wbuf) {
-                Ok(0) => return Err(FlushStop::Io),
-                Ok(n) => {
-                    bytes::Buf::advance(&mut self.wbuf, n);
-                    self.broker.metrics.bytes_sent.increment(n as u64);
-                    deadline = None;
-                    continue;
+        loop {
+            if !self.wbuf.is_empty() {
+                match self.stream.try_write(&self.wbuf) {
+                    Ok(0) => return Err(FlushStop::Io),
+                    Ok(n) => {
+                        bytes::Buf::advance(&mut self.wbuf, n);
+                        self.broker.metrics.bytes_sent.increment(n as u64);
+                        deadline = None;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(FlushStop::Io),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(FlushStop::Io),
+            } else if self.stream.pending_output() {
+                // TLS records or WebSocket frames the transport still holds.
+                match self.stream.try_flush() {
+                    Ok(()) => {
+                        deadline = None;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(FlushStop::Io),
+                }
+            } else {
+                break;
             }
             let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
             let kicked = async {
@@ -344,7 +365,7 @@ impl Conn {
         } else {
             debug!(peer = %self.peer, ?max, why, "refused without CONNACK: larger than the client's maximum packet size");
         }
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
     }
 
     /// Everything after CONNECT. `connect` stays boxed: it lives across awaits, and the future
@@ -362,11 +383,47 @@ impl Conn {
                 return self.refuse(protocol, max, r.reason, r.why).await;
             }
         };
-        let username = connect.username.clone();
+        let identity = match self
+            .broker
+            .auth
+            .authenticate(&self.via, &connect, n.client_id.as_str())
+            .await
+        {
+            Ok(i) => i,
+            Err(r) => {
+                debug!(peer = %self.peer, listener = %self.via.listener.name, why = r.why, "authentication failed");
+                let max = connect.properties.maximum_packet_size;
+                return self.refuse(protocol, max, r.reason, r.why).await;
+            }
+        };
+        let mut authz = Box::new(crate::policy::ConnPolicy::new(
+            n.client_id.as_str(),
+            identity.username.as_deref(),
+            self.via.cert.as_ref(),
+        ));
+        let allowed = authz.check(
+            &self.broker.policies,
+            Action::Connect,
+            Resource::Client(n.client_id.as_str()),
+        );
+        if !allowed.is_allowed() {
+            debug!(client_id = %n.client_id, decision = %allowed, "CONNECT denied by policy");
+            let max = connect.properties.maximum_packet_size;
+            return self
+                .refuse(protocol, max, ReasonCode::NOT_AUTHORIZED, "policy_denied")
+                .await;
+        }
         // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
         // the connection.
         drop(connect);
-        let Some((attached, ctl)) = self.admit(&n, conn_id, username).await else {
+        let Some(_slot) = self.via.listener.slot() else {
+            info!(peer = %self.peer, listener = %self.via.listener.name, "listener connection limit reached");
+            let max = n.params.maximum_packet_size;
+            return self
+                .refuse(protocol, max, ReasonCode::QUOTA_EXCEEDED, "listener_quota")
+                .await;
+        };
+        let Some((attached, ctl)) = self.admit(&n, conn_id, identity).await else {
             return;
         };
         let ack = n.connack(&policy, attached.session_present);
@@ -388,6 +445,7 @@ impl Conn {
             outbox: VecDeque::new(),
             pending_acks: VecDeque::new(),
             deadline: None,
+            authz,
         };
         live.refresh_deadline();
         drop(n);
@@ -406,7 +464,7 @@ impl Conn {
         if !self.blocked {
             let _ = self.flush_until(None, GOODBYE_TIMEOUT).await;
         }
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
         let will = if close.will { live.will.take() } else { None };
         self.broker.detach(&session, &ctl, will);
         self.broker.connections.fetch_sub(1, Ordering::AcqRel);
@@ -419,7 +477,7 @@ impl Conn {
         &mut self,
         n: &Negotiated,
         conn_id: u64,
-        username: Option<String>,
+        identity: crate::auth::Identity,
     ) -> Option<(Attached, Arc<ConnCtl>)> {
         if self.broker.draining() {
             // A graceful stop hands sessions on; it takes no new ones (v3.1.1: 0x03).
@@ -456,7 +514,10 @@ impl Conn {
                 variant: n.params.variant,
                 keep_alive: n.keep_alive,
                 connected_at: SystemTime::now(),
-                username,
+                username: identity.username,
+                auth: identity.method,
+                listener: self.via.listener.name.clone(),
+                transport: self.via.listener.kind.as_str(),
             },
         ));
         // Boxed: the claim/takeover future is large, and the connection's task lives on.
@@ -677,6 +738,30 @@ impl Conn {
     /// (docs/architecture.md, "What an acknowledgement promises"): v5 hears 0x80 (0x97 when a
     /// bound refused it), v3.1.1, which has no failure code, is closed unacknowledged.
     async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) -> Result<(), Close> {
+        let topic = inbound.msg.topic.as_str();
+        let decision = st
+            .authz
+            .publish(&self.broker.policies, topic, inbound.msg.retain);
+        if !decision.is_allowed() {
+            // Denied by policy: delivered nowhere, counted. v5 QoS 1/2 hear 0x87; 3.1.1 has
+            // no failure code, and [MQTT-3.3.5-2] lets the server acknowledge it as usual (or
+            // close): it is acknowledged, so the client does not resend it forever.
+            debug!(client_id = %st.session.client_id(), topic, %decision, "PUBLISH denied by policy");
+            crate::metrics::publish_denied();
+            let Some(pending) = inbound.ack else {
+                return Ok(());
+            };
+            let reason = if st.protocol == Protocol::V5 {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
+            let ack = ReadyAck {
+                ack: pending,
+                reason,
+            };
+            return self.hold(st, ack, None).await;
+        }
         if inbound.msg.retain {
             // The retained copy waits for a commit: the connection goes on reading (PINGREQ,
             // acknowledgements) while it is in flight; the PUBLISH is routed and acknowledged
@@ -822,7 +907,21 @@ impl Conn {
     /// them; the route commits (a filter this node's first subscriber for is acknowledged only
     /// once its route committed and every reachable member applied it, docs/rfcs/0002), the
     /// registry update and the SUBACK follow as an operation in flight ([`subscribed`]).
-    fn on_subscribe(&mut self, st: &mut Live, req: SubscribeRequest) {
+    fn on_subscribe(&mut self, st: &mut Live, mut req: SubscribeRequest) {
+        for entry in &mut req.entries {
+            let Ok((filter, _)) = entry else { continue };
+            let decision = st.authz.check(
+                &self.broker.policies,
+                Action::Subscribe,
+                Resource::TopicFilter(filter.as_str()),
+            );
+            if !decision.is_allowed() {
+                debug!(client_id = %st.session.client_id(), filter = filter.as_str(), %decision, "SUBSCRIBE denied by policy");
+                crate::metrics::subscribe_denied();
+                // SUBACK 0x87 (v5); the 3.1.1 encoding turns it into 0x80 Failure.
+                *entry = Err(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
         let codes = req.codes();
         // (index in codes, filter, subscription, new, route commit to wait for)
         let mut accepted = Vec::new();
@@ -1075,6 +1174,8 @@ struct Live {
     /// The session's timer while connected (keep-alive): it only moves when packets arrive,
     /// so it is asked for after reading, not on every wake-up.
     deadline: Option<tokio::time::Instant>,
+    /// The client's policies (re-resolved when the node's change) and publish decisions.
+    authz: Box<crate::policy::ConnPolicy>,
 }
 
 impl Live {

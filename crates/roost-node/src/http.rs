@@ -225,6 +225,11 @@ pub(crate) fn router(state: AdminState, guard_state: Arc<Guard>) -> Router {
         .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/log-level", get(get_log_level).put(put_log_level))
         .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/reload", axum::routing::post(reload))
+        .route(
+            "/api/v1/policies",
+            get(get_policies).put(put_policies).delete(delete_policies),
+        )
         .route("/api/v1/cluster/members", axum::routing::post(cluster_join))
         .route(
             "/api/v1/cluster/members/{id}",
@@ -283,6 +288,9 @@ fn describe(s: &SessionRef) -> Value {
         "bridge": conn.map(|c| c.variant.bridge),
         "peer": conn.map(|c| c.peer.to_string()),
         "username": conn.and_then(|c| c.username.clone()),
+        "auth": conn.map(|c| c.auth.as_str()),
+        "listener": conn.map(|c| c.listener.clone()),
+        "transport": conn.map(|c| c.transport),
         "keep_alive": conn.map(|c| c.keep_alive),
         "connected_at": conn.map(|c| unix(c.connected_at)),
         "disconnected_at": v.disconnected_at.map(unix),
@@ -375,6 +383,74 @@ async fn put_log_level(State(s): State<AdminState>, Json(body): Json<LevelBody>)
         }
         Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
     }
+}
+
+/// `GET /api/v1/policies`: the replicated version and policy store (`null`: none), and the
+/// version this node enforces.
+async fn get_policies(State(s): State<AdminState>) -> Response {
+    let replicated = s.broker.cluster().state().read().policies().clone();
+    let policies: Value = match &replicated.json {
+        Some(j) => serde_json::from_str(j).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    Json(json!({
+        "version": replicated.version,
+        "enforced_version": s.broker.policies.version(),
+        "policies": policies,
+    }))
+    .into_response()
+}
+
+/// `PUT /api/v1/policies`: replaces the cluster's policies with the body (a policy store,
+/// docs/security.md). 400 naming the statement when invalid; 503 when the change cannot be
+/// committed; 200 with the new version once it is applied here.
+async fn put_policies(State(s): State<AdminState>, body: String) -> Response {
+    set_policies(&s, Some(body)).await
+}
+
+/// `DELETE /api/v1/policies`: removes every policy (authenticated clients may then do
+/// everything).
+async fn delete_policies(State(s): State<AdminState>) -> Response {
+    set_policies(&s, None).await
+}
+
+async fn set_policies(s: &AdminState, json: Option<String>) -> Response {
+    if let Some(j) = &json {
+        if let Err(e) = roost_core::policy::PolicyStore::from_json(j, 0) {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
+        }
+    }
+    match s.broker.propose_policies(json, None).await {
+        Ok(version) => {
+            tracing::info!(version, "policies changed through the admin API");
+            Json(json!({ "version": version })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// `POST /api/v1/reload`: re-reads TLS certificates and the password file, as SIGHUP does.
+/// 200 when everything reloaded, 500 with the failures otherwise (the old files stay in use).
+async fn reload(State(s): State<AdminState>) -> Response {
+    let report = s.broker.reload_credentials().await;
+    let failed = report.iter().any(|(_, r)| r.is_err());
+    let body: Vec<Value> = report
+        .into_iter()
+        .map(|(what, r)| match r {
+            Ok(()) => json!({ "what": what, "reloaded": true }),
+            Err(e) => json!({ "what": what, "reloaded": false, "error": e }),
+        })
+        .collect();
+    let status = if failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(Value::Array(body))).into_response()
 }
 
 fn log_unavailable() -> Response {

@@ -2,7 +2,8 @@
 //! configuration, `$SYS`, and the admin HTTP API.
 //!
 //! ```text
-//!  TcpListener ─accept─▶ driver::serve (task per connection: I/O only)
+//!  listener (TCP | TLS | WebSocket) ─accept, handshake─▶ driver::serve (task per connection)
+//!                            │ CONNECT ─▶ auth (password file, client certificate)
 //!                            │ decode ─▶ Session::handle (roost-core, behind the SessionRef's lock)
 //!                            │ PUBLISH ─▶ broker::Broker::publish ─▶ retained, route, forward
 //!                            ◀─ wake ── other drivers' routing filled this session's outbox
@@ -19,14 +20,18 @@
 //! the drivers and the HTTP server. Shared state lives in [`broker`](crate::broker): see its docs
 //! for the lock order and overflow policy.
 
+mod auth;
 mod broker;
 pub mod config;
 mod driver;
 mod failpoints;
 mod hooks;
 mod http;
+mod listener;
 mod metrics;
 mod node;
+pub mod passwords;
+mod policy;
 mod routes;
 mod sys;
 pub mod telemetry;

@@ -22,6 +22,7 @@ pub(crate) const CONNECTIONS_PENDING: &str = "roost_mqtt_connections_pending";
 pub(crate) const CONNECTIONS_ACCEPTED: &str = "roost_mqtt_connections_accepted_total";
 pub(crate) const CONNECTIONS_REJECTED: &str = "roost_mqtt_connections_rejected_total";
 pub(crate) const DISCONNECTS: &str = "roost_mqtt_disconnects_total";
+pub(crate) const SUBSCRIBE_DENIED: &str = "roost_mqtt_subscribe_denied_total";
 pub(crate) const MALFORMED: &str = "roost_mqtt_malformed_packets_total";
 pub(crate) const MSG_RECEIVED: &str = "roost_mqtt_messages_received_total";
 pub(crate) const MSG_SENT: &str = "roost_mqtt_messages_sent_total";
@@ -74,7 +75,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "CONNECTs refused, by reason (quota, not_authorized, client_id, will, auth_method, cluster_unavailable, no_lease, connack_too_large, pending_limit, pending_bytes)"
+        "CONNECTs refused, by reason (quota, listener_quota, not_authorized, bad_credentials, cert_no_identity, cert_client_id_mismatch, policy_denied, client_id, will, auth_method, cluster_unavailable, no_lease, connack_too_large, pending_limit, pending_bytes)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
     describe_counter!(
@@ -90,7 +91,15 @@ pub(crate) fn describe() {
         "inbound PUBLISHes not routed, by reason (dollar_topic, retain_unavailable, \
          retain_not_stored, retain_quota, peer_unreachable: a QoS 1/2 message for a peer known \
          unreachable; shared_no_member: picked for a shared group by a peer, and no node has a \
-         member of it any more)"
+         member of it any more; not_authorized: denied by the authorization policies)"
+    );
+    describe_counter!(
+        SUBSCRIBE_DENIED,
+        "SUBSCRIBE filters refused by the authorization policies (SUBACK 0x87 / 0x80)"
+    );
+    describe_counter!(
+        crate::listener::HANDSHAKE_FAILED,
+        "TLS and WebSocket handshakes that failed, by listener and reason (timeout, tls, ws, io)"
     );
     describe_counter!(
         SESSION_DROPPED,
@@ -387,6 +396,16 @@ pub(crate) fn handover_ids_forgotten() {
 }
 
 /// Counts a connection closed for a malformed packet.
+/// Counts a PUBLISH denied by the authorization policies (delivered nowhere).
+pub(crate) fn publish_denied() {
+    counter!(PUBLISH_DROPPED, "reason" => "not_authorized").increment(1);
+}
+
+/// Counts a SUBSCRIBE filter denied by the authorization policies.
+pub(crate) fn subscribe_denied() {
+    counter!(SUBSCRIBE_DENIED).increment(1);
+}
+
 pub(crate) fn malformed() {
     counter!(MALFORMED).increment(1);
 }

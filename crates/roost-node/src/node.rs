@@ -62,8 +62,8 @@ pub enum StartError {
     /// A listener could not be bound (or its address read).
     #[error("cannot bind {key} {addr}: {source}")]
     Bind {
-        /// The setting (`mqtt.listen`, `http.listen`).
-        key: &'static str,
+        /// The setting (`mqtt.listen`, `http.listen`, `listeners[0].listen`).
+        key: String,
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
@@ -88,7 +88,9 @@ pub struct Node {
     http_addr: Option<SocketAddr>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    accept_task: JoinHandle<()>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    /// Every MQTT listener's name and bound address, `mqtt.listen` first.
+    listener_addrs: Vec<(String, SocketAddr)>,
     background: Vec<JoinHandle<()>>,
     _data_lock: File,
 }
@@ -105,23 +107,67 @@ impl Node {
         } else {
             None
         };
+        let auth = crate::auth::Auth::load(config.auth.password_file.clone()).map_err(|e| {
+            StartError::Config(crate::config::ConfigError::Invalid {
+                key: "auth.password_file".into(),
+                value: format!(
+                    "{:?}",
+                    config
+                        .auth
+                        .password_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+                reason: e.to_string(),
+            })
+        })?;
+        let policies =
+            crate::policy::NodePolicies::new(config.auth.policy_file.clone()).map_err(|e| {
+                StartError::Config(crate::config::ConfigError::Invalid {
+                    key: "auth.policy_file".into(),
+                    value: format!("{:?}", e.path.display().to_string()),
+                    reason: e.message,
+                })
+            })?;
+        // TLS files are read before anything is bound: a bad one stops the start here.
+        let mut listeners = vec![Arc::new(crate::listener::Listener::main(
+            config.mqtt.allow_anonymous,
+            Duration::from_secs(config.mqtt.connect_timeout_secs),
+        ))];
+        for (i, l) in config.listeners.iter().enumerate() {
+            let built = crate::listener::Listener::from_config(i, l, config.mqtt.allow_anonymous)
+                .map_err(|e| {
+                StartError::Config(crate::config::ConfigError::Invalid {
+                    key: e.key,
+                    value: format!("{:?}", l.display_name()),
+                    reason: e.source.to_string(),
+                })
+            })?;
+            listeners.push(Arc::new(built));
+        }
         let data_lock = lock_data_dir(&config)?;
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
 
-        let (listener, mqtt_addr) = bind("mqtt.listen", config.mqtt.listen).await?;
+        let mut sockets = vec![bind("mqtt.listen".into(), config.mqtt.listen).await?];
+        for (i, l) in config.listeners.iter().enumerate() {
+            sockets.push(bind(format!("listeners[{i}].listen"), l.listen).await?);
+        }
+        let mqtt_addr = sockets[0].1;
         let ready = Arc::new(AtomicBool::new(true));
         let (stop, stop_rx) = watch::channel(false);
 
         let mut background = Vec::new();
-        let broker = start_broker(&config, mqtt_addr).await?;
+        let broker = start_broker(&config, mqtt_addr, auth, policies).await?;
+        *broker.listeners.write() = listeners.clone();
         let cluster = Arc::clone(broker.cluster());
         background.push(tokio::spawn(purge_expired_retained(Arc::downgrade(
             &cluster,
         ))));
         let mut http_addr = None;
         if config.http.enabled {
-            let (http, addr) = bind("http.listen", config.http.listen).await?;
+            let (http, addr) = bind("http.listen".into(), config.http.listen).await?;
             http_addr = Some(addr);
             let app = router(
                 AdminState {
@@ -145,7 +191,33 @@ impl Node {
             let interval = Duration::from_secs(config.node.sys_interval_secs);
             background.push(tokio::spawn(crate::sys::run(Arc::clone(&broker), interval)));
         }
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&broker), stop_rx));
+        #[cfg(unix)]
+        background.push(tokio::spawn(reload_on_sighup(Arc::downgrade(&broker))));
+        let mut accept_tasks = Vec::new();
+        let mut listener_addrs = Vec::new();
+        for ((socket, addr), l) in sockets.into_iter().zip(listeners) {
+            info!(listener = %l.name, kind = l.kind.as_str(), %addr, "listening for MQTT clients");
+            if l.allow_anonymous {
+                let scope = if addr.ip().is_loopback() {
+                    "from this machine only (loopback)"
+                } else {
+                    "from the network"
+                };
+                warn!(
+                    listener = %l.name,
+                    %addr,
+                    "anonymous clients are allowed {scope}; set mqtt.allow_anonymous = false (or the listener's allow_anonymous) for production, docs/security.md"
+                );
+            }
+            listener_addrs.push((l.name.clone(), addr));
+            accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
+                socket,
+                l,
+                Arc::clone(&broker),
+                stop_rx.clone(),
+            )));
+        }
+        drop(stop_rx);
         info!(
             mqtt = %mqtt_addr,
             http = ?http_addr,
@@ -161,7 +233,8 @@ impl Node {
             http_addr,
             ready,
             stop,
-            accept_task,
+            accept_tasks,
+            listener_addrs,
             background,
             _data_lock: data_lock,
         })
@@ -170,6 +243,12 @@ impl Node {
     /// The bound MQTT address (useful with port 0).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// Every MQTT listener's name and bound address (`mqtt` first, then `[[listeners]]` in
+    /// order).
+    pub fn listener_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.listener_addrs
     }
 
     /// The bound admin HTTP address, if enabled.
@@ -216,7 +295,9 @@ impl Node {
         self.ready.store(false, Ordering::Release);
         self.broker.begin_drain();
         let _ = self.stop.send(true);
-        let _ = self.accept_task.await;
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
         self.broker.kick_all(ReasonCode::SERVER_SHUTTING_DOWN);
         let drain_limit = Duration::from_millis(self.broker.config.cluster.drain_timeout_ms);
         let deadline = started + DRAIN_TIMEOUT.min(drain_limit);
@@ -240,37 +321,13 @@ impl Node {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => match crate::driver::Pending::admit(&broker) {
-                    Some(pending) => {
-                        tokio::spawn(crate::driver::serve(Arc::clone(&broker), stream, peer, pending));
-                    }
-                    None => {
-                        // Too many sockets still owe their CONNECT: close this one at once.
-                        drop(stream);
-                        crate::metrics::rejected("pending_limit");
-                    }
-                },
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = stop.changed() => return,
-        }
-    }
-}
-
 /// Binds a listener; the error names the setting.
-async fn bind(
-    key: &'static str,
-    addr: SocketAddr,
-) -> Result<(TcpListener, SocketAddr), StartError> {
-    let err = |source| StartError::Bind { key, addr, source };
+async fn bind(key: String, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind {
+        key: key.clone(),
+        addr,
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
@@ -308,6 +365,8 @@ fn lock_data_dir(config: &Config) -> Result<File, StartError> {
 async fn start_broker(
     config: &Arc<Config>,
     mqtt_addr: SocketAddr,
+    auth: crate::auth::Auth,
+    policies: crate::policy::NodePolicies,
 ) -> Result<Arc<Broker>, StartError> {
     let c = &config.cluster;
     let mut seeds = Vec::new();
@@ -333,8 +392,15 @@ async fn start_broker(
     let cluster = Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>)
         .await
         .map_err(Box::new)?;
-    let broker = Broker::new(Arc::clone(config), Arc::clone(&cluster));
+    let broker = Broker::new(Arc::clone(config), Arc::clone(&cluster), auth, policies);
     hooks.set_broker(&broker);
+    // What the log already holds (events applied before the hooks had the broker are not
+    // seen by it).
+    let replicated = cluster.state().read().policies().clone();
+    broker.policies.apply(&replicated);
+    if replicated.version == 0 && broker.policies.file.is_some() {
+        broker.spawn(seed_policies(Arc::downgrade(&broker)));
+    }
     broker.restore_sessions();
     // Before clients connect: routes held from before a restart that no restored session
     // needs are removed, and from now on failed or lost route changes are repaired.
@@ -372,5 +438,45 @@ async fn purge_expired_retained(cluster: std::sync::Weak<Cluster>) {
                 break;
             }
         }
+    }
+}
+
+/// Re-reads TLS certificates and the password file on SIGHUP. A file that fails keeps the old
+/// one in use and is logged (ERROR: the operator's change did not take).
+#[cfg(unix)]
+async fn reload_on_sighup(broker: std::sync::Weak<Broker>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: certificates reload only through the admin API");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        info!("SIGHUP: reloading certificates and credentials");
+        broker.reload_credentials().await;
+    }
+}
+
+/// Proposes `auth.policy_file` as the cluster's policies while the cluster has none (a new
+/// cluster): retried until it commits, some node's seed commits first, or the node stops.
+async fn seed_policies(broker: std::sync::Weak<Broker>) {
+    loop {
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        if b.cluster().state().read().policies().version > 0 {
+            return;
+        }
+        match b.propose_policy_file().await {
+            Ok(version) => {
+                info!(version, "policy file replicated to the cluster");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "policy file not replicated yet; retrying"),
+        }
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -7,6 +7,7 @@
 
 mod ctl;
 mod dev_cluster;
+mod passwd;
 
 use clap::{Parser, Subcommand};
 use roost_node::config::{CliOverrides, Config};
@@ -36,7 +37,7 @@ struct Cli {
 enum Command {
     /// Run a node. With no flags: MQTT on 127.0.0.1:1883, HTTP on 127.0.0.1:8080, anonymous
     /// clients allowed, data in ./roost-data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a config file and exit: 0 if valid, 64 with the reason if not.
     CheckConfig {
         /// The TOML file to check.
@@ -46,6 +47,9 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Run a local N-node cluster in the foreground (for trying it out); Ctrl-C stops it.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Add, change or delete a user in a password file (argon2id hashes). The password is read
+    /// from stdin, or asked for twice without echo when stdin is a terminal.
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(clap::Args)]
@@ -74,15 +78,38 @@ struct ServeArgs {
     /// An initial member as ID@HOST:PORT; repeat for each (cluster.seeds).
     #[arg(long = "seed", value_name = "ID@ADDR")]
     seeds: Vec<String>,
+    /// Adds an MQTT-over-TLS listener (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    mqtts: Option<SocketAddr>,
+    /// Adds an MQTT-over-WebSocket listener, path /mqtt.
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<SocketAddr>,
+    /// Adds an MQTT-over-secure-WebSocket listener, path /mqtt (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    wss: Option<SocketAddr>,
+    /// PEM certificate chain for --mqtts and --wss.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --mqtts and --wss.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates on --mqtts and --wss; certificates are then
+    /// required, and their CN is the client's username.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Password file written by `roost passwd` (auth.password_file).
+    #[arg(long, value_name = "FILE")]
+    passwords: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Ctl(args) => ctl::run(args),
         Command::DevCluster(args) => dev_cluster::run(args),
+        Command::Passwd(args) => passwd::run(args),
     }
 }
 
@@ -115,7 +142,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         node_id: args.node_id,
         cluster: args.cluster,
         seeds: args.seeds,
+        mqtts: args.mqtts,
+        ws: args.ws,
+        wss: args.wss,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_client_ca: args.tls_client_ca,
+        passwords: args.passwords,
     };
+    if (cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_client_ca.is_some())
+        && cli.mqtts.is_none()
+        && cli.wss.is_none()
+    {
+        eprintln!("roost: --tls-cert, --tls-key and --tls-client-ca apply to --mqtts or --wss; give one of them");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let config = match Config::load(args.config.as_deref(), std::env::vars(), &cli) {
         Ok(c) => c,
         Err(e) => {

@@ -162,7 +162,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ErrorSubject::Snapshot(Some(meta.signature())),
             ErrorVerb::Write,
             move || {
-                let file: SnapshotFile = postcard::from_bytes(&data)
+                let file = SnapshotFile::decode(&data)
                     .map_err(err_snapshot(Some(&meta), ErrorVerb::Read))?;
                 // Durable first: if this fails, the in-memory state is left as it was.
                 write_snapshot(&inner.db, &meta, &data)?;
@@ -232,6 +232,11 @@ fn ownership_changes(old: &StateData, new: &StateData) -> Vec<Event> {
                 previous: old.sessions.get(client_id).copied(),
             });
         }
+    }
+    if old.policies != new.policies {
+        events.push(Event::PoliciesChanged {
+            policies: new.policies.clone(),
+        });
     }
     events
 }

@@ -47,30 +47,12 @@ fn ok(c: &Connect, policy: &ServerPolicy) -> Negotiated {
 fn authentication_method_is_refused_first() {
     let mut c = connect(Protocol::V5, "c");
     c.properties.authentication_method = Some("SCRAM-SHA-1".into());
-    let policy = ServerPolicy {
-        allow_anonymous: false,
-        ..ServerPolicy::default()
-    };
+    let policy = ServerPolicy::default();
     assert_eq!(
         refusal(&c, &policy),
         Refusal {
             reason: ReasonCode::BAD_AUTHENTICATION_METHOD,
             why: "auth_method"
-        }
-    );
-}
-
-#[test]
-fn anonymous_off_refuses_everyone() {
-    let policy = ServerPolicy {
-        allow_anonymous: false,
-        ..ServerPolicy::default()
-    };
-    assert_eq!(
-        refusal(&connect(Protocol::V5, "c"), &policy),
-        Refusal {
-            reason: ReasonCode::NOT_AUTHORIZED,
-            why: "not_authorized"
         }
     );
 }

@@ -75,7 +75,10 @@ fn queue_bounds(
         assert_ne!(r, Delivered::Sent);
     }
 
-    assert_eq!(s.queued_bytes, s.queue.iter().map(|p| p.msg.size()).sum());
+    assert_eq!(
+        s.queued_bytes,
+        s.queue.iter().map(|p| p.msg.size()).sum::<usize>()
+    );
     let drops = s.take_drops();
     assert_eq!(
         drops,

@@ -134,11 +134,22 @@ pub(crate) struct Broker {
     routes: Arc<RouteTable>,
     /// A graceful stop began (see [`drain`]): CONNECTs are refused.
     draining: std::sync::atomic::AtomicBool,
+    /// Credential stores (password file).
+    pub(crate) auth: crate::auth::Auth,
+    /// Authorization policies enforced here.
+    pub(crate) policies: crate::policy::NodePolicies,
+    /// Every MQTT listener, for certificate reloads.
+    pub(crate) listeners: parking_lot::RwLock<Vec<Arc<crate::listener::Listener>>>,
 }
 
 impl Broker {
     /// A broker for one node, on its cluster layer (a lone node is a cluster of one).
-    pub(crate) fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Arc<Broker> {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        cluster: Arc<Cluster>,
+        auth: crate::auth::Auth,
+        policies: crate::policy::NodePolicies,
+    ) -> Arc<Broker> {
         let policy = Arc::new(config.mqtt.server_policy());
         let topic_limits = policy.topic;
         let limits = SessionLimits {
@@ -171,6 +182,9 @@ impl Broker {
             cluster: Arc::clone(&cluster),
             routes: Arc::clone(&routes),
             draining: std::sync::atomic::AtomicBool::new(false),
+            auth,
+            policies,
+            listeners: parking_lot::RwLock::new(Vec::new()),
         });
         broker
             .tasks

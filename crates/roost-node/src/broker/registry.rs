@@ -763,11 +763,17 @@ impl Broker {
     /// either a session handed back to this node (`ReturnSession`), or a claim this node gave
     /// up on that committed after all: see `own_claim_applied`.
     pub(crate) fn on_cluster_event(self: &Arc<Self>, event: &Event) {
-        let Event::SessionClaimed {
-            client_id,
-            owner,
-            previous,
-        } = event;
+        let (client_id, owner, previous) = match event {
+            Event::SessionClaimed {
+                client_id,
+                owner,
+                previous,
+            } => (client_id, owner, previous),
+            Event::PoliciesChanged { policies } => {
+                self.policies.apply(policies);
+                return;
+            }
+        };
         if owner.node == self.cluster.node_id() {
             self.own_claim_applied(client_id, owner.generation, previous.map(|p| p.node));
             return;

@@ -76,7 +76,13 @@ pub(crate) struct ConnInfo {
     pub(crate) variant: roost_codec::ConnectVariant,
     pub(crate) keep_alive: u16,
     pub(crate) connected_at: SystemTime,
+    /// The authenticated username (a certificate's identity on listeners that use it).
     pub(crate) username: Option<String>,
+    /// How the client authenticated.
+    pub(crate) auth: crate::auth::Method,
+    /// The listener it came through, and that listener's transport.
+    pub(crate) listener: String,
+    pub(crate) transport: &'static str,
 }
 
 /// Mutable per-session state, behind the entry's mutex. Only this module and the registry

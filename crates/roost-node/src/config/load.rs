@@ -169,7 +169,40 @@ impl Config {
             ));
         }
 
+        self.validate_listeners()?;
         validate_log_level(&self.log.level)
+    }
+
+    /// Every `[[listeners]]` entry, and that no two listeners (these, `mqtt.listen`,
+    /// `http.listen`, `cluster.listen`) share a port.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let mut taken: Vec<(String, SocketAddr)> = vec![
+            ("mqtt.listen".into(), self.mqtt.listen),
+            ("cluster.listen".into(), self.cluster.listen),
+        ];
+        if self.http.enabled {
+            taken.push(("http.listen".into(), self.http.listen));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.validate(i)?;
+            if let Some((other, _)) = taken.iter().find(|(_, a)| listeners_collide(l.listen, *a)) {
+                return Err(invalid(
+                    format!("listeners[{i}].listen"),
+                    format!("\"{}\"", l.listen),
+                    format!("must not use the same port as {other}"),
+                ));
+            }
+            if !names.insert(l.display_name()) {
+                return Err(invalid(
+                    format!("listeners[{i}].name"),
+                    format!("{:?}", l.display_name()),
+                    "another listener has the same name",
+                ));
+            }
+            taken.push((format!("listeners[{i}].listen"), l.listen));
+        }
+        Ok(())
     }
 
     /// The effective configuration as a TOML document (every key, defaults included), for
@@ -285,6 +318,23 @@ impl CliOverrides {
         }
         if !self.seeds.is_empty() {
             config.cluster.seeds.clone_from(&self.seeds);
+        }
+        for (kind, addr) in [
+            (ListenerKind::Tls, self.mqtts),
+            (ListenerKind::Ws, self.ws),
+            (ListenerKind::Wss, self.wss),
+        ] {
+            let Some(addr) = addr else { continue };
+            let mut l = ListenerConfig::new(kind, addr);
+            if kind.tls() {
+                l.cert.clone_from(&self.tls_cert);
+                l.key.clone_from(&self.tls_key);
+                l.client_ca.clone_from(&self.tls_client_ca);
+            }
+            config.listeners.push(l);
+        }
+        if let Some(p) = &self.passwords {
+            config.auth.password_file = Some(p.clone());
         }
     }
 }
@@ -432,9 +482,13 @@ pub(super) fn parse_error(origin: &str, message: String) -> ConfigError {
     }
 }
 
-pub(super) fn invalid(key: &'static str, value: String, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(
+    key: impl Into<String>,
+    value: String,
+    reason: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         value,
         reason: reason.into(),
     }

@@ -57,6 +57,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[cluster]`: this node's identity in the cluster and how it reaches its peers.
     pub cluster: ClusterSettings,
+    /// `[auth]`: password file (and, later, token keys and policies).
+    pub auth: AuthConfig,
+    /// `[[listeners]]`: MQTT listeners beside `mqtt.listen` (TLS, WebSocket, more TCP).
+    pub listeners: Vec<ListenerConfig>,
 }
 
 /// `[cluster]`: Raft membership and inter-node traffic (docs/rfcs/0002). A node with no seeds
@@ -187,9 +191,11 @@ pub struct MqttConfig {
     /// node without configuration is reachable only from the local machine; set `0.0.0.0:1883`
     /// to serve the network.
     pub listen: SocketAddr,
-    /// Whether clients may connect without credentials. Default true, because authentication
-    /// is not implemented yet; when it is, a client refused here gets CONNACK 0x87 Not
-    /// authorized (v5) / 0x05 (v3.1.1).
+    /// Whether clients may connect without credentials (no username, no client certificate)
+    /// on `mqtt.listen` and on every `[[listeners]]` entry that does not set its own. A client
+    /// refused for it gets CONNACK 0x87 Not authorized (v5) / 0x05 (v3.1.1). Default true, for
+    /// trying Roost out on loopback: the node logs a warning per listener that allows it. The
+    /// sample production config (deploy/roost.toml) sets false. docs/security.md.
     pub allow_anonymous: bool,
     /// Most concurrent client connections on this node. Bounds file descriptors and
     /// per-connection memory; a client beyond it gets CONNACK 0x97 Quota exceeded (v5) or
@@ -313,7 +319,6 @@ impl MqttConfig {
     /// What the node offers its clients, for the core's CONNECT negotiation and packet checks.
     pub(crate) fn server_policy(&self) -> roost_core::connect::ServerPolicy {
         roost_core::connect::ServerPolicy {
-            allow_anonymous: self.allow_anonymous,
             max_client_id_length: self.max_client_id_length,
             max_qos: roost_codec::QoS::from_u8(self.max_qos)
                 .unwrap_or(roost_codec::QoS::ExactlyOnce),
@@ -547,6 +552,21 @@ pub struct CliOverrides {
     pub cluster: Option<SocketAddr>,
     /// Replaces `cluster.seeds` when not empty.
     pub seeds: Vec<String>,
+    /// Adds a TLS listener (`--mqtts`) with the `--tls-*` files.
+    pub mqtts: Option<SocketAddr>,
+    /// Adds a WebSocket listener (`--ws`), path `/mqtt`.
+    pub ws: Option<SocketAddr>,
+    /// Adds a secure WebSocket listener (`--wss`) with the `--tls-*` files.
+    pub wss: Option<SocketAddr>,
+    /// Certificate chain of the listeners added by `--mqtts` and `--wss`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the listeners added by `--mqtts` and `--wss`.
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates on the listeners added by `--mqtts` and `--wss`
+    /// (certificates are then required).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Overrides `auth.password_file`.
+    pub passwords: Option<PathBuf>,
 }
 
 /// Why a configuration could not be loaded. Each variant displays as one line, suitable to
@@ -574,8 +594,8 @@ pub enum ConfigError {
     /// A value has the right type but is outside its bounds.
     #[error("invalid config: {key} = {value}: {reason}")]
     Invalid {
-        /// The dotted key, e.g. `mqtt.max_packet_size`.
-        key: &'static str,
+        /// The dotted key, e.g. `mqtt.max_packet_size` or `listeners[0].cert`.
+        key: String,
         /// The bad value, written as in TOML (strings quoted).
         value: String,
         /// The bound it breaks.
@@ -583,8 +603,11 @@ pub enum ConfigError {
     },
 }
 
+mod listeners;
 mod load;
 #[cfg(test)]
 mod tests;
 
+pub use listeners::{AuthConfig, CertIdentity, ClientAuthMode, ListenerConfig, ListenerKind};
+use load::invalid;
 pub(crate) use load::validate_log_level;

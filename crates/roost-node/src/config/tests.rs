@@ -59,7 +59,13 @@ fn sample_parses_and_validates() {
         "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(config.node.data_dir, PathBuf::from("/var/lib/roost"));
-    assert!(config.mqtt.allow_anonymous);
+    assert!(!config.mqtt.allow_anonymous);
+    let kinds: Vec<_> = config.listeners.iter().map(|l| l.kind).collect();
+    assert_eq!(
+        kinds,
+        [ListenerKind::Tls, ListenerKind::Wss, ListenerKind::Ws],
+        "the sample shows every listener kind beside mqtt.listen"
+    );
 }
 
 #[test]
@@ -68,10 +74,31 @@ fn sample_sets_every_key() {
     let mut full = Config::default();
     full.mqtt.server_keep_alive = Some(60);
     full.http.token_file = Some(PathBuf::from("/etc/roost/admin-token"));
+    full.auth.password_file = Some(PathBuf::from("/etc/roost/passwords"));
     let table: toml::Table = toml::from_str(&full.to_toml_string()).unwrap();
+    // Listener keys: every key a listener can have must be documented.
+    let mut listener = ListenerConfig::new(ListenerKind::Tls, "0.0.0.0:8883".parse().unwrap());
+    listener.name = Some("x".into());
+    listener.cert = Some("c".into());
+    listener.key = Some("k".into());
+    listener.client_ca = Some("ca".into());
+    listener.client_auth = Some(ClientAuthMode::Required);
+    listener.allow_anonymous = Some(false);
+    listener.max_connections = Some(1);
+    let lt: toml::Table = toml::from_str(&toml::to_string(&listener).unwrap()).unwrap();
+    assert!(SAMPLE.contains("[[listeners]]"));
+    for key in lt.keys() {
+        assert!(
+            SAMPLE.contains(&format!("\n{key} =")) || SAMPLE.contains(&format!("#   {key} ")),
+            "sample does not document listeners.{key}"
+        );
+    }
     for (section, entries) in &table {
+        let Some(entries) = entries.as_table() else {
+            continue; // [[listeners]], above
+        };
         assert!(SAMPLE.contains(&format!("[{section}]")), "[{section}]");
-        for key in entries.as_table().unwrap().keys() {
+        for key in entries.keys() {
             assert!(
                 SAMPLE.contains(&format!("\n{key} =")) || SAMPLE.contains(&format!("# {key} =")),
                 "sample does not document {section}.{key}"
@@ -671,4 +698,79 @@ fn item23_token_compare() {
     let mut flipped = TOKEN.as_bytes().to_vec();
     flipped[0] ^= 1;
     assert!(!t.matches(&flipped));
+}
+
+#[test]
+fn listener_errors_name_the_entry_and_key() {
+    for (toml, key) in [
+        (
+            "[[listeners]]\nkind = \"tls\"\nlisten = \"127.0.0.1:8883\"\nkey = \"k\"\n",
+            "listeners[0].cert",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\ncert = \"c\"\n",
+            "listeners[0].cert",
+        ),
+        (
+            "[[listeners]]\nkind = \"tls\"\nlisten = \"127.0.0.1:8883\"\ncert = \"c\"\nkey = \"k\"\nclient_auth = \"optional\"\n",
+            "listeners[0].client_auth",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:1883\"\n",
+            "listeners[0].listen",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\n[[listeners]]\nkind = \"ws\"\nlisten = \"0.0.0.0:8083\"\n",
+            "listeners[1].listen",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\nname = \"a\"\n[[listeners]]\nkind = \"tcp\"\nlisten = \"127.0.0.1:8084\"\nname = \"a\"\n",
+            "listeners[1].name",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\npath = \"mqtt\"\n",
+            "listeners[0].path",
+        ),
+        (
+            "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\nhandshake_timeout_secs = 0\n",
+            "listeners[0].handshake_timeout_secs",
+        ),
+    ] {
+        let e = Config::from_toml_str(toml).unwrap_err();
+        match &e {
+            ConfigError::Invalid { key: k, .. } => assert_eq!(k, key, "{toml}"),
+            other => panic!("{toml}: {other}"),
+        }
+    }
+    // A misspelled key in a listener is named too.
+    let e = Config::from_toml_str(
+        "[[listeners]]\nkind = \"ws\"\nlisten = \"127.0.0.1:8083\"\npaht = \"/mqtt\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("paht"), "{e}");
+}
+
+#[test]
+fn listener_flags_add_listeners_with_the_tls_files() {
+    let cli = CliOverrides {
+        mqtts: Some("127.0.0.1:8883".parse().unwrap()),
+        ws: Some("127.0.0.1:8083".parse().unwrap()),
+        tls_cert: Some("/c.pem".into()),
+        tls_key: Some("/k.pem".into()),
+        tls_client_ca: Some("/ca.pem".into()),
+        passwords: Some("/pw".into()),
+        ..CliOverrides::default()
+    };
+    let config = Config::load(None, env(&[]), &cli).unwrap();
+    assert_eq!(config.listeners.len(), 2);
+    let tls = &config.listeners[0];
+    assert_eq!(tls.kind, ListenerKind::Tls);
+    assert_eq!(tls.cert.as_deref(), Some(Path::new("/c.pem")));
+    assert_eq!(tls.client_auth_mode(), ClientAuthMode::Required);
+    let ws = &config.listeners[1];
+    assert_eq!(
+        (ws.kind, ws.path.as_str(), ws.cert.is_none()),
+        (ListenerKind::Ws, "/mqtt", true)
+    );
+    assert_eq!(config.auth.password_file.as_deref(), Some(Path::new("/pw")));
 }

@@ -1,0 +1,372 @@
+"""Transports and identity (issue 9): TLS and mutual TLS with the Mosquitto clients and paho,
+WebSocket and secure WebSocket with paho, client certificates as identity, password files
+written by `roost passwd`, anonymous access per listener, handshake timeouts, certificate and
+password reloads. Certificates are made per test (certs.py), never checked in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from certs import Pki
+from conftest import free_port, roost_bin
+from helpers import V311, V5, wait_until
+
+pytestmark = [
+    pytest.mark.roost_only,
+    pytest.mark.skipif(shutil.which("mosquitto_pub") is None,
+                       reason="mosquitto-clients not installed (scripts/install-test-deps)"),
+]
+
+NOT_AUTHORIZED = 0x87
+BAD_CREDENTIALS = 0x86
+QUOTA_EXCEEDED = 0x97
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return Pki(tmp_path / "pki")
+
+
+def listener_toml(kind: str, port: int, pki: Pki | None = None, **opts) -> str:
+    lines = ["[[listeners]]", f'kind = "{kind}"', f'listen = "127.0.0.1:{port}"',
+             f'name = "{kind}"']
+    if pki is not None:
+        lines += [f'cert = "{pki.server_cert}"', f'key = "{pki.server_key}"']
+    for k, v in opts.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, str):
+            v = json.dumps(v)
+        lines.append(f"{k} = {v}")
+    return "\n".join(lines) + "\n"
+
+
+def mosq(tool: str, port: int, pki: Pki, *args, cert=None, timeout=10):
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "--cafile", str(pki.ca), *args]
+    if cert is not None:
+        cmd += ["--cert", str(cert[0]), "--key", str(cert[1])]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def labelled(broker, name: str) -> dict[str, float]:
+    """{label set: value} of one metric."""
+    status, body = broker.http("GET", "/metrics")
+    assert status == 200
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition(" ")
+            out[labels[len(name):]] = float(value)
+    return out
+
+
+def clients(broker) -> dict[str, dict]:
+    return {c["client_id"]: c for c in broker.get_json("/api/v1/clients")}
+
+
+def test_mosquitto_clients_over_mutual_tls_use_the_certificate_cn(broker_factory, pki):
+    port = free_port()
+    b = broker_factory(extra_toml=listener_toml("tls", port, pki, client_ca=str(pki.ca)))
+    sensor = pki.client("sensor-1")
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "--cafile", str(pki.ca),
+         "--cert", str(sensor[0]), "--key", str(sensor[1]), "-i", "sensor-1", "-t", "devices/#",
+         "-q", "1", "-C", "1", "-W", "10", "-v"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: "sensor-1" in clients(b), 5, what="sensor-1 connected")
+    info = clients(b)["sensor-1"]
+    assert info["username"] == "sensor-1"
+    assert info["auth"] == "certificate"
+    assert info["transport"] == "tls"
+    time.sleep(0.3)  # its SUBSCRIBE follows the CONNACK
+    pub = mosq("mosquitto_pub", port, pki, "-t", "devices/sensor-1", "-m", "over-tls", "-q", "1",
+               cert=pki.client("gateway"))
+    assert pub.returncode == 0, pub.stderr
+    out, err = sub.communicate(timeout=10)
+    assert out.strip() == "devices/sensor-1 over-tls", err
+
+
+def test_client_certificates_that_do_not_verify_are_refused(broker_factory, pki, tmp_path):
+    port = free_port()
+    b = broker_factory(extra_toml=listener_toml("tls", port, pki, client_ca=str(pki.ca)))
+    rogue = Pki(tmp_path / "rogue", name="Not The Roost CA").client("rogue")
+    expired = pki.client("old", expired=True)
+    for cert in (None, rogue, expired):
+        r = mosq("mosquitto_pub", port, pki, "-t", "x", "-m", "no", "-q", "1", cert=cert)
+        assert r.returncode != 0, f"{cert}: {r.stdout} {r.stderr}"
+    failed = labelled(b, "roost_mqtt_handshake_failed_total")
+    assert sum(failed.values()) == 3, failed
+    # The listener still serves a client with a good certificate.
+    ok = mosq("mosquitto_pub", port, pki, "-t", "x", "-m", "yes", "-q", "1",
+              cert=pki.client("good"))
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_the_certificate_cn_must_be_the_client_id_when_required(broker_factory, pki, version):
+    port = free_port()
+    b = broker_factory(extra_toml=listener_toml(
+        "tls", port, pki, client_ca=str(pki.ca), require_client_id_match=True))
+    cert, key = pki.client("thing-7")
+    tls = {"ca": pki.ca, "cert": cert, "key": key}
+    good = b.client("thing-7", version, port=port, tls=tls)
+    good.subscribe("t", 1)
+    bad = b.client("thing-8", version, port=port, tls=tls, expect_rc=None)
+    # paho maps the 3.1.1 return code 5 to 135 (Not authorized) as well.
+    assert bad.connack_rc == NOT_AUTHORIZED
+    assert clients(b)["thing-7"]["username"] == "thing-7"
+
+
+def test_paho_over_tls_websocket_and_secure_websocket(broker_factory, pki):
+    tls_port, ws_port, wss_port = free_port(), free_port(), free_port()
+    b = broker_factory(extra_toml=listener_toml("tls", tls_port, pki)
+                       + listener_toml("ws", ws_port)
+                       + listener_toml("wss", wss_port, pki))
+    ca = {"ca": pki.ca}
+    subs = {
+        "tcp": b.client("s-tcp", V5),
+        "tls": b.client("s-tls", V311, port=tls_port, tls=ca),
+        "ws": b.client("s-ws", V5, port=ws_port, transport="websockets"),
+        "wss": b.client("s-wss", V311, port=wss_port, transport="websockets", tls=ca),
+    }
+    for s in subs.values():
+        assert s.subscribe("fan/#", 1) == [1]
+    pubs = {
+        "tls": b.client("p-tls", V5, port=tls_port, tls=ca),
+        "ws": b.client("p-ws", V311, port=ws_port, transport="websockets"),
+        "wss": b.client("p-wss", V5, port=wss_port, transport="websockets", tls=ca),
+    }
+    # 200 kB spans many TLS records and WebSocket frames each way.
+    big = bytes(range(256)) * 800
+    for name, p in pubs.items():
+        assert p.publish(f"fan/{name}", big, qos=1) == 0
+    for name, s in subs.items():
+        got = {m.topic: m.payload for m in s.get_n(3, timeout=10)}
+        assert got == {f"fan/{n}": big for n in pubs}, name
+    info = clients(b)
+    assert {info[f"s-{k}"]["transport"] for k in subs} == {"tcp", "tls", "ws", "wss"}
+
+
+def test_a_handshake_that_never_completes_is_dropped(broker_factory, pki):
+    tls_port, ws_port = free_port(), free_port()
+    b = broker_factory(extra_toml=listener_toml("tls", tls_port, pki, handshake_timeout_secs=1)
+                       + listener_toml("ws", ws_port, handshake_timeout_secs=1))
+    silent = socket.create_connection(("127.0.0.1", tls_port))
+    half = socket.create_connection(("127.0.0.1", ws_port))
+    half.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    started = time.monotonic()
+    # Meanwhile the node serves others on the same listeners.
+    c = b.client("busy", V5, port=tls_port, tls={"ca": pki.ca})
+    assert c.publish("t", b"x", qos=1) in (0, 0x10)  # 0x10: no matching subscribers
+    for s in (silent, half):
+        s.settimeout(5)
+        assert s.recv(1024) == b"", "the node should close a stalled handshake"
+        s.close()
+    assert time.monotonic() - started < 4
+    failed = labelled(b, "roost_mqtt_handshake_failed_total")
+    assert failed.get('{listener="tls",reason="timeout"}') == 1, failed
+    assert failed.get('{listener="ws",reason="timeout"}') == 1, failed
+
+
+def server_cn(port: int, ca) -> str:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            subject = dict(x[0] for x in s.getpeercert()["subject"])
+            return subject["commonName"]
+
+
+def test_certificates_reload_on_sighup_and_through_the_admin_api(broker_factory, pki):
+    port = free_port()
+    b = broker_factory(extra_toml=listener_toml("tls", port, pki))
+    kept = b.client("kept", V5, port=port, tls={"ca": pki.ca})
+    assert server_cn(port, pki.ca) == "roost-test-server"
+    pki.reissue_server("roost-test-server-2")
+    b.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: server_cn(port, pki.ca) == "roost-test-server-2", 5,
+               what="the new certificate served")
+    # A broken file is refused and the old certificate stays in use.
+    pki.server_key.write_text("not a key\n")
+    status, body = b.http("POST", "/api/v1/reload")
+    assert status == 500, body
+    assert json.loads(body)[0]["reloaded"] is False
+    assert server_cn(port, pki.ca) == "roost-test-server-2"
+    # Open connections were not touched.
+    assert kept.publish("t", b"still here", qos=1) in (0, 0x10)
+
+
+def passwd(path, user: str, password: str, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([str(roost_bin()), "passwd", *extra, str(path), user],
+                          input=password + "\n", capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_password_file_written_by_roost_passwd(broker_factory, tmp_path, version):
+    pw = tmp_path / "passwords"
+    assert passwd(pw, "alice", "correct horse").returncode == 0
+    assert passwd(pw, "bob", "battery staple").returncode == 0
+    assert "correct horse" not in pw.read_text()
+    b = broker_factory(extra_toml=f'[auth]\npassword_file = "{pw}"\n')
+    ok = b.client("a1", version, username="alice", password="correct horse")
+    assert clients(b)["a1"]["auth"] == "password"
+    wrong = b.client("a2", version, username="alice", password="wrong", expect_rc=None)
+    # paho reports the 3.1.1 return code 4 as 134 too.
+    assert wrong.connack_rc == BAD_CREDENTIALS
+    nopass = b.client("a3", version, username="bob", expect_rc=None)
+    assert nopass.connack_rc == BAD_CREDENTIALS
+    # Change bob's password; the node picks it up on SIGHUP.
+    assert passwd(pw, "bob", "new one").returncode == 0
+    b.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: b.client("b1", version, username="bob", password="new one",
+                                expect_rc=None).connack_rc == 0, 5, what="bob's new password")
+    old = b.client("b2", version, username="bob", password="battery staple", expect_rc=None)
+    assert old.connack_rc == BAD_CREDENTIALS
+    ok.publish("t", b"x", qos=1)
+
+
+def test_mosquitto_pub_with_a_password_and_anonymous_access_per_listener(broker_factory, tmp_path):
+    pw = tmp_path / "passwords"
+    assert passwd(pw, "dev", "s3cret").returncode == 0
+    ws_port = free_port()
+    b = broker_factory(allow_anonymous=False, extra_toml=(
+        f'[auth]\npassword_file = "{pw}"\n'
+        + listener_toml("ws", ws_port, allow_anonymous=True, max_connections=1)))
+    base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(b.port), "-t", "t", "-m", "m",
+            "-q", "1", "-V", "mqttv5"]
+    assert subprocess.run(base + ["-u", "dev", "-P", "s3cret"], capture_output=True,
+                          timeout=10).returncode == 0
+    anon = subprocess.run(base, capture_output=True, text=True, timeout=10)
+    assert anon.returncode != 0
+    assert "not authorised" in (anon.stderr + anon.stdout).lower() or \
+        "not authorized" in (anon.stderr + anon.stdout).lower(), anon
+    # Anonymous is allowed on the WebSocket listener only, and it takes one connection.
+    first = b.client("anon-ws", V5, port=ws_port, transport="websockets")
+    second = b.client("anon-ws-2", V5, port=ws_port, transport="websockets", expect_rc=None)
+    assert second.connack_rc == QUOTA_EXCEEDED
+    tcp = b.client("anon-tcp", V5, expect_rc=None)
+    assert tcp.connack_rc == NOT_AUTHORIZED
+    first.publish("t", b"x", qos=1)
+    rejected = labelled(b, "roost_mqtt_connections_rejected_total")
+    assert rejected.get('{reason="not_authorized"}', 0) >= 2, rejected
+    assert rejected.get('{reason="listener_quota"}') == 1, rejected
+
+
+def test_bad_listener_settings_name_the_key(tmp_path, pki):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[listeners]]\nkind = "tls"\nlisten = "127.0.0.1:18883"\n')
+    r = subprocess.run([str(roost_bin()), "check-config", str(cfg)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 64
+    assert "listeners[0].cert" in r.stderr, r.stderr
+    # A certificate file that does not exist stops the start with the listener named.
+    missing = tmp_path / "nope.pem"
+    r = subprocess.run([str(roost_bin()), "serve", "--data-dir", str(tmp_path / "d"),
+                        "--mqtt", f"127.0.0.1:{free_port()}", "--http",
+                        f"127.0.0.1:{free_port()}", "--cluster", f"127.0.0.1:{free_port()}",
+                        "--mqtts", f"127.0.0.1:{free_port()}", "--tls-cert", str(missing),
+                        "--tls-key", str(pki.server_key)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 64, r.stderr
+    assert "listeners[0]" in r.stderr and "nope.pem" in r.stderr, r.stderr
+    # --tls-cert without a listener to use it is a usage error.
+    r = subprocess.run([str(roost_bin()), "serve", "--tls-cert", str(pki.server_cert)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 64, r.stderr
+    assert "--mqtts" in r.stderr
+
+
+POLICIES = {
+    "policies": {
+        "device": {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "mqtt:Connect", "Resource": "client/${username}-*"},
+            {"Effect": "Allow", "Action": "mqtt:Publish",
+             "Resource": "topic/devices/${username}/*"},
+            {"Effect": "Allow", "Action": "mqtt:Subscribe",
+             "Resource": "topicfilter/devices/${username}/*"},
+            {"Effect": "Deny", "Action": "mqtt:Publish", "Resource": "topic/devices/*/secret"},
+        ]},
+        "ops": {"Statement": [{"Effect": "Allow", "Action": "mqtt:*", "Resource": "*"}]},
+    },
+    "attach": {"users": {"ops": ["ops"]}, "all": ["device"]},
+}
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_policies_decide_connect_subscribe_and_publish_and_change_at_run_time(
+        broker_factory, tmp_path, version):
+    pw = tmp_path / "passwords"
+    for user in ("alice", "ops"):
+        assert passwd(pw, user, f"{user}-pw").returncode == 0
+    policy_file = tmp_path / "policies.json"
+    policy_file.write_text(json.dumps(POLICIES))
+    b = broker_factory(allow_anonymous=False, extra_toml=(
+        f'[auth]\npassword_file = "{pw}"\npolicy_file = "{policy_file}"\n'))
+    v5 = version == V5
+    denied_ack = NOT_AUTHORIZED if v5 else 0  # 3.1.1: acknowledged as usual, then dropped
+
+    ops = b.client("ops-1", version, username="ops", password="ops-pw")
+    assert ops.subscribe("#", 1) == [1]
+    # Connect: the client id must start with the username.
+    wrong_id = b.client("bob-1", version, username="alice", password="alice-pw", expect_rc=None)
+    assert wrong_id.connack_rc == NOT_AUTHORIZED
+    alice = b.client("alice-1", version, username="alice", password="alice-pw")
+    # Subscribe: own subtree only (3.1.1 SUBACK says 0x80).
+    assert alice.subscribe("devices/alice/#", 1) == [1]
+    assert alice.subscribe("devices/bob/#", 1) == [NOT_AUTHORIZED if v5 else 0x80]
+    # Publish: own subtree, except what the explicit Deny covers.
+    assert alice.publish("devices/alice/temp", b"21", qos=1) == 0
+    assert alice.publish("devices/bob/temp", b"22", qos=1) == denied_ack
+    assert alice.publish("devices/alice/secret", b"23", qos=1) == denied_ack
+    # Retaining needs mqtt:Retain, which nobody but ops has.
+    assert alice.publish("devices/alice/state", b"on", qos=1, retain=True) == denied_ack
+    got = [(m.topic, m.payload) for m in ops.get_n(1)]
+    assert got == [("devices/alice/temp", b"21")]
+    ops.expect_nothing(0.5)
+    dropped = labelled(b, "roost_mqtt_publish_dropped_total")
+    assert dropped.get('{reason="not_authorized"}') == 3, dropped
+    status, body = b.http("GET", "/api/v1/policies")
+    assert status == 200
+    assert json.loads(body)["version"] >= 1  # the file, replicated
+
+    # A change through the admin API applies to connected clients without reconnecting.
+    changed = json.loads(json.dumps(POLICIES))
+    changed["policies"]["device"]["Statement"].append(
+        {"Effect": "Allow", "Action": "mqtt:Retain", "Resource": "topic/devices/${username}/*"})
+    status, body = b.http("PUT", "/api/v1/policies", changed)
+    assert status == 200, body
+    assert alice.publish("devices/alice/state", b"on", qos=1, retain=True) == 0
+    assert [(m.topic, m.payload) for m in ops.get_n(1)] == [("devices/alice/state", b"on")]
+    # An invalid document is refused, naming the statement, and changes nothing.
+    bad = json.loads(json.dumps(changed))
+    bad["policies"]["device"]["Statement"][1]["Action"] = "mqtt:Publsh"
+    status, body = b.http("PUT", "/api/v1/policies", bad)
+    assert status == 400
+    assert "Statement[1]" in json.loads(body)["error"], body
+    assert alice.publish("devices/alice/temp", b"24", qos=1) == 0
+    # Removing every policy lets authenticated clients do everything.
+    status, _ = b.http("DELETE", "/api/v1/policies")
+    assert status == 200
+    assert alice.publish("devices/bob/temp", b"25", qos=1) == 0
+
+
+def test_a_policy_file_that_does_not_parse_stops_the_start(tmp_path):
+    bad = tmp_path / "policies.json"
+    bad.write_text('{"policies": {"p": {"Statement": [{"Effect": "Maybe", "Action": "*", '
+                   '"Resource": "*"}]}}}')
+    cfg = tmp_path / "roost.toml"
+    cfg.write_text(f'[auth]\npolicy_file = "{bad}"\n')
+    r = subprocess.run([str(roost_bin()), "serve", "--config", str(cfg), "--data-dir",
+                        str(tmp_path / "d"), "--mqtt", f"127.0.0.1:{free_port()}",
+                        "--http", f"127.0.0.1:{free_port()}",
+                        "--cluster", f"127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 64, r.stderr
+    assert "auth.policy_file" in r.stderr and "Statement[0]" in r.stderr, r.stderr
