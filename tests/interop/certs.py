@@ -100,6 +100,29 @@ class Pki:
         return (_write_cert(cert, self.dir / f"{stem}.pem"),
                 _write_key(key, self.dir / f"{stem}.key"))
 
+    def node(self, node_id: int):
+        """A cluster node's certificate: DNS name roost-node-<id>, server and client use."""
+        key = _key()
+        now = dt.datetime.now(dt.timezone.utc)
+        name = f"roost-node-{node_id}"
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        return (_write_cert(cert, self.dir / f"{name}.pem"),
+                _write_key(key, self.dir / f"{name}.key"))
+
     def client(self, cn: str, *, expired: bool = False, sans: list[str] | None = None):
         """A client certificate and key for `cn`, signed by this CA."""
         return self._issue(cn, expired=expired, sans=sans)

@@ -40,7 +40,8 @@ NODE_KEYS = {"sys_interval_secs"}
 MQTT_KEYS = {
     "max_queued_messages", "queue_drop", "topic_alias_maximum", "receive_maximum",
     "max_inflight", "max_packet_size", "server_keep_alive", "max_connections",
-    "max_session_expiry_interval", "allow_anonymous",
+    "max_session_expiry_interval", "allow_anonymous", "max_publish_rate",
+    "max_publish_bytes_rate", "rate_burst_secs",
 }
 
 _brokers_key = pytest.StashKey[list]()

@@ -292,6 +292,9 @@ POLICIES = {
             {"Effect": "Allow", "Action": "mqtt:Subscribe",
              "Resource": "topicfilter/devices/${username}/*"},
             {"Effect": "Deny", "Action": "mqtt:Publish", "Resource": "topic/devices/*/secret"},
+            {"Effect": "Allow", "Action": "mqtt:Subscribe", "Resource": "topicfilter/fleet/#"},
+            {"Effect": "Allow", "Action": "mqtt:Receive",
+             "Resource": ["topic/fleet/public/*", "topic/devices/${username}/*"]},
         ]},
         "ops": {"Statement": [{"Effect": "Allow", "Action": "mqtt:*", "Resource": "*"}]},
     },
@@ -330,11 +333,25 @@ def test_policies_decide_connect_subscribe_and_publish_and_change_at_run_time(
     got = [(m.topic, m.payload) for m in ops.get_n(1)]
     assert got == [("devices/alice/temp", b"21")]
     ops.expect_nothing(0.5)
+    assert [m.topic for m in alice.get_n(1)] == ["devices/alice/temp"]  # its own, allowed
     dropped = labelled(b, "roost_mqtt_publish_dropped_total")
     assert dropped.get('{reason="not_authorized"}') == 3, dropped
     status, body = b.http("GET", "/api/v1/policies")
     assert status == 200
     assert json.loads(body)["version"] >= 1  # the file, replicated
+
+    # Receive: a subscription may match more than the client may receive; retained messages
+    # on subscribe are filtered the same way.
+    assert ops.publish("fleet/private/cfg", b"r", qos=1, retain=True) in (0, 0x10)
+    assert alice.subscribe("fleet/#", 1) == [1]
+    for topic in ("fleet/public/news", "fleet/private/keys", "fleet/public/more"):
+        assert ops.publish(topic, topic.encode(), qos=1) == 0
+    got = [m.topic for m in alice.get_n(2)]
+    assert got == ["fleet/public/news", "fleet/public/more"], got
+    alice.expect_nothing(0.5)
+    ops.get_n(4)  # its own: the retained one and the three
+    denied = b.metrics().get("roost_mqtt_receive_denied_total", 0)
+    assert denied == 2, denied  # the retained one and the private one
 
     # A change through the admin API applies to connected clients without reconnecting.
     changed = json.loads(json.dumps(POLICIES))
@@ -370,3 +387,177 @@ def test_a_policy_file_that_does_not_parse_stops_the_start(tmp_path):
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 64, r.stderr
     assert "auth.policy_file" in r.stderr and "Statement[0]" in r.stderr, r.stderr
+
+
+MESSAGE_RATE_TOO_HIGH = 0x96
+CONNECTION_RATE_EXCEEDED = 0x9F
+
+
+@pytest.mark.parametrize("limit", ["messages", "bytes"])
+def test_a_publisher_over_its_rate_is_disconnected_with_0x96(broker_factory, limit):
+    settings = {"max_publish_rate": 5} if limit == "messages" else {
+        "max_publish_bytes_rate": 1000}
+    b = broker_factory(rate_burst_secs=1, **settings)
+    sub = b.client("rate-sub", V5)
+    sub.subscribe("r/#", 1)
+    fast = b.client("fast", V5)
+    payload = b"x" * (10 if limit == "messages" else 400)
+    for i in range(20):
+        if fast.disconnected.is_set():
+            break
+        fast.publish(f"r/{i}", payload, qos=1, wait=False)
+        time.sleep(0.01)
+    wait_until(fast.disconnected.is_set, 5, what="the fast publisher disconnected")
+    assert fast.disconnect_rc == MESSAGE_RATE_TOO_HIGH
+    got = sub.get_n(1)
+    while True:
+        try:
+            got.append(sub.get(timeout=0.5))
+        except AssertionError:
+            break
+    acked = len(got)
+    # Within the burst: 5 messages, or 1000 bytes (two 400-byte payloads), plus what the
+    # bucket refilled meanwhile if the machine was slow; never the rest.
+    low, high = (5, 7) if limit == "messages" else (2, 3)
+    assert low <= acked <= high, [m.topic for m in got]
+    limited = labelled(b, "roost_mqtt_rate_limited_total")
+    assert limited == {f'{{limit="{limit}"}}': 1.0}, limited
+    # A publisher within the rate is not touched.
+    slow = b.client("slow", V5)
+    assert slow.publish("r/slow", b"ok", qos=1) == 0
+
+
+def test_a_listener_over_its_connect_rate_answers_0x9f(broker_factory):
+    ws_port = free_port()
+    b = broker_factory(rate_burst_secs=1, extra_toml=listener_toml(
+        "ws", ws_port, max_connect_rate=2))
+    first = [b.client(f"c{i}", V5, port=ws_port, transport="websockets") for i in range(2)]
+    third = b.client("c3", V5, port=ws_port, transport="websockets", expect_rc=None)
+    assert third.connack_rc == CONNECTION_RATE_EXCEEDED
+    # Other listeners are not affected, and the bucket refills.
+    b.client("tcp", V5)
+    time.sleep(1.1)
+    b.client("c4", V5, port=ws_port, transport="websockets")
+    rejected = labelled(b, "roost_mqtt_connections_rejected_total")
+    assert rejected.get('{reason="connect_rate"}') == 1, rejected
+    assert all(c.connack_rc == 0 for c in first)
+
+
+def test_json_web_tokens_as_passwords_and_their_expiry(broker_factory, tmp_path):
+    import jwt as pyjwt
+
+    secret = b"a-test-secret-of-at-least-32-bytes!"
+    (tmp_path / "jwt-secret").write_bytes(secret + b"\n")
+    b = broker_factory(allow_anonymous=False, extra_toml=(
+        f'[auth]\njwt_key_file = "{tmp_path / "jwt-secret"}"\njwt_audience = "roost"\n'))
+
+    def token(**claims):
+        claims.setdefault("aud", "roost")
+        claims.setdefault("exp", int(time.time()) + 600)
+        return pyjwt.encode(claims, secret, algorithm="HS256")
+
+    # The CONNECT's username is ignored (SDKs send placeholders): the claim names the client.
+    ok = b.client("t1", V5, username="unused", password=token(sub="device-9"))
+    info = clients(b)["t1"]
+    assert (info["username"], info["auth"]) == ("device-9", "token")
+    for bad in (pyjwt.encode({"sub": "x", "aud": "roost", "exp": int(time.time()) + 600},
+                             b"some-other-secret-of-32-bytes-or-more", algorithm="HS256"),
+                token(sub="x", exp=int(time.time()) - 60),
+                token(sub="x", aud="elsewhere")):
+        r = b.client("t2", V5, username="x", password=bad, expect_rc=None)
+        assert r.connack_rc == BAD_CREDENTIALS
+    # A token that expires in 2 s: connected now, disconnected (0x87) when it expires.
+    short = b.client("t3", V311, username="device-3",
+                     password=token(sub="device-3", exp=int(time.time()) + 2))
+    v5short = b.client("t4", V5, username="device-4",
+                       password=token(sub="device-4", exp=int(time.time()) + 2))
+    wait_until(lambda: short.disconnected.is_set() and v5short.disconnected.is_set(), 8,
+               what="expired tokens disconnected")
+    assert v5short.disconnect_rc == NOT_AUTHORIZED
+    assert ok.connected.is_set()
+    rejected = labelled(b, "roost_mqtt_connections_rejected_total")
+    assert rejected.get('{reason="bad_token"}') == 3, rejected
+    disconnects = labelled(b, "roost_mqtt_disconnects_total")
+    assert disconnects.get('{reason="credentials_expired"}') == 2, disconnects
+
+
+def test_proxy_protocol_headers_carry_the_client_address(broker_factory):
+    from helpers import connect_packet
+
+    port = free_port()
+    b = broker_factory(extra_toml=listener_toml("tcp", port, proxy_protocol=True))
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"PROXY TCP4 203.0.113.9 127.0.0.1 5555 {port}\r\n".encode()
+              + connect_packet("behind-lb", 4))
+    s.settimeout(5)
+    assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+    assert clients(b)["behind-lb"]["peer"] == "203.0.113.9:5555"
+    # Without the header: refused before any MQTT, counted.
+    direct = socket.create_connection(("127.0.0.1", port))
+    direct.sendall(connect_packet("direct", 4))
+    direct.settimeout(5)
+    try:
+        # Closed unread: an RST rather than a FIN is as good.
+        assert direct.recv(16) == b""
+    except ConnectionResetError:
+        pass
+    failed = labelled(b, "roost_mqtt_handshake_failed_total")
+    assert failed.get('{listener="tcp",reason="proxy"}') == 1, failed
+    s.close()
+
+
+def cluster_handshake(port: int, pki: Pki, identity) -> str:
+    """A TLS handshake with a node's cluster port as a would-be peer: "accepted" when the
+    connection stays open (the server waits for HTTP/2), "refused" when the server ends it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki.ca))
+    ctx.set_alpn_protocols(["h2"])
+    if identity is not None:
+        ctx.load_cert_chain(str(identity[0]), str(identity[1]))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s = ctx.wrap_socket(raw, server_hostname="roost-node-1")
+        s.settimeout(1.0)
+        try:
+            data = s.recv(1)
+        except socket.timeout:
+            return "accepted"
+        # TLS 1.3: the server's verdict on our certificate arrives after our handshake.
+        return "refused" if data == b"" else "accepted"
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return "refused"
+    finally:
+        raw.close()
+
+
+@pytest.mark.cluster
+def test_a_cluster_over_mutual_tls_and_a_node_without_a_certificate(tmp_path, request):
+    from cluster import Cluster, Node, attach_logs
+
+    pki = Pki(tmp_path / "cluster-pki", name="Roost Cluster CA")
+
+    def placement(node):
+        cert, key = pki.node(node.node_id)
+        node.config = {"cluster": {"heartbeat_ms": 50, "election_timeout_ms": 300,
+                                   "tls_cert": str(cert), "tls_key": str(key),
+                                   "tls_ca": str(pki.ca)}}
+
+    cluster = Cluster(3, tmp_path / "c", placement=placement, start=False)
+    attach_logs(request, cluster)
+    try:
+        cluster.start()
+        a, b, c = cluster.nodes
+        sub = c.client("tls-sub")
+        sub.subscribe("mtls/#", 1)
+        time.sleep(0.5)  # the route commits before the SUBACK; give peers a moment to apply
+        pub = a.client("tls-pub")
+        assert pub.publish("mtls/x", b"across nodes", qos=1) == 0
+        assert sub.get().payload == b"across nodes"
+        # The cluster port refuses a peer without a certificate from the cluster CA (and
+        # accepts one with a member's certificate), in the TLS handshake.
+        rogue = Pki(tmp_path / "rogue-pki", name="Rogue CA").node(9)
+        assert cluster_handshake(a.cluster_port, pki, pki.node(2)) == "accepted"
+        assert cluster_handshake(a.cluster_port, pki, rogue) == "refused"
+        assert cluster_handshake(a.cluster_port, pki, None) == "refused"
+    finally:
+        cluster.close()

@@ -28,6 +28,10 @@
 //! election timer is off) and a watcher that keeps the member count current; each
 //! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
 //! through the `stop` watch, and the watcher when Raft's metrics channel closes.
+//!
+//! With `ClusterConfig::tls` the gRPC server requires a client certificate from the cluster
+//! CA and every channel to a peer is mutual TLS (`crate::tls`); each handler that names the
+//! calling node checks it against the certificate (`network::RaftService`, `service`).
 
 mod dedup;
 mod forwarder;
@@ -42,9 +46,10 @@ use crate::election::{Election, ElectionTiming};
 use crate::error::{ClusterError, Refusal, StartError};
 use crate::limits::{WireLimits, SNAPSHOT_CHUNK};
 use crate::metrics::ClusterStats;
-use crate::network::{channel, RaftNet, RaftService};
+use crate::network::{Dialer, RaftNet, RaftService};
 use crate::state::{ClusterState, Event};
 use crate::store::{self, StateHooks};
+use crate::tls::{ClusterTls, PeerAuth, TlsMaterial};
 use crate::types::{Command, CommandResponse, NodeId, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
@@ -138,6 +143,10 @@ pub struct ClusterConfig {
     /// The session lease (`cluster.session_lease_ms`): a node that has not confirmed with a
     /// quorum within it serves no MQTT client (see `lease`).
     pub session_lease: Duration,
+    /// Mutual TLS between nodes (`crate::tls`). `None`: plaintext, and anyone who reaches
+    /// `listen` can act as a member (keep it on a private network). With it, the files are
+    /// read once at [`Cluster::start`] and every member must use TLS with the same CA.
+    pub tls: Option<ClusterTls>,
 }
 
 /// A boxed future, for [`LocalNode`]'s async method.
@@ -236,14 +245,35 @@ pub struct Cluster {
     election: Arc<Election>,
     /// Whether this node may serve MQTT clients (see `lease`).
     lease: Arc<lease::Lease>,
+    /// Makes the channels to peers (plaintext or mutual TLS).
+    dialer: Dialer,
 }
 
 impl Cluster {
     /// Opens the Raft store, starts the gRPC server, and joins or bootstraps the cluster.
+    ///
+    /// With `cfg.tls`, its files are read and checked first, before the port is bound: one
+    /// that cannot be read or used is a [`StartError::Tls`] naming it.
     pub async fn start(
         mut cfg: ClusterConfig,
         local: Arc<dyn LocalNode>,
     ) -> Result<Arc<Cluster>, StartError> {
+        let tls = match &cfg.tls {
+            Some(files) => Some(Arc::new(TlsMaterial::load(files, cfg.node_id)?)),
+            None => None,
+        };
+        let mut server = tonic::transport::Server::builder();
+        if let (Some(tls), Some(files)) = (&tls, &cfg.tls) {
+            // `load` built this configuration once already: this does not fail in practice.
+            server = server
+                .tls_config(tls.server_config())
+                .map_err(|e| StartError::Tls {
+                    path: files.key.clone(),
+                    reason: crate::tls::chain_text(&e),
+                })?;
+        }
+        let auth = PeerAuth::new(tls.is_some());
+        let dialer = Dialer::new(tls);
         let bind_err = |source| StartError::Bind {
             addr: cfg.listen,
             source,
@@ -280,7 +310,7 @@ impl Cluster {
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
-            RaftNet::new(limits),
+            RaftNet::new(limits, dialer.clone()),
             log,
             sm,
         )
@@ -301,6 +331,7 @@ impl Cluster {
                 max: Duration::from_millis(election * 2),
             },
             limits.raft_grpc(),
+            dialer.clone(),
         ));
         tokio::spawn(Arc::clone(&elector).run(stop_rx.clone()));
         let lease = Arc::new(lease::Lease::new(
@@ -320,6 +351,7 @@ impl Cluster {
             lease: Arc::clone(&lease),
             stats: stats.clone(),
             stop,
+            dialer,
         });
         tokio::spawn(Arc::clone(&lease).renew(Arc::downgrade(&cluster), stop_rx.clone()));
         tokio::spawn(Arc::clone(&lease).watch(stop_rx.clone()));
@@ -332,6 +364,7 @@ impl Cluster {
             dedup: Arc::new(Mutex::new(dedup::Dedup::default())),
             lease,
             stop: stop_rx.clone(),
+            auth: auth.clone(),
         };
         // No Nagle on accepted connections either: forwarded batches, acks and Raft RPCs are
         // small and latency-bound (with Nagle and delayed ACKs a cross-node round trip took
@@ -339,9 +372,9 @@ impl Cluster {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .add_service(
-                    RaftServer::new(RaftService::new(raft, elector))
+                    RaftServer::new(RaftService::new(raft, elector, auth))
                         .max_decoding_message_size(limits.raft_grpc())
                         .max_encoding_message_size(limits.raft_grpc()),
                 )
@@ -682,7 +715,7 @@ impl Cluster {
                 return Some(p.clone());
             }
         }
-        let ch = match channel(&addr) {
+        let ch = match self.dialer.channel(id, &addr) {
             Ok(c) => c,
             Err(e) => {
                 warn!(peer = %id, addr, error = %e, "bad peer address");
@@ -848,7 +881,10 @@ impl Cluster {
             .peer(owner)
             .ok_or_else(|| ClusterError::peer(owner, "not a member"))?;
         let mut client = if fresh {
-            let ch = channel(&peer.addr).map_err(|e| ClusterError::peer(owner, e))?;
+            let ch = self
+                .dialer
+                .channel(owner, &peer.addr)
+                .map_err(|e| ClusterError::peer(owner, e))?;
             self.cluster_client(ch)
         } else {
             peer.client.clone()

@@ -37,7 +37,7 @@
 //! tasks. Both read Raft's state through `Raft::with_raft_state` and the log store; neither
 //! holds a lock across an await.
 
-use crate::network::channel;
+use crate::network::Dialer;
 use crate::store::LogStore;
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::RaftLogStorage;
@@ -204,6 +204,8 @@ pub(crate) struct Election {
     timing: ElectionTiming,
     /// gRPC message limit for the Raft service (`WireLimits::raft_grpc`).
     grpc_limit: usize,
+    /// Makes the channels to peers (plaintext or mutual TLS).
+    dialer: Dialer,
     /// Clients to peers, by id, with the address they were made for.
     clients: Mutex<HashMap<NodeId, (String, RaftClient<Channel>)>>,
     /// When this node last heard from a committed leader: set by the Raft service when openraft
@@ -220,6 +222,7 @@ impl Election {
         log: LogStore,
         timing: ElectionTiming,
         grpc_limit: usize,
+        dialer: Dialer,
     ) -> Election {
         Election {
             me,
@@ -227,6 +230,7 @@ impl Election {
             log: Mutex::new(Some(log)),
             timing,
             grpc_limit,
+            dialer,
             clients: Mutex::new(HashMap::new()),
             contact: Mutex::new(None),
         }
@@ -354,7 +358,7 @@ impl Election {
                 return Some(c.clone());
             }
         }
-        let c = RaftClient::new(channel(addr).ok()?)
+        let c = RaftClient::new(self.dialer.channel(id, addr).ok()?)
             .max_decoding_message_size(self.grpc_limit)
             .max_encoding_message_size(self.grpc_limit);
         clients.insert(id, (addr.to_owned(), c.clone()));

@@ -116,6 +116,16 @@ pub enum StartError {
     /// The Raft timing settings were refused by openraft.
     #[error("invalid raft settings (cluster.heartbeat_ms / election_timeout_ms): {0}")]
     Config(#[from] openraft::ConfigError),
+    /// A file of `ClusterConfig::tls` (certificate, key or CA bundle) could not be
+    /// read, holds no usable PEM, or does not fit the naming convention (this node's
+    /// certificate must carry the DNS name `roost-node-<node_id>`, see [`crate::tls`]).
+    #[error("cluster TLS file {}: {reason}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Raft did not start, or stopped while the cluster was being initialised (a refused
     /// `initialize`, i.e. already initialised, is not an error).
     #[error("raft of node {node} did not start: {source}")]

@@ -16,7 +16,9 @@
 //! - [`error`]: [`ClusterError`] (a refused request vs. a broken node) and [`StartError`].
 //! - [`convert`]: wire (prost) types to ours and back; prost types stop here.
 //! - [`limits`]: the byte bounds on every batch and gRPC message, from `mqtt.max_packet_size`.
-//! - `network`: Raft RPCs over gRPC.
+//! - `network`: Raft RPCs over gRPC, and the channels to peers (plaintext or mutual TLS).
+//! - [`tls`]: mutual TLS between nodes: [`ClusterTls`], the `roost-node-<id>` naming convention
+//!   ([`node_name`]), and the check that binds the node a request claims to its certificate.
 //! - `election`: when this node stands for leader — a pre-vote round first (openraft 0.9 has
 //!   none), so a node returning from a pause does not depose a healthy leader.
 //!
@@ -34,6 +36,7 @@ pub mod metrics;
 mod network;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;
 
 pub use cluster::{
@@ -42,6 +45,7 @@ pub use cluster::{
 pub use convert::{Addressed, SessionTransfer};
 pub use error::{ClusterError, Refusal, StartError};
 pub use limits::WireLimits;
+pub use tls::{node_from_name, node_name, ClusterTls};
 
 /// A random number without a rand crate: std's `RandomState` keys are random per process and
 /// differ per instance (stream epochs, backoff jitter, election delays).

@@ -16,6 +16,7 @@ const FORWARD_HELD_NO_LEASE: &str = "roost_cluster_forward_held_no_lease_total";
 const PASSED_ON: &str = "roost_cluster_passed_on_total";
 const RECEIVED_NOT_ACCEPTED: &str = "roost_cluster_received_not_accepted_total";
 const RECEIVED_STALE: &str = "roost_cluster_received_stale_total";
+pub(crate) const PEER_IDENTITY_REFUSED: &str = "roost_cluster_peer_identity_refused_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 
@@ -85,6 +86,14 @@ pub fn describe() {
         "QoS 1/2 messages from peers that arrived after their origin stopped waiting for them \
          (its publisher heard a failure): not delivered, not acknowledged. Steady growth means \
          a slow link or clocks apart by about cluster.forward_timeout_ms"
+    );
+    describe_counter!(
+        PEER_IDENTITY_REFUSED,
+        "cluster gRPC calls refused with PermissionDenied because the node the request claims \
+         to come from (a vote's candidate, a leader's id, a forward's origin, a session \
+         requester, a proposed command's node) is not the node the caller's TLS certificate \
+         names (roost-node-<id>), the certificate names no node, or a node that is not a \
+         member asked to add or remove another; by rpc. Only with cluster TLS"
     );
     describe_gauge!(
         LEASE_HELD,

@@ -1,5 +1,11 @@
 //! Raft RPCs over gRPC: the client side openraft uses to reach peers ([`RaftNet`]) and the
-//! server side that hands peers' RPCs to the local `Raft` ([`RaftService`]).
+//! server side that hands peers' RPCs to the local `Raft` ([`RaftService`]); and the
+//! [`Dialer`] every client to a peer is made with (plaintext, or mutual TLS, see `crate::tls`).
+//!
+//! With TLS, the server binds each request to the caller's certificate: the candidate of a
+//! vote or pre-vote, and the leader of an AppendEntries or InstallSnapshot (the node id in its
+//! vote), must be the node the certificate names, or the call is refused (`PermissionDenied`)
+//! before openraft sees it.
 //!
 //! Payloads are openraft's own serde types encoded with postcard inside a `RaftPayload`; a
 //! response carries `Result<Response, RaftError>` so a remote Raft error comes back as
@@ -16,6 +22,7 @@
 
 use crate::election::{Election, PreVoteRequest};
 use crate::limits::WireLimits;
+use crate::tls::{PeerAuth, Rpc, TlsMaterial};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -41,25 +48,48 @@ use tracing::debug;
 /// How long to wait for a TCP connection to a peer.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A lazily connecting gRPC channel to a peer's cluster listener.
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+/// Makes the channels to peers' cluster listeners: `http://` without TLS; with it `https://`,
+/// trusting only the cluster CA, presenting this node's certificate, and verifying that the
+/// peer is the node dialled (its certificate names `roost-node-<target>`).
+#[derive(Clone, Debug)]
+pub(crate) struct Dialer {
+    tls: Option<Arc<TlsMaterial>>,
+}
+
+impl Dialer {
+    pub(crate) fn new(tls: Option<Arc<TlsMaterial>>) -> Dialer {
+        Dialer { tls }
+    }
+
+    /// A lazily connecting gRPC channel to node `target`'s cluster listener at `addr`.
+    pub(crate) fn channel(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.client_config(target))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
 }
 
 /// Creates one [`RaftPeer`] per target for openraft.
 #[derive(Clone)]
 pub(crate) struct RaftNet {
     limits: WireLimits,
+    dialer: Dialer,
 }
 
 impl RaftNet {
-    pub(crate) fn new(limits: WireLimits) -> RaftNet {
-        RaftNet { limits }
+    pub(crate) fn new(limits: WireLimits, dialer: Dialer) -> RaftNet {
+        RaftNet { limits, dialer }
     }
 }
 
@@ -70,11 +100,15 @@ impl RaftNetworkFactory<TypeConfig> for RaftNet {
         let grpc = self.limits.raft_grpc();
         RaftPeer {
             target,
-            client: channel(&node.cluster_addr).ok().map(|c| {
-                RaftClient::new(c)
-                    .max_decoding_message_size(grpc)
-                    .max_encoding_message_size(grpc)
-            }),
+            client: self
+                .dialer
+                .channel(target, &node.cluster_addr)
+                .ok()
+                .map(|c| {
+                    RaftClient::new(c)
+                        .max_decoding_message_size(grpc)
+                        .max_encoding_message_size(grpc)
+                }),
             addr: node.cluster_addr.clone(),
             limits: self.limits,
         }
@@ -216,11 +250,35 @@ fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>, total: usize, limit:
 pub(crate) struct RaftService {
     raft: Raft<TypeConfig>,
     election: Arc<Election>,
+    /// With TLS: the node a request's vote names must be the caller's (module docs).
+    auth: PeerAuth,
 }
 
 impl RaftService {
-    pub(crate) fn new(raft: Raft<TypeConfig>, election: Arc<Election>) -> RaftService {
-        RaftService { raft, election }
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        election: Arc<Election>,
+        auth: PeerAuth,
+    ) -> RaftService {
+        RaftService {
+            raft,
+            election,
+            auth,
+        }
+    }
+
+    /// Decodes a request sent by the node `sender` names in it; refuses it (counted under
+    /// `rpc`) when that is not the node the caller's certificate names.
+    fn decode_from<T: DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        req: Request<RaftPayload>,
+        sender: impl FnOnce(&T) -> Option<NodeId>,
+    ) -> Result<T, Status> {
+        let caller = self.auth.caller(rpc, &req)?;
+        let v: T = decode_request(req)?;
+        self.auth.claims(rpc, caller, sender(&v))?;
+        Ok(v)
     }
 }
 
@@ -241,7 +299,12 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        // The leader sends it: its id is in its vote.
+        let rpc: AppendEntriesRequest<TypeConfig> = self.decode_from(
+            Rpc::AppendEntries,
+            request,
+            |r: &AppendEntriesRequest<_>| r.vote.leader_id.voted_for(),
+        )?;
         let r = self.raft.append_entries(rpc).await;
         // Accepted (the sender is this node's committed leader), whatever the log said.
         if matches!(
@@ -256,7 +319,11 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<NodeId> = decode_request(request)?;
+        // The candidate sends it, voting for itself.
+        let rpc: VoteRequest<NodeId> =
+            self.decode_from(Rpc::Vote, request, |r: &VoteRequest<NodeId>| {
+                r.vote.leader_id.voted_for()
+            })?;
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -264,7 +331,11 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.decode_from(
+            Rpc::InstallSnapshot,
+            request,
+            |r: &InstallSnapshotRequest<_>| r.vote.leader_id.voted_for(),
+        )?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
 
@@ -272,7 +343,10 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: PreVoteRequest = decode_request(request)?;
+        let rpc: PreVoteRequest =
+            self.decode_from(Rpc::PreVote, request, |r: &PreVoteRequest| {
+                Some(r.candidate)
+            })?;
         reply(&self.election.answer(&rpc).await)
     }
 }

@@ -149,6 +149,7 @@ fn config(
         max_packet_size: 1_048_576,
         // 4 × the election timeout, the least roost-node's config accepts.
         session_lease: SESSION_LEASE,
+        tls: None,
     }
 }
 

@@ -25,6 +25,7 @@
 //! - [`connect`]: CONNECT negotiation against the node's [`connect::ServerPolicy`], and CONNACK.
 //! - [`topic`]: validated topic names and filters (`$share` included) and matching.
 //! - [`index`]: the subscription trie (`+`, `#`, `$`-topics, shared groups, overlap aggregation).
+//! - [`rate`]: token buckets for rate limits.
 //! - [`retained`]: retained messages by topic.
 //! - [`message`]: an application message as it travels inside the broker (payload shared).
 //! - [`policy`]: AWS-IoT-style authorization policies, their store and attachments, evaluation.
@@ -36,6 +37,7 @@ pub mod connect;
 pub mod index;
 pub mod message;
 pub mod policy;
+pub mod rate;
 pub mod retained;
 pub mod session;
 pub mod topic;

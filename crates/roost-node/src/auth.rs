@@ -40,6 +40,7 @@ pub(crate) enum Method {
     Anonymous,
     Password,
     Certificate,
+    Token,
 }
 
 impl Method {
@@ -48,6 +49,7 @@ impl Method {
             Method::Anonymous => "anonymous",
             Method::Password => "password",
             Method::Certificate => "certificate",
+            Method::Token => "token",
         }
     }
 }
@@ -55,10 +57,12 @@ impl Method {
 /// The outcome of authentication: what the session is known as.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
-    /// The username: the CONNECT's (checked, or unchecked without a password file), or the
-    /// certificate's identity.
+    /// The username: the CONNECT's (checked, or unchecked without a password file), the
+    /// certificate's identity, or the token's identity claim.
     pub(crate) username: Option<String>,
     pub(crate) method: Method,
+    /// When the credentials stop being valid (a token's `exp`): the connection is closed then.
+    pub(crate) expires_at: Option<std::time::SystemTime>,
 }
 
 /// The node's credential stores.
@@ -66,6 +70,8 @@ pub(crate) struct Auth {
     password_path: Option<PathBuf>,
     passwords: RwLock<Option<Arc<PasswordFile>>>,
     verifying: Semaphore,
+    /// `auth.jwt_key_file`, if set.
+    jwt: Option<crate::jwt::JwtVerifier>,
     /// user → (HMAC of the password under `key`, when verified).
     verified: Mutex<HashMap<String, ([u8; 32], Instant)>>,
     key: ring::hmac::Key,
@@ -89,11 +95,15 @@ pub(crate) enum AuthError {
     },
     #[error("the system random number generator failed")]
     Random,
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::JwtConfigError),
 }
 
 impl Auth {
     /// Loads the password file, if one is configured.
-    pub(crate) fn load(password_path: Option<PathBuf>) -> Result<Auth, AuthError> {
+    pub(crate) fn load(c: &crate::config::AuthConfig) -> Result<Auth, AuthError> {
+        let password_path = c.password_file.clone();
+        let jwt = crate::jwt::JwtVerifier::from_config(c)?;
         let passwords = match &password_path {
             Some(p) => Some(Arc::new(PasswordFile::load(p).map_err(|source| {
                 AuthError::Passwords {
@@ -111,6 +121,7 @@ impl Auth {
             password_path,
             passwords: RwLock::new(passwords),
             verifying: Semaphore::new(MAX_CONCURRENT_VERIFIES * cores),
+            jwt,
             verified: Mutex::new(HashMap::new()),
             key,
         })
@@ -165,7 +176,27 @@ impl Auth {
                 return Ok(Identity {
                     username: Some(name),
                     method: Method::Certificate,
+                    expires_at: None,
                 });
+            }
+        }
+        if let (Some(jwt), Some(password)) = (&self.jwt, connect.password.as_deref()) {
+            if crate::jwt::JwtVerifier::looks_like_token(password) {
+                let token = std::str::from_utf8(password).unwrap_or_default();
+                return match jwt.verify(token) {
+                    Ok(v) => Ok(Identity {
+                        username: Some(v.subject),
+                        method: Method::Token,
+                        expires_at: Some(v.expires_at),
+                    }),
+                    Err(e) => {
+                        tracing::debug!(client_id, error = %e, "token refused");
+                        Err(Refusal::new(
+                            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                            "bad_token",
+                        ))
+                    }
+                };
             }
         }
         let passwords = self.passwords.read().clone();
@@ -181,6 +212,7 @@ impl Auth {
                     Ok(Identity {
                         username: Some(user.clone()),
                         method: Method::Password,
+                        expires_at: None,
                     })
                 } else {
                     Err(Refusal::new(
@@ -200,6 +232,7 @@ impl Auth {
                         } else {
                             Method::Anonymous
                         },
+                        expires_at: None,
                     })
                 } else {
                     Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "not_authorized"))
@@ -253,7 +286,7 @@ impl crate::broker::Broker {
                 }
                 Err(e) => {
                     tracing::error!(listener = %l.name, error = %e, "certificate reload failed; the old one stays in use");
-                    report.push((format!("listener {}", l.name), Err(e.to_string())));
+                    report.push((format!("listener {}", l.name), Err(e)));
                 }
             }
         }

@@ -383,6 +383,18 @@ impl<S: ByteStream> Conn<S> {
                 return self.refuse(protocol, max, r.reason, r.why).await;
             }
         };
+        if !self.via.listener.connect_allowed() {
+            debug!(peer = %self.peer, listener = %self.via.listener.name, "connect rate exceeded");
+            let max = connect.properties.maximum_packet_size;
+            return self
+                .refuse(
+                    protocol,
+                    max,
+                    ReasonCode::CONNECTION_RATE_EXCEEDED,
+                    "connect_rate",
+                )
+                .await;
+        }
         let identity = match self
             .broker
             .auth
@@ -423,11 +435,19 @@ impl<S: ByteStream> Conn<S> {
                 .refuse(protocol, max, ReasonCode::QUOTA_EXCEEDED, "listener_quota")
                 .await;
         };
+        // A token's expiry: the connection is closed when it passes.
+        let credentials_expire = identity.expires_at.map(|at| {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
         let Some((attached, ctl)) = self.admit(&n, conn_id, identity).await else {
             return;
         };
         let ack = n.connack(&policy, attached.session_present);
         let session = attached.session;
+        session.set_receive_gate(authz.receive_gate(&self.broker.policies));
         self.queue(&Packet::ConnAck(ack), protocol);
         self.broker.metrics.accepted.increment(1);
         let client_id = n.client_id.clone();
@@ -446,6 +466,8 @@ impl<S: ByteStream> Conn<S> {
             pending_acks: VecDeque::new(),
             deadline: None,
             authz,
+            rate: PublishRate::new(&self.broker.config.mqtt),
+            credentials_expire,
         };
         live.refresh_deadline();
         drop(n);
@@ -560,7 +582,10 @@ impl<S: ByteStream> Conn<S> {
                 debug!(client_id = %st.session.client_id(), why = close.why, "write stopped");
                 return close;
             }
-            let deadline = st.deadline;
+            let deadline = match (st.deadline, st.credentials_expire) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = st.ctl.wake.notified() => {
@@ -596,6 +621,13 @@ impl<S: ByteStream> Conn<S> {
                     // Released at the top of the loop.
                 }
                 _ = sleep_opt(deadline) => {
+                    if st
+                        .credentials_expire
+                        .is_some_and(|at| at <= tokio::time::Instant::now())
+                    {
+                        debug!(client_id = %st.session.client_id(), "credentials expired");
+                        return Close::error(ReasonCode::NOT_AUTHORIZED, "credentials_expired");
+                    }
                     let now = crate::now();
                     if let Some(Timeout::KeepAlive) = st.session.with(|s| s.handle_timeout(now)) {
                         debug!(client_id = %st.session.client_id(), "keep-alive timeout");
@@ -738,6 +770,23 @@ impl<S: ByteStream> Conn<S> {
     /// (docs/architecture.md, "What an acknowledgement promises"): v5 hears 0x80 (0x97 when a
     /// bound refused it), v3.1.1, which has no failure code, is closed unacknowledged.
     async fn on_publish(&mut self, st: &mut Live, inbound: Inbound) -> Result<(), Close> {
+        if let Some(limit) = st.rate.exceeded(inbound.msg.payload.len(), crate::now()) {
+            // Over the connection's rate: neither routed nor acknowledged (a QoS 2 id is
+            // released first, so the client's resend after it reconnects is a new message).
+            debug!(client_id = %st.session.client_id(), limit, "publish rate exceeded");
+            crate::metrics::rate_limited(limit);
+            if let Some(pending) = inbound.ack {
+                let ack = ReadyAck {
+                    ack: pending,
+                    reason: ReasonCode::MESSAGE_RATE_TOO_HIGH,
+                };
+                st.session.with(|s| s.not_taken(&ack));
+            }
+            return Err(Close::error(
+                ReasonCode::MESSAGE_RATE_TOO_HIGH,
+                "rate_limited",
+            ));
+        }
         let topic = inbound.msg.topic.as_str();
         let decision = st
             .authz
@@ -1061,7 +1110,11 @@ async fn subscribed(
         }
         if retained_on_subscribe(&filter, &sub, new) {
             for m in broker.retained_matching(&filter, crate::now(), &mut budget) {
-                retained.push((m, sub.options.qos));
+                if session.may_receive(m.topic.as_str()) {
+                    retained.push((m, sub.options.qos));
+                } else {
+                    crate::metrics::receive_denied();
+                }
             }
         }
         added.push((filter, sub));
@@ -1176,6 +1229,44 @@ struct Live {
     deadline: Option<tokio::time::Instant>,
     /// The client's policies (re-resolved when the node's change) and publish decisions.
     authz: Box<crate::policy::ConnPolicy>,
+    /// `mqtt.max_publish_rate` and `max_publish_bytes_rate` for this connection (`None`:
+    /// neither is set).
+    rate: PublishRate,
+    /// When the client's credentials (a token) expire: the connection is closed then.
+    credentials_expire: Option<tokio::time::Instant>,
+}
+
+/// A connection's publish rate limits (token buckets, `roost_core::rate`).
+#[derive(Debug)]
+struct PublishRate(Option<Box<(roost_core::rate::TokenBucket, roost_core::rate::TokenBucket)>>);
+
+impl PublishRate {
+    fn new(m: &crate::config::MqttConfig) -> PublishRate {
+        use roost_core::rate::TokenBucket;
+        if m.max_publish_rate == 0 && m.max_publish_bytes_rate == 0 {
+            return PublishRate(None);
+        }
+        let burst = m.rate_burst_secs;
+        PublishRate(Some(Box::new((
+            TokenBucket::new(m.max_publish_rate, m.max_publish_rate.saturating_mul(burst)),
+            TokenBucket::new(
+                m.max_publish_bytes_rate,
+                m.max_publish_bytes_rate.saturating_mul(burst),
+            ),
+        ))))
+    }
+
+    /// Takes one PUBLISH of `bytes`; the limit it exceeds, if any.
+    fn exceeded(&mut self, bytes: usize, now: std::time::Instant) -> Option<&'static str> {
+        let (messages, volume) = self.0.as_deref_mut()?;
+        if !messages.take(1, now) {
+            return Some("messages");
+        }
+        if !volume.take(bytes as u64, now) {
+            return Some("bytes");
+        }
+        None
+    }
 }
 
 impl Live {

@@ -27,6 +27,7 @@ mod driver;
 mod failpoints;
 mod hooks;
 mod http;
+mod jwt;
 mod listener;
 mod metrics;
 mod node;

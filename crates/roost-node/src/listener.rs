@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 pub(crate) const HANDSHAKE_FAILED: &str = "roost_mqtt_handshake_failed_total";
@@ -34,6 +35,10 @@ pub(crate) struct Listener {
     pub(crate) name: String,
     pub(crate) kind: ListenerKind,
     tls: Option<TlsAcceptor>,
+    /// QUIC: the files, the idle timeout, and the endpoint once bound.
+    quic_settings: Option<TlsSettings>,
+    quic_idle: Duration,
+    quic: std::sync::OnceLock<roost_transport::QuicListener>,
     path: String,
     /// Clients without credentials may connect.
     pub(crate) allow_anonymous: bool,
@@ -42,6 +47,10 @@ pub(crate) struct Listener {
     max_connections: Option<usize>,
     connections: AtomicUsize,
     handshake_timeout: Duration,
+    /// Connections start with a PROXY protocol header.
+    proxy_protocol: bool,
+    /// CONNECTs per second (`max_connect_rate`; unlimited when its rate is 0).
+    connect_rate: parking_lot::Mutex<roost_core::rate::TokenBucket>,
 }
 
 /// What a connection brings from its listener and transport to the driver.
@@ -73,10 +82,14 @@ pub(crate) struct ListenerError {
 impl Listener {
     /// The plain TCP listener of `mqtt.listen`.
     pub(crate) fn main(allow_anonymous: bool, handshake_timeout: Duration) -> Listener {
+        use roost_core::rate::TokenBucket;
         Listener {
             name: "mqtt".into(),
             kind: ListenerKind::Tcp,
             tls: None,
+            quic_settings: None,
+            quic_idle: Duration::ZERO,
+            quic: std::sync::OnceLock::new(),
             path: String::new(),
             allow_anonymous,
             cert_identity: CertIdentity::None,
@@ -84,6 +97,8 @@ impl Listener {
             max_connections: None,
             connections: AtomicUsize::new(0),
             handshake_timeout,
+            proxy_protocol: false,
+            connect_rate: parking_lot::Mutex::new(TokenBucket::new(0, 0)),
         }
     }
 
@@ -92,7 +107,10 @@ impl Listener {
         i: usize,
         c: &ListenerConfig,
         default_anonymous: bool,
+        burst_secs: u64,
+        max_keep_alive: u16,
     ) -> Result<Listener, ListenerError> {
+        let mut quic_settings = None;
         let tls = match (c.kind.tls(), &c.cert, &c.key) {
             (true, Some(cert), Some(key)) => {
                 let settings = TlsSettings {
@@ -105,10 +123,18 @@ impl Listener {
                         ClientAuthMode::Required => ClientAuth::Required,
                     },
                 };
-                Some(TlsAcceptor::new(settings).map_err(|source| ListenerError {
+                let err = |source| ListenerError {
                     key: format!("listeners[{i}]"),
                     source,
-                })?)
+                };
+                if c.kind.udp() {
+                    // Checked now (before anything is bound); the endpoint is made at bind.
+                    settings.load_tls13().map_err(err)?;
+                    quic_settings = Some(settings);
+                    None
+                } else {
+                    Some(TlsAcceptor::new(settings).map_err(err)?)
+                }
             }
             _ => None,
         };
@@ -116,6 +142,11 @@ impl Listener {
             name: c.display_name(),
             kind: c.kind,
             tls,
+            quic_settings,
+            // Longer than any keep-alive a client is granted (1.5 x, [MQTT-3.1.2-24]) and
+            // then some: QUIC must not close a connection MQTT still counts as alive.
+            quic_idle: Duration::from_secs(u64::from(max_keep_alive) * 3 / 2 + 30),
+            quic: std::sync::OnceLock::new(),
             path: c.path.clone(),
             allow_anonymous: c.allow_anonymous.unwrap_or(default_anonymous),
             cert_identity: c.cert_identity,
@@ -123,6 +154,11 @@ impl Listener {
             max_connections: c.max_connections,
             connections: AtomicUsize::new(0),
             handshake_timeout: Duration::from_secs(c.handshake_timeout_secs),
+            proxy_protocol: c.proxy_protocol,
+            connect_rate: parking_lot::Mutex::new(roost_core::rate::TokenBucket::new(
+                c.max_connect_rate,
+                c.max_connect_rate.saturating_mul(burst_secs),
+            )),
         })
     }
 
@@ -137,12 +173,59 @@ impl Listener {
             .map(|_| Slot(Arc::clone(self)))
     }
 
+    /// Takes one CONNECT from this listener's connect rate; false when it is exhausted.
+    pub(crate) fn connect_allowed(&self) -> bool {
+        self.connect_rate.lock().take(1, crate::now())
+    }
+
     /// Re-reads this listener's certificate files (TLS listeners only; others: `Ok(false)`).
-    pub(crate) fn reload_tls(&self) -> Result<bool, roost_transport::TlsConfigError> {
+    pub(crate) fn reload_tls(&self) -> Result<bool, String> {
+        if let Some(q) = self.quic.get() {
+            return q.reload().map(|()| true).map_err(|e| e.to_string());
+        }
         match &self.tls {
-            Some(t) => t.reload().map(|()| true),
+            Some(t) => t.reload().map(|()| true).map_err(|e| e.to_string()),
             None => Ok(false),
         }
+    }
+
+    /// Binds this QUIC listener's UDP endpoint; returns the bound address.
+    pub(crate) fn bind_quic(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
+        let Some(settings) = &self.quic_settings else {
+            return Err("not a QUIC listener".into());
+        };
+        let q = roost_transport::QuicListener::bind(addr, settings.clone(), self.quic_idle)
+            .map_err(|e| e.to_string())?;
+        let bound = q.local_addr().map_err(|e| e.to_string())?;
+        let _ = self.quic.set(q);
+        Ok(bound)
+    }
+
+    /// Runs the QUIC handshake (TLS 1.3 and the first bidirectional stream) and serves the
+    /// connection.
+    async fn serve_quic(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        incoming: roost_transport::QuicIncoming,
+        pending: crate::driver::Pending,
+    ) {
+        let peer = incoming.remote_address();
+        let stream = match tokio::time::timeout(self.handshake_timeout, incoming.handshake()).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(listener = %self.name, %peer, error = %e, "QUIC handshake failed");
+                self.handshake_failed(e.label());
+                return;
+            }
+            Err(_) => {
+                debug!(listener = %self.name, %peer, "QUIC handshake timed out");
+                self.handshake_failed("timeout");
+                return;
+            }
+        };
+        let via = self.accepted(stream.peer_cert());
+        crate::driver::serve(broker, stream, peer, via, pending).await
     }
 
     fn handshake_failed(&self, reason: &'static str) {
@@ -159,7 +242,27 @@ impl Listener {
         pending: crate::driver::Pending,
     ) {
         let _ = tcp.set_nodelay(true);
-        let limit = self.handshake_timeout;
+        let mut tcp = tcp;
+        let mut peer = peer;
+        let mut limit = self.handshake_timeout;
+        if self.proxy_protocol {
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(limit, roost_transport::proxy::read_header(&mut tcp)).await {
+                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(None)) => {} // the balancer's own connection (health check)
+                Ok(Err(e)) => {
+                    debug!(listener = %self.name, %peer, error = %e, "PROXY header refused");
+                    self.handshake_failed("proxy");
+                    return;
+                }
+                Err(_) => {
+                    debug!(listener = %self.name, %peer, "no PROXY header in time");
+                    self.handshake_failed("timeout");
+                    return;
+                }
+            }
+            limit = limit.saturating_sub(started.elapsed());
+        }
         match (self.kind, &self.tls) {
             (ListenerKind::Tcp, _) => {
                 let via = self.accepted(None);
@@ -203,8 +306,9 @@ impl Listener {
                 let via = self.accepted(cert);
                 crate::driver::serve(broker, ws, peer, via, pending).await
             }
-            // Cannot happen: a TLS listener without its acceptor is not built.
-            (ListenerKind::Tls | ListenerKind::Wss, None) => {}
+            // Cannot happen: a TLS listener without its acceptor is not built, and QUIC
+            // connections come through `quic_accept_loop`.
+            (ListenerKind::Tls | ListenerKind::Wss, None) | (ListenerKind::Quic, _) => {}
         }
     }
 
@@ -270,5 +374,47 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Accepts QUIC connections on `listener`'s endpoint until `stop`.
+pub(crate) async fn quic_accept_loop(
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(endpoint) = listener.quic.get() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { return };
+                match crate::driver::Pending::admit(&broker) {
+                    Some(pending) => {
+                        let l = Arc::clone(&listener);
+                        tokio::spawn(l.serve_quic(Arc::clone(&broker), incoming, pending));
+                    }
+                    None => {
+                        incoming.refuse();
+                        crate::metrics::rejected("pending_limit");
+                    }
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Starts the accept loop that fits the listener's kind.
+pub(crate) fn spawn_accept(
+    socket: Option<TcpListener>,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    match socket {
+        Some(s) => tokio::spawn(accept_loop(s, listener, broker, stop)),
+        None => tokio::spawn(quic_accept_loop(listener, broker, stop)),
     }
 }

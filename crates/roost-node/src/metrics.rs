@@ -23,6 +23,8 @@ pub(crate) const CONNECTIONS_ACCEPTED: &str = "roost_mqtt_connections_accepted_t
 pub(crate) const CONNECTIONS_REJECTED: &str = "roost_mqtt_connections_rejected_total";
 pub(crate) const DISCONNECTS: &str = "roost_mqtt_disconnects_total";
 pub(crate) const SUBSCRIBE_DENIED: &str = "roost_mqtt_subscribe_denied_total";
+pub(crate) const RECEIVE_DENIED: &str = "roost_mqtt_receive_denied_total";
+pub(crate) const RATE_LIMITED: &str = "roost_mqtt_rate_limited_total";
 pub(crate) const MALFORMED: &str = "roost_mqtt_malformed_packets_total";
 pub(crate) const MSG_RECEIVED: &str = "roost_mqtt_messages_received_total";
 pub(crate) const MSG_SENT: &str = "roost_mqtt_messages_sent_total";
@@ -75,7 +77,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "CONNECTs refused, by reason (quota, listener_quota, not_authorized, bad_credentials, cert_no_identity, cert_client_id_mismatch, policy_denied, client_id, will, auth_method, cluster_unavailable, no_lease, connack_too_large, pending_limit, pending_bytes)"
+        "CONNECTs refused, by reason (quota, listener_quota, connect_rate, not_authorized, bad_credentials, cert_no_identity, cert_client_id_mismatch, policy_denied, client_id, will, auth_method, cluster_unavailable, no_lease, connack_too_large, pending_limit, pending_bytes)"
     );
     describe_counter!(DISCONNECTS, "connections closed, by reason");
     describe_counter!(
@@ -92,6 +94,16 @@ pub(crate) fn describe() {
          retain_not_stored, retain_quota, peer_unreachable: a QoS 1/2 message for a peer known \
          unreachable; shared_no_member: picked for a shared group by a peer, and no node has a \
          member of it any more; not_authorized: denied by the authorization policies)"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "connections closed for passing mqtt.max_publish_rate (limit=messages) or \
+         mqtt.max_publish_bytes_rate (limit=bytes): DISCONNECT 0x96"
+    );
+    describe_counter!(
+        RECEIVE_DENIED,
+        "messages not delivered to a subscriber the authorization policies do not let receive \
+         the topic (mqtt:Receive)"
     );
     describe_counter!(
         SUBSCRIBE_DENIED,
@@ -399,6 +411,16 @@ pub(crate) fn handover_ids_forgotten() {
 /// Counts a PUBLISH denied by the authorization policies (delivered nowhere).
 pub(crate) fn publish_denied() {
     counter!(PUBLISH_DROPPED, "reason" => "not_authorized").increment(1);
+}
+
+/// Counts a connection closed for passing its publish rate (`limit`: messages or bytes).
+pub(crate) fn rate_limited(limit: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Counts a message not delivered to a subscriber the policies do not let receive it.
+pub(crate) fn receive_denied() {
+    counter!(RECEIVE_DENIED).increment(1);
 }
 
 /// Counts a SUBSCRIBE filter denied by the authorization policies.

@@ -107,18 +107,18 @@ impl Node {
         } else {
             None
         };
-        let auth = crate::auth::Auth::load(config.auth.password_file.clone()).map_err(|e| {
+        let auth = crate::auth::Auth::load(&config.auth).map_err(|e| {
+            let (key, file) = match &e {
+                crate::auth::AuthError::Jwt(j) => (j.key, &config.auth.jwt_key_file),
+                _ => ("auth.password_file", &config.auth.password_file),
+            };
+            let value = file
+                .as_ref()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .unwrap_or_default();
             StartError::Config(crate::config::ConfigError::Invalid {
-                key: "auth.password_file".into(),
-                value: format!(
-                    "{:?}",
-                    config
-                        .auth
-                        .password_file
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ),
+                key: key.into(),
+                value,
                 reason: e.to_string(),
             })
         })?;
@@ -136,8 +136,14 @@ impl Node {
             Duration::from_secs(config.mqtt.connect_timeout_secs),
         ))];
         for (i, l) in config.listeners.iter().enumerate() {
-            let built = crate::listener::Listener::from_config(i, l, config.mqtt.allow_anonymous)
-                .map_err(|e| {
+            let built = crate::listener::Listener::from_config(
+                i,
+                l,
+                config.mqtt.allow_anonymous,
+                config.mqtt.rate_burst_secs,
+                config.mqtt.max_keep_alive,
+            )
+            .map_err(|e| {
                 StartError::Config(crate::config::ConfigError::Invalid {
                     key: e.key,
                     value: format!("{:?}", l.display_name()),
@@ -150,11 +156,25 @@ impl Node {
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
 
-        let mut sockets = vec![bind("mqtt.listen".into(), config.mqtt.listen).await?];
+        let (main, mqtt_addr) = bind("mqtt.listen".into(), config.mqtt.listen).await?;
+        // (TCP socket, or none for QUIC whose endpoint the listener holds; bound address)
+        let mut sockets = vec![(Some(main), mqtt_addr)];
         for (i, l) in config.listeners.iter().enumerate() {
-            sockets.push(bind(format!("listeners[{i}].listen"), l.listen).await?);
+            let key = format!("listeners[{i}].listen");
+            if l.kind.udp() {
+                let bound = listeners[i + 1]
+                    .bind_quic(l.listen)
+                    .map_err(|e| StartError::Bind {
+                        key: key.clone(),
+                        addr: l.listen,
+                        source: std::io::Error::other(e),
+                    })?;
+                sockets.push((None, bound));
+            } else {
+                let (s, a) = bind(key, l.listen).await?;
+                sockets.push((Some(s), a));
+            }
         }
-        let mqtt_addr = sockets[0].1;
         let ready = Arc::new(AtomicBool::new(true));
         let (stop, stop_rx) = watch::channel(false);
 
@@ -210,12 +230,12 @@ impl Node {
                 );
             }
             listener_addrs.push((l.name.clone(), addr));
-            accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
+            accept_tasks.push(crate::listener::spawn_accept(
                 socket,
                 l,
                 Arc::clone(&broker),
                 stop_rx.clone(),
-            )));
+            ));
         }
         drop(stop_rx);
         info!(
@@ -387,6 +407,14 @@ async fn start_broker(
         commit_timeout: Duration::from_millis(c.commit_timeout_ms),
         max_packet_size: config.mqtt.max_packet_size,
         session_lease: Duration::from_millis(c.session_lease_ms),
+        tls: match (&c.tls_cert, &c.tls_key, &c.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(roost_cluster::ClusterTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        },
     };
     let hooks = Arc::new(NodeHooks::default());
     let cluster = Cluster::start(cfg, Arc::clone(&hooks) as Arc<dyn roost_cluster::LocalNode>)

@@ -93,9 +93,10 @@ impl NodePolicies {
 
     /// Takes the replicated policies (an applied `SetPolicies`, a snapshot, or the state at
     /// start). Version 0 (never set in this cluster) keeps the seed from the file.
-    pub(crate) fn apply(&self, p: &roost_cluster::state::Policies) {
+    /// Returns whether what is enforced changed.
+    pub(crate) fn apply(&self, p: &roost_cluster::state::Policies) -> bool {
         if p.version == 0 {
-            return;
+            return false;
         }
         let next = match &p.json {
             None => None,
@@ -105,7 +106,7 @@ impl NodePolicies {
                     // Validated by the node that proposed it; only a node whose policy
                     // language is older could fail here. Keep what is enforced now.
                     error!(version = p.version, error = %e, "replicated policies do not load here; the previous ones stay in force");
-                    return;
+                    return false;
                 }
             },
         };
@@ -114,7 +115,7 @@ impl NodePolicies {
             // Events can repeat (a snapshot installed, entries re-applied at start): only a
             // newer version replaces what is enforced.
             if p.version <= self.applied.load(Ordering::Acquire) {
-                return;
+                return false;
             }
             *cur = next;
             self.applied.store(p.version, Ordering::Release);
@@ -125,6 +126,7 @@ impl NodePolicies {
             policies = p.json.is_some(),
             "authorization policies changed"
         );
+        true
     }
 }
 
@@ -193,6 +195,20 @@ impl ConnPolicy {
         }
     }
 
+    /// The session's `mqtt:Receive` gate for this client.
+    pub(crate) fn receive_gate(&self, node: &NodePolicies) -> Box<ReceiveGate> {
+        let mut g = Box::new(ReceiveGate {
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            cert_cn: self.cert_cn.clone(),
+            cert_serial: self.cert_serial.clone(),
+            resolved: None,
+            cache: PublishDecisions::new(),
+        });
+        g.refresh(node.current().as_deref());
+        g
+    }
+
     /// The decision for a PUBLISH to `topic` (and, if `retain`, for retaining it), cached.
     pub(crate) fn publish(&mut self, node: &NodePolicies, topic: &str, retain: bool) -> Decision {
         self.refresh(node);
@@ -204,6 +220,47 @@ impl ConnPolicy {
             return d;
         }
         p.check(Action::Retain, Resource::Topic(topic))
+    }
+}
+
+/// `mqtt:Receive` for one session: checked for every message delivered to it (under the
+/// session's lock), with the decisions for recent topics cached. Re-resolved by the broker
+/// when the policies change (every session, once per change).
+#[derive(Debug)]
+pub(crate) struct ReceiveGate {
+    client_id: String,
+    username: Option<String>,
+    cert_cn: Option<String>,
+    cert_serial: Option<String>,
+    /// `None`: no policies, everything may be received.
+    resolved: Option<PrincipalPolicies>,
+    cache: PublishDecisions,
+}
+
+impl ReceiveGate {
+    /// Re-resolves against `store` (`None`: no policies).
+    pub(crate) fn refresh(&mut self, store: Option<&PolicyStore>) {
+        let principal = Principal {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            cert_cn: self.cert_cn.as_deref(),
+            cert_serial: self.cert_serial.as_deref(),
+        };
+        self.resolved = store.map(|s| s.for_principal(&principal));
+        self.cache.clear();
+    }
+
+    /// Whether the client may receive a message on `topic`.
+    pub(crate) fn allows(&mut self, topic: &str) -> bool {
+        let Some(p) = &self.resolved else {
+            return true;
+        };
+        if let Some(d) = self.cache.get(p.version(), topic) {
+            return d.is_allowed();
+        }
+        let d = p.check(Action::Receive, Resource::Topic(topic));
+        self.cache.insert(p.version(), topic, d);
+        d.is_allowed()
     }
 }
 

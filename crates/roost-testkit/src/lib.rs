@@ -119,25 +119,37 @@ impl TestNode {
 
 /// A raw MQTT client over TCP.
 pub struct RawClient {
-    stream: TcpStream,
+    /// TCP, or any other byte stream (a QUIC stream: [`RawClient::over`]).
+    stream: Box<dyn ClientIo>,
     decoder: Decoder,
     protocol: Protocol,
     buf: BytesMut,
     next_id: u16,
 }
 
+/// What a [`RawClient`] talks over: any tokio byte stream.
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
+
 impl RawClient {
     /// Opens a TCP connection; nothing is sent yet.
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> anyhow::Result<RawClient> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(RawClient {
-            stream,
+        Ok(RawClient::over(stream, protocol))
+    }
+
+    /// A client over an already open byte stream (TLS, WebSocket, a QUIC stream from
+    /// `roost_transport::quic::connect`); nothing is sent yet.
+    pub fn over(stream: impl ClientIo, protocol: Protocol) -> RawClient {
+        RawClient {
+            stream: Box::new(stream),
             decoder: Decoder::client(protocol, 268_435_460),
             protocol,
             buf: BytesMut::new(),
             next_id: 0,
-        })
+        }
     }
 
     /// Opens a connection and completes CONNECT/CONNACK with a success.

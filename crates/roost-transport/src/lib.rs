@@ -4,7 +4,8 @@
 //! ```text
 //!  TcpListener ─accept─▶ TcpStream ───────────────────────────────┐
 //!                         └─ tls::TlsAcceptor::accept ─▶ TlsStream ├─▶ impl ByteStream ─▶ driver
-//!                         └─ ws::accept (over either) ─▶ WsStream ─┘
+//!                         └─ ws::accept (over either) ─▶ WsStream ─┤
+//!  QuicListener ─accept─▶ QuicIncoming::handshake ─▶ QuicStream ───┘
 //! ```
 //!
 //! Every transport offers the same readiness-style API as `tokio::net::TcpStream` itself
@@ -23,10 +24,13 @@ use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 
+pub mod proxy;
+pub mod quic;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
 
+pub use quic::{QuicError, QuicIncoming, QuicListener, QuicStream};
 pub use tls::{ClientAuth, PeerCert, TlsAcceptor, TlsConfigError, TlsSettings, TlsStream};
 pub use ws::{WsError, WsStream};
 

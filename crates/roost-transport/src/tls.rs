@@ -96,9 +96,22 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 impl TlsSettings {
     /// Reads the files and builds the rustls configuration (TLS 1.3 and 1.2, ring provider).
     pub fn load(&self) -> Result<ServerConfig, TlsConfigError> {
+        self.load_with(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    }
+
+    /// As [`TlsSettings::load`], TLS 1.3 only: what QUIC requires (RFC 9001 §4.2). Used by the
+    /// QUIC listener (`quic.rs`), which adds its ALPN.
+    pub fn load_tls13(&self) -> Result<ServerConfig, TlsConfigError> {
+        self.load_with(&[&rustls::version::TLS13])
+    }
+
+    fn load_with(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<ServerConfig, TlsConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(versions)
             .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
         let builder = match (self.client_auth, &self.client_ca) {
             (ClientAuth::None, _) => builder.with_no_client_auth(),

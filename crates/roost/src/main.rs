@@ -87,7 +87,11 @@ struct ServeArgs {
     /// Adds an MQTT-over-secure-WebSocket listener, path /mqtt (needs --tls-cert and --tls-key).
     #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
     wss: Option<SocketAddr>,
-    /// PEM certificate chain for --mqtts and --wss.
+    /// Adds an MQTT-over-QUIC listener on this UDP address, ALPN "mqtt" (needs --tls-cert and
+    /// --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    quic: Option<SocketAddr>,
+    /// PEM certificate chain for --mqtts, --wss and --quic.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --mqtts and --wss.
@@ -145,6 +149,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         mqtts: args.mqtts,
         ws: args.ws,
         wss: args.wss,
+        quic: args.quic,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tls_client_ca: args.tls_client_ca,
@@ -153,8 +158,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     if (cli.tls_cert.is_some() || cli.tls_key.is_some() || cli.tls_client_ca.is_some())
         && cli.mqtts.is_none()
         && cli.wss.is_none()
+        && cli.quic.is_none()
     {
-        eprintln!("roost: --tls-cert, --tls-key and --tls-client-ca apply to --mqtts or --wss; give one of them");
+        eprintln!("roost: --tls-cert, --tls-key and --tls-client-ca apply to --mqtts, --wss or --quic; give one of them");
         return ExitCode::from(EXIT_CONFIG);
     }
     let config = match Config::load(args.config.as_deref(), std::env::vars(), &cli) {

@@ -33,6 +33,15 @@
 //!
 //! The service holds the `Cluster` only weakly (a call after it is gone answers `unavailable`)
 //! and watches `stop` itself, see the field.
+//!
+//! Who is calling (with cluster TLS, `crate::tls`): the node a request says it comes from must
+//! be the node the caller's certificate names, or the call is refused `PermissionDenied`
+//! (counted in `roost_cluster_peer_identity_refused_total{rpc}`): a Forward batch's
+//! `origin_node` (the stream is ended), TakeSession's `requester`, RenewLease's `node_id`, and
+//! the node a proposed command is written by ([`author`]). Join and Leave name the node to add
+//! or remove, which is not the caller when an operator's `roost ctl join/leave` reaches the
+//! leader through another member: they are taken from a current member, or from the named
+//! node itself, and refused from any other certificate.
 
 use super::dedup::Dedup;
 use super::membership::server_state;
@@ -41,6 +50,7 @@ use crate::convert;
 use crate::error::ClusterError;
 use crate::limits::WireLimits;
 use crate::metrics::ClusterStats;
+use crate::tls::{Caller, PeerAuth, Rpc};
 use crate::types::{Command, NodeId, TypeConfig};
 use openraft::Raft;
 use parking_lot::Mutex;
@@ -82,9 +92,35 @@ pub(super) struct ClusterService {
     pub(super) stop: watch::Receiver<bool>,
     /// This node's session lease: without it, forwarded messages wait (see `forward`).
     pub(super) lease: Arc<super::lease::Lease>,
+    /// With TLS: binds the node a request claims to the caller's certificate (module docs).
+    pub(super) auth: PeerAuth,
 }
 
 impl ClusterService {
+    /// Join and Leave (module docs): from a current member, or from the node named itself.
+    fn member_or_self(&self, rpc: Rpc, caller: Caller, named: NodeId) -> Result<(), Status> {
+        let Some(cert) = caller.node() else {
+            return Ok(());
+        };
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&cert)
+            .is_some();
+        if cert == named || member {
+            return Ok(());
+        }
+        Err(self.auth.refuse(
+            rpc,
+            "a node that is not a member may only add or remove itself",
+            Some(cert),
+            Some(named),
+        ))
+    }
+
     /// A membership change's outcome, with the leader as this node knows it.
     fn membership_reply(&self, result: Result<(), ClusterError>) -> Response<pb::MembershipReply> {
         Response::new(pb::MembershipReply {
@@ -107,6 +143,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeReply>, Status> {
+        let caller = self.auth.caller(Rpc::Propose, &request)?;
         let command = request.into_inner().command;
         // The proposer checked this already; a peer with a larger `max_packet_size` may not
         // have. The encoded bytes are the command's size: measured before decoding.
@@ -119,6 +156,9 @@ impl cluster_server::Cluster for ClusterService {
         }
         let cmd: Command = postcard::from_bytes(&command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        if let Some(node) = author(&cmd) {
+            self.auth.claims(Rpc::Propose, caller, Some(node))?;
+        }
         let reply = match self.raft.client_write(cmd).await {
             Ok(r) => pb::ProposeReply {
                 log_index: r.log_id.index,
@@ -153,6 +193,8 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
+        let caller = self.auth.caller(Rpc::Forward, &request)?;
+        let auth = self.auth.clone();
         let mut stop = self.stop.clone();
         if *stop.borrow_and_update() {
             return Err(Status::unavailable("shutting down"));
@@ -175,6 +217,13 @@ impl cluster_server::Cluster for ClusterService {
                     },
                     _ = stop.changed() => break,
                 };
+                // The origin names itself in every batch (and keys what was delivered, see
+                // `dedup`): it must be the node the caller's certificate names.
+                let origin = NodeId::new(batch.origin_node);
+                if let Err(refused) = auth.claims(Rpc::Forward, caller, Some(origin)) {
+                    let _ = tx.send(Err(refused)).await;
+                    break;
+                }
                 // Without its session lease this node may hold copies of sessions the
                 // majority has given to other nodes (a claim it has not applied yet): a message
                 // put there would be acknowledged and then dropped with the copy (issue 8's
@@ -295,7 +344,10 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::TakeSessionRequest>,
     ) -> Result<Response<pb::TakeSessionReply>, Status> {
+        let caller = self.auth.caller(Rpc::TakeSession, &request)?;
         let r = request.into_inner();
+        self.auth
+            .claims(Rpc::TakeSession, caller, Some(NodeId::new(r.requester)))?;
         let t = self
             .local
             .take_session(
@@ -352,7 +404,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
+        let caller = self.auth.caller(Rpc::Join, &request)?;
         let r = request.into_inner();
+        self.member_or_self(Rpc::Join, caller, NodeId::new(r.node_id))?;
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
@@ -366,7 +420,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
+        let caller = self.auth.caller(Rpc::Leave, &request)?;
         let r = request.into_inner();
+        self.member_or_self(Rpc::Leave, caller, NodeId::new(r.node_id))?;
         let Some(c) = self.cluster.upgrade() else {
             return Err(Status::unavailable("shutting down"));
         };
@@ -400,7 +456,9 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseReply>, Status> {
+        let caller = self.auth.caller(Rpc::RenewLease, &request)?;
         let requester = NodeId::new(request.into_inner().node_id);
+        self.auth.claims(Rpc::RenewLease, caller, Some(requester))?;
         let read_index = super::lease::answer(&self.raft, requester).await?;
         Ok(Response::new(pb::LeaseReply { read_index }))
     }
@@ -441,6 +499,25 @@ impl cluster_server::Cluster for ClusterService {
             state: server_state(m.state).to_owned(),
             draining: self.local.draining(),
         }))
+    }
+}
+
+/// The node a command is written by, when it names one: its `node` is the proposer's own id
+/// (roost-node proposes routes, session claims, releases, returns and subscriptions for
+/// itself). `None` for commands any member may propose: retained messages, policies, and
+/// `ForgetNode` (the node named there is the one that left, not the proposer).
+fn author(cmd: &Command) -> Option<NodeId> {
+    match cmd {
+        Command::UpdateRoutes { node, .. }
+        | Command::ClaimSession { node, .. }
+        | Command::SetSubscriptions { node, .. }
+        | Command::ReleaseSession { node, .. }
+        | Command::ReturnSession { node, .. }
+        | Command::UpdateSubscriptions { node, .. } => Some(*node),
+        Command::SetRetained { .. }
+        | Command::ExpireRetained { .. }
+        | Command::ForgetNode { .. }
+        | Command::SetPolicies { .. } => None,
     }
 }
 

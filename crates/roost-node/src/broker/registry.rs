@@ -187,6 +187,7 @@ impl Broker {
                 moved: None,
                 fenced: None,
                 recent: None,
+                receive: None,
             },
         )
     }
@@ -770,7 +771,12 @@ impl Broker {
                 previous,
             } => (client_id, owner, previous),
             Event::PoliciesChanged { policies } => {
-                self.policies.apply(policies);
+                if self.policies.apply(policies) {
+                    let store = self.policies.current();
+                    for s in self.sessions() {
+                        s.refresh_receive_gate(store.as_deref());
+                    }
+                }
                 return;
             }
         };

@@ -321,6 +321,10 @@ impl Broker {
     ) -> bool {
         match target.deliver(msg.clone(), grant, now, self.congested_at()) {
             Delivery::Ended => false,
+            Delivery::Denied => {
+                crate::metrics::receive_denied();
+                false
+            }
             Delivery::Duplicate => {
                 self.metrics.handover_duplicates.increment(1);
                 true

@@ -119,6 +119,9 @@ pub(super) struct SessionState {
     /// for a while, so a message that reaches it both directly and passed on from the old
     /// owner is taken once (docs/rfcs/0006).
     pub(super) recent: Option<Box<RecentIds>>,
+    /// Who the session's client is, for `mqtt:Receive` (docs/security.md): set when a
+    /// connection attaches, kept while it is offline, re-resolved when the policies change.
+    pub(super) receive: Option<Box<crate::policy::ReceiveGate>>,
 }
 
 impl SessionState {
@@ -223,6 +226,9 @@ impl Hash for SessionRef {
 pub(crate) enum Delivery {
     /// The session had ended; nothing delivered.
     Ended,
+    /// The policies do not let this session's client receive the topic (`mqtt:Receive`);
+    /// nothing delivered.
+    Denied,
     /// The session moved to another node: the message goes on to it, with this grant.
     Moved { to: Moved, grant: Grant },
     /// The session just moved here and has this message already (docs/rfcs/0006).
@@ -289,6 +295,29 @@ impl SessionRef {
         f(&mut self.0.state.lock().session)
     }
 
+    /// Sets who this session's client is for `mqtt:Receive` (at attach).
+    pub(crate) fn set_receive_gate(&self, gate: Box<crate::policy::ReceiveGate>) {
+        self.0.state.lock().receive = Some(gate);
+    }
+
+    /// Re-resolves the session's `mqtt:Receive` policies after a change.
+    pub(crate) fn refresh_receive_gate(&self, store: Option<&roost_core::policy::PolicyStore>) {
+        if let Some(g) = &mut self.0.state.lock().receive {
+            g.refresh(store);
+        }
+    }
+
+    /// Whether the policies let this session's client receive `topic` (retained messages on
+    /// subscribe).
+    pub(crate) fn may_receive(&self, topic: &str) -> bool {
+        self.0
+            .state
+            .lock()
+            .receive
+            .as_mut()
+            .is_none_or(|g| g.allows(topic))
+    }
+
     /// Delivers one message and wakes the connection if something is ready to send.
     /// `congested_at`: queue length from which a QoS 1/2 delivery to a connected session
     /// reports congestion (backpressure).
@@ -314,6 +343,11 @@ impl SessionRef {
                 st.recent = None;
             } else if !r.first(msg.id) {
                 return Delivery::Duplicate;
+            }
+        }
+        if let Some(g) = &mut st.receive {
+            if !g.allows(msg.topic.as_str()) {
+                return Delivery::Denied;
             }
         }
         let Grant {

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [[listeners]]
-//! kind = "tls"                      # tcp | tls | ws | wss
+//! kind = "tls"                      # tcp | tls | ws | wss | quic
 //! listen = "0.0.0.0:8883"
 //! cert = "/etc/roost/tls/server.pem"
 //! key = "/etc/roost/tls/server.key"
@@ -31,12 +31,22 @@ pub enum ListenerKind {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// MQTT over QUIC (UDP; ALPN `mqtt`, one bidirectional stream, TLS 1.3).
+    Quic,
 }
 
 impl ListenerKind {
     /// Whether the listener terminates TLS.
     pub fn tls(self) -> bool {
-        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+        matches!(
+            self,
+            ListenerKind::Tls | ListenerKind::Wss | ListenerKind::Quic
+        )
+    }
+
+    /// Whether the listener binds a UDP port (QUIC) rather than a TCP one.
+    pub fn udp(self) -> bool {
+        self == ListenerKind::Quic
     }
 
     /// The name used in logs and metric labels.
@@ -46,6 +56,7 @@ impl ListenerKind {
             ListenerKind::Tls => "tls",
             ListenerKind::Ws => "ws",
             ListenerKind::Wss => "wss",
+            ListenerKind::Quic => "quic",
         }
     }
 }
@@ -81,21 +92,21 @@ pub enum CertIdentity {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `tcp`, `tls`, `ws` or `wss`.
+    /// `tcp`, `tls`, `ws`, `wss` or `quic`.
     pub kind: ListenerKind,
     /// Address to bind.
     pub listen: SocketAddr,
     /// Name in logs and in the `listener` label of metrics. Default `<kind>:<port>`.
     #[serde(default)]
     pub name: Option<String>,
-    /// PEM certificate chain, leaf first (tls, wss). Re-read on SIGHUP and
+    /// PEM certificate chain, leaf first (tls, wss, quic). Re-read on SIGHUP and
     /// `POST /api/v1/tls/reload`.
     #[serde(default)]
     pub cert: Option<PathBuf>,
-    /// PEM private key of `cert` (tls, wss).
+    /// PEM private key of `cert` (tls, wss, quic).
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// PEM bundle of the CAs that sign client certificates (tls, wss). Setting it asks clients
+    /// PEM bundle of the CAs that sign client certificates (tls, wss, quic). Setting it asks clients
     /// for certificates.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
@@ -120,6 +131,17 @@ pub struct ListenerConfig {
     /// Default: no limit of its own.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer;
+    /// the client address it carries is the one logged and shown (`GET /api/v1/clients`).
+    /// A connection without one is refused (`roost_mqtt_handshake_failed_total{reason="proxy"}`).
+    /// Default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// CONNECTs this listener accepts per second (on average over `mqtt.rate_burst_secs`);
+    /// beyond it CONNACK 0x9F Connection rate exceeded (v3.1.1: 0x03), counted
+    /// `roost_mqtt_connections_rejected_total{reason="connect_rate"}`. 0: no limit. Default 0.
+    #[serde(default)]
+    pub max_connect_rate: u64,
     /// A TLS or WebSocket handshake that has not finished after this many seconds is dropped
     /// (counted: `roost_handshake_failed_total{reason="timeout"}`). 1 to 300. Default 10.
     #[serde(default = "default_handshake_timeout")]
@@ -150,6 +172,8 @@ impl ListenerConfig {
             path: default_ws_path(),
             allow_anonymous: None,
             max_connections: None,
+            max_connect_rate: 0,
+            proxy_protocol: false,
             handshake_timeout_secs: default_handshake_timeout(),
         }
     }
@@ -199,7 +223,7 @@ impl ListenerConfig {
                     key(name),
                     "(set)".into(),
                     format!(
-                        "only applies to tls and wss listeners, not {}",
+                        "only applies to tls, wss and quic listeners, not {}",
                         self.kind.as_str()
                     ),
                 ));
@@ -226,6 +250,13 @@ impl ListenerConfig {
                 "must be between 1 and 300",
             ));
         }
+        if self.proxy_protocol && self.kind.udp() {
+            return Err(invalid(
+                key("proxy_protocol"),
+                "true".into(),
+                "does not apply to quic listeners (the PROXY protocol is for TCP)",
+            ));
+        }
         if self.max_connections == Some(0) {
             return Err(invalid(
                 key("max_connections"),
@@ -247,7 +278,7 @@ impl ListenerConfig {
 }
 
 /// `[auth]`: credentials and authorization policies.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Password file (`user:argon2 hash` lines, written by `roost passwd FILE USER`). When
@@ -260,4 +291,33 @@ pub struct AuthConfig {
     /// `PUT /api/v1/policies` or by editing this file and sending SIGHUP (the file is proposed
     /// again). Default: none (no policies: every authenticated client may do everything).
     pub policy_file: Option<PathBuf>,
+    /// Key that verifies JSON Web Tokens sent as the CONNECT password: an HS256 secret (at
+    /// least 32 bytes) or an RS256 / ES256 public key (PEM). A client whose password is a
+    /// token is authenticated by it: signature, `exp` (required), `nbf`, and `aud`/`iss` when
+    /// set below; the identity claim becomes the username, and the connection is closed when
+    /// the token expires (v5: DISCONNECT 0x87). Default: none (no tokens).
+    pub jwt_key_file: Option<PathBuf>,
+    /// `HS256`, `RS256` or `ES256`. Default `HS256`.
+    pub jwt_algorithm: String,
+    /// The claim that names the client: it becomes the username (the CONNECT's own username
+    /// is ignored). Default `sub`.
+    pub jwt_identity_claim: String,
+    /// Required `aud`, if set. Default: none (not checked).
+    pub jwt_audience: Option<String>,
+    /// Required `iss`, if set. Default: none (not checked).
+    pub jwt_issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            policy_file: None,
+            jwt_key_file: None,
+            jwt_algorithm: "HS256".into(),
+            jwt_identity_claim: "sub".into(),
+            jwt_audience: None,
+            jwt_issuer: None,
+        }
+    }
 }

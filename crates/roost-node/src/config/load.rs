@@ -112,6 +112,7 @@ impl Config {
         }
         between("mqtt.max_qos", m.max_qos, 0, 2)?;
         at_least("mqtt.connect_timeout_secs", m.connect_timeout_secs, 1)?;
+        between("mqtt.rate_burst_secs", m.rate_burst_secs, 1, 3600)?;
 
         if self.http.enabled && listeners_collide(self.http.listen, m.listen) {
             return Err(invalid(
@@ -169,6 +170,22 @@ impl Config {
             ));
         }
 
+        let tls = [&c.tls_cert, &c.tls_key, &c.tls_ca];
+        if tls.iter().any(|t| t.is_some()) && !tls.iter().all(|t| t.is_some()) {
+            let (key, _) = [
+                ("cluster.tls_cert", &c.tls_cert),
+                ("cluster.tls_key", &c.tls_key),
+                ("cluster.tls_ca", &c.tls_ca),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_none())
+            .unwrap_or(("cluster.tls_cert", &None));
+            return Err(invalid(
+                key,
+                "(missing)".into(),
+                "cluster.tls_cert, tls_key and tls_ca go together: set all three or none",
+            ));
+        }
         self.validate_listeners()?;
         validate_log_level(&self.log.level)
     }
@@ -176,17 +193,22 @@ impl Config {
     /// Every `[[listeners]]` entry, and that no two listeners (these, `mqtt.listen`,
     /// `http.listen`, `cluster.listen`) share a port.
     fn validate_listeners(&self) -> Result<(), ConfigError> {
-        let mut taken: Vec<(String, SocketAddr)> = vec![
-            ("mqtt.listen".into(), self.mqtt.listen),
-            ("cluster.listen".into(), self.cluster.listen),
+        // (name, address, UDP): TCP and UDP ports do not collide with each other.
+        let mut taken: Vec<(String, SocketAddr, bool)> = vec![
+            ("mqtt.listen".into(), self.mqtt.listen, false),
+            ("cluster.listen".into(), self.cluster.listen, false),
         ];
         if self.http.enabled {
-            taken.push(("http.listen".into(), self.http.listen));
+            taken.push(("http.listen".into(), self.http.listen, false));
         }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             l.validate(i)?;
-            if let Some((other, _)) = taken.iter().find(|(_, a)| listeners_collide(l.listen, *a)) {
+            let udp = l.kind.udp();
+            if let Some((other, _, _)) = taken
+                .iter()
+                .find(|(_, a, u)| *u == udp && listeners_collide(l.listen, *a))
+            {
                 return Err(invalid(
                     format!("listeners[{i}].listen"),
                     format!("\"{}\"", l.listen),
@@ -200,7 +222,7 @@ impl Config {
                     "another listener has the same name",
                 ));
             }
-            taken.push((format!("listeners[{i}].listen"), l.listen));
+            taken.push((format!("listeners[{i}].listen"), l.listen, udp));
         }
         Ok(())
     }
@@ -323,6 +345,7 @@ impl CliOverrides {
             (ListenerKind::Tls, self.mqtts),
             (ListenerKind::Ws, self.ws),
             (ListenerKind::Wss, self.wss),
+            (ListenerKind::Quic, self.quic),
         ] {
             let Some(addr) = addr else { continue };
             let mut l = ListenerConfig::new(kind, addr);

@@ -121,6 +121,15 @@ pub struct ClusterSettings {
     /// the orchestrator's grace period (Kubernetes: `terminationGracePeriodSeconds`, 30 s by
     /// default). Milliseconds. Default 20000.
     pub drain_timeout_ms: u64,
+    /// Mutual TLS between nodes (docs/security.md, "Between nodes"): this node's PEM
+    /// certificate chain, which must carry the DNS name `roost-node-<node_id>`. With
+    /// `tls_key` and `tls_ca`; all three or none. Default: none (plaintext, trusted network).
+    pub tls_cert: Option<PathBuf>,
+    /// This node's PEM private key (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA bundle: a peer without a certificate from it is refused, and a peer may
+    /// only speak for the node its certificate names (with `tls_cert`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -136,6 +145,9 @@ impl Default for ClusterSettings {
             commit_timeout_ms: 5000,
             session_lease_ms: 4000,
             drain_timeout_ms: 20_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -313,6 +325,18 @@ pub struct MqttConfig {
     /// having its QoS 1/2 messages dropped. After the wait the publisher goes on, and what no
     /// longer fits is dropped and counted. 0 disables waiting (drop at once). Milliseconds.
     pub backpressure_timeout_ms: u64,
+    /// PUBLISH packets one connection may send per second, on average over
+    /// `rate_burst_secs`. A connection over it is disconnected with 0x96 Message rate too high
+    /// (v3.1.1: closed); the PUBLISH that passed it is neither routed nor acknowledged (the
+    /// client sends it again after reconnecting), counted in
+    /// `roost_mqtt_rate_limited_total{limit="messages"}`. 0: no limit. Default 0.
+    pub max_publish_rate: u64,
+    /// Payload bytes of PUBLISH one connection may send per second, as `max_publish_rate`
+    /// (`limit="bytes"`). 0: no limit. Default 0.
+    pub max_publish_bytes_rate: u64,
+    /// How many seconds' worth of `max_publish_rate`, `max_publish_bytes_rate` and a listener's
+    /// `max_connect_rate` may come at once (the token buckets' size). 1 to 3600. Default 5.
+    pub rate_burst_secs: u64,
 }
 
 impl MqttConfig {
@@ -373,6 +397,9 @@ impl Default for MqttConfig {
             max_retained_bytes: 1024 * 1024 * 1024,
             pending_connect_bytes: 64 * 1024 * 1024,
             backpressure_timeout_ms: 5_000,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            rate_burst_secs: 5,
         }
     }
 }
@@ -558,7 +585,9 @@ pub struct CliOverrides {
     pub ws: Option<SocketAddr>,
     /// Adds a secure WebSocket listener (`--wss`) with the `--tls-*` files.
     pub wss: Option<SocketAddr>,
-    /// Certificate chain of the listeners added by `--mqtts` and `--wss`.
+    /// Adds a QUIC listener (`--quic`, UDP) with the `--tls-*` files.
+    pub quic: Option<SocketAddr>,
+    /// Certificate chain of the listeners added by `--mqtts`, `--wss` and `--quic`.
     pub tls_cert: Option<PathBuf>,
     /// Private key of the listeners added by `--mqtts` and `--wss`.
     pub tls_key: Option<PathBuf>,

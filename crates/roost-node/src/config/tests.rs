@@ -63,7 +63,12 @@ fn sample_parses_and_validates() {
     let kinds: Vec<_> = config.listeners.iter().map(|l| l.kind).collect();
     assert_eq!(
         kinds,
-        [ListenerKind::Tls, ListenerKind::Wss, ListenerKind::Ws],
+        [
+            ListenerKind::Tls,
+            ListenerKind::Wss,
+            ListenerKind::Quic,
+            ListenerKind::Ws
+        ],
         "the sample shows every listener kind beside mqtt.listen"
     );
 }
@@ -85,6 +90,8 @@ fn sample_sets_every_key() {
     listener.client_auth = Some(ClientAuthMode::Required);
     listener.allow_anonymous = Some(false);
     listener.max_connections = Some(1);
+    listener.max_connect_rate = 1;
+    listener.proxy_protocol = true;
     let lt: toml::Table = toml::from_str(&toml::to_string(&listener).unwrap()).unwrap();
     assert!(SAMPLE.contains("[[listeners]]"));
     for key in lt.keys() {

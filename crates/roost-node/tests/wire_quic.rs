@@ -1,0 +1,168 @@
+#![allow(clippy::unwrap_used)]
+//! MQTT over QUIC end to end (issue 9): a node with a `quic` listener, our own QUIC client
+//! (`roost_transport::quic::connect`) speaking MQTT through the test kit's raw client, a TCP
+//! client on the other side. Certificates are made here (rcgen).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use roost_codec::{Protocol, QoS, ReasonCode};
+use roost_node::config::{ClientAuthMode, ListenerConfig, ListenerKind};
+use roost_testkit::{connect_packet, RawClient, TestNode};
+use std::net::SocketAddr;
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn pki() -> Pki {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "QUIC test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let ca = p.self_signed(&key).unwrap();
+    Pki {
+        dir: tempfile::tempdir().unwrap(),
+        ca_pem: ca.pem(),
+        issuer: Issuer::new(p, key),
+    }
+}
+
+impl Pki {
+    /// (cert PEM, key PEM) for `cn`, a server (SAN localhost) or a client certificate.
+    fn leaf(&self, cn: &str, server: bool) -> (String, String) {
+        let sans = if server {
+            vec!["localhost".to_string()]
+        } else {
+            vec![]
+        };
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn listener(&self) -> ListenerConfig {
+        let (cert, key) = self.leaf("roost", true);
+        let d = self.dir.path();
+        std::fs::write(d.join("server.pem"), cert).unwrap();
+        std::fs::write(d.join("server.key"), key).unwrap();
+        std::fs::write(d.join("ca.pem"), &self.ca_pem).unwrap();
+        let mut l = ListenerConfig::new(ListenerKind::Quic, "127.0.0.1:0".parse().unwrap());
+        l.name = Some("quic".into());
+        l.cert = Some(d.join("server.pem"));
+        l.key = Some(d.join("server.key"));
+        l.client_ca = Some(d.join("ca.pem"));
+        l.client_auth = Some(ClientAuthMode::Optional);
+        l
+    }
+}
+
+fn quic_addr(node: &TestNode) -> SocketAddr {
+    node.node()
+        .listener_addrs()
+        .iter()
+        .find(|(name, _)| name == "quic")
+        .unwrap()
+        .1
+}
+
+async fn quic_client(
+    pki: &Pki,
+    addr: SocketAddr,
+    identity: Option<(String, String)>,
+) -> (quinn::Endpoint, RawClient) {
+    let tls = roost_transport::quic::client_tls_config(
+        pki.ca_pem.as_bytes(),
+        identity.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes())),
+    )
+    .unwrap();
+    let (endpoint, stream) = roost_transport::quic::connect(addr, "localhost", tls)
+        .await
+        .unwrap();
+    (endpoint, RawClient::over(stream, Protocol::V5))
+}
+
+#[tokio::test]
+async fn mqtt_over_quic_reaches_tcp_clients_and_back() {
+    let pki = pki();
+    let listener = pki.listener();
+    let node = TestNode::start_with(|c| c.listeners.push(listener))
+        .await
+        .unwrap();
+    let addr = quic_addr(&node);
+
+    let (_ep, mut q) = quic_client(&pki, addr, None).await;
+    let ack = q
+        .handshake(connect_packet(Protocol::V5, "over-quic", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let (suback, _) = q.subscribe("q/#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(suback.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+
+    let mut t = RawClient::connect(node.addr(), Protocol::V5, "over-tcp", true)
+        .await
+        .unwrap()
+        .0;
+    t.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    // 300 kB: many QUIC packets and more than one flow-control window update.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        t.publish("q/big", &big, QoS::AtLeastOnce, false)
+            .await
+            .unwrap(),
+        ReasonCode::SUCCESS
+    );
+    let p = q.next_publish().await.unwrap();
+    assert_eq!((p.topic.as_str(), p.payload.as_ref()), ("q/big", &big[..]));
+    assert_eq!(
+        q.publish("t/back", b"from quic", QoS::AtLeastOnce, false)
+            .await
+            .unwrap(),
+        ReasonCode::SUCCESS
+    );
+    let p = t.next_publish().await.unwrap();
+    assert_eq!(p.payload.as_ref(), b"from quic");
+    q.disconnect().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_quic_client_certificate_names_the_client() {
+    let pki = pki();
+    let listener = pki.listener();
+    let node = TestNode::start_with(|c| c.listeners.push(listener))
+        .await
+        .unwrap();
+    let (_ep, mut q) = quic_client(&pki, quic_addr(&node), Some(pki.leaf("meter-17", false))).await;
+    let ack = q
+        .handshake(connect_packet(Protocol::V5, "meter-17", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let clients = roost_testkit::admin::http(&node, "GET", "/api/v1/clients", None)
+        .await
+        .json();
+    let me = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "meter-17")
+        .unwrap();
+    assert_eq!(me["username"], "meter-17");
+    assert_eq!(me["auth"], "certificate");
+    assert_eq!(me["transport"], "quic");
+    node.stop().await;
+}
