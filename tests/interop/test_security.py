@@ -561,3 +561,95 @@ def test_a_cluster_over_mutual_tls_and_a_node_without_a_certificate(tmp_path, re
         assert cluster_handshake(a.cluster_port, pki, None) == "refused"
     finally:
         cluster.close()
+
+
+def _served_cn(port: int, ctx: ssl.SSLContext) -> str:
+    """The CN of the certificate the admin listener presents in a new handshake."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            subject = tls.getpeercert()["subject"]
+    return dict(rdn[0] for rdn in subject)["commonName"]
+
+
+def test_admin_api_over_https(tmp_path, pki):
+    """`[http] tls_cert/tls_key`: the admin API answers over HTTPS only, `roost ctl --ca` talks
+    to it, and SIGHUP reloads its certificate. The node is started by hand: the harness polls
+    /readyz over plain HTTP."""
+    import urllib.error
+    import urllib.request
+
+    http_port = free_port()
+    cfg = tmp_path / "https.toml"
+    cfg.write_text(
+        f'[mqtt]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
+        f'tls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\n'
+        f'[cluster]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'heartbeat_ms = 50\nelection_timeout_ms = 300\n'
+        f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    # A key file that does not load stops the start, exit 64, naming the key.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace(str(pki.server_key), str(tmp_path / "nope.key")))
+    r = subprocess.run([str(roost_bin()), "serve", "--config", str(bad)], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 64 and "http.tls_key" in r.stderr, r.stderr
+
+    log = open(tmp_path / "roost.log", "w")
+    proc = subprocess.Popen([str(roost_bin()), "serve", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    url = f"https://127.0.0.1:{http_port}"
+
+    def get(path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(url + path, context=ctx, timeout=5) as r:
+            return r.status, r.read()
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "roost.log").read_text()
+        try:
+            return get("/readyz")[0] == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    try:
+        wait_until(ready, timeout=20, what="/readyz over https")
+        assert get("/healthz") == (200, b"ok\n")
+        # Plain HTTP on that port gets no HTTP answer.
+        with pytest.raises(Exception) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5)
+        assert not isinstance(refused.value, urllib.error.HTTPError), refused.value
+
+        # roost ctl: HTTPS with --ca; without it, no answer (exit 1, one line).
+        ctl = [str(roost_bin()), "ctl", "--timeout-secs", "5"]
+        r = subprocess.run([*ctl, "--ca", str(pki.ca), "--http", f"127.0.0.1:{http_port}",
+                            "status", "--json"], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["node_id"] == 1
+        r = subprocess.run([*ctl, "--ca", str(pki.ca), "--http",
+                            f"https://localhost:{http_port}", "status"],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([*ctl, "--http", f"127.0.0.1:{http_port}", "status"],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and r.stderr.startswith("roost ctl: "), r.stderr
+        # A CA that did not sign the certificate: the handshake fails.
+        other = Pki(tmp_path / "other-pki", name="Other CA")
+        r = subprocess.run([*ctl, "--ca", str(other.ca), "--http", f"127.0.0.1:{http_port}",
+                            "status"], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and "TLS handshake" in r.stderr, r.stderr
+
+        # SIGHUP re-reads the certificate: new handshakes get the new one.
+        assert _served_cn(http_port, ctx) == "roost-test-server"
+        pki.reissue_server()
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: _served_cn(http_port, ctx) == "roost-test-server-2",
+                   timeout=10, what="the reissued admin certificate")
+        assert get("/healthz") == (200, b"ok\n")
+        # A graceful stop ends the HTTPS listener too.
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0, (tmp_path / "roost.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

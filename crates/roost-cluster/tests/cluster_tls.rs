@@ -1,5 +1,5 @@
 //! Mutual TLS on the cluster gRPC listener, end to end in one process: `Cluster`s with
-//! `ClusterConfig::tls` on `127.0.0.1` ports, certificates made here with rcgen (a cluster CA
+//! `ClusterConfig::tls` on `127.0.0.1` ports, certificates made here (`roost_testkit::pki`) (a cluster CA
 //! issuing `roost-node-<id>` certificates, and a second CA nobody trusts), and raw tonic
 //! clients playing a peer.
 //!
@@ -19,10 +19,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use openraft::raft::VoteRequest;
 use openraft::Vote;
 use parking_lot::Mutex;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::Event;
 use roost_cluster::types::{Command, CommandResponse, NodeId};
@@ -37,6 +33,7 @@ use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
 use roost_proto::v1::raft_client::RaftClient;
+use roost_testkit::pki::{TestCa, Usage};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -82,44 +79,22 @@ fn refused(rpc: Option<&str>) -> u64 {
     sum
 }
 
-/// A certificate authority made for the test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
 /// A certificate for both ends of a TLS connection, signed by `ca`, with these DNS names:
 /// (certificate PEM, key PEM).
-fn issue(ca: &Ca, sans: &[String]) -> (String, String) {
-    let mut p = CertificateParams::new(sans.to_vec()).unwrap();
-    p.distinguished_name
-        .push(DnType::CommonName, "roost test node");
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+fn issue(ca: &TestCa, sans: &[String]) -> (String, String) {
+    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+    let leaf = ca.leaf("roost test node", &sans, Usage::Both);
+    (leaf.cert_pem, leaf.key_pem)
+}
+
+fn ca(name: &str) -> TestCa {
+    TestCa::new(name)
 }
 
 /// The cluster CA and its files in a directory.
 struct Pki {
     dir: TempDir,
-    ca: Ca,
+    ca: TestCa,
     ca_path: PathBuf,
 }
 

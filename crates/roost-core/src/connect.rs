@@ -28,6 +28,9 @@ use roost_codec::{
 /// CONNACK and enforced on every packet. Built once from the node's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerPolicy {
+    /// MQTT 5 enhanced authentication methods the node runs (CONNECT's Authentication
+    /// Method); any other is refused with 0x8C Bad authentication method.
+    pub auth_methods: Vec<&'static str>,
     /// Longest client id accepted, in bytes (0x85 beyond it).
     pub max_client_id_length: usize,
     /// Highest QoS accepted in PUBLISH, granted in SUBSCRIBE and allowed for a will
@@ -64,6 +67,7 @@ impl Default for ServerPolicy {
     /// The defaults of roost-node's `MqttConfig`.
     fn default() -> Self {
         ServerPolicy {
+            auth_methods: Vec::new(),
             max_client_id_length: 256,
             max_qos: QoS::ExactlyOnce,
             retain_available: true,
@@ -172,12 +176,15 @@ pub fn negotiate(
 ) -> Result<Negotiated, Refusal> {
     let v5 = connect.protocol == Protocol::V5;
     let props = &connect.properties;
-    if props.authentication_method.is_some() {
-        // Enhanced authentication (AUTH exchange) is not offered.
-        return Err(Refusal::new(
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "auth_method",
-        ));
+    if let Some(method) = &props.authentication_method {
+        // Enhanced authentication: only the methods the node runs (the node runs the AUTH
+        // exchange itself, before CONNACK).
+        if !policy.auth_methods.iter().any(|m| m == method) {
+            return Err(Refusal::new(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "auth_method",
+            ));
+        }
     }
     let bad_id = Refusal::new(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id");
     let (client_id, assigned) = if connect.client_id.is_empty() {

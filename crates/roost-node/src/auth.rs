@@ -41,6 +41,7 @@ pub(crate) enum Method {
     Password,
     Certificate,
     Token,
+    Scram,
 }
 
 impl Method {
@@ -50,6 +51,7 @@ impl Method {
             Method::Password => "password",
             Method::Certificate => "certificate",
             Method::Token => "token",
+            Method::Scram => "scram",
         }
     }
 }
@@ -140,6 +142,23 @@ impl Auth {
         *self.passwords.write() = Some(Arc::new(file));
         self.verified.lock().clear();
         Ok(true)
+    }
+
+    /// `user`'s SCRAM-SHA-256 credentials from the password file, if any.
+    pub(crate) fn scram(&self, user: &str) -> Option<crate::scram::ScramCredentials> {
+        self.passwords.read().as_ref().and_then(|p| p.scram(user))
+    }
+
+    /// Made-up SCRAM parameters for a user without credentials: a salt derived from the user
+    /// name under this process's key, so repeated probes see the same salt and learn nothing.
+    pub(crate) fn scram_decoy(&self, user: &str) -> crate::scram::ScramCredentials {
+        let tag = ring::hmac::sign(&self.key, user.as_bytes());
+        crate::scram::ScramCredentials {
+            iterations: crate::scram::DEFAULT_ITERATIONS,
+            salt: tag.as_ref()[..16].to_vec(),
+            stored_key: [0; 32],
+            server_key: [0; 32],
+        }
     }
 
     /// Number of users in the password file (0 without one).
@@ -272,7 +291,8 @@ impl Auth {
 }
 
 impl crate::broker::Broker {
-    /// Re-reads every TLS listener's certificate files and the password file, and proposes
+    /// Re-reads every TLS listener's certificate files (the admin API's too, when it serves
+    /// HTTPS) and the password file, and proposes
     /// the policy file to the cluster again (SIGHUP, `POST /api/v1/reload`). Each failure keeps the old file in use and is logged at ERROR
     /// (the operator's change did not take). Returns what was reloaded and what failed.
     pub(crate) async fn reload_credentials(&self) -> Vec<(String, Result<(), String>)> {
@@ -287,6 +307,18 @@ impl crate::broker::Broker {
                 Err(e) => {
                     tracing::error!(listener = %l.name, error = %e, "certificate reload failed; the old one stays in use");
                     report.push((format!("listener {}", l.name), Err(e)));
+                }
+            }
+        }
+        if let Some(tls) = self.admin_tls.get() {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!("admin API certificate reloaded");
+                    report.push(("http.tls_cert".into(), Ok(())));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "admin API certificate reload failed; the old one stays in use");
+                    report.push(("http.tls_cert".into(), Err(e)));
                 }
             }
         }

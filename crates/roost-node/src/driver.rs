@@ -344,6 +344,84 @@ impl<S: ByteStream> Conn<S> {
         }
     }
 
+    /// SCRAM-SHA-256 (`crate::scram`): the CONNECT's data is the client-first message; the
+    /// server-first goes out in AUTH 0x18, the client-final must come back in AUTH 0x18 within
+    /// the connect timeout. Returns the user and the server-final message for the CONNACK.
+    async fn scram_exchange(
+        &mut self,
+        connect: &Connect,
+    ) -> Result<(String, Vec<u8>), roost_core::connect::Refusal> {
+        use crate::scram::{ScramError, ScramServer, METHOD};
+        use roost_core::connect::Refusal;
+        let malformed = |_| Refusal::new(ReasonCode::NOT_AUTHORIZED, "scram_malformed");
+        let first = connect
+            .properties
+            .authentication_data
+            .as_deref()
+            .unwrap_or_default();
+        let auth = &self.broker.auth;
+        let (server, server_first) =
+            ScramServer::start(first, |u| auth.scram(u), |u| auth.scram_decoy(u)).map_err(|e| {
+                match e {
+                    ScramError::Failed => {
+                        Refusal::new(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "bad_credentials")
+                    }
+                    ScramError::Malformed(_) => malformed(()),
+                }
+            })?;
+        let challenge = roost_codec::Auth {
+            reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+            properties: roost_codec::Properties {
+                authentication_method: Some(METHOD.to_owned()),
+                authentication_data: Some(server_first.into()),
+                ..roost_codec::Properties::default()
+            },
+        };
+        self.queue(&Packet::Auth(challenge), Protocol::V5);
+        if self.flush().await.is_err() {
+            return Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "scram_io"));
+        }
+        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+        let reply = tokio::time::timeout(timeout, async {
+            loop {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(p)) => return Some(p),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                match self.fill().await {
+                    Ok(true) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        let Ok(Some(Packet::Auth(a))) = reply else {
+            return Err(malformed(()));
+        };
+        if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION
+            || a.properties.authentication_method.as_deref() != Some(METHOD)
+        {
+            return Err(malformed(()));
+        }
+        let client_final = a
+            .properties
+            .authentication_data
+            .as_deref()
+            .unwrap_or_default();
+        match server.finish(client_final) {
+            Ok(server_final) => Ok((server.user().to_owned(), server_final)),
+            Err(ScramError::Failed) => {
+                debug!(peer = %self.peer, user = server.user(), "SCRAM proof refused");
+                Err(Refusal::new(
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    "bad_credentials",
+                ))
+            }
+            Err(ScramError::Malformed(_)) => Err(malformed(())),
+        }
+    }
+
     /// Refuses the CONNECT: counts it, sends a CONNACK with `reason` unless even that exceeds
     /// the client's Maximum Packet Size `max` (then the connection just closes,
     /// [MQTT-3.1.2-24]), and closes.
@@ -395,12 +473,29 @@ impl<S: ByteStream> Conn<S> {
                 )
                 .await;
         }
-        let identity = match self
-            .broker
-            .auth
-            .authenticate(&self.via, &connect, n.client_id.as_str())
-            .await
-        {
+        // MQTT 5 enhanced authentication (negotiate only lets through the methods the node
+        // runs): the AUTH exchange happens here, before CONNACK.
+        let mut auth_reply = None;
+        let authenticated = match connect.properties.authentication_method.as_deref() {
+            Some(crate::scram::METHOD) => match self.scram_exchange(&connect).await {
+                Ok((user, server_final)) => {
+                    auth_reply = Some(server_final);
+                    Ok(crate::auth::Identity {
+                        username: Some(user),
+                        method: crate::auth::Method::Scram,
+                        expires_at: None,
+                    })
+                }
+                Err(r) => Err(r),
+            },
+            _ => {
+                self.broker
+                    .auth
+                    .authenticate(&self.via, &connect, n.client_id.as_str())
+                    .await
+            }
+        };
+        let identity = match authenticated {
             Ok(i) => i,
             Err(r) => {
                 debug!(peer = %self.peer, listener = %self.via.listener.name, why = r.why, "authentication failed");
@@ -445,7 +540,11 @@ impl<S: ByteStream> Conn<S> {
         let Some((attached, ctl)) = self.admit(&n, conn_id, identity).await else {
             return;
         };
-        let ack = n.connack(&policy, attached.session_present);
+        let mut ack = n.connack(&policy, attached.session_present);
+        if let Some(data) = auth_reply {
+            ack.properties.authentication_method = Some(crate::scram::METHOD.to_owned());
+            ack.properties.authentication_data = Some(data.into());
+        }
         let session = attached.session;
         session.set_receive_gate(authz.receive_gate(&self.broker.policies));
         self.queue(&Packet::ConnAck(ack), protocol);

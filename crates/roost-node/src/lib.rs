@@ -27,6 +27,7 @@ mod driver;
 mod failpoints;
 mod hooks;
 mod http;
+mod https;
 mod jwt;
 mod listener;
 mod metrics;
@@ -34,6 +35,7 @@ mod node;
 pub mod passwords;
 mod policy;
 mod routes;
+pub mod scram;
 mod sys;
 pub mod telemetry;
 

@@ -5,7 +5,7 @@
 //!        │                                  │
 //!        ├─ accept loop ── spawn driver::serve per connection
 //!        ├─ $SYS ticker
-//!        └─ admin HTTP (axum)
+//!        └─ admin HTTP (axum; over TLS through https.rs when http.tls_cert is set)
 //!  Node::shutdown() ── readyz 503 ── stop accepting ── DISCONNECT 0x8B to every client
 //!                   ── wait for drivers to flush (bounded) ── stop HTTP
 //! ```
@@ -152,6 +152,12 @@ impl Node {
             })?;
             listeners.push(Arc::new(built));
         }
+        let admin_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) if config.http.enabled => Some(Arc::new(
+                crate::https::AdminTls::load(cert.clone(), key.clone())?,
+            )),
+            _ => None,
+        };
         let data_lock = lock_data_dir(&config)?;
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
@@ -197,15 +203,25 @@ impl Node {
                 },
                 Arc::new(Guard::new(&config.http, admin_token)),
             );
-            let mut rx = stop_rx.clone();
-            background.push(tokio::spawn(async move {
-                let serve = axum::serve(http, app).with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "admin HTTP listener failed");
-                }
-            }));
+            if let Some(tls) = admin_tls {
+                let _ = broker.admin_tls.set(Arc::clone(&tls));
+                background.push(tokio::spawn(crate::https::serve(
+                    http,
+                    app,
+                    tls,
+                    stop_rx.clone(),
+                )));
+            } else {
+                let mut rx = stop_rx.clone();
+                background.push(tokio::spawn(async move {
+                    let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    });
+                    if let Err(e) = serve.await {
+                        warn!(error = %e, "admin HTTP listener failed");
+                    }
+                }));
+            }
         }
         if config.node.sys_interval_secs > 0 {
             let interval = Duration::from_secs(config.node.sys_interval_secs);
@@ -241,6 +257,7 @@ impl Node {
         info!(
             mqtt = %mqtt_addr,
             http = ?http_addr,
+            https = broker.admin_tls.get().is_some(),
             cluster = cluster.advertise(),
             node_id = %cluster.node_id(),
             data_dir = %config.node.data_dir.display(),

@@ -169,6 +169,16 @@ pub enum PasswordFileError {
         /// What is wrong, without quoting the hash.
         reason: String,
     },
+    /// A user's SCRAM-SHA-256 credentials (after the hash) are not RFC 5803's form.
+    #[error("line {line}: user {user:?}: bad SCRAM-SHA-256 credentials: {reason}")]
+    BadScram {
+        /// 1-based line number.
+        line: usize,
+        /// The user.
+        user: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A user is listed twice.
     #[error("line {line}: user {user:?} is already on line {first_line}")]
     DuplicateUser {
@@ -206,8 +216,13 @@ impl PasswordFileError {
 enum Line {
     /// A blank line or a `#` comment, written back as it was read.
     Other(String),
-    /// A user and its PHC string, checked by [`check_hash`].
-    Entry { user: String, hash: String },
+    /// A user and its PHC string, checked by [`check_hash`], and optionally its SCRAM-SHA-256
+    /// credentials (RFC 5803 form, after a space) for MQTT 5 enhanced authentication.
+    Entry {
+        user: String,
+        hash: String,
+        scram: Option<crate::scram::ScramCredentials>,
+    },
 }
 
 /// A password file in memory: its lines in order (comments included) and an index from user to
@@ -289,12 +304,26 @@ impl PasswordFile {
             };
             validate_user_name(user)
                 .map_err(|reason| PasswordFileError::BadUserName { line, reason })?;
-            let hash = hash.trim_end();
+            let field = hash.trim_end();
+            let (hash, scram) = match field.split_once(' ') {
+                Some((h, s)) => (h, Some(s.trim())),
+                None => (field, None),
+            };
             check_hash(hash).map_err(|reason| PasswordFileError::NotArgon2 {
                 line,
                 user: user.to_owned(),
                 reason,
             })?;
+            let scram = match scram {
+                Some(s) => Some(crate::scram::ScramCredentials::parse(s).map_err(|reason| {
+                    PasswordFileError::BadScram {
+                        line,
+                        user: user.to_owned(),
+                        reason,
+                    }
+                })?),
+                None => None,
+            };
             if let Some(&first) = file.index.get(user) {
                 return Err(PasswordFileError::DuplicateUser {
                     user: user.to_owned(),
@@ -309,6 +338,7 @@ impl PasswordFile {
             file.lines.push(Line::Entry {
                 user: user.to_owned(),
                 hash: hash.to_owned(),
+                scram,
             });
         }
         Ok(file)
@@ -384,6 +414,7 @@ impl PasswordFile {
         let entry = Line::Entry {
             user: user.to_owned(),
             hash,
+            scram: None,
         };
         match existing.and_then(|i| self.lines.get_mut(i)) {
             Some(line) => *line = entry,
@@ -393,6 +424,36 @@ impl PasswordFile {
             }
         }
         Ok(())
+    }
+
+    /// `user`'s SCRAM-SHA-256 credentials, if the file has them.
+    pub fn scram(&self, user: &str) -> Option<crate::scram::ScramCredentials> {
+        match self.index.get(user).and_then(|&i| self.lines.get(i)) {
+            Some(Line::Entry { scram, .. }) => scram.clone(),
+            _ => None,
+        }
+    }
+
+    /// Whether any user has SCRAM-SHA-256 credentials.
+    pub fn has_scram(&self) -> bool {
+        self.lines
+            .iter()
+            .any(|l| matches!(l, Line::Entry { scram: Some(_), .. }))
+    }
+
+    /// Adds SCRAM-SHA-256 credentials derived from `password` to `user` (who must exist: call
+    /// [`set`](Self::set) first). `roost passwd --scram`.
+    pub fn set_scram(&mut self, user: &str, password: &[u8]) -> Result<(), PasswordFileError> {
+        let creds =
+            crate::scram::ScramCredentials::derive(password, crate::scram::DEFAULT_ITERATIONS)
+                .map_err(|e| PasswordFileError::Hash(e.to_string()))?;
+        match self.index.get(user).and_then(|&i| self.lines.get_mut(i)) {
+            Some(Line::Entry { scram, .. }) => {
+                *scram = Some(creds);
+                Ok(())
+            }
+            _ => Err(PasswordFileError::Hash(format!("no user {user:?}"))),
+        }
     }
 
     /// Removes `user`; false if it was not in the file. Comment lines stay where they were.
@@ -417,10 +478,14 @@ impl PasswordFile {
         for line in &self.lines {
             match line {
                 Line::Other(raw) => text.push_str(raw),
-                Line::Entry { user, hash } => {
+                Line::Entry { user, hash, scram } => {
                     text.push_str(user);
                     text.push(':');
                     text.push_str(hash);
+                    if let Some(s) = scram {
+                        text.push(' ');
+                        text.push_str(&s.to_rfc5803());
+                    }
                 }
             }
             text.push('\n');

@@ -1,64 +1,39 @@
 #![allow(clippy::unwrap_used)]
 //! MQTT over QUIC end to end (issue 9): a node with a `quic` listener, our own QUIC client
 //! (`roost_transport::quic::connect`) speaking MQTT through the test kit's raw client, a TCP
-//! client on the other side. Certificates are made here (rcgen).
+//! client on the other side. Certificates are made here (`roost_testkit::pki`).
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use roost_codec::{Protocol, QoS, ReasonCode};
 use roost_node::config::{ClientAuthMode, ListenerConfig, ListenerKind};
+use roost_testkit::pki::{TestCa, Usage};
 use roost_testkit::{connect_packet, RawClient, TestNode};
 use std::net::SocketAddr;
 
 struct Pki {
     dir: tempfile::TempDir,
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 fn pki() -> Pki {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(DnType::CommonName, "QUIC test CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    let ca = p.self_signed(&key).unwrap();
     Pki {
         dir: tempfile::tempdir().unwrap(),
-        ca_pem: ca.pem(),
-        issuer: Issuer::new(p, key),
+        ca: TestCa::new("QUIC test CA"),
     }
 }
 
 impl Pki {
-    /// (cert PEM, key PEM) for `cn`, a server (SAN localhost) or a client certificate.
-    fn leaf(&self, cn: &str, server: bool) -> (String, String) {
-        let sans = if server {
-            vec!["localhost".to_string()]
-        } else {
-            vec![]
-        };
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+    /// (cert PEM, key PEM) of a client certificate for `cn`.
+    fn client(&self, cn: &str) -> (String, String) {
+        let l = self.ca.leaf(cn, &[], Usage::Client);
+        (l.cert_pem, l.key_pem)
     }
 
     fn listener(&self) -> ListenerConfig {
-        let (cert, key) = self.leaf("roost", true);
+        let server = self.ca.leaf("roost", &["localhost"], Usage::Server);
         let d = self.dir.path();
-        std::fs::write(d.join("server.pem"), cert).unwrap();
-        std::fs::write(d.join("server.key"), key).unwrap();
-        std::fs::write(d.join("ca.pem"), &self.ca_pem).unwrap();
+        std::fs::write(d.join("server.pem"), server.cert_pem).unwrap();
+        std::fs::write(d.join("server.key"), server.key_pem).unwrap();
+        std::fs::write(d.join("ca.pem"), &self.ca.pem).unwrap();
         let mut l = ListenerConfig::new(ListenerKind::Quic, "127.0.0.1:0".parse().unwrap());
         l.name = Some("quic".into());
         l.cert = Some(d.join("server.pem"));
@@ -84,7 +59,7 @@ async fn quic_client(
     identity: Option<(String, String)>,
 ) -> (quinn::Endpoint, RawClient) {
     let tls = roost_transport::quic::client_tls_config(
-        pki.ca_pem.as_bytes(),
+        pki.ca.pem.as_bytes(),
         identity.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes())),
     )
     .unwrap();
@@ -146,7 +121,7 @@ async fn a_quic_client_certificate_names_the_client() {
     let node = TestNode::start_with(|c| c.listeners.push(listener))
         .await
         .unwrap();
-    let (_ep, mut q) = quic_client(&pki, quic_addr(&node), Some(pki.leaf("meter-17", false))).await;
+    let (_ep, mut q) = quic_client(&pki, quic_addr(&node), Some(pki.client("meter-17"))).await;
     let ack = q
         .handshake(connect_packet(Protocol::V5, "meter-17", true))
         .await

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod packets;
+pub mod pki;
 pub mod proxy;
 pub mod steps;
 

@@ -4,11 +4,18 @@
 //! roost ctl --http ADDR status [--json]          GET    /api/v1/cluster
 //! roost ctl --http ADDR join ID@ADDR [--mqtt A]  POST   /api/v1/cluster/members
 //! roost ctl --http ADDR leave ID                 DELETE /api/v1/cluster/members/{id}
+//! roost ctl --ca FILE --http ADDR ...            the same over HTTPS
 //! ```
 //!
 //! Any member will do: a follower forwards membership changes to the leader itself. Exit code 0
 //! on success, 1 with one line on stderr otherwise ("cannot reach roost at ADDR: ..." when
 //! nothing listens there, "roost at ADDR answered 409 Conflict: ..." when the node refused).
+//!
+//! A node whose admin API serves HTTPS (`http.tls_cert`) is reached with `--ca FILE`: the PEM
+//! bundle of the CA that signs its certificate (a self-signed certificate is its own CA). The
+//! connection is then TLS (1.3 or 1.2, rustls with the ring provider, as the node), and the
+//! certificate must name the host given in `--http` (a DNS name or an IP address subject
+//! alternative name); `--http` may then be written `https://host:port`.
 //!
 //! The admin token, when the node requires one (`http.token_file` / `ROOST_HTTP__TOKEN`), is
 //! sent as `Authorization: Bearer`. It comes from `--token-file PATH` (or the variable
@@ -25,7 +32,7 @@
 //! Why not hyper-util's pooled `legacy::Client`: ctl makes one request and exits, and connecting
 //! ourselves keeps "nothing listens there" ([`HttpError::Unreachable`]) apart from "it answered
 //! badly" ([`HttpError::Exchange`]) with the operating system's own words. `roost dev-cluster`
-//! reuses [`http_request`] to poll `/readyz`.
+//! reuses [`http_request`] to poll `/readyz`. TLS is tokio-rustls, built for the node already.
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -41,15 +48,23 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 /// `roost ctl`: inspect and change a running cluster through any member's admin HTTP API.
 #[derive(Args, Debug)]
 pub(crate) struct CtlArgs {
-    /// Admin HTTP address of any cluster member (`host:port`; an `http://` prefix is accepted).
+    /// Admin HTTP address of any cluster member (`host:port`; an `http://` prefix is accepted,
+    /// or `https://` with --ca).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: String,
+    /// Talk HTTPS, trusting this PEM CA bundle: for a node whose admin API has
+    /// http.tls_cert. Its certificate must name the host in --http.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Give up on the request after this many seconds. A join waits until the new node has
     /// caught up with the log and become a voter, so it can take a while on a large state.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -176,7 +191,14 @@ fn admin_token(
 
 /// Performs the command and returns what to print.
 fn execute(args: &CtlArgs) -> Result<String, String> {
-    let addr = normalize_addr(&args.http)?;
+    let (addr, tls) = match &args.ca {
+        Some(ca) => {
+            let given = args.http.trim();
+            let addr = normalize_addr(given.strip_prefix("https://").unwrap_or(given))?;
+            (addr, Some(client_tls(ca)?))
+        }
+        None => (normalize_addr(&args.http)?, None),
+    };
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let token = admin_token(args.token_file.as_deref(), std::env::var(TOKEN_ENV).ok())?;
     let target = Target {
@@ -184,9 +206,12 @@ fn execute(args: &CtlArgs) -> Result<String, String> {
         token: token.as_deref(),
         timeout,
     };
+    let call = |method: &str, path: &str, body: Option<&[u8]>| {
+        call_over(&target, tls.clone(), method, path, body)
+    };
     match &args.command {
         CtlCommand::Status { json } => {
-            let resp = call(&target, "GET", "/api/v1/cluster", None)?;
+            let resp = call("GET", "/api/v1/cluster", None)?;
             if *json {
                 let mut text = String::from_utf8_lossy(&resp.body).into_owned();
                 if !text.ends_with('\n') {
@@ -200,12 +225,7 @@ fn execute(args: &CtlArgs) -> Result<String, String> {
         }
         CtlCommand::Join { member, mqtt } => {
             let body = join_body(member, mqtt.as_deref());
-            call(
-                &target,
-                "POST",
-                "/api/v1/cluster/members",
-                Some(body.as_bytes()),
-            )?;
+            call("POST", "/api/v1/cluster/members", Some(body.as_bytes()))?;
             Ok(format!(
                 "node {} ({}) joined the cluster as a voter\n",
                 member.node_id, member.addr
@@ -213,7 +233,7 @@ fn execute(args: &CtlArgs) -> Result<String, String> {
         }
         CtlCommand::Leave { node_id } => {
             let path = format!("/api/v1/cluster/members/{node_id}");
-            call(&target, "DELETE", &path, None)?;
+            call("DELETE", &path, None)?;
             Ok(format!("node {node_id} left the cluster\n"))
         }
     }
@@ -238,15 +258,28 @@ struct Target<'a> {
     timeout: Duration,
 }
 
-/// One request; any answer but 2xx becomes an error line naming the node and its reason.
+/// [`call_over`] in plain HTTP, as the unit tests use it.
+#[cfg(test)]
 fn call(
     target: &Target<'_>,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<HttpResponse, String> {
+    call_over(target, None, method, path, body)
+}
+
+/// One request, over TLS when `tls` is given (`--ca`); any answer but 2xx becomes an error
+/// line naming the node and its reason.
+fn call_over(
+    target: &Target<'_>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<HttpResponse, String> {
     let addr = target.addr;
-    let resp = http_request(addr, method, path, body, target.token, target.timeout)
+    let resp = send(addr, tls, method, path, body, target.token, target.timeout)
         .map_err(|e| e.to_string())?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
@@ -284,18 +317,48 @@ fn error_text(body: &[u8]) -> String {
     short
 }
 
-/// `http://host:port/` -> `host:port`; https is refused (the admin listener speaks plain HTTP).
+/// `http://host:port/` -> `host:port`; `https://` is refused (it needs `--ca`, which strips it
+/// before calling this).
 pub(crate) fn normalize_addr(addr: &str) -> Result<String, String> {
     let trimmed = addr.trim();
     if trimmed.starts_with("https://") {
         return Err(format!(
-            "{addr:?}: https is not supported; the admin API is plain HTTP"
+            "{addr:?}: https needs --ca FILE, the CA bundle that signs the node's admin certificate"
         ));
     }
     let bare = trimmed.strip_prefix("http://").unwrap_or(trimmed);
     let bare = bare.trim_end_matches('/');
     validate_host_port(bare).map_err(|e| format!("--http {addr:?}: {e}"))?;
     Ok(bare.to_owned())
+}
+
+/// The TLS client configuration for `--ca FILE`: TLS 1.3 and 1.2, ring provider (as the node),
+/// the CAs in the file as the only roots, ALPN `http/1.1`.
+fn client_tls(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read --ca {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--ca {}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "--ca {}: no PEM certificate in the file",
+            ca.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 // ---- cluster status -----------------------------------------------------------------------
@@ -483,6 +546,19 @@ pub(crate) fn http_request(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
+    send(addr, None, method, path, body, token, timeout)
+}
+
+/// [`http_request`], over TLS when `tls` is given (`--ca`).
+fn send(
+    addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -490,13 +566,14 @@ pub(crate) fn http_request(
             addr: addr.to_owned(),
             reason: format!("cannot start the I/O runtime: {e}"),
         })?;
-    runtime.block_on(request(addr, method, path, body, token, timeout))
+    runtime.block_on(request(addr, tls, method, path, body, token, timeout))
 }
 
-/// [`http_request`]'s body: connect (names resolved, each address tried in turn), then the
-/// exchange, both bounded by one deadline.
+/// [`http_request`]'s body: connect (names resolved, each address tried in turn), the TLS
+/// handshake when `tls` is given, then the exchange, all bounded by one deadline.
 async fn request(
     addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
@@ -519,23 +596,47 @@ async fn request(
             })
         }
     };
-    let reason =
-        match tokio::time::timeout_at(deadline, exchange(stream, addr, method, path, body, token))
-            .await
-        {
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(reason)) => reason,
-            Err(_) => format!("no complete response within {:.1}s", timeout.as_secs_f64()),
-        };
+    let done = match tls {
+        None => {
+            let exchange = exchange(stream, addr, method, path, body, token);
+            tokio::time::timeout_at(deadline, exchange).await
+        }
+        Some(config) => {
+            let tls = async {
+                let name = server_name(addr)?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {}", error_chain(&e)))?;
+                exchange(stream, addr, method, path, body, token).await
+            };
+            tokio::time::timeout_at(deadline, tls).await
+        }
+    };
+    let reason = match done {
+        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Err(reason)) => reason,
+        Err(_) => format!("no complete response within {:.1}s", timeout.as_secs_f64()),
+    };
     Err(HttpError::Exchange {
         addr: addr.to_owned(),
         reason,
     })
 }
 
-/// One request on a connected stream; the error is the reason for [`HttpError::Exchange`].
+/// The name the node's certificate must carry: the host of `addr` (`host:port`, IPv6 in
+/// brackets), a DNS name or an IP address.
+fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
+}
+
+/// One request on a connected stream (TCP, or TLS over it); the error is the reason for
+/// [`HttpError::Exchange`].
 async fn exchange(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
     addr: &str,
     method: &str,
     path: &str,

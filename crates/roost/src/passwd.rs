@@ -44,6 +44,12 @@ pub(crate) struct PasswdArgs {
     /// Remove USER from FILE instead of setting a password; an error if USER is not there.
     #[arg(long)]
     delete: bool,
+    /// Also store SCRAM-SHA-256 credentials (RFC 5803: salt, iterations, StoredKey, ServerKey)
+    /// so the user can authenticate with MQTT 5 enhanced authentication without sending the
+    /// password. They are a PBKDF2 verifier: weaker against offline cracking than the argon2
+    /// hash, so add them only for users that need SCRAM.
+    #[arg(long, conflicts_with = "delete")]
+    scram: bool,
 }
 
 /// Why `roost passwd` failed: the exit code it gets, and the line printed.
@@ -97,6 +103,10 @@ fn execute(args: &PasswdArgs) -> Result<(), Failure> {
         let password = read_password()?;
         file.set(&args.user, &password)
             .map_err(|e| file_failure(path, e))?;
+        if args.scram {
+            file.set_scram(&args.user, &password)
+                .map_err(|e| file_failure(path, e))?;
+        }
     }
     file.save_atomically(path)
         .map_err(|e| file_failure(path, e))

@@ -136,3 +136,26 @@ fn an_unreadable_file_is_an_io_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn scram_credentials_are_added_on_request_and_dropped_on_a_plain_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwords");
+    let out = passwd(&["--scram"], &file, "meter", b"pw-1\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(" SCRAM-SHA-256$10000:"), "{text}");
+    assert!(!text.contains("pw-1"));
+    let f = PasswordFile::load(&file).unwrap();
+    assert!(f.verify("meter", b"pw-1"));
+    let creds = f.scram("meter").unwrap();
+    assert!(creds.verify_password(b"pw-1"));
+    // Changing the password without --scram drops the SCRAM credentials (they would be stale).
+    let out = passwd(&[], &file, "meter", b"pw-2\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let f = PasswordFile::load(&file).unwrap();
+    assert!(f.scram("meter").is_none());
+    // --scram with --delete is a usage error.
+    let out = passwd(&["--scram", "--delete"], &file, "meter", b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

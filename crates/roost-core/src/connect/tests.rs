@@ -44,6 +44,22 @@ fn ok(c: &Connect, policy: &ServerPolicy) -> Negotiated {
 }
 
 #[test]
+fn an_authentication_method_the_node_runs_is_not_refused() {
+    let mut c = connect(Protocol::V5, "c");
+    c.properties.authentication_method = Some("SCRAM-SHA-256".into());
+    let policy = ServerPolicy {
+        auth_methods: vec!["SCRAM-SHA-256"],
+        ..ServerPolicy::default()
+    };
+    assert!(negotiate(&c, &policy, assign).is_ok());
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    assert_eq!(
+        refusal(&c, &policy).reason,
+        ReasonCode::BAD_AUTHENTICATION_METHOD
+    );
+}
+
+#[test]
 fn authentication_method_is_refused_first() {
     let mut c = connect(Protocol::V5, "c");
     c.properties.authentication_method = Some("SCRAM-SHA-1".into());
@@ -342,6 +358,7 @@ fn item12_connack_leaves_out_properties_in_order(max: u32) -> (usize, Properties
 
 fn every_difference_policy() -> ServerPolicy {
     ServerPolicy {
+        auth_methods: Vec::new(),
         max_qos: QoS::AtLeastOnce,
         retain_available: false,
         wildcard_subscriptions: false,

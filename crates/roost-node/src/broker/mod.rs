@@ -140,6 +140,9 @@ pub(crate) struct Broker {
     pub(crate) policies: crate::policy::NodePolicies,
     /// Every MQTT listener, for certificate reloads.
     pub(crate) listeners: parking_lot::RwLock<Vec<Arc<crate::listener::Listener>>>,
+    /// The admin listener's certificate when it serves HTTPS (`http.tls_cert`), set at start,
+    /// for certificate reloads.
+    pub(crate) admin_tls: std::sync::OnceLock<Arc<crate::https::AdminTls>>,
 }
 
 impl Broker {
@@ -150,7 +153,12 @@ impl Broker {
         auth: crate::auth::Auth,
         policies: crate::policy::NodePolicies,
     ) -> Arc<Broker> {
-        let policy = Arc::new(config.mqtt.server_policy());
+        let mut policy = config.mqtt.server_policy();
+        if config.auth.password_file.is_some() {
+            // SCRAM-SHA-256 for users whose entry has SCRAM credentials (`roost passwd --scram`).
+            policy.auth_methods.push(crate::scram::METHOD);
+        }
+        let policy = Arc::new(policy);
         let topic_limits = policy.topic;
         let limits = SessionLimits {
             max_inflight: config.mqtt.max_inflight,
@@ -185,6 +193,7 @@ impl Broker {
             auth,
             policies,
             listeners: parking_lot::RwLock::new(Vec::new()),
+            admin_tls: std::sync::OnceLock::new(),
         });
         broker
             .tasks

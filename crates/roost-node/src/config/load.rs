@@ -267,7 +267,8 @@ impl HttpConfig {
 }
 
 /// The `[http]` rules beyond types: token sources exclusive and well-formed, a token wherever
-/// the listener is reachable from other machines, `allowed_hosts` entries that are host names.
+/// the listener is reachable from other machines, `allowed_hosts` entries that are host names,
+/// `tls_cert` and `tls_key` both or neither.
 fn validate_http(h: &HttpConfig) -> Result<(), ConfigError> {
     if let (Some(path), Some(_)) = (&h.token_file, &h.token) {
         return Err(invalid(
@@ -299,6 +300,26 @@ fn validate_http(h: &HttpConfig) -> Result<(), ConfigError> {
                 h.listen
             ),
         ));
+    }
+    match (&h.tls_cert, &h.tls_key) {
+        (Some(_), None) | (None, Some(_)) => {
+            let missing = if h.tls_cert.is_none() {
+                "http.tls_cert"
+            } else {
+                "http.tls_key"
+            };
+            return Err(invalid(
+                missing,
+                "(missing)".into(),
+                "http.tls_cert and tls_key go together: set both or neither",
+            ));
+        }
+        _ => {}
+    }
+    for (key, path) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(key, "\"\"".to_owned(), "must not be empty"));
+        }
     }
     for host in &h.allowed_hosts {
         let name = host.strip_prefix('.').unwrap_or(host);

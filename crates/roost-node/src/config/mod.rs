@@ -343,6 +343,7 @@ impl MqttConfig {
     /// What the node offers its clients, for the core's CONNECT negotiation and packet checks.
     pub(crate) fn server_policy(&self) -> roost_core::connect::ServerPolicy {
         roost_core::connect::ServerPolicy {
+            auth_methods: Vec::new(),
             max_client_id_length: self.max_client_id_length,
             max_qos: roost_codec::QoS::from_u8(self.max_qos)
                 .unwrap_or(roost_codec::QoS::ExactlyOnce),
@@ -460,6 +461,16 @@ pub struct HttpConfig {
     /// hold counts, not client data, and most Prometheus set-ups scrape without credentials;
     /// set it when even counts must stay private (Prometheus: `authorization.credentials_file`).
     pub metrics_require_token: bool,
+    /// PEM certificate chain (leaf first) for serving the admin API over HTTPS (TLS 1.3 and
+    /// 1.2, rustls with the ring provider, ALPN `http/1.1`): with it the listener speaks
+    /// HTTPS only. With `tls_key`; both or neither. Read at start (a file that does not load
+    /// stops the start naming this key) and again on SIGHUP or `POST /api/v1/reload`.
+    /// Default: none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -471,6 +482,8 @@ impl Default for HttpConfig {
             token: None,
             allowed_hosts: Vec::new(),
             metrics_require_token: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -79,6 +79,8 @@ fn sample_sets_every_key() {
     let mut full = Config::default();
     full.mqtt.server_keep_alive = Some(60);
     full.http.token_file = Some(PathBuf::from("/etc/roost/admin-token"));
+    full.http.tls_cert = Some(PathBuf::from("/etc/roost/tls/admin.pem"));
+    full.http.tls_key = Some(PathBuf::from("/etc/roost/tls/admin.key"));
     full.auth.password_file = Some(PathBuf::from("/etc/roost/passwords"));
     let table: toml::Table = toml::from_str(&full.to_toml_string()).unwrap();
     // Listener keys: every key a listener can have must be documented.
@@ -668,6 +670,49 @@ fn item23_bad_token_settings_name_the_key() {
         assert!(s.contains(want), "{file:?} {vars:?}: {s}");
         assert!(!s.contains("has a space"), "the token is shown: {s}");
     }
+}
+
+#[test]
+fn http_tls_files_go_together() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[http]\ntls_cert = \"/etc/roost/tls/admin.pem\"\n",
+            "invalid config: http.tls_key = (missing): http.tls_cert and tls_key go together",
+        ),
+        (
+            "[http]\ntls_key = \"/etc/roost/tls/admin.key\"\n",
+            "invalid config: http.tls_cert = (missing): http.tls_cert and tls_key go together",
+        ),
+        (
+            "[http]\ntls_cert = \"\"\ntls_key = \"/etc/roost/tls/admin.key\"\n",
+            "invalid config: http.tls_cert = \"\": must not be empty",
+        ),
+    ];
+    for (file, want) in cases {
+        let s = err_string(load_str(file, &[], &CliOverrides::default()));
+        assert!(s.starts_with(want), "{file:?}: {s}");
+    }
+    // Both: valid, and printed back (the files are only read at start).
+    let config = load_str(
+        "[http]\ntls_cert = \"/etc/roost/tls/admin.pem\"\ntls_key = \"/etc/roost/tls/admin.key\"\n",
+        &[],
+        &CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.http.tls_cert.as_deref(),
+        Some(std::path::Path::new("/etc/roost/tls/admin.pem"))
+    );
+    assert!(config
+        .to_toml_string()
+        .contains("tls_key = \"/etc/roost/tls/admin.key\""));
+    // From the environment too.
+    let s = err_string(load_str(
+        "",
+        &[("ROOST_HTTP__TLS_CERT", "/etc/roost/tls/admin.pem")],
+        &CliOverrides::default(),
+    ));
+    assert!(s.contains("http.tls_key = (missing)"), "{s}");
 }
 
 #[test]
