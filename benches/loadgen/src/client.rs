@@ -1,4 +1,5 @@
-//! A small async MQTT client over one TCP connection, built on `roost-codec`.
+//! A small async MQTT client over one connection (TCP, TLS or QUIC: [`crate::transport`]),
+//! built on `roost-codec`.
 //!
 //! It measures nothing itself: the scenarios ([`crate::idle`], [`crate::throughput`]) drive it.
 //! One [`Client`] is owned by one task; there is no shared state and no lock. Reading and
@@ -14,19 +15,28 @@
 //! Packets are encoded into `wbuf` as they are queued, so many publishes leave in one `write`
 //! (the same batching the broker's driver does). Every wait on the network during set-up is
 //! bounded by [`SETUP_TIMEOUT`]; the scenario loops bound theirs with their own deadlines.
+//!
+//! The stream is a boxed `AsyncRead + AsyncWrite` ([`Io`]). Reading and writing at once needs
+//! no split: [`Client::next_event`] polls the write and the read on the same stream, one after
+//! the other, inside one `poll_fn`, and keeps whatever either did. Over TCP this is what
+//! `TcpStream::split` + `select!` did before, without the split (no copy, no allocation).
 
+use crate::transport::{Dialer, Io};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use roost_codec::{
     encode, Connect, Decoder, Disconnect, Packet, PacketId, Properties, Protocol, QoS, Subscribe,
     SubscriptionOptions,
 };
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// Longest wait for TCP connect + CONNACK, or for a SUBACK, or for a clean disconnect.
+/// Longest wait for connect (with the TLS or QUIC handshake) + CONNACK, or for a SUBACK, or for
+/// a clean disconnect.
 pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest packet we accept from the broker (whole packet). Benchmark payloads are far smaller;
@@ -51,6 +61,8 @@ pub(crate) enum Event {
 /// How a client introduces itself.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectOptions {
+    /// TCP, TLS or QUIC, with what the handshake needs.
+    pub(crate) dialer: Dialer,
     /// Client identifier; unique per connection within a run.
     pub(crate) client_id: String,
     /// MQTT 3.1.1 or 5.0.
@@ -63,14 +75,15 @@ pub(crate) struct ConnectOptions {
     pub(crate) read_chunk: usize,
 }
 
-/// One MQTT connection: a socket, a decoder and the two buffers.
-#[derive(Debug)]
+/// One MQTT connection: a byte stream, a decoder and the two buffers.
 pub(crate) struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     decoder: Decoder,
     protocol: Protocol,
     /// Bytes read but not yet decoded (a partial packet stays here across calls).
     rbuf: BytesMut,
+    /// The broker closed its side; reported once `rbuf` holds no whole packet.
+    eof: bool,
     /// Encoded packets not yet taken by the kernel.
     wbuf: BytesMut,
     read_chunk: usize,
@@ -81,9 +94,21 @@ pub(crate) struct Client {
     server_receive_maximum: u16,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("protocol", &self.protocol)
+            .field("rbuf", &self.rbuf.len())
+            .field("wbuf", &self.wbuf.len())
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
-    /// Connects, sends CONNECT (clean start, no will, no credentials) and waits for a successful
-    /// CONNACK, all within [`SETUP_TIMEOUT`].
+    /// Connects with `options.dialer` (TCP, or the TLS or QUIC handshake too), sends CONNECT
+    /// (clean start, no will, no credentials) and waits for a successful CONNACK, all within
+    /// [`SETUP_TIMEOUT`].
     pub(crate) async fn connect(addr: SocketAddr, options: &ConnectOptions) -> Result<Client> {
         tokio::time::timeout(SETUP_TIMEOUT, Self::connect_inner(addr, options))
             .await
@@ -91,15 +116,13 @@ impl Client {
     }
 
     async fn connect_inner(addr: SocketAddr, options: &ConnectOptions) -> Result<Client> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
+        let stream = options.dialer.dial(addr).await?;
         let mut client = Client {
             stream,
             decoder: Decoder::client(options.protocol, MAX_PACKET_SIZE),
             protocol: options.protocol,
             rbuf: BytesMut::with_capacity(options.read_chunk),
+            eof: false,
             wbuf: BytesMut::with_capacity(64),
             read_chunk: options.read_chunk,
             last_packet_id: 0,
@@ -159,15 +182,17 @@ impl Client {
         self.wbuf.len()
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued, and flushes the stream (TLS: records rustls still holds; TCP
+    /// and QUIC: nothing to do).
     ///
-    /// Cancel safety: safe; bytes the kernel took are removed from the buffer, the rest stay
+    /// Cancel safety: safe; bytes the stream took are removed from the buffer, the rest stay
     /// queued (`write_all_buf` advances the buffer as it goes).
     pub(crate) async fn flush(&mut self) -> Result<()> {
         self.stream
             .write_all_buf(&mut self.wbuf)
             .await
-            .context("write to broker failed")
+            .context("write to broker failed")?;
+        self.stream.flush().await.context("write to broker failed")
     }
 
     /// Waits for the next packet, reading only (the write buffer is left alone). `None` when
@@ -179,6 +204,9 @@ impl Client {
             if let Some(packet) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(Some(packet));
             }
+            if self.eof {
+                return Ok(None);
+            }
             self.rbuf.reserve(self.read_chunk);
             let n = self
                 .stream
@@ -186,6 +214,7 @@ impl Client {
                 .await
                 .context("read from broker failed")?;
             if n == 0 {
+                self.eof = true;
                 return Ok(None);
             }
         }
@@ -194,40 +223,65 @@ impl Client {
     /// Makes progress in both directions: returns the next decoded packet, or [`Event::Wrote`]
     /// when some queued bytes were written, or [`Event::Closed`] at EOF.
     ///
-    /// Cancel safety: safe. A partial packet stays in `rbuf`; `read_buf` and `write` either
-    /// complete (and the buffers are updated before returning) or transfer nothing.
+    /// Cancel safety: safe. A partial packet stays in `rbuf`. Each poll of the stream either
+    /// completes (and the buffer it touched is updated in the same poll, before this future
+    /// can be dropped) or transfers nothing; see [`Client::poll_progress`].
     pub(crate) async fn next_event(&mut self) -> Result<Event> {
         loop {
             if let Some(packet) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(Event::Packet(packet));
             }
+            if self.eof {
+                return Ok(Event::Closed);
+            }
             self.rbuf.reserve(self.read_chunk);
-            let (mut reader, mut writer) = self.stream.split();
-            if self.wbuf.is_empty() {
-                let n = reader
-                    .read_buf(&mut self.rbuf)
-                    .await
-                    .context("read from broker failed")?;
-                if n == 0 {
-                    return Ok(Event::Closed);
-                }
-                continue;
+            let Progress { wrote, read } = poll_fn(|cx| self.poll_progress(cx)).await?;
+            if let Some(n) = read {
+                self.eof |= n == 0;
             }
-            tokio::select! {
-                read = reader.read_buf(&mut self.rbuf) => {
-                    if read.context("read from broker failed")? == 0 {
-                        return Ok(Event::Closed);
-                    }
-                }
-                written = writer.write(&self.wbuf) => {
-                    let n = written.context("write to broker failed")?;
-                    if n == 0 {
-                        return Ok(Event::Closed);
-                    }
-                    self.wbuf.advance(n);
-                    return Ok(Event::Wrote);
-                }
+            match wrote {
+                Some(0) => return Ok(Event::Closed),
+                Some(_) => return Ok(Event::Wrote),
+                // Only read: decode what came (or report the end) at the top of the loop.
+                None => {}
             }
+        }
+    }
+
+    /// One poll of both directions: the write (when bytes are queued; otherwise a flush, which
+    /// only TLS needs, to push records rustls holds), then the read. Ready when either moved
+    /// bytes; both may have. Whatever a stream call took or gave is applied to `wbuf` / `rbuf`
+    /// here, so nothing is lost if the caller's future is dropped after this returns.
+    ///
+    /// Over TCP both calls are the same `poll_write` / `poll_read` the old `select!` over the
+    /// split halves made; readiness is cached by tokio, so a call that cannot progress makes no
+    /// system call.
+    fn poll_progress(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Progress>> {
+        let mut progress = Progress {
+            wrote: None,
+            read: None,
+        };
+        if self.wbuf.is_empty() {
+            let flushed = pin!(self.stream.flush()).poll(cx);
+            if let Poll::Ready(Err(e)) = flushed {
+                return Poll::Ready(Err(anyhow!(e).context("write to broker failed")));
+            }
+        } else {
+            let written = pin!(self.stream.write(&self.wbuf)).poll(cx);
+            if let Poll::Ready(written) = written {
+                let n = written.context("write to broker failed")?;
+                self.wbuf.advance(n);
+                progress.wrote = Some(n);
+            }
+        }
+        let read = pin!(self.stream.read_buf(&mut self.rbuf)).poll(cx);
+        if let Poll::Ready(read) = read {
+            progress.read = Some(read.context("read from broker failed")?);
+        }
+        if progress.wrote.is_none() && progress.read.is_none() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(progress))
         }
     }
 
@@ -285,6 +339,13 @@ impl Client {
     }
 }
 
+/// What one [`Client::poll_progress`] did: bytes written (0: the stream refuses more) and bytes
+/// read (0: end of stream); `None` where that direction could not progress.
+struct Progress {
+    wrote: Option<usize>,
+    read: Option<usize>,
+}
+
 /// The id after `last`: 1..=65535, wrapping from 65,535 to 1, never 0 ([MQTT-2.2.1-3]).
 fn following_packet_id(last: u16) -> u16 {
     last % u16::MAX + 1
@@ -293,11 +354,14 @@ fn following_packet_id(last: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::test_node::SecureNode;
+    use crate::transport::TransportKind;
     use roost_codec::Publish;
     use roost_testkit::TestNode;
 
     fn options(id: &str) -> ConnectOptions {
         ConnectOptions {
+            dialer: Dialer::Tcp,
             client_id: id.to_owned(),
             protocol: Protocol::V5,
             keep_alive: 30,
@@ -308,9 +372,42 @@ mod tests {
     #[tokio::test]
     async fn publish_reaches_a_subscriber_and_ping_is_answered() -> Result<()> {
         let node = TestNode::start().await?;
-        let mut sub = Client::connect(node.addr(), &options("sub")).await?;
+        round_trip(node.addr(), &options("sub"), &options("pub")).await?;
+        node.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_same_round_trip_runs_over_tls_and_quic() -> Result<()> {
+        let node = SecureNode::start().await?;
+        for kind in [TransportKind::Tls, TransportKind::Quic] {
+            let dialer = node.args(kind).dialer()?;
+            let sub = ConnectOptions {
+                dialer: dialer.clone(),
+                ..options(&format!("sub-{}", kind.name()))
+            };
+            let publisher = ConnectOptions {
+                dialer,
+                ..options(&format!("pub-{}", kind.name()))
+            };
+            round_trip(node.addr(kind), &sub, &publisher)
+                .await
+                .with_context(|| kind.name())?;
+        }
+        node.node.stop().await;
+        Ok(())
+    }
+
+    /// A subscriber and a publisher: QoS 1 publish acknowledged, PINGREQ answered, the publish
+    /// delivered, both disconnect cleanly.
+    async fn round_trip(
+        addr: SocketAddr,
+        sub_options: &ConnectOptions,
+        pub_options: &ConnectOptions,
+    ) -> Result<()> {
+        let mut sub = Client::connect(addr, sub_options).await?;
         sub.subscribe(&["t/#".to_owned()], QoS::AtLeastOnce).await?;
-        let mut publisher = Client::connect(node.addr(), &options("pub")).await?;
+        let mut publisher = Client::connect(addr, pub_options).await?;
         let packet_id = publisher.next_packet_id();
         publisher.queue(&Packet::Publish(Publish {
             dup: false,
@@ -339,7 +436,6 @@ mod tests {
         }
         publisher.disconnect().await?;
         sub.disconnect().await?;
-        node.stop().await;
         Ok(())
     }
 

@@ -14,11 +14,13 @@
 //!
 //! Each connection needs one file descriptor here and one in the broker; the machine caps a
 //! process at 20,000 open files, hence the default of 5,000 connections and the check against
-//! our own limit before starting.
+//! our own limit before starting. Over QUIC (`--transport quic`) a run opens at most 5,000:
+//! see [`MAX_QUIC_CONNECTIONS`].
 
 use crate::client::{Client, ConnectOptions, Event, SETUP_TIMEOUT};
 use crate::procfs;
 use crate::target::UsageError;
+use crate::transport::TransportKind;
 use crate::Common;
 use anyhow::{anyhow, bail, Result};
 use roost_codec::{Packet, QoS};
@@ -37,6 +39,12 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// File descriptors kept free for everything that is not a benchmark connection.
 const SPARE_FDS: u64 = 64;
+
+/// Most connections one run opens over QUIC. Each QUIC connection has its own quinn endpoint
+/// in this process ([`crate::transport`]), and an endpoint costs about 1.3 MiB here (5,000
+/// of them: 6.2 GiB peak RSS and 41 s of system CPU, benches/results/2026-12-01-transports.md);
+/// this bound keeps a run well inside the machine's memory.
+const MAX_QUIC_CONNECTIONS: usize = 5000;
 
 /// Arguments of `roost-loadgen idle`.
 #[derive(Debug, clap::Args)]
@@ -67,6 +75,8 @@ pub(crate) struct IdleReport {
     pub(crate) scenario: &'static str,
     pub(crate) label: String,
     pub(crate) protocol: &'static str,
+    /// `tcp`, `tls` or `quic`.
+    pub(crate) transport: &'static str,
     pub(crate) connections_requested: usize,
     pub(crate) connected: usize,
     pub(crate) failed: usize,
@@ -91,6 +101,16 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
     if args.connections == 0 || args.concurrency == 0 {
         return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
     }
+    if args.common.transport.transport == TransportKind::Quic
+        && args.connections > MAX_QUIC_CONNECTIONS
+    {
+        return Err(UsageError(format!(
+            "--connections {} over QUIC: at most {MAX_QUIC_CONNECTIONS} (each QUIC connection \
+             has its own endpoint here, about 1.3 MiB of this process's memory)",
+            args.connections
+        ))
+        .into());
+    }
     if let Some(limit) = procfs::open_files_limit() {
         if args.connections as u64 + SPARE_FDS > limit {
             return Err(UsageError(format!(
@@ -103,6 +123,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         }
     }
     let protocol = args.common.protocol();
+    let dialer = args.common.transport.dialer()?;
     let broker_pid = args.common.broker_pid;
     let rss_before = broker_pid.map(procfs::rss_kib).transpose()?;
 
@@ -117,6 +138,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         let connection = IdleConnection {
             addr,
             options: ConnectOptions {
+                dialer: dialer.clone(),
                 client_id: format!("roost-bench-{run_tag}-idle-{i}"),
                 protocol,
                 keep_alive: args.keep_alive_secs,
@@ -207,6 +229,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
             .clone()
             .unwrap_or_else(|| format!("idle {}", args.connections)),
         protocol: args.common.protocol_name(),
+        transport: dialer.kind().name(),
         connections_requested: args.connections,
         connected,
         failed,
@@ -308,8 +331,13 @@ impl fmt::Display for IdleReport {
         writeln!(f, "idle connections ({})", self.label)?;
         writeln!(
             f,
-            "  connections    {} of {} ({}, subscribe: {}), {} failed",
-            self.connected, self.connections_requested, self.protocol, self.subscribe, self.failed
+            "  connections    {} of {} ({} over {}, subscribe: {}), {} failed",
+            self.connected,
+            self.connections_requested,
+            self.protocol,
+            self.transport,
+            self.subscribe,
+            self.failed
         )?;
         if let Some(e) = &self.first_error {
             writeln!(f, "  first error    {e}")?;
@@ -367,6 +395,46 @@ mod tests {
         assert_eq!(report.dropped_during_hold, 0);
         node.stop().await;
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn idle_connections_over_quic_are_held_and_closed() -> Result<()> {
+        let node = crate::transport::test_node::SecureNode::start().await?;
+        let kind = crate::transport::TransportKind::Quic;
+        let mut common = Common::for_tests();
+        common.transport = node.args(kind);
+        let args = IdleArgs {
+            common,
+            connections: 10,
+            subscribe: true,
+            hold_secs: 1,
+            concurrency: 4,
+            keep_alive_secs: 2,
+        };
+        let report = run(&args, node.addr(kind)).await?;
+        assert_eq!((report.connected, report.failed), (10, 0));
+        assert_eq!(report.dropped_during_hold, 0);
+        assert_eq!(report.transport, "quic");
+        node.node.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn more_quic_connections_than_the_bound_are_refused() {
+        let mut common = Common::for_tests();
+        common.transport.transport = TransportKind::Quic;
+        let args = IdleArgs {
+            common,
+            connections: MAX_QUIC_CONNECTIONS + 1,
+            subscribe: false,
+            hold_secs: 0,
+            concurrency: 1,
+            keep_alive_secs: 30,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let e = run(&args, addr).await.expect_err("refused");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
+        assert!(format!("{e}").contains("over QUIC"), "{e}");
     }
 
     #[tokio::test]

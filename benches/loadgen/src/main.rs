@@ -13,7 +13,8 @@
 //!   ([`subscribe_latency`]).
 //! - `table`: turns the `--json` lines of several brokers into one Markdown table ([`table`]).
 //!
-//! The client is our own, on `roost-codec` ([`client`]). Only loopback brokers may be targeted
+//! Every scenario runs over TCP, TLS or QUIC (`--transport`, `--ca`, `--server-name`:
+//! [`transport`]). The client is our own, on `roost-codec` ([`client`]). Only loopback brokers may be targeted
 //! ([`target`]). The allocator is mimalloc, as in the `roost` binary (house style 12), so the
 //! load generator's own overhead is what a Roost node's would be.
 //!
@@ -29,6 +30,7 @@ mod subscribe_latency;
 mod table;
 mod target;
 mod throughput;
+mod transport;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
@@ -87,6 +89,8 @@ pub(crate) struct Common {
     /// Name of this run in the report (default: derived from the parameters).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    #[command(flatten)]
+    pub(crate) transport: transport::TransportArgs,
 }
 
 impl Common {
@@ -114,6 +118,11 @@ impl Common {
             broker_pid: None,
             json: false,
             label: None,
+            transport: transport::TransportArgs {
+                transport: transport::TransportKind::Tcp,
+                ca: None,
+                server_name: "localhost".to_owned(),
+            },
         }
     }
 }

@@ -85,7 +85,8 @@ pub(crate) struct SubscribeLatencyArgs {
     #[arg(long)]
     pub(crate) existing: bool,
     /// Another node's MQTT address (loopback): after each SUBACK, publish QoS 1 to that topic
-    /// there and check that the subscriber receives it within 2 s.
+    /// there and check that the subscriber receives it within 2 s. Reached with the same
+    /// --transport as --host.
     #[arg(long, value_name = "ADDR")]
     pub(crate) publish_host: Option<String>,
     /// Upper bound on the measurement (set-up excluded); the run fails past it.
@@ -265,6 +266,8 @@ pub(crate) struct SubscribeLatencyReport {
     pub(crate) scenario: &'static str,
     pub(crate) label: String,
     pub(crate) protocol: &'static str,
+    /// `tcp`, `tls` or `quic`.
+    pub(crate) transport: &'static str,
     pub(crate) host: String,
     pub(crate) clients: usize,
     pub(crate) subscriptions_per_client: usize,
@@ -313,7 +316,9 @@ pub(crate) async fn run(
     };
     let protocol = args.common.protocol();
     let run_tag = std::process::id();
+    let dialer = args.common.transport.dialer()?;
     let options = |role: &str, k: usize| ConnectOptions {
+        dialer: dialer.clone(),
         client_id: format!("roost-bench-{run_tag}-{role}-{k}"),
         protocol,
         keep_alive: KEEP_ALIVE_SECS,
@@ -746,6 +751,7 @@ fn summarize(
             )
         }),
         protocol: args.common.protocol_name(),
+        transport: args.common.transport.transport.name(),
         host: args.common.host.clone(),
         clients: args.clients,
         subscriptions_per_client: args.subscriptions,
@@ -781,7 +787,7 @@ impl fmt::Display for SubscribeLatencyReport {
         writeln!(f, "subscribe-latency ({})", self.label)?;
         writeln!(
             f,
-            "  setup      {} clients x {} SUBSCRIBEs on {} ({} shared each), {}, {}",
+            "  setup      {} clients x {} SUBSCRIBEs on {} ({} shared each), {}, {} over {}",
             self.clients,
             self.subscriptions_per_client,
             self.host,
@@ -791,7 +797,8 @@ impl fmt::Display for SubscribeLatencyReport {
             } else {
                 "every filter a route change"
             },
-            self.protocol
+            self.protocol,
+            self.transport
         )?;
         writeln!(
             f,

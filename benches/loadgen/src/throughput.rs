@@ -284,6 +284,8 @@ pub(crate) struct ThroughputReport {
     pub(crate) scenario: &'static str,
     pub(crate) label: String,
     pub(crate) protocol: &'static str,
+    /// `tcp`, `tls` or `quic`.
+    pub(crate) transport: &'static str,
     pub(crate) publishers: usize,
     pub(crate) subscribers: usize,
     pub(crate) topics: usize,
@@ -337,7 +339,9 @@ pub(crate) async fn run(args: &ThroughputArgs, addr: SocketAddr) -> Result<Throu
     let qos = args.qos();
     let topics = args.topic_count();
     let run_tag = std::process::id();
+    let dialer = args.common.transport.dialer()?;
     let options = |role: &str, i: usize| ConnectOptions {
+        dialer: dialer.clone(),
         client_id: format!("roost-bench-{run_tag}-{role}-{i}"),
         protocol,
         keep_alive: KEEP_ALIVE_SECS,
@@ -777,6 +781,7 @@ fn summarize(
             )
         }),
         protocol: args.common.protocol_name(),
+        transport: args.common.transport.transport.name(),
         publishers: args.publishers,
         subscribers: args.subscribers,
         topics: args.topic_count(),
@@ -829,14 +834,16 @@ impl fmt::Display for ThroughputReport {
         writeln!(f, "throughput ({})", self.label)?;
         writeln!(
             f,
-            "  setup      {} publishers -> {} subscribers, {} topics{}, QoS {}, {} B payload, {}",
+            "  setup      {} publishers -> {} subscribers, {} topics{}, QoS {}, {} B payload, {} \
+             over {}",
             self.publishers,
             self.subscribers,
             self.topics,
             if self.fanout { ", fan-out bench/#" } else { "" },
             self.qos,
             self.payload_bytes,
-            self.protocol
+            self.protocol,
+            self.transport
         )?;
         let rate = match self.rate_per_publisher {
             Some(r) => format!("{r:.0} msg/s per publisher"),

@@ -477,7 +477,10 @@ impl<S: ByteStream> Conn<S> {
         // runs): the AUTH exchange happens here, before CONNACK.
         let mut auth_reply = None;
         let authenticated = match connect.properties.authentication_method.as_deref() {
-            Some(crate::scram::METHOD) => match self.scram_exchange(&connect).await {
+            // Boxed (both arms): the exchange and the credential checks live only until
+            // CONNACK, and the future of every connection would otherwise carry their size
+            // for its whole life.
+            Some(crate::scram::METHOD) => match Box::pin(self.scram_exchange(&connect)).await {
                 Ok((user, server_final)) => {
                     auth_reply = Some(server_final);
                     Ok(crate::auth::Identity {
@@ -489,10 +492,12 @@ impl<S: ByteStream> Conn<S> {
                 Err(r) => Err(r),
             },
             _ => {
-                self.broker
-                    .auth
-                    .authenticate(&self.via, &connect, n.client_id.as_str())
-                    .await
+                Box::pin(
+                    self.broker
+                        .auth
+                        .authenticate(&self.via, &connect, n.client_id.as_str()),
+                )
+                .await
             }
         };
         let identity = match authenticated {
