@@ -653,3 +653,54 @@ def test_admin_api_over_https(tmp_path, pki):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def hs256_by_hand(claims: dict, secret: bytes) -> str:
+    """An HS256 token made without PyJWT (which refuses a PEM public key as an HMAC secret):
+    the algorithm-confusion attack on servers that take the algorithm from the token."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+def test_json_web_tokens_signed_with_a_public_key(broker_factory, tmp_path, algorithm):
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if algorithm == "ES256":
+        key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "jwt-public.pem"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    b = broker_factory(allow_anonymous=False, extra_toml=(
+        f'[auth]\njwt_key_file = "{public}"\njwt_algorithm = "{algorithm}"\n'
+        'jwt_issuer = "https://auth.example"\n'))
+
+    def token(signer, **claims):
+        claims = {"sub": "car-7", "iss": "https://auth.example",
+                  "exp": int(time.time()) + 600, **claims}
+        return pyjwt.encode(claims, signer, algorithm=algorithm)
+
+    ok = b.client("car-7", V5, username="x", password=token(key))
+    assert clients(b)["car-7"]["auth"] == "token"
+    # Another key, another issuer, and an HS256 token made with the public key as its secret
+    # (the algorithm-confusion attack) are all refused.
+    for bad in (token(other), token(key, iss="https://evil.example"),
+                hs256_by_hand({"sub": "car-7", "exp": int(time.time()) + 600,
+                               "iss": "https://auth.example"}, public.read_bytes())):
+        r = b.client("car-8", V5, username="x", password=bad, expect_rc=None)
+        assert r.connack_rc == BAD_CREDENTIALS
+    ok.publish("t", b"x", qos=1)
