@@ -188,8 +188,17 @@ pub(crate) async fn serve<S: ByteStream>(
             return;
         }
     };
-    drop(pending);
-    conn.run_session(connect).await;
+    conn.run_session(connect, pending).await;
+}
+
+/// Why [`Conn::read_packet`] returned no packet.
+enum ReadStop {
+    /// The bytes are not a packet; the error says why.
+    Malformed(roost_codec::DecodeError),
+    /// The client closed (or the socket failed) first.
+    Eof,
+    /// Buffering more would take all pending sockets past `mqtt.pending_connect_bytes`.
+    PendingBytes,
 }
 
 impl<S: ByteStream> Conn<S> {
@@ -313,33 +322,45 @@ impl<S: ByteStream> Conn<S> {
         encode_into(&mut self.wbuf, packet, protocol);
     }
 
-    /// Waits for the first packet, which must be CONNECT. `Err`: the metric label of why the
-    /// connection closed instead.
-    async fn read_connect(&mut self, pending: &mut Pending) -> Result<Box<Connect>, &'static str> {
+    /// Reads one whole packet before the session exists (CONNECT, the AUTH of an exchange),
+    /// charging the read buffer to the socket's pending place.
+    async fn read_packet(&mut self, pending: &mut Pending) -> Result<Packet, ReadStop> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(Packet::Connect(c))) => return Ok(c),
-                Ok(Some(_)) => return Err("protocol_error"),
+                Ok(Some(p)) => return Ok(p),
                 Ok(None) => {}
-                Err(e) => {
-                    crate::metrics::malformed();
-                    debug!(peer = %self.peer, error = %e, "bad CONNECT");
-                    if let Some((protocol, ack)) = connect_error_reply(&e, self.decoder.protocol())
-                    {
-                        self.queue(&Packet::ConnAck(ack), protocol);
-                        let _ = self.flush().await;
-                    }
-                    return Err("malformed");
-                }
+                Err(e) => return Err(ReadStop::Malformed(e)),
             }
             match self.fill().await {
                 Ok(true) => {}
-                Ok(false) | Err(_) => return Err("eof_before_connect"),
+                Ok(false) | Err(_) => return Err(ReadStop::Eof),
             }
             if !pending.charge(self.rbuf.capacity()) {
                 debug!(peer = %self.peer, "pending CONNECT bytes exhausted");
+                return Err(ReadStop::PendingBytes);
+            }
+        }
+    }
+
+    /// Waits for the first packet, which must be CONNECT. `Err`: the metric label of why the
+    /// connection closed instead.
+    async fn read_connect(&mut self, pending: &mut Pending) -> Result<Box<Connect>, &'static str> {
+        match self.read_packet(pending).await {
+            Ok(Packet::Connect(c)) => Ok(c),
+            Ok(_) => Err("protocol_error"),
+            Err(ReadStop::Eof) => Err("eof_before_connect"),
+            Err(ReadStop::PendingBytes) => {
                 crate::metrics::rejected("pending_bytes");
-                return Err("pending_bytes");
+                Err("pending_bytes")
+            }
+            Err(ReadStop::Malformed(e)) => {
+                crate::metrics::malformed();
+                debug!(peer = %self.peer, error = %e, "bad CONNECT");
+                if let Some((protocol, ack)) = connect_error_reply(&e, self.decoder.protocol()) {
+                    self.queue(&Packet::ConnAck(ack), protocol);
+                    let _ = self.flush().await;
+                }
+                Err("malformed")
             }
         }
     }
@@ -350,6 +371,7 @@ impl<S: ByteStream> Conn<S> {
     async fn scram_exchange(
         &mut self,
         connect: &Connect,
+        pending: &mut Pending,
     ) -> Result<(String, Vec<u8>), roost_core::connect::Refusal> {
         use crate::scram::{ScramError, ScramServer, METHOD};
         use roost_core::connect::Refusal;
@@ -382,22 +404,13 @@ impl<S: ByteStream> Conn<S> {
             return Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "scram_io"));
         }
         let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
-        let reply = tokio::time::timeout(timeout, async {
-            loop {
-                match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(p)) => return Some(p),
-                    Ok(None) => {}
-                    Err(_) => return None,
-                }
-                match self.fill().await {
-                    Ok(true) => {}
-                    _ => return None,
-                }
+        let reply = tokio::time::timeout(timeout, self.read_packet(pending)).await;
+        let a = match reply {
+            Ok(Ok(Packet::Auth(a))) => a,
+            Ok(Err(ReadStop::PendingBytes)) => {
+                return Err(Refusal::new(ReasonCode::NOT_AUTHORIZED, "pending_bytes"))
             }
-        })
-        .await;
-        let Ok(Some(Packet::Auth(a))) = reply else {
-            return Err(malformed(()));
+            _ => return Err(malformed(())),
         };
         if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION
             || a.properties.authentication_method.as_deref() != Some(METHOD)
@@ -448,7 +461,9 @@ impl<S: ByteStream> Conn<S> {
 
     /// Everything after CONNECT. `connect` stays boxed: it lives across awaits, and the future
     /// of every idle connection would otherwise carry its full size.
-    async fn run_session(mut self, connect: Box<Connect>) {
+    /// `pending`: the socket's place among those not yet past CONNECT, held until the client
+    /// is authenticated (a SCRAM exchange reads a second packet) or refused.
+    async fn run_session(mut self, connect: Box<Connect>, mut pending: Pending) {
         let protocol = connect.protocol;
         let policy = Arc::clone(&self.broker.limits.policy);
         let conn_id = self.broker.new_conn_id();
@@ -480,17 +495,19 @@ impl<S: ByteStream> Conn<S> {
             // Boxed (both arms): the exchange and the credential checks live only until
             // CONNACK, and the future of every connection would otherwise carry their size
             // for its whole life.
-            Some(crate::scram::METHOD) => match Box::pin(self.scram_exchange(&connect)).await {
-                Ok((user, server_final)) => {
-                    auth_reply = Some(server_final);
-                    Ok(crate::auth::Identity {
-                        username: Some(user),
-                        method: crate::auth::Method::Scram,
-                        expires_at: None,
-                    })
+            Some(crate::scram::METHOD) => {
+                match Box::pin(self.scram_exchange(&connect, &mut pending)).await {
+                    Ok((user, server_final)) => {
+                        auth_reply = Some(server_final);
+                        Ok(crate::auth::Identity {
+                            username: Some(user),
+                            method: crate::auth::Method::Scram,
+                            expires_at: None,
+                        })
+                    }
+                    Err(r) => Err(r),
                 }
-                Err(r) => Err(r),
-            },
+            }
             _ => {
                 Box::pin(
                     self.broker
@@ -500,6 +517,7 @@ impl<S: ByteStream> Conn<S> {
                 .await
             }
         };
+        drop(pending);
         let identity = match authenticated {
             Ok(i) => i,
             Err(r) => {

@@ -415,21 +415,19 @@ async fn delete_policies(State(s): State<AdminState>) -> Response {
 }
 
 async fn set_policies(s: &AdminState, json: Option<String>) -> Response {
-    if let Some(j) = &json {
-        if let Err(e) = roost_core::policy::PolicyStore::from_json(j, 0) {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "error": e.to_string() })),
-            )
-                .into_response();
-        }
-    }
+    use crate::policy::ProposePoliciesError as E;
     match s.broker.propose_policies(json, None).await {
         Ok(version) => {
             tracing::info!(version, "policies changed through the admin API");
             Json(json!({ "version": version })).into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+        Err(e) => {
+            let status = match e {
+                E::Invalid(_) => StatusCode::BAD_REQUEST,
+                E::NotReplicated(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, Json(json!({ "error": e.to_string() }))).into_response()
+        }
     }
 }
 

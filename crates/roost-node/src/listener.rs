@@ -14,9 +14,9 @@
 //! with the connection in [`Accepted`].
 
 use crate::broker::Broker;
-use crate::config::{CertIdentity, ClientAuthMode, ListenerConfig, ListenerKind};
+use crate::config::{CertIdentity, ListenerConfig, ListenerKind};
 use metrics::counter;
-use roost_transport::{ws, ClientAuth, PeerCert, TlsAcceptor, TlsSettings};
+use roost_transport::{ws, PeerCert, TlsAcceptor, TlsSettings};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,30 +81,23 @@ pub(crate) struct ListenerError {
 
 impl Listener {
     /// The plain TCP listener of `mqtt.listen`.
-    pub(crate) fn main(allow_anonymous: bool, handshake_timeout: Duration) -> Listener {
-        use roost_core::rate::TokenBucket;
-        Listener {
-            name: "mqtt".into(),
-            kind: ListenerKind::Tcp,
-            tls: None,
-            quic_settings: None,
-            quic_idle: Duration::ZERO,
-            quic: std::sync::OnceLock::new(),
-            path: String::new(),
-            allow_anonymous,
+    /// The settings of the node's main listener (`mqtt.listen`, plain TCP, named "mqtt").
+    pub(crate) fn main_config(
+        listen: std::net::SocketAddr,
+        connect_timeout_secs: u64,
+    ) -> ListenerConfig {
+        ListenerConfig {
+            name: Some("mqtt".into()),
             cert_identity: CertIdentity::None,
-            require_client_id_match: false,
-            max_connections: None,
-            connections: AtomicUsize::new(0),
-            handshake_timeout,
-            proxy_protocol: false,
-            connect_rate: parking_lot::Mutex::new(TokenBucket::new(0, 0)),
+            handshake_timeout_secs: connect_timeout_secs,
+            ..ListenerConfig::new(ListenerKind::Tcp, listen)
         }
     }
 
-    /// A `[[listeners]]` entry (index `i`, for error messages); loads its certificate.
+    /// A listener from its settings; loads its certificate. `key` names the entry in error
+    /// messages (`listeners[2]`).
     pub(crate) fn from_config(
-        i: usize,
+        entry: &str,
         c: &ListenerConfig,
         default_anonymous: bool,
         burst_secs: u64,
@@ -117,14 +110,10 @@ impl Listener {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: c.client_ca.clone(),
-                    client_auth: match c.client_auth_mode() {
-                        ClientAuthMode::None => ClientAuth::None,
-                        ClientAuthMode::Optional => ClientAuth::Optional,
-                        ClientAuthMode::Required => ClientAuth::Required,
-                    },
+                    client_auth: c.client_auth_mode().into(),
                 };
                 let err = |source| ListenerError {
-                    key: format!("listeners[{i}]"),
+                    key: entry.to_owned(),
                     source,
                 };
                 if c.kind.udp() {

@@ -131,13 +131,19 @@ impl Node {
                 })
             })?;
         // TLS files are read before anything is bound: a bad one stops the start here.
-        let mut listeners = vec![Arc::new(crate::listener::Listener::main(
-            config.mqtt.allow_anonymous,
-            Duration::from_secs(config.mqtt.connect_timeout_secs),
-        ))];
-        for (i, l) in config.listeners.iter().enumerate() {
+        let main = crate::listener::Listener::main_config(
+            config.mqtt.listen,
+            config.mqtt.connect_timeout_secs,
+        );
+        let entries = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}]"), l));
+        let mut listeners = Vec::with_capacity(config.listeners.len() + 1);
+        for (key, l) in std::iter::once(("mqtt".to_owned(), &main)).chain(entries) {
             let built = crate::listener::Listener::from_config(
-                i,
+                &key,
                 l,
                 config.mqtt.allow_anonymous,
                 config.mqtt.rate_burst_secs,

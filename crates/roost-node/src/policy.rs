@@ -47,15 +47,29 @@ pub(crate) struct PolicyFileError {
     pub(crate) message: String,
 }
 
-/// Reads and validates a policy file; returns its text.
-pub(crate) fn read_policy_file(path: &std::path::Path) -> Result<String, PolicyFileError> {
+/// Reads a policy file and parses it (which validates it): its text, to replicate, and the
+/// store it makes, to enforce.
+pub(crate) fn read_policy_file(
+    path: &std::path::Path,
+) -> Result<(String, PolicyStore), PolicyFileError> {
     let err = |message: String| PolicyFileError {
         path: path.to_path_buf(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    PolicyStore::from_json(&text, 0).map_err(|e| err(e.to_string()))?;
-    Ok(text)
+    let store = PolicyStore::from_json(&text, 0).map_err(|e| err(e.to_string()))?;
+    Ok((text, store))
+}
+
+/// Why policies were not replicated.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProposePoliciesError {
+    /// The document does not parse or validate (the admin API answers 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Valid, but the cluster did not commit it (no leader, not a member: 503).
+    #[error("not replicated: {0}")]
+    NotReplicated(String),
 }
 
 impl NodePolicies {
@@ -63,10 +77,7 @@ impl NodePolicies {
     /// are known: a node never serves clients unchecked while its seed is being replicated.
     pub(crate) fn new(file: Option<PathBuf>) -> Result<NodePolicies, PolicyFileError> {
         let current = match &file {
-            Some(p) => {
-                let text = read_policy_file(p)?;
-                PolicyStore::from_json(&text, 0).ok().map(Arc::new)
-            }
+            Some(p) => Some(Arc::new(read_policy_file(p)?.1)),
             None => None,
         };
         Ok(NodePolicies {
@@ -130,13 +141,31 @@ impl NodePolicies {
     }
 }
 
-/// One connection's principal and its resolved policies.
+/// Who a connection is, for policy variables (`${iot:ClientId}`, ...): one copy per
+/// connection, shared by its [`ConnPolicy`] and its session's [`ReceiveGate`].
 #[derive(Debug)]
-pub(crate) struct ConnPolicy {
+pub(crate) struct PrincipalInfo {
     client_id: String,
     username: Option<String>,
     cert_cn: Option<String>,
     cert_serial: Option<String>,
+}
+
+impl PrincipalInfo {
+    fn principal(&self) -> Principal<'_> {
+        Principal {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            cert_cn: self.cert_cn.as_deref(),
+            cert_serial: self.cert_serial.as_deref(),
+        }
+    }
+}
+
+/// One connection's principal and its resolved policies.
+#[derive(Debug)]
+pub(crate) struct ConnPolicy {
+    who: Arc<PrincipalInfo>,
     generation: u64,
     resolved: Option<PrincipalPolicies>,
     publish: PublishDecisions,
@@ -150,23 +179,16 @@ impl ConnPolicy {
         cert: Option<&roost_transport::PeerCert>,
     ) -> ConnPolicy {
         ConnPolicy {
-            client_id: client_id.to_owned(),
-            username: username.map(str::to_owned),
-            cert_cn: cert.and_then(|c| c.cn.clone()),
-            cert_serial: cert.map(|c| c.serial.clone()),
+            who: Arc::new(PrincipalInfo {
+                client_id: client_id.to_owned(),
+                username: username.map(str::to_owned),
+                cert_cn: cert.and_then(|c| c.cn.clone()),
+                cert_serial: cert.map(|c| c.serial.clone()),
+            }),
             generation: 0,
             resolved: None,
             publish: PublishDecisions::new(),
             resolved_once: false,
-        }
-    }
-
-    fn principal(&self) -> Principal<'_> {
-        Principal {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-            cert_cn: self.cert_cn.as_deref(),
-            cert_serial: self.cert_serial.as_deref(),
         }
     }
 
@@ -176,7 +198,9 @@ impl ConnPolicy {
         if self.resolved_once && generation == self.generation {
             return;
         }
-        self.resolved = node.current().map(|s| s.for_principal(&self.principal()));
+        self.resolved = node
+            .current()
+            .map(|s| s.for_principal(&self.who.principal()));
         self.generation = generation;
         self.resolved_once = true;
     }
@@ -198,10 +222,7 @@ impl ConnPolicy {
     /// The session's `mqtt:Receive` gate for this client.
     pub(crate) fn receive_gate(&self, node: &NodePolicies) -> Box<ReceiveGate> {
         let mut g = Box::new(ReceiveGate {
-            client_id: self.client_id.clone(),
-            username: self.username.clone(),
-            cert_cn: self.cert_cn.clone(),
-            cert_serial: self.cert_serial.clone(),
+            who: Arc::clone(&self.who),
             resolved: None,
             cache: PublishDecisions::new(),
         });
@@ -228,10 +249,7 @@ impl ConnPolicy {
 /// when the policies change (every session, once per change).
 #[derive(Debug)]
 pub(crate) struct ReceiveGate {
-    client_id: String,
-    username: Option<String>,
-    cert_cn: Option<String>,
-    cert_serial: Option<String>,
+    who: Arc<PrincipalInfo>,
     /// `None`: no policies, everything may be received.
     resolved: Option<PrincipalPolicies>,
     cache: PublishDecisions,
@@ -240,13 +258,7 @@ pub(crate) struct ReceiveGate {
 impl ReceiveGate {
     /// Re-resolves against `store` (`None`: no policies).
     pub(crate) fn refresh(&mut self, store: Option<&PolicyStore>) {
-        let principal = Principal {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-            cert_cn: self.cert_cn.as_deref(),
-            cert_serial: self.cert_serial.as_deref(),
-        };
-        self.resolved = store.map(|s| s.for_principal(&principal));
+        self.resolved = store.map(|s| s.for_principal(&self.who.principal()));
         self.cache.clear();
     }
 
@@ -265,22 +277,34 @@ impl ReceiveGate {
 }
 
 impl crate::broker::Broker {
-    /// Replicates `json` (validated here first) as the cluster's policies, or removes them
-    /// (`None`). `if_version`: only if the cluster's version is still that one. Returns the
-    /// version in force afterwards.
+    /// Replicates `json` (validated here first: the one place a document from the admin API
+    /// is checked) as the cluster's policies, or removes them (`None`). `if_version`: only if
+    /// the cluster's version is still that one. Returns the version in force afterwards.
     pub(crate) async fn propose_policies(
         &self,
         json: Option<String>,
         if_version: Option<u64>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ProposePoliciesError> {
         if let Some(j) = &json {
-            PolicyStore::from_json(j, 0).map_err(|e| e.to_string())?;
+            PolicyStore::from_json(j, 0)
+                .map_err(|e| ProposePoliciesError::Invalid(e.to_string()))?;
         }
+        self.replicate_policies(json, if_version)
+            .await
+            .map_err(ProposePoliciesError::NotReplicated)
+    }
+
+    /// Replicates a document validated already.
+    async fn replicate_policies(
+        &self,
+        json: Option<String>,
+        if_version: Option<u64>,
+    ) -> Result<u64, String> {
         let cmd = roost_cluster::types::Command::SetPolicies { json, if_version };
         self.cluster()
             .propose(cmd)
             .await
-            .map_err(|e| format!("not replicated: {e}"))?;
+            .map_err(|e| e.to_string())?;
         Ok(self.cluster().state().read().policies().version)
     }
 
@@ -293,8 +317,10 @@ impl crate::broker::Broker {
         let Some(path) = &self.policies.file else {
             return Err("auth.policy_file is not set".into());
         };
-        let text = read_policy_file(path).map_err(|e| e.to_string())?;
-        self.propose_policies(Some(text), if_version).await
+        let (text, _) = read_policy_file(path).map_err(|e| e.to_string())?;
+        self.replicate_policies(Some(text), if_version)
+            .await
+            .map_err(|e| format!("not replicated: {e}"))
     }
 
     /// The seed at start: only into a cluster without policies.

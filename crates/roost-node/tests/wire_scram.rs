@@ -124,3 +124,64 @@ async fn wrong_passwords_unknown_users_and_other_methods_are_refused() {
     assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
     node.stop().await;
 }
+
+/// A client in the middle of a SCRAM exchange (CONNECT read, AUTH challenge sent, the reply
+/// not yet in) is still a socket the node owes an answer: it keeps its place among
+/// `mqtt.max_pending_connections`, so a flood of half-finished exchanges is bounded like a
+/// flood of half-sent CONNECTs. Before, the place was given back once the CONNECT was read.
+#[tokio::test]
+async fn a_client_mid_exchange_keeps_its_pending_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = PasswordFile::new();
+    file.set("sensor", b"correct horse").unwrap();
+    file.set_scram("sensor", b"correct horse").unwrap();
+    let path = dir.path().join("passwords");
+    file.save_atomically(&path).unwrap();
+    let node = TestNode::start_with(|c| {
+        c.mqtt.allow_anonymous = false;
+        c.auth.password_file = Some(path);
+        c.mqtt.max_pending_connections = 1;
+        c.mqtt.connect_timeout_secs = 60;
+    })
+    .await
+    .unwrap();
+    let mut mid = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    let props = Properties {
+        authentication_method: Some(METHOD.into()),
+        authentication_data: Some(Bytes::from_static(
+            b"n,,n=sensor,r=fyko+d2lbbFgONRv9qkxdawL",
+        )),
+        ..Properties::default()
+    };
+    mid.send(&Packet::Connect(Box::new(connect_v5("mid", true, props))))
+        .await
+        .unwrap();
+    assert!(
+        matches!(mid.recv().await.unwrap(), Some(Packet::Auth(_))),
+        "expected the AUTH challenge"
+    );
+    // The only place is held by the exchange: the next socket is closed at accept.
+    let mut next = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+    assert!(next.expect_closed().await.unwrap().is_empty());
+    // The exchange ends (the client goes away): the place is free again.
+    drop(mid);
+    let mut served = false;
+    for _ in 0..50 {
+        let mut c = RawClient::open(node.addr(), Protocol::V5).await.unwrap();
+        if let Ok(ack) = c
+            .handshake(connect_v5("anon", true, Properties::default()))
+            .await
+        {
+            // Anonymous is off: refused, but answered, so the socket had a place.
+            assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        served,
+        "the place was not given back when the exchange ended"
+    );
+    node.stop().await;
+}

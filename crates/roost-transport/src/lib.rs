@@ -72,6 +72,43 @@ pub trait ByteStream: Send + 'static {
     /// Ends the stream politely (TLS close_notify, WebSocket close frame, TCP FIN). Best
     /// effort: callers bound it with a timeout.
     fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Pushes all pending output to the socket, waiting for room as needed. Not for the
+    /// driver's `select!` (it holds no data, but it does not return until the socket took
+    /// everything); for handshakes, refusals and shutdown, bounded by the caller's timeout.
+    fn flush_all(&mut self) -> impl Future<Output = io::Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            loop {
+                match self.try_flush() {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Writes all of `buf` and flushes it, waiting for room as needed (same use as
+    /// [`ByteStream::flush_all`]; named apart from tokio's `write_all`, which `TcpStream` also
+    /// has).
+    fn write_all_flushed(&mut self, mut buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            while !buf.is_empty() {
+                match self.try_write(buf) {
+                    Ok(n) => buf = &buf[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.flush_all().await
+        }
+    }
 }
 
 /// Reads into `buf`'s spare capacity with `read` (which reads into a plain slice) and

@@ -298,7 +298,7 @@ impl std::fmt::Debug for TlsStream {
 impl TlsStream {
     async fn handshake(&mut self) -> io::Result<()> {
         while self.conn.is_handshaking() {
-            self.flush_blocking().await?;
+            self.flush_all().await?;
             if !self.conn.is_handshaking() {
                 break;
             }
@@ -321,18 +321,7 @@ impl TlsStream {
             }
         }
         // TLS 1.3 session tickets follow the handshake.
-        self.flush_blocking().await
-    }
-
-    /// Writes all pending TLS output, waiting for the socket as needed.
-    async fn flush_blocking(&mut self) -> io::Result<()> {
-        loop {
-            match self.try_flush() {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
+        self.flush_all().await
     }
 
     /// Decrypts what was read; a TLS error is `InvalidData`.
@@ -441,7 +430,7 @@ impl ByteStream for TlsStream {
 
     async fn shutdown(&mut self) -> io::Result<()> {
         self.conn.send_close_notify();
-        let _ = self.flush_blocking().await;
+        let _ = self.flush_all().await;
         AsyncWriteExt::shutdown(&mut self.tcp).await
     }
 }

@@ -100,13 +100,7 @@ pub async fn accept<S: ByteStream>(mut inner: S, path: &str) -> Result<WsStream<
         closed: false,
         early: (!req.is_empty()).then_some(req),
     };
-    loop {
-        match stream.try_flush() {
-            Ok(()) => break,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.inner.writable().await?,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    stream.flush_all().await?;
     Ok(stream)
 }
 
@@ -134,29 +128,9 @@ async fn send_refusal<S: ByteStream>(inner: &mut S, e: &WsError) {
         "HTTP/1.1 {status} {reason}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}\n",
         why.len() + 1
     );
-    let mut rest = body.as_bytes();
     // Best effort, bounded by the caller's handshake timeout.
-    while !rest.is_empty() {
-        match inner.try_write(rest) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if inner.writable().await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-    while inner.pending_output() {
-        match inner.try_flush() {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if inner.writable().await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
+    if inner.write_all_flushed(body.as_bytes()).await.is_err() {
+        return;
     }
     let _ = inner.shutdown().await;
 }
@@ -521,13 +495,7 @@ impl<S: ByteStream> ByteStream for WsStream<S> {
             self.queue_frame(0x8, &1000u16.to_be_bytes());
             self.closed = true;
         }
-        loop {
-            match self.try_flush() {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
+        self.flush_all().await?;
         self.inner.shutdown().await
     }
 }

@@ -61,7 +61,10 @@ impl ListenerKind {
     }
 }
 
-/// Whether a TLS listener asks clients for certificates.
+/// Whether a TLS listener asks clients for certificates: the configuration's copy of
+/// `roost_transport::ClientAuth`. The copy is on purpose: roost-transport has no serde (it sits
+/// below the configuration and carries only what a stream needs), and the spelling in
+/// roost.toml is the configuration's to keep stable. `From` maps it, variant for variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuthMode {
@@ -318,6 +321,16 @@ impl Default for AuthConfig {
             jwt_identity_claim: "sub".into(),
             jwt_audience: None,
             jwt_issuer: None,
+        }
+    }
+}
+
+impl From<ClientAuthMode> for roost_transport::ClientAuth {
+    fn from(m: ClientAuthMode) -> Self {
+        match m {
+            ClientAuthMode::None => roost_transport::ClientAuth::None,
+            ClientAuthMode::Optional => roost_transport::ClientAuth::Optional,
+            ClientAuthMode::Required => roost_transport::ClientAuth::Required,
         }
     }
 }
