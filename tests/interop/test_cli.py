@@ -199,3 +199,31 @@ def test_item23_ctl_sends_the_token(tmp_path):
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0
+
+
+def test_default_log_is_readable_without_raft_internals(tmp_path):
+    """Issue 10, readable logs: at the default filter a start prints Roost's own events (one
+    line per listener, the start line) and nothing of openraft's INFO internals (its
+    `RaftState` dump, engine lines); raising `openraft` brings them back."""
+    def start_and_stop(extra):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+        p = subprocess.Popen([str(roost_bin()), "serve", "--data-dir", str(tmp_path / f"d{port}"),
+                              "--mqtt", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
+                              "--cluster", "127.0.0.1:0", *extra],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert wait_port(port, p)
+            time.sleep(1)  # the first election and the lease
+        finally:
+            p.terminate()
+        out, _ = p.communicate(timeout=10)
+        assert p.returncode == 0, out
+        return out
+
+    out = start_and_stop([])
+    assert "listening for MQTT clients" in out and "roost node started" in out, out
+    assert " INFO openraft" not in out, out
+    assert len(out.splitlines()) < 15, out
+    raised = start_and_stop(["--log-level", "info,openraft=info"])
+    assert " INFO openraft" in raised, raised

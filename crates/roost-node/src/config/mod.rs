@@ -542,6 +542,9 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// `log.level` when nothing sets it.
+pub const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn";
+
 /// `[log]`: logging filter and format.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -549,7 +552,10 @@ pub struct LogConfig {
     /// A `tracing` `EnvFilter` directive list such as `info` or `info,roost_node=debug`.
     /// Validated by parsing it, and additionally every directive without `=` must be a level
     /// (`trace`, `debug`, `info`, `warn`, `error`, `off`): `EnvFilter` would accept a typo
-    /// like `inof` as a target name and silently log almost nothing. Default `info`.
+    /// like `inof` as a target name and silently log almost nothing. Default
+    /// `info,openraft=warn`: Roost's own events at info, and from the Raft library only what
+    /// needs attention (its info level prints engine internals at every start); raise it with
+    /// `info,openraft=info` when debugging consensus.
     pub level: String,
     /// Output format. Default `text`.
     pub format: LogFormat,
@@ -558,7 +564,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".to_owned(),
+            level: DEFAULT_LOG_LEVEL.to_owned(),
             format: LogFormat::Text,
         }
     }
