@@ -2,31 +2,41 @@
 # Roost beside Mosquitto on this machine: the same fixed scenarios, the same load generator
 # (roost-loadgen, benches/loadgen), one broker at a time, loopback only.
 #
-#   benches/run-compare.sh            # build, run both brokers, write benches/results/<date>-<sha>.md
+#   benches/run-compare.sh     # build, run both brokers, write the results and docs/benchmarks.md
 #
 # What it does:
-#   1. cargo build --release -p roost -p roost-bench
-#   2. starts target/release/roost serve on 127.0.0.1:21883 (temporary data dir, $SYS off,
-#      log level warn), runs the scenarios below against it, stops it (SIGTERM);
+#   1. cargo build --release -p roost -p roost-bench (SKIP_BUILD=1 skips it);
+#   2. starts roost serve on 127.0.0.1:21883 (cluster listener 21885, temporary data dir, $SYS
+#      off, log level warn), runs the scenarios below against it, stops it (SIGTERM);
 #   3. the same against mosquitto on 127.0.0.1:21884 (installed with apt-get if missing;
 #      generated config: listener 21884 127.0.0.1, allow_anonymous true,
 #      max_queued_messages 1000, no persistence);
-#   4. writes benches/results/<UTC date>-<short git sha>.md: hardware, commit, broker versions,
-#      a comparison table (roost-loadgen table) and the raw JSON lines.
+#   4. draws one throughput and one latency plot per publishing scenario, both brokers on the
+#      same axes (roost-loadgen plot), into $RESULTS_DIR/plots/<UTC date>-<short sha>/;
+#   5. writes $RESULTS_DIR/<UTC date>-<short sha>.md (hardware, commit, broker versions, exact
+#      commands, the comparison table, links to the plots, the raw JSON lines) and
+#      $DOCS_FILE (docs/benchmarks.md: the same, latest run only, without the raw lines).
 #
-# Scenarios (fixed, so results stay comparable between commits):
-#   idle       5,000 v5 connections, one subscription each, 5 s hold: broker KiB per connection
-#   qos0       4 publishers -> 4 subscribers (one topic per pair), QoS 0, 64 B, 10 s
-#   qos1       the same at QoS 1 (window 16 per publisher)
-#   fanout     1 publisher -> 50 subscribers on bench/#, QoS 0, 64 B, 10 s
+# Scenarios (fixed, so results stay comparable between commits; 64-byte payloads, MQTT v5):
+#   idle          $IDLE_CONNECTIONS connections, one subscription each, 5 s hold: KiB per connection
+#   pairs         4 publishers -> 4 subscribers (one topic per pair), QoS 0 and QoS 1
+#   fan-in        16 publishers (own topics) -> 1 subscriber on bench/#, QoS 0 and QoS 1
+#   fan-out       1 publisher -> 50 subscribers on bench/#, QoS 0 and QoS 1
+#   shared        4 publishers -> 4 subscribers in $share/bench/bench/#, QoS 0 and QoS 1
+#   round-trip    1 client publishing to its own topic, one message in flight, QoS 0 and QoS 1
+#   subscribe     subscribe-latency, 4 clients x 250 new filters (SUBACK latency)
+# Throughput runs: 1 s warm-up, then $DURATION s, publishers as fast as the window (16
+# unacknowledged, QoS 1) or TCP (QoS 0) allow.
 #
-# Every scenario is bounded (timeout) and the whole run stops by itself in about 3 minutes
-# after the build. Brokers and the load generator share the machine's cores: read the CPU
-# columns with that in mind. Each connection needs a file descriptor in the load generator and
-# one in the broker; the machine caps a process at 20,000 open files.
+# Every scenario is bounded (timeout), and followed by a pause until the broker is idle (2 s
+# to 32 s); the whole run stops by itself in about 8 to 10 minutes after the build. Brokers and the load generator share the machine's cores: read the CPU columns
+# with that in mind. Each connection needs a file descriptor in the load generator and one in
+# the broker; the machine caps a process at 20,000 open files.
 #
 # Environment overrides (for a quick try; committed results use the defaults):
-#   DURATION=10  IDLE_CONNECTIONS=5000  IDLE_HOLD=5  RESULTS_DIR=benches/results  SKIP_BUILD=0
+#   DURATION=10  IDLE_CONNECTIONS=5000  IDLE_HOLD=5  RESULTS_DIR=benches/results
+#   DOCS_FILE=docs/benchmarks.md  SKIP_BUILD=0
+#   ROOST_BIN=target/release/roost  LOADGEN_BIN=target/release/roost-loadgen
 
 set -euo pipefail
 # shellcheck source=benches/lib.sh
@@ -39,10 +49,12 @@ DURATION="${DURATION:-10}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-5000}"
 IDLE_HOLD="${IDLE_HOLD:-5}"
 RESULTS_DIR="${RESULTS_DIR:-benches/results}"
+DOCS_FILE="${DOCS_FILE:-docs/benchmarks.md}"
 ROOST_PORT=21883
+ROOST_CLUSTER_PORT=21885
 MOSQUITTO_PORT=21884
-LOADGEN="$ROOT/target/release/roost-loadgen"
-ROOST="$ROOT/target/release/roost"
+LOADGEN="${LOADGEN_BIN:-$ROOT/target/release/roost-loadgen}"
+ROOST="${ROOST_BIN:-$ROOT/target/release/roost}"
 
 log() { printf '[run-compare] %s\n' "$*" >&2; }
 
@@ -61,6 +73,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building roost and roost-loadgen (release)"
     cargo build --release -p roost -p roost-bench
 fi
+BUILD="release build"
+[[ "$ROOST" == */debug/* || "$LOADGEN" == */debug/* ]] &&
+    BUILD="DEBUG build: not for publication"
 
 # 5,000 connections need 5,000+ descriptors in each process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -99,34 +114,85 @@ stop_broker() { # SIGTERM, then SIGKILL after 10 s
     BROKER_PID=""
 }
 
-# scenario LABEL TIMEOUT_SECS ARGS...: one JSON line appended to $OUT, summary to stderr.
+COMMANDS="$WORK/commands.txt"
+: >"$COMMANDS"
+
+# scenario LABEL TIMEOUT_SECS ARGS...: one JSON line appended to $OUT, summary to stderr; the
+# command line (the first broker's) recorded in $COMMANDS.
 scenario() {
     local label=$1 limit=$2
     shift 2
+    local args=("$@" --host "127.0.0.1:$PORT" --broker-pid "$BROKER_PID" --json --label "$label")
+    if [[ $NAME == roost ]]; then
+        local line="roost-loadgen" a
+        for a in "${args[@]}"; do
+            if [[ "$a" =~ ^[A-Za-z0-9_./:=,+-]+$ ]]; then
+                line+=" $a"
+            else
+                line+=" '$a'" # no label here has a single quote
+            fi
+        done
+        echo "$line" >>"$COMMANDS"
+    fi
     log "$NAME: $label"
-    if ! timeout --kill-after=10 "$limit" "$LOADGEN" "$@" --host "127.0.0.1:$PORT" \
-        --broker-pid "$BROKER_PID" --json --label "$label" >>"$OUT"; then
+    if ! timeout --kill-after=10 "$limit" "$LOADGEN" "${args[@]}" >>"$OUT"; then
         log "$NAME: scenario '$label' failed (no result recorded)"
     fi
-    # Let the broker finish whatever the last run left in its sockets before the next one.
+    settle
+}
+
+# settle: let the broker finish whatever the last run left in its sockets (a saturating QoS 0
+# run leaves a backlog) before the next one: at least 2 s, then until it used less than 10 %
+# of a core over half a second, at most 30 s more.
+settle() {
     sleep 2
+    local before after
+    for _ in $(seq 1 60); do
+        before="$(broker_ticks)"
+        sleep 0.5
+        after="$(broker_ticks)"
+        # /proc/PID/stat counts 100 ticks per second: 5 ticks in 0.5 s is 10 % of a core.
+        (( after - before <= 5 )) && return 0
+    done
+    log "$NAME still busy after 30 s; going on"
+}
+
+broker_ticks() { # utime + stime of the broker, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$BROKER_PID/stat" 2>/dev/null || echo 0
 }
 
 run_scenarios() {
-    local throughput_limit=$((DURATION + 60))
+    local limit=$((DURATION + 60))
+    local t=(throughput --payload 64 --duration-secs "$DURATION")
     scenario "idle $IDLE_CONNECTIONS, 1 subscription each" $((IDLE_HOLD + 240)) \
         idle --connections "$IDLE_CONNECTIONS" --subscribe --hold-secs "$IDLE_HOLD"
-    scenario "4 pub → 4 sub, QoS 0, 64 B" "$throughput_limit" \
-        throughput --publishers 4 --subscribers 4 --qos 0 --payload 64 --duration-secs "$DURATION"
-    scenario "4 pub → 4 sub, QoS 1, 64 B" "$throughput_limit" \
-        throughput --publishers 4 --subscribers 4 --qos 1 --payload 64 --duration-secs "$DURATION"
-    scenario "fan-out 1 pub → 50 sub, QoS 0, 64 B" "$throughput_limit" \
-        throughput --publishers 1 --subscribers 50 --fanout --qos 0 --payload 64 \
-        --duration-secs "$DURATION"
+    for qos in 0 1; do
+        scenario "4 pub → 4 sub, QoS $qos, 64 B" "$limit" \
+            "${t[@]}" --publishers 4 --subscribers 4 --qos "$qos"
+    done
+    for qos in 0 1; do
+        scenario "fan-in 16 pub → 1 sub, QoS $qos, 64 B" "$limit" \
+            "${t[@]}" --publishers 16 --subscribers 1 --fan-in --qos "$qos"
+    done
+    for qos in 0 1; do
+        scenario "fan-out 1 pub → 50 sub, QoS $qos, 64 B" "$limit" \
+            "${t[@]}" --publishers 1 --subscribers 50 --fanout --qos "$qos"
+    done
+    for qos in 0 1; do
+        scenario "shared 4 pub → 4 sub in one group, QoS $qos, 64 B" "$limit" \
+            "${t[@]}" --publishers 4 --subscribers 4 --shared bench --qos "$qos"
+    done
+    for qos in 0 1; do
+        scenario "round-trip 1 client, QoS $qos, 64 B" "$limit" \
+            round-trip --clients 1 --qos "$qos" --payload 64 --duration-secs "$DURATION"
+    done
+    scenario "subscribe 4 clients × 250 new filters" 180 \
+        subscribe-latency --clients 4 --subscriptions 250 --max-secs 120
 }
 
 # Other work on the machine skews every number here: record the load around the runs.
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+START=$SECONDS
 
 # --- 2. roost --------------------------------------------------------------------------------
 NAME=roost
@@ -134,10 +200,11 @@ PORT=$ROOST_PORT
 OUT="$WORK/roost.jsonl"
 : >"$OUT"
 ROOST_VERSION="$("$ROOST" --version 2>/dev/null || echo "roost (unknown version)")"
+ROOST_CMD=(serve --mqtt "127.0.0.1:$PORT" --http 127.0.0.1:0
+    --cluster "127.0.0.1:$ROOST_CLUSTER_PORT" --data-dir "$WORK/roost-data")
 log "starting $ROOST_VERSION on 127.0.0.1:$PORT"
 ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn \
-    "$ROOST" serve --mqtt "127.0.0.1:$PORT" --http 127.0.0.1:0 --data-dir "$WORK/roost-data" \
-    >"$WORK/roost.log" 2>&1 &
+    "$ROOST" "${ROOST_CMD[@]}" >"$WORK/roost.log" 2>&1 &
 BROKER_PID=$!
 if ! wait_for_port "$PORT"; then
     log "roost did not start:"
@@ -185,32 +252,88 @@ fi
 run_scenarios
 stop_broker
 
-# --- 4. results ------------------------------------------------------------------------------
+# --- 4. plots --------------------------------------------------------------------------------
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+ELAPSED=$((SECONDS - START))
 SHA="$(bench_sha)"
+STAMP="$(date -u +%Y-%m-%d)-$SHA"
 mkdir -p "$RESULTS_DIR"
-RESULT="$RESULTS_DIR/$(date -u +%Y-%m-%d)-$SHA.md"
+RESULT="$RESULTS_DIR/$STAMP.md"
+PLOTS="$RESULTS_DIR/plots/$STAMP"
+INPUTS=(--input "roost=$WORK/roost.jsonl" --input "mosquitto=$WORK/mosquitto.jsonl")
+rm -rf "$PLOTS"
+if ! "$LOADGEN" plot "${INPUTS[@]}" --out "$PLOTS" >"$WORK/plots.txt"; then
+    log "plotting failed; the results have no plots"
+    : >"$WORK/plots.txt"
+fi
+TABLE="$("$LOADGEN" table "${INPUTS[@]}")"
+
+# plot_links DIR_OF_THE_MARKDOWN_FILE: a list of the plots, each linked relative to that dir.
+plot_links() {
+    local from=$1 svg name
+    while read -r svg; do
+        [[ -n "$svg" ]] || continue
+        name="$(basename "$svg" .svg)"
+        echo "- [$name]($(realpath -m --relative-to="$from" "$svg"))"
+    done <"$WORK/plots.txt"
+}
+
+# common_body MARKDOWN_DIR: everything both files share.
+common_body() {
+    local from=$1
+    bench_provenance
+    echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
+    echo "- brokers: $ROOST_VERSION ($BUILD, \$SYS off, log warn); $MOSQUITTO_VERSION"
+    echo "  (\`max_queued_messages 1000\`, no persistence)"
+    echo "- load generator: roost-loadgen ($BUILD, same machine, same cores as the broker), MQTT v5"
+    echo "- wall time of both brokers' runs: ${ELAPSED} s"
+    echo
+    echo "Memory when the runs ended (\`free -m\`):"
+    echo
+    bench_free
+    echo
+    echo "Scenarios: idle = $IDLE_CONNECTIONS connections, one subscription each, ${IDLE_HOLD} s hold;"
+    echo "throughput (pairs, fan-in, fan-out, shared) = 1 s warm-up then ${DURATION} s measured,"
+    echo "publishers as fast as the window (16 unacknowledged, QoS 1) or TCP (QoS 0) allow;"
+    echo "round-trip = one client, one message in flight, ${DURATION} s after 1 s warm-up. Latency"
+    echo "is publish-to-delivery (round-trip: to the message's return) on one monotonic clock,"
+    echo "HdrHistogram with 3 significant digits; at QoS 0 under saturation it is mostly time"
+    echo "spent queued in socket buffers. CPU is % of one core over the measured window. \"lost\""
+    echo "counts messages a subscriber had not received when it stopped (nothing for 0.5 s, or"
+    echo "5 s after the window): at QoS 0 that is allowed (bounded queues) and includes backlog"
+    echo "still in socket buffers; at QoS 1 it means the broker dropped messages it had"
+    echo "acknowledged. \"reordered\" counts messages that arrived after a later one from the same"
+    echo "publisher; shared-subscription loss and duplicates are counted over the whole group."
+    echo
+    echo "$TABLE"
+    echo
+    echo "Plots (messages per second and latency p50/p99 per second, both brokers on one chart):"
+    echo
+    plot_links "$from"
+    echo
+    echo "<details><summary>Exact commands</summary>"
+    echo
+    echo '```sh'
+    echo "# roost (the same roost-loadgen lines follow against each broker, --host and"
+    echo "# --broker-pid changed)"
+    echo "ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn roost ${ROOST_CMD[*]/$WORK/\$TMP}"
+    echo "# mosquitto (config above)"
+    echo "mosquitto -c mosquitto.conf"
+    sed -e "s|$WORK|\$TMP|g" "$COMMANDS"
+    echo "roost-loadgen table --input roost=roost.jsonl --input mosquitto=mosquitto.jsonl"
+    echo "roost-loadgen plot --input roost=roost.jsonl --input mosquitto=mosquitto.jsonl --out $PLOTS"
+    echo '```'
+    echo
+    echo "</details>"
+}
+
+# --- 5. results -------------------------------------------------------------------------------
 {
     echo "# Roost vs Mosquitto, $(date -u +%Y-%m-%d) (commit $SHA)"
     echo
     echo "Written by \`benches/run-compare.sh\`; numbers from one run, nothing edited by hand."
     echo
-    bench_provenance
-    echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
-    echo "- brokers: $ROOST_VERSION (release build, \$SYS off, log warn); $MOSQUITTO_VERSION"
-    echo "  (\`max_queued_messages 1000\`, no persistence)"
-    echo "- load generator: roost-loadgen (same machine, same cores as the broker), MQTT v5"
-    echo
-    echo "Scenarios: idle = $IDLE_CONNECTIONS connections, one subscription each, ${IDLE_HOLD} s hold;"
-    echo "throughput = 1 s warm-up then ${DURATION} s measured, publishers as fast as the window (16"
-    echo "unacknowledged, QoS 1) or TCP (QoS 0) allow. Latency is publish-to-delivery on one"
-    echo "monotonic clock; at QoS 0 under saturation it is mostly time spent queued in socket"
-    echo "buffers. CPU is % of one core over the measured window. \"lost\" counts messages a"
-    echo "subscriber had not received when it stopped (nothing for 0.5 s, or 5 s after the window):"
-    echo "at QoS 0 that is allowed (bounded queues) and includes backlog still in socket buffers;"
-    echo "at QoS 1 it means the broker dropped messages it had acknowledged."
-    echo
-    "$LOADGEN" table --input "roost=$WORK/roost.jsonl" --input "mosquitto=$WORK/mosquitto.jsonl"
+    common_body "$(dirname "$RESULT")"
     echo
     echo "<details><summary>Raw results (roost-loadgen --json)</summary>"
     echo
@@ -221,5 +344,19 @@ RESULT="$RESULTS_DIR/$(date -u +%Y-%m-%d)-$SHA.md"
     echo
     echo "</details>"
 } >"$RESULT"
-log "wrote $RESULT"
+log "wrote $RESULT and $(wc -l <"$WORK/plots.txt") plots in $PLOTS"
+
+mkdir -p "$(dirname "$DOCS_FILE")"
+{
+    echo "# Benchmarks: Roost beside Mosquitto"
+    echo
+    echo "The latest run of \`benches/run-compare.sh\` on $(date -u +%Y-%m-%d), commit $SHA; this"
+    echo "file is rewritten by every run (the raw JSON lines are in"
+    echo "[$(basename "$RESULT")]($(realpath -m --relative-to="$(dirname "$DOCS_FILE")" "$RESULT"))). One machine, both brokers and the"
+    echo "load generator on it, loopback only: compare the columns, not these numbers with other"
+    echo "machines'. How to run it, and what each scenario measures: \`benches/README.md\`."
+    echo
+    common_body "$(dirname "$DOCS_FILE")"
+} >"$DOCS_FILE"
+log "wrote $DOCS_FILE"
 cat "$RESULT"

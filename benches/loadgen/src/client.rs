@@ -25,8 +25,8 @@ use crate::transport::{Dialer, Io};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use roost_codec::{
-    encode, Connect, Decoder, Disconnect, Packet, PacketId, Properties, Protocol, QoS, Subscribe,
-    SubscriptionOptions,
+    encode, Ack, Connect, Decoder, Disconnect, Packet, PacketId, Properties, Protocol, QoS,
+    Subscribe, SubscriptionOptions,
 };
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -286,9 +286,13 @@ impl Client {
     }
 
     /// Subscribes to each filter at `qos` in one SUBSCRIBE and waits (bounded) for a SUBACK
-    /// granting every one of them. Must be called before anything is published to us: any
-    /// other packet arriving first is an error.
-    pub(crate) async fn subscribe(&mut self, filters: &[String], qos: QoS) -> Result<()> {
+    /// granting every one of them. Returns how many PUBLISH packets arrived before the SUBACK:
+    /// the server may start sending matching messages before it (MQTT 3.1.1 §3.8.4, v5
+    /// §3.8.4), e.g. a previous run's backlog on `bench/#`. They are acknowledged as their QoS
+    /// requires (a PUBREL that follows later is the scenario loop's to answer) and otherwise
+    /// dropped; the scenarios subscribe before their own publishers start, so none is theirs.
+    /// Any other packet before the SUBACK is an error.
+    pub(crate) async fn subscribe(&mut self, filters: &[String], qos: QoS) -> Result<u64> {
         let packet_id = self.next_packet_id();
         let options = SubscriptionOptions {
             qos,
@@ -299,12 +303,30 @@ impl Client {
             properties: Properties::default(),
             filters: filters.iter().map(|f| (f.clone(), options)).collect(),
         }))?;
+        let mut early = 0;
         let wait = async {
-            self.flush().await?;
-            match self.recv().await? {
-                Some(Packet::SubAck(ack)) if ack.packet_id == packet_id => Ok(ack),
-                Some(other) => bail!("expected SUBACK, got {}", other.kind()),
-                None => bail!("connection closed before SUBACK"),
+            loop {
+                self.flush().await?;
+                match self.recv().await? {
+                    Some(Packet::SubAck(ack)) if ack.packet_id == packet_id => return Ok(ack),
+                    Some(Packet::Publish(p)) => {
+                        early += 1;
+                        match (p.qos, p.packet_id) {
+                            (QoS::AtLeastOnce, Some(id)) => {
+                                self.queue(&Packet::PubAck(Ack::new(id)))?
+                            }
+                            (QoS::ExactlyOnce, Some(id)) => {
+                                self.queue(&Packet::PubRec(Ack::new(id)))?
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Packet::PubRel(rel)) => {
+                        self.queue(&Packet::PubComp(Ack::new(rel.packet_id)))?
+                    }
+                    Some(other) => bail!("expected SUBACK, got {}", other.kind()),
+                    None => bail!("connection closed before SUBACK"),
+                }
             }
         };
         let ack = tokio::time::timeout(SETUP_TIMEOUT, wait)
@@ -322,7 +344,7 @@ impl Client {
                 bail!("subscription to {filter} refused: 0x{:02X}", code.0);
             }
         }
-        Ok(())
+        Ok(early)
     }
 
     /// Sends DISCONNECT (normal disconnection), flushes and closes our side, bounded by
@@ -436,6 +458,39 @@ mod tests {
         }
         publisher.disconnect().await?;
         sub.disconnect().await?;
+        Ok(())
+    }
+
+    /// A server that sends a matching PUBLISH before the SUBACK, as MQTT allows (§3.8.4).
+    #[tokio::test]
+    async fn publishes_before_the_suback_are_acknowledged_and_skipped() -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await?;
+            let mut buf = vec![0u8; 1024];
+            let _connect = s.read(&mut buf).await?;
+            s.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await?; // CONNACK v5, success
+            let _subscribe = s.read(&mut buf).await?;
+            // PUBLISH QoS 1 "t" id 7 payload "x", then SUBACK for packet id 1 granting QoS 0.
+            s.write_all(&[0x32, 0x07, 0x00, 0x01, b't', 0x00, 0x07, 0x00, b'x'])
+                .await?;
+            s.write_all(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x00]).await?;
+            let n = s.read(&mut buf).await?;
+            Ok::<_, anyhow::Error>(buf[..n].to_vec())
+        });
+        let mut client = Client::connect(addr, &options("early")).await?;
+        let early = client.subscribe(&["t".to_owned()], QoS::AtMostOnce).await?;
+        assert_eq!(early, 1);
+        client.flush().await?;
+        let after = tokio::time::timeout(SETUP_TIMEOUT, server).await???;
+        assert_eq!(
+            after.first(),
+            Some(&0x40),
+            "PUBACK expected, got {after:02X?}"
+        );
+        assert_eq!(&after[2..4], &[0x00, 0x07], "{after:02X?}");
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 
 use crate::client::{Client, ConnectOptions, Event, SETUP_TIMEOUT};
 use crate::procfs;
+use crate::progress;
 use crate::target::UsageError;
 use crate::transport::TransportKind;
 use crate::Common;
@@ -161,6 +162,8 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
     let mut connected = 0;
     let mut failed = 0;
     let mut first_error = None;
+    let show = progress::enabled(args.common.no_progress);
+    let bar = progress::counter(show, "idle: connecting", args.connections as u64);
     let ramp = async {
         while let Some(result) = established_rx.recv().await {
             match result {
@@ -171,7 +174,11 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
                 }
             }
             let done = connected + failed;
-            if done % 1000 == 0 && done < args.connections {
+            bar.set_position(done as u64);
+            if failed > 0 {
+                bar.set_message(format!("({failed} failed)"));
+            }
+            if !show && done % 1000 == 0 && done < args.connections {
                 eprintln!("idle: {connected} connected, {failed} failed");
             }
             if done == args.connections {
@@ -179,7 +186,9 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
             }
         }
     };
-    if tokio::time::timeout(ramp_limit, ramp).await.is_err() {
+    let ramped = tokio::time::timeout(ramp_limit, ramp).await;
+    bar.finish_and_clear();
+    if ramped.is_err() {
         let _ = stop_tx.send(true);
         bail!("ramp did not finish within {ramp_limit:?}");
     }

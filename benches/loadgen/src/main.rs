@@ -1,31 +1,51 @@
 //! `roost-loadgen`: the end-to-end load generator for Roost (and any MQTT 3.1.1 / 5.0 broker)
-//! running on this machine.
+//! running on this machine: the same scenarios, the same client and the same report for every
+//! broker, so their numbers can stand in one table.
 //!
 //! Subcommands, each bounded in connections and time and stopping by itself:
 //!
 //! - `idle`: opens N connections (one subscription each with `--subscribe`) and reports the
 //!   broker's resident memory per connection ([`idle`]).
 //! - `throughput`: P publishers and S subscribers; messages per second published and
-//!   delivered, publish-to-delivery latency, loss and duplication per pair ([`throughput`]).
+//!   delivered, publish-to-delivery latency, loss, duplication and reordering per pair
+//!   ([`throughput`]). Patterns: point-to-point pairs (default), `--fanout` (every subscriber
+//!   gets every message), `--fan-in` (many publishers into one subscriber), `--shared GROUP`
+//!   (`$share/GROUP/bench/#`: each message to one member, loss and duplicates over the group).
+//! - `round-trip`: each client publishes to a topic it subscribes to itself, one message in
+//!   flight; round-trip latency and round trips per second ([`round_trip`]).
 //! - `subscribe-latency`: C clients each SUBSCRIBE to N new (or, `--existing`, already routed)
 //!   filters one after another; SUBACK latency, subscribes per second, and with
 //!   `--publish-host` whether a publish on another node right after each SUBACK arrives
 //!   ([`subscribe_latency`]).
 //! - `table`: turns the `--json` lines of several brokers into one Markdown table ([`table`]).
+//! - `plot`: turns them into SVG plots, one line per broker ([`plot`]).
+//!
+//! What every publishing scenario (`throughput`, `round-trip`) reports beside its totals:
+//! latency percentiles p50 / p90 / p99 / p99.9 / max from an HdrHistogram ([`latency`]), and
+//! a per-second series of messages sent and received and latency p50 / p99 ([`series`]) that
+//! `--plot DIR` draws as SVG ([`plot`]). While it runs, a progress bar on stderr shows the
+//! elapsed time and the current rates ([`progress`]); it is off when stderr is not a terminal
+//! and with `--no-progress`. `--nodes A,B,...` (or `--pub-nodes` / `--sub-nodes`) puts
+//! publishers and subscribers on different cluster nodes ([`target::Placement`]).
 //!
 //! Every scenario runs over TCP, TLS or QUIC (`--transport`, `--ca`, `--server-name`:
-//! [`transport`]). The client is our own, on `roost-codec` ([`client`]). Only loopback brokers may be targeted
-//! ([`target`]). The allocator is mimalloc, as in the `roost` binary (house style 12), so the
-//! load generator's own overhead is what a Roost node's would be.
+//! [`transport`]). The client is our own, on `roost-codec` ([`client`]). Only loopback brokers
+//! may be targeted, for every address given ([`target`]). The allocator is mimalloc, as in the
+//! `roost` binary (house style 12), so the load generator's own overhead is what a Roost node's
+//! would be.
 //!
 //! Exit codes: 0 when the scenario ran (its report says how well), 64 for a refused command line
-//! (a non-loopback `--host`, impossible numbers), 1 when the scenario could not run or was
+//! (a non-loopback address, impossible numbers), 1 when the scenario could not run or was
 //! interrupted by a broker error.
 
 mod client;
-mod histogram;
 mod idle;
+mod latency;
+mod plot;
 mod procfs;
+mod progress;
+mod round_trip;
+mod series;
 mod subscribe_latency;
 mod table;
 mod target;
@@ -37,7 +57,7 @@ use clap::{Parser, Subcommand};
 use roost_codec::Protocol;
 use std::process::ExitCode;
 use std::time::Duration;
-use target::UsageError;
+use target::{Placement, UsageError};
 use tokio::task::JoinHandle;
 
 #[global_allocator]
@@ -61,13 +81,20 @@ struct Cli {
 enum Command {
     /// Open many idle connections and measure broker memory per connection.
     Idle(idle::IdleArgs),
-    /// Publish and subscribe as fast as the broker allows; rates, latency, loss.
+    /// Publish and subscribe as fast as the broker allows (pairs, fan-out, fan-in, shared
+    /// subscription); rates, latency, loss, duplicates, reordering.
     Throughput(throughput::ThroughputArgs),
+    /// Each client publishes to its own topic and waits for the message to come back, one in
+    /// flight; round-trip latency and round trips per second.
+    RoundTrip(round_trip::RoundTripArgs),
     /// SUBSCRIBE-to-SUBACK latency when every SUBSCRIBE is a route change (or, `--existing`,
     /// none is); with `--publish-host`, that a publish on another node right after arrives.
     SubscribeLatency(subscribe_latency::SubscribeLatencyArgs),
     /// Print a Markdown table comparing brokers from their `--json` result lines.
     Table(table::TableArgs),
+    /// Write SVG plots (throughput and latency per second) comparing brokers from their
+    /// `--json` result lines.
+    Plot(plot::PlotArgs),
 }
 
 /// Options every scenario takes.
@@ -89,6 +116,9 @@ pub(crate) struct Common {
     /// Name of this run in the report (default: derived from the parameters).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// No progress bar on stderr (it is also off when stderr is not a terminal).
+    #[arg(long)]
+    pub(crate) no_progress: bool,
     #[command(flatten)]
     pub(crate) transport: transport::TransportArgs,
 }
@@ -118,6 +148,7 @@ impl Common {
             broker_pid: None,
             json: false,
             label: None,
+            no_progress: true,
             transport: transport::TransportArgs {
                 transport: transport::TransportKind::Tcp,
                 ca: None,
@@ -135,8 +166,10 @@ fn watchdog(secs: u64) -> Duration {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Table(args) = &cli.command {
-        return finish(table::run(args));
+    match &cli.command {
+        Command::Table(args) => return finish(table::run(args)),
+        Command::Plot(args) => return finish(plot::run(args)),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,10 +209,20 @@ async fn run(command: Command) -> Result<()> {
             emit(&args.common, &report?)
         }
         Command::Throughput(args) => {
-            let addr = target::resolve_loopback(&args.common.host).await?;
+            let nodes = Placement::resolve(&args.common.host, &args.nodes).await?;
             let limit = watchdog(args.warmup_secs + args.duration_secs + args.drain_secs);
-            let Ok(report) = tokio::time::timeout(limit, throughput::run(&args, addr)).await else {
+            let Ok(report) = tokio::time::timeout(limit, throughput::run(&args, &nodes)).await
+            else {
                 bail!("throughput did not finish within {limit:?}");
+            };
+            emit(&args.common, &report?)
+        }
+        Command::RoundTrip(args) => {
+            let nodes = Placement::resolve(&args.common.host, &args.nodes).await?;
+            let limit = watchdog(args.warmup_secs + args.duration_secs + args.timeout_ms / 1000);
+            let Ok(report) = tokio::time::timeout(limit, round_trip::run(&args, &nodes)).await
+            else {
+                bail!("round-trip did not finish within {limit:?}");
             };
             emit(&args.common, &report?)
         }
@@ -194,6 +237,7 @@ async fn run(command: Command) -> Result<()> {
             emit(&args.common, &report?)
         }
         Command::Table(args) => table::run(&args),
+        Command::Plot(args) => plot::run(&args),
     }
 }
 

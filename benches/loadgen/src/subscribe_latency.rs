@@ -36,11 +36,10 @@
 //! did not know the route yet) and error reason codes are counted too.
 
 use crate::client::{Client, ConnectOptions, Event, SETUP_TIMEOUT};
-use crate::histogram::Histogram;
 use crate::join_all;
+use crate::latency::{Histogram, LatencyReport};
 use crate::procfs;
 use crate::target::{self, UsageError};
-use crate::throughput::{duration_us, LatencyReport};
 use crate::Common;
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -290,14 +289,7 @@ pub(crate) struct SubscribeLatencyReport {
 }
 
 fn latency(h: &Histogram) -> LatencyReport {
-    let us = |ns: u64| ns as f64 / 1_000.0;
-    LatencyReport {
-        samples: h.count(),
-        p50: us(h.quantile(0.50)),
-        p90: us(h.quantile(0.90)),
-        p99: us(h.quantile(0.99)),
-        max: us(h.max()),
-    }
+    h.report()
 }
 
 /// Runs the scenario against `addr` and returns its report.
@@ -771,15 +763,7 @@ fn summarize(
 }
 
 fn latency_line(f: &mut fmt::Formatter<'_>, name: &str, l: &LatencyReport) -> fmt::Result {
-    writeln!(
-        f,
-        "  {name:<10} p50 {}  p90 {}  p99 {}  max {}  ({} samples)",
-        duration_us(l.p50),
-        duration_us(l.p90),
-        duration_us(l.p99),
-        duration_us(l.max),
-        l.samples
-    )
+    writeln!(f, "  {name:<10} {}", l.line())
 }
 
 impl fmt::Display for SubscribeLatencyReport {

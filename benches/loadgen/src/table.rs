@@ -1,5 +1,5 @@
 //! `table`: a Markdown comparison of brokers from the JSON lines `idle --json`,
-//! `throughput --json` and `subscribe-latency --json` printed. A column need not be a broker:
+//! `throughput --json`, `round-trip --json` and `subscribe-latency --json` printed. A column need not be a broker:
 //! any name for a set of runs with the same labels (e.g. `new=` and `existing=` filters).
 //!
 //! Each input is `NAME=FILE`, FILE holding one JSON report per line (a scenario that failed
@@ -32,7 +32,7 @@ pub(crate) fn run(args: &TableArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_lines(text: &str) -> Result<Vec<Value>> {
+pub(crate) fn parse_lines(text: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -86,23 +86,13 @@ const THROUGHPUT_METRICS: &[Metric] = &[
     ("**delivered (msg/s)**", |v| {
         Some(format!("**{:.0}**", num(v, &["delivered_per_sec"])?))
     }),
-    ("latency p50 / p99 / max (ms)", |v| {
-        if num(v, &["latency_us", "samples"])? == 0.0 {
-            return None;
-        }
-        let ms = |k: &str| num(v, &["latency_us", k]).map(|us| us / 1000.0);
+    ("latency p50 / p90 / p99 / p99.9 / max (ms)", latency_cell),
+    ("lost / duplicated / reordered / unacked", |v| {
         Some(format!(
-            "{:.2} / {:.2} / {:.2}",
-            ms("p50")?,
-            ms("p99")?,
-            ms("max")?
-        ))
-    }),
-    ("lost / duplicated / unacked", |v| {
-        Some(format!(
-            "{} / {} / {}",
+            "{} / {} / {} / {}",
             num(v, &["lost"])?,
             num(v, &["duplicated"])?,
+            num(v, &["reordered"]).map_or("—".to_owned(), |n| n.to_string()),
             num(v, &["unacked"])?
         ))
     }),
@@ -117,6 +107,48 @@ const THROUGHPUT_METRICS: &[Metric] = &[
         Some(format!("{:.1}", num(v, &["broker_peak_rss_kib"])? / 1024.0))
     }),
 ];
+
+const ROUND_TRIP_METRICS: &[Metric] = &[
+    ("**round trips/s**", |v| {
+        Some(format!("**{:.0}**", num(v, &["round_trips_per_sec"])?))
+    }),
+    ("latency p50 / p90 / p99 / p99.9 / max (ms)", latency_cell),
+    ("lost / duplicated / reordered / unacked", |v| {
+        Some(format!(
+            "{} / {} / {} / {}",
+            num(v, &["lost"])?,
+            num(v, &["duplicated"])?,
+            num(v, &["reordered"])?,
+            num(v, &["unacked"])?
+        ))
+    }),
+    ("CPU broker / load generator (%)", |v| {
+        Some(format!(
+            "{:.0} / {:.0}",
+            num(v, &["broker_cpu_percent"])?,
+            num(v, &["loadgen_cpu_percent"])?
+        ))
+    }),
+];
+
+/// `latency_us` as p50 / p90 / p99 / p99.9 / max in ms (reports from before p99.9 show `—`
+/// there); nothing when no sample was taken.
+fn latency_cell(v: &Value) -> Option<String> {
+    if num(v, &["latency_us", "samples"])? == 0.0 {
+        return None;
+    }
+    let ms = |k: &str| {
+        num(v, &["latency_us", k]).map_or("—".to_owned(), |us| format!("{:.2}", us / 1000.0))
+    };
+    Some(format!(
+        "{} / {} / {} / {} / {}",
+        ms("p50"),
+        ms("p90"),
+        ms("p99"),
+        ms("p999"),
+        ms("max")
+    ))
+}
 
 const SUBSCRIBE_LATENCY_METRICS: &[Metric] = &[
     ("subscribes/s", |v| {
@@ -166,14 +198,23 @@ const SUBSCRIBE_LATENCY_METRICS: &[Metric] = &[
 ];
 
 fn render(brokers: &[(String, Vec<Value>)]) -> String {
-    let mut labels: Vec<(String, String)> = Vec::new(); // (label, scenario)
+    // (label, scenario), merged in each broker's order: a label only one broker has (the
+    // other's run failed) goes right after the label that preceded it there.
+    let mut labels: Vec<(String, String)> = Vec::new();
     for (_, reports) in brokers {
+        let mut after = None;
         for r in reports {
             let label = r.get("label").and_then(Value::as_str).unwrap_or("?");
             let scenario = r.get("scenario").and_then(Value::as_str).unwrap_or("?");
-            if !labels.iter().any(|(l, _)| l == label) {
-                labels.push((label.to_owned(), scenario.to_owned()));
-            }
+            let at = match labels.iter().position(|(l, _)| l == label) {
+                Some(i) => i,
+                None => {
+                    let i = after.map_or(labels.len(), |a: usize| a + 1);
+                    labels.insert(i, (label.to_owned(), scenario.to_owned()));
+                    i
+                }
+            };
+            after = Some(at);
         }
     }
     let mut out = String::from("| scenario | metric |");
@@ -189,6 +230,7 @@ fn render(brokers: &[(String, Vec<Value>)]) -> String {
         let metrics = match scenario.as_str() {
             "idle" => IDLE_METRICS,
             "throughput" => THROUGHPUT_METRICS,
+            "round-trip" => ROUND_TRIP_METRICS,
             "subscribe-latency" => SUBSCRIBE_LATENCY_METRICS,
             _ => continue,
         };
@@ -223,7 +265,8 @@ mod tests {
             r#""broker_kib_per_connection":102.4}"#,
             "\n",
             r#"{"scenario":"throughput","label":"qos0","published_per_sec":10.0,"delivered_per_sec":9.0,"#,
-            r#""latency_us":{"samples":9,"p50":1500.0,"p99":2000.0,"max":3000.0},"lost":1,"duplicated":0,"unacked":0}"#,
+            r#""latency_us":{"samples":9,"p50":1500.0,"p90":1800.0,"p99":2000.0,"p999":2500.0,"max":3000.0},"#,
+            r#""lost":1,"duplicated":0,"reordered":2,"unacked":0}"#,
             "\n",
             r#"{"scenario":"throughput","label":"stalled","published_per_sec":10.0,"delivered_per_sec":0.0,"#,
             r#""latency_us":{"samples":0,"p50":0.0,"p99":0.0,"max":0.0},"lost":9,"duplicated":0,"unacked":0}"#,
@@ -231,21 +274,58 @@ mod tests {
         ))?;
         let b = parse_lines(concat!(
             r#"{"scenario":"throughput","label":"qos0","published_per_sec":20.0,"delivered_per_sec":20.0,"#,
-            r#""latency_us":{"samples":20,"p50":500.0,"p99":900.0,"max":1000.0},"lost":0,"duplicated":0,"unacked":0}"#
+            r#""latency_us":{"samples":20,"p50":500.0,"p99":900.0,"max":1000.0},"lost":0,"duplicated":0,"unacked":0}"#,
+            "\n",
+            r#"{"scenario":"round-trip","label":"rtt","round_trips_per_sec":4321.4,"#,
+            r#""latency_us":{"samples":20,"p50":200.0,"p90":300.0,"p99":400.0,"p999":500.0,"max":600.0},"#,
+            r#""lost":0,"duplicated":0,"reordered":0,"unacked":0}"#
         ))?;
         let table = render(&[("roost".into(), a), ("other".into(), b)]);
         assert!(table.starts_with("| scenario | metric | roost | other |\n|---|---|--:|--:|\n"));
         assert!(table.contains("| idle 10 | connections established | 10 / 10 | failed |"));
         assert!(table.contains("| **broker memory per connection (KiB)** | **102.40** | failed |"));
         assert!(table.contains("| qos0 | published (msg/s) | 10 | 20 |"));
+        assert!(
+            table.contains(
+                "| latency p50 / p90 / p99 / p99.9 / max (ms) | 1.50 / 1.80 / 2.00 / 2.50 / 3.00 \
+                 | 0.50 / — / 0.90 / — / 1.00 |"
+            ),
+            "{table}"
+        );
         assert!(table.contains(
-            "| latency p50 / p99 / max (ms) | 1.50 / 2.00 / 3.00 | 0.50 / 0.90 / 1.00 |"
+            "| lost / duplicated / reordered / unacked | 1 / 0 / 2 / 0 | 0 / 0 / — / 0 |"
         ));
         assert!(table.contains("| CPU broker / load generator (%) | — | — |"));
         assert!(
-            table.contains("| latency p50 / p99 / max (ms) | — | failed |"),
+            table.contains("| latency p50 / p90 / p99 / p99.9 / max (ms) | — | failed |"),
             "{table}"
         );
+        assert!(
+            table.contains("| rtt | **round trips/s** | failed | **4321** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 0.20 / 0.30 / 0.40 / 0.50 / 0.60 |"),
+            "{table}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rows_keep_the_run_order_when_one_broker_misses_a_run() -> Result<()> {
+        let line = |label: &str| {
+            format!(r#"{{"scenario":"throughput","label":"{label}","published_per_sec":1.0}}"#)
+        };
+        let a = parse_lines(&[line("one"), line("three")].join("\n"))?;
+        let b = parse_lines(&[line("one"), line("two"), line("three")].join("\n"))?;
+        let table = render(&[("a".into(), a), ("b".into(), b)]);
+        let rows: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" |").next())
+            .filter(|l| !l.is_empty() && *l != "scenario")
+            .collect();
+        assert_eq!(rows, ["one", "two", "three"], "{table}");
         Ok(())
     }
 
