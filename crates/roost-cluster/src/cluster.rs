@@ -25,9 +25,10 @@
 //! Concurrency: the node holds an `Arc<Cluster>` and calls it from any task. Its maps (peers,
 //! slow peers) sit behind `parking_lot` mutexes held for a lookup or an insert, never across an
 //! await. `start` spawns the gRPC server, the election driver (`crate::election`: openraft's own
-//! election timer is off) and a watcher that keeps the member count current; each
-//! peer gets a forwarder task when first needed. `shutdown` ends the server and the forwarders
-//! through the `stop` watch, and the watcher when Raft's metrics channel closes.
+//! election timer is off), a watcher that keeps the member count current and the sampler of
+//! the `roost_raft_*` gauges (`crate::raft_metrics`); each peer gets a forwarder task when
+//! first needed. `shutdown` ends the server and the forwarders through the `stop` watch, and
+//! the watcher and the sampler when Raft's metrics channel closes.
 //!
 //! With `ClusterConfig::tls` the gRPC server requires a client certificate from the cluster
 //! CA and every channel to a peer is mutual TLS (`crate::tls`); each handler that names the
@@ -407,6 +408,8 @@ impl Cluster {
                 }
             }
         });
+        // The `roost_raft_*` gauges; ends with Raft, as the watcher above.
+        tokio::spawn(crate::raft_metrics::run(cluster.raft.clone()));
         cluster.bootstrap().await?;
         Ok(cluster)
     }
@@ -835,6 +838,7 @@ impl Cluster {
             to,
             ack,
             give_up_at_ms,
+            queued_at: Instant::now(),
         };
         self.stats.forwarded.increment(1);
         if qos0 {

@@ -19,6 +19,8 @@
 //! - `network`: Raft RPCs over gRPC, and the channels to peers (plaintext or mutual TLS).
 //! - [`tls`]: mutual TLS between nodes: [`ClusterTls`], the `roost-node-<id>` naming convention
 //!   ([`node_name`]), and the check that binds the node a request claims to its certificate.
+//! - `raft_metrics`: the `roost_raft_*` gauges, sampled from openraft's metrics watch by a task
+//!   `Cluster::start` spawns.
 //! - `election`: when this node stands for leader — a pre-vote round first (openraft 0.9 has
 //!   none), so a node returning from a pause does not depose a healthy leader.
 //!
@@ -34,6 +36,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 mod network;
+mod raft_metrics;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -1,7 +1,23 @@
 //! The cluster layer's metrics, declared once (house style, convention 7). Handles are resolved
 //! once into [`ClusterStats`]; every message a forwarder drops or gives up is counted.
+//!
+//! Three groups, each resolved once where it is used:
+//! - [`ClusterStats`]: node-wide forwarding and receiving counters (the forwarders and the
+//!   Forward service share one copy);
+//! - [`ForwardStreamStats`]: one peer's forward stream (`peer` label = its node id), resolved
+//!   when that peer's forwarder starts, so the hot path does no label lookup;
+//! - [`RaftStats`]: gauges sampled from openraft's metrics watch (`crate::raft_metrics`), plus
+//!   the snapshot build histogram ([`snapshot_built`]).
+//!
+//! The histograms are rendered as the Prometheus exporter is configured by the node (without
+//! buckets: as summaries with quantiles), see docs/observability.md.
 
-use metrics::{counter, describe_counter, describe_gauge, Counter};
+use crate::types::NodeId;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram,
+};
+use std::time::Duration;
 
 const FORWARDED: &str = "roost_cluster_forwarded_total";
 const FORWARD_DROPPED: &str = "roost_cluster_forward_dropped_total";
@@ -19,6 +35,26 @@ const RECEIVED_STALE: &str = "roost_cluster_received_stale_total";
 pub(crate) const PEER_IDENTITY_REFUSED: &str = "roost_cluster_peer_identity_refused_total";
 pub(crate) const LEASE_HELD: &str = "roost_cluster_session_lease_held";
 pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
+
+// One peer's forward stream, by `peer` (its node id).
+const FORWARD_BATCHES: &str = "roost_cluster_forward_batches_total";
+const FORWARD_BYTES: &str = "roost_cluster_forward_bytes_total";
+const FORWARD_BATCH_MESSAGES: &str = "roost_cluster_forward_batch_messages";
+const FORWARD_ACK_LATENCY: &str = "roost_cluster_forward_ack_latency_seconds";
+const FORWARD_RESENT: &str = "roost_cluster_forward_resent_total";
+const FORWARD_STREAM_ERRORS: &str = "roost_cluster_forward_stream_errors_total";
+
+// Raft, sampled from openraft's metrics watch (`crate::raft_metrics`).
+const RAFT_TERM: &str = "roost_raft_term";
+const RAFT_LAST_LOG_INDEX: &str = "roost_raft_last_log_index";
+const RAFT_COMMIT_INDEX: &str = "roost_raft_commit_index";
+const RAFT_APPLIED_INDEX: &str = "roost_raft_applied_index";
+const RAFT_APPLY_LAG: &str = "roost_raft_apply_lag";
+const RAFT_IS_LEADER: &str = "roost_raft_is_leader";
+const RAFT_MEMBERS: &str = "roost_raft_members";
+const RAFT_VOTERS: &str = "roost_raft_voters";
+const RAFT_LEADER_CHANGES: &str = "roost_raft_leader_changes_total";
+const RAFT_SNAPSHOT_DURATION: &str = "roost_raft_snapshot_duration_seconds";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
 pub fn describe() {
@@ -105,6 +141,82 @@ pub fn describe() {
         "times this node lost its session lease (cut off from the quorum, or paused past the \
          lease); each time its connected clients were disconnected"
     );
+    describe_forward_streams();
+    describe_raft();
+}
+
+fn describe_forward_streams() {
+    describe_counter!(
+        FORWARD_BATCHES,
+        "ForwardBatch messages handed to a peer's Forward stream, by peer (node id); resends \
+         after a reconnect included"
+    );
+    describe_counter!(
+        FORWARD_BYTES,
+        "bytes of forwarded messages (their protobuf encoding in the batch, before gRPC \
+         framing and TLS) handed to a peer's Forward stream, by peer; resends included"
+    );
+    describe_histogram!(
+        FORWARD_BATCH_MESSAGES,
+        "messages per ForwardBatch sent to a peer, by peer (at most 256)"
+    );
+    describe_histogram!(
+        FORWARD_ACK_LATENCY,
+        "seconds from a QoS 1/2 message entering a peer's forward queue to the peer's \
+         acknowledgement (it accepted the message into its sessions), by peer; includes the \
+         queue wait, resends and the peer's backpressure"
+    );
+    describe_counter!(
+        FORWARD_RESENT,
+        "QoS 1/2 messages sent to a peer again on a new stream because the previous stream \
+         ended before the peer acknowledged them, by peer"
+    );
+    describe_counter!(
+        FORWARD_STREAM_ERRORS,
+        "failures of a peer's Forward stream, by peer and reason: connect (the stream could \
+         not be opened), error (it ended with a gRPC error), closed (the peer ended it), \
+         send (gRPC stopped taking batches: the connection went away), stalled (messages \
+         waited cluster.forward_timeout_ms for an acknowledgement and none came; the peer \
+         counts as unreachable until one does)"
+    );
+}
+
+fn describe_raft() {
+    describe_gauge!(RAFT_TERM, "this node's current Raft term");
+    describe_gauge!(
+        RAFT_LAST_LOG_INDEX,
+        "index of the last entry in this node's Raft log (committed or not)"
+    );
+    describe_gauge!(
+        RAFT_COMMIT_INDEX,
+        "index of the last Raft entry this node knows is committed (accepted by a quorum)"
+    );
+    describe_gauge!(
+        RAFT_APPLIED_INDEX,
+        "index of the last Raft entry applied to this node's replicated state"
+    );
+    describe_gauge!(
+        RAFT_APPLY_LAG,
+        "Raft entries in this node's log not applied yet (last log index minus applied index)"
+    );
+    describe_gauge!(
+        RAFT_IS_LEADER,
+        "1 while this node is the Raft leader, 0 otherwise"
+    );
+    describe_gauge!(
+        RAFT_MEMBERS,
+        "nodes in the Raft membership this node knows of (voters and learners)"
+    );
+    describe_gauge!(RAFT_VOTERS, "voting nodes in the Raft membership");
+    describe_counter!(
+        RAFT_LEADER_CHANGES,
+        "leaders this node has seen take office: a different leader, or the same node elected \
+         again in a new term (the first leader seen after start counts)"
+    );
+    describe_histogram!(
+        RAFT_SNAPSHOT_DURATION,
+        "seconds this node took to build a Raft snapshot (copy, serialise, write and fsync)"
+    );
 }
 
 /// Counter handles used by the forwarders and the Forward service.
@@ -178,4 +290,105 @@ pub struct GivenUp {
     pub stopped: Counter,
     /// Not sent again after a reconnect: nobody waits for them any more.
     pub abandoned: Counter,
+}
+
+/// One peer's forward stream: handles resolved once, when its forwarder starts (labels
+/// `peer` = the peer's node id), so sending a batch or taking an ack looks nothing up.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardStreamStats {
+    /// Batches handed to the stream (resends included).
+    pub(crate) batches: Counter,
+    /// Bytes of the forwarded messages in those batches.
+    pub(crate) bytes: Counter,
+    /// Messages per batch.
+    pub(crate) batch_messages: Histogram,
+    /// Enqueue to the peer's acknowledgement, per QoS 1/2 message.
+    pub(crate) ack_latency: Histogram,
+    /// Messages sent again on a new stream.
+    pub(crate) resent: Counter,
+    /// Why streams failed.
+    pub(crate) errors: StreamErrors,
+}
+
+/// `roost_cluster_forward_stream_errors_total{peer, reason}` handles.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamErrors {
+    /// The stream could not be opened.
+    pub(crate) connect: Counter,
+    /// The stream ended with a gRPC error.
+    pub(crate) error: Counter,
+    /// The peer ended the stream.
+    pub(crate) closed: Counter,
+    /// gRPC stopped taking batches (the request side closed).
+    pub(crate) send: Counter,
+    /// No acknowledgement for the forward timeout while messages waited for one.
+    pub(crate) stalled: Counter,
+}
+
+impl ForwardStreamStats {
+    pub(crate) fn new(peer: NodeId) -> ForwardStreamStats {
+        let peer = peer.to_string();
+        let error = |reason: &'static str| stream_error(&peer, reason);
+        ForwardStreamStats {
+            batches: counter!(FORWARD_BATCHES, "peer" => peer.clone()),
+            bytes: counter!(FORWARD_BYTES, "peer" => peer.clone()),
+            batch_messages: histogram!(FORWARD_BATCH_MESSAGES, "peer" => peer.clone()),
+            ack_latency: histogram!(FORWARD_ACK_LATENCY, "peer" => peer.clone()),
+            resent: counter!(FORWARD_RESENT, "peer" => peer.clone()),
+            errors: StreamErrors {
+                connect: error("connect"),
+                error: error("error"),
+                closed: error("closed"),
+                send: error("send"),
+                stalled: error("stalled"),
+            },
+        }
+    }
+
+    /// A batch of `messages` messages, `bytes` bytes, was handed to the stream.
+    pub(crate) fn sent(&self, messages: usize, bytes: usize) {
+        self.batches.increment(1);
+        self.bytes.increment(bytes as u64);
+        self.batch_messages.record(messages as f64);
+    }
+}
+
+fn stream_error(peer: &str, reason: &'static str) -> Counter {
+    let peer = peer.to_owned();
+    counter!(FORWARD_STREAM_ERRORS, "peer" => peer, "reason" => reason)
+}
+
+/// The Raft gauges and the leader-change counter, resolved once by the sampler.
+#[derive(Debug, Clone)]
+pub(crate) struct RaftStats {
+    pub(crate) term: Gauge,
+    pub(crate) last_log_index: Gauge,
+    pub(crate) commit_index: Gauge,
+    pub(crate) applied_index: Gauge,
+    pub(crate) apply_lag: Gauge,
+    pub(crate) is_leader: Gauge,
+    pub(crate) members: Gauge,
+    pub(crate) voters: Gauge,
+    pub(crate) leader_changes: Counter,
+}
+
+impl Default for RaftStats {
+    fn default() -> Self {
+        RaftStats {
+            term: gauge!(RAFT_TERM),
+            last_log_index: gauge!(RAFT_LAST_LOG_INDEX),
+            commit_index: gauge!(RAFT_COMMIT_INDEX),
+            applied_index: gauge!(RAFT_APPLIED_INDEX),
+            apply_lag: gauge!(RAFT_APPLY_LAG),
+            is_leader: gauge!(RAFT_IS_LEADER),
+            members: gauge!(RAFT_MEMBERS),
+            voters: gauge!(RAFT_VOTERS),
+            leader_changes: counter!(RAFT_LEADER_CHANGES),
+        }
+    }
+}
+
+/// Records how long building a Raft snapshot took (rare: resolved per call).
+pub(crate) fn snapshot_built(took: Duration) {
+    histogram!(RAFT_SNAPSHOT_DURATION).record(took);
 }

@@ -41,6 +41,11 @@
 //! of it), reset once a stream got an ack or stayed up `RECONNECT_MAX`. A peer that ends every
 //! stream at once therefore costs a reconnect every second or two, not a busy loop.
 //!
+//! Measured (`ForwardStreamStats`, labels `peer` = the peer's node id, resolved once per
+//! forwarder): batches and bytes handed to the stream, messages per batch, resends, stream
+//! failures by reason, and per QoS 1/2 message the time from entering the queue
+//! (`Outgoing::queued_at`) to the peer's acknowledgement.
+//!
 //! Concurrency: one tokio task per peer owns the stream, the sequence numbers and the unacked
 //! map; nothing else touches them. It ends when the queue's senders are gone (the peer was
 //! dropped from `Cluster`'s map) or on shutdown (the `stop` watch). While its stream is down it
@@ -49,9 +54,10 @@
 use super::NotForwarded;
 use crate::convert::{self, Addressed};
 use crate::limits::WireLimits;
-use crate::metrics::ClusterStats;
+use crate::metrics::{ClusterStats, ForwardStreamStats};
 use crate::random_u64;
 use crate::types::NodeId;
+use metrics::{Counter, Histogram};
 use prost::Message as _;
 use roost_core::message::Message;
 use roost_core::topic::TopicFilter;
@@ -91,6 +97,9 @@ pub(super) struct Outgoing {
     /// When the sender stops waiting for `ack` (Unix ms; 0: nobody waits). Sent along
     /// (`ForwardedMessage.give_up_at_ms`): the peer does not deliver it later than that.
     pub(super) give_up_at_ms: u64,
+    /// When it entered the queue: the start of its acknowledgement latency
+    /// (`roost_cluster_forward_ack_latency_seconds`).
+    pub(super) queued_at: Instant,
 }
 
 /// What a forwarder is for: which peer, from which node, within which byte bounds.
@@ -105,6 +114,8 @@ pub(super) struct Forwarder {
     /// peer counts as unreachable (`up` cleared): the forward timeout.
     stall_after: Duration,
     stats: Arc<ClusterStats>,
+    /// This peer's stream metrics.
+    stream: ForwardStreamStats,
 }
 
 impl Forwarder {
@@ -122,6 +133,7 @@ impl Forwarder {
             limits,
             stall_after,
             stats,
+            stream: ForwardStreamStats::new(peer),
         }
     }
 
@@ -196,6 +208,7 @@ async fn forward_loop(
             Ok(r) => r.into_inner(),
             Err(e) => {
                 up.store(false, Relaxed);
+                f.stream.errors.connect.increment(1);
                 debug!(peer = %peer, error = %e, "forward stream not established");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -211,6 +224,8 @@ async fn forward_loop(
         // check: unacknowledged messages and nothing since `stall_after` means unreachable.
         let mut progress = Instant::now();
         let mut stalled = false;
+        // Why this stream ended, the first reason seen (counted once, when it is left).
+        let mut ended: Option<&Counter> = None;
         // What nobody waits for any more (its publisher's forward timeout ran out, and it was
         // told the message failed) is not sent again: the peer is owed nothing, and a copy
         // arriving now would be one more than the publisher's retry brings.
@@ -238,13 +253,21 @@ async fn forward_loop(
             if messages.is_empty() {
                 break;
             }
+            let count = messages.len();
             let batch = f.batch(messages);
             loop {
                 tokio::select! {
                     permit = btx.reserve() => {
                         match permit {
-                            Ok(p) => p.send(batch),
-                            Err(_) => open = false,
+                            Ok(p) => {
+                                p.send(batch);
+                                f.stream.sent(count, bytes);
+                                f.stream.resent.increment(count as u64);
+                            }
+                            Err(_) => {
+                                open = false;
+                                ended.get_or_insert(&f.stream.errors.send);
+                            }
                         }
                         break;
                     }
@@ -252,10 +275,11 @@ async fn forward_loop(
                         Ok(Some(a)) => {
                             acked = true;
                             progress = Instant::now();
-                            unacked.settle(&a.seqs);
+                            unacked.settle(&a.seqs, &f.stream.ack_latency);
                         }
                         Ok(None) | Err(_) => {
                             open = false;
+                            ended.get_or_insert(stream_end(&f.stream, &ack));
                             break;
                         }
                     },
@@ -288,16 +312,20 @@ async fn forward_loop(
                                     up.store(true, Relaxed);
                                     debug!(peer = %peer, "peer acknowledging again");
                                 }
-                                unacked.settle(&a.seqs);
+                                unacked.settle(&a.seqs, &f.stream.ack_latency);
                                 continue;
                             }
-                            Ok(None) | Err(_) => break,
+                            Ok(None) | Err(_) => {
+                                ended.get_or_insert(stream_end(&f.stream, &ack));
+                                break;
+                            }
                         }
                     }
                     _ = tokio::time::sleep_until(stall_at), if !stalled && !unacked.is_empty() => {
                         // Cancel safety: a sleep keeps no state.
                         stalled = true;
                         up.store(false, Relaxed);
+                        f.stream.errors.stalled.increment(1);
                         warn!(
                             peer = %peer,
                             unacked = unacked.by_seq.len(),
@@ -357,9 +385,15 @@ async fn forward_loop(
             if messages.is_empty() {
                 continue;
             }
+            let count = messages.len();
             if btx.send(f.batch(messages)).await.is_err() {
+                ended.get_or_insert(&f.stream.errors.send);
                 break;
             }
+            f.stream.sent(count, bytes);
+        }
+        if let Some(reason) = ended {
+            reason.increment(1);
         }
         up.store(false, Relaxed);
         if acked || opened.elapsed() >= RECONNECT_MAX {
@@ -443,10 +477,14 @@ impl Unacked {
         Some(o)
     }
 
-    /// The peer acknowledged `seqs`: each one's publisher hears it was accepted.
-    fn settle(&mut self, seqs: &[u64]) {
+    /// The peer acknowledged `seqs`: each one's publisher hears it was accepted, and the time
+    /// since it was queued goes into `latency`.
+    fn settle(&mut self, seqs: &[u64], latency: &Histogram) {
+        let now = Instant::now();
         for s in seqs {
-            if let Some(tx) = self.ack(*s).and_then(|o| o.ack) {
+            let Some(o) = self.ack(*s) else { continue };
+            latency.record(now.saturating_duration_since(o.queued_at));
+            if let Some(tx) = o.ack {
                 let _ = tx.send(Ok(()));
             }
         }
@@ -489,6 +527,18 @@ impl Backoff {
     }
 }
 
+/// The stream-error counter for an acknowledgement stream that ended: with a gRPC error, or
+/// closed by the peer.
+fn stream_end<'a, T>(
+    stream: &'a ForwardStreamStats,
+    ack: &Result<Option<T>, tonic::Status>,
+) -> &'a Counter {
+    match ack {
+        Err(_) => &stream.errors.error,
+        Ok(_) => &stream.errors.closed,
+    }
+}
+
 fn forwarded(seq: u64, o: &Outgoing, now: Instant) -> pb::ForwardedMessage {
     pb::ForwardedMessage {
         seq,
@@ -525,6 +575,7 @@ mod tests {
             to: None,
             ack: Some(tx),
             give_up_at_ms: 0,
+            queued_at: Instant::now(),
         };
         (o, rx)
     }
@@ -540,9 +591,30 @@ mod tests {
         assert_eq!(u.drop_abandoned(), 1);
         assert_eq!(u.by_seq.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(u.bytes, 20);
-        u.settle(&[2]);
+        u.settle(&[2], &Histogram::noop());
         assert!(u.is_empty());
         drop(rx_b);
+    }
+
+    #[test]
+    fn settling_records_each_acknowledged_message_latency() {
+        let rec = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = rec.handle();
+        let latency = metrics::with_local_recorder(&rec, || metrics::histogram!("latency"));
+        let mut u = Unacked::new(10, 1000);
+        let mut rxs = Vec::new();
+        for seq in 1..=3 {
+            let (o, rx) = outgoing();
+            rxs.push(rx);
+            u.insert(seq, o, 10);
+        }
+        // 9 was never kept (given up, or acknowledged already): nothing to record.
+        u.settle(&[1, 3, 9], &latency);
+        let text = handle.render();
+        assert!(text.contains("latency_count 2"), "{text}");
+        assert_eq!(rxs[0].try_recv(), Ok(Ok(())));
+        assert!(rxs[1].try_recv().is_err(), "2 is still unacknowledged");
+        assert_eq!(rxs[2].try_recv(), Ok(Ok(())));
     }
 
     #[test]
