@@ -176,7 +176,9 @@ pub(crate) async fn serve<S: ByteStream>(
         blocked: false,
     };
     let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
-    let connect = match tokio::time::timeout(timeout, conn.read_connect(&mut pending)).await {
+    // Boxed, as everything before and after the session loop is (see `run_session`).
+    let read = Box::pin(conn.read_connect(&mut pending));
+    let connect = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             crate::metrics::disconnected(why);
@@ -459,11 +461,27 @@ impl<S: ByteStream> Conn<S> {
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
     }
 
-    /// Everything after CONNECT. `connect` stays boxed: it lives across awaits, and the future
-    /// of every idle connection would otherwise carry its full size.
-    /// `pending`: the socket's place among those not yet past CONNECT, held until the client
-    /// is authenticated (a SCRAM exchange reads a second packet) or refused.
-    async fn run_session(mut self, connect: Box<Connect>, mut pending: Pending) {
+    /// Everything after CONNECT: establishing the session, serving it, the goodbye.
+    ///
+    /// A connection's task is as large as its future's largest state, and an idle connection
+    /// spends its life in `session_loop`. So what comes before it (negotiation,
+    /// authentication, the registry, CONNACK) and after it (the goodbye, detach) runs in boxed
+    /// futures that exist only while they run: the task keeps `Conn`, `Live` and the loop's
+    /// own state, not the largest state of the whole connect path (issue 10, memory per
+    /// connection).
+    async fn run_session(mut self, connect: Box<Connect>, pending: Pending) {
+        let Some(mut live) = Box::pin(self.establish(connect, pending)).await else {
+            return;
+        };
+        let close = self.session_loop(&mut live).await;
+        Box::pin(self.finish(live, close)).await;
+    }
+
+    /// From CONNECT to CONNACK: `None` if the client was refused (and told so). `connect` stays
+    /// boxed: it lives across awaits. `pending`: the socket's place among those not yet past
+    /// CONNECT, held until the client is authenticated (a SCRAM exchange reads a second packet)
+    /// or refused.
+    async fn establish(&mut self, connect: Box<Connect>, mut pending: Pending) -> Option<Live> {
         let protocol = connect.protocol;
         let policy = Arc::clone(&self.broker.limits.policy);
         let conn_id = self.broker.new_conn_id();
@@ -473,20 +491,21 @@ impl<S: ByteStream> Conn<S> {
             Ok(n) => n,
             Err(r) => {
                 let max = connect.properties.maximum_packet_size;
-                return self.refuse(protocol, max, r.reason, r.why).await;
+                self.refuse(protocol, max, r.reason, r.why).await;
+                return None;
             }
         };
         if !self.via.listener.connect_allowed() {
             debug!(peer = %self.peer, listener = %self.via.listener.name, "connect rate exceeded");
             let max = connect.properties.maximum_packet_size;
-            return self
-                .refuse(
-                    protocol,
-                    max,
-                    ReasonCode::CONNECTION_RATE_EXCEEDED,
-                    "connect_rate",
-                )
-                .await;
+            self.refuse(
+                protocol,
+                max,
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+                "connect_rate",
+            )
+            .await;
+            return None;
         }
         // MQTT 5 enhanced authentication (negotiate only lets through the methods the node
         // runs): the AUTH exchange happens here, before CONNACK.
@@ -523,7 +542,8 @@ impl<S: ByteStream> Conn<S> {
             Err(r) => {
                 debug!(peer = %self.peer, listener = %self.via.listener.name, why = r.why, "authentication failed");
                 let max = connect.properties.maximum_packet_size;
-                return self.refuse(protocol, max, r.reason, r.why).await;
+                self.refuse(protocol, max, r.reason, r.why).await;
+                return None;
             }
         };
         let mut authz = Box::new(crate::policy::ConnPolicy::new(
@@ -539,19 +559,19 @@ impl<S: ByteStream> Conn<S> {
         if !allowed.is_allowed() {
             debug!(client_id = %n.client_id, decision = %allowed, "CONNECT denied by policy");
             let max = connect.properties.maximum_packet_size;
-            return self
-                .refuse(protocol, max, ReasonCode::NOT_AUTHORIZED, "policy_denied")
+            self.refuse(protocol, max, ReasonCode::NOT_AUTHORIZED, "policy_denied")
                 .await;
+            return None;
         }
         // Nothing else of the CONNECT is needed: free it rather than keep it for the life of
         // the connection.
         drop(connect);
-        let Some(_slot) = self.via.listener.slot() else {
+        let Some(slot) = self.via.listener.slot() else {
             info!(peer = %self.peer, listener = %self.via.listener.name, "listener connection limit reached");
             let max = n.params.maximum_packet_size;
-            return self
-                .refuse(protocol, max, ReasonCode::QUOTA_EXCEEDED, "listener_quota")
+            self.refuse(protocol, max, ReasonCode::QUOTA_EXCEEDED, "listener_quota")
                 .await;
+            return None;
         };
         // A token's expiry: the connection is closed when it passes.
         let credentials_expire = identity.expires_at.map(|at| {
@@ -560,9 +580,7 @@ impl<S: ByteStream> Conn<S> {
                 .unwrap_or(Duration::ZERO);
             tokio::time::Instant::now() + left
         });
-        let Some((attached, ctl)) = self.admit(&n, conn_id, identity).await else {
-            return;
-        };
+        let (attached, ctl) = self.admit(&n, conn_id, identity).await?;
         let mut ack = n.connack(&policy, attached.session_present);
         if let Some(data) = auth_reply {
             ack.properties.authentication_method = Some(crate::scram::METHOD.to_owned());
@@ -572,8 +590,7 @@ impl<S: ByteStream> Conn<S> {
         session.set_receive_gate(authz.receive_gate(&self.broker.policies));
         self.queue(&Packet::ConnAck(ack), protocol);
         self.broker.metrics.accepted.increment(1);
-        let client_id = n.client_id.clone();
-        debug!(client_id = %client_id, peer = %self.peer, ?protocol, "client connected");
+        debug!(client_id = %n.client_id, peer = %self.peer, ?protocol, "client connected");
 
         let mut live = Live {
             session: session.clone(),
@@ -590,10 +607,16 @@ impl<S: ByteStream> Conn<S> {
             authz,
             rate: PublishRate::new(&self.broker.config.mqtt),
             credentials_expire,
+            _slot: slot,
         };
         live.refresh_deadline();
-        drop(n);
-        let close = self.session_loop(&mut live).await;
+        Some(live)
+    }
+
+    /// After the session loop: the goodbye (DISCONNECT where the protocol has one, bounded),
+    /// the will if the close calls for it, and the session detached from this connection.
+    async fn finish(&mut self, mut live: Live, close: Close) {
+        let protocol = live.protocol;
         crate::metrics::disconnected(close.why);
         match close.tally {
             Some(Tally::Malformed) => crate::metrics::malformed(),
@@ -610,9 +633,9 @@ impl<S: ByteStream> Conn<S> {
         }
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
         let will = if close.will { live.will.take() } else { None };
-        self.broker.detach(&session, &ctl, will);
+        self.broker.detach(&live.session, &live.ctl, will);
         self.broker.connections.fetch_sub(1, Ordering::AcqRel);
-        debug!(client_id = %client_id, why = close.why, "client disconnected");
+        debug!(client_id = %live.session.client_id(), why = close.why, "client disconnected");
     }
 
     /// The connection quota and the session registry: `None` if the client was refused (the
@@ -1356,6 +1379,8 @@ struct Live {
     rate: PublishRate,
     /// When the client's credentials (a token) expire: the connection is closed then.
     credentials_expire: Option<tokio::time::Instant>,
+    /// The connection's place in its listener's `max_connections`, given back on drop.
+    _slot: crate::listener::Slot,
 }
 
 /// A connection's publish rate limits (token buckets, `roost_core::rate`).

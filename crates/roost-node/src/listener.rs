@@ -223,6 +223,13 @@ impl Listener {
     }
 
     /// Runs the transport's handshake on an accepted socket and serves the connection.
+    ///
+    /// Every connection's task is as large as this future's largest state, so everything but
+    /// the plain-TCP path runs in a boxed future of its own (`serve_ws`, `serve_tls`): the
+    /// handshakes and the drivers of TLS and WebSocket streams embed rustls and the frame
+    /// decoder. Inline, a plain TCP connection carried a WSS connection's size for its whole
+    /// life (issue 10, memory per connection; boxing only the calls was not enough, because a
+    /// moved-from stream's slot stays in the state across later awaits).
     async fn serve(
         self: Arc<Self>,
         broker: Arc<Broker>,
@@ -236,7 +243,8 @@ impl Listener {
         let mut limit = self.handshake_timeout;
         if self.proxy_protocol {
             let started = tokio::time::Instant::now();
-            match tokio::time::timeout(limit, roost_transport::proxy::read_header(&mut tcp)).await {
+            let header = Box::pin(roost_transport::proxy::read_header(&mut tcp));
+            match tokio::time::timeout(limit, header).await {
                 Ok(Ok(Some(client))) => peer = client,
                 Ok(Ok(None)) => {} // the balancer's own connection (health check)
                 Ok(Err(e)) => {
@@ -252,53 +260,80 @@ impl Listener {
             }
             limit = limit.saturating_sub(started.elapsed());
         }
-        match (self.kind, &self.tls) {
-            (ListenerKind::Tcp, _) => {
+        match self.kind {
+            ListenerKind::Tcp => {
                 let via = self.accepted(None);
                 crate::driver::serve(broker, tcp, peer, via, pending).await
             }
-            (ListenerKind::Ws, _) => {
-                let Some(ws) = self.upgrade(tcp, peer, limit).await else {
-                    return;
-                };
-                let via = self.accepted(None);
-                crate::driver::serve(broker, ws, peer, via, pending).await
+            // Boxed whole: see above.
+            ListenerKind::Ws => Box::pin(self.serve_ws(broker, tcp, peer, pending, limit)).await,
+            ListenerKind::Tls | ListenerKind::Wss => {
+                Box::pin(self.serve_tls(broker, tcp, peer, pending, limit)).await
             }
-            (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => {
-                let started = tokio::time::Instant::now();
-                let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        debug!(listener = %self.name, %peer, error = %e, "TLS handshake failed");
-                        self.handshake_failed(if e.kind() == std::io::ErrorKind::InvalidData {
-                            "tls"
-                        } else {
-                            "io"
-                        });
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(listener = %self.name, %peer, "TLS handshake timed out");
-                        self.handshake_failed("timeout");
-                        return;
-                    }
-                };
-                let cert = tls.peer_cert();
-                if self.kind == ListenerKind::Tls {
-                    let via = self.accepted(cert);
-                    return crate::driver::serve(broker, tls, peer, via, pending).await;
-                }
-                let left = limit.saturating_sub(started.elapsed());
-                let Some(ws) = self.upgrade(tls, peer, left).await else {
-                    return;
-                };
-                let via = self.accepted(cert);
-                crate::driver::serve(broker, ws, peer, via, pending).await
-            }
-            // Cannot happen: a TLS listener without its acceptor is not built, and QUIC
-            // connections come through `quic_accept_loop`.
-            (ListenerKind::Tls | ListenerKind::Wss, None) | (ListenerKind::Quic, _) => {}
+            // QUIC connections come through `quic_accept_loop`.
+            ListenerKind::Quic => {}
         }
+    }
+
+    /// WebSocket over TCP: the upgrade within `limit`, then the driver.
+    async fn serve_ws(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        pending: crate::driver::Pending,
+        limit: Duration,
+    ) {
+        let Some(ws) = self.upgrade(tcp, peer, limit).await else {
+            return;
+        };
+        let via = self.accepted(None);
+        crate::driver::serve(broker, ws, peer, via, pending).await
+    }
+
+    /// TLS, or WebSocket over TLS: the TLS handshake (and the upgrade) within `limit`, then the
+    /// driver.
+    async fn serve_tls(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        pending: crate::driver::Pending,
+        limit: Duration,
+    ) {
+        // A TLS listener without its acceptor is not built.
+        let Some(acceptor) = &self.tls else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                debug!(listener = %self.name, %peer, error = %e, "TLS handshake failed");
+                self.handshake_failed(if e.kind() == std::io::ErrorKind::InvalidData {
+                    "tls"
+                } else {
+                    "io"
+                });
+                return;
+            }
+            Err(_) => {
+                debug!(listener = %self.name, %peer, "TLS handshake timed out");
+                self.handshake_failed("timeout");
+                return;
+            }
+        };
+        let cert = tls.peer_cert();
+        if self.kind == ListenerKind::Tls {
+            let via = self.accepted(cert);
+            return crate::driver::serve(broker, tls, peer, via, pending).await;
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        let Some(ws) = self.upgrade(tls, peer, left).await else {
+            return;
+        };
+        let via = self.accepted(cert);
+        crate::driver::serve(broker, ws, peer, via, pending).await
     }
 
     fn accepted(self: &Arc<Self>, cert: Option<PeerCert>) -> Arc<Accepted> {
