@@ -14,6 +14,10 @@ use roost_core::index::{Matches, Subscription, SubscriptionIndex};
 use roost_core::retained::RetainedStore;
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
 use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn filter_for(i: usize) -> TopicFilter {
     let tenant = i % 100;
@@ -94,5 +98,16 @@ fn bench_retained(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_index, bench_retained);
+/// Short runs, so the whole `cargo bench -p roost-core` stays within minutes on 2 cores.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_index, bench_retained
+}
 criterion_main!(benches);
