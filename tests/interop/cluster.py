@@ -569,6 +569,9 @@ class Cluster:
         seed = min(alive, key=lambda n: n.node_id)
         node = Node(node_id, self.workdir / f"node-{node_id}",
                     seeds=[(seed.node_id, seed.cluster_addr)], config=self.config)
+        # Listed in its own seeds, so it waits (a node not listed asks a seed to add it by
+        # itself: docs/deploy.md, scale up); these tests join it through the admin API.
+        node.seeds.append((node_id, node.cluster_addr))
         self.nodes.append(node)
         node.start()
         try:

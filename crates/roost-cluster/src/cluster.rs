@@ -76,7 +76,7 @@ use tonic::transport::Channel;
 use tonic::Request;
 use tracing::{debug, warn};
 
-pub use membership::{ClusterStatus, MemberStatus};
+pub use membership::{ClusterStatus, MemberStatus, NotReady, READY_MAX_LAG};
 
 /// Messages waiting for one peer's forwarder. Beyond it QoS 0 is dropped, QoS 1/2 waits.
 const FORWARD_QUEUE: usize = 8192;
@@ -534,7 +534,8 @@ impl Cluster {
     }
 
     /// Whether this node serves MQTT clients now: a leader is known ([`has_leader`]) and this
-    /// node holds its session lease. What `/readyz` and `Node::is_ready` report.
+    /// node holds its session lease. `/readyz` and `Node::is_ready` ask more of it
+    /// ([`readiness`](Self::readiness): a voter, caught up with the leader's commit).
     ///
     /// [`has_leader`]: Self::has_leader
     pub fn serving(&self) -> bool {

@@ -47,6 +47,7 @@ use roost_proto::v1::raft_client::RaftClient;
 use roost_proto::v1::RaftPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -213,6 +214,10 @@ pub(crate) struct Election {
     /// vote time. openraft 0.9 keeps naming a silent leader until the vote changes, which
     /// pre-vote prevents on a cut-off follower: readiness reads this instead.
     contact: Mutex<Option<Instant>>,
+    /// The highest commit index a leader's accepted AppendEntries (heartbeats included) told
+    /// this node ([`Election::leader_committed`]): openraft 0.9's metrics do not show a
+    /// follower its leader's commit, and readiness compares the applied index with it.
+    leader_commit: AtomicU64,
 }
 
 impl Election {
@@ -233,6 +238,7 @@ impl Election {
             dialer,
             clients: Mutex::new(HashMap::new()),
             contact: Mutex::new(None),
+            leader_commit: AtomicU64::new(0),
         }
     }
 
@@ -247,6 +253,17 @@ impl Election {
     /// Records that openraft accepted an AppendEntries from its leader just now.
     pub(crate) fn leader_heard(&self) {
         self.heard_at(Instant::now());
+    }
+
+    /// Records the commit index of an AppendEntries openraft accepted. Kept as a maximum: the
+    /// cluster's commit index never goes back (a new leader may first send a lower one).
+    pub(crate) fn leader_committed(&self, index: u64) {
+        self.leader_commit.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// The highest commit index heard from a leader (0: none yet).
+    pub(crate) fn leader_commit(&self) -> u64 {
+        self.leader_commit.load(Ordering::Relaxed)
     }
 
     fn heard_at(&self, t: Instant) {

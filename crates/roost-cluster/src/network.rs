@@ -62,6 +62,26 @@ impl Dialer {
     }
 
     /// A lazily connecting gRPC channel to node `target`'s cluster listener at `addr`.
+    ///
+    /// `addr` is `HOST:PORT` as the membership records it, and HOST may be a DNS name (a
+    /// StatefulSet pod's `roost-1.roost-headless:7946`): it is looked up again on every
+    /// (re)connect and never pinned to the IP it had. What this rests on, read in tonic 0.14.9
+    /// and hyper-util 0.1.21 (re-check on an upgrade of either):
+    /// - `Endpoint::connect_lazy` keeps the URI, not an address: the channel is a `Reconnect`
+    ///   (tonic `transport/channel/service/reconnect.rs`) over the endpoint's `HttpConnector`.
+    /// - `Reconnect` in `Idle` calls the connector with the URI for a new connection. It goes
+    ///   back to `Idle` when the connection fails (`poll_ready` error: reset, HTTP/2 keep-alive
+    ///   timeout, below) and after a failed connect (the error goes to the one request that
+    ///   was waiting; a lazy channel then tries again on the next request).
+    /// - `HttpConnector::call` (hyper-util `client/legacy/connect/http.rs`, `call_async`)
+    ///   resolves the host with its `GaiResolver` (getaddrinfo on a blocking thread, no cache
+    ///   of its own) on every call, and tries each address it returns in turn.
+    ///
+    /// So a peer whose pod came back on another IP is reached at the new one on the first
+    /// connect after the old connection broke: at once on a reset, within the keep-alive
+    /// interval plus timeout (10 s) when the old address just went silent. The only cache is
+    /// the system resolver's (Kubernetes DNS answers for pods with a TTL of a few seconds).
+    /// `cluster_inproc.rs` (`self_join_...`) runs members named by host name through a restart.
     pub(crate) fn channel(
         &self,
         target: NodeId,
@@ -305,6 +325,7 @@ impl raft_server::Raft for RaftService {
             request,
             |r: &AppendEntriesRequest<_>| r.vote.leader_id.voted_for(),
         )?;
+        let leader_commit = rpc.leader_commit.map(|l| l.index);
         let r = self.raft.append_entries(rpc).await;
         // Accepted (the sender is this node's committed leader), whatever the log said.
         if matches!(
@@ -314,6 +335,9 @@ impl raft_server::Raft for RaftService {
                 | AppendEntriesResponse::Conflict)
         ) {
             self.election.leader_heard();
+            if let Some(index) = leader_commit {
+                self.election.leader_committed(index);
+            }
         }
         reply(&r)
     }

@@ -862,10 +862,16 @@ async fn join_and_leave_a_fourth_node() {
         .await
         .unwrap();
 
+    // Listed in its own seeds, so one of the initial members in its view: it waits (a node
+    // not listed would ask to be added by itself, see `self_join_...`).
+    let addr4 = free_addr();
     let n4 = start_node(
         4,
-        "127.0.0.1:0".parse().unwrap(),
-        vec![(NodeId::new(1), n1_addr)],
+        addr4,
+        vec![
+            (NodeId::new(1), n1_addr),
+            (NodeId::new(4), addr4.to_string()),
+        ],
     )
     .await;
     // It waits to be added: no leader, not initialised by itself.
@@ -953,6 +959,174 @@ async fn join_and_leave_a_fourth_node() {
         .await
         .unwrap();
     shutdown_all(&nodes).await;
+}
+
+/// A node of the test cluster whose members are named by host name (`localhost:PORT`) in the
+/// seeds and in what they advertise: every connection between them starts with a DNS lookup.
+async fn start_named(id: u64, port: u16, seeds: Vec<(NodeId, String)>, dir: TempDir) -> Node {
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cfg = config(id, listen, seeds, dir.path());
+    cfg.advertise = format!("localhost:{port}");
+    let local = Arc::new(TestNode::default());
+    let cluster = start(cfg, local.clone()).await;
+    Node {
+        id: NodeId::new(id),
+        cluster,
+        local,
+        dir,
+        addr: listen,
+    }
+}
+
+/// Issue 11: a node started later with seeds naming only nodes 1 and 2 asks them to add it and
+/// becomes a voter by itself (no `roost ctl join`); a `join` of it afterwards changes nothing;
+/// restarted on its data directory it rejoins as it was. Members are named by host name, so
+/// this also runs peers that find each other through DNS, and find node 3 again on fresh
+/// connections after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_join_a_node_beyond_the_seeds_becomes_a_voter_by_itself() {
+    let ports: Vec<u16> = (0..3)
+        .map(|_| roost_testkit::free_port().unwrap())
+        .collect();
+    let named = |i: usize| format!("localhost:{}", ports[i]);
+    let seeds = vec![(NodeId::new(1), named(0)), (NodeId::new(2), named(1))];
+    let (n1, n2) = tokio::join!(
+        start_named(1, ports[0], seeds.clone(), tempfile::tempdir().unwrap()),
+        start_named(2, ports[1], seeds.clone(), tempfile::tempdir().unwrap()),
+    );
+    let mut nodes = vec![n1, n2];
+    wait_for_leader(&nodes).await;
+    let (before, _) = nodes[0]
+        .cluster
+        .propose(update_routes(1, &["before/join"]))
+        .await
+        .unwrap();
+
+    let n3 = start_named(3, ports[2], seeds.clone(), tempfile::tempdir().unwrap()).await;
+    let c3 = n3.cluster.clone();
+    nodes.push(n3);
+    eventually(SETTLE, "node 3 is a voter by itself, and ready", || {
+        c3.voter_count() == 3 && c3.readiness().is_ok()
+    })
+    .await;
+    for n in &nodes {
+        let c = n.cluster.clone();
+        eventually(SETTLE, "every node counts 3 voters", || {
+            c.voter_count() == 3
+        })
+        .await;
+        let s = n.cluster.status().await;
+        let m3 = s.members.iter().find(|m| m.node_id == NodeId::new(3));
+        let m3 = m3.unwrap_or_else(|| panic!("node {} does not list node 3: {s:#?}", n.id));
+        assert_eq!(m3.cluster_addr, named(2));
+        assert_eq!(m3.mqtt_addr, "127.0.0.1:18833");
+        assert!(m3.voter);
+    }
+    c3.wait_applied(before, SETTLE).await.unwrap();
+    assert_eq!(routed(&c3, "before/join").0, ids(&[1]));
+    // It proposes like any other member.
+    c3.propose(update_routes(3, &["x/#"])).await.unwrap();
+
+    // `roost ctl join` of a node that joined by itself: accepted, nothing changes.
+    let log_before = nodes[0].cluster.status().await.last_log_index;
+    nodes[1]
+        .cluster
+        .join(NodeId::new(3), named(2), "127.0.0.1:18833".into())
+        .await
+        .unwrap();
+    assert_eq!(nodes[0].cluster.status().await.last_log_index, log_before);
+
+    // Restarted on its data directory: it rejoins as it was, and catches up with what was
+    // committed while it was away, reached again at its name.
+    let n3 = nodes.pop().unwrap();
+    n3.cluster.shutdown().await;
+    let (while_down, _) = nodes[0]
+        .cluster
+        .propose(update_routes(1, &["while/down"]))
+        .await
+        .unwrap();
+    let n3 = start_named(3, ports[2], seeds, n3.dir).await;
+    let c3 = n3.cluster.clone();
+    nodes.push(n3);
+    c3.wait_applied(while_down, SETTLE).await.unwrap();
+    assert_eq!(routed(&c3, "while/down").0, ids(&[1]));
+    for n in &nodes {
+        let c = n.cluster.clone();
+        eventually(SETTLE, "every node ready", || c.readiness().is_ok()).await;
+        let s = n.cluster.status().await;
+        let members: Vec<NodeId> = s.members.iter().map(|m| m.node_id).collect();
+        assert_eq!(members, ids(&[1, 2, 3]), "node {}", n.id);
+        assert!(s.members.iter().all(|m| m.voter), "{s:#?}");
+    }
+    shutdown_all(&nodes).await;
+}
+
+/// Issue 11: a follower whose state machine is more than `READY_MAX_LAG` entries behind the
+/// leader's commit is not ready (`/readyz` 503 "catching up"), and is ready again once it has
+/// applied them. The follower is stopped while the others commit that many entries, then
+/// restarted with a state machine that stalls for 4 s on the first of them (a slow disk): its
+/// log takes them all meanwhile, its applied index stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_waits_for_a_follower_to_catch_up() {
+    use roost_cluster::cluster::{NotReady, READY_MAX_LAG};
+    let mut nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    for n in &nodes {
+        let c = n.cluster.clone();
+        eventually(SETTLE, "every node ready", || c.readiness().is_ok()).await;
+    }
+    let at = nodes.iter().position(|n| n.id != leader).unwrap();
+    let f = nodes.remove(at);
+    f.cluster.shutdown().await;
+    let l = node(&nodes, leader).cluster.clone();
+    // A claim first (its event is where the restarted follower stalls; route updates make
+    // none), then more than READY_MAX_LAG entries, committed by the other two.
+    l.propose(claim("stall", leader)).await.unwrap();
+    let want = READY_MAX_LAG + 200;
+    let mut done = 0u64;
+    let mut i = 0u64;
+    while done < want {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            i += 1;
+            let (l, t) = (l.clone(), format!("lag/{i}"));
+            batch.spawn(async move { l.propose(update_routes(leader, &[&t])).await });
+        }
+        while let Some(r) = batch.join_next().await {
+            // A proposal that timed out under load is simply not counted.
+            if r.unwrap().is_ok() {
+                done += 1;
+            }
+        }
+    }
+
+    let local = Arc::new(TestNode::default());
+    *local.apply_delay.lock() = Duration::from_secs(4);
+    let cfg = config(f.id, f.addr, Vec::new(), f.dir.path());
+    let fc = start(cfg, local.clone()).await;
+    eventually(
+        SETTLE,
+        "the restarted follower reports it is behind",
+        || {
+            matches!(fc.readiness(), Err(NotReady::Behind { applied, committed })
+            if committed > applied + READY_MAX_LAG)
+        },
+    )
+    .await;
+    // The stall ends by itself (the claim is the only event): then it applies the rest.
+    eventually(SETTLE * 2, "the follower caught up and is ready", || {
+        fc.readiness().is_ok()
+    })
+    .await;
+    assert_eq!(
+        local.events.lock().len(),
+        1,
+        "it stalled on the claim, once"
+    );
+    assert_eq!(l.readiness(), Ok(()), "the leader stayed ready");
+    fc.shutdown().await;
+    shutdown_all(&nodes).await;
+    drop(f);
 }
 
 /// (8) A single node restarted on its data directory comes back with its retained messages,

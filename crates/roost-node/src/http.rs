@@ -3,7 +3,7 @@
 //! | method | path                        | what                                            |
 //! |--------|-----------------------------|-------------------------------------------------|
 //! | GET    | `/healthz`                  | 200 while the process runs                      |
-//! | GET    | `/readyz`                   | 200 while accepting MQTT, 503 while draining    |
+//! | GET    | `/readyz`                   | 200 when serving (member, leader, caught up); 503 + why |
 //! | GET    | `/metrics`                  | Prometheus text format                          |
 //! | GET    | `/api/v1/stats`             | node counters (JSON)                            |
 //! | GET    | `/api/v1/clients`           | sessions, connected or not                      |
@@ -239,13 +239,21 @@ pub(crate) fn router(state: AdminState, guard_state: Arc<Guard>) -> Router {
         .with_state(state)
 }
 
+/// 200 `ready` when the node serves clients: not draining, and `Cluster::readiness` (a voter,
+/// a live leader, the session lease, caught up with the leader's commit); else 503 with one
+/// line saying which is missing, e.g. `not ready: draining`. A probe, so it stays cheap: no
+/// Raft call, no I/O.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    // A leader is known and this node holds its session lease (it would refuse CONNECTs
-    // without it; docs/architecture.md, "Session lease").
-    if s.ready.load(Ordering::Acquire) && s.broker.cluster().serving() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response();
+    }
+    match s.broker.cluster().readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -304,10 +304,11 @@ impl Node {
         self.cluster.advertise()
     }
 
-    /// True once the node accepts clients, the cluster has a leader and this node holds its
-    /// session lease (without it, CONNECTs are refused).
+    /// What `/readyz` says: the node accepts clients (not draining) and the cluster layer is
+    /// ready (`Cluster::readiness`: a voter, a live leader, the session lease held, caught up
+    /// with the leader's commit).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.cluster.serving()
+        self.ready.load(Ordering::Acquire) && self.cluster.readiness().is_ok()
     }
 
     /// Waits (bounded) until [`Node::is_ready`]; false on timeout.

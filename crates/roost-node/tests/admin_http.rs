@@ -19,6 +19,37 @@ async fn health_and_readiness() {
     assert_eq!(r.status, 404);
 }
 
+/// Issue 11: `/readyz` says which condition is missing; `/healthz` (liveness) stays 200 as long
+/// as the process answers.
+#[tokio::test]
+async fn readiness_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = free_port().unwrap();
+    let mut config = roost_node::Config::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.node.data_dir = dir.path().to_path_buf();
+    config.node.sys_interval_secs = 0;
+    config.cluster.node_id = 2;
+    config.cluster.listen = format!("127.0.0.1:{own}").parse().unwrap();
+    // Listed in the seeds, whose initialiser (node 1) never starts: it waits to be added.
+    config.cluster.seeds = vec![
+        format!("1@127.0.0.1:{}", free_port().unwrap()),
+        format!("2@127.0.0.1:{own}"),
+    ];
+    let node = roost_node::Node::start(config, None).await.unwrap();
+    let addr = node.http_addr().unwrap();
+    let r = http_at(addr, "GET", "/readyz", None).await.unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "not ready: not a voting member of the cluster (yet)\n")
+    );
+    let r = http_at(addr, "GET", "/healthz", None).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert!(!node.is_ready());
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_count_received_messages() {
     let node = TestNode::start().await.unwrap();

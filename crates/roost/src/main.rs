@@ -72,6 +72,10 @@ struct ServeArgs {
     /// This node's id in the cluster (cluster.node_id).
     #[arg(long, value_name = "N")]
     node_id: Option<u64>,
+    /// Take the node id from the host name: 1 + its trailing -<ordinal>, so the StatefulSet
+    /// pod roost-0 is node 1 (cluster.node_id_from_hostname).
+    #[arg(long, conflicts_with = "node_id")]
+    node_id_from_hostname: bool,
     /// Cluster gRPC listen address (cluster.listen).
     #[arg(long, value_name = "ADDR")]
     cluster: Option<SocketAddr>,
@@ -144,6 +148,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         log_level: args.log_level,
         node_id: args.node_id,
+        node_id_from_hostname: args.node_id_from_hostname,
         cluster: args.cluster,
         seeds: args.seeds,
         mqtts: args.mqtts,

@@ -29,10 +29,20 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let hostname = env
+            .iter()
+            .find(|(name, _)| name == "HOSTNAME")
+            .map(|(_, value)| value.clone());
         merge_env(&mut table, env)?;
         let mut config = deserialize_table(table, "merged configuration")?;
         cli.apply(&mut config);
         config.validate()?;
+        if config.cluster.node_id_from_hostname {
+            config.cluster.node_id = node_id_from_host(hostname)?;
+            // Resolved: the config now says what the node runs with (and validates again).
+            config.cluster.node_id_from_hostname = false;
+        }
         Ok(config)
     }
 
@@ -129,9 +139,26 @@ impl Config {
 
         let c = &self.cluster;
         at_least("cluster.node_id", c.node_id, 1)?;
+        if c.node_id_from_hostname && c.node_id != ClusterSettings::default().node_id {
+            return Err(invalid(
+                "cluster.node_id",
+                c.node_id.to_string(),
+                "cannot be set together with cluster.node_id_from_hostname \
+                 (--node-id-from-hostname): choose one",
+            ));
+        }
         for seed in &c.seeds {
             if let Err(reason) = parse_seed(seed) {
                 return Err(invalid("cluster.seeds", format!("{seed:?}"), reason));
+            }
+        }
+        if let Some(advertise) = &c.advertise {
+            if !is_host_port(advertise) {
+                return Err(invalid(
+                    "cluster.advertise",
+                    format!("{advertise:?}"),
+                    "must be HOST:PORT (HOST an IP address or a DNS name)",
+                ));
             }
         }
         at_least("cluster.heartbeat_ms", c.heartbeat_ms, 1)?;
@@ -356,6 +383,9 @@ impl CliOverrides {
         if let Some(id) = self.node_id {
             config.cluster.node_id = id;
         }
+        if self.node_id_from_hostname {
+            config.cluster.node_id_from_hostname = true;
+        }
         if let Some(addr) = self.cluster {
             config.cluster.listen = addr;
         }
@@ -381,6 +411,24 @@ impl CliOverrides {
             config.auth.password_file = Some(p.clone());
         }
     }
+}
+
+/// `cluster.node_id_from_hostname`: the node id from `hostname` (the `HOSTNAME` variable), or
+/// else from `/proc/sys/kernel/hostname` (what `hostname(1)` prints, without libc).
+fn node_id_from_host(hostname: Option<String>) -> Result<u64, ConfigError> {
+    const KERNEL: &str = "/proc/sys/kernel/hostname";
+    let key = "cluster.node_id_from_hostname";
+    let hostname = match hostname {
+        Some(h) if !h.trim().is_empty() => h,
+        _ => std::fs::read_to_string(KERNEL).map_err(|e| {
+            invalid(
+                key,
+                "true".to_owned(),
+                format!("cannot read the host name: HOSTNAME is not set and {KERNEL}: {e}"),
+            )
+        })?,
+    };
+    node_id_from_hostname(&hostname).map_err(|reason| invalid(key, "true".to_owned(), reason))
 }
 
 /// Parses a TOML document into a table and type-checks every entry, so that an error names

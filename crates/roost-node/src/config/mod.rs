@@ -72,19 +72,34 @@ pub struct ClusterSettings {
     /// This node's id, unique in the cluster and never reused for another machine's data.
     /// At least 1. Default 1.
     pub node_id: u64,
+    /// Take the node id from the host name instead of `node_id`: 1 + the ordinal after the
+    /// last `-` of its first label, so the pods of a Kubernetes StatefulSet `roost-0`,
+    /// `roost-1`, ... are nodes 1, 2, ... (ids start at 1, ordinals at 0). The host name is
+    /// `HOSTNAME` from the environment, else `/proc/sys/kernel/hostname`, read once by
+    /// [`Config::load`], which then sets `node_id` and clears this flag (the loaded config is
+    /// what the node runs with); a host name without a `-<ordinal>` suffix stops the start
+    /// naming this key. Exclusive with `node_id`: `node_id` must keep its default (1), since an
+    /// explicit `node_id = 1` cannot be told from the default, it is replaced too. Flag
+    /// `--node-id-from-hostname` (which conflicts with `--node-id`). Default false.
+    pub node_id_from_hostname: bool,
     /// Address of the cluster gRPC listener (Raft, forwarding, takeover, membership). No
     /// authentication and no encryption until mutual TLS between nodes lands: whoever reaches
     /// it is trusted as a member (it can take over any session), so keep it on a private
     /// network. Default `127.0.0.1:7946`.
     pub listen: SocketAddr,
-    /// Address peers use to reach this node, when it differs from `listen` (NAT, `0.0.0.0`).
-    /// Default: `listen`.
+    /// Address peers use to reach this node, when it differs from `listen` (NAT, `0.0.0.0`):
+    /// `HOST:PORT`, where HOST may be a DNS name (`roost-0.roost-headless:7946`); peers resolve
+    /// it again on every (re)connect and never pin the address it had. Default: `listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// Initial members as `ID@HOST:PORT` (this node may be among them). The lowest id among
-    /// the seeds and this node initialises the cluster; a node whose data directory already
-    /// holds Raft state ignores seeds and rejoins. A node started with seeds that do not make
-    /// it the lowest waits until a member adds it (`roost ctl join`). Default: none.
+    /// Initial members as `ID@HOST:PORT` (this node may be among them; HOST may be a DNS
+    /// name, resolved again on every connection). The lowest id among the seeds and this node
+    /// initialises the cluster with all of them as voters; a node whose data directory already
+    /// holds Raft state ignores seeds and rejoins. A node that is not the lowest and is listed
+    /// in the seeds is one of those initial members: it waits for the initialiser (or, when the
+    /// cluster already exists, for `roost ctl join`). A node that is not listed asks the
+    /// cluster to add it (the `Join` call to a seed, retried with backoff until it is a voter):
+    /// how pods beyond the seeds of a StatefulSet join by themselves. Default: none.
     pub seeds: Vec<String>,
     /// Leader heartbeat interval. Milliseconds. Default 200.
     pub heartbeat_ms: u64,
@@ -136,6 +151,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             node_id: 1,
+            node_id_from_hostname: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
             advertise: None,
             seeds: Vec::new(),
@@ -163,11 +179,39 @@ pub fn parse_seed(s: &str) -> Result<(u64, String), String> {
     if id == 0 {
         return Err(format!("{s:?}: node ids start at 1"));
     }
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-        _ => return Err(format!("{s:?}: {addr:?} is not HOST:PORT")),
+    if !is_host_port(addr) {
+        return Err(format!("{s:?}: {addr:?} is not HOST:PORT"));
     }
     Ok((id, addr.to_owned()))
+}
+
+/// Whether `addr` is `HOST:PORT` with a non-empty host (an IP address or a DNS name, which is
+/// resolved when connecting) and a numeric port.
+pub(crate) fn is_host_port(addr: &str) -> bool {
+    matches!(addr.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The node id a host name gives with `cluster.node_id_from_hostname`: 1 + the ordinal after
+/// the last `-` of its first label (`roost-2` and `roost-2.roost-headless.ns.svc` give 3). The
+/// error says what is wrong with the name.
+pub fn node_id_from_hostname(hostname: &str) -> Result<u64, String> {
+    let name = hostname.trim();
+    let label = name.split('.').next().unwrap_or_default();
+    let ordinal = label
+        .rsplit_once('-')
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            format!(
+                "the host name {name:?} does not end in -<ordinal> (a StatefulSet pod name \
+                 such as roost-0): set cluster.node_id instead"
+            )
+        })?;
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| format!("the ordinal of the host name {name:?} is too large"))
 }
 
 /// `[node]`: settings of the node itself rather than of one protocol.
@@ -594,6 +638,8 @@ pub struct CliOverrides {
     pub log_level: Option<String>,
     /// Overrides `cluster.node_id`.
     pub node_id: Option<u64>,
+    /// Sets `cluster.node_id_from_hostname` when true (`--node-id-from-hostname`).
+    pub node_id_from_hostname: bool,
     /// Overrides `cluster.listen`.
     pub cluster: Option<SocketAddr>,
     /// Replaces `cluster.seeds` when not empty.

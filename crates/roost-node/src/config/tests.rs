@@ -437,6 +437,208 @@ fn cluster_settings_from_file_env_and_flags() {
 }
 
 #[test]
+fn node_id_from_hostname_takes_the_pod_ordinal() {
+    let flag = CliOverrides {
+        node_id_from_hostname: true,
+        ..CliOverrides::default()
+    };
+    let none = CliOverrides::default();
+    // The file, the environment and the flag set it; HOSTNAME comes from the environment given
+    // to `load`. A pod's ordinal starts at 0, a node id at 1.
+    for (file, vars, cli, want) in [
+        (
+            "[cluster]\nnode_id_from_hostname = true\n",
+            vec![("HOSTNAME", "roost-0")],
+            &none,
+            1,
+        ),
+        (
+            "",
+            vec![
+                ("HOSTNAME", "roost-4"),
+                ("ROOST_CLUSTER__NODE_ID_FROM_HOSTNAME", "true"),
+            ],
+            &none,
+            5,
+        ),
+        (
+            "",
+            vec![("HOSTNAME", "roost-2.roost-headless.mqtt.svc.cluster.local")],
+            &flag,
+            3,
+        ),
+        // Off: the host name plays no part.
+        ("", vec![("HOSTNAME", "roost-7")], &none, 1),
+    ] {
+        let config = load_str(file, &vars, cli).unwrap();
+        assert_eq!(config.cluster.node_id, want, "{file:?} {vars:?}");
+        // Resolved once: the loaded config is what the node runs with, and it validates and
+        // round-trips as it is (Node::start validates it again).
+        assert!(!config.cluster.node_id_from_hostname);
+        config.validate().unwrap();
+        assert_eq!(
+            Config::from_toml_str(&config.to_toml_string()).unwrap(),
+            config
+        );
+    }
+
+    // A host name without an ordinal stops the start, naming the key.
+    for hostname in ["roost", "roost-", "roost-x", "db01", "roost-1a", "-"] {
+        let s = err_string(load_str("", &[("HOSTNAME", hostname)], &flag));
+        assert!(
+            s.starts_with("invalid config: cluster.node_id_from_hostname = true: the host name ")
+                && s.contains(&format!("{hostname:?}"))
+                && s.contains("does not end in -<ordinal>"),
+            "{s}"
+        );
+    }
+    let s = err_string(load_str(
+        "",
+        &[("HOSTNAME", "roost-18446744073709551615")],
+        &flag,
+    ));
+    assert!(s.contains("is too large"), "{s}");
+
+    // Exclusive with an explicit node id, from any source; `check-config` sees it too.
+    let want = "invalid config: cluster.node_id = 4: cannot be set together with \
+                cluster.node_id_from_hostname (--node-id-from-hostname): choose one";
+    let s = err_string(load_str(
+        "[cluster]\nnode_id = 4\nnode_id_from_hostname = true\n",
+        &[("HOSTNAME", "roost-0")],
+        &none,
+    ));
+    assert_eq!(s, want);
+    let s = err_string(load_str(
+        "",
+        &[("HOSTNAME", "roost-0")],
+        &CliOverrides {
+            node_id: Some(4),
+            node_id_from_hostname: true,
+            ..CliOverrides::default()
+        },
+    ));
+    assert_eq!(s, want);
+    let e = Config::from_toml_str("[cluster]\nnode_id = 4\nnode_id_from_hostname = true\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, want);
+    // `check-config` does not resolve it (the checking machine's name is not the pod's).
+    let checked = Config::from_toml_str("[cluster]\nnode_id_from_hostname = true\n").unwrap();
+    assert!(checked.cluster.node_id_from_hostname);
+}
+
+/// deploy/k8s/base's roost.toml, with the environment and arguments its StatefulSet gives pod
+/// roost-4 of namespace `mqtt` (as the kubelet expands `$(POD_NAME)` and `$(POD_NAMESPACE)`),
+/// and the production overlay's additions: what a pod loads. Keeps the manifests loadable as
+/// keys change (scripts/validate-k8s checks their Kubernetes side).
+#[test]
+fn kubernetes_manifests_config_loads_in_a_pod() {
+    const CONFIGMAP: &str = include_str!("../../../../deploy/k8s/base/configmap.yaml");
+    let block = CONFIGMAP.split_once("roost.toml: |\n").unwrap().1;
+    let file: String = block
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dns = |pod: &str| format!("{pod}.roost-headless.mqtt.svc.cluster.local:7946");
+    let seeds = format!(
+        "[\"1@{}\",\n\"2@{}\", \"3@{}\"]",
+        dns("roost-0"),
+        dns("roost-1"),
+        dns("roost-2")
+    );
+    let advertise = dns("roost-4");
+    let base = vec![
+        ("HOSTNAME", "roost-4"),
+        ("POD_NAME", "roost-4"),
+        ("POD_NAMESPACE", "mqtt"),
+        ("ROOST_CLUSTER__ADVERTISE", advertise.as_str()),
+        ("ROOST_CLUSTER__SEEDS", seeds.as_str()),
+        (
+            "ROOST_CLUSTER__TLS_CERT",
+            "/etc/roost/cluster-tls/roost-4.pem",
+        ),
+        (
+            "ROOST_CLUSTER__TLS_KEY",
+            "/etc/roost/cluster-tls/roost-4.key",
+        ),
+    ];
+    let mut production = base.clone();
+    production.push(("ROOST_MQTT__ALLOW_ANONYMOUS", "false"));
+    production.push((
+        "ROOST_AUTH__PASSWORD_FILE",
+        "/etc/roost/passwords/passwords",
+    ));
+    let args = CliOverrides {
+        node_id_from_hostname: true,
+        ..CliOverrides::default()
+    };
+    for (vars, anonymous) in [(base, true), (production, false)] {
+        let config = load_str(&file, &vars, &args).unwrap();
+        let c = &config.cluster;
+        assert_eq!(c.node_id, 5);
+        assert_eq!(c.advertise.as_deref(), Some(advertise.as_str()));
+        assert_eq!(
+            c.seeds,
+            [
+                format!("1@{}", dns("roost-0")),
+                format!("2@{}", dns("roost-1")),
+                format!("3@{}", dns("roost-2"))
+            ]
+        );
+        assert!(c.tls_cert.is_some() && c.tls_key.is_some() && c.tls_ca.is_some());
+        assert_eq!(config.mqtt.allow_anonymous, anonymous);
+        assert_eq!(config.listeners.len(), 1);
+        // The pod's grace period (40 s) must exceed this with room (validate-k8s checks it).
+        assert_eq!(c.drain_timeout_ms, 20_000);
+    }
+}
+
+#[test]
+fn node_id_from_hostname_parses_the_last_label_suffix() {
+    for (hostname, want) in [
+        ("roost-0", Ok(1)),
+        ("roost-9\n", Ok(10)),
+        ("my-roost-cluster-12", Ok(13)),
+        ("roost-3.roost-headless", Ok(4)),
+        ("roost", Err(())),
+        ("roost-", Err(())),
+        ("roost-+1", Err(())),
+        ("roost.ns-1", Err(())),
+        ("", Err(())),
+    ] {
+        assert_eq!(
+            node_id_from_hostname(hostname).map_err(|_| ()),
+            want,
+            "{hostname:?}"
+        );
+    }
+}
+
+#[test]
+fn advertise_may_be_a_dns_name() {
+    for ok in [
+        "roost-0.roost-headless.mqtt.svc.cluster.local:7946",
+        "10.0.0.1:7946",
+        "[::1]:7946",
+    ] {
+        let config = Config::from_toml_str(&format!("[cluster]\nadvertise = \"{ok}\"\n")).unwrap();
+        assert_eq!(config.cluster.advertise.as_deref(), Some(ok));
+    }
+    for bad in ["roost-0", ":7946", "roost-0:http"] {
+        let e = Config::from_toml_str(&format!("[cluster]\nadvertise = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid config: cluster.advertise = {bad:?}: must be HOST:PORT"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn cli_overrides_env() {
     let cli = CliOverrides {
         mqtt: Some("10.0.0.1:1884".parse().unwrap()),
