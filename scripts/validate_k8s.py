@@ -14,7 +14,7 @@ what this needs into .venv-test first).
    fails), against each Kubernetes version in K8S_VERSIONS (default: the oldest and the newest
    this script is meant for).
 4. A few rules the schemas cannot know, each tied to how Roost behaves (docs/deploy.md): the
-   grace period exceeds cluster.drain_timeout_ms, the disruption budget keeps a majority, the
+   grace period exceeds cluster.drain_timeout_ms and the leader hand-off, the disruption budget keeps a majority, the
    probes point where they should, the headless Service publishes not-ready pods, the
    StatefulSet's pods are created in parallel (a new cluster is never ready one pod at a time).
 5. deploy/compose.yaml parses and names the three nodes and a client.
@@ -243,11 +243,15 @@ def roost_rules(name: str, docs: list[dict]) -> list[str]:
                 config = tomllib.loads(cm["data"]["roost.toml"])
             except tomllib.TOMLDecodeError as e:
                 problems.append(f"{name}: {doc_id(cm)}: roost.toml is not valid TOML: {e}")
-    drain_ms = ((config or {}).get("cluster") or {}).get("drain_timeout_ms", 20000)
+    cluster = (config or {}).get("cluster") or {}
+    drain_ms = cluster.get("drain_timeout_ms", 20000)
+    # After the drain, a leader hands Raft leadership over: at most 4 election timeouts.
+    hand_off_ms = 4 * cluster.get("election_timeout_ms", 500)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    if grace * 1000 <= drain_ms + 5000:
+    if grace * 1000 <= drain_ms + hand_off_ms + 5000:
         problems.append(f"{name}: terminationGracePeriodSeconds ({grace}) must exceed "
-                        f"cluster.drain_timeout_ms ({drain_ms} ms) by more than 5 s")
+                        f"cluster.drain_timeout_ms ({drain_ms} ms) plus the leader hand-off "
+                        f"(4 x cluster.election_timeout_ms: {hand_off_ms} ms) by more than 5 s")
 
     probes = {
         "readinessProbe": "/readyz",

@@ -114,6 +114,16 @@ impl NotForwarded {
 /// without answering: read it as [`NotForwarded::Stopped`].
 pub type ForwardAck = oneshot::Receiver<Result<(), NotForwarded>>;
 
+/// A peer that can take sessions now ([`Cluster::session_takers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTaker {
+    /// Its id.
+    pub node: NodeId,
+    /// The MQTT address it reports for itself (its `mqtt.advertise`, else its bound
+    /// listener), else the one recorded in the membership; empty when neither is known.
+    pub mqtt_addr: String,
+}
+
 /// Settings of the cluster layer (from `[cluster]` in the node's config).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -123,7 +133,8 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Address peers use to reach it (defaults to `listen`).
     pub advertise: String,
-    /// This node's MQTT address, recorded in its membership entry.
+    /// This node's MQTT address, recorded in its membership entry and reported in `Status`:
+    /// the address clients can reach (roost-node's `mqtt.advertise`, else the bound listener).
     pub mqtt_addr: String,
     /// Initial members (`id`, cluster address); may include this node.
     pub seeds: Vec<(NodeId, String)>,
@@ -476,8 +487,9 @@ impl Cluster {
 
     /// The voting peers that can take sessions now: each is asked for its status (at most
     /// `limit`), and those that answer, follow a leader and are not stopping themselves are
-    /// returned, in id order. For a graceful stop choosing where its sessions go.
-    pub async fn session_takers(&self, limit: Duration) -> Vec<NodeId> {
+    /// returned, in id order, with the MQTT address each reports for itself. For a graceful
+    /// stop choosing where its sessions and its clients go.
+    pub async fn session_takers(&self, limit: Duration) -> Vec<SessionTaker> {
         let mut asks = tokio::task::JoinSet::new();
         for id in self.voter_peers() {
             let Some(peer) = self.peer(id) else { continue };
@@ -489,15 +501,88 @@ impl Cluster {
                 match reply {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
-                        (r.leader_id.is_some() && !r.draining).then_some(id)
+                        let mqtt_addr = r
+                            .members
+                            .iter()
+                            .find(|m| m.node_id == id.get())
+                            .map(|m| m.mqtt_addr.clone())
+                            .unwrap_or_default();
+                        (r.leader_id.is_some() && !r.draining).then_some(SessionTaker {
+                            node: id,
+                            mqtt_addr,
+                        })
                     }
                     _ => None,
                 }
             });
         }
-        let mut takers: Vec<NodeId> = asks.join_all().await.into_iter().flatten().collect();
-        takers.sort_unstable();
+        let mut takers: Vec<SessionTaker> = asks.join_all().await.into_iter().flatten().collect();
+        // A peer that reports none: the membership's record (empty for a member that was
+        // added as a seed, by its id and cluster address only).
+        let recorded = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            takers
+                .iter()
+                .map(|t| {
+                    membership
+                        .get_node(&t.node)
+                        .map(|n| n.mqtt_addr.clone())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+        };
+        for (t, recorded) in takers.iter_mut().zip(recorded) {
+            if t.mqtt_addr.is_empty() {
+                t.mqtt_addr = recorded;
+            }
+        }
+        takers.sort_unstable_by_key(|t| t.node);
         takers
+    }
+
+    /// At a graceful stop, after this node's last proposal: from now on this node never
+    /// stands for election, and if it leads it hands Raft leadership to an up-to-date voter
+    /// (TimeoutNow, the `election` module docs) among the peers that answer `Status` (at most
+    /// a quarter of `limit`, 500 ms), follow a leader and are not stopping themselves, then
+    /// waits until another node leads, at most `limit`. A leader elected less than the leader
+    /// lease (2 × the election timeout) ago waits for that first, still leading. Returns the
+    /// new leader; `None` when this node does not lead, no voting peer is live, or no new
+    /// leader was known within `limit` (the others then elect one when this node's lease runs
+    /// out, as after a crash: docs/rfcs/0004). This node stays a member.
+    pub async fn hand_off_leadership(&self, limit: Duration) -> Option<NodeId> {
+        let started = Instant::now();
+        self.election.retire();
+        if !self.is_leader() || self.voter_peers().is_empty() {
+            return None;
+        }
+        let ask = (limit / 4).min(Duration::from_millis(500));
+        let prefer: Vec<NodeId> = self
+            .session_takers(ask)
+            .await
+            .into_iter()
+            .map(|t| t.node)
+            .collect();
+        if prefer.is_empty() {
+            // No voting peer answers with a leader (the others are gone or stopping too): no
+            // one to hand over to.
+            debug!("raft leadership not handed over: no live voting peer");
+            return None;
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        let to = self.election.hand_off(&prefer, left).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match to {
+            Some(leader) => {
+                tracing::info!(%leader, elapsed_ms, "raft leadership handed over");
+            }
+            None => warn!(
+                elapsed_ms,
+                "raft leadership not handed over in time: the others elect a leader when this node's lease runs out"
+            ),
+        }
+        to
     }
 
     /// True if a leader is known and, when that is this node, a quorum acknowledged it

@@ -32,6 +32,27 @@
 //! within it anyway, so a pre-vote granted past it is one the real vote also grants (unless a
 //! heartbeat arrives in between, the usual pre-vote race).
 //!
+//! **Leader hand-off** (a graceful stop, issue 11; openraft 0.9 has no leader transfer): the
+//! stopping leader, after its last proposal, retires from elections here and sends one
+//! up-to-date voter Raft's `TimeoutNow` (thesis §3.10) ([`Election::hand_off`]); that voter
+//! stands at once, skipping the pre-vote ([`Election::answer_timeout_now`]):
+//!
+//! ```text
+//!  leader L (term T, retired) ── TimeoutNow{L, T, last log id} ──▶ voter V: follows L at T,
+//!        log >= L's? ── raft.trigger().elect(): Vote{T+1, V} ──▶ L and the others
+//!  L grants (its own vote is not renewed by heartbeats, so past the lease since L was elected
+//!  it grants at once; the others refuse, their lease runs) ─▶ V has a majority with L ─▶ V
+//!  leads at T+1, L follows it ─▶ L's hand_off sees the new leader and returns
+//! ```
+//!
+//! Every step is a real Raft vote, so nothing is bypassed: a voter that refuses only costs time.
+//! openraft refuses any vote within the lease after its own vote was last renewed, and a
+//! leader's is renewed only when it is elected: a leader elected less than a lease ago first
+//! waits, leading, until its own vote can go to V. Should V still lose (a longer log
+//! appeared meanwhile), V's higher term makes L step down on its next AppendEntries reply and
+//! V wins the pre-vote round an election timeout later with L's grant (L has no live leader
+//! any more). `hand_off` is bounded by its caller.
+//!
 //! Concurrency: one driver task per node (spawned by `Cluster::start`, ended by the cluster's
 //! `stop` watch or when Raft shuts down); [`Election::answer`] is called from the gRPC server's
 //! tasks. Both read Raft's state through `Raft::with_raft_state` and the log store; neither
@@ -47,7 +68,7 @@ use roost_proto::v1::raft_client::RaftClient;
 use roost_proto::v1::RaftPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -111,6 +132,82 @@ pub(crate) struct PreVoteResponse {
     pub granted: bool,
     /// The voter's current term (for logs; a pre-vote never changes anyone's term).
     pub term: u64,
+}
+
+/// "Stand now": a leader that is stopping asks an up-to-date voter to stand at once (Raft's
+/// TimeoutNow, thesis §3.10), so the cluster is not without a leader for an election timeout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TimeoutNowRequest {
+    /// The leader asking.
+    pub leader: NodeId,
+    /// Its term: a voter that follows another term's leader (or none) ignores the request.
+    pub term: u64,
+    /// Its last log id: the voter stands only with a log at least as long (else it would lose).
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+/// The answer to a [`TimeoutNowRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TimeoutNowResponse {
+    /// It stood for election at its next term.
+    pub standing: bool,
+    /// Its term when asked.
+    pub term: u64,
+}
+
+/// What a voter knows when a leader asks it to stand now.
+#[derive(Debug, Clone, Copy)]
+struct FollowerView {
+    state: ServerState,
+    voter: bool,
+    /// Its vote's term, the node the vote names, and whether that node leads (committed).
+    term: u64,
+    voted_for: Option<NodeId>,
+    committed: bool,
+    last_log_id: Option<LogId<NodeId>>,
+}
+
+/// The rule for a TimeoutNow: a voting follower of exactly that leader at exactly that term
+/// (a late or stray request cannot unseat a newer leader), with a log at least as long.
+fn stands_now(v: &FollowerView, req: &TimeoutNowRequest) -> bool {
+    v.voter
+        && v.state == ServerState::Follower
+        && v.committed
+        && v.term == req.term
+        && v.voted_for == Some(req.leader)
+        && v.last_log_id.as_ref() >= req.last_log_id.as_ref()
+}
+
+/// Which voter a stopping leader hands leadership to: one whose replicated log reaches the
+/// leader's last index (`matched`), the `prefer`red first in their order (peers that answer and
+/// are not stopping themselves), then the others in id order; one not `tried` yet, else the
+/// first again.
+fn hand_off_target(
+    voters: &[NodeId],
+    matched: impl Fn(NodeId) -> Option<u64>,
+    last_index: Option<u64>,
+    prefer: &[NodeId],
+    tried: &[NodeId],
+) -> Option<NodeId> {
+    let caught_up = |id: &NodeId| last_index.is_some() && matched(*id) == last_index;
+    let mut order: Vec<NodeId> = prefer
+        .iter()
+        .copied()
+        .filter(|id| voters.contains(id))
+        .collect();
+    let mut rest: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|id| !prefer.contains(id))
+        .collect();
+    rest.sort_unstable();
+    order.extend(rest);
+    order.retain(caught_up);
+    order
+        .iter()
+        .copied()
+        .find(|id| !tried.contains(id))
+        .or_else(|| order.first().copied())
 }
 
 /// What a voter knows when it answers a pre-vote.
@@ -218,6 +315,10 @@ pub(crate) struct Election {
     /// this node ([`Election::leader_committed`]): openraft 0.9's metrics do not show a
     /// follower its leader's commit, and readiness compares the applied index with it.
     leader_commit: AtomicU64,
+    /// Set by [`Election::hand_off`] (a graceful stop): this node stands no more, and refuses
+    /// a TimeoutNow. It still answers pre-votes: its vote may be the one that makes the new
+    /// leader.
+    retired: AtomicBool,
 }
 
 impl Election {
@@ -239,6 +340,7 @@ impl Election {
             clients: Mutex::new(HashMap::new()),
             contact: Mutex::new(None),
             leader_commit: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -427,6 +529,186 @@ impl Election {
         granted
     }
 
+    /// This node is stopping: it stands no more and refuses a TimeoutNow (it still answers
+    /// pre-votes and votes).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Answers a leader's TimeoutNow: stands for election at once ([`stands_now`] decides),
+    /// without a pre-vote round (the leader is stepping aside, and its own vote is needed).
+    pub(crate) async fn answer_timeout_now(&self, req: &TimeoutNowRequest) -> TimeoutNowResponse {
+        let me = self.me;
+        let state = self
+            .raft
+            .with_raft_state(move |s| {
+                let vote = s.vote_ref();
+                (
+                    s.server_state,
+                    s.membership_state.effective().voter_ids().any(|v| v == me),
+                    vote.leader_id.term,
+                    vote.leader_id.voted_for(),
+                    vote.committed,
+                )
+            })
+            .await;
+        let refused = TimeoutNowResponse {
+            standing: false,
+            term: 0,
+        };
+        let Ok((state, voter, term, voted_for, committed)) = state else {
+            return refused;
+        };
+        let refused = TimeoutNowResponse { term, ..refused };
+        if self.retired.load(Ordering::Acquire) {
+            debug!(leader = %req.leader, "timeout-now refused: this node is stopping");
+            return refused;
+        }
+        let Some(last_log_id) = self.last_log_id().await else {
+            return refused;
+        };
+        let view = FollowerView {
+            state,
+            voter,
+            term,
+            voted_for,
+            committed,
+            last_log_id,
+        };
+        if !stands_now(&view, req) {
+            debug!(leader = %req.leader, leader_term = req.term, ?view, "timeout-now refused");
+            return refused;
+        }
+        info!(
+            leader = %req.leader,
+            term,
+            "the leader is stopping and hands over: standing for election now"
+        );
+        match self.raft.trigger().elect().await {
+            Ok(()) => TimeoutNowResponse {
+                standing: true,
+                term,
+            },
+            Err(_) => refused,
+        }
+    }
+
+    /// On the leader, at a graceful stop after its last proposal: retires this node from
+    /// elections and asks an up-to-date voter to stand now (TimeoutNow, module docs), `prefer`
+    /// first, another one if it refuses, the same again after an election timeout (max) without
+    /// a new leader. Returns the new leader once this node knows it, `None` when this node does
+    /// not lead (and no other leader is known) or at `limit`.
+    pub(crate) async fn hand_off(&self, prefer: &[NodeId], limit: Duration) -> Option<NodeId> {
+        self.retire();
+        let deadline = Instant::now() + limit;
+        let mut metrics = self.raft.metrics();
+        let mut tried: Vec<NodeId> = Vec::new();
+        let mut asked_at: Option<Instant> = None;
+        loop {
+            let m = metrics.borrow_and_update().clone();
+            match m.current_leader {
+                Some(l) if l != self.me => return Some(l),
+                Some(_) => {}
+                // Stepped down (a voter's higher term): the election goes on without us.
+                None if tried.is_empty() => return None,
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let leading = m.state == ServerState::Leader;
+            let due = asked_at.is_none_or(|t| now.duration_since(t) >= self.timing.max);
+            if leading && due && self.own_vote_grantable().await {
+                let membership = m.membership_config.membership();
+                let voters: Vec<NodeId> =
+                    membership.voter_ids().filter(|v| *v != self.me).collect();
+                let matched = |id: NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .and_then(|l| l.as_ref().map(|l| l.index))
+                };
+                let target = hand_off_target(&voters, matched, m.last_log_index, prefer, &tried);
+                let addr =
+                    target.and_then(|t| membership.get_node(&t).map(|n| n.cluster_addr.clone()));
+                if let (Some(target), Some(addr)) = (target, addr) {
+                    tried.push(target);
+                    if self.timeout_now(target, &addr, m.current_term).await {
+                        asked_at = Some(Instant::now());
+                    }
+                }
+            }
+            let wait = self
+                .timing
+                .tick()
+                .min(deadline.saturating_duration_since(now));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, metrics.changed()).await {
+                return None;
+            }
+        }
+    }
+
+    /// Whether this node's own vote would go to a candidate now: openraft refuses any vote
+    /// within the lease after the vote was last renewed, and a leader's is renewed only when it
+    /// is elected. A leader elected less than a lease ago waits (it still leads meanwhile) so
+    /// that the voter it asks wins at once with its vote, rather than failing and leaving the
+    /// cluster to a pre-vote round an election timeout later. A tick of margin for the
+    /// voter's request on its way.
+    async fn own_vote_grantable(&self) -> bool {
+        let since = self
+            .raft
+            .with_raft_state(|s| {
+                s.vote_last_modified()
+                    .map(|t| Instant::now().saturating_duration_since(t))
+            })
+            .await;
+        match since {
+            Ok(Some(since)) => since > self.timing.lease() + self.timing.tick(),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `target` a TimeoutNow for `term`; true if it stood.
+    async fn timeout_now(&self, target: NodeId, addr: &str, term: u64) -> bool {
+        let Some(last_log_id) = self.last_log_id().await else {
+            return false;
+        };
+        let req = TimeoutNowRequest {
+            leader: self.me,
+            term,
+            last_log_id,
+        };
+        let Ok(data) = postcard::to_allocvec(&req) else {
+            return false;
+        };
+        let Some(mut c) = self.client(target, addr) else {
+            return false;
+        };
+        let mut r = tonic::Request::new(RaftPayload { data });
+        r.set_timeout(self.timing.min);
+        let answer = match c.timeout_now(r).await {
+            Ok(reply) => postcard::from_bytes::<TimeoutNowResponse>(&reply.into_inner().data)
+                .map_err(|e| e.to_string()),
+            Err(s) => Err(s.to_string()),
+        };
+        match answer {
+            Ok(a) if a.standing => {
+                info!(to = %target, term, "raft leadership: asked an up-to-date voter to stand now");
+                true
+            }
+            Ok(a) => {
+                debug!(peer = %target, peer_term = a.term, "timeout-now refused");
+                false
+            }
+            Err(e) => {
+                debug!(peer = %target, error = %e, "timeout-now not answered");
+                false
+            }
+        }
+    }
+
     /// The driver: see the module docs. Returns when `stop` turns true or Raft shuts down.
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let t = self.timing;
@@ -441,6 +723,9 @@ impl Election {
             }
             if *stop.borrow() {
                 return;
+            }
+            if self.retired.load(Ordering::Acquire) {
+                continue;
             }
             let Some(v) = self.view().await else {
                 return;
@@ -619,6 +904,84 @@ mod tests {
         let joint = vec![vec![n(1), n(2), n(3)], vec![n(1), n(4), n(5)]];
         assert!(!won(&joint, &[n(1), n(2)]));
         assert!(won(&joint, &[n(1), n(2), n(4)]));
+    }
+
+    fn follower_of(leader: u64, term: u64, last: Option<LogId<NodeId>>) -> FollowerView {
+        FollowerView {
+            state: ServerState::Follower,
+            voter: true,
+            term,
+            voted_for: Some(NodeId::new(leader)),
+            committed: true,
+            last_log_id: last,
+        }
+    }
+
+    fn stand(leader: u64, term: u64, last: Option<LogId<NodeId>>) -> TimeoutNowRequest {
+        TimeoutNowRequest {
+            leader: NodeId::new(leader),
+            term,
+            last_log_id: last,
+        }
+    }
+
+    #[test]
+    fn a_follower_stands_now_only_for_its_own_leader_and_term_with_a_full_log() {
+        let v = follower_of(1, 2, log(2, 10));
+        assert!(stands_now(&v, &stand(1, 2, log(2, 10))));
+        assert!(stands_now(&v, &stand(1, 2, log(2, 9))));
+        // Behind the leader: it would lose the election.
+        assert!(!stands_now(&v, &stand(1, 2, log(2, 11))));
+        // Another leader, or a term it has left: a stray or late request.
+        assert!(!stands_now(&v, &stand(3, 2, log(2, 10))));
+        assert!(!stands_now(&v, &stand(1, 1, log(2, 10))));
+        assert!(!stands_now(&v, &stand(1, 3, log(2, 10))));
+        let mut candidate = v;
+        candidate.committed = false;
+        assert!(!stands_now(&candidate, &stand(1, 2, log(2, 10))));
+        let mut learner = v;
+        learner.voter = false;
+        learner.state = ServerState::Learner;
+        assert!(!stands_now(&learner, &stand(1, 2, log(2, 10))));
+        let mut leader = v;
+        leader.state = ServerState::Leader;
+        assert!(!stands_now(&leader, &stand(1, 2, log(2, 10))));
+    }
+
+    #[test]
+    fn the_hand_off_goes_to_a_caught_up_voter_preferred_first() {
+        let n = NodeId::new;
+        let voters = [n(2), n(3), n(4)];
+        let matched = |id: NodeId| match id.get() {
+            2 => Some(9),
+            3 | 4 => Some(10),
+            _ => None,
+        };
+        // Node 2 lags: never chosen; the lowest caught-up id without a preference.
+        assert_eq!(
+            hand_off_target(&voters, matched, Some(10), &[], &[]),
+            Some(n(3))
+        );
+        assert_eq!(
+            hand_off_target(&voters, matched, Some(10), &[n(2), n(4)], &[]),
+            Some(n(4))
+        );
+        // Refused: the next one; all tried: round again.
+        assert_eq!(
+            hand_off_target(&voters, matched, Some(10), &[], &[n(3)]),
+            Some(n(4))
+        );
+        assert_eq!(
+            hand_off_target(&voters, matched, Some(10), &[], &[n(3), n(4)]),
+            Some(n(3))
+        );
+        assert_eq!(hand_off_target(&voters, matched, Some(11), &[], &[]), None);
+        assert_eq!(hand_off_target(&[], matched, Some(10), &[], &[]), None);
+        // A preferred node that is not a voter (a learner) is not asked.
+        assert_eq!(
+            hand_off_target(&[n(3)], matched, Some(10), &[n(4)], &[]),
+            Some(n(3))
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub mod tls;
 pub mod types;
 
 pub use cluster::{
-    Cluster, ClusterConfig, ClusterStatus, Delivered, ForwardAck, LocalNode, NotForwarded, Target,
+    Cluster, ClusterConfig, ClusterStatus, Delivered, ForwardAck, LocalNode, NotForwarded,
+    SessionTaker, Target,
 };
 pub use convert::{Addressed, SessionTransfer};
 pub use error::{ClusterError, Refusal, StartError};

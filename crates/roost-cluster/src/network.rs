@@ -20,7 +20,7 @@
 // openraft's RPCError is large, and the trait fixes the return type: boxing it is not an option.
 #![allow(clippy::result_large_err)]
 
-use crate::election::{Election, PreVoteRequest};
+use crate::election::{Election, PreVoteRequest, TimeoutNowRequest};
 use crate::limits::WireLimits;
 use crate::tls::{PeerAuth, Rpc, TlsMaterial};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
@@ -372,6 +372,18 @@ impl raft_server::Raft for RaftService {
                 Some(r.candidate)
             })?;
         reply(&self.election.answer(&rpc).await)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        // The leader that hands over sends it, naming itself.
+        let rpc: TimeoutNowRequest =
+            self.decode_from(Rpc::TimeoutNow, request, |r: &TimeoutNowRequest| {
+                Some(r.leader)
+            })?;
+        reply(&self.election.answer_timeout_now(&rpc).await)
     }
 }
 

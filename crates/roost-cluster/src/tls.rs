@@ -279,6 +279,7 @@ pub(crate) enum Rpc {
     Vote,
     InstallSnapshot,
     PreVote,
+    TimeoutNow,
     Propose,
     Forward,
     TakeSession,
@@ -288,11 +289,12 @@ pub(crate) enum Rpc {
 }
 
 impl Rpc {
-    const ALL: [Rpc; 10] = [
+    const ALL: [Rpc; 11] = [
         Rpc::AppendEntries,
         Rpc::Vote,
         Rpc::InstallSnapshot,
         Rpc::PreVote,
+        Rpc::TimeoutNow,
         Rpc::Propose,
         Rpc::Forward,
         Rpc::TakeSession,
@@ -307,6 +309,7 @@ impl Rpc {
             Rpc::Vote => "vote",
             Rpc::InstallSnapshot => "install_snapshot",
             Rpc::PreVote => "pre_vote",
+            Rpc::TimeoutNow => "timeout_now",
             Rpc::Propose => "propose",
             Rpc::Forward => "forward",
             Rpc::TakeSession => "take_session",

@@ -1541,6 +1541,52 @@ async fn item21_a_follower_cut_off_and_back_does_not_depose_the_leader() {
     shutdown_all(&nodes).await;
 }
 
+// ---- Issue 11: a stopping leader hands leadership over ----
+
+/// Issue 11 (graceful drain): the leader hands leadership to an up-to-date voter before it
+/// stops (TimeoutNow, roost-cluster `election`). Called right after the election, the leader
+/// first waits out its own 600 ms lease (still leading; until then its vote would refuse the
+/// voter), then returns the new leader; every node names it at exactly the next term, so the
+/// voter won the election the TimeoutNow started, not a pre-vote round an election timeout
+/// later; and the old leader, still running, does not stand again (it is retired) while the
+/// others keep the new leader for twice the lease. Asked again, it no longer leads: `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue11_a_stopping_leader_hands_leadership_to_a_voter() {
+    let nodes = three_nodes().await;
+    let leader = wait_for_leader(&nodes).await;
+    let old = node(&nodes, leader);
+    let term = old.cluster.status().await.term;
+    let started = Instant::now();
+    let to = old
+        .cluster
+        .hand_off_leadership(Duration::from_secs(5))
+        .await;
+    eprintln!(
+        "node {leader} handed leadership to {to:?} in {:?}",
+        started.elapsed()
+    );
+    let to = to.expect("a new leader within 5 s");
+    assert_ne!(to, leader);
+    assert_eq!(wait_for_leader(&nodes).await, to);
+    let seen = leaders_and_terms(&nodes, Duration::from_millis(1200)).await;
+    let other: Vec<_> = seen
+        .iter()
+        .filter(|(_, l, t)| *l != Some(to) || *t != term + 1)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "expected leader {to} at term {} everywhere, saw (node, leader, term) {other:?}",
+        term + 1
+    );
+    assert_eq!(
+        old.cluster
+            .hand_off_leadership(Duration::from_secs(1))
+            .await,
+        None
+    );
+    shutdown_all(&nodes).await;
+}
+
 // ---- Issue 7, item 3: a refusal is reported, not hidden ----
 
 /// Item 3: a QoS 1 forward to a node that is not a member is answered at once with why

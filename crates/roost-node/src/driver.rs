@@ -68,14 +68,14 @@ const WRITE_BATCH: usize = 64 * 1024;
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a flush stopped before the write buffer was empty.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum FlushStop {
     /// The socket failed or closed.
     Io,
     /// The client took no bytes for the stall timeout.
     Stalled,
     /// The broker told the connection to leave (takeover, shutdown, an administrator).
-    Kicked(ReasonCode),
+    Kicked(crate::broker::Kick),
 }
 
 impl FlushStop {
@@ -83,7 +83,7 @@ impl FlushStop {
         match self {
             FlushStop::Io => Close::closed("write_error"),
             FlushStop::Stalled => Close::closed("write_timeout"),
-            FlushStop::Kicked(reason) => Close::server(reason),
+            FlushStop::Kicked(kick) => kick.close(),
         }
     }
 }
@@ -295,9 +295,9 @@ impl<S: ByteStream> Conn<S> {
                 _ = kicked => {
                     // Any other wake-up (more in the outbox) is seen by the loop that encodes
                     // it once this flush is done.
-                    if let Some(reason) = ctl.and_then(|c| c.take_kick()) {
+                    if let Some(kick) = ctl.and_then(|c| c.take_kick()) {
                         self.blocked = true;
-                        return Err(FlushStop::Kicked(reason));
+                        return Err(FlushStop::Kicked(kick));
                     }
                 }
                 r = self.stream.writable() => {
@@ -731,26 +731,33 @@ impl<S: ByteStream> Conn<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            tokio::select! {
+            // The select only says what happened; the work is done after it, when its
+            // futures are gone: awaited inside an arm, `process` would sit beside them in this
+            // loop's state, which every idle connection carries (docs/performance.md).
+            let event = tokio::select! {
                 biased;
-                _ = st.ctl.wake.notified() => {
-                    if let Some(reason) = st.ctl.take_kick() {
-                        return Close::server(reason);
+                _ = st.ctl.wake.notified() => Event::Woken,
+                r = self.fill(), if st.deferred.is_none() => Event::Read(r),
+                done = run_op(&mut st.op), if st.op.is_some() => Event::OpDone(done),
+                _ = front_done(&mut st.pending_acks),
+                    if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
+                _ = sleep_opt(deadline) => Event::Timer,
+            };
+            match event {
+                Event::Woken => {
+                    if let Some(kick) = st.ctl.take_kick() {
+                        return kick.close();
                     }
                 }
-                r = self.fill(), if st.deferred.is_none() => {
-                    match r {
-                        Ok(true) => {
-                            st.yielded = false;
-                            if let Err(close) = self.process(st).await {
-                                return close;
-                            }
-                        }
-                        Ok(false) => return Close::closed("eof"),
-                        Err(_) => return Close::closed("read_error"),
+                Event::Read(Ok(true)) => {
+                    st.yielded = false;
+                    if let Err(close) = self.process(st).await {
+                        return close;
                     }
                 }
-                done = run_op(&mut st.op), if st.op.is_some() => {
+                Event::Read(Ok(false)) => return Close::closed("eof"),
+                Event::Read(Err(_)) => return Close::closed("read_error"),
+                Event::OpDone(done) => {
                     st.op = None;
                     // Boxed: rare, and its future nests the acknowledgement path.
                     if let Err(close) = Box::pin(self.op_done(st, done)).await {
@@ -761,11 +768,9 @@ impl<S: ByteStream> Conn<S> {
                         return close;
                     }
                 }
-                _ = front_done(&mut st.pending_acks),
-                    if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => {
-                    // Released at the top of the loop.
-                }
-                _ = sleep_opt(deadline) => {
+                // Released at the top of the loop.
+                Event::PeersDone => {}
+                Event::Timer => {
                     if st
                         .credentials_expire
                         .is_some_and(|at| at <= tokio::time::Instant::now())
@@ -817,7 +822,7 @@ impl<S: ByteStream> Conn<S> {
     async fn drain_packets(&mut self, st: &mut Live) -> Result<(), Close> {
         if st.op.is_none() {
             if let Some(p) = st.deferred.take() {
-                self.handle(st, p).await?;
+                self.handle(st, *p).await?;
             }
         }
         loop {
@@ -841,7 +846,7 @@ impl<S: ByteStream> Conn<S> {
     async fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Close> {
         if st.op.is_some() && !independent(&packet) {
             // Behind the operation in flight, in order; reading pauses until it is done.
-            st.deferred = Some(packet);
+            st.deferred = Some(Box::new(packet));
             return Ok(());
         }
         let now = crate::now();
@@ -1319,6 +1324,20 @@ enum OpDone {
     Replied,
 }
 
+/// What woke the session loop (`Conn::session_loop`).
+enum Event {
+    /// `ConnCtl::wake`: a kick, or more in the outbox.
+    Woken,
+    /// Bytes read (`Ok(true)`), end of stream (`Ok(false)`), or a read error.
+    Read(io::Result<bool>),
+    /// The cluster operation in flight finished.
+    OpDone(OpDone),
+    /// The peers of the oldest held acknowledgement answered.
+    PeersDone,
+    /// The keep-alive or credentials deadline.
+    Timer,
+}
+
 /// Waits for the operation in flight (never ends when there is none).
 ///
 /// Cancel safety: the future stays in `op` when another `select!` arm wins.
@@ -1366,7 +1385,8 @@ struct Live {
     /// The cluster operation in flight, if any (see [`Op`]).
     op: Option<Op>,
     /// The packet read while `op` was in flight that must wait for it.
-    deferred: Option<Packet>,
+    /// Boxed: a `Packet` is hundreds of bytes, needed only while an operation is in flight.
+    deferred: Option<Box<Packet>>,
     /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
     pending_acks: VecDeque<PendingAck>,
     /// The session's timer while connected (keep-alive): it only moves when packets arrive,

@@ -6,8 +6,10 @@
 //!        ├─ accept loop ── spawn driver::serve per connection
 //!        ├─ $SYS ticker
 //!        └─ admin HTTP (axum; over TLS through https.rs when http.tls_cert is set)
-//!  Node::shutdown() ── readyz 503 ── stop accepting ── DISCONNECT 0x8B to every client
-//!                   ── wait for drivers to flush (bounded) ── stop HTTP
+//!  Node::shutdown() ── readyz 503 ── stop accepting ── DISCONNECT to every client (v5: 0x9C
+//!                   + Server Reference to a live peer, else 0x8B) ── wait for drivers to flush
+//!                   (bounded) ── drain: sessions handed on, routes removed (bounded) ── stop
+//!                   tasks ── leader? hand Raft leadership over (bounded) ── stop Raft, HTTP
 //! ```
 
 use crate::broker::Broker;
@@ -17,7 +19,6 @@ use crate::http::{router, AdminState, Guard};
 use crate::telemetry::LogHandle;
 use roost_cluster::types::NodeId;
 use roost_cluster::{Cluster, ClusterConfig};
-use roost_codec::ReasonCode;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,11 @@ pub enum StartError {
 
 /// How long shutdown waits for connections to flush and close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The leader hand-off at shutdown is bounded by this many election timeouts (2 s by
+/// default): one TimeoutNow round is milliseconds; when it fails, the voters' own election
+/// (the lease, twice the timeout, plus jitter) ends within it.
+const HAND_OFF_TIMEOUTS: u32 = 4;
 
 /// A running node.
 pub struct Node {
@@ -328,11 +334,13 @@ impl Node {
         self.broker.connections.load(Ordering::Acquire)
     }
 
-    /// Graceful stop: not ready, no new connections, v5 clients get DISCONNECT 0x8B, wait for
-    /// every connection to flush and close (bounded); in a cluster, hand every persistent
-    /// session to another node and take this node's routes out (bounded by
-    /// `cluster.drain_timeout_ms`, docs/architecture.md "Graceful drain"); then stop the
-    /// background tasks.
+    /// Graceful stop: not ready, no new connections, v5 clients get DISCONNECT 0x9C with a
+    /// Server Reference naming a live peer (0x8B when there is none), wait for every
+    /// connection to flush and close (bounded); in a cluster, hand every persistent session to
+    /// another node and take this node's routes out (bounded by `cluster.drain_timeout_ms`,
+    /// docs/architecture.md "Graceful drain"); then stop the background tasks and, if this node
+    /// leads, hand Raft leadership to another voter (bounded by 4 election timeouts) before
+    /// Raft stops.
     pub async fn shutdown(self) {
         info!("shutting down");
         let started = tokio::time::Instant::now();
@@ -342,7 +350,7 @@ impl Node {
         for t in self.accept_tasks {
             let _ = t.await;
         }
-        self.broker.kick_all(ReasonCode::SERVER_SHUTTING_DOWN);
+        let sent = self.broker.send_clients_away().await;
         let drain_limit = Duration::from_millis(self.broker.config.cluster.drain_timeout_ms);
         let deadline = started + DRAIN_TIMEOUT.min(drain_limit);
         while self.broker.connections.load(Ordering::Acquire) > 0 {
@@ -355,11 +363,17 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.broker.drain(started + drain_limit).await;
+        self.broker.drain(started + drain_limit, &sent).await;
         for t in self.background {
             t.abort();
         }
         self.broker.close(DRAIN_TIMEOUT).await;
+        // Nothing of this node proposes any more: if it leads, another voter takes over now
+        // rather than an election timeout after Raft stops.
+        let election = Duration::from_millis(self.broker.config.cluster.election_timeout_ms);
+        self.cluster
+            .hand_off_leadership(HAND_OFF_TIMEOUTS * election)
+            .await;
         self.cluster.shutdown().await;
         info!("stopped");
     }
@@ -422,7 +436,13 @@ async fn start_broker(
         node_id: NodeId::new(c.node_id),
         listen: c.listen,
         advertise: c.advertise.clone().unwrap_or_default(),
-        mqtt_addr: mqtt_addr.to_string(),
+        // What clients can reach (a draining peer names it in a Server Reference), else the
+        // bound address.
+        mqtt_addr: config
+            .mqtt
+            .advertise
+            .clone()
+            .unwrap_or_else(|| mqtt_addr.to_string()),
         seeds,
         data_dir: config.node.data_dir.clone(),
         heartbeat: Duration::from_millis(c.heartbeat_ms),

@@ -1,7 +1,9 @@
 //! Wire tests of a node's graceful stop in a cluster (SIGTERM: a rolling restart's step, issue 8
 //! `restart` finding, issue 11 "Graceful drain"): the persistent sessions the node holds are
 //! handed to another node before it exits, with what they had queued, so no acknowledged
-//! message dies with the node (docs/architecture.md, "Graceful drain").
+//! message dies with the node; v5 clients are told which node to use (DISCONNECT 0x9C with a
+//! Server Reference); a stopping leader hands Raft leadership over (docs/architecture.md,
+//! "Graceful drain").
 #![allow(clippy::unwrap_used)]
 
 use roost_codec::{Ack, Packet, Protocol, QoS, ReasonCode};
@@ -143,11 +145,22 @@ async fn a_graceful_stop_hands_its_sessions_to_another_node() {
     }
 }
 
-/// A v5 client connected to a node that stops is told why: DISCONNECT 0x8B (server shutting
-/// down), and a node that is draining refuses new CONNECTs rather than taking sessions it
-/// would have to hand on.
+/// The one DISCONNECT a v5 client gets before its connection closes.
+async fn goodbye(c: &mut RawClient) -> roost_codec::Disconnect {
+    let got = c.expect_closed().await.unwrap();
+    match got.as_slice() {
+        [Packet::Disconnect(d)] => d.clone(),
+        other => panic!("expected one DISCONNECT then close, got {other:?}"),
+    }
+}
+
+/// A v5 client connected to a node that stops in a cluster is told where to go: DISCONNECT
+/// 0x9C (use another server) whose Server Reference is the MQTT address of a live peer
+/// (MQTT 5.0 §4.11), and its persistent session is moved to that very peer, so following the
+/// reference finds it. The v3.1.1 client (no server DISCONNECT in 3.1.1) sees a bare close;
+/// a clean-session v5 client is sent to a peer too (any live node serves it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopping_node_tells_v5_clients_it_is_shutting_down() {
+async fn a_stopping_node_sends_v5_clients_to_a_live_peer() {
     let (nodes, _) = nodes_with(3, false, |_| {}).await.unwrap();
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
     let mut nodes = nodes.into_iter();
@@ -155,10 +168,158 @@ async fn a_stopping_node_tells_v5_clients_it_is_shutting_down() {
     let rest: Vec<TestNode> = nodes.collect();
     let (mut c, _) = connect_persistent(addrs[0], Protocol::V5, "v5").await;
     c.subscribe("dr/v5", QoS::AtLeastOnce).await.unwrap();
+    let mut clean = connect_clean(addrs[0], Protocol::V5, "v5-clean").await;
+    let (mut v3, _) = connect_persistent(addrs[0], Protocol::V311, "v3").await;
     let stopping = tokio::spawn(n1.stop());
-    expect_disconnect(&mut c, ReasonCode::SERVER_SHUTTING_DOWN).await;
+    let d = goodbye(&mut c).await;
+    assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}");
+    let to = d
+        .properties
+        .server_reference
+        .clone()
+        .expect("a Server Reference");
+    let peers = [addrs[1].to_string(), addrs[2].to_string()];
+    assert!(peers.contains(&to), "reference {to}, peers {peers:?}");
+    let d = goodbye(&mut clean).await;
+    assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}");
+    assert!(d
+        .properties
+        .server_reference
+        .is_some_and(|r| peers.contains(&r)));
+    expect_disconnect(&mut v3, ReasonCode::USE_ANOTHER_SERVER).await;
     stopping.await.unwrap();
-    let (_, present) = resume(addrs[1], Protocol::V5, "v5").await;
+    let (_, present) = resume(to.parse().unwrap(), Protocol::V5, "v5").await;
+    assert!(
+        present,
+        "the session is not where the reference sent the client"
+    );
+    let (_, present) = resume(addrs[1], Protocol::V311, "v3").await;
+    assert!(present);
+    for n in rest {
+        n.stop().await;
+    }
+}
+
+/// Two nodes: the only peer is named, by the MQTT address it reports: its bound listener,
+/// or its `mqtt.advertise` when set (the second cluster below), which is then what a
+/// draining peer hands out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reference_is_the_other_nodes_mqtt_address() {
+    let (n1, n2, _) = two_nodes_with(false, |_| {}).await.unwrap();
+    let (mut c, _) = connect_persistent(n1.addr(), Protocol::V5, "ref").await;
+    let stopping = tokio::spawn(n1.stop());
+    let d = goodbye(&mut c).await;
+    assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}");
+    assert_eq!(
+        d.properties.server_reference.as_deref(),
+        Some(n2.addr().to_string().as_str())
+    );
+    stopping.await.unwrap();
+    n2.stop().await;
+
+    // With `mqtt.advertise`, the advertised address is the one handed out.
+    let advertised = "roost-1.roost-headless.mqtt.svc.cluster.local:1883";
+    let (n1, n2, _) = two_nodes_with(false, move |c| {
+        if c.cluster.node_id == 2 {
+            c.mqtt.advertise = Some(advertised.to_owned());
+        }
+    })
+    .await
+    .unwrap();
+    let (mut c, _) = connect_persistent(n1.addr(), Protocol::V5, "ref").await;
+    let stopping = tokio::spawn(n1.stop());
+    let d = goodbye(&mut c).await;
+    assert_eq!(d.properties.server_reference.as_deref(), Some(advertised));
+    stopping.await.unwrap();
+    n2.stop().await;
+}
+
+/// A lone node has nowhere to send its clients: DISCONNECT 0x8B (server shutting down),
+/// without a Server Reference. So is a peer that reports an address clients cannot use
+/// (`0.0.0.0`: a node listening on all interfaces without `mqtt.advertise`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_usable_peer_the_reason_stays_shutting_down() {
+    let node = TestNode::start().await.unwrap();
+    let (mut c, _) = connect_persistent(node.addr(), Protocol::V5, "alone").await;
+    let stopping = tokio::spawn(node.stop());
+    let d = goodbye(&mut c).await;
+    assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN, "{d:?}");
+    assert_eq!(d.properties.server_reference, None);
+    stopping.await.unwrap();
+
+    let (n1, n2, _) = two_nodes_with(false, |c| {
+        if c.cluster.node_id == 2 {
+            c.mqtt.listen = "0.0.0.0:0".parse().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let (mut c, _) = connect_persistent(n1.addr(), Protocol::V5, "alone").await;
+    let stopping = tokio::spawn(n1.stop());
+    let d = goodbye(&mut c).await;
+    assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN, "{d:?}");
+    assert_eq!(d.properties.server_reference, None);
+    stopping.await.unwrap();
+    n2.stop().await;
+}
+
+/// The leader of three nodes stops: it hands Raft leadership to another voter before its Raft
+/// stops (TimeoutNow, roost-cluster `election`), so the two others name a new leader as soon
+/// as its shutdown returns. Without the hand-off they would wait for the leader lease after
+/// its last heartbeat (2 × the election timeout, 4 s here: the timeout is raised to 2 s so
+/// that the two cases cannot be confused) plus jitter before they even stood. The bound, 3 s
+/// from the end of `shutdown` to both survivors naming the same new leader, is generous for
+/// what is a few milliseconds of work; the time is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_leadership_over() {
+    let (nodes, _) = nodes_with(3, false, |c| {
+        c.cluster.election_timeout_ms = 2000;
+        c.cluster.session_lease_ms = 8000;
+    })
+    .await
+    .unwrap();
+    let leader_of = |v: serde_json::Value| v["leader_id"].as_u64();
+    let mut leader = None;
+    for _ in 0..100 {
+        let r = http(&nodes[0], "GET", "/api/v1/cluster", None).await;
+        leader = leader_of(r.json());
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = leader.expect("a leader") as usize;
+    let mut nodes: Vec<Option<TestNode>> = nodes.into_iter().map(Some).collect();
+    let old = nodes[leader - 1].take().unwrap();
+    let rest: Vec<TestNode> = nodes.into_iter().flatten().collect();
+    let (mut c, _) = connect_persistent(old.addr(), Protocol::V5, "on-leader").await;
+    c.subscribe("dr/leader", QoS::AtLeastOnce).await.unwrap();
+    let stopping = std::time::Instant::now();
+    old.stop().await;
+    let stopped = std::time::Instant::now();
+    eprintln!("node {leader} took {:?} to stop", stopped - stopping);
+    let new = loop {
+        let mut seen = Vec::new();
+        for n in &rest {
+            let r = http(n, "GET", "/api/v1/cluster", None).await;
+            seen.push(leader_of(r.json()));
+        }
+        if let [Some(a), Some(b)] = seen[..] {
+            if a == b && a != leader as u64 {
+                break a;
+            }
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "no agreed new leader 3 s after the leader stopped (no hand-off?): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "node {leader} stopped; both others name node {new} {:?} later",
+        stopped.elapsed()
+    );
+    let (_, present) = resume(rest[0].addr(), Protocol::V5, "on-leader").await;
     assert!(present);
     for n in rest {
         n.stop().await;

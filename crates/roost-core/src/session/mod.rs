@@ -59,7 +59,7 @@ mod timers;
 
 pub use image::{ImageMessage, SessionImage};
 pub use inbound::{
-    retained_on_subscribe, suback, unsuback, AckKind, Close, DropReason, Handled, Inbound,
+    retained_on_subscribe, suback, unsuback, AckKind, Close, Detail, DropReason, Handled, Inbound,
     PendingAck, PublishOutcome, ReadyAck, SubscribeRequest, Tally,
 };
 pub use limits::{ClientParams, DropPolicy, SessionLimits};

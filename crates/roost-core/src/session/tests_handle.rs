@@ -495,7 +495,7 @@ fn malformed_close_carries_the_decoder_error() {
             reason: Some(e.reason_code()),
             why: "malformed",
             will: true,
-            detail: Some(e.to_string()),
+            detail: Some(Detail::ReasonString(e.to_string().into())),
             tally: Some(Tally::Malformed),
         }
     );
@@ -519,6 +519,31 @@ fn malformed_close_carries_the_decoder_error() {
 #[test_case(ReasonCode::SERVER_BUSY => "server_disconnect")]
 fn server_close_labels(reason: ReasonCode) -> &'static str {
     Close::server(reason).why
+}
+
+/// A draining node names the node to use instead (MQTT 5.0 §4.11): v5 gets 0x9C with the
+/// Server Reference, v3.1.1 no DISCONNECT at all; counted as a shutdown.
+#[test]
+fn use_another_server_names_the_node_to_v5_clients_only() {
+    let c = Close::use_another_server("roost-1.roost-headless:1883".to_owned());
+    assert_eq!(c.why, "shutdown");
+    assert!(c.will);
+    assert_eq!(
+        c.disconnect_packet(Protocol::V5),
+        Some(Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::USE_ANOTHER_SERVER,
+            properties: Properties {
+                server_reference: Some("roost-1.roost-headless:1883".to_owned()),
+                ..Properties::default()
+            },
+        }))
+    );
+    assert_eq!(c.disconnect_packet(Protocol::V311), None);
+    let plain = Close::server(ReasonCode::SERVER_SHUTTING_DOWN);
+    assert!(matches!(
+        plain.disconnect_packet(Protocol::V5),
+        Some(Packet::Disconnect(d)) if d.properties.server_reference.is_none()
+    ));
 }
 
 // (filter, retain handling, new) -> sends retained

@@ -4,13 +4,29 @@
 //! (docs/architecture.md, "Graceful drain"; issue 8's `restart` finding).
 //!
 //! ```text
-//!  draining: CONNECTs refused (0x8B) ─▶ clients told to go (0x8B) ─▶ for each offline
-//!  persistent session: ReturnSession(me, generation ─▶ next live peer) ─▶ that peer applies
-//!  it, takes the session (TakeSession; a tombstone stays here and passes on what still comes)
-//!  ─▶ all gone? ─▶ wait until the new owners' routes are applied here ─▶ remove this node's
-//!  routes, wait until every reachable member applied that ─▶ a short grace for forwards
-//!  already on the way ─▶ Node::shutdown goes on
+//!  draining: CONNECTs refused (0x8B) ─▶ clients told to go: v5 DISCONNECT 0x9C + Server
+//!  Reference naming the peer their session goes to (0x8B when no peer with an address
+//!  clients can use answers) ─▶ for each offline persistent session: ReturnSession(me,
+//!  generation ─▶ that peer, else the next live one) ─▶ that peer applies it, takes the
+//!  session (TakeSession; a tombstone stays here and passes on what still comes) ─▶ all gone?
+//!  ─▶ wait until the new owners' routes are applied here ─▶ remove this node's routes, wait
+//!  until every reachable member applied that ─▶ a short grace for forwards already on the way
+//!  ─▶ Node::shutdown goes on (leader hand-off, Raft stops)
 //! ```
+//!
+//! Where clients are sent ([`Broker::send_clients_away`]): every connected client, persistent
+//! session or not, is given one of the peers that answer `Status`, follow a leader and are not
+//! draining (`Cluster::session_takers`), in turn, by the MQTT address that peer reports
+//! (`mqtt.advertise`, else its bound listener). A v5 client gets DISCONNECT 0x9C Use another
+//! server with that address as Server Reference (MQTT 5.0 §4.11; a clean-session client too:
+//! any live node serves it, and naming one spreads the reconnects instead of leaving them to
+//! the load balancer's luck); its persistent session is moved to that same peer, so a client
+//! that follows the reference finds its session where it lands. A client that ignores the
+//! reference and reconnects elsewhere is served anyway (the claim takes the session from
+//! wherever it is). A peer whose address is empty, unspecified (`0.0.0.0`, a node without
+//! `mqtt.advertise` that listens on all interfaces) or port 0 is never named; with no such
+//! peer (a lone node, no live peer), v5 clients get 0x8B as before. v3.1.1 has no server
+//! DISCONNECT: those clients see the connection close.
 //!
 //! The move is the registry's conditional `ReturnSession` (ignored unless this node still owns
 //! the session at that generation): a client that reconnected elsewhere meanwhile wins, and
@@ -18,7 +34,8 @@
 //! `cluster.drain_timeout_ms`; what is left at the end is counted
 //! (`roost_drain_sessions_total{outcome="left"}`).
 
-use super::Broker;
+use super::{Broker, Kick};
+use crate::config::is_client_address;
 use crate::routes::RouteCluster;
 use roost_cluster::types::{Command, NodeId};
 use roost_codec::ReasonCode;
@@ -37,7 +54,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// Moves proposed at once (each is one Raft entry; the leader batches them).
 const MOVES_IN_FLIGHT: usize = 64;
 
-/// How long a peer has to say it can take sessions (see [`Cluster::session_takers`]).
+/// How long a peer has to say it can take sessions (see [`Cluster::session_takers`]); also
+/// the most that telling the clients to go waits for it.
 ///
 /// [`Cluster::session_takers`]: roost_cluster::Cluster::session_takers
 const TAKERS_ASK: Duration = Duration::from_millis(500);
@@ -59,15 +77,58 @@ impl Broker {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Tells every connected client to go (see the module docs: 0x9C with a Server Reference
+    /// naming a live peer, else 0x8B); asks the peers for at most [`TAKERS_ASK`] first.
+    /// Returns, per client sent to a peer, that peer: [`Broker::drain`] moves the client's
+    /// session there.
+    pub(crate) async fn send_clients_away(self: &Arc<Self>) -> HashMap<ClientId, NodeId> {
+        let mut targets: Vec<(NodeId, Arc<str>)> = Vec::new();
+        if self.cluster.has_peers() {
+            for t in self.cluster.session_takers(TAKERS_ASK).await {
+                if is_client_address(&t.mqtt_addr) {
+                    targets.push((t.node, Arc::from(t.mqtt_addr)));
+                } else {
+                    debug!(peer = %t.node, mqtt_addr = t.mqtt_addr, "graceful stop: peer has no address clients can use (set its mqtt.advertise)");
+                }
+            }
+        }
+        let mut sent = HashMap::new();
+        let mut told = 0usize;
+        for s in self.sessions() {
+            let Some(conn) = s.conn() else { continue };
+            told += 1;
+            if targets.is_empty() {
+                conn.kick(ReasonCode::SERVER_SHUTTING_DOWN);
+                continue;
+            }
+            let (node, addr) = &targets[sent.len() % targets.len()];
+            conn.kick(Kick::UseAnotherServer(Arc::clone(addr)));
+            sent.insert(s.client_id().clone(), *node);
+        }
+        info!(
+            clients = told,
+            redirected = sent.len(),
+            peers = targets.len(),
+            "graceful stop: clients told to go"
+        );
+        sent
+    }
+
     /// Hands this node's sessions to the other nodes and takes its routes out of the cluster
-    /// (see the module docs). Returns when that is done or at `deadline`. A lone node (no
-    /// peers) only stops taking CONNECTs: its sessions stay in the registry for its restart.
-    pub(crate) async fn drain(self: &Arc<Self>, deadline: Instant) {
+    /// (see the module docs). `sent`: the peer each client was sent to
+    /// ([`Broker::send_clients_away`]), where its session goes too while that peer can take
+    /// it. Returns when that is done or at `deadline`. A lone node (no peers) only stops
+    /// taking CONNECTs: its sessions stay in the registry for its restart.
+    pub(crate) async fn drain(
+        self: &Arc<Self>,
+        deadline: Instant,
+        sent: &HashMap<ClientId, NodeId>,
+    ) {
         self.draining.store(true, Ordering::Release);
         if !self.cluster.has_peers() {
             return;
         }
-        let handed = self.hand_on_sessions(deadline).await;
+        let handed = self.hand_on_sessions(deadline, sent).await;
         self.remove_own_routes(deadline).await;
         let left = self.sessions().iter().filter(|s| !s.is_ended()).count();
         self.metrics.drain_handed.increment(handed as u64);
@@ -84,8 +145,13 @@ impl Broker {
     }
 
     /// Tells connected clients to go and moves every offline persistent session to a live
-    /// peer, until none is left here or `deadline`. Returns how many moves committed.
-    async fn hand_on_sessions(self: &Arc<Self>, deadline: Instant) -> usize {
+    /// peer (the one its client was `sent` to, if it is still live), until none is left here
+    /// or `deadline`. Returns how many moves committed.
+    async fn hand_on_sessions(
+        self: &Arc<Self>,
+        deadline: Instant,
+        sent: &HashMap<ClientId, NodeId>,
+    ) -> usize {
         // Client id → the generation its move was proposed for (asked once per generation).
         let mut asked: HashMap<ClientId, u64> = HashMap::new();
         let mut moves = tokio::task::JoinSet::new();
@@ -106,6 +172,8 @@ impl Broker {
                 match s.drain_state() {
                     Some(DrainState::Connected(conn)) => {
                         left += 1;
+                        // Already told by `send_clients_away` (the first kick wins), unless it
+                        // attached since.
                         conn.kick(ReasonCode::SERVER_SHUTTING_DOWN);
                     }
                     Some(DrainState::Offline { generation }) => {
@@ -130,7 +198,13 @@ impl Broker {
             if Instant::now() >= refresh_at {
                 refresh_at = Instant::now() + TAKERS_REFRESH;
                 let ask = TAKERS_ASK.min(deadline.saturating_duration_since(Instant::now()));
-                peers = self.cluster.session_takers(ask).await;
+                peers = self
+                    .cluster
+                    .session_takers(ask)
+                    .await
+                    .into_iter()
+                    .map(|t| t.node)
+                    .collect();
             }
             if peers.is_empty() {
                 warn!("graceful stop: no live peer to hand the sessions to");
@@ -140,8 +214,14 @@ impl Broker {
                 if moves.len() >= MOVES_IN_FLIGHT {
                     break;
                 }
-                let to = peers[turn % peers.len()];
-                turn += 1;
+                let to = match sent.get(&client_id) {
+                    Some(to) if peers.contains(to) => *to,
+                    _ => {
+                        let to = peers[turn % peers.len()];
+                        turn += 1;
+                        to
+                    }
+                };
                 asked.insert(client_id.clone(), generation);
                 let cluster = Arc::clone(&self.cluster);
                 let me = cluster.node_id();

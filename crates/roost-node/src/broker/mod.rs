@@ -44,7 +44,7 @@ pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
 pub(crate) use routing::{PassOn, PeerWait, RemoteSend};
-pub(crate) use session::{ConnCtl, ConnInfo, SessionRef};
+pub(crate) use session::{ConnCtl, ConnInfo, Kick, SessionRef};
 
 use crate::config::{Config, QueueDrop};
 use crate::metrics::Metrics;
@@ -348,13 +348,14 @@ impl Broker {
             .set(self.routes.pending() as f64);
     }
 
-    /// Tells every connected client to leave with `reason` (shutdown, lost lease); returns how
+    /// Tells every connected client to leave with `kick` (shutdown, lost lease); returns how
     /// many were told.
-    pub(crate) fn kick_all(&self, reason: ReasonCode) -> u64 {
+    pub(crate) fn kick_all(&self, kick: impl Into<Kick>) -> u64 {
+        let kick = kick.into();
         let mut n = 0;
         for s in self.sessions() {
             if let Some(c) = s.conn() {
-                c.kick(reason);
+                c.kick(kick.clone());
                 n += 1;
             }
         }

@@ -36,9 +36,40 @@ pub(crate) struct ConnCtl {
     pub(crate) id: u64,
     /// Woken when the session's outbox has something to send or `kick` was set.
     pub(crate) wake: Notify,
-    /// Set once to make the driver send DISCONNECT with this reason and close.
-    kick: Mutex<Option<ReasonCode>>,
+    /// Set once to make the driver send DISCONNECT (this reason, and where to go) and close.
+    kick: Mutex<Option<Kick>>,
     pub(crate) info: ConnInfo,
+}
+
+/// Why the broker tells a connection to leave (see [`ConnCtl::kick`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Kick {
+    /// DISCONNECT with this reason (v5): a takeover (0x8E), an administrator (0x98), a
+    /// shutdown with nowhere to send the client (0x8B), a lost session lease (0x9C, no
+    /// reference: this node cannot know which node the majority serves from).
+    Reason(ReasonCode),
+    /// A graceful stop that names the node to use instead: DISCONNECT 0x9C with this Server
+    /// Reference (`HOST:PORT`, MQTT 5.0 §4.11; see `Broker::send_clients_away`). Shared by
+    /// every client sent to the same peer.
+    UseAnotherServer(Arc<str>),
+}
+
+impl From<ReasonCode> for Kick {
+    fn from(reason: ReasonCode) -> Kick {
+        Kick::Reason(reason)
+    }
+}
+
+impl Kick {
+    /// How the driver closes the connection for it.
+    pub(crate) fn close(&self) -> roost_core::session::Close {
+        match self {
+            Kick::Reason(reason) => roost_core::session::Close::server(*reason),
+            Kick::UseAnotherServer(to) => {
+                roost_core::session::Close::use_another_server(to.to_string())
+            }
+        }
+    }
 }
 
 impl ConnCtl {
@@ -51,18 +82,19 @@ impl ConnCtl {
         }
     }
 
-    /// Tells the connection to leave with `reason` (the first reason wins).
-    pub(crate) fn kick(&self, reason: ReasonCode) {
+    /// Tells the connection to leave with `kick` (a reason code, or where to go: the first
+    /// one wins).
+    pub(crate) fn kick(&self, kick: impl Into<Kick>) {
         let mut k = self.kick.lock();
         if k.is_none() {
-            *k = Some(reason);
+            *k = Some(kick.into());
         }
         drop(k);
         self.wake.notify_one();
     }
 
-    /// The reason the connection was told to leave, if it was.
-    pub(crate) fn take_kick(&self) -> Option<ReasonCode> {
+    /// Why the connection was told to leave, if it was.
+    pub(crate) fn take_kick(&self) -> Option<Kick> {
         self.kick.lock().take()
     }
 }

@@ -120,6 +120,16 @@ impl Config {
                 ));
             }
         }
+        if let Some(advertise) = &m.advertise {
+            if !is_client_address(advertise) {
+                return Err(invalid(
+                    "mqtt.advertise",
+                    format!("{advertise:?}"),
+                    "must be HOST:PORT that clients can connect to (HOST an IP address or a DNS \
+                     name, not 0.0.0.0 or ::; PORT not 0)",
+                ));
+            }
+        }
         between("mqtt.max_qos", m.max_qos, 0, 2)?;
         at_least("mqtt.connect_timeout_secs", m.connect_timeout_secs, 1)?;
         between("mqtt.rate_burst_secs", m.rate_burst_secs, 1, 3600)?;

@@ -185,6 +185,20 @@ pub fn parse_seed(s: &str) -> Result<(u64, String), String> {
     Ok((id, addr.to_owned()))
 }
 
+/// Whether `addr` can be handed to an MQTT client as the address of a node (a Server Reference,
+/// MQTT 5.0 §4.11): `HOST:PORT` whose host is not the unspecified address (`0.0.0.0`, `::`,
+/// what a listener binds, not what a client can connect to) and whose port is not 0.
+pub(crate) fn is_client_address(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let unspecified = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    is_host_port(addr) && !unspecified && port != "0"
+}
+
 /// Whether `addr` is `HOST:PORT` with a non-empty host (an IP address or a DNS name, which is
 /// resolved when connecting) and a numeric port.
 pub(crate) fn is_host_port(addr: &str) -> bool {
@@ -247,6 +261,14 @@ pub struct MqttConfig {
     /// node without configuration is reachable only from the local machine; set `0.0.0.0:1883`
     /// to serve the network.
     pub listen: SocketAddr,
+    /// Address MQTT clients use to reach this node, when it differs from `listen` (`0.0.0.0`,
+    /// NAT, Kubernetes: the pod's DNS name, `roost-0.roost-headless.mqtt.svc.cluster.local:1883`):
+    /// `HOST:PORT`, HOST an IP address or a DNS name, not `0.0.0.0`/`::`, PORT not 0. Recorded in
+    /// the cluster membership as this node's MQTT address (`roost ctl status`), and what a
+    /// draining peer names in the Server Reference of the DISCONNECT 0x9C it sends its v5
+    /// clients (docs/architecture.md, "Graceful drain"). Default: the bound `listen` address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
     /// Whether clients may connect without credentials (no username, no client certificate)
     /// on `mqtt.listen` and on every `[[listeners]]` entry that does not set its own. A client
     /// refused for it gets CONNACK 0x87 Not authorized (v5) / 0x05 (v3.1.1). Default true, for
@@ -414,6 +436,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            advertise: None,
             allow_anonymous: true,
             max_connections: 100_000,
             max_packet_size: 1_048_576,

@@ -548,11 +548,13 @@ fn kubernetes_manifests_config_loads_in_a_pod() {
         dns("roost-2")
     );
     let advertise = dns("roost-4");
+    let mqtt_advertise = "roost-4.roost-headless.mqtt.svc.cluster.local:1883";
     let base = vec![
         ("HOSTNAME", "roost-4"),
         ("POD_NAME", "roost-4"),
         ("POD_NAMESPACE", "mqtt"),
         ("ROOST_CLUSTER__ADVERTISE", advertise.as_str()),
+        ("ROOST_MQTT__ADVERTISE", mqtt_advertise),
         ("ROOST_CLUSTER__SEEDS", seeds.as_str()),
         (
             "ROOST_CLUSTER__TLS_CERT",
@@ -588,6 +590,7 @@ fn kubernetes_manifests_config_loads_in_a_pod() {
         );
         assert!(c.tls_cert.is_some() && c.tls_key.is_some() && c.tls_ca.is_some());
         assert_eq!(config.mqtt.allow_anonymous, anonymous);
+        assert_eq!(config.mqtt.advertise.as_deref(), Some(mqtt_advertise));
         assert_eq!(config.listeners.len(), 1);
         // The pod's grace period (40 s) must exceed this with room (validate-k8s checks it).
         assert_eq!(c.drain_timeout_ms, 20_000);
@@ -613,6 +616,43 @@ fn node_id_from_hostname_parses_the_last_label_suffix() {
             "{hostname:?}"
         );
     }
+}
+
+#[test]
+fn mqtt_advertise_is_an_address_clients_can_use() {
+    for ok in [
+        "roost-0.roost-headless.mqtt.svc.cluster.local:1883",
+        "10.0.0.1:1883",
+        "[::1]:1883",
+    ] {
+        let config = Config::from_toml_str(&format!("[mqtt]\nadvertise = \"{ok}\"\n")).unwrap();
+        assert_eq!(config.mqtt.advertise.as_deref(), Some(ok));
+    }
+    for bad in [
+        "roost-0",
+        ":1883",
+        "roost-0:mqtt",
+        "0.0.0.0:1883",
+        "[::]:1883",
+        "roost-0:0",
+    ] {
+        let e = Config::from_toml_str(&format!("[mqtt]\nadvertise = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid config: mqtt.advertise = {bad:?}: must be HOST:PORT that clients can connect to"
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(Config::default().mqtt.advertise, None);
+    let vars = [("ROOST_MQTT__ADVERTISE", "roost-2.roost-headless:1883")];
+    let config = load_str("", &vars, &CliOverrides::default()).unwrap();
+    assert_eq!(
+        config.mqtt.advertise.as_deref(),
+        Some("roost-2.roost-headless:1883")
+    );
 }
 
 #[test]
