@@ -12,6 +12,7 @@
 //! {"op":"ending","client":"will-1","node":2,"incarnation":4,"kind":"drop","from":80,"at":95}
 //! {"op":"will","client":"watch-3","node":3,"of":"will-1","incarnation":4,"dup":false,"at":97}
 //! {"op":"fault","name":"partition node 3","nodes":[],"cut":[[1,3],[3,1],[2,3],[3,2]],"cluster":3,"from":40,"until":48}
+//! {"op":"outage_bound","max":5000000000,"until":99}
 //! ```
 //!
 //! - `publish`: a publisher's PUBLISH, from sending it (`start`) to its acknowledgement or
@@ -46,6 +47,10 @@
 //!   (from, to) node pairs that could not reach each other; `cluster` the number of nodes. The
 //!   will invariant judges nothing a fault may have touched (see
 //!   `invariants::will`); the other invariants do not read it.
+//! - `outage_bound`: the run promised that every client that keeps a connection (publishers,
+//!   persistent subscribers) is connected again within `max` of losing one, until `until`
+//!   (when the publishers were stopped); see `invariants::outage`. Without it, outages are
+//!   only reported.
 
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -170,6 +175,8 @@ pub enum Op {
         dup: bool,
         at: Nanos,
     },
+    /// The longest time a client may be without a connection (see the module docs).
+    OutageBound { max: Nanos, until: Nanos },
     /// A fault the nemesis injected.
     Fault {
         name: String,

@@ -42,6 +42,9 @@ pub struct Report {
     pub refused_twice: usize,
     /// The will workload's endings and wills (all zero for the other workloads).
     pub wills: invariants::will::Summary,
+    /// The longest times a client that keeps a connection was without one: (client, from,
+    /// to), at most 3 (judged by `invariants::outage` only under a bound).
+    pub outages: Vec<(String, history::Nanos, history::Nanos)>,
 }
 
 impl Report {
@@ -81,6 +84,23 @@ impl Report {
                 self.wills.repeated_under_faults,
                 self.wills.missing_under_faults,
                 self.wills.forbidden_under_faults
+            ));
+        }
+        if !self.outages.is_empty() {
+            let longest: Vec<String> = self
+                .outages
+                .iter()
+                .map(|(c, from, to)| {
+                    format!(
+                        "{c} {:.2} s (from {:.2} s)",
+                        (to - from) as f64 / 1e9,
+                        *from as f64 / 1e9
+                    )
+                })
+                .collect();
+            s.push_str(&format!(
+                "longest times without a connection: {}\n\n",
+                longest.join(", ")
             ));
         }
         s.push_str("| invariant | source | violations |\n|---|---|--:|\n");
@@ -157,5 +177,23 @@ pub fn check(ops: &[Op]) -> Report {
         r.violations.extend((inv.check)(ops));
     }
     r.wills = invariants::will::judge(ops).1;
+    // Outages up to the bound's end, or (no bound) up to the last publish.
+    let end = ops
+        .iter()
+        .find_map(|op| match op {
+            Op::OutageBound { until, .. } => Some(*until),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            ops.iter()
+                .filter_map(|op| match op {
+                    Op::Publish { end, .. } => Some(*end),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        });
+    r.outages = invariants::outage::outages(ops, end);
+    r.outages.truncate(3);
     r
 }

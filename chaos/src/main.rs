@@ -22,13 +22,14 @@ enum Command {
         /// Number of nodes (1 to 5).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared, will.
+        /// The workload: qos1-queue, qos2-exactly-once, takeover, retained, shared, will,
+        /// qos1-and-retained (the first and `retained` at once).
         #[arg(long, default_value = "qos1-queue")]
         workload: String,
         /// Faults to pick from, comma-separated: partition, pause, kill, restart,
         /// rolling-restart, isolate-leader, partition-halves (3+ nodes), bridge (3+ nodes),
         /// ring (4+ nodes), loss, delay (need nft and iptables), membership (a spare node
-        /// N+1 joins and leaves) (empty: none).
+        /// N+1 joins and leaves), scale (N -> N+2 -> N) (empty: none).
         #[arg(long, default_value = "partition,pause", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds of workload (the drain comes after).
@@ -43,6 +44,10 @@ enum Command {
         /// The roost binary (default: next to this one).
         #[arg(long, env = "ROOST_BIN")]
         roost: Option<PathBuf>,
+        /// Judge the `outage` invariant: a publisher or persistent subscriber that loses its
+        /// connection has a new one within this many seconds (default: only reported).
+        #[arg(long)]
+        max_outage_secs: Option<f64>,
     },
     /// Shows the checker catches faults planted in real nodes: short runs against a roost
     /// built with `--features testing`, one failpoint each. Exit 0 only if every planted
@@ -92,7 +97,16 @@ fn main() -> ExitCode {
             seed,
             out,
             roost,
+            max_outage_secs,
         } => {
+            let max_outage = match max_outage_secs.map(std::time::Duration::try_from_secs_f64) {
+                None => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    eprintln!("roost-chaos: --max-outage-secs: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let workload = match workload.parse() {
                 Ok(w) => w,
                 Err(e) => {
@@ -119,6 +133,7 @@ fn main() -> ExitCode {
             eprintln!("roost-chaos: seed {seed}");
             let cfg = roost_chaos::run::RunConfig {
                 nodes,
+                max_outage,
                 ..roost_chaos::run::RunConfig::new(
                     workload,
                     faults,

@@ -4,6 +4,12 @@
 //! both directions (packets vanish; nothing is reset) and leaves the clients' links alone.
 //! Needs root and iproute2.
 //!
+//! Nodes name each other, as a StatefulSet's pods do through the headless Service: node `i` is
+//! `n<i>.<tag>` in a hosts file per namespace (`/etc/netns/<ns>/hosts`, which `ip netns exec`
+//! mounts over `/etc/hosts` for the process it starts). [`Net::move_node`] gives a node a new
+//! address (`.i+10`, `.i+20`, ...: a rescheduled pod's new IP) and rewrites every hosts file in
+//! place, so the name stays and what it resolves to changes.
+//!
 //! The shapes of partition ([`Shape`]), as Jepsen names them, each drawn from the seed:
 //!
 //! ```text
@@ -32,6 +38,8 @@ pub struct Net {
     lossy: BTreeSet<usize>,
     /// The packet delayers now running (one per node namespace).
     delayers: Vec<Delayer>,
+    /// Each node's address now, as the last byte (node `i` at index `i - 1`).
+    hosts: Vec<usize>,
     closed: bool,
 }
 
@@ -68,6 +76,7 @@ impl Net {
             cut: BTreeSet::new(),
             lossy: BTreeSet::new(),
             delayers: Vec::new(),
+            hosts: (1..=nodes).collect(),
             closed: false,
         };
         let br = net.bridge();
@@ -96,7 +105,75 @@ impl Net {
             ])?;
             ip(&["-n", &ns, "link", "set", &inner, "up"])?;
         }
+        net.write_hosts()?;
         Ok(net)
+    }
+
+    /// Node `i`'s name, which every node resolves to its address now (see the module docs).
+    pub fn name(&self, i: usize) -> String {
+        format!("n{i}.{}", self.tag)
+    }
+
+    /// Node `i`'s hosts file, mounted over `/etc/hosts` by `ip netns exec`.
+    fn hosts_file(&self, i: usize) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns")
+            .join(self.ns(i))
+            .join("hosts")
+    }
+
+    /// Writes every node's hosts file: loopback, then each node's name at its address now.
+    /// Written in place (the same file, truncated), so a process that has it mounted reads
+    /// the new contents.
+    fn write_hosts(&self) -> anyhow::Result<()> {
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for i in 1..=self.nodes {
+            text.push_str(&format!("{} {}\n", self.node_ip(i), self.name(i)));
+        }
+        for i in 1..=self.nodes {
+            let file = self.hosts_file(i);
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Gives node `i` its next address (`.i`, `.i+10`, ... `.i+240`, then `.i` again: no two
+    /// nodes share one, as long as there are fewer than 10) and points its name at it in every
+    /// namespace. Returns the new address. The node should not be running (a pod is
+    /// rescheduled with a new IP), and no partition may be in place (its routes name the old
+    /// address).
+    pub fn move_node(&mut self, i: usize) -> anyhow::Result<String> {
+        if !self.cut.is_empty() {
+            bail!("moving node {i} while a partition is in place");
+        }
+        let (old, inner) = (self.node_ip(i), format!("{}n{i}", self.tag));
+        let next = self.hosts[i - 1] + 10;
+        self.hosts[i - 1] = if next > 250 { i } else { next };
+        let new = self.node_ip(i);
+        let ns = self.ns(i);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("{old}/24"),
+            "dev",
+            &inner,
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{new}/24"),
+            "dev",
+            &inner,
+        ])?;
+        self.write_hosts()?;
+        Ok(new)
     }
 
     fn bridge(&self) -> String {
@@ -108,9 +185,9 @@ impl Net {
         format!("{}-{i}", self.tag)
     }
 
-    /// Node `i`'s address.
+    /// Node `i`'s address now (it changes with [`Net::move_node`]).
     pub fn node_ip(&self, i: usize) -> String {
-        format!("{}.{i}", self.prefix)
+        format!("{}.{}", self.prefix, self.hosts[i - 1])
     }
 
     /// The host's address on the bridge (where the clients are).
@@ -232,6 +309,9 @@ impl Net {
         for i in 1..=self.nodes {
             let _ = ip(&["link", "del", &format!("{}h{i}", self.tag)]);
             let _ = ip(&["netns", "del", &self.ns(i)]);
+            if let Some(dir) = self.hosts_file(i).parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         let _ = ip(&["link", "del", &self.bridge()]);
     }

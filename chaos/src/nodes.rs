@@ -1,5 +1,7 @@
 //! The `roost` processes of a run: node `i` runs in its namespace (`ip netns exec`, which execs
-//! the binary, so signals reach it), listens on its address, and logs to `OUT/node-i.log`.
+//! the binary, so signals reach it, and mounts the namespace's hosts file), listens on every
+//! address there, names itself and its peers by name (`n<i>.<tag>`, [`Net::name`]) as pods do,
+//! and logs to `OUT/node-i.log`.
 
 use crate::net::Net;
 use anyhow::{bail, Context};
@@ -12,14 +14,17 @@ use std::time::{Duration, Instant};
 
 /// MQTT, admin HTTP and cluster ports (every node has its own address).
 pub const MQTT: u16 = 1883;
-const HTTP: u16 = 8080;
+pub const HTTP: u16 = 8080;
 const CLUSTER: u16 = 7946;
 
 /// One node's process and where it keeps things.
 pub struct NodeProc {
     pub id: usize,
     pub ns: String,
+    /// Its address now (it changes when the node is moved: [`Nodes::moved`]).
     pub ip: String,
+    /// Its name, which the nodes resolve (the address behind it may change).
+    pub name: String,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -34,6 +39,7 @@ impl NodeProc {
             id: i,
             ns: net.ns(i),
             ip: net.node_ip(i),
+            name: net.name(i),
             data: out.join(format!("node-{i}")),
             log: out.join(format!("node-{i}.log")),
             child: None,
@@ -70,7 +76,7 @@ impl Nodes {
              commit_timeout_ms = 2000\nforward_timeout_ms = 2000\n",
         )?;
         let seeds = (1..=n)
-            .map(|i| format!("{i}@{}:{CLUSTER}", net.node_ip(i)))
+            .map(|i| format!("{i}@{}:{CLUSTER}", net.name(i)))
             .collect();
         let mut nodes = Nodes {
             nodes: Vec::new(),
@@ -126,11 +132,21 @@ impl Nodes {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Node `i`'s cluster address (`ID@HOST:PORT`, as `roost ctl join` takes it) and MQTT
-    /// address.
+    /// Node `i`'s cluster address (`ID@NAME:PORT`, as `roost ctl join` takes it) and MQTT
+    /// address (`NAME:PORT`).
     pub fn member_spec(&self, i: usize) -> (String, String) {
-        let ip = &self.nodes[i - 1].ip;
-        (format!("{i}@{ip}:{CLUSTER}"), format!("{ip}:{MQTT}"))
+        let name = &self.nodes[i - 1].name;
+        (format!("{i}@{name}:{CLUSTER}"), format!("{name}:{MQTT}"))
+    }
+
+    /// Node `i` has a new address (after [`Net::move_node`]; it is not running).
+    pub fn moved(&mut self, i: usize, ip: String) {
+        self.node(i).ip = ip;
+    }
+
+    /// Whether node `i` is running (started and not stopped since; a paused node runs).
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i - 1].child.is_some()
     }
 
     fn node(&mut self, i: usize) -> &mut NodeProc {
@@ -153,12 +169,19 @@ impl Nodes {
             .open(&node.log)?;
         writeln!(log, "---- start ----")?;
         let mut cmd = Command::new("ip");
+        // Listening on every address of the namespace, advertised by name: the address may
+        // change between two starts, as a rescheduled pod's does.
         cmd.args(["netns", "exec", &node.ns])
             .arg(&binary)
             .args(["serve", "--node-id", &i.to_string()])
-            .args(["--mqtt", &format!("{}:{MQTT}", node.ip)])
-            .args(["--http", &format!("{}:{HTTP}", node.ip)])
-            .args(["--cluster", &format!("{}:{CLUSTER}", node.ip)])
+            .args(["--mqtt", &format!("0.0.0.0:{MQTT}")])
+            .args(["--http", &format!("0.0.0.0:{HTTP}")])
+            .args(["--cluster", &format!("0.0.0.0:{CLUSTER}")])
+            .env(
+                "ROOST_CLUSTER__ADVERTISE",
+                format!("{}:{CLUSTER}", node.name),
+            )
+            .env("ROOST_MQTT__ADVERTISE", format!("{}:{MQTT}", node.name))
             .arg("--data-dir")
             .arg(&node.data)
             .arg("--config")
@@ -239,11 +262,13 @@ impl Nodes {
         }
     }
 
-    /// The nodes' admin HTTP addresses, by node id (index 0 is node 1).
-    pub fn admin_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+    /// The admin HTTP addresses of the nodes running now, with their ids (their addresses
+    /// now: a moved node's new one).
+    pub fn running_admin(&self) -> anyhow::Result<Vec<(usize, SocketAddr)>> {
         self.nodes
             .iter()
-            .map(|n| Ok(format!("{}:{HTTP}", n.ip).parse()?))
+            .filter(|n| n.child.is_some())
+            .map(|n| Ok((n.id, format!("{}:{HTTP}", n.ip).parse()?)))
             .collect()
     }
 
@@ -289,17 +314,18 @@ fn signal(child: &Child, sig: Signal) {
     }
 }
 
-/// Waits until every node's `/readyz` says 200 (probes need no token).
-pub async fn wait_ready(admin: Vec<SocketAddr>, limit: Duration) -> anyhow::Result<()> {
+/// Waits until every node of `admin` (id, admin address) says 200 on `/readyz` (probes need
+/// no token).
+pub async fn wait_ready(admin: Vec<(usize, SocketAddr)>, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    for (i, addr) in admin.into_iter().enumerate() {
+    for (id, addr) in admin {
         loop {
             let r = roost_testkit::http_at(addr, "GET", "/readyz", None).await;
             if r.is_ok_and(|r| r.status == 200) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("node {} not ready within {limit:?}", i + 1);
+                bail!("node {id} not ready within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

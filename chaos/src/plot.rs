@@ -128,7 +128,7 @@ fn last_time(op: &Op) -> Nanos {
         Op::Receive { at, .. } => *at,
         Op::Read { end, .. } => *end,
         Op::Ending { at, .. } | Op::Will { at, .. } => *at,
-        Op::Fault { until, .. } => *until,
+        Op::Fault { until, .. } | Op::OutageBound { until, .. } => *until,
         Op::Subscriber { from, until, .. } | Op::Session { from, until, .. } => {
             until.unwrap_or(*from)
         }

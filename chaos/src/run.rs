@@ -34,10 +34,11 @@ pub enum Fault {
     Pause,
     /// One random node SIGKILLed, then started again from its data directory.
     Kill,
-    /// One random node SIGTERMed (a pod's graceful stop), then started again at once.
+    /// One random node SIGTERMed (a pod's graceful stop), then started again at once on a new
+    /// address (a rescheduled pod's new IP; its name stays).
     Restart,
-    /// Every node in turn SIGTERMed and started again, the next one once the cluster is ready
-    /// (a rolling restart of a StatefulSet).
+    /// Every node in turn, highest first, SIGTERMed and started again on a new address, the
+    /// next one once the cluster is ready (a rolling restart of a StatefulSet).
     RollingRestart,
     /// The node the others follow cut off from them (clients still reach it).
     IsolateLeader,
@@ -53,9 +54,15 @@ pub enum Fault {
     /// (NFQUEUE and a delayer in this process: [`crate::delay`]).
     Delay,
     /// A spare node (N+1, its own namespace, a new data directory) started and joined with
-    /// `roost ctl join`; the workload's clients may use it; after the fault time it leaves
-    /// (`roost ctl leave`) and is stopped (SIGTERM).
+    /// `roost ctl join`; the workload's clients may use it; after the fault time it is
+    /// stopped (SIGTERM: its drain hands its sessions on) and removed (`roost ctl leave`).
     Membership,
+    /// Two spare nodes (N+1, N+2, new data directories) started at once and left to join by
+    /// themselves (not among the seeds: they ask a seed, as pods `roost-3` and `roost-4` do
+    /// on a scale-up); once all are ready they serve clients for the fault time; then the
+    /// highest first is stopped (SIGTERM: its drain hands its sessions on) and removed with
+    /// `roost ctl leave` (docs/deploy.md, "Scale down"). N -> N+2 -> N.
+    Scale,
 }
 
 impl Fault {
@@ -73,6 +80,7 @@ impl Fault {
         ("loss", Fault::Loss),
         ("delay", Fault::Delay),
         ("membership", Fault::Membership),
+        ("scale", Fault::Scale),
     ];
 
     /// The fault's name on the command line.
@@ -123,6 +131,9 @@ pub struct RunConfig {
     pub quiet_for: Duration,
     /// `ROOST_FAILPOINTS` for the nodes (selftest only).
     pub failpoints: Option<String>,
+    /// The longest a client that keeps a connection may be without one (`outage`
+    /// invariant); `None`: reported, not judged.
+    pub max_outage: Option<Duration>,
 }
 
 impl RunConfig {
@@ -147,6 +158,16 @@ impl RunConfig {
             fault_for: Duration::from_secs(8),
             quiet_for: Duration::from_secs(5),
             failpoints: None,
+            max_outage: None,
+        }
+    }
+
+    /// How many spare nodes (N+1, ...) the faults use: two to scale, one for membership.
+    fn spares(&self) -> usize {
+        if self.faults.contains(&Fault::Scale) {
+            2
+        } else {
+            usize::from(self.faults.contains(&Fault::Membership))
         }
     }
 }
@@ -217,35 +238,27 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The membership nemesis's spare node has a namespace from the start, and the clients
-    // know its address (it refuses them while it is not running).
-    let spare = cfg
-        .faults
-        .contains(&Fault::Membership)
-        .then_some(cfg.nodes + 1);
-    let all = cfg.nodes + usize::from(spare.is_some());
+    // The spare nodes have namespaces from the start, and the clients know their addresses
+    // (nothing listens there while they are not running).
+    let all = cfg.nodes + cfg.spares();
     let net = Arc::new(Mutex::new(
         Net::new(&tag, all).context("building the network")?,
     ));
     let targets = {
         let n = net.lock();
-        Targets(
-            (1..=all)
-                .map(|i| format!("{}:{MQTT}", n.node_ip(i)).parse())
-                .collect::<Result<_, _>>()?,
-            cfg.nodes,
-        )
+        let nodes = (1..=all)
+            .map(|i| Ok((n.name(i), format!("{}:{MQTT}", n.node_ip(i)).parse()?)))
+            .collect::<anyhow::Result<_>>()?;
+        Targets::new(nodes, cfg.nodes)
     };
-    let nodes = Nodes::start(
+    let mut nodes = Nodes::start(
         &net.lock(),
         cfg.nodes,
         &cfg.roost,
         &cfg.out,
         cfg.failpoints.clone(),
     )?;
-    let admin = nodes.admin_addrs()?;
-    let mut nodes = nodes;
-    if let Some(i) = spare {
+    for i in cfg.nodes + 1..=all {
         nodes.add_spare(&net.lock(), i, &cfg.out);
     }
     let nodes = Arc::new(Mutex::new(nodes));
@@ -253,8 +266,19 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         Arc::clone(&net),
         Arc::clone(&nodes),
     ));
-    rt.block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(30)))
-        .context("the cluster did not start")?;
+    // Every node running now is ready (the admin addresses of now: a moved node's new one).
+    let ready = |limit: Duration| -> anyhow::Result<()> {
+        let admin = nodes.lock().running_admin()?;
+        rt.block_on(nodes::wait_ready(admin, limit))
+    };
+    // Node `i`, stopped, gets a new address; the clients learn it.
+    let move_node = |i: usize| -> anyhow::Result<String> {
+        let ip = net.lock().move_node(i)?;
+        nodes.lock().moved(i, ip.clone());
+        targets.moved(i, format!("{ip}:{MQTT}").parse()?);
+        Ok(ip)
+    };
+    ready(Duration::from_secs(30)).context("the cluster did not start")?;
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
     writeln!(
         events,
@@ -311,7 +335,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 net.lock().partition(&[victim])?
             }
             Fault::Membership => {
-                let i = spare.context("a spare node for the membership nemesis")?;
+                let i = cfg.nodes + 1;
                 victim = i;
                 what = format!("node {i}");
                 let (member, mqtt) = nodes.lock().member_spec(i);
@@ -329,20 +353,34 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 if !nodes.lock().terminate(victim, STOP_LIMIT) {
                     note = " (did not exit within 25 s of SIGTERM: killed)".into();
                 }
+                note.push_str(&format!(" (now at {})", move_node(victim)?));
                 nodes.lock().spawn(victim)?;
             }
             Fault::RollingRestart => {
-                for i in 1..=cfg.nodes {
+                // Highest ordinal first, as the StatefulSet controller goes.
+                for i in (1..=cfg.nodes).rev() {
                     if !nodes.lock().terminate(i, STOP_LIMIT) {
                         note.push_str(&format!(" (node {i} killed 25 s after SIGTERM)"));
                     }
+                    note.push_str(&format!(" (node {i} now at {})", move_node(i)?));
                     nodes.lock().spawn(i)?;
-                    if rt
-                        .block_on(nodes::wait_ready(admin.clone(), Duration::from_secs(20)))
-                        .is_err()
-                    {
+                    if ready(Duration::from_secs(20)).is_err() {
                         note.push_str(&format!(" (not ready 20 s after node {i} restarted)"));
                     }
+                }
+            }
+            Fault::Scale => {
+                what = format!("{} -> {all} -> {} nodes", cfg.nodes, cfg.nodes);
+                for i in cfg.nodes + 1..=all {
+                    nodes.lock().spawn_fresh(i)?;
+                }
+                let up = Instant::now();
+                match ready(Duration::from_secs(60)) {
+                    Ok(()) => note.push_str(&format!(
+                        " ({all} ready {:.1} s after the new nodes started)",
+                        up.elapsed().as_secs_f64()
+                    )),
+                    Err(e) => note.push_str(&format!(" (scale-up: {e})")),
                 }
             }
         }
@@ -358,6 +396,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
                 | Fault::Loss
                 | Fault::Delay
                 | Fault::Membership
+                | Fault::Scale
         ) {
             std::thread::sleep(cfg.fault_for);
         }
@@ -384,13 +423,28 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
             Fault::Membership => {
+                // As docs/deploy.md says: stop it first (its drain hands its sessions on),
+                // then remove it (a leave forgets the sessions a node still holds).
+                if !nodes.lock().terminate(victim, STOP_LIMIT) {
+                    note.push_str(" (killed 25 s after SIGTERM)");
+                }
                 let via = 1 + nemesis_rng.below(cfg.nodes);
                 match nodes.lock().ctl(via, &["leave", &victim.to_string()]) {
                     Ok(_) => note.push_str(&format!(", left through node {via}")),
                     Err(e) => note.push_str(&format!(", leave failed: {e}")),
                 }
-                if !nodes.lock().terminate(victim, STOP_LIMIT) {
-                    note.push_str(" (killed 25 s after SIGTERM)");
+            }
+            Fault::Scale => {
+                // Scale down one at a time, highest first: drain (SIGTERM), then leave.
+                for i in (cfg.nodes + 1..=all).rev() {
+                    if !nodes.lock().terminate(i, STOP_LIMIT) {
+                        note.push_str(&format!(", node {i} killed 25 s after SIGTERM"));
+                    }
+                    let via = 1 + nemesis_rng.below(cfg.nodes);
+                    match nodes.lock().ctl(via, &["leave", &i.to_string()]) {
+                        Ok(_) => note.push_str(&format!(", node {i} left through node {via}")),
+                        Err(e) => note.push_str(&format!(", node {i}: leave failed: {e}")),
+                    }
                 }
             }
             Fault::Restart | Fault::RollingRestart => {}
@@ -413,9 +467,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             | Fault::PartitionHalves
             | Fault::Bridge
             | Fault::Ring => Vec::new(),
-            Fault::RollingRestart | Fault::Loss | Fault::Delay | Fault::Membership => {
-                (1..=all as u64).collect()
-            }
+            Fault::RollingRestart
+            | Fault::Loss
+            | Fault::Delay
+            | Fault::Membership
+            | Fault::Scale => (1..=all as u64).collect(),
             Fault::Pause | Fault::Kill | Fault::Restart => vec![victim as u64],
         };
         rec.push(history::Op::Fault {
@@ -435,8 +491,14 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     let rest = cfg.duration.saturating_sub(started.elapsed());
     std::thread::sleep(rest);
     stops.publishers.store(true, Ordering::Release);
+    if let Some(max) = cfg.max_outage {
+        rec.push(history::Op::OutageBound {
+            max: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
+            until: rec.now(),
+        });
+    }
     // The quiet phase: the cluster heals by itself and subscribers drain what they are owed.
-    let healed = rt.block_on(nodes::wait_ready(admin, Duration::from_secs(10)));
+    let healed = ready(Duration::from_secs(10));
     writeln!(
         events,
         "healed within 10 s of the last fault: {}",
@@ -481,6 +543,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         cfg.duration.as_secs(),
         cfg.seed
     );
+    if let Some(max) = cfg.max_outage {
+        md = md.replacen(
+            "`\n\n",
+            &format!(" --max-outage-secs {}`\n\n", max.as_secs_f64()),
+            1,
+        );
+    }
     md.push_str("![throughput](throughput.svg)\n\n![latency](latency.svg)\n\n");
     md.push_str(&report.markdown(50));
     if healed.is_err() {

@@ -95,13 +95,42 @@ pub fn selftest(roost: &Path, out: &Path) -> anyhow::Result<bool> {
 }
 
 /// One run of the suite.
+#[derive(Clone)]
 struct Case {
     workload: Workload,
     faults: &'static [Fault],
     secs: u64,
     seed: u64,
     nodes: usize,
+    /// The `outage` bound (clients back within it), for the operators' faults.
+    outage: Option<Duration>,
 }
+
+/// Clients back within this under the operators' faults (a rolling restart, a scale-down):
+/// each stopping node tells its v5 clients where to go and moves their sessions there.
+const BACK_WITHIN: Duration = Duration::from_secs(5);
+
+/// What issue 11 asks of a rolling restart and a scale 3 -> 5 -> 3: QoS 1 with persistent
+/// subscribers and retained messages, nothing acknowledged lost, every client back within
+/// [`BACK_WITHIN`]. In both suites.
+const ROLLOUTS: [Case; 2] = [
+    Case {
+        workload: Workload::Qos1AndRetained,
+        faults: &[Fault::RollingRestart],
+        secs: 35,
+        nodes: 3,
+        seed: 80,
+        outage: Some(BACK_WITHIN),
+    },
+    Case {
+        workload: Workload::Qos1AndRetained,
+        faults: &[Fault::Scale],
+        secs: 35,
+        nodes: 3,
+        seed: 81,
+        outage: Some(BACK_WITHIN),
+    },
+];
 
 const ALL_FAULTS: &[Fault] = &[Fault::Partition, Fault::Pause, Fault::Kill];
 /// The network's faults on 3 nodes (`ring` needs 4): the full suite's second round.
@@ -117,6 +146,7 @@ const OPERATOR_FAULTS: &[Fault] = &[
     Fault::RollingRestart,
     Fault::IsolateLeader,
     Fault::Membership,
+    Fault::Scale,
 ];
 /// How long each run of the full suite lasts: 3 rounds of 6 workloads and the 5-node run,
 /// 19 × 70 s = 22 minutes of faults.
@@ -129,6 +159,7 @@ const SHORT: &[Case] = &[
         secs: 35,
         nodes: 3,
         seed: 2,
+        outage: None,
     },
     Case {
         workload: Workload::Qos2ExactlyOnce,
@@ -136,6 +167,7 @@ const SHORT: &[Case] = &[
         secs: 22,
         nodes: 3,
         seed: 7,
+        outage: None,
     },
     Case {
         workload: Workload::Takeover,
@@ -143,6 +175,7 @@ const SHORT: &[Case] = &[
         secs: 22,
         nodes: 3,
         seed: 3,
+        outage: None,
     },
     Case {
         workload: Workload::Retained,
@@ -150,6 +183,7 @@ const SHORT: &[Case] = &[
         secs: 22,
         nodes: 3,
         seed: 4,
+        outage: None,
     },
     Case {
         workload: Workload::Shared,
@@ -157,6 +191,7 @@ const SHORT: &[Case] = &[
         secs: 22,
         nodes: 3,
         seed: 5,
+        outage: None,
     },
     Case {
         workload: Workload::Will,
@@ -164,6 +199,7 @@ const SHORT: &[Case] = &[
         secs: 22,
         nodes: 3,
         seed: 6,
+        outage: None,
     },
     Case {
         workload: Workload::Takeover,
@@ -171,6 +207,7 @@ const SHORT: &[Case] = &[
         secs: 25,
         nodes: 3,
         seed: 34,
+        outage: None,
     },
 ];
 
@@ -191,6 +228,7 @@ pub fn suite(roost: &Path, out: &Path, short: bool) -> anyhow::Result<bool> {
                 secs: FULL_SECS,
                 seed: 1000 + 100 * round as u64 + i as u64,
                 nodes: 3,
+                outage: None,
             });
         }
     }
@@ -200,13 +238,17 @@ pub fn suite(roost: &Path, out: &Path, short: bool) -> anyhow::Result<bool> {
         secs: FULL_SECS,
         seed: 1300,
         nodes: 5,
+        outage: None,
     });
-    let cases: &[Case] = if short { SHORT } else { &long };
+    long.extend(ROLLOUTS);
+    let short_cases: Vec<Case> = SHORT.iter().cloned().chain(ROLLOUTS).collect();
+    let cases: &[Case] = if short { &short_cases } else { &long };
     let mut all = true;
     let mut table = String::from("| workload | faults | seconds | seed | acked | violations | healed |\n|---|---|--:|--:|--:|--:|---|\n");
     for c in cases {
         let cfg = RunConfig {
             nodes: c.nodes,
+            max_outage: c.outage,
             ..RunConfig::new(
                 c.workload,
                 c.faults.to_vec(),

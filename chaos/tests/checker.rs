@@ -493,3 +493,82 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+fn bound(max: u64, until: u64) -> Op {
+    Op::OutageBound { max, until }
+}
+
+/// A publisher and a persistent subscriber, each reconnecting once: out for 30 and 20.
+fn outages() -> Vec<Op> {
+    vec![
+        subscriber("s1", "q/+"),
+        session("s1", 1, 0, Some(100)),
+        session("s1", 2, 120, None),
+        publish("p1", 1, 1, 10, 20, Outcome::Ok),
+        receive("s1", "p1", 1, 1, 25),
+        session("p1", 1, 0, Some(50)),
+        session("p1", 3, 80, Some(300)),
+        // A reader of retained values connects now and then: it keeps no connection.
+        session("r1", 1, 0, Some(10)),
+        session("r1", 1, 200, Some(210)),
+    ]
+}
+
+#[test]
+fn a_client_back_within_the_bound_holds_and_one_out_longer_is_reported() {
+    let mut h = outages();
+    h.push(bound(30, 250));
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!(
+        r.outages,
+        vec![("p1".to_owned(), 50, 80), ("s1".to_owned(), 100, 120)],
+        "the longest first; the reader is not judged"
+    );
+
+    let mut h = outages();
+    h.push(bound(25, 250));
+    let r = check(&h);
+    assert_eq!(found(&r), vec!["outage"], "{}", r.markdown(10));
+    assert!(
+        r.violations[0].detail.starts_with("p1:"),
+        "{:?}",
+        r.violations
+    );
+}
+
+#[test]
+fn outages_are_only_reported_without_a_bound() {
+    let r = check(&outages());
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert_eq!(r.outages.len(), 2);
+    assert!(r
+        .markdown(10)
+        .contains("longest times without a connection: p1 0.00 s"));
+}
+
+#[test]
+fn a_client_never_back_is_out_until_the_bound_ends() {
+    let mut h = outages();
+    // p1's last connection ends at 300: never back before the publishers stop at 500.
+    h.push(bound(100, 500));
+    let r = check(&h);
+    assert_eq!(found(&r), vec!["outage"], "{}", r.markdown(10));
+    assert!(r.violations[0].detail.starts_with("p1: no connection for"));
+    assert_eq!(r.outages[0], ("p1".to_owned(), 300, 500));
+}
+
+#[test]
+fn overlapping_connections_are_no_outage() {
+    let h = vec![
+        subscriber("s1", "q/+"),
+        session("s1", 1, 0, Some(100)),
+        // The takeover's new connection before the old one was seen closed.
+        session("s1", 2, 90, Some(400)),
+        session("s1", 3, 150, None),
+        bound(1, 1000),
+    ];
+    let r = check(&h);
+    assert!(r.ok(), "{}", r.markdown(10));
+    assert!(r.outages.is_empty(), "{:?}", r.outages);
+}

@@ -128,3 +128,77 @@ fn loss_and_delay_touch_node_to_node_packets_only_until_healed() {
     stop.store(true, Ordering::Release);
     net.close();
 }
+
+/// What `getent hosts NAME` prints in namespace `ns` (through `ip netns exec`, which mounts the
+/// namespace's hosts file, as for the nodes), after waiting `after`.
+fn resolve_in(ns: &str, name: &str, after: Duration) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!(
+            "sleep {}; getent hosts {name}",
+            after.as_secs_f64()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn output(c: std::process::Child) -> String {
+    String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn a_moved_node_keeps_its_name_and_answers_at_its_new_address_only() {
+    if !can_run() {
+        eprintln!("skipped: needs root, iproute2, nft and iptables");
+        return;
+    }
+    let tag = format!("cm{:04x}", std::process::id() & 0xffff);
+    let mut net = Net::new(&tag, 2).unwrap();
+    let (name, old) = (net.name(1), net.node_ip(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    echo_server(
+        net.ns(1),
+        "0.0.0.0:7000".parse().unwrap(),
+        Arc::clone(&stop),
+    );
+    let ns2 = net.ns(2);
+    assert_eq!(
+        output(resolve_in(&ns2, &name, Duration::ZERO))
+            .split_whitespace()
+            .next(),
+        Some(old.as_str())
+    );
+    let at = |ip: &str| round_trip(Some(ns2.clone()), format!("{ip}:7000").parse().unwrap());
+    assert!(at(&old).is_some());
+    // A process that started before the move reads the new address: the file is rewritten
+    // in place, under the mount `ip netns exec` made.
+    let running = resolve_in(&ns2, &name, Duration::from_secs(1));
+
+    let new = net.move_node(1).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(net.node_ip(1), new);
+    assert_eq!(net.name(1), name, "the name stays");
+    assert_eq!(
+        output(running).split_whitespace().next(),
+        Some(new.as_str())
+    );
+    assert_eq!(
+        output(resolve_in(&ns2, &name, Duration::ZERO))
+            .split_whitespace()
+            .next(),
+        Some(new.as_str())
+    );
+    assert!(at(&new).is_some(), "reached at the new address");
+    assert_eq!(at(&old), None, "nothing at the old one");
+    // Another move gives yet another address; every node's stays its own.
+    let third = net.move_node(1).unwrap();
+    assert!(third != new && third != old && third != net.node_ip(2));
+
+    stop.store(true, Ordering::Release);
+    net.close();
+    assert!(
+        !std::path::Path::new("/etc/netns").join(&ns2).exists(),
+        "the hosts files go with the namespaces"
+    );
+}

@@ -5,6 +5,7 @@ use crate::history::Op;
 
 pub mod duplicated;
 pub mod lost;
+pub mod outage;
 pub mod reordered;
 pub mod stale_retained;
 pub mod two_sessions;
@@ -66,5 +67,10 @@ pub const ALL: &[Invariant] = &[
         name: will::NAME,
         source: will::SOURCE,
         check: will::check,
+    },
+    Invariant {
+        name: outage::NAME,
+        source: outage::SOURCE,
+        check: outage::check,
     },
 ];

@@ -8,6 +8,7 @@
 //! | `retained` | one writer per topic `chaos/r/N`, retained QoS 1 | readers: a new clean subscription on a random node, reading the retained value | stale retained |
 //! | `shared` | as `qos1-queue`, QoS 2 to `chaos/s` | one member per node of `$share/g/chaos/s`, persistent, recorded as the group | lost and duplicated for the group |
 //! | `will` | will clients `will-N` (two per node) connecting to random nodes with a Last Will and ending each connection by a dropped socket, DISCONNECT 0x00 or 0x04 | one watcher per node on `chaos/w/#`, persistent, QoS 1 | wills published exactly when due, once |
+//! | `qos1-and-retained` | `qos1-queue`'s and `retained`'s together (what a rolling restart must not lose) | both | both |
 
 mod queue;
 mod retained;
@@ -34,6 +35,8 @@ pub enum Workload {
     Retained,
     Shared,
     Will,
+    /// `Qos1Queue` and `Retained` at once.
+    Qos1AndRetained,
 }
 
 impl Workload {
@@ -55,6 +58,7 @@ impl Workload {
             Workload::Retained => "retained",
             Workload::Shared => "shared",
             Workload::Will => "will",
+            Workload::Qos1AndRetained => "qos1-and-retained",
         }
     }
 }
@@ -62,13 +66,11 @@ impl Workload {
 impl std::str::FromStr for Workload {
     type Err = String;
     fn from_str(s: &str) -> Result<Workload, String> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.name() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
-                format!("unknown workload {s:?} (known: {})", known.join(", "))
-            })
+        let named = Workload::ALL.into_iter().chain([Workload::Qos1AndRetained]);
+        named.clone().find(|w| w.name() == s).ok_or_else(|| {
+            let known: Vec<_> = named.map(|w| w.name()).collect();
+            format!("unknown workload {s:?} (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -95,9 +97,14 @@ pub fn spawn(
     stops: &Stops,
     rng: &mut Rng,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let nodes = targets.0.len();
+    let nodes = targets.len();
     let mut tasks = Vec::new();
     match w {
+        Workload::Qos1AndRetained => {
+            tasks = spawn(Workload::Qos1Queue, rt, targets, rec, stops, rng);
+            tasks.extend(spawn(Workload::Retained, rt, targets, rec, stops, rng));
+            return tasks;
+        }
         Workload::Retained => {
             for i in 1..=nodes {
                 let r = Rng::new(rng.next_u64());
@@ -122,7 +129,7 @@ pub fn spawn(
         Workload::Will => {
             // Watchers stay on their node: not on a spare that leaves and takes their
             // sessions with it.
-            for i in 1..=targets.1 {
+            for i in 1..=targets.members {
                 tasks.push(rt.spawn(will::watcher(
                     i,
                     targets.clone(),
@@ -207,22 +214,121 @@ impl Default for Recorder {
     }
 }
 
-/// The nodes' MQTT addresses, by node id (index 0 is node 1), and how many of them are
-/// members from the start (the rest: the membership nemesis's spare, often not running).
+/// Where the clients find the nodes: each node's MQTT address now (by node id; the nemesis
+/// updates it when a node moves) and name (what a Server Reference names), and how many nodes
+/// are members from the start (the rest: spares, often not running).
 #[derive(Clone)]
-pub struct Targets(pub Vec<SocketAddr>, pub usize);
+pub struct Targets {
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
+    names: Arc<Vec<String>>,
+    /// Members from the start: nodes `1..=members`.
+    pub members: usize,
+}
 
-/// Connects `client_id` (v5) to node `node` (1-based); `None` when refused or unreachable.
-/// Returns the client and whether a session was present.
+impl Targets {
+    /// `nodes`: each node's (name, MQTT address), node 1 first.
+    pub fn new(nodes: Vec<(String, SocketAddr)>, members: usize) -> Targets {
+        let (names, addrs) = nodes.into_iter().unzip();
+        Targets {
+            addrs: Arc::new(Mutex::new(addrs)),
+            names: Arc::new(names),
+            members,
+        }
+    }
+
+    /// How many nodes there are, spares included.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Node `node`'s MQTT address now.
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        self.addrs.lock()[node - 1]
+    }
+
+    /// Node `node` listens at `addr` from now on.
+    pub fn moved(&self, node: usize, addr: SocketAddr) {
+        self.addrs.lock()[node - 1] = addr;
+    }
+
+    /// The node a Server Reference (`NAME:PORT`, or `HOST:PORT` by address) names, if any.
+    pub fn named(&self, reference: &str) -> Option<usize> {
+        let host = reference.rsplit_once(':').map_or(reference, |(h, _)| h);
+        if let Some(i) = self.names.iter().position(|n| n == host) {
+            return Some(i + 1);
+        }
+        let addrs = self.addrs.lock();
+        addrs
+            .iter()
+            .position(|a| a.to_string() == reference || a.ip().to_string() == host)
+            .map(|i| i + 1)
+    }
+
+    /// Whether a client of home `home`, connected to `node`, should go home when it can: its
+    /// home is a spare (it was not running when the client connected; once it runs, a Service
+    /// sends new connections there too), and it is elsewhere. It goes after [`HOME_AFTER`],
+    /// once its home is [`ready`](Self::ready).
+    pub fn away_from_spare_home(&self, home: usize, node: usize) -> bool {
+        node != home && home > self.members
+    }
+
+    /// Whether node `node` says 200 on `/readyz` within half a second: a Service sends
+    /// clients only to ready pods.
+    pub async fn ready(&self, node: usize) -> bool {
+        let admin = SocketAddr::new(self.addr(node).ip(), crate::nodes::HTTP);
+        let probe = roost_testkit::http_at(admin, "GET", "/readyz", None);
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), probe).await,
+            Ok(Ok(r)) if r.status == 200
+        )
+    }
+
+    /// Where a client whose connection `c` ended goes next: the node named by the Server
+    /// Reference of the broker's DISCONNECT (0x9C Use another server, 0x9D Server moved),
+    /// as an MQTT 5 client does; `None` when there was none.
+    pub fn referred(&self, c: &RawClient) -> Option<usize> {
+        let reference = c
+            .broker_disconnect()?
+            .properties
+            .server_reference
+            .as_deref()?;
+        self.named(reference)
+    }
+}
+
+/// How long a client whose home is a spare stays elsewhere before it tries its home again
+/// ([`Targets::away_from_spare_home`]): the clients of the nodes a scale-up adds use them.
+pub(crate) const HOME_AFTER: Duration = Duration::from_secs(2);
+
+/// Why a client could not connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoConnection {
+    /// Nothing listens there (the node is stopped, starting, or moved): a Service would not
+    /// route there either.
+    Unreachable,
+    /// Refused (a CONNACK failure code, no lease, no quorum) or no CONNACK in time.
+    Refused,
+}
+
+/// Connects `client_id` (v5) to node `node` (1-based). Returns the client and whether a
+/// session was present.
 async fn connect(
     targets: &Targets,
     node: usize,
     client_id: &str,
     persistent: bool,
-) -> Option<(RawClient, bool)> {
-    let addr = targets.0[node - 1];
+) -> Result<(RawClient, bool), NoConnection> {
+    let addr = targets.addr(node);
     let open = tokio::time::timeout(Duration::from_secs(2), RawClient::open(addr, Protocol::V5));
-    let mut c = open.await.ok()?.ok()?;
+    let mut c = match open.await {
+        Ok(Ok(c)) => c,
+        _ => return Err(NoConnection::Unreachable),
+    };
     let packet = if persistent {
         persistent_packet(Protocol::V5, client_id)
     } else {
@@ -231,15 +337,23 @@ async fn connect(
     // A takeover from an unreachable owner waits for its lease: allow for it.
     let ack = tokio::time::timeout(Duration::from_secs(15), c.handshake(packet))
         .await
-        .ok()?
-        .ok()?;
-    (ack.reason_code == ReasonCode::SUCCESS).then_some((c, ack.session_present))
+        .map_err(|_| NoConnection::Refused)?
+        .map_err(|_| NoConnection::Refused)?;
+    if ack.reason_code != ReasonCode::SUCCESS {
+        return Err(NoConnection::Refused);
+    }
+    Ok((c, ack.session_present))
 }
 
 /// What one publishing client does: publish `NAME:SEQ` to `topic` through node `node` every
-/// `every` until told to stop, reconnecting to its node when cut off, recording each outcome
-/// (`ok` on success, 0x10 No matching subscribers included; `failed` on a failure code;
-/// `unknown` when the connection broke first).
+/// `every` until told to stop, recording each outcome (`ok` on success, 0x10 No matching
+/// subscribers included; `failed` on a failure code; `unknown` when the connection broke
+/// first). After a lost connection it goes where the broker's DISCONNECT referred it (a
+/// draining node's 0x9C), else back to its node; where nothing listens (a node stopped or
+/// moved) it tries the next node, as a Service routes only to running pods; a node that
+/// refuses it (no lease, no quorum) it tries again. A client whose node is a spare goes back
+/// to it from elsewhere once it is ready (asked every [`HOME_AFTER`]), so the nodes a
+/// scale-up adds serve clients.
 pub(crate) struct Publishing {
     pub(crate) name: String,
     pub(crate) node: usize,
@@ -258,12 +372,29 @@ pub(crate) async fn publish_until(
 ) {
     use std::sync::atomic::Ordering;
     let mut seq = 0u64;
+    // The home node first; see [`Publishing`] for where it goes when that fails.
+    let mut node = p.node;
+    let mut unreachable = 0;
     while !stop.load(Ordering::Acquire) {
-        let Some((mut c, _)) = connect(&targets, p.node, &p.name, false).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        let mut c = match connect(&targets, node, &p.name, false).await {
+            Ok((c, _)) => c,
+            Err(NoConnection::Unreachable) => {
+                node = node % targets.len() + 1;
+                unreachable += 1;
+                if unreachable % targets.len() == 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            Err(NoConnection::Refused) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
+        unreachable = 0;
         let from = rec.now();
+        // When this client last asked whether its home is ready.
+        let mut checked = from;
         while !stop.load(Ordering::Acquire) {
             seq += 1;
             let payload = format!("{}:{seq}", p.name);
@@ -278,7 +409,7 @@ pub(crate) async fn publish_until(
             };
             rec.push(Op::Publish {
                 client: p.name.clone(),
-                node: p.node as u64,
+                node: node as u64,
                 topic: p.topic.clone(),
                 seq,
                 qos: p.qos as u8,
@@ -291,13 +422,25 @@ pub(crate) async fn publish_until(
                 break;
             }
             tokio::time::sleep(p.every).await;
+            if targets.away_from_spare_home(p.node, node)
+                && rec.now().saturating_sub(checked) > HOME_AFTER.as_nanos() as u64
+            {
+                checked = rec.now();
+                if targets.ready(p.node).await {
+                    let _ = c
+                        .send(&roost_codec::Packet::Disconnect(Default::default()))
+                        .await;
+                    break;
+                }
+            }
         }
         rec.push(Op::Session {
             client: p.name.clone(),
-            node: p.node as u64,
+            node: node as u64,
             from,
             until: Some(rec.now()),
         });
+        node = targets.referred(&c).unwrap_or(p.node);
     }
 }
 

@@ -66,7 +66,10 @@ impl Spec {
                 shared: true,
                 ..base
             },
-            Workload::Qos1Queue | Workload::Retained | Workload::Will => base,
+            Workload::Qos1Queue
+            | Workload::Retained
+            | Workload::Will
+            | Workload::Qos1AndRetained => base,
         }
     }
 
@@ -120,14 +123,14 @@ pub(super) async fn subscriber(
         name.clone()
     };
     let stop = stops.receivers;
-    let nodes = targets.0.len();
+    let nodes = targets.len();
     // QoS 2 packet ids that got a PUBREC and no PUBREL yet: the session's, across connections.
     let awaiting_rel = Arc::new(Mutex::new(HashSet::new()));
     let mut node = home;
     let mut subscribed = false;
     let mut readers = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        let Some((mut c, present)) = connect(&targets, node, &name, true).await else {
+        let Ok((mut c, present)) = connect(&targets, node, &name, true).await else {
             // Refused (no lease, no quorum) or unreachable: try another node.
             node = 1 + rng.below(nodes);
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -165,17 +168,21 @@ pub(super) async fn subscriber(
                 recorded_as: recorded_as.clone(),
                 node,
                 from,
+                home: targets.away_from_spare_home(home, node).then_some(home),
             },
             rec.clone(),
+            targets.clone(),
             Arc::clone(&stop),
             Arc::clone(&awaiting_rel),
         ));
         match spec.hop {
             Hop::OnLoss => {
-                let _ = reader.await;
-                if rng.below(3) == 0 {
-                    node = 1 + rng.below(nodes);
-                }
+                // Where the broker referred it (a draining node's 0x9C), else a random node
+                // one time in three.
+                let referred = reader.await.ok().flatten();
+                let hop = rng.below(3) == 0;
+                let random = 1 + rng.below(nodes);
+                node = referred.unwrap_or(if hop { random } else { node });
             }
             Hop::Connected => {
                 let stay = Duration::from_millis(1000 + rng.below(2000) as u64);
@@ -202,20 +209,29 @@ struct Conn {
     recorded_as: String,
     node: usize,
     from: u64,
+    /// The client's home, a spare, to go back to after [`super::HOME_AFTER`].
+    home: Option<usize>,
 }
 
 /// Reads one connection until it ends or `stop`, recording what it receives and, at the end,
 /// the connection as a `session` live until the broker last showed it served it (a packet
 /// other than the one that closed it; a PINGREQ goes out after every idle second). A node
 /// that is paused holds its connections open but serves nobody: its session is not live.
+/// Returns the node the broker's DISCONNECT referred the client to, if it did, or its home
+/// when it left to go there (`conn.home`).
 async fn read(
     mut c: RawClient,
     conn: Conn,
     rec: Recorder,
+    targets: Targets,
     stop: Arc<std::sync::atomic::AtomicBool>,
     awaiting_rel: Arc<Mutex<HashSet<u16>>>,
-) {
+) -> Option<usize> {
     let mut live = Liveness::new(&rec, &stop, conn.from);
+    let mut go_home_at = conn
+        .home
+        .map(|_| std::time::Instant::now() + super::HOME_AFTER);
+    let mut gone_home = false;
     while let Some(packet) = live.next(&mut c).await {
         let sent = match packet {
             Packet::Publish(p) => {
@@ -251,6 +267,17 @@ async fn read(
         if sent.is_err() {
             break;
         }
+        // A receiver hears a packet at least every second (it pings when idle).
+        if let (Some(at), Some(home)) = (go_home_at, conn.home) {
+            if std::time::Instant::now() >= at {
+                if targets.ready(home).await {
+                    let _ = c.send(&Packet::Disconnect(Default::default())).await;
+                    gone_home = true;
+                    break;
+                }
+                go_home_at = Some(std::time::Instant::now() + super::HOME_AFTER);
+            }
+        }
     }
     rec.push(Op::Session {
         client: conn.name,
@@ -258,4 +285,8 @@ async fn read(
         from: conn.from,
         until: Some(live.alive),
     });
+    if gone_home {
+        return conn.home;
+    }
+    targets.referred(&c)
 }

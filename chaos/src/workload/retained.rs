@@ -34,14 +34,14 @@ pub(super) async fn writer(node: usize, targets: Targets, rec: Recorder, stops: 
 /// Reader `rr-{id}`: reads until the publishers stop.
 pub(super) async fn reader(id: usize, targets: Targets, rec: Recorder, stops: Stops, mut rng: Rng) {
     let name = format!("rr-{id}");
-    let nodes = targets.0.len();
+    let nodes = targets.len();
     while !stops.publishers.load(Ordering::Acquire) {
         let node = 1 + rng.below(nodes);
         let t = topic(1 + rng.below(nodes));
         let start = rec.now();
         let (value, outcome, live) = match connect(&targets, node, &name, false).await {
-            None => (None, Outcome::Failed, None),
-            Some((mut c, _)) => {
+            Err(_) => (None, Outcome::Failed, None),
+            Ok((mut c, _)) => {
                 let from = rec.now();
                 let r = read_one(&mut c, &t).await;
                 let _ = c.send(&Packet::Disconnect(Default::default())).await;

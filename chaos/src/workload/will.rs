@@ -76,12 +76,12 @@ pub(super) async fn will_client(
     mut rng: Rng,
 ) {
     let name = format!("will-{id}");
-    let nodes = targets.0.len();
+    let nodes = targets.len();
     let stop = stops.publishers;
     let mut incarnation = 0u64;
     while !stop.load(Ordering::Acquire) {
         let node = 1 + rng.below(nodes);
-        let addr = targets.0[node - 1];
+        let addr = targets.addr(node);
         let open =
             tokio::time::timeout(Duration::from_secs(2), RawClient::open(addr, Protocol::V5));
         let Ok(Ok(mut c)) = open.await else {
@@ -202,7 +202,7 @@ pub(super) async fn watcher(home: usize, targets: Targets, rec: Recorder, stops:
     let mut subscribed_from: Option<u64> = None;
     let mut last_alive = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let Some((mut c, present)) = super::connect(&targets, home, &name, true).await else {
+        let Ok((mut c, present)) = super::connect(&targets, home, &name, true).await else {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };

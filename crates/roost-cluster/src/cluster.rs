@@ -459,6 +459,18 @@ impl Cluster {
         self.members.load(std::sync::atomic::Ordering::Relaxed) > 1
     }
 
+    /// Whether `id` is a member of the cluster now (a voter or a learner, as this node has
+    /// applied the membership): a node that left is not.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     /// Number of voting members.
     pub fn voter_count(&self) -> usize {
         self.raft

@@ -159,9 +159,11 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         HANDOVER_PASSED_ON_DROPPED,
-        "messages passed on from a session's old owner that this node dropped, by reason: \
-         session_gone (the session ended or lost its subscription meanwhile, e.g. a clean \
-         start); QoS 1/2 ones it could not place in time are not acknowledged instead, see \
+        "messages passed on from a session's old owner that were dropped, by reason: \
+         session_gone (on the new owner: the session ended or lost its subscription \
+         meanwhile, e.g. a clean start), owner_left (on the old owner: the node the session \
+         had moved to left the cluster, and its sessions with it); QoS 1/2 ones the new owner \
+         could not place in time are not acknowledged instead, see \
          roost_cluster_received_not_accepted_total"
     );
     describe_counter!(
@@ -276,6 +278,7 @@ pub(crate) struct Metrics {
     pub(crate) shared_served_elsewhere: Counter,
     pub(crate) shared_no_member: NodeCounter,
     pub(crate) passed_on_gone: Counter,
+    pub(crate) passed_on_owner_left: Counter,
     pub(crate) stale_copy_dropped: Counter,
     pub(crate) subscriptions: Gauge,
     /// Route changes not committed yet (`RouteTable::pending`).
@@ -325,6 +328,7 @@ impl Metrics {
                 counter!(PUBLISH_DROPPED, "reason" => "shared_no_member"),
             ),
             passed_on_gone: counter!(HANDOVER_PASSED_ON_DROPPED, "reason" => "session_gone"),
+            passed_on_owner_left: counter!(HANDOVER_PASSED_ON_DROPPED, "reason" => "owner_left"),
             stale_copy_dropped: counter!(SESSION_STALE_DROPPED),
             subscriptions: gauge!(SUBSCRIPTIONS),
             routes_pending: gauge!(ROUTES_PENDING),

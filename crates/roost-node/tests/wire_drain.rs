@@ -487,3 +487,90 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_have_theirs() {
         n.stop().await;
     }
 }
+
+/// Issue 11 (roost-chaos `membership`, seed 71, after the chaos clients began to use the node
+/// that joins: 1,822 publishes refused over 18 s, two nodes taken for unreachable). A session
+/// that moves from node 1 to node 3 leaves a tombstone on node 1 that passes on what still
+/// matches it (docs/rfcs/0006). When node 3 then left the cluster, every pass-on was refused
+/// (no member), so node 1 acknowledged nothing that matched the tombstone: its own publishers
+/// heard 0x80, and its peers' forward streams to it stalled until they took it for unreachable
+/// and refused every publish with a subscriber on node 1, for as long as the tombstone stood.
+/// The replicated state says where the session is now: a session forgotten with the node
+/// (`leave` forgets a node's sessions, docs/deploy.md) is owed nothing, so the pass-on is
+/// dropped and counted; one that moved on to a member gets it there. What else the message
+/// owed is delivered and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_for_a_node_that_left_does_not_refuse_what_else_matches() {
+    let (nodes, _) = nodes_with(3, false, |_| {}).await.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    // `stay` keeps node 1 routed for the topic; `mover` goes from node 1 to node 3 and stays
+    // there; `hopper` goes from node 1 to node 3, then on to node 2 (node 1's tombstone still
+    // names node 3).
+    let (mut stay, _) = connect_persistent(addrs[0], Protocol::V311, "stay").await;
+    stay.subscribe("tl/t", QoS::AtLeastOnce).await.unwrap();
+    let (mut mover, _) = connect_persistent(addrs[0], Protocol::V311, "mover").await;
+    mover.subscribe("tl/t", QoS::AtLeastOnce).await.unwrap();
+    let (_mover_on_3, present) = resume(addrs[2], Protocol::V311, "mover").await;
+    assert!(present, "the session moved to node 3");
+    let (mut hopper, _) = connect_persistent(addrs[0], Protocol::V311, "hopper").await;
+    hopper.subscribe("tl/t", QoS::AtLeastOnce).await.unwrap();
+    let (_hopper_on_3, present) = resume(addrs[2], Protocol::V311, "hopper").await;
+    assert!(present, "the session moved to node 3");
+    let (mut hopper, present) = resume(addrs[1], Protocol::V311, "hopper").await;
+    assert!(present, "the session moved on to node 2");
+    let gone_before = metric(&nodes[0], "roost_handover_passed_on_dropped_total").await;
+
+    // Node 3 leaves (its sessions are forgotten), through node 1.
+    let r = http(&nodes[0], "DELETE", "/api/v1/cluster/members/3", None).await;
+    assert!(r.status < 300, "{r:?}");
+
+    // A publisher on node 1: what it publishes reaches `stay`, acknowledged with success. The
+    // first tries may still find node 3's route (node 1 applies the forgetting just after the
+    // leave returns); the tombstone stands far longer (commit timeout + lease + forward
+    // timeout, over 9 s).
+    let mut publisher = connect_clean(addrs[0], Protocol::V5, "pub").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let r = publisher
+            .publish("tl/t", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        if !r.is_error() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every publish refused for 3 s after node 3 left ({r:?}): the tombstone for it \
+             refuses what matches"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        i += 1;
+        let r = publisher
+            .publish("tl/t", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert!(!r.is_error(), "m{i}: {r:?}");
+    }
+    let got = drain_publishes(&mut stay, Duration::from_millis(500)).await;
+    for n in i - 5..=i {
+        assert!(got.contains(&format!("m{n}")), "m{n} missing: {got:?}");
+    }
+    // The hopper gets each once: directly (node 2's route) and, from node 1's tombstone,
+    // readdressed to node 2, where the copy is recognised.
+    let got = drain_publishes(&mut hopper, Duration::from_millis(500)).await;
+    for n in i - 5..=i {
+        let times = got.iter().filter(|m| **m == format!("m{n}")).count();
+        assert_eq!(times, 1, "m{n} reached the hopper {times} times: {got:?}");
+    }
+    assert!(
+        metric(&nodes[0], "roost_handover_passed_on_dropped_total").await > gone_before,
+        "the pass-ons to the departed node are counted"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -126,6 +126,8 @@ pub struct RawClient {
     protocol: Protocol,
     buf: BytesMut,
     next_id: u16,
+    /// The DISCONNECT the broker sent, if it sent one (its reason and Server Reference).
+    disconnect: Option<roost_codec::Disconnect>,
 }
 
 /// What a [`RawClient`] talks over: any tokio byte stream.
@@ -150,6 +152,7 @@ impl RawClient {
             protocol,
             buf: BytesMut::new(),
             next_id: 0,
+            disconnect: None,
         }
     }
 
@@ -177,6 +180,13 @@ impl RawClient {
             Some(Packet::ConnAck(a)) => Ok(a),
             other => Err(anyhow!("expected CONNACK, got {other:?}")),
         }
+    }
+
+    /// The DISCONNECT the broker sent on this connection, if any was read (whatever read it:
+    /// [`publish`](Self::publish) fails on it, and this keeps its reason code and Server
+    /// Reference for the caller).
+    pub fn broker_disconnect(&self) -> Option<&roost_codec::Disconnect> {
+        self.disconnect.as_ref()
     }
 
     /// The protocol this client speaks.
@@ -214,6 +224,9 @@ impl RawClient {
     async fn recv_inner(&mut self) -> anyhow::Result<Option<Packet>> {
         loop {
             if let Some(p) = self.decoder.decode(&mut self.buf)? {
+                if let Packet::Disconnect(d) = &p {
+                    self.disconnect = Some(d.clone());
+                }
                 return Ok(Some(p));
             }
             self.buf.reserve(4096);

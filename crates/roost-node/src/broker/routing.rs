@@ -427,7 +427,12 @@ impl Broker {
             ) {
                 self.metrics.queue_dropped.increment(1);
             }
-            passes.extend(moved.into_iter().map(|p| (o.msg.clone(), p)));
+            passes.extend(
+                moved
+                    .into_iter()
+                    .filter_map(|p| self.readdress(p))
+                    .map(|p| (o.msg.clone(), p)),
+            );
         }
         if !remote.is_empty() || !passes.is_empty() {
             // One task, so they reach each peer's forwarder in the order they were queued.
@@ -549,7 +554,7 @@ impl Broker {
     /// the acknowledgements to wait for (QoS 1/2).
     async fn pass_on(&self, msg: &Arc<Message>, passes: Vec<PassOn>) -> Vec<ForwardAck> {
         let mut acks = Vec::new();
-        for p in passes {
+        for p in passes.into_iter().filter_map(|p| self.readdress(p)) {
             if let Some(rx) = self
                 .cluster
                 .pass_on(p.to.node, msg.clone(), p.addressed)
@@ -559,6 +564,42 @@ impl Broker {
             }
         }
         acks
+    }
+
+    /// Where a pass-on goes when the node the session moved to has left the cluster since
+    /// (its tombstone here names it). Passed on there it would be refused (no member), and the
+    /// publisher, or the peer whose forward brought it, would hear a failure for every message
+    /// the tombstone matches until it ends. The replicated state says where the session is
+    /// now: at a member, it goes there, addressed to that claim; nowhere (`leave` forgot the
+    /// departed node's sessions, docs/deploy.md), it is owed to nobody and dropped, counted.
+    /// While the state still names the departed node (the leave is applied, its forgetting not
+    /// yet), or this node, it goes as before and is refused: the publisher hears a failure,
+    /// nothing is lost.
+    fn readdress(&self, mut p: PassOn) -> Option<PassOn> {
+        if self.cluster.is_member(p.to.node) {
+            return Some(p);
+        }
+        let owner = self
+            .cluster
+            .state()
+            .read()
+            .session_owner(&p.addressed.client_id);
+        match owner {
+            Some(o) if o.node != self.cluster.node_id() && self.cluster.is_member(o.node) => {
+                p.to = Moved {
+                    node: o.node,
+                    generation: o.generation,
+                };
+                p.addressed.generation = o.generation;
+                Some(p)
+            }
+            None => {
+                self.metrics.passed_on_owner_left.increment(1);
+                None
+            }
+            // Still the departed node, or this one (an attach here not indexed yet): refused.
+            Some(_) => Some(p),
+        }
     }
 
     /// [`forward`](Self::forward) for a message this node did not publish (from a peer, or
