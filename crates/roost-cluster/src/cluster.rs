@@ -99,6 +99,9 @@ pub enum NotForwarded {
     /// The forwarder stopped (shutdown, or the peer's address changed) before the peer
     /// acknowledged it.
     Stopped,
+    /// The peer refused it: it had to pass part of it on to the node a session moved to, and
+    /// that node did not take it in time (docs/rfcs/0006).
+    Refused,
 }
 
 impl NotForwarded {
@@ -580,6 +583,7 @@ impl Cluster {
             // No voting peer answers with a leader (the others are gone or stopping too): no
             // one to hand over to.
             debug!("raft leadership not handed over: no live voting peer");
+            crate::metrics::leader_handoff("no_peer");
             return None;
         }
         let left = limit.saturating_sub(started.elapsed());
@@ -588,11 +592,15 @@ impl Cluster {
         match to {
             Some(leader) => {
                 tracing::info!(%leader, elapsed_ms, "raft leadership handed over");
+                crate::metrics::leader_handoff("handed_over");
             }
-            None => warn!(
-                elapsed_ms,
-                "raft leadership not handed over in time: the others elect a leader when this node's lease runs out"
-            ),
+            None => {
+                warn!(
+                    elapsed_ms,
+                    "raft leadership not handed over in time: the others elect a leader when this node's lease runs out"
+                );
+                crate::metrics::leader_handoff("timed_out");
+            }
         }
         to
     }

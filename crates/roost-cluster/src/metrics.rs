@@ -54,7 +54,9 @@ const RAFT_IS_LEADER: &str = "roost_raft_is_leader";
 const RAFT_MEMBERS: &str = "roost_raft_members";
 const RAFT_VOTERS: &str = "roost_raft_voters";
 const RAFT_LEADER_CHANGES: &str = "roost_raft_leader_changes_total";
-const RAFT_SNAPSHOT_DURATION: &str = "roost_raft_snapshot_duration_seconds";
+const RAFT_LEADER_HANDOFFS: &str = "roost_raft_leader_handoffs_total";
+/// Histogram: seconds to build a snapshot (the node's exporter gives it buckets up to minutes).
+pub const RAFT_SNAPSHOT_DURATION: &str = "roost_raft_snapshot_duration_seconds";
 
 /// Describes the metrics to the recorder (called once by the node at start-up).
 pub fn describe() {
@@ -70,8 +72,9 @@ pub fn describe() {
          timeout), resend_bound (given up to keep the unacknowledged messages within their \
          bound), stopped (the forwarder stopped first: shutdown or a new peer address), \
          abandoned (not sent again after a reconnect: its publisher's forward timeout had run \
-         out and it heard a failure); the publisher hears a failure unless it was \
-         acknowledged already"
+         out and it heard a failure), refused (the peer said it did not take it: part of it \
+         had to go on to the node a session moved to, which did not take it in time); the \
+         publisher hears a failure unless it was acknowledged already"
     );
     describe_counter!(
         FORWARD_TOO_LARGE,
@@ -217,6 +220,19 @@ fn describe_raft() {
         RAFT_SNAPSHOT_DURATION,
         "seconds this node took to build a Raft snapshot (copy, serialise, write and fsync)"
     );
+    describe_counter!(
+        RAFT_LEADER_HANDOFFS,
+        "graceful stops of this node while it led, by outcome: handed_over (another voter \
+         took over before Raft stopped, docs/rfcs/0008), timed_out (none did within the \
+         bound: the others elect a leader when this node's lease runs out), no_peer (no live \
+         voting peer to hand over to)"
+    );
+}
+
+/// Counts one leader hand-off at a graceful stop (rare: resolved per call); `outcome` is
+/// `handed_over`, `timed_out` or `no_peer`.
+pub(crate) fn leader_handoff(outcome: &'static str) {
+    counter!(RAFT_LEADER_HANDOFFS, "outcome" => outcome).increment(1);
 }
 
 /// Counter handles used by the forwarders and the Forward service.
@@ -261,6 +277,7 @@ impl Default for ClusterStats {
                 resend_bound: counter!(FORWARD_GIVEN_UP, "reason" => "resend_bound"),
                 stopped: counter!(FORWARD_GIVEN_UP, "reason" => "stopped"),
                 abandoned: counter!(FORWARD_GIVEN_UP, "reason" => "abandoned"),
+                refused: counter!(FORWARD_GIVEN_UP, "reason" => "refused"),
             },
             forward_too_large: counter!(FORWARD_TOO_LARGE),
             transfer_dropped: counter!(TRANSFER_DROPPED),
@@ -290,6 +307,9 @@ pub struct GivenUp {
     pub stopped: Counter,
     /// Not sent again after a reconnect: nobody waits for them any more.
     pub abandoned: Counter,
+    /// The peer refused them (`ForwardAck.refused`: a session it had to pass them on to did
+    /// not take them).
+    pub refused: Counter,
 }
 
 /// One peer's forward stream: handles resolved once, when its forwarder starts (labels

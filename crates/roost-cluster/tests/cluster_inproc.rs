@@ -1550,8 +1550,19 @@ async fn item21_a_follower_cut_off_and_back_does_not_depose_the_leader() {
 /// voter won the election the TimeoutNow started, not a pre-vote round an election timeout
 /// later; and the old leader, still running, does not stand again (it is retired) while the
 /// others keep the new leader for twice the lease. Asked again, it no longer leads: `None`.
+/// The hand-off is counted (`roost_raft_leader_handoffs_total{outcome="handed_over"}`; no
+/// other test of this binary hands leadership over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue11_a_stopping_leader_hands_leadership_to_a_voter() {
+    let metrics = {
+        use std::sync::OnceLock;
+        static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+        HANDLE.get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap()
+        })
+    };
     let nodes = three_nodes().await;
     let leader = wait_for_leader(&nodes).await;
     let old = node(&nodes, leader);
@@ -1583,6 +1594,12 @@ async fn issue11_a_stopping_leader_hands_leadership_to_a_voter() {
             .hand_off_leadership(Duration::from_secs(1))
             .await,
         None
+    );
+    let text = metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"roost_raft_leader_handoffs_total{outcome="handed_over"} 1"#),
+        "{text}"
     );
     shutdown_all(&nodes).await;
 }

@@ -574,3 +574,106 @@ async fn a_tombstone_for_a_node_that_left_does_not_refuse_what_else_matches() {
         n.stop().await;
     }
 }
+
+/// Issue 11 (roost-chaos `membership` seed 71 and `scale` seed 81: 1,574 and 64-197 publishes
+/// refused around a node's stop). A node that cannot pass a forwarded message on to where a
+/// session moved (the node is stopped, still a member) leaves it unacknowledged, so the
+/// origin's publisher hears a failure: right. But the origin's forwarder then took the node
+/// for unreachable and, since what it refuses at once is never sent, no acknowledgement ever
+/// came to say otherwise: every publish with a subscriber on that node was refused for as
+/// long as nothing else reached it. The node now says it refused the message (`ForwardAck.
+/// refused`): the publisher hears the failure at once, and the stream stays up.
+///
+/// Here: `mover` moves from node 1 to node 3 and drops its subscription there (node 3's
+/// route goes; node 1's tombstone keeps the old one), node 3 stops as if it crashed, and a
+/// publisher on node 2 sends one message that node 1 must pass on to node 3, then messages
+/// for `stay`, on node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_peer_could_not_pass_on_does_not_cut_the_peer_off() {
+    let (nodes, _) = nodes_with(3, false, |c| {
+        c.cluster.forward_timeout_ms = 1000;
+        c.cluster.drain_timeout_ms = 1;
+    })
+    .await
+    .unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let (mut stay, _) = connect_persistent(addrs[0], Protocol::V311, "stay").await;
+    stay.subscribe("po/other", QoS::AtLeastOnce).await.unwrap();
+    let (mut mover, _) = connect_persistent(addrs[0], Protocol::V311, "mover").await;
+    mover.subscribe("po/t", QoS::AtLeastOnce).await.unwrap();
+    let (mut mover, present) = resume(addrs[2], Protocol::V311, "mover").await;
+    assert!(present, "the session moved to node 3");
+    let id = mover.next_packet_id();
+    mover
+        .send(&Packet::Unsubscribe(roost_codec::Unsubscribe {
+            packet_id: id,
+            filters: vec!["po/t".to_owned()],
+            properties: Default::default(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(
+        mover.recv().await.unwrap(),
+        Some(Packet::UnsubAck(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut nodes = nodes.into_iter();
+    let (n1, n2, n3) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    n3.stop().await;
+
+    let mut publisher = connect_clean(addrs[1], Protocol::V5, "pub").await;
+    let r = publisher
+        .publish("po/t", b"for-the-tombstone", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert!(
+        r.is_error(),
+        "node 1 could not pass it on to the stopped node 3, yet it was acknowledged"
+    );
+    // Node 1 is there and serves `stay`: within a few forward timeouts its messages go through.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let r = publisher
+            .publish(
+                "po/other",
+                format!("o{i}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+        if !r.is_error() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 still taken for unreachable 4 s after the message it refused ({r:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        i += 1;
+        let r = publisher
+            .publish(
+                "po/other",
+                format!("o{i}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(!r.is_error(), "o{i}: {r:?}");
+    }
+    let got = drain_publishes(&mut stay, Duration::from_millis(500)).await;
+    for n in i - 5..=i {
+        assert!(got.contains(&format!("o{n}")), "o{n} missing: {got:?}");
+    }
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -276,6 +276,7 @@ async fn forward_loop(
                             acked = true;
                             progress = Instant::now();
                             unacked.settle(&a.seqs, &f.stream.ack_latency);
+                            unacked.refuse(&a.refused, &stats.forward_given_up.refused);
                         }
                         Ok(None) | Err(_) => {
                             open = false;
@@ -313,6 +314,7 @@ async fn forward_loop(
                                     debug!(peer = %peer, "peer acknowledging again");
                                 }
                                 unacked.settle(&a.seqs, &f.stream.ack_latency);
+                                unacked.refuse(&a.refused, &stats.forward_given_up.refused);
                                 continue;
                             }
                             Ok(None) | Err(_) => {
@@ -486,6 +488,18 @@ impl Unacked {
             latency.record(now.saturating_duration_since(o.queued_at));
             if let Some(tx) = o.ack {
                 let _ = tx.send(Ok(()));
+            }
+        }
+    }
+
+    /// The peer refused `seqs` (it is there, but did not take them: `ForwardAck.refused`):
+    /// each one's publisher hears a failure at once, and it is counted.
+    fn refuse(&mut self, seqs: &[u64], refused: &Counter) {
+        for s in seqs {
+            let Some(o) = self.ack(*s) else { continue };
+            refused.increment(1);
+            if let Some(tx) = o.ack {
+                let _ = tx.send(Err(NotForwarded::Refused));
             }
         }
     }

@@ -308,11 +308,22 @@ impl cluster_server::Cluster for ClusterService {
                             if qos == 0 {
                                 return;
                             }
-                            if accepted {
-                                let _ = tx.send(Ok(pb::ForwardAck { seqs: vec![seq] })).await;
+                            // Either way the origin hears of it: a refusal it did not hear of
+                            // would leave its stream waiting, and the origin would take this
+                            // node for unreachable (docs/rfcs/0005).
+                            let ack = if accepted {
+                                pb::ForwardAck {
+                                    seqs: vec![seq],
+                                    ..Default::default()
+                                }
                             } else {
                                 stats.received_not_accepted.increment(1);
-                            }
+                                pb::ForwardAck {
+                                    refused: vec![seq],
+                                    ..Default::default()
+                                }
+                            };
+                            let _ = tx.send(Ok(ack)).await;
                         });
                     } else if qos > 0 {
                         // Acknowledge even an undecodable QoS 1/2 message: it will never
@@ -331,7 +342,13 @@ impl cluster_server::Cluster for ClusterService {
                     }
                 }
                 if (!seqs.is_empty() || stale)
-                    && tx.send(Ok(pb::ForwardAck { seqs })).await.is_err()
+                    && tx
+                        .send(Ok(pb::ForwardAck {
+                            seqs,
+                            ..Default::default()
+                        }))
+                        .await
+                        .is_err()
                 {
                     break;
                 }
@@ -531,7 +548,11 @@ async fn wait_alive(
     tx: &mpsc::Sender<Result<pb::ForwardAck, Status>>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    if !done.is_empty() && tx.send(Ok(pb::ForwardAck { seqs: done })).await.is_err() {
+    let done = pb::ForwardAck {
+        seqs: done,
+        ..Default::default()
+    };
+    if !done.seqs.is_empty() && tx.send(Ok(done)).await.is_err() {
         return false;
     }
     let mut alive = tokio::time::interval_at(Instant::now() + ALIVE_EVERY, ALIVE_EVERY);
@@ -539,7 +560,7 @@ async fn wait_alive(
         tokio::select! {
             _ = &mut wait => return true,
             _ = alive.tick() => {
-                if tx.send(Ok(pb::ForwardAck { seqs: Vec::new() })).await.is_err() {
+                if tx.send(Ok(pb::ForwardAck::default())).await.is_err() {
                     return false;
                 }
             }
