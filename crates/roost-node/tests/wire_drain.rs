@@ -50,6 +50,44 @@ async fn resume(addr: std::net::SocketAddr, protocol: Protocol, id: &str) -> (Ra
     panic!("{id}: the cluster did not take the client back within 10 s");
 }
 
+/// Publishes `PREFIX<n>` to `topic` (QoS 1, n = 1, 2, ...) until one is accepted, failing
+/// with `stuck` if none is within `within`, then five more that must all be accepted; returns
+/// the numbers of the six accepted in a row.
+async fn accepted_again(
+    publisher: &mut RawClient,
+    topic: &str,
+    prefix: &str,
+    within: Duration,
+    stuck: &str,
+) -> std::ops::RangeInclusive<u32> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let payload = format!("{prefix}{n}");
+        let r = publisher
+            .publish(topic, payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        if !r.is_error() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stuck} ({r:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = n;
+    for _ in 0..5 {
+        n += 1;
+        let payload = format!("{prefix}{n}");
+        let r = publisher
+            .publish(topic, payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert!(!r.is_error(), "{payload}: {r:?}");
+    }
+    first..=n
+}
+
 /// Node 1 holds two persistent v3.1.1 sessions: `away` (offline, 40 QoS 1 messages queued for
 /// it) and `here` (connected, reading). Node 1 stops gracefully while a publisher on node 2
 /// keeps sending. `here` hears the close and reconnects to node 3, `away` comes back on node 2
@@ -529,40 +567,23 @@ async fn a_tombstone_for_a_node_that_left_does_not_refuse_what_else_matches() {
     // leave returns); the tombstone stands far longer (commit timeout + lease + forward
     // timeout, over 9 s).
     let mut publisher = connect_clean(addrs[0], Protocol::V5, "pub").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    let mut i = 0;
-    loop {
-        i += 1;
-        let r = publisher
-            .publish("tl/t", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-        if !r.is_error() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "every publish refused for 3 s after node 3 left ({r:?}): the tombstone for it \
-             refuses what matches"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for _ in 0..5 {
-        i += 1;
-        let r = publisher
-            .publish("tl/t", format!("m{i}").as_bytes(), QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-        assert!(!r.is_error(), "m{i}: {r:?}");
-    }
+    let sent = accepted_again(
+        &mut publisher,
+        "tl/t",
+        "m",
+        Duration::from_secs(3),
+        "every publish refused for 3 s after node 3 left: the tombstone for it refuses what \
+         matches",
+    )
+    .await;
     let got = drain_publishes(&mut stay, Duration::from_millis(500)).await;
-    for n in i - 5..=i {
+    for n in sent.clone() {
         assert!(got.contains(&format!("m{n}")), "m{n} missing: {got:?}");
     }
     // The hopper gets each once: directly (node 2's route) and, from node 1's tombstone,
     // readdressed to node 2, where the copy is recognised.
     let got = drain_publishes(&mut hopper, Duration::from_millis(500)).await;
-    for n in i - 5..=i {
+    for n in sent {
         let times = got.iter().filter(|m| **m == format!("m{n}")).count();
         assert_eq!(times, 1, "m{n} reached the hopper {times} times: {got:?}");
     }
@@ -635,43 +656,16 @@ async fn a_message_a_peer_could_not_pass_on_does_not_cut_the_peer_off() {
         "node 1 could not pass it on to the stopped node 3, yet it was acknowledged"
     );
     // Node 1 is there and serves `stay`: within a few forward timeouts its messages go through.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-    let mut i = 0;
-    loop {
-        i += 1;
-        let r = publisher
-            .publish(
-                "po/other",
-                format!("o{i}").as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await
-            .unwrap();
-        if !r.is_error() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 1 still taken for unreachable 4 s after the message it refused ({r:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for _ in 0..5 {
-        i += 1;
-        let r = publisher
-            .publish(
-                "po/other",
-                format!("o{i}").as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await
-            .unwrap();
-        assert!(!r.is_error(), "o{i}: {r:?}");
-    }
+    let sent = accepted_again(
+        &mut publisher,
+        "po/other",
+        "o",
+        Duration::from_secs(4),
+        "node 1 still taken for unreachable 4 s after the message it refused",
+    )
+    .await;
     let got = drain_publishes(&mut stay, Duration::from_millis(500)).await;
-    for n in i - 5..=i {
+    for n in sent {
         assert!(got.contains(&format!("o{n}")), "o{n} missing: {got:?}");
     }
     n1.stop().await;
