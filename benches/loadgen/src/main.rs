@@ -54,7 +54,7 @@ mod transport;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
-use roost_codec::Protocol;
+use roost_codec::{Protocol, QoS};
 use std::process::ExitCode;
 use std::time::Duration;
 use target::{Placement, UsageError};
@@ -158,6 +158,61 @@ impl Common {
     }
 }
 
+/// Message options of the publishing scenarios (`throughput`, `round-trip`), validated once
+/// for both ([`MessageArgs::validate`]).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MessageArgs {
+    /// QoS of every publish and subscription (0, 1 or 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub(crate) qos: u8,
+    /// Payload bytes per message (at least 24: the timestamp/sequence header).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload: usize,
+    /// Length of the measurement window, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration_secs: u64,
+}
+
+impl MessageArgs {
+    /// `--qos` as the codec's type (clap has checked the range).
+    pub(crate) fn qos(&self) -> QoS {
+        QoS::from_u8(self.qos).unwrap_or_default()
+    }
+
+    /// The payload holds the header ([`throughput::PAYLOAD_HEADER_LEN`]) and is at most 1 MiB;
+    /// the window lasts at least a second.
+    pub(crate) fn validate(&self) -> Result<(), UsageError> {
+        let header = throughput::PAYLOAD_HEADER_LEN;
+        if self.payload < header {
+            return Err(UsageError(format!(
+                "--payload {} is too small: the header (time, sequence, publisher, run) takes \
+                 {header} bytes",
+                self.payload
+            )));
+        }
+        if self.payload > 1024 * 1024 {
+            return Err(UsageError(format!(
+                "--payload {} is above 1 MiB",
+                self.payload
+            )));
+        }
+        if self.duration_secs == 0 {
+            return Err(UsageError("--duration-secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// QoS `qos`, 64-byte payloads, a one-second window.
+    #[cfg(test)]
+    pub(crate) fn for_tests(qos: u8) -> MessageArgs {
+        MessageArgs {
+            qos,
+            payload: 64,
+            duration_secs: 1,
+        }
+    }
+}
+
 /// Upper bound on a whole scenario, beyond the bounds each phase keeps: a last guard so the
 /// process always stops by itself.
 fn watchdog(secs: u64) -> Duration {
@@ -210,7 +265,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Throughput(args) => {
             let nodes = Placement::resolve(&args.common.host, &args.nodes).await?;
-            let limit = watchdog(args.warmup_secs + args.duration_secs + args.drain_secs);
+            let limit = watchdog(args.warmup_secs + args.message.duration_secs + args.drain_secs);
             let Ok(report) = tokio::time::timeout(limit, throughput::run(&args, &nodes)).await
             else {
                 bail!("throughput did not finish within {limit:?}");
@@ -219,7 +274,8 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::RoundTrip(args) => {
             let nodes = Placement::resolve(&args.common.host, &args.nodes).await?;
-            let limit = watchdog(args.warmup_secs + args.duration_secs + args.timeout_ms / 1000);
+            let limit =
+                watchdog(args.warmup_secs + args.message.duration_secs + args.timeout_ms / 1000);
             let Ok(report) = tokio::time::timeout(limit, round_trip::run(&args, &nodes)).await
             else {
                 bail!("round-trip did not finish within {limit:?}");

@@ -13,7 +13,7 @@
 //! viewer lays out, so nothing here needs fontconfig or FreeType.
 
 use crate::series::SecondPoint;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -35,14 +35,7 @@ pub(crate) struct PlotArgs {
 
 /// `roost-loadgen plot`: writes the plots and prints their paths, one a line.
 pub(crate) fn run(args: &PlotArgs) -> Result<()> {
-    let mut brokers = Vec::new();
-    for input in &args.inputs {
-        let Some((name, file)) = input.split_once('=') else {
-            bail!("--input {input:?}: expected NAME=FILE");
-        };
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
-        brokers.push((name.to_owned(), crate::table::parse_lines(&text)?));
-    }
+    let brokers = crate::table::read_inputs(&args.inputs)?;
     for path in write_all(&args.out, &brokers)? {
         println!("{path}");
     }

@@ -1,10 +1,12 @@
 //! What the load generator reads from Linux `/proc`: a broker's resident memory and CPU time
-//! (by pid, given on the command line), our own CPU time, and our open-file limit.
+//! (by pid, given on the command line), our own CPU time, and our open-file limit (and the
+//! check the scenarios make against it before they connect).
 //!
 //! Memory is `VmRSS` / `VmHWM` from `/proc/PID/status` (KiB). CPU is `utime + stime` from
 //! `/proc/PID/stat` in clock ticks; Linux reports those in `USER_HZ`, which is 100 on every
 //! architecture we run on (x86-64, aarch64), so ticks / 100 = seconds.
 
+use crate::target::UsageError;
 use anyhow::{anyhow, Context, Result};
 
 /// `USER_HZ`: clock ticks per second in `/proc/PID/stat`.
@@ -63,6 +65,17 @@ pub(crate) fn open_files_limit() -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// Refuses a run whose `what` (e.g. "4 clients") need about `needed` open files when this
+/// process may open fewer ([`open_files_limit`]; no limit known: no refusal).
+pub(crate) fn check_open_files(needed: u64, what: &str) -> Result<(), UsageError> {
+    match open_files_limit() {
+        Some(limit) if needed > limit => Err(UsageError(format!(
+            "{what} need about {needed} open files; this process may open {limit}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

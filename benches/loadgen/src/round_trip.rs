@@ -32,10 +32,8 @@ use crate::procfs;
 use crate::progress::{self, RateBar};
 use crate::series::{Batch, Recorder, SecondPoint};
 use crate::target::{NodeArgs, Placement, UsageError};
-use crate::throughput::{
-    parse_header, sample_usage, write_header, SeqSet, Timeline, PAYLOAD_HEADER_LEN,
-};
-use crate::Common;
+use crate::throughput::{parse_header, sample_usage, write_header, SeqSet, Timeline, Usage};
+use crate::{Common, MessageArgs};
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use roost_codec::{Ack, Packet, PacketId, Properties, Publish, QoS};
@@ -59,15 +57,8 @@ pub(crate) struct RoundTripArgs {
     /// Clients, each with one message in flight on its own topic.
     #[arg(long, default_value_t = 1)]
     pub(crate) clients: usize,
-    /// QoS of every publish and subscription (0, 1 or 2).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub(crate) qos: u8,
-    /// Payload bytes per message (at least 24: the timestamp/sequence header).
-    #[arg(long, default_value_t = 64)]
-    pub(crate) payload: usize,
-    /// Length of the measurement window, after the warm-up.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) duration_secs: u64,
+    #[command(flatten)]
+    pub(crate) message: MessageArgs,
     /// Warm-up before the window; its round trips are not timed in the report (they are in
     /// the series).
     #[arg(long, default_value_t = 1)]
@@ -81,47 +72,29 @@ pub(crate) struct RoundTripArgs {
 }
 
 impl RoundTripArgs {
-    fn qos(&self) -> QoS {
-        QoS::from_u8(self.qos).unwrap_or_default()
-    }
-
     fn validate(&self) -> Result<(), UsageError> {
         let bad = |m: String| Err(UsageError(m));
         if self.clients == 0 {
             return bad("--clients must be at least 1".into());
         }
-        if self.payload < PAYLOAD_HEADER_LEN || self.payload > 1024 * 1024 {
-            return bad(format!(
-                "--payload {} must be {PAYLOAD_HEADER_LEN} bytes (the header) to 1 MiB",
-                self.payload
-            ));
-        }
-        if self.duration_secs == 0 {
-            return bad("--duration-secs must be at least 1".into());
-        }
+        self.message.validate()?;
         if !(1..=600_000).contains(&self.timeout_ms) {
             return bad(format!(
                 "--timeout-ms {} must be 1..=600000",
                 self.timeout_ms
             ));
         }
-        if let Some(limit) = procfs::open_files_limit() {
-            let needed = 2 * self.clients as u64 + 64;
-            if needed > limit {
-                return bad(format!(
-                    "{} clients need about {needed} open files; this process may open {limit}",
-                    self.clients
-                ));
-            }
-        }
-        Ok(())
+        procfs::check_open_files(
+            2 * self.clients as u64 + 64,
+            &format!("{} clients", self.clients),
+        )
     }
 
     fn label(&self) -> String {
         self.common.label.clone().unwrap_or_else(|| {
             format!(
                 "round-trip {} qos{} {}B",
-                self.clients, self.qos, self.payload
+                self.clients, self.message.qos, self.message.payload
             )
         })
     }
@@ -162,10 +135,9 @@ pub(crate) struct RoundTripReport {
     pub(crate) unacked: u64,
     pub(crate) publish_errors: u64,
     pub(crate) foreign: u64,
-    pub(crate) broker_cpu_percent: Option<f64>,
-    pub(crate) loadgen_cpu_percent: Option<f64>,
-    pub(crate) broker_rss_kib: Option<u64>,
-    pub(crate) broker_peak_rss_kib: Option<u64>,
+    /// CPU over the window, broker memory at its end (top-level fields in the JSON).
+    #[serde(flatten)]
+    pub(crate) usage: Usage,
     /// Per second since the start of the warm-up: sent, received, latency p50/p99.
     pub(crate) series: Vec<SecondPoint>,
     /// SVG files written by `--plot`.
@@ -190,7 +162,7 @@ struct ClientResult {
 pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<RoundTripReport> {
     args.validate()?;
     let protocol = args.common.protocol();
-    let qos = args.qos();
+    let qos = args.message.qos();
     let run_tag = std::process::id();
     let dialer = args.common.transport.dialer()?;
     let options = |role: &str, i: usize| ConnectOptions {
@@ -223,10 +195,10 @@ pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<Round
         .context("cannot set up the clients")?;
     eprintln!(
         "round-trip: {} clients connected; running {} s warm-up + {} s",
-        args.clients, args.warmup_secs, args.duration_secs
+        args.clients, args.warmup_secs, args.message.duration_secs
     );
 
-    let timeline = Timeline::starting_now(args.warmup_secs, args.duration_secs, 0);
+    let timeline = Timeline::starting_now(args.warmup_secs, args.message.duration_secs, 0);
     let recorder = Arc::new(Recorder::new(timeline.t0));
     let bar = RateBar::start(
         progress::enabled(args.common.no_progress),
@@ -244,7 +216,7 @@ pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<Round
             subscriber,
             publisher,
             qos,
-            payload_len: args.payload,
+            payload_len: args.message.payload,
             run_tag,
             clients: args.clients,
             timeout: Duration::from_millis(args.timeout_ms),
@@ -276,10 +248,10 @@ pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<Round
         clients: args.clients,
         pub_nodes: nodes.publisher_names(),
         sub_nodes: nodes.subscriber_names(),
-        qos: args.qos,
-        payload_bytes: args.payload,
+        qos: args.message.qos,
+        payload_bytes: args.message.payload,
         warmup_secs: args.warmup_secs,
-        duration_secs: args.duration_secs,
+        duration_secs: args.message.duration_secs,
         window_secs,
         timeout_ms: args.timeout_ms,
         round_trips,
@@ -293,10 +265,7 @@ pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<Round
         unacked: sum(|r| r.unacked),
         publish_errors: sum(|r| r.errors),
         foreign: sum(|r| r.foreign),
-        broker_cpu_percent: usage.broker_cpu_percent,
-        loadgen_cpu_percent: usage.loadgen_cpu_percent,
-        broker_rss_kib: usage.broker_rss_kib,
-        broker_peak_rss_kib: usage.broker_peak_rss_kib,
+        usage,
         series,
         plots: Vec::new(),
     };
@@ -373,11 +342,7 @@ impl RoundTripClient {
                 payload: scratch.split().freeze(),
             }))?;
             result.sent += 1;
-            let second = self.recorder.second(sent_at);
-            if second >= result.per_second.len() {
-                result.per_second.resize(second + 1, 0);
-            }
-            result.per_second[second] += 1;
+            self.recorder.count_sent(&mut result.per_second, sent_at);
             self.recorder.sent.fetch_add(1, Ordering::Relaxed);
             if t.in_window(sent_at) {
                 result.in_window += 1;
@@ -543,13 +508,7 @@ impl fmt::Display for RoundTripReport {
             self.publish_errors,
             self.foreign
         )?;
-        let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} %"));
-        write!(
-            f,
-            "  cpu        broker {}, load generator {} (100 % = one core)",
-            cpu(self.broker_cpu_percent),
-            cpu(self.loadgen_cpu_percent)
-        )?;
+        self.usage.write_cpu(f)?;
         for plot in &self.plots {
             write!(f, "\n  plot       {plot}")?;
         }
@@ -567,9 +526,7 @@ mod tests {
             common: Common::for_tests(),
             nodes: NodeArgs::default(),
             clients,
-            qos,
-            payload: 64,
-            duration_secs: 1,
+            message: MessageArgs::for_tests(qos),
             warmup_secs: 0,
             timeout_ms: 2_000,
             plot: None,
@@ -579,7 +536,7 @@ mod tests {
     #[test]
     fn invalid_arguments_are_usage_errors() {
         let mut a = args(0, 1);
-        a.payload = 8;
+        a.message.payload = 8;
         assert!(a.validate().is_err());
         let mut a = args(0, 0);
         assert!(a.validate().is_err());

@@ -7,7 +7,7 @@
 //!        │ a message in a later second, 8,192 samples, or the task's end
 //!        ▼
 //!  Batch::flush ── lock ──▶ Recorder { window histogram, per-second slots }   (one per run)
-//!  sending task ── local Vec<u64> per second ── at its end ──▶ Recorder::add_sent
+//!  sending task ── count_sent (local Vec<u64> per second) ── at its end ──▶ Recorder::add_sent
 //!  both ── every 256 messages / burst ──▶ Recorder::{sent, received} atomics ──▶ progress bar
 //! ```
 //!
@@ -87,6 +87,16 @@ impl Recorder {
     /// The second of the run `at` falls in.
     pub(crate) fn second(&self, at: Instant) -> usize {
         at.saturating_duration_since(self.t0).as_secs() as usize
+    }
+
+    /// Counts one message sent at `at` in a sending task's own per-second counts (index =
+    /// second of the run), which it hands to [`Recorder::add_sent`] at its end.
+    pub(crate) fn count_sent(&self, per_second: &mut Vec<u64>, at: Instant) {
+        let second = self.second(at);
+        if second >= per_second.len() {
+            per_second.resize(second + 1, 0);
+        }
+        per_second[second] += 1;
     }
 
     /// Adds one sending task's per-second counts (index = second).
@@ -243,6 +253,17 @@ mod tests {
         );
         assert_eq!((points[2].sent, points[2].received), (2, 1));
         assert_eq!(rec.received.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn sent_messages_count_in_the_second_they_were_sent() {
+        let t0 = Instant::now();
+        let rec = Recorder::new(t0);
+        let mut per_second = Vec::new();
+        for ms in [100, 900, 2_100] {
+            rec.count_sent(&mut per_second, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(per_second, [2, 0, 1]);
     }
 
     #[test]

@@ -20,16 +20,21 @@ pub(crate) struct TableArgs {
 
 /// Prints the table on stdout.
 pub(crate) fn run(args: &TableArgs) -> Result<()> {
+    print!("{}", render(&read_inputs(&args.inputs)?));
+    Ok(())
+}
+
+/// Each `--input NAME=FILE` (of `table` and `plot`): the broker's name and its JSON lines.
+pub(crate) fn read_inputs(inputs: &[String]) -> Result<Vec<(String, Vec<Value>)>> {
     let mut brokers = Vec::new();
-    for input in &args.inputs {
+    for input in inputs {
         let Some((name, file)) = input.split_once('=') else {
             bail!("--input {input:?}: expected NAME=FILE");
         };
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
         brokers.push((name.to_owned(), parse_lines(&text)?));
     }
-    print!("{}", render(&brokers));
-    Ok(())
+    Ok(brokers)
 }
 
 pub(crate) fn parse_lines(text: &str) -> Result<Vec<Value>> {
@@ -96,13 +101,7 @@ const THROUGHPUT_METRICS: &[Metric] = &[
             num(v, &["unacked"])?
         ))
     }),
-    ("CPU broker / load generator (%)", |v| {
-        Some(format!(
-            "{:.0} / {:.0}",
-            num(v, &["broker_cpu_percent"])?,
-            num(v, &["loadgen_cpu_percent"])?
-        ))
-    }),
+    ("CPU broker / load generator (%)", cpu_cell),
     ("broker peak RSS (MiB)", |v| {
         Some(format!("{:.1}", num(v, &["broker_peak_rss_kib"])? / 1024.0))
     }),
@@ -122,14 +121,17 @@ const ROUND_TRIP_METRICS: &[Metric] = &[
             num(v, &["unacked"])?
         ))
     }),
-    ("CPU broker / load generator (%)", |v| {
-        Some(format!(
-            "{:.0} / {:.0}",
-            num(v, &["broker_cpu_percent"])?,
-            num(v, &["loadgen_cpu_percent"])?
-        ))
-    }),
+    ("CPU broker / load generator (%)", cpu_cell),
 ];
+
+/// Broker and load generator CPU, percent of one core.
+fn cpu_cell(v: &Value) -> Option<String> {
+    Some(format!(
+        "{:.0} / {:.0}",
+        num(v, &["broker_cpu_percent"])?,
+        num(v, &["loadgen_cpu_percent"])?
+    ))
+}
 
 /// `latency_us` as p50 / p90 / p99 / p99.9 / max in ms (reports from before p99.9 show `—`
 /// there); nothing when no sample was taken.
@@ -188,13 +190,7 @@ const SUBSCRIBE_LATENCY_METRICS: &[Metric] = &[
             num(v, &["cross_node", "puback_no_matching_subscribers"])?
         ))
     }),
-    ("CPU broker / load generator (%)", |v| {
-        Some(format!(
-            "{:.0} / {:.0}",
-            num(v, &["broker_cpu_percent"])?,
-            num(v, &["loadgen_cpu_percent"])?
-        ))
-    }),
+    ("CPU broker / load generator (%)", cpu_cell),
 ];
 
 fn render(brokers: &[(String, Vec<Value>)]) -> String {

@@ -64,7 +64,7 @@ use crate::procfs;
 use crate::progress::{self, RateBar};
 use crate::series::{Batch, Recorder, SecondPoint};
 use crate::target::{NodeArgs, Placement, UsageError};
-use crate::Common;
+use crate::{Common, MessageArgs};
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use roost_codec::{Ack, Packet, PacketId, Properties, Publish, QoS};
@@ -103,15 +103,8 @@ pub(crate) struct ThroughputArgs {
     /// Subscribing connections.
     #[arg(long, default_value_t = 4)]
     pub(crate) subscribers: usize,
-    /// QoS of every publish and subscription (0, 1 or 2).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub(crate) qos: u8,
-    /// Payload bytes per message (at least 24: the timestamp/sequence header).
-    #[arg(long, default_value_t = 64)]
-    pub(crate) payload: usize,
-    /// Length of the measurement window, after the warm-up.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) duration_secs: u64,
+    #[command(flatten)]
+    pub(crate) message: MessageArgs,
     /// Warm-up before the window; its messages count for loss but not for rates or latency.
     #[arg(long, default_value_t = 1)]
     pub(crate) warmup_secs: u64,
@@ -192,10 +185,6 @@ impl ThroughputArgs {
         self.topics.unwrap_or(default).max(1)
     }
 
-    fn qos(&self) -> QoS {
-        QoS::from_u8(self.qos).unwrap_or_default()
-    }
-
     /// Subscriber `k`'s filter.
     fn filter(&self, k: usize) -> String {
         match (self.pattern(), &self.shared) {
@@ -225,7 +214,7 @@ impl ThroughputArgs {
         };
         format!(
             "throughput {}x{}{pattern} qos{} {}B",
-            self.publishers, self.subscribers, self.qos, self.payload
+            self.publishers, self.subscribers, self.message.qos, self.message.payload
         )
     }
 
@@ -234,19 +223,7 @@ impl ThroughputArgs {
         if self.publishers == 0 || self.subscribers == 0 {
             return bad("--publishers and --subscribers must be at least 1".into());
         }
-        if self.payload < HEADER_LEN {
-            return bad(format!(
-                "--payload {} is too small: the header (time, sequence, publisher, run) takes \
-                 {HEADER_LEN} bytes",
-                self.payload
-            ));
-        }
-        if self.payload > 1024 * 1024 {
-            return bad(format!("--payload {} is above 1 MiB", self.payload));
-        }
-        if self.duration_secs == 0 {
-            return bad("--duration-secs must be at least 1".into());
-        }
+        self.message.validate()?;
         if self.topics == Some(0) {
             return bad("--topics must be at least 1".into());
         }
@@ -270,16 +247,11 @@ impl ThroughputArgs {
                 self.rate
             ));
         }
-        if let Some(limit) = procfs::open_files_limit() {
-            let needed = (self.publishers + self.subscribers) as u64 + 64;
-            if needed > limit {
-                return bad(format!(
-                    "{} connections need about {needed} open files; this process may open {limit}",
-                    self.publishers + self.subscribers
-                ));
-            }
-        }
-        Ok(())
+        let connections = self.publishers + self.subscribers;
+        procfs::check_open_files(
+            connections as u64 + 64,
+            &format!("{connections} connections"),
+        )
     }
 }
 
@@ -473,18 +445,17 @@ pub(crate) struct ThroughputReport {
     /// Pairs with loss, duplicates or reordering (at most 100 listed).
     pub(crate) problem_pairs: Vec<PairReport>,
     pub(crate) problem_pair_count: usize,
-    pub(crate) broker_cpu_percent: Option<f64>,
-    pub(crate) loadgen_cpu_percent: Option<f64>,
-    pub(crate) broker_rss_kib: Option<u64>,
-    pub(crate) broker_peak_rss_kib: Option<u64>,
+    /// CPU over the window, broker memory at its end (top-level fields in the JSON).
+    #[serde(flatten)]
+    pub(crate) usage: Usage,
     /// Per second since the start of the warm-up: sent, received, latency p50/p99.
     pub(crate) series: Vec<SecondPoint>,
     /// SVG files written by `--plot`.
     pub(crate) plots: Vec<String>,
 }
 
-/// CPU and memory sampled around the window.
-#[derive(Debug, Default)]
+/// CPU and memory sampled around the window ([`sample_usage`]).
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct Usage {
     pub(crate) broker_cpu_percent: Option<f64>,
     pub(crate) loadgen_cpu_percent: Option<f64>,
@@ -492,11 +463,24 @@ pub(crate) struct Usage {
     pub(crate) broker_peak_rss_kib: Option<u64>,
 }
 
+impl Usage {
+    /// The reports' `cpu` line (no newline).
+    pub(crate) fn write_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} %"));
+        write!(
+            f,
+            "  cpu        broker {}, load generator {} (100 % = one core)",
+            cpu(self.broker_cpu_percent),
+            cpu(self.loadgen_cpu_percent)
+        )
+    }
+}
+
 /// Runs the scenario with connections placed by `nodes` and returns its report.
 pub(crate) async fn run(args: &ThroughputArgs, nodes: &Placement) -> Result<ThroughputReport> {
     args.validate()?;
     let protocol = args.common.protocol();
-    let qos = args.qos();
+    let qos = args.message.qos();
     let topics = args.topic_count();
     let run_tag = std::process::id();
     let dialer = args.common.transport.dialer()?;
@@ -544,10 +528,14 @@ pub(crate) async fn run(args: &ThroughputArgs, nodes: &Placement) -> Result<Thro
         args.subscribers,
         args.pattern().name(),
         args.warmup_secs,
-        args.duration_secs
+        args.message.duration_secs
     );
 
-    let timeline = Timeline::starting_now(args.warmup_secs, args.duration_secs, args.drain_secs);
+    let timeline = Timeline::starting_now(
+        args.warmup_secs,
+        args.message.duration_secs,
+        args.drain_secs,
+    );
     let recorder = Arc::new(Recorder::new(timeline.t0));
     let bar = RateBar::start(
         progress::enabled(args.common.no_progress),
@@ -579,7 +567,7 @@ pub(crate) async fn run(args: &ThroughputArgs, nodes: &Placement) -> Result<Thro
             run_tag,
             topic: format!("bench/{}", p % topics),
             qos,
-            payload_len: args.payload,
+            payload_len: args.message.payload,
             window: usize::from(window),
             interval,
             timeline,
@@ -731,11 +719,7 @@ impl Publisher {
                 if t.in_window(now) {
                     result.sent_in_window += 1;
                 }
-                let second = self.recorder.second(now);
-                if second >= result.per_second.len() {
-                    result.per_second.resize(second + 1, 0);
-                }
-                result.per_second[second] += 1;
+                self.recorder.count_sent(&mut result.per_second, now);
             }
             if burst > 0 {
                 self.recorder.sent.fetch_add(burst, Ordering::Relaxed);
@@ -967,12 +951,12 @@ fn summarize(
         shared_group: args.shared.clone(),
         pub_nodes: nodes.publisher_names(),
         sub_nodes: nodes.subscriber_names(),
-        qos: args.qos,
-        payload_bytes: args.payload,
+        qos: args.message.qos,
+        payload_bytes: args.message.payload,
         window,
         rate_per_publisher: (args.rate > 0.0).then_some(args.rate),
         warmup_secs: args.warmup_secs,
-        duration_secs: args.duration_secs,
+        duration_secs: args.message.duration_secs,
         window_secs,
         published: published_in_window,
         published_per_sec: published_in_window as f64 / window_secs.max(1e-9),
@@ -993,10 +977,7 @@ fn summarize(
             .into_iter()
             .take(MAX_LISTED_PAIRS)
             .collect(),
-        broker_cpu_percent: usage.broker_cpu_percent,
-        loadgen_cpu_percent: usage.loadgen_cpu_percent,
-        broker_rss_kib: usage.broker_rss_kib,
-        broker_peak_rss_kib: usage.broker_peak_rss_kib,
+        usage,
         series: Vec::new(),
         plots: Vec::new(),
     }
@@ -1180,14 +1161,9 @@ impl fmt::Display for ThroughputReport {
         if self.problem_pair_count > 10 {
             writeln!(f, "    ... {} pairs in all", self.problem_pair_count)?;
         }
-        let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} %"));
-        write!(
-            f,
-            "  cpu        broker {}, load generator {} (100 % = one core)",
-            cpu(self.broker_cpu_percent),
-            cpu(self.loadgen_cpu_percent)
-        )?;
-        if let (Some(rss), Some(peak)) = (self.broker_rss_kib, self.broker_peak_rss_kib) {
+        let usage = &self.usage;
+        usage.write_cpu(f)?;
+        if let (Some(rss), Some(peak)) = (usage.broker_rss_kib, usage.broker_peak_rss_kib) {
             write!(f, "\n  broker RSS {rss} KiB at end, peak {peak} KiB")?;
         }
         for plot in &self.plots {
@@ -1212,9 +1188,7 @@ pub(crate) mod tests {
             common: Common::for_tests(),
             publishers,
             subscribers,
-            qos,
-            payload: 64,
-            duration_secs: 1,
+            message: MessageArgs::for_tests(qos),
             warmup_secs: 0,
             topics: None,
             fanout,
@@ -1347,7 +1321,7 @@ pub(crate) mod tests {
     #[test]
     fn invalid_arguments_are_usage_errors() {
         let mut a = args(1, 1, 1, false);
-        a.payload = 10;
+        a.message.payload = 10;
         assert!(a.validate().is_err());
         let mut a = args(1, 1, 1, false);
         a.rate = f64::NAN;
@@ -1356,6 +1330,15 @@ pub(crate) mod tests {
         a.topics = Some(0);
         assert!(a.validate().is_err());
         assert!(args(1, 1, 1, false).validate().is_ok());
+    }
+
+    /// Nothing lost, duplicated or left unacknowledged.
+    fn assert_intact(report: &ThroughputReport) {
+        assert_eq!(
+            (report.lost, report.duplicated, report.unacked),
+            (0, 0, 0),
+            "{report}"
+        );
     }
 
     async fn run_against_roost(a: ThroughputArgs) -> Result<ThroughputReport> {
@@ -1370,11 +1353,7 @@ pub(crate) mod tests {
         let report = run_against_roost(args(1, 2, 2, false)).await?;
         assert!(report.sent_total > 100, "{report}");
         assert_eq!(report.expected_deliveries, report.sent_total, "{report}");
-        assert_eq!(
-            (report.lost, report.duplicated, report.unacked),
-            (0, 0, 0),
-            "{report}"
-        );
+        assert_intact(&report);
         assert!(report.latency_us.samples > 0, "{report}");
         assert!(report.latency_us.p999 >= report.latency_us.p99, "{report}");
         assert_eq!((report.foreign, report.reordered), (0, 0));
@@ -1395,11 +1374,7 @@ pub(crate) mod tests {
         assert_eq!(report.pattern, "shared");
         assert!(report.sent_total > 100, "{report}");
         assert_eq!(report.expected_deliveries, report.sent_total, "{report}");
-        assert_eq!(
-            (report.lost, report.duplicated, report.unacked),
-            (0, 0, 0),
-            "{report}"
-        );
+        assert_intact(&report);
         Ok(())
     }
 
@@ -1429,11 +1404,7 @@ pub(crate) mod tests {
             3 * report.sent_total,
             "{report}"
         );
-        assert_eq!(
-            (report.lost, report.duplicated, report.unacked),
-            (0, 0, 0),
-            "{report}"
-        );
+        assert_intact(&report);
         Ok(())
     }
 

@@ -87,7 +87,8 @@ pub fn message_to_wire(m: &Message, now: Instant) -> pb::Message {
     }
 }
 
-/// A wire message to ours.
+/// A wire message to ours. It has not [entered](Message::entered) this node yet: the Forward
+/// receiver says when it did; a session's messages brought from another node never do.
 pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireError> {
     let topic = TopicName::new(&m.topic, &limits()).map_err(|e| bad("topic", e))?;
     let payload_format_indicator = payload_format_from_wire(m.payload_format_indicator)?;
@@ -106,6 +107,7 @@ pub fn message_from_wire(m: pb::Message, now: Instant) -> Result<Message, WireEr
         expires_at: m.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         publisher: (!m.publisher.is_empty()).then(|| Arc::from(m.publisher.as_str())),
         id: m.id,
+        entered: None,
     })
 }
 
@@ -414,6 +416,7 @@ mod tests {
             expires_at: Some(now + Duration::from_secs(30)),
             publisher: Some("pub".into()),
             id: 42,
+            entered: None,
         }
     }
 

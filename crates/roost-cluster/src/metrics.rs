@@ -9,8 +9,9 @@
 //! - [`RaftStats`]: gauges sampled from openraft's metrics watch (`crate::raft_metrics`), plus
 //!   the snapshot build histogram ([`snapshot_built`]).
 //!
-//! The histograms are rendered as the Prometheus exporter is configured by the node (without
-//! buckets: as summaries with quantiles), see docs/observability.md.
+//! The histograms are rendered as the Prometheus exporter is configured by the node: as
+//! Prometheus histograms with the buckets roost-node's `telemetry.rs` sets for each name (a
+//! name it sets none for would render as a summary), see docs/observability.md.
 
 use crate::types::NodeId;
 use metrics::{
@@ -39,7 +40,8 @@ pub(crate) const LEASE_LOST: &str = "roost_cluster_session_lease_lost_total";
 // One peer's forward stream, by `peer` (its node id).
 const FORWARD_BATCHES: &str = "roost_cluster_forward_batches_total";
 const FORWARD_BYTES: &str = "roost_cluster_forward_bytes_total";
-const FORWARD_BATCH_MESSAGES: &str = "roost_cluster_forward_batch_messages";
+/// Histogram: messages per Forward batch (the node's exporter gives it buckets 1..256).
+pub const FORWARD_BATCH_MESSAGES: &str = "roost_cluster_forward_batch_messages";
 const FORWARD_ACK_LATENCY: &str = "roost_cluster_forward_ack_latency_seconds";
 const FORWARD_RESENT: &str = "roost_cluster_forward_resent_total";
 const FORWARD_STREAM_ERRORS: &str = "roost_cluster_forward_stream_errors_total";

@@ -20,7 +20,7 @@ use roost_cluster::{
 };
 use roost_codec::{LastWill, PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use roost_core::index::{Matches, Subscription};
-use roost_core::message::{Message, PassThrough};
+use roost_core::message::{Entered, Message, PassThrough};
 use roost_core::session::{ImageMessage, SessionImage};
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
 use roost_core::ClientId;
@@ -346,7 +346,21 @@ fn message(t: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
         expires_at: None,
         id: 0,
         publisher: Some(Arc::from("pub-1")),
+        entered: None,
     })
+}
+
+/// A message delivered from a peer, with when it entered this node taken out (so it compares
+/// equal to what was sent); panics if it did not enter as forwarded, at or before `by`.
+fn as_sent(got: &Message, by: Instant) -> Message {
+    match got.entered {
+        Some(Entered::Forwarded(at)) => assert!(at <= by, "entered in the future: {at:?}"),
+        other => panic!("a message from a peer entered as {other:?}"),
+    }
+    Message {
+        entered: None,
+        ..got.clone()
+    }
 }
 
 fn payloads(local: &TestNode) -> Vec<Bytes> {
@@ -564,7 +578,11 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
         assert_eq!(got.len(), 1);
         assert!(got[0].direct);
         assert_eq!(got[0].shared, vec![filter("$share/g/a/#")]);
-        assert_eq!(*got[0].msg, *m1, "message and properties intact");
+        assert_eq!(
+            as_sent(&got[0].msg, Instant::now()),
+            *m1,
+            "message and properties intact"
+        );
     }
 
     let m0 = message("a/c", b"zero", QoS::AtMostOnce);
@@ -580,7 +598,7 @@ async fn forward_delivers_with_flags_and_acks_qos1() {
     let got = n2.local.delivered.lock()[1].clone();
     assert!(!got.direct);
     assert!(got.shared.is_empty());
-    assert_eq!(*got.msg, *m0);
+    assert_eq!(as_sent(&got.msg, Instant::now()), *m0);
 
     // A message expiry travels as the time remaining.
     let mut m = (*message("a/d", b"expiring", QoS::ExactlyOnce)).clone();

@@ -33,9 +33,9 @@ use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_client::ClusterClient;
 use roost_proto::v1::raft_client::RaftClient;
-use roost_testkit::pki::{TestCa, Usage};
+use roost_testkit::pki::{PkiDir, TestCa, Usage};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -91,36 +91,28 @@ fn ca(name: &str) -> TestCa {
     TestCa::new(name)
 }
 
-/// The cluster CA and its files in a directory.
-struct Pki {
-    dir: TempDir,
-    ca: TestCa,
-    ca_path: PathBuf,
+/// The cluster CA, its certificate written to `ca.pem`; the nodes' files go beside it
+/// ([`node_tls`]).
+fn pki() -> PkiDir {
+    let pki = PkiDir::new("roost test cluster CA");
+    pki.write("ca.pem", &pki.ca.pem);
+    pki
 }
 
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ca("roost test cluster CA");
-        let ca_path = write(dir.path(), "ca.pem", &ca.pem);
-        Pki { dir, ca, ca_path }
+/// Node `id`'s files, its certificate naming `roost-node-<id>`.
+fn node_tls(pki: &PkiDir, id: u64) -> ClusterTls {
+    let name = node_name(NodeId::new(id));
+    let files = pki.write_leaf(
+        &format!("node-{id}"),
+        "roost test node",
+        &[&name],
+        Usage::Both,
+    );
+    ClusterTls {
+        cert: files.cert,
+        key: files.key,
+        ca: pki.path("ca.pem"),
     }
-
-    /// Node `id`'s files, its certificate naming `roost-node-<id>`.
-    fn node(&self, id: u64) -> ClusterTls {
-        let (cert, key) = issue(&self.ca, &[node_name(NodeId::new(id))]);
-        ClusterTls {
-            cert: write(self.dir.path(), &format!("node-{id}.pem"), &cert),
-            key: write(self.dir.path(), &format!("node-{id}.key"), &key),
-            ca: self.ca_path.clone(),
-        }
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 /// The node side of the cluster layer, recording what it is handed.
@@ -181,7 +173,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// `n` nodes (ids 1..=n) seeded with each other, each with its certificate from `pki`.
-async fn tls_cluster(pki: &Pki, n: u64) -> Vec<Node> {
+async fn tls_cluster(pki: &PkiDir, n: u64) -> Vec<Node> {
     recorder();
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let seeds: Vec<(NodeId, String)> = (1..=n)
@@ -193,7 +185,7 @@ async fn tls_cluster(pki: &Pki, n: u64) -> Vec<Node> {
         let local = Arc::new(TestNode::default());
         let addr = addrs[id as usize - 1];
         let mut cfg = config(id, addr, seeds.clone(), dir.path());
-        cfg.tls = Some(pki.node(id));
+        cfg.tls = Some(node_tls(pki, id));
         let cluster = Cluster::start(cfg, local.clone()).await.unwrap();
         nodes.push(Node {
             id: NodeId::new(id),
@@ -258,6 +250,7 @@ fn message(t: &str, payload: &'static [u8]) -> Arc<Message> {
         expires_at: None,
         id: 0,
         publisher: Some(Arc::from("pub-1")),
+        entered: None,
     })
 }
 
@@ -298,7 +291,7 @@ async fn status(ch: Channel) -> Result<pb::StatusReply, tonic::Status> {
 async fn a_tls_cluster_elects_replicates_and_forwards() {
     let _serial = SERIAL.lock().await;
     let refused_before = refused(None);
-    let pki = Pki::new();
+    let pki = pki();
     let nodes = tls_cluster(&pki, 3).await;
     let leader = wait_for_leader(&nodes).await;
     let follower = nodes.iter().find(|n| n.id != leader).unwrap();
@@ -366,7 +359,7 @@ async fn a_tls_cluster_elects_replicates_and_forwards() {
 /// from another CA, and a plaintext client; a client with a cluster certificate gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_refuses_clients_without_a_cluster_certificate() {
-    let pki = Pki::new();
+    let pki = pki();
     let nodes = tls_cluster(&pki, 1).await;
     wait_for_leader(&nodes).await;
     let addr = nodes[0].addr;
@@ -424,7 +417,7 @@ fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_binds_its_holder_to_its_node_id() {
     let _serial = SERIAL.lock().await;
-    let pki = Pki::new();
+    let pki = pki();
     let nodes = tls_cluster(&pki, 1).await;
     wait_for_leader(&nodes).await;
     let n1 = &nodes[0];
@@ -582,7 +575,7 @@ fn start_error(cfg: ClusterConfig) -> StartError {
 /// Bad TLS files stop the start, before the port is bound, with an error naming the file.
 #[test]
 fn bad_tls_files_are_a_start_error_naming_the_file() {
-    let pki = Pki::new();
+    let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
     let with = |tls: ClusterTls| {
@@ -590,7 +583,7 @@ fn bad_tls_files_are_a_start_error_naming_the_file() {
         cfg.tls = Some(tls);
         cfg
     };
-    let good = pki.node(1);
+    let good = node_tls(&pki, 1);
     let check = |tls: ClusterTls, path: &Path, says: &str| {
         let e = start_error(with(tls));
         match &e {
@@ -602,7 +595,7 @@ fn bad_tls_files_are_a_start_error_naming_the_file() {
         assert!(text.contains(says), "{text}");
     };
 
-    let missing = pki.dir.path().join("missing.pem");
+    let missing = pki.path("missing.pem");
     check(
         ClusterTls {
             cert: missing.clone(),
@@ -611,7 +604,7 @@ fn bad_tls_files_are_a_start_error_naming_the_file() {
         &missing,
         "cannot read",
     );
-    let not_pem = write(pki.dir.path(), "junk.pem", "not a certificate\n");
+    let not_pem = pki.write("junk.pem", "not a certificate\n");
     check(
         ClusterTls {
             ca: not_pem.clone(),
@@ -629,7 +622,7 @@ fn bad_tls_files_are_a_start_error_naming_the_file() {
         "no PEM private key",
     );
     // Node 2's certificate on node 1: its peers would not take it for node 1.
-    let two = pki.node(2);
+    let two = node_tls(&pki, 2);
     check(
         ClusterTls {
             cert: two.cert.clone(),

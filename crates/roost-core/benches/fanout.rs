@@ -23,13 +23,13 @@
 
 #![allow(missing_docs)]
 
-use bytes::Bytes;
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use roost_codec::{ConnectVariant, Protocol, QoS, SubscriptionOptions};
-use roost_core::index::{Matches, Subscription, SubscriptionIndex};
-use roost_core::message::{next_id, Message, PassThrough};
-use roost_core::session::{ClientParams, Outbound, Session, SessionLimits};
-use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_codec::QoS;
+use roost_core::index::{Matches, SubscriptionIndex};
+use roost_core::message::Message;
+use roost_core::session::{Outbound, Session};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -50,33 +50,14 @@ struct Fanout {
 
 impl Fanout {
     fn new(now: Instant) -> Fanout {
-        let limits = TopicLimits::default();
-        let exact = TopicFilter::new(TOPIC, &limits).expect("the bench filter is valid");
-        let wildcard =
-            TopicFilter::new("fleet/+/firmware", &limits).expect("the bench filter is valid");
-        let sub = Subscription {
-            options: SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..SubscriptionOptions::default()
-            },
-            identifier: None,
-        };
-        let session_limits = SessionLimits::default();
+        let exact = common::filter(TOPIC);
+        let wildcard = common::filter("fleet/+/firmware");
+        let sub = common::subscription();
         let mut index = SubscriptionIndex::new();
         let mut sessions = Vec::new();
         for k in 0..SUBSCRIBERS {
             let filter = if k % 2 == 0 { &exact } else { &wildcard };
-            let mut s = Session::new(Arc::from(format!("device-{k:06}")), session_limits.clone());
-            s.connect(
-                ClientParams {
-                    protocol: Protocol::V5,
-                    receive_maximum: u16::MAX,
-                    maximum_packet_size: None,
-                    topic_alias_maximum: 0,
-                    variant: ConnectVariant::default(),
-                },
-                now,
-            );
+            let mut s = common::connected(&format!("device-{k:06}"), now);
             s.add_subscription(filter.clone(), sub.clone());
             index.subscribe(filter, k, sub.clone());
             sessions.push(s);
@@ -122,22 +103,13 @@ impl Fanout {
 }
 
 fn message(qos: QoS) -> Arc<Message> {
-    Arc::new(Message {
-        topic: TopicName::new(TOPIC, &TopicLimits::default()).expect("the bench topic is valid"),
-        payload: Bytes::from(vec![0xA5; 256]),
-        qos,
-        retain: false,
-        properties: PassThrough::default(),
-        expires_at: None,
-        publisher: Some(Arc::from("firmware-service")),
-        id: next_id(),
-    })
+    common::message(TOPIC, qos, "firmware-service")
 }
 
 fn bench_fanout(c: &mut Criterion) {
     let now = Instant::now();
     let mut f = Fanout::new(now);
-    let topic = TopicName::new(TOPIC, &TopicLimits::default()).expect("the bench topic is valid");
+    let topic = common::topic(TOPIC);
 
     f.index.matches(&topic, None, &mut f.matches);
     assert_eq!(

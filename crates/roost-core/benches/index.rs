@@ -6,15 +6,16 @@
 //! hundred (1,001 deliveries at 100,000), the shape of a busy multi-tenant broker rather than a
 //! best case.
 
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs)]
 
+mod common;
+
+use common::{subscription, topic};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use roost_codec::{QoS, SubscriptionOptions};
-use roost_core::index::{Matches, Subscription, SubscriptionIndex};
+use roost_core::index::{Matches, SubscriptionIndex};
 use roost_core::retained::RetainedStore;
-use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_core::topic::TopicFilter;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,17 +28,7 @@ fn filter_for(i: usize) -> TopicFilter {
         2 => format!("t/{tenant}/#"),
         _ => format!("t/+/d/{i}/#"),
     };
-    TopicFilter::new(&s, &TopicLimits::default()).unwrap()
-}
-
-fn subscription() -> Subscription {
-    Subscription {
-        options: SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..SubscriptionOptions::default()
-        },
-        identifier: None,
-    }
+    common::filter(&s)
 }
 
 fn build(n: usize) -> SubscriptionIndex<Arc<str>> {
@@ -50,7 +41,7 @@ fn build(n: usize) -> SubscriptionIndex<Arc<str>> {
 }
 
 fn bench_index(c: &mut Criterion) {
-    let topic = TopicName::new("t/42/d/4243/state", &TopicLimits::default()).unwrap();
+    let topic = topic("t/42/d/4243/state");
     for n in [1_000, 100_000] {
         let index = build(n);
         let mut out = Matches::default();
@@ -77,14 +68,9 @@ fn bench_retained(c: &mut Criterion) {
     let n = 100_000;
     let mut store = RetainedStore::new();
     for i in 0..n {
-        let topic = TopicName::new(
-            &format!("t/{}/d/{i}/state", i % 100),
-            &TopicLimits::default(),
-        )
-        .unwrap();
-        store.set(&topic, Some(i));
+        store.set(&topic(&format!("t/{}/d/{i}/state", i % 100)), Some(i));
     }
-    let filter = TopicFilter::new("t/42/#", &TopicLimits::default()).unwrap();
+    let filter = common::filter("t/42/#");
     let mut out = Vec::new();
     c.bench_function(
         &format!("retained/matching/topics={n}/filter=t_42_hash"),
@@ -98,16 +84,9 @@ fn bench_retained(c: &mut Criterion) {
     );
 }
 
-/// Short runs, so the whole `cargo bench -p roost-core` stays within minutes on 2 cores.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_index, bench_retained
 }
 criterion_main!(benches);

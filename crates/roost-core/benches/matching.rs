@@ -39,10 +39,12 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{subscription, topic};
 use criterion::{criterion_group, criterion_main, Criterion};
-use roost_codec::{QoS, SubscriptionOptions};
-use roost_core::index::{Matches, Subscription, SubscriptionIndex};
-use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
+use roost_core::index::{Matches, SubscriptionIndex};
+use roost_core::topic::TopicFilter;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -71,22 +73,7 @@ fn filter_string(i: u32) -> String {
 }
 
 fn filter(i: u32) -> TopicFilter {
-    TopicFilter::new(&filter_string(i), &TopicLimits::default())
-        .expect("the bench's filters are valid")
-}
-
-fn topic(s: &str) -> TopicName {
-    TopicName::new(s, &TopicLimits::default()).expect("the bench's topics are valid")
-}
-
-fn subscription() -> Subscription {
-    Subscription {
-        options: SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..SubscriptionOptions::default()
-        },
-        identifier: None,
-    }
+    common::filter(&filter_string(i))
 }
 
 /// Resident set size of this process in MiB (Linux; `None` elsewhere).
@@ -202,15 +189,9 @@ fn bench_matching(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_matching
 }
 criterion_main!(benches);

@@ -21,51 +21,30 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use bytes::Bytes;
+use common::PAYLOAD;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use roost_codec::{Ack, ConnectVariant, Packet, PacketId, Properties, Protocol, Publish, QoS};
-use roost_core::message::{next_id, Message, PassThrough};
-use roost_core::session::{
-    ClientParams, Delivered, Handled, Outbound, PublishOutcome, Session, SessionLimits,
-};
-use roost_core::topic::{TopicLimits, TopicName};
+use roost_codec::{Ack, Packet, PacketId, Properties, Publish, QoS};
+use roost_core::message::Message;
+use roost_core::session::{Delivered, Handled, Outbound, PublishOutcome, Session};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOPIC: &str = "devices/000042/commands";
-const PAYLOAD: usize = 256;
 
 fn connected(now: Instant) -> Session {
-    let mut s = Session::new(Arc::from("device-000042"), SessionLimits::default());
-    s.connect(
-        ClientParams {
-            protocol: Protocol::V5,
-            receive_maximum: u16::MAX,
-            maximum_packet_size: None,
-            topic_alias_maximum: 0,
-            variant: ConnectVariant::default(),
-        },
-        now,
-    );
-    s
+    common::connected("device-000042", now)
 }
 
 fn message(qos: QoS) -> Arc<Message> {
-    Arc::new(Message {
-        topic: TopicName::new(TOPIC, &TopicLimits::default()).expect("the bench topic is valid"),
-        payload: Bytes::from(vec![0xA5; PAYLOAD]),
-        qos,
-        retain: false,
-        properties: PassThrough::default(),
-        expires_at: None,
-        publisher: Some(Arc::from("backend-1")),
-        id: next_id(),
-    })
+    common::message(TOPIC, qos, "backend-1")
 }
 
 /// Delivers `msg`, takes the PUBLISH out of the outbox and builds its packet; returns its
@@ -191,15 +170,9 @@ fn bench_inbound(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_outbound, bench_inbound
 }
 criterion_main!(benches);

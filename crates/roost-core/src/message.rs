@@ -4,6 +4,11 @@
 //! subscriber it is routed to: the payload is [`Bytes`] and is never copied on fan-out. The
 //! per-subscriber parts of a delivery (QoS, packet id, retain flag, subscription identifiers,
 //! topic alias) live in the session, not here.
+//!
+//! A message also remembers where and when it entered this node ([`Entered`]): the `now` the
+//! driver read for the PUBLISH it was decoded from, or the moment a peer's Forward batch
+//! arrived. roost-node measures each delivery's latency from it
+//! (`roost_delivery_latency_seconds`) with no clock reading of its own per message.
 
 use crate::client_id::ClientId;
 use crate::topic::{TopicLimits, TopicName};
@@ -63,6 +68,25 @@ impl PassThrough {
     }
 }
 
+/// Where a message entered this node, and when: the start of its delivery latency
+/// (`roost_delivery_latency_seconds{path}` in roost-node, docs/observability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entered {
+    /// Decoded from a client's PUBLISH on one of this node's connections (`path="local"`).
+    Local(Instant),
+    /// Received from a peer in a Forward batch (`path="forwarded"`).
+    Forwarded(Instant),
+}
+
+impl Entered {
+    /// When it entered.
+    pub fn at(self) -> Instant {
+        match self {
+            Entered::Local(t) | Entered::Forwarded(t) => t,
+        }
+    }
+}
+
 /// An application message, shared by all its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -85,6 +109,10 @@ pub struct Message {
     /// or from a peer that does not send one). A session that just moved between nodes uses it
     /// to take a message that reaches it twice only once (docs/rfcs/0006).
     pub id: u64,
+    /// Where and when it entered this node, for its delivery latency. `None` for what is not
+    /// a live publish: broker-made messages and wills, retained messages sent on SUBSCRIBE,
+    /// and the messages a session brought with it from another node.
+    pub entered: Option<Entered>,
 }
 
 /// A new message id: unique within this process (a counter), and across the cluster's nodes
@@ -117,7 +145,8 @@ pub fn next_id() -> u64 {
 }
 
 impl Message {
-    /// Builds a message from a decoded PUBLISH whose topic has already been resolved.
+    /// Builds a message from a decoded PUBLISH whose topic has already been resolved. `now`,
+    /// the time the driver read for the packet, is also when it [entered](Entered::Local).
     pub fn from_publish(
         mut publish: Publish,
         topic: TopicName,
@@ -137,6 +166,7 @@ impl Message {
             expires_at,
             publisher,
             id: next_id(),
+            entered: Some(Entered::Local(now)),
         }
     }
 
@@ -163,6 +193,7 @@ impl Message {
             retain: will.retain,
             publisher: Some(publisher.as_arc().clone()),
             id: next_id(),
+            entered: None,
         })
     }
 
@@ -232,6 +263,7 @@ mod tests {
                 expires_at: Some(t0 + Duration::from_secs(60)),
                 publisher: Some("c1".into()),
                 id: got.id,
+                entered: None,
             }
         );
         let short = TopicLimits {

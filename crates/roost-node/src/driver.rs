@@ -599,6 +599,7 @@ impl<S: ByteStream> Conn<S> {
             will: n.will.take(),
             congested: Vec::new(),
             yielded: false,
+            latency_tick: 0,
             op: None,
             deferred: None,
             outbox: VecDeque::new(),
@@ -1177,11 +1178,18 @@ impl<S: ByteStream> Conn<S> {
     /// bytes: the rest stays in the connection's outbox for the next round (after the flush).
     /// The session's outbox is taken only once the previous batch is all encoded, so a client
     /// that does not read keeps its session's outbox full and its QoS 0 bounds apply.
+    ///
+    /// Encoding a PUBLISH is its delivery for `roost_delivery_latency_seconds`: measured from
+    /// when the message entered the node to this round's `now` (no clock reading per
+    /// message), for the first delivery of a message to this client (not a DUP resend), one
+    /// in [`LATENCY_SAMPLE_EVERY`](crate::metrics::LATENCY_SAMPLE_EVERY).
     fn encode_outbox(&mut self, st: &mut Live) {
         let now = crate::now();
         let wbuf = &mut self.wbuf;
+        let latency = &self.broker.metrics.delivery_latency;
         let protocol = st.protocol;
         let outbox = &mut st.outbox;
+        let tick = &mut st.latency_tick;
         let (sent, more, drops) = st.session.with(|session| {
             if outbox.is_empty() {
                 if !session.has_outbox() {
@@ -1196,9 +1204,16 @@ impl<S: ByteStream> Conn<S> {
                 };
                 match item {
                     Outbound::Publish(o) => {
+                        let entered = if o.dup { None } else { o.msg.entered };
                         if let Some(p) = session.prepare_publish_packet(o, now) {
                             encode_into(wbuf, &p, protocol);
                             sent += 1;
+                            if let Some(entered) = entered {
+                                if *tick == 0 {
+                                    latency.record(entered, now);
+                                }
+                                *tick = (*tick + 1) % crate::metrics::LATENCY_SAMPLE_EVERY;
+                            }
                         }
                     }
                     Outbound::Packet(p) => encode_into(wbuf, &p, protocol),
@@ -1382,6 +1397,10 @@ struct Live {
     congested: Vec<SessionRef>,
     /// True once this read batch yielded before routing its first PUBLISH.
     yielded: bool,
+    /// Deliveries encoded since the last one whose latency was recorded, modulo
+    /// [`LATENCY_SAMPLE_EVERY`](crate::metrics::LATENCY_SAMPLE_EVERY): 0 records (so a
+    /// connection's first delivery always does). Fits beside the two one-byte fields.
+    latency_tick: u16,
     /// The cluster operation in flight, if any (see [`Op`]).
     op: Option<Op>,
     /// The packet read while `op` was in flight that must wait for it.

@@ -259,6 +259,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     s.broker.refresh_gauges();
+    // `process_*` from /proc, which lists every open file descriptor: on a blocking thread.
+    let _ = tokio::task::spawn_blocking(crate::telemetry::collect_process).await;
     match crate::telemetry::prometheus() {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
         None => (

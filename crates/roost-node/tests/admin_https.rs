@@ -6,7 +6,7 @@
 //! closes idle connections.
 
 use roost_node::{Config, Node};
-use roost_testkit::pki::{TestCa, Usage};
+use roost_testkit::pki::{PkiDir, Usage};
 use roost_testkit::{http_with, TestNode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,54 +18,37 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+/// The node's certificate and key in the test's [`PkiDir`].
+const CERT: &str = "admin.pem";
+const KEY: &str = "admin.key";
+
+fn pki() -> PkiDir {
+    PkiDir::new("admin HTTPS test CA")
 }
 
-fn pki() -> Pki {
-    Pki {
-        dir: tempfile::tempdir().unwrap(),
-        ca: TestCa::new("admin HTTPS test CA"),
-    }
+/// Writes a new server certificate (SAN localhost) to [`CERT`] / [`KEY`]; returns its DER, to
+/// recognise it in a handshake.
+fn write_server_cert(pki: &PkiDir) -> CertificateDer<'static> {
+    let files = pki.write_leaf("admin", "roost admin", &["localhost"], Usage::Server);
+    CertificateDer::from(files.leaf.der)
 }
 
-impl Pki {
-    /// Writes a new server certificate (SAN localhost) to `admin.pem` / `admin.key`; returns
-    /// its DER, to recognise it in a handshake.
-    fn write_server_cert(&self) -> CertificateDer<'static> {
-        let leaf = self.ca.leaf("roost admin", &["localhost"], Usage::Server);
-        std::fs::write(self.cert_path(), leaf.cert_pem).unwrap();
-        std::fs::write(self.key_path(), leaf.key_pem).unwrap();
-        CertificateDer::from(leaf.der)
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("admin.pem")
-    }
-
-    fn key_path(&self) -> PathBuf {
-        self.dir.path().join("admin.key")
-    }
-
-    fn client(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.ca.der.clone()))
-            .unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
+/// A TLS client trusting the test CA, offering ALPN `http/1.1`.
+fn client(pki: &PkiDir) -> tokio_rustls::TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca.der.clone())).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-async fn start(pki: &Pki) -> TestNode {
-    let (cert, key) = (pki.cert_path(), pki.key_path());
+async fn start(pki: &PkiDir) -> TestNode {
+    let (cert, key) = (pki.path(CERT), pki.path(KEY));
     TestNode::start_with(|c| {
         c.http.tls_cert = Some(cert);
         c.http.tls_key = Some(key);
@@ -74,14 +57,14 @@ async fn start(pki: &Pki) -> TestNode {
     .unwrap()
 }
 
-async fn connect(pki: &Pki, addr: SocketAddr) -> TlsStream<TcpStream> {
+async fn connect(pki: &PkiDir, addr: SocketAddr) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    pki.client().connect(name, tcp).await.unwrap()
+    client(pki).connect(name, tcp).await.unwrap()
 }
 
 /// One request on a new HTTPS connection (`Connection: close`); the status line and the body.
-async fn request(pki: &Pki, addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+async fn request(pki: &PkiDir, addr: SocketAddr, method: &str, path: &str) -> (String, String) {
     let mut tls = connect(pki, addr).await;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
@@ -102,7 +85,7 @@ async fn request(pki: &Pki, addr: SocketAddr, method: &str, path: &str) -> (Stri
 }
 
 /// The certificate the node presents in a new handshake.
-async fn served_cert(pki: &Pki, addr: SocketAddr) -> CertificateDer<'static> {
+async fn served_cert(pki: &PkiDir, addr: SocketAddr) -> CertificateDer<'static> {
     let tls = connect(pki, addr).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
@@ -110,7 +93,7 @@ async fn served_cert(pki: &Pki, addr: SocketAddr) -> CertificateDer<'static> {
 #[tokio::test]
 async fn healthz_over_https_and_plain_http_is_refused() {
     let pki = pki();
-    pki.write_server_cert();
+    write_server_cert(&pki);
     let node = start(&pki).await;
     let addr = node.http_addr().unwrap();
 
@@ -139,7 +122,7 @@ async fn healthz_over_https_and_plain_http_is_refused() {
 #[tokio::test]
 async fn reload_picks_up_a_new_certificate() {
     let pki = pki();
-    let first = pki.write_server_cert();
+    let first = write_server_cert(&pki);
     let node = start(&pki).await;
     let addr = node.http_addr().unwrap();
     assert_eq!(served_cert(&pki, addr).await, first);
@@ -147,7 +130,7 @@ async fn reload_picks_up_a_new_certificate() {
     // A connection opened before the reload keeps working after it.
     let mut old = connect(&pki, addr).await;
 
-    let second = pki.write_server_cert();
+    let second = write_server_cert(&pki);
     assert_ne!(first, second);
     let (status, body) = request(&pki, addr, "POST", "/api/v1/reload").await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
@@ -168,7 +151,7 @@ async fn reload_picks_up_a_new_certificate() {
     );
 
     // A key that does not load: 500 naming the file, and the second certificate stays.
-    std::fs::write(pki.key_path(), "not a key").unwrap();
+    pki.write(KEY, "not a key");
     let (status, body) = request(&pki, addr, "POST", "/api/v1/reload").await;
     assert!(status.starts_with("HTTP/1.1 500"), "{status} {body}");
     assert!(
@@ -181,7 +164,7 @@ async fn reload_picks_up_a_new_certificate() {
 #[tokio::test]
 async fn bad_files_stop_the_start_naming_the_key() {
     let pki = pki();
-    pki.write_server_cert();
+    write_server_cert(&pki);
     let dir = tempfile::tempdir().unwrap();
     let config = |cert: PathBuf, key: PathBuf| {
         let mut c = Config::default();
@@ -194,8 +177,8 @@ async fn bad_files_stop_the_start_naming_the_key() {
         c
     };
 
-    let missing = pki.dir.path().join("missing.pem");
-    let e = Node::start(config(missing, pki.key_path()), None)
+    let missing = pki.path("missing.pem");
+    let e = Node::start(config(missing, pki.path(KEY)), None)
         .await
         .err()
         .unwrap()
@@ -203,9 +186,8 @@ async fn bad_files_stop_the_start_naming_the_key() {
     assert!(e.starts_with("invalid config: http.tls_cert = "), "{e}");
     assert!(e.contains("missing.pem"), "{e}");
 
-    let bad_key = pki.dir.path().join("bad.key");
-    std::fs::write(&bad_key, "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
-    let e = Node::start(config(pki.cert_path(), bad_key), None)
+    let bad_key = pki.write("bad.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n");
+    let e = Node::start(config(pki.path(CERT), bad_key), None)
         .await
         .err()
         .unwrap()
@@ -214,11 +196,10 @@ async fn bad_files_stop_the_start_naming_the_key() {
     assert!(e.contains("bad.key"), "{e}");
 
     // A key that is not the certificate's.
-    let other = pki.dir.path().join("other.key");
     // A valid key, but not the certificate's.
     let unrelated = pki.ca.leaf("other", &[], Usage::Server).key_pem;
-    std::fs::write(&other, unrelated).unwrap();
-    let e = Node::start(config(pki.cert_path(), other), None)
+    let other = pki.write("other.key", unrelated);
+    let e = Node::start(config(pki.path(CERT), other), None)
         .await
         .err()
         .unwrap()
@@ -229,7 +210,7 @@ async fn bad_files_stop_the_start_naming_the_key() {
 #[tokio::test]
 async fn stop_closes_idle_connections_and_stops_accepting() {
     let pki = pki();
-    pki.write_server_cert();
+    write_server_cert(&pki);
     let node = start(&pki).await;
     let addr = node.http_addr().unwrap();
 

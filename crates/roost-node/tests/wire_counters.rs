@@ -230,3 +230,151 @@ async fn a_peer_waiting_for_a_slow_subscriber_stays_reachable() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `roost_delivery_latency_seconds{path}`: the samples of `path` (`_count`) and those within
+/// 1 s (the `le="1"` bucket).
+async fn latency_samples(node: &TestNode, path: &str) -> (f64, f64) {
+    let name = "roost_delivery_latency_seconds";
+    (
+        metric(node, &format!("{name}_count{{path=\"{path}\"}}")).await,
+        metric(node, &format!("{name}_bucket{{path=\"{path}\",le=\"1\"}}")).await,
+    )
+}
+
+/// Issue 10: a PUBLISH delivered to a subscriber on the node it was published to is measured
+/// in `roost_delivery_latency_seconds{path="local"}`, a real histogram (buckets), sampled: a
+/// connection's first delivery, then one in 16 (21 deliveries: the 1st and the 17th).
+#[tokio::test]
+async fn issue10_local_deliveries_are_measured_one_in_16_per_connection() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let node = TestNode::start().await.unwrap();
+    let before = latency_samples(&node, "local").await;
+    let forwarded_before = latency_samples(&node, "forwarded").await;
+    let mut sub = connect_clean(node.addr(), Protocol::V5, "latency-sub").await;
+    sub.subscribe("latency/t", QoS::AtMostOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "latency-pub").await;
+    publ.publish("latency/t", b"0", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    // Recorded as the PUBLISH was encoded, so before the subscriber could read it.
+    assert_eq!(recv_publish(&mut sub).await.payload.as_ref(), b"0");
+    let (count, within_1s) = latency_samples(&node, "local").await;
+    assert_eq!(
+        (count - before.0, within_1s - before.1),
+        (1.0, 1.0),
+        "the first local delivery is not measured (or took a second on loopback)"
+    );
+    for i in 1..=20u8 {
+        publ.publish("latency/t", &[i], QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+        assert_eq!(recv_publish(&mut sub).await.payload.as_ref(), &[i]);
+    }
+    let (count, _) = latency_samples(&node, "local").await;
+    assert_eq!(count - before.0, 2.0, "21 deliveries, one in 16 sampled");
+    // Nothing entered from a peer here.
+    assert_eq!(latency_samples(&node, "forwarded").await, forwarded_before);
+    drop((sub, publ));
+    node.stop().await;
+}
+
+/// Issue 10: a message published on node 1 and delivered by node 2 to its subscriber is
+/// measured on node 2 as `path="forwarded"` (from the Forward batch's arrival there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue10_a_forwarded_delivery_is_measured_where_it_is_delivered() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let (a, b, _) = two_nodes_with(false, |_| {}).await.unwrap();
+    let before = latency_samples(&b, "forwarded").await;
+    let before_local = latency_samples(&b, "local").await;
+    let mut sub = connect_clean(b.addr(), Protocol::V5, "fwd-sub").await;
+    sub.subscribe("fwd/t", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "fwd-pub").await;
+    let r = publ
+        .publish("fwd/t", b"across", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(r, ReasonCode::SUCCESS);
+    assert_eq!(
+        sub.next_publish().await.unwrap().payload.as_ref(),
+        b"across"
+    );
+    let (count, within_1s) = latency_samples(&b, "forwarded").await;
+    assert_eq!(
+        (count - before.0, within_1s - before.1),
+        (1.0, 1.0),
+        "the forwarded delivery is not measured"
+    );
+    assert_eq!(
+        latency_samples(&b, "local").await.0,
+        before_local.0,
+        "a forwarded message measured as local"
+    );
+    drop((sub, publ));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// (`roost_session_queue_messages`, `roost_session_queue_bytes`) as `node` exports them.
+async fn gauges(node: &TestNode) -> (f64, f64) {
+    (
+        metric(node, "roost_session_queue_messages").await,
+        metric(node, "roost_session_queue_bytes").await,
+    )
+}
+
+/// Issue 10: `roost_session_queue_messages` / `roost_session_queue_bytes` hold exactly what
+/// an offline persistent session has queued, and go back to 0 once the client is back and
+/// has received it. Each message: a 100-byte payload on the 7-byte topic `queue/t`.
+#[tokio::test]
+async fn issue10_queue_gauges_hold_an_offline_sessions_messages_until_it_is_back() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let node = TestNode::start().await.unwrap();
+    let (mut sub, _) = connect_persistent(node.addr(), Protocol::V5, "queued").await;
+    sub.subscribe("queue/t", QoS::AtLeastOnce).await.unwrap();
+    sub.disconnect().await.unwrap();
+    wait_connections(&node, 0).await;
+    assert_eq!(gauges(&node).await, (0.0, 0.0));
+
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "queue-pub").await;
+    for i in 0..5u8 {
+        // Acknowledged once it is in the session's queue.
+        let r = publ
+            .publish("queue/t", &[i; 100], QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert_eq!(r, ReasonCode::SUCCESS);
+    }
+    assert_eq!(gauges(&node).await, (5.0, 5.0 * 107.0));
+
+    let (mut back, ack) = connect_persistent(node.addr(), Protocol::V5, "queued").await;
+    assert!(ack.session_present);
+    for i in 0..5u8 {
+        assert_eq!(
+            back.next_publish().await.unwrap().payload.as_ref(),
+            &[i; 100]
+        );
+    }
+    assert_eq!(gauges(&node).await, (0.0, 0.0));
+    drop((back, publ));
+    node.stop().await;
+}
+
+/// Issue 10: the process metrics are read from /proc at each scrape: this process has
+/// resident memory, open file descriptors (the node's listeners at least), threads and a
+/// start time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn issue10_process_metrics_are_exported() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let node = TestNode::start().await.unwrap();
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&node, name).await > 0.0, "{name} not exported");
+    }
+    node.stop().await;
+}

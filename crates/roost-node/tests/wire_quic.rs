@@ -5,43 +5,31 @@
 
 use roost_codec::{Protocol, QoS, ReasonCode};
 use roost_node::config::{ClientAuthMode, ListenerConfig, ListenerKind};
-use roost_testkit::pki::{TestCa, Usage};
+use roost_testkit::pki::{PkiDir, Usage};
 use roost_testkit::{connect_packet, RawClient, TestNode};
 use std::net::SocketAddr;
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+fn pki() -> PkiDir {
+    PkiDir::new("QUIC test CA")
 }
 
-fn pki() -> Pki {
-    Pki {
-        dir: tempfile::tempdir().unwrap(),
-        ca: TestCa::new("QUIC test CA"),
-    }
+/// (cert PEM, key PEM) of a client certificate for `cn`.
+fn client_identity(pki: &PkiDir, cn: &str) -> (String, String) {
+    let l = pki.ca.leaf(cn, &[], Usage::Client);
+    (l.cert_pem, l.key_pem)
 }
 
-impl Pki {
-    /// (cert PEM, key PEM) of a client certificate for `cn`.
-    fn client(&self, cn: &str) -> (String, String) {
-        let l = self.ca.leaf(cn, &[], Usage::Client);
-        (l.cert_pem, l.key_pem)
-    }
-
-    fn listener(&self) -> ListenerConfig {
-        let server = self.ca.leaf("roost", &["localhost"], Usage::Server);
-        let d = self.dir.path();
-        std::fs::write(d.join("server.pem"), server.cert_pem).unwrap();
-        std::fs::write(d.join("server.key"), server.key_pem).unwrap();
-        std::fs::write(d.join("ca.pem"), &self.ca.pem).unwrap();
-        let mut l = ListenerConfig::new(ListenerKind::Quic, "127.0.0.1:0".parse().unwrap());
-        l.name = Some("quic".into());
-        l.cert = Some(d.join("server.pem"));
-        l.key = Some(d.join("server.key"));
-        l.client_ca = Some(d.join("ca.pem"));
-        l.client_auth = Some(ClientAuthMode::Optional);
-        l
-    }
+/// A QUIC listener named `quic` on `127.0.0.1:0` with a server certificate for localhost,
+/// client certificates optional (checked against the test CA).
+fn listener(pki: &PkiDir) -> ListenerConfig {
+    let server = pki.write_leaf("server", "roost", &["localhost"], Usage::Server);
+    let mut l = ListenerConfig::new(ListenerKind::Quic, "127.0.0.1:0".parse().unwrap());
+    l.name = Some("quic".into());
+    l.cert = Some(server.cert);
+    l.key = Some(server.key);
+    l.client_ca = Some(pki.write("ca.pem", &pki.ca.pem));
+    l.client_auth = Some(ClientAuthMode::Optional);
+    l
 }
 
 fn quic_addr(node: &TestNode) -> SocketAddr {
@@ -54,7 +42,7 @@ fn quic_addr(node: &TestNode) -> SocketAddr {
 }
 
 async fn quic_client(
-    pki: &Pki,
+    pki: &PkiDir,
     addr: SocketAddr,
     identity: Option<(String, String)>,
 ) -> (quinn::Endpoint, RawClient) {
@@ -72,7 +60,7 @@ async fn quic_client(
 #[tokio::test]
 async fn mqtt_over_quic_reaches_tcp_clients_and_back() {
     let pki = pki();
-    let listener = pki.listener();
+    let listener = listener(&pki);
     let node = TestNode::start_with(|c| c.listeners.push(listener))
         .await
         .unwrap();
@@ -117,11 +105,16 @@ async fn mqtt_over_quic_reaches_tcp_clients_and_back() {
 #[tokio::test]
 async fn a_quic_client_certificate_names_the_client() {
     let pki = pki();
-    let listener = pki.listener();
+    let listener = listener(&pki);
     let node = TestNode::start_with(|c| c.listeners.push(listener))
         .await
         .unwrap();
-    let (_ep, mut q) = quic_client(&pki, quic_addr(&node), Some(pki.client("meter-17"))).await;
+    let (_ep, mut q) = quic_client(
+        &pki,
+        quic_addr(&node),
+        Some(client_identity(&pki, "meter-17")),
+    )
+    .await;
     let ack = q
         .handshake(connect_packet(Protocol::V5, "meter-17", true))
         .await

@@ -581,6 +581,7 @@ mod tests {
             expires_at: None,
             id: 0,
             publisher: None,
+            entered: None,
         };
         let o = Outgoing {
             msg: Arc::new(msg),

@@ -23,6 +23,11 @@
 //! backed-up subscriber holds the whole stream from that origin (head-of-line), as it holds a
 //! local publisher.
 //!
+//! Delivery latency: each message of a batch [entered](roost_core::message::Entered::Forwarded)
+//! this node when the batch was read off the stream (one clock reading per batch, before any
+//! wait for the lease), which is where roost-node's `roost_delivery_latency_seconds
+//! {path="forwarded"}` starts.
+//!
 //! Passed on (docs/rfcs/0006): a message that matched a session that just moved to another
 //! node goes on to that node; it is acknowledged only once that node took it (up to the forward
 //! timeout). That wait runs on a task of its own (at most `MAX_PASSING` per stream), and the
@@ -54,6 +59,7 @@ use crate::tls::{Caller, PeerAuth, Rpc};
 use crate::types::{Command, NodeId, TypeConfig};
 use openraft::Raft;
 use parking_lot::Mutex;
+use roost_core::message::Entered;
 use roost_core::ClientId;
 use roost_proto::v1 as pb;
 use roost_proto::v1::cluster_server;
@@ -217,6 +223,8 @@ impl cluster_server::Cluster for ClusterService {
                     },
                     _ = stop.changed() => break,
                 };
+                // Where this batch's messages entered this node (their delivery latency).
+                let entered = Entered::Forwarded(Instant::now().into_std());
                 // The origin names itself in every batch (and keys what was delivered, see
                 // `dedup`): it must be the node the caller's certificate names.
                 let origin = NodeId::new(batch.origin_node);
@@ -270,8 +278,9 @@ impl cluster_server::Cluster for ClusterService {
                         stats.received_duplicate.increment(1);
                     } else {
                         let decoded =
-                            convert::message_from_wire(m, now.into_std()).and_then(|msg| {
+                            convert::message_from_wire(m, now.into_std()).and_then(|mut msg| {
                                 let to = fm.to.map(convert::addressed_from_wire).transpose()?;
+                                msg.entered = Some(entered);
                                 Ok((msg, to))
                             });
                         match decoded {

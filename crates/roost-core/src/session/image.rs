@@ -54,16 +54,18 @@ impl Session {
     pub fn take_shared_queued(&mut self) -> Vec<Orphan> {
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.queue.len());
+        let mut taken_bytes = 0;
         for p in self.queue.drain(..) {
             match p.shared {
                 Some(filter) => {
-                    self.queued_bytes -= p.msg.size();
+                    taken_bytes += p.msg.size();
                     out.push(Orphan { filter, msg: p.msg });
                 }
                 None => keep.push_back(p),
             }
         }
         self.queue = keep;
+        self.queue_removed(out.len(), taken_bytes);
         out
     }
 
@@ -84,12 +86,12 @@ impl Session {
             .drain(..)
             .map(|f| image_of(f.pending, Some(f.id), f.state == InflightState::Released))
             .collect();
+        self.queue_removed(self.queue.len(), self.queued_bytes);
         let queued = self
             .queue
             .drain(..)
             .map(|p| image_of(p, None, false))
             .collect();
-        self.queued_bytes = 0;
         let mut inbound_qos2: Vec<u16> = self.inbound_qos2.drain().collect();
         inbound_qos2.sort_unstable();
         self.client = None;
@@ -161,8 +163,8 @@ impl Session {
                 }
             }
         }
+        self.queue_removed(self.queue.len(), self.queued_bytes);
         self.queue.clear();
-        self.queued_bytes = 0;
         self.subscriptions.clear();
         self.inbound_qos2.clear();
         self.client = None;

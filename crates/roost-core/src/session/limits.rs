@@ -6,6 +6,7 @@
 use crate::connect::ServerPolicy;
 use crate::topic::TopicLimits;
 use roost_codec::{ConnectVariant, Protocol};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Which message goes when a session's queue is full.
@@ -39,6 +40,51 @@ pub struct SessionLimits {
     /// What the node offers: checked by [`Session::handle`](super::Session::handle) (QoS, retain, subscription
     /// features) and by DISCONNECT (expiry cap). Shared by every session of a node.
     pub policy: Arc<ServerPolicy>,
+    /// What the queues of every session built with these limits hold together, kept as each
+    /// queue changes (the node exports it as `roost_session_queue_messages` / `_bytes`).
+    /// Shared by every session of a node: clones of these limits share it.
+    pub queue_totals: Arc<QueueTotals>,
+}
+
+/// Messages and bytes waiting in the queues of all the sessions that share it (see
+/// [`SessionLimits::queue_totals`]): the queue that `max_queued_messages` and
+/// `max_queued_bytes` bound, not the messages in flight nor a connected client's QoS 0 outbox.
+///
+/// Each session adds what it enqueues and takes away what leaves its queue (sent, dropped,
+/// handed to a shared group, exported, ended, or the session dropped), so reading the totals
+/// costs two atomic loads, not a walk over the sessions. Each session's changes happen under
+/// its own lock, in order, so the sums never go below zero; they are `Relaxed`: a reader sees
+/// every change sooner or later, in no particular order across sessions.
+#[derive(Debug, Default)]
+pub struct QueueTotals {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl QueueTotals {
+    /// Messages queued.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes queued (each message counted by [`Message::size`](crate::message::Message::size)).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add(&self, messages: usize, bytes: usize) {
+        if messages > 0 {
+            self.messages.fetch_add(messages as u64, Ordering::Relaxed);
+            self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn sub(&self, messages: usize, bytes: usize) {
+        if messages > 0 {
+            self.messages.fetch_sub(messages as u64, Ordering::Relaxed);
+            self.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 impl SessionLimits {
@@ -67,6 +113,7 @@ impl Default for SessionLimits {
             topic_alias_maximum: 64,
             topic: TopicLimits::default(),
             policy: Arc::new(ServerPolicy::default()),
+            queue_totals: Arc::new(QueueTotals::default()),
         }
     }
 }

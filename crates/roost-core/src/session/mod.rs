@@ -62,7 +62,7 @@ pub use inbound::{
     retained_on_subscribe, suback, unsuback, AckKind, Close, Detail, DropReason, Handled, Inbound,
     PendingAck, PublishOutcome, ReadyAck, SubscribeRequest, Tally,
 };
-pub use limits::{ClientParams, DropPolicy, SessionLimits};
+pub use limits::{ClientParams, DropPolicy, QueueTotals, SessionLimits};
 pub use timers::{takeover_will, will_delay, Detached, Ended, Timeout};
 
 use crate::index::Subscription;
@@ -198,6 +198,9 @@ pub struct Session {
     client: Option<ClientParams>,
     next_packet_id: u16,
     inflight: VecDeque<Inflight>,
+    /// Waiting for the window or a reconnect. Every change to it and to `queued_bytes` is
+    /// also made to `limits.queue_totals` (see [`Session::queue_added`]), and what is left
+    /// when the session is dropped is taken away there ([`Drop`]).
     queue: VecDeque<Pending>,
     queued_bytes: usize,
     outbox: Vec<Outbound>,
@@ -451,7 +454,7 @@ impl Session {
                 while !fits(self) {
                     match self.queue.pop_front() {
                         Some(old) => {
-                            self.queued_bytes -= old.msg.size();
+                            self.queue_removed(1, old.msg.size());
                             self.drops.queue_full += 1;
                         }
                         None => break,
@@ -459,9 +462,21 @@ impl Session {
                 }
             }
         }
-        self.queued_bytes += size;
         self.queue.push_back(pending);
+        self.queue_added(size);
         true
+    }
+
+    /// One message of `size` bytes was put in the queue.
+    fn queue_added(&mut self, size: usize) {
+        self.queued_bytes += size;
+        self.limits.queue_totals.add(1, size);
+    }
+
+    /// `messages` messages of `bytes` bytes in all left the queue.
+    fn queue_removed(&mut self, messages: usize, bytes: usize) {
+        self.queued_bytes -= bytes;
+        self.limits.queue_totals.sub(messages, bytes);
     }
 
     fn allocate_packet_id(&mut self) -> PacketId {
@@ -504,7 +519,7 @@ impl Session {
             let Some(p) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= p.msg.size();
+            self.queue_removed(1, p.msg.size());
             if p.msg.is_expired(now) {
                 self.drops.expired += 1;
                 continue;
@@ -641,6 +656,14 @@ impl Session {
     /// The session's subscriptions.
     pub fn subscriptions(&self) -> &BTreeMap<TopicFilter, Subscription> {
         &self.subscriptions
+    }
+}
+
+impl Drop for Session {
+    /// What is still queued leaves the node's totals with the session.
+    fn drop(&mut self) {
+        let (messages, bytes) = (self.queue.len(), self.queued_bytes);
+        self.limits.queue_totals.sub(messages, bytes);
     }
 }
 

@@ -107,6 +107,7 @@ pub(super) fn msg(topic: &str, payload: &str) -> Arc<Message> {
         expires_at: None,
         id: crate::message::next_id(),
         publisher: None,
+        entered: None,
     })
 }
 

@@ -42,16 +42,25 @@ fn from_c1(topic: &str, qos: QoS) -> Arc<Message> {
         expires_at: None,
         id: 0,
         publisher: Some("c1".into()),
+        entered: None,
     })
 }
 
-/// `Session::handle`, with the id of a message it builds set to 0: ids are unique per message
-/// (see `message::next_id`), and these tests compare what else the message holds.
+/// `Session::handle`, with the id of a message it builds set to 0 and its entry time taken
+/// out: ids are unique per message (see `message::next_id`), a client's message entered the
+/// node at the packet's `now`, and these tests compare what else the message holds.
 fn handle(s: &mut Session, packet: Packet, now: Instant) -> Handled {
     match s.handle(packet, now) {
         Handled::Publish(mut inbound) => {
             assert_ne!(inbound.msg.id, 0, "a client's message gets an id");
-            Arc::make_mut(&mut inbound.msg).id = 0;
+            assert_eq!(
+                inbound.msg.entered,
+                Some(crate::message::Entered::Local(now)),
+                "a client's message entered the node when its packet was handled"
+            );
+            let m = Arc::make_mut(&mut inbound.msg);
+            m.id = 0;
+            m.entered = None;
             Handled::Publish(inbound)
         }
         other => other,

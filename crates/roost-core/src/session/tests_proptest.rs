@@ -191,6 +191,12 @@ proptest! {
             // Queue bounds and byte accounting.
             prop_assert!(s.queued_len() <= max_queued_messages);
             prop_assert_eq!(s.queued_bytes, s.queue.iter().map(|p| p.msg.size()).sum::<usize>());
+            // The node-wide totals (this session is their only one) follow the queue.
+            let totals = &s.limits.queue_totals;
+            prop_assert_eq!(
+                (totals.messages(), totals.bytes()),
+                (s.queue.len() as u64, s.queued_bytes as u64)
+            );
             // No expiry in this test, so nothing is dropped as expired.
             prop_assert_eq!(s.drops.expired, 0);
             // Conservation: every QoS 1/2 message is completed, abandoned, in flight, queued or

@@ -79,6 +79,12 @@ fn queue_bounds(
         s.queued_bytes,
         s.queue.iter().map(|p| p.msg.size()).sum::<usize>()
     );
+    // The node-wide totals hold exactly this session's queue (it is their only session).
+    let totals = s.limits.queue_totals.clone();
+    assert_eq!(
+        (totals.messages(), totals.bytes()),
+        (s.queue.len() as u64, s.queued_bytes as u64)
+    );
     let drops = s.take_drops();
     assert_eq!(
         drops,
@@ -102,7 +108,74 @@ fn queue_bounds(
         kept.push(payloads[idx]);
     }
     assert_eq!(s.queued_bytes, 0);
+    assert_eq!((totals.messages(), totals.bytes()), (0, 0));
     (kept, drops.queue_full)
+}
+
+/// The queue totals every session of a node shares (`roost_session_queue_messages` /
+/// `_bytes`) follow each way into and out of a queue, and are back at 0 once nothing is
+/// queued: sent after a reconnect or an acknowledgement, dropped for the bound, taken for a
+/// shared group, exported to another node, ended, or the session dropped. Each message is
+/// its topic plus a 1-byte payload: "t" 2 bytes, "tt" 3.
+#[test]
+fn queue_totals_follow_every_way_in_and_out_and_drain_to_zero() {
+    let t0 = Instant::now();
+    let limits = SessionLimits {
+        max_queued_messages: 3,
+        drop_policy: DropPolicy::Oldest,
+        ..SessionLimits::default()
+    };
+    let totals = Arc::clone(&limits.queue_totals);
+    let held = || (totals.messages(), totals.bytes());
+    let mut a = session(limits.clone());
+    let mut b = Session::new(Arc::from("client-2"), limits.clone());
+
+    // Offline: QoS 1 is queued, QoS 0 is not kept.
+    deliver(&mut a, &msg("t", "1"), QoS::AtLeastOnce, t0);
+    deliver(&mut a, &msg("t", "2"), QoS::AtMostOnce, t0);
+    deliver(&mut b, &msg("tt", "3"), QoS::AtLeastOnce, t0);
+    assert_eq!(held(), (2, 5));
+    // Past a's bound of 3 the oldest go: a holds 3 × 2 bytes.
+    for p in ["4", "5", "6"] {
+        deliver(&mut a, &msg("t", p), QoS::AtLeastOnce, t0);
+    }
+    assert_eq!(a.take_drops().queue_full, 1);
+    assert_eq!(held(), (4, 9));
+
+    // Taken for another member of a shared group.
+    deliver_shared(&mut b, &msg("t", "7"), QoS::AtLeastOnce, "$share/g/t", t0);
+    assert_eq!(held(), (5, 11));
+    assert_eq!(b.take_shared_queued().len(), 1);
+    assert_eq!(held(), (4, 9));
+
+    // Exported: out of this node; imported: in again; the copy dropped: out.
+    let image = b.export();
+    assert_eq!(held(), (3, 6));
+    let copy = Session::import(Arc::from("client-2"), limits.clone(), image);
+    assert_eq!(held(), (4, 9));
+    drop(copy);
+    assert_eq!(held(), (3, 6));
+
+    // Reconnected with a window of 1: one goes out, two wait; each PUBACK sends the next.
+    a.connect(v5(1), secs(t0, 1));
+    assert_eq!(held(), (2, 4));
+    for left in [(1, 2), (0, 0)] {
+        let [Outbound::Publish(p)] = &take(&mut a)[..] else {
+            panic!("one PUBLISH expected");
+        };
+        a.handle_puback(p.packet_id.unwrap(), t0).unwrap();
+        assert_eq!(held(), left);
+    }
+
+    // Ended, and dropped, with messages queued: nothing is left counted.
+    a.disconnect();
+    deliver(&mut a, &msg("t", "8"), QoS::AtLeastOnce, t0);
+    deliver(&mut b, &msg("t", "9"), QoS::AtLeastOnce, t0);
+    assert_eq!(held(), (2, 4));
+    a.end();
+    assert_eq!(held(), (1, 2));
+    drop(b);
+    assert_eq!(held(), (0, 0));
 }
 
 #[test]

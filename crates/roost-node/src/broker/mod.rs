@@ -306,6 +306,7 @@ impl Broker {
             expires_at: None,
             publisher: None,
             id: 0,
+            entered: None,
         });
         self.retain_local(&msg);
         self.route(&msg, Origin::System, &mut Vec::new());
@@ -346,6 +347,10 @@ impl Broker {
         self.metrics
             .routes_pending
             .set(self.routes.pending() as f64);
+        // Kept up to date by every session of this node (`SessionLimits::queue_totals`).
+        let queued = &self.limits.queue_totals;
+        self.metrics.queue_messages.set(queued.messages() as f64);
+        self.metrics.queue_bytes.set(queued.bytes() as f64);
     }
 
     /// Tells every connected client to leave with `kick` (shutdown, lost lease); returns how

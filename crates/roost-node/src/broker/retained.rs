@@ -177,6 +177,8 @@ fn from_retained(
         // A retained message is delivered when a client subscribes, never routed twice to one
         // session: it needs no name.
         id: 0,
+        // Sent on SUBSCRIBE, not a live publish: no delivery latency.
+        entered: None,
     })
 }
 
