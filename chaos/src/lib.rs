@@ -178,12 +178,8 @@ pub fn check(ops: &[Op]) -> Report {
     }
     r.wills = invariants::will::judge(ops).1;
     // Outages up to the bound's end, or (no bound) up to the last publish.
-    let end = ops
-        .iter()
-        .find_map(|op| match op {
-            Op::OutageBound { until, .. } => Some(*until),
-            _ => None,
-        })
+    let end = invariants::outage::bound(ops)
+        .map(|(_, until)| until)
         .unwrap_or_else(|| {
             ops.iter()
                 .filter_map(|op| match op {

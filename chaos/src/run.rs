@@ -278,6 +278,20 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         targets.moved(i, format!("{ip}:{MQTT}").parse()?);
         Ok(ip)
     };
+    // Node `i` leaves as docs/deploy.md says: stopped first (SIGTERM: its drain hands its
+    // sessions on), then removed with `roost ctl leave` through node `via` (a leave first
+    // would forget the sessions it still holds). Returns what happened, for the nemesis log.
+    let remove_node = |i: usize, via: usize| -> String {
+        let mut note = String::new();
+        if !nodes.lock().terminate(i, STOP_LIMIT) {
+            note.push_str(&format!(", node {i} killed 25 s after SIGTERM"));
+        }
+        match nodes.lock().ctl(via, &["leave", &i.to_string()]) {
+            Ok(_) => note.push_str(&format!(", node {i} left through node {via}")),
+            Err(e) => note.push_str(&format!(", node {i}: leave failed: {e}")),
+        }
+        note
+    };
     ready(Duration::from_secs(30)).context("the cluster did not start")?;
     let mut events = std::fs::File::create(cfg.out.join("nemesis.log"))?;
     writeln!(
@@ -423,28 +437,14 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             Fault::Pause => nodes.lock().pause(victim, false),
             Fault::Kill => nodes.lock().spawn(victim)?,
             Fault::Membership => {
-                // As docs/deploy.md says: stop it first (its drain hands its sessions on),
-                // then remove it (a leave forgets the sessions a node still holds).
-                if !nodes.lock().terminate(victim, STOP_LIMIT) {
-                    note.push_str(" (killed 25 s after SIGTERM)");
-                }
                 let via = 1 + nemesis_rng.below(cfg.nodes);
-                match nodes.lock().ctl(via, &["leave", &victim.to_string()]) {
-                    Ok(_) => note.push_str(&format!(", left through node {via}")),
-                    Err(e) => note.push_str(&format!(", leave failed: {e}")),
-                }
+                note.push_str(&remove_node(victim, via));
             }
             Fault::Scale => {
-                // Scale down one at a time, highest first: drain (SIGTERM), then leave.
+                // Scale down one at a time, highest first.
                 for i in (cfg.nodes + 1..=all).rev() {
-                    if !nodes.lock().terminate(i, STOP_LIMIT) {
-                        note.push_str(&format!(", node {i} killed 25 s after SIGTERM"));
-                    }
                     let via = 1 + nemesis_rng.below(cfg.nodes);
-                    match nodes.lock().ctl(via, &["leave", &i.to_string()]) {
-                        Ok(_) => note.push_str(&format!(", node {i} left through node {via}")),
-                        Err(e) => note.push_str(&format!(", node {i}: leave failed: {e}")),
-                    }
+                    note.push_str(&remove_node(i, via));
                 }
             }
             Fault::Restart | Fault::RollingRestart => {}

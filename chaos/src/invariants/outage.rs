@@ -70,11 +70,16 @@ pub fn outages(ops: &[Op], end: Nanos) -> Vec<(String, Nanos, Nanos)> {
     out
 }
 
-pub fn check(ops: &[Op]) -> Vec<Violation> {
-    let Some((max, until)) = ops.iter().find_map(|op| match op {
+/// The run's bound, if it set one: (max, until).
+pub fn bound(ops: &[Op]) -> Option<(Nanos, Nanos)> {
+    ops.iter().find_map(|op| match op {
         Op::OutageBound { max, until } => Some((*max, *until)),
         _ => None,
-    }) else {
+    })
+}
+
+pub fn check(ops: &[Op]) -> Vec<Violation> {
+    let Some((max, until)) = bound(ops) else {
         return Vec::new();
     };
     outages(ops, until)

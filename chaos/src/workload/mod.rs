@@ -256,17 +256,11 @@ impl Targets {
         self.addrs.lock()[node - 1] = addr;
     }
 
-    /// The node a Server Reference (`NAME:PORT`, or `HOST:PORT` by address) names, if any.
+    /// The node a Server Reference (`NAME:PORT`: every node advertises its name) names, if
+    /// any.
     pub fn named(&self, reference: &str) -> Option<usize> {
         let host = reference.rsplit_once(':').map_or(reference, |(h, _)| h);
-        if let Some(i) = self.names.iter().position(|n| n == host) {
-            return Some(i + 1);
-        }
-        let addrs = self.addrs.lock();
-        addrs
-            .iter()
-            .position(|a| a.to_string() == reference || a.ip().to_string() == host)
-            .map(|i| i + 1)
+        self.names.iter().position(|n| n == host).map(|i| i + 1)
     }
 
     /// Whether a client of home `home`, connected to `node`, should go home when it can: its

@@ -143,21 +143,8 @@ async fn item6_failed_route_removal_is_retried_once_quorum_returns() {
     let a = member_in(1, p1, p2, dir1.path()).await;
     // Node 1 is ready (`member_in` waits for it), but its first claims may still miss the
     // 500 ms commit timeout while the two catch up: 0x88, ask again (CI saw one).
-    let mut publ = None;
-    for _ in 0..40 {
-        let mut c = RawClient::open(a.addr(), Protocol::V5).await.unwrap();
-        let ack = c
-            .handshake(connect_packet(Protocol::V5, "pub", true))
-            .await
-            .unwrap();
-        if ack.reason_code == ReasonCode::SUCCESS {
-            publ = Some(c);
-            break;
-        }
-        assert_eq!(ack.reason_code, ReasonCode::SERVER_UNAVAILABLE, "{ack:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    let mut publ = publ.expect("node 1 took no clean session within 10 s of its restart");
+    let (mut publ, _) =
+        connect_when_served(a.addr(), || connect_packet(Protocol::V5, "pub", true)).await;
     let started = std::time::Instant::now();
     let mut last = ReasonCode::SUCCESS;
     while started.elapsed() < std::time::Duration::from_secs(10) {

@@ -34,20 +34,7 @@ async fn drain_publishes(c: &mut RawClient, quiet: Duration) -> Vec<String> {
 /// Resumes a persistent session, asking again while the cluster answers 0x88 (a stopped
 /// leader is replaced within about 1.5 s: docs/rfcs/0004).
 async fn resume(addr: std::net::SocketAddr, protocol: Protocol, id: &str) -> (RawClient, bool) {
-    for _ in 0..40 {
-        let mut c = RawClient::open(addr, protocol).await.unwrap();
-        let ack = c.handshake(persistent_packet(protocol, id)).await.unwrap();
-        if ack.reason_code == ReasonCode::SUCCESS {
-            return (c, ack.session_present);
-        }
-        assert_eq!(
-            ack.reason_code,
-            ReasonCode::SERVER_UNAVAILABLE,
-            "{id}: {ack:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{id}: the cluster did not take the client back within 10 s");
+    connect_when_served(addr, || persistent_packet(protocol, id)).await
 }
 
 /// Publishes `PREFIX<n>` to `topic` (QoS 1, n = 1, 2, ...) until one is accepted, failing

@@ -28,8 +28,9 @@ pub use cluster::{free_port, nodes_with, two_nodes_with};
 pub use packets::{connect_v5, persistent_packet, pid, pkt, publish_packet, s, will, BOTH, EXPIRY};
 pub use proxy::Proxy;
 pub use steps::{
-    collect, connect_clean, connect_persistent, connect_with, expect_disconnect, payloads,
-    publish_ok, publish_with, raw_exchange, recv_publish, wait_connections, SILENCE,
+    collect, connect_clean, connect_persistent, connect_when_served, connect_with,
+    expect_disconnect, payloads, publish_ok, publish_with, raw_exchange, recv_publish,
+    wait_connections, SILENCE,
 };
 
 use anyhow::{anyhow, bail, Context};

@@ -30,6 +30,29 @@ pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (RawClient, Con
     (c, ack)
 }
 
+/// Connects with `connect` (built afresh for each try), asking again every 250 ms while the
+/// broker answers 0x88 Server unavailable (a claim that missed the commit timeout, a cluster
+/// electing a leader), at most 40 times (10 s); any other refusal fails the test. Returns the
+/// client and whether a session was present.
+pub async fn connect_when_served(
+    addr: SocketAddr,
+    connect: impl Fn() -> Connect,
+) -> (RawClient, bool) {
+    for _ in 0..40 {
+        let first = connect();
+        let mut c = RawClient::open(addr, first.protocol)
+            .await
+            .expect("TCP connect to the broker");
+        let ack = c.handshake(first).await.expect("CONNECT / CONNACK");
+        if ack.reason_code == ReasonCode::SUCCESS {
+            return (c, ack.session_present);
+        }
+        assert_eq!(ack.reason_code, ReasonCode::SERVER_UNAVAILABLE, "{ack:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the broker at {addr} served no CONNECT within 10 s (0x88 each time)");
+}
+
 /// Connects (or resumes) a persistent session (see [`persistent_packet`]).
 pub async fn connect_persistent(
     addr: SocketAddr,

@@ -275,8 +275,8 @@ async fn forward_loop(
                         Ok(Some(a)) => {
                             acked = true;
                             progress = Instant::now();
-                            unacked.settle(&a.seqs, &f.stream.ack_latency);
-                            unacked.refuse(&a.refused, &stats.forward_given_up.refused);
+                            let refused = &stats.forward_given_up.refused;
+                            unacked.answer(&a, &f.stream.ack_latency, refused);
                         }
                         Ok(None) | Err(_) => {
                             open = false;
@@ -313,8 +313,11 @@ async fn forward_loop(
                                     up.store(true, Relaxed);
                                     debug!(peer = %peer, "peer acknowledging again");
                                 }
-                                unacked.settle(&a.seqs, &f.stream.ack_latency);
-                                unacked.refuse(&a.refused, &stats.forward_given_up.refused);
+                                unacked.answer(
+                                    &a,
+                                    &f.stream.ack_latency,
+                                    &stats.forward_given_up.refused,
+                                );
                                 continue;
                             }
                             Ok(None) | Err(_) => {
@@ -492,10 +495,12 @@ impl Unacked {
         }
     }
 
-    /// The peer refused `seqs` (it is there, but did not take them: `ForwardAck.refused`):
-    /// each one's publisher hears a failure at once, and it is counted.
-    fn refuse(&mut self, seqs: &[u64], refused: &Counter) {
-        for s in seqs {
+    /// The peer's answer: what it accepted ([`settle`](Self::settle)) and what it refused
+    /// (it is there, but did not take them: `ForwardAck.refused`), whose publishers hear a
+    /// failure at once, counted in `refused`.
+    fn answer(&mut self, ack: &pb::ForwardAck, latency: &Histogram, refused: &Counter) {
+        self.settle(&ack.seqs, latency);
+        for s in &ack.refused {
             let Some(o) = self.ack(*s) else { continue };
             refused.increment(1);
             if let Some(tx) = o.ack {
