@@ -23,7 +23,9 @@
 //!
 //! Cancel safety: the `select!` arms are `ByteStream::readable` (cancel safe: readiness only, no
 //! data is taken), `Notify::notified` (a permit stored by `notify_one` is not lost when the
-//! future is dropped), awaiting a `JoinHandle` by reference, and `sleep_until` (stateless).
+//! future is dropped), awaiting a `JoinHandle` by reference, and the connection's one timer
+//! polled by reference (its deadline is moved with `Sleep::reset`; dropping the poll takes
+//! nothing from it).
 //! Reads happen with `try_read_buf` after the `select!` returns, and writes with `try_write`
 //! (a blocked write waits on writability, the connection's wake and a stall timeout, see
 //! `Conn::flush_until`), so no partial read or write is ever dropped.
@@ -290,6 +292,10 @@ impl<S: ByteStream> Conn<S> {
                     None => std::future::pending().await,
                 }
             };
+            // Boxed: only a write that would block gets here, and inline the timer would sit in
+            // the state of every connection's session loop (which awaits this) for its whole
+            // life, beside the loop's own timer (docs/performance.md).
+            let stalled = Box::pin(tokio::time::sleep_until(at));
             tokio::select! {
                 biased;
                 _ = kicked => {
@@ -305,7 +311,7 @@ impl<S: ByteStream> Conn<S> {
                         return Err(FlushStop::Io);
                     }
                 }
-                _ = tokio::time::sleep_until(at) => {
+                _ = stalled => {
                     self.blocked = true;
                     return Err(FlushStop::Stalled);
                 }
@@ -717,6 +723,13 @@ impl<S: ByteStream> Conn<S> {
     }
 
     async fn session_loop(&mut self, st: &mut Live) -> Close {
+        // The keep-alive and credentials timer, one for the whole loop: its deadline is moved
+        // with `reset` (a later deadline is an atomic update, no lock). A `Sleep` made inside the
+        // `select!` joined the runtime's timer wheel when first polled and left it when dropped,
+        // each under the wheel's lock, on every wake-up: in a fan-out, on every delivery
+        // (docs/performance.md, "Where the round trip's time goes"). Its initial deadline is never
+        // used: the arm is only polled after a `reset` to the deadline of the moment.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         loop {
             if let Err(close) = self.release_acks(st) {
                 return close;
@@ -732,6 +745,11 @@ impl<S: ByteStream> Conn<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(at) = deadline {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
             // The select only says what happened; the work is done after it, when its
             // futures are gone: awaited inside an arm, `process` would sit beside them in this
             // loop's state, which every idle connection carries (docs/performance.md).
@@ -742,7 +760,7 @@ impl<S: ByteStream> Conn<S> {
                 done = run_op(&mut st.op), if st.op.is_some() => Event::OpDone(done),
                 _ = front_done(&mut st.pending_acks),
                     if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
-                _ = sleep_opt(deadline) => Event::Timer,
+                _ = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
             match event {
                 Event::Woken => {
@@ -1478,13 +1496,6 @@ struct PendingAck {
 async fn front_done(q: &mut VecDeque<PendingAck>) {
     if let Some(PendingAck { wait: Some(w), .. }) = q.front_mut() {
         w.done().await;
-    }
-}
-
-async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
