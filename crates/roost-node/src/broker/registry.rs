@@ -57,6 +57,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::{debug, warn};
 
+/// A hand-back (`ReturnSession`) that did not commit is proposed again after this, doubling
+/// up to [`HAND_BACK_RETRY_MAX`], at most [`HAND_BACK_TRIES`] times in all (about 20 s).
+const HAND_BACK_RETRY_FIRST: Duration = Duration::from_millis(20);
+const HAND_BACK_RETRY_MAX: Duration = Duration::from_secs(1);
+const HAND_BACK_TRIES: u32 = 25;
+
 /// How often a claimant asks an unreachable previous owner again for the session.
 const TAKE_RETRY: Duration = Duration::from_millis(250);
 
@@ -895,9 +901,31 @@ impl Broker {
             generation,
             to,
         };
+        let client_id = client_id.clone();
         self.spawn(async move {
-            if let Err(e) = c.propose(cmd).await {
-                warn!(error = %e, "a claim given up on committed and was not handed back");
+            // Asked again until it took effect: the owner it goes back to drops its copy (and
+            // what it queued) when the hand-back has not come by its stale-copy timer. A
+            // proposal that timed out may still have committed (it is then applied here a
+            // moment later, and the registry no longer names this claim); one proposed twice
+            // is a no-op the second time (fenced by generation).
+            let ours = SessionOwner {
+                node: c.node_id(),
+                generation,
+            };
+            let mut backoff = HAND_BACK_RETRY_FIRST;
+            let mut tries = 1;
+            while let Err(e) = c.propose(cmd.clone()).await {
+                tokio::time::sleep(backoff).await;
+                if c.state().read().session_owner(&client_id) != Some(ours) {
+                    return;
+                }
+                if tries == HAND_BACK_TRIES {
+                    warn!(client_id = %client_id, error = %e, tries, "a claim given up on committed and was not handed back");
+                    return;
+                }
+                debug!(client_id = %client_id, error = %e, tries, "handing back a claim given up on: asking again");
+                backoff = (backoff * 2).min(HAND_BACK_RETRY_MAX);
+                tries += 1;
             }
         });
     }
