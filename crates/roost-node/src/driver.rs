@@ -54,7 +54,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info};
 
@@ -101,6 +101,9 @@ struct Conn<S> {
     broker: Arc<Broker>,
     /// A write was left blocked on a client that does not read: no goodbye is attempted.
     blocked: bool,
+    /// It runs on a single-threaded runtime (a connection shard): one yield before routing
+    /// is enough there (see `handle`).
+    single_threaded: bool,
 }
 
 /// A socket's place among those that have not sent CONNECT yet, and the read-buffer bytes it
@@ -176,6 +179,10 @@ pub(crate) async fn serve<S: ByteStream>(
         decoder: Decoder::server(broker.config.mqtt.max_packet_size),
         broker,
         blocked: false,
+        single_threaded: matches!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        ),
     };
     let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
     // Boxed, as everything before and after the session loop is (see `run_session`).
@@ -892,15 +899,40 @@ impl<S: ByteStream> Conn<S> {
                     // Once per read batch, before the first PUBLISH is routed, the connections
                     // whose bytes arrived with or before it run first, so a SUBSCRIBE read on
                     // another connection just before this PUBLISH is indexed before it is
-                    // routed (a SUBSCRIBE never yields before it is indexed). Twice: a yielded
-                    // task resumes when its worker runs out of work, right after the worker
-                    // polled the I/O driver; the connections that poll woke are then queued,
-                    // but the scheduler runs the last task woken (this one) first. The second
-                    // yield lets them run. The same yields let the drivers the previous batch
-                    // woke run before we route more: a publisher must not starve its
-                    // subscribers. (Measured with `benches/subscribe-publish-race.py`.)
-                    tokio::task::yield_now().await;
-                    tokio::task::yield_now().await;
+                    // routed (a SUBSCRIBE never yields before it is indexed). The same yield
+                    // lets the drivers the previous batch woke run before we route more: a
+                    // publisher must not starve its subscribers. (Measured with
+                    // `benches/subscribe-publish-race.py`.)
+                    //
+                    // On a single-threaded runtime (a shard) one yield is enough: a yielded task
+                    // waits until the runtime has polled the I/O driver, and the tasks that
+                    // poll woke are queued ahead of it (FIFO). On the work-stealing runtime
+                    // (`node.shards = 0`) twice: a yielded task resumes right after its worker
+                    // polled the I/O driver, but that scheduler runs the last task woken (this
+                    // one) first; the second yield lets the others run. Each of those yields
+                    // also wakes an idle worker that finds nothing to do (docs/performance.md).
+                    //
+                    // With several shards, a SUBSCRIBE may be read by another shard's thread
+                    // at the same time: the shards that are awake get a marker, and this
+                    // waits until they have polled their sockets and run what that woke
+                    // (`Shards::send_markers`). Boxed: it is rare on an idle node, and inline
+                    // its state would sit in every connection's loop.
+                    if self.single_threaded {
+                        let markers = self
+                            .broker
+                            .shards
+                            .get()
+                            .and_then(Weak::upgrade)
+                            .map(|s| s.send_markers())
+                            .unwrap_or_default();
+                        tokio::task::yield_now().await;
+                        if !markers.is_empty() {
+                            Box::pin(crate::shard::caught_up(markers)).await;
+                        }
+                    } else {
+                        tokio::task::yield_now().await;
+                        tokio::task::yield_now().await;
+                    }
                     st.yielded = true;
                 }
                 self.on_publish(st, inbound).await

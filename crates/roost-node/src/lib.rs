@@ -36,6 +36,7 @@ pub mod passwords;
 mod policy;
 mod routes;
 pub mod scram;
+mod shard;
 mod sys;
 pub mod telemetry;
 

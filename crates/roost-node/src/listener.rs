@@ -15,6 +15,7 @@
 
 use crate::broker::Broker;
 use crate::config::{CertIdentity, ListenerConfig, ListenerKind};
+use crate::shard::Shards;
 use metrics::counter;
 use roost_transport::{ws, PeerCert, TlsAcceptor, TlsSettings};
 use std::net::SocketAddr;
@@ -369,8 +370,22 @@ impl Listener {
     }
 }
 
-/// Accepts on `socket` until `stop`, spawning a task per connection.
+/// Accepts on `socket` until `stop`, spawning a task per connection: on the shard with the
+/// fewest connections when the node runs shards, else on this runtime.
 pub(crate) async fn accept_loop(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+    shards: Option<Arc<Shards>>,
+) {
+    match shards {
+        Some(shards) => sharded_accept_loop(socket, listener, broker, stop, shards).await,
+        None => local_accept_loop(socket, listener, broker, stop).await,
+    }
+}
+
+async fn local_accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     broker: Arc<Broker>,
@@ -390,15 +405,67 @@ pub(crate) async fn accept_loop(
                         crate::metrics::rejected("pending_limit");
                     }
                 },
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(listener = %listener.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(e) => accept_failed(&listener, e).await,
             },
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Accepts on this runtime and hands each socket to a shard. tokio registers an accepted socket
+/// with this runtime's I/O driver; `into_std` takes it out again and the shard registers it
+/// with its own: two `epoll_ctl` more per connection than accepting where it runs. Accepting
+/// by readiness with the standard library would save them, but tokio's API for that
+/// (`AsyncFd::register`) is `unsafe`, which the workspace forbids; one SO_REUSEPORT listener
+/// per shard would too (RFC 0009 says why not yet).
+async fn sharded_accept_loop(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+    shards: Arc<Shards>,
+) {
+    loop {
+        tokio::select! {
+            r = socket.accept() => match r {
+                Ok((stream, peer)) => hand_off(&shards, &listener, &broker, stream, peer),
+                Err(e) => accept_failed(&listener, e).await,
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One accepted socket to its shard, or closed at once when too many still owe a CONNECT.
+fn hand_off(
+    shards: &Shards,
+    listener: &Arc<Listener>,
+    broker: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(pending) = crate::driver::Pending::admit(broker) else {
+        drop(stream);
+        crate::metrics::rejected("pending_limit");
+        return;
+    };
+    // Out of this runtime's I/O driver (the socket stays non-blocking).
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(listener = %listener.name, %peer, error = %e, "cannot hand an accepted socket to a shard");
+            return;
+        }
+    };
+    let l = Arc::clone(listener);
+    let broker = Arc::clone(broker);
+    shards.spawn_tcp(stream, move |stream| l.serve(broker, stream, peer, pending));
+}
+
+/// EMFILE and friends: back off instead of spinning.
+async fn accept_failed(listener: &Listener, e: std::io::Error) {
+    warn!(listener = %listener.name, error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Accepts QUIC connections on `listener`'s endpoint until `stop`.
@@ -436,9 +503,10 @@ pub(crate) fn spawn_accept(
     listener: Arc<Listener>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
+    shards: Option<Arc<Shards>>,
 ) -> JoinHandle<()> {
     match socket {
-        Some(s) => tokio::spawn(accept_loop(s, listener, broker, stop)),
+        Some(s) => tokio::spawn(accept_loop(s, listener, broker, stop, shards)),
         None => tokio::spawn(quic_accept_loop(listener, broker, stop)),
     }
 }

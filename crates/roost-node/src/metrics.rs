@@ -69,6 +69,7 @@ pub(crate) const HTTP_REFUSED: &str = "roost_http_requests_refused_total";
 pub(crate) const DELIVERY_LATENCY: &str = "roost_delivery_latency_seconds";
 pub(crate) const QUEUE_BYTES: &str = "roost_session_queue_bytes";
 pub(crate) const QUEUE_MESSAGES: &str = "roost_session_queue_messages";
+pub(crate) const SHARD_CONNECTIONS: &str = "roost_shard_connections";
 
 /// A connection records the latency of its first delivery, then of one in this many
 /// (`roost_delivery_latency_seconds`). One recording costs about 140 ns (the exporter reads
@@ -79,6 +80,10 @@ pub(crate) const LATENCY_SAMPLE_EVERY: u16 = 16;
 
 /// Describes all metrics to the recorder. Called once at start-up.
 pub(crate) fn describe() {
+    describe_gauge!(
+        SHARD_CONNECTIONS,
+        "Sockets each connection shard runs (label shard: 0..node.shards), from accept to close"
+    );
     describe_gauge!(
         CONNECTIONS,
         "MQTT connections currently open (after CONNACK)"
@@ -467,6 +472,11 @@ impl Metrics {
 /// Counts a connection refused at CONNECT.
 pub(crate) fn rejected(reason: &'static str) {
     counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Sets one shard's live connection count (at scrape).
+pub(crate) fn shard_connections(shard: usize, live: usize) {
+    gauge!(SHARD_CONNECTIONS, "shard" => shard.to_string()).set(live as f64);
 }
 
 /// Counts a closed connection by why it closed.

@@ -70,6 +70,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A connection shard's runtime or thread could not be started (`node.shards`).
+    #[error("cannot start the connection shards (node.shards): {0}")]
+    Shards(std::io::Error),
     /// A seed in `cluster.seeds` is not `ID@HOST:PORT`.
     #[error("cluster.seeds: {0}")]
     Seed(String),
@@ -98,6 +101,8 @@ pub struct Node {
     /// Every MQTT listener's name and bound address, `mqtt.listen` first.
     listener_addrs: Vec<(String, SocketAddr)>,
     background: Vec<JoinHandle<()>>,
+    /// The connection shards (`node.shards`); stopped last, and when the node is dropped.
+    shards: Option<Arc<crate::shard::Shards>>,
     _data_lock: File,
 }
 
@@ -241,6 +246,14 @@ impl Node {
         }
         #[cfg(unix)]
         background.push(tokio::spawn(reload_on_sighup(Arc::downgrade(&broker))));
+        let shards = match config.node.shards {
+            0 => None,
+            n => {
+                let shards = Arc::new(crate::shard::Shards::start(n).map_err(StartError::Shards)?);
+                let _ = broker.shards.set(Arc::downgrade(&shards));
+                Some(shards)
+            }
+        };
         let mut accept_tasks = Vec::new();
         let mut listener_addrs = Vec::new();
         for ((socket, addr), l) in sockets.into_iter().zip(listeners) {
@@ -263,6 +276,7 @@ impl Node {
                 l,
                 Arc::clone(&broker),
                 stop_rx.clone(),
+                shards.clone(),
             ));
         }
         drop(stop_rx);
@@ -273,6 +287,7 @@ impl Node {
             cluster = cluster.advertise(),
             node_id = %cluster.node_id(),
             data_dir = %config.node.data_dir.display(),
+            shards = shards.as_ref().map_or(0, |s| s.len()),
             "roost node started"
         );
         Ok(Node {
@@ -285,6 +300,7 @@ impl Node {
             accept_tasks,
             listener_addrs,
             background,
+            shards,
             _data_lock: data_lock,
         })
     }
@@ -334,6 +350,12 @@ impl Node {
         self.broker.connections.load(Ordering::Acquire)
     }
 
+    /// Sockets each connection shard runs, from accept to close (`node.shards`); empty when
+    /// connections run on the shared runtime.
+    pub fn shard_connections(&self) -> Vec<usize> {
+        self.shards.as_ref().map_or_else(Vec::new, |s| s.live())
+    }
+
     /// Graceful stop: not ready, no new connections, v5 clients get DISCONNECT 0x9C with a
     /// Server Reference naming a live peer (0x8B when there is none), wait for every
     /// connection to flush and close (bounded); in a cluster, hand every persistent session to
@@ -375,6 +397,9 @@ impl Node {
             .hand_off_leadership(HAND_OFF_TIMEOUTS * election)
             .await;
         self.cluster.shutdown().await;
+        if let Some(shards) = &self.shards {
+            shards.stop().await;
+        }
         info!("stopped");
     }
 }

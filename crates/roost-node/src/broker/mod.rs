@@ -143,6 +143,9 @@ pub(crate) struct Broker {
     /// The admin listener's certificate when it serves HTTPS (`http.tls_cert`), set at start,
     /// for certificate reloads.
     pub(crate) admin_tls: std::sync::OnceLock<Arc<crate::https::AdminTls>>,
+    /// The connection shards, set at start when `node.shards` > 0 (`roost_shard_connections`).
+    /// Weak: the node owns them, and their connections hold the broker.
+    pub(crate) shards: std::sync::OnceLock<std::sync::Weak<crate::shard::Shards>>,
 }
 
 impl Broker {
@@ -194,6 +197,7 @@ impl Broker {
             policies,
             listeners: parking_lot::RwLock::new(Vec::new()),
             admin_tls: std::sync::OnceLock::new(),
+            shards: std::sync::OnceLock::new(),
         });
         broker
             .tasks
@@ -351,6 +355,11 @@ impl Broker {
         let queued = &self.limits.queue_totals;
         self.metrics.queue_messages.set(queued.messages() as f64);
         self.metrics.queue_bytes.set(queued.bytes() as f64);
+        if let Some(shards) = self.shards.get().and_then(std::sync::Weak::upgrade) {
+            for (i, live) in shards.live().into_iter().enumerate() {
+                crate::metrics::shard_connections(i, live);
+            }
+        }
     }
 
     /// Tells every connected client to leave with `kick` (shutdown, lost lease); returns how

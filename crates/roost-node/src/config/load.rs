@@ -68,6 +68,8 @@ impl Config {
             ));
         }
 
+        between("node.shards", node.shards, 0, MAX_SHARDS)?;
+
         let m = &self.mqtt;
         at_least("mqtt.max_connections", m.max_connections, 1)?;
         at_least("mqtt.max_pending_connections", m.max_pending_connections, 1)?;

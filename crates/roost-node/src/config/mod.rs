@@ -35,6 +35,8 @@ use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 /// Largest packet MQTT can express: a 1-byte fixed header, a 4-byte Remaining Length and
 /// 268,435,455 bytes of remaining length (MQTT 5.0 §2.1.4 / §3.1.2.11.4).
 pub const MQTT_MAX_PACKET_SIZE: u32 = 268_435_460;
+/// The most connection shards a node runs (`node.shards`).
+pub const MAX_SHARDS: usize = 1024;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "ROOST_";
@@ -240,6 +242,11 @@ pub struct NodeConfig {
     /// `$SYS` entirely. A bound exists because every publication fans out to every `$SYS`
     /// subscriber. Default 10.
     pub sys_interval_secs: u64,
+    /// Connection shards: threads that each run one single-threaded runtime and the
+    /// connections handed to it (docs/rfcs/0009-shards.md). `0` (the default) runs connections
+    /// on the node's shared work-stealing runtime, which measured faster on the hardware we
+    /// have (RFC 0009, "Numbers"). At most [`MAX_SHARDS`].
+    pub shards: usize,
 }
 
 impl Default for NodeConfig {
@@ -247,6 +254,7 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: PathBuf::from("./roost-data"),
             sys_interval_secs: 10,
+            shards: 0,
         }
     }
 }

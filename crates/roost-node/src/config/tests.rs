@@ -1068,3 +1068,18 @@ fn listener_flags_add_listeners_with_the_tls_files() {
     );
     assert_eq!(config.auth.password_file.as_deref(), Some(Path::new("/pw")));
 }
+
+#[test]
+fn shards_default_to_the_shared_runtime_and_are_bounded() {
+    assert_eq!(Config::default().node.shards, 0);
+    let c = Config::from_toml_str("[node]\nshards = 4\n").unwrap();
+    assert_eq!(c.node.shards, 4);
+    let c = load_str("", &[("ROOST_NODE__SHARDS", "3")], &CliOverrides::default()).unwrap();
+    assert_eq!(c.node.shards, 3);
+    Config::from_toml_str("[node]\nshards = 1024\n").unwrap();
+    let e = Config::from_toml_str("[node]\nshards = 1025\n").unwrap_err();
+    match e {
+        ConfigError::Invalid { key, .. } => assert_eq!(key, "node.shards"),
+        other => panic!("expected node.shards to be named, got {other:?}"),
+    }
+}

@@ -1,0 +1,288 @@
+//! Connection shards: one thread per core, each a single-threaded tokio runtime that owns the
+//! sockets of the connections handed to it (docs/rfcs/0009-shards.md).
+//!
+//! The accept loops run on the node's shared runtime. Each accepted TCP socket is handed to a
+//! shard (the one with the fewest sockets, or the previous connection's when the two came
+//! together: [`Shards::place`]), which registers it with its own I/O driver and runs the
+//! connection's task there. From then on the
+//! connection's reads, writes, timers and wake-ups happen on that one thread: a delivery to a
+//! subscriber on the same shard is a wake-up into the local run queue; one on another shard is
+//! a wake-up into that shard's queue, which unparks its thread only when it sleeps.
+//!
+//! Why: on a work-stealing runtime every `yield_now` before routing (issue 7 item 10's
+//! ordering, `driver.rs`) and many wake-ups sent the task through the scheduler's search for
+//! work, waking the other worker (a futex or an eventfd write) that then found nothing: about
+//! half of a QoS 1 round trip (docs/performance.md). On a single-threaded runtime a yield is one
+//! `epoll_wait(0)` on the same thread, and the connections that poll woke run before the
+//! yielding task (its queue is FIFO, and deferred tasks are queued after the driver's).
+//!
+//! What stays on the shared runtime: Raft, the gRPC forwarding streams and their receivers,
+//! the admin HTTP API, QUIC (quinn's endpoint drives all its connections from one task), and
+//! the node's background tasks. Work a connection spawns (a will's delay, a takeover's
+//! hand-over) runs on its shard.
+//!
+//! With `node.shards = 0` (the default: it measured faster on the hardware we have, RFC 0009)
+//! there are no shards and every connection runs on the shared runtime.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
+
+thread_local! {
+    /// The shard this thread runs, if it is a shard thread.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The longest a publisher waits for the other shards to catch up ([`caught_up`]):
+/// a shard stuck in a long task must not stall the others' publishers.
+const CATCH_UP_LIMIT: Duration = Duration::from_millis(2);
+
+/// The node's connection shards (none when `node.shards = 0`).
+#[derive(Debug)]
+pub(crate) struct Shards {
+    shards: Vec<Shard>,
+    /// Tells every shard thread to stop; dropping it does too.
+    stop: watch::Sender<bool>,
+    threads: parking_lot::Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Where the previous connection went ([`Shards::place`]).
+    placement: parking_lot::Mutex<Placement>,
+}
+
+#[derive(Debug, Default)]
+struct Placement {
+    last: usize,
+    last_at: Option<std::time::Instant>,
+    /// Connections placed in a row on `last`.
+    run: usize,
+}
+
+/// Connections accepted this close together go to the same shard ([`Shards::place`]).
+const BURST_WINDOW: Duration = Duration::from_millis(20);
+/// At most this many in a row.
+const BURST_RUN: usize = 16;
+
+#[derive(Debug)]
+struct Shard {
+    handle: Handle,
+    /// Connections handed to it and not yet ended (the balance the hand-off keeps).
+    live: Arc<AtomicUsize>,
+    /// Its thread sleeps in the I/O driver with nothing to run (set when it parks, cleared
+    /// when it wakes).
+    parked: Arc<AtomicBool>,
+}
+
+/// Decrements its shard's count when the connection's task ends (or is dropped).
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shards {
+    /// Starts `n` shard threads (`n` >= 1), named `roost-shard-<i>`.
+    pub(crate) fn start(n: usize) -> io::Result<Shards> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut shards = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let parked = Arc::new(AtomicBool::new(false));
+            let (on_park, on_unpark) = (Arc::clone(&parked), Arc::clone(&parked));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(move || on_park.store(true, Ordering::Release))
+                .on_thread_unpark(move || on_unpark.store(false, Ordering::Release))
+                .build()?;
+            let handle = runtime.handle().clone();
+            let mut rx = stop_rx.clone();
+            let thread = thread::Builder::new()
+                .name(format!("roost-shard-{i}"))
+                .spawn(move || {
+                    CURRENT.with(|c| c.set(Some(i)));
+                    runtime.block_on(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    });
+                    // Dropping the runtime drops the tasks still on it: their sockets close.
+                    drop(runtime);
+                })?;
+            shards.push(Shard {
+                handle,
+                live: Arc::new(AtomicUsize::new(0)),
+                parked,
+            });
+            threads.push(thread);
+        }
+        Ok(Shards {
+            shards,
+            stop,
+            threads: parking_lot::Mutex::new(threads),
+            placement: parking_lot::Mutex::new(Placement::default()),
+        })
+    }
+
+    /// How many shards run.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Live connections per shard, in shard order.
+    pub(crate) fn live(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .map(|s| s.live.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Runs an accepted connection on a shard (see [`Shards::place`]): the socket is
+    /// registered with that shard's I/O driver there, then `serve` runs as its task.
+    pub(crate) fn spawn_tcp<F, Fut>(&self, stream: std::net::TcpStream, serve: F)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let shard = &self.shards[self.place()];
+        shard.live.fetch_add(1, Ordering::Relaxed);
+        let live = Live(Arc::clone(&shard.live));
+        let task = async move {
+            let _live = live;
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(e) => warn!(error = %e, "cannot register an accepted socket with its shard"),
+            }
+        };
+        drop(shard.handle.spawn(task));
+    }
+
+    /// Which shard a new connection goes to: the one with the fewest sockets, except that a
+    /// connection accepted within [`BURST_WINDOW`] of the previous one joins it on its shard,
+    /// up to [`BURST_RUN`] in a row and while that shard holds at most `BURST_RUN` more than
+    /// the emptiest. Connections a program opens together usually talk to each other (a test
+    /// suite's publisher and subscriber, a bridge's pair), and on one shard a SUBSCRIBE read
+    /// before another connection's PUBLISH is always routed first (issue 7 item 10); across
+    /// shards [`send_markers`](Self::send_markers) narrows the window but cannot close it. A
+    /// connect storm still spreads: shards stay within `BURST_RUN` sockets of each other.
+    fn place(&self) -> usize {
+        let now = std::time::Instant::now();
+        let live = |i: usize| self.shards.get(i).map(|s| s.live.load(Ordering::Relaxed));
+        let (fewest, min) = (0..self.shards.len())
+            .filter_map(|i| live(i).map(|n| (i, n)))
+            .min_by_key(|(_, n)| *n)
+            .unwrap_or((0, 0));
+        let mut p = self.placement.lock();
+        let keep = p
+            .last_at
+            .is_some_and(|at| now.duration_since(at) < BURST_WINDOW)
+            && p.run < BURST_RUN
+            && live(p.last).is_some_and(|n| n <= min + BURST_RUN);
+        if keep {
+            p.run += 1;
+        } else {
+            p.last = fewest;
+            p.run = 1;
+        }
+        p.last_at = Some(now);
+        p.last
+    }
+
+    /// Sends a marker task to every other shard that is awake; [`caught_up`] waits for them.
+    ///
+    /// Issue 7 item 10's ordering across shards: a SUBSCRIBE whose bytes reached the node
+    /// before another client's PUBLISH must be indexed before that PUBLISH is routed. On one
+    /// shard a yield does it (see `driver.rs`); a SUBSCRIBE on another shard is read by that
+    /// shard's thread, in parallel. Its bytes arrived first, so the kernel woke that thread
+    /// first: it is awake (or its queue still holds the task) when the PUBLISH is read here.
+    /// A marker yields once on its shard, so it completes only after that shard's next driver
+    /// poll and after the tasks that poll woke (the queue is FIFO). A parked shard had nothing
+    /// to run and gets no marker: a lone connection's round trip pays nothing, a busy node one
+    /// marker per other shard per read batch that holds a PUBLISH.
+    pub(crate) fn send_markers(&self) -> Vec<oneshot::Receiver<()>> {
+        let me = CURRENT.with(Cell::get);
+        let mut markers = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            if Some(i) == me || shard.parked.load(Ordering::Acquire) {
+                continue;
+            }
+            let (done, marker) = oneshot::channel();
+            drop(shard.handle.spawn(async move {
+                tokio::task::yield_now().await;
+                let _ = done.send(());
+            }));
+            markers.push(marker);
+        }
+        markers
+    }
+
+    /// Stops every shard and waits for its thread: the connections still on it are dropped.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let threads = std::mem::take(&mut *self.threads.lock());
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        // A node dropped without `shutdown` (a test's runtime ending) still closes its
+        // connections: the shard threads end on their own.
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Waits for the markers of [`Shards::send_markers`], at most [`CATCH_UP_LIMIT`] in all.
+pub(crate) async fn caught_up(markers: Vec<oneshot::Receiver<()>>) {
+    let all = async {
+        for m in markers {
+            let _ = m.await;
+        }
+    };
+    let _ = tokio::time::timeout(CATCH_UP_LIMIT, all).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn place_one(shards: &Shards) -> usize {
+        let i = shards.place();
+        shards.shards[i].live.fetch_add(1, Ordering::Relaxed);
+        i
+    }
+
+    #[test]
+    fn a_burst_stays_on_one_shard_and_a_storm_spreads_in_runs() {
+        let shards = Shards::start(3).unwrap();
+        // Back to back (well within the window): runs of BURST_RUN, each on the emptiest.
+        for _ in 0..3 * BURST_RUN {
+            place_one(&shards);
+        }
+        assert_eq!(shards.live(), vec![BURST_RUN; 3]);
+        // Apart: the emptiest, whatever came before.
+        shards.shards[1].live.fetch_sub(5, Ordering::Relaxed);
+        std::thread::sleep(BURST_WINDOW + Duration::from_millis(10));
+        assert_eq!(place_one(&shards), 1);
+        // A burst does not run on when its shard is BURST_RUN above the emptiest.
+        shards.shards[2].live.store(0, Ordering::Relaxed);
+        shards.shards[1]
+            .live
+            .store(BURST_RUN + 1, Ordering::Relaxed);
+        assert_eq!(
+            place_one(&shards),
+            2,
+            "shard 1 is more than BURST_RUN above shard 2"
+        );
+    }
+}
