@@ -23,14 +23,16 @@
 //! reference counts). Their serde encoding is a map, as `BTreeMap`'s, so snapshots written
 //! before the change still decode.
 
-use crate::types::{Command, CommandResponse, NodeId, RetainedMessage, StoredSubscription};
+use crate::types::{
+    Command, CommandResponse, NodeId, NodeSet, RetainedMessage, StoredSubscription,
+};
 use imbl::OrdMap;
 use roost_core::index::{Subscription, SubscriptionIndex};
 use roost_core::retained::RetainedStore;
 use roost_core::topic::{TopicFilter, TopicLimits, TopicName};
 use roost_core::ClientId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Who owns a client's session.
@@ -77,7 +79,7 @@ pub struct Policies {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// filter → nodes with local subscribers.
-    pub routes: OrdMap<String, BTreeSet<NodeId>>,
+    pub routes: OrdMap<String, NodeSet>,
     /// client id → owner.
     pub sessions: OrdMap<String, SessionOwner>,
     /// The last generation handed out per client id that has a session. A released client's
@@ -102,7 +104,7 @@ pub struct Snapshot {
 /// `policies`. postcard is not self-describing, so an older snapshot is read with this.
 #[derive(Debug, Deserialize)]
 pub struct SnapshotV1 {
-    routes: OrdMap<String, BTreeSet<NodeId>>,
+    routes: OrdMap<String, NodeSet>,
     sessions: OrdMap<String, SessionOwner>,
     generations: OrdMap<String, u64>,
     retained: OrdMap<String, Arc<RetainedMessage>>,
@@ -772,7 +774,7 @@ mod tests {
     /// the persistent maps: both are serde maps, encoded alike.
     #[test]
     fn snapshots_written_with_btreemaps_still_decode() {
-        use std::collections::BTreeMap;
+        use std::collections::{BTreeMap, BTreeSet};
         #[derive(Serialize)]
         struct Before {
             routes: BTreeMap<String, BTreeSet<NodeId>>,
@@ -797,7 +799,7 @@ mod tests {
         let bytes = postcard::to_allocvec(&before).unwrap();
         // Before policies too (issue 9): the old layout is read through `SnapshotV1`.
         let now: Snapshot = postcard::from_bytes::<SnapshotV1>(&bytes).unwrap().into();
-        assert_eq!(now.routes["a/#"], BTreeSet::from([NodeId::new(1)]));
+        assert_eq!(now.routes["a/#"], NodeSet::from_iter([NodeId::new(1)]));
         assert_eq!(now.sessions["c"], owner);
         assert_eq!(now.generations["c"], 3);
         assert_eq!(*now.retained["a/b"], retained("a/b", "x"));
@@ -1086,7 +1088,7 @@ mod tests {
         });
         #[derive(Serialize)]
         struct Before<'a> {
-            routes: &'a OrdMap<String, BTreeSet<NodeId>>,
+            routes: &'a OrdMap<String, NodeSet>,
             sessions: &'a OrdMap<String, SessionOwner>,
             generations: &'a OrdMap<String, u64>,
             retained: &'a OrdMap<String, Arc<RetainedMessage>>,

@@ -59,6 +59,93 @@ impl From<NodeId> for u64 {
     }
 }
 
+/// The nodes that have local subscribers for one filter (a route of the replicated route
+/// table), in ascending order, without duplicates.
+///
+/// A sorted vector rather than a `BTreeSet`: a route usually names one node, and a `BTreeSet`
+/// allocates a whole leaf (about 100 bytes) for it, once per filter in the cluster (issue 10).
+/// Serialised as a sequence, as a `BTreeSet` is, so snapshots written before it decode
+/// unchanged; decoding sorts and deduplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NodeSet(Vec<NodeId>);
+
+impl NodeSet {
+    /// No node.
+    pub const fn new() -> NodeSet {
+        NodeSet(Vec::new())
+    }
+
+    /// Adds `node`; true if it was not there.
+    pub fn insert(&mut self, node: NodeId) -> bool {
+        match self.0.binary_search(&node) {
+            Ok(_) => false,
+            Err(i) => {
+                // A cluster has a handful of nodes: grow by one, no spare room.
+                self.0.reserve_exact(1);
+                self.0.insert(i, node);
+                true
+            }
+        }
+    }
+
+    /// Removes `node`; true if it was there.
+    pub fn remove(&mut self, node: &NodeId) -> bool {
+        match self.0.binary_search(node) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// True if `node` is in the set.
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.0.binary_search(node).is_ok()
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if there is no node.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The nodes in ascending order.
+    pub fn iter(&self) -> std::slice::Iter<'_, NodeId> {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<NodeId> for NodeSet {
+    fn from_iter<I: IntoIterator<Item = NodeId>>(iter: I) -> NodeSet {
+        let mut nodes: Vec<NodeId> = iter.into_iter().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.shrink_to_fit();
+        NodeSet(nodes)
+    }
+}
+
+impl<'a> IntoIterator for &'a NodeSet {
+    type Item = &'a NodeId;
+    type IntoIter = std::slice::Iter<'a, NodeId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NodeSet, D::Error> {
+        Vec::<NodeId>::deserialize(d).map(NodeSet::from_iter)
+    }
+}
+
 /// What the cluster records about a member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -361,6 +448,40 @@ openraft::declare_raft_types!(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A `NodeSet` is written as the `BTreeSet` it replaced, and reads one back (snapshots).
+    #[test]
+    fn node_set_encodes_as_a_btreeset() {
+        use std::collections::BTreeSet;
+        let old = BTreeSet::from([NodeId::new(3), NodeId::new(1)]);
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let set: NodeSet = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            set.iter().copied().collect::<Vec<_>>(),
+            [NodeId::new(1), NodeId::new(3)]
+        );
+        assert_eq!(postcard::to_allocvec(&set).unwrap(), bytes);
+        // Out of order or repeated on the wire: sorted and deduplicated.
+        let bytes = postcard::to_allocvec(&Vec::from([5u64, 2, 5])).unwrap();
+        let set: NodeSet = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(set, [2, 5].into_iter().map(NodeId::new).collect());
+    }
+
+    #[test]
+    fn node_set_insert_remove() {
+        let mut set = NodeSet::new();
+        assert!(set.insert(NodeId::new(2)));
+        assert_eq!(set.0.capacity(), 1);
+        assert!(set.insert(NodeId::new(1)));
+        assert!(!set.insert(NodeId::new(2)));
+        assert_eq!(set.iter().map(|n| n.get()).collect::<Vec<_>>(), [1, 2]);
+        assert!(set.contains(&NodeId::new(1)) && !set.contains(&NodeId::new(3)));
+        assert!(set.remove(&NodeId::new(1)));
+        assert!(!set.remove(&NodeId::new(1)));
+        assert_eq!(set.len(), 1);
+        assert!(set.remove(&NodeId::new(2)));
+        assert!(set.is_empty());
+    }
 
     #[test]
     fn retained_payload_encodes_exactly_like_the_vec_it_was() {

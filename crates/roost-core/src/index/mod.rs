@@ -14,7 +14,10 @@
 //! dedicated slots, `+` and `#`, so matching a topic level costs one hash look-up plus two slot
 //! checks, whatever the number of filters. The subscribers of a filter sit at the node its last
 //! level leads to: non-shared ones in a small map keyed by subscriber, shared ones grouped by
-//! share name (`$share/{group}/...` lives at the node of its filter part).
+//! share name (`$share/{group}/...` lives at the node of its filter part). A leaf keeps only
+//! its subscribers; the children, the two slots and the shared groups of a node are boxed
+//! together and absent on a leaf, so a filter's last level costs 40 bytes in its parent's map
+//! (issue 10: one unique filter per idle connection).
 //!
 //! ```text
 //!   filters: sport/tennis/+   sport/#   +/monitor   $share/g/sport/tennis/+   $SYS/#
@@ -158,12 +161,24 @@ const SMALL_MAP_MAX: usize = 8;
 /// The non-shared subscribers of one filter: a vector (deterministic iteration order, cheap for
 /// the usual handful of subscribers) plus a hash index once it grows (so a filter with 10,000
 /// subscribers still subscribes in O(1)).
+///
+/// 32 bytes: it sits in every trie node that ends a filter, and most filters have one
+/// subscriber (issue 10: memory per idle connection). The vector grows one entry at a time
+/// up to [`EXACT_GROWTH_MAX`] (a lone subscriber costs one entry, not the four a `Vec` reserves
+/// on its first push), and the hash index is boxed.
 #[derive(Debug)]
 struct Subscribers<K> {
     entries: Vec<(K, Subscription)>,
     /// Subscriber -> position in `entries`; only when `entries.len() > SMALL_MAP_MAX`.
-    index: Option<HashMap<K, usize>>,
+    /// Boxed on purpose: 8 bytes in every filter's node instead of a `HashMap`'s 48, for a
+    /// map only large filters have (the extra allocation is theirs alone).
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<K, usize>>>,
 }
+
+/// Up to this many entries a [`Subscribers`] vector grows by exactly one (beyond it, by
+/// doubling, so a filter with many subscribers still subscribes in amortised O(1)).
+const EXACT_GROWTH_MAX: usize = 4;
 
 impl<K> Default for Subscribers<K> {
     fn default() -> Self {
@@ -198,6 +213,9 @@ impl<K: Clone + Eq + Hash> Subscribers<K> {
         if let Some(index) = &mut self.index {
             index.insert(key.clone(), pos);
         }
+        if pos < EXACT_GROWTH_MAX {
+            self.entries.reserve_exact(1);
+        }
         self.entries.push((key, sub));
         if self.index.is_none() && self.entries.len() > SMALL_MAP_MAX {
             let index = self
@@ -206,7 +224,7 @@ impl<K: Clone + Eq + Hash> Subscribers<K> {
                 .enumerate()
                 .map(|(i, (k, _))| (k.clone(), i))
                 .collect();
-            self.index = Some(index);
+            self.index = Some(Box::new(index));
         }
         true
     }
@@ -242,34 +260,90 @@ struct SharedGroup<K> {
 }
 
 /// One trie node: the filter levels from the root to here.
+///
+/// 40 bytes: most nodes are leaves (the last level of one filter) stored inline in their
+/// parent's children map, so a node's size is paid per filter, in every bucket of that map
+/// (issue 10). What only inner nodes and shared groups need is in [`Branches`], boxed and
+/// absent on a leaf.
 #[derive(Debug)]
 struct Node<K> {
+    direct: Subscribers<K>,
+    /// `None` while the node has no children, no `+`/`#` slot and no shared group.
+    branches: Option<Box<Branches<K>>>,
+}
+
+/// The rarer parts of a [`Node`]: its children and its shared groups.
+#[derive(Debug)]
+struct Branches<K> {
     children: HashMap<Box<str>, Node<K>>,
     plus: Option<Box<Node<K>>>,
     hash: Option<Box<Node<K>>>,
-    direct: Subscribers<K>,
     shared: Vec<SharedGroup<K>>,
 }
 
 impl<K> Default for Node<K> {
     fn default() -> Self {
         Node {
+            direct: Subscribers::default(),
+            branches: None,
+        }
+    }
+}
+
+impl<K> Default for Branches<K> {
+    fn default() -> Self {
+        Branches {
             children: HashMap::new(),
             plus: None,
             hash: None,
-            direct: Subscribers::default(),
             shared: Vec::new(),
         }
     }
 }
 
-impl<K: Clone + Eq + Hash> Node<K> {
+impl<K> Branches<K> {
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
             && self.hash.is_none()
-            && self.direct.is_empty()
             && self.shared.is_empty()
+    }
+}
+
+impl<K: Clone + Eq + Hash> Node<K> {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.branches.is_none()
+    }
+
+    /// The branches, made on first use.
+    fn branches_mut(&mut self) -> &mut Branches<K> {
+        self.branches.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the branches once nothing is left in them (pruning after a removal).
+    fn prune_branches(&mut self) {
+        if self.branches.as_ref().is_some_and(|b| b.is_empty()) {
+            self.branches = None;
+        }
+    }
+
+    fn plus(&self) -> Option<&Node<K>> {
+        self.branches.as_ref()?.plus.as_deref()
+    }
+
+    fn hash(&self) -> Option<&Node<K>> {
+        self.branches.as_ref()?.hash.as_deref()
+    }
+
+    fn child(&self, level: &str) -> Option<&Node<K>> {
+        self.branches.as_ref()?.children.get(level)
+    }
+
+    fn shared(&self) -> &[SharedGroup<K>] {
+        match &self.branches {
+            Some(b) => &b.shared,
+            None => &[],
+        }
     }
 
     /// Adds every subscriber at this node to `out`.
@@ -307,7 +381,7 @@ impl<K: Clone + Eq + Hash> Node<K> {
                 }
             }
         }
-        for group in &self.shared {
+        for group in self.shared() {
             if group.members.is_empty() {
                 continue;
             }
@@ -332,7 +406,7 @@ impl<K: Clone + Eq + Hash> Node<K> {
         let Some(rest) = rest else {
             self.collect(publisher, out);
             // "sport/#" matches "sport".
-            if let Some(hash) = &self.hash {
+            if let Some(hash) = self.hash() {
                 hash.collect(publisher, out);
             }
             return;
@@ -342,14 +416,14 @@ impl<K: Clone + Eq + Hash> Node<K> {
             None => (rest, None),
         };
         if !at_root_of_dollar {
-            if let Some(hash) = &self.hash {
+            if let Some(hash) = self.hash() {
                 hash.collect(publisher, out);
             }
-            if let Some(plus) = &self.plus {
+            if let Some(plus) = self.plus() {
                 plus.walk(remainder, false, publisher, out);
             }
         }
-        if let Some(child) = self.children.get(level) {
+        if let Some(child) = self.child(level) {
             child.walk(remainder, false, publisher, out);
         }
     }
@@ -363,14 +437,19 @@ impl<K: Clone + Eq + Hash> Node<K> {
         subscriber: &K,
     ) -> (bool, bool) {
         let Some(level) = levels.next() else {
-            return self.remove_here(group, subscriber);
+            let removed = self.remove_here(group, subscriber);
+            self.prune_branches();
+            return removed;
         };
-        match level {
+        let Some(branches) = self.branches.as_deref_mut() else {
+            return (false, false);
+        };
+        let removed = match level {
             "#" | "+" => {
                 let slot = if level == "#" {
-                    &mut self.hash
+                    &mut branches.hash
                 } else {
-                    &mut self.plus
+                    &mut branches.plus
                 };
                 let Some(child) = slot.as_deref_mut() else {
                     return (false, false);
@@ -382,16 +461,18 @@ impl<K: Clone + Eq + Hash> Node<K> {
                 removed
             }
             literal => {
-                let Some(child) = self.children.get_mut(literal) else {
+                let Some(child) = branches.children.get_mut(literal) else {
                     return (false, false);
                 };
                 let removed = child.remove(levels, group, subscriber);
                 if child.is_empty() {
-                    self.children.remove(literal);
+                    branches.children.remove(literal);
                 }
                 removed
             }
-        }
+        };
+        self.prune_branches();
+        removed
     }
 
     fn remove_here(&mut self, group: Option<&str>, subscriber: &K) -> (bool, bool) {
@@ -401,10 +482,13 @@ impl<K: Clone + Eq + Hash> Node<K> {
                 (existed, existed && self.direct.is_empty())
             }
             Some(group) => {
-                let Some(g) = self.shared.iter().position(|g| &*g.name == group) else {
+                let Some(branches) = self.branches.as_deref_mut() else {
                     return (false, false);
                 };
-                let Some(shared) = self.shared.get_mut(g) else {
+                let Some(g) = branches.shared.iter().position(|g| &*g.name == group) else {
+                    return (false, false);
+                };
+                let Some(shared) = branches.shared.get_mut(g) else {
                     return (false, false);
                 };
                 let Some(m) = shared.members.iter().position(|(k, _)| k == subscriber) else {
@@ -412,7 +496,7 @@ impl<K: Clone + Eq + Hash> Node<K> {
                 };
                 shared.members.remove(m);
                 if shared.members.is_empty() {
-                    self.shared.remove(g);
+                    branches.shared.remove(g);
                     return (true, true);
                 }
                 (true, false)
@@ -466,9 +550,13 @@ impl<K: Clone + Eq + Hash> SubscriptionIndex<K> {
         let mut node = &mut self.root;
         for level in filter.levels() {
             node = match level {
-                "#" => node.hash.get_or_insert_with(Box::default),
-                "+" => node.plus.get_or_insert_with(Box::default),
-                literal => node.children.entry(Box::from(literal)).or_default(),
+                "#" => node.branches_mut().hash.get_or_insert_with(Box::default),
+                "+" => node.branches_mut().plus.get_or_insert_with(Box::default),
+                literal => node
+                    .branches_mut()
+                    .children
+                    .entry(Box::from(literal))
+                    .or_default(),
             };
         }
         let (is_new, new_filter) = match filter.share_group() {
@@ -477,7 +565,12 @@ impl<K: Clone + Eq + Hash> SubscriptionIndex<K> {
                 let is_new = node.direct.insert(subscriber, sub);
                 (is_new, was_empty && is_new)
             }
-            Some(group) => match node.shared.iter_mut().find(|g| &*g.name == group) {
+            Some(group) => match node
+                .branches_mut()
+                .shared
+                .iter_mut()
+                .find(|g| &*g.name == group)
+            {
                 Some(shared) => match shared.members.iter_mut().find(|(k, _)| *k == subscriber) {
                     Some(member) => {
                         member.1 = sub;
@@ -489,7 +582,7 @@ impl<K: Clone + Eq + Hash> SubscriptionIndex<K> {
                     }
                 },
                 None => {
-                    node.shared.push(SharedGroup {
+                    node.branches_mut().shared.push(SharedGroup {
                         name: Arc::from(group),
                         filter: filter.clone(),
                         members: vec![(subscriber, sub)],

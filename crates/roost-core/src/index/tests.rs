@@ -218,11 +218,12 @@ fn unsubscribe_prunes_and_counts() {
     assert!(index.unsubscribe(&filter("a/b/c"), &"y"));
     assert_eq!(index.filter_count(), 2);
     // "a/b" is gone, "a/+/#" is still there.
-    let a = index.root.children.get("a").unwrap();
-    assert!(a.children.is_empty());
-    assert!(a.plus.is_some());
+    let a = index.root.child("a").unwrap();
+    assert!(a.branches.as_ref().unwrap().children.is_empty());
+    assert!(a.plus().is_some());
     assert!(index.unsubscribe(&filter("a/+/#"), &"x"));
-    assert!(index.root.children.get("a").unwrap().plus.is_none());
+    // Nothing but its own subscriber left: the leaf lost its branches.
+    assert!(index.root.child("a").unwrap().branches.is_none());
     assert!(index.unsubscribe(&filter("a"), &"x"));
     assert!(index.is_empty());
     assert_eq!(index.filter_count(), 0);
@@ -242,8 +243,10 @@ fn churn_does_not_grow_the_trie() {
     }
     assert_eq!(index.subscription_count(), 1);
     assert_eq!(index.filter_count(), 1);
-    assert_eq!(index.root.children.len(), 1);
-    assert!(index.root.children.contains_key("keep"));
+    let root = index.root.branches.as_ref().unwrap();
+    assert_eq!(root.children.len(), 1);
+    assert!(root.children.contains_key("keep"));
+    assert!(root.plus.is_none() && root.hash.is_none() && root.shared.is_empty());
 }
 
 #[test]
@@ -393,5 +396,21 @@ proptest! {
         prop_assert!(index.is_empty());
         prop_assert_eq!(index.filter_count(), 0);
         prop_assert!(index.root.is_empty());
+    }
+}
+
+/// Issue 10: a leaf costs its size in its parent's children map, for every unique filter.
+#[test]
+fn a_leaf_is_small_and_a_lone_subscriber_takes_one_entry() {
+    assert_eq!(std::mem::size_of::<Node<std::sync::Arc<str>>>(), 40);
+    let mut index = SubscriptionIndex::new();
+    index.subscribe(&filter("idle/1"), "x", q0());
+    let leaf = index.root.child("idle").unwrap().child("1").unwrap();
+    assert!(leaf.branches.is_none());
+    assert_eq!(leaf.direct.entries.capacity(), 1);
+    for (i, c) in ["y", "z", "w"].into_iter().enumerate() {
+        index.subscribe(&filter("idle/1"), c, q0());
+        let leaf = index.root.child("idle").unwrap().child("1").unwrap();
+        assert_eq!(leaf.direct.entries.capacity(), i + 2);
     }
 }

@@ -98,9 +98,7 @@ impl Session {
         self.clock = None;
         self.clear_outbox();
         SessionImage {
-            subscriptions: std::mem::take(&mut self.subscriptions)
-                .into_iter()
-                .collect(),
+            subscriptions: self.subscriptions.take_all(),
             inflight,
             queued,
             inbound_qos2,
@@ -110,7 +108,11 @@ impl Session {
     /// Rebuilds a session from an image (taken over from another node). The queue bounds of
     /// this node apply: what does not fit is dropped and counted. In-flight messages keep their
     /// packet ids and are resent (DUP) when a connection attaches.
-    pub fn import(client_id: Arc<str>, limits: SessionLimits, image: SessionImage) -> Session {
+    pub fn import(
+        client_id: Arc<str>,
+        limits: impl Into<Arc<SessionLimits>>,
+        image: SessionImage,
+    ) -> Session {
         let mut s = Session::new(client_id, limits);
         s.subscriptions = image.subscriptions.into_iter().collect();
         for m in image.inflight {

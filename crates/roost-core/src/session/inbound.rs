@@ -638,14 +638,18 @@ impl Session {
                     return Err(ReasonCode::TOPIC_ALIAS_INVALID);
                 }
                 if topic.is_empty() {
-                    self.inbound_aliases
-                        .get(&a)
+                    self.aliases
+                        .as_ref()
+                        .and_then(|x| x.inbound.get(&a))
                         .cloned()
                         .ok_or(ReasonCode::PROTOCOL_ERROR)
                 } else {
                     let name =
                         TopicName::new(topic, &self.limits.topic).map_err(|e| e.reason_code())?;
-                    self.inbound_aliases.insert(a, name.clone());
+                    self.aliases
+                        .get_or_insert_with(Box::default)
+                        .inbound
+                        .insert(a, name.clone());
                     Ok(name)
                 }
             }

@@ -84,7 +84,10 @@ impl Session {
     pub fn outbound_alias(&mut self, topic: &TopicName) -> Option<(u16, bool)> {
         let alias = self.peek_outbound_alias(topic);
         if let Some((a, true)) = alias {
-            self.outbound_aliases.insert(topic.clone(), a);
+            self.aliases
+                .get_or_insert_with(Box::default)
+                .outbound
+                .insert(topic.clone(), a);
         }
         alias
     }
@@ -97,10 +100,11 @@ impl Session {
         if max == 0 {
             return None;
         }
-        if let Some(&a) = self.outbound_aliases.get(topic) {
+        let outbound = self.aliases.as_ref().map(|a| &a.outbound);
+        if let Some(&a) = outbound.and_then(|o| o.get(topic)) {
             return Some((a, false));
         }
-        let used = self.outbound_aliases.len();
+        let used = outbound.map_or(0, |o| o.len());
         if used >= usize::from(max) {
             return None;
         }

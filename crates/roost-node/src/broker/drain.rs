@@ -37,11 +37,11 @@
 use super::{Broker, Kick};
 use crate::config::is_client_address;
 use crate::routes::RouteCluster;
-use roost_cluster::types::{Command, NodeId};
+use roost_cluster::types::{Command, NodeId, NodeSet};
 use roost_codec::ReasonCode;
 use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,7 +307,7 @@ impl Broker {
 /// deadline.
 fn new_owners_route<'a>(
     moved: &[(NodeId, Vec<TopicFilter>)],
-    routes: impl Fn(&str) -> Option<&'a BTreeSet<NodeId>>,
+    routes: impl Fn(&str) -> Option<&'a NodeSet>,
 ) -> bool {
     moved.iter().all(|(to, filters)| {
         filters
@@ -342,8 +342,8 @@ mod tests {
     fn a_route_of_another_node_does_not_cover_a_session_that_went_elsewhere() {
         let n = NodeId::new;
         let routes = std::collections::BTreeMap::from([
-            ("a".to_owned(), BTreeSet::from([n(1), n(2)])),
-            ("b".to_owned(), BTreeSet::from([n(3)])),
+            ("a".to_owned(), NodeSet::from_iter([n(1), n(2)])),
+            ("b".to_owned(), NodeSet::from_iter([n(3)])),
         ]);
         let lookup = |f: &str| routes.get(f);
         assert!(!new_owners_route(&[(n(3), vec![filter("a")])], lookup));

@@ -107,7 +107,8 @@ pub(crate) struct PublishOutcome {
 
 pub(crate) struct Broker {
     pub(crate) config: Arc<Config>,
-    pub(crate) limits: SessionLimits,
+    /// One copy for every session of this node.
+    pub(crate) limits: Arc<SessionLimits>,
     pub(crate) topic_limits: TopicLimits,
     index: RwLock<SubscriptionIndex<SessionRef>>,
     /// This node's own retained messages (`$SYS`); client ones are in the replicated state.
@@ -163,7 +164,7 @@ impl Broker {
         }
         let policy = Arc::new(policy);
         let topic_limits = policy.topic;
-        let limits = SessionLimits {
+        let limits = Arc::new(SessionLimits {
             max_inflight: config.mqtt.max_inflight,
             max_queued_messages: config.mqtt.max_queued_messages,
             max_queued_bytes: config.mqtt.max_queued_bytes,
@@ -172,7 +173,7 @@ impl Broker {
                 QueueDrop::Newest => DropPolicy::Newest,
             },
             ..SessionLimits::new(policy)
-        };
+        });
         let routes = Arc::new(RouteTable::default());
         let broker = Arc::new(Broker {
             config,
