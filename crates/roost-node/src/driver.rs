@@ -868,6 +868,42 @@ impl<S: ByteStream> Conn<S> {
         }
     }
 
+    /// Before a read batch's first PUBLISH is routed, the connections whose bytes arrived with
+    /// or before it run first, so a SUBSCRIBE read on another connection just before this
+    /// PUBLISH is indexed before it is routed (a SUBSCRIBE never yields before it is indexed).
+    /// The same yield lets the drivers the previous batch woke run before we route more: a
+    /// publisher must not starve its subscribers. (Measured with
+    /// `benches/subscribe-publish-race.py`.)
+    ///
+    /// On the work-stealing runtime (`node.shards = 0`) twice: a yielded task resumes right
+    /// after its worker polled the I/O driver, but that scheduler runs the last task woken
+    /// (this one) first; the second yield lets the others run. Each of those yields also wakes
+    /// an idle worker that finds nothing to do (docs/performance.md). On a single-threaded
+    /// runtime (a shard) once: a yielded task waits until the runtime has polled the I/O
+    /// driver, and the tasks that poll woke are queued ahead of it (FIFO). With several
+    /// shards, a SUBSCRIBE may be read by another shard's thread at the same time: the shards
+    /// that are awake get a marker, and this waits until they have polled their sockets and
+    /// run what that woke (`Shards::send_markers`). That wait is boxed: it happens only while
+    /// another shard is busy, and inline its state would sit in every connection's loop.
+    async fn let_readers_run_first(&self) {
+        if !self.single_threaded {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            return;
+        }
+        let markers = self
+            .broker
+            .shards
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|s| s.send_markers())
+            .unwrap_or_default();
+        tokio::task::yield_now().await;
+        if !markers.is_empty() {
+            Box::pin(crate::shard::caught_up(markers)).await;
+        }
+    }
+
     /// One packet: the session decides, the driver carries it out.
     async fn handle(&mut self, st: &mut Live, packet: Packet) -> Result<(), Close> {
         if st.op.is_some() && !independent(&packet) {
@@ -896,43 +932,7 @@ impl<S: ByteStream> Conn<S> {
                     ));
                 }
                 if !st.yielded {
-                    // Once per read batch, before the first PUBLISH is routed, the connections
-                    // whose bytes arrived with or before it run first, so a SUBSCRIBE read on
-                    // another connection just before this PUBLISH is indexed before it is
-                    // routed (a SUBSCRIBE never yields before it is indexed). The same yield
-                    // lets the drivers the previous batch woke run before we route more: a
-                    // publisher must not starve its subscribers. (Measured with
-                    // `benches/subscribe-publish-race.py`.)
-                    //
-                    // On a single-threaded runtime (a shard) one yield is enough: a yielded task
-                    // waits until the runtime has polled the I/O driver, and the tasks that
-                    // poll woke are queued ahead of it (FIFO). On the work-stealing runtime
-                    // (`node.shards = 0`) twice: a yielded task resumes right after its worker
-                    // polled the I/O driver, but that scheduler runs the last task woken (this
-                    // one) first; the second yield lets the others run. Each of those yields
-                    // also wakes an idle worker that finds nothing to do (docs/performance.md).
-                    //
-                    // With several shards, a SUBSCRIBE may be read by another shard's thread
-                    // at the same time: the shards that are awake get a marker, and this
-                    // waits until they have polled their sockets and run what that woke
-                    // (`Shards::send_markers`). Boxed: it is rare on an idle node, and inline
-                    // its state would sit in every connection's loop.
-                    if self.single_threaded {
-                        let markers = self
-                            .broker
-                            .shards
-                            .get()
-                            .and_then(Weak::upgrade)
-                            .map(|s| s.send_markers())
-                            .unwrap_or_default();
-                        tokio::task::yield_now().await;
-                        if !markers.is_empty() {
-                            Box::pin(crate::shard::caught_up(markers)).await;
-                        }
-                    } else {
-                        tokio::task::yield_now().await;
-                        tokio::task::yield_now().await;
-                    }
+                    self.let_readers_run_first().await;
                     st.yielded = true;
                 }
                 self.on_publish(st, inbound).await

@@ -370,86 +370,57 @@ impl Listener {
     }
 }
 
-/// Accepts on `socket` until `stop`, spawning a task per connection: on the shard with the
-/// fewest connections when the node runs shards, else on this runtime.
+/// Accepts on `socket` until `stop`, spawning a task per connection: on a shard when the node
+/// runs shards (`hand_off`), else on this runtime.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     broker: Arc<Broker>,
-    stop: watch::Receiver<bool>,
-    shards: Option<Arc<Shards>>,
-) {
-    match shards {
-        Some(shards) => sharded_accept_loop(socket, listener, broker, stop, shards).await,
-        None => local_accept_loop(socket, listener, broker, stop).await,
-    }
-}
-
-async fn local_accept_loop(
-    socket: TcpListener,
-    listener: Arc<Listener>,
-    broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
+    shards: Option<Arc<Shards>>,
 ) {
     loop {
         tokio::select! {
             r = socket.accept() => match r {
                 Ok((stream, peer)) => match crate::driver::Pending::admit(&broker) {
-                    Some(pending) => {
-                        let l = Arc::clone(&listener);
-                        tokio::spawn(l.serve(Arc::clone(&broker), stream, peer, pending));
-                    }
+                    Some(pending) => match &shards {
+                        Some(shards) => hand_off(shards, &listener, &broker, stream, peer, pending),
+                        None => {
+                            let l = Arc::clone(&listener);
+                            tokio::spawn(l.serve(Arc::clone(&broker), stream, peer, pending));
+                        }
+                    },
                     None => {
                         // Too many sockets still owe their CONNECT: close this one at once.
                         drop(stream);
                         crate::metrics::rejected("pending_limit");
                     }
                 },
-                Err(e) => accept_failed(&listener, e).await,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = %listener.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             _ = stop.changed() => return,
         }
     }
 }
 
-/// Accepts on this runtime and hands each socket to a shard. tokio registers an accepted socket
-/// with this runtime's I/O driver; `into_std` takes it out again and the shard registers it
-/// with its own: two `epoll_ctl` more per connection than accepting where it runs. Accepting
-/// by readiness with the standard library would save them, but tokio's API for that
-/// (`AsyncFd::register`) is `unsafe`, which the workspace forbids; one SO_REUSEPORT listener
-/// per shard would too (RFC 0009 says why not yet).
-async fn sharded_accept_loop(
-    socket: TcpListener,
-    listener: Arc<Listener>,
-    broker: Arc<Broker>,
-    mut stop: watch::Receiver<bool>,
-    shards: Arc<Shards>,
-) {
-    loop {
-        tokio::select! {
-            r = socket.accept() => match r {
-                Ok((stream, peer)) => hand_off(&shards, &listener, &broker, stream, peer),
-                Err(e) => accept_failed(&listener, e).await,
-            },
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-/// One accepted socket to its shard, or closed at once when too many still owe a CONNECT.
+/// One accepted socket to a shard. tokio registered it with this runtime's I/O driver;
+/// `into_std` takes it out again and the shard registers it with its own: two `epoll_ctl` more
+/// per connection than accepting where it runs. Accepting by readiness with the standard
+/// library would save them, but tokio's API for that (`AsyncFd::register`) is `unsafe`, which
+/// the workspace forbids; one SO_REUSEPORT listener per shard would too (RFC 0009 says why
+/// not yet).
 fn hand_off(
     shards: &Shards,
     listener: &Arc<Listener>,
     broker: &Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    pending: crate::driver::Pending,
 ) {
-    let Some(pending) = crate::driver::Pending::admit(broker) else {
-        drop(stream);
-        crate::metrics::rejected("pending_limit");
-        return;
-    };
-    // Out of this runtime's I/O driver (the socket stays non-blocking).
     let stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -460,12 +431,6 @@ fn hand_off(
     let l = Arc::clone(listener);
     let broker = Arc::clone(broker);
     shards.spawn_tcp(stream, move |stream| l.serve(broker, stream, peer, pending));
-}
-
-/// EMFILE and friends: back off instead of spinning.
-async fn accept_failed(listener: &Listener, e: std::io::Error) {
-    warn!(listener = %listener.name, error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Accepts QUIC connections on `listener`'s endpoint until `stop`.

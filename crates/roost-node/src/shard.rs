@@ -171,9 +171,11 @@ impl Shards {
     /// connect storm still spreads: shards stay within `BURST_RUN` sockets of each other.
     fn place(&self) -> usize {
         let now = std::time::Instant::now();
-        let live = |i: usize| self.shards.get(i).map(|s| s.live.load(Ordering::Relaxed));
-        let (fewest, min) = (0..self.shards.len())
-            .filter_map(|i| live(i).map(|n| (i, n)))
+        let live: Vec<usize> = self.live();
+        let (fewest, min) = live
+            .iter()
+            .copied()
+            .enumerate()
             .min_by_key(|(_, n)| *n)
             .unwrap_or((0, 0));
         let mut p = self.placement.lock();
@@ -181,7 +183,7 @@ impl Shards {
             .last_at
             .is_some_and(|at| now.duration_since(at) < BURST_WINDOW)
             && p.run < BURST_RUN
-            && live(p.last).is_some_and(|n| n <= min + BURST_RUN);
+            && live[p.last] <= min + BURST_RUN;
         if keep {
             p.run += 1;
         } else {

@@ -164,8 +164,7 @@ const SMALL_MAP_MAX: usize = 8;
 ///
 /// 32 bytes: it sits in every trie node that ends a filter, and most filters have one
 /// subscriber (issue 10: memory per idle connection). The vector grows one entry at a time
-/// up to [`EXACT_GROWTH_MAX`] (a lone subscriber costs one entry, not the four a `Vec` reserves
-/// on its first push), and the hash index is boxed.
+/// while it is short ([`reserve_one`]), and the hash index is boxed.
 #[derive(Debug)]
 struct Subscribers<K> {
     entries: Vec<(K, Subscription)>,
@@ -176,9 +175,19 @@ struct Subscribers<K> {
     index: Option<Box<HashMap<K, usize>>>,
 }
 
-/// Up to this many entries a [`Subscribers`] vector grows by exactly one (beyond it, by
-/// doubling, so a filter with many subscribers still subscribes in amortised O(1)).
+/// Up to this many entries a small vector grows by exactly one ([`reserve_one`]); beyond it,
+/// by doubling, so a long one still inserts in amortised O(1).
 const EXACT_GROWTH_MAX: usize = 4;
+
+/// Makes room for one more entry in `v`: exactly one while it is short (a lone entry costs one
+/// slot, not the four a `Vec` reserves on its first push; issue 10, memory per idle
+/// connection), then by doubling. For the small vectors of the index and of a session's
+/// subscriptions.
+pub(crate) fn reserve_one<T>(v: &mut Vec<T>) {
+    if v.len() < EXACT_GROWTH_MAX {
+        v.reserve_exact(1);
+    }
+}
 
 impl<K> Default for Subscribers<K> {
     fn default() -> Self {
@@ -213,9 +222,7 @@ impl<K: Clone + Eq + Hash> Subscribers<K> {
         if let Some(index) = &mut self.index {
             index.insert(key.clone(), pos);
         }
-        if pos < EXACT_GROWTH_MAX {
-            self.entries.reserve_exact(1);
-        }
+        reserve_one(&mut self.entries);
         self.entries.push((key, sub));
         if self.index.is_none() && self.entries.len() > SMALL_MAP_MAX {
             let index = self

@@ -16,9 +16,6 @@ use std::collections::BTreeMap;
 /// Above this many entries the subscriptions move to a `BTreeMap`.
 const FEW_MAX: usize = 16;
 
-/// Up to this many entries the vector grows by exactly one (beyond it, by doubling).
-const EXACT_GROWTH_MAX: usize = 4;
-
 /// A session's subscriptions, ordered by filter. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscriptions {
@@ -84,9 +81,7 @@ impl Subscriptions {
         match v.binary_search_by(|(f, _)| f.cmp(&filter)) {
             Ok(i) => v.get_mut(i).map(|(_, s)| std::mem::replace(s, sub)),
             Err(i) if v.len() < FEW_MAX => {
-                if v.len() < EXACT_GROWTH_MAX {
-                    v.reserve_exact(1);
-                }
+                crate::index::reserve_one(v);
                 v.insert(i, (filter, sub));
                 None
             }
