@@ -33,3 +33,20 @@ bench_free() {
     free -m 2>/dev/null || grep -E '^(MemTotal|MemAvailable|SwapTotal)' /proc/meminfo
     echo '```'
 }
+
+# The pid listening on 127.0.0.1:PORT (empty if unknown).
+bench_pid_on() {
+    ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
+}
+
+# bench_wait_cluster LOG PID N: waits up to 30 s until `roost dev-cluster` (process PID, output
+# in LOG) says N nodes are ready; returns 1 if it does not (or the process ended).
+bench_wait_cluster() {
+    local log=$1 pid=$2 n=$3
+    for _ in $(seq 1 300); do
+        (($(grep -c ' ready: ' "$log" || true) >= n)) && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    (($(grep -c ' ready: ' "$log" || true) >= n))
+}

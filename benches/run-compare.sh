@@ -7,29 +7,38 @@
 # What it does:
 #   1. cargo build --release -p roost -p roost-bench (SKIP_BUILD=1 skips it);
 #   2. starts roost serve on 127.0.0.1:21883 (cluster listener 21885, temporary data dir, $SYS
-#      off, log level warn), runs the scenarios below against it, stops it (SIGTERM);
+#      off, log level warn), runs the scenarios below against it, stops it (SIGTERM); then a
+#      3-node `roost dev-cluster` (MQTT 24000-24002) for the cross-node row, stopped the same way;
 #   3. the same against mosquitto on 127.0.0.1:21884 (installed with apt-get if missing;
 #      generated config: listener 21884 127.0.0.1, allow_anonymous true,
 #      max_queued_messages 1000, no persistence);
 #   4. draws one throughput and one latency plot per publishing scenario, both brokers on the
 #      same axes (roost-loadgen plot), into $RESULTS_DIR/plots/<UTC date>-<short sha>/;
 #   5. writes $RESULTS_DIR/<UTC date>-<short sha>.md (hardware, commit, broker versions, exact
-#      commands, the comparison table, links to the plots, the raw JSON lines) and
+#      commands, the targets table of issue 10 with each row met or missed and by how much
+#      (benches/targets.py), the comparison table, links to the plots, the raw JSON lines) and
 #      $DOCS_FILE (docs/benchmarks.md: the same, latest run only, without the raw lines).
 #
 # Scenarios (fixed, so results stay comparable between commits; 64-byte payloads, MQTT v5):
 #   idle          $IDLE_CONNECTIONS connections, one subscription each, 5 s hold: KiB per connection
+#   connect       10,000 connections offered at 30,000/s, at most 500 handshakes in flight, no
+#                 subscription: connections accepted per second
 #   pairs         4 publishers -> 4 subscribers (one topic per pair), QoS 0 and QoS 1
-#   fan-in        16 publishers (own topics) -> 1 subscriber on bench/#, QoS 0 and QoS 1
+#   paced QoS 1   the same pairs at 12,500 msg/s each (50,000/s offered): p99 and broker CPU
+#   fan-in        20 publishers (own topics) -> 1 subscriber on bench/#, QoS 0, and QoS 1 with
+#                 32 unacknowledged per publisher
 #   fan-out       1 publisher -> 50 subscribers on bench/#, QoS 0 and QoS 1
+#   paced fan-out 1 publisher at 100 and at 2,000 msg/s -> 500 subscribers, QoS 0
 #   shared        4 publishers -> 4 subscribers in $share/bench/bench/#, QoS 0 and QoS 1
 #   round-trip    1 client publishing to its own topic, one message in flight, QoS 0 and QoS 1
 #   subscribe     subscribe-latency, 4 clients x 250 new filters (SUBACK latency)
+#   cross-node    Roost only: the QoS 1 fan-in with its publishers on node 1 of a 3-node
+#                 dev-cluster and the subscriber on node 2
 # Throughput runs: 1 s warm-up, then $DURATION s, publishers as fast as the window (16
 # unacknowledged, QoS 1) or TCP (QoS 0) allow.
 #
 # Every scenario is bounded (timeout), and followed by a pause until the broker is idle (2 s
-# to 32 s); the whole run stops by itself in about 8 to 10 minutes after the build. Brokers and the load generator share the machine's cores: read the CPU columns
+# to 32 s); the whole run stops by itself in about 12 to 15 minutes after the build. Brokers and the load generator share the machine's cores: read the CPU columns
 # with that in mind. Each connection needs a file descriptor in the load generator and one in
 # the broker; the machine caps a process at 20,000 open files.
 #
@@ -122,8 +131,9 @@ COMMANDS="$WORK/commands.txt"
 scenario() {
     local label=$1 limit=$2
     shift 2
-    local args=("$@" --host "127.0.0.1:$PORT" --broker-pid "$BROKER_PID" --json --label "$label")
-    if [[ $NAME == roost ]]; then
+    local args=("$@" --host "127.0.0.1:$PORT" --broker-pid "${MEASURED_PID:-$BROKER_PID}" --json
+        --label "$label")
+    if [[ $NAME == roost* ]]; then
         local line="roost-loadgen" a
         for a in "${args[@]}"; do
             if [[ "$a" =~ ^[A-Za-z0-9_./:=,+-]+$ ]]; then
@@ -161,22 +171,43 @@ broker_ticks() { # utime + stime of the broker, in clock ticks
     awk '{ print $14 + $15 }' "/proc/$BROKER_PID/stat" 2>/dev/null || echo 0
 }
 
+# Labels benches/targets.py finds the issue's rows by (keep the two in step).
+CONNECT_LABEL="connect 10000 at 30000/s offered, 500 in flight"
+PACED_QOS1_LABEL="4 pub → 4 sub at 50000 msg/s offered, QoS 1, 64 B"
+fan_in_label() { # QOS
+    if [[ $1 == 1 ]]; then
+        echo "fan-in 20 pub → 1 sub, QoS 1 (window 32), 64 B"
+    else
+        echo "fan-in 20 pub → 1 sub, QoS $1, 64 B"
+    fi
+}
+paced_fan_out_label() { echo "fan-out 1 pub at $1 msg/s → 500 sub, QoS 0, 64 B"; }
+CROSS_NODE_LABEL="3 nodes: fan-in 20 pub on node 1 → 1 sub on node 2, QoS 1 (window 32), 64 B"
+
 run_scenarios() {
     local limit=$((DURATION + 60))
     local t=(throughput --payload 64 --duration-secs "$DURATION")
     scenario "idle $IDLE_CONNECTIONS, 1 subscription each" $((IDLE_HOLD + 240)) \
         idle --connections "$IDLE_CONNECTIONS" --subscribe --hold-secs "$IDLE_HOLD"
+    scenario "$CONNECT_LABEL" 240 \
+        idle --connections 10000 --concurrency 500 --connect-rate 30000 --hold-secs 1
     for qos in 0 1; do
         scenario "4 pub → 4 sub, QoS $qos, 64 B" "$limit" \
             "${t[@]}" --publishers 4 --subscribers 4 --qos "$qos"
     done
-    for qos in 0 1; do
-        scenario "fan-in 16 pub → 1 sub, QoS $qos, 64 B" "$limit" \
-            "${t[@]}" --publishers 16 --subscribers 1 --fan-in --qos "$qos"
-    done
+    scenario "$PACED_QOS1_LABEL" "$limit" \
+        "${t[@]}" --publishers 4 --subscribers 4 --qos 1 --rate 12500
+    scenario "$(fan_in_label 0)" "$limit" \
+        "${t[@]}" --publishers 20 --subscribers 1 --fan-in --qos 0
+    scenario "$(fan_in_label 1)" "$limit" \
+        "${t[@]}" --publishers 20 --subscribers 1 --fan-in --qos 1 --window 32
     for qos in 0 1; do
         scenario "fan-out 1 pub → 50 sub, QoS $qos, 64 B" "$limit" \
             "${t[@]}" --publishers 1 --subscribers 50 --fanout --qos "$qos"
+    done
+    for rate in 100 2000; do
+        scenario "$(paced_fan_out_label "$rate")" "$limit" \
+            "${t[@]}" --publishers 1 --subscribers 500 --fanout --qos 0 --rate "$rate"
     done
     for qos in 0 1; do
         scenario "shared 4 pub → 4 sub in one group, QoS $qos, 64 B" "$limit" \
@@ -212,6 +243,31 @@ if ! wait_for_port "$PORT"; then
     exit 1
 fi
 run_scenarios
+stop_broker
+
+# The cross-node row: a 3-node dev-cluster (node i: MQTT 24000+i, HTTP 24100+i, cluster
+# 24200+i), the fan-in's publishers on node 1 and its subscriber on node 2; CPU is node 1's.
+NAME=roost-cluster
+OUT="$WORK/roost-cluster.jsonl"
+: >"$OUT"
+CLUSTER_BASE=24000
+CLUSTER_CMD=(dev-cluster --nodes 3 --base-port "$CLUSTER_BASE" --data-dir "$WORK/cluster-data")
+log "starting a 3-node dev-cluster on 127.0.0.1:$CLUSTER_BASE-$((CLUSTER_BASE + 2))"
+ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn \
+    "$ROOST" "${CLUSTER_CMD[@]}" >"$WORK/cluster.log" 2>&1 &
+BROKER_PID=$!
+if bench_wait_cluster "$WORK/cluster.log" "$BROKER_PID" 3; then
+    PORT=$CLUSTER_BASE
+    MEASURED_PID="$(bench_pid_on "$CLUSTER_BASE")"
+    scenario "$CROSS_NODE_LABEL" $((DURATION + 60)) \
+        throughput --payload 64 --duration-secs "$DURATION" --publishers 20 --subscribers 1 \
+        --fan-in --qos 1 --window 32 --pub-nodes "127.0.0.1:$CLUSTER_BASE" \
+        --sub-nodes "127.0.0.1:$((CLUSTER_BASE + 1))"
+    unset MEASURED_PID
+else
+    log "the dev-cluster did not become ready (no cross-node result):"
+    tail -20 "$WORK/cluster.log" >&2
+fi
 stop_broker
 
 # --- 3. mosquitto ----------------------------------------------------------------------------
@@ -266,7 +322,9 @@ if ! "$LOADGEN" plot "${INPUTS[@]}" --out "$PLOTS" >"$WORK/plots.txt"; then
     log "plotting failed; the results have no plots"
     : >"$WORK/plots.txt"
 fi
-TABLE="$("$LOADGEN" table "${INPUTS[@]}")"
+TABLE="$("$LOADGEN" table "${INPUTS[@]}" --input "roost 3 nodes=$WORK/roost-cluster.jsonl")"
+TARGETS="$(python3 benches/targets.py --roost "$WORK/roost.jsonl" \
+    --mosquitto "$WORK/mosquitto.jsonl" --cluster "$WORK/roost-cluster.jsonl")"
 
 # plot_links DIR_OF_THE_MARKDOWN_FILE: a list of the plots, each linked relative to that dir.
 plot_links() {
@@ -305,6 +363,13 @@ common_body() {
     echo "acknowledged. \"reordered\" counts messages that arrived after a later one from the same"
     echo "publisher; shared-subscription loss and duplicates are counted over the whole group."
     echo
+    echo "Issue 10's table, measured by this run (targets and how each is judged:"
+    echo "\`benches/targets.py\`):"
+    echo
+    echo "$TARGETS"
+    echo
+    echo "All scenarios:"
+    echo
     echo "$TABLE"
     echo
     echo "Plots (messages per second and latency p50/p99 per second, both brokers on one chart):"
@@ -317,6 +382,8 @@ common_body() {
     echo "# roost (the same roost-loadgen lines follow against each broker, --host and"
     echo "# --broker-pid changed)"
     echo "ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn roost ${ROOST_CMD[*]/$WORK/\$TMP}"
+    echo "# the cross-node row (its roost-loadgen line is the last of the roost lines below)"
+    echo "ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn roost ${CLUSTER_CMD[*]/$WORK/\$TMP}"
     echo "# mosquitto (config above)"
     echo "mosquitto -c mosquitto.conf"
     sed -e "s|$WORK|\$TMP|g" "$COMMANDS"
@@ -339,6 +406,7 @@ common_body() {
     echo
     echo '```'
     sed 's/^/roost     /' "$WORK/roost.jsonl"
+    sed 's/^/roost-3n  /' "$WORK/roost-cluster.jsonl"
     sed 's/^/mosquitto /' "$WORK/mosquitto.jsonl"
     echo '```'
     echo

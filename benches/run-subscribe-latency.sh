@@ -74,11 +74,6 @@ run() {
     sleep 1
 }
 
-# pid_on PORT: the pid listening on 127.0.0.1:PORT (empty if unknown).
-pid_on() {
-    ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
-}
-
 wait_ready() { # HTTP port, seconds
     for _ in $(seq 1 $(($2 * 10))); do
         if curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null; then
@@ -135,12 +130,7 @@ CLUSTER="roost dev-cluster --nodes 3 --base-port $BASE --data-dir \$(mktemp -d)"
 "$ROOST" dev-cluster --nodes 3 --base-port "$BASE" --data-dir "$WORK/cluster" \
     >"$WORK/cluster.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 300); do
-    (($(grep -c ' ready: ' "$WORK/cluster.log" || true) >= 3)) && break
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.1
-done
-if (($(grep -c ' ready: ' "$WORK/cluster.log" || true) < 3)); then
+if ! bench_wait_cluster "$WORK/cluster.log" "$PID" 3; then
     log "cluster did not become ready:"
     tail -20 "$WORK/cluster.log" >&2
     exit 1
@@ -165,17 +155,17 @@ echo "# 3-node cluster: $CLUSTER" >>"$COMMANDS"
 echo "# leader: curl -s 127.0.0.1:$((BASE + 100))/api/v1/cluster -> leader_id $LEADER_ID" >>"$COMMANDS"
 
 L="3 nodes: subscribe on follower ($(node "$F0")), publish on follower ($(node "$F1"))"
-run new "$L" --host "$(mqtt "$F0")" --publish-host "$(mqtt "$F1")" --broker-pid "$(pid_on $((BASE + F0)))"
+run new "$L" --host "$(mqtt "$F0")" --publish-host "$(mqtt "$F1")" --broker-pid "$(bench_pid_on $((BASE + F0)))"
 run existing "$L" --host "$(mqtt "$F0")" --publish-host "$(mqtt "$F1")" --existing \
-    --broker-pid "$(pid_on $((BASE + F0)))"
+    --broker-pid "$(bench_pid_on $((BASE + F0)))"
 L="3 nodes: subscribe on leader ($(node "$LEADER")), publish on follower ($(node "$F0"))"
 run new "$L" --host "$(mqtt "$LEADER")" --publish-host "$(mqtt "$F0")" \
-    --broker-pid "$(pid_on $((BASE + LEADER)))"
+    --broker-pid "$(bench_pid_on $((BASE + LEADER)))"
 run existing "$L" --host "$(mqtt "$LEADER")" --publish-host "$(mqtt "$F0")" --existing \
-    --broker-pid "$(pid_on $((BASE + LEADER)))"
+    --broker-pid "$(bench_pid_on $((BASE + LEADER)))"
 L="3 nodes: subscribe on follower ($(node "$F0")), publish on follower ($(node "$F1")), 50 % shared filters"
 run shared "$L" --host "$(mqtt "$F0")" --publish-host "$(mqtt "$F1")" --shared-filter-fraction 0.5 \
-    --broker-pid "$(pid_on $((BASE + F0)))"
+    --broker-pid "$(bench_pid_on $((BASE + F0)))"
 stop INT
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 

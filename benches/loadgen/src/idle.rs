@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  read broker VmRSS ─▶ open N connections, at most --concurrency handshakes in flight
+//!     (and, with --connect-rate R, connection i started no earlier than i / R s in)
 //!     (CONNECT/CONNACK, then SUBSCRIBE idle/{i} / SUBACK with --subscribe)
 //!  ─▶ all established: settle 2 s ─▶ read broker VmRSS
 //!  ─▶ hold --hold-secs (each connection pings at keep-alive / 2) ─▶ DISCONNECT all
@@ -68,6 +69,11 @@ pub(crate) struct IdleArgs {
     /// Keep-alive announced in CONNECT; a PINGREQ goes out every half of it.
     #[arg(long, default_value_t = 30)]
     pub(crate) keep_alive_secs: u16,
+    /// Offered connect rate (connections started per second, open loop: connection i starts
+    /// `i / rate` seconds in, or as soon as a handshake slot frees up after that). 0: as fast
+    /// as `--concurrency` allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) connect_rate: f64,
 }
 
 /// What `idle` measured (one JSON object with `--json`).
@@ -83,6 +89,10 @@ pub(crate) struct IdleReport {
     pub(crate) failed: usize,
     pub(crate) first_error: Option<String>,
     pub(crate) subscribe: bool,
+    /// `--connect-rate` (connections offered per second), if one was set.
+    pub(crate) connect_rate_offered: Option<f64>,
+    /// Most handshakes in flight (`--concurrency`).
+    pub(crate) concurrency: usize,
     /// Seconds from the first connect to the last established connection.
     pub(crate) ramp_secs: f64,
     pub(crate) connections_per_sec: f64,
@@ -101,6 +111,14 @@ pub(crate) struct IdleReport {
 pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport> {
     if args.connections == 0 || args.concurrency == 0 {
         return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
+    }
+    if !args.connect_rate.is_finite() || args.connect_rate < 0.0 {
+        return Err(UsageError(format!(
+            "--connect-rate {} must be 0 (unpaced) or a positive number of connections per \
+             second",
+            args.connect_rate
+        ))
+        .into());
     }
     if args.common.transport.transport == TransportKind::Quic
         && args.connections > MAX_QUIC_CONNECTIONS
@@ -135,8 +153,15 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
     let run_tag = std::process::id();
     let mut tasks = JoinSet::new();
     let ramp_start = Instant::now();
+    let start_of = |i: usize| {
+        (args.connect_rate > 0.0).then(|| {
+            tokio::time::Instant::from_std(ramp_start)
+                + Duration::from_secs_f64(i as f64 / args.connect_rate)
+        })
+    };
     for i in 0..args.connections {
         let connection = IdleConnection {
+            start_at: start_of(i),
             addr,
             options: ConnectOptions {
                 dialer: dialer.clone(),
@@ -156,9 +181,11 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
     drop(established_tx);
 
     // Every handshake is bounded by SETUP_TIMEOUT (twice: connect, then subscribe) and at most
-    // `concurrency` run at once, so the ramp is bounded too.
+    // `concurrency` run at once, so the ramp is bounded too (plus the pacing's own length).
     let waves = args.connections.div_ceil(args.concurrency) as u32;
-    let ramp_limit = 2 * SETUP_TIMEOUT * waves + Duration::from_secs(10);
+    let paced = start_of(args.connections)
+        .map_or(Duration::ZERO, |t| t.into_std().duration_since(ramp_start));
+    let ramp_limit = 2 * SETUP_TIMEOUT * waves + paced + Duration::from_secs(10);
     let mut connected = 0;
     let mut failed = 0;
     let mut first_error = None;
@@ -244,6 +271,8 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         failed,
         first_error,
         subscribe: args.subscribe,
+        connect_rate_offered: (args.connect_rate > 0.0).then_some(args.connect_rate),
+        concurrency: args.concurrency,
         ramp_secs,
         connections_per_sec: connected as f64 / ramp_secs.max(1e-9),
         broker_rss_before_kib: rss_before,
@@ -257,6 +286,8 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
 
 /// One idle connection's task state.
 struct IdleConnection {
+    /// When to start connecting (`--connect-rate`), if paced.
+    start_at: Option<tokio::time::Instant>,
     addr: SocketAddr,
     options: ConnectOptions,
     topic: Option<String>,
@@ -270,6 +301,9 @@ struct IdleConnection {
 
 impl IdleConnection {
     async fn run(mut self) {
+        if let Some(at) = self.start_at {
+            tokio::time::sleep_until(at).await;
+        }
         let client = {
             let Ok(_permit) = self.permits.acquire().await else {
                 return;
@@ -351,10 +385,15 @@ impl fmt::Display for IdleReport {
         if let Some(e) = &self.first_error {
             writeln!(f, "  first error    {e}")?;
         }
+        let offered = match self.connect_rate_offered {
+            Some(rate) => format!("{rate:.0}/s offered"),
+            None => "unpaced".to_owned(),
+        };
         writeln!(
             f,
-            "  ramp           {:.2} s ({:.0} connections/s)",
-            self.ramp_secs, self.connections_per_sec
+            "  ramp           {:.2} s ({:.0} connections/s; {offered}, at most {} handshakes in \
+             flight)",
+            self.ramp_secs, self.connections_per_sec, self.concurrency
         )?;
         match (
             self.broker_rss_before_kib,
@@ -397,6 +436,7 @@ mod tests {
             hold_secs: 1,
             concurrency: 8,
             keep_alive_secs: 2,
+            connect_rate: 0.0,
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!(report.connected, 50);
@@ -419,6 +459,7 @@ mod tests {
             hold_secs: 1,
             concurrency: 4,
             keep_alive_secs: 2,
+            connect_rate: 0.0,
         };
         let report = run(&args, node.addr(kind)).await?;
         assert_eq!((report.connected, report.failed), (10, 0));
@@ -439,11 +480,38 @@ mod tests {
             hold_secs: 0,
             concurrency: 1,
             keep_alive_secs: 30,
+            connect_rate: 0.0,
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         let e = run(&args, addr).await.expect_err("refused");
         assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
         assert!(format!("{e}").contains("over QUIC"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_rate_paces_the_ramp_and_a_bad_one_is_refused() -> Result<()> {
+        let node = TestNode::start().await?;
+        let mut args = IdleArgs {
+            common: Common::for_tests(),
+            connections: 20,
+            subscribe: false,
+            hold_secs: 0,
+            concurrency: 20,
+            keep_alive_secs: 30,
+            connect_rate: 40.0,
+        };
+        let report = run(&args, node.addr()).await?;
+        assert_eq!((report.connected, report.failed), (20, 0));
+        assert_eq!(report.connect_rate_offered, Some(40.0));
+        // The last of 20 starts 19/40 s in: pacing, not speed, sets this lower bound.
+        assert!(report.ramp_secs >= 0.47, "ramp {} s", report.ramp_secs);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            args.connect_rate = bad;
+            let e = run(&args, node.addr()).await.expect_err("refused");
+            assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
+        }
+        node.stop().await;
+        Ok(())
     }
 
     #[tokio::test]
@@ -459,6 +527,7 @@ mod tests {
             hold_secs: 0,
             concurrency: 5,
             keep_alive_secs: 30,
+            connect_rate: 0.0,
         };
         let report = run(&args, node.addr()).await?;
         assert!(report.broker_kib_per_connection.is_some());
