@@ -15,15 +15,17 @@
 //!
 //! Only this task awaits the socket. It waits on four things in one `select!`: the socket
 //! becoming readable, its [`ConnCtl::wake`] (routing put something in the session's outbox, or
-//! the broker wants the connection gone), the oldest acknowledgement waiting for peers, and
-//! the one timer the session asks for.
+//! the broker wants the connection gone), the peers' answers for the oldest acknowledgement
+//! waiting for them, and one timer: the session's next deadline, the credentials' expiry or
+//! that oldest acknowledgement's forward timeout, whichever comes first.
 //!
 //! The socket is any [`ByteStream`] (TCP, TLS, WebSocket: roost-transport, RFC 0007); the
 //! task is generic over it, so plain TCP pays nothing for the others.
 //!
 //! Cancel safety: the `select!` arms are `ByteStream::readable` (cancel safe: readiness only, no
 //! data is taken), `Notify::notified` (a permit stored by `notify_one` is not lost when the
-//! future is dropped), awaiting a `JoinHandle` by reference, and the connection's one timer
+//! future is dropped), awaiting the peers' answers by reference ([`PeerWait::answered`] keeps
+//! what it took), and the connection's one timer
 //! polled by reference (its deadline is moved with `Sleep::reset`; dropping the poll takes
 //! nothing from it).
 //! Reads happen with `try_read_buf` after the `select!` returns, and writes with `try_write`
@@ -748,10 +750,10 @@ impl<S: ByteStream> Conn<S> {
                 debug!(client_id = %st.session.client_id(), why = close.why, "write stopped");
                 return close;
             }
-            let deadline = match (st.deadline, st.credentials_expire) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [st.deadline, st.credentials_expire, st.peers_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
             if let Some(at) = deadline {
                 if timer.deadline() != at {
                     timer.as_mut().reset(at);
@@ -765,7 +767,7 @@ impl<S: ByteStream> Conn<S> {
                 _ = st.ctl.wake.notified() => Event::Woken,
                 r = self.fill(), if st.deferred.is_none() => Event::Read(r),
                 done = run_op(&mut st.op), if st.op.is_some() => Event::OpDone(done),
-                _ = front_done(&mut st.pending_acks),
+                _ = front_answered(&mut st.pending_acks),
                     if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
                 _ = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
@@ -1109,7 +1111,9 @@ impl<S: ByteStream> Conn<S> {
         }
         let max = usize::from(self.broker.config.mqtt.receive_maximum).max(1);
         while st.pending_acks.len() >= max {
-            front_done(&mut st.pending_acks).await;
+            if let Some(PendingAck { wait: Some(w), .. }) = st.pending_acks.front_mut() {
+                w.done().await;
+            }
             self.release_acks(st)?;
         }
         if wait.is_none() && st.pending_acks.is_empty() {
@@ -1125,8 +1129,8 @@ impl<S: ByteStream> Conn<S> {
     /// which has no failure code, the connection closes instead, leaving it and those behind
     /// it unacknowledged so the client sends them again.
     fn release_acks(&mut self, st: &mut Live) -> Result<(), Close> {
-        while let Some(front) = st.pending_acks.front() {
-            if front.wait.as_ref().is_some_and(|w| !w.is_finished()) {
+        while let Some(front) = st.pending_acks.front_mut() {
+            if front.wait.as_mut().is_some_and(|w| !w.is_finished()) {
                 break;
             }
             let Some(mut p) = st.pending_acks.pop_front() else {
@@ -1399,7 +1403,8 @@ enum Event {
     OpDone(OpDone),
     /// The peers of the oldest held acknowledgement answered.
     PeersDone,
-    /// The keep-alive or credentials deadline.
+    /// The keep-alive or credentials deadline, or the oldest held acknowledgement's forward
+    /// timeout.
     Timer,
 }
 
@@ -1512,6 +1517,16 @@ impl Live {
             .with(|s| s.poll_timeout())
             .map(tokio::time::Instant::from_std);
     }
+
+    /// The forward timeout of the oldest acknowledgement held for peers. Only the oldest's:
+    /// acknowledgements go out in order, and each later one was held later, so its deadline
+    /// is no earlier.
+    fn peers_deadline(&self) -> Option<tokio::time::Instant> {
+        self.pending_acks
+            .front()
+            .and_then(|p| p.wait.as_ref())
+            .map(PeerWait::deadline)
+    }
 }
 
 /// An acknowledgement held back until peers accepted the message (see `Conn::hold`).
@@ -1522,12 +1537,13 @@ struct PendingAck {
     ack: ReadyAck,
 }
 
-/// Waits for the oldest held acknowledgement's peers.
+/// Waits for the answers of the oldest held acknowledgement's peers (its forward timeout is
+/// the connection timer's: [`Live::peers_deadline`]).
 ///
-/// Cancel safety: [`PeerWait::done`] takes nothing from the wait.
-async fn front_done(q: &mut VecDeque<PendingAck>) {
+/// Cancel safety: [`PeerWait::answered`] keeps what it took.
+async fn front_answered(q: &mut VecDeque<PendingAck>) {
     if let Some(PendingAck { wait: Some(w), .. }) = q.front_mut() {
-        w.done().await;
+        w.answered().await;
     }
 }
 

@@ -154,6 +154,64 @@ async fn item14_cut_off_peer_does_not_stall_every_publish() {
     b.stop().await;
 }
 
+/// Pipelined QoS 1 publishes to a topic subscribed only on a peer that stopped answering: each
+/// is answered v5 0x80, in PUBLISH order, once its forward timeout runs out, and each counts
+/// as a forward timeout. The wait has no task and no timer of its own (docs/performance.md,
+/// "The forward path"): the connection's one timer carries the oldest held acknowledgement's
+/// deadline, then the next one's, so none is left without an answer.
+#[tokio::test]
+async fn pipelined_publishes_to_a_silent_peer_each_time_out_in_order() {
+    const TIMEOUT_MS: u64 = 500;
+    let (a, b, proxy) = two_nodes(true, |c| c.cluster.forward_timeout_ms = TIMEOUT_MS).await;
+    let proxy = proxy.unwrap();
+    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
+    sub.subscribe("quiet/t", QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    assert_eq!(
+        publish_reason(&mut publ, "quiet/t", b"warm", QoS::AtLeastOnce).await,
+        Some(ReasonCode::SUCCESS)
+    );
+    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+
+    let timeouts_before = metric(&a, "roost_cluster_forward_timeouts_total").await;
+    proxy.drop_replies(true);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = publ.next_packet_id();
+        let p = publish_packet(
+            "quiet/t",
+            format!("m{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            Some(id),
+            Properties::default(),
+        );
+        publ.send(&p).await.unwrap();
+        ids.push(id);
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        match publ.recv_within(Duration::from_secs(20)).await.unwrap() {
+            Some(Packet::PubAck(a)) => answers.push((a.packet_id, a.reason_code)),
+            other => panic!("expected a PUBACK, got {other:?} after {answers:?}"),
+        }
+    }
+    let expected: Vec<_> = ids
+        .iter()
+        .map(|id| (*id, ReasonCode::UNSPECIFIED_ERROR))
+        .collect();
+    assert_eq!(answers, expected, "in order, none of them accepted");
+    let timeouts = metric(&a, "roost_cluster_forward_timeouts_total").await - timeouts_before;
+    // At least: the counter is process-wide and other tests here time out forwards too.
+    assert!(
+        timeouts >= 3.0,
+        "each wait that ran out is counted: {timeouts}"
+    );
+    proxy.drop_replies(false);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Issue 8 (chaos `takeover` seed 1202: a message reached a subscriber about 7 s late, after
 /// 358 newer ones of the same publisher, when an isolated leader's link healed; and the
 /// `qos2-exactly-once` finding "refused, yet delivered twice"): a QoS 1 message whose

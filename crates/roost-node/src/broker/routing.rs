@@ -24,10 +24,9 @@ use roost_core::message::Message;
 use roost_core::session::Orphan;
 use roost_core::topic::TopicFilter;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 thread_local! {
     /// Scratch match lists for [`Broker::route_local`], reused so a fan-out to many
@@ -69,38 +68,105 @@ pub(crate) struct Routed {
 }
 
 /// The wait for peers to accept one forwarded QoS 1/2 message, which the publisher's
-/// acknowledgement is held behind.
+/// acknowledgement is held behind: the peers' answers (one per peer) and a deadline
+/// (`cluster.forward_timeout_ms` after the message was handed to the forwarders).
+///
+/// No task and no timer of its own: whoever holds it polls the answers ([`answered`]) and
+/// keeps the deadline in its own timer (a connection's one timer, `driver.rs`). A task per
+/// forwarded message, as before, cost a spawn, a timer-wheel entry and a wake-up of the
+/// publisher's connection per message, so the acknowledgements of a batch the peer answered
+/// together went out one write each (docs/performance.md, "The forward path").
+///
+/// [`answered`]: Self::answered
 #[derive(Debug)]
 pub(crate) struct PeerWait {
-    /// Ends when every peer accepted the message, one refused it, or the forward timeout ran
-    /// out.
-    task: JoinHandle<()>,
-    /// 0 while no peer failed; else the v5 reason code the publisher hears (0x80 or 0x97).
-    failure: Arc<AtomicU8>,
+    /// Answers not yet in. Dropped when the wait times out, which tells each forwarder that
+    /// nobody waits for the message any more (it is not resent after a reconnect).
+    acks: Vec<ForwardAck>,
+    /// The worst answer so far.
+    failure: Option<ReasonCode>,
+    deadline: tokio::time::Instant,
+    /// Counts a wait that timed out (`roost_cluster_forward_timeouts_total`), once.
+    timeouts: metrics::Counter,
 }
 
 impl PeerWait {
-    /// True once every peer answered or the wait timed out.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.task.is_finished()
+    fn new(
+        acks: Vec<ForwardAck>,
+        deadline: tokio::time::Instant,
+        timeouts: metrics::Counter,
+    ) -> PeerWait {
+        PeerWait {
+            acks,
+            failure: None,
+            deadline,
+            timeouts,
+        }
     }
 
-    /// Waits until [`is_finished`](Self::is_finished).
-    ///
-    /// Cancel safety: awaiting a `JoinHandle` by reference takes nothing from it.
-    pub(crate) async fn done(&mut self) {
-        if !self.task.is_finished() {
-            let _ = (&mut self.task).await;
+    /// True once every peer answered or the deadline passed (which is then counted, and
+    /// makes the publisher hear 0x80).
+    pub(crate) fn is_finished(&mut self) -> bool {
+        while let Some(rx) = self.acks.last_mut() {
+            let answer = match rx.try_recv() {
+                Ok(answer) => answer,
+                Err(oneshot::error::TryRecvError::Closed) => Err(NotForwarded::Stopped),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    if tokio::time::Instant::now() < self.deadline {
+                        return false;
+                    }
+                    self.acks.clear();
+                    self.timeouts.increment(1);
+                    self.failure = Some(ReasonCode::UNSPECIFIED_ERROR);
+                    return true;
+                }
+            };
+            self.acks.pop();
+            self.note(answer);
         }
+        true
+    }
+
+    fn note(&mut self, answer: Result<(), NotForwarded>) {
+        if let Err(why) = answer {
+            // Quota exceeded is the more specific answer; keep it if any peer gave it.
+            if self.failure != Some(ReasonCode::QUOTA_EXCEEDED) {
+                self.failure = Some(reason_for(why));
+            }
+        }
+    }
+
+    /// When the wait gives up on peers that have not answered.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+
+    /// Waits until every peer answered, without the deadline: for a `select!` beside the
+    /// holder's own timer at [`deadline`](Self::deadline). Then [`is_finished`] is true.
+    ///
+    /// Cancel safety: polling a receiver by reference takes nothing from it; an answer taken
+    /// is kept.
+    ///
+    /// [`is_finished`]: Self::is_finished
+    pub(crate) async fn answered(&mut self) {
+        while let Some(rx) = self.acks.last_mut() {
+            let answer = rx.await.unwrap_or(Err(NotForwarded::Stopped));
+            self.acks.pop();
+            self.note(answer);
+        }
+    }
+
+    /// Waits until [`is_finished`](Self::is_finished): every peer answered, or the deadline.
+    pub(crate) async fn done(&mut self) {
+        let deadline = self.deadline;
+        let _ = tokio::time::timeout_at(deadline, self.answered()).await;
+        self.is_finished();
     }
 
     /// Once finished: `None` if every peer accepted the message, else the reason code for
     /// its publisher (0x97 Quota exceeded when a bound refused it, 0x80 otherwise).
     pub(crate) fn failure(&self) -> Option<ReasonCode> {
-        match self.failure.load(Ordering::Relaxed) {
-            0 => None,
-            code => Some(ReasonCode(code)),
-        }
+        self.failure
     }
 }
 
@@ -448,8 +514,12 @@ impl Broker {
                     acks.extend(cluster.pass_on(p.to.node, msg, p.addressed).await);
                 }
                 // Waited for like a publisher's: a forwarder resends after a reconnect only
-                // what somebody still waits for.
-                let _ = tokio::time::timeout(limit, worst_answer(acks)).await;
+                // what somebody still waits for. Nobody hears the answer: a timeout here is
+                // not a publisher's and is not counted as one.
+                let deadline = tokio::time::Instant::now() + limit;
+                PeerWait::new(acks, deadline, metrics::Counter::noop())
+                    .done()
+                    .await;
             });
         }
     }
@@ -533,21 +603,12 @@ impl Broker {
             return None;
         }
         let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
-        let timeouts = self.metrics.forward_timeouts.clone();
-        let failure = Arc::new(AtomicU8::new(0));
-        let failed = Arc::clone(&failure);
-        let task = self.tasks.spawn(async move {
-            let code = match tokio::time::timeout(limit, worst_answer(acks)).await {
-                Ok(None) => return,
-                Ok(Some(code)) => code,
-                Err(_) => {
-                    timeouts.increment(1);
-                    ReasonCode::UNSPECIFIED_ERROR
-                }
-            };
-            failed.store(code.0, Ordering::Relaxed);
-        });
-        Some(PeerWait { task, failure })
+        let deadline = tokio::time::Instant::now() + limit;
+        Some(PeerWait::new(
+            acks,
+            deadline,
+            self.metrics.forward_timeouts.clone(),
+        ))
     }
 
     /// Hands a message to the nodes that sessions it matched here moved to (docs/rfcs/0006);
@@ -619,24 +680,6 @@ impl Broker {
             }
         }
     }
-}
-
-/// Waits for every answer; `None` if all accepted, else the reason code the publisher hears
-/// (0x97 Quota exceeded if any peer refused for a bound, 0x80 otherwise).
-async fn worst_answer(acks: Vec<ForwardAck>) -> Option<ReasonCode> {
-    let mut worst: Option<ReasonCode> = None;
-    for rx in acks {
-        let code = match rx.await {
-            Ok(Ok(())) => continue,
-            Ok(Err(why)) => reason_for(why),
-            Err(_) => reason_for(NotForwarded::Stopped),
-        };
-        // Quota exceeded is the more specific answer; keep it if any peer gave it.
-        if worst != Some(ReasonCode::QUOTA_EXCEEDED) {
-            worst = Some(code);
-        }
-    }
-    worst
 }
 
 /// The v5 reason code for a message a peer did not accept.
