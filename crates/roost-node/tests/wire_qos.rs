@@ -908,3 +908,46 @@ async fn item9_departed_shared_members_messages_reach_members_on_other_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A subscriber that stops reading while a backlog larger than one write batch (64 KiB) waits
+/// for it gets all of it once it reads again, with nothing else happening on the node. The
+/// driver's blocked flush waits on the connection's wake (so a kick can end it); that wake was
+/// also the one the encoder had set for "more in the outbox", and once the flush finished the
+/// connection slept with the rest of the backlog until the next delivery or the keep-alive.
+#[tokio::test]
+async fn a_backlog_behind_a_blocked_write_is_all_sent_once_the_client_reads() {
+    const MESSAGES: usize = 200;
+    const PAYLOAD: usize = 32 * 1024;
+    let node = TestNode::start().await.unwrap();
+    let mut sub = connect_clean(node.addr(), Protocol::V5, "slow").await;
+    sub.subscribe("backlog/t", QoS::AtMostOnce).await.unwrap();
+    let mut publ = connect_clean(node.addr(), Protocol::V5, "pub").await;
+    // 6.4 MB: more than the loopback socket buffers take from a client that does not read
+    // (the send buffer grows to 4 MiB; the receive window stays near its initial size).
+    for i in 0..MESSAGES {
+        let mut payload = vec![b'x'; PAYLOAD];
+        payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
+        let r = publ
+            .publish("backlog/t", &payload, QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert_eq!(r, ReasonCode::SUCCESS);
+    }
+    // Let the node fill the socket and block on it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut got = 0;
+    while got < MESSAGES {
+        match sub
+            .recv_within(std::time::Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..8], format!("{got:08}").as_bytes(), "in order");
+                got += 1;
+            }
+            other => panic!("after {got} of {MESSAGES}: {other:?}"),
+        }
+    }
+    node.stop().await;
+}
