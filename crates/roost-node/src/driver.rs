@@ -266,6 +266,10 @@ impl<S: ByteStream> Conn<S> {
         stall: Duration,
     ) -> Result<(), FlushStop> {
         let mut deadline = None;
+        // A wake-up taken below that was not a kick: more in the outbox. It is given back once
+        // the flush is done, or the session loop would wait in its `select!` with the outbox
+        // full until the next wake-up.
+        let mut woken = false;
         loop {
             if !self.wbuf.is_empty() {
                 match self.stream.try_write(&self.wbuf) {
@@ -306,12 +310,13 @@ impl<S: ByteStream> Conn<S> {
             tokio::select! {
                 biased;
                 _ = kicked => {
-                    // Any other wake-up (more in the outbox) is seen by the loop that encodes
-                    // it once this flush is done.
+                    // Any other wake-up (more in the outbox) is handed back when this flush is
+                    // done (`woken`), for the loop that encodes it.
                     if let Some(kick) = ctl.and_then(|c| c.take_kick()) {
                         self.blocked = true;
                         return Err(FlushStop::Kicked(kick));
                     }
+                    woken = true;
                 }
                 r = self.stream.writable() => {
                     if r.is_err() {
@@ -328,6 +333,9 @@ impl<S: ByteStream> Conn<S> {
             self.wbuf = BytesMut::new();
         } else {
             self.wbuf.clear();
+        }
+        if let (true, Some(c)) = (woken, ctl) {
+            c.wake.notify_one();
         }
         Ok(())
     }
