@@ -5,6 +5,11 @@
 #
 #   benches/shards.sh [CONFIGS="0 N"] [ROUNDS=2] [DURATION=10] [SCENARIOS="..."]
 #
+# A configuration `Nu` (say `2u`) runs N shards with io_uring (`node.io = "io_uring"`,
+# RFC 0010) on ROOST_URING_BIN (default: the same binary), a roost built with
+# `--features io-uring`; compare io_uring with epoll on the same scenarios with
+#   ROOST_URING_BIN=target-uring/release/roost CONFIGS="0 2 2u" benches/shards.sh
+#
 # Scenarios (64-byte payloads, MQTT v5, loopback):
 #   round-trip-q1   one client, QoS 1, publishing to its own topic, one message in flight
 #   fanout-500-q0   1 publisher at 100 msg/s -> 500 subscribers on bench/#, QoS 0
@@ -25,6 +30,7 @@ SCENARIOS="${SCENARIOS:-round-trip-q1 fanout-500-q0 fanin-20-q0 fanin-20-q1 q1-5
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-10}"
 ROOST="${ROOST_BIN:-$ROOT/target/release/roost}"
+ROOST_URING="${ROOST_URING_BIN:-$ROOST}"
 LOADGEN="${LOADGEN_BIN:-$ROOT/target/release/roost-loadgen}"
 # The race script reuses the interop suite's packet helpers (paho-mqtt): scripts/install-test-deps.
 PY="${PYTHON:-$ROOT/.venv-test/bin/python}"
@@ -40,10 +46,12 @@ trap cleanup EXIT
 ulimit -n 20000 2>/dev/null || true
 log() { printf '[shards] %s\n' "$*" >&2; }
 
-start() { # $1 = node.shards
+start() { # $1 = node.shards, with a `u` suffix for io_uring
     rm -rf "$WORK/data"
-    ROOST_LOG__LEVEL=warn ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_NODE__SHARDS="$1" \
-        "$ROOST" serve --mqtt "127.0.0.1:$PORT" --http 127.0.0.1:26980 \
+    local bin="$ROOST" io=epoll
+    if [[ "$1" == *u ]]; then bin="$ROOST_URING"; io=io_uring; fi
+    ROOST_LOG__LEVEL=warn ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_NODE__SHARDS="${1%u}" \
+        ROOST_NODE__IO="$io" "$bin" serve --mqtt "127.0.0.1:$PORT" --http 127.0.0.1:26980 \
         --cluster 127.0.0.1:26990 --data-dir "$WORK/data" >"$WORK/roost.log" 2>&1 &
     PID=$!
     for _ in $(seq 1 100); do
@@ -79,12 +87,12 @@ run() { # $1 = shards, $2 = scenario
             awk '{print "{\"missed\":" $2 ",\"tries\":" $4 "}"}') ;;
     esac
     stop
-    printf '{"shards":%s,"scenario":"%s","result":%s}\n' "$shards" "$name" "$json" >>"$OUT"
+    printf '{"shards":"%s","scenario":"%s","result":%s}\n' "$shards" "$name" "$json" >>"$OUT"
     log "shards=$shards $name done"
     sleep 2
 }
 
-log "binary $ROOST, node.shards in ($CONFIGS), $ROUNDS rounds, results in $OUT"
+log "binary $ROOST (io_uring: $ROOST_URING), node.shards in ($CONFIGS), $ROUNDS rounds, results in $OUT"
 read -r -a configs <<<"$CONFIGS"
 for round in $(seq 1 "$ROUNDS"); do
     for name in $SCENARIOS; do
@@ -116,5 +124,5 @@ for r in rows:
 for (scen, shards), runs in sorted(by.items()):
     keys = sorted({k for run in runs for k in run})
     med = {k: statistics.median([run[k] for run in runs if run.get(k) is not None] or [0]) for k in keys}
-    print(f"{scen:15} shards={shards:<3} " + " ".join(f"{k}={v:g}" for k, v in med.items()))
+    print(f"{scen:15} shards={shards!s:<3} " + " ".join(f"{k}={v:g}" for k, v in med.items()))
 EOF

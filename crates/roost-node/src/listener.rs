@@ -430,6 +430,16 @@ fn hand_off(
     };
     let l = Arc::clone(listener);
     let broker = Arc::clone(broker);
+    // io_uring (RFC 0010) for plain TCP without a PROXY header; the other transports and the
+    // PROXY header reader are written against tokio's TcpStream and keep epoll on the shard.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    if shards.uring() && l.kind == ListenerKind::Tcp && !l.proxy_protocol {
+        shards.spawn_uring(stream, move |stream| {
+            let via = l.accepted(None);
+            crate::driver::serve(broker, stream, peer, via, pending)
+        });
+        return;
+    }
     shards.spawn_tcp(stream, move |stream| l.serve(broker, stream, peer, pending));
 }
 

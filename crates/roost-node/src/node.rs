@@ -249,7 +249,9 @@ impl Node {
         let shards = match config.node.shards {
             0 => None,
             n => {
-                let shards = Arc::new(crate::shard::Shards::start(n).map_err(StartError::Shards)?);
+                let shards = Arc::new(
+                    crate::shard::Shards::start(n, config.node.io).map_err(StartError::Shards)?,
+                );
                 let _ = broker.shards.set(Arc::downgrade(&shards));
                 Some(shards)
             }

@@ -23,6 +23,17 @@
 //!
 //! With `node.shards = 0` (the default: it measured faster on the hardware we have, RFC 0009)
 //! there are no shards and every connection runs on the shared runtime.
+//!
+//! io_uring (`node.io = "io_uring"`, the `io-uring` feature, RFC 0010): each shard thread runs a
+//! tokio-uring runtime instead (a current-thread tokio runtime with a `LocalSet` and a ring).
+//! Plain TCP sockets go to it through [`Shards::spawn_uring`]: the socket (which is `Send`) and
+//! the connection's start travel over the shard's job channel to a task on the shard's
+//! `LocalSet`, which wraps the socket in a `roost_transport::uring::UringStream` (not `Send`)
+//! and spawns the connection there (`spawn_local`). Everything else (TLS, WebSocket, markers)
+//! is spawned through the runtime's `Handle` and uses epoll as before. tokio-uring installs its
+//! own park hook (it submits the ring's queued operations when the thread parks) and offers no
+//! way to add ours, so an io_uring shard's `parked` flag is never set: see
+//! [`Shards::send_markers`] for what stands in for it.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -34,6 +45,14 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tracing::warn;
+
+/// How a shard does its connections' I/O (`node.io`, RFC 0010).
+pub(crate) use crate::config::NodeIo;
+
+/// A connection's start, run on an io_uring shard's thread inside its `LocalSet` (it spawns
+/// the connection's task with `spawn_local`).
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     /// The shard this thread runs, if it is a shard thread.
@@ -74,8 +93,13 @@ struct Shard {
     /// Connections handed to it and not yet ended (the balance the hand-off keeps).
     live: Arc<AtomicUsize>,
     /// Its thread sleeps in the I/O driver with nothing to run (set when it parks, cleared
-    /// when it wakes).
+    /// when it wakes). Never set on an io_uring shard (see the module's doc).
     parked: Arc<AtomicBool>,
+    /// An io_uring shard's job channel: plain TCP connections to start on its `LocalSet`
+    /// ([`Shards::spawn_uring`]). Unbounded, but every job holds a socket that took a place in
+    /// `mqtt.max_pending_connections`, which bounds it.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
 }
 
 /// Decrements its shard's count when the connection's task ends (or is dropped).
@@ -88,12 +112,20 @@ impl Drop for Live {
 }
 
 impl Shards {
-    /// Starts `n` shard threads (`n` >= 1), named `roost-shard-<i>`.
-    pub(crate) fn start(n: usize) -> io::Result<Shards> {
+    /// Starts `n` shard threads (`n` >= 1), named `roost-shard-<i>`, each with a tokio
+    /// runtime, or a tokio-uring one for `NodeIo::IoUring` (an error when the kernel refuses
+    /// io_uring: a seccomp filter, `kernel.io_uring_disabled`).
+    pub(crate) fn start(n: usize, io: NodeIo) -> io::Result<Shards> {
         let (stop, stop_rx) = watch::channel(false);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
+            if io == NodeIo::IoUring {
+                let (shard, thread) = Self::start_uring(i, stop_rx.clone())?;
+                shards.push(shard);
+                threads.push(thread);
+                continue;
+            }
             let parked = Arc::new(AtomicBool::new(false));
             let (on_park, on_unpark) = (Arc::clone(&parked), Arc::clone(&parked));
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -117,6 +149,8 @@ impl Shards {
                 handle,
                 live: Arc::new(AtomicUsize::new(0)),
                 parked,
+                #[cfg(all(target_os = "linux", feature = "io-uring"))]
+                jobs: None,
             });
             threads.push(thread);
         }
@@ -126,6 +160,114 @@ impl Shards {
             threads: parking_lot::Mutex::new(threads),
             placement: parking_lot::Mutex::new(Placement::default()),
         })
+    }
+
+    /// Starts io_uring shard `i`: its runtime is made on its own thread (tokio-uring's runtime
+    /// is not `Send`), which sends back the runtime's `Handle` or the error that stopped it.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    fn start_uring(
+        i: usize,
+        mut stop: watch::Receiver<bool>,
+    ) -> io::Result<(Shard, thread::JoinHandle<()>)> {
+        let (ready, started) = std::sync::mpsc::sync_channel::<io::Result<Handle>>(1);
+        let (jobs, mut job_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let thread = thread::Builder::new()
+            .name(format!("roost-shard-{i}"))
+            .spawn(move || {
+                CURRENT.with(|c| c.set(Some(i)));
+                let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let _ = ready.send(Ok(Handle::current()));
+                    loop {
+                        tokio::select! {
+                            job = job_rx.recv() => match job {
+                                Some(job) => job(),
+                                None => break,
+                            },
+                            _ = stop.wait_for(|s| *s) => break,
+                        }
+                    }
+                });
+                // Dropping the runtime drops the tasks still on it: their sockets close.
+                drop(runtime);
+            })?;
+        let handle = match started.recv() {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "node.io = \"io_uring\": the kernel refused io_uring_setup ({e}); \
+                         a seccomp filter or kernel.io_uring_disabled may forbid it, \
+                         use node.io = \"epoll\""
+                    ),
+                ));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("an io_uring shard thread ended at start"));
+            }
+        };
+        let shard = Shard {
+            handle,
+            live: Arc::new(AtomicUsize::new(0)),
+            parked: Arc::new(AtomicBool::new(false)),
+            jobs: Some(jobs),
+        };
+        Ok((shard, thread))
+    }
+
+    #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+    fn start_uring(
+        _i: usize,
+        _stop: watch::Receiver<bool>,
+    ) -> io::Result<(Shard, thread::JoinHandle<()>)> {
+        // Config validation refuses node.io = "io_uring" in such a build.
+        Err(io::Error::other(
+            "node.io = \"io_uring\": this roost was built without the io-uring feature",
+        ))
+    }
+
+    /// Whether the shards run io_uring (plain TCP connections go to [`Shards::spawn_uring`]).
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub(crate) fn uring(&self) -> bool {
+        self.shards.iter().any(|s| s.jobs.is_some())
+    }
+
+    /// Runs an accepted plain TCP connection on an io_uring shard (see [`Shards::place`]): the
+    /// socket travels to the shard's thread, becomes a `UringStream` there, and `serve` runs as
+    /// a local task of that thread (its future need not be `Send`).
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub(crate) fn spawn_uring<F, Fut>(&self, stream: std::net::TcpStream, serve: F)
+    where
+        F: FnOnce(roost_transport::uring::UringStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let shard = &self.shards[self.place()];
+        let Some(jobs) = &shard.jobs else {
+            return;
+        };
+        shard.live.fetch_add(1, Ordering::Relaxed);
+        let live = Live(Arc::clone(&shard.live));
+        let job: Job = Box::new(move || {
+            let task = async move {
+                let _live = live;
+                match roost_transport::uring::UringStream::from_std(stream) {
+                    Ok(stream) => serve(stream).await,
+                    Err(e) => warn!(error = %e, "cannot set up an accepted socket for io_uring"),
+                }
+            };
+            drop(tokio::task::spawn_local(task));
+        });
+        // A send fails only when the shard stopped (shutdown): the socket is dropped, closed.
+        let _ = jobs.send(job);
     }
 
     /// How many shards run.
@@ -205,11 +347,16 @@ impl Shards {
     /// poll and after the tasks that poll woke (the queue is FIFO). A parked shard had nothing
     /// to run and gets no marker: a lone connection's round trip pays nothing, a busy node one
     /// marker per other shard per read batch that holds a PUBLISH.
+    ///
+    /// An io_uring shard's park is not seen (tokio-uring keeps the park hook to itself), so
+    /// it counts as parked only while it runs no connection: with io_uring a busy node sends a
+    /// marker to every other shard that runs one, asleep or not (a wake-up of that shard, and
+    /// up to [`CATCH_UP_LIMIT`] of waiting, per read batch with a PUBLISH).
     pub(crate) fn send_markers(&self) -> Vec<oneshot::Receiver<()>> {
         let me = CURRENT.with(Cell::get);
         let mut markers = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
-            if Some(i) == me || shard.parked.load(Ordering::Acquire) {
+            if Some(i) == me || shard.asleep() {
                 continue;
             }
             let (done, marker) = oneshot::channel();
@@ -232,6 +379,17 @@ impl Shards {
             }
         });
         let _ = joined.await;
+    }
+}
+
+impl Shard {
+    /// Whether it had nothing to run at last look (see [`Shards::send_markers`]).
+    fn asleep(&self) -> bool {
+        #[cfg(all(target_os = "linux", feature = "io-uring"))]
+        if self.jobs.is_some() {
+            return self.live.load(Ordering::Relaxed) == 0;
+        }
+        self.parked.load(Ordering::Acquire)
     }
 }
 
@@ -266,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_burst_stays_on_one_shard_and_a_storm_spreads_in_runs() {
-        let shards = Shards::start(3).unwrap();
+        let shards = Shards::start(3, NodeIo::Epoll).unwrap();
         // Back to back (well within the window): runs of BURST_RUN, each on the emptiest.
         for _ in 0..3 * BURST_RUN {
             place_one(&shards);

@@ -28,6 +28,8 @@ pub mod proxy;
 pub mod quic;
 pub mod tcp;
 pub mod tls;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub mod uring;
 pub mod ws;
 
 pub use quic::{QuicError, QuicIncoming, QuicListener, QuicStream};
@@ -39,18 +41,23 @@ pub use ws::{WsError, WsStream};
 ///
 /// Cancel safety: `readable` and `writable` only wait for readiness and take no data; they may
 /// be used in `select!`. The `try_*` methods never wait.
-pub trait ByteStream: Send + 'static {
+///
+/// Neither the trait nor its futures require `Send`: the io_uring stream (`uring.rs`, RFC 0010)
+/// holds `Rc`s and lives on one shard thread. The epoll streams' futures are still `Send`, and
+/// a caller that names a concrete stream type sees it (auto traits leak through `impl Future`),
+/// so their connection tasks are spawned on the work-stealing runtime as before.
+pub trait ByteStream: 'static {
     /// Waits until [`ByteStream::try_read_buf`] may make progress (it may still answer
     /// `WouldBlock`: readiness can be stale, and a TLS record or WebSocket frame may be
     /// incomplete).
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>>;
 
     /// Appends what can be read now to `buf` (at most its spare capacity; the caller reserves).
     /// `Ok(0)`: the peer closed the stream. `WouldBlock`: nothing yet.
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
 
     /// Waits until [`ByteStream::try_write`] or [`ByteStream::try_flush`] may make progress.
-    fn writable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    fn writable(&mut self) -> impl Future<Output = io::Result<()>>;
 
     /// Takes some of `buf` without waiting and returns how much (at least 1 for a non-empty
     /// `buf`, or `WouldBlock`). Taken bytes may sit in the transport until the socket has room:
@@ -71,12 +78,12 @@ pub trait ByteStream: Send + 'static {
 
     /// Ends the stream politely (TLS close_notify, WebSocket close frame, TCP FIN). Best
     /// effort: callers bound it with a timeout.
-    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>>;
 
     /// Pushes all pending output to the socket, waiting for room as needed. Not for the
     /// driver's `select!` (it holds no data, but it does not return until the socket took
     /// everything); for handshakes, refusals and shutdown, bounded by the caller's timeout.
-    fn flush_all(&mut self) -> impl Future<Output = io::Result<()>> + Send
+    fn flush_all(&mut self) -> impl Future<Output = io::Result<()>>
     where
         Self: Sized,
     {
@@ -94,7 +101,7 @@ pub trait ByteStream: Send + 'static {
     /// Writes all of `buf` and flushes it, waiting for room as needed (same use as
     /// [`ByteStream::flush_all`]; named apart from tokio's `write_all`, which `TcpStream` also
     /// has).
-    fn write_all_flushed(&mut self, mut buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send
+    fn write_all_flushed(&mut self, mut buf: &[u8]) -> impl Future<Output = io::Result<()>>
     where
         Self: Sized,
     {

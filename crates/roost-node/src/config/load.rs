@@ -69,6 +69,22 @@ impl Config {
         }
 
         between("node.shards", node.shards, 0, MAX_SHARDS)?;
+        if node.io == NodeIo::IoUring {
+            if !cfg!(all(target_os = "linux", feature = "io-uring")) {
+                return Err(invalid(
+                    "node.io",
+                    "\"io_uring\"".into(),
+                    "this roost was built without io_uring (the `io-uring` cargo feature, Linux only)",
+                ));
+            }
+            if node.shards == 0 {
+                return Err(invalid(
+                    "node.io",
+                    "\"io_uring\"".into(),
+                    "io_uring runs on connection shards only: set node.shards >= 1",
+                ));
+            }
+        }
 
         let m = &self.mqtt;
         at_least("mqtt.max_connections", m.max_connections, 1)?;

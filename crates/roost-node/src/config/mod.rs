@@ -247,6 +247,23 @@ pub struct NodeConfig {
     /// on the node's shared work-stealing runtime, which measured faster on the hardware we
     /// have (RFC 0009, "Numbers"). At most [`MAX_SHARDS`].
     pub shards: usize,
+    /// How the shards' plain TCP connections read and write (docs/rfcs/0010-io-uring.md):
+    /// `epoll` (the default: readiness through tokio's I/O driver) or `io_uring` (completion
+    /// through tokio-uring; needs a build with the `io-uring` feature, Linux, and
+    /// `node.shards >= 1`).
+    pub io: NodeIo,
+}
+
+/// How connections on shards do their I/O (`node.io`, RFC 0010).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeIo {
+    /// Readiness: tokio's epoll driver (every transport).
+    #[default]
+    Epoll,
+    /// Completion: io_uring reads and writes for plain TCP connections (no PROXY header);
+    /// TLS, WebSocket and PROXY-protocol listeners keep epoll on the same shard threads.
+    IoUring,
 }
 
 impl Default for NodeConfig {
@@ -255,6 +272,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./roost-data"),
             sys_interval_secs: 10,
             shards: 0,
+            io: NodeIo::Epoll,
         }
     }
 }

@@ -1070,6 +1070,34 @@ fn listener_flags_add_listeners_with_the_tls_files() {
 }
 
 #[test]
+fn node_io_is_epoll_by_default_and_io_uring_needs_shards_and_the_feature() {
+    assert_eq!(Config::default().node.io, NodeIo::Epoll);
+    let s = err_string(Config::from_toml_str("[node]\nio = \"kqueue\"\n"));
+    assert!(s.contains("node.io"), "{s}");
+    let invalid_io = |toml: &str| match Config::from_toml_str(toml).unwrap_err() {
+        ConfigError::Invalid { key, .. } => assert_eq!(key, "node.io", "{toml}"),
+        other => panic!("{toml}: expected node.io to be named, got {other:?}"),
+    };
+    // Without shards there is nothing for io_uring to run.
+    invalid_io("[node]\nio = \"io_uring\"\n");
+    let with_shards = "[node]\nshards = 2\nio = \"io_uring\"\n";
+    if cfg!(all(target_os = "linux", feature = "io-uring")) {
+        let c = Config::from_toml_str(with_shards).unwrap();
+        assert_eq!(c.node.io, NodeIo::IoUring);
+        let c = load_str(
+            "[node]\nshards = 2\n",
+            &[("ROOST_NODE__IO", "io_uring")],
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.node.io, NodeIo::IoUring);
+    } else {
+        // A build without the feature names the key instead of ignoring it.
+        invalid_io(with_shards);
+    }
+}
+
+#[test]
 fn shards_default_to_the_shared_runtime_and_are_bounded() {
     assert_eq!(Config::default().node.shards, 0);
     let c = Config::from_toml_str("[node]\nshards = 4\n").unwrap();
