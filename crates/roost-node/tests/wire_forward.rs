@@ -51,6 +51,20 @@ async fn publish_reason(
     }
 }
 
+/// A QoS 1 subscriber of `topic` on `b` and a v5 publisher on `a`, with one message ("warm")
+/// gone through, so the route and the forward stream are up.
+async fn warm_pair(a: &TestNode, b: &TestNode, topic: &str) -> (RawClient, RawClient) {
+    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
+    sub.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
+    assert_eq!(
+        publish_reason(&mut publ, topic, b"warm", QoS::AtLeastOnce).await,
+        Some(ReasonCode::SUCCESS)
+    );
+    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+    (sub, publ)
+}
+
 /// Issue 7 item 3: a QoS 1/2 message that a peer with a subscriber did not accept is not
 /// acknowledged as delivered. Node 2 holds a persistent subscriber and is stopped; node 1's
 /// publishers hear v5 0x80 (PUBACK and PUBREC), and a v3.1.1 publisher (no failure code in its
@@ -110,14 +124,7 @@ async fn item14_cut_off_peer_does_not_stall_every_publish() {
     const TIMEOUT_MS: u64 = 1000;
     let (a, b, proxy) = two_nodes(true, |c| c.cluster.forward_timeout_ms = TIMEOUT_MS).await;
     let proxy = proxy.unwrap();
-    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
-    sub.subscribe("cut/t", QoS::AtLeastOnce).await.unwrap();
-    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
-    assert_eq!(
-        publish_reason(&mut publ, "cut/t", b"warm", QoS::AtLeastOnce).await,
-        Some(ReasonCode::SUCCESS)
-    );
-    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+    let (_sub, mut publ) = warm_pair(&a, &b, "cut/t").await;
 
     proxy.drop_replies(true);
     let deadline = Duration::from_millis(u64::from(N) * TIMEOUT_MS / 4);
@@ -164,14 +171,7 @@ async fn pipelined_publishes_to_a_silent_peer_each_time_out_in_order() {
     const TIMEOUT_MS: u64 = 500;
     let (a, b, proxy) = two_nodes(true, |c| c.cluster.forward_timeout_ms = TIMEOUT_MS).await;
     let proxy = proxy.unwrap();
-    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
-    sub.subscribe("quiet/t", QoS::AtLeastOnce).await.unwrap();
-    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
-    assert_eq!(
-        publish_reason(&mut publ, "quiet/t", b"warm", QoS::AtLeastOnce).await,
-        Some(ReasonCode::SUCCESS)
-    );
-    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+    let (_sub, mut publ) = warm_pair(&a, &b, "quiet/t").await;
 
     let timeouts_before = metric(&a, "roost_cluster_forward_timeouts_total").await;
     proxy.drop_replies(true);
@@ -225,14 +225,7 @@ async fn pipelined_publishes_to_a_silent_peer_each_time_out_in_order() {
 async fn a_forward_that_arrives_after_its_publisher_heard_a_failure_is_not_delivered() {
     let (a, b, proxy) = two_nodes(true, |c| c.cluster.forward_timeout_ms = 500).await;
     let proxy = proxy.unwrap();
-    let mut sub = connect_clean(b.addr(), Protocol::V5, "sub").await;
-    sub.subscribe("late/t", QoS::AtLeastOnce).await.unwrap();
-    let mut publ = connect_clean(a.addr(), Protocol::V5, "pub").await;
-    assert_eq!(
-        publish_reason(&mut publ, "late/t", b"warm", QoS::AtLeastOnce).await,
-        Some(ReasonCode::SUCCESS)
-    );
-    assert_eq!(payloads(&[recv_publish(&mut sub).await]), ["warm"]);
+    let (mut sub, mut publ) = warm_pair(&a, &b, "late/t").await;
     let stale_before = metric(&b, "roost_cluster_received_stale_total").await;
 
     proxy.hold(true);

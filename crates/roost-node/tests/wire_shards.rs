@@ -11,22 +11,6 @@ async fn sharded(n: usize) -> TestNode {
     TestNode::start_with(|c| c.node.shards = n).await.unwrap()
 }
 
-/// Waits (bounded) until the shards run `total` sockets between them.
-async fn wait_shard_total(node: &TestNode, total: usize) -> Vec<usize> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let live = node.node().shard_connections();
-        if live.iter().sum::<usize>() == total {
-            return live;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shards run {live:?}, expected {total} in all"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Connections accepted within this of each other go to the same shard, up to 16 in a row
 /// (`shard.rs`, `BURST_WINDOW`, `BURST_RUN`); a test waits longer to place a connection alone.
 const APART: Duration = Duration::from_millis(60);

@@ -32,22 +32,6 @@ async fn uring_node(tweak: impl FnOnce(&mut roost_node::Config)) -> Option<TestN
     }
 }
 
-/// Waits (bounded) until the shards run `total` sockets between them.
-async fn wait_shard_total(node: &TestNode, total: usize) -> Vec<usize> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let live = node.node().shard_connections();
-        if live.iter().sum::<usize>() == total {
-            return live;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shards run {live:?}, expected {total} in all"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Connections accepted more than this apart are placed alone, on the emptiest shard
 /// (`shard.rs`, `BURST_WINDOW`).
 const APART: Duration = Duration::from_millis(60);

@@ -202,6 +202,23 @@ pub async fn wait_connections(node: &TestNode, n: usize) {
     }
 }
 
+/// Waits (bounded) until the node's connection shards run `total` sockets between them
+/// (`node.shards >= 1`); returns the count per shard.
+pub async fn wait_shard_total(node: &TestNode, total: usize) -> Vec<usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let live = node.node().shard_connections();
+        if live.iter().sum::<usize>() == total {
+            return live;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards run {live:?}, expected {total} in all"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Sends `bytes` on a fresh TCP connection and returns every byte the broker sends until it
 /// closes (bounded by 5 s).
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
