@@ -65,6 +65,25 @@ async fn warm_pair(a: &TestNode, b: &TestNode, topic: &str) -> (RawClient, RawCl
     (sub, publ)
 }
 
+/// Sends QoS 1 message number `i` ("m{i}") to `topic` as packet `id`, without waiting for
+/// its PUBACK.
+async fn send_numbered(
+    c: &mut RawClient,
+    topic: &str,
+    i: impl std::fmt::Display,
+    id: roost_codec::PacketId,
+) {
+    let p = publish_packet(
+        topic,
+        format!("m{i}").as_bytes(),
+        QoS::AtLeastOnce,
+        false,
+        Some(id),
+        Properties::default(),
+    );
+    c.send(&p).await.unwrap();
+}
+
 /// Issue 7 item 3: a QoS 1/2 message that a peer with a subscriber did not accept is not
 /// acknowledged as delivered. Node 2 holds a persistent subscriber and is stopped; node 1's
 /// publishers hear v5 0x80 (PUBACK and PUBREC), and a v3.1.1 publisher (no failure code in its
@@ -178,15 +197,7 @@ async fn pipelined_publishes_to_a_silent_peer_each_time_out_in_order() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let id = publ.next_packet_id();
-        let p = publish_packet(
-            "quiet/t",
-            format!("m{i}").as_bytes(),
-            QoS::AtLeastOnce,
-            false,
-            Some(id),
-            Properties::default(),
-        );
-        publ.send(&p).await.unwrap();
+        send_numbered(&mut publ, "quiet/t", i, id).await;
         ids.push(id);
     }
     let mut answers = Vec::new();
@@ -387,15 +398,7 @@ async fn item4_slow_subscriber_on_a_peer_slows_the_publisher_instead_of_dropping
             reasons.push(recv_puback(&mut publ, in_flight.pop_front().unwrap()).await);
         }
         let id = pid(i);
-        let p = publish_packet(
-            "bp/t",
-            format!("m{i}").as_bytes(),
-            QoS::AtLeastOnce,
-            false,
-            Some(id),
-            Properties::default(),
-        );
-        publ.send(&p).await.unwrap();
+        send_numbered(&mut publ, "bp/t", i, id).await;
         in_flight.push_back(id);
     }
     while let Some(id) = in_flight.pop_front() {

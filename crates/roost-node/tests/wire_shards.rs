@@ -94,15 +94,6 @@ async fn shutdown_closes_the_connections_on_every_shard_and_stops_the_threads() 
         live.iter().all(|n| *n > 0),
         "both shards hold connections: {live:?}"
     );
-    let stopping = tokio::spawn(node.stop());
-    for c in &mut clients {
-        // Alone, the node has nowhere to send its clients: 0x8B Server shutting down.
-        expect_disconnect(c, ReasonCode::SERVER_SHUTTING_DOWN).await;
-    }
-    tokio::time::timeout(Duration::from_secs(20), stopping)
-        .await
-        .expect("shutdown ends")
-        .unwrap();
-    // The listener is closed and nothing accepts on the port any more.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // Alone, the node has nowhere to send its clients: 0x8B Server shutting down.
+    stop_telling_clients(node, &mut clients).await;
 }

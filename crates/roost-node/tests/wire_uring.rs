@@ -9,7 +9,7 @@
 #![cfg(all(target_os = "linux", feature = "io-uring"))]
 #![allow(clippy::unwrap_used)]
 
-use roost_codec::{Protocol, QoS, ReasonCode};
+use roost_codec::{Protocol, QoS};
 use roost_node::config::NodeIo;
 use roost_testkit::*;
 use std::time::Duration;
@@ -158,13 +158,5 @@ async fn connections_close_cleanly_both_ways() {
     wait_connections(&node, 4).await;
 
     // The node closes: shutdown says so to every client, then ends the shards.
-    let stopping = tokio::spawn(node.stop());
-    for c in &mut clients {
-        expect_disconnect(c, ReasonCode::SERVER_SHUTTING_DOWN).await;
-    }
-    tokio::time::timeout(Duration::from_secs(20), stopping)
-        .await
-        .expect("shutdown ends")
-        .unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    stop_telling_clients(node, &mut clients).await;
 }

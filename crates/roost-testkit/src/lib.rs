@@ -30,7 +30,7 @@ pub use proxy::Proxy;
 pub use steps::{
     collect, connect_clean, connect_persistent, connect_when_served, connect_with,
     expect_disconnect, payloads, publish_ok, publish_with, raw_exchange, recv_publish,
-    wait_connections, wait_shard_total, SILENCE,
+    stop_telling_clients, wait_connections, wait_shard_total, SILENCE,
 };
 
 use anyhow::{anyhow, bail, Context};

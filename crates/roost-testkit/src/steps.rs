@@ -202,6 +202,24 @@ pub async fn wait_connections(node: &TestNode, n: usize) {
     }
 }
 
+/// Stops `node` while `clients` are connected: each hears DISCONNECT 0x8B (Server shutting
+/// down), the stop ends within 20 s, and nothing accepts on the node's port afterwards.
+pub async fn stop_telling_clients(node: TestNode, clients: &mut [RawClient]) {
+    let addr = node.addr();
+    let stopping = tokio::spawn(node.stop());
+    for c in clients.iter_mut() {
+        expect_disconnect(c, ReasonCode::SERVER_SHUTTING_DOWN).await;
+    }
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("shutdown ends")
+        .expect("the stop task did not panic");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed and nothing accepts on the port any more"
+    );
+}
+
 /// Waits (bounded) until the node's connection shards run `total` sockets between them
 /// (`node.shards >= 1`); returns the count per shard.
 pub async fn wait_shard_total(node: &TestNode, total: usize) -> Vec<usize> {
