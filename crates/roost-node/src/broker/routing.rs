@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 thread_local! {
     /// Scratch match lists for [`Broker::route_local`], reused so a fan-out to many
@@ -88,6 +89,33 @@ pub(crate) struct PeerWait {
     deadline: tokio::time::Instant,
     /// Counts a wait that timed out (`roost_cluster_forward_timeouts_total`), once.
     timeouts: metrics::Counter,
+    /// Where a wait dropped before its answers came goes on waiting (see `Drop`).
+    tasks: TaskTracker,
+}
+
+/// A wait dropped with answers still out (a will's publish, which nobody acknowledges; a
+/// publisher's connection that closed) goes on waiting in a task of the broker's, until the
+/// answers or the deadline, and still counts a timeout. The forwarders read a dropped receiver
+/// as "nobody waits any more" and would neither send nor resend the message: right only for a
+/// wait that ran out (whose publisher heard 0x80), which has no receivers left by then.
+impl Drop for PeerWait {
+    fn drop(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        let (deadline, timeouts) = (self.deadline, self.timeouts.clone());
+        self.tasks.spawn(async move {
+            let answers = async move {
+                for rx in acks {
+                    let _ = rx.await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, answers).await.is_err() {
+                timeouts.increment(1);
+            }
+        });
+    }
 }
 
 impl PeerWait {
@@ -95,12 +123,14 @@ impl PeerWait {
         acks: Vec<ForwardAck>,
         deadline: tokio::time::Instant,
         timeouts: metrics::Counter,
+        tasks: TaskTracker,
     ) -> PeerWait {
         PeerWait {
             acks,
             failure: None,
             deadline,
             timeouts,
+            tasks,
         }
     }
 
@@ -517,7 +547,7 @@ impl Broker {
                 // what somebody still waits for. Nobody hears the answer: a timeout here is
                 // not a publisher's and is not counted as one.
                 let deadline = tokio::time::Instant::now() + limit;
-                PeerWait::new(acks, deadline, metrics::Counter::noop())
+                PeerWait::new(acks, deadline, metrics::Counter::noop(), TaskTracker::new())
                     .done()
                     .await;
             });
@@ -608,6 +638,7 @@ impl Broker {
             acks,
             deadline,
             self.metrics.forward_timeouts.clone(),
+            self.tasks.clone(),
         ))
     }
 
