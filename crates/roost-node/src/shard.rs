@@ -72,6 +72,9 @@ pub(crate) struct Shards {
     threads: parking_lot::Mutex<Vec<thread::JoinHandle<()>>>,
     /// Where the previous connection went ([`Shards::place`]).
     placement: parking_lot::Mutex<Placement>,
+    /// The shards run io_uring (`node.io`); fixed at start.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    uring: bool,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +162,8 @@ impl Shards {
             stop,
             threads: parking_lot::Mutex::new(threads),
             placement: parking_lot::Mutex::new(Placement::default()),
+            #[cfg(all(target_os = "linux", feature = "io-uring"))]
+            uring: matches!(io, NodeIo::IoUring),
         })
     }
 
@@ -238,7 +243,7 @@ impl Shards {
     /// Whether the shards run io_uring (plain TCP connections go to [`Shards::spawn_uring`]).
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     pub(crate) fn uring(&self) -> bool {
-        self.shards.iter().any(|s| s.jobs.is_some())
+        self.uring
     }
 
     /// Runs an accepted plain TCP connection on an io_uring shard (see [`Shards::place`]): the

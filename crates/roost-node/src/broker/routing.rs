@@ -98,6 +98,10 @@ pub(crate) struct PeerWait {
 /// answers or the deadline, and still counts a timeout. The forwarders read a dropped receiver
 /// as "nobody waits any more" and would neither send nor resend the message: right only for a
 /// wait that ran out (whose publisher heard 0x80), which has no receivers left by then.
+///
+/// Outside a runtime (a wait dropped on a thread that has none, or after the runtime is gone)
+/// there is nowhere to wait: the wait is given up and counted as timed out, instead of the
+/// panic a spawn there would be (a panic in `drop` during an unwind aborts the process).
 impl Drop for PeerWait {
     fn drop(&mut self) {
         if self.acks.is_empty() {
@@ -105,6 +109,10 @@ impl Drop for PeerWait {
         }
         let acks = std::mem::take(&mut self.acks);
         let (deadline, timeouts) = (self.deadline, self.timeouts.clone());
+        if tokio::runtime::Handle::try_current().is_err() {
+            timeouts.increment(1);
+            return;
+        }
         self.tasks.spawn(async move {
             let answers = async move {
                 for rx in acks {
@@ -151,13 +159,15 @@ impl PeerWait {
                     return true;
                 }
             };
-            self.acks.pop();
-            self.note(answer);
+            self.take_last(answer);
         }
         true
     }
 
-    fn note(&mut self, answer: Result<(), NotForwarded>) {
+    /// The last receiver answered `answer` (a closed one: `Stopped`): it leaves the wait, and
+    /// its answer is kept if it is a failure.
+    fn take_last(&mut self, answer: Result<(), NotForwarded>) {
+        self.acks.pop();
         if let Err(why) = answer {
             // Quota exceeded is the more specific answer; keep it if any peer gave it.
             if self.failure != Some(ReasonCode::QUOTA_EXCEEDED) {
@@ -181,8 +191,7 @@ impl PeerWait {
     pub(crate) async fn answered(&mut self) {
         while let Some(rx) = self.acks.last_mut() {
             let answer = rx.await.unwrap_or(Err(NotForwarded::Stopped));
-            self.acks.pop();
-            self.note(answer);
+            self.take_last(answer);
         }
     }
 
@@ -534,6 +543,8 @@ impl Broker {
             // One task, so they reach each peer's forwarder in the order they were queued.
             let cluster = Arc::clone(&self.cluster);
             let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+            // Where the wait goes on if this task is dropped mid-way (at shutdown).
+            let tasks = self.tasks.clone();
             self.spawn(async move {
                 let mut acks = Vec::new();
                 for (node, o) in remote {
@@ -547,7 +558,7 @@ impl Broker {
                 // what somebody still waits for. Nobody hears the answer: a timeout here is
                 // not a publisher's and is not counted as one.
                 let deadline = tokio::time::Instant::now() + limit;
-                PeerWait::new(acks, deadline, metrics::Counter::noop(), TaskTracker::new())
+                PeerWait::new(acks, deadline, metrics::Counter::noop(), tasks)
                     .done()
                     .await;
             });
@@ -748,4 +759,66 @@ fn pick_member(
         let (m, sub) = &members[start % n];
         (m, sub)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A counter the test can read.
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl metrics::CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn wait_on_one(
+        count: &Arc<Count>,
+        tasks: &TaskTracker,
+    ) -> (oneshot::Sender<Result<(), NotForwarded>>, PeerWait) {
+        let (tx, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let counter = metrics::Counter::from_arc(Arc::clone(count));
+        (
+            tx,
+            PeerWait::new(vec![rx], deadline, counter, tasks.clone()),
+        )
+    }
+
+    #[test]
+    fn a_wait_dropped_outside_a_runtime_is_given_up_and_counted_not_a_panic() {
+        let count = Arc::new(Count::default());
+        let (tx, wait) = wait_on_one(&count, &TaskTracker::new());
+        drop(wait);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(tx.is_closed(), "nobody waits for the answer any more");
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_in_a_runtime_goes_on_until_the_answer() {
+        let count = Arc::new(Count::default());
+        let tasks = TaskTracker::new();
+        let (tx, wait) = wait_on_one(&count, &tasks);
+        drop(wait);
+        tokio::task::yield_now().await;
+        // The forwarder still sees somebody waiting, so it sends (and resends) the message.
+        assert!(!tx.is_closed());
+        tx.send(Ok(())).expect("the wait is still there");
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the wait ends once answered");
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            0,
+            "answered, not timed out"
+        );
+    }
 }
