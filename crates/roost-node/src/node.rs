@@ -179,7 +179,9 @@ impl Node {
         let _ = crate::telemetry::prometheus();
         let config = Arc::new(config);
 
-        let (main, mqtt_addr) = bind("mqtt.listen".into(), config.mqtt.listen).await?;
+        let backlog = config.mqtt.listen_backlog;
+        warn_if_backlog_capped(backlog);
+        let (main, mqtt_addr) = bind("mqtt.listen".into(), config.mqtt.listen, backlog).await?;
         // (TCP socket, or none for QUIC whose endpoint the listener holds; bound address)
         let mut sockets = vec![(Some(main), mqtt_addr)];
         for (i, l) in config.listeners.iter().enumerate() {
@@ -194,7 +196,7 @@ impl Node {
                     })?;
                 sockets.push((None, bound));
             } else {
-                let (s, a) = bind(key, l.listen).await?;
+                let (s, a) = bind(key, l.listen, backlog).await?;
                 sockets.push((Some(s), a));
             }
         }
@@ -210,7 +212,7 @@ impl Node {
         ))));
         let mut http_addr = None;
         if config.http.enabled {
-            let (http, addr) = bind("http.listen".into(), config.http.listen).await?;
+            let (http, addr) = bind("http.listen".into(), config.http.listen, HTTP_BACKLOG).await?;
             http_addr = Some(addr);
             let app = router(
                 AdminState {
@@ -406,16 +408,51 @@ impl Node {
     }
 }
 
-/// Binds a listener; the error names the setting.
-async fn bind(key: String, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+/// The listen backlog of the admin HTTP listener: a few operators and scrapers.
+const HTTP_BACKLOG: u32 = 128;
+
+/// Binds a listener with a listen backlog of `backlog` (`mqtt.listen_backlog` for MQTT; tokio's
+/// `TcpListener::bind` would give 128, which a connect burst overflows: the kernel drops the
+/// SYNs beyond it and those clients wait a second for their retransmit). SO_REUSEADDR as
+/// `TcpListener::bind` sets it. The error names the setting.
+async fn bind(
+    key: String,
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<(TcpListener, SocketAddr), StartError> {
     let err = |source| StartError::Bind {
         key: key.clone(),
         addr,
         source,
     };
-    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(backlog).map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
+}
+
+/// Warns when the kernel caps `mqtt.listen_backlog` (`net.core.somaxconn`, Linux).
+fn warn_if_backlog_capped(backlog: u32) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else {
+        return;
+    };
+    if let Ok(max) = text.trim().parse::<u32>() {
+        if max < backlog {
+            warn!(
+                listen_backlog = backlog,
+                somaxconn = max,
+                "the kernel caps mqtt.listen_backlog at net.core.somaxconn; raise the sysctl \
+                 for connect bursts"
+            );
+        }
+    }
 }
 
 /// Creates the data directory and takes an exclusive lock on it, so two nodes never share one.
@@ -577,5 +614,34 @@ async fn seed_policies(broker: std::sync::Weak<Broker>) {
         }
         drop(b);
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backlog reaches the kernel: a listener nobody accepts on queues about `backlog`
+    /// completed connections (Linux: `backlog + 1`) and drops the SYNs of the rest, whose
+    /// connects then wait for a retransmit.
+    #[tokio::test]
+    async fn a_listener_queues_its_backlog_and_no_more() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let (listener, addr) = bind("mqtt.listen".into(), addr, 4)
+            .await
+            .expect("bind on loopback");
+        let mut queued = Vec::new();
+        for _ in 0..12 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), connect).await {
+                queued.push(s);
+            }
+        }
+        assert!(
+            (4..=5).contains(&queued.len()),
+            "{} of 12 connects completed against a backlog of 4",
+            queued.len()
+        );
+        drop(listener);
     }
 }

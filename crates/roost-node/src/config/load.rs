@@ -89,6 +89,7 @@ impl Config {
         let m = &self.mqtt;
         at_least("mqtt.max_connections", m.max_connections, 1)?;
         at_least("mqtt.max_pending_connections", m.max_pending_connections, 1)?;
+        between("mqtt.listen_backlog", m.listen_backlog, 1, 65535)?;
         at_least("mqtt.write_timeout_secs", m.write_timeout_secs, 1)?;
         at_least(
             "mqtt.max_subscriptions_per_client",

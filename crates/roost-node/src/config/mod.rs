@@ -388,6 +388,12 @@ pub struct MqttConfig {
     /// takeover is still admitted; open sockets never exceed `max_connections` plus this.
     /// At least 1. Default 1000.
     pub max_pending_connections: usize,
+    /// The listen backlog of every MQTT TCP listener (`mqtt.listen` and the TCP, TLS and
+    /// WebSocket `listeners`): connections the kernel completes and queues before the node
+    /// accepts them. A connect burst beyond it has its SYNs dropped, and those clients wait
+    /// for their retransmit (a second or more). The kernel caps it at `net.core.somaxconn`;
+    /// the node warns at start when it does. 1 to 65535. Default 4096.
+    pub listen_backlog: u32,
     /// Seconds a connected client may take no bytes from a write before it is disconnected
     /// (`roost_mqtt_disconnects_total{reason="write_timeout"}`): a client that stops reading
     /// frees its connection, and a takeover or kick ends a blocked write at once anyway.
@@ -485,6 +491,7 @@ impl Default for MqttConfig {
             max_qos: 2,
             connect_timeout_secs: 10,
             max_pending_connections: 1000,
+            listen_backlog: 4096,
             write_timeout_secs: 30,
             max_subscriptions_per_client: 10_000,
             max_retained_messages: 1_000_000,

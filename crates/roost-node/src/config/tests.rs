@@ -229,6 +229,14 @@ fn bad_value_per_bound_names_the_key() {
             "invalid config: mqtt.max_topic_levels = 0: must be at least 1",
         ),
         (
+            "[mqtt]\nlisten_backlog = 0",
+            "invalid config: mqtt.listen_backlog = 0: must be between 1 and 65535",
+        ),
+        (
+            "[mqtt]\nlisten_backlog = 65536",
+            "invalid config: mqtt.listen_backlog = 65536: must be between 1 and 65535",
+        ),
+        (
             "[mqtt]\nmax_topic_length = 0",
             "invalid config: mqtt.max_topic_length = 0: must be between 1 and 65535",
         ),
