@@ -92,6 +92,14 @@ impl FlushStop {
     }
 }
 
+/// What [`Conn::flush_ready`] got done.
+enum Flushed {
+    /// Everything written, or the socket failed.
+    Done(Result<(), FlushStop>),
+    /// The socket would block; `progressed` if some bytes went first.
+    Blocked { progressed: bool },
+}
+
 struct Conn<S> {
     stream: S,
     peer: SocketAddr,
@@ -273,30 +281,18 @@ impl<S: ByteStream> Conn<S> {
         // full until the next wake-up.
         let mut woken = false;
         loop {
-            if !self.wbuf.is_empty() {
-                match self.stream.try_write(&self.wbuf) {
-                    Ok(0) => return Err(FlushStop::Io),
-                    Ok(n) => {
-                        bytes::Buf::advance(&mut self.wbuf, n);
-                        self.broker.metrics.bytes_sent.increment(n as u64);
-                        deadline = None;
-                        continue;
+            match self.flush_ready() {
+                Flushed::Done(r) => {
+                    if let (true, Some(c), Ok(())) = (woken, ctl, &r) {
+                        c.wake.notify_one();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(FlushStop::Io),
+                    return r;
                 }
-            } else if self.stream.pending_output() {
-                // TLS records or WebSocket frames the transport still holds.
-                match self.stream.try_flush() {
-                    Ok(()) => {
+                Flushed::Blocked { progressed } => {
+                    if progressed {
                         deadline = None;
-                        continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(FlushStop::Io),
                 }
-            } else {
-                break;
             }
             let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
             let kicked = async {
@@ -305,10 +301,9 @@ impl<S: ByteStream> Conn<S> {
                     None => std::future::pending().await,
                 }
             };
-            // Boxed: only a write that would block gets here, and inline the timer would sit in
-            // the state of every connection's session loop (which awaits this) for its whole
-            // life, beside the loop's own timer (docs/performance.md).
-            let stalled = Box::pin(tokio::time::sleep_until(at));
+            // Inline: the session loop awaits this boxed, and only when a write would block
+            // (`flush_live`); the other callers run before or after the loop, boxed too.
+            let stalled = tokio::time::sleep_until(at);
             tokio::select! {
                 biased;
                 _ = kicked => {
@@ -331,15 +326,59 @@ impl<S: ByteStream> Conn<S> {
                 }
             }
         }
+    }
+
+    /// As much of a flush as needs no waiting: everything written (or a write error), or
+    /// [`Flushed::Blocked`] once the socket would block.
+    fn flush_ready(&mut self) -> Flushed {
+        let mut progressed = false;
+        loop {
+            if !self.wbuf.is_empty() {
+                match self.stream.try_write(&self.wbuf) {
+                    Ok(0) => return Flushed::Done(Err(FlushStop::Io)),
+                    Ok(n) => {
+                        bytes::Buf::advance(&mut self.wbuf, n);
+                        self.broker.metrics.bytes_sent.increment(n as u64);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Flushed::Blocked { progressed };
+                    }
+                    Err(_) => return Flushed::Done(Err(FlushStop::Io)),
+                }
+            } else if self.stream.pending_output() {
+                // TLS records or WebSocket frames the transport still holds.
+                match self.stream.try_flush() {
+                    Ok(()) => progressed = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Flushed::Blocked { progressed };
+                    }
+                    Err(_) => return Flushed::Done(Err(FlushStop::Io)),
+                }
+            } else {
+                break;
+            }
+        }
         if self.wbuf.capacity() > KEEP_WBUF {
             self.wbuf = BytesMut::new();
         } else {
             self.wbuf.clear();
         }
-        if let (true, Some(c)) = (woken, ctl) {
-            c.wake.notify_one();
+        Flushed::Done(Ok(()))
+    }
+
+    /// [`flush_until`](Self::flush_until) for the session loop: without a future when the
+    /// socket takes everything (the common case); only a write that would block waits, in a
+    /// boxed future. Inline, the wait's state (about 360 B) would sit in every connection's
+    /// task for its whole life (docs/performance.md, "Memory per idle connection").
+    async fn flush_live(&mut self, ctl: &ConnCtl) -> Result<(), FlushStop> {
+        match self.flush_ready() {
+            Flushed::Done(r) => r,
+            Flushed::Blocked { .. } => {
+                let stall = self.write_timeout();
+                Box::pin(self.flush_until(Some(ctl), stall)).await
+            }
         }
-        Ok(())
     }
 
     /// Encodes a packet into the write buffer (sent on the next flush).
@@ -492,7 +531,7 @@ impl<S: ByteStream> Conn<S> {
     /// futures that exist only while they run: the task keeps `Conn`, `Live` and the loop's
     /// own state, not the largest state of the whole connect path (issue 10, memory per
     /// connection).
-    async fn run_session(mut self, connect: Box<Connect>, pending: Pending) {
+    async fn run_session(&mut self, connect: Box<Connect>, pending: Pending) {
         let Some(mut live) = Box::pin(self.establish(connect, pending)).await else {
             return;
         };
@@ -753,7 +792,7 @@ impl<S: ByteStream> Conn<S> {
             }
             self.encode_outbox(st);
             self.release_rbuf();
-            if let Err(stop) = self.flush_until(Some(&st.ctl), self.write_timeout()).await {
+            if let Err(stop) = self.flush_live(&st.ctl).await {
                 let close = stop.close();
                 debug!(client_id = %st.session.client_id(), why = close.why, "write stopped");
                 return close;
@@ -787,7 +826,7 @@ impl<S: ByteStream> Conn<S> {
                 }
                 Event::Read(Ok(true)) => {
                     st.yielded = false;
-                    if let Err(close) = self.process(st).await {
+                    if let Err(close) = Box::pin(self.process(st)).await {
                         return close;
                     }
                 }
@@ -800,7 +839,7 @@ impl<S: ByteStream> Conn<S> {
                         return close;
                     }
                     // Go on with what waited for it: the held-back packet, then the buffer.
-                    if let Err(close) = self.process(st).await {
+                    if let Err(close) = Box::pin(self.process(st)).await {
                         return close;
                     }
                 }
@@ -827,12 +866,13 @@ impl<S: ByteStream> Conn<S> {
 
     /// Handles what was read: the packet held back behind a finished cluster operation, then
     /// the read buffer; with backpressure on congested subscribers between packets.
+    ///
+    /// The session loop awaits it boxed: handling packets nests the futures of every packet
+    /// kind (several KiB); an idle connection's task must not carry that, and one allocation
+    /// per read batch is cheap.
     async fn process(&mut self, st: &mut Live) -> Result<(), Close> {
         loop {
-            // Boxed: handling packets nests the futures of every packet kind (several KiB);
-            // an idle connection's task must not carry that, and one allocation per read batch
-            // is cheap.
-            Box::pin(self.drain_packets(st)).await?;
+            self.drain_packets(st).await?;
             st.session.signal_space(self.broker.low_watermark());
             if st.congested.is_empty() {
                 break;

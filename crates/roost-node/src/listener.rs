@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 pub(crate) const HANDSHAKE_FAILED: &str = "roost_mqtt_handshake_failed_total";
@@ -223,6 +224,28 @@ impl Listener {
             .increment(1);
     }
 
+    /// The task of an accepted TCP socket: the driver itself for plain MQTT over TCP (the
+    /// common case), else [`serve`](Self::serve) boxed, with the transport's handshake first.
+    /// A connection's task is as large as its future, so a plain TCP connection carries no
+    /// state of this layer: not its own copies of the socket, the address and the pending
+    /// place, which a future keeps for moved-from values too (issue 10, memory per
+    /// connection).
+    fn task(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        pending: crate::driver::Pending,
+    ) -> impl std::future::Future<Output = ()> {
+        if self.kind == ListenerKind::Tcp && !self.proxy_protocol {
+            let _ = tcp.set_nodelay(true);
+            let via = self.accepted(None);
+            Either::Left(crate::driver::serve(broker, tcp, peer, via, pending))
+        } else {
+            Either::Right(Box::pin(self.serve(broker, tcp, peer, pending)))
+        }
+    }
+
     /// Runs the transport's handshake on an accepted socket and serves the connection.
     ///
     /// Every connection's task is as large as this future's largest state, so everything but
@@ -387,7 +410,7 @@ pub(crate) async fn accept_loop(
                         Some(shards) => hand_off(shards, &listener, &broker, stream, peer, pending),
                         None => {
                             let l = Arc::clone(&listener);
-                            tokio::spawn(l.serve(Arc::clone(&broker), stream, peer, pending));
+                            tokio::spawn(l.task(Arc::clone(&broker), stream, peer, pending));
                         }
                     },
                     None => {
@@ -440,7 +463,7 @@ fn hand_off(
         });
         return;
     }
-    shards.spawn_tcp(stream, move |stream| l.serve(broker, stream, peer, pending));
+    shards.spawn_tcp(stream, move |stream| l.task(broker, stream, peer, pending));
 }
 
 /// Accepts QUIC connections on `listener`'s endpoint until `stop`.
