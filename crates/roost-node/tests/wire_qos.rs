@@ -951,3 +951,57 @@ async fn a_backlog_behind_a_blocked_write_is_all_sent_once_the_client_reads() {
     }
     node.stop().await;
 }
+
+/// A client subscribed to its own topic gets every one of its pipelined publishes back, in
+/// order, with every acknowledgement. A delivery to one's own session wakes the connection
+/// that is routing it (the loop encodes it at its next turn); a change to that wake-up
+/// (docs/performance.md, "The empty round") must not lose or reorder a delivery.
+#[tokio::test]
+async fn pipelined_publishes_to_ones_own_subscription_all_come_back_in_order() {
+    // Bursts below the Receive Maximum the node announces (32).
+    const BURST: usize = 16;
+    const BURSTS: usize = 12;
+    let node = TestNode::start().await.unwrap();
+    for protocol in BOTH {
+        let mut c = connect_clean(node.addr(), protocol, "self").await;
+        c.subscribe("self/t", QoS::AtLeastOnce).await.unwrap();
+        let mut back = Vec::new();
+        for burst in 0..BURSTS {
+            for i in burst * BURST..(burst + 1) * BURST {
+                let id = c.next_packet_id();
+                c.send(&Packet::Publish(roost_codec::Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: "self/t".into(),
+                    packet_id: Some(id),
+                    properties: Properties::default(),
+                    payload: i.to_string().into_bytes().into(),
+                }))
+                .await
+                .unwrap();
+            }
+            // Each burst's acknowledgements and deliveries, whatever their interleaving.
+            let mut acks = 0;
+            while acks < BURST || back.len() < (burst + 1) * BURST {
+                match c.recv().await.unwrap() {
+                    Some(Packet::PubAck(a)) => {
+                        assert_eq!(a.reason_code, ReasonCode::SUCCESS, "{protocol:?}");
+                        acks += 1;
+                    }
+                    Some(Packet::Publish(p)) => {
+                        let id = p.packet_id.expect("QoS 1 has a packet id");
+                        c.send(&Packet::PubAck(Ack::new(id))).await.unwrap();
+                        back.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    }
+                    other => panic!("{protocol:?}: unexpected {other:?}"),
+                }
+            }
+        }
+        let sent: Vec<String> = (0..BURST * BURSTS).map(|i| i.to_string()).collect();
+        assert_eq!(back, sent, "{protocol:?}");
+        assert!(collect(&mut c, SILENCE).await.is_empty());
+        c.disconnect().await.unwrap();
+        wait_connections(&node, 0).await;
+    }
+}
