@@ -369,7 +369,7 @@ impl<S: ByteStream> Conn<S> {
 
     /// [`flush_until`](Self::flush_until) for the session loop: without a future when the
     /// socket takes everything (the common case); only a write that would block waits, in a
-    /// boxed future. Inline, the wait's state (about 360 B) would sit in every connection's
+    /// boxed future. Inline, the wait's state (about 460 B) would sit in every connection's
     /// task for its whole life (docs/performance.md, "Memory per idle connection").
     async fn flush_live(&mut self, ctl: &ConnCtl) -> Result<(), FlushStop> {
         match self.flush_ready() {

@@ -224,6 +224,11 @@ impl Listener {
             .increment(1);
     }
 
+    /// MQTT straight over TCP: no transport handshake and no PROXY header before the CONNECT.
+    fn plain_tcp(&self) -> bool {
+        self.kind == ListenerKind::Tcp && !self.proxy_protocol
+    }
+
     /// The task of an accepted TCP socket: the driver itself for plain MQTT over TCP (the
     /// common case), else [`serve`](Self::serve) boxed, with the transport's handshake first.
     /// A connection's task is as large as its future, so a plain TCP connection carries no
@@ -237,7 +242,7 @@ impl Listener {
         peer: SocketAddr,
         pending: crate::driver::Pending,
     ) -> impl std::future::Future<Output = ()> {
-        if self.kind == ListenerKind::Tcp && !self.proxy_protocol {
+        if self.plain_tcp() {
             let _ = tcp.set_nodelay(true);
             let via = self.accepted(None);
             Either::Left(crate::driver::serve(broker, tcp, peer, via, pending))
@@ -456,7 +461,7 @@ fn hand_off(
     // io_uring (RFC 0010) for plain TCP without a PROXY header; the other transports and the
     // PROXY header reader are written against tokio's TcpStream and keep epoll on the shard.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
-    if shards.uring() && l.kind == ListenerKind::Tcp && !l.proxy_protocol {
+    if shards.uring() && l.plain_tcp() {
         shards.spawn_uring(stream, move |stream| {
             let via = l.accepted(None);
             crate::driver::serve(broker, stream, peer, via, pending)
