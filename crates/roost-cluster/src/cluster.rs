@@ -216,6 +216,12 @@ pub trait LocalNode: Send + Sync + 'static {
         generation: u64,
         requester: NodeId,
     ) -> BoxFuture<Option<SessionTransfer>>;
+    /// Which of `sessions` (client id, the generation a hand-over to this node was for) this
+    /// node has not taken in yet: an attach or adoption of the client still runs here, or
+    /// this node has not applied that generation. Indices into `sessions`. A session taken
+    /// in, moved on since, or found with nothing to hold is not pending. Asked by a stopping
+    /// node before it takes its routes away ([`Cluster::sessions_pending`]); must not block.
+    fn sessions_pending(&self, sessions: &[(ClientId, u64)]) -> Vec<usize>;
     /// Reacts to an applied entry (called in log order; must not block).
     fn on_event(&self, event: &Event);
     /// A graceful stop is under way here (reported to peers in `Status`: they move no
@@ -1017,6 +1023,61 @@ impl Cluster {
         convert::transfer_from_wire(state, Instant::now().into_std())
             .map(Some)
             .map_err(|e| ClusterError::peer(owner, e))
+    }
+
+    /// Asks `peer` which of `sessions` (client id, the generation this node handed each over
+    /// for) it has not taken in yet (see [`LocalNode::sessions_pending`]): indices into
+    /// `sessions`. In requests within the cluster's message bound, each within the forward
+    /// timeout. `Ok(None)`: the peer runs a version without this question.
+    pub async fn sessions_pending(
+        &self,
+        peer: NodeId,
+        sessions: &[(ClientId, u64)],
+    ) -> Result<Option<Vec<usize>>, ClusterError> {
+        let node = self
+            .peer(peer)
+            .ok_or_else(|| ClusterError::peer(peer, "not a member"))?;
+        // Client id bytes plus the other fields' framing, per entry.
+        const PER_ENTRY: usize = 16;
+        let bound = self.limits.max_message.max(PER_ENTRY + 1);
+        let mut pending = Vec::new();
+        let mut start = 0;
+        while start < sessions.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < sessions.len()
+                && (end == start || bytes + sessions[end].0.as_str().len() + PER_ENTRY <= bound)
+            {
+                bytes += sessions[end].0.as_str().len() + PER_ENTRY;
+                end += 1;
+            }
+            let mut req = Request::new(pb::PlacedRequest {
+                sessions: sessions[start..end]
+                    .iter()
+                    .map(|(c, g)| pb::PlacedSession {
+                        client_id: c.as_str().to_owned(),
+                        generation: *g,
+                    })
+                    .collect(),
+            });
+            req.set_timeout(self.cfg.forward_timeout);
+            let reply = match node.client.clone().placed(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+                Err(s) => return Err(ClusterError::peer(peer, s.message())),
+            };
+            let len = end - start;
+            pending.extend(
+                reply
+                    .pending
+                    .into_iter()
+                    .map(|i| i as usize)
+                    .filter(|i| *i < len)
+                    .map(|i| start + i),
+            );
+            start = end;
+        }
+        Ok(Some(pending))
     }
 
     /// Stops the gRPC server, the forwarders and Raft.

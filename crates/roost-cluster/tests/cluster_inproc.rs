@@ -68,6 +68,8 @@ struct TestNode {
     sessions: Mutex<HashMap<ClientId, SessionTransfer>>,
     /// Every `take_session` call: (client id, generation).
     takes: Mutex<Vec<(ClientId, u64)>>,
+    /// Client id → the generation of it this node has taken in (`sessions_pending`).
+    taken_in: Mutex<HashMap<ClientId, u64>>,
     /// How long each applied event blocks before it is recorded: a member slow to apply.
     apply_delay: Mutex<Duration>,
 }
@@ -101,6 +103,16 @@ impl LocalNode for TestNode {
         let t = self.sessions.lock().remove(&client_id);
         self.takes.lock().push((client_id, generation));
         Box::pin(async move { t })
+    }
+
+    fn sessions_pending(&self, sessions: &[(ClientId, u64)]) -> Vec<usize> {
+        let taken_in = self.taken_in.lock();
+        (0..sessions.len())
+            .filter(|i| {
+                let (c, g) = &sessions[*i];
+                taken_in.get(c).is_none_or(|t| t < g)
+            })
+            .collect()
     }
 
     fn on_event(&self, event: &Event) {
@@ -864,6 +876,46 @@ async fn take_session_hands_over_the_whole_session() {
         !err.is_fatal(),
         "a missing peer refuses this request only: {err:?}"
     );
+    shutdown_all(&nodes).await;
+}
+
+/// A stopping node asks the peer it handed sessions to which it has not taken in yet
+/// (docs/rfcs/0006, "A drain's routes"): the answer names them by their place in the
+/// question, also when the question is split to stay within the cluster's message bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_pending_names_what_the_peer_has_not_taken_in() {
+    let nodes = three_nodes().await;
+    let (n1, n2) = (node(&nodes, 1), node(&nodes, 2));
+    {
+        let mut t = n2.local.taken_in.lock();
+        t.insert("dev-1".into(), 5);
+        t.insert("dev-2".into(), 3);
+    }
+    let asked = [
+        (ClientId::from("dev-1"), 5),
+        (ClientId::from("dev-2"), 4),
+        (ClientId::from("dev-3"), 1),
+        (ClientId::from("dev-1"), 4),
+    ];
+    let pending = n1.cluster.sessions_pending(n2.id, &asked).await.unwrap();
+    assert_eq!(pending, Some(vec![1, 2]));
+    // Client ids of 500,000 bytes: two fit one request (1 MiB + 128 KiB), so five take three.
+    let big: Vec<(ClientId, u64)> = (0..5u8)
+        .map(|i| (ClientId::from(format!("{i}").repeat(500_000)), 1))
+        .collect();
+    {
+        let mut t = n2.local.taken_in.lock();
+        t.insert(big[1].0.clone(), 1);
+        t.insert(big[3].0.clone(), 2);
+    }
+    let pending = n1.cluster.sessions_pending(n2.id, &big).await.unwrap();
+    assert_eq!(pending, Some(vec![0, 2, 4]));
+    let err = n1
+        .cluster
+        .sessions_pending(NodeId::new(42), &asked)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("42"), "{err}");
     shutdown_all(&nodes).await;
 }
 

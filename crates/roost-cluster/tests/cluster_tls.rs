@@ -139,6 +139,11 @@ impl LocalNode for TestNode {
         Box::pin(async { None })
     }
 
+    // Takes no sessions in: none is ever on its way here.
+    fn sessions_pending(&self, _sessions: &[(ClientId, u64)]) -> Vec<usize> {
+        Vec::new()
+    }
+
     fn on_event(&self, _event: &Event) {}
 }
 

@@ -78,6 +78,14 @@ impl LocalNode for NodeHooks {
         Box::pin(async move { broker?.hand_over(&client_id, generation, requester).await })
     }
 
+    fn sessions_pending(&self, sessions: &[(ClientId, u64)]) -> Vec<usize> {
+        match self.broker() {
+            Some(b) => b.sessions_pending(sessions),
+            // Stopped (or not started): nothing is being taken in here.
+            None => Vec::new(),
+        }
+    }
+
     fn on_event(&self, event: &Event) {
         if let Some(b) = self.broker() {
             b.on_cluster_event(event);

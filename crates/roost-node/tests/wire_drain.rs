@@ -513,6 +513,115 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_have_theirs() {
     }
 }
 
+/// The drain takes its routes away only once the nodes its sessions went to have taken them
+/// in, not once they route the filter: a new owner that already routes it (for subscribers
+/// of its own, or for a session handed to it just before) may not have indexed the session
+/// yet. CI at 69a33d0 lost one acknowledged message this way (`the_drain_keeps_its_routes_
+/// until_the_new_owners_have_theirs`, the last of 12 sessions, on node 3 after earlier ones).
+/// Here the window is made wide: both peers route `dh/all` for clean subscribers of their
+/// own from the start, and the stopping node 3's replies reach them 600 ms late (a slow
+/// link), so each hand-over's answer, and with it the new owner's indexing, comes 600 ms
+/// after node 3 has let the session go. A pipelined publisher on node 1 (not held up by the
+/// late acknowledgements of what went to node 3) sends QoS 1 all along; every message
+/// acknowledged must reach every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_keeps_its_routes_until_the_new_owners_hold_the_sessions() {
+    const CLIENTS: usize = 8;
+    const TOPIC: &str = "dh/all";
+    let (mut nodes, proxy) = nodes_with(3, true, |c| c.mqtt.receive_maximum = 2_000)
+        .await
+        .unwrap();
+    let proxy = proxy.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let n3 = nodes.pop().unwrap();
+    for i in 0..CLIENTS {
+        let (mut c, _) = connect_persistent(addrs[2], Protocol::V311, &format!("held{i}")).await;
+        c.subscribe(TOPIC, QoS::AtLeastOnce).await.unwrap();
+        c.disconnect().await.unwrap();
+    }
+    let mut locals = Vec::new();
+    for (n, addr) in addrs[..2].iter().enumerate() {
+        let mut c = connect_clean(*addr, Protocol::V5, &format!("local{n}")).await;
+        c.subscribe(TOPIC, QoS::AtMostOnce).await.unwrap();
+        locals.push(c);
+    }
+    let mut publisher = connect_clean(addrs[0], Protocol::V5, "pub").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // Packet id → payload, for what is not acknowledged yet.
+            let mut waiting = std::collections::HashMap::new();
+            let mut acked = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(3));
+            let mut i = 0u32;
+            loop {
+                let sending = !stop.load(std::sync::atomic::Ordering::Relaxed);
+                if !sending && waiting.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tick.tick(), if sending => {
+                        i += 1;
+                        let payload = format!("h-{i}");
+                        let id = publisher.next_packet_id();
+                        let p = roost_codec::Publish {
+                            dup: false,
+                            qos: QoS::AtLeastOnce,
+                            retain: false,
+                            topic: TOPIC.to_owned(),
+                            packet_id: Some(id),
+                            properties: Default::default(),
+                            payload: payload.clone().into_bytes().into(),
+                        };
+                        publisher.send(&Packet::Publish(p)).await.unwrap();
+                        waiting.insert(id, payload);
+                    }
+                    p = publisher.recv_within(Duration::from_secs(10)) => {
+                        match p.unwrap() {
+                            Some(Packet::PubAck(a)) => {
+                                let payload = waiting.remove(&a.packet_id).unwrap();
+                                if !a.reason_code.is_error() {
+                                    acked.push(payload);
+                                }
+                            }
+                            other => panic!("publisher got {other:?}"),
+                        }
+                    }
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.delay_replies(Duration::from_millis(600));
+    n3.stop().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publishing.await.unwrap();
+    drop(locals);
+    assert!(acked.len() > 100, "too few acknowledged: {}", acked.len());
+    for i in 0..CLIENTS {
+        let id = format!("held{i}");
+        let (mut c, present) = resume(addrs[0], Protocol::V311, &id).await;
+        assert!(present, "{id} lost its session");
+        let got: HashSet<String> = drain_publishes(&mut c, Duration::from_millis(700))
+            .await
+            .into_iter()
+            .collect();
+        let lost: Vec<_> = acked.iter().filter(|p| !got.contains(*p)).collect();
+        assert!(
+            lost.is_empty(),
+            "{id}: {} of {} acknowledged lost: {lost:?}",
+            lost.len(),
+            acked.len()
+        );
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Issue 11 (roost-chaos `membership`, seed 71, after the chaos clients began to use the node
 /// that joins: 1,822 publishes refused over 18 s, two nodes taken for unreachable). A session
 /// that moves from node 1 to node 3 leaves a tombstone on node 1 that passes on what still

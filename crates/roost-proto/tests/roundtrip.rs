@@ -89,6 +89,31 @@ fn forward_batch_roundtrips_through_prost() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stopping node's question to the peer it handed sessions to, and the answer (indices into
+/// the question), survive the wire.
+#[test]
+fn placed_question_and_answer_roundtrip_through_prost() -> anyhow::Result<()> {
+    use roost_proto::v1::{PlacedReply, PlacedRequest, PlacedSession};
+    let q = PlacedRequest {
+        sessions: vec![
+            PlacedSession {
+                client_id: "dev-1".to_owned(),
+                generation: 7,
+            },
+            PlacedSession {
+                client_id: String::new(),
+                generation: u64::MAX,
+            },
+        ],
+    };
+    assert_eq!(PlacedRequest::decode(q.encode_to_vec().as_slice())?, q);
+    let a = PlacedReply {
+        pending: vec![0, 1, u32::MAX],
+    };
+    assert_eq!(PlacedReply::decode(a.encode_to_vec().as_slice())?, a);
+    Ok(())
+}
+
 /// Answers `Status` with a fixed reply; everything else is unimplemented.
 struct StatusOnly;
 
@@ -115,6 +140,13 @@ impl Cluster for StatusOnly {
         _request: Request<TakeSessionRequest>,
     ) -> Result<Response<TakeSessionReply>, Status> {
         Err(Status::unimplemented("take_session"))
+    }
+
+    async fn placed(
+        &self,
+        _: Request<roost_proto::v1::PlacedRequest>,
+    ) -> Result<Response<roost_proto::v1::PlacedReply>, Status> {
+        Err(Status::unimplemented("placed"))
     }
 
     async fn join(

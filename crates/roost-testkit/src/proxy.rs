@@ -5,7 +5,7 @@
 //! new ones. Only std and tokio: roost-cluster's own tests use it too.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -22,6 +22,9 @@ pub struct Proxy {
     /// While set, bytes to the node are held back (read, not written on); let go in order when
     /// it is cleared, as a link that blackholes packets and then heals with them in flight.
     hold: Arc<AtomicBool>,
+    /// Milliseconds each chunk the node sends back waits in the proxy before it goes on (in
+    /// order), as on a slow link: 0, none.
+    delay: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -36,6 +39,8 @@ impl Proxy {
         let refuse_flag = refuse.clone();
         let hold = Arc::new(AtomicBool::new(false));
         let hold_flag = hold.clone();
+        let delay = Arc::new(AtomicU64::new(0));
+        let delay_ms = delay.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -54,6 +59,7 @@ impl Proxy {
                 cut_rx.borrow_and_update();
                 let drop_flag = drop_flag.clone();
                 let hold_flag = hold_flag.clone();
+                let delay_ms = delay_ms.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let (mut ci, mut co) = inbound.into_split();
@@ -71,7 +77,11 @@ impl Proxy {
                             so.write_all(&buf[..n]).await?;
                         }
                     };
-                    let down = async {
+                    // What the node sends back goes through a queue, each chunk with the time
+                    // it may go on (`delay_replies`); a node that closes its side still has
+                    // what it sent before delivered.
+                    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
+                    let down = async move {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = si.read(&mut buf).await?;
@@ -79,14 +89,26 @@ impl Proxy {
                                 return Ok::<(), std::io::Error>(());
                             }
                             if !drop_flag.load(Relaxed) {
-                                co.write_all(&buf[..n]).await?;
+                                let wait = std::time::Duration::from_millis(delay_ms.load(Relaxed));
+                                let at = tokio::time::Instant::now() + wait;
+                                if due_tx.send((at, buf[..n].to_vec())).is_err() {
+                                    return Ok(());
+                                }
                             }
                         }
                     };
+                    let back = async {
+                        while let Some((at, bytes)) = due_rx.recv().await {
+                            tokio::time::sleep_until(at).await;
+                            co.write_all(&bytes).await?;
+                        }
+                        Ok::<(), std::io::Error>(())
+                    };
+                    let downstream = async { tokio::join!(down, back) };
                     // Both halves end together: when either side closes, or on a cut.
                     tokio::select! {
                         _ = up => {}
-                        _ = down => {}
+                        _ = downstream => {}
                         _ = cut_rx.changed() => {}
                     }
                 });
@@ -98,7 +120,16 @@ impl Proxy {
             cut,
             refuse,
             hold,
+            delay,
         })
+    }
+
+    /// Delays what the node sends back from now on by `by` (Duration::ZERO: no delay), in
+    /// order, as a slow link would: its replies, its Raft answers and its forward
+    /// acknowledgements arrive late.
+    pub fn delay_replies(&self, by: std::time::Duration) {
+        self.delay
+            .store(u64::try_from(by.as_millis()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// `true`: holds back what peers send to the node (it stays in the proxy, in order);

@@ -426,6 +426,25 @@ impl cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn placed(
+        &self,
+        request: Request<pb::PlacedRequest>,
+    ) -> Result<Response<pb::PlacedReply>, Status> {
+        let sessions: Vec<(ClientId, u64)> = request
+            .into_inner()
+            .sessions
+            .into_iter()
+            .map(|s| (ClientId::from(s.client_id), s.generation))
+            .collect();
+        let pending = self
+            .local
+            .sessions_pending(&sessions)
+            .into_iter()
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        Ok(Response::new(pb::PlacedReply { pending }))
+    }
+
     async fn join(
         &self,
         request: Request<pb::JoinRequest>,

@@ -9,7 +9,8 @@
 //!  clients can use answers) ─▶ for each offline persistent session: ReturnSession(me,
 //!  generation ─▶ that peer, else the next live one) ─▶ that peer applies it, takes the
 //!  session (TakeSession; a tombstone stays here and passes on what still comes) ─▶ all gone?
-//!  ─▶ wait until the new owners' routes are applied here ─▶ remove this node's routes, wait
+//!  ─▶ wait until the new owners' routes are applied here and each new owner says it took its
+//!  sessions in (`Cluster.Placed`) ─▶ remove this node's routes, wait
 //!  until every reachable member applied that ─▶ a short grace for forwards already on the way
 //!  ─▶ Node::shutdown goes on (leader hand-off, Raft stops)
 //! ```
@@ -34,14 +35,14 @@
 //! `cluster.drain_timeout_ms`; what is left at the end is counted
 //! (`roost_drain_sessions_total{outcome="left"}`).
 
+use super::registry::HandedOver;
 use super::{Broker, Kick};
 use crate::config::is_client_address;
 use crate::routes::RouteCluster;
 use roost_cluster::types::{Command, NodeId, NodeSet};
 use roost_codec::ReasonCode;
-use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,19 +257,34 @@ impl Broker {
         handed
     }
 
-    /// Takes this node's routes out of the cluster once the sessions that left have their
-    /// routes on their new owners (so a filter is never without a node for a moment), and
-    /// waits until every reachable member applied that, plus a short grace for forwards
-    /// already on the way (those go on from the tombstones here). A publisher whose message
-    /// reaches this node later hears a failure: it is never acknowledged for nobody.
+    /// Takes this node's routes out of the cluster once the sessions that left are in place
+    /// on their new owners (so a filter is never without a node for a moment): their filters
+    /// routed to the new owner, and the new owner done taking each in (indexed there; see
+    /// [`new_owners_hold`]). Then waits until every reachable member applied the removal,
+    /// plus a short grace for forwards already on the way (those go on from the tombstones
+    /// here). A publisher whose message reaches this node later hears a failure: it is never
+    /// acknowledged for nobody.
     async fn remove_own_routes(self: &Arc<Self>, deadline: Instant) {
+        let began = Instant::now();
+        let mut asked = Asked::default();
         loop {
+            let handed = self.handed_over();
             let covered = {
                 let state = self.cluster.state().read();
                 let routes = &state.snapshot().routes;
-                new_owners_route(&self.tombstone_routes(), |f| routes.get(f))
+                new_owners_route(&handed, |f| routes.get(f))
             };
-            if covered || Instant::now() >= deadline {
+            let held = self.new_owners_hold(&handed, &mut asked, deadline).await;
+            if covered && held {
+                debug!(
+                    sessions = handed.len(),
+                    waited_ms = began.elapsed().as_millis() as u64,
+                    "graceful stop: the new owners hold the sessions"
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!("graceful stop: sessions not in place on their new owners by the drain's deadline; routes removed anyway");
                 break;
             }
             tokio::time::sleep(POLL).await;
@@ -299,6 +315,70 @@ impl Broker {
     }
 }
 
+/// What the new owners said so far (see [`Broker::new_owners_hold`]).
+#[derive(Default)]
+struct Asked {
+    /// Hand-overs (client id, generation) their new owner has taken in.
+    taken_in: HashSet<(ClientId, u64)>,
+    /// Peers that cannot say (an older version, or no answer): their routes alone decide.
+    by_routes: HashSet<NodeId>,
+}
+
+impl Broker {
+    /// Whether every new owner of a session handed over from here (`handed`) is done taking
+    /// it in, as it answers `Placed` (docs/rfcs/0006, "A drain's routes"). A new owner that
+    /// already routes the filter (for subscribers of its own, or for a session handed to it a
+    /// moment earlier) covers it in [`new_owners_route`] before it has indexed the session:
+    /// a message published there after this node's routes are gone matched nothing for it
+    /// (issue 10 CI at 69a33d0, one acknowledged message lost). Asks each new owner for what
+    /// it has not confirmed yet; one that cannot answer (an older version, or no answer
+    /// within the forward timeout: most likely down, and then taking nothing anyway) is
+    /// judged by its routes alone from then on.
+    async fn new_owners_hold(
+        &self,
+        handed: &[HandedOver],
+        asked: &mut Asked,
+        deadline: Instant,
+    ) -> bool {
+        let mut ask: HashMap<NodeId, Vec<(ClientId, u64)>> = HashMap::new();
+        for h in handed {
+            let key = (h.client_id.clone(), h.to.generation);
+            if !asked.by_routes.contains(&h.to.node) && !asked.taken_in.contains(&key) {
+                ask.entry(h.to.node).or_default().push(key);
+            }
+        }
+        let mut held = true;
+        for (peer, sessions) in ask {
+            let answer =
+                tokio::time::timeout_at(deadline, self.cluster.sessions_pending(peer, &sessions))
+                    .await;
+            match answer {
+                Ok(Ok(Some(pending))) => {
+                    held &= pending.is_empty();
+                    let pending: HashSet<usize> = pending.into_iter().collect();
+                    asked.taken_in.extend(
+                        sessions
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| !pending.contains(i))
+                            .map(|(_, s)| s),
+                    );
+                }
+                Ok(Ok(None)) => {
+                    debug!(peer = %peer, "graceful stop: peer cannot say which sessions it holds (older version): going by its routes");
+                    asked.by_routes.insert(peer);
+                }
+                Ok(Err(e)) => {
+                    warn!(peer = %peer, error = %e, "graceful stop: peer did not say which sessions it holds: going by its routes");
+                    asked.by_routes.insert(peer);
+                }
+                Err(_) => return false,
+            }
+        }
+        held
+    }
+}
+
 /// Whether every session that left (`moved`: new owner, its filters) has its filters routed to
 /// its new owner. Another node's route for the same filter is not enough: it serves that
 /// node's own subscribers, and a publisher's node that applied this node's route removal
@@ -306,13 +386,13 @@ impl Broker {
 /// 1202). A new owner that never routes them (it died meanwhile) holds the drain until its
 /// deadline.
 fn new_owners_route<'a>(
-    moved: &[(NodeId, Vec<TopicFilter>)],
+    moved: &[HandedOver],
     routes: impl Fn(&str) -> Option<&'a NodeSet>,
 ) -> bool {
-    moved.iter().all(|(to, filters)| {
-        filters
+    moved.iter().all(|h| {
+        h.filters
             .iter()
-            .all(|f| routes(f.as_str()).is_some_and(|nodes| nodes.contains(to)))
+            .all(|f| routes(f.as_str()).is_some_and(|nodes| nodes.contains(&h.to.node)))
     })
 }
 
@@ -329,10 +409,22 @@ pub(crate) enum DrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roost_core::topic::TopicLimits;
+    use roost_core::topic::{TopicFilter, TopicLimits};
 
     fn filter(f: &str) -> TopicFilter {
         TopicFilter::new(f, &TopicLimits::default()).expect("a valid filter")
+    }
+
+    /// A session handed over to node `to`, its tombstone holding `filters`.
+    fn went(to: u64, filters: &[&str]) -> HandedOver {
+        HandedOver {
+            client_id: ClientId::from("c"),
+            to: super::super::session::Moved {
+                node: NodeId::new(to),
+                generation: 1,
+            },
+            filters: filters.iter().map(|f| filter(f)).collect(),
+        }
     }
 
     /// Issue 8, chaos seed 1202: the stopping node 1 saw node 2's route for the filter (node 2's
@@ -346,17 +438,14 @@ mod tests {
             ("b".to_owned(), NodeSet::from_iter([n(3)])),
         ]);
         let lookup = |f: &str| routes.get(f);
-        assert!(!new_owners_route(&[(n(3), vec![filter("a")])], lookup));
-        assert!(!new_owners_route(&[(n(3), vec![filter("c")])], lookup));
-        assert!(new_owners_route(&[(n(2), vec![filter("a")])], lookup));
+        assert!(!new_owners_route(&[went(3, &["a"])], lookup));
+        assert!(!new_owners_route(&[went(3, &["c"])], lookup));
+        assert!(new_owners_route(&[went(2, &["a"])], lookup));
         assert!(new_owners_route(
-            &[(n(3), vec![filter("b")]), (n(2), vec![filter("a")])],
+            &[went(3, &["b"]), went(2, &["a"])],
             lookup
         ));
-        assert!(!new_owners_route(
-            &[(n(3), vec![filter("b"), filter("a")])],
-            lookup
-        ));
+        assert!(!new_owners_route(&[went(3, &["b", "a"])], lookup));
         assert!(new_owners_route(&[], lookup));
     }
 }

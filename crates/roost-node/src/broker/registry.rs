@@ -109,6 +109,14 @@ struct Tombstone {
     handed: SessionTransfer,
 }
 
+/// A session handed over from here whose tombstone still stands (see
+/// [`Broker::handed_over`]).
+pub(super) struct HandedOver {
+    pub(super) client_id: ClientId,
+    pub(super) to: Moved,
+    pub(super) filters: Vec<TopicFilter>,
+}
+
 /// Where a message passed on for one session goes here (see [`Broker::deliver_addressed`]).
 enum ToSession {
     /// Delivered (or dropped by the session's own bounds, counted there); `congested` as for
@@ -747,14 +755,43 @@ impl Broker {
         self.session(client_id.as_str())
     }
 
-    /// For a graceful stop: where the sessions handed over from here went, with the filters
-    /// their tombstones still hold here.
-    pub(super) fn tombstone_routes(&self) -> Vec<(NodeId, Vec<TopicFilter>)> {
+    /// For a graceful stop: the sessions handed over from here (the tombstones still
+    /// standing), where each went, with the filters its tombstone holds here.
+    pub(super) fn handed_over(&self) -> Vec<HandedOver> {
         self.ownership
             .tombstones
             .lock()
-            .values()
-            .map(|t| (t.moved.node, t.filters.clone()))
+            .iter()
+            .map(|(client_id, t)| HandedOver {
+                client_id: client_id.clone(),
+                to: t.moved,
+                filters: t.filters.clone(),
+            })
+            .collect()
+    }
+
+    /// Which of `sessions` (client id, the generation a hand-over to this node was for) this
+    /// node has not taken in yet: indices into `sessions`. Pending: an attach or adoption of
+    /// the client holds its lane here (it indexes the session, and waits for its routes,
+    /// before it lets the lane go), or this node has not applied that generation. Asked by a
+    /// stopping peer before it takes its routes away (see `Broker::drain`): the peer handed
+    /// the session over when this node's attach or adoption asked for it, so a free lane
+    /// means that attach or adoption is over.
+    pub(crate) fn sessions_pending(&self, sessions: &[(ClientId, u64)]) -> Vec<usize> {
+        let in_lane: Vec<bool> = {
+            let lanes = self.ownership.lanes.lock();
+            sessions
+                .iter()
+                .map(|(c, _)| lanes.contains_key(c))
+                .collect()
+        };
+        let state = self.cluster.state().read();
+        sessions
+            .iter()
+            .zip(in_lane)
+            .enumerate()
+            .filter(|(_, ((c, g), lane))| *lane || state.last_generation(c.as_str()) < *g)
+            .map(|(i, _)| i)
             .collect()
     }
 
