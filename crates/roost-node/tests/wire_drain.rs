@@ -37,6 +37,27 @@ async fn resume(addr: std::net::SocketAddr, protocol: Protocol, id: &str) -> (Ra
     connect_when_served(addr, || persistent_packet(protocol, id)).await
 }
 
+/// Resumes the persistent sessions `PREFIX0` .. `PREFIX<clients - 1>` (v3.1.1) at `addr`, one
+/// after the other, and asserts each is there and gets every message in `acked`.
+async fn each_got_all(addr: std::net::SocketAddr, prefix: &str, clients: usize, acked: &[String]) {
+    for i in 0..clients {
+        let id = format!("{prefix}{i}");
+        let (mut c, present) = resume(addr, Protocol::V311, &id).await;
+        assert!(present, "{id} lost its session");
+        let got: HashSet<String> = drain_publishes(&mut c, Duration::from_millis(700))
+            .await
+            .into_iter()
+            .collect();
+        let lost: Vec<_> = acked.iter().filter(|p| !got.contains(*p)).collect();
+        assert!(
+            lost.is_empty(),
+            "{id}: {} of {} acknowledged lost: {lost:?}",
+            lost.len(),
+            acked.len()
+        );
+    }
+}
+
 /// Publishes `PREFIX<n>` to `topic` (QoS 1, n = 1, 2, ...) until one is accepted, failing
 /// with `stuck` if none is within `within`, then five more that must all be accepted; returns
 /// the numbers of the six accepted in a row.
@@ -492,22 +513,7 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_have_theirs() {
     let acked = publishing.await.unwrap();
     drop(local);
     assert!(acked.len() > 50, "too few acknowledged: {}", acked.len());
-    for i in 0..CLIENTS {
-        let id = format!("all{i}");
-        let (mut c, present) = resume(addrs[1], Protocol::V311, &id).await;
-        assert!(present, "{id} lost its session");
-        let got: HashSet<String> = drain_publishes(&mut c, Duration::from_millis(700))
-            .await
-            .into_iter()
-            .collect();
-        let lost: Vec<_> = acked.iter().filter(|p| !got.contains(*p)).collect();
-        assert!(
-            lost.is_empty(),
-            "{id}: {} of {} acknowledged lost: {lost:?}",
-            lost.len(),
-            acked.len()
-        );
-    }
+    each_got_all(addrs[1], "all", CLIENTS, &acked).await;
     for n in rest {
         n.stop().await;
     }
@@ -601,22 +607,7 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_hold_the_sessions() {
     let acked = publishing.await.unwrap();
     drop(locals);
     assert!(acked.len() > 100, "too few acknowledged: {}", acked.len());
-    for i in 0..CLIENTS {
-        let id = format!("held{i}");
-        let (mut c, present) = resume(addrs[0], Protocol::V311, &id).await;
-        assert!(present, "{id} lost its session");
-        let got: HashSet<String> = drain_publishes(&mut c, Duration::from_millis(700))
-            .await
-            .into_iter()
-            .collect();
-        let lost: Vec<_> = acked.iter().filter(|p| !got.contains(*p)).collect();
-        assert!(
-            lost.is_empty(),
-            "{id}: {} of {} acknowledged lost: {lost:?}",
-            lost.len(),
-            acked.len()
-        );
-    }
+    each_got_all(addrs[0], "held", CLIENTS, &acked).await;
     for n in nodes {
         n.stop().await;
     }
