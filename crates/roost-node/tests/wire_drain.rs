@@ -571,16 +571,15 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_hold_the_sessions() {
                         i += 1;
                         let payload = format!("h-{i}");
                         let id = publisher.next_packet_id();
-                        let p = roost_codec::Publish {
-                            dup: false,
-                            qos: QoS::AtLeastOnce,
-                            retain: false,
-                            topic: TOPIC.to_owned(),
-                            packet_id: Some(id),
-                            properties: Default::default(),
-                            payload: payload.clone().into_bytes().into(),
-                        };
-                        publisher.send(&Packet::Publish(p)).await.unwrap();
+                        let p = publish_packet(
+                            TOPIC,
+                            payload.as_bytes(),
+                            QoS::AtLeastOnce,
+                            false,
+                            Some(id),
+                            Default::default(),
+                        );
+                        publisher.send(&p).await.unwrap();
                         waiting.insert(id, payload);
                     }
                     p = publisher.recv_within(Duration::from_secs(10)) => {

@@ -313,18 +313,7 @@ impl Broker {
             tokio::time::sleep(grace.min(left)).await;
         }
     }
-}
 
-/// What the new owners said so far (see [`Broker::new_owners_hold`]).
-#[derive(Default)]
-struct Asked {
-    /// Hand-overs (client id, generation) their new owner has taken in.
-    taken_in: HashSet<(ClientId, u64)>,
-    /// Peers that cannot say (an older version, or no answer): their routes alone decide.
-    by_routes: HashSet<NodeId>,
-}
-
-impl Broker {
     /// Whether every new owner of a session handed over from here (`handed`) is done taking
     /// it in, as it answers `Placed` (docs/rfcs/0006, "A drain's routes"). A new owner that
     /// already routes the filter (for subscribers of its own, or for a session handed to it a
@@ -377,6 +366,15 @@ impl Broker {
         }
         held
     }
+}
+
+/// What the new owners said so far (see [`Broker::new_owners_hold`]).
+#[derive(Default)]
+struct Asked {
+    /// Hand-overs (client id, generation) their new owner has taken in.
+    taken_in: HashSet<(ClientId, u64)>,
+    /// Peers that cannot say (an older version, or no answer): their routes alone decide.
+    by_routes: HashSet<NodeId>,
 }
 
 /// Whether every session that left (`moved`: new owner, its filters) has its filters routed to
