@@ -185,16 +185,23 @@ pub enum Target<'a> {
 /// What [`LocalNode::deliver`] did with a message.
 #[derive(Default)]
 pub struct Delivered {
-    /// Part of it went on to other nodes (a session that moved on, a shared group no member
-    /// here took): the message counts as accepted only once this resolves `true`; `false`
-    /// (they did not take it within the forward timeout) leaves it unacknowledged, so the
-    /// origin's publisher hears a failure. The Forward stream waits for it on a task of its
-    /// own and goes on with the next message (see `service`).
-    pub passed_on: Option<BoxFuture<bool>>,
+    /// Part of it goes on to other nodes (a session that moved on, a shared group no member
+    /// here took), in two steps. The outer future hands it on (to the forwarders, or to the
+    /// session's queue of pass-ons waiting for it here); the Forward stream runs these one at
+    /// a time in the order the messages came, so what goes on keeps its order (docs/rfcs/0006).
+    /// The [`Answer`] it yields resolves to whether they took it: the message counts as
+    /// accepted only once that is `true`; `false` (not taken within the forward timeout)
+    /// leaves it unacknowledged, so the origin's publisher hears a failure. That wait runs on
+    /// a task of its own, and the stream goes on with the next message (see `service`).
+    pub passed_on: Option<BoxFuture<Answer>>,
     /// A connected local subscriber is backing up: resolves when it has room again (bounded
     /// by the node's backpressure timeout).
     pub space: Option<BoxFuture<()>>,
 }
+
+/// The second step of [`Delivered::passed_on`]: whether the nodes the message went on to
+/// took it.
+pub struct Answer(pub BoxFuture<bool>);
 
 /// What the cluster layer needs from the node it runs in.
 pub trait LocalNode: Send + Sync + 'static {

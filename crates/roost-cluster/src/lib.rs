@@ -43,7 +43,7 @@ pub mod tls;
 pub mod types;
 
 pub use cluster::{
-    Cluster, ClusterConfig, ClusterStatus, Delivered, ForwardAck, LocalNode, NotForwarded,
+    Answer, Cluster, ClusterConfig, ClusterStatus, Delivered, ForwardAck, LocalNode, NotForwarded,
     SessionTaker, Target,
 };
 pub use convert::{Addressed, SessionTransfer};

@@ -21,7 +21,7 @@ use crate::broker::Broker;
 use roost_cluster::cluster::BoxFuture;
 use roost_cluster::state::Event;
 use roost_cluster::types::NodeId;
-use roost_cluster::{Delivered, LocalNode, SessionTransfer, Target};
+use roost_cluster::{Answer, Delivered, LocalNode, SessionTransfer, Target};
 use roost_core::message::Message;
 use roost_core::ClientId;
 use std::sync::{Arc, OnceLock, Weak};
@@ -53,18 +53,23 @@ impl LocalNode for NodeHooks {
                 let (congested, remote, passes) = b.deliver_from_peer(&msg, direct, shared);
                 let passed_on = (!remote.is_empty() || !passes.is_empty()).then(|| {
                     let b = Arc::clone(&b);
-                    Box::pin(async move { b.forward_all(&msg, remote, passes).await })
-                        as BoxFuture<bool>
+                    Box::pin(async move {
+                        Answer(Box::pin(b.forward_then_wait(&msg, remote, passes).await))
+                    }) as BoxFuture<Answer>
                 });
                 let space = (!congested.is_empty()).then(|| {
                     Box::pin(async move { b.wait_for_space(&congested).await }) as BoxFuture<()>
                 });
                 Delivered { passed_on, space }
             }
-            Target::Session(a) => Delivered {
-                passed_on: Some(Box::pin(async move { b.deliver_addressed(msg, a).await })),
-                space: None,
-            },
+            Target::Session(a) => {
+                // Placed (or queued behind the session's waiting pass-ons) now, in stream order.
+                let answer = Answer(Box::pin(b.deliver_addressed(msg, a)));
+                Delivered {
+                    passed_on: Some(Box::pin(std::future::ready(answer))),
+                    space: None,
+                }
+            }
         }
     }
 

@@ -58,6 +58,56 @@ async fn each_got_all(addr: std::net::SocketAddr, prefix: &str, clients: usize, 
     }
 }
 
+/// Publishes `h-1`, `h-2`, ... to `topic` at QoS 1 every 3 ms without waiting for the
+/// acknowledgements (a pipelined publisher, not held up by slow ones) until `stop`, then
+/// waits for the rest; returns the payloads acknowledged with success.
+async fn publish_pipelined(
+    mut publisher: RawClient,
+    topic: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    // Packet id → payload, for what is not acknowledged yet.
+    let mut waiting = std::collections::HashMap::new();
+    let mut acked = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(3));
+    let mut i = 0u32;
+    loop {
+        let sending = !stop.load(std::sync::atomic::Ordering::Relaxed);
+        if !sending && waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick(), if sending => {
+                i += 1;
+                let payload = format!("h-{i}");
+                let id = publisher.next_packet_id();
+                let p = publish_packet(
+                    topic,
+                    payload.as_bytes(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Some(id),
+                    Default::default(),
+                );
+                publisher.send(&p).await.unwrap();
+                waiting.insert(id, payload);
+            }
+            p = publisher.recv_within(Duration::from_secs(10)) => {
+                match p.unwrap() {
+                    Some(Packet::PubAck(a)) => {
+                        let payload = waiting.remove(&a.packet_id).unwrap();
+                        if !a.reason_code.is_error() {
+                            acked.push(payload);
+                        }
+                    }
+                    other => panic!("publisher got {other:?}"),
+                }
+            }
+        }
+    }
+    acked
+}
+
 /// Publishes `PREFIX<n>` to `topic` (QoS 1, n = 1, 2, ...) until one is accepted, failing
 /// with `stuck` if none is within `within`, then five more that must all be accepted; returns
 /// the numbers of the six accepted in a row.
@@ -551,53 +601,9 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_hold_the_sessions() {
         c.subscribe(TOPIC, QoS::AtMostOnce).await.unwrap();
         locals.push(c);
     }
-    let mut publisher = connect_clean(addrs[0], Protocol::V5, "pub").await;
+    let publisher = connect_clean(addrs[0], Protocol::V5, "pub").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publishing = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            // Packet id → payload, for what is not acknowledged yet.
-            let mut waiting = std::collections::HashMap::new();
-            let mut acked = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(3));
-            let mut i = 0u32;
-            loop {
-                let sending = !stop.load(std::sync::atomic::Ordering::Relaxed);
-                if !sending && waiting.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    _ = tick.tick(), if sending => {
-                        i += 1;
-                        let payload = format!("h-{i}");
-                        let id = publisher.next_packet_id();
-                        let p = publish_packet(
-                            TOPIC,
-                            payload.as_bytes(),
-                            QoS::AtLeastOnce,
-                            false,
-                            Some(id),
-                            Default::default(),
-                        );
-                        publisher.send(&p).await.unwrap();
-                        waiting.insert(id, payload);
-                    }
-                    p = publisher.recv_within(Duration::from_secs(10)) => {
-                        match p.unwrap() {
-                            Some(Packet::PubAck(a)) => {
-                                let payload = waiting.remove(&a.packet_id).unwrap();
-                                if !a.reason_code.is_error() {
-                                    acked.push(payload);
-                                }
-                            }
-                            other => panic!("publisher got {other:?}"),
-                        }
-                    }
-                }
-            }
-            acked
-        })
-    };
+    let publishing = tokio::spawn(publish_pipelined(publisher, TOPIC, stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.delay_replies(Duration::from_millis(600));
     n3.stop().await;
@@ -607,6 +613,75 @@ async fn the_drain_keeps_its_routes_until_the_new_owners_hold_the_sessions() {
     drop(locals);
     assert!(acked.len() > 100, "too few acknowledged: {}", acked.len());
     each_got_all(addrs[0], "held", CLIENTS, &acked).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// [MQTT-4.6.0-6] across a takeover: a session that moves from node 3 to node 1 gets one
+/// publisher's messages in the order they were published. Four offline persistent sessions on
+/// node 3 take over on node 1 while a pipelined QoS 1 publisher on node 3 sends without
+/// pause. Node 3's replies reach node 1 600 ms late (a slow link), so each TakeSession answer,
+/// and with it the adoption, comes 600 ms after node 3 exported the session: for that long,
+/// what node 3 passes on (docs/rfcs/0006) waits at node 1 for the session. Before, each of
+/// those waited on a task of its own and all woke at once when the session arrived: the
+/// sessions got their messages out of order, by up to hundreds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_takeover_passes_on_keeps_its_order() {
+    const CLIENTS: usize = 4;
+    const TOPIC: &str = "ord/t";
+    let (nodes, proxy) = nodes_with(3, true, |c| c.mqtt.receive_maximum = 2_000)
+        .await
+        .unwrap();
+    let proxy = proxy.unwrap();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    for i in 0..CLIENTS {
+        let (mut c, _) = connect_persistent(addrs[2], Protocol::V311, &format!("ord{i}")).await;
+        c.subscribe(TOPIC, QoS::AtLeastOnce).await.unwrap();
+        c.disconnect().await.unwrap();
+    }
+    let publisher = connect_clean(addrs[2], Protocol::V5, "ord-pub").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = tokio::spawn(publish_pipelined(publisher, TOPIC, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.delay_replies(Duration::from_millis(600));
+    let resumed: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let to = addrs[0];
+            tokio::spawn(async move { resume(to, Protocol::V311, &format!("ord{i}")).await })
+        })
+        .collect();
+    // Each resumed client reads (and acknowledges) all along, as a subscriber would.
+    let mut readers = Vec::new();
+    for r in resumed {
+        let (mut c, present) = r.await.unwrap();
+        assert!(present, "the session moved to node 1");
+        readers.push(tokio::spawn(async move {
+            drain_publishes(&mut c, Duration::from_millis(1500)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publishing.await.unwrap();
+    assert!(acked.len() > 100, "too few acknowledged: {}", acked.len());
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.await.unwrap();
+        let numbers: Vec<u32> = got
+            .iter()
+            .map(|p| p.strip_prefix("h-").unwrap().parse().unwrap())
+            .collect();
+        let swapped: Vec<_> = numbers.windows(2).filter(|w| w[1] <= w[0]).collect();
+        assert!(
+            swapped.is_empty(),
+            "ord{i}: {} of {} out of order, e.g. {:?}",
+            swapped.len(),
+            numbers.len(),
+            &swapped[..swapped.len().min(10)]
+        );
+        let got: HashSet<&String> = got.iter().collect();
+        let lost: Vec<_> = acked.iter().filter(|p| !got.contains(p)).collect();
+        assert!(lost.is_empty(), "ord{i}: lost {lost:?}");
+    }
     for n in nodes {
         n.stop().await;
     }

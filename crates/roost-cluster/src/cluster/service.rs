@@ -30,7 +30,9 @@
 //!
 //! Passed on (docs/rfcs/0006): a message that matched a session that just moved to another
 //! node goes on to that node; it is acknowledged only once that node took it (up to the forward
-//! timeout). That wait runs on a task of its own (at most `MAX_PASSING` per stream), and the
+//! timeout). Each stream has one passer task that hands these on ([`Delivered::passed_on`]'s
+//! first step) one at a time, in the order they came, so a session gets them in order; the
+//! wait for the answer runs on a task of its own (at most `MAX_PASSING` per stream), and the
 //! stream goes on with the next message: two nodes passing messages to each other (a client
 //! hopping back and forth) would otherwise each hold its stream waiting for the other's. One
 //! the node did not take is left unacknowledged and counted: the origin's publisher hears a
@@ -50,7 +52,7 @@
 
 use super::dedup::Dedup;
 use super::membership::server_state;
-use super::{unix_ms, BoxFuture, Cluster, Delivered, LocalNode, Target};
+use super::{unix_ms, Answer, BoxFuture, Cluster, Delivered, LocalNode, Target};
 use crate::convert;
 use crate::error::ClusterError;
 use crate::limits::WireLimits;
@@ -75,6 +77,57 @@ use tracing::warn;
 /// Messages of one Forward stream whose pass-on (docs/rfcs/0006) may be waited for at once;
 /// beyond it the stream waits for one to finish.
 const MAX_PASSING: usize = 1024;
+
+/// A message of a Forward stream on its way to other nodes (see [`spawn_passer`]).
+struct PassingOn {
+    passed_on: BoxFuture<Answer>,
+    seq: u64,
+    qos: u32,
+    /// One of the stream's `MAX_PASSING`, held until the answer is in.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The task that hands a Forward stream's passed-on messages on, one at a time in stream order
+/// (so the forwarders, and a session still waiting for its attach, get them in that order),
+/// and starts for each a task of its own that waits for the answer and acknowledges the
+/// message to the origin, or refuses it. It ends when the stream's sender is dropped and the
+/// queue is empty. The queue is bounded by the stream's `MAX_PASSING` permits.
+fn spawn_passer(
+    tx: mpsc::Sender<Result<pb::ForwardAck, Status>>,
+    stats: Arc<ClusterStats>,
+) -> mpsc::UnboundedSender<PassingOn> {
+    let (passer, mut queue) = mpsc::unbounded_channel::<PassingOn>();
+    tokio::spawn(async move {
+        while let Some(p) = queue.recv().await {
+            let answer = p.passed_on.await;
+            let (tx, stats, seq, qos, permit) = (tx.clone(), stats.clone(), p.seq, p.qos, p.permit);
+            tokio::spawn(async move {
+                let accepted = answer.0.await;
+                drop(permit);
+                if qos == 0 {
+                    return;
+                }
+                // Either way the origin hears of it: a refusal it did not hear of would leave
+                // its stream waiting, and the origin would take this node for unreachable
+                // (docs/rfcs/0005).
+                let ack = if accepted {
+                    pb::ForwardAck {
+                        seqs: vec![seq],
+                        ..Default::default()
+                    }
+                } else {
+                    stats.received_not_accepted.increment(1);
+                    pb::ForwardAck {
+                        refused: vec![seq],
+                        ..Default::default()
+                    }
+                };
+                let _ = tx.send(Ok(ack)).await;
+            });
+        }
+    });
+    passer
+}
 
 /// While delivery waits for a congested local subscriber, how often an empty `ForwardAck` tells
 /// the origin this node is alive (well under any forward timeout it may use).
@@ -212,6 +265,7 @@ impl cluster_server::Cluster for ClusterService {
         let stats = self.stats.clone();
         let dedup = self.dedup.clone();
         let passing = Arc::new(tokio::sync::Semaphore::new(MAX_PASSING));
+        let passer = spawn_passer(tx.clone(), stats.clone());
         tokio::spawn(async move {
             'stream: loop {
                 // Cancel safety: `Streaming::message` keeps a partly read batch in `inbound`;
@@ -304,36 +358,21 @@ impl cluster_server::Cluster for ClusterService {
                         }
                     }
                     if let Some(passed_on) = delivered.passed_on {
-                        // Part of it went on to the node a session moved to: acknowledged only
-                        // once that node took it, on a task of its own so the stream goes on
+                        // Part of it goes on to the node a session moved to: handed on by the
+                        // passer in stream order, acknowledged only once that node took it
                         // (module docs). Bounded: past `MAX_PASSING` the stream waits.
                         let Ok(permit) = Arc::clone(&passing).acquire_owned().await else {
                             break 'stream;
                         };
-                        let (tx, stats, seq) = (tx.clone(), stats.clone(), fm.seq);
-                        tokio::spawn(async move {
-                            let accepted = passed_on.await;
-                            drop(permit);
-                            if qos == 0 {
-                                return;
-                            }
-                            // Either way the origin hears of it: a refusal it did not hear of
-                            // would leave its stream waiting, and the origin would take this
-                            // node for unreachable (docs/rfcs/0005).
-                            let ack = if accepted {
-                                pb::ForwardAck {
-                                    seqs: vec![seq],
-                                    ..Default::default()
-                                }
-                            } else {
-                                stats.received_not_accepted.increment(1);
-                                pb::ForwardAck {
-                                    refused: vec![seq],
-                                    ..Default::default()
-                                }
-                            };
-                            let _ = tx.send(Ok(ack)).await;
-                        });
+                        let passing_on = PassingOn {
+                            passed_on,
+                            seq: fm.seq,
+                            qos,
+                            permit,
+                        };
+                        if passer.send(passing_on).is_err() {
+                            break 'stream;
+                        }
                     } else if qos > 0 {
                         // Acknowledge even an undecodable QoS 1/2 message: it will never
                         // decode, and the origin must not resend it forever (it is counted).

@@ -33,8 +33,9 @@
 //!   routes; a claim this node gave up on (CONNACK 0x88) that commits later is handed back
 //!   (`Command::ReturnSession`); see docs/architecture.md, "Session ownership".
 //!
-//! Lock order: the registry map, then one session's state (see [`super::session`]); the maps
-//! of [`Ownership`] are leaves.
+//! Lock order: [`Ownership::waiting`] first (held while a waiting pass-on is placed), then the
+//! registry map, then one session's state (see [`super::session`]); the other maps of
+//! [`Ownership`] are leaves.
 
 use super::session::{Grant, Moved, RecentIds, SessionState};
 use super::timers::{Due, TimerKind};
@@ -51,7 +52,8 @@ use roost_core::message::Message;
 use roost_core::session::{takeover_will, Ended, Session, SessionImage, Timeout};
 use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
@@ -66,8 +68,13 @@ const HAND_BACK_TRIES: u32 = 25;
 /// How often a claimant asks an unreachable previous owner again for the session.
 const TAKE_RETRY: Duration = Duration::from_millis(250);
 
-/// What orders the registry's changes for one client id (see the module docs). Each map is a
-/// leaf lock: never held while another lock is taken, never across an `.await`.
+/// How often a message passed on to a session that is not here yet tries its client's queue
+/// of waiting pass-ons again (see [`Broker::wait_placed`]).
+const WAITING_RECHECK: Duration = Duration::from_millis(50);
+
+/// What orders the registry's changes for one client id (see the module docs). Each map but
+/// `waiting` is a leaf lock: never held while another lock is taken; none is held across an
+/// `.await`.
 #[derive(Default)]
 pub(crate) struct Ownership {
     /// One lane per client id with an attach waiting or in progress on this node; the entry
@@ -91,9 +98,30 @@ pub(crate) struct Ownership {
     /// recorded here (generation of the move → the node it moved from). Taken by the attach;
     /// at most one per client id.
     moved_in: Mutex<HashMap<ClientId, (u64, NodeId)>>,
-    /// Notified (all waiters) each time a session is put in the registry map: a message passed
-    /// on for a session whose attach is still running waits for it.
-    arrived: tokio::sync::Notify,
+    /// Messages passed on to a session that is not here yet ([`ToSession::Wait`]: its attach
+    /// or adoption is still running, or this node has not applied its claim), per client id,
+    /// in the order they came. Whatever puts the session in the registry map, or makes this
+    /// node its owner again, places them in that order before it indexes the session, so
+    /// before anything that reaches the session directly ([`Broker::place_waiting`]). One
+    /// not placed within the forward timeout leaves (not acknowledged). Bounded by the Forward
+    /// streams' pass-on bound (roost-cluster `MAX_PASSING` per stream): each entry is one
+    /// stream's message waiting for its answer.
+    waiting: Mutex<HashMap<ClientId, VecDeque<WaitingPassOn>>>,
+}
+
+/// A message passed on to a session not here yet (see [`Ownership::waiting`]).
+struct WaitingPassOn {
+    msg: Arc<Message>,
+    addressed: Addressed,
+    /// Where it went; closed once its sender stopped waiting.
+    placed: oneshot::Sender<ToSession>,
+}
+
+/// The first step of [`Broker::deliver_addressed`].
+enum Placed {
+    Now(ToSession),
+    /// Behind the session's other waiting pass-ons.
+    Queued(oneshot::Receiver<ToSession>),
 }
 
 /// A session handed over to another node, still indexed here (see `Ownership::tombstones`).
@@ -124,7 +152,8 @@ enum ToSession {
     Delivered { congested: Option<SessionRef> },
     /// It moved on again: pass it to this node, for this generation.
     PassOn(Moved),
-    /// Its attach here is still running, or this node has not applied the claim yet.
+    /// Its attach here is still running, or this node has not applied the claim yet (after
+    /// the wait: not placed within the forward timeout).
     Wait,
     /// It ended, or no longer has the subscription: dropped and counted.
     Gone,
@@ -553,7 +582,7 @@ impl Broker {
             }
             drop(st);
             drop(sessions);
-            self.ownership.arrived.notify_waiters();
+            self.place_waiting(client_id);
             if let Some(e) = ended {
                 self.unindex_all(&existing, &e.filters);
                 self.redistribute(e.orphans, &existing);
@@ -598,7 +627,7 @@ impl Broker {
         entry.lock().recent = recent;
         sessions.insert(client_id.clone(), entry.clone());
         drop(sessions);
-        self.ownership.arrived.notify_waiters();
+        self.place_waiting(client_id);
         let routes = self.index_all(&entry, &subscriptions);
         if let Some(w) = will_now {
             self.publish_will(w, client_id);
@@ -899,6 +928,7 @@ impl Broker {
             st.generation = Some(generation);
             drop(st);
             self.ownership.abandoned.lock().remove(client_id);
+            self.place_waiting(client_id);
             debug!(client_id = %client_id, generation, "session owned again by this node");
             let broker = Arc::clone(self);
             self.spawn(async move {
@@ -1033,7 +1063,7 @@ impl Broker {
             }
             sessions.insert(client_id.clone(), entry.clone());
         }
-        self.ownership.arrived.notify_waiters();
+        self.place_waiting(client_id);
         let routes = self.index_all(&entry, &subscriptions);
         if let Some(w) = detached.will_now {
             self.publish_will(w, client_id);
@@ -1287,30 +1317,37 @@ impl Broker {
     /// for generation `a.generation` of it: delivered to the session if it is here, owns that
     /// generation (or a newer one) and still has the subscription that matched; passed on
     /// again if it moved on since; waited for (up to the forward timeout) while its attach is
-    /// still running. Returns whether the message was accepted: `false` leaves a QoS 1/2
-    /// message unacknowledged (its publisher hears a failure). One for a session that ended
-    /// or lost its subscription meanwhile is accepted, dropped and counted.
-    pub(crate) async fn deliver_addressed(
+    /// still running. The returned future resolves to whether the message was accepted:
+    /// `false` leaves a QoS 1/2 message unacknowledged (its publisher hears a failure). One
+    /// for a session that ended or lost its subscription meanwhile is accepted, dropped and
+    /// counted.
+    ///
+    /// Order: the message is placed (or queued behind the client's waiting ones) now, before
+    /// this returns; the Forward stream calls this in the order the messages came, so the
+    /// session gets them in that order ([MQTT-4.6.0-6] across a hand-over), and before what
+    /// reaches it directly once it is indexed here.
+    pub(crate) fn deliver_addressed(
         self: &Arc<Self>,
         msg: Arc<Message>,
         a: Addressed,
-    ) -> bool {
-        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let arrived = self.ownership.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            match self.to_session(&msg, &a) {
+    ) -> impl Future<Output = bool> + Send + 'static {
+        let placed = self.place_addressed(&msg, &a);
+        let broker = Arc::clone(self);
+        async move {
+            let to = match placed {
+                Placed::Now(to) => to,
+                Placed::Queued(rx) => broker.wait_placed(rx, &a.client_id).await,
+            };
+            match to {
                 ToSession::Delivered { congested } => {
                     if let Some(c) = congested {
-                        self.wait_for_space(&[c]).await;
+                        broker.wait_for_space(&[c]).await;
                     }
-                    return true;
+                    true
                 }
                 ToSession::Gone => {
-                    self.metrics.passed_on_gone.increment(1);
-                    return true;
+                    broker.metrics.passed_on_gone.increment(1);
+                    true
                 }
                 ToSession::PassOn(to) => {
                     let again = PassOn {
@@ -1320,19 +1357,103 @@ impl Broker {
                             ..a
                         },
                     };
-                    return self.forward_all(&msg, Vec::new(), vec![again]).await;
+                    broker.forward_all(&msg, Vec::new(), vec![again]).await
                 }
                 ToSession::Refuse => {
                     debug!(client_id = %a.client_id, "a message passed on for a claim given up on was refused");
-                    return false;
+                    false
                 }
                 ToSession::Wait => {
-                    if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                        debug!(client_id = %a.client_id, "a message passed on for a session still attaching was not placed in time");
-                        return false;
-                    }
+                    debug!(client_id = %a.client_id, "a message passed on for a session still attaching was not placed in time");
+                    false
                 }
             }
+        }
+    }
+
+    /// The first step of [`deliver_addressed`](Self::deliver_addressed): behind the client's
+    /// waiting pass-ons if it has any, else where [`to_session`](Self::to_session) says, and
+    /// queued if that is to wait.
+    fn place_addressed(&self, msg: &Arc<Message>, a: &Addressed) -> Placed {
+        let mut waiting = self.ownership.waiting.lock();
+        let queue = match waiting.get_mut(&a.client_id) {
+            // Older ones wait: this one may not overtake them.
+            Some(q) => q,
+            None => match self.to_session(msg, a) {
+                ToSession::Wait => waiting.entry(a.client_id.clone()).or_default(),
+                to => return Placed::Now(to),
+            },
+        };
+        let (placed, rx) = oneshot::channel();
+        queue.push_back(WaitingPassOn {
+            msg: Arc::clone(msg),
+            addressed: a.clone(),
+            placed,
+        });
+        Placed::Queued(rx)
+    }
+
+    /// Waits for a queued pass-on to be placed, up to the forward timeout; then it leaves the
+    /// queue ([`ToSession::Wait`]), unless it was placed meanwhile. Every
+    /// [`WAITING_RECHECK`] it tries the queue again itself: what ends a wait without putting
+    /// the session in the map (an attach that gave up or lost to a later claim lets the lane
+    /// go) places nothing.
+    async fn wait_placed(
+        &self,
+        mut rx: oneshot::Receiver<ToSession>,
+        client_id: &ClientId,
+    ) -> ToSession {
+        let limit = Duration::from_millis(self.config.cluster.forward_timeout_ms);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = deadline.min(tokio::time::Instant::now() + WAITING_RECHECK);
+            match tokio::time::timeout_at(next, &mut rx).await {
+                Ok(Ok(to)) => return to,
+                Ok(Err(_)) => break,
+                Err(_) if next >= deadline => break,
+                Err(_) => self.place_waiting(client_id),
+            }
+        }
+        // Closed under the lock `place_waiting` holds while it places: it either placed this
+        // one already (the answer is in `rx`) or will skip it.
+        let mut waiting = self.ownership.waiting.lock();
+        rx.close();
+        if let Some(q) = waiting.get_mut(client_id) {
+            q.retain(|w| !w.placed.is_closed());
+            if q.is_empty() {
+                waiting.remove(client_id);
+            }
+        }
+        drop(waiting);
+        rx.try_recv().unwrap_or(ToSession::Wait)
+    }
+
+    /// Places the pass-ons waiting for `client_id`'s session, oldest first, up to the first
+    /// that must still wait. Called where a session is put in the registry map (before it is
+    /// indexed), where this node becomes its owner again, and by the waiting messages
+    /// themselves now and then ([`WAITING_RECHECK`]).
+    fn place_waiting(&self, client_id: &ClientId) {
+        let mut waiting = self.ownership.waiting.lock();
+        let Some(queue) = waiting.get_mut(client_id) else {
+            return;
+        };
+        while let Some(w) = queue.pop_front() {
+            if w.placed.is_closed() {
+                continue;
+            }
+            match self.to_session(&w.msg, &w.addressed) {
+                ToSession::Wait => {
+                    queue.push_front(w);
+                    break;
+                }
+                to => {
+                    // Its sender waits under the same lock before it gives up: it gets this.
+                    let _ = w.placed.send(to);
+                }
+            }
+        }
+        if queue.is_empty() {
+            waiting.remove(client_id);
         }
     }
 

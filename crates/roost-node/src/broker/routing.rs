@@ -714,11 +714,26 @@ impl Broker {
         remote: Vec<RemoteSend>,
         passes: Vec<PassOn>,
     ) -> bool {
-        match self.forward(msg, remote, passes).await {
-            None => true,
-            Some(mut wait) => {
-                wait.done().await;
-                wait.failure().is_none()
+        self.forward_then_wait(msg, remote, passes).await.await
+    }
+
+    /// [`forward_all`](Self::forward_all) in its two steps: this hands the message to the
+    /// forwarders (a Forward stream awaits it in the order its messages came, so what it
+    /// passes on keeps that order); the future it returns waits for their answers.
+    pub(crate) async fn forward_then_wait(
+        &self,
+        msg: &Arc<Message>,
+        remote: Vec<RemoteSend>,
+        passes: Vec<PassOn>,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let wait = self.forward(msg, remote, passes).await;
+        async move {
+            match wait {
+                None => true,
+                Some(mut wait) => {
+                    wait.done().await;
+                    wait.failure().is_none()
+                }
             }
         }
     }
