@@ -52,19 +52,8 @@ WAIT = 20.0
 STOP_GRACE = 10.0
 POLL = 0.05
 
-# Ports handed out in this test session: free_port() closes its socket before the node binds
-# the port, so without this two nodes could be given the same one.
-_used_ports: set[int] = set()
 # Loopback requests never go through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _fresh_port() -> int:
-    while True:
-        port = free_port()
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
 
 
 def _child_env() -> dict[str, str]:
@@ -130,7 +119,7 @@ class Node:
         self.data_dir = workdir / "data"
         self.log_path = workdir / "roost.log"
         self.mqtt_port, self.http_port, self.cluster_port = (
-            _fresh_port(), _fresh_port(), _fresh_port())
+            free_port(), free_port(), free_port())
         # (node id, cluster address) of each initial member to pass as --seed; None: no
         # seeds (a node that waits to be joined).
         self.seeds = seeds

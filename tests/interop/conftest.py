@@ -87,10 +87,20 @@ def roost_bin() -> Path:
     return Path(os.environ.get("ROOST_BIN", REPO / "target" / "debug" / "roost"))
 
 
+# Ports handed out in this test session. free_port() closes its socket before the broker binds
+# the port, and the kernel hands a just-released port out again: without this, one broker could
+# be given the same port for two listeners (CI at f8ca110), or two brokers the same one.
+_used_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
 
 
 def toml_value(v) -> str:
