@@ -94,13 +94,16 @@ _used_ports: set[int] = set()
 
 
 def free_port() -> int:
-    while True:
+    # Bounded, like every wait in the suite: a session that used up the kernel's ports fails
+    # here, saying so, instead of hanging.
+    for _ in range(1000):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if port not in _used_ports:
             _used_ports.add(port)
             return port
+    raise RuntimeError(f"no new port in 1000 tries ({len(_used_ports)} handed out)")
 
 
 def toml_value(v) -> str:
