@@ -37,6 +37,12 @@
 //! fits is dropped and counted); a takeover, shutdown or kick ends the blocked writer at once,
 //! and `mqtt.write_timeout_secs` without progress closes it (`write_timeout`).
 //!
+//! Parked (RFC 0011): a connection with nothing in flight and no event for
+//! `mqtt.park_after_ms` leaves the loop above, whose state is boxed, and waits small
+//! ([`Conn::parked`]) on the socket, its wake-up and its keep-alive deadline only. Any of them
+//! starts the loop again; the client sees no difference. While parked the task holds `Conn`,
+//! `Live` and that wait, not the loop's `select!` state.
+//!
 //! Memory: an idle connection holds no read or write buffer. The read buffer is allocated when
 //! the socket becomes readable and released when it has been drained; the write buffer is
 //! released after each flush if it grew beyond a few KiB.
@@ -53,10 +59,12 @@ use roost_core::session::{
 use roost_core::topic::TopicFilter;
 use roost_transport::ByteStream;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info};
 
@@ -173,13 +181,19 @@ impl Drop for Pending {
 /// Serves one accepted connection (its transport's handshake done) until it closes.
 /// `pending` is its place among the sockets that have not sent CONNECT yet, given back once
 /// the CONNECT is read.
-pub(crate) async fn serve<S: ByteStream>(
+///
+/// A plain function that builds the connection and returns its future: as an `async fn` its
+/// arguments would keep their slots (about 100 B) in the task for the connection's whole life,
+/// beside the `Conn` they were moved into. The future is an `async move` block that uses
+/// `conn` and `pending` where they were captured: a `let mut` (or a `mut self` argument)
+/// inside it would be a second slot of the same size (issue 10, memory per connection).
+pub(crate) fn serve<S: ByteStream>(
     broker: Arc<Broker>,
     stream: S,
     peer: SocketAddr,
     via: Arc<crate::listener::Accepted>,
-    mut pending: Pending,
-) {
+    pending: Pending,
+) -> impl std::future::Future<Output = ()> {
     let mut conn = Conn {
         stream,
         peer,
@@ -189,27 +203,42 @@ pub(crate) async fn serve<S: ByteStream>(
         decoder: Decoder::server(broker.config.mqtt.max_packet_size),
         broker,
         blocked: false,
-        single_threaded: matches!(
+        // Set where the task runs, below.
+        single_threaded: false,
+    };
+    let mut pending = pending;
+    async move {
+        conn.single_threaded = matches!(
             tokio::runtime::Handle::current().runtime_flavor(),
             tokio::runtime::RuntimeFlavor::CurrentThread
-        ),
-    };
-    let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
-    // Boxed, as everything before and after the session loop is (see `run_session`).
-    let read = Box::pin(conn.read_connect(&mut pending));
-    let connect = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(why)) => {
-            crate::metrics::disconnected(why);
+        );
+        let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
+        // Boxed, as everything before and after the session loop is (see below).
+        let read = Box::pin(conn.read_connect(&mut pending));
+        let connect = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(why)) => {
+                crate::metrics::disconnected(why);
+                return;
+            }
+            Err(_) => {
+                debug!(peer = %conn.peer, "no CONNECT in time");
+                crate::metrics::disconnected("connect_timeout");
+                return;
+            }
+        };
+        // Everything after CONNECT: establishing the session, serving it, the goodbye. A
+        // connection's task is as large as its future's largest state, and an idle connection
+        // spends its life parked. So what comes before (negotiation, authentication, the
+        // registry, CONNACK), the active loop, and what comes after (the goodbye, detach) run
+        // in boxed futures that exist only while they run: the task keeps `Conn`, `Live` and
+        // the parked wait (issue 10, memory per connection; RFC 0011).
+        let Some(mut live) = Box::pin(conn.establish(connect, pending)).await else {
             return;
-        }
-        Err(_) => {
-            debug!(peer = %conn.peer, "no CONNECT in time");
-            crate::metrics::disconnected("connect_timeout");
-            return;
-        }
-    };
-    conn.run_session(connect, pending).await;
+        };
+        let close = conn.serve_session(&mut live).await;
+        Box::pin(conn.finish(live, close)).await;
+    }
 }
 
 /// Why [`Conn::read_packet`] returned no packet.
@@ -523,20 +552,72 @@ impl<S: ByteStream> Conn<S> {
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
     }
 
-    /// Everything after CONNECT: establishing the session, serving it, the goodbye.
-    ///
-    /// A connection's task is as large as its future's largest state, and an idle connection
-    /// spends its life in `session_loop`. So what comes before it (negotiation,
-    /// authentication, the registry, CONNACK) and after it (the goodbye, detach) runs in boxed
-    /// futures that exist only while they run: the task keeps `Conn`, `Live` and the loop's
-    /// own state, not the largest state of the whole connect path (issue 10, memory per
-    /// connection).
-    async fn run_session(&mut self, connect: Box<Connect>, pending: Pending) {
-        let Some(mut live) = Box::pin(self.establish(connect, pending)).await else {
-            return;
-        };
-        let close = self.session_loop(&mut live).await;
-        Box::pin(self.finish(live, close)).await;
+    /// The connected session until it closes: the active loop (boxed: its state, about
+    /// 500 B, exists only while the connection is active) and, between its rounds, the parked
+    /// wait (RFC 0011). Returns why the connection closes.
+    async fn serve_session(&mut self, live: &mut Live) -> Close {
+        loop {
+            // Its own statement: a `match` on the loop's result would keep that result's slot
+            // (48 B) in this future across the parked wait.
+            match Box::pin(self.session_loop(live)).await {
+                LoopEnd::Close(close) => return close,
+                LoopEnd::Park => {}
+            }
+            if let Err(close) = self.parked(live).await {
+                return close;
+            }
+        }
+    }
+
+    /// Whether the connection holds nothing in flight: no bytes read and not handled, none
+    /// encoded and not written, nothing taken from the outbox and not encoded, no
+    /// acknowledgement held for peers, no cluster operation or packet waiting for one, no
+    /// congested subscriber to wait for. Only then may it park.
+    fn parkable(&self, st: &Live) -> bool {
+        self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && !self.stream.pending_output()
+            && st.outbox.is_empty()
+            && st.pending_acks.is_empty()
+            && st.op.is_none()
+            && st.deferred.is_none()
+            && st.congested.is_empty()
+    }
+
+    /// A parked connection (RFC 0011) waits on three things only: the socket becoming
+    /// readable, its [`ConnCtl::wake`] (a delivery in the outbox, or a kick) and its
+    /// keep-alive or credentials deadline. Any of them returns it to the active loop, which
+    /// reads, delivers or checks the deadline as it would have. A kick is taken here (the
+    /// wake-up that carried it is consumed): `Err` with its close. Nothing is lost across
+    /// the switch: readiness and a `Notify` permit stay until taken, and the loop's first
+    /// round encodes the outbox before it waits.
+    /// (`&mut Live`: `Live` is `Send` but not `Sync`, and the task must be `Send`.)
+    async fn parked(&mut self, st: &mut Live) -> Result<(), Close> {
+        let _parked = Parked::count(&self.broker.parked);
+        // Polled by hand rather than with `select!`: the macro's tuple of futures and its
+        // bookkeeping cost about 50 B more, and this wait is what a parked task is made of.
+        let mut woken = std::pin::pin!(st.ctl.wake.notified());
+        let mut due = std::pin::pin!([st.deadline, st.credentials_expire]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(tokio::time::sleep_until));
+        std::future::poll_fn(|cx| {
+            if woken.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(match st.ctl.take_kick() {
+                    Some(kick) => Err(kick.close()),
+                    None => Ok(()),
+                });
+            }
+            if let Poll::Ready(r) = self.stream.poll_readable(cx) {
+                return Poll::Ready(r.map_err(|_| Close::closed("read_error")));
+            }
+            match due.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Ok(())),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// From CONNECT to CONNACK: `None` if the client was refused (and told so). `connect` stays
@@ -778,7 +859,10 @@ impl<S: ByteStream> Conn<S> {
         }
     }
 
-    async fn session_loop(&mut self, st: &mut Live) -> Close {
+    /// The active part of a connection (RFC 0011): reads, handles, delivers and writes until
+    /// the connection closes, or parks once it had nothing to do for `mqtt.park_after_ms`
+    /// (see [`Conn::parked`]). Its state lives in a box that exists only while it runs.
+    async fn session_loop(&mut self, st: &mut Live) -> LoopEnd {
         // The keep-alive and credentials timer, one for the whole loop: its deadline is moved
         // with `reset` (a later deadline is an atomic update, no lock). A `Sleep` made inside the
         // `select!` joined the runtime's timer wheel when first polled and left it when dropped,
@@ -786,21 +870,32 @@ impl<S: ByteStream> Conn<S> {
         // (docs/performance.md, "Where the round trip's time goes"). Its initial deadline is never
         // used: the arm is only polled after a `reset` to the deadline of the moment.
         let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+        // Parking is checked on the same timer, once per `park_after` (no clock read per
+        // event): the loop parks when the check finds no event since the one before and
+        // nothing pending, so between one and two `park_after` after the last event.
+        let park_after = Duration::from_millis(self.broker.config.mqtt.park_after_ms);
+        let mut park_at = (!park_after.is_zero()).then(|| tokio::time::Instant::now() + park_after);
+        let mut active = false;
         loop {
             if let Err(close) = self.release_acks(st) {
-                return close;
+                return LoopEnd::Close(close);
             }
             self.encode_outbox(st);
             self.release_rbuf();
             if let Err(stop) = self.flush_live(&st.ctl).await {
                 let close = stop.close();
                 debug!(client_id = %st.session.client_id(), why = close.why, "write stopped");
-                return close;
+                return LoopEnd::Close(close);
             }
-            let deadline = [st.deadline, st.credentials_expire, st.peers_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                st.deadline,
+                st.credentials_expire,
+                st.peers_deadline(),
+                park_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(at) = deadline {
                 if timer.deadline() != at {
                     timer.as_mut().reset(at);
@@ -818,29 +913,32 @@ impl<S: ByteStream> Conn<S> {
                     if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
                 _ = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
+            if !matches!(event, Event::Timer) {
+                active = true;
+            }
             match event {
                 Event::Woken => {
                     if let Some(kick) = st.ctl.take_kick() {
-                        return kick.close();
+                        return LoopEnd::Close(kick.close());
                     }
                 }
                 Event::Read(Ok(true)) => {
                     st.yielded = false;
                     if let Err(close) = Box::pin(self.process(st)).await {
-                        return close;
+                        return LoopEnd::Close(close);
                     }
                 }
-                Event::Read(Ok(false)) => return Close::closed("eof"),
-                Event::Read(Err(_)) => return Close::closed("read_error"),
+                Event::Read(Ok(false)) => return LoopEnd::Close(Close::closed("eof")),
+                Event::Read(Err(_)) => return LoopEnd::Close(Close::closed("read_error")),
                 Event::OpDone(done) => {
                     st.op = None;
                     // Boxed: rare, and its future nests the acknowledgement path.
                     if let Err(close) = Box::pin(self.op_done(st, done)).await {
-                        return close;
+                        return LoopEnd::Close(close);
                     }
                     // Go on with what waited for it: the held-back packet, then the buffer.
                     if let Err(close) = Box::pin(self.process(st)).await {
-                        return close;
+                        return LoopEnd::Close(close);
                     }
                 }
                 // Released at the top of the loop.
@@ -851,14 +949,25 @@ impl<S: ByteStream> Conn<S> {
                         .is_some_and(|at| at <= tokio::time::Instant::now())
                     {
                         debug!(client_id = %st.session.client_id(), "credentials expired");
-                        return Close::error(ReasonCode::NOT_AUTHORIZED, "credentials_expired");
+                        return LoopEnd::Close(Close::error(
+                            ReasonCode::NOT_AUTHORIZED,
+                            "credentials_expired",
+                        ));
                     }
                     let now = crate::now();
                     if let Some(Timeout::KeepAlive) = st.session.with(|s| s.handle_timeout(now)) {
                         debug!(client_id = %st.session.client_id(), "keep-alive timeout");
-                        return Close::keep_alive();
+                        return LoopEnd::Close(Close::keep_alive());
                     }
                     st.refresh_deadline();
+                    let now = tokio::time::Instant::now();
+                    if park_at.is_some_and(|at| at <= now) {
+                        if !active && self.parkable(st) {
+                            return LoopEnd::Park;
+                        }
+                        active = false;
+                        park_at = Some(now + park_after);
+                    }
                 }
             }
         }
@@ -1454,6 +1563,31 @@ enum Event {
     /// The keep-alive or credentials deadline, or the oldest held acknowledgement's forward
     /// timeout.
     Timer,
+}
+
+/// How the active part of a connection ended.
+enum LoopEnd {
+    /// The connection closes, for this reason.
+    Close(Close),
+    /// Nothing happened for `mqtt.park_after_ms` and nothing is in flight: park.
+    Park,
+}
+
+/// A connection counted in `roost_mqtt_connections_parked` while this lives (also when the
+/// parked task is dropped, at a runtime's shutdown).
+struct Parked<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn count(parked: &'a std::sync::atomic::AtomicUsize) -> Parked<'a> {
+        parked.fetch_add(1, Ordering::Relaxed);
+        Parked(parked)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Waits for the operation in flight (never ends when there is none).

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 pub(crate) const CONNECTIONS: &str = "roost_mqtt_connections";
 pub(crate) const CONNECTIONS_PENDING: &str = "roost_mqtt_connections_pending";
+pub(crate) const CONNECTIONS_PARKED: &str = "roost_mqtt_connections_parked";
 pub(crate) const CONNECTIONS_ACCEPTED: &str = "roost_mqtt_connections_accepted_total";
 pub(crate) const CONNECTIONS_REJECTED: &str = "roost_mqtt_connections_rejected_total";
 pub(crate) const DISCONNECTS: &str = "roost_mqtt_disconnects_total";
@@ -91,6 +92,10 @@ pub(crate) fn describe() {
     describe_gauge!(
         CONNECTIONS_PENDING,
         "sockets accepted whose CONNECT has not arrived yet"
+    );
+    describe_gauge!(
+        CONNECTIONS_PARKED,
+        "MQTT connections parked: idle for mqtt.park_after_ms, their read/write loop freed"
     );
     describe_counter!(
         HTTP_REFUSED,
@@ -323,6 +328,7 @@ impl NodeCounter {
 pub(crate) struct Metrics {
     pub(crate) connections: Gauge,
     pub(crate) pending: Gauge,
+    pub(crate) parked: Gauge,
     pub(crate) accepted: Counter,
     pub(crate) msg_received: NodeCounter,
     pub(crate) msg_sent: NodeCounter,
@@ -369,6 +375,7 @@ impl Metrics {
         Metrics {
             connections: gauge!(CONNECTIONS),
             pending: gauge!(CONNECTIONS_PENDING),
+            parked: gauge!(CONNECTIONS_PARKED),
             accepted: counter!(CONNECTIONS_ACCEPTED),
             msg_received: NodeCounter::new(counter!(MSG_RECEIVED)),
             msg_sent: NodeCounter::new(counter!(MSG_SENT)),

@@ -87,6 +87,7 @@ pub(crate) fn stats_json(b: &Broker) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": b.started.elapsed().as_secs(),
         "connections": b.connections.load(Ordering::Relaxed),
+        "connections_parked": b.parked.load(Ordering::Relaxed),
         "sessions": b.session_count(),
         "subscriptions": b.subscription_count(),
         "retained": b.retained_count(),

@@ -1068,3 +1068,110 @@ async fn a_lost_take_session_reply_loses_no_session() {
         n.stop().await;
     }
 }
+
+// --- parked connections (RFC 0011) --------------------------------------------------------
+
+/// The node's count of parked connections (`GET /api/v1/stats`, per node: the Prometheus
+/// gauge is process-wide and other tests' nodes share it).
+async fn parked(node: &TestNode) -> u64 {
+    let stats = http(node, "GET", "/api/v1/stats", None).await.json();
+    stats["connections_parked"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no connections_parked in {stats}"))
+}
+
+/// Waits (bounded, 5 s of the test's clock) until exactly `n` of the node's connections are
+/// parked.
+async fn wait_parked(node: &TestNode, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = parked(node).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} connections parked, expected {n}"
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+/// A connection idle for `mqtt.park_after_ms` parks, and a parked connection is woken by each
+/// thing it waits for: a delivery to it, a PUBLISH and a PINGREQ from its client, and a
+/// takeover (DISCONNECT 0x8E, the session kept). Each step starts from both connections
+/// parked, so it is the parked path that is exercised, not the active loop.
+#[tokio::test]
+async fn a_parked_connection_is_woken_by_each_thing_it_waits_for() {
+    let node = TestNode::start_with(|c| c.mqtt.park_after_ms = 100)
+        .await
+        .unwrap();
+    for protocol in BOTH {
+        let id = format!("park-{protocol:?}");
+        let topic = format!("park/{protocol:?}");
+        let (mut sub, _) = connect_persistent(node.addr(), protocol, &id).await;
+        sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+        let mut publ = connect_clean(node.addr(), protocol, &format!("{id}-pub")).await;
+        wait_parked(&node, 2).await;
+
+        // A PUBLISH read by a parked publisher, delivered to a parked subscriber, in order.
+        for n in 0..3 {
+            publish_ok(&mut publ, &topic, format!("m{n}").as_bytes()).await;
+        }
+        assert_eq!(
+            payloads(&collect(&mut sub, SILENCE).await),
+            ["m0", "m1", "m2"],
+            "{protocol:?}"
+        );
+        wait_parked(&node, 2).await;
+
+        // A PINGREQ read by a parked connection.
+        sub.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(sub.recv().await.unwrap(), Some(Packet::PingResp));
+        wait_parked(&node, 2).await;
+
+        // A takeover kicks the parked connection and gets its session.
+        let (mut new, ack) = connect_persistent(node.addr(), protocol, &id).await;
+        assert!(ack.session_present, "{protocol:?}");
+        expect_disconnect(&mut sub, ReasonCode::SESSION_TAKEN_OVER).await;
+        wait_parked(&node, 2).await;
+        publish_ok(&mut publ, &topic, b"after").await;
+        assert_eq!(payloads(&collect(&mut new, SILENCE).await), ["after"]);
+        new.disconnect().await.unwrap();
+        publ.disconnect().await.unwrap();
+        wait_connections(&node, 0).await;
+        assert_eq!(parked(&node).await, 0, "{protocol:?}");
+    }
+}
+
+/// A parked connection still keeps its keep-alive: parked after `park_after_ms`, it is closed
+/// (v5: DISCONNECT 0x8D) at 1.5 x its keep-alive, no earlier, and its will goes out.
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_keeps_its_keep_alive() {
+    let node = TestNode::start_with(|c| c.mqtt.park_after_ms = 100)
+        .await
+        .unwrap();
+    let mut w = watcher(&node, "will/#").await;
+    for protocol in BOTH {
+        let id = format!("ka-park-{protocol:?}");
+        let (mut c, _) = connect_with(
+            node.addr(),
+            connect_with_will(protocol, &id, 2, Properties::default()),
+        )
+        .await;
+        c.expect_silence(ms(1000)).await.unwrap();
+        // The watcher is parked too.
+        assert_eq!(parked(&node).await, 2, "{protocol:?}");
+        c.expect_silence(ms(1900)).await.unwrap();
+        let got = c.recv_within(ms(200)).await.unwrap();
+        match protocol {
+            Protocol::V5 => assert!(
+                matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                "{got:?}"
+            ),
+            Protocol::V311 => assert_eq!(got, None),
+        }
+        let will = w.next_publish().await.unwrap();
+        assert_eq!(will.topic, format!("will/{id}"));
+    }
+}

@@ -23,6 +23,7 @@
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll};
 
 pub mod proxy;
 pub mod quic;
@@ -39,7 +40,7 @@ pub use ws::{WsError, WsStream};
 /// A connection's bytes, readiness style (the shape of `tokio::net::TcpStream`'s `readable`,
 /// `try_read_buf`, `writable`, `try_write`).
 ///
-/// Cancel safety: `readable` and `writable` only wait for readiness and take no data; they may
+/// Cancel safety: `readable` (and `poll_readable`) and `writable` only wait for readiness and take no data; they may
 /// be used in `select!`. The `try_*` methods never wait.
 ///
 /// Neither the trait nor its futures require `Send`: the io_uring stream (`uring.rs`, RFC 0010)
@@ -47,10 +48,18 @@ pub use ws::{WsError, WsStream};
 /// a caller that names a concrete stream type sees it (auto traits leak through `impl Future`),
 /// so their connection tasks are spawned on the work-stealing runtime as before.
 pub trait ByteStream: 'static {
-    /// Waits until [`ByteStream::try_read_buf`] may make progress (it may still answer
+    /// Ready once [`ByteStream::try_read_buf`] may make progress (it may still answer
     /// `WouldBlock`: readiness can be stale, and a TLS record or WebSocket frame may be
-    /// incomplete).
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>>;
+    /// incomplete); otherwise the waker is kept and woken then. Only the waker of the latest
+    /// call is kept (one reader per stream, as with `TcpStream::poll_read_ready`).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Waits until [`ByteStream::try_read_buf`] may make progress: [`ByteStream::poll_readable`]
+    /// as a future. It holds nothing but the stream's reference (a parked connection waits on
+    /// it, RFC 0011; `TcpStream::readable`'s own future is 152 B).
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        std::future::poll_fn(move |cx| self.poll_readable(cx))
+    }
 
     /// Appends what can be read now to `buf` (at most its spare capacity; the caller reserves).
     /// `Ok(0)`: the peer closed the stream. `WouldBlock`: nothing yet.

@@ -420,9 +420,8 @@ impl QuicStream {
 
 impl ByteStream for QuicStream {
     /// Cancel safety: see `QuicStream::poll_fill`; a chunk received is kept in `self`.
-    async fn readable(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_fill(cx)).await;
-        Ok(())
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_fill(cx).map(Ok)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -4,12 +4,13 @@
 use crate::ByteStream;
 use bytes::BytesMut;
 use std::io;
+use std::task::{Context, Poll};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 impl ByteStream for TcpStream {
-    async fn readable(&mut self) -> io::Result<()> {
-        TcpStream::readable(self).await
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -159,9 +159,8 @@ fn would_block() -> io::Error {
 }
 
 impl ByteStream for UringStream {
-    async fn readable(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_read(cx)).await;
-        Ok(())
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read(cx).map(Ok)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

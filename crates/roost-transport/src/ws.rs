@@ -17,6 +17,7 @@ use crate::ByteStream;
 use base64::Engine as _;
 use bytes::{Buf, BufMut, BytesMut};
 use std::io;
+use std::task::{Context, Poll};
 
 /// The largest opening handshake request accepted (request line and headers).
 pub const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
@@ -410,11 +411,11 @@ impl<S: ByteStream> WsStream<S> {
 }
 
 impl<S: ByteStream> ByteStream for WsStream<S> {
-    async fn readable(&mut self) -> io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.closed || self.early.is_some() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        self.inner.readable().await
+        self.inner.poll_readable(cx)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -129,6 +129,8 @@ pub(crate) struct Broker {
     pub(crate) pending: AtomicUsize,
     /// Bytes those sockets' read buffers hold (`mqtt.pending_connect_bytes`).
     pub(crate) pending_bytes: AtomicUsize,
+    /// Connections whose task is parked (`mqtt.park_after_ms`, RFC 0011).
+    pub(crate) parked: AtomicUsize,
     pub(crate) started: Instant,
     cluster: Arc<Cluster>,
     /// Local subscriber counts per filter and the route changes not committed yet.
@@ -189,6 +191,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             pending_bytes: AtomicUsize::new(0),
             started: crate::now(),
             cluster: Arc::clone(&cluster),
@@ -349,6 +352,9 @@ impl Broker {
         self.metrics
             .pending
             .set(self.pending.load(Ordering::Relaxed) as f64);
+        self.metrics
+            .parked
+            .set(self.parked.load(Ordering::Relaxed) as f64);
         self.metrics
             .routes_pending
             .set(self.routes.pending() as f64);
