@@ -594,8 +594,8 @@ impl<S: ByteStream> Conn<S> {
     /// (`&mut Live`: `Live` is `Send` but not `Sync`, and the task must be `Send`.)
     async fn parked(&mut self, st: &mut Live) -> Result<(), Close> {
         let _parked = Parked::count(&self.broker.parked);
-        // Polled by hand rather than with `select!`: the macro's tuple of futures and its
-        // bookkeeping cost about 50 B more, and this wait is what a parked task is made of.
+        // Polled by hand rather than with `select!`: 8 B smaller (measured), and this wait is
+        // what a parked task is made of.
         let mut woken = std::pin::pin!(st.ctl.wake.notified());
         let mut due = std::pin::pin!([st.deadline, st.credentials_expire]
             .into_iter()
