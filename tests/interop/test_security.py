@@ -394,6 +394,57 @@ def test_policies_decide_connect_subscribe_and_publish_and_change_at_run_time(
     assert alice.publish("devices/bob/temp", b"25", qos=1) == 0
 
 
+@pytest.mark.parametrize("version", [V311, V5])
+def test_policies_set_after_clients_connected_apply_to_them(broker_factory, tmp_path, version):
+    # Without policies a connection and its session hold no policy state (issue 10, memory
+    # per connection): both are resolved, with the client's user name, when policies come.
+    pw = tmp_path / "passwords"
+    for user in ("alice", "ops"):
+        assert passwd(pw, user, f"{user}-pw").returncode == 0
+    b = broker_factory(allow_anonymous=False, extra_toml=f'[auth]\npassword_file = "{pw}"\n')
+    v5 = version == V5
+    ops = b.client("ops-1", version, username="ops", password="ops-pw")
+    alice = b.client("alice-1", version, username="alice", password="alice-pw")
+    # An offline session too: its gate is made from the user name its connection had.
+    away = b.client("alice-2", version, username="alice", password="alice-pw",
+                    clean=False, session_expiry=300)
+    assert away.subscribe("fleet/#", 1) == [1]
+    away.disconnect()
+    # No policies yet: everything is allowed (v5: "no matching subscribers" for this one).
+    no_subscribers = 0x10 if v5 else 0
+    assert alice.subscribe("fleet/#", 1) == [1]
+    assert alice.publish("devices/bob/temp", b"1", qos=1) == no_subscribers
+    assert ops.publish("fleet/private/keys", b"k0", qos=1) == 0
+    assert [m.topic for m in alice.get_n(1)] == ["fleet/private/keys"]
+
+    status, body = b.http("PUT", "/api/v1/policies", POLICIES)
+    assert status == 200, body
+    # Publish and subscribe: the connection resolves its policies with its user name.
+    assert alice.publish("devices/bob/temp", b"2", qos=1) == (NOT_AUTHORIZED if v5 else 0)
+    assert alice.subscribe("devices/bob/#", 1) == [NOT_AUTHORIZED if v5 else 0x80]
+    assert alice.subscribe("devices/alice/#", 1) == [1]
+    # Receive: the connected session's gate, and the offline one's.
+    # (v5: nobody may receive the private one, so its PUBACK says "no matching subscribers").
+    assert ops.publish("fleet/private/keys", b"k", qos=1) == no_subscribers
+    assert ops.publish("fleet/public/news", b"n", qos=1) == 0
+    assert [m.topic for m in alice.get_n(1)] == ["fleet/public/news"]
+    alice.expect_nothing(0.5)
+    back = b.client("alice-2", version, username="alice", password="alice-pw", clean=False,
+                    session_expiry=300)
+    assert back.session_present
+    # What it was given before the policies, then only what they allow.
+    assert [m.topic for m in back.get_n(2)] == ["fleet/private/keys", "fleet/public/news"]
+    back.expect_nothing(0.5)
+    assert b.metrics().get("roost_mqtt_receive_denied_total", 0) == 2
+
+    # Removed again: everything is allowed, without reconnecting.
+    status, _ = b.http("DELETE", "/api/v1/policies")
+    assert status == 200
+    assert alice.publish("devices/bob/temp", b"3", qos=1) == no_subscribers
+    assert ops.publish("fleet/private/keys", b"k1", qos=1) == 0
+    assert [m.topic for m in alice.get_n(1)] == ["fleet/private/keys"]
+
+
 def test_a_policy_file_that_does_not_parse_stops_the_start(tmp_path):
     bad = tmp_path / "policies.json"
     bad.write_text('{"policies": {"p": {"Statement": [{"Effect": "Maybe", "Action": "*", '

@@ -41,7 +41,9 @@
 //! `mqtt.park_after_ms` leaves the loop above, whose state is boxed, and waits small
 //! ([`Conn::parked`]) on the socket, its wake-up and its keep-alive deadline only. Any of them
 //! starts the loop again; the client sees no difference. While parked the task holds `Conn`,
-//! `Live` and that wait, not the loop's `select!` state.
+//! `Idle` (the session, its control block, keep-alive and policy state) and that wait, not the
+//! loop's `select!` state nor `Live`'s queues; the write buffer and the session's outbox
+//! buffer are freed when it parks.
 //!
 //! Memory: an idle connection holds no read or write buffer. The read buffer is allocated when
 //! the socket becomes readable and released when it has been drained; the write buffer is
@@ -112,7 +114,7 @@ struct Conn<S> {
     stream: S,
     peer: SocketAddr,
     /// Which listener accepted it, and what its transport proved (a client certificate).
-    via: Arc<crate::listener::Accepted>,
+    via: crate::listener::Accepted,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -191,7 +193,7 @@ pub(crate) fn serve<S: ByteStream>(
     broker: Arc<Broker>,
     stream: S,
     peer: SocketAddr,
-    via: Arc<crate::listener::Accepted>,
+    via: crate::listener::Accepted,
     pending: Pending,
 ) -> impl std::future::Future<Output = ()> {
     let mut conn = Conn {
@@ -231,13 +233,10 @@ pub(crate) fn serve<S: ByteStream>(
         // connection's task is as large as its future's largest state, and an idle connection
         // spends its life parked. So what comes before (negotiation, authentication, the
         // registry, CONNACK), the active loop, and what comes after (the goodbye, detach) run
-        // in boxed futures that exist only while they run: the task keeps `Conn`, `Live` and
+        // in boxed futures that exist only while they run: the task keeps `Conn`, `Idle` and
         // the parked wait (issue 10, memory per connection; RFC 0011).
-        let Some(mut live) = Box::pin(conn.establish(connect, pending)).await else {
-            return;
-        };
-        let close = conn.serve_session(&mut live).await;
-        Box::pin(conn.finish(live, close)).await;
+        let mut idle = Box::pin(conn.establish(connect, pending)).await;
+        conn.serve_session(&mut idle).await;
     }
 }
 
@@ -552,19 +551,46 @@ impl<S: ByteStream> Conn<S> {
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
     }
 
-    /// The connected session until it closes: the active loop (boxed: its state, about
-    /// 500 B, exists only while the connection is active) and, between its rounds, the parked
-    /// wait (RFC 0011). Returns why the connection closes.
-    async fn serve_session(&mut self, live: &mut Live) -> Close {
+    /// The connected session until it closes: the active loop (boxed: its state, with
+    /// [`Live`]'s queues, exists only while the connection is active) and, between its
+    /// rounds, the parked wait (RFC 0011), which keeps only the [`Idle`] in `slot`. Ends with
+    /// the goodbye said.
+    ///
+    /// The `Idle` stays in the caller's one slot, taken by the active loop and put back when
+    /// it parks: passed by value, it would have a second slot in this future (and a third for
+    /// a `while let` on the loop's result), each for the connection's whole life.
+    async fn serve_session(&mut self, slot: &mut Option<Idle>) {
         loop {
-            // Its own statement: a `match` on the loop's result would keep that result's slot
-            // (48 B) in this future across the parked wait.
-            match Box::pin(self.session_loop(live)).await {
-                LoopEnd::Close(close) => return close,
-                LoopEnd::Park => {}
+            if !Box::pin(self.active(slot)).await {
+                return;
             }
-            if let Err(close) = self.parked(live).await {
-                return close;
+            let Some(idle) = slot.as_mut() else {
+                return;
+            };
+            if let Err(close) = self.parked(idle).await {
+                Box::pin(self.finish(idle, close)).await;
+                return;
+            }
+        }
+    }
+
+    /// One active stretch: the session loop over the connection's state taken from `slot`,
+    /// until it parks (`true`: its [`Idle`] back in `slot`, the buffers freed) or closes
+    /// (`false`: the goodbye said).
+    async fn active(&mut self, slot: &mut Option<Idle>) -> bool {
+        let Some(idle) = slot.take() else {
+            return false;
+        };
+        let mut live = Live::from(idle);
+        match self.session_loop(&mut live).await {
+            LoopEnd::Close(close) => {
+                self.finish(&mut live, close).await;
+                false
+            }
+            LoopEnd::Park => {
+                self.release_buffers(&mut live);
+                *slot = Some(live.base);
+                true
             }
         }
     }
@@ -584,6 +610,20 @@ impl<S: ByteStream> Conn<S> {
             && st.congested.is_empty()
     }
 
+    /// Frees the buffers a connection about to park keeps empty (it is [`parkable`]: all of
+    /// them are): the read and write buffers and the session's outbox (the loop's own queues
+    /// go with its [`Live`]). An active connection keeps them, so a busy one allocates nothing
+    /// per round; a parked one holds none, and its next round allocates what it needs.
+    ///
+    /// [`parkable`]: Conn::parkable
+    fn release_buffers(&mut self, st: &mut Live) {
+        self.release_rbuf();
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+        st.session.with(|s| s.release_outbox_buffer());
+    }
+
     /// A parked connection (RFC 0011) waits on three things only: the socket becoming
     /// readable, its [`ConnCtl::wake`] (a delivery in the outbox, or a kick) and its
     /// keep-alive or credentials deadline. Any of them returns it to the active loop, which
@@ -591,8 +631,8 @@ impl<S: ByteStream> Conn<S> {
     /// wake-up that carried it is consumed): `Err` with its close. Nothing is lost across
     /// the switch: readiness and a `Notify` permit stay until taken, and the loop's first
     /// round encodes the outbox before it waits.
-    /// (`&mut Live`: `Live` is `Send` but not `Sync`, and the task must be `Send`.)
-    async fn parked(&mut self, st: &mut Live) -> Result<(), Close> {
+    /// (`&mut Idle`: `Idle` is `Send` but not `Sync`, and the task must be `Send`.)
+    async fn parked(&mut self, st: &mut Idle) -> Result<(), Close> {
         let _parked = Parked::count(&self.broker.parked);
         // Polled by hand rather than with `select!`: 8 B smaller (measured), and this wait is
         // what a parked task is made of.
@@ -624,7 +664,7 @@ impl<S: ByteStream> Conn<S> {
     /// boxed: it lives across awaits. `pending`: the socket's place among those not yet past
     /// CONNECT, held until the client is authenticated (a SCRAM exchange reads a second packet)
     /// or refused.
-    async fn establish(&mut self, connect: Box<Connect>, mut pending: Pending) -> Option<Live> {
+    async fn establish(&mut self, connect: Box<Connect>, mut pending: Pending) -> Option<Idle> {
         let protocol = connect.protocol;
         let policy = Arc::clone(&self.broker.limits.policy);
         let conn_id = self.broker.new_conn_id();
@@ -680,7 +720,7 @@ impl<S: ByteStream> Conn<S> {
             }
         };
         drop(pending);
-        let identity = match authenticated {
+        let mut identity = match authenticated {
             Ok(i) => i,
             Err(r) => {
                 debug!(peer = %self.peer, listener = %self.via.listener.name, why = r.why, "authentication failed");
@@ -689,13 +729,11 @@ impl<S: ByteStream> Conn<S> {
                 return None;
             }
         };
-        let mut authz = Box::new(crate::policy::ConnPolicy::new(
-            n.client_id.as_str(),
-            identity.username.as_deref(),
-            self.via.cert.as_ref(),
-        ));
+        let mut authz = crate::policy::ConnPolicy::new();
+        let who = crate::policy::Who::new(identity.username.take(), self.via.cert.as_deref());
         let allowed = authz.check(
             &self.broker.policies,
+            &crate::policy::principal(n.client_id.as_str(), who.as_deref()),
             Action::Connect,
             Resource::Client(n.client_id.as_str()),
         );
@@ -723,43 +761,40 @@ impl<S: ByteStream> Conn<S> {
                 .unwrap_or(Duration::ZERO);
             tokio::time::Instant::now() + left
         });
-        let (attached, ctl) = self.admit(&n, conn_id, identity).await?;
+        let (attached, ctl) = self.admit(&n, conn_id, identity, who).await?;
         let mut ack = n.connack(&policy, attached.session_present);
         if let Some(data) = auth_reply {
             ack.properties.authentication_method = Some(crate::scram::METHOD.to_owned());
             ack.properties.authentication_data = Some(data.into());
         }
         let session = attached.session;
-        session.set_receive_gate(authz.receive_gate(&self.broker.policies));
+        session.set_principal(
+            ctl.info.who.clone(),
+            self.broker.policies.current().as_deref(),
+        );
         self.queue(&Packet::ConnAck(ack), protocol);
         self.broker.metrics.accepted.increment(1);
         debug!(client_id = %n.client_id, peer = %self.peer, ?protocol, "client connected");
 
-        let mut live = Live {
+        let mut idle = Idle {
             session: session.clone(),
             ctl: Arc::clone(&ctl),
             protocol,
-            will: n.will.take(),
-            congested: Vec::new(),
-            yielded: false,
             latency_tick: 0,
-            op: None,
-            deferred: None,
-            outbox: VecDeque::new(),
-            pending_acks: VecDeque::new(),
+            will: n.will.take(),
             deadline: None,
             authz,
             rate: PublishRate::new(&self.broker.config.mqtt),
             credentials_expire,
             _slot: slot,
         };
-        live.refresh_deadline();
-        Some(live)
+        idle.refresh_deadline();
+        Some(idle)
     }
 
     /// After the session loop: the goodbye (DISCONNECT where the protocol has one, bounded),
     /// the will if the close calls for it, and the session detached from this connection.
-    async fn finish(&mut self, mut live: Live, close: Close) {
+    async fn finish(&mut self, live: &mut Idle, close: Close) {
         let protocol = live.protocol;
         crate::metrics::disconnected(close.why);
         match close.tally {
@@ -789,6 +824,7 @@ impl<S: ByteStream> Conn<S> {
         n: &Negotiated,
         conn_id: u64,
         identity: crate::auth::Identity,
+        who: Option<Arc<crate::policy::Who>>,
     ) -> Option<(Attached, Arc<ConnCtl>)> {
         if self.broker.draining() {
             // A graceful stop hands sessions on; it takes no new ones (v3.1.1: 0x03).
@@ -825,10 +861,9 @@ impl<S: ByteStream> Conn<S> {
                 variant: n.params.variant,
                 keep_alive: n.keep_alive,
                 connected_at: SystemTime::now(),
-                username: identity.username,
+                who,
                 auth: identity.method,
-                listener: self.via.listener.name.clone(),
-                transport: self.via.listener.kind.as_str(),
+                listener: Arc::clone(&self.via.listener),
             },
         ));
         // Boxed: the claim/takeover future is large, and the connection's task lives on.
@@ -904,13 +939,20 @@ impl<S: ByteStream> Conn<S> {
             // The select only says what happened; the work is done after it, when its
             // futures are gone: awaited inside an arm, `process` would sit beside them in this
             // loop's state, which every idle connection carries (docs/performance.md).
+            let Live {
+                base,
+                op,
+                deferred,
+                pending_acks,
+                ..
+            } = &mut *st;
             let event = tokio::select! {
                 biased;
-                _ = st.ctl.wake.notified() => Event::Woken,
-                r = self.fill(), if st.deferred.is_none() => Event::Read(r),
-                done = run_op(&mut st.op), if st.op.is_some() => Event::OpDone(done),
-                _ = front_answered(&mut st.pending_acks),
-                    if st.pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
+                _ = base.ctl.wake.notified() => Event::Woken,
+                r = self.fill(), if deferred.is_none() => Event::Read(r),
+                done = run_op(op), if op.is_some() => Event::OpDone(done),
+                _ = front_answered(pending_acks),
+                    if pending_acks.front().is_some_and(|p| p.wait.is_some()) => Event::PeersDone,
                 _ = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
             if !matches!(event, Event::Timer) {
@@ -1148,9 +1190,12 @@ impl<S: ByteStream> Conn<S> {
             ));
         }
         let topic = inbound.msg.topic.as_str();
-        let decision = st
+        let b = &mut st.base;
+        let who =
+            crate::policy::principal(b.session.client_id().as_str(), b.ctl.info.who.as_deref());
+        let decision = b
             .authz
-            .publish(&self.broker.policies, topic, inbound.msg.retain);
+            .publish(&self.broker.policies, &who, topic, inbound.msg.retain);
         if !decision.is_allowed() {
             // Denied by policy: delivered nowhere, counted. v5 QoS 1/2 hear 0x87; 3.1.1 has
             // no failure code, and [MQTT-3.3.5-2] lets the server acknowledge it as usual (or
@@ -1321,8 +1366,12 @@ impl<S: ByteStream> Conn<S> {
     fn on_subscribe(&mut self, st: &mut Live, mut req: SubscribeRequest) {
         for entry in &mut req.entries {
             let Ok((filter, _)) = entry else { continue };
-            let decision = st.authz.check(
+            let b = &mut st.base;
+            let who =
+                crate::policy::principal(b.session.client_id().as_str(), b.ctl.info.who.as_deref());
+            let decision = b.authz.check(
                 &self.broker.policies,
+                &who,
                 Action::Subscribe,
                 Resource::TopicFilter(filter.as_str()),
             );
@@ -1399,9 +1448,9 @@ impl<S: ByteStream> Conn<S> {
         let wbuf = &mut self.wbuf;
         let latency = &self.broker.metrics.delivery_latency;
         let protocol = st.protocol;
-        let outbox = &mut st.outbox;
-        let tick = &mut st.latency_tick;
-        let (sent, more, drops) = st.session.with(|session| {
+        let Live { base, outbox, .. } = &mut *st;
+        let tick = &mut base.latency_tick;
+        let (sent, more, drops) = base.session.with(|session| {
             if outbox.is_empty() {
                 if !session.has_outbox() {
                     return (0, false, Default::default());
@@ -1620,36 +1669,24 @@ fn encode_into(wbuf: &mut BytesMut, packet: &Packet, protocol: Protocol) {
     }
 }
 
-/// The state of a connection after CONNACK.
-struct Live {
+/// The state of a connected session that lives as long as the connection: all that a parked
+/// connection keeps (RFC 0011). The active loop adds [`Live`]'s queues around it.
+struct Idle {
     session: SessionRef,
     ctl: Arc<ConnCtl>,
     protocol: Protocol,
-    /// Boxed: most connections have none, and this lives in every connection's future.
-    will: Option<Box<LastWill>>,
-    /// What was taken from the session's outbox and not yet encoded (at most one
-    /// [`WRITE_BATCH`] is encoded per round); its buffer is reused.
-    outbox: VecDeque<Outbound>,
-    /// Subscribers found congested while routing the current read batch.
-    congested: Vec<SessionRef>,
-    /// True once this read batch yielded before routing its first PUBLISH.
-    yielded: bool,
     /// Deliveries encoded since the last one whose latency was recorded, modulo
     /// [`LATENCY_SAMPLE_EVERY`](crate::metrics::LATENCY_SAMPLE_EVERY): 0 records (so a
-    /// connection's first delivery always does). Fits beside the two one-byte fields.
+    /// connection's first delivery always does).
     latency_tick: u16,
-    /// The cluster operation in flight, if any (see [`Op`]).
-    op: Option<Op>,
-    /// The packet read while `op` was in flight that must wait for it.
-    /// Boxed: a `Packet` is hundreds of bytes, needed only while an operation is in flight.
-    deferred: Option<Box<Packet>>,
-    /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
-    pending_acks: VecDeque<PendingAck>,
+    /// Boxed: most connections have none, and this lives in every connection's future.
+    will: Option<Box<LastWill>>,
     /// The session's timer while connected (keep-alive): it only moves when packets arrive,
     /// so it is asked for after reading, not on every wake-up.
     deadline: Option<tokio::time::Instant>,
     /// The client's policies (re-resolved when the node's change) and publish decisions.
-    authz: Box<crate::policy::ConnPolicy>,
+    /// Nothing allocated while the node has no policies.
+    authz: crate::policy::ConnPolicy,
     /// `mqtt.max_publish_rate` and `max_publish_bytes_rate` for this connection (`None`:
     /// neither is set).
     rate: PublishRate,
@@ -1657,6 +1694,55 @@ struct Live {
     credentials_expire: Option<tokio::time::Instant>,
     /// The connection's place in its listener's `max_connections`, given back on drop.
     _slot: crate::listener::Slot,
+}
+
+/// The state of an active connection: [`Idle`] and what is in flight. It lives in the active
+/// loop's box, so a parked connection's task does not carry these queues (about 100 B; issue
+/// 10, memory per connection). They are all empty when it parks ([`Conn::parkable`]).
+struct Live {
+    base: Idle,
+    /// What was taken from the session's outbox and not yet encoded (at most one
+    /// [`WRITE_BATCH`] is encoded per round); its buffer is reused while active.
+    outbox: VecDeque<Outbound>,
+    /// Subscribers found congested while routing the current read batch.
+    congested: Vec<SessionRef>,
+    /// True once this read batch yielded before routing its first PUBLISH.
+    yielded: bool,
+    /// The cluster operation in flight, if any (see [`Op`]).
+    op: Option<Op>,
+    /// The packet read while `op` was in flight that must wait for it.
+    /// Boxed: a `Packet` is hundreds of bytes, needed only while an operation is in flight.
+    deferred: Option<Box<Packet>>,
+    /// PUBACK/PUBREC waiting for peers to accept forwarded messages, in PUBLISH order.
+    pending_acks: VecDeque<PendingAck>,
+}
+
+impl From<Idle> for Live {
+    /// Waking: nothing in flight yet, and no buffer until one is needed.
+    fn from(base: Idle) -> Live {
+        Live {
+            base,
+            outbox: VecDeque::new(),
+            congested: Vec::new(),
+            yielded: false,
+            op: None,
+            deferred: None,
+            pending_acks: VecDeque::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Idle;
+    fn deref(&self) -> &Idle {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Live {
+    fn deref_mut(&mut self) -> &mut Idle {
+        &mut self.base
+    }
 }
 
 /// A connection's publish rate limits (token buckets, `roost_core::rate`).
@@ -1692,14 +1778,16 @@ impl PublishRate {
     }
 }
 
-impl Live {
+impl Idle {
     fn refresh_deadline(&mut self) {
         self.deadline = self
             .session
             .with(|s| s.poll_timeout())
             .map(tokio::time::Instant::from_std);
     }
+}
 
+impl Live {
     /// The forward timeout of the oldest acknowledgement held for peers. Only the oldest's:
     /// acknowledgements go out in order, and each later one was held later, so its deadline
     /// is no earlier.

@@ -55,12 +55,15 @@ pub(crate) struct Listener {
     connect_rate: parking_lot::Mutex<roost_core::rate::TokenBucket>,
 }
 
-/// What a connection brings from its listener and transport to the driver.
+/// What a connection brings from its listener and transport to the driver. Held in the
+/// connection's task itself, not behind a pointer: 16 B there against a 96 B allocation per
+/// connection (issue 10, memory per connection).
 #[derive(Debug)]
 pub(crate) struct Accepted {
     pub(crate) listener: Arc<Listener>,
-    /// The verified client certificate's identity, if the client sent one.
-    pub(crate) cert: Option<PeerCert>,
+    /// The verified client certificate's identity, if the client sent one (boxed: most
+    /// connections have none).
+    pub(crate) cert: Option<Box<PeerCert>>,
 }
 
 /// A connection's place in its listener's `max_connections`, given back on drop.
@@ -365,11 +368,11 @@ impl Listener {
         crate::driver::serve(broker, ws, peer, via, pending).await
     }
 
-    fn accepted(self: &Arc<Self>, cert: Option<PeerCert>) -> Arc<Accepted> {
-        Arc::new(Accepted {
+    fn accepted(self: &Arc<Self>, cert: Option<PeerCert>) -> Accepted {
+        Accepted {
             listener: Arc::clone(self),
-            cert,
-        })
+            cert: cert.map(Box::new),
+        }
     }
 
     /// The WebSocket opening handshake, bounded by `limit`.

@@ -8,6 +8,9 @@
 //!                               ▼                                     │ SIGHUP (the file again)
 //!  connection: ConnPolicy (its principal's policies, a publish cache) ─ re-resolved when the
 //!              generation moves: a change applies to connected clients without reconnecting
+//!  session:    ReceiveGate (`mqtt:Receive`) ─ made again for every session on each change
+//!
+//!  Neither exists while the node has no policies: a connection then holds no policy state.
 //! ```
 //!
 //! Where it is checked: CONNECT (`mqtt:Connect` on `client/<id>`, refused with 0x87 / 0x05),
@@ -141,132 +144,147 @@ impl NodePolicies {
     }
 }
 
-/// Who a connection is, for policy variables (`${iot:ClientId}`, ...): one copy per
-/// connection, shared by its [`ConnPolicy`] and its session's [`ReceiveGate`].
+/// Who a client is beyond its client id: its user name and its certificate's identity (for
+/// the policy variables `${username}`, `${cert.cn}`, `${cert.serial}` and `attach` keys).
+/// Made once per connection, only when there is something to hold, and shared by the
+/// connection's info (the admin API) and its session (`mqtt:Receive` while it is offline).
+/// A client with neither (anonymous, no certificate) has none: `Option<Arc<Who>>` is `None`.
 #[derive(Debug)]
-pub(crate) struct PrincipalInfo {
-    client_id: String,
-    username: Option<String>,
-    cert_cn: Option<String>,
-    cert_serial: Option<String>,
+pub(crate) struct Who {
+    pub(crate) username: Option<Box<str>>,
+    cert_cn: Option<Box<str>>,
+    cert_serial: Option<Box<str>>,
 }
 
-impl PrincipalInfo {
-    fn principal(&self) -> Principal<'_> {
-        Principal {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-            cert_cn: self.cert_cn.as_deref(),
-            cert_serial: self.cert_serial.as_deref(),
+impl Who {
+    /// `None` when the client has neither a user name nor a certificate.
+    pub(crate) fn new(
+        username: Option<String>,
+        cert: Option<&roost_transport::PeerCert>,
+    ) -> Option<Arc<Who>> {
+        if username.is_none() && cert.is_none() {
+            return None;
         }
+        Some(Arc::new(Who {
+            username: username.map(String::into_boxed_str),
+            cert_cn: cert.and_then(|c| c.cn.as_deref()).map(Box::from),
+            cert_serial: cert.map(|c| Box::from(c.serial.as_str())),
+        }))
     }
 }
 
-/// One connection's principal and its resolved policies.
+/// The principal a policy is resolved for: `client_id` and what `who` holds.
+pub(crate) fn principal<'a>(client_id: &'a str, who: Option<&'a Who>) -> Principal<'a> {
+    Principal {
+        client_id,
+        username: who.and_then(|w| w.username.as_deref()),
+        cert_cn: who.and_then(|w| w.cert_cn.as_deref()),
+        cert_serial: who.and_then(|w| w.cert_serial.as_deref()),
+    }
+}
+
+/// One connection's resolved policies and publish decisions. Nothing is allocated while the
+/// node has no policies (the common case for a broker without them: issue 10, memory per
+/// connection); the principal is passed in by the caller, who has it already.
 #[derive(Debug)]
 pub(crate) struct ConnPolicy {
-    who: Arc<PrincipalInfo>,
+    /// The node's policy generation resolved against; `u64::MAX` before the first check.
     generation: u64,
-    resolved: Option<PrincipalPolicies>,
+    /// `None`: no policies, everything is allowed.
+    resolved: Option<Box<Resolved>>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    policies: PrincipalPolicies,
     publish: PublishDecisions,
-    resolved_once: bool,
 }
 
 impl ConnPolicy {
-    pub(crate) fn new(
-        client_id: &str,
-        username: Option<&str>,
-        cert: Option<&roost_transport::PeerCert>,
-    ) -> ConnPolicy {
+    pub(crate) fn new() -> ConnPolicy {
         ConnPolicy {
-            who: Arc::new(PrincipalInfo {
-                client_id: client_id.to_owned(),
-                username: username.map(str::to_owned),
-                cert_cn: cert.and_then(|c| c.cn.clone()),
-                cert_serial: cert.map(|c| c.serial.clone()),
-            }),
-            generation: 0,
+            generation: u64::MAX,
             resolved: None,
-            publish: PublishDecisions::new(),
-            resolved_once: false,
         }
     }
 
     /// Re-resolves when the node's policies changed since the last check.
-    fn refresh(&mut self, node: &NodePolicies) {
+    fn refresh(&mut self, node: &NodePolicies, who: &Principal<'_>) {
         let generation = node.generation();
-        if self.resolved_once && generation == self.generation {
+        if generation == self.generation {
             return;
         }
-        self.resolved = node
-            .current()
-            .map(|s| s.for_principal(&self.who.principal()));
+        self.resolved = node.current().map(|s| {
+            Box::new(Resolved {
+                policies: s.for_principal(who),
+                publish: PublishDecisions::new(),
+            })
+        });
         self.generation = generation;
-        self.resolved_once = true;
     }
 
     /// The decision for `action` on `resource`; `Allow` when there are no policies.
     pub(crate) fn check(
         &mut self,
         node: &NodePolicies,
+        who: &Principal<'_>,
         action: Action,
         resource: Resource<'_>,
     ) -> Decision {
-        self.refresh(node);
+        self.refresh(node, who);
         match &self.resolved {
             None => Decision::Allow,
-            Some(p) => p.check(action, resource),
+            Some(r) => r.policies.check(action, resource),
         }
-    }
-
-    /// The session's `mqtt:Receive` gate for this client.
-    pub(crate) fn receive_gate(&self, node: &NodePolicies) -> Box<ReceiveGate> {
-        let mut g = Box::new(ReceiveGate {
-            who: Arc::clone(&self.who),
-            resolved: None,
-            cache: PublishDecisions::new(),
-        });
-        g.refresh(node.current().as_deref());
-        g
     }
 
     /// The decision for a PUBLISH to `topic` (and, if `retain`, for retaining it), cached.
-    pub(crate) fn publish(&mut self, node: &NodePolicies, topic: &str, retain: bool) -> Decision {
-        self.refresh(node);
-        let Some(p) = &self.resolved else {
+    pub(crate) fn publish(
+        &mut self,
+        node: &NodePolicies,
+        who: &Principal<'_>,
+        topic: &str,
+        retain: bool,
+    ) -> Decision {
+        self.refresh(node, who);
+        let Some(r) = self.resolved.as_deref_mut() else {
             return Decision::Allow;
         };
-        let d = self.publish.check(p, topic);
+        let d = r.publish.check(&r.policies, topic);
         if !d.is_allowed() || !retain {
             return d;
         }
-        p.check(Action::Retain, Resource::Topic(topic))
+        r.policies.check(Action::Retain, Resource::Topic(topic))
     }
 }
 
 /// `mqtt:Receive` for one session: checked for every message delivered to it (under the
-/// session's lock), with the decisions for recent topics cached. Re-resolved by the broker
-/// when the policies change (every session, once per change).
+/// session's lock), with the decisions for recent topics cached. Exists only while there are
+/// policies; made again by the broker when they change (every session, once per change).
 #[derive(Debug)]
 pub(crate) struct ReceiveGate {
-    who: Arc<PrincipalInfo>,
-    /// `None`: no policies, everything may be received.
-    resolved: Option<PrincipalPolicies>,
+    resolved: PrincipalPolicies,
     cache: PublishDecisions,
 }
 
 impl ReceiveGate {
-    /// Re-resolves against `store` (`None`: no policies).
-    pub(crate) fn refresh(&mut self, store: Option<&PolicyStore>) {
-        self.resolved = store.map(|s| s.for_principal(&self.who.principal()));
-        self.cache.clear();
+    /// The gate for `who` under `store`; `None` when there are no policies (everything may
+    /// be received).
+    pub(crate) fn resolve(
+        store: Option<&PolicyStore>,
+        who: &Principal<'_>,
+    ) -> Option<Box<ReceiveGate>> {
+        store.map(|s| {
+            Box::new(ReceiveGate {
+                resolved: s.for_principal(who),
+                cache: PublishDecisions::new(),
+            })
+        })
     }
 
     /// Whether the client may receive a message on `topic`.
     pub(crate) fn allows(&mut self, topic: &str) -> bool {
-        let Some(p) = &self.resolved else {
-            return true;
-        };
+        let p = &self.resolved;
         if let Some(d) = self.cache.get(p.version(), topic) {
             return d.is_allowed();
         }

@@ -637,10 +637,19 @@ impl Session {
         }
     }
 
-    /// Discards what was not sent yet (the connection went away).
+    /// Discards what was not sent yet (the connection went away), and the buffer with it.
     fn clear_outbox(&mut self) {
-        self.outbox.clear();
+        self.outbox = Vec::new();
         self.outbox_bytes = 0;
+    }
+
+    /// Frees the outbox's buffer if the outbox is empty: for a connection that parks (it
+    /// had nothing to do for a while), so an idle session holds no buffer. The next delivery
+    /// allocates one again.
+    pub fn release_outbox_buffer(&mut self) {
+        if self.outbox.is_empty() {
+            self.outbox = Vec::new();
+        }
     }
 
     /// True if there is something to send.

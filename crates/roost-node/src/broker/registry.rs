@@ -231,6 +231,8 @@ impl Broker {
                 fenced: None,
                 recent: None,
                 receive: None,
+                who: None,
+                principal_known: false,
             },
         )
     }

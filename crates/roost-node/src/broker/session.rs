@@ -108,13 +108,20 @@ pub(crate) struct ConnInfo {
     pub(crate) variant: roost_codec::ConnectVariant,
     pub(crate) keep_alive: u16,
     pub(crate) connected_at: SystemTime,
-    /// The authenticated username (a certificate's identity on listeners that use it).
-    pub(crate) username: Option<String>,
+    /// The authenticated user name (a certificate's identity on listeners that use it) and
+    /// the certificate: shared with the session, `None` when there is neither.
+    pub(crate) who: Option<Arc<crate::policy::Who>>,
     /// How the client authenticated.
     pub(crate) auth: crate::auth::Method,
-    /// The listener it came through, and that listener's transport.
-    pub(crate) listener: String,
-    pub(crate) transport: &'static str,
+    /// The listener it came through (its name and transport): shared, not copied.
+    pub(crate) listener: Arc<crate::listener::Listener>,
+}
+
+impl ConnInfo {
+    /// The authenticated user name, if any.
+    pub(crate) fn username(&self) -> Option<&str> {
+        self.who.as_deref().and_then(|w| w.username.as_deref())
+    }
 }
 
 /// Mutable per-session state, behind the entry's mutex. Only this module and the registry
@@ -151,9 +158,15 @@ pub(super) struct SessionState {
     /// for a while, so a message that reaches it both directly and passed on from the old
     /// owner is taken once (docs/rfcs/0006).
     pub(super) recent: Option<Box<RecentIds>>,
-    /// Who the session's client is, for `mqtt:Receive` (docs/security.md): set when a
-    /// connection attaches, kept while it is offline, re-resolved when the policies change.
+    /// The `mqtt:Receive` gate (docs/security.md): resolved when a connection attaches, kept
+    /// while it is offline, made again when the policies change; `None` while the node has
+    /// no policies (or no connection attached here yet, see `principal_known`).
     pub(super) receive: Option<Box<crate::policy::ReceiveGate>>,
+    /// Who the session's client is (from its latest connection here), for the gate.
+    pub(super) who: Option<Arc<crate::policy::Who>>,
+    /// Whether a connection attached here, so `who` is known: a session adopted from another
+    /// node gets its gate when its client attaches (as before policies change).
+    pub(super) principal_known: bool,
 }
 
 impl SessionState {
@@ -327,16 +340,29 @@ impl SessionRef {
         f(&mut self.0.state.lock().session)
     }
 
-    /// Sets who this session's client is for `mqtt:Receive` (at attach).
-    pub(crate) fn set_receive_gate(&self, gate: Box<crate::policy::ReceiveGate>) {
-        self.0.state.lock().receive = Some(gate);
+    /// Sets who this session's client is (at attach) and resolves its `mqtt:Receive` gate
+    /// under `store` (none without policies).
+    pub(crate) fn set_principal(
+        &self,
+        who: Option<Arc<crate::policy::Who>>,
+        store: Option<&roost_core::policy::PolicyStore>,
+    ) {
+        let mut st = self.0.state.lock();
+        let p = crate::policy::principal(self.0.client_id.as_str(), who.as_deref());
+        st.receive = crate::policy::ReceiveGate::resolve(store, &p);
+        st.who = who;
+        st.principal_known = true;
     }
 
-    /// Re-resolves the session's `mqtt:Receive` policies after a change.
+    /// Makes the session's `mqtt:Receive` gate again after the policies changed (`store`:
+    /// the new ones, `None` when they were removed).
     pub(crate) fn refresh_receive_gate(&self, store: Option<&roost_core::policy::PolicyStore>) {
-        if let Some(g) = &mut self.0.state.lock().receive {
-            g.refresh(store);
+        let mut st = self.0.state.lock();
+        if !st.principal_known {
+            return;
         }
+        let p = crate::policy::principal(self.0.client_id.as_str(), st.who.as_deref());
+        st.receive = crate::policy::ReceiveGate::resolve(store, &p);
     }
 
     /// Whether the policies let this session's client receive `topic` (retained messages on
