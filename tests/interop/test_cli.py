@@ -105,6 +105,38 @@ def test_layering_flag_beats_env_beats_file(tmp_path):
         assert p.wait(timeout=10) == 0
 
 
+def thp_enabled(pid) -> int | None:
+    """The `THP_enabled` line of /proc/PID/status (Linux 5.0+), if the kernel has one."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("THP_enabled:"):
+                return int(line.split()[1])
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status") or thp_enabled("self") is None,
+                    reason="needs Linux with THP_enabled in /proc/PID/status")
+def test_transparent_huge_pages_are_off_unless_allowed(tmp_path):
+    # node.transparent_huge_pages = false (the default) turns them off for the process;
+    # true leaves what the process inherits (this test's own setting).
+    inherited = thp_enabled("self")
+    for allowed, expected in ((None, 0), ("true", inherited)):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+        if allowed is not None:
+            env["ROOST_NODE__TRANSPARENT_HUGE_PAGES"] = allowed
+        p = subprocess.Popen([str(roost_bin()), "serve", "--data-dir", str(tmp_path / f"d{port}"),
+                              "--mqtt", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
+                              "--cluster", "127.0.0.1:0"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_port(port, p)
+            assert thp_enabled(p.pid) == expected, (allowed, inherited)
+        finally:
+            p.terminate()
+            assert p.wait(timeout=10) == 0
+
+
 def test_second_node_on_the_same_data_dir_is_refused(tmp_path):
     data = tmp_path / "shared"
     port = free_port()

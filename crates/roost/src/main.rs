@@ -19,6 +19,18 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `node.transparent_huge_pages = false`: no transparent huge pages for this process, before
+/// the runtime and the node allocate anything much. mimalloc asks for them (`MADV_HUGEPAGE`)
+/// on its regions; the kernel then backs partly used 2 MiB regions whole, and khugepaged
+/// keeps collapsing them while connections sit idle (docs/performance.md, "Transparent huge
+/// pages"). A kernel that refuses (not Linux, too old) only costs that memory: logged.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off for this process (node.transparent_huge_pages = false)");
+    }
+}
+
 /// Exit code for an invalid configuration (sysexits.h EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -182,6 +194,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !config.node.transparent_huge_pages {
+        disable_transparent_huge_pages();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
