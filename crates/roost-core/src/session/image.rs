@@ -92,7 +92,7 @@ impl Session {
             .drain(..)
             .map(|p| image_of(p, None, false))
             .collect();
-        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.drain().collect();
+        let mut inbound_qos2 = self.inbound_qos2.take();
         inbound_qos2.sort_unstable();
         self.client = None;
         self.clock = None;
@@ -168,7 +168,7 @@ impl Session {
         self.queue_removed(self.queue.len(), self.queued_bytes);
         self.queue.clear();
         self.subscriptions.clear();
-        self.inbound_qos2.clear();
+        self.inbound_qos2.take();
         self.client = None;
         self.clock = None;
         out

@@ -581,7 +581,7 @@ impl Session {
     /// already received (DUP redelivery), do not route again. Either way the caller sends PUBREC.
     /// `Err(0x93)` when the client exceeds our Receive Maximum ([MQTT-3.3.4-9]).
     pub fn inbound_qos2(&mut self, id: PacketId) -> Result<bool, ReasonCode> {
-        if self.inbound_qos2.contains(&id.get()) {
+        if self.inbound_qos2.contains(id.get()) {
             return Ok(false);
         }
         if self.inbound_qos2.len() >= usize::from(self.limits.receive_maximum) {
@@ -608,13 +608,13 @@ impl Session {
     /// client's resend after reconnecting is a new message, routed, not taken for a repeat.
     pub fn not_taken(&mut self, ack: &ReadyAck) {
         if ack.ack.kind == AckKind::PubRec {
-            self.inbound_qos2.remove(&ack.ack.packet_id.get());
+            self.inbound_qos2.remove(ack.ack.packet_id.get());
         }
     }
 
     /// PUBREL from the client: release the id and answer PUBCOMP (0x92 in v5 if unknown).
     pub fn handle_pubrel(&mut self, id: PacketId) {
-        let known = self.inbound_qos2.remove(&id.get());
+        let known = self.inbound_qos2.remove(id.get());
         let reason = if !known && self.client.is_some_and(|c| c.protocol == Protocol::V5) {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         } else {

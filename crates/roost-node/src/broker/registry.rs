@@ -37,7 +37,7 @@
 //! registry map, then one session's state (see [`super::session`]); the other maps of
 //! [`Ownership`] are leaves.
 
-use super::session::{Grant, Moved, RecentIds, SessionState};
+use super::session::{Grant, Moved, RecentIds, SessionState, WallMs};
 use super::timers::{Due, TimerKind};
 use super::{Broker, ConnCtl, Origin, PassOn, SessionRef};
 use crate::routes::RouteResult;
@@ -55,7 +55,7 @@ use roost_core::ClientId;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::{debug, warn};
 
@@ -215,7 +215,7 @@ impl Broker {
         clean: bool,
         generation: Option<u64>,
     ) -> SessionRef {
-        let disconnected_at = conn.is_none().then(SystemTime::now);
+        let disconnected_at = conn.is_none().then(WallMs::now);
         SessionRef::new(
             client_id.clone(),
             SessionState {
@@ -256,7 +256,7 @@ impl Broker {
     }
 
     /// Arms the session's next timer (will delay or expiry), if the core session has one.
-    fn arm_session_timer(&self, s: &SessionRef, epoch: u64, at: Option<std::time::Instant>) {
+    fn arm_session_timer(&self, s: &SessionRef, epoch: u32, at: Option<std::time::Instant>) {
         if let Some(at) = at {
             self.timers.arm(
                 tokio::time::Instant::from_std(at),
@@ -567,7 +567,7 @@ impl Broker {
             } else {
                 !clean_start && !ends_with_connection
             };
-            st.epoch += 1;
+            st.epoch = st.epoch.wrapping_add(1);
             st.conn = Some(conn);
             st.registered_expiry = n.expiry_interval;
             st.last_attach_clean = clean_start || ends_with_connection;
@@ -1149,7 +1149,7 @@ impl Broker {
         // Publishers waiting for this session to drain, and a hand-over waiting for the
         // connection to go, stop waiting: it is offline now.
         s.changed().notify_waiters();
-        st.disconnected_at = Some(SystemTime::now());
+        st.disconnected_at = Some(WallMs::now());
         let epoch = st.epoch;
         let detached = st.session.detach(now, will.map(|w| *w));
         let next = st.session.poll_timeout();

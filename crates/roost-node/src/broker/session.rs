@@ -124,6 +124,24 @@ impl ConnInfo {
     }
 }
 
+/// A wall-clock time in 8 bytes, milliseconds since the Unix epoch (an `Option<SystemTime>` is
+/// 16: the session record is one mimalloc size class smaller for it; issue 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WallMs(std::num::NonZeroU64);
+
+impl WallMs {
+    pub(crate) fn now() -> WallMs {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        WallMs(std::num::NonZeroU64::new(ms).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    pub(crate) fn time(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.0.get())
+    }
+}
+
 /// Mutable per-session state, behind the entry's mutex. Only this module and the registry
 /// touch it.
 #[derive(Debug)]
@@ -131,8 +149,10 @@ pub(super) struct SessionState {
     pub(super) session: Session,
     /// The attached connection, if any.
     pub(super) conn: Option<Arc<ConnCtl>>,
-    /// Bumped on every attach: timers armed at detach compare it to know they are still due.
-    pub(super) epoch: u64,
+    /// Bumped on every attach (wrapping): timers armed at detach compare it to know they are
+    /// still due. 32 bits, beside `registered_expiry`: a stale timer would need exactly 2^32
+    /// attaches of one session in between to be taken for current.
+    pub(super) epoch: u32,
     /// The Session Expiry Interval recorded in the cluster's registry (the session's own, in
     /// the core session, may have been changed since by a v5 DISCONNECT).
     pub(super) registered_expiry: u32,
@@ -142,7 +162,8 @@ pub(super) struct SessionState {
     pub(super) last_attach_clean: bool,
     /// Removed from the registry: deliveries to it are ignored.
     pub(super) ended: bool,
-    pub(super) disconnected_at: Option<SystemTime>,
+    /// When its connection went away (for the admin API), see [`WallMs`].
+    pub(super) disconnected_at: Option<WallMs>,
     /// The cluster registry generation this node owns, if the session was claimed. A claim by
     /// another node fences it out.
     pub(super) generation: Option<u64>,
@@ -529,11 +550,27 @@ impl SessionRef {
         let st = self.0.state.lock();
         SessionView {
             conn: st.conn.as_ref().map(|c| (c.id, c.info.clone())),
-            disconnected_at: st.disconnected_at,
+            disconnected_at: st.disconnected_at.map(WallMs::time),
             expiry_interval: st.session.expiry_interval(),
             subscriptions: st.session.subscriptions().len(),
             inflight: st.session.inflight_len(),
             queued: st.session.queued_len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WallMs;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_wall_time_in_milliseconds_reads_back_as_the_time_it_was_taken() {
+        let before = SystemTime::now();
+        let t = WallMs::now().time();
+        let after = SystemTime::now();
+        // Truncated to the millisecond: at most 1 ms before `before`.
+        assert!(t + Duration::from_millis(1) >= before, "{t:?} < {before:?}");
+        assert!(t <= after, "{t:?} > {after:?}");
     }
 }

@@ -34,7 +34,7 @@ pub(super) enum TimerKind {
 /// A timer due to fire.
 pub(super) struct Due {
     pub(super) session: SessionRef,
-    pub(super) epoch: u64,
+    pub(super) epoch: u32,
     pub(super) kind: TimerKind,
 }
 
@@ -55,7 +55,7 @@ pub(super) struct Timers {
 
 impl Timers {
     /// Arms a timer.
-    pub(super) fn arm(&self, at: Instant, session: SessionRef, epoch: u64, kind: TimerKind) {
+    pub(super) fn arm(&self, at: Instant, session: SessionRef, epoch: u32, kind: TimerKind) {
         let mut g = self.inner.lock();
         g.seq += 1;
         let key = (at, g.seq);
