@@ -9,6 +9,13 @@
 //!  ─▶ hold --hold-secs (each connection pings at keep-alive / 2) ─▶ DISCONNECT all
 //! ```
 //!
+//! With `--marginal` the ramp runs in two halves, each followed by the settle and an RSS
+//! reading, and the report adds the second half's KiB per connection: what one more
+//! connection costs once the broker holds many, without the fixed costs the first
+//! connections pay (tables sized once, and the allocator's high-water mark of the ramp:
+//! memory freed when a connection goes idle stays resident until later connections reuse
+//! it). A broker's figure at a million connections is close to this one.
+//!
 //! Memory per connection = (RSS after − RSS before) / connections established, in KiB. It
 //! includes everything the broker allocates for a connection: socket buffers it owns, the
 //! driver task, the session, the subscription index entry. Kernel socket memory is not in RSS.
@@ -74,6 +81,10 @@ pub(crate) struct IdleArgs {
     /// as `--concurrency` allows.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) connect_rate: f64,
+    /// Open the connections in two halves, with an RSS reading after each (needs
+    /// `--broker-pid`), and report the second half's KiB per connection as well.
+    #[arg(long)]
+    pub(crate) marginal: bool,
 }
 
 /// What `idle` measured (one JSON object with `--json`).
@@ -100,6 +111,10 @@ pub(crate) struct IdleReport {
     pub(crate) broker_rss_after_kib: Option<u64>,
     /// (after − before) / connected.
     pub(crate) broker_kib_per_connection: Option<f64>,
+    /// With `--marginal`: RSS after the first half (and its settle), and the second half's
+    /// (after − half) / its connections.
+    pub(crate) broker_rss_half_kib: Option<u64>,
+    pub(crate) broker_kib_per_connection_marginal: Option<f64>,
     /// Broker RSS at the end of the hold, before disconnecting.
     pub(crate) broker_rss_end_kib: Option<u64>,
     pub(crate) hold_secs: u64,
@@ -146,80 +161,112 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
     let broker_pid = args.common.broker_pid;
     let rss_before = broker_pid.map(procfs::rss_kib).transpose()?;
 
+    if args.marginal && broker_pid.is_none() {
+        return Err(
+            UsageError("--marginal reads the broker's RSS: give --broker-pid".into()).into(),
+        );
+    }
+    if args.marginal && args.connections < 2 {
+        return Err(UsageError("--marginal needs at least 2 --connections".into()).into());
+    }
+
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let (established_tx, mut established_rx) = mpsc::channel::<Result<()>>(args.concurrency);
     let (stop_tx, stop_rx) = watch::channel(false);
     let dropped = Arc::new(AtomicUsize::new(0));
     let run_tag = std::process::id();
     let mut tasks = JoinSet::new();
-    let ramp_start = Instant::now();
-    let start_of = |i: usize| {
-        (args.connect_rate > 0.0).then(|| {
-            tokio::time::Instant::from_std(ramp_start)
-                + Duration::from_secs_f64(i as f64 / args.connect_rate)
-        })
+    // The halves of `--marginal`; without it the first is empty and skipped.
+    let half = if args.marginal {
+        args.connections / 2
+    } else {
+        0
     };
-    for i in 0..args.connections {
-        let connection = IdleConnection {
-            start_at: start_of(i),
-            addr,
-            options: ConnectOptions {
-                dialer: dialer.clone(),
-                client_id: format!("roost-bench-{run_tag}-idle-{i}"),
-                protocol,
-                keep_alive: args.keep_alive_secs,
-                read_chunk: 256,
-            },
-            topic: args.subscribe.then(|| format!("idle/{i}")),
-            permits: permits.clone(),
-            established: Some(established_tx.clone()),
-            stop: stop_rx.clone(),
-            dropped: dropped.clone(),
-        };
-        tasks.spawn(connection.run());
-    }
-    drop(established_tx);
-
-    // Every handshake is bounded by SETUP_TIMEOUT (twice: connect, then subscribe) and at most
-    // `concurrency` run at once, so the ramp is bounded too (plus the pacing's own length).
-    let waves = args.connections.div_ceil(args.concurrency) as u32;
-    let paced = start_of(args.connections)
-        .map_or(Duration::ZERO, |t| t.into_std().duration_since(ramp_start));
-    let ramp_limit = 2 * SETUP_TIMEOUT * waves + paced + Duration::from_secs(10);
     let mut connected = 0;
     let mut failed = 0;
     let mut first_error = None;
+    let mut ramp_secs = 0.0;
+    let mut rss_half = None;
+    let mut connected_half = 0;
     let show = progress::enabled(args.common.no_progress);
     let bar = progress::counter(show, "idle: connecting", args.connections as u64);
-    let ramp = async {
-        while let Some(result) = established_rx.recv().await {
-            match result {
-                Ok(()) => connected += 1,
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert_with(|| format!("{e:#}"));
+    for range in [0..half, half..args.connections] {
+        if range.is_empty() {
+            continue;
+        }
+        let stage_start = Instant::now();
+        let start_of = |i: usize| {
+            (args.connect_rate > 0.0).then(|| {
+                tokio::time::Instant::from_std(stage_start)
+                    + Duration::from_secs_f64((i - range.start) as f64 / args.connect_rate)
+            })
+        };
+        for i in range.clone() {
+            let connection = IdleConnection {
+                start_at: start_of(i),
+                addr,
+                options: ConnectOptions {
+                    dialer: dialer.clone(),
+                    client_id: format!("roost-bench-{run_tag}-idle-{i}"),
+                    protocol,
+                    keep_alive: args.keep_alive_secs,
+                    read_chunk: 256,
+                },
+                topic: args.subscribe.then(|| format!("idle/{i}")),
+                permits: permits.clone(),
+                established: Some(established_tx.clone()),
+                stop: stop_rx.clone(),
+                dropped: dropped.clone(),
+            };
+            tasks.spawn(connection.run());
+        }
+
+        // Every handshake is bounded by SETUP_TIMEOUT (twice: connect, then subscribe) and at
+        // most `concurrency` run at once, so the ramp is bounded too (plus the pacing's own
+        // length).
+        let waves = range.len().div_ceil(args.concurrency) as u32;
+        let paced = start_of(range.end)
+            .map_or(Duration::ZERO, |t| t.into_std().duration_since(stage_start));
+        let ramp_limit = 2 * SETUP_TIMEOUT * waves + paced + Duration::from_secs(10);
+        let ramp = async {
+            while let Some(result) = established_rx.recv().await {
+                match result {
+                    Ok(()) => connected += 1,
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+                let done = connected + failed;
+                bar.set_position(done as u64);
+                if failed > 0 {
+                    bar.set_message(format!("({failed} failed)"));
+                }
+                if !show && done % 1000 == 0 && done < args.connections {
+                    eprintln!("idle: {connected} connected, {failed} failed");
+                }
+                if done == range.end {
+                    break;
                 }
             }
-            let done = connected + failed;
-            bar.set_position(done as u64);
-            if failed > 0 {
-                bar.set_message(format!("({failed} failed)"));
-            }
-            if !show && done % 1000 == 0 && done < args.connections {
-                eprintln!("idle: {connected} connected, {failed} failed");
-            }
-            if done == args.connections {
-                break;
+        };
+        let ramped = tokio::time::timeout(ramp_limit, ramp).await;
+        ramp_secs += stage_start.elapsed().as_secs_f64();
+        if ramped.is_err() {
+            bar.finish_and_clear();
+            let _ = stop_tx.send(true);
+            bail!("ramp did not finish within {ramp_limit:?}");
+        }
+        if range.end == half {
+            if let Some(pid) = broker_pid {
+                tokio::time::sleep(SETTLE).await;
+                rss_half = Some(procfs::rss_kib(pid)?);
+                connected_half = connected;
             }
         }
-    };
-    let ramped = tokio::time::timeout(ramp_limit, ramp).await;
-    bar.finish_and_clear();
-    if ramped.is_err() {
-        let _ = stop_tx.send(true);
-        bail!("ramp did not finish within {ramp_limit:?}");
     }
-    let ramp_secs = ramp_start.elapsed().as_secs_f64();
+    drop(established_tx);
+    bar.finish_and_clear();
     eprintln!("idle: {connected} connected, {failed} failed in {ramp_secs:.2} s");
     if connected == 0 {
         let _ = stop_tx.send(true);
@@ -257,6 +304,12 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         (Some(before), Some(after)) => Some((after as f64 - before as f64) / connected as f64),
         _ => None,
     };
+    let marginal = match (rss_half, rss_after) {
+        (Some(half), Some(after)) if connected > connected_half => {
+            Some((after as f64 - half as f64) / (connected - connected_half) as f64)
+        }
+        _ => None,
+    };
     Ok(IdleReport {
         scenario: "idle",
         label: args
@@ -278,6 +331,8 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         broker_rss_before_kib: rss_before,
         broker_rss_after_kib: rss_after,
         broker_kib_per_connection: per_connection,
+        broker_rss_half_kib: rss_half,
+        broker_kib_per_connection_marginal: marginal,
         broker_rss_end_kib: rss_end,
         hold_secs: args.hold_secs,
         dropped_during_hold,
@@ -403,6 +458,16 @@ impl fmt::Display for IdleReport {
             (Some(before), Some(after), Some(per)) => {
                 writeln!(f, "  broker RSS     {before} KiB before, {after} KiB after")?;
                 writeln!(f, "  per connection {per:.2} KiB")?;
+                if let (Some(half), Some(marginal)) = (
+                    self.broker_rss_half_kib,
+                    self.broker_kib_per_connection_marginal,
+                ) {
+                    writeln!(
+                        f,
+                        "  marginal       {marginal:.2} KiB per connection of the second half \
+                         ({half} KiB after the first)"
+                    )?;
+                }
             }
             _ => writeln!(f, "  broker RSS     not measured (no --broker-pid)")?,
         }
@@ -437,6 +502,7 @@ mod tests {
             concurrency: 8,
             keep_alive_secs: 2,
             connect_rate: 0.0,
+            marginal: false,
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!(report.connected, 50);
@@ -460,6 +526,7 @@ mod tests {
             concurrency: 4,
             keep_alive_secs: 2,
             connect_rate: 0.0,
+            marginal: false,
         };
         let report = run(&args, node.addr(kind)).await?;
         assert_eq!((report.connected, report.failed), (10, 0));
@@ -481,6 +548,7 @@ mod tests {
             concurrency: 1,
             keep_alive_secs: 30,
             connect_rate: 0.0,
+            marginal: false,
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         let e = run(&args, addr).await.expect_err("refused");
@@ -499,6 +567,7 @@ mod tests {
             concurrency: 20,
             keep_alive_secs: 30,
             connect_rate: 40.0,
+            marginal: false,
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!((report.connected, report.failed), (20, 0));
@@ -528,10 +597,40 @@ mod tests {
             concurrency: 5,
             keep_alive_secs: 30,
             connect_rate: 0.0,
+            marginal: false,
         };
         let report = run(&args, node.addr()).await?;
         assert!(report.broker_kib_per_connection.is_some());
         assert!(report.broker_rss_end_kib.is_some());
+        assert!(report.broker_kib_per_connection_marginal.is_none());
+        node.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn marginal_opens_two_halves_with_a_reading_between() -> Result<()> {
+        let node = TestNode::start().await?;
+        let mut common = Common::for_tests();
+        common.broker_pid = Some(std::process::id());
+        let mut args = IdleArgs {
+            common,
+            connections: 7,
+            subscribe: true,
+            hold_secs: 0,
+            concurrency: 7,
+            keep_alive_secs: 30,
+            connect_rate: 0.0,
+            marginal: true,
+        };
+        let report = run(&args, node.addr()).await?;
+        assert_eq!((report.connected, report.failed), (7, 0));
+        assert!(report.broker_rss_half_kib.is_some());
+        assert!(report.broker_kib_per_connection_marginal.is_some());
+        assert!(report.to_string().contains("marginal"), "{report}");
+        // Without a pid there is nothing to read between the halves.
+        args.common.broker_pid = None;
+        let e = run(&args, node.addr()).await.expect_err("refused");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
         node.stop().await;
         Ok(())
     }
