@@ -10,11 +10,12 @@
 //! ```
 //!
 //! With `--marginal` the ramp runs in two halves, each followed by the settle and an RSS
-//! reading, and the report adds the second half's KiB per connection: what one more
-//! connection costs once the broker holds many, without the fixed costs the first
-//! connections pay (tables sized once, and the allocator's high-water mark of the ramp:
-//! memory freed when a connection goes idle stays resident until later connections reuse
-//! it). A broker's figure at a million connections is close to this one.
+//! reading, and the report adds the second half's KiB per connection: what more
+//! connections cost once the broker holds many, without the fixed costs the first ones
+//! pay. Unpaced, the second half also reuses the high-water mark the first half's ramp left
+//! (memory freed when a connection goes idle stays resident), so it reads low; paced with
+//! `--connect-rate`, few connections are mid-handshake at once and it is close to the
+//! steady cost of one more idle connection.
 //!
 //! Memory per connection = (RSS after − RSS before) / connections established, in KiB. It
 //! includes everything the broker allocates for a connection: socket buffers it owns, the
