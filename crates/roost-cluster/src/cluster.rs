@@ -312,7 +312,8 @@ impl Cluster {
         if cfg.advertise.is_empty() {
             cfg.advertise = listener.local_addr().map_err(bind_err)?.to_string();
         }
-        let (log, sm) = store::open(&cfg.data_dir, Arc::new(Hooks(local.clone()))).await?;
+        let (log, sm) =
+            store::open(&cfg.data_dir, cfg.node_id, Arc::new(Hooks(local.clone()))).await?;
         let state = sm.state();
         let heartbeat = u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(100);
         let election = u64::try_from(cfg.election_timeout.as_millis()).unwrap_or(1000);

@@ -134,8 +134,15 @@ pub const GENERATION_FLOOR: &str = "\u{0}";
 #[derive(Debug, Default)]
 pub struct ClusterState {
     data: Snapshot,
-    /// Derived from `data.routes`: which nodes to forward a topic to.
+    /// Derived from `data.routes`: which nodes to forward a topic to. Without the local
+    /// node's own routes other than shared groups ([`ClusterState::for_node`]): a node never
+    /// forwards to itself, and its local subscription index already holds those filters, so
+    /// indexing them again would cost a trie leaf per filter for nothing. Its shared groups
+    /// stay: the round robin over a group's members counts this node too.
     route_index: SubscriptionIndex<NodeId>,
+    /// The node this copy serves, whose own non-shared routes are not in `route_index`;
+    /// `None` indexes every route.
+    local: Option<NodeId>,
     /// Derived from `data.retained`.
     retained_index: RetainedStore<Arc<RetainedMessage>>,
     /// Derived: payload bytes of `data.retained`, for the retained byte cap.
@@ -157,14 +164,34 @@ impl ClusterState {
         ClusterState::default()
     }
 
+    /// An empty state for node `local`: its own routes other than shared groups are kept in
+    /// the canonical map only, not in [`ClusterState::routes`].
+    pub fn for_node(local: NodeId) -> ClusterState {
+        ClusterState {
+            local: Some(local),
+            ..ClusterState::default()
+        }
+    }
+
     /// Rebuilds the state from a snapshot.
     pub fn from_snapshot(data: Snapshot) -> ClusterState {
+        ClusterState::restore(data, None)
+    }
+
+    /// Rebuilds the state from a snapshot for node `local` (see [`ClusterState::for_node`]).
+    pub fn from_snapshot_for(data: Snapshot, local: NodeId) -> ClusterState {
+        ClusterState::restore(data, Some(local))
+    }
+
+    fn restore(data: Snapshot, local: Option<NodeId>) -> ClusterState {
         let limits = wide_limits();
         let mut route_index = SubscriptionIndex::new();
         for (filter, nodes) in &data.routes {
             if let Ok(f) = TopicFilter::new(filter, &limits) {
                 for n in nodes {
-                    route_index.subscribe(&f, *n, route_subscription());
+                    if indexed(local, &f, *n) {
+                        route_index.subscribe(&f, *n, route_subscription());
+                    }
                 }
             }
         }
@@ -179,6 +206,7 @@ impl ClusterState {
         ClusterState {
             data,
             route_index,
+            local,
             retained_index,
             retained_bytes,
         }
@@ -194,7 +222,8 @@ impl ClusterState {
         &self.data
     }
 
-    /// Nodes with subscribers matching a topic (for forwarding).
+    /// Nodes with subscribers matching a topic (for forwarding). For a state made for a node
+    /// ([`ClusterState::for_node`]), that node appears in shared groups only.
     pub fn routes(&self) -> &SubscriptionIndex<NodeId> {
         &self.route_index
     }
@@ -335,6 +364,7 @@ impl ClusterState {
                         .entry(filter.clone())
                         .or_default()
                         .insert(*node)
+                        && indexed(self.local, &f, *node)
                     {
                         self.route_index.subscribe(&f, *node, route_subscription());
                     }
@@ -531,13 +561,21 @@ impl ClusterState {
         };
         if nodes.remove(&node) {
             if let Ok(f) = TopicFilter::new(filter, &wide_limits()) {
-                self.route_index.unsubscribe(&f, &node);
+                if indexed(self.local, &f, node) {
+                    self.route_index.unsubscribe(&f, &node);
+                }
             }
         }
         if nodes.is_empty() {
             self.data.routes.remove(filter);
         }
     }
+}
+
+/// Whether `node`'s route for `filter` goes into the route index of the state made for
+/// `local`: every route but `local`'s own direct (non-shared) ones.
+fn indexed(local: Option<NodeId>, filter: &TopicFilter, node: NodeId) -> bool {
+    local != Some(node) || filter.share_group().is_some()
 }
 
 /// Routes carry no per-subscriber options: the receiving node applies its own subscriptions'.
@@ -604,6 +642,35 @@ mod tests {
             (vec![2], vec![("$share/g/a/b".to_owned(), vec![2])])
         );
         assert!(!s.snapshot().routes.contains_key("a/+"));
+    }
+
+    #[test]
+    fn a_nodes_own_direct_routes_are_kept_but_not_indexed() {
+        let mut s = ClusterState::for_node(NodeId::new(1));
+        s.apply(&routes(1, &["a/+", "$share/g/a/b"], &[]));
+        s.apply(&routes(2, &["a/#", "$share/g/a/b"], &[]));
+        // Node 1's direct route is replicated (its peers forward to it) but not indexed here;
+        // its shared group membership is, for the round robin.
+        assert!(s.snapshot().routes["a/+"].contains(&NodeId::new(1)));
+        assert_eq!(
+            nodes_for(&s, "a/b"),
+            (vec![2], vec![("$share/g/a/b".to_owned(), vec![1, 2])])
+        );
+        // Restored from a snapshot for node 1: the same; for node 2: node 1's route indexed.
+        let for_1 = ClusterState::from_snapshot_for(s.snapshot().clone(), NodeId::new(1));
+        assert_eq!(nodes_for(&for_1, "a/b"), nodes_for(&s, "a/b"));
+        let for_2 = ClusterState::from_snapshot_for(s.snapshot().clone(), NodeId::new(2));
+        assert_eq!(
+            nodes_for(&for_2, "a/b"),
+            (vec![1], vec![("$share/g/a/b".to_owned(), vec![1, 2])])
+        );
+        // Removing it (and the group) leaves nothing of node 1 behind.
+        s.apply(&routes(1, &[], &["a/+", "$share/g/a/b"]));
+        assert!(!s.snapshot().routes.contains_key("a/+"));
+        assert_eq!(
+            nodes_for(&s, "a/b"),
+            (vec![2], vec![("$share/g/a/b".to_owned(), vec![2])])
+        );
     }
 
     #[test]

@@ -149,6 +149,7 @@ struct Db {
 /// committed log after it when the `Raft` starts.
 pub async fn open(
     data_dir: &Path,
+    local: NodeId,
     hooks: Arc<dyn StateHooks>,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
     let path = data_dir.join(FILE_NAME);
@@ -163,13 +164,13 @@ pub async fn open(
 
     let (state, applied) = match snapshot {
         Some(file) => (
-            ClusterState::from_snapshot(file.state),
+            ClusterState::from_snapshot_for(file.state, local),
             Applied {
                 last_applied: file.last_applied,
                 last_membership: file.last_membership,
             },
         ),
-        None => (ClusterState::new(), Applied::default()),
+        None => (ClusterState::for_node(local), Applied::default()),
     };
     tracing::info!(
         path = %db.path.display(),
@@ -183,6 +184,7 @@ pub async fn open(
             state: Arc::new(RwLock::new(state)),
             applied: Mutex::new(applied),
             hooks,
+            local,
             snapshot_seq: AtomicU64::new(0),
         }),
     };
@@ -472,6 +474,9 @@ struct SmInner {
     /// holding `state` sees an `Applied` that matches it.
     applied: Mutex<Applied>,
     hooks: Arc<dyn StateHooks>,
+    /// This node: the state it keeps leaves its own direct routes out of the route index
+    /// ([`ClusterState::for_node`]).
+    local: NodeId,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: AtomicU64,
 }

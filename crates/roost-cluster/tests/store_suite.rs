@@ -48,7 +48,7 @@ struct TempStore;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for TempStore {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let (log, sm) = open(dir.path(), Arc::new(Recorder::default()))
+        let (log, sm) = open(dir.path(), local(), Arc::new(Recorder::default()))
             .await
             .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok((dir, log, sm))
@@ -123,9 +123,16 @@ fn routes(node: u64, add: &[&str]) -> Command {
     }
 }
 
+/// The node these stores belong to: one that holds none of the routes below, so their route
+/// index holds every route (a node leaves its own direct routes out of it; the state's unit
+/// tests cover that).
+fn local() -> NodeId {
+    NodeId::new(9)
+}
+
 async fn open_in(dir: &Path) -> (LogStore, StateMachineStore, Arc<Recorder>) {
     let hooks = Arc::new(Recorder::default());
-    let (log, sm) = open(dir, hooks.clone()).await.unwrap();
+    let (log, sm) = open(dir, local(), hooks.clone()).await.unwrap();
     (log, sm, hooks)
 }
 
@@ -469,7 +476,7 @@ async fn single_node_raft_restarts_from_snapshot_and_log() {
     // Give the spawned snapshot task a moment to drop its handle on the file.
     let mut reopened = None;
     for _ in 0..50 {
-        match open(dir.path(), Arc::new(Recorder::default())).await {
+        match open(dir.path(), local(), Arc::new(Recorder::default())).await {
             Ok(stores) => {
                 reopened = Some(stores);
                 break;
@@ -508,7 +515,7 @@ async fn garbage_file_is_an_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raft.redb");
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-    let err = open(dir.path(), Arc::new(Recorder::default()))
+    let err = open(dir.path(), local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();
@@ -533,7 +540,7 @@ async fn truncated_file_is_an_error_naming_the_path() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(len / 3).unwrap();
     drop(file);
-    let err = open(dir.path(), Arc::new(Recorder::default()))
+    let err = open(dir.path(), local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();
@@ -558,7 +565,7 @@ async fn undecodable_snapshot_is_an_error_naming_the_path() {
     }
     let path = dir.path().join("raft.redb");
     overwrite(&path, "snapshot", "data");
-    let err = open(dir.path(), Arc::new(Recorder::default()))
+    let err = open(dir.path(), local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();
@@ -599,7 +606,7 @@ async fn undecodable_vote_is_an_error_naming_the_path() {
     }
     let path = dir.path().join("raft.redb");
     overwrite(&path, "meta", "vote");
-    let err = open(dir.path(), Arc::new(Recorder::default()))
+    let err = open(dir.path(), local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();
@@ -651,7 +658,7 @@ async fn data_dir_that_is_a_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"x").unwrap();
-    let err = open(&not_a_dir, Arc::new(Recorder::default()))
+    let err = open(&not_a_dir, local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();
@@ -665,7 +672,7 @@ async fn data_dir_that_is_a_file_is_an_error_naming_it() {
 async fn second_open_of_the_same_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, _sm, _) = open_in(dir.path()).await;
-    let err = open(dir.path(), Arc::new(Recorder::default()))
+    let err = open(dir.path(), local(), Arc::new(Recorder::default()))
         .await
         .err()
         .unwrap();

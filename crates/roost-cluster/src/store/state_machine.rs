@@ -171,7 +171,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .map_err(err_snapshot(Some(&meta), ErrorVerb::Read))?;
                 // Durable first: if this fails, the in-memory state is left as it was.
                 write_snapshot(&inner.db, &meta, &data)?;
-                let new_state = ClusterState::from_snapshot(file.state);
+                let new_state = ClusterState::from_snapshot_for(file.state, inner.local);
                 // Only this worker changes the state, so the copy taken here is still current
                 // when it is replaced: the comparison runs outside the write lock.
                 let old = inner.state.read().snapshot().clone();
