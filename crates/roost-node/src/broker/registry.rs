@@ -218,22 +218,7 @@ impl Broker {
         let disconnected_at = conn.is_none().then(WallMs::now);
         SessionRef::new(
             client_id.clone(),
-            SessionState {
-                registered_expiry: session.expiry_interval(),
-                session,
-                conn,
-                epoch: 1,
-                last_attach_clean: clean,
-                ended: false,
-                disconnected_at,
-                generation,
-                moved: None,
-                fenced: None,
-                recent: None,
-                receive: None,
-                who: None,
-                principal_known: false,
-            },
+            SessionState::new(session, conn, clean, disconnected_at, generation),
         )
     }
 
@@ -560,7 +545,7 @@ impl Broker {
                     ended = Some(stale);
                 }
                 new_subscriptions = image.subscriptions.clone();
-                st.recent = Some(Box::new(RecentIds::new(recent_until, image_ids(&image))));
+                st.set_recent(RecentIds::new(recent_until, image_ids(&image)));
                 st.session =
                     Session::import(client_id.as_arc().clone(), self.limits.clone(), image);
                 true
@@ -618,7 +603,7 @@ impl Broker {
         let id = client_id.as_arc().clone();
         let recent = imported
             .as_ref()
-            .map(|i| Box::new(RecentIds::new(recent_until, image_ids(i))));
+            .map(|i| RecentIds::new(recent_until, image_ids(i)));
         let mut session = match imported {
             Some(image) => Session::import(id, self.limits.clone(), image),
             None => Session::new(id, self.limits.clone()),
@@ -626,7 +611,9 @@ impl Broker {
         // A fresh or imported session holds no will and nothing a clean start would end.
         let _ = session.attach(n, now);
         let entry = self.new_entry(client_id, session, Some(conn), clean_start, generation);
-        entry.lock().recent = recent;
+        if let Some(recent) = recent {
+            entry.lock().set_recent(recent);
+        }
         sessions.insert(client_id.clone(), entry.clone());
         drop(sessions);
         self.place_waiting(client_id);
@@ -719,7 +706,7 @@ impl Broker {
             node: requester,
             generation,
         };
-        st.moved = Some(moved);
+        st.set_moved(moved);
         drop(st);
         drop(sessions);
         let handed = SessionTransfer {
@@ -1043,10 +1030,7 @@ impl Broker {
             return;
         };
         let now = crate::now();
-        let recent = Box::new(RecentIds::new(
-            now + self.recent_window(),
-            image_ids(&t.image),
-        ));
+        let recent = RecentIds::new(now + self.recent_window(), image_ids(&t.image));
         let subscriptions = t.image.subscriptions.clone();
         let mut session = Session::import(client_id.as_arc().clone(), self.limits.clone(), t.image);
         session.set_expiry_interval(t.expiry_interval);
@@ -1056,7 +1040,7 @@ impl Broker {
         let detached = session.park(now, t.pending_will);
         let next = session.poll_timeout();
         let entry = self.new_entry(client_id, session, None, false, Some(generation));
-        entry.lock().recent = Some(recent);
+        entry.lock().set_recent(recent);
         {
             let mut sessions = self.sessions.lock();
             if sessions.contains_key(client_id) {
@@ -1105,7 +1089,7 @@ impl Broker {
         self.retire(&mut sessions, s, &mut st, false);
         drop(st);
         drop(sessions);
-        s.changed().notify_waiters();
+        s.notify_changed();
         self.after_end(s, ended, None);
     }
 
@@ -1148,7 +1132,7 @@ impl Broker {
         }
         // Publishers waiting for this session to drain, and a hand-over waiting for the
         // connection to go, stop waiting: it is offline now.
-        s.changed().notify_waiters();
+        s.notify_changed();
         st.disconnected_at = Some(WallMs::now());
         let epoch = st.epoch;
         let detached = st.session.detach(now, will.map(|w| *w));
