@@ -49,7 +49,7 @@
 //! the socket becomes readable and released when it has been drained; the write buffer is
 //! released after each flush if it grew beyond a few KiB.
 
-use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, PeerWait, SessionRef};
+use crate::broker::{Attached, Broker, ConnCtl, ConnInfo, Origin, PeerWait, SessionRef, WallMs};
 use bytes::BytesMut;
 use roost_codec::{encode, Connect, Decoder, LastWill, Packet, Protocol, ReasonCode};
 use roost_core::connect::{connect_error_reply, negotiate, within_maximum_packet_size, Negotiated};
@@ -856,11 +856,12 @@ impl<S: ByteStream> Conn<S> {
         let ctl = Arc::new(ConnCtl::new(
             conn_id,
             ConnInfo {
-                peer: self.peer,
+                peer_ip: self.peer.ip(),
+                peer_port: self.peer.port(),
                 protocol: n.protocol,
                 variant: n.params.variant,
                 keep_alive: n.keep_alive,
-                connected_at: SystemTime::now(),
+                connected_at: WallMs::now(),
                 who,
                 auth: identity.method,
                 listener: Arc::clone(&self.via.listener),

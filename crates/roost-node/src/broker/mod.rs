@@ -44,7 +44,7 @@ pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
 pub(crate) use routing::{PassOn, PeerWait, RemoteSend};
-pub(crate) use session::{ConnCtl, ConnInfo, Kick, SessionRef};
+pub(crate) use session::{ConnCtl, ConnInfo, Kick, SessionRef, WallMs};
 
 use crate::config::{Config, QueueDrop};
 use crate::metrics::Metrics;

@@ -26,7 +26,7 @@ use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 use tokio::sync::Notify;
@@ -39,7 +39,9 @@ pub(crate) struct ConnCtl {
     /// Woken when the session's outbox has something to send or `kick` was set.
     pub(crate) wake: Notify,
     /// Set once to make the driver send DISCONNECT (this reason, and where to go) and close.
-    kick: Mutex<Option<Kick>>,
+    /// Boxed: rare, and 16 bytes inline instead of 32 (with `ConnInfo`'s compact peer, the
+    /// control block's `Arc` fits mimalloc's 128 B class; issue 10).
+    kick: Mutex<Option<Box<Kick>>>,
     pub(crate) info: ConnInfo,
 }
 
@@ -89,7 +91,7 @@ impl ConnCtl {
     pub(crate) fn kick(&self, kick: impl Into<Kick>) {
         let mut k = self.kick.lock();
         if k.is_none() {
-            *k = Some(kick.into());
+            *k = Some(Box::new(kick.into()));
         }
         drop(k);
         self.wake.notify_one();
@@ -97,19 +99,22 @@ impl ConnCtl {
 
     /// Why the connection was told to leave, if it was.
     pub(crate) fn take_kick(&self) -> Option<Kick> {
-        self.kick.lock().take()
+        self.kick.lock().take().map(|k| *k)
     }
 }
 
 /// What the admin API shows about a connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
-    pub(crate) peer: SocketAddr,
+    /// The client's address, kept as address and port ([`ConnInfo::peer`]): 24 bytes less
+    /// than a `SocketAddr`, whose IPv6 flow and scope fields nothing here shows.
+    pub(crate) peer_ip: IpAddr,
+    pub(crate) peer_port: u16,
     pub(crate) protocol: Protocol,
     /// MQTT 3.1, or a bridge.
     pub(crate) variant: roost_codec::ConnectVariant,
     pub(crate) keep_alive: u16,
-    pub(crate) connected_at: SystemTime,
+    pub(crate) connected_at: WallMs,
     /// The authenticated user name (a certificate's identity on listeners that use it) and
     /// the certificate: shared with the session, `None` when there is neither.
     pub(crate) who: Option<Arc<crate::policy::Who>>,
@@ -120,6 +125,11 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
+    }
+
     /// The authenticated user name, if any.
     pub(crate) fn username(&self) -> Option<&str> {
         self.who.as_deref().and_then(|w| w.username.as_deref())
@@ -643,7 +653,7 @@ impl SessionRef {
 
 #[cfg(test)]
 mod tests {
-    use super::{Moved, RecentIds, SessionEntry, SessionState, WallMs};
+    use super::{ConnCtl, Moved, RecentIds, SessionEntry, SessionState, WallMs};
     use roost_cluster::types::NodeId;
     use roost_core::session::{Session, SessionLimits};
     use std::time::{Duration, Instant, SystemTime};
@@ -656,6 +666,14 @@ mod tests {
     fn the_session_record_fits_the_384_byte_class() {
         let size = std::mem::size_of::<SessionEntry>() + 16;
         assert!(size <= 384, "Arc<SessionEntry> is {size} B");
+    }
+
+    /// The same for a connection's control block: mimalloc's 128 B class.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn the_connection_control_block_fits_the_128_byte_class() {
+        let size = std::mem::size_of::<ConnCtl>() + 16;
+        assert!(size <= 128, "Arc<ConnCtl> is {size} B");
     }
 
     fn state() -> SessionState {
