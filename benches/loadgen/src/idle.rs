@@ -492,18 +492,30 @@ mod tests {
     use super::*;
     use roost_testkit::TestNode;
 
+    /// `connections` connections, all handshakes at once, no subscription, no hold; a test
+    /// changes what it is about with struct-update syntax.
+    fn idle_args(connections: usize) -> IdleArgs {
+        IdleArgs {
+            common: Common::for_tests(),
+            connections,
+            subscribe: false,
+            hold_secs: 0,
+            concurrency: connections,
+            keep_alive_secs: 30,
+            connect_rate: 0.0,
+            marginal: false,
+        }
+    }
+
     #[tokio::test]
     async fn opens_holds_and_closes_connections() -> Result<()> {
         let node = TestNode::start().await?;
         let args = IdleArgs {
-            common: Common::for_tests(),
-            connections: 50,
             subscribe: true,
             hold_secs: 1,
             concurrency: 8,
             keep_alive_secs: 2,
-            connect_rate: 0.0,
-            marginal: false,
+            ..idle_args(50)
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!(report.connected, 50);
@@ -521,13 +533,11 @@ mod tests {
         common.transport = node.args(kind);
         let args = IdleArgs {
             common,
-            connections: 10,
             subscribe: true,
             hold_secs: 1,
             concurrency: 4,
             keep_alive_secs: 2,
-            connect_rate: 0.0,
-            marginal: false,
+            ..idle_args(10)
         };
         let report = run(&args, node.addr(kind)).await?;
         assert_eq!((report.connected, report.failed), (10, 0));
@@ -543,13 +553,8 @@ mod tests {
         common.transport.transport = TransportKind::Quic;
         let args = IdleArgs {
             common,
-            connections: MAX_QUIC_CONNECTIONS + 1,
-            subscribe: false,
-            hold_secs: 0,
             concurrency: 1,
-            keep_alive_secs: 30,
-            connect_rate: 0.0,
-            marginal: false,
+            ..idle_args(MAX_QUIC_CONNECTIONS + 1)
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         let e = run(&args, addr).await.expect_err("refused");
@@ -561,14 +566,8 @@ mod tests {
     async fn a_connect_rate_paces_the_ramp_and_a_bad_one_is_refused() -> Result<()> {
         let node = TestNode::start().await?;
         let mut args = IdleArgs {
-            common: Common::for_tests(),
-            connections: 20,
-            subscribe: false,
-            hold_secs: 0,
-            concurrency: 20,
-            keep_alive_secs: 30,
             connect_rate: 40.0,
-            marginal: false,
+            ..idle_args(20)
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!((report.connected, report.failed), (20, 0));
@@ -592,13 +591,7 @@ mod tests {
         common.broker_pid = Some(std::process::id());
         let args = IdleArgs {
             common,
-            connections: 5,
-            subscribe: false,
-            hold_secs: 0,
-            concurrency: 5,
-            keep_alive_secs: 30,
-            connect_rate: 0.0,
-            marginal: false,
+            ..idle_args(5)
         };
         let report = run(&args, node.addr()).await?;
         assert!(report.broker_kib_per_connection.is_some());
@@ -615,13 +608,9 @@ mod tests {
         common.broker_pid = Some(std::process::id());
         let mut args = IdleArgs {
             common,
-            connections: 7,
             subscribe: true,
-            hold_secs: 0,
-            concurrency: 7,
-            keep_alive_secs: 30,
-            connect_rate: 0.0,
             marginal: true,
+            ..idle_args(7)
         };
         let report = run(&args, node.addr()).await?;
         assert_eq!((report.connected, report.failed), (7, 0));
