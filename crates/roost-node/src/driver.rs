@@ -80,6 +80,9 @@ const KEEP_WBUF: usize = 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// The last flush before the socket closes (a DISCONNECT) gives up after this without progress.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first park check after the CONNACK (then doubling up to `mqtt.park_after_ms`): see
+/// `Conn::session_loop`.
+const FIRST_PARK_CHECK: Duration = Duration::from_millis(100);
 
 /// Why a flush stopped before the write buffer was empty.
 #[derive(Debug, Clone)]
@@ -560,10 +563,12 @@ impl<S: ByteStream> Conn<S> {
     /// it parks: passed by value, it would have a second slot in this future (and a third for
     /// a `while let` on the loop's result), each for the connection's whole life.
     async fn serve_session(&mut self, slot: &mut Option<Idle>) {
+        let mut first = true;
         loop {
-            if !Box::pin(self.active(slot)).await {
+            if !Box::pin(self.active(slot, first)).await {
                 return;
             }
+            first = false;
             let Some(idle) = slot.as_mut() else {
                 return;
             };
@@ -576,13 +581,13 @@ impl<S: ByteStream> Conn<S> {
 
     /// One active stretch: the session loop over the connection's state taken from `slot`,
     /// until it parks (`true`: its [`Idle`] back in `slot`, the buffers freed) or closes
-    /// (`false`: the goodbye said).
-    async fn active(&mut self, slot: &mut Option<Idle>) -> bool {
+    /// (`false`: the goodbye said). `first`: the stretch right after the CONNACK.
+    async fn active(&mut self, slot: &mut Option<Idle>, first: bool) -> bool {
         let Some(idle) = slot.take() else {
             return false;
         };
         let mut live = Live::from(idle);
-        match self.session_loop(&mut live).await {
+        match self.session_loop(&mut live, first).await {
             LoopEnd::Close(close) => {
                 self.finish(&mut live, close).await;
                 false
@@ -898,7 +903,13 @@ impl<S: ByteStream> Conn<S> {
     /// The active part of a connection (RFC 0011): reads, handles, delivers and writes until
     /// the connection closes, or parks once it had nothing to do for `mqtt.park_after_ms`
     /// (see [`Conn::parked`]). Its state lives in a box that exists only while it runs.
-    async fn session_loop(&mut self, st: &mut Live) -> LoopEnd {
+    ///
+    /// The `first` stretch, right after the CONNACK, checks sooner: most devices connect,
+    /// subscribe and then go quiet, and waiting the full `park_after` for each of them keeps
+    /// every connection of a reconnect storm active at once (at 10k connections/s and the
+    /// default second, 10-20k loops of about 1.9 KiB, whose memory stays resident after they
+    /// park: docs/performance.md, "Idle memory by connection count").
+    async fn session_loop(&mut self, st: &mut Live, first: bool) -> LoopEnd {
         // The keep-alive and credentials timer, one for the whole loop: its deadline is moved
         // with `reset` (a later deadline is an atomic update, no lock). A `Sleep` made inside the
         // `select!` joined the runtime's timer wheel when first polled and left it when dropped,
@@ -908,9 +919,19 @@ impl<S: ByteStream> Conn<S> {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         // Parking is checked on the same timer, once per `park_after` (no clock read per
         // event): the loop parks when the check finds no event since the one before and
-        // nothing pending, so between one and two `park_after` after the last event.
+        // nothing pending, so between one and two `park_after` after the last event. The first
+        // stretch starts at `FIRST_PARK_CHECK` and doubles its interval up to `park_after`, so
+        // a connection quiet after its handshake parks within a few hundred milliseconds,
+        // while one that keeps talking reaches the full interval after a few checks. Later
+        // stretches (woken by traffic) use `park_after` throughout: a device that talks every
+        // few hundred milliseconds does not park and wake on each message.
         let park_after = Duration::from_millis(self.broker.config.mqtt.park_after_ms);
-        let mut park_at = (!park_after.is_zero()).then(|| tokio::time::Instant::now() + park_after);
+        let mut park_every = if first {
+            park_after.min(FIRST_PARK_CHECK)
+        } else {
+            park_after
+        };
+        let mut park_at = (!park_after.is_zero()).then(|| tokio::time::Instant::now() + park_every);
         let mut active = false;
         loop {
             if let Err(close) = self.release_acks(st) {
@@ -1009,7 +1030,8 @@ impl<S: ByteStream> Conn<S> {
                             return LoopEnd::Park;
                         }
                         active = false;
-                        park_at = Some(now + park_after);
+                        park_every = (park_every * 2).min(park_after);
+                        park_at = Some(now + park_every);
                     }
                 }
             }

@@ -1144,6 +1144,35 @@ async fn a_parked_connection_is_woken_by_each_thing_it_waits_for() {
     }
 }
 
+/// The stretch right after the CONNACK parks sooner than `park_after_ms` (its checks start at
+/// 100 ms and double), so a reconnect storm's connections do not all stay active at once; a
+/// later stretch, woken by the client, waits the full `park_after_ms`.
+#[tokio::test]
+async fn a_connection_quiet_after_its_handshake_parks_early_and_later_waits_the_full_time() {
+    let node = TestNode::start_with(|c| c.mqtt.park_after_ms = 60_000)
+        .await
+        .unwrap();
+    for protocol in BOTH {
+        let (mut c, _) =
+            connect_persistent(node.addr(), protocol, &format!("early-{protocol:?}")).await;
+        c.subscribe(&format!("early/{protocol:?}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        // Well before the 60 s of `park_after_ms`.
+        wait_parked(&node, 1).await;
+        c.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(c.recv().await.unwrap(), Some(Packet::PingResp));
+        tokio::time::sleep(ms(1500)).await;
+        assert_eq!(
+            parked(&node).await,
+            0,
+            "{protocol:?}: woken, it waits the full time"
+        );
+        c.disconnect().await.unwrap();
+        wait_connections(&node, 0).await;
+    }
+}
+
 /// A parked connection still keeps its keep-alive: parked after `park_after_ms`, it is closed
 /// (v5: DISCONNECT 0x8D) at 1.5 x its keep-alive, no earlier, and its will goes out.
 #[tokio::test(start_paused = true)]

@@ -410,7 +410,9 @@ pub struct MqttConfig {
     /// waited for) before its task parks: it frees its read/write loop (about 650 B) and waits
     /// small, on the socket, its wake-up and its keep-alive only, until the next packet,
     /// delivery or kick (docs/rfcs/0011). A parked connection behaves exactly as an active
-    /// one; waking costs one allocation. 0: never park. Default 1000.
+    /// one; waking costs one allocation. Right after the CONNACK the first check comes after
+    /// 100 ms (or this, if less), doubling up to this: a client quiet after its handshake
+    /// parks within a few hundred milliseconds. 0: never park. Default 1000.
     pub park_after_ms: u64,
     /// Subscriptions one session may hold (each is indexed, routed and, for a persistent
     /// session, replicated). A SUBSCRIBE entry for a new filter beyond it gets 0x97 Quota
