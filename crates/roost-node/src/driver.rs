@@ -23,7 +23,7 @@
 //! task is generic over it, so plain TCP pays nothing for the others.
 //!
 //! Cancel safety: the `select!` arms are `ByteStream::readable` (cancel safe: readiness only, no
-//! data is taken), `Notify::notified` (a permit stored by `notify_one` is not lost when the
+//! data is taken), `Wake::notified` (a permit stored by `notify_one` is not lost when the
 //! future is dropped), awaiting the peers' answers by reference ([`PeerWait::answered`] keeps
 //! what it took), and the connection's one timer
 //! polled by reference (its deadline is moved with `Sleep::reset`; dropping the poll takes
@@ -300,7 +300,7 @@ impl<S: ByteStream> Conn<S> {
     /// sent next (a DISCONNECT) stays intact.
     ///
     /// Cancel safety: `try_write` is not awaited; the `select!` arms are readiness, a
-    /// `Notify` permit and a sleep, none of which takes data.
+    /// `Wake` permit and a sleep, none of which takes data.
     async fn flush_until(
         &mut self,
         ctl: Option<&ConnCtl>,
@@ -572,10 +572,15 @@ impl<S: ByteStream> Conn<S> {
             let Some(idle) = slot.as_mut() else {
                 return;
             };
-            if let Err(close) = self.parked(idle).await {
-                Box::pin(self.finish(idle, close)).await;
-                return;
-            }
+            // The goodbye's future is made in the `match` and awaited after it: awaited inside
+            // `if let Err(close) = self.parked(..).await`, the parked wait's result (48 B) kept
+            // a slot in this future for the connection's whole life.
+            let goodbye = match self.parked(idle).await {
+                Ok(()) => continue,
+                Err(close) => Box::pin(self.finish(idle, close)),
+            };
+            goodbye.await;
+            return;
         }
     }
 
@@ -634,21 +639,25 @@ impl<S: ByteStream> Conn<S> {
     /// keep-alive or credentials deadline. Any of them returns it to the active loop, which
     /// reads, delivers or checks the deadline as it would have. A kick is taken here (the
     /// wake-up that carried it is consumed): `Err` with its close. Nothing is lost across
-    /// the switch: readiness and a `Notify` permit stay until taken, and the loop's first
+    /// the switch: readiness and a `Wake` permit stay until taken, and the loop's first
     /// round encodes the outbox before it waits.
     /// (`&mut Idle`: `Idle` is `Send` but not `Sync`, and the task must be `Send`.)
+    ///
+    /// Size budget: with this wait the plain-TCP task's future is 528 B, 8 B under the 536 B
+    /// that keeps the task in mimalloc's 640 B class (768 B above it; issue 10). Check with
+    /// `-Zprint-type-sizes` (docs/performance.md) before adding anything here or to `Idle`.
     async fn parked(&mut self, st: &mut Idle) -> Result<(), Close> {
         let _parked = Parked::count(&self.broker.parked);
         // Polled by hand rather than with `select!`: 8 B smaller (measured), and this wait is
-        // what a parked task is made of.
-        let mut woken = std::pin::pin!(st.ctl.wake.notified());
+        // what a parked task is made of. The wake-up's wait is a reference (`Wake`).
+        let mut woken = st.ctl.wake.notified();
         let mut due = std::pin::pin!([st.deadline, st.credentials_expire]
             .into_iter()
             .flatten()
             .min()
             .map(tokio::time::sleep_until));
         std::future::poll_fn(|cx| {
-            if woken.as_mut().poll(cx).is_ready() {
+            if std::pin::Pin::new(&mut woken).poll(cx).is_ready() {
                 return Poll::Ready(match st.ctl.take_kick() {
                     Some(kick) => Err(kick.close()),
                     None => Ok(()),

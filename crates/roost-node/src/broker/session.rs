@@ -16,6 +16,7 @@
 //! Lock order: the registry map, then one session's `state`; never two sessions' states at
 //! once; no `.await` while a state lock is held (it is a `parking_lot` mutex).
 
+use atomic_waker::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use roost_cluster::types::NodeId;
 use roost_codec::{Protocol, QoS, ReasonCode};
@@ -25,9 +26,13 @@ use roost_core::session::{Drops, Session};
 use roost_core::topic::TopicFilter;
 use roost_core::ClientId;
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 use tokio::sync::Notify;
 
@@ -37,12 +42,82 @@ use tokio::sync::Notify;
 pub(crate) struct ConnCtl {
     pub(crate) id: u64,
     /// Woken when the session's outbox has something to send or `kick` was set.
-    pub(crate) wake: Notify,
+    pub(crate) wake: Wake,
     /// Set once to make the driver send DISCONNECT (this reason, and where to go) and close.
     /// Boxed: rare, and 16 bytes inline instead of 32 (with `ConnInfo`'s compact peer, the
     /// control block's `Arc` fits mimalloc's 128 B class; issue 10).
     kick: Mutex<Option<Box<Kick>>>,
     pub(crate) info: ConnInfo,
+}
+
+/// A connection's wake-up: one waiter (the connection's task), any number of notifiers. A
+/// notification made while the task is not waiting is kept (one permit, as
+/// `tokio::sync::Notify::notify_one`) until the task takes it.
+///
+/// Not `Notify`: waiting on a `Notify` takes a `Notified` future (64 B) in the waiter's state,
+/// and a parked connection's task is made of that state (issue 10: this took the task one
+/// mimalloc class down). Here the wait ([`WakeWait`]) is a reference; the registered waker
+/// lives in the control block (the same 32 B as a `Notify`). Waiting costs a waker
+/// registration instead of a waiter queued under the `Notify`'s lock. As with `Notify`, a
+/// waiter is registered only while its wait exists: dropping the wait takes the waker back,
+/// so a notification made while the task runs leaves a permit and wakes nothing (no extra
+/// poll), and a closed connection's control block holds no waker of its task.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    permit: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    /// Wakes the task, or leaves a permit for its next wait. A permit already there was
+    /// left by a notifier that wakes the task itself (or the task is running and takes it on
+    /// its next wait), so only the notifier that set it wakes: in a fan-in, the many
+    /// deliveries to one busy subscriber cost one atomic swap each.
+    pub(crate) fn notify_one(&self) {
+        if !self.permit.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Takes the permit if there is one; otherwise registers the task's waker. Cancel safe:
+    /// nothing is taken unless `Ready` is returned.
+    pub(crate) fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.permit.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notification between the check and the registration woke the old waker (or
+        // none): look again now that this one is registered.
+        if self.permit.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for a notification (see [`Wake::poll_notified`]); the future holds only `&self`.
+    pub(crate) fn notified(&self) -> WakeWait<'_> {
+        WakeWait(self)
+    }
+}
+
+/// A wait for a [`Wake`]: ready once it takes the permit; dropped, it unregisters its waker.
+/// Cancel safe: dropping it takes no permit.
+#[derive(Debug)]
+pub(crate) struct WakeWait<'a>(&'a Wake);
+
+impl Future for WakeWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll_notified(cx)
+    }
+}
+
+impl Drop for WakeWait<'_> {
+    fn drop(&mut self) {
+        drop(self.0.waker.take());
+    }
 }
 
 /// Why the broker tells a connection to leave (see [`ConnCtl::kick`]).
@@ -80,7 +155,7 @@ impl ConnCtl {
     pub(crate) fn new(id: u64, info: ConnInfo) -> ConnCtl {
         ConnCtl {
             id,
-            wake: Notify::new(),
+            wake: Wake::default(),
             kick: Mutex::new(None),
             info,
         }
@@ -653,9 +728,12 @@ impl SessionRef {
 
 #[cfg(test)]
 mod tests {
-    use super::{ConnCtl, Moved, RecentIds, SessionEntry, SessionState, WallMs};
+    use super::{ConnCtl, Moved, RecentIds, SessionEntry, SessionState, Wake, WallMs};
     use roost_cluster::types::NodeId;
     use roost_core::session::{Session, SessionLimits};
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
     use std::time::{Duration, Instant, SystemTime};
 
     /// The record is held once per session, online or not, so its mimalloc size class is
@@ -674,6 +752,85 @@ mod tests {
     fn the_connection_control_block_fits_the_128_byte_class() {
         let size = std::mem::size_of::<ConnCtl>() + 16;
         assert!(size <= 128, "Arc<ConnCtl> is {size} B");
+    }
+
+    /// A notification made while nobody waits is kept as one permit (several collapse into
+    /// it), taken by the next wait; a wait that is dropped unfinished takes nothing.
+    #[test]
+    fn a_wake_keeps_one_permit_until_taken_and_a_dropped_wait_takes_nothing() {
+        let wake = Wake::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(wake.poll_notified(&mut cx), Poll::Pending);
+        wake.notify_one();
+        wake.notify_one();
+        assert_eq!(wake.poll_notified(&mut cx), Poll::Ready(()));
+        assert_eq!(
+            wake.poll_notified(&mut cx),
+            Poll::Pending,
+            "one permit, not two"
+        );
+        // Polled once and dropped (a `select!` arm that lost), then notified: the permit waits
+        // for the next wait.
+        {
+            let mut wait = std::pin::pin!(wake.notified());
+            assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        }
+        wake.notify_one();
+        let mut wait = std::pin::pin!(wake.notified());
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    /// A dropped wait unregisters its waker: a notification afterwards leaves the permit and
+    /// wakes nobody (the task is running, or gone), as a dropped `Notified` would.
+    #[test]
+    fn a_dropped_wait_leaves_no_waker_behind() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let wake = Wake::default();
+        {
+            let mut wait = std::pin::pin!(wake.notified());
+            assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        }
+        wake.notify_one();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(Arc::strong_count(&count), 2, "only `waker` holds it");
+        // Still registered while the wait exists: woken once, then it takes the permit.
+        let mut wait = std::pin::pin!(wake.notified());
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        wake.notify_one();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A task waiting on the wake-up is woken by a notification from another thread, each time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_task_is_woken_from_another_thread() {
+        let wake = Arc::new(Wake::default());
+        for _ in 0..1000 {
+            let waiter = tokio::spawn({
+                let wake = Arc::clone(&wake);
+                async move { wake.notified().await }
+            });
+            tokio::task::yield_now().await;
+            wake.notify_one();
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("woken")
+                .expect("task");
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            wake.poll_notified(&mut cx),
+            Poll::Pending,
+            "every permit was taken"
+        );
     }
 
     fn state() -> SessionState {
