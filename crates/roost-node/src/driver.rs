@@ -916,8 +916,9 @@ impl<S: ByteStream> Conn<S> {
     /// The `first` stretch, right after the CONNACK, checks sooner: most devices connect,
     /// subscribe and then go quiet, and waiting the full `park_after` for each of them keeps
     /// every connection of a reconnect storm active at once (at 10k connections/s and the
-    /// default second, 10-20k loops of about 1.9 KiB, whose memory stays resident after they
-    /// park: docs/performance.md, "Idle memory by connection count").
+    /// default second, 10-20k loops of about 1.9 KiB). Parking them sooner lowers the storm's
+    /// peak RSS; the settled figure does not move, since mimalloc 2 returns what they free
+    /// (docs/performance.md, "By count and by ramp").
     async fn session_loop(&mut self, st: &mut Live, first: bool) -> LoopEnd {
         // The keep-alive and credentials timer, one for the whole loop: its deadline is moved
         // with `reset` (a later deadline is an atomic update, no lock). A `Sleep` made inside the
