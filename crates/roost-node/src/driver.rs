@@ -587,22 +587,30 @@ impl<S: ByteStream> Conn<S> {
     /// One active stretch: the session loop over the connection's state taken from `slot`,
     /// until it parks (`true`: its [`Idle`] back in `slot`, the buffers freed) or closes
     /// (`false`: the goodbye said). `first`: the stretch right after the CONNACK.
+    ///
+    /// This future is the active loop's box (736 B, mimalloc's 768 B class). The goodbye is
+    /// made in the `match` and awaited boxed after it, so neither it (544 B) nor the loop's
+    /// end (48 B) has a place beside the session loop: at 848 B the box shared the 896 B
+    /// class with the replicated route table's B-tree nodes, and the boxes a connect storm
+    /// freed left that class's pages half empty, held by the nodes (about 105 B per
+    /// connection at 19,000; benches/results/2026-12-03-active-box-class.md). Check the size
+    /// with `-Zprint-type-sizes` (docs/performance.md) before adding state that lives across
+    /// the session loop's await.
     async fn active(&mut self, slot: &mut Option<Idle>, first: bool) -> bool {
         let Some(idle) = slot.take() else {
             return false;
         };
         let mut live = Live::from(idle);
-        match self.session_loop(&mut live, first).await {
-            LoopEnd::Close(close) => {
-                self.finish(&mut live, close).await;
-                false
-            }
+        let goodbye = match self.session_loop(&mut live, first).await {
+            LoopEnd::Close(close) => Box::pin(self.finish(&mut live, close)),
             LoopEnd::Park => {
                 self.release_buffers(&mut live);
                 *slot = Some(live.base);
-                true
+                return true;
             }
-        }
+        };
+        goodbye.await;
+        false
     }
 
     /// Whether the connection holds nothing in flight: no bytes read and not handled, none
