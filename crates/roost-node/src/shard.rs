@@ -133,7 +133,10 @@ impl Shards {
             let (on_park, on_unpark) = (Arc::clone(&parked), Arc::clone(&parked));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .on_thread_park(move || on_park.store(true, Ordering::Release))
+                .on_thread_park(move || {
+                    on_park.store(true, Ordering::Release);
+                    roost_alloc::on_thread_park();
+                })
                 .on_thread_unpark(move || on_unpark.store(false, Ordering::Release))
                 .build()?;
             let handle = runtime.handle().clone();

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 /// mimalloc 2 (the workspace's `v2` feature), not 3: about 0.3 KiB less RSS per idle
 /// connection and no throughput or latency row worse (benches/results/2026-12-03-mimalloc2-and-first-park.md).
+/// Its housekeeping (idle threads give freed pages back): the roost-alloc crate, RFC 0012.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -199,8 +200,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     if !config.node.transparent_huge_pages {
         disable_transparent_huge_pages();
     }
+    if config.node.release_freed_memory {
+        roost_alloc::release_freed_memory();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(roost_alloc::on_thread_park)
         .build()
     {
         Ok(r) => r,
