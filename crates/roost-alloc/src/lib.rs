@@ -4,8 +4,8 @@
 //! only when the thread that owns the page calls into the allocator again after that: it has
 //! no background thread. A runtime worker that goes idle after a burst (a connect storm that
 //! then parks, a fan-out that ends) makes no further call, so what the burst freed stayed
-//! resident until traffic returned: about 130-200 B per connection at 19,000 idle
-//! connections (benches/results/2026-12-03-idle-housekeeping.md). So:
+//! resident until traffic returned: about 0.2 KiB per connection at 19,000 idle connections
+//! (benches/results/2026-12-03-idle-housekeeping.md). So:
 //!
 //! - [`release_freed_memory`], once at start (`node.release_freed_memory`, on by default):
 //!   freed pages are given back at once (`purge_delay = 0`) unless the operator set
@@ -47,9 +47,10 @@ pub fn release_freed_memory() {
     COLLECT_ON_PARK.store(true, Ordering::Relaxed);
     if let Some(delay) = purge_delay(std::env::var_os(PURGE_DELAY_ENV).as_deref()) {
         #[allow(unsafe_code)]
-        // SAFETY: `mi_option_set` takes an option index and a value, no pointers; mimalloc
-        // reads this option at each purge decision, so setting it while threads allocate is
-        // allowed (mimalloc.h documents options as settable at any time).
+        // SAFETY: `mi_option_set` takes an option index and a value, no pointers: it stores
+        // a `long` that mimalloc reads at each purge decision. Called once at start, before
+        // the runtime's threads exist; a thread started earlier sees the new delay at its
+        // next purge decision or, at worst, purges 10 ms later as it would have anyway.
         unsafe {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay);
         }
@@ -79,7 +80,8 @@ pub fn on_thread_park() {
     if LAST_COLLECT.with(|last| due(last, now)) {
         #[allow(unsafe_code)]
         // SAFETY: `mi_collect(false)` collects the calling thread's own heap (no pointers
-        // passed); it is what mimalloc itself runs periodically from its allocation path.
+        // passed); mimalloc itself runs the same collection from its allocation path, every
+        // 10,000 slow-path allocations (`mi_option_generic_collect`).
         unsafe {
             libmimalloc_sys::mi_collect(false);
         }
