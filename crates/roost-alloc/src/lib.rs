@@ -34,7 +34,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 
 /// How often a thread collects its heap at most.
-pub const COLLECT_EVERY: Duration = Duration::from_secs(1);
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether [`on_thread_park`] collects: set by [`release_freed_memory`].
 static COLLECT_ON_PARK: AtomicBool = AtomicBool::new(false);
