@@ -39,8 +39,9 @@
 //!
 //! Parked (RFC 0011): a connection with nothing in flight and no event for
 //! `mqtt.park_after_ms` leaves the loop above, whose state is boxed, and waits small
-//! ([`Conn::parked`]) on the socket, its wake-up and its keep-alive deadline only. Any of them
-//! starts the loop again; the client sees no difference. While parked the task holds `Conn`,
+//! ([`ParkedWait`]) on the socket and its wake-up only: its keep-alive deadline is armed in
+//! the node's deadlines table (RFC 0013), which notifies the wake-up when it comes. Any of
+//! them starts the loop again; the client sees no difference. While parked the task holds `Conn`,
 //! `Idle` (the session, its control block, keep-alive and policy state) and that wait, not the
 //! loop's `select!` state nor `Live`'s queues; the write buffer and the session's outbox
 //! buffer are freed when it parks.
@@ -64,9 +65,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info};
 
@@ -218,9 +220,13 @@ pub(crate) fn serve<S: ByteStream>(
             tokio::runtime::RuntimeFlavor::CurrentThread
         );
         let timeout = Duration::from_secs(conn.broker.config.mqtt.connect_timeout_secs);
-        // Boxed, as everything before and after the session loop is (see below).
-        let read = Box::pin(conn.read_connect(&mut pending));
-        let connect = match tokio::time::timeout(timeout, read).await {
+        // Boxed with its timer, as everything before and after the session loop is (see
+        // below): the timer inline (120 B) made this wait the future's largest state.
+        let read = Box::pin(tokio::time::timeout(
+            timeout,
+            conn.read_connect(&mut pending),
+        ));
+        let connect = match read.await {
             Ok(Ok(c)) => c,
             Ok(Err(why)) => {
                 crate::metrics::disconnected(why);
@@ -572,16 +578,39 @@ impl<S: ByteStream> Conn<S> {
             let Some(idle) = slot.as_mut() else {
                 return;
             };
+            if !self.arm_deadline(idle) {
+                // Due already: the active loop closes it (or finds it moved).
+                continue;
+            }
             // The goodbye's future is made in the `match` and awaited after it: awaited inside
-            // `if let Err(close) = self.parked(..).await`, the parked wait's result (48 B) kept
-            // a slot in this future for the connection's whole life.
-            let goodbye = match self.parked(idle).await {
+            // `if let Err(close) = ParkedWait::new(..).await`, the wait's result (48 B) kept a
+            // slot in this future for the connection's whole life.
+            let goodbye = match ParkedWait::new(self, idle).await {
                 Ok(()) => continue,
                 Err(close) => Box::pin(self.finish(idle, close)),
             };
             goodbye.await;
             return;
         }
+    }
+
+    /// Arms the parked connection's deadline (its keep-alive or credentials, whichever is
+    /// first) in the node's deadlines table (RFC 0013); false when it is due already.
+    fn arm_deadline(&self, st: &mut Idle) -> bool {
+        let Some(at) = [st.deadline, st.credentials_expire]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            // No keep-alive and no expiry: nothing to wake it for. An entry still pending
+            // (for a deadline since gone) wakes it once, and it waits again.
+            return true;
+        };
+        if at <= tokio::time::Instant::now() {
+            return false;
+        }
+        self.broker.deadlines.arm(&st.ctl, at, &mut st.armed);
+        true
     }
 
     /// One active stretch: the session loop over the connection's state taken from `slot`,
@@ -640,46 +669,6 @@ impl<S: ByteStream> Conn<S> {
             self.wbuf = BytesMut::new();
         }
         st.session.with(|s| s.release_outbox_buffer());
-    }
-
-    /// A parked connection (RFC 0011) waits on three things only: the socket becoming
-    /// readable, its [`ConnCtl::wake`] (a delivery in the outbox, or a kick) and its
-    /// keep-alive or credentials deadline. Any of them returns it to the active loop, which
-    /// reads, delivers or checks the deadline as it would have. A kick is taken here (the
-    /// wake-up that carried it is consumed): `Err` with its close. Nothing is lost across
-    /// the switch: readiness and a `Wake` permit stay until taken, and the loop's first
-    /// round encodes the outbox before it waits.
-    /// (`&mut Idle`: `Idle` is `Send` but not `Sync`, and the task must be `Send`.)
-    ///
-    /// Size budget: with this wait the plain-TCP task's future is 528 B, 8 B under the 536 B
-    /// that keeps the task in mimalloc's 640 B class (768 B above it; issue 10). Check with
-    /// `-Zprint-type-sizes` (docs/performance.md) before adding anything here or to `Idle`.
-    async fn parked(&mut self, st: &mut Idle) -> Result<(), Close> {
-        let _parked = Parked::count(&self.broker.parked);
-        // Polled by hand rather than with `select!`: 8 B smaller (measured), and this wait is
-        // what a parked task is made of. The wake-up's wait is a reference (`Wake`).
-        let mut woken = st.ctl.wake.notified();
-        let mut due = std::pin::pin!([st.deadline, st.credentials_expire]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(tokio::time::sleep_until));
-        std::future::poll_fn(|cx| {
-            if std::pin::Pin::new(&mut woken).poll(cx).is_ready() {
-                return Poll::Ready(match st.ctl.take_kick() {
-                    Some(kick) => Err(kick.close()),
-                    None => Ok(()),
-                });
-            }
-            if let Poll::Ready(r) = self.stream.poll_readable(cx) {
-                return Poll::Ready(r.map_err(|_| Close::closed("read_error")));
-            }
-            match due.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Ok(())),
-                _ => Poll::Pending,
-            }
-        })
-        .await
     }
 
     /// From CONNECT to CONNACK: `None` if the client was refused (and told so). `connect` stays
@@ -808,6 +797,7 @@ impl<S: ByteStream> Conn<S> {
             authz,
             rate: PublishRate::new(&self.broker.config.mqtt),
             credentials_expire,
+            armed: 0,
             _slot: slot,
         };
         idle.refresh_deadline();
@@ -834,6 +824,7 @@ impl<S: ByteStream> Conn<S> {
         }
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
         let will = if close.will { live.will.take() } else { None };
+        self.broker.deadlines.disarm(&live.ctl, &mut live.armed);
         self.broker.detach(&live.session, &live.ctl, will);
         self.broker.connections.fetch_sub(1, Ordering::AcqRel);
         debug!(client_id = %live.session.client_id(), why = close.why, "client disconnected");
@@ -919,7 +910,7 @@ impl<S: ByteStream> Conn<S> {
 
     /// The active part of a connection (RFC 0011): reads, handles, delivers and writes until
     /// the connection closes, or parks once it had nothing to do for `mqtt.park_after_ms`
-    /// (see [`Conn::parked`]). Its state lives in a box that exists only while it runs.
+    /// (see [`ParkedWait`]). Its state lives in a box that exists only while it runs.
     ///
     /// The `first` stretch, right after the CONNACK, checks sooner: most devices connect,
     /// subscribe and then go quiet, and waiting the full `park_after` for each of them keeps
@@ -1663,20 +1654,62 @@ enum LoopEnd {
     Park,
 }
 
-/// A connection counted in `roost_mqtt_connections_parked` while this lives (also when the
-/// parked task is dropped, at a runtime's shutdown).
-struct Parked<'a>(&'a std::sync::atomic::AtomicUsize);
+/// A parked connection's wait (RFC 0011): on two things only, the socket becoming readable
+/// and its [`ConnCtl::wake`] (a delivery in the outbox, a kick, or its deadline, armed in the
+/// node's deadlines table by [`Conn::arm_deadline`] before the wait). Any of them returns it
+/// to the active loop, which reads, delivers or checks the deadline as it would have; a
+/// wake-up from the deadline alone, when the deadline has moved on since it was armed (a
+/// keep-alive renewed while active), arms it again and waits on. A kick is taken here (the
+/// wake-up that carried it is consumed): `Err` with its close. Nothing is lost across the
+/// switch: readiness and a `Wake` permit stay until taken, and the loop's first round
+/// encodes the outbox before it waits.
+///
+/// Polled by hand: two references, no timer (the deadlines table holds the connection's
+/// deadline: a tokio `Sleep` here was 112 B of every parked task). Counted in
+/// `roost_mqtt_connections_parked` while it exists (also when the parked task is dropped, at
+/// a runtime's shutdown). (`&mut Idle`: `Idle` is `Send` but not `Sync`, and the task must
+/// be `Send`.) Size budget: with this wait the plain-TCP task's future
+/// is 352 B (`-Zprint-type-sizes`; 360 B in the `Either` the listener spawns), 48 B under
+/// what keeps the task in mimalloc's 512 B class (issue 10, docs/performance.md). Check
+/// before adding to it or to `Idle`.
+struct ParkedWait<'a, S> {
+    conn: &'a mut Conn<S>,
+    st: &'a mut Idle,
+}
 
-impl<'a> Parked<'a> {
-    fn count(parked: &'a std::sync::atomic::AtomicUsize) -> Parked<'a> {
-        parked.fetch_add(1, Ordering::Relaxed);
-        Parked(parked)
+impl<'a, S: ByteStream> ParkedWait<'a, S> {
+    fn new(conn: &'a mut Conn<S>, st: &'a mut Idle) -> Self {
+        conn.broker.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedWait { conn, st }
     }
 }
 
-impl Drop for Parked<'_> {
+impl<S: ByteStream> Future for ParkedWait<'_, S> {
+    type Output = Result<(), Close>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        while let Poll::Ready(bits) = this.st.ctl.wake.poll_take(cx) {
+            if let Some(kick) = this.st.ctl.take_kick() {
+                return Poll::Ready(Err(kick.close()));
+            }
+            // Only the deadline, and it has moved on: arm it again (the loop registers the
+            // waker again). Anything else goes to the active loop.
+            if bits != crate::broker::WOKEN_DEADLINE || !this.conn.arm_deadline(this.st) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        match this.conn.stream.poll_readable(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map_err(|_| Close::closed("read_error"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S> Drop for ParkedWait<'_, S> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.st.ctl.wake.unregister();
+        self.conn.broker.parked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1733,6 +1766,9 @@ struct Idle {
     rate: PublishRate,
     /// When the client's credentials (a token) expire: the connection is closed then.
     credentials_expire: Option<tokio::time::Instant>,
+    /// The connection's entry in the node's deadlines table, woken there while parked at
+    /// the earlier of `deadline` and `credentials_expire` (RFC 0013).
+    armed: crate::broker::deadlines::Armed,
     /// The connection's place in its listener's `max_connections`, given back on drop.
     _slot: crate::listener::Slot,
 }

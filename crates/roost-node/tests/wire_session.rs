@@ -1204,3 +1204,47 @@ async fn a_parked_connection_keeps_its_keep_alive() {
         assert_eq!(will.topic, format!("will/{id}"));
     }
 }
+
+/// A keep-alive renewed after the parked connection's deadline was armed (RFC 0013): the old
+/// deadline wakes it, it finds the deadline moved and waits on, still parked (it does not go
+/// active for a deadline that has not come); it is closed at the new deadline, no earlier.
+#[tokio::test(start_paused = true)]
+async fn a_renewed_keep_alive_moves_a_parked_connections_deadline() {
+    let node = TestNode::start_with(|c| c.mqtt.park_after_ms = 1000)
+        .await
+        .unwrap();
+    let mut w = watcher(&node, "will/#").await;
+    for protocol in BOTH {
+        let id = format!("ka-moved-{protocol:?}");
+        // Keep-alive 4: closed after 6 s of silence.
+        let (mut c, _) = connect_with(
+            node.addr(),
+            connect_with_will(protocol, &id, 4, Properties::default()),
+        )
+        .await;
+        wait_parked(&node, 2).await;
+        let start = tokio::time::Instant::now();
+        // Parked with its deadline at 6 s; a PINGREQ at 1 s moves it to 7 s.
+        tokio::time::sleep(ms(1000)).await;
+        c.send(&Packet::PingReq).await.unwrap();
+        assert_eq!(c.recv().await.unwrap(), Some(Packet::PingResp));
+        // Parked again well before the old deadline.
+        tokio::time::sleep_until(start + ms(4000)).await;
+        assert_eq!(parked(&node).await, 2, "{protocol:?}");
+        // Past the old deadline: woken there, it waited on without going active.
+        tokio::time::sleep_until(start + ms(6500)).await;
+        assert_eq!(parked(&node).await, 2, "{protocol:?}");
+        c.expect_silence(ms(400)).await.unwrap();
+        let got = c.recv_within(ms(300)).await.unwrap();
+        match protocol {
+            Protocol::V5 => assert!(
+                matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                "{got:?}"
+            ),
+            Protocol::V311 => assert_eq!(got, None),
+        }
+        let will = w.next_publish().await.unwrap();
+        assert_eq!(will.topic, format!("will/{id}"));
+        wait_parked(&node, 1).await;
+    }
+}

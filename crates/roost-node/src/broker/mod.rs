@@ -14,6 +14,8 @@
 //! - [`registry`]: the session registry: attach, resume, takeover (local and across nodes),
 //!   detach, expiry, restore after a restart. The one place that builds a session.
 //! - [`timers`]: the one task that owns every session timer (will delay, expiry, stale copies).
+//! - [`deadlines`]: the table and task that wake parked connections at their keep-alive or
+//!   credentials deadline (RFC 0013).
 //! - [`routing`]: where a message goes: local sessions, shared groups, peers; backpressure.
 //! - [`retained`]: retained messages (replicated; this node's `$SYS` ones kept locally).
 //! - [`subscriptions`]: the subscription index and this node's routes in the cluster.
@@ -32,6 +34,7 @@
 //! (backpressure, bounded by `mqtt.backpressure_timeout_ms`); each session's queue is bounded
 //! by count and bytes and drops per its policy, counting every drop.
 
+pub(crate) mod deadlines;
 mod drain;
 mod registry;
 mod retained;
@@ -44,7 +47,7 @@ pub(crate) use registry::Attached;
 use retained::RetainError;
 pub(crate) use retained::{unix_millis, RetainedBudget};
 pub(crate) use routing::{PassOn, PeerWait, RemoteSend};
-pub(crate) use session::{ConnCtl, ConnInfo, Kick, SessionRef, WallMs};
+pub(crate) use session::{ConnCtl, ConnInfo, Kick, SessionRef, WallMs, WOKEN_DEADLINE};
 
 use crate::config::{Config, QueueDrop};
 use crate::metrics::Metrics;
@@ -118,6 +121,8 @@ pub(crate) struct Broker {
     /// node ended, claims it gave up on (see [`registry::Ownership`]).
     ownership: registry::Ownership,
     timers: timers::Timers,
+    /// The deadlines of parked connections (keep-alive, credentials), one task for all.
+    pub(crate) deadlines: Arc<deadlines::Deadlines>,
     /// Background work the broker starts (will publishes, registry updates, route waits):
     /// shutdown waits for it, bounded.
     tasks: TaskTracker,
@@ -186,6 +191,7 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             ownership: registry::Ownership::default(),
             timers: timers::Timers::default(),
+            deadlines: Arc::new(deadlines::Deadlines::new()),
             tasks: TaskTracker::new(),
             metrics: Metrics::new(),
             next_conn_id: AtomicU64::new(1),
@@ -209,6 +215,10 @@ impl Broker {
         broker
             .tasks
             .spawn(timers::run(Arc::downgrade(&broker), broker.timers.wake()));
+        broker.tasks.spawn(deadlines::run(
+            Arc::downgrade(&broker.deadlines),
+            broker.deadlines.wake(),
+        ));
         broker
     }
 
@@ -411,6 +421,7 @@ impl Broker {
     pub(crate) async fn close(&self, limit: Duration) {
         self.tasks.close();
         self.timers.stop();
+        self.deadlines.stop();
         self.routes.stop();
         if tokio::time::timeout(limit, self.tasks.wait())
             .await

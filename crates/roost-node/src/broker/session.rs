@@ -30,7 +30,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -62,11 +62,29 @@ pub(crate) struct ConnCtl {
 /// waiter is registered only while its wait exists: dropping the wait takes the waker back,
 /// so a notification made while the task runs leaves a permit and wakes nothing (no extra
 /// poll), and a closed connection's control block holds no waker of its task.
+///
+/// There are two permits: [`Wake::notify_one`]'s (a delivery or a kick) and
+/// [`Wake::notify_deadline`]'s (a parked connection's deadline, `super::deadlines`), taken
+/// together. A parked connection woken by its deadline alone checks the deadline and, when it
+/// has moved, waits again without going active ([`Wake::poll_take`]). Each kind wakes the
+/// task when it sets its permit; a wake-up takes the registered waker, so a deadline and a
+/// delivery at once still wake a waiting task once.
 #[derive(Debug, Default)]
 pub(crate) struct Wake {
     permit: AtomicBool,
+    deadline: AtomicBool,
+    /// The connection's place in its bucket of the deadlines table (`super::deadlines`),
+    /// kept by that table under its lock; meaningless while it has no entry there. Here
+    /// because the table moves entries and must tell their owners, and because it fits in
+    /// this struct's padding (the control block stays in mimalloc's 128 B class).
+    deadline_slot: AtomicU32,
     waker: AtomicWaker,
 }
+
+/// [`Wake::poll_take`]: [`Wake::notify_one`]'s permit was taken.
+pub(crate) const WOKEN_NOTIFY: u8 = 1;
+/// [`Wake::poll_take`]: [`Wake::notify_deadline`]'s permit was taken.
+pub(crate) const WOKEN_DEADLINE: u8 = 2;
 
 impl Wake {
     /// Wakes the task, or leaves a permit for its next wait. A permit already there was
@@ -79,20 +97,62 @@ impl Wake {
         }
     }
 
+    /// As [`Wake::notify_one`], with the deadline's own permit.
+    pub(crate) fn notify_deadline(&self) {
+        if !self.deadline.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Takes the permits that are there: [`WOKEN_NOTIFY`], [`WOKEN_DEADLINE`], both or
+    /// neither (0). The deadline's is read before it is taken: it is rarely there, and the
+    /// task takes permits on every wait.
+    fn take(&self, order: Ordering) -> u8 {
+        let mut bits = 0;
+        if self.permit.swap(false, order) {
+            bits |= WOKEN_NOTIFY;
+        }
+        if self.deadline.load(Ordering::Relaxed) && self.deadline.swap(false, order) {
+            bits |= WOKEN_DEADLINE;
+        }
+        bits
+    }
+
     /// Takes the permit if there is one; otherwise registers the task's waker. Cancel safe:
     /// nothing is taken unless `Ready` is returned.
     pub(crate) fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.permit.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
+        self.poll_take(cx).map(|_| ())
+    }
+
+    /// As [`Wake::poll_notified`], saying which permits it took ([`Wake::take`]).
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<u8> {
+        match self.take(Ordering::Acquire) {
+            0 => {}
+            bits => return Poll::Ready(bits),
         }
         self.waker.register(cx.waker());
         // A notification between the check and the registration woke the old waker (or
-        // none): look again now that this one is registered.
-        if self.permit.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        // none): look again now that this one is registered. (The deadline's relaxed read
+        // is enough: a notifier that did not see this waker set its permit before the
+        // waker's state, which `register` read.)
+        match self.take(Ordering::AcqRel) {
+            0 => Poll::Pending,
+            bits => Poll::Ready(bits),
         }
+    }
+
+    pub(super) fn deadline_slot(&self) -> usize {
+        self.deadline_slot.load(Ordering::Relaxed) as usize
+    }
+
+    pub(super) fn set_deadline_slot(&self, slot: usize) {
+        self.deadline_slot
+            .store(u32::try_from(slot).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Takes the registered waker back (a wait polled by hand, dropped).
+    pub(crate) fn unregister(&self) {
+        drop(self.waker.take());
     }
 
     /// Waits for a notification (see [`Wake::poll_notified`]); the future holds only `&self`.
@@ -116,7 +176,7 @@ impl Future for WakeWait<'_> {
 
 impl Drop for WakeWait<'_> {
     fn drop(&mut self) {
-        drop(self.0.waker.take());
+        self.0.unregister();
     }
 }
 
@@ -200,6 +260,26 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// A connection's details for unit tests: a plain TCP client of a listener on port 1883.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> ConnInfo {
+        let listen: SocketAddr = ([127, 0, 0, 1], 1883).into();
+        let config = crate::listener::Listener::main_config(listen, 10);
+        let listener = crate::listener::Listener::from_config("mqtt", &config, true, 1, 0)
+            .expect("a plain TCP listener needs no files");
+        ConnInfo {
+            peer_ip: IpAddr::from([127, 0, 0, 1]),
+            peer_port: 50_000,
+            protocol: Protocol::V5,
+            variant: roost_codec::ConnectVariant::default(),
+            keep_alive: 60,
+            connected_at: WallMs::now(),
+            who: None,
+            auth: crate::auth::Method::Anonymous,
+            listener: Arc::new(listener),
+        }
+    }
+
     /// The client's address.
     pub(crate) fn peer(&self) -> SocketAddr {
         SocketAddr::new(self.peer_ip, self.peer_port)
@@ -728,7 +808,10 @@ impl SessionRef {
 
 #[cfg(test)]
 mod tests {
-    use super::{ConnCtl, Moved, RecentIds, SessionEntry, SessionState, Wake, WallMs};
+    use super::{
+        ConnCtl, Moved, RecentIds, SessionEntry, SessionState, Wake, WallMs, WOKEN_DEADLINE,
+        WOKEN_NOTIFY,
+    };
     use roost_cluster::types::NodeId;
     use roost_core::session::{Session, SessionLimits};
     use std::future::Future;
@@ -778,6 +861,41 @@ mod tests {
         wake.notify_one();
         let mut wait = std::pin::pin!(wake.notified());
         assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    /// The permits say who left them; a task waiting is woken once, however many notify.
+    #[test]
+    fn a_permit_says_whether_a_deadline_or_a_notification_left_it() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let wake = Wake::default();
+        assert_eq!(wake.poll_take(&mut cx), Poll::Pending);
+        wake.notify_deadline();
+        assert_eq!(woken(), 1);
+        assert_eq!(wake.poll_take(&mut cx), Poll::Ready(WOKEN_DEADLINE));
+        assert_eq!(wake.poll_take(&mut cx), Poll::Pending);
+        wake.notify_deadline();
+        wake.notify_one();
+        wake.notify_deadline();
+        assert_eq!(
+            woken(),
+            2,
+            "once: the first notifier takes the registered waker"
+        );
+        assert_eq!(
+            wake.poll_take(&mut cx),
+            Poll::Ready(WOKEN_DEADLINE | WOKEN_NOTIFY)
+        );
+        wake.notify_one();
+        assert_eq!(wake.poll_take(&mut cx), Poll::Ready(WOKEN_NOTIFY));
     }
 
     /// A dropped wait unregisters its waker: a notification afterwards leaves the permit and
