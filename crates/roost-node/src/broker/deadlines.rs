@@ -12,8 +12,9 @@
 //! most one entry: parking with a pending entry no later than its deadline keeps that one (a
 //! keep-alive that moved on wakes the connection early, and the parked wait arms again without
 //! going active); one later than its deadline is moved. So the table holds at most one entry
-//! per connection (`mqtt.max_connections` bounds it, 8 B each plus the buckets' slack), and an
-//! active connection touches it only when it parks with a deadline earlier than its entry.
+//! per connection (`mqtt.max_connections` bounds it, 8 B each plus the buckets' slack), and a
+//! connection takes its lock only when it parks with no entry pending or with one later than
+//! its deadline, and when it closes.
 
 use super::session::ConnCtl;
 use parking_lot::Mutex;
@@ -25,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A bucket's width: how late at most a deadline is seen.
-pub(crate) const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 
 /// A connection's entry in the table: the tick of its bucket, 0 for none. Owned by the
 /// connection (it fits in its state's padding); its place in the bucket is in its control
