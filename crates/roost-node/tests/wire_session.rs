@@ -416,6 +416,32 @@ async fn watcher(node: &TestNode, filter: &str) -> RawClient {
     w
 }
 
+/// The close a keep-alive timeout makes, seen by the client and by a watcher of `will/#`:
+/// within `within`, v5 gets DISCONNECT 0x8D and then the end of the stream, v3.1.1 just the
+/// end ([MQTT-3.1.2-22]); then the will of `connect_with_will` arrives at the watcher.
+async fn expect_keep_alive_close(
+    c: &mut RawClient,
+    protocol: Protocol,
+    within: Duration,
+    watcher: &mut RawClient,
+    id: &str,
+) {
+    let got = c.recv_within(within).await.unwrap();
+    match protocol {
+        Protocol::V5 => {
+            assert!(
+                matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                "{got:?}"
+            );
+            assert!(c.expect_closed().await.unwrap().is_empty());
+        }
+        Protocol::V311 => assert_eq!(got, None),
+    }
+    let will = watcher.next_publish().await.unwrap();
+    assert_eq!(will.topic, format!("will/{id}"));
+    assert_eq!(&will.payload[..], b"gone");
+}
+
 #[tokio::test(start_paused = true)]
 async fn keep_alive_timeout_closes_and_publishes_the_will() {
     let node = TestNode::start().await.unwrap();
@@ -430,20 +456,7 @@ async fn keep_alive_timeout_closes_and_publishes_the_will() {
         assert_eq!(ack.properties.server_keep_alive, None);
         // 1.5 x keep-alive = 3 s of silence is allowed ([MQTT-3.1.2-22]).
         c.expect_silence(ms(2900)).await.unwrap();
-        let got = c.recv_within(ms(200)).await.unwrap();
-        match protocol {
-            Protocol::V5 => {
-                assert!(
-                    matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
-                    "{got:?}"
-                );
-                assert!(c.expect_closed().await.unwrap().is_empty());
-            }
-            Protocol::V311 => assert_eq!(got, None),
-        }
-        let will = w.next_publish().await.unwrap();
-        assert_eq!(will.topic, format!("will/{id}"));
-        assert_eq!(&will.payload[..], b"gone");
+        expect_keep_alive_close(&mut c, protocol, ms(200), &mut w, &id).await;
     }
 }
 
@@ -1192,16 +1205,7 @@ async fn a_parked_connection_keeps_its_keep_alive() {
         // The watcher is parked too.
         assert_eq!(parked(&node).await, 2, "{protocol:?}");
         c.expect_silence(ms(1900)).await.unwrap();
-        let got = c.recv_within(ms(200)).await.unwrap();
-        match protocol {
-            Protocol::V5 => assert!(
-                matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
-                "{got:?}"
-            ),
-            Protocol::V311 => assert_eq!(got, None),
-        }
-        let will = w.next_publish().await.unwrap();
-        assert_eq!(will.topic, format!("will/{id}"));
+        expect_keep_alive_close(&mut c, protocol, ms(200), &mut w, &id).await;
     }
 }
 
@@ -1235,16 +1239,7 @@ async fn a_renewed_keep_alive_moves_a_parked_connections_deadline() {
         tokio::time::sleep_until(start + ms(6500)).await;
         assert_eq!(parked(&node).await, 2, "{protocol:?}");
         c.expect_silence(ms(400)).await.unwrap();
-        let got = c.recv_within(ms(300)).await.unwrap();
-        match protocol {
-            Protocol::V5 => assert!(
-                matches!(&got, Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT),
-                "{got:?}"
-            ),
-            Protocol::V311 => assert_eq!(got, None),
-        }
-        let will = w.next_publish().await.unwrap();
-        assert_eq!(will.topic, format!("will/{id}"));
+        expect_keep_alive_close(&mut c, protocol, ms(300), &mut w, &id).await;
         wait_parked(&node, 1).await;
     }
 }

@@ -19,6 +19,7 @@
 use super::session::ConnCtl;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -190,34 +191,23 @@ impl Inner {
 
 /// The deadlines task. Holds the table weakly: it ends when the table is dropped or stopped.
 pub(super) async fn run(table: Weak<Deadlines>, wake: Arc<Notify>) {
-    loop {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+    super::timers::fire_until_stopped(&wake, |now| {
         let (due, next) = {
             let Some(t) = table.upgrade() else {
-                return;
+                return ControlFlow::Break(());
             };
             if t.stopped.load(Ordering::Acquire) {
-                return;
+                return ControlFlow::Break(());
             }
-            t.pop_due(Instant::now())
+            t.pop_due(now)
         };
         // Outside the lock: a connection woken here may arm again at once.
         for ctl in due.iter().flatten().filter_map(Weak::upgrade) {
             ctl.wake.notify_deadline();
         }
-        drop(due);
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = &mut notified => {}
-                }
-            }
-            None => notified.await,
-        }
-    }
+        ControlFlow::Continue(next)
+    })
+    .await
 }
 
 #[cfg(test)]

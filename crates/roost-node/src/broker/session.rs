@@ -815,9 +815,31 @@ mod tests {
     use roost_cluster::types::NodeId;
     use roost_core::session::{Session, SessionLimits};
     use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
     use std::time::{Duration, Instant, SystemTime};
+
+    /// Counts how often a waker was woken: the count, and a waker that adds to it.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn woken(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        (count, waker)
+    }
 
     /// The record is held once per session, online or not, so its mimalloc size class is
     /// part of issue 10's memory per connection: with `Arc`'s two counters (16 bytes) it must
@@ -866,27 +888,19 @@ mod tests {
     /// The permits say who left them; a task waiting is woken once, however many notify.
     #[test]
     fn a_permit_says_whether_a_deadline_or_a_notification_left_it() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(Arc::clone(&count));
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
         let wake = Wake::default();
         assert_eq!(wake.poll_take(&mut cx), Poll::Pending);
         wake.notify_deadline();
-        assert_eq!(woken(), 1);
+        assert_eq!(count.woken(), 1);
         assert_eq!(wake.poll_take(&mut cx), Poll::Ready(WOKEN_DEADLINE));
         assert_eq!(wake.poll_take(&mut cx), Poll::Pending);
         wake.notify_deadline();
         wake.notify_one();
         wake.notify_deadline();
         assert_eq!(
-            woken(),
+            count.woken(),
             2,
             "once: the first notifier takes the registered waker"
         );
@@ -902,14 +916,7 @@ mod tests {
     /// wakes nobody (the task is running, or gone), as a dropped `Notified` would.
     #[test]
     fn a_dropped_wait_leaves_no_waker_behind() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(Arc::clone(&count));
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let wake = Wake::default();
         {
@@ -917,14 +924,14 @@ mod tests {
             assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
         }
         wake.notify_one();
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(count.woken(), 0);
         assert_eq!(Arc::strong_count(&count), 2, "only `waker` holds it");
         // Still registered while the wait exists: woken once, then it takes the permit.
         let mut wait = std::pin::pin!(wake.notified());
         assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
         assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
         wake.notify_one();
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(count.woken(), 1);
     }
 
     /// A task waiting on the wake-up is woken by a notification from another thread, each time.

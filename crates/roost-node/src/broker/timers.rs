@@ -12,6 +12,7 @@
 use super::{Broker, SessionRef};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
@@ -100,22 +101,38 @@ impl Timers {
 
 /// The timer task. Holds the broker weakly: it ends when the broker is dropped or stopped.
 pub(super) async fn run(broker: Weak<Broker>, wake: Arc<Notify>) {
+    fire_until_stopped(&wake, |now| {
+        let Some(b) = broker.upgrade() else {
+            return ControlFlow::Break(());
+        };
+        if b.timers.stopped.load(Ordering::Acquire) {
+            return ControlFlow::Break(());
+        }
+        let (due, next) = b.timers.pop_due(now);
+        for d in due {
+            b.fire_timer(d);
+        }
+        ControlFlow::Continue(next)
+    })
+    .await
+}
+
+/// The loop of a task that fires deadlines, shared by this table and the parked connections'
+/// deadline table (`deadlines.rs`). Each round enables the notification before it fires, so a
+/// deadline armed while firing (or between firing and sleeping) is not slept through; then it
+/// calls `fire_due` with the time, which fires what is due and returns the next deadline
+/// (`Continue`), or `Break` when its table is gone or stopped; then it sleeps until that
+/// deadline or the notification. `fire_due` holds no `Arc` across the sleep.
+pub(super) async fn fire_until_stopped(
+    wake: &Notify,
+    mut fire_due: impl FnMut(Instant) -> ControlFlow<(), Option<Instant>>,
+) {
     loop {
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let next = {
-            let Some(b) = broker.upgrade() else {
-                return;
-            };
-            if b.timers.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let (due, next) = b.timers.pop_due(Instant::now());
-            for d in due {
-                b.fire_timer(d);
-            }
-            next
+        let ControlFlow::Continue(next) = fire_due(Instant::now()) else {
+            return;
         };
         match next {
             Some(at) => {
