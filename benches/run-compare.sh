@@ -127,10 +127,12 @@ COMMANDS="$WORK/commands.txt"
 : >"$COMMANDS"
 
 # scenario LABEL TIMEOUT_SECS ARGS...: one JSON line appended to $OUT, summary to stderr; the
-# command line (the first broker's) recorded in $COMMANDS.
+# command line (the first broker's) recorded in $COMMANDS. A run that fails or times out is
+# written as a line with a "run_failed" field, so the table tells it from a scenario not run.
 scenario() {
     local label=$1 limit=$2
     shift 2
+    local kind=$1
     local args=("$@" --host "127.0.0.1:$PORT" --broker-pid "${MEASURED_PID:-$BROKER_PID}" --json
         --label "$label")
     if [[ $NAME == roost* ]]; then
@@ -145,8 +147,18 @@ scenario() {
         echo "$line" >>"$COMMANDS"
     fi
     log "$NAME: $label"
-    if ! timeout --kill-after=10 "$limit" "$LOADGEN" "${args[@]}" >>"$OUT"; then
-        log "$NAME: scenario '$label' failed (no result recorded)"
+    local status=0 reason
+    timeout --kill-after=10 "$limit" "$LOADGEN" "${args[@]}" >>"$OUT" || status=$?
+    if ((status != 0)); then
+        if ((status == 124 || status == 137)); then
+            reason="timed out after $limit s"
+        else
+            reason="exit status $status"
+        fi
+        log "$NAME: scenario '$label' failed: $reason"
+        python3 -c 'import json, sys
+print(json.dumps({"scenario": sys.argv[1], "label": sys.argv[2], "run_failed": sys.argv[3]},
+                 ensure_ascii=False))' "$kind" "$label" "$reason" >>"$OUT"
     fi
     settle
 }

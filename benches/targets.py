@@ -35,7 +35,8 @@ CROSS_NODE = "3 nodes: fan-in 20 pub on node 1 → 1 sub on node 2, QoS 1 (windo
 
 
 def load(path):
-    """label -> report, from a file of JSON lines (missing file: nothing)."""
+    """label -> report, from a file of JSON lines (missing file: nothing). A run written as
+    failed (run-compare.sh's "run_failed" lines) counts as not measured."""
     out = {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -43,7 +44,8 @@ def load(path):
                 line = line.strip()
                 if line:
                     report = json.loads(line)
-                    out[report.get("label", "")] = report
+                    if "run_failed" not in report:
+                        out[report.get("label", "")] = report
     except FileNotFoundError:
         pass
     return out

@@ -2,9 +2,12 @@
 //! `throughput --json`, `round-trip --json` and `subscribe-latency --json` printed. A column need not be a broker:
 //! any name for a set of runs with the same labels (e.g. `new=` and `existing=` filters).
 //!
-//! Each input is `NAME=FILE`, FILE holding one JSON report per line (a scenario that failed
-//! simply has no line). Rows follow the scenario labels in the order they first appear; one
-//! column per broker; a missing value is shown as `—`. Pure text processing: no network.
+//! Each input is `NAME=FILE`, FILE holding one JSON report per line. A run that failed is a
+//! line with its `scenario`, `label` and a `run_failed` field saying why (`run-compare.sh` writes
+//! it when the load generator exits with an error or times out); its cells say `failed`. A
+//! label a column has no line for was not run there (a single-node scenario in a cluster's
+//! column): `not run`. Rows follow the scenario labels in the order they first appear; one
+//! column per broker; a value a report lacks is shown as `—`. Pure text processing: no network.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -195,7 +198,7 @@ const SUBSCRIBE_LATENCY_METRICS: &[Metric] = &[
 
 fn render(brokers: &[(String, Vec<Value>)]) -> String {
     // (label, scenario), merged in each broker's order: a label only one broker has (the
-    // other's run failed) goes right after the label that preceded it there.
+    // other did not run it) goes right after the label that preceded it there.
     let mut labels: Vec<(String, String)> = Vec::new();
     for (_, reports) in brokers {
         let mut after = None;
@@ -238,8 +241,9 @@ fn render(brokers: &[(String, Vec<Value>)]) -> String {
                     .iter()
                     .find(|r| r.get("label").and_then(Value::as_str) == Some(label));
                 let cell = match report {
+                    Some(r) if r.get("run_failed").is_some() => "failed".to_owned(),
                     Some(r) => get(r).unwrap_or_else(|| "—".to_owned()),
-                    None => "failed".to_owned(),
+                    None => "not run".to_owned(),
                 };
                 let _ = write!(out, " {cell} |");
             }
@@ -254,9 +258,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_one_column_per_broker_and_marks_missing_runs() -> Result<()> {
+    fn renders_one_column_per_broker_and_tells_failed_runs_from_runs_not_made() -> Result<()> {
         let a = parse_lines(concat!(
-            r#"{"scenario":"idle","label":"idle 10","connected":10,"connections_requested":10,"#,
+            // `failed` here counts connections that failed (an idle report's field), not a failed run.
+            r#"{"scenario":"idle","label":"idle 10","connected":10,"connections_requested":10,"failed":0,"#,
             r#""connections_per_sec":500.0,"broker_rss_before_kib":1024,"broker_rss_after_kib":2048,"#,
             r#""broker_kib_per_connection":102.4}"#,
             "\n",
@@ -272,15 +277,18 @@ mod tests {
             r#"{"scenario":"throughput","label":"qos0","published_per_sec":20.0,"delivered_per_sec":20.0,"#,
             r#""latency_us":{"samples":20,"p50":500.0,"p99":900.0,"max":1000.0},"lost":0,"duplicated":0,"unacked":0}"#,
             "\n",
+            r#"{"scenario":"throughput","label":"stalled","run_failed":"timed out after 60 s"}"#,
+            "\n",
             r#"{"scenario":"round-trip","label":"rtt","round_trips_per_sec":4321.4,"#,
             r#""latency_us":{"samples":20,"p50":200.0,"p90":300.0,"p99":400.0,"p999":500.0,"max":600.0},"#,
             r#""lost":0,"duplicated":0,"reordered":0,"unacked":0}"#
         ))?;
         let table = render(&[("roost".into(), a), ("other".into(), b)]);
         assert!(table.starts_with("| scenario | metric | roost | other |\n|---|---|--:|--:|\n"));
-        assert!(table.contains("| idle 10 | connections established | 10 / 10 | failed |"));
-        assert!(table.contains("| **broker memory per connection (KiB)** | **102.40** | failed |"));
+        assert!(table.contains("| idle 10 | connections established | 10 / 10 | not run |"));
+        assert!(table.contains("| **broker memory per connection (KiB)** | **102.40** | not run |"));
         assert!(table.contains("| qos0 | published (msg/s) | 10 | 20 |"));
+        assert!(table.contains("| stalled | published (msg/s) | 10 | failed |"));
         assert!(
             table.contains(
                 "| latency p50 / p90 / p99 / p99.9 / max (ms) | 1.50 / 1.80 / 2.00 / 2.50 / 3.00 \
@@ -294,10 +302,10 @@ mod tests {
         assert!(table.contains("| CPU broker / load generator (%) | — | — |"));
         assert!(
             table.contains("| latency p50 / p90 / p99 / p99.9 / max (ms) | — | failed |"),
-            "{table}"
+            "a run written as failed: {table}"
         );
         assert!(
-            table.contains("| rtt | **round trips/s** | failed | **4321** |"),
+            table.contains("| rtt | **round trips/s** | not run | **4321** |"),
             "{table}"
         );
         assert!(
