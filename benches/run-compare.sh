@@ -85,6 +85,8 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     cargo build --release -p roost -p roost-bench
 fi
 BUILD="release build"
+# Read before this run writes its own results into the tree (they are not changes it ran on).
+PROVENANCE="$(bench_provenance)"
 [[ "$ROOST" == */debug/* || "$LOADGEN" == */debug/* ]] &&
     BUILD="DEBUG build: not for publication"
 
@@ -360,7 +362,7 @@ plot_links() {
 # common_body MARKDOWN_DIR: everything both files share.
 common_body() {
     local from=$1
-    bench_provenance
+    echo "$PROVENANCE"
     echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- brokers: $ROOST_VERSION ($BUILD, \$SYS off, log warn); $MOSQUITTO_VERSION"
     echo "  (\`max_queued_messages 1000\`, no persistence)"
