@@ -32,8 +32,10 @@
 #   shared        4 publishers -> 4 subscribers in $share/bench/bench/#, QoS 0 and QoS 1
 #   round-trip    1 client publishing to its own topic, one message in flight, QoS 0 and QoS 1
 #   subscribe     subscribe-latency, 4 clients x 250 new filters (SUBACK latency)
-#   cross-node    Roost only: the QoS 1 fan-in with its publishers on node 1 of a 3-node
-#                 dev-cluster and the subscriber on node 2
+#   cross-node    Roost only, on a 3-node dev-cluster: the QoS 1 fan-in with its publishers
+#                 on node 1 and the subscriber on node 2; the fan-out (1 publisher on node 1,
+#                 50 subscribers at QoS 1, and 500 at 100 msg/s QoS 0, spread over nodes 2
+#                 and 3): each beside the one-node run of the same shape
 # Throughput runs: 1 s warm-up, then $DURATION s, publishers as fast as the window (16
 # unacknowledged, QoS 1) or TCP (QoS 0) allow.
 #
@@ -206,6 +208,8 @@ fan_in_label() { # QOS
 }
 paced_fan_out_label() { echo "fan-out 1 pub at $1 msg/s → 500 sub, QoS 0, 64 B"; }
 CROSS_NODE_LABEL="3 nodes: fan-in 20 pub on node 1 → 1 sub on node 2, QoS 1 (window 32), 64 B"
+CROSS_FAN_OUT_LABEL="3 nodes: fan-out 1 pub on node 1 → 50 sub on nodes 2 and 3, QoS 1, 64 B"
+CROSS_PACED_FAN_OUT_LABEL="3 nodes: fan-out 1 pub on node 1 at 100 msg/s → 500 sub on nodes 2 and 3, QoS 0, 64 B"
 
 run_scenarios() {
     local limit=$((DURATION + 60))
@@ -268,8 +272,9 @@ fi
 run_scenarios
 stop_broker
 
-# The cross-node row: a 3-node dev-cluster (node i: MQTT 24000+i, HTTP 24100+i, cluster
-# 24200+i), the fan-in's publishers on node 1 and its subscriber on node 2; CPU is node 1's.
+# The cross-node runs: a 3-node dev-cluster (node i: MQTT 24000+i, HTTP 24100+i, cluster
+# 24200+i), the fan-in's publishers on node 1 and its subscriber on node 2, the fan-outs'
+# publisher on node 1 and their subscribers on nodes 2 and 3; CPU is node 1's.
 NAME=roost-cluster
 OUT="$WORK/roost-cluster.jsonl"
 : >"$OUT"
@@ -286,6 +291,13 @@ if bench_wait_cluster "$WORK/cluster.log" "$BROKER_PID" 3; then
         throughput --payload 64 --duration-secs "$DURATION" --publishers 20 --subscribers 1 \
         --fan-in --qos 1 --window 32 --pub-nodes "127.0.0.1:$CLUSTER_BASE" \
         --sub-nodes "127.0.0.1:$((CLUSTER_BASE + 1))"
+    OTHERS="127.0.0.1:$((CLUSTER_BASE + 1)),127.0.0.1:$((CLUSTER_BASE + 2))"
+    scenario "$CROSS_FAN_OUT_LABEL" $((DURATION + 60)) \
+        throughput --payload 64 --duration-secs "$DURATION" --publishers 1 --subscribers 50 \
+        --fanout --qos 1 --pub-nodes "127.0.0.1:$CLUSTER_BASE" --sub-nodes "$OTHERS"
+    scenario "$CROSS_PACED_FAN_OUT_LABEL" $((DURATION + 60)) \
+        throughput --payload 64 --duration-secs "$DURATION" --publishers 1 --subscribers 500 \
+        --fanout --qos 0 --rate 100 --pub-nodes "127.0.0.1:$CLUSTER_BASE" --sub-nodes "$OTHERS"
     unset MEASURED_PID
 else
     log "the dev-cluster did not become ready (no cross-node result):"
@@ -405,7 +417,7 @@ common_body() {
     echo "# roost (the same roost-loadgen lines follow against each broker, --host and"
     echo "# --broker-pid changed)"
     echo "ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn roost ${ROOST_CMD[*]/$WORK/\$TMP}"
-    echo "# the cross-node row (its roost-loadgen line is the last of the roost lines below)"
+    echo "# the cross-node runs (their roost-loadgen lines are the last three of the roost lines below)"
     echo "ROOST_NODE__SYS_INTERVAL_SECS=0 ROOST_LOG__LEVEL=warn roost ${CLUSTER_CMD[*]/$WORK/\$TMP}"
     echo "# mosquitto (config above)"
     echo "mosquitto -c mosquitto.conf"
