@@ -20,7 +20,9 @@
 #      $DOCS_FILE (docs/benchmarks.md: the same, latest run only, without the raw lines).
 #
 # Scenarios (fixed, so results stay comparable between commits; 64-byte payloads, MQTT v5):
-#   idle          $IDLE_CONNECTIONS connections, one subscription each, 5 s hold: KiB per connection
+#   idle          $IDLE_CONNECTIONS connections, one subscription each, 5 s hold: KiB per connection;
+#                 then the same with persistent sessions (v5 Session Expiry Interval 3600 s, ended
+#                 at DISCONNECT), whose cost includes the session registry's entry
 #   connect       10,000 connections offered at 30,000/s, at most 500 handshakes in flight, no
 #                 subscription: connections accepted per second
 #   pairs         4 publishers -> 4 subscribers (one topic per pair), QoS 0 and QoS 1
@@ -216,6 +218,9 @@ run_scenarios() {
     local t=(throughput --payload 64 --duration-secs "$DURATION")
     scenario "idle $IDLE_CONNECTIONS, 1 subscription each" $((IDLE_HOLD + 240)) \
         idle --connections "$IDLE_CONNECTIONS" --subscribe --hold-secs "$IDLE_HOLD"
+    scenario "idle $IDLE_CONNECTIONS, persistent sessions, 1 subscription each" \
+        $((IDLE_HOLD + 240)) idle --connections "$IDLE_CONNECTIONS" --subscribe \
+        --session-expiry-secs 3600 --hold-secs "$IDLE_HOLD"
     scenario "$CONNECT_LABEL" 240 \
         idle --connections 10000 --concurrency 500 --connect-rate 30000 --hold-secs 1
     for qos in 0 1; do
@@ -385,7 +390,7 @@ common_body() {
     echo
     bench_free
     echo
-    echo "Scenarios: idle = $IDLE_CONNECTIONS connections, one subscription each, ${IDLE_HOLD} s hold;"
+    echo "Scenarios: idle = $IDLE_CONNECTIONS connections, one subscription each, ${IDLE_HOLD} s hold, clean sessions and then persistent ones (expiry 3600 s, ended at DISCONNECT);"
     echo "throughput (pairs, fan-in, fan-out, shared) = 1 s warm-up then ${DURATION} s measured,"
     echo "publishers as fast as the window (16 unacknowledged, QoS 1) or TCP (QoS 0) allow;"
     echo "round-trip = one client, one message in flight, ${DURATION} s after 1 s warm-up. Latency"

@@ -73,6 +73,12 @@ pub(crate) struct ConnectOptions {
     /// idle scenario is about, on the broker side, but 5,000 of ours share the machine), large
     /// for throughput clients so one read takes many messages.
     pub(crate) read_chunk: usize,
+    /// `Some(secs)`: a persistent session, whose state the broker keeps past the connection
+    /// (in a cluster, a session the node registers with its peers). v5: clean start with that
+    /// Session Expiry Interval, and [`Client::disconnect`] sets it to 0 so the session ends
+    /// with the run; v3.1.1: clean session 0, which has no way to end it at disconnect (the
+    /// broker keeps it until its own limit). `None`: a clean, non-persistent session.
+    pub(crate) session_expiry: Option<u32>,
 }
 
 /// One MQTT connection: a byte stream, a decoder and the two buffers.
@@ -92,6 +98,8 @@ pub(crate) struct Client {
     /// Receive Maximum the server announced in CONNACK (v5 §3.2.2.3.3); 65,535 when absent,
     /// and for v3.1.1. Publishers keep their window at or below it.
     server_receive_maximum: u16,
+    /// A v5 persistent session ([`ConnectOptions::session_expiry`]): DISCONNECT ends it.
+    end_session: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -127,17 +135,25 @@ impl Client {
             read_chunk: options.read_chunk,
             last_packet_id: 0,
             server_receive_maximum: u16::MAX,
+            end_session: false,
         };
+        let v5 = options.protocol == Protocol::V5;
+        let mut properties = Properties::default();
+        if v5 {
+            properties.session_expiry_interval = options.session_expiry;
+            client.end_session = options.session_expiry.is_some_and(|s| s > 0);
+        }
         client.queue(&Packet::Connect(Box::new(Connect {
             variant: Default::default(),
             protocol: options.protocol,
-            clean_start: true,
+            // v3.1.1 keeps a session past the connection only without a clean start.
+            clean_start: v5 || options.session_expiry.is_none(),
             keep_alive: options.keep_alive,
             client_id: options.client_id.clone(),
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties,
         })))?;
         client.flush().await?;
         match client.recv().await? {
@@ -350,7 +366,12 @@ impl Client {
     /// Sends DISCONNECT (normal disconnection), flushes and closes our side, bounded by
     /// [`SETUP_TIMEOUT`].
     pub(crate) async fn disconnect(mut self) -> Result<()> {
-        self.queue(&Packet::Disconnect(Disconnect::default()))?;
+        let mut disconnect = Disconnect::default();
+        if self.end_session {
+            // [MQTT-3.14.2.2.2]: a non-zero interval from CONNECT may be set to 0 here.
+            disconnect.properties.session_expiry_interval = Some(0);
+        }
+        self.queue(&Packet::Disconnect(disconnect))?;
         let close = async {
             self.flush().await?;
             self.stream.shutdown().await.context("shutdown failed")
@@ -388,7 +409,48 @@ mod tests {
             protocol: Protocol::V5,
             keep_alive: 30,
             read_chunk: 256,
+            session_expiry: None,
         }
+    }
+
+    /// With `session_expiry` the session outlives its connection until DISCONNECT, which ends
+    /// it (v5); without, it ends with the connection. Told by the next connection's CONNACK
+    /// Session Present ([MQTT-3.2.2-2]).
+    #[tokio::test]
+    async fn a_session_expiry_makes_the_session_persistent_until_disconnect() -> Result<()> {
+        let node = TestNode::start().await?;
+        let persistent = |id: &str| ConnectOptions {
+            session_expiry: Some(60),
+            ..options(id)
+        };
+        let addr = node.addr();
+        let present = |id: &'static str| async move {
+            let mut c = roost_testkit::RawClient::open(addr, Protocol::V5).await?;
+            let ack = c
+                .handshake(roost_testkit::connect_packet(Protocol::V5, id, false))
+                .await?;
+            anyhow::Ok(ack.session_present)
+        };
+        // Closed without DISCONNECT: the session stays.
+        let mut c = Client::connect(node.addr(), &persistent("kept")).await?;
+        c.subscribe(&["t/#".to_owned()], QoS::AtMostOnce).await?;
+        drop(c);
+        assert!(
+            present("kept").await?,
+            "a persistent session outlives its connection"
+        );
+        // DISCONNECT sets the interval to 0: the session ends.
+        let mut c = Client::connect(node.addr(), &persistent("ended")).await?;
+        c.subscribe(&["t/#".to_owned()], QoS::AtMostOnce).await?;
+        c.disconnect().await?;
+        assert!(!present("ended").await?, "DISCONNECT ended it");
+        // No expiry: a clean, non-persistent session, gone with the connection.
+        let mut c = Client::connect(node.addr(), &options("clean")).await?;
+        c.subscribe(&["t/#".to_owned()], QoS::AtMostOnce).await?;
+        drop(c);
+        assert!(!present("clean").await?);
+        node.stop().await;
+        Ok(())
     }
 
     #[tokio::test]

@@ -86,6 +86,12 @@ pub(crate) struct IdleArgs {
     /// `--broker-pid`), and report the second half's KiB per connection as well.
     #[arg(long)]
     pub(crate) marginal: bool,
+    /// Persistent sessions: each connection asks the broker to keep its session this many
+    /// seconds past the connection (v5 Session Expiry Interval; v3.1.1: clean session 0), so
+    /// the figure includes what a persistent session costs beyond the connection (in Roost, its
+    /// entry in the replicated session registry). v5 sessions are ended at DISCONNECT.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) session_expiry_secs: Option<u32>,
 }
 
 /// What `idle` measured (one JSON object with `--json`).
@@ -101,6 +107,8 @@ pub(crate) struct IdleReport {
     pub(crate) failed: usize,
     pub(crate) first_error: Option<String>,
     pub(crate) subscribe: bool,
+    /// `--session-expiry-secs`: persistent sessions, kept this long past their connection.
+    pub(crate) session_expiry_secs: Option<u32>,
     /// `--connect-rate` (connections offered per second), if one was set.
     pub(crate) connect_rate_offered: Option<f64>,
     /// Most handshakes in flight (`--concurrency`).
@@ -212,6 +220,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
                     protocol,
                     keep_alive: args.keep_alive_secs,
                     read_chunk: 256,
+                    session_expiry: args.session_expiry_secs,
                 },
                 topic: args.subscribe.then(|| format!("idle/{i}")),
                 permits: permits.clone(),
@@ -325,6 +334,7 @@ pub(crate) async fn run(args: &IdleArgs, addr: SocketAddr) -> Result<IdleReport>
         failed,
         first_error,
         subscribe: args.subscribe,
+        session_expiry_secs: args.session_expiry_secs,
         connect_rate_offered: (args.connect_rate > 0.0).then_some(args.connect_rate),
         concurrency: args.concurrency,
         ramp_secs,
@@ -430,12 +440,16 @@ impl fmt::Display for IdleReport {
         writeln!(f, "idle connections ({})", self.label)?;
         writeln!(
             f,
-            "  connections    {} of {} ({} over {}, subscribe: {}), {} failed",
+            "  connections    {} of {} ({} over {}, subscribe: {}, sessions: {}), {} failed",
             self.connected,
             self.connections_requested,
             self.protocol,
             self.transport,
             self.subscribe,
+            match self.session_expiry_secs {
+                Some(secs) => format!("persistent, expiry {secs} s"),
+                None => "clean".to_owned(),
+            },
             self.failed
         )?;
         if let Some(e) = &self.first_error {
@@ -504,6 +518,7 @@ mod tests {
             keep_alive_secs: 30,
             connect_rate: 0.0,
             marginal: false,
+            session_expiry_secs: None,
         }
     }
 
@@ -521,6 +536,16 @@ mod tests {
         assert_eq!(report.connected, 50);
         assert_eq!(report.failed, 0);
         assert_eq!(report.dropped_during_hold, 0);
+        // The same with persistent sessions: each is registered, held, and ended at DISCONNECT.
+        let args = IdleArgs {
+            session_expiry_secs: Some(60),
+            ..args
+        };
+        let report = run(&args, node.addr()).await?;
+        assert_eq!(report.connected, 50);
+        assert_eq!(report.failed, 0);
+        assert_eq!(report.dropped_during_hold, 0);
+        assert_eq!(report.session_expiry_secs, Some(60));
         node.stop().await;
         Ok(())
     }

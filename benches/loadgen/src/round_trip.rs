@@ -171,6 +171,7 @@ pub(crate) async fn run(args: &RoundTripArgs, nodes: &Placement) -> Result<Round
         protocol,
         keep_alive: KEEP_ALIVE_SECS,
         read_chunk: 16 * 1024,
+        session_expiry: None,
     };
     let mut connecting = Vec::new();
     for i in 0..args.clients {

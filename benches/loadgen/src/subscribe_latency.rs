@@ -315,6 +315,7 @@ pub(crate) async fn run(
         protocol,
         keep_alive: KEEP_ALIVE_SECS,
         read_chunk: 4 * 1024,
+        session_expiry: None,
     };
 
     let mut holders = Vec::new();

@@ -490,6 +490,7 @@ pub(crate) async fn run(args: &ThroughputArgs, nodes: &Placement) -> Result<Thro
         protocol,
         keep_alive: KEEP_ALIVE_SECS,
         read_chunk: 64 * 1024,
+        session_expiry: None,
     };
 
     // Subscribers first, so nothing published is missed.
