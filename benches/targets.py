@@ -55,10 +55,6 @@ def load(path):
     return out
 
 
-def find(reports, label):
-    return reports.get(label)
-
-
 def find_idle(reports, persistent):
     """The idle scenario with clean sessions, or the one with persistent sessions (its label
     says "persistent")."""
@@ -108,15 +104,15 @@ def rows(roost, mosq, cluster):
     def need(*reports):
         return all(r is not None for r in reports)
 
-    r, m = find(roost, ROUND_TRIP), find(mosq, ROUND_TRIP)
+    r, m = roost.get(ROUND_TRIP), mosq.get(ROUND_TRIP)
     out.append(("QoS 1 round trip to itself, p50 / p99", "<= Mosquitto",
                 row_latency_le(r, m) if need(r, m) else None))
 
-    r, m = find(roost, FAN_OUT_100), find(mosq, FAN_OUT_100)
+    r, m = roost.get(FAN_OUT_100), mosq.get(FAN_OUT_100)
     out.append(("fan-out 100 msg/s x 500 subscribers (QoS 0), p50 / p99", "<= Mosquitto",
                 row_latency_le(r, m) if need(r, m) else None))
 
-    r, m = find(roost, FAN_OUT_2000), find(mosq, FAN_OUT_2000)
+    r, m = roost.get(FAN_OUT_2000), mosq.get(FAN_OUT_2000)
     cell = None
     if need(r, m):
         misses = []
@@ -134,7 +130,7 @@ def rows(roost, mosq, cluster):
     out.append(("fan-out 2000 msg/s x 500 (1M deliveries/s offered), delivered, p50 / p99",
                 "1.0M/s at p50 < 5 ms, p99 < 20 ms", cell))
 
-    r, m = find(roost, FAN_IN_0), find(mosq, FAN_IN_0)
+    r, m = roost.get(FAN_IN_0), mosq.get(FAN_IN_0)
     cell = None
     if need(r, m):
         misses = []
@@ -151,7 +147,7 @@ def rows(roost, mosq, cluster):
         cell = (desc(r), desc(m), verdict(misses))
     out.append(("20 publishers -> 1 subscriber, QoS 0", "keep >= 6x, p50 < 20 ms", cell))
 
-    r, m = find(roost, FAN_IN_1), find(mosq, FAN_IN_1)
+    r, m = roost.get(FAN_IN_1), mosq.get(FAN_IN_1)
     cell = None
     if need(r, m):
         misses = []
@@ -168,7 +164,7 @@ def rows(roost, mosq, cluster):
         cell = (desc(r), desc(m), verdict(misses))
     out.append(("same at QoS 1 (window 32)", "keep (0 lost, faster), p99 < 20 ms", cell))
 
-    r, m = find(roost, PACED_QOS1), find(mosq, PACED_QOS1)
+    r, m = roost.get(PACED_QOS1), mosq.get(PACED_QOS1)
     cell = None
     if need(r, m):
         misses = []
@@ -184,6 +180,10 @@ def rows(roost, mosq, cluster):
     out.append(("QoS 1 at 50k msg/s offered (4 pairs): p99, broker CPU",
                 "p99 < 1 ms, CPU <= 30 %", cell))
 
+    def kib_desc(x):
+        kib = x.get("broker_kib_per_connection")
+        return f"{kib:.2f} KiB ({x['connected']} connections)" if kib is not None else "—"
+
     for persistent, figure in (
             (False, "idle connections, one subscription (unique topic) each: RSS per connection"),
             (True, "the same with persistent sessions (their registry entries counted)")):
@@ -192,15 +192,10 @@ def rows(roost, mosq, cluster):
         if need(r, m) and r.get("broker_kib_per_connection") is not None:
             kib = r["broker_kib_per_connection"]
             misses = [] if kib <= 2 else [f"{kib:.2f} KiB is {kib / 2:.1f}x the 2 KiB target"]
-
-            def desc(x):
-                kib = x.get("broker_kib_per_connection")
-                n = x["connected"]
-                return f"{kib:.2f} KiB ({n} connections)" if kib is not None else "—"
-            cell = (desc(r), desc(m), verdict(misses))
+            cell = (kib_desc(r), kib_desc(m), verdict(misses))
         out.append((figure, "<= 2 KiB", cell))
 
-    r, single = find(cluster, CROSS_NODE), find(roost, FAN_IN_1)
+    r, single = cluster.get(CROSS_NODE), roost.get(FAN_IN_1)
     cell = None
     if need(r, single):
         ratio = r["delivered_per_sec"] / max(single["delivered_per_sec"], 1.0)
@@ -215,7 +210,7 @@ def rows(roost, mosq, cluster):
     out.append(("3-node cluster, 20 pub on node 1 -> 1 sub on node 2, QoS 1",
                 ">= 0.8x one node, 0 lost", cell))
 
-    r, m = find(roost, CONNECT), find(mosq, CONNECT)
+    r, m = roost.get(CONNECT), mosq.get(CONNECT)
     cell = None
     if need(r, m):
         rr, mr = r["connections_per_sec"], m["connections_per_sec"]

@@ -81,6 +81,34 @@ pub(crate) struct ConnectOptions {
     pub(crate) session_expiry: Option<u32>,
 }
 
+impl ConnectOptions {
+    /// A session kept past the connection: an expiry above 0 (0 is a clean session).
+    fn persistent(&self) -> bool {
+        self.session_expiry.is_some_and(|s| s > 0)
+    }
+
+    /// The CONNECT these options make: no will, no credentials.
+    fn connect_packet(&self) -> Connect {
+        let v5 = self.protocol == Protocol::V5;
+        let mut properties = Properties::default();
+        if v5 {
+            properties.session_expiry_interval = self.session_expiry;
+        }
+        Connect {
+            variant: Default::default(),
+            protocol: self.protocol,
+            // v3.1.1 keeps a session past the connection only without a clean start.
+            clean_start: v5 || !self.persistent(),
+            keep_alive: self.keep_alive,
+            client_id: self.client_id.clone(),
+            will: None,
+            username: None,
+            password: None,
+            properties,
+        }
+    }
+}
+
 /// One MQTT connection: a byte stream, a decoder and the two buffers.
 pub(crate) struct Client {
     stream: Box<dyn Io>,
@@ -135,26 +163,9 @@ impl Client {
             read_chunk: options.read_chunk,
             last_packet_id: 0,
             server_receive_maximum: u16::MAX,
-            end_session: false,
+            end_session: options.protocol == Protocol::V5 && options.persistent(),
         };
-        let v5 = options.protocol == Protocol::V5;
-        let mut properties = Properties::default();
-        if v5 {
-            properties.session_expiry_interval = options.session_expiry;
-            client.end_session = options.session_expiry.is_some_and(|s| s > 0);
-        }
-        client.queue(&Packet::Connect(Box::new(Connect {
-            variant: Default::default(),
-            protocol: options.protocol,
-            // v3.1.1 keeps a session past the connection only without a clean start.
-            clean_start: v5 || options.session_expiry.is_none(),
-            keep_alive: options.keep_alive,
-            client_id: options.client_id.clone(),
-            will: None,
-            username: None,
-            password: None,
-            properties,
-        })))?;
+        client.queue(&Packet::Connect(Box::new(options.connect_packet())))?;
         client.flush().await?;
         match client.recv().await? {
             Some(Packet::ConnAck(ack)) => {
@@ -410,6 +421,25 @@ mod tests {
             keep_alive: 30,
             read_chunk: 256,
             session_expiry: None,
+        }
+    }
+
+    /// What CONNECT asks for: v5 carries the expiry and always starts clean; v3.1.1 has only
+    /// clean session, 0 for a persistent session, and an expiry of 0 is a clean one.
+    #[test]
+    fn connect_asks_for_a_persistent_session_only_with_an_expiry_above_0() {
+        let with = |protocol, session_expiry| ConnectOptions {
+            protocol,
+            session_expiry,
+            ..options("c")
+        };
+        let v5 = with(Protocol::V5, Some(60)).connect_packet();
+        assert!(v5.clean_start);
+        assert_eq!(v5.properties.session_expiry_interval, Some(60));
+        for (expiry, clean) in [(None, true), (Some(0), true), (Some(60), false)] {
+            let c = with(Protocol::V311, expiry).connect_packet();
+            assert_eq!(c.clean_start, clean, "v3.1.1, expiry {expiry:?}");
+            assert_eq!(c.properties.session_expiry_interval, None);
         }
     }
 

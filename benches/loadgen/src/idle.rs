@@ -504,6 +504,7 @@ impl fmt::Display for IdleReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roost_codec::Protocol;
     use roost_testkit::TestNode;
 
     /// `connections` connections, all handshakes at once, no subscription, no hold; a test
@@ -536,7 +537,8 @@ mod tests {
         assert_eq!(report.connected, 50);
         assert_eq!(report.failed, 0);
         assert_eq!(report.dropped_during_hold, 0);
-        // The same with persistent sessions: each is registered, held, and ended at DISCONNECT.
+        // The same with persistent sessions, ended at DISCONNECT: the next connection with one
+        // of their ids finds no session.
         let args = IdleArgs {
             session_expiry_secs: Some(60),
             ..args
@@ -546,6 +548,12 @@ mod tests {
         assert_eq!(report.failed, 0);
         assert_eq!(report.dropped_during_hold, 0);
         assert_eq!(report.session_expiry_secs, Some(60));
+        let id = format!("roost-bench-{}-idle-0", std::process::id());
+        let mut c = roost_testkit::RawClient::open(node.addr(), Protocol::V5).await?;
+        let ack = c
+            .handshake(roost_testkit::connect_packet(Protocol::V5, &id, false))
+            .await?;
+        assert!(!ack.session_present, "{id}: ended at DISCONNECT");
         node.stop().await;
         Ok(())
     }

@@ -1699,10 +1699,10 @@ impl<S: ByteStream> Future for ParkedWait<'_, S> {
                 return Poll::Ready(Ok(()));
             }
         }
-        match this.conn.stream.poll_readable(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map_err(|_| Close::closed("read_error"))),
-            Poll::Pending => Poll::Pending,
-        }
+        this.conn
+            .stream
+            .poll_readable(cx)
+            .map(|r| r.map_err(|_| Close::closed("read_error")))
     }
 }
 

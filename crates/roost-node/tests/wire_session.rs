@@ -10,7 +10,9 @@
 //! "idle" before the reply exists.
 #![allow(clippy::unwrap_used)]
 
-use roost_codec::{Ack, Connect, Disconnect, Packet, Properties, Protocol, QoS, ReasonCode};
+use roost_codec::{
+    Ack, ConnAck, Connect, Disconnect, Packet, Properties, Protocol, QoS, ReasonCode,
+};
 use roost_testkit::*;
 use std::time::Duration;
 
@@ -442,17 +444,27 @@ async fn expect_keep_alive_close(
     assert_eq!(&will.payload[..], b"gone");
 }
 
+/// Connects `id` with [`connect_with_will`]'s will (no will properties).
+async fn connect_will(
+    node: &TestNode,
+    protocol: Protocol,
+    id: &str,
+    keep_alive: u16,
+) -> (RawClient, ConnAck) {
+    connect_with(
+        node.addr(),
+        connect_with_will(protocol, id, keep_alive, Properties::default()),
+    )
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn keep_alive_timeout_closes_and_publishes_the_will() {
     let node = TestNode::start().await.unwrap();
     let mut w = watcher(&node, "will/#").await;
     for protocol in BOTH {
         let id = format!("ka-{protocol:?}");
-        let (mut c, ack) = connect_with(
-            node.addr(),
-            connect_with_will(protocol, &id, 2, Properties::default()),
-        )
-        .await;
+        let (mut c, ack) = connect_will(&node, protocol, &id, 2).await;
         assert_eq!(ack.properties.server_keep_alive, None);
         // 1.5 x keep-alive = 3 s of silence is allowed ([MQTT-3.1.2-22]).
         c.expect_silence(ms(2900)).await.unwrap();
@@ -529,11 +541,7 @@ async fn will_is_published_on_abrupt_close() {
     let mut w = watcher(&node, "will/#").await;
     for protocol in BOTH {
         let id = format!("abrupt-{protocol:?}");
-        let (c, _) = connect_with(
-            node.addr(),
-            connect_with_will(protocol, &id, 60, Properties::default()),
-        )
-        .await;
+        let (c, _) = connect_will(&node, protocol, &id, 60).await;
         drop(c);
         let will = w.next_publish().await.unwrap();
         assert_eq!(will.topic, format!("will/{id}"));
@@ -547,11 +555,7 @@ async fn will_is_not_published_on_normal_disconnect() {
     let mut w = watcher(&node, "will/#").await;
     for protocol in BOTH {
         let id = format!("polite-{protocol:?}");
-        let (c, _) = connect_with(
-            node.addr(),
-            connect_with_will(protocol, &id, 60, Properties::default()),
-        )
-        .await;
+        let (c, _) = connect_will(&node, protocol, &id, 60).await;
         c.disconnect().await.unwrap();
         wait_connections(&node, 1).await;
     }
@@ -1196,11 +1200,7 @@ async fn a_parked_connection_keeps_its_keep_alive() {
     let mut w = watcher(&node, "will/#").await;
     for protocol in BOTH {
         let id = format!("ka-park-{protocol:?}");
-        let (mut c, _) = connect_with(
-            node.addr(),
-            connect_with_will(protocol, &id, 2, Properties::default()),
-        )
-        .await;
+        let (mut c, _) = connect_will(&node, protocol, &id, 2).await;
         c.expect_silence(ms(1000)).await.unwrap();
         // The watcher is parked too.
         assert_eq!(parked(&node).await, 2, "{protocol:?}");
@@ -1221,11 +1221,7 @@ async fn a_renewed_keep_alive_moves_a_parked_connections_deadline() {
     for protocol in BOTH {
         let id = format!("ka-moved-{protocol:?}");
         // Keep-alive 4: closed after 6 s of silence.
-        let (mut c, _) = connect_with(
-            node.addr(),
-            connect_with_will(protocol, &id, 4, Properties::default()),
-        )
-        .await;
+        let (mut c, _) = connect_will(&node, protocol, &id, 4).await;
         wait_parked(&node, 2).await;
         let start = tokio::time::Instant::now();
         // Parked with its deadline at 6 s; a PINGREQ at 1 s moves it to 7 s.

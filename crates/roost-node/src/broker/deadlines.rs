@@ -17,10 +17,11 @@
 //! its deadline, and when it closes.
 
 use super::session::ConnCtl;
+use super::timers::Signal;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -49,8 +50,7 @@ pub(crate) struct Deadlines {
     /// new one goes after it. Changed under `inner`'s lock; read without it by `arm`'s fast
     /// path.
     fired: AtomicU32,
-    wake: Arc<Notify>,
-    stopped: AtomicBool,
+    pub(super) signal: Signal,
 }
 
 impl Deadlines {
@@ -59,8 +59,7 @@ impl Deadlines {
             epoch: Instant::now(),
             inner: Mutex::new(Inner::default()),
             fired: AtomicU32::new(0),
-            wake: Arc::new(Notify::new()),
-            stopped: AtomicBool::new(false),
+            signal: Signal::default(),
         }
     }
 
@@ -112,7 +111,7 @@ impl Deadlines {
         *armed = tick;
         drop(g);
         if earliest {
-            self.wake.notify_one();
+            self.signal.notify();
         }
     }
 
@@ -132,16 +131,6 @@ impl Deadlines {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.inner.lock().buckets.values().map(Vec::len).sum()
-    }
-
-    pub(super) fn wake(&self) -> Arc<Notify> {
-        Arc::clone(&self.wake)
-    }
-
-    /// Ends the task (shutdown).
-    pub(super) fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.wake.notify_one();
     }
 
     /// Takes the buckets due at `now`; says when the next one is.
@@ -196,7 +185,7 @@ pub(super) async fn run(table: Weak<Deadlines>, wake: Arc<Notify>) {
             let Some(t) = table.upgrade() else {
                 return ControlFlow::Break(());
             };
-            if t.stopped.load(Ordering::Acquire) {
+            if t.signal.stopped() {
                 return ControlFlow::Break(());
             }
             t.pop_due(now)
@@ -305,7 +294,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_task_wakes_the_connection_with_a_deadline_permit() {
         let table = Arc::new(Deadlines::new());
-        let task = tokio::spawn(run(Arc::downgrade(&table), table.wake()));
+        let task = tokio::spawn(run(Arc::downgrade(&table), table.signal.wake()));
         let c = ctl(7);
         let mut armed = 0;
         let at = Instant::now() + Duration::from_secs(2);
@@ -320,7 +309,7 @@ mod tests {
         drop(gone);
         tokio::time::sleep(TICK * 10).await;
         assert_eq!(table.len(), 0);
-        table.stop();
+        table.signal.stop();
         task.await.expect("the task ends when stopped");
     }
 }

@@ -212,12 +212,13 @@ impl Broker {
         broker
             .tasks
             .spawn(Arc::clone(&routes).run_reconciler(Arc::clone(&cluster)));
-        broker
-            .tasks
-            .spawn(timers::run(Arc::downgrade(&broker), broker.timers.wake()));
+        broker.tasks.spawn(timers::run(
+            Arc::downgrade(&broker),
+            broker.timers.signal.wake(),
+        ));
         broker.tasks.spawn(deadlines::run(
             Arc::downgrade(&broker.deadlines),
-            broker.deadlines.wake(),
+            broker.deadlines.signal.wake(),
         ));
         broker
     }
@@ -420,8 +421,8 @@ impl Broker {
     /// (will publishes, registry updates), then stops the timers and the route reconciler.
     pub(crate) async fn close(&self, limit: Duration) {
         self.tasks.close();
-        self.timers.stop();
-        self.deadlines.stop();
+        self.timers.signal.stop();
+        self.deadlines.signal.stop();
         self.routes.stop();
         if tokio::time::timeout(limit, self.tasks.wait())
             .await

@@ -92,14 +92,18 @@ impl Wake {
     /// its next wait), so only the notifier that set it wakes: in a fan-in, the many
     /// deliveries to one busy subscriber cost one atomic swap each.
     pub(crate) fn notify_one(&self) {
-        if !self.permit.swap(true, Ordering::AcqRel) {
-            self.waker.wake();
-        }
+        self.leave(&self.permit);
     }
 
     /// As [`Wake::notify_one`], with the deadline's own permit.
     pub(crate) fn notify_deadline(&self) {
-        if !self.deadline.swap(true, Ordering::AcqRel) {
+        self.leave(&self.deadline);
+    }
+
+    /// Sets `permit`; the notifier that set it wakes the task.
+    #[inline]
+    fn leave(&self, permit: &AtomicBool) {
+        if !permit.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
     }

@@ -50,8 +50,38 @@ struct Inner {
 #[derive(Default)]
 pub(super) struct Timers {
     inner: Mutex<Inner>,
+    pub(super) signal: Signal,
+}
+
+/// How a task that fires deadlines ([`fire_until_stopped`]) is woken (a new first deadline)
+/// and stopped (shutdown). Held by the table the task serves: this one and the parked
+/// connections' deadline table (`deadlines.rs`).
+#[derive(Default)]
+pub(super) struct Signal {
     wake: Arc<Notify>,
     stopped: AtomicBool,
+}
+
+impl Signal {
+    /// A new first deadline: the task sleeps until it instead.
+    pub(super) fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The notification the task waits on.
+    pub(super) fn wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Ends the task (shutdown).
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
 }
 
 impl Timers {
@@ -71,18 +101,8 @@ impl Timers {
         );
         drop(g);
         if first {
-            self.wake.notify_one();
+            self.signal.notify();
         }
-    }
-
-    pub(super) fn wake(&self) -> Arc<Notify> {
-        Arc::clone(&self.wake)
-    }
-
-    /// Ends the timer task (shutdown); armed timers are dropped.
-    pub(super) fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.wake.notify_one();
     }
 
     fn pop_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
@@ -105,7 +125,7 @@ pub(super) async fn run(broker: Weak<Broker>, wake: Arc<Notify>) {
         let Some(b) = broker.upgrade() else {
             return ControlFlow::Break(());
         };
-        if b.timers.stopped.load(Ordering::Acquire) {
+        if b.timers.signal.stopped() {
             return ControlFlow::Break(());
         }
         let (due, next) = b.timers.pop_due(now);
